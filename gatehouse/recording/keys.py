@@ -1,0 +1,358 @@
+"""
+Signing keys for recordings: the root key, epoch keys and segment keys.
+
+See "Keys and forward security" in docs/recording-format.md.  The root key
+certifies epoch keys for consecutive time windows; the daemon uses the epoch
+key valid now only to start sessions and erases each epoch key when its
+window ends; segments are sealed by keys that exist only in memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from collections.abc import Iterable, Sequence
+
+import attrs
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from gatehouse.recording.format import Certificate, FormatError, sha256
+
+NS = 1_000_000_000
+EPOCH_KEY_SUFFIX = ".epochkey"
+
+
+class KeyFileError(Exception):
+    """A key file that cannot be used; the message says which and why."""
+
+
+def raw_public(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
+    """The 32 raw bytes of an Ed25519 public key."""
+    if isinstance(key, Ed25519PrivateKey):
+        key = key.public_key()
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def key_id(public_raw: bytes) -> bytes:
+    """The 16-byte id of a public key."""
+    return sha256(public_raw)[:16]
+
+
+def verify_signature(public_raw: bytes, signature: bytes, message: bytes) -> bool:
+    """Whether C{signature} is a valid Ed25519 signature of C{message}."""
+    try:
+        Ed25519PublicKey.from_public_bytes(public_raw).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+# --- root key -------------------------------------------------------------
+
+
+def generate_root_key() -> Ed25519PrivateKey:
+    """A new root key."""
+    return Ed25519PrivateKey.generate()
+
+
+def _write_private(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_root_key(
+    key: Ed25519PrivateKey,
+    private_path: str,
+    public_path: str,
+    passphrase: bytes | None = None,
+) -> None:
+    """
+    Write the root key's private half (PKCS#8 PEM, encrypted when a
+    passphrase is given, mode 0600, never overwriting) and its public half.
+    """
+    encryption = (
+        serialization.BestAvailableEncryption(passphrase)
+        if passphrase
+        else serialization.NoEncryption()
+    )
+    _write_private(
+        private_path,
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+        ),
+    )
+    with open(public_path, "wb") as f:
+        f.write(
+            key.public_key().public_bytes(
+                serialization.Encoding.PEM,
+                serialization.PublicFormat.SubjectPublicKeyInfo,
+            )
+        )
+
+
+def load_root_private(path: str, passphrase: bytes | None = None) -> Ed25519PrivateKey:
+    """Read a root key written by L{save_root_key}."""
+    try:
+        with open(path, "rb") as f:
+            key = serialization.load_pem_private_key(f.read(), passphrase)
+    except OSError as e:
+        raise KeyFileError(f"{path}: cannot read root key: {e.strerror}")
+    except (ValueError, TypeError) as e:
+        raise KeyFileError(f"{path}: not a usable root key: {e}")
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFileError(f"{path}: root key is not an Ed25519 key")
+    return key
+
+
+def load_public_key(path: str) -> bytes:
+    """Read a PEM Ed25519 public key; return its raw bytes."""
+    try:
+        with open(path, "rb") as f:
+            key = serialization.load_pem_public_key(f.read())
+    except OSError as e:
+        raise KeyFileError(f"{path}: cannot read public key: {e.strerror}")
+    except ValueError as e:
+        raise KeyFileError(f"{path}: not a PEM public key: {e}")
+    if not isinstance(key, Ed25519PublicKey):
+        raise KeyFileError(f"{path}: public key is not an Ed25519 key")
+    return raw_public(key)
+
+
+@attrs.frozen
+class TrustAnchors:
+    """The root public keys a verifier trusts, by root id."""
+
+    roots: dict[bytes, bytes]
+
+    @classmethod
+    def from_public_keys(cls, public_raws: Iterable[bytes]) -> TrustAnchors:
+        """Build from raw root public keys."""
+        return cls({key_id(raw): raw for raw in public_raws})
+
+    @classmethod
+    def from_files(cls, paths: Sequence[str]) -> TrustAnchors:
+        """Build from PEM files."""
+        return cls.from_public_keys(load_public_key(p) for p in paths)
+
+    def check_certificate(self, cert: Certificate) -> str | None:
+        """
+        Check a certificate's root signature.
+
+        @return: None when it verifies, else the reason it does not.
+        """
+        root = self.roots.get(cert.root_id)
+        if root is None:
+            return "certified by a root key that is not trusted"
+        if key_id(cert.public_key) != cert.key_id:
+            return "certificate key id does not match its key"
+        if not verify_signature(root, cert.root_signature, cert.signed_bytes()):
+            return "certificate signature does not verify under its root key"
+        return None
+
+
+# --- epoch keys -----------------------------------------------------------
+
+
+@attrs.frozen
+class EpochKey:
+    """An epoch key: its certificate and (while it is kept) its private half."""
+
+    certificate: Certificate
+    private: Ed25519PrivateKey | None = attrs.field(eq=False, repr=False)
+
+    def sign(self, message: bytes) -> bytes:
+        """Sign with the private half."""
+        if self.private is None:
+            raise KeyFileError("epoch key has no private half")
+        return self.private.sign(message)
+
+    def to_json(self) -> bytes:
+        """The on-disk form of an epoch key file."""
+        private = self.private.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        return json.dumps(
+            {
+                "format": "gatehouse-epoch-key-v1",
+                "gateway_id": self.certificate.gateway_id,
+                "not_before": _iso(self.certificate.not_before),
+                "not_after": _iso(self.certificate.not_after),
+                "certificate": base64.b64encode(self.certificate.to_bytes()).decode(),
+                "private_key": base64.b64encode(private).decode(),
+            },
+            indent=1,
+        ).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, where: str) -> EpochKey:
+        """Parse an epoch key file."""
+        try:
+            obj = json.loads(data)
+            if obj.get("format") != "gatehouse-epoch-key-v1":
+                raise ValueError("unknown format")
+            cert = Certificate.from_bytes(base64.b64decode(obj["certificate"]))
+            private = Ed25519PrivateKey.from_private_bytes(
+                base64.b64decode(obj["private_key"])
+            )
+        except (ValueError, KeyError, TypeError, AttributeError, FormatError) as e:
+            raise KeyFileError(f"{where}: not a gatehouse epoch key: {e}")
+        if raw_public(private) != cert.public_key:
+            raise KeyFileError(f"{where}: private key does not match its certificate")
+        return cls(cert, private)
+
+    def filename(self) -> str:
+        """The key's file name in a signing-key directory."""
+        stamp = time.strftime(
+            "%Y%m%dT%H%M%SZ", time.gmtime(self.certificate.not_before / NS)
+        )
+        return f"{stamp}-{self.certificate.key_id.hex()[:12]}{EPOCH_KEY_SUFFIX}"
+
+
+def _iso(ns: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns / NS))
+
+
+def issue_epoch_keys(
+    root: Ed25519PrivateKey,
+    gateway_id: str,
+    start_ns: int,
+    period_ns: int,
+    count: int,
+) -> list[EpochKey]:
+    """
+    Create C{count} epoch keys for consecutive windows of C{period_ns}
+    starting at C{start_ns}, each certified by C{root}.
+    """
+    root_id = key_id(raw_public(root))
+    keys = []
+    for i in range(count):
+        private = Ed25519PrivateKey.generate()
+        public = raw_public(private)
+        unsigned = Certificate(
+            key_id=key_id(public),
+            public_key=public,
+            gateway_id=gateway_id,
+            not_before=start_ns + i * period_ns,
+            not_after=start_ns + (i + 1) * period_ns,
+            root_id=root_id,
+        )
+        cert = attrs.evolve(unsigned, root_signature=root.sign(unsigned.signed_bytes()))
+        keys.append(EpochKey(cert, private))
+    return keys
+
+
+def _erase(path: str) -> None:
+    """Overwrite a key file with zeros, sync it, and unlink it."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "r+b") as f:
+            f.write(b"\x00" * size)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError:
+        pass
+    os.unlink(path)
+
+
+class KeyDirectory:
+    """
+    The gateway's signing-key directory: one file per epoch key.
+
+    Synchronous file operations; the daemon calls them from a thread.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def load(self) -> tuple[list[EpochKey], list[str]]:
+        """
+        Read every epoch key file.
+
+        @return: the keys, sorted by start, and one problem line per file
+            that could not be used.
+        """
+        keys, problems = [], []
+        try:
+            names = sorted(os.listdir(self.path))
+        except OSError as e:
+            return [], [f"{self.path}: cannot list signing keys: {e.strerror}"]
+        for name in names:
+            if not name.endswith(EPOCH_KEY_SUFFIX):
+                continue
+            full = os.path.join(self.path, name)
+            try:
+                with open(full, "rb") as f:
+                    keys.append(EpochKey.from_json(f.read(), full))
+            except OSError as e:
+                problems.append(f"{full}: cannot read: {e.strerror}")
+            except KeyFileError as e:
+                problems.append(str(e))
+        keys.sort(key=lambda k: k.certificate.not_before)
+        return keys, problems
+
+    def add(self, keys: Iterable[EpochKey]) -> list[str]:
+        """Write epoch keys (mode 0600); return the paths written."""
+        os.makedirs(self.path, mode=0o700, exist_ok=True)
+        written = []
+        for key in keys:
+            full = os.path.join(self.path, key.filename())
+            tmp = full + ".tmp"
+            _write_private(tmp, key.to_json())
+            os.replace(tmp, full)
+            written.append(full)
+        _fsync_dir(self.path)
+        return written
+
+    def erase_expired(self, wall_ns: int) -> list[str]:
+        """Erase every epoch key whose window ended at or before C{wall_ns}."""
+        erased = []
+        keys, _ = self.load()
+        for key in keys:
+            if key.certificate.not_after <= wall_ns:
+                full = os.path.join(self.path, key.filename())
+                _erase(full)
+                erased.append(full)
+        if erased:
+            _fsync_dir(self.path)
+        return erased
+
+
+def current_key(keys: Sequence[EpochKey], wall_ns: int) -> EpochKey | None:
+    """The key whose window holds C{wall_ns}, if any."""
+    for key in keys:
+        if key.certificate.valid_at(wall_ns):
+            return key
+    return None
+
+
+def covered_until(keys: Sequence[EpochKey], wall_ns: int) -> int:
+    """
+    The end of the unbroken run of windows that starts at C{wall_ns}; equal
+    to C{wall_ns} itself when no key is valid now.
+    """
+    end = wall_ns
+    for key in sorted(keys, key=lambda k: k.certificate.not_before):
+        cert = key.certificate
+        if cert.not_before <= end < cert.not_after:
+            end = cert.not_after
+    return end
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
