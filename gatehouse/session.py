@@ -1,0 +1,267 @@
+"""
+The Session hub: the one object each protocol handler talks to.
+
+A protocol creates a L{Session} through L{SessionHub.open} when a client
+connects, reports every chunk that crosses with L{Session.data}, asks
+L{Session.authenticate} to check the client's token, and ends with
+L{Session.close}.  The session records, indexes and (later) applies policy;
+the protocol never reaches the recorder, index or verifier itself.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+import gatehouse
+from gatehouse.identity import AuthenticationError, Identity, TokenVerifier
+from gatehouse.ids import new_session_id
+from gatehouse.recording.format import Direction, RecordType
+from gatehouse.recording.interfaces import IRecorder, ISessionRecording, SealInfo
+
+_DATA = RecordType.DATA
+_EVENT = RecordType.EVENT
+
+
+class Session:
+    """
+    One client connection through the gateway, from accept to close.
+
+    @ivar id: the session id (UUIDv7).
+    @ivar identity: who is speaking, once authenticated.
+    @ivar target: the target name, once chosen.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        hub: SessionHub,
+        session_id: uuid.UUID,
+        protocol: str,
+        listener: str,
+        client_address: str,
+        recording: ISessionRecording,
+    ):
+        self._hub = hub
+        self.id = session_id
+        self.protocol = protocol
+        self.listener = listener
+        self.client_address = client_address
+        self.recording = recording
+        self.identity: Identity | None = None
+        self.target: str | None = None
+        self.closed = False
+        self._close_result: Deferred | None = None
+        #: bytes per Direction value
+        self.byte_counts = [0, 0, 0, 0, 0]
+        self._record = recording.record
+
+    @property
+    def clock(self) -> IReactorTime:
+        """The clock everything in this session is timed by."""
+        return self._hub.clock
+
+    def data(self, direction: Direction, payload: bytes, channel: int = 0) -> None:
+        """
+        Record bytes that crossed the gateway.  Call it for every chunk,
+        before forwarding it.
+
+        @raise gatehouse.recording.interfaces.RecordingFailed: the recording
+            broke; the caller must stop forwarding and close.
+        """
+        self.byte_counts[direction] += len(payload)
+        self._record(_DATA, direction, channel, payload)
+
+    def event(self, name: str, **fields: object) -> None:
+        """Record a gateway event (decision, error, notice) as JSON."""
+        fields["event"] = name
+        self._record(
+            _EVENT, 0, 0, json.dumps(fields, sort_keys=True, default=str).encode()
+        )
+
+    def authenticate(self, token: str | bytes, target: str | None = None) -> Deferred:
+        """
+        Verify the client's token and bind the identity to this session.
+
+        The outcome is recorded; the token never is.
+
+        @return: Deferred firing with the L{Identity}, or failing with
+            L{AuthenticationError} (whose reason is for operators only).
+        """
+        d = self._hub.verifier.verify(token)
+
+        def ok(identity: Identity) -> Identity:
+            self.identity = identity
+            if target is not None:
+                self.target = target
+            self.event(
+                "authenticated",
+                subject=identity.subject,
+                name=identity.name,
+                issuer=identity.issuer,
+                groups=list(identity.groups),
+                target=self.target,
+            )
+            self._hub.identified(self)
+            return identity
+
+        def failed(failure: Failure) -> Failure:
+            failure.trap(AuthenticationError)
+            self.event("authentication-failed", reason=str(failure.value))
+            return failure
+
+        return d.addCallbacks(ok, failed)
+
+    def set_target(self, target: str) -> None:
+        """Name the target this session reaches."""
+        self.target = target
+        self.event("target", target=target)
+
+    def on_failure(self, callback: Callable[[str], object]) -> None:
+        """
+        Call C{callback(reason)} if the recording fails.  Protocols abort
+        the connection then: nothing may cross unrecorded.
+        """
+        self.recording.notifyFailure().addCallback(callback)
+
+    def close(self, reason: str) -> Deferred:
+        """
+        End the session: record the reason and seal the recording.
+
+        Safe to call more than once; later calls return the first result.
+
+        @return: Deferred firing with the final L{SealInfo} when durable.
+        """
+        if self._close_result is not None:
+            return self._close_result
+        self.closed = True
+        d = self.recording.close(reason)
+        self._close_result = Deferred()
+
+        def done(result: object) -> object:
+            self._hub.session_closed(self, reason)
+            if isinstance(result, Failure):
+                self._log.warn(
+                    "Session {id} closed without a final seal: {why}",
+                    id=str(self.id),
+                    why=result.getErrorMessage(),
+                )
+            return result
+
+        d.addBoth(done).chainDeferred(self._close_result)
+        return self._close_result
+
+
+class SessionHub:
+    """
+    Makes sessions and keeps the index in step with them.
+
+    @param index: the session index (L{gatehouse.recording.index.SessionIndex}),
+        or None to run without one.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        gateway_id: str,
+        recorder: IRecorder,
+        verifier: TokenVerifier,
+        clock: IReactorTime,
+        index: object | None = None,
+    ):
+        self.gateway_id = gateway_id
+        self.recorder = recorder
+        self.verifier = verifier
+        self.clock = clock
+        self.index = index
+        self.sessions: dict[str, Session] = {}
+        observe = getattr(recorder, "observe_seals", None)
+        if observe is not None and index is not None:
+            observe(self._sealed)
+
+    def open(self, protocol: str, listener: str, client_address: str) -> Session:
+        """
+        Start a session for a new client connection.
+
+        @raise gatehouse.recording.interfaces.RecordingUnavailable: no
+            session may start (no valid signing key): refuse the client.
+        """
+        session_id = new_session_id(self.clock.seconds())
+        meta = {
+            "session_id": str(session_id),
+            "gateway_id": self.gateway_id,
+            "gateway_version": gatehouse.__version__,
+            "protocol": protocol,
+            "listener": listener,
+            "client_address": client_address,
+            "started": self.clock.seconds(),
+        }
+        recording = self.recorder.open(session_id, meta)
+        session = Session(self, session_id, protocol, listener, client_address, recording)
+        self.sessions[str(session_id)] = session
+        if self.index is not None:
+            self.index.session_opened(self._row(session))
+        return session
+
+    def _row(self, session: Session) -> object:
+        from gatehouse.recording.index import SessionRow
+
+        identity = session.identity
+        return SessionRow(
+            id=str(session.id),
+            gateway_id=self.gateway_id,
+            protocol=session.protocol,
+            target=session.target,
+            listener=session.listener,
+            subject=identity.subject if identity else None,
+            display_name=identity.name if identity else None,
+            issuer=identity.issuer if identity else None,
+            groups=tuple(identity.groups) if identity else (),
+            client_address=session.client_address,
+            started=self.clock.seconds(),
+            directory=session.recording.directory,
+        )
+
+    def identified(self, session: Session) -> None:
+        """The session learnt who is speaking: update the index."""
+        if self.index is not None:
+            self.index.session_identified(
+                str(session.id), session.identity, session.target
+            )
+
+    def _sealed(self, info: SealInfo) -> None:
+        self.index.segment_sealed(
+            info.session_id, info.segment_index, info.link, info.final, info.record_count
+        )
+
+    def session_closed(self, session: Session, reason: str) -> None:
+        """Forget a closed session and index its end."""
+        self.sessions.pop(str(session.id), None)
+        if self.index is not None:
+            counts = session.byte_counts
+            self.index.session_closed(
+                str(session.id),
+                ended=self.clock.seconds(),
+                reason=reason,
+                bytes_from_client=counts[Direction.CLIENT_TO_GATEWAY],
+                bytes_to_client=counts[Direction.GATEWAY_TO_CLIENT],
+                bytes_to_upstream=counts[Direction.GATEWAY_TO_UPSTREAM],
+                bytes_from_upstream=counts[Direction.UPSTREAM_TO_GATEWAY],
+            )
+
+    def close_all(self, reason: str) -> Deferred:
+        """Close every open session (daemon shutdown)."""
+        from twisted.internet.defer import DeferredList
+
+        ds = [s.close(reason) for s in list(self.sessions.values())]
+        if not ds:
+            return succeed(None)
+        return DeferredList(ds, consumeErrors=True)

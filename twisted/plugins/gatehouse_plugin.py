@@ -1,0 +1,68 @@
+"""
+The C{gatehouse} plugin for twistd: C{twistd -n gatehouse --config gw.yaml}.
+
+This module is imported whenever any program looks for Twisted plugins, so it
+imports nothing from gatehouse until a service is actually made.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from twisted.application.service import IService, IServiceMaker
+from twisted.plugin import IPlugin
+from twisted.python import usage
+from zope.interface import implementer
+
+
+class Options(usage.Options):
+    """
+    Command-line options of C{twistd gatehouse}.
+    """
+
+    optParameters = [
+        ["config", "c", None, "The gateway's configuration file (YAML).", str],
+    ]
+
+    def postOptions(self) -> None:
+        """
+        Insist on a configuration file.
+        """
+        if not self["config"]:
+            raise usage.UsageError("--config is required")
+
+
+@implementer(IServiceMaker, IPlugin)
+class GatehouseServiceMaker:
+    """
+    Makes the gateway's service from its configuration file.
+    """
+
+    tapname = "gatehouse"
+    description = "A Layer-7 access gateway that records every session."
+    options = Options
+
+    def makeService(self, options: Options) -> IService:
+        """
+        Load C{options["config"]} and build the gateway from it.
+
+        A bad configuration is the operator's error, not the program's: its
+        problems are written to stderr, one per line, and the process exits
+        with status 1 instead of showing a traceback.  twistd calls this
+        before it starts logging or daemonizes, so stderr is still the
+        operator's terminal.
+        """
+        from gatehouse.config import ConfigError, load_config
+        from gatehouse.service import makeService
+
+        try:
+            config = load_config(options["config"])
+        except ConfigError as e:
+            for line in e.lines():
+                sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+            raise SystemExit(1)
+        return makeService(config)
+
+
+gatehouse = GatehouseServiceMaker()
