@@ -74,16 +74,28 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     ),
     Subcommand("version", "show the version", "gatehouse.cli:configure_version"),
     # Each of these becomes available by uncommenting its line:
-    # Subcommand("keys", "manage recording signing keys",
-    #            "gatehouse.recording.cli_keys:configure"),
+    Subcommand(
+        "keys",
+        "manage recording signing keys",
+        "gatehouse.recording.cli_keys:configure",
+    ),
     # Subcommand("verify", "verify recorded sessions",
     #            "gatehouse.recording.cli_verify:configure"),
-    # Subcommand("sessions", "search recorded sessions",
-    #            "gatehouse.recording.cli_sessions:configure_sessions"),
-    # Subcommand("replay", "replay a recorded session",
-    #            "gatehouse.recording.cli_sessions:configure_replay"),
-    # Subcommand("export", "export a recorded session as JSON lines",
-    #            "gatehouse.recording.cli_sessions:configure_export"),
+    Subcommand(
+        "sessions",
+        "search recorded sessions",
+        "gatehouse.recording.cli_sessions:configure_sessions",
+    ),
+    Subcommand(
+        "replay",
+        "replay a recorded session",
+        "gatehouse.recording.cli_sessions:configure_replay",
+    ),
+    Subcommand(
+        "export",
+        "export a recorded session as JSON lines",
+        "gatehouse.recording.cli_sessions:configure_export",
+    ),
     # Subcommand("demo", "run a self-contained demonstration",
     #            "gatehouse.cli_demo:configure"),
 )

@@ -350,6 +350,29 @@ def covered_until(keys: Sequence[EpochKey], wall_ns: int) -> int:
     return end
 
 
+def uncovered(
+    keys: Sequence[EpochKey], start_ns: int, end_ns: int
+) -> list[tuple[int, int]]:
+    """
+    The parts of C{[start_ns, end_ns)} that no key's window covers, in
+    order, as C{(start, end)} pairs with C{end} exclusive.
+    """
+    gaps = []
+    at = start_ns
+    for key in sorted(keys, key=lambda k: k.certificate.not_before):
+        cert = key.certificate
+        if at >= end_ns:
+            break
+        if cert.not_after <= at:
+            continue
+        if cert.not_before > at:
+            gaps.append((at, min(cert.not_before, end_ns)))
+        at = max(at, cert.not_after)
+    if at < end_ns:
+        gaps.append((at, end_ns))
+    return gaps
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

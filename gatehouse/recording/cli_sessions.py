@@ -1,0 +1,440 @@
+"""
+C{gatehouse sessions}, C{gatehouse replay} and C{gatehouse export}: find
+recorded sessions in the index, replay one as text, export one as JSONL.
+
+Replay and export read the segment files as they are; they do not verify
+them (C{gatehouse verify} does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import sys
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from gatehouse._duration import parse_duration
+from gatehouse.cli import CommandError, Handler
+from gatehouse.ids import is_session_id
+from gatehouse.recording.format import (
+    FormatError,
+    Record,
+    RecordType,
+    SegmentHeader,
+    segment_filename,
+)
+from gatehouse.recording.index import IndexUnavailable, SessionRow, query_sessions
+from gatehouse.recording.render import export_jsonl, render
+
+__all__ = [
+    "accept_relative_times",
+    "configure_export",
+    "configure_replay",
+    "configure_sessions",
+    "parse_time",
+]
+
+_RELATIVE = re.compile(r"([+-])\s*(.+)")
+_NEGATIVE_ARGUMENT = re.compile(
+    r"^-(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+$|^-\d+$|^-\d*\.\d+$"
+)
+
+
+def accept_relative_times(parser: argparse.ArgumentParser) -> None:
+    """
+    Let C{parser} take C{-2h} as an option's value.
+
+    argparse takes any argument that starts with C{-} for an option unless
+    it looks like a negative number; this widens "number" to durations.
+    """
+    parser._negative_number_matcher = _NEGATIVE_ARGUMENT
+
+
+def parse_time(text: str) -> float:
+    """
+    Parse a time given on the command line into Unix seconds.
+
+    Accepts ISO 8601 (C{2026-11-22T10:00}, C{2026-11-22}, with an optional
+    offset; UTC when it has none), C{now}, and times relative to now such
+    as C{-2h}, C{-30m}, C{-7d} or C{+30d}.
+
+    @raise argparse.ArgumentTypeError: with a message fit for the user.
+    """
+    value = text.strip()
+    if value.lower() == "now":
+        return time.time()
+    relative = _RELATIVE.fullmatch(value)
+    if relative is not None:
+        sign, duration = relative.groups()
+        try:
+            seconds = parse_duration(duration)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e))
+        return time.time() + (seconds if sign == "+" else -seconds)
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a time (examples: 2026-11-22T10:00, 2026-11-22, "
+            "-2h, -30m, -7d)"
+        )
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def _session_id_argument(text: str) -> str:
+    if not is_session_id(text.lower()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a session id (a UUIDv7)")
+    return text.lower()
+
+
+def _limit_argument(text: str) -> int:
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = -1
+    if limit < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count (0 for no limit)")
+    return limit
+
+
+def _load_recording_config(path: str) -> Any:
+    from gatehouse.config import load_config
+
+    # Looking at recordings must not create anything.
+    return load_config(path, create_directories=False).recording
+
+
+# --- sessions -------------------------------------------------------------
+
+
+def configure_sessions(parser: argparse.ArgumentParser) -> Handler:
+    """Set up C{gatehouse sessions}."""
+    parser.description = (
+        "List recorded sessions from the session index, newest first.  "
+        "Filters combine; --command, --kind and --touched must match one "
+        "and the same command."
+    )
+    accept_relative_times(parser)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", metavar="FILE", help="the gateway's configuration")
+    source.add_argument("--index", metavar="FILE", help="the session index itself")
+    parser.add_argument(
+        "--identity", metavar="X", help="part of the subject or display name"
+    )
+    parser.add_argument("--target", metavar="NAME", help="the target's name")
+    parser.add_argument("--protocol", metavar="NAME", help="postgres, ssh, http, ...")
+    parser.add_argument(
+        "--since",
+        type=parse_time,
+        metavar="TIME",
+        help="sessions still running at or after TIME (ISO 8601 or -2h, -7d, ...)",
+    )
+    parser.add_argument(
+        "--until", type=parse_time, metavar="TIME", help="sessions started before TIME"
+    )
+    # dest: the top-level parser keeps the subcommand's name in "command".
+    parser.add_argument(
+        "--command",
+        dest="command_text",
+        metavar="TEXT",
+        help="part of a command's text",
+    )
+    parser.add_argument(
+        "--kind", metavar="KIND", help="a command kind (DeleteStmt, exec)"
+    )
+    parser.add_argument(
+        "--touched",
+        metavar="OBJECT",
+        help="a table or object a command touched (users matches public.users)",
+    )
+    parser.add_argument(
+        "--limit",
+        type=_limit_argument,
+        default=100,
+        metavar="N",
+        help="at most N sessions (default 100, 0 for all)",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    return _sessions
+
+
+def _sessions(args: argparse.Namespace) -> int:
+    path = args.index or _load_recording_config(args.config).index
+    try:
+        rows = query_sessions(
+            path,
+            identity=args.identity,
+            target=args.target,
+            protocol=args.protocol,
+            since=args.since,
+            until=args.until,
+            command=args.command_text,
+            kind=args.kind,
+            touched=args.touched,
+            limit=args.limit or None,
+        )
+    except IndexUnavailable as e:
+        raise CommandError(str(e))
+    if args.json:
+        json.dump([_session_json(row) for row in rows], sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        _session_table(rows, sys.stdout)
+    return 0
+
+
+def _utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
+
+
+def _iso(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h{minutes:02d}m"
+    if hours:
+        return f"{hours}h{minutes:02d}m{secs:02d}s"
+    return f"{minutes}m{secs:02d}s"
+
+
+def _status(row: SessionRow) -> str:
+    if not row.closed:
+        return "open"
+    if row.close_reason:
+        return f"closed ({row.close_reason})"
+    return "closed"
+
+
+def _session_table(rows: list[SessionRow], out: TextIO) -> None:
+    if not rows:
+        out.write("no matching sessions\n")
+        return
+    header = ("ID", "STARTED (UTC)", "DURATION", "IDENTITY", "TARGET", "PROTOCOL")
+    header += ("SEGMENTS", "STATUS")
+    table = [header]
+    for row in rows:
+        table.append(
+            (
+                row.id,
+                _utc(row.started),
+                "-" if row.ended is None else _duration(row.ended - row.started),
+                row.identity or "-",
+                row.target or "-",
+                row.protocol,
+                str(row.segments),
+                _status(row),
+            )
+        )
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    for line in table:
+        cells = [cell.ljust(width) for cell, width in zip(line, widths, strict=True)]
+        out.write("  ".join(cells).rstrip() + "\n")
+
+
+def _session_json(row: SessionRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "gateway_id": row.gateway_id,
+        "protocol": row.protocol,
+        "target": row.target,
+        "listener": row.listener,
+        "subject": row.subject,
+        "display_name": row.display_name,
+        "issuer": row.issuer,
+        "groups": list(row.groups),
+        "client_address": row.client_address,
+        "started": _iso(row.started),
+        "started_unix": row.started,
+        "ended": _iso(row.ended),
+        "ended_unix": row.ended,
+        "close_reason": row.close_reason,
+        "segments": row.segments,
+        "final": row.final,
+        "last_link": None if row.last_link is None else row.last_link.hex(),
+        "records": row.records,
+        "bytes_from_client": row.bytes_from_client,
+        "bytes_to_client": row.bytes_to_client,
+        "bytes_to_upstream": row.bytes_to_upstream,
+        "bytes_from_upstream": row.bytes_from_upstream,
+        "directory": row.directory,
+    }
+
+
+# --- replay and export ----------------------------------------------------
+
+
+def _add_session_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("session_id", metavar="SESSION_ID", type=_session_id_argument)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", metavar="FILE", help="the gateway's configuration")
+    source.add_argument(
+        "--recordings", metavar="DIR", help="the recording directory itself"
+    )
+
+
+def _session_directory(args: argparse.Namespace) -> str:
+    from gatehouse.recording.reader import find_session_directory
+
+    root = args.recordings or _load_recording_config(args.config).directory
+    if not os.path.isdir(root):
+        raise CommandError(f"{root}: no such recording directory")
+    directory = find_session_directory(root, uuid.UUID(args.session_id))
+    if directory is None:
+        raise CommandError(f"no recording of session {args.session_id} in {root}")
+    return directory
+
+
+def _unreadable(directory: str, e: Exception) -> CommandError:
+    if isinstance(e, OSError):
+        why = f"{e.filename or directory}: {e.strerror}"
+    else:
+        why = f"{directory}: {e}"
+    return CommandError(f"{why} (gatehouse verify tells what is wrong)")
+
+
+class _Watch:
+    """Passes records through, remembering the type of the last one."""
+
+    def __init__(self, records: Iterable[Record]):
+        self._records = records
+        self.last: int | None = None
+
+    def __iter__(self) -> Iterator[Record]:
+        for record in self._records:
+            self.last = record.type
+            yield record
+
+
+def _note_end(watch: _Watch, session_id: str) -> None:
+    # The reader stops quietly at damage or at an unsealed tail; say so.
+    if watch.last is None:
+        sys.stderr.write(f"note: no readable records in session {session_id}\n")
+    elif watch.last != RecordType.CLOSE:
+        sys.stderr.write(
+            "note: the recording ends before the session's CLOSE record (still "
+            "recording, cut short or damaged; gatehouse verify tells which)\n"
+        )
+
+
+def configure_replay(parser: argparse.ArgumentParser) -> Handler:
+    """Set up C{gatehouse replay}."""
+    parser.description = (
+        "Show a recorded session as text, with the renderer for its protocol. "
+        "Replay does not verify the recording: run gatehouse verify for that."
+    )
+    _add_session_arguments(parser)
+    return _replay
+
+
+def _reader_closed() -> int:
+    # The reader of our output went away (| head): that is not an error,
+    # and the interpreter must not complain when it flushes stdout at exit.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from gatehouse.recording.reader import read_meta, read_records
+
+    directory = _session_directory(args)
+    try:
+        meta = read_meta(directory) or {}
+        protocol = meta.get("protocol")
+        watch = _Watch(read_records(directory))
+        render(watch, sys.stdout, protocol if isinstance(protocol, str) else None)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return _reader_closed()
+    except (FormatError, OSError) as e:
+        sys.stdout.flush()
+        raise _unreadable(directory, e)
+    _note_end(watch, args.session_id)
+    return 0
+
+
+def configure_export(parser: argparse.ArgumentParser) -> Handler:
+    """Set up C{gatehouse export}."""
+    parser.description = (
+        "Export every record of a session, one JSON object per line, for "
+        "SIEM tools.  Export does not verify the recording."
+    )
+    _add_session_arguments(parser)
+    parser.add_argument(
+        "--format", choices=["jsonl"], default="jsonl", help="jsonl (the default)"
+    )
+    parser.add_argument(
+        "-o", "--output", metavar="FILE", help="write to FILE instead of stdout"
+    )
+    return _export
+
+
+def wall_start_ns(directory: str) -> int | None:
+    """
+    The wall time, in nanoseconds, of mono time 0 of the session in
+    C{directory}, from segment 0's header; None when it cannot be read.
+    """
+    try:
+        with open(os.path.join(directory, segment_filename(0)), "rb") as f:
+            data = f.read(64 * 1024)
+        header, _ = SegmentHeader.parse(data)
+    except (OSError, FormatError):
+        return None
+    return header.wall_start - header.mono_start
+
+
+def _export(args: argparse.Namespace) -> int:
+    from gatehouse.recording.reader import read_records
+
+    directory = _session_directory(args)
+    options = {"session_id": args.session_id, "wall_start_ns": wall_start_ns(directory)}
+    watch = _Watch(read_records(directory))
+    if args.output is None:
+        try:
+            export_jsonl(watch, sys.stdout, **options)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            return _reader_closed()
+        except (FormatError, OSError) as e:
+            sys.stdout.flush()
+            raise _unreadable(directory, e)
+        _note_end(watch, args.session_id)
+        return 0
+    partial = args.output + ".partial"
+    try:
+        with open(partial, "w", encoding="utf-8", newline="\n") as out:
+            try:
+                count = export_jsonl(watch, out, **options)
+            except (FormatError, OSError) as e:
+                raise _unreadable(directory, e)
+        os.replace(partial, args.output)
+    except OSError as e:
+        raise CommandError(f"{e.filename or args.output}: {e.strerror}")
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    sys.stderr.write(f"{count} records written to {args.output}\n")
+    _note_end(watch, args.session_id)
+    return 0

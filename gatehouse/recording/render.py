@@ -1,0 +1,298 @@
+"""
+Turn a session's records into something people and tools can read.
+
+L{render} writes a replay through the renderer registered for the session's
+protocol (named by the C{"protocol"} field of its META record), falling back
+on L{render_generic}, which shows every record as it is: time, sequence
+number, direction, type, and its payload as text, JSON or a hex dump.
+L{export_jsonl} writes one JSON object per record for SIEM tools.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TextIO
+
+from gatehouse.recording.format import Direction, Record, RecordType
+
+__all__ = [
+    "Renderer",
+    "direction_label",
+    "export_jsonl",
+    "format_offset",
+    "hex_dump",
+    "register_renderer",
+    "render",
+    "render_generic",
+    "render_record",
+    "renderer_for",
+    "unregister_renderer",
+]
+
+#: A renderer writes a whole session (its records, META first) to C{out}.
+Renderer = Callable[[Iterable[Record], TextIO], None]
+
+NS = 1_000_000_000
+#: Payloads longer than this are cut short in hex dumps.
+HEX_LIMIT = 512
+
+_ARROWS = {
+    Direction.GATEWAY: "gw",
+    Direction.CLIENT_TO_GATEWAY: "client→gw",
+    Direction.GATEWAY_TO_CLIENT: "gw→client",
+    Direction.GATEWAY_TO_UPSTREAM: "gw→upstream",
+    Direction.UPSTREAM_TO_GATEWAY: "upstream→gw",
+}
+_JSON_TYPES = frozenset({RecordType.META, RecordType.EVENT, RecordType.CLOSE})
+# Control characters other than these make a payload look binary.
+_TEXT_CONTROLS = frozenset("\n\r\t")
+
+_renderers: dict[str, Renderer] = {}
+
+
+# --- the registry ---------------------------------------------------------
+
+
+def register_renderer(protocol: str, renderer: Renderer) -> None:
+    """
+    Render sessions of C{protocol} with C{renderer}.
+
+    @raise ValueError: if that protocol already has a renderer.
+    """
+    if protocol in _renderers:
+        raise ValueError(f"protocol {protocol!r} already has a renderer")
+    _renderers[protocol] = renderer
+
+
+def unregister_renderer(protocol: str) -> None:
+    """Forget C{protocol}'s renderer (a no-op if it has none)."""
+    _renderers.pop(protocol, None)
+
+
+def renderer_for(protocol: str | None) -> Renderer:
+    """The renderer for C{protocol}: its own, else L{render_generic}."""
+    if protocol is None:
+        return render_generic
+    return _renderers.get(protocol, render_generic)
+
+
+def _protocol_of(record: Record) -> str | None:
+    if record.type != RecordType.META:
+        return None
+    meta = _json_payload(record)
+    if isinstance(meta, dict) and isinstance(meta.get("protocol"), str):
+        return meta["protocol"]
+    return None
+
+
+def render(records: Iterable[Record], out: TextIO, protocol: str | None = None) -> None:
+    """
+    Replay a session as text with the renderer for its protocol.
+
+    @param protocol: the session's protocol; when None, taken from the
+        META record that opens C{records}.
+    """
+    stream: Iterator[Record] = iter(records)
+    if protocol is None:
+        first = next(stream, None)
+        if first is None:
+            return
+        protocol = _protocol_of(first)
+        stream = itertools.chain([first], stream)
+    renderer_for(protocol)(stream, out)
+
+
+# --- generic rendering ----------------------------------------------------
+
+
+def format_offset(mono: int) -> str:
+    """Time since the session started, as C{+1.234567s}."""
+    return f"+{mono // NS}.{mono % NS // 1000:06d}s"
+
+
+def direction_label(direction: int) -> str:
+    """The direction as an arrow between names, such as C{client→gw}."""
+    try:
+        return _ARROWS[Direction(direction)]
+    except ValueError:
+        return f"direction {direction}"
+
+
+def _type_name(rtype: int) -> str:
+    try:
+        return RecordType(rtype).name
+    except ValueError:
+        return f"type {rtype}"
+
+
+def _direction_name(direction: int) -> str:
+    try:
+        return Direction(direction).name.lower()
+    except ValueError:
+        return str(direction)
+
+
+def _json_payload(record: Record) -> Any:
+    """The payload parsed as JSON, or None when it is not JSON."""
+    try:
+        return json.loads(record.payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def _as_text(payload: bytes) -> str | None:
+    """The payload as text when it is mostly printable UTF-8, else None."""
+    text = payload.decode("utf-8", errors="replace")
+    odd = sum(
+        1
+        for ch in text
+        if ch == "\ufffd" or not (ch.isprintable() or ch in _TEXT_CONTROLS)
+    )
+    if odd * 10 > len(text):
+        return None
+    return text
+
+
+def _escape_char(ch: str) -> str:
+    if ch.isprintable() or ch == "\t":
+        return ch
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _escape(line: str) -> str:
+    if line.isprintable():
+        return line
+    return "".join(_escape_char(ch) for ch in line)
+
+
+def _text_lines(text: str) -> list[str]:
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [_escape(line.removesuffix("\r")) for line in lines]
+
+
+def hex_dump(payload: bytes, limit: int = HEX_LIMIT) -> list[str]:
+    """
+    Lines of C{offset  hex  |ascii|}, 16 bytes each, at most C{limit}
+    bytes, then C{… N more bytes} when there were more.
+    """
+    lines = []
+    shown = payload[:limit]
+    for offset in range(0, len(shown), 16):
+        chunk = shown[offset : offset + 16]
+        left = " ".join(f"{b:02x}" for b in chunk[:8])
+        right = " ".join(f"{b:02x}" for b in chunk[8:])
+        ascii_ = "".join(chr(b) if 0x20 <= b < 0x7F else "." for b in chunk)
+        lines.append(f"{offset:08x}  {left:<23}  {right:<23}  |{ascii_}|")
+    if len(payload) > limit:
+        lines.append(f"… {len(payload) - limit} more bytes")
+    return lines
+
+
+def render_record(record: Record, out: TextIO, hex_limit: int = HEX_LIMIT) -> None:
+    """
+    Write one record the generic way: a heading line, then its payload.
+
+    Protocol renderers call this for the records they do not understand.
+    """
+    heading = [
+        format_offset(record.mono),
+        f"#{record.seq}",
+        direction_label(record.direction),
+    ]
+    if record.channel:
+        heading.append(f"ch{record.channel}")
+    heading.append(_type_name(record.type))
+    payload = record.payload
+    if record.type in _JSON_TYPES:
+        parsed = _json_payload(record)
+        if parsed is not None or payload.strip() == b"null":
+            heading.append(json.dumps(parsed, ensure_ascii=False))
+            out.write("  ".join(heading) + "\n")
+            return
+        heading.append("(not JSON)")
+    heading.append(f"{len(payload)} byte" + ("" if len(payload) == 1 else "s"))
+    out.write("  ".join(heading) + "\n")
+    if not payload:
+        return
+    text = _as_text(payload)
+    body = _text_lines(text) if text is not None else hex_dump(payload, hex_limit)
+    for line in body:
+        out.write("    " + line + "\n")
+
+
+def render_generic(records: Iterable[Record], out: TextIO) -> None:
+    """Write every record of a session, the generic way."""
+    for record in records:
+        render_record(record, out)
+
+
+# --- export ---------------------------------------------------------------
+
+
+def _iso(wall_ns: int) -> str:
+    seconds, rest = divmod(wall_ns, NS)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return f"{stamp}.{rest // 1000:06d}Z"
+
+
+def export_jsonl(
+    records: Iterable[Record],
+    out: TextIO,
+    *,
+    session_id: str | None = None,
+    wall_start_ns: int | None = None,
+) -> int:
+    """
+    Write one JSON object per record, one per line.
+
+    Each object has C{session_id}, C{seq}, C{type} and C{direction} (as
+    names), C{channel}, C{mono_ns}, C{t} (seconds since the session
+    started), C{size} and C{payload} (base64, exact); C{text} when the
+    payload is valid UTF-8; C{json} (the parsed object) for META, EVENT
+    and CLOSE records; and C{time} (ISO 8601, UTC) when C{wall_start_ns},
+    the wall time of mono time 0, is given.
+
+    @param session_id: the session's id; taken from the META record's
+        C{session_id} when None.
+
+    @return: the number of records written.
+    """
+    count = 0
+    for record in records:
+        parsed = _json_payload(record) if record.type in _JSON_TYPES else None
+        if (
+            session_id is None
+            and record.type == RecordType.META
+            and isinstance(parsed, dict)
+            and isinstance(parsed.get("session_id"), str)
+        ):
+            session_id = parsed["session_id"]
+        obj: dict[str, Any] = {
+            "session_id": session_id,
+            "seq": record.seq,
+            "type": _type_name(record.type),
+            "direction": _direction_name(record.direction),
+            "channel": record.channel,
+            "mono_ns": record.mono,
+            "t": record.mono / NS,
+        }
+        if wall_start_ns is not None:
+            obj["time"] = _iso(wall_start_ns + record.mono)
+        obj["size"] = len(record.payload)
+        obj["payload"] = base64.b64encode(record.payload).decode("ascii")
+        try:
+            obj["text"] = record.payload.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+        if parsed is not None:
+            obj["json"] = parsed
+        out.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        count += 1
+    return count
