@@ -79,8 +79,9 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         "manage recording signing keys",
         "gatehouse.recording.cli_keys:configure",
     ),
-    # Subcommand("verify", "verify recorded sessions",
-    #            "gatehouse.recording.cli_verify:configure"),
+    Subcommand(
+        "verify", "verify recorded sessions", "gatehouse.recording.cli_verify:configure"
+    ),
     Subcommand(
         "sessions",
         "search recorded sessions",

@@ -12,6 +12,7 @@ import struct
 from enum import IntEnum
 
 import attrs
+import zstandard
 
 MAGIC = b"GHSEG\x00\x01\n"
 CHAIN_CONTEXT = b"gatehouse/chain/v1\x00"
@@ -422,4 +423,194 @@ def parse_segment_filename(name: str) -> int | None:
         digits = name[4:12]
         if digits.isdigit():
             return int(digits)
+    return None
+
+
+# --- reading blocks and seals ---------------------------------------------
+
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+#: Frame header descriptor bits that must be clear: the unused bit (which
+#: decoders ignore, so a flip of it would go unnoticed), the reserved bit and
+#: the dictionary id flags.
+_ZSTD_FHD_MUST_BE_CLEAR = 0x10 | 0x08 | 0x03
+#: Largest header body: fixed fields, a 255-byte gateway id, a full delegation.
+MAX_HEADER_BODY = _HEADER_FIXED.size + 2 + 255 + 2 + 0xFFFF
+HEADER_PREFIX_SIZE = _HEADER_PREFIX.size
+#: Seal framing and statement, less the gateway id's bytes.
+_SEAL_BASE = _SEAL_PREFIX.size + len(SEAL_CONTEXT) + 16 + 2 + SIGNATURE_LEN
+_SEAL_OVERHEAD = _SEAL_PREFIX.size + SIGNATURE_LEN
+#: The longest a seal can be (255-byte gateway id).
+MAX_SEAL = _SEAL_BASE + SealStatement._FIXED.size + 255
+
+
+@attrs.frozen
+class BlockHeader:
+    """The fixed fields in front of a block's data."""
+
+    codec: int
+    count: int
+    raw_len: int
+    stored_len: int
+    chain: bytes
+
+    @classmethod
+    def parse(cls, data: bytes, offset: int = 0) -> BlockHeader:
+        """
+        Parse and sanity-check the block header at C{offset}.
+
+        @raise Truncated: when C{data} ends inside the header.
+        @raise FormatError: when the header cannot be a valid block's.
+        """
+        if len(data) - offset < BLOCK_HEADER.size:
+            raise Truncated("block header ends early")
+        tag, codec, count, raw_len, stored_len, chain = BLOCK_HEADER.unpack_from(
+            data, offset
+        )
+        if tag != BLOCK_TAG:
+            raise FormatError(f"not a block (tag 0x{tag:02x})")
+        if codec not in (CODEC_STORED, CODEC_ZSTD):
+            raise FormatError(f"block has unknown codec {codec}")
+        if count == 0:
+            raise FormatError("block holds no records")
+        if raw_len > MAX_BLOCK_RAW:
+            raise FormatError(f"block raw length {raw_len} exceeds the limit")
+        if raw_len < count * RECORD_HEADER.size:
+            raise FormatError(
+                f"block raw length {raw_len} is too short for {count} records"
+            )
+        if codec == CODEC_STORED and stored_len != raw_len:
+            raise FormatError("stored block's stored and raw lengths differ")
+        return cls(codec, count, raw_len, stored_len, chain)
+
+
+def decode_block(header: BlockHeader, data: bytes, decompressor=None) -> bytes:
+    """
+    The concatenated records of a block from its stored C{data}.
+
+    A zstd block must be exactly one frame that states its content size,
+    equal to C{raw_len}, with no dictionary and its unused and reserved
+    header bits clear.
+
+    @param decompressor: a C{zstandard.ZstdDecompressor} to reuse (they are
+        not thread-safe: one per thread).
+    @raise FormatError: when the data does not decode to C{raw_len} bytes.
+    """
+    if header.codec == CODEC_STORED:
+        return data
+    if len(data) < 6 or data[:4] != _ZSTD_MAGIC:
+        raise FormatError("block data is not a zstd frame")
+    if data[4] & _ZSTD_FHD_MUST_BE_CLEAR:
+        raise FormatError("zstd frame header has unexpected flags")
+    try:
+        size = zstandard.frame_content_size(data)
+    except zstandard.ZstdError:
+        raise FormatError("zstd frame header is damaged")
+    if size != header.raw_len:
+        # Checked before decompressing: a damaged size must not make us
+        # allocate it.
+        raise FormatError(
+            f"zstd frame states {size} bytes, its block says {header.raw_len}"
+        )
+    if decompressor is None:
+        decompressor = zstandard.ZstdDecompressor()
+    try:
+        raw = decompressor.decompress(
+            data, max_output_size=header.raw_len, allow_extra_data=False
+        )
+    except zstandard.ZstdError as e:
+        raise FormatError(f"zstd data does not decompress: {e}")
+    if len(raw) != header.raw_len:
+        raise FormatError("zstd data decompresses to the wrong length")
+    return raw
+
+
+class RecordError(FormatError):
+    """
+    Records that break the framing, sequence or time rules.
+
+    @ivar position: the index, within its block, of the first bad record.
+    """
+
+    def __init__(self, message: str, position: int):
+        super().__init__(message)
+        self.position = position
+
+
+def chain_block_records(
+    raw: bytes, chain: bytes, seq: int, mono: int, count: int
+) -> tuple[bytes, int]:
+    """
+    Check the records of one block and extend the hash chain over them,
+    without building L{Record} objects (this is the verifier's hot loop).
+
+    The records must be exactly C{count}, framed to fill C{raw}, numbered
+    from C{seq} on, with C{mono} times that never go below C{mono} and
+    never decrease, and payloads of at most L{MAX_PAYLOAD}.
+
+    @return: the chain after the last record, and that record's C{mono}.
+    @raise RecordError: naming the first record that breaks a rule.
+    """
+    unpack = RECORD_HEADER.unpack_from
+    size = RECORD_HEADER.size
+    new = hashlib.sha256
+    view = memoryview(raw)
+    end = len(raw)
+    offset = 0
+    n = 0
+    while offset < end:
+        if offset + size > end:
+            raise RecordError("record framing cut inside the block", n)
+        length, _type, _direction, _channel, rseq, rmono = unpack(raw, offset)
+        stop = offset + size + length
+        if stop > end:
+            raise RecordError(f"record {seq} is longer than its block", n)
+        if rseq != seq:
+            raise RecordError(f"record {n} has seq {rseq}, expected {seq}", n)
+        if rmono < mono:
+            raise RecordError(f"record {seq} goes back in time (mono {rmono})", n)
+        if length > MAX_PAYLOAD:
+            raise RecordError(f"record {seq} payload exceeds the limit", n)
+        if length < 4096:
+            chain = new(chain + raw[offset:stop]).digest()
+        else:
+            h = new(chain)
+            h.update(view[offset:stop])
+            chain = h.digest()
+        mono = rmono
+        seq += 1
+        offset = stop
+        n += 1
+    if n != count:
+        raise RecordError(f"block holds {n} records, its header says {count}", n)
+    return chain, mono
+
+
+def seal_length(gateway_id: str) -> int:
+    """The exact length of a seal for a session of C{gateway_id}."""
+    return _SEAL_BASE + SealStatement._FIXED.size + len(gateway_id.encode("utf-8"))
+
+
+def find_trailing_seal(tail: bytes) -> int | None:
+    """
+    Find a seal that ends exactly at the end of C{tail} (the last
+    L{MAX_SEAL} or fewer bytes of a file), without knowing the gateway id.
+
+    @return: the seal's offset within C{tail}, or None when the bytes do not
+        end in something framed like a seal.
+    """
+    fixed = SealStatement._FIXED.size
+    for id_len in range(1, 256):
+        length = _SEAL_BASE + fixed + id_len
+        start = len(tail) - length
+        if start < 0:
+            break
+        tag, statement_len = _SEAL_PREFIX.unpack_from(tail, start)
+        if tag != SEAL_TAG or statement_len + _SEAL_OVERHEAD != length:
+            continue
+        at = start + _SEAL_PREFIX.size
+        if tail[at : at + len(SEAL_CONTEXT)] != SEAL_CONTEXT:
+            continue
+        (n,) = _U16.unpack_from(tail, at + len(SEAL_CONTEXT) + 16)
+        if n == id_len:
+            return start
     return None
