@@ -63,7 +63,9 @@ class _GatewayCore(Service):
 
     _log = Logger()
 
-    def __init__(self, pool: ThreadPool, keyring: KeyRing, index: SessionIndex, hub: SessionHub):
+    def __init__(
+        self, pool: ThreadPool, keyring: KeyRing, index: SessionIndex, hub: SessionHub
+    ):
         self.pool = pool
         self.keyring = keyring
         self.index = index

@@ -61,7 +61,10 @@ class Session:
         self._close_result: Deferred | None = None
         #: bytes per Direction value
         self.byte_counts = [0, 0, 0, 0, 0]
+        #: sequence number of the last DATA record
+        self.last_seq = -1
         self._record = recording.record
+        self._terminators: list[Callable[[str], object]] = []
 
     @property
     def clock(self) -> IReactorTime:
@@ -77,9 +80,9 @@ class Session:
             broke; the caller must stop forwarding and close.
         """
         self.byte_counts[direction] += len(payload)
-        self._record(_DATA, direction, channel, payload)
+        self.last_seq = self._record(_DATA, direction, channel, payload)
 
-    def event(self, name: str, **fields: object) -> None:
+    def event(self, name: str, /, **fields: object) -> None:
         """Record a gateway event (decision, error, notice) as JSON."""
         fields["event"] = name
         self._record(
@@ -118,6 +121,50 @@ class Session:
             return failure
 
         return d.addCallbacks(ok, failed)
+
+    def command_seen(
+        self,
+        kind: str,
+        text: str,
+        objects: tuple[str, ...] = (),
+        decision: str = "allow",
+    ) -> None:
+        """
+        Index a command (SQL statement, exec line, API request) so auditors
+        can find the session by it.  Its bytes are already recorded.
+        """
+        index = self._hub.index
+        if index is None:
+            return
+        from gatehouse.recording.index import CommandRow
+
+        index.command_seen(
+            CommandRow(
+                session_id=str(self.id),
+                seq=self.last_seq,
+                at=self._hub.clock.seconds(),
+                kind=kind,
+                text=text,
+                decision=decision,
+                objects=objects,
+            )
+        )
+
+    def on_terminate(self, callback: Callable[[str], object]) -> None:
+        """
+        Call C{callback(reason)} when the gateway ends the session itself
+        (shutdown); the protocol tells its client and disconnects.
+        """
+        self._terminators.append(callback)
+
+    def terminate(self, reason: str) -> Deferred:
+        """End the session from the gateway's side; see L{on_terminate}."""
+        for callback in self._terminators:
+            try:
+                callback(reason)
+            except Exception:
+                self._log.failure("Terminating session {id}", id=str(self.id))
+        return self.close(reason)
 
     def set_target(self, target: str) -> None:
         """Name the target this session reaches."""
@@ -205,7 +252,9 @@ class SessionHub:
             "started": self.clock.seconds(),
         }
         recording = self.recorder.open(session_id, meta)
-        session = Session(self, session_id, protocol, listener, client_address, recording)
+        session = Session(
+            self, session_id, protocol, listener, client_address, recording
+        )
         self.sessions[str(session_id)] = session
         if self.index is not None:
             self.index.session_opened(self._row(session))
@@ -239,7 +288,11 @@ class SessionHub:
 
     def _sealed(self, info: SealInfo) -> None:
         self.index.segment_sealed(
-            info.session_id, info.segment_index, info.link, info.final, info.record_count
+            info.session_id,
+            info.segment_index,
+            info.link,
+            info.final,
+            info.record_count,
         )
 
     def session_closed(self, session: Session, reason: str) -> None:
@@ -261,7 +314,7 @@ class SessionHub:
         """Close every open session (daemon shutdown)."""
         from twisted.internet.defer import DeferredList
 
-        ds = [s.close(reason) for s in list(self.sessions.values())]
+        ds = [s.terminate(reason) for s in list(self.sessions.values())]
         if not ds:
             return succeed(None)
         return DeferredList(ds, consumeErrors=True)

@@ -91,7 +91,9 @@ class IProtocolAdapter(Interface):
 
 # Built-in adapters, imported on first use so that loading the registry stays
 # cheap: protocol name -> "module:attribute".
-_BUILTIN: dict[str, str] = {}
+_BUILTIN: dict[str, str] = {
+    "postgres": "gatehouse.protocols.postgres.adapter:adapter",
+}
 
 _registry: dict[str, IProtocolAdapter] = {}
 

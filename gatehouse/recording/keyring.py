@@ -35,6 +35,8 @@ class KeyRing(Service):
     """
 
     log = Logger()
+    #: seconds between repeated "keys run out soon" warnings
+    WARN_EVERY = 3600.0
 
     def __init__(
         self,
@@ -54,6 +56,7 @@ class KeyRing(Service):
         self._keys: list[EpochKey] = []
         self._loop: LoopingCall | None = None
         self._warned_none = False
+        self._last_warning = -(1 << 62)
 
     def load_now(self) -> list[str]:
         """
@@ -98,7 +101,11 @@ class KeyRing(Service):
             return
         self._warned_none = False
         left = (end - now) / NS
-        if left < self._warn_before:
+        if (
+            left < self._warn_before
+            and now - self._last_warning >= self.WARN_EVERY * NS
+        ):
+            self._last_warning = now
             self.log.warn(
                 "Signing keys in {dir} run out in {hours:.1f} h: issue more with "
                 "`gatehouse keys issue`",

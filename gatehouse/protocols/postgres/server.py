@@ -1,0 +1,713 @@
+"""
+The gateway as a PostgreSQL server: what psql, pgbench and drivers talk to.
+
+One L{PostgresServerProtocol} per client connection, in phases:
+
+1. startup: SSLRequest (answered C{S}, then TLS), direct TLS (PostgreSQL 17
+   C{sslnegotiation=direct}), GSSENCRequest (refused), CancelRequest
+   (forwarded to the target that runs the query), StartupMessage;
+2. password: the gateway asks for a cleartext password, which is the
+   client's JWT; the session verifies it;
+3. connecting: the gateway opens its own session on the target;
+4. relay: complete messages pass through both ways and are recorded.
+
+The protocol class stays thin: decoding is the codec's, recording, identity
+and the index are the session's.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Mapping
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gatehouse.config import TargetConfig
+from gatehouse.identity import AuthenticationError
+from gatehouse.protocols.postgres import codec
+from gatehouse.protocols.postgres.config import (
+    PostgresListenerOptions,
+    PostgresTargetOptions,
+)
+from gatehouse.protocols.postgres.statements import StatementCache, fingerprint
+from gatehouse.protocols.postgres.upstream import (
+    UpstreamError,
+    UpstreamReady,
+    connect_upstream,
+    send_cancel,
+)
+from gatehouse.recording.format import Direction
+from gatehouse.recording.interfaces import RecordingFailed, RecordingUnavailable
+
+_C2G = Direction.CLIENT_TO_GATEWAY
+_G2C = Direction.GATEWAY_TO_CLIENT
+_G2U = Direction.GATEWAY_TO_UPSTREAM
+_QUERY = codec.FrontendType.QUERY
+_PARSE = codec.FrontendType.PARSE
+_TERMINATE = codec.FrontendType.TERMINATE
+_PASSWORD = codec.FrontendType.PASSWORD
+_REDACTED_PASSWORD = codec.encode_message(_PASSWORD, b"[REDACTED]\0")
+
+#: Startup parameters that never reach a target.
+_NOT_FORWARDED = frozenset({"user", "database", "replication"})
+
+
+class StatementIndexer:
+    """
+    Indexes each distinct statement of a session once: statements that
+    differ only in constants (pgbench's random keys) share a fingerprint,
+    so the index holds shapes, not every execution.  The statements
+    themselves are in the recording.
+    """
+
+    MAX_DISTINCT = 10_000
+
+    def __init__(self, session: object, cache: StatementCache):
+        self._session = session
+        self._cache = cache
+        self._seen: set[str] = set()
+
+    def saw(self, sql: str) -> None:
+        """A client sent C{sql} (a Query, or a Parse)."""
+        key = fingerprint(sql) or sql
+        if key in self._seen or len(self._seen) >= self.MAX_DISTINCT:
+            return
+        self._seen.add(key)
+        for statement in self._cache.classify(sql):
+            self._session.command_seen(
+                statement.kind, statement.text, statement.relations
+            )
+
+
+class CancelRegistry:
+    """
+    Maps the BackendKeyData the gateway gave each client to the target
+    backend it stands for, so a client's CancelRequest reaches the right
+    query on the right target.
+    """
+
+    def __init__(self):
+        self._entries: dict[int, tuple[bytes, PostgresServerProtocol]] = {}
+
+    def register(self, protocol: PostgresServerProtocol) -> tuple[int, bytes]:
+        """Allocate a (pid, secret) pair for C{protocol}."""
+        while True:
+            pid = struct.unpack("!I", os.urandom(4))[0] & 0x7FFFFFFF
+            if pid and pid not in self._entries:
+                break
+        secret = os.urandom(4)
+        self._entries[pid] = (secret, protocol)
+        return pid, secret
+
+    def unregister(self, pid: int) -> None:
+        """Forget a key (its connection ended)."""
+        self._entries.pop(pid, None)
+
+    def lookup(self, pid: int, secret: bytes) -> PostgresServerProtocol | None:
+        """The connection a cancel key belongs to, if the key matches."""
+        entry = self._entries.get(pid)
+        if entry is None or not _constant_time_equal(entry[0], secret):
+            return None
+        return entry[1]
+
+
+def _constant_time_equal(a: bytes, b: bytes) -> bool:
+    import hmac
+
+    return hmac.compare_digest(a, b)
+
+
+@implementer(IPushProducer)
+class _PauseReasons:
+    """
+    Several parties may pause one transport (the other side's write buffer,
+    the recorder's backlog, a pending authentication); it reads again only
+    when none of them wants it paused.
+    """
+
+    def __init__(self, transport: object, name: str):
+        self._transport = transport
+        self._name = name
+        self._reasons: set[str] = set()
+
+    def reason(self, name: str) -> _Reason:
+        return _Reason(self, name)
+
+    def release(self) -> None:
+        """Read again whatever paused it (the connection is closing)."""
+        if self._reasons:
+            self._reasons.clear()
+            self._transport.resumeProducing()
+
+    def pause(self, name: str) -> None:
+        if not self._reasons:
+            self._transport.pauseProducing()
+        self._reasons.add(name)
+
+    def resume(self, name: str) -> None:
+        if name in self._reasons:
+            self._reasons.discard(name)
+            if not self._reasons:
+                self._transport.resumeProducing()
+
+    def pauseProducing(self) -> None:
+        self.pause("peer")
+
+    def resumeProducing(self) -> None:
+        self.resume("peer")
+
+    def stopProducing(self) -> None:
+        self._transport.stopProducing()
+
+
+@implementer(IPushProducer)
+class _Reason:
+    """One party's pause switch on a L{_PauseReasons}."""
+
+    def __init__(self, gate: _PauseReasons, name: str):
+        self._gate = gate
+        self._name = name
+
+    def pauseProducing(self) -> None:
+        self._gate.pause(self._name)
+
+    def resumeProducing(self) -> None:
+        self._gate.resume(self._name)
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class PostgresServerFactory(Factory):
+    """
+    Builds a L{PostgresServerProtocol} per client of one listener.
+
+    @param tls: server TLS options (ALPN C{postgresql}), or None.
+    """
+
+    def __init__(
+        self,
+        listener_name: str,
+        options: PostgresListenerOptions,
+        targets: Mapping[str, TargetConfig],
+        session_factory: object,
+        reactor: object,
+        tls: object | None,
+        cancels: CancelRegistry,
+    ):
+        self.listener_name = listener_name
+        self.options = options
+        self.targets = targets
+        self.session_factory = session_factory
+        self.reactor = reactor
+        self.tls = tls
+        self.cancels = cancels
+        self.statement_cache = StatementCache()
+        self.connections: set[PostgresServerProtocol] = set()
+
+    def buildProtocol(self, addr: object) -> PostgresServerProtocol:
+        protocol = PostgresServerProtocol(self)
+        protocol.factory = self
+        return protocol
+
+
+class PostgresServerProtocol(Protocol):
+    """One client connection; see the module docstring for its phases."""
+
+    _log = Logger()
+    #: seconds a closing client gets to finish its side of the close
+    CLOSE_TIMEOUT = 10.0
+
+    def __init__(self, factory: PostgresServerFactory):
+        self._factory = factory
+        self._abort_call = None
+        self.session = None
+        self._pending_records: list[bytes] = []
+        self._startup = codec.StartupParser(detect_tls=factory.tls is not None)
+        self._reader = codec.FrameReader.frontend(factory.options.max_message_bytes)
+        self._direct_tls = False
+        self._tls = False
+        self._target: TargetConfig | None = None
+        self._startup_message: codec.StartupMessage | None = None
+        self._upstream = None
+        self._cancel_key: tuple[int, bytes] | None = None
+        self._closing = False
+        self._close_reason = "client disconnected"
+        self._client_gate: _PauseReasons | None = None
+        self._statements: StatementIndexer | None = None
+        self.dataReceived = self._startup_data
+
+    # -- connection ----------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self._factory.connections.add(self)
+        peer = self.transport.getPeer()
+        self._peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
+        self._client_gate = _PauseReasons(self.transport, "client")
+
+    def _open_session(self) -> bool:
+        """Open the session (lazily: a CancelRequest connection gets none)."""
+        if self.session is not None:
+            return True
+        try:
+            self.session = self._factory.session_factory(
+                "postgres", self._factory.listener_name, self._peer
+            )
+        except RecordingUnavailable as e:
+            self._log.error("Refusing a PostgreSQL client: {why}", why=e)
+            self._write_error(
+                "57P03", "the gateway cannot record sessions now", severity="FATAL"
+            )
+            self._abort()
+            return False
+        self.session.on_failure(self._recording_failed)
+        self.session.on_terminate(self._terminated)
+        self.session.recording.registerProducer(self._client_gate.reason("recorder"))
+        for chunk in self._pending_records:
+            self.session.data(_C2G, chunk)
+        self._pending_records = []
+        return True
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._factory.connections.discard(self)
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
+        if self._cancel_key is not None:
+            self._factory.cancels.unregister(self._cancel_key[0])
+        if self._upstream is not None:
+            upstream, self._upstream = self._upstream, None
+            upstream.on_lost = None
+            if upstream.transport is not None:
+                upstream.transport.loseConnection()
+        if self.session is not None:
+            self.session.close(self._close_reason)
+
+    def _abort(self) -> None:
+        """
+        Hang up after what was written is flushed.  Reading resumes so a
+        TLS close can complete; a peer that never finishes it is cut off.
+        """
+        self._closing = True
+        self.dataReceived = self._ignore
+        if self._client_gate is not None:
+            self._client_gate.release()
+        self.transport.loseConnection()
+        self._abort_call = self._factory.reactor.callLater(
+            self.CLOSE_TIMEOUT, self.transport.abortConnection
+        )
+
+    def _ignore(self, data: bytes) -> None:
+        pass
+
+    def _write(self, data: bytes) -> None:
+        """Write gateway-made bytes to the client, recorded."""
+        if self.session is not None:
+            try:
+                self.session.data(_G2C, data)
+            except RecordingFailed:
+                return
+        self.transport.write(data)
+
+    def _write_error(
+        self,
+        sqlstate: str,
+        message: str,
+        severity: str = "FATAL",
+        detail: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self._write(
+            codec.ErrorResponse.build(
+                severity, sqlstate, message, detail, hint
+            ).encode()
+        )
+
+    def _fatal(
+        self, sqlstate: str, message: str, reason: str, **kw: str | None
+    ) -> None:
+        """Send a FATAL error, record why, and hang up."""
+        self._close_reason = reason
+        if self.session is not None:
+            self.session.event("refused", sqlstate=sqlstate, reason=reason)
+        self._write_error(sqlstate, message, "FATAL", **kw)
+        self._abort()
+
+    # -- phase 1: startup ------------------------------------------------------
+
+    def _startup_data(self, data: bytes) -> None:
+        if self.session is not None:
+            self.session.data(_C2G, data)
+        else:
+            self._pending_records.append(data)
+        try:
+            self._startup.receive_data(data)
+            self._startup_events()
+        except codec.ProtocolViolation as e:
+            if self._open_session():
+                self._fatal(e.sqlstate, e.message, f"protocol violation: {e.message}")
+
+    def _startup_events(self) -> None:
+        while not self._closing:
+            event = self._startup.next_event()
+            if event is None:
+                return
+            if isinstance(event, codec.CancelRequest):
+                self._cancel(event)
+                return
+            if not self._open_session():
+                return
+            if isinstance(event, codec.SSLRequest):
+                self._ssl_request()
+            elif isinstance(event, codec.GSSENCRequest):
+                self._write(self._startup.refuse_encryption())
+            elif isinstance(event, codec.DirectTLS):
+                self._start_direct_tls()
+                return
+            elif isinstance(event, codec.StartupMessage):
+                self._startup_message_received(event)
+                return
+
+    def _ssl_request(self) -> None:
+        if self._factory.tls is None:
+            self._write(self._startup.refuse_encryption())
+            return
+        answer = self._startup.accept_encryption()  # refuses pipelined bytes
+        self._write(answer)
+        self.transport.startTLS(self._factory.tls)
+        self._tls = True
+        self.session.event("tls", negotiation="postgres")
+
+    def _start_direct_tls(self) -> None:
+        hello = self._startup.take_remaining()
+        self.transport.startTLS(self._factory.tls)
+        self._tls = self._direct_tls = True
+        self.session.event("tls", negotiation="direct")
+        # The ClientHello was read before we knew it was TLS: hand it to the
+        # TLS layer that now sits between the socket and this protocol.
+        self.transport.protocol.dataReceived(hello)
+
+    def _cancel(self, event: codec.CancelRequest) -> None:
+        self._abort()
+        owner = self._factory.cancels.lookup(event.pid, event.secret)
+        if owner is None:
+            self._log.info(
+                "Ignoring a CancelRequest with an unknown key from {peer}",
+                peer=self._peer,
+            )
+            return
+        owner.cancel_requested(self._peer)
+
+    def _startup_message_received(self, message: codec.StartupMessage) -> None:
+        if self._direct_tls:
+            alpn = self.transport.getHandle().get_alpn_proto_negotiated()
+            if alpn != b"postgresql":
+                self._fatal(
+                    "08P01",
+                    'direct TLS connections must use ALPN protocol "postgresql"',
+                    "direct TLS without ALPN postgresql",
+                )
+                return
+        if not self._tls and not self._factory.options.allow_cleartext:
+            self._fatal(
+                "28000",
+                "this gateway accepts only TLS connections",
+                "client did not use TLS",
+                hint="connect with sslmode=require (or verify-full)",
+            )
+            return
+        if message.get("replication") not in (None, "false", "0", "off", "no"):
+            self._fatal(
+                "0A000",
+                "replication connections are not supported through the gateway",
+                "replication connection refused",
+            )
+            return
+        if message.minor != 0 or message.protocol_options:
+            negotiation = message.negotiate(latest=codec.PROTOCOL_3_0)
+            if negotiation is not None:
+                self._write(negotiation.encode())
+        self._startup_message = message
+        self.session.event(
+            "startup",
+            user=message.get("user"),
+            database=message.get("database"),
+            application_name=message.get("application_name"),
+        )
+        leftover = self._startup.take_remaining()
+        self.dataReceived = self._password_data
+        self._write(codec.AuthenticationCleartextPassword().encode())
+        if leftover:
+            self._password_frames(leftover)
+
+    # -- phase 2: password (the client's JWT) ---------------------------------
+
+    def _password_data(self, data: bytes) -> None:
+        # Not recorded as received: the password message is recorded
+        # redacted once it is complete (see _password_frames).
+        self._password_frames(data)
+
+    def _password_frames(self, data: bytes) -> None:
+        try:
+            frames = self._reader.feed(data)
+        except codec.ProtocolViolation as e:
+            self.session.data(_C2G, b"[unparseable password phase bytes]")
+            self._fatal(e.sqlstate, e.message, f"protocol violation: {e.message}")
+            return
+        if not frames:
+            return
+        kind, _, end = frames[0]
+        if kind == _TERMINATE:
+            self._close_reason = "client ended the session before authenticating"
+            self._abort()
+            return
+        if kind != _PASSWORD:
+            self._fatal("08P01", "expected a password message", "no password message")
+            return
+        body = self._reader.body(frames[0])
+        self._reader.discard_to(end)
+        self.session.data(_C2G, _REDACTED_PASSWORD)
+        try:
+            token = codec.PasswordMessage.decode(body).password
+        except codec.ProtocolViolation as e:
+            self._fatal(e.sqlstate, e.message, f"protocol violation: {e.message}")
+            return
+        self.dataReceived = self._waiting_data
+        self._client_gate.pause("authentication")
+        target_name = self._startup_message.get(
+            "database"
+        ) or self._startup_message.get("user")
+        self.session.authenticate(token, target_name).addCallbacks(
+            self._authenticated, self._not_authenticated
+        )
+
+    def _waiting_data(self, data: bytes) -> None:
+        # Bytes that were already in flight when reading paused: keep them,
+        # in order, for the relay.
+        self.session.data(_C2G, data)
+        try:
+            self._reader.feed(data)
+        except codec.ProtocolViolation as e:
+            self._fatal(e.sqlstate, e.message, f"protocol violation: {e.message}")
+
+    def _not_authenticated(self, failure: Failure) -> None:
+        if self._closing:
+            return
+        if not failure.check(AuthenticationError):
+            self._log.failure(
+                "Authenticating session {sid}", failure, sid=str(self.session.id)
+            )
+        self._fatal(
+            "28P01",
+            "authentication failed",
+            f"authentication failed: {failure.value}",
+            hint="the password must be a valid access token (JWT) for this gateway",
+        )
+
+    def _authenticated(self, identity: object) -> None:
+        if self._closing:
+            return
+        target_name = self.session.target
+        target = self._factory.targets.get(target_name)
+        if target is None:
+            self._fatal(
+                "3D000",
+                f'no target named "{target_name}" on this gateway',
+                f"unknown target {target_name!r}",
+                hint="the database name selects the target",
+            )
+            return
+        options: PostgresTargetOptions = target.options
+        if not options.allows(identity.groups):
+            self._fatal(
+                "28000",
+                f'"{identity.subject}" may not reach target "{target_name}"',
+                f"identity not allowed for target {target_name!r}",
+            )
+            return
+        self._target = target
+        self._statements = StatementIndexer(self.session, self._factory.statement_cache)
+        passthrough = tuple(
+            (k, v)
+            for k, v in self._startup_message.parameters
+            if k not in _NOT_FORWARDED and not k.startswith("_pq_.")
+        )
+        d = connect_upstream(
+            self._factory.reactor,
+            options,
+            target_name,
+            passthrough,
+            self._factory.options.connect_timeout,
+        )
+        d.addCallbacks(self._upstream_ready, self._upstream_failed)
+
+    # -- phase 3: connecting -------------------------------------------------
+
+    def _upstream_failed(self, failure: Failure) -> None:
+        if self._closing:
+            return
+        if not failure.check(UpstreamError):
+            self._log.failure(
+                "Connecting session {sid}", failure, sid=str(self.session.id)
+            )
+            failure = Failure(
+                UpstreamError(f"internal error: {failure.getErrorMessage()}")
+            )
+        error = failure.value
+        self._log.warn(
+            "Target {target} unavailable for session {sid}: {why}",
+            target=self._target.name,
+            sid=str(self.session.id),
+            why=error.reason,
+        )
+        self._fatal(
+            error.sqlstate,
+            f'the gateway could not open a session on target "{self._target.name}"',
+            f"upstream failed: {error.reason}",
+            detail="the target is unavailable or refused the gateway's credentials",
+        )
+
+    def _upstream_ready(self, ready: UpstreamReady) -> None:
+        upstream = ready.protocol
+        if self._closing:
+            upstream.transport.loseConnection()
+            return
+        self._upstream = upstream
+        self._upstream_key = (ready.backend_pid, ready.backend_secret)
+        self.session.event(
+            "upstream-connected",
+            target=self._target.name,
+            auth=ready.auth_method,
+            tls=ready.tls,
+            backend_pid=ready.backend_pid,
+            server_version=dict(ready.parameters).get("server_version"),
+        )
+        pid, secret = self._factory.cancels.register(self)
+        self._cancel_key = (pid, secret)
+        greeting = [codec.AuthenticationOk().encode()]
+        greeting += [codec.ParameterStatus(k, v).encode() for k, v in ready.parameters]
+        greeting.append(codec.BackendKeyData(pid, secret).encode())
+        self._write(b"".join(greeting))
+        # The server's ReadyForQuery (and anything after it) goes verbatim.
+        upstream.on_data = self._upstream_data
+        upstream.on_lost = self._upstream_lost
+        upstream_gate = _PauseReasons(upstream.transport, "upstream")
+        self._upstream_gate = upstream_gate
+        self.session.recording.registerProducer(upstream_gate.reason("recorder"))
+        upstream.transport.registerProducer(self._client_gate, True)
+        self.transport.registerProducer(upstream_gate, True)
+        self._send_upstream_ready(ready)
+
+    def _send_upstream_ready(self, ready: UpstreamReady) -> None:
+        self._write(codec.ReadyForQuery("I").encode())
+        if ready.leftover:
+            self._upstream_data(ready.leftover)
+        self.dataReceived = self._relay_data
+        self._client_gate.resume("authentication")
+        if self._reader.framed > self._reader.consumed:
+            self._forward(self._reader.take_to(self._reader.framed))
+
+    # -- phase 4: relay --------------------------------------------------------
+
+    def _relay_data(self, data: bytes) -> None:
+        try:
+            self.session.data(_C2G, data)
+            frames = self._reader.feed(data)
+        except RecordingFailed:
+            return
+        except codec.ProtocolViolation as e:
+            self._fatal(e.sqlstate, e.message, f"protocol violation: {e.message}")
+            return
+        if not frames:
+            return
+        statements = None
+        for frame in frames:
+            kind = frame[0]
+            if kind == _QUERY or kind == _PARSE:
+                if statements is None:
+                    statements = []
+                statements.append(frame)
+            elif kind == _TERMINATE:
+                self._close_reason = "client terminated the session"
+        if statements:
+            self._index_statements(statements)
+        self._forward(self._reader.take_to(frames[-1][2]))
+
+    def _index_statements(self, frames: list) -> None:
+        reader = self._reader
+        for frame in frames:
+            body = reader.body(frame)
+            if frame[0] == _QUERY:
+                text = body[:-1]
+            else:
+                # Parse: statement name NUL query NUL ...
+                name_end = body.index(b"\0")
+                text = body[name_end + 1 : body.index(b"\0", name_end + 1)]
+            self._statements.saw(text.decode("utf-8", "replace"))
+
+    def _forward(self, data: bytes) -> None:
+        upstream = self._upstream
+        if upstream is None or upstream.transport is None:
+            return
+        upstream.transport.write(data)
+
+    def _upstream_data(self, data: bytes) -> None:
+        try:
+            self.session.data(_G2C, data)
+        except RecordingFailed:
+            return
+        self.transport.write(data)
+
+    def _upstream_lost(self, reason: Failure) -> None:
+        self._upstream = None
+        if self._closing:
+            return
+        why = reason.getErrorMessage()
+        self._fatal(
+            "08006",
+            f'the connection to target "{self._target.name}" was lost',
+            f"upstream connection lost: {why}",
+        )
+
+    def cancel_requested(self, peer: str) -> None:
+        """A client sent this connection's cancel key: cancel on the target."""
+        if self._upstream is None or self.session is None:
+            return
+        self.session.event("cancel-request", peer=peer)
+        pid, secret = self._upstream_key
+        send_cancel(
+            self._factory.reactor, self._target.options, pid, secret
+        ).addErrback(
+            lambda f: self._log.warn(
+                "Cancel to target failed: {why}", why=f.getErrorMessage()
+            )
+        )
+
+    # -- failure and shutdown ------------------------------------------------
+
+    def _recording_failed(self, reason: str) -> None:
+        if self._closing:
+            return
+        self._close_reason = reason
+        self._closing = True
+        # The recording is gone: this error is sent unrecorded, on purpose.
+        self.transport.write(
+            codec.ErrorResponse.build(
+                "FATAL", "58030", "the gateway cannot record this session; it is closed"
+            ).encode()
+        )
+        self.dataReceived = self._ignore
+        self.transport.loseConnection()
+        if self._upstream is not None and self._upstream.transport is not None:
+            self._upstream.transport.abortConnection()
+
+    def _terminated(self, reason: str) -> Deferred | None:
+        if self._closing:
+            return None
+        self._fatal("57P01", "the gateway is shutting down", reason)
+        return None
