@@ -30,6 +30,7 @@ from zope.interface import implementer
 
 from gatehouse.config import TargetConfig
 from gatehouse.identity import AuthenticationError
+from gatehouse.net import send_now, tune
 from gatehouse.protocols.postgres import codec
 from gatehouse.protocols.postgres.config import (
     PostgresListenerOptions,
@@ -250,6 +251,7 @@ class PostgresServerProtocol(Protocol):
         peer = self.transport.getPeer()
         self._peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
         self._client_gate = _PauseReasons(self.transport, "client")
+        tune(self.transport)
 
     def _open_session(self) -> bool:
         """Open the session (lazily: a CancelRequest connection gets none)."""
@@ -594,6 +596,7 @@ class PostgresServerProtocol(Protocol):
         greeting.append(codec.BackendKeyData(pid, secret).encode())
         self._write(b"".join(greeting))
         # The server's ReadyForQuery (and anything after it) goes verbatim.
+        tune(upstream.transport)
         upstream.on_data = self._upstream_data
         upstream.on_lost = self._upstream_lost
         upstream_gate = _PauseReasons(upstream.transport, "upstream")
@@ -654,14 +657,14 @@ class PostgresServerProtocol(Protocol):
         upstream = self._upstream
         if upstream is None or upstream.transport is None:
             return
-        upstream.transport.write(data)
+        send_now(upstream.transport, data)
 
     def _upstream_data(self, data: bytes) -> None:
         try:
             self.session.data(_G2C, data)
         except RecordingFailed:
             return
-        self.transport.write(data)
+        send_now(self.transport, data)
 
     def _upstream_lost(self, reason: Failure) -> None:
         self._upstream = None

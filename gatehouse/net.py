@@ -1,0 +1,56 @@
+"""
+Transport helpers for relaying with low latency.
+
+Twisted's C{transport.write} never sends at once: it queues the bytes,
+registers the socket for writability and sends on the next reactor turn,
+then unregisters.  For a relay answering small request/response messages
+that round trip (two epoll_ctl calls and a loop turn per message) was most
+of the reactor's time (bench/postgres.py --profile).  L{send_now} sends
+straight away when nothing is queued, and leaves everything else (partial
+sends, errors, TLS, closing transports) to Twisted.
+"""
+
+from __future__ import annotations
+
+
+def tune(transport: object) -> None:
+    """
+    Set TCP_NODELAY on a TCP transport: a relay must not hold small
+    messages back waiting for ACKs (PostgreSQL and pgbouncer set it too).
+    """
+    set_nodelay = getattr(transport, "setTcpNoDelay", None)
+    if set_nodelay is not None:
+        try:
+            set_nodelay(True)
+        except OSError:
+            pass
+
+
+def send_now(transport: object, data: bytes) -> None:
+    """
+    Write C{data} to C{transport}, sending it immediately when the
+    transport is a plain TCP socket with nothing queued.
+    """
+    sock = getattr(transport, "socket", None)
+    if (
+        sock is not None
+        and not transport.TLS
+        and not transport.dataBuffer
+        and not transport._tempDataBuffer
+        and transport.connected
+        and not transport.disconnecting
+    ):
+        try:
+            sent = sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            # Let Twisted notice and report the broken connection its way.
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+
+
+__all__ = ["send_now", "tune"]
