@@ -97,8 +97,11 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         "export a recorded session as JSON lines",
         "gatehouse.recording.cli_sessions:configure_export",
     ),
-    # Subcommand("demo", "run a self-contained demonstration",
-    #            "gatehouse.cli_demo:configure"),
+    Subcommand(
+        "demo",
+        "run a gateway in front of a throwaway PostgreSQL, ready for psql",
+        "gatehouse.demo:configure",
+    ),
 )
 
 
@@ -219,4 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # "python -m gatehouse.cli" runs this file as __main__, a second copy of
+    # the module: run the real one, whose CommandError subcommands raise.
+    from gatehouse.cli import main as _main
+
+    sys.exit(_main())
