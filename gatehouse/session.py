@@ -159,6 +159,8 @@ class Session:
 
     def terminate(self, reason: str) -> Deferred:
         """End the session from the gateway's side; see L{on_terminate}."""
+        if self.closed:
+            return self.close(reason)
         for callback in self._terminators:
             try:
                 callback(reason)

@@ -228,6 +228,7 @@ class PostgresServerProtocol(Protocol):
     def __init__(self, factory: PostgresServerFactory):
         self._factory = factory
         self._abort_call = None
+        self._client_terminated = False
         self.session = None
         self._pending_records: list[bytes] = []
         self._startup = codec.StartupParser(detect_tls=factory.tls is not None)
@@ -637,6 +638,7 @@ class PostgresServerProtocol(Protocol):
                 statements.append(frame)
             elif kind == _TERMINATE:
                 self._close_reason = "client terminated the session"
+                self._client_terminated = True
         if statements:
             self._index_statements(statements)
         self._forward(self._reader.take_to(frames[-1][2]))
@@ -669,6 +671,10 @@ class PostgresServerProtocol(Protocol):
     def _upstream_lost(self, reason: Failure) -> None:
         self._upstream = None
         if self._closing:
+            return
+        if self._client_terminated:
+            # The target hung up because the client said goodbye.
+            self._abort()
             return
         why = reason.getErrorMessage()
         self._fatal(

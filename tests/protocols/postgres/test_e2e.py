@@ -28,7 +28,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gatehouse.protocols.postgres import codec
 from gatehouse.recording.format import RecordType
-from gatehouse.recording.index import commands_for, query_sessions
+from gatehouse.recording.index import IndexUnavailable, commands_for, query_sessions
 from gatehouse.recording.reader import read_records
 from gatehouse.recording.render import render
 from gatehouse.recording.verify import verify_session
@@ -87,7 +87,12 @@ class GatewayTestCase(SynchronousTestCase):
         index = self.gateway.path("recordings", "index.sqlite3")
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            rows = [r for r in query_sessions(index, limit=None) if r.started >= after]
+            try:
+                rows = query_sessions(index, limit=None)
+            except IndexUnavailable:  # the daemon may still be creating it
+                time.sleep(0.05)
+                continue
+            rows = [r for r in rows if r.started >= after]
             rows.sort(key=lambda r: r.started)
             if rows and (
                 not wait_closed or (rows[-1].ended is not None and rows[-1].final)
