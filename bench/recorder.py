@@ -89,7 +89,9 @@ def baseline(root: str, size: int, n: int) -> float:
     return time.perf_counter() - start
 
 
-def report(label: str, n: int, size: int, elapsed: float, base: float | None = None) -> None:
+def report(
+    label: str, n: int, size: int, elapsed: float, base: float | None = None
+) -> None:
     rate = n / elapsed
     mbs = n * size / elapsed / 1e6
     extra = f"  ratio to plain write {base / elapsed:5.2f}" if base else ""
@@ -109,14 +111,15 @@ def main(args) -> defer.Deferred:
             )
             base = baseline(root, size, n)
             report(f"write {size} B records", n, size, elapsed)
-            report(f"  plain file write, same bytes", n, size, base)
+            report("  plain file write, same bytes", n, size, base)
             start = time.perf_counter()
             result = verify_session(directory, anchors)
             v_elapsed = time.perf_counter() - start
             assert result.exit_code == 0, result.findings
             report(f"verify {size} B records", result.records, size, v_elapsed)
             disk = sum(
-                os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory)
+                os.path.getsize(os.path.join(directory, f))
+                for f in os.listdir(directory)
             )
             print(
                 f"  {result.segments} segments, {n * size / 1e6:.1f} MB recorded, "

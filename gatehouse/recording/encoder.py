@@ -7,6 +7,12 @@ recorder decides when to cut blocks and seal, and where the bytes go.
 
 Per record it does the minimum: pack 24 bytes of framing and extend the
 hash chain.  Everything else (joining, compressing, writing) is per block.
+
+Sealing is split in two.  L{SessionEncoder.seal} decides the seal where the
+records are (the reactor thread) and opens the next segment at once;
+L{complete_seal} finishes it where the segment's stored (compressed) bytes
+are, after its last block is written: it adds their digest, signs, and
+makes the link that the next segment's header carries.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from gatehouse.recording.format import (
     SegmentHeader,
     encode_block_header,
     encode_seal,
+    link_of,
 )
 from gatehouse.recording.keys import EpochKey, raw_public
 
@@ -51,14 +58,68 @@ class PendingBlock:
 
 
 @attrs.frozen
+class PendingSeal:
+    """
+    A seal decided by L{SessionEncoder.seal}, for L{complete_seal} to finish
+    once the segment's blocks are written.
+
+    @ivar statement: the seal statement, but for C{prev_link} and
+        C{blocks_digest}, which are 32 zero bytes here.
+    @ivar signer: the segment's signing key.  The encoder has let go of it:
+        drop this object once the seal is complete.
+    @ivar next_header: the next segment's header, but for C{prev_link} (32
+        zero bytes here); None when the seal is final.
+    """
+
+    statement: SealStatement
+    signer: Ed25519PrivateKey = attrs.field(repr=False)
+    next_header: SegmentHeader | None
+
+
+@attrs.frozen
 class SealedSegment:
-    """What sealing produced: the seal's bytes, and the next segment's header."""
+    """
+    A complete seal: its bytes, its statement, its link, and the header of
+    the next segment, which carries that link.
+    """
 
     index: int
-    seal: bytes
     statement: SealStatement
+    signature: bytes
+    seal: bytes
     link: bytes
     next_header: SegmentHeader | None
+
+
+def complete_seal(
+    pending: PendingSeal, blocks_digest: bytes, prev_link: bytes
+) -> SealedSegment:
+    """
+    Finish a seal: fill in the statement's C{prev_link} (the segment
+    header's, that is the previous segment's link) and C{blocks_digest}
+    (SHA-256 of the segment's stored blocks, header and data, in file
+    order), sign it, and link the next segment's header to it.
+
+    Pure and thread-safe: the recorder calls it on the thread that wrote
+    the blocks, right after the last one.
+    """
+    statement = attrs.evolve(
+        pending.statement, prev_link=prev_link, blocks_digest=blocks_digest
+    )
+    statement_bytes = statement.to_bytes()
+    signature = pending.signer.sign(statement_bytes)
+    link = link_of(statement_bytes)
+    next_header = pending.next_header
+    if next_header is not None:
+        next_header = attrs.evolve(next_header, prev_link=link)
+    return SealedSegment(
+        statement.segment_index,
+        statement,
+        signature,
+        encode_seal(statement_bytes, signature),
+        link,
+        next_header,
+    )
 
 
 def frame_block(block: PendingBlock, level: int = 1) -> bytes:
@@ -75,7 +136,8 @@ def frame_block(block: PendingBlock, level: int = 1) -> bytes:
         packed = zstandard.ZstdCompressor(level=level).compress(raw)
         if len(packed) * 10 < len(raw) * 9:
             codec, data = CODEC_ZSTD, packed
-    return encode_block_header(codec, block.count, len(raw), len(data), block.chain) + data
+    header = encode_block_header(codec, block.count, len(raw), len(data), block.chain)
+    return header + data
 
 
 class SessionEncoder:
@@ -83,7 +145,9 @@ class SessionEncoder:
     Record state of one session: sequence numbers, the hash chain, the open
     segment and its signing key.
 
-    @ivar header: the open segment's header.
+    @ivar header: the open segment's header.  After segment 0 its
+        C{prev_link} is 32 zero bytes: the link is made by L{complete_seal},
+        and the chain does not depend on it.
     @ivar segment_raw_bytes: raw record bytes in the open segment so far.
     """
 
@@ -152,9 +216,8 @@ class SessionEncoder:
         if len(payload) > MAX_PAYLOAD:
             seq = -1
             for start in range(0, len(payload), MAX_PAYLOAD):
-                seq = self.add(
-                    rtype, direction, channel, mono, payload[start : start + MAX_PAYLOAD]
-                )
+                chunk = payload[start : start + MAX_PAYLOAD]
+                seq = self.add(rtype, direction, channel, mono, chunk)
             return seq
         if mono < self._mono:
             mono = self._mono
@@ -182,20 +245,24 @@ class SessionEncoder:
         """Cut the records added since the last block, if any."""
         if not self._count:
             return None
-        block = PendingBlock(b"".join(self._parts), self._count, self._chain, self._seq - 1)
+        block = PendingBlock(
+            b"".join(self._parts), self._count, self._chain, self._seq - 1
+        )
         self._segment_count += self._count
         self._parts = []
         self._count = 0
         self.pending_bytes = 0
         return block
 
-    def seal(self, wall: int, mono: int, final: bool = False) -> SealedSegment:
+    def seal(self, wall: int, mono: int, final: bool = False) -> PendingSeal:
         """
-        Seal the open segment.  Call L{take_block} first: records still in
-        the open block are not covered.
+        Decide the seal of the open segment; L{complete_seal} finishes it.
+        Call L{take_block} first: records still in the open block are not
+        covered.
 
-        Unless C{final}, the next segment opens at the seal's times and the
-        key that signed this seal is dropped.
+        The key that signs this seal passes to the returned L{PendingSeal}.
+        Unless C{final}, the next segment opens at the seal's times, and
+        records may be added to it at once.
         """
         if self._count:
             raise RuntimeError("take_block() before seal()")
@@ -218,18 +285,15 @@ class SessionEncoder:
             mono_seal=mono,
             prev_link=header.prev_link,
             digest=self._chain,
+            blocks_digest=ZERO_LINK,
             signer=raw_public(self._signer),
-            next_signer=raw_public(next_signer) if next_signer else b"\x00" * 32,
+            next_signer=raw_public(next_signer) if next_signer else ZERO_LINK,
         )
-        statement_bytes = statement.to_bytes()
-        seal = encode_seal(statement_bytes, self._signer.sign(statement_bytes))
-        link = statement.link()
+        signer, self._signer = self._signer, next_signer
         next_header = None
         if final:
             self.closed = True
-            self._signer = None
         else:
-            self._signer = next_signer
             next_header = SegmentHeader(
                 session_id=self._session_id,
                 segment_index=header.segment_index + 1,
@@ -237,8 +301,8 @@ class SessionEncoder:
                 wall_start=wall,
                 mono_start=mono,
                 seal_interval=self._seal_interval,
-                prev_link=link,
+                prev_link=ZERO_LINK,
                 gateway_id=self._gateway_id,
             )
             self._open(next_header)
-        return SealedSegment(header.segment_index, seal, statement, link, next_header)
+        return PendingSeal(statement, signer, next_header)

@@ -211,8 +211,14 @@ class SegmentHeader:
         return _HEADER_PREFIX.pack(MAGIC, len(body)) + body
 
     def chain_start(self) -> bytes:
-        """C{c0}: the chain value before the segment's first record."""
-        return sha256(CHAIN_CONTEXT + self.to_bytes())
+        """
+        C{c0}: the chain value before the segment's first record, over the
+        header with C{prev_link} zeroed.  The link is known only once the
+        previous seal is signed, on the writer's thread; the seal statement
+        binds C{prev_link} instead.
+        """
+        unlinked = attrs.evolve(self, prev_link=ZERO_LINK)
+        return sha256(CHAIN_CONTEXT + unlinked.to_bytes())
 
     @classmethod
     def parse(cls, data: bytes) -> tuple[SegmentHeader, int]:
@@ -250,10 +256,11 @@ class SealStatement:
     mono_seal: int
     prev_link: bytes
     digest: bytes
+    blocks_digest: bytes
     signer: bytes
     next_signer: bytes
 
-    _FIXED = struct.Struct(">IBQQQQQQ32s32s32s32s")
+    _FIXED = struct.Struct(">IBQQQQQQ32s32s32s32s32s")
 
     def to_bytes(self) -> bytes:
         """Serialise exactly as signed."""
@@ -272,6 +279,7 @@ class SealStatement:
                 self.mono_seal,
                 self.prev_link,
                 self.digest,
+                self.blocks_digest,
                 self.signer,
                 self.next_signer,
             )
@@ -306,7 +314,8 @@ def encode_seal(statement_bytes: bytes, signature: bytes) -> bytes:
     """Frame a seal."""
     if len(signature) != SIGNATURE_LEN:
         raise ValueError("Ed25519 signatures are 64 bytes")
-    return _SEAL_PREFIX.pack(SEAL_TAG, len(statement_bytes)) + statement_bytes + signature
+    prefix = _SEAL_PREFIX.pack(SEAL_TAG, len(statement_bytes))
+    return prefix + statement_bytes + signature
 
 
 def parse_seal(data: bytes, offset: int) -> tuple[bytes, bytes, int]:
@@ -324,6 +333,17 @@ def parse_seal(data: bytes, offset: int) -> tuple[bytes, bytes, int]:
     statement = r.take(length)
     signature = r.take(SIGNATURE_LEN)
     return statement, signature, r.offset
+
+
+def add_block_to_digest(digest: object, block_header: bytes, data: bytes) -> None:
+    """
+    Extend a segment's running C{blocks_digest} (a hashlib object) over one
+    block: its header, and its data when compressed.  A stored block's data
+    is its records, which the chain binds already.
+    """
+    digest.update(block_header)
+    if block_header[1] == CODEC_ZSTD:
+        digest.update(data)
 
 
 def encode_block_header(
@@ -379,7 +399,9 @@ class Certificate:
         root_id = r.take(16)
         signature = r.take(SIGNATURE_LEN)
         r.done()
-        return cls(key_id, public_key, gateway_id, not_before, not_after, root_id, signature)
+        return cls(
+            key_id, public_key, gateway_id, not_before, not_after, root_id, signature
+        )
 
 
 @attrs.frozen
@@ -398,7 +420,8 @@ class Delegation:
     @staticmethod
     def message(session_id: bytes, wall_start: int, session_key: bytes) -> bytes:
         """What the epoch key signs."""
-        return DELEGATE_CONTEXT + session_id + struct.pack(">Q", wall_start) + session_key
+        when = struct.pack(">Q", wall_start)
+        return DELEGATE_CONTEXT + session_id + when + session_key
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Delegation:
@@ -430,8 +453,7 @@ def parse_segment_filename(name: str) -> int | None:
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 #: Frame header descriptor bits that must be clear: the unused bit (which
-#: decoders ignore, so a flip of it would go unnoticed), the reserved bit and
-#: the dictionary id flags.
+#: decoders ignore), the reserved bit and the dictionary id flags.
 _ZSTD_FHD_MUST_BE_CLEAR = 0x10 | 0x08 | 0x03
 #: Largest header body: fixed fields, a 255-byte gateway id, a full delegation.
 MAX_HEADER_BODY = _HEADER_FIXED.size + 2 + 255 + 2 + 0xFFFF

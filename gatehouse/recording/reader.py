@@ -10,6 +10,7 @@ that replay and export use: every record up to the first damage.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -35,6 +36,7 @@ from gatehouse.recording.format import (
     RecordType,
     SealStatement,
     SegmentHeader,
+    add_block_to_digest,
     chain_block_records,
     decode_block,
     find_trailing_seal,
@@ -148,8 +150,8 @@ class SegmentScanner:
     block in memory.
 
     After L{blocks} is exhausted, C{end} says how the file ended, and
-    C{chain}, C{next_seq}, C{last_mono} and C{records} describe the intact
-    blocks read.
+    C{chain}, C{next_seq}, C{last_mono}, C{records} and L{blocks_digest}
+    describe the intact blocks read.
 
     @ivar header: the parsed header, or None when it could not be read (then
         C{end} says why).
@@ -174,6 +176,7 @@ class SegmentScanner:
         self.chain = b""
         self.next_seq = 0
         self.last_mono = 0
+        self._stored = hashlib.sha256()
         self._seal: tuple[bytes, bytes] | None = None
         self._limit = self.size
         self._find_seal()
@@ -188,6 +191,11 @@ class SegmentScanner:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    @property
+    def blocks_digest(self) -> bytes:
+        """SHA-256 of the stored bytes (header and data) of the intact blocks."""
+        return self._stored.digest()
 
     def _progress(self, n: int) -> None:
         if self._on_bytes is not None:
@@ -300,6 +308,7 @@ class SegmentScanner:
                 self._seal = trailing
                 return self._finish(DAMAGED, problem)
             block = ScannedBlock(index, self.next_seq, header, raw)
+            add_block_to_digest(self._stored, head, data)
             self.chain = chain
             self.last_mono = mono
             self.next_seq += header.count
@@ -397,6 +406,7 @@ def read_records(directory: str) -> Iterator[Record]:
                 return
             if (
                 statement.digest != scanner.chain
+                or statement.blocks_digest != scanner.blocks_digest
                 or statement.record_count != scanner.records
                 or statement.final
             ):

@@ -11,6 +11,7 @@ segments are sealed on size, on time (heartbeat) and at close.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import time
@@ -25,8 +26,21 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gatehouse.recording.encoder import PendingBlock, SessionEncoder, frame_block
-from gatehouse.recording.format import RecordType, segment_filename
+from gatehouse.recording.encoder import (
+    PendingBlock,
+    PendingSeal,
+    SealedSegment,
+    SessionEncoder,
+    complete_seal,
+    frame_block,
+)
+from gatehouse.recording.format import (
+    BLOCK_HEADER,
+    RecordType,
+    SegmentHeader,
+    add_block_to_digest,
+    segment_filename,
+)
 from gatehouse.recording.interfaces import (
     IRecorder,
     ISessionRecording,
@@ -61,24 +75,69 @@ class _SegmentFiles:
     """
     The files of one session.  Every method runs on a worker thread, one at
     a time, in submission order.
+
+    Seals are completed here (L{complete_seal}): only here are the stored
+    bytes of the blocks known, and the link of the previous seal.
     """
 
     def __init__(self, directory: str):
         self.directory = directory
         self._file = None
+        self._prev_link: bytes | None = None
+        self._stored = hashlib.sha256()
+        self._broken: str | None = None
 
-    def open(self, index: int, header: bytes) -> None:
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = self._file.write(view)
+            if not written:
+                raise OSError("short write to segment file")
+            view = view[written:]
+
+    def _check(self) -> None:
+        # After one failed write nothing else may land in the files: a
+        # seal over blocks that were never written would be a lie.
+        if self._broken is not None:
+            raise RecordingFailed(f"an earlier write failed: {self._broken}")
+
+    def _guarded(self, fn, *args):
+        self._check()
+        try:
+            return fn(*args)
+        except Exception as e:
+            self._broken = str(e) or type(e).__name__
+            raise
+
+    def open(self, header: SegmentHeader) -> None:
+        self._guarded(self._open, header)
+
+    def _open(self, header: SegmentHeader) -> None:
         os.makedirs(self.directory, mode=0o750, exist_ok=True)
-        path = os.path.join(self.directory, segment_filename(index))
+        path = os.path.join(self.directory, segment_filename(header.segment_index))
         self._file = open(path, "xb", buffering=0)
-        self._file.write(header)
+        self._write(header.to_bytes())
+        self._prev_link = header.prev_link
+        self._stored = hashlib.sha256()
 
     def write_block(self, block: PendingBlock) -> None:
-        self._file.write(frame_block(block))
+        self._guarded(self._write_block, block)
 
-    def seal(self, seal: bytes, next_index: int | None, next_header: bytes | None) -> None:
+    def _write_block(self, block: PendingBlock) -> None:
+        data = frame_block(block)
+        self._write(data)
+        view = memoryview(data)
+        add_block_to_digest(
+            self._stored, view[: BLOCK_HEADER.size], view[BLOCK_HEADER.size :]
+        )
+
+    def seal(self, pending: PendingSeal) -> SealedSegment:
+        return self._guarded(self._seal, pending)
+
+    def _seal(self, pending: PendingSeal) -> SealedSegment:
+        sealed = complete_seal(pending, self._stored.digest(), self._prev_link)
         f = self._file
-        f.write(seal)
+        self._write(sealed.seal)
         os.fsync(f.fileno())
         f.close()
         self._file = None
@@ -88,8 +147,9 @@ class _SegmentFiles:
             os.fsync(fd)
         finally:
             os.close(fd)
-        if next_header is not None:
-            self.open(next_index, next_header)
+        if sealed.next_header is not None:
+            self._open(sealed.next_header)
+        return sealed
 
     def abandon(self) -> None:
         if self._file is not None:
@@ -176,10 +236,12 @@ class SegmentRecording:
         )
         self._files = _SegmentFiles(self.directory)
         self._jobs = _SerialJobs(recorder.executor)
-        self._jobs.submit(self._files.open, 0, self._encoder.header.to_bytes()).addErrback(
+        self._jobs.submit(self._files.open, self._encoder.header).addErrback(
             self._fail
         ).addErrback(_ignore)
-        self._heartbeat = self._clock.callLater(recorder.seal_interval, self._on_heartbeat)
+        self._heartbeat = self._clock.callLater(
+            recorder.seal_interval, self._on_heartbeat
+        )
         self.record(RecordType.META, 0, 0, json.dumps(meta, sort_keys=True).encode())
 
     # -- data path ---------------------------------------------------------
@@ -189,7 +251,9 @@ class SegmentRecording:
         if self.failed or self._closing:
             raise RecordingFailed(self._failure_reason or "recording is closed")
         encoder = self._encoder
-        seq = encoder.add(rtype, direction, channel, self._monotonic() - self._mono0, payload)
+        seq = encoder.add(
+            rtype, direction, channel, self._monotonic() - self._mono0, payload
+        )
         if encoder.pending_bytes >= self._recorder.block_bytes:
             self._cut_block()
             if encoder.segment_raw_bytes >= self._recorder.segment_max_bytes:
@@ -238,29 +302,24 @@ class SegmentRecording:
             self._heartbeat.cancel()
         self._heartbeat = None
         wall = int(self._clock.seconds() * NS)
-        sealed = self._encoder.seal(wall, self._monotonic() - self._mono0, final)
-        info = SealInfo(
-            session_id=self.session_id,
-            segment_index=sealed.index,
-            link=sealed.link,
-            final=final,
-            first_seq=sealed.statement.first_seq,
-            record_count=sealed.statement.record_count,
-            wall_seal=sealed.statement.wall_seal,
-        )
-        next_header = sealed.next_header
-        d = self._jobs.submit(
-            self._files.seal,
-            sealed.seal,
-            None if next_header is None else next_header.segment_index,
-            None if next_header is None else next_header.to_bytes(),
-        )
+        mono = self._monotonic() - self._mono0
+        d = self._jobs.submit(self._files.seal, self._encoder.seal(wall, mono, final))
         if not final:
             self._heartbeat = self._clock.callLater(
                 self._recorder.seal_interval, self._on_heartbeat
             )
 
-        def sealed_ok(_: object) -> SealInfo:
+        def sealed_ok(sealed: SealedSegment) -> SealInfo:
+            statement = sealed.statement
+            info = SealInfo(
+                session_id=self.session_id,
+                segment_index=sealed.index,
+                link=sealed.link,
+                final=statement.final,
+                first_seq=statement.first_seq,
+                record_count=statement.record_count,
+                wall_seal=statement.wall_seal,
+            )
             self._recorder.sealed(info)
             return info
 
@@ -422,7 +481,9 @@ class SegmentRecorder:
         """Call C{observer} with every durable seal (index, metrics)."""
         self._seal_observers.append(observer)
 
-    def observe_failures(self, observer: Callable[[SegmentRecording, str], object]) -> None:
+    def observe_failures(
+        self, observer: Callable[[SegmentRecording, str], object]
+    ) -> None:
         """Call C{observer} with every recording that fails (metrics, alerts)."""
         self._failure_observers.append(observer)
 

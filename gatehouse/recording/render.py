@@ -15,6 +15,7 @@ import itertools
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
+from importlib import import_module
 from typing import Any, TextIO
 
 from gatehouse.recording.format import Direction, Record, RecordType
@@ -74,9 +75,19 @@ def unregister_renderer(protocol: str) -> None:
 
 
 def renderer_for(protocol: str | None) -> Renderer:
-    """The renderer for C{protocol}: its own, else L{render_generic}."""
+    """
+    The renderer for C{protocol}: its own, else L{render_generic}.
+
+    A built-in protocol's renderer lives in
+    C{gatehouse.protocols.<protocol>.replay}, imported on first use.
+    """
     if protocol is None:
         return render_generic
+    if protocol not in _renderers and protocol.isidentifier():
+        try:
+            import_module(f"gatehouse.protocols.{protocol}.replay")
+        except ImportError:
+            pass
     return _renderers.get(protocol, render_generic)
 
 

