@@ -229,6 +229,9 @@ class PostgresServerProtocol(Protocol):
         self._factory = factory
         self._abort_call = None
         self._client_terminated = False
+        self._held_frames: list = []
+        self._chunk = b""
+        self._chunk_recorded = True
         self.session = None
         self._pending_records: list[bytes] = []
         self._startup = codec.StartupParser(detect_tls=factory.tls is not None)
@@ -344,16 +347,33 @@ class PostgresServerProtocol(Protocol):
     # -- phase 1: startup ------------------------------------------------------
 
     def _startup_data(self, data: bytes) -> None:
-        if self.session is not None:
-            self.session.data(_C2G, data)
-        else:
-            self._pending_records.append(data)
+        self._chunk = data
+        self._chunk_recorded = False
         try:
             self._startup.receive_data(data)
             self._startup_events()
         except codec.ProtocolViolation as e:
             if self._open_session():
+                self._record_chunk()
                 self._fatal(e.sqlstate, e.message, f"protocol violation: {e.message}")
+        self._record_chunk()
+
+    def _record_chunk(self, tail: int = 0) -> None:
+        """
+        Record the chunk being read, once, before the gateway answers it;
+        its last C{tail} bytes belong to the next phase, which records them
+        itself (a password must be redacted first).
+        """
+        if self._chunk_recorded:
+            return
+        self._chunk_recorded = True
+        part = self._chunk[: len(self._chunk) - tail] if tail else self._chunk
+        if not part:
+            return
+        if self.session is None:
+            self._pending_records.append(part)
+        else:
+            self.session.data(_C2G, part)
 
     def _startup_events(self) -> None:
         while not self._closing:
@@ -365,6 +385,8 @@ class PostgresServerProtocol(Protocol):
                 return
             if not self._open_session():
                 return
+            if not isinstance(event, codec.StartupMessage):
+                self._record_chunk()
             if isinstance(event, codec.SSLRequest):
                 self._ssl_request()
             elif isinstance(event, codec.GSSENCRequest):
@@ -443,6 +465,7 @@ class PostgresServerProtocol(Protocol):
             application_name=message.get("application_name"),
         )
         leftover = self._startup.take_remaining()
+        self._record_chunk(tail=len(leftover))
         self.dataReceived = self._password_data
         self._write(codec.AuthenticationCleartextPassword().encode())
         if leftover:
@@ -451,30 +474,41 @@ class PostgresServerProtocol(Protocol):
     # -- phase 2: password (the client's JWT) ---------------------------------
 
     def _password_data(self, data: bytes) -> None:
-        # Not recorded as received: the password message is recorded
-        # redacted once it is complete (see _password_frames).
         self._password_frames(data)
 
     def _password_frames(self, data: bytes) -> None:
+        """
+        Read the password message.  It is recorded redacted once complete;
+        whatever the client sent after it in the same read is recorded and
+        held for the relay, so nothing reaches the target unrecorded.
+        """
+        reader = self._reader
+        base = reader.consumed + reader.buffered  # stream offset of data[0]
         try:
-            frames = self._reader.feed(data)
+            frames = reader.feed(data)
         except codec.ProtocolViolation as e:
-            self.session.data(_C2G, b"[unparseable password phase bytes]")
+            self.session.data(_C2G, b"[unparseable bytes in the password phase]")
             self._fatal(e.sqlstate, e.message, f"protocol violation: {e.message}")
             return
         if not frames:
             return
         kind, _, end = frames[0]
-        if kind == _TERMINATE:
-            self._close_reason = "client ended the session before authenticating"
-            self._abort()
-            return
         if kind != _PASSWORD:
-            self._fatal("08P01", "expected a password message", "no password message")
+            self.session.data(_C2G, reader.take_to(reader.framed))
+            if kind == _TERMINATE:
+                self._close_reason = "client ended the session before authenticating"
+                self._abort()
+            else:
+                self._fatal(
+                    "08P01", "expected a password message", "no password message"
+                )
             return
-        body = self._reader.body(frames[0])
-        self._reader.discard_to(end)
+        body = reader.body(frames[0])
         self.session.data(_C2G, _REDACTED_PASSWORD)
+        # Start a fresh reader past the password: its bytes are gone.
+        self._reader = codec.FrameReader.frontend(
+            self._factory.options.max_message_bytes
+        )
         try:
             token = codec.PasswordMessage.decode(body).password
         except codec.ProtocolViolation as e:
@@ -482,6 +516,9 @@ class PostgresServerProtocol(Protocol):
             return
         self.dataReceived = self._waiting_data
         self._client_gate.pause("authentication")
+        tail = data[end - base :]
+        if tail:
+            self._waiting_data(tail)
         target_name = self._startup_message.get(
             "database"
         ) or self._startup_message.get("user")
@@ -490,11 +527,13 @@ class PostgresServerProtocol(Protocol):
         )
 
     def _waiting_data(self, data: bytes) -> None:
-        # Bytes that were already in flight when reading paused: keep them,
-        # in order, for the relay.
+        """
+        Bytes sent before the session is ready (pipelined, or in flight when
+        reading paused): recorded now, held for the relay in order.
+        """
         self.session.data(_C2G, data)
         try:
-            self._reader.feed(data)
+            self._held_frames.extend(self._reader.feed(data))
         except codec.ProtocolViolation as e:
             self._fatal(e.sqlstate, e.message, f"protocol violation: {e.message}")
 
@@ -613,8 +652,8 @@ class PostgresServerProtocol(Protocol):
             self._upstream_data(ready.leftover)
         self.dataReceived = self._relay_data
         self._client_gate.resume("authentication")
-        if self._reader.framed > self._reader.consumed:
-            self._forward(self._reader.take_to(self._reader.framed))
+        held, self._held_frames = self._held_frames, []
+        self._relay_frames(held)
 
     # -- phase 4: relay --------------------------------------------------------
 
@@ -627,6 +666,11 @@ class PostgresServerProtocol(Protocol):
         except codec.ProtocolViolation as e:
             self._fatal(e.sqlstate, e.message, f"protocol violation: {e.message}")
             return
+        if frames:
+            self._relay_frames(frames)
+
+    def _relay_frames(self, frames: list) -> None:
+        """Index the statements among complete messages, then forward them."""
         if not frames:
             return
         statements = None

@@ -536,6 +536,56 @@ class BadInputTests(GatewayTestCase):
         self.assertEqual(self.close_reason(row), "client disconnected")
         self.assert_still_serving()
 
+    def read_until(self, client: RawClient, marker: bytes) -> bytes:
+        got = b""
+        while marker not in got:
+            chunk = client.sock.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        return got
+
+    def test_query_pipelined_with_password(self) -> None:
+        """
+        A query sent in the same packet as the password is recorded and
+        indexed before it reaches the target; the token is not recorded.
+        """
+        start = time.time()
+        token = self.gateway.token()
+        client = self.raw()
+        client.send(codec.StartupMessage({"user": "alice", "database": "app"}).encode())
+        client.expect(b"R")
+        client.send(
+            codec.PasswordMessage(token).encode()
+            + codec.Query("select 'piggyback' as x").encode()
+        )
+        self.assertIn(b"piggyback", self.read_until(client, b"SELECT 1"))
+        client.send(codec.Terminate().encode())
+        row = self.latest_session(start)
+        blob = b"".join(r.payload for r in read_records(row.directory))
+        self.assertIn(b"select 'piggyback' as x", blob)
+        self.assertNotIn(token.encode(), blob)
+        index = self.gateway.path("recordings", "index.sqlite3")
+        texts = [c.text for c in commands_for(index, row.id)]
+        self.assertIn("select 'piggyback' as x", texts)
+
+    def test_password_pipelined_with_startup(self) -> None:
+        """A password sent with the startup packet is still recorded redacted."""
+        start = time.time()
+        token = self.gateway.token()
+        client = self.raw()
+        client.send(
+            codec.StartupMessage({"user": "alice", "database": "app"}).encode()
+            + codec.PasswordMessage(token).encode()
+        )
+        self.read_until(client, codec.ReadyForQuery("I").encode())
+        client.send(codec.Terminate().encode())
+        row = self.latest_session(start)
+        blob = b"".join(r.payload for r in read_records(row.directory))
+        self.assertNotIn(token.encode(), blob)
+        self.assertNotIn(token.split(".")[1][:20].encode(), blob)
+        self.assertIn(b"[REDACTED]", blob)
+
     def test_expired_token(self) -> None:
         start = time.time()
         result = self.gateway.psql("select 1", token=self.gateway.token(lifetime=-600))
