@@ -27,8 +27,8 @@ import gatehouse
 from gatehouse import service as service_module
 from gatehouse.config import load_config
 from gatehouse.recording.interfaces import RecordingUnavailable
-from gatehouse.session import SessionHub
 from gatehouse.service import Components, build_components, makeService
+from gatehouse.session import SessionHub
 from tests.test_config import ConfigFiles, use_dummy_protocol
 
 _BIN = os.path.dirname(sys.executable)
