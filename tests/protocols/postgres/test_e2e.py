@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import hashlib
 import io
 import json
 import os
@@ -320,6 +321,30 @@ class DriverTests(GatewayTestCase):
             conn.commit()
         self.assertEqual(self.direct("select count(*) from e2e_pipe"), "10")
 
+    def test_large_message(self) -> None:
+        """
+        A 30 MiB value goes up in one Bind and comes back in one DataRow;
+        the recording (which splits records at 16 MiB) still verifies.
+        """
+        start = time.time()
+        value = "".join(chr(ord("a") + i % 26) for i in range(64)) * (
+            30 * 1024 * 1024 // 64
+        )
+        with psycopg.connect(
+            self.gateway.conninfo(password=self.gateway.token())
+        ) as conn:
+            (length, md5) = conn.execute(
+                "select length(%s::text), md5(%s::text)", (value, value)
+            ).fetchone()
+            self.assertEqual(length, len(value))
+            (back,) = conn.execute("select repeat(%s, 1)", (value,)).fetchone()
+            self.assertEqual(back, value)
+        self.assertEqual(md5, hashlib.md5(value.encode()).hexdigest())
+        row = self.latest_session(start)
+        report = verify_session(row.directory, self.gateway.anchors())
+        self.assertEqual((report.findings, report.exit_code), ((), 0))
+        self.assertGreater(row.bytes_from_client, 60 * 1024 * 1024)
+
     def test_asyncpg(self) -> None:
         import asyncpg
 
@@ -506,6 +531,33 @@ class BadInputTests(GatewayTestCase):
         client = self.raw(tls=False)
         client.send(b"\x00\x00\x00\x04GET / HTTP/1.1\r\n\r\n")
         self.assert_refused(start, client.read_all(), "08P01", "protocol violation")
+
+    def test_bytes_pipelined_after_ssl_request(self) -> None:
+        """
+        Bytes sent in clear right after an SSLRequest, before the answer,
+        are refused rather than read as if they came over TLS
+        (CVE-2021-23214).
+        """
+        start = time.time()
+        client = self.raw(tls=False)
+        startup = codec.StartupMessage({"user": "alice", "database": "app"}).encode()
+        client.send(codec.SSLRequest().encode() + startup)
+        self.assert_refused(start, client.read_all(), "08P01", "protocol violation")
+
+    def test_gssenc_refused_then_tls(self) -> None:
+        """GSSENCRequest is answered N; the client goes on with TLS."""
+        sock = socket.create_connection(("127.0.0.1", self.gateway.port), timeout=10)
+        self.addCleanup(sock.close)
+        sock.sendall(codec.GSSENCRequest().encode())
+        self.assertEqual(sock.recv(1), b"N")
+        sock.sendall(codec.SSLRequest().encode())
+        self.assertEqual(sock.recv(1), b"S")
+        ctx = ssl.create_default_context(cafile=self.gateway.ca_cert)
+        client = RawClient.__new__(RawClient)
+        client.sock = ctx.wrap_socket(sock, server_hostname="localhost")
+        client.login(self.gateway.token())
+        client.send(codec.Query("select 'via-gss-fallback'").encode())
+        self.assertIn(b"via-gss-fallback", self.read_until(client, b"SELECT 1"))
 
     def test_startup_packet_too_large(self) -> None:
         start = time.time()
