@@ -190,9 +190,11 @@ class EditableInstallTests(SynchronousTestCase):
         does afterwards, from the installed source tree.
 
         The fresh environment borrows this environment's dependencies through
-        a C{.pth} line naming our site-packages; a plain path line does not
-        process that directory's own C{.pth} files, so this project's editable
-        install there does not leak in.
+        a C{.pth} line naming a view of our site-packages without gatehouse
+        or its plugin file (this environment may have gatehouse installed:
+        tox installs the wheel).  A plain path line does not process that
+        directory's own C{.pth} files, so an editable install here does not
+        leak in either.
         """
         work = os.path.abspath(self.mktemp())
         source = os.path.join(work, "src")
@@ -220,8 +222,11 @@ class EditableInstallTests(SynchronousTestCase):
             [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
             work,
         ).stdout.strip()
+        deps = _dependencies_without_gatehouse(
+            sysconfig.get_paths()["purelib"], os.path.join(work, "deps")
+        )
         with open(os.path.join(purelib, "_gatehouse_test_deps.pth"), "w") as f:
-            f.write(sysconfig.get_paths()["purelib"] + "\n")
+            f.write(deps + "\n")
 
         before = run([python, "-c", _DISCOVER], work)
         self.assertEqual(before.stdout.split(), ["0"], before.stderr)
@@ -252,6 +257,37 @@ class EditableInstallTests(SynchronousTestCase):
             ["1", os.path.join(source, "twisted", "plugins", "gatehouse_plugin.py")],
             after.stderr,
         )
+
+
+def _dependencies_without_gatehouse(site: str, view: str) -> str:
+    """
+    Make C{view}, a directory of symlinks to everything in C{site} except
+    gatehouse itself and its twistd plugin file.
+    """
+    os.makedirs(view)
+    for name in os.listdir(site):
+        if name.startswith(("gatehouse", "__editable__")) or name.endswith(".pth"):
+            continue
+        if name != "twisted":
+            os.symlink(os.path.join(site, name), os.path.join(view, name))
+            continue
+        twisted_view = os.path.join(view, "twisted")
+        os.makedirs(twisted_view)
+        for sub in os.listdir(os.path.join(site, "twisted")):
+            if sub != "plugins":
+                os.symlink(
+                    os.path.join(site, "twisted", sub), os.path.join(twisted_view, sub)
+                )
+                continue
+            plugins_view = os.path.join(twisted_view, "plugins")
+            os.makedirs(plugins_view)
+            for entry in os.listdir(os.path.join(site, "twisted", "plugins")):
+                if not entry.startswith("gatehouse") and entry != "dropin.cache":
+                    os.symlink(
+                        os.path.join(site, "twisted", "plugins", entry),
+                        os.path.join(plugins_view, entry),
+                    )
+    return view
 
 
 class ServiceTests(SynchronousTestCase):
