@@ -66,6 +66,10 @@ class SessionsTests(CLITestCase):
 
     @inlineCallbacks
     def setUp(self):
+        # Relative filters (--since -3h) are read against the real clock
+        # when the test runs, so the fixture's times must be fresh too.
+        global NOW
+        NOW = time.time()
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         self.index = os.path.join(directory, "index.sqlite3")
