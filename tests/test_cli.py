@@ -261,3 +261,17 @@ class ScriptTests(SynchronousTestCase):
         self.assertEqual(result.returncode, 2)
         self.assertIn("unrecognized arguments: b", result.stderr)
         self.assertNotIn("Traceback", result.stderr)
+
+    def test_python_m_gatehouse(self) -> None:
+        """
+        C{python -m gatehouse} is the same command, for when the console
+        script is not on PATH.
+        """
+        result = subprocess.run(
+            [sys.executable, "-m", "gatehouse", "version"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn(f"gatehouse {gatehouse.__version__}", result.stdout)
