@@ -1,0 +1,220 @@
+"""
+An embedded custom protocol: a line-based TCP service behind gatehouse.
+
+This is how an application adds a protocol of its own.  The adapter
+validates its options through the same config machinery as the built-in
+protocols, and its connection handler talks only to the L{Session}: it
+authenticates the client's token, records every chunk both ways, indexes
+each line as a command, and closes with a reason.  Recording, signing,
+identity and the index come with the session.
+
+The wire protocol: the client's first line is C{AUTH <jwt>}; every later
+line is relayed to the target and its answer relayed back.
+
+Run it in a gateway of your own::
+
+    from gatehouse.protocols import register_protocol
+    from examples.line_protocol import LineAdapter
+    register_protocol(LineAdapter())
+    # then load_config(...) + gatehouse.service.makeService(config)
+
+with a config such as::
+
+    listeners:
+      - {name: lines, protocol: lines, port: 7000, options: {}}
+    targets:
+      - name: inventory
+        protocol: lines
+        options: {host: 127.0.0.1, port: 7001, allow_groups: [ops]}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+from twisted.application.internet import TCPServer
+from twisted.application.service import IService
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gatehouse.config import ConfigSection, ListenerConfig, TargetConfig
+from gatehouse.protocols import IProtocolAdapter
+from gatehouse.recording.format import Direction
+
+
+@attrs.frozen
+class LineTarget:
+    """Where a line service is, and who may reach it."""
+
+    host: str
+    port: int
+    allow_groups: tuple[str, ...]
+
+
+@attrs.frozen
+class LineListener:
+    """A line listener's options: the target its clients reach."""
+
+    target: str
+
+
+class _Upstream(Protocol):
+    """The gateway's connection to the line service."""
+
+    def __init__(self, client: LineClient):
+        self.client = client
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.client is not None:
+            self.client.from_upstream(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        # client is None once the client side has gone first.
+        if self.client is not None:
+            self.client.upstream_lost()
+
+
+class LineClient(LineReceiver):
+    """One client: authenticate, then relay lines, all through the session."""
+
+    delimiter = b"\n"
+
+    def __init__(self, factory: LineFactory):
+        self.factory = factory
+        self.session = None
+        self.upstream = None
+        self.reason = "client disconnected"
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self.session = self.factory.session_factory(
+            "lines", self.factory.listener, f"{peer.host}:{peer.port}"
+        )
+        self.session.on_failure(lambda why: self.transport.abortConnection())
+        self.session.on_terminate(lambda why: self.transport.loseConnection())
+
+    def lineReceived(self, line: bytes) -> None:
+        if self.upstream is None:
+            self._authenticate(line)
+            return
+        # Record before forwarding: nothing reaches the target unrecorded.
+        self.session.data(Direction.CLIENT_TO_GATEWAY, line + b"\n")
+        self.session.command_seen("line", line.decode("utf-8", "replace"))
+        self.upstream.transport.write(line + b"\n")
+
+    def _authenticate(self, line: bytes) -> None:
+        verb, _, token = line.partition(b" ")
+        # The token is never recorded; the session records the outcome.
+        self.session.data(Direction.CLIENT_TO_GATEWAY, verb + b" [REDACTED]\n")
+        if verb != b"AUTH":
+            self._refuse("expected AUTH <token>", "no AUTH line")
+            return
+        # LineReceiver holds back lines already buffered while paused, so a
+        # line pipelined after AUTH waits for the session to be ready.
+        self.pauseProducing()
+        target_name = self.factory.options.target
+        d = self.session.authenticate(token.decode("ascii", "replace"), target_name)
+        d.addCallbacks(
+            self._authenticated,
+            lambda f: self._refuse(
+                "authentication failed", f"authentication failed: {f.value}"
+            ),
+        )
+
+    def _authenticated(self, identity: Any) -> None:
+        target = self.factory.targets[self.factory.options.target]
+        if not set(identity.groups) & set(target.allow_groups):
+            self._refuse("not allowed", f"{identity.subject} not allowed")
+            return
+        endpoint = TCP4ClientEndpoint(self.factory.reactor, target.host, target.port)
+        connectProtocol(endpoint, _Upstream(self)).addCallbacks(
+            self._connected, lambda f: self._refuse("target unavailable", str(f.value))
+        )
+
+    def _connected(self, upstream: _Upstream) -> None:
+        self.upstream = upstream
+        self._say(b"OK\n")
+        self.resumeProducing()
+
+    def from_upstream(self, data: bytes) -> None:
+        self.session.data(Direction.GATEWAY_TO_CLIENT, data)
+        self.transport.write(data)
+
+    def upstream_lost(self) -> None:
+        self.reason = "target closed the connection"
+        self.transport.loseConnection()
+
+    def _say(self, data: bytes) -> None:
+        self.session.data(Direction.GATEWAY_TO_CLIENT, data)
+        self.transport.write(data)
+
+    def _refuse(self, message: str, reason: str) -> None:
+        self.reason = reason
+        self._say(f"ERR {message}\n".encode())
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.client = None
+            self.upstream.transport.loseConnection()
+        if self.session is not None:
+            self.session.close(self.reason)
+
+
+class LineFactory(Factory):
+    """Makes a L{LineClient} per connection of one listener."""
+
+    def __init__(self, listener, options, targets, session_factory, reactor):
+        self.listener = listener
+        self.options = options
+        self.targets = targets
+        self.session_factory = session_factory
+        self.reactor = reactor
+
+    def buildProtocol(self, addr: object) -> LineClient:
+        return LineClient(self)
+
+
+@implementer(IProtocolAdapter)
+class LineAdapter:
+    """The C{lines} protocol: register it with L{register_protocol}."""
+
+    name = "lines"
+
+    def parse_listener_options(self, options: ConfigSection) -> LineListener:
+        """A listener names the target its clients reach."""
+        return LineListener(target=options.string("target", required=True))
+
+    def parse_target_options(self, options: ConfigSection) -> LineTarget:
+        """A target is a host, a port and the groups allowed to reach it."""
+        return LineTarget(
+            host=options.string("host", required=True),
+            port=options.integer("port", required=True, minimum=1, maximum=65535),
+            allow_groups=options.strings("allow_groups", required=True),
+        )
+
+    def makeListener(
+        self,
+        listener: ListenerConfig,
+        targets: Sequence[TargetConfig],
+        session_factory: Callable[..., Any],
+        reactor: Any,
+    ) -> IService:
+        """Listen for line clients."""
+        factory = LineFactory(
+            listener.name,
+            listener.options,
+            {t.name: t.options for t in targets},
+            session_factory,
+            reactor,
+        )
+        service = TCPServer(
+            listener.port, factory, interface=listener.address, reactor=reactor
+        )
+        service.factory = factory
+        return service
