@@ -1101,6 +1101,11 @@ def _parse_listeners(
             tls=tls,
             options=options,
         )
+        # Optional hook: rules that span the listener's own keys and its
+        # options (e.g. "TLS, or cleartext explicitly allowed").
+        check = getattr(adapter, "check_listener", None)
+        if check is not None and options is not None:
+            check(listener, section)
         listeners.append((listener, section))
     return listeners
 

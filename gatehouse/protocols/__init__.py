@@ -41,6 +41,10 @@ class IProtocolAdapter(Interface):
     land in the same list as every other problem in the file.  Parsing should
     carry on after a problem so that all of them are reported at once; its
     return value is discarded when any problem was reported.
+
+    An adapter may also define C{check_listener(listener, section)}, called
+    with the parsed L{ListenerConfig} and its section, for rules that span
+    the listener's own keys and its options.
     """
 
     name = Attribute(

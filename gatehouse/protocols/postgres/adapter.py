@@ -62,6 +62,18 @@ class PostgresAdapter:
         """See L{IProtocolAdapter.parse_target_options}."""
         return config.parse_target_options(options)
 
+    def check_listener(self, listener: ListenerConfig, section: ConfigSection) -> None:
+        """
+        A PostgreSQL listener takes passwords (tokens): it needs TLS, unless
+        cleartext is explicitly allowed (loopback tests).
+        """
+        if listener.tls is None and not listener.options.allow_cleartext:
+            section.problem(
+                "a postgres listener needs tls (certificate and key), or "
+                "options.allow_cleartext: true to accept tokens in cleartext",
+                "tls",
+            )
+
     def makeListener(
         self,
         listener: ListenerConfig,
