@@ -173,6 +173,14 @@ class Session:
         self.target = target
         self.event("target", target=target)
 
+    def registerProducer(self, producer: object) -> None:
+        """
+        Pause C{producer} (a transport, or one reason on it) while the
+        recording's write backlog is high: memory stays bounded when the
+        disk is slower than the network.
+        """
+        self.recording.registerProducer(producer)
+
     def on_failure(self, callback: Callable[[str], object]) -> None:
         """
         Call C{callback(reason)} if the recording fails.  Protocols abort

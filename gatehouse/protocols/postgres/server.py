@@ -274,7 +274,7 @@ class PostgresServerProtocol(Protocol):
             return False
         self.session.on_failure(self._recording_failed)
         self.session.on_terminate(self._terminated)
-        self.session.recording.registerProducer(self._client_gate.reason("recorder"))
+        self.session.registerProducer(self._client_gate.reason("recorder"))
         for chunk in self._pending_records:
             self.session.data(_C2G, chunk)
         self._pending_records = []
@@ -641,7 +641,7 @@ class PostgresServerProtocol(Protocol):
         upstream.on_lost = self._upstream_lost
         upstream_gate = _PauseReasons(upstream.transport, "upstream")
         self._upstream_gate = upstream_gate
-        self.session.recording.registerProducer(upstream_gate.reason("recorder"))
+        self.session.registerProducer(upstream_gate.reason("recorder"))
         upstream.transport.registerProducer(self._client_gate, True)
         self.transport.registerProducer(upstream_gate, True)
         self._send_upstream_ready(ready)
