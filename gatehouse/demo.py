@@ -883,4 +883,3 @@ class _Demo:
         if database.port:
             recordings = _shown(self.path("recordings"))
             _say(self.out, f"{_PREFIX} stopped; recordings kept in {recordings}")
-

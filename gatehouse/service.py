@@ -77,6 +77,9 @@ class _GatewayCore(Service):
         for problem in self.keyring.load_now():
             self._log.error("{problem}", problem=problem)
         self.keyring.startService()
+        # Fetch the issuers' keys now rather than on the first login; this
+        # never fails (problems are logged, and keys are fetched on demand).
+        self.hub.verifier.prefetch()
         return self.index.start()
 
     @inlineCallbacks

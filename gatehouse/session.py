@@ -168,11 +168,6 @@ class Session:
                 self._log.failure("Terminating session {id}", id=str(self.id))
         return self.close(reason)
 
-    def set_target(self, target: str) -> None:
-        """Name the target this session reaches."""
-        self.target = target
-        self.event("target", target=target)
-
     def registerProducer(self, producer: object) -> None:
         """
         Pause C{producer} (a transport, or one reason on it) while the

@@ -171,13 +171,6 @@ def split_records(raw: bytes) -> list[Record]:
     return records
 
 
-def chain_record_bytes(chain: bytes, records: list[Record]) -> bytes:
-    """Extend C{chain} over C{records}, as the writer did."""
-    for record in records:
-        chain = sha256(chain + record.to_bytes())
-    return chain
-
-
 @attrs.frozen
 class SegmentHeader:
     """The header that opens each segment file."""

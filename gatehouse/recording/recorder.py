@@ -209,9 +209,6 @@ class _SerialJobs:
 
         self._executor(fn, *args).addBoth(done)
 
-    def idle(self) -> bool:
-        return not self._running
-
 
 @implementer(ISessionRecording)
 class SegmentRecording:

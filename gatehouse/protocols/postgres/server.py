@@ -17,6 +17,7 @@ and the index are the session's.
 
 from __future__ import annotations
 
+import hmac
 import os
 import struct
 from collections.abc import Mapping
@@ -67,15 +68,27 @@ class StatementIndexer:
     themselves are in the recording.
     """
 
+    #: statement shapes indexed per session at most
     MAX_DISTINCT = 10_000
+    #: exact texts remembered to skip fingerprinting
+    MAX_TEXTS = 4_096
 
     def __init__(self, session: object, cache: StatementCache):
         self._session = session
         self._cache = cache
         self._seen: set[str] = set()
+        self._texts: set[str] = set()
 
     def saw(self, sql: str) -> None:
         """A client sent C{sql} (a Query, or a Parse)."""
+        # Drivers and ORMs repeat exact texts: skip the ~3 us fingerprint.
+        # A cache only: cleared when full, so it never stops indexing.
+        texts = self._texts
+        if sql in texts:
+            return
+        if len(texts) >= self.MAX_TEXTS:
+            texts.clear()
+        texts.add(sql)
         key = fingerprint(sql) or sql
         if key in self._seen or len(self._seen) >= self.MAX_DISTINCT:
             return
@@ -113,15 +126,9 @@ class CancelRegistry:
     def lookup(self, pid: int, secret: bytes) -> PostgresServerProtocol | None:
         """The connection a cancel key belongs to, if the key matches."""
         entry = self._entries.get(pid)
-        if entry is None or not _constant_time_equal(entry[0], secret):
+        if entry is None or not hmac.compare_digest(entry[0], secret):
             return None
         return entry[1]
-
-
-def _constant_time_equal(a: bytes, b: bytes) -> bool:
-    import hmac
-
-    return hmac.compare_digest(a, b)
 
 
 @implementer(IPushProducer)
@@ -640,7 +647,6 @@ class PostgresServerProtocol(Protocol):
         upstream.on_data = self._upstream_data
         upstream.on_lost = self._upstream_lost
         upstream_gate = _PauseReasons(upstream.transport, "upstream")
-        self._upstream_gate = upstream_gate
         self.session.registerProducer(upstream_gate.reason("recorder"))
         upstream.transport.registerProducer(self._client_gate, True)
         self.transport.registerProducer(upstream_gate, True)

@@ -95,6 +95,7 @@ class UpstreamProtocol(Protocol):
         self._awaiting_tls_answer = False
         self._tls = False
         self._scram: scramp.ScramClient | None = None
+        self._scram_verified = False
         self._auth_method = "trust"
         self._parameters: list[tuple[str, str]] = []
         self._key: tuple[int, bytes] | None = None
@@ -166,7 +167,7 @@ class UpstreamProtocol(Protocol):
     def _authentication(self, message: object) -> None:
         options = self._options
         if isinstance(message, codec.AuthenticationOk):
-            if self._scram is not None and not getattr(self, "_scram_final", False):
+            if self._scram is not None and not self._scram_verified:
                 raise UpstreamError("target skipped SCRAM server verification")
             return
         password = options.password()
@@ -208,7 +209,7 @@ class UpstreamProtocol(Protocol):
                 self._scram.set_server_final(message.data.decode())
             except scramp.ScramException as e:
                 raise UpstreamError(f"target failed SCRAM server verification: {e}")
-            self._scram_final = True
+            self._scram_verified = True
         else:
             raise UpstreamError(
                 f"target asks for an unsupported authentication method "
