@@ -75,7 +75,41 @@ from tests.fixtures.postgres import (  # noqa: E402
 )
 from tests.protocols.postgres.harness import Gateway  # noqa: E402
 
-SYSTEMS = ("direct", "pgbouncer", "gatehouse")
+SYSTEMS = ("direct", "pgbouncer", "gatehouse", "gh+policy")
+#: "gh+policy": a second gatehouse, the same but with a guardrail set and
+#: masking rules that apply to pgbench's identity.
+POLICY_CONFIG = {
+    "policy": {
+        "review": {"approvers": ["dba"], "timeout": "5m"},
+        "rules": [
+            {"name": "no-drop", "kind": ["DropStmt", "TruncateStmt"], "action": "deny"},
+            {
+                "name": "no-unbounded-writes",
+                "kind": ["DeleteStmt", "UpdateStmt"],
+                "flag": ["no-where"],
+                "action": "deny",
+            },
+            {"name": "no-copy-program", "flag": ["copy-program"], "action": "deny"},
+            {"name": "no-kill", "function": ["pg_terminate_backend"], "action": "deny"},
+            {
+                "name": "audit-readonly",
+                "schema": ["audit"],
+                "kind": ["InsertStmt"],
+                "action": "deny",
+            },
+            {"name": "review-ddl", "kind": ["AlterTableStmt"], "action": "review"},
+        ],
+    },
+    "masking": [
+        {
+            "name": "pii",
+            "detect": ["card", "email", "iban"],
+            "columns": ["*password*", "ssn"],
+            "relation_columns": ["public.pgbench_accounts.filler"],
+        }
+    ],
+}
+GOAL_POLICY_RATIO = 0.90  # gh+policy TPS >= 0.90 x gatehouse (recording only)
 MODES = ("simple", "extended", "prepared")
 #: The gatehouse target the benchmark adds (upstream TLS per --upstream-tls).
 BENCH_TARGET = "bench"
@@ -513,6 +547,13 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
                 )
                 cpu = r.cpu_text()
                 ratios = note = ""
+                plain = by_key.get((mode, clients, "gatehouse"))
+                if system == "gh+policy" and plain is not None:
+                    vs_plain = r.tps / plain.tps
+                    note = (
+                        f"{vs_plain:.2f} x gatehouse without policy; >= "
+                        f"{GOAL_POLICY_RATIO}: {goal(vs_plain >= GOAL_POLICY_RATIO)}"
+                    )
                 if system == "gatehouse" and direct and bouncer:
                     vs_direct = r.tps / direct.tps
                     vs_bouncer = r.tps / bouncer.tps
@@ -675,6 +716,18 @@ def run(args: argparse.Namespace, workdir: Path, stack: list) -> None:
     stack.append(gateway.stop)
     gateway.start()
     assert gateway.process is not None
+    policy_dir = workdir / "gatehouse-policy"
+    policed = Gateway(
+        str(policy_dir),
+        cluster,
+        allow_cleartext=not args.tls,
+        extra_targets=[bench_target(policy_dir, cluster, args.upstream_tls)],
+        extra_config=POLICY_CONFIG,
+    )
+    stack.append(policed.stop)
+    policed.start()
+    assert policed.process is not None
+    log(f"gatehouse with policy and masking on port {policed.port}")
     log(
         f"gatehouse on port {gateway.port}, pid {gateway.process.pid}, "
         f"config {gateway.config_path}, recordings under {gateway.path('recordings')}"
@@ -711,6 +764,16 @@ def run(args: argparse.Namespace, workdir: Path, stack: list) -> None:
             lambda: gateway.token(lifetime=3600),
             "a fresh JWT for alice",
             gateway.process.pid,
+        ),
+        "gh+policy": Endpoint(
+            "gh+policy",
+            policed.port,
+            "alice",
+            BENCH_TARGET,
+            sslmode,
+            lambda: policed.token(lifetime=3600),
+            "a fresh JWT for alice",
+            policed.process.pid,
         ),
     }
 

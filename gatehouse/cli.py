@@ -98,6 +98,9 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         "gatehouse.recording.cli_sessions:configure_export",
     ),
     Subcommand(
+        "approvals", "approve or deny commands", "gatehouse.cli_approvals:configure"
+    ),
+    Subcommand(
         "demo",
         "run a gateway in front of a throwaway PostgreSQL, ready for psql",
         "gatehouse.demo:configure",

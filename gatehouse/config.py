@@ -174,6 +174,9 @@ class GatehouseConfig:
     listeners: tuple[ListenerConfig, ...] = ()
     targets: tuple[TargetConfig, ...] = ()
     admin: AdminConfig | None = None
+    policy: Any = None
+    masking: tuple[Any, ...] = ()
+    approval: Any = None
 
 
 # Problems
@@ -793,6 +796,15 @@ def load_config(path: str, *, create_directories: bool = True) -> GatehouseConfi
     admin_section = root.section("admin")
     admin = _parse_admin(admin_section) if admin_section is not None else None
     _check_ports(listeners, admin, problems)
+    # Imported here: these modules read sections with this module's tools.
+    from gatehouse import policy_config
+
+    policy_section = root.section("policy")
+    policy = policy_config.parse_policy(policy_section, targets)
+    masking = policy_config.parse_masking(
+        root.sections("masking"), targets, _declared_groups(policy_section)
+    )
+    approval = policy_config.parse_approval(root.section("approval"))
     root.finish()
 
     if not problems.found and create_directories:
@@ -816,7 +828,17 @@ def load_config(path: str, *, create_directories: bool = True) -> GatehouseConfi
         listeners=tuple(listener for listener, _ in listeners),
         targets=targets,
         admin=admin,
+        policy=policy,
+        masking=masking,
+        approval=approval,
     )
+
+
+def _declared_groups(section: ConfigSection | None) -> frozenset[str] | None:
+    raw = section.get("groups") if section is not None else None
+    if isinstance(raw, list) and all(isinstance(g, str) for g in raw):
+        return frozenset(raw)
+    return None
 
 
 def _parse_gateway(section: ConfigSection | None) -> GatewayConfig | None:

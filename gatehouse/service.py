@@ -18,8 +18,11 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from gatehouse.approval import ApprovalBroker, LogNotifier, WebhookNotifier
 from gatehouse.config import GatehouseConfig
 from gatehouse.identity import TokenVerifier
+from gatehouse.metrics import GatewayMetrics
+from gatehouse.policy_config import ApprovalConfig
 from gatehouse.protocols import get_protocol
 from gatehouse.recording.index import SessionIndex
 from gatehouse.recording.keyring import KeyRing
@@ -52,6 +55,7 @@ class Components:
     reactor: Any
     session_factory: Callable[..., Any] = _sessions_unavailable
     services: tuple[IService, ...] = ()
+    hub: Any = None
 
 
 class _GatewayCore(Service):
@@ -85,6 +89,9 @@ class _GatewayCore(Service):
     @inlineCallbacks
     def stopService(self) -> Deferred:
         super().stopService()
+        # Deny what waits for approval first: those statements never run.
+        if self.hub.broker is not None:
+            self.hub.broker.deny_all("gateway stopping")
         yield self.hub.close_all("gateway stopping")
         self.keyring.stopService()
         yield self.index.stop()
@@ -125,12 +132,66 @@ def build_components(config: GatehouseConfig, reactor: Any) -> Components:
         max_token_bytes=config.identity.max_token_bytes,
     )
     index = SessionIndex(recording.index, reactor)
-    hub = SessionHub(config.gateway.id, recorder, verifier, reactor, index)
+    metrics = GatewayMetrics()
+    recorder.observe_seals(lambda info: metrics.seal())
+    recorder.observe_failures(lambda *args: metrics.recorder_failure())
+    broker = ApprovalBroker(
+        reactor,
+        notifiers=_notifiers(config.approval, reactor),
+        admin_url=config.approval.admin_url if config.approval else None,
+    )
+    broker.observe(metrics.approval_event)
+    hub = SessionHub(
+        config.gateway.id,
+        recorder,
+        verifier,
+        reactor,
+        index,
+        policy=config.policy,
+        masking=config.masking,
+        broker=broker,
+        metrics=metrics,
+    )
     core = _GatewayCore(pool, keyring, index, hub)
     core.setName("core")
+    services: list[IService] = [core]
+    if config.admin is not None:
+        from gatehouse.admin import (
+            HubSessionDirectory,
+            make_admin_service,
+            make_admin_site,
+        )
+
+        site = make_admin_site(
+            broker, verifier, metrics, HubSessionDirectory(hub), reactor
+        )
+        admin = make_admin_service(config.admin, site, reactor)
+        admin.setName("admin")
+        services.append(admin)
     return Components(
-        config=config, reactor=reactor, session_factory=hub.open, services=(core,)
+        config=config,
+        reactor=reactor,
+        session_factory=hub.open,
+        services=tuple(services),
+        hub=hub,
     )
+
+
+def _notifiers(approval: ApprovalConfig | None, reactor: Any) -> list[Any]:
+    admin_url = approval.admin_url if approval is not None else None
+    notifiers: list[Any] = [LogNotifier(admin_url)]
+    if approval is not None and approval.webhook is not None:
+        hook = approval.webhook
+        notifiers.append(
+            WebhookNotifier(
+                reactor,
+                hook.url,
+                retries=hook.retries,
+                timeout=hook.timeout,
+                admin_url=admin_url,
+            )
+        )
+    return notifiers
 
 
 def makeService(config: GatehouseConfig, reactor: Any = None) -> MultiService:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -22,11 +22,13 @@ from twisted.python.failure import Failure
 import gatehouse
 from gatehouse.identity import AuthenticationError, Identity, TokenVerifier
 from gatehouse.ids import new_session_id
+from gatehouse.policy import Command, Decision, Policy, SessionPolicy
 from gatehouse.recording.format import Direction, RecordType
 from gatehouse.recording.interfaces import IRecorder, ISessionRecording, SealInfo
 
 _DATA = RecordType.DATA
 _EVENT = RecordType.EVENT
+_NO_POLICY = Decision("deny", "unauthenticated", message="not authenticated")
 
 
 class Session:
@@ -65,6 +67,14 @@ class Session:
         self.last_seq = -1
         self._record = recording.record
         self._terminators: list[Callable[[str], object]] = []
+        #: the rules that apply to this session, once authenticated
+        self.policy: SessionPolicy | None = None
+        #: the masking rules that apply, once authenticated (None: none)
+        self.masker: object | None = None
+        #: whether data is recorded (policy scopes may turn it off)
+        self.records_data = True
+        self.masked_values = 0
+        self._approvals: dict[str, Deferred] = {}
 
     @property
     def clock(self) -> IReactorTime:
@@ -80,7 +90,8 @@ class Session:
             broke; the caller must stop forwarding and close.
         """
         self.byte_counts[direction] += len(payload)
-        self.last_seq = self._record(_DATA, direction, channel, payload)
+        if self.records_data:
+            self.last_seq = self._record(_DATA, direction, channel, payload)
 
     def event(self, name: str, /, **fields: object) -> None:
         """Record a gateway event (decision, error, notice) as JSON."""
@@ -104,6 +115,7 @@ class Session:
             self.identity = identity
             if target is not None:
                 self.target = target
+            self._hub.apply_policy(self)
             self.event(
                 "authenticated",
                 subject=identity.subject,
@@ -111,6 +123,8 @@ class Session:
                 issuer=identity.issuer,
                 groups=list(identity.groups),
                 target=self.target,
+                recorded=self.records_data,
+                masking=self.masker is not None,
             )
             self._hub.identified(self)
             return identity
@@ -149,6 +163,87 @@ class Session:
                 objects=objects,
             )
         )
+
+    def decide(self, commands: Sequence[Command]) -> Decision:
+        """
+        The policy's decision for commands the client sent together (the
+        strictest of theirs).  Anything but allow is recorded.  Fails
+        closed: no policy (not authenticated) means deny.
+        """
+        policy = self.policy
+        if policy is None:
+            return _NO_POLICY
+        decision = policy.decide_all(commands)
+        if decision.action != "allow":
+            self.event(
+                "decision",
+                action=decision.action,
+                rule=decision.rule,
+                message=decision.message,
+                commands=[
+                    {"kind": c.kind, "text": c.text, "objects": list(c.objects)}
+                    for c in commands
+                ],
+            )
+        metrics = self._hub.metrics
+        if metrics is not None:
+            metrics.decision(self.protocol, self.target or "", decision.action)
+        return decision
+
+    def request_approval(
+        self, commands: Sequence[Command], decision: Decision
+    ) -> tuple[object, Deferred]:
+        """
+        Ask approvers about commands held for review.
+
+        @return: the request (its C{id} for the client) and a Deferred
+            firing with the broker's verdict.  With no broker the verdict
+            is an immediate denial.
+        """
+        broker = self._hub.broker
+        if broker is None or self.identity is None:
+            from gatehouse.approval import Verdict
+
+            return None, succeed(
+                Verdict(
+                    approved=False, reason="no approvals on this gateway", request=None
+                )
+            )
+        request, d = broker.request(
+            str(self.id),
+            self.protocol,
+            self.target or "",
+            self.identity,
+            tuple(commands),
+            decision,
+        )
+        self._approvals[request.id] = d
+
+        def done(verdict: object) -> object:
+            self._approvals.pop(request.id, None)
+            return verdict
+
+        d.addBoth(done)
+        return request, d
+
+    def approval_instructions(self, request: object) -> str:
+        """How approvers act on C{request}, for the waiting client."""
+        broker = self._hub.broker
+        return broker.instructions(request) if broker is not None else ""
+
+    def upstream_failed(self, reason: str) -> None:
+        """The gateway could not open its connection to the target."""
+        self.event("upstream-failed", reason=reason)
+        metrics = self._hub.metrics
+        if metrics is not None:
+            metrics.upstream_error(self.protocol, self.target or "")
+
+    def masked(self, count: int) -> None:
+        """C{count} more values were masked before reaching the client."""
+        self.masked_values += count
+        metrics = self._hub.metrics
+        if metrics is not None:
+            metrics.masked(self.protocol, self.target or "", count)
 
     def on_terminate(self, callback: Callable[[str], object]) -> None:
         """
@@ -194,6 +289,10 @@ class Session:
         if self._close_result is not None:
             return self._close_result
         self.closed = True
+        broker = self._hub.broker
+        if broker is not None:
+            for request_id in list(self._approvals):
+                broker.cancel(request_id, f"session ended: {reason}")
         d = self.recording.close(reason)
         self._close_result = Deferred()
 
@@ -228,16 +327,70 @@ class SessionHub:
         verifier: TokenVerifier,
         clock: IReactorTime,
         index: object | None = None,
+        *,
+        policy: Policy | None = None,
+        masking: Sequence[object] = (),
+        broker: object | None = None,
+        metrics: object | None = None,
     ):
         self.gateway_id = gateway_id
         self.recorder = recorder
         self.verifier = verifier
         self.clock = clock
         self.index = index
+        self.policy = policy if policy is not None else Policy()
+        self.masking = tuple(masking)
+        self.broker = broker
+        self.metrics = metrics
         self.sessions: dict[str, Session] = {}
         observe = getattr(recorder, "observe_seals", None)
         if observe is not None and index is not None:
             observe(self._sealed)
+        if broker is not None:
+            broker.observe(self._approval_event)
+
+    def apply_policy(self, session: Session) -> None:
+        """Resolve the rules, masking and recording scope of a session."""
+        groups = session.identity.groups
+        target = session.target or ""
+        session.policy = self.policy.for_session(groups, target, session.protocol)
+        session.records_data = self.policy.records(groups, target, session.protocol)
+        rules = [s.rule for s in self.masking if s.applies(groups, target)]
+        if rules:
+            from gatehouse.masking import Masker
+
+            session.masker = Masker(rules)
+
+    def _approval_event(self, event: str, request: object, vote: object) -> None:
+        session = self.sessions.get(request.session_id)
+        fields: dict[str, object] = {
+            "approval_id": request.id,
+            "state": request.state,
+            "rule": request.rule,
+        }
+        if event == "requested":
+            fields.update(
+                approvers=list(request.approvers),
+                approvals_required=request.approvals_required,
+                expires=request.expires,
+                commands=[c.text for c in request.commands],
+            )
+        if vote is not None:
+            fields.update(
+                approver=vote.subject,
+                approver_name=vote.name,
+                approved=vote.approved,
+                comment=vote.comment,
+            )
+        if request.reason:
+            fields["reason"] = request.reason
+        if session is not None and not session.closed:
+            try:
+                session.event(f"approval-{event}", **fields)
+            except Exception:
+                self._log.failure("Recording approval {id}", id=request.id)
+        if self.index is not None and hasattr(self.index, "approval_changed"):
+            self.index.approval_changed(request)
 
     def open(self, protocol: str, listener: str, client_address: str) -> Session:
         """
@@ -261,6 +414,8 @@ class SessionHub:
             self, session_id, protocol, listener, client_address, recording
         )
         self.sessions[str(session_id)] = session
+        if self.metrics is not None:
+            self.metrics.session_opened(protocol)
         if self.index is not None:
             self.index.session_opened(self._row(session))
         return session
@@ -286,6 +441,8 @@ class SessionHub:
 
     def identified(self, session: Session) -> None:
         """The session learnt who is speaking: update the index."""
+        if self.metrics is not None:
+            self.metrics.session_identified(session.protocol, session.target or "")
         if self.index is not None:
             self.index.session_identified(
                 str(session.id), session.identity, session.target
@@ -303,6 +460,8 @@ class SessionHub:
     def session_closed(self, session: Session, reason: str) -> None:
         """Forget a closed session and index its end."""
         self.sessions.pop(str(session.id), None)
+        if self.metrics is not None:
+            self.metrics.session_closed(session.protocol, session.target)
         if self.index is not None:
             counts = session.byte_counts
             self.index.session_closed(
@@ -313,6 +472,7 @@ class SessionHub:
                 bytes_to_client=counts[Direction.GATEWAY_TO_CLIENT],
                 bytes_to_upstream=counts[Direction.GATEWAY_TO_UPSTREAM],
                 bytes_from_upstream=counts[Direction.UPSTREAM_TO_GATEWAY],
+                masked_values=session.masked_values,
             )
 
     def close_all(self, reason: str) -> Deferred:

@@ -33,6 +33,8 @@ from gatehouse.config import (
     load_config,
 )
 from gatehouse.identity import IssuerConfig
+from gatehouse.policy import Policy
+from gatehouse.policy_config import ApprovalConfig
 from gatehouse.protocols import (
     IProtocolAdapter,
     get_protocol,
@@ -328,6 +330,8 @@ class LoadValidTests(ConfigTestCase):
                     ),
                 ),
                 admin=AdminConfig(address="::1", port=8443, tls=tls),
+                policy=Policy(),
+                approval=ApprovalConfig(),
             ),
         )
 

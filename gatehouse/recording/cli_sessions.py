@@ -185,7 +185,7 @@ def _sessions(args: argparse.Namespace) -> int:
     except IndexUnavailable as e:
         raise CommandError(str(e))
     if args.json:
-        json.dump([_session_json(row) for row in rows], sys.stdout, indent=1)
+        json.dump([session_json(row) for row in rows], sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
         _session_table(rows, sys.stdout)
@@ -196,7 +196,8 @@ def _utc(seconds: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
 
 
-def _iso(seconds: float | None) -> str | None:
+def iso_time(seconds: float | None) -> str | None:
+    """Unix seconds as ISO 8601 UTC (C{...Z}); None stays None."""
     if seconds is None:
         return None
     return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
@@ -250,7 +251,8 @@ def _session_table(rows: list[SessionRow], out: TextIO) -> None:
         out.write("  ".join(cells).rstrip() + "\n")
 
 
-def _session_json(row: SessionRow) -> dict[str, Any]:
+def session_json(row: SessionRow) -> dict[str, Any]:
+    """A session row as JSON (C{gatehouse sessions --json}, the admin API)."""
     return {
         "id": row.id,
         "gateway_id": row.gateway_id,
@@ -262,9 +264,9 @@ def _session_json(row: SessionRow) -> dict[str, Any]:
         "issuer": row.issuer,
         "groups": list(row.groups),
         "client_address": row.client_address,
-        "started": _iso(row.started),
+        "started": iso_time(row.started),
         "started_unix": row.started,
-        "ended": _iso(row.ended),
+        "ended": iso_time(row.ended),
         "ended_unix": row.ended,
         "close_reason": row.close_reason,
         "segments": row.segments,
@@ -275,6 +277,8 @@ def _session_json(row: SessionRow) -> dict[str, Any]:
         "bytes_to_client": row.bytes_to_client,
         "bytes_to_upstream": row.bytes_to_upstream,
         "bytes_from_upstream": row.bytes_from_upstream,
+        "masked_values": row.masked_values,
+        "open": row.ended is None,
         "directory": row.directory,
     }
 

@@ -41,6 +41,7 @@ __all__ = [
     "IndexUnavailable",
     "SessionIndex",
     "SessionRow",
+    "approvals_for",
     "commands_for",
     "facts_for",
     "get_session",
@@ -48,7 +49,7 @@ __all__ = [
 ]
 
 #: The schema version this module writes, kept in C{PRAGMA user_version}.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # _MIGRATIONS[n] upgrades a database from user_version n to n + 1.
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -99,6 +100,25 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX commands_kind ON commands (kind COLLATE NOCASE)",
         # Command text is searched by substring, which no B-tree index
         # helps; the per-session scan after the other filters is cheap.
+    ),
+    (
+        "ALTER TABLE sessions ADD COLUMN masked_values INTEGER NOT NULL DEFAULT 0",
+        # One row per approval request, rewritten as it changes: its
+        # latest state, with every vote (approver, comment) as JSON.
+        """
+        CREATE TABLE approvals (
+            id TEXT PRIMARY KEY,
+            session_id TEXT NOT NULL,
+            state TEXT NOT NULL,
+            rule TEXT NOT NULL,
+            requester TEXT NOT NULL,
+            created REAL NOT NULL,
+            expires REAL NOT NULL,
+            reason TEXT,
+            request TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX approvals_session ON approvals (session_id)",
     ),
 )
 
@@ -151,6 +171,7 @@ class SessionRow:
     bytes_to_client: int = 0
     bytes_to_upstream: int = 0
     bytes_from_upstream: int = 0
+    masked_values: int = 0
 
     @property
     def closed(self) -> bool:
@@ -223,8 +244,13 @@ _IDENTIFY_SESSION = """
 _CLOSE_SESSION = """
     UPDATE sessions SET
         ended = ?, close_reason = ?, bytes_from_client = ?, bytes_to_client = ?,
-        bytes_to_upstream = ?, bytes_from_upstream = ?
+        bytes_to_upstream = ?, bytes_from_upstream = ?, masked_values = ?
     WHERE id = ?
+"""
+_UPSERT_APPROVAL = """
+    INSERT OR REPLACE INTO approvals
+        (id, session_id, state, rule, requester, created, expires, reason, request)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 _INSERT_COMMAND = """
     INSERT INTO commands (session_id, seq, at, kind, text, decision, objects)
@@ -527,8 +553,12 @@ class SessionIndex:
         bytes_to_client: int = 0,
         bytes_to_upstream: int = 0,
         bytes_from_upstream: int = 0,
+        masked_values: int = 0,
     ) -> Deferred[bool]:
-        """Record the end of a session, why it ended and its byte counts."""
+        """
+        Record the end of a session, why it ended, its byte counts and how
+        many values were masked.
+        """
         return self._submit(
             _Write(
                 f"session {session_id} closed",
@@ -540,6 +570,7 @@ class SessionIndex:
                     bytes_to_client,
                     bytes_to_upstream,
                     bytes_from_upstream,
+                    masked_values,
                     session_id,
                 ),
                 expect_row=True,
@@ -560,6 +591,26 @@ class SessionIndex:
                     command.text,
                     command.decision,
                     json.dumps(list(command.objects)),
+                ),
+            )
+        )
+
+    def approval_changed(self, request: object) -> Deferred[bool]:
+        """Record an approval request's latest state and votes."""
+        return self._submit(
+            _Write(
+                f"approval {request.id}",
+                _UPSERT_APPROVAL,
+                (
+                    request.id,
+                    request.session_id,
+                    request.state,
+                    request.rule,
+                    request.requester.subject,
+                    request.created,
+                    request.expires,
+                    request.reason,
+                    json.dumps(request.as_json(), sort_keys=True),
                 ),
             )
         )
@@ -803,6 +854,21 @@ def commands_for(path: str, session_id: str) -> list[CommandRow]:
         )
         for row in rows
     ]
+
+
+def approvals_for(path: str, session_id: str) -> list[dict]:
+    """
+    The approval requests of one session, oldest first, as recorded
+    (L{gatehouse.approval.ApprovalRequest.as_json}).
+
+    @raise IndexUnavailable: when the index cannot be read.
+    """
+    with _reader(path) as conn:
+        rows = conn.execute(
+            "SELECT request FROM approvals WHERE session_id = ? ORDER BY created",
+            (session_id.lower(),),
+        ).fetchall()
+    return [json.loads(row["request"]) for row in rows]
 
 
 def facts_for(path: str, session_id: str) -> IndexFacts | None:

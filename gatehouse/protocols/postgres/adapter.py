@@ -7,40 +7,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from OpenSSL import crypto
 from twisted.application.internet import TCPServer
 from twisted.application.service import IService
-from twisted.internet import ssl
 from zope.interface import implementer
 
-from gatehouse.config import ConfigSection, ListenerConfig, TargetConfig, TLSConfig
+from gatehouse.config import ConfigSection, ListenerConfig, TargetConfig
 from gatehouse.protocols import IProtocolAdapter
 from gatehouse.protocols.postgres import config
 from gatehouse.protocols.postgres.server import CancelRegistry, PostgresServerFactory
-
-
-def server_tls_options(tls: TLSConfig) -> ssl.CertificateOptions:
-    """
-    Server TLS options from PEM files: the certificate file may carry the
-    chain after the leaf.  ALPN offers C{postgresql}, as PostgreSQL 17
-    requires for direct TLS.
-    """
-    with open(tls.certificate, "rb") as f:
-        pem = f.read()
-    with open(tls.key, "rb") as f:
-        key = ssl.KeyPair.load(f.read(), crypto.FILETYPE_PEM)
-    blocks = [
-        b"-----BEGIN CERTIFICATE-----" + part
-        for part in pem.split(b"-----BEGIN CERTIFICATE-----")[1:]
-    ]
-    leaf, *chain = [ssl.Certificate.loadPEM(b) for b in blocks]
-    return ssl.CertificateOptions(
-        privateKey=key.original,
-        certificate=leaf.original,
-        extraCertChain=[c.original for c in chain],
-        acceptableProtocols=[b"postgresql"],
-        raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
-    )
+from gatehouse.tls import server_tls_options
 
 
 @implementer(IProtocolAdapter)
@@ -48,6 +23,20 @@ class PostgresAdapter:
     """PostgreSQL clients in, PostgreSQL targets out."""
 
     name = "postgres"
+
+    @property
+    def command_kinds(self) -> frozenset[str]:
+        """Statement kinds policy rules may name (libpg_query node names)."""
+        from gatehouse.protocols.postgres.commands import COMMAND_KINDS
+
+        return COMMAND_KINDS
+
+    @property
+    def command_flags(self) -> frozenset[str]:
+        """Flags policy rules may name."""
+        from gatehouse.protocols.postgres.commands import COMMAND_FLAGS
+
+        return COMMAND_FLAGS
 
     def __init__(self) -> None:
         # One registry for the whole gateway: a cancel may arrive on any
@@ -82,7 +71,11 @@ class PostgresAdapter:
         reactor: Any,
     ) -> IService:
         """See L{IProtocolAdapter.makeListener}."""
-        tls = server_tls_options(listener.tls) if listener.tls is not None else None
+        tls = (
+            server_tls_options(listener.tls, b"postgresql")
+            if listener.tls is not None
+            else None
+        )
         factory = PostgresServerFactory(
             listener.name,
             listener.options or config.PostgresListenerOptions(),

@@ -32,12 +32,14 @@ from zope.interface import implementer
 from gatehouse.config import TargetConfig
 from gatehouse.identity import AuthenticationError
 from gatehouse.net import send_now, tune
+from gatehouse.policy import Decision
 from gatehouse.protocols.postgres import codec
+from gatehouse.protocols.postgres.catalog import Catalog
+from gatehouse.protocols.postgres.commands import Classified, CommandCache
 from gatehouse.protocols.postgres.config import (
     PostgresListenerOptions,
     PostgresTargetOptions,
 )
-from gatehouse.protocols.postgres.statements import StatementCache, fingerprint
 from gatehouse.protocols.postgres.upstream import (
     UpstreamError,
     UpstreamReady,
@@ -53,6 +55,24 @@ _G2U = Direction.GATEWAY_TO_UPSTREAM
 _QUERY = codec.FrontendType.QUERY
 _PARSE = codec.FrontendType.PARSE
 _TERMINATE = codec.FrontendType.TERMINATE
+_SYNC = codec.FrontendType.SYNC
+_FUNCTION_CALL = codec.FrontendType.FUNCTION_CALL
+_B_ERROR = codec.BackendType.ERROR_RESPONSE
+_B_READY = codec.BackendType.READY_FOR_QUERY
+_B_ROWS = codec.BackendType.ROW_DESCRIPTION
+#: backend messages the response masker reads
+_MASKED_TYPES = frozenset(
+    {
+        codec.BackendType.ROW_DESCRIPTION,
+        codec.BackendType.DATA_ROW,
+        codec.BackendType.COPY_OUT_RESPONSE,
+        codec.BackendType.COPY_DATA,
+        codec.BackendType.COPY_DONE,
+        codec.BackendType.COMMAND_COMPLETE,
+        codec.BackendType.READY_FOR_QUERY,
+        codec.BackendType.ERROR_RESPONSE,
+    }
+)
 _PASSWORD = codec.FrontendType.PASSWORD
 _REDACTED_PASSWORD = codec.encode_message(_PASSWORD, b"[REDACTED]\0")
 
@@ -64,39 +84,30 @@ class StatementIndexer:
     """
     Indexes each distinct statement of a session once: statements that
     differ only in constants (pgbench's random keys) share a fingerprint,
-    so the index holds shapes, not every execution.  The statements
-    themselves are in the recording.
+    so the index holds shapes, not every execution.  Statements the policy
+    did not simply allow are indexed every time, with the decision.  The
+    statements themselves are in the recording.
     """
 
     #: statement shapes indexed per session at most
     MAX_DISTINCT = 10_000
-    #: exact texts remembered to skip fingerprinting
-    MAX_TEXTS = 4_096
 
-    def __init__(self, session: object, cache: StatementCache):
+    def __init__(self, session: object):
         self._session = session
-        self._cache = cache
         self._seen: set[str] = set()
-        self._texts: set[str] = set()
 
-    def saw(self, sql: str) -> None:
-        """A client sent C{sql} (a Query, or a Parse)."""
-        # Drivers and ORMs repeat exact texts: skip the ~3 us fingerprint.
-        # A cache only: cleared when full, so it never stops indexing.
-        texts = self._texts
-        if sql in texts:
-            return
-        if len(texts) >= self.MAX_TEXTS:
-            texts.clear()
-        texts.add(sql)
-        key = fingerprint(sql) or sql
-        if key in self._seen or len(self._seen) >= self.MAX_DISTINCT:
-            return
-        self._seen.add(key)
-        for statement in self._cache.classify(sql):
-            self._session.command_seen(
-                statement.kind, statement.text, statement.relations
-            )
+    def saw(self, sql: str, classified: Classified, decision: Decision) -> None:
+        """A client sent C{sql} (a Query, or a Parse) and it was decided."""
+        action = decision.action
+        if action == "allow":
+            key = classified.shape or sql
+            seen = self._seen
+            if key in seen or len(seen) >= self.MAX_DISTINCT:
+                return
+            seen.add(key)
+        command_seen = self._session.command_seen
+        for command in classified.commands:
+            command_seen(command.kind, command.text, command.objects, action)
 
 
 class CancelRegistry:
@@ -216,8 +227,21 @@ class PostgresServerFactory(Factory):
         self.reactor = reactor
         self.tls = tls
         self.cancels = cancels
-        self.statement_cache = StatementCache()
+        self.commands = CommandCache()
+        self.catalogs: dict[str, Catalog] = {}
         self.connections: set[PostgresServerProtocol] = set()
+
+    def catalog(self, target: TargetConfig) -> Catalog:
+        """The column catalog of C{target}, shared by its sessions."""
+        catalog = self.catalogs.get(target.name)
+        if catalog is None:
+            catalog = self.catalogs[target.name] = Catalog(
+                self.reactor,
+                target.options,
+                target.name,
+                self.options.connect_timeout,
+            )
+        return catalog
 
     def buildProtocol(self, addr: object) -> PostgresServerProtocol:
         protocol = PostgresServerProtocol(self)
@@ -253,6 +277,20 @@ class PostgresServerProtocol(Protocol):
         self._close_reason = "client disconnected"
         self._client_gate: _PauseReasons | None = None
         self._statements: StatementIndexer | None = None
+        self._upstream_reader = codec.FrameReader.backend()
+        # Set while the client's input is held (an approval, a catalog
+        # lookup): its frames wait in _held_frames.
+        self._waiting: str | None = None
+        # Set while the target's output is held (a catalog lookup).
+        self._upstream_held: list | None = None
+        self._masker = None
+        self._masker_resolves = False
+        # Refused statements are replaced upstream by a syntax error that
+        # names a token; that error is rewritten into the refusal.  token ->
+        # (ErrorResponse bytes, ReadyForQuery count that ends its chance).
+        self._refusals: dict[bytes, tuple[bytes, int]] = {}
+        self._ready_expected = 0
+        self._ready_seen = 0
         self.dataReceived = self._startup_data
 
     # -- connection ----------------------------------------------------------
@@ -580,7 +618,15 @@ class PostgresServerProtocol(Protocol):
             )
             return
         self._target = target
-        self._statements = StatementIndexer(self.session, self._factory.statement_cache)
+        self._statements = StatementIndexer(self.session)
+        if self.session.masker is not None:
+            from gatehouse.protocols.postgres.masking import ResponseMasker
+
+            resolve = None
+            if self.session.masker.has_relation_rules:
+                resolve = self._factory.catalog(target).column
+            self._masker = ResponseMasker(self.session.masker, resolve)
+            self._masker_resolves = resolve is not None
         passthrough = tuple(
             (k, v)
             for k, v in self._startup_message.parameters
@@ -608,6 +654,7 @@ class PostgresServerProtocol(Protocol):
                 UpstreamError(f"internal error: {failure.getErrorMessage()}")
             )
         error = failure.value
+        self.session.upstream_failed(error.reason)
         self._log.warn(
             "Target {target} unavailable for session {sid}: {why}",
             target=self._target.name,
@@ -646,7 +693,9 @@ class PostgresServerProtocol(Protocol):
         tune(upstream.transport)
         upstream.on_data = self._upstream_data
         upstream.on_lost = self._upstream_lost
-        upstream_gate = _PauseReasons(upstream.transport, "upstream")
+        upstream_gate = self._upstream_gate = _PauseReasons(
+            upstream.transport, "upstream"
+        )
         self.session.registerProducer(upstream_gate.reason("recorder"))
         upstream.transport.registerProducer(self._client_gate, True)
         self.transport.registerProducer(upstream_gate, True)
@@ -676,42 +725,345 @@ class PostgresServerProtocol(Protocol):
             self._relay_frames(frames)
 
     def _relay_frames(self, frames: list) -> None:
-        """Index the statements among complete messages, then forward them."""
+        """
+        Decide the statements among complete messages, then forward what
+        may go.  A statement held for review (or a lookup) stops the relay
+        there: it and everything after it wait in L{_held_frames}.
+        """
         if not frames:
             return
-        statements = None
-        for frame in frames:
+        if self._waiting is not None:
+            self._held_frames.extend(frames)
+            return
+        reader = self._reader
+        for index, frame in enumerate(frames):
             kind = frame[0]
             if kind == _QUERY or kind == _PARSE:
-                if statements is None:
-                    statements = []
-                statements.append(frame)
+                sql = self._statement_text(frame)
+                classified = self._factory.commands.classify(sql)
+                decision = self.session.decide(classified.commands)
+                self._statements.saw(sql, classified, decision)
+                if decision.action == "allow":
+                    if self._masker is not None:
+                        refusal = self._copy_check(classified)
+                        if refusal is not None:
+                            self._forward(reader.take_to(frame[1]))
+                            self._refuse(frame, refusal)
+                            continue
+                        if self._copy_needs_columns(classified):
+                            self._forward(reader.take_to(frame[1]))
+                            self._hold(frames, index, "catalog")
+                            self._copy_columns(classified).addBoth(
+                                self._release, frame, None
+                            )
+                            return
+                    if kind == _QUERY:
+                        self._ready_expected += 1
+                    continue
+                self._forward(reader.take_to(frame[1]))
+                if decision.action == "deny":
+                    self._refuse(frame, self._refusal_text(decision))
+                    continue
+                self._review(frames, index, classified, decision)
+                return
+            if kind == _SYNC or kind == _FUNCTION_CALL:
+                self._ready_expected += 1
             elif kind == _TERMINATE:
                 self._close_reason = "client terminated the session"
                 self._client_terminated = True
-        if statements:
-            self._index_statements(statements)
-        self._forward(self._reader.take_to(frames[-1][2]))
+        end = frames[-1][2]
+        if end > reader.consumed:
+            self._forward(reader.take_to(end))
 
-    def _index_statements(self, frames: list) -> None:
-        reader = self._reader
-        for frame in frames:
-            body = reader.body(frame)
-            if frame[0] == _QUERY:
-                text = body[:-1]
-            else:
-                # Parse: statement name NUL query NUL ...
-                name_end = body.index(b"\0")
-                text = body[name_end + 1 : body.index(b"\0", name_end + 1)]
-            self._statements.saw(text.decode("utf-8", "replace"))
+    def _statement_text(self, frame: tuple) -> str:
+        body = self._reader.body(frame)
+        if frame[0] == _QUERY:
+            text = body[:-1]
+        else:
+            # Parse: statement name NUL query NUL ...
+            name_end = body.index(b"\0")
+            text = body[name_end + 1 : body.index(b"\0", name_end + 1)]
+        return text.decode("utf-8", "replace")
 
-    def _forward(self, data: bytes) -> None:
-        upstream = self._upstream
-        if upstream is None or upstream.transport is None:
+    def _hold(self, frames: list, index: int, why: str) -> None:
+        """Stop relaying at C{frames[index]} until L{_release}."""
+        self._waiting = why
+        self._held_frames = list(frames[index:])
+        self._client_gate.pause(why)
+
+    def _release(self, result: object, frame: tuple, refusal: str | None) -> None:
+        """
+        The hold on C{frame} ends: forward it (or refuse it with
+        C{refusal}), then relay what the client sent meanwhile.
+        """
+        if isinstance(result, Failure):
+            self._log.failure(
+                "Holding a statement of session {sid}",
+                result,
+                sid=str(self.session.id),
+            )
+            refusal = refusal or "the gateway could not check this statement"
+        if self._closing:
             return
+        why, self._waiting = self._waiting, None
+        held, self._held_frames = self._held_frames, []
+        assert held and held[0] is frame
+        if refusal is not None:
+            self._refuse(frame, refusal)
+        else:
+            if frame[0] == _QUERY:
+                self._ready_expected += 1
+            self._forward(self._reader.take_to(frame[2]))
+        self._client_gate.resume(why)
+        self._relay_frames(held[1:])
+
+    # -- refusals -----------------------------------------------------------
+
+    def _refusal_text(self, decision: Decision) -> str:
+        why = f": {decision.message}" if decision.message else ""
+        return f'statement refused by gatehouse policy rule "{decision.rule}"{why}'
+
+    def _refuse(self, frame: tuple, message: str) -> None:
+        """
+        Keep the statement of C{frame} from the target, and have the client
+        see a 42501 error exactly where PostgreSQL would have sent one.
+
+        The target gets, in its place, a statement that fails to parse and
+        names a fresh token; its error is rewritten into the refusal on its
+        way back.  So the target itself fails the transaction (or the
+        extended-protocol batch up to Sync) just as a refused statement
+        would, and the client's replies stay in order.
+        """
+        token = b"gatehouse_refused_" + os.urandom(6).hex().encode()
+        error = codec.ErrorResponse.build(
+            "ERROR",
+            "42501",
+            message,
+            hint="the statement did not reach the database",
+        ).encode()
+        if frame[0] == _QUERY:
+            self._ready_expected += 1
+            substitute = codec.encode_message(_QUERY, token + b"\0")
+            due = self._ready_expected
+        else:
+            # Parse keeps its statement name, so later Binds fail as they
+            # would after a failed Parse.
+            body = self._reader.body(frame)
+            name = body[: body.index(b"\0")]
+            substitute = codec.encode_message(_PARSE, name + b"\0" + token + b"\0\0\0")
+            due = self._ready_expected + 1
+        self._reader.discard_to(frame[2])
+        self._refusals[token] = (error, due)
+        self.session.event("refused-statement", token=token.decode(), message=message)
+        self._forward(substitute, record=True)
+
+    def _review(
+        self, frames: list, index: int, classified: Classified, decision: Decision
+    ) -> None:
+        frame = frames[index]
+        self._hold(frames, index, "approval")
+        request, verdict = self.session.request_approval(classified.commands, decision)
+        if request is not None:
+            how = self.session.approval_instructions(request)
+            self._write(
+                codec.NoticeResponse.build(
+                    "NOTICE",
+                    "01000",
+                    f"gatehouse: statement held for approval {request.id} "
+                    f'(rule "{decision.rule}"); waiting up to '
+                    f"{int(decision.timeout)}s",
+                    detail=decision.message,
+                    hint=how,
+                ).encode()
+            )
+
+        def decided(result: object) -> None:
+            if isinstance(result, Failure):
+                self._release(result, frame, None)
+                return
+            if result.approved:
+                self._release(None, frame, None)
+            else:
+                self._release(
+                    None,
+                    frame,
+                    f'statement not approved (rule "{decision.rule}"): {result.reason}',
+                )
+
+        verdict.addBoth(decided)
+
+    # -- masking ------------------------------------------------------------
+
+    def _copy_check(self, classified: Classified) -> str | None:
+        """Why a COPY to the client cannot be masked, if it cannot."""
+        for statement in classified.statements:
+            copy = statement.copy
+            if copy is None or not copy.to_client:
+                continue
+            if copy.format == "binary":
+                return (
+                    "binary COPY output cannot be masked on this target; "
+                    "use FORMAT text or csv"
+                )
+            masker = self.session.masker
+            if copy.relation is None and (
+                masker.has_column_rules or masker.has_relation_rules
+            ):
+                return (
+                    "COPY (query) TO STDOUT cannot be masked by column; "
+                    "use SELECT, or COPY table TO STDOUT"
+                )
+        return None
+
+    def _copy_needs_columns(self, classified: Classified) -> bool:
+        for statement in classified.statements:
+            copy = statement.copy
+            if copy is not None and copy.to_client and copy.relation is not None:
+                return True
+        return False
+
+    def _copy_columns(self, classified: Classified) -> Deferred:
+        """Tell the masker which columns the COPY sends."""
+        from twisted.internet.defer import succeed
+
+        copy = next(
+            s.copy for s in classified.statements if s.copy and s.copy.to_client
+        )
+        masker = self._masker
+        rules = self.session.masker
+        if copy.columns or not (rules.has_column_rules or rules.has_relation_rules):
+            relation = copy.relation
+            names = list(copy.columns) or None
+            full = [f"{relation}.{c}" for c in copy.columns] or None
+            masker.copy_out(names, copy.format, copy.delimiter, full)
+            return succeed(None)
+        d = self._factory.catalog(self._target).relation_columns(copy.relation)
+
+        def known(columns: list) -> None:
+            masker.copy_out(
+                [c.rsplit(".", 1)[-1] for c in columns] or None,
+                copy.format,
+                copy.delimiter,
+                columns or None,
+            )
+
+        return d.addCallback(known)
+
+    # -- forwarding -----------------------------------------------------------
+
+    def _forward(self, data: bytes, record: bool = False) -> None:
+        upstream = self._upstream
+        if upstream is None or upstream.transport is None or not data:
+            return
+        if record:
+            self.session.data(_G2U, data)
         send_now(upstream.transport, data)
 
     def _upstream_data(self, data: bytes) -> None:
+        reader = self._upstream_reader
+        try:
+            frames = reader.feed(data)
+        except codec.ProtocolViolation as e:
+            self._fatal(
+                "08P01",
+                "the target sent a malformed message",
+                f"upstream protocol violation: {e.message}",
+            )
+            return
+        if not frames:
+            return
+        if self._upstream_held is not None:
+            self._upstream_held.extend(frames)
+            return
+        self._deliver(frames)
+
+    def _deliver(self, frames: list) -> None:
+        """Send complete messages from the target on to the client."""
+        reader = self._upstream_reader
+        masker = self._masker
+        if masker is None and not self._refusals:
+            for frame in frames:
+                if frame[0] == _B_READY:
+                    self._ready_seen += 1
+            self._send_client(reader.take_to(frames[-1][2]))
+            return
+        out = []
+        for index, frame in enumerate(frames):
+            kind = frame[0]
+            replacement = None
+            if kind == _B_ERROR and self._refusals:
+                replacement = self._refusal_for(reader.body(frame))
+            if masker is not None and kind in _MASKED_TYPES and replacement is None:
+                body = reader.body(frame)
+                if kind == _B_ROWS and self._masker_resolves:
+                    unknown = self._factory.catalog(self._target).unknown(
+                        masker.unresolved(body)
+                    )
+                    if unknown:
+                        out.append(reader.take_to(frame[1]))
+                        self._send_client(b"".join(out))
+                        self._hold_upstream(frames[index:], unknown)
+                        return
+                new_body = masker.message(kind, body)
+                if new_body is not None:
+                    replacement = codec.encode_message(kind, new_body)
+            if kind == _B_READY:
+                self._ready_seen += 1
+                self._expire_refusals()
+                if masker is not None and masker.masked:
+                    self.session.masked(masker.masked)
+                    masker.masked = 0
+            if replacement is not None:
+                out.append(reader.take_to(frame[1]))
+                reader.discard_to(frame[2])
+                out.append(replacement)
+        end = frames[-1][2]
+        if end > reader.consumed:
+            out.append(reader.take_to(end))
+        self._send_client(b"".join(out))
+
+    def _hold_upstream(self, frames: list, oids: list) -> None:
+        """Hold the target's output until the catalog names C{oids}."""
+        self._upstream_held = list(frames)
+        gate = self._upstream_gate
+        gate.pause("catalog")
+        d = self._factory.catalog(self._target).lookup_oids(oids)
+
+        def resume(result: object) -> None:
+            if self._closing:
+                return
+            if isinstance(result, Failure):
+                # Without column names the masking rules cannot be applied:
+                # nothing more of this result may reach the client.
+                self._fatal(
+                    "58000",
+                    "the gateway cannot apply its masking rules now",
+                    f"catalog lookup failed: {result.getErrorMessage()}",
+                )
+                return
+            held, self._upstream_held = self._upstream_held, None
+            gate.resume("catalog")
+            if held:
+                self._deliver(held)
+
+        d.addBoth(resume)
+
+    def _refusal_for(self, body: bytes) -> bytes | None:
+        for token, (error, _) in self._refusals.items():
+            if token in body:
+                del self._refusals[token]
+                return error
+        return None
+
+    def _expire_refusals(self) -> None:
+        seen = self._ready_seen
+        stale = [t for t, (_, due) in self._refusals.items() if due <= seen]
+        for token in stale:
+            del self._refusals[token]
+
+    def _send_client(self, data: bytes) -> None:
+        if not data:
+            return
         try:
             self.session.data(_G2C, data)
         except RecordingFailed:

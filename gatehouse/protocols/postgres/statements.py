@@ -73,6 +73,52 @@ _LEAVES = frozenset(
 
 
 @attrs.frozen
+class CopyInfo:
+    """
+    What a COPY statement moves, for masking its output.
+
+    @ivar to_client: C{COPY ... TO STDOUT} (rows flow to the client).
+    @ivar relation: the table copied, or None for C{COPY (query)}.
+    @ivar columns: the column list given, or C{()} for all columns.
+    @ivar format: C{"text"}, C{"csv"} or C{"binary"}.
+    @ivar delimiter: the field delimiter.
+    """
+
+    to_client: bool
+    relation: str | None
+    columns: tuple[str, ...]
+    format: str
+    delimiter: str
+
+
+def _copy_info(body: dict) -> CopyInfo:
+    fmt = "text"
+    delimiter = None
+    for option in body.get("options") or ():
+        elem = option.get("DefElem") if isinstance(option, dict) else None
+        if not isinstance(elem, dict):
+            continue
+        arg = elem.get("arg")
+        value = arg.get("String", {}).get("sval") if isinstance(arg, dict) else None
+        if elem.get("defname") == "format" and isinstance(value, str):
+            fmt = value.lower()
+        elif elem.get("defname") == "delimiter" and isinstance(value, str):
+            delimiter = value
+    relation = body.get("relation")
+    return CopyInfo(
+        to_client=not body.get("is_from") and not body.get("filename"),
+        relation=_rangevar_name(relation) if isinstance(relation, dict) else None,
+        columns=tuple(
+            item["String"]["sval"]
+            for item in body.get("attlist") or ()
+            if isinstance(item, dict) and "String" in item
+        ),
+        format=fmt,
+        delimiter=delimiter or ("," if fmt == "csv" else "\t"),
+    )
+
+
+@attrs.frozen
 class Statement:
     """
     One SQL statement, as PostgreSQL's parser sees it.
@@ -115,6 +161,7 @@ class Statement:
     copy_program: bool = False
     error: str | None = None
     nested: tuple[str, ...] = ()
+    copy: CopyInfo | None = None
 
     @property
     def parseable(self) -> bool:
@@ -295,6 +342,7 @@ def _classify_one(kind: str, body: dict, text: str) -> Statement:
         explain_of=explain_of,
         copy_program=copy_program,
         nested=tuple(found.nested),
+        copy=_copy_info(body) if kind == "CopyStmt" else None,
     )
 
 

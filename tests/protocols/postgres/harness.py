@@ -54,12 +54,16 @@ class Gateway:
         allow_cleartext: bool = False,
         seal_interval: str = "30s",
         extra_targets: list[dict] | None = None,
+        extra_config: dict | None = None,
+        admin: bool = False,
     ):
         self.directory = os.path.abspath(directory)
         self.cluster = cluster
         self.allow_cleartext = allow_cleartext
         self.seal_interval = seal_interval
         self.extra_targets = extra_targets or []
+        self.extra_config = extra_config or {}
+        self.admin_port = free_port() if admin else None
         self.process: subprocess.Popen | None = None
         self.port = free_port()
         self._signing_key = ec.generate_private_key(ec.SECP256R1())
@@ -155,6 +159,9 @@ class Gateway:
                 *self.extra_targets,
             ],
         }
+        if self.admin_port is not None:
+            config["admin"] = {"address": "127.0.0.1", "port": self.admin_port}
+        config.update(self.extra_config)
         self.config_path = self.path("gatehouse.yaml")
         with open(self.config_path, "w") as f:
             yaml.safe_dump(config, f)
@@ -235,6 +242,11 @@ class Gateway:
         process.stdout.close()
         process.stderr.close()
         return process.returncode
+
+    @property
+    def admin_url(self) -> str:
+        """The admin API's URL."""
+        return f"http://127.0.0.1:{self.admin_port}"
 
     def log(self) -> str:
         """The daemon's log so far."""

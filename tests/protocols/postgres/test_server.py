@@ -6,29 +6,39 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from gatehouse.policy import Decision
+from gatehouse.protocols.postgres.commands import CommandCache
 from gatehouse.protocols.postgres.server import StatementIndexer
-from gatehouse.protocols.postgres.statements import StatementCache
+
+ALLOW = Decision("allow", "default")
 
 
 class RecordingSession:
     """Collects what the indexer reports."""
 
     def __init__(self) -> None:
-        self.commands: list[tuple[str, str, tuple[str, ...]]] = []
+        self.commands: list[tuple[str, str, tuple[str, ...], str]] = []
 
-    def command_seen(self, kind: str, text: str, objects: tuple[str, ...]) -> None:
-        self.commands.append((kind, text, objects))
+    def command_seen(
+        self, kind: str, text: str, objects: tuple[str, ...], decision: str
+    ) -> None:
+        self.commands.append((kind, text, objects, decision))
 
 
 class StatementIndexerTests(SynchronousTestCase):
-    """Each statement shape is indexed once; new shapes always are."""
+    """
+    Each allowed statement shape is indexed once; new shapes always are,
+    and so is every statement the policy did not simply allow.
+    """
+
+    def saw(self, indexer, cache, sql, decision=ALLOW) -> None:
+        indexer.saw(sql, cache.classify(sql), decision)
 
     def test_shapes_once(self) -> None:
-        session = RecordingSession()
-        indexer = StatementIndexer(session, StatementCache())
-        for aid in range(3 * StatementIndexer.MAX_TEXTS):
-            indexer.saw(f"select abalance from accounts where aid = {aid}")
-        indexer.saw("select abalance from accounts where aid = 7")
+        session, cache = RecordingSession(), CommandCache()
+        indexer = StatementIndexer(session)
+        for aid in range(3000):
+            self.saw(indexer, cache, f"select abalance from accounts where aid = {aid}")
         self.assertEqual(
             session.commands,
             [
@@ -36,18 +46,28 @@ class StatementIndexerTests(SynchronousTestCase):
                     "SelectStmt",
                     "select abalance from accounts where aid = 0",
                     ("accounts",),
+                    "allow",
                 )
             ],
         )
 
+    def test_refusals_always_indexed(self) -> None:
+        session, cache = RecordingSession(), CommandCache()
+        indexer = StatementIndexer(session)
+        deny = Decision("deny", "no-drop")
+        for _ in range(3):
+            self.saw(indexer, cache, "DROP TABLE t", deny)
+        self.assertEqual(
+            session.commands, [("DropStmt", "DROP TABLE t", ("t",), "deny")] * 3
+        )
+
     def test_new_shape_after_many_texts(self) -> None:
-        """
-        The exact-text cache filling up never stops indexing: a DROP after
-        thousands of distinct texts is still indexed.
-        """
-        session = RecordingSession()
-        indexer = StatementIndexer(session, StatementCache())
-        for aid in range(2 * StatementIndexer.MAX_TEXTS + 1):
-            indexer.saw(f"select 1 from t where id = {aid}")
-        indexer.saw("DROP TABLE t")
-        self.assertEqual(session.commands[-1], ("DropStmt", "DROP TABLE t", ("t",)))
+        """A DROP after thousands of distinct texts is still indexed."""
+        session, cache = RecordingSession(), CommandCache()
+        indexer = StatementIndexer(session)
+        for aid in range(9000):
+            self.saw(indexer, cache, f"select 1 from t where id = {aid}")
+        self.saw(indexer, cache, "DROP TABLE t")
+        self.assertEqual(
+            session.commands[-1], ("DropStmt", "DROP TABLE t", ("t",), "allow")
+        )

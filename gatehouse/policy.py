@@ -1,0 +1,440 @@
+"""
+Policy: what each identity may do on each target, command by command.
+
+The configuration's C{policy} section is a list of rules, evaluated top to
+bottom; the first rule whose scope (identity groups, targets, protocols)
+and conditions (command kind, objects, schemas, functions, flags, text)
+all hold decides.  A decision is C{allow}, C{deny} (with a message for the
+client) or C{review} (paused for approval by other people).
+
+Two kinds of command never fall through to the catch-all: text the
+protocol's parser rejects (kind C{Unparseable}) and commands whose effect
+the gateway cannot see (C{opaque}: a PostgreSQL C{DO} block or a function
+body).  They match only rules that name them explicitly; otherwise the
+policy's C{unparseable} and C{opaque} actions apply, both C{review} by
+default.  Nothing is ever allowed because it could not be understood.
+
+The engine is protocol-neutral: a protocol turns what its client sent into
+L{Command} values (PostgreSQL: one per SQL statement, classified by
+libpg_query) and asks L{Policy.decide}.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable, Iterable, Sequence
+
+import attrs
+
+__all__ = [
+    "ACTIONS",
+    "OPAQUE",
+    "UNPARSEABLE",
+    "Command",
+    "Decision",
+    "Policy",
+    "RecordScope",
+    "Rule",
+    "combine",
+    "normalized_text",
+    "register_normalizer",
+]
+
+ACTIONS = ("allow", "deny", "review")
+#: The kind of a command its protocol's parser rejects.
+UNPARSEABLE = "Unparseable"
+#: The flag of a command whose effect cannot be seen (DO blocks, function bodies).
+OPAQUE = "opaque"
+
+_SEVERITY = {"allow": 0, "review": 1, "deny": 2}
+_normalizers: dict[str, Callable[[str], str]] = {}
+
+
+def register_normalizer(protocol: str, normalizer: Callable[[str], str]) -> None:
+    """
+    Have C{normalizer(text)} compute the normalised text of C{protocol}'s
+    commands, on demand (only text rules need it).
+    """
+    _normalizers[protocol] = normalizer
+
+
+def normalized_text(command: Command) -> str:
+    """The command's normalised text, computed if the protocol left it empty."""
+    if command.normalized:
+        return command.normalized
+    normalizer = _normalizers.get(command.protocol)
+    return normalizer(command.text) if normalizer is not None else command.text
+
+
+@attrs.frozen
+class Command:
+    """
+    One command a client sent, as its protocol understood it.
+
+    @ivar protocol: C{"postgres"}, C{"ssh"}, C{"http"}, ...
+    @ivar kind: what sort of command it is (C{"DropStmt"}, C{"exec"},
+        C{"get"}), or C{"Unparseable"}.
+    @ivar text: the command as the client sent it.
+    @ivar objects: what it touches (relations, paths, resources), as named.
+    @ivar kinds: every kind the command amounts to: its own, and those it
+        wraps or nests (an C{EXPLAIN ANALYZE DELETE} is also a
+        C{DeleteStmt}).  Defaults to C{{kind}}.
+    @ivar functions: functions it calls, as named.
+    @ivar flags: protocol-defined facts (C{"no-where"}, C{"copy-program"},
+        C{"opaque"}, ...).
+    @ivar normalized: the text in canonical form (keywords in one case, no
+        comments, single spaces) for regular-expression rules.  Empty: ask
+        the protocol's normaliser (L{register_normalizer}) when a rule
+        needs it; C{text} if the protocol has none.
+    """
+
+    protocol: str
+    kind: str
+    text: str
+    objects: tuple[str, ...] = ()
+    kinds: frozenset[str] = attrs.field()
+    functions: tuple[str, ...] = ()
+    flags: frozenset[str] = frozenset()
+    normalized: str = attrs.field()
+
+    @kinds.default
+    def _kinds(self) -> frozenset[str]:
+        return frozenset((self.kind,))
+
+    @normalized.default
+    def _normalized(self) -> str:
+        return self.text
+
+    @property
+    def unparseable(self) -> bool:
+        """The protocol's parser rejected it."""
+        return self.kind == UNPARSEABLE
+
+    @property
+    def opaque(self) -> bool:
+        """Its effect cannot be seen by the gateway."""
+        return OPAQUE in self.flags
+
+
+@attrs.frozen
+class Decision:
+    """
+    What the policy says about a command.
+
+    @ivar action: C{"allow"}, C{"deny"} or C{"review"}.
+    @ivar rule: the name of the rule that decided (C{"default"},
+        C{"unparseable"} or C{"opaque"} for the policy's own fallbacks).
+    @ivar message: for the client, on deny (and review, as context).
+    @ivar approvers: review: identity groups whose members may approve
+        (C{"*"}: anyone but the requester).
+    @ivar approvals: review: distinct approvers needed.
+    @ivar timeout: review: seconds before the request expires (denied).
+    """
+
+    action: str
+    rule: str
+    message: str | None = None
+    approvers: tuple[str, ...] = ()
+    approvals: int = 1
+    timeout: float = 300.0
+
+    @property
+    def allowed(self) -> bool:
+        """The command may go ahead without anyone's say."""
+        return self.action == "allow"
+
+
+def combine(decisions: Iterable[Decision]) -> Decision | None:
+    """
+    The decision for several commands sent as one (a multi-statement
+    query): the strictest one, deny over review over allow.  Of several
+    reviews, the one needing most approvals (then the shortest timeout).
+    """
+    best: Decision | None = None
+    for decision in decisions:
+        if best is None:
+            best = decision
+            continue
+        a, b = _SEVERITY[decision.action], _SEVERITY[best.action]
+        if a > b or (
+            a == b
+            and decision.action == "review"
+            and (decision.approvals, -decision.timeout)
+            > (best.approvals, -best.timeout)
+        ):
+            best = decision
+    return best
+
+
+def _glob(pattern: str) -> re.Pattern[str]:
+    return re.compile(fnmatch.translate(pattern))
+
+
+def _last(name: str) -> str:
+    return name.rsplit(".", 1)[-1]
+
+
+@attrs.frozen
+class _NameSet:
+    """
+    Globs over dotted names.  A pattern without a dot matches the last
+    part of a name; a qualified pattern matches a qualified name, and also
+    an unqualified name whose last part it matches: the schema an
+    unqualified name resolves to depends on the client's search_path,
+    which the client controls, so the gateway assumes the worst.
+    """
+
+    patterns: tuple[str, ...]
+    _bare: tuple[re.Pattern[str], ...] = attrs.field(init=False)
+    _qualified: tuple[tuple[re.Pattern[str], re.Pattern[str]], ...] = attrs.field(
+        init=False
+    )
+
+    def __attrs_post_init__(self) -> None:
+        bare, qualified = [], []
+        for pattern in self.patterns:
+            if "." in pattern:
+                qualified.append((_glob(pattern), _glob(_last(pattern))))
+            else:
+                bare.append(_glob(pattern))
+        object.__setattr__(self, "_bare", tuple(bare))
+        object.__setattr__(self, "_qualified", tuple(qualified))
+
+    def matches_any(self, names: Iterable[str]) -> bool:
+        for name in names:
+            last = _last(name)
+            for pattern in self._bare:
+                if pattern.match(last):
+                    return True
+            qualified = "." in name
+            for full, tail in self._qualified:
+                if qualified:
+                    # "a.b.c" also stands for "b.c" (catalog-qualified).
+                    if full.match(name) or full.match(name.split(".", 1)[-1]):
+                        return True
+                elif tail.match(last):
+                    return True
+        return False
+
+
+def _schemas_match(schemas: frozenset[str], objects: Iterable[str]) -> bool:
+    """
+    Whether any object lies in one of C{schemas}.  Unqualified names match
+    every schema rule (their schema depends on the client's search_path).
+    """
+    for name in objects:
+        parts = name.split(".")
+        if len(parts) == 1:
+            return True
+        if parts[-2] in schemas:
+            return True
+    return False
+
+
+@attrs.frozen
+class Rule:
+    """
+    One policy rule: a scope, conditions on the command, and an action.
+
+    Empty scope or condition fields hold for everything.  Within a field
+    any listed value may match; across fields all must.
+
+    @ivar name: names the rule in decisions, errors and the recording.
+    @ivar groups: identity groups the rule applies to (C{"*"}: everyone).
+    @ivar targets: target names (globs) it applies to.
+    @ivar protocols: protocols it applies to.
+    @ivar kinds: command kinds (any of the command's L{Command.kinds}).
+    @ivar objects: globs over the objects touched (see L{_NameSet}).
+    @ivar schemas: schemas of the objects touched.
+    @ivar functions: globs over functions called.
+    @ivar flags: flags the command must all carry.
+    @ivar text: regular expression searched in the normalised text.
+    """
+
+    name: str
+    action: str
+    groups: frozenset[str] = frozenset()
+    targets: tuple[str, ...] = ()
+    protocols: frozenset[str] = frozenset()
+    kinds: frozenset[str] = frozenset()
+    objects: tuple[str, ...] = ()
+    schemas: frozenset[str] = frozenset()
+    functions: tuple[str, ...] = ()
+    flags: frozenset[str] = frozenset()
+    text: str | None = None
+    message: str | None = None
+    approvers: tuple[str, ...] = ()
+    approvals: int = 1
+    timeout: float = 300.0
+    _target_globs: tuple[re.Pattern[str], ...] = attrs.field(init=False, eq=False)
+    _object_set: _NameSet = attrs.field(init=False, eq=False)
+    _function_set: _NameSet = attrs.field(init=False, eq=False)
+    _regex: re.Pattern[str] | None = attrs.field(init=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_target_globs", tuple(map(_glob, self.targets)))
+        object.__setattr__(self, "_object_set", _NameSet(self.objects))
+        object.__setattr__(self, "_function_set", _NameSet(self.functions))
+        regex = re.compile(self.text, re.IGNORECASE | re.DOTALL) if self.text else None
+        object.__setattr__(self, "_regex", regex)
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the rule looks at the command at all."""
+        return bool(
+            self.kinds
+            or self.objects
+            or self.schemas
+            or self.functions
+            or self.flags
+            or self.text
+        )
+
+    @property
+    def names_fallback(self) -> bool:
+        """It explicitly names unparseable or opaque commands."""
+        return UNPARSEABLE in self.kinds or OPAQUE in self.flags
+
+    def in_scope(self, groups: Iterable[str], target: str, protocol: str) -> bool:
+        """Whether the rule applies to this identity, target and protocol."""
+        if self.protocols and protocol not in self.protocols:
+            return False
+        if self._target_globs and not any(g.match(target) for g in self._target_globs):
+            return False
+        if self.groups and "*" not in self.groups:
+            if self.groups.isdisjoint(groups):
+                return False
+        return True
+
+    def matches(self, command: Command) -> bool:
+        """Whether the command meets every condition of the rule."""
+        if (command.unparseable or command.opaque) and not self.names_fallback:
+            return False
+        if self.kinds and self.kinds.isdisjoint(command.kinds):
+            return False
+        if self.objects and not self._object_set.matches_any(command.objects):
+            return False
+        if self.schemas and not _schemas_match(self.schemas, command.objects):
+            return False
+        if self.functions and not self._function_set.matches_any(command.functions):
+            return False
+        if self.flags and not self.flags <= command.flags:
+            return False
+        if self._regex is not None and not self._regex.search(normalized_text(command)):
+            return False
+        return True
+
+    def decision(self) -> Decision:
+        """What this rule says when it matches."""
+        return Decision(
+            action=self.action,
+            rule=self.name,
+            message=self.message,
+            approvers=self.approvers,
+            approvals=self.approvals,
+            timeout=self.timeout,
+        )
+
+
+@attrs.frozen
+class RecordScope:
+    """
+    Whether sessions in a scope have their data recorded.  Decisions,
+    approvals and session events are recorded regardless.
+    """
+
+    groups: frozenset[str] = frozenset()
+    targets: tuple[str, ...] = ()
+    protocols: frozenset[str] = frozenset()
+    record: bool = True
+
+    def applies(self, groups: Iterable[str], target: str, protocol: str) -> bool:
+        return Rule(
+            name="",
+            action="allow",
+            groups=self.groups,
+            targets=self.targets,
+            protocols=self.protocols,
+        ).in_scope(groups, target, protocol)
+
+
+@attrs.frozen
+class Policy:
+    """
+    The rules of one gateway, and its fallbacks.
+
+    @ivar rules: evaluated in order; the first match decides.
+    @ivar default: the decision when no rule matches.
+    @ivar unparseable: the decision for unparseable commands no rule names.
+    @ivar opaque: the decision for opaque commands no rule names.
+    @ivar record_scopes: first match says whether a session's data is
+        recorded; recorded when none matches.
+    """
+
+    rules: tuple[Rule, ...] = ()
+    default: Decision = Decision("allow", "default")
+    unparseable: Decision = Decision("review", "unparseable", approvers=("*",))
+    opaque: Decision = Decision("review", "opaque", approvers=("*",))
+    record_scopes: tuple[RecordScope, ...] = ()
+
+    def for_session(
+        self, groups: Sequence[str], target: str, protocol: str
+    ) -> SessionPolicy:
+        """The rules that apply to one session, resolved once at its start."""
+        rules = tuple(
+            rule for rule in self.rules if rule.in_scope(groups, target, protocol)
+        )
+        return SessionPolicy(self, rules)
+
+    def records(self, groups: Sequence[str], target: str, protocol: str) -> bool:
+        """Whether a session's data is recorded."""
+        for scope in self.record_scopes:
+            if scope.applies(groups, target, protocol):
+                return scope.record
+        return True
+
+
+#: The decision for a message holding no command (an empty query).
+_EMPTY = Decision("allow", "empty")
+
+
+class SessionPolicy:
+    """
+    The policy as it applies to one session: only the rules in its scope,
+    and a cache of decisions by command (commands repeat).
+    """
+
+    MAX_CACHED = 4096
+
+    def __init__(self, policy: Policy, rules: tuple[Rule, ...]):
+        self.policy = policy
+        self.rules = rules
+        self._cache: dict[Command, Decision] = {}
+
+    def decide(self, command: Command) -> Decision:
+        """The decision for one command."""
+        cached = self._cache.get(command)
+        if cached is not None:
+            return cached
+        decision = self._decide(command)
+        if len(self._cache) >= self.MAX_CACHED:
+            self._cache.clear()
+        self._cache[command] = decision
+        return decision
+
+    def _decide(self, command: Command) -> Decision:
+        for rule in self.rules:
+            if rule.matches(command):
+                return rule.decision()
+        if command.unparseable:
+            return self.policy.unparseable
+        if command.opaque:
+            return self.policy.opaque
+        return self.policy.default
+
+    def decide_all(self, commands: Sequence[Command]) -> Decision:
+        """The combined decision for commands sent together (L{combine})."""
+        if not commands:
+            return _EMPTY
+        return combine(self.decide(c) for c in commands)  # type: ignore[return-value]

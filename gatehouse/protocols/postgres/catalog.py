@@ -1,0 +1,161 @@
+"""
+Names the result columns of a target: which table and column a
+RowDescription's (table OID, attribute number) stand for, and which
+columns a C{COPY table TO STDOUT} sends.  Masking rules written as
+C{schema.table.column} need both; the wire protocol gives neither by name.
+
+Lookups run on a short-lived connection of the gateway's own (never on a
+client's session, whose transaction state is the client's), and their
+answers are cached for a while: table OIDs do not change under a name
+unless the table is dropped and made again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from twisted.internet.defer import Deferred, inlineCallbacks, returnValue
+
+from gatehouse.protocols.postgres import codec
+from gatehouse.protocols.postgres.config import PostgresTargetOptions
+from gatehouse.protocols.postgres.upstream import UpstreamError, connect_upstream
+
+__all__ = ["Catalog"]
+
+_ROW = codec.BackendType.DATA_ROW
+_ERROR = codec.BackendType.ERROR_RESPONSE
+_READY = codec.BackendType.READY_FOR_QUERY
+_COLUMNS_OF_OIDS = (
+    "SELECT a.attrelid, n.nspname, c.relname, a.attnum, a.attname"
+    " FROM pg_catalog.pg_attribute a"
+    " JOIN pg_catalog.pg_class c ON c.oid = a.attrelid"
+    " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE a.attrelid = ANY('{%s}'::pg_catalog.oid[])"
+    " AND a.attnum > 0 AND NOT a.attisdropped"
+)
+_COLUMNS_OF_RELATION = (
+    "SELECT a.attrelid, n.nspname, c.relname, a.attnum, a.attname"
+    " FROM pg_catalog.pg_attribute a"
+    " JOIN pg_catalog.pg_class c ON c.oid = a.attrelid"
+    " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE a.attrelid = pg_catalog.to_regclass(%s)"
+    " AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
+)
+
+
+def _literal(text: str) -> str:
+    """A standard-conforming SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+class _QueryRunner:
+    """Collects the rows of one simple query on an upstream connection."""
+
+    def __init__(self, upstream: object):
+        self.upstream = upstream
+        self.reader = codec.FrameReader.backend()
+        self.rows: list[tuple[bytes | None, ...]] = []
+        self.error: str | None = None
+        self.done: Deferred = Deferred()
+        upstream.on_data = self.data
+        upstream.on_lost = self.lost
+
+    def run(self, sql: str) -> Deferred:
+        self.upstream.transport.write(codec.Query(sql).encode())
+        return self.done
+
+    def data(self, data: bytes) -> None:
+        for kind, body in self.reader.feed_messages(data):
+            if kind == _ROW:
+                self.rows.append(codec.DataRow.decode(body).values)
+            elif kind == _ERROR:
+                self.error = codec.ErrorResponse.decode(body).message
+            elif kind == _READY and not self.done.called:
+                if self.error is not None:
+                    self.done.errback(UpstreamError(f"catalog query: {self.error}"))
+                else:
+                    self.done.callback(self.rows)
+
+    def lost(self, reason: object) -> None:
+        if not self.done.called:
+            self.done.errback(UpstreamError("catalog connection lost"))
+
+
+class Catalog:
+    """
+    Column names of one target, looked up on demand and cached.
+
+    @param ttl: seconds an answer is trusted.
+    """
+
+    def __init__(
+        self,
+        reactor: object,
+        options: PostgresTargetOptions,
+        target_name: str,
+        connect_timeout: float = 10.0,
+        ttl: float = 300.0,
+    ):
+        self._reactor = reactor
+        self._options = options
+        self._target = target_name
+        self._timeout = connect_timeout
+        self._ttl = ttl
+        #: (table OID, attnum) -> (schema.table.column, when learnt)
+        self._columns: dict[tuple[int, int], str] = {}
+        self._known_oids: dict[int, float] = {}
+
+    def column(self, table_oid: int, attnum: int) -> str | None:
+        """The C{schema.table.column} name, if already known."""
+        return self._columns.get((table_oid, attnum))
+
+    def unknown(self, oids: Iterable[int]) -> list[int]:
+        """Which of C{oids} need a lookup (never seen, or seen too long ago)."""
+        now = self._reactor.seconds()
+        return sorted(
+            {o for o in oids if now - self._known_oids.get(o, -1e18) > self._ttl}
+        )
+
+    def lookup_oids(self, oids: Iterable[int]) -> Deferred:
+        """Learn the columns of the tables C{oids}."""
+        oids = [int(o) for o in oids]
+        return self._query(_COLUMNS_OF_OIDS % ",".join(map(str, oids)), oids)
+
+    @inlineCallbacks
+    def relation_columns(self, relation: str) -> Deferred:
+        """
+        The columns of C{relation} (as a client named it, resolved with
+        the gateway role's search_path), in table order, as
+        C{schema.table.column} names; C{[]} if there is no such table.
+        """
+        rows = yield self._query(_COLUMNS_OF_RELATION % _literal(relation), ())
+        returnValue([self._learn(row) for row in rows])
+
+    @inlineCallbacks
+    def _query(self, sql: str, oids: list[int]) -> Deferred:
+        ready = yield connect_upstream(
+            self._reactor,
+            self._options,
+            self._target,
+            (("application_name", "gatehouse catalog"),),
+            self._timeout,
+        )
+        try:
+            rows = yield _QueryRunner(ready.protocol).run(sql)
+        finally:
+            ready.protocol.on_lost = None
+            ready.protocol.transport.write(codec.Terminate().encode())
+            ready.protocol.transport.loseConnection()
+        now = self._reactor.seconds()
+        for oid in oids:
+            self._known_oids[oid] = now
+        for row in rows:
+            self._learn(row)
+        returnValue(rows)
+
+    def _learn(self, row: tuple[bytes | None, ...]) -> str:
+        oid, schema, table, attnum, name = (v.decode() if v else "" for v in row)
+        full = f"{schema}.{table}.{name}"
+        self._columns[(int(oid), int(attnum))] = full
+        self._known_oids[int(oid)] = self._reactor.seconds()
+        return full

@@ -1,0 +1,147 @@
+"""
+SQL text to policy L{Command}s: one per statement, classified by
+libpg_query, with the kinds, objects and flags rules ask about.
+
+L{CommandCache} makes a statement cost one parse however often it runs:
+exact texts are remembered, and texts that differ only in constants
+(pgbench's random keys, an ORM's literals) share their fingerprint's
+classification.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from functools import lru_cache
+
+import attrs
+import pglast.ast
+from pglast import parser as _pg
+
+from gatehouse.policy import OPAQUE, UNPARSEABLE, Command, register_normalizer
+from gatehouse.protocols.postgres.statements import Statement, classify, fingerprint
+
+__all__ = [
+    "COMMAND_FLAGS",
+    "COMMAND_KINDS",
+    "Classified",
+    "CommandCache",
+    "statement_command",
+]
+
+#: Statements whose effect is code the gateway cannot see.
+OPAQUE_KINDS = frozenset({"DoStmt", "CreateFunctionStmt"})
+NO_WHERE = "no-where"
+COPY_PROGRAM = "copy-program"
+COPY_TO_CLIENT = "copy-to-client"
+#: Every statement kind PostgreSQL's grammar produces.
+COMMAND_KINDS = frozenset(name for name in dir(pglast.ast) if name.endswith("Stmt")) | {
+    UNPARSEABLE
+}
+COMMAND_FLAGS = frozenset({NO_WHERE, COPY_PROGRAM, COPY_TO_CLIENT, OPAQUE})
+
+
+@lru_cache(maxsize=4096)
+def normalize(sql: str) -> str:
+    """
+    C{sql} as PostgreSQL's deparser writes it back: keywords upper-cased,
+    comments gone, single spaces, identifiers quoted only where needed.
+    Unparseable text is returned as it is.
+    """
+    try:
+        return _pg.deparse_protobuf(_pg.parse_sql_protobuf(sql))
+    except Exception:
+        return sql
+
+
+register_normalizer("postgres", normalize)
+
+
+def statement_command(statement: Statement) -> Command:
+    """The policy's view of one classified statement."""
+    kinds = {statement.kind, *statement.nested}
+    if statement.explain_of:
+        kinds.add(statement.explain_of)
+    flags = set()
+    if statement.has_where is False:
+        flags.add(NO_WHERE)
+    if statement.copy_program:
+        flags.add(COPY_PROGRAM)
+    if statement.copy is not None and statement.copy.to_client:
+        flags.add(COPY_TO_CLIENT)
+    if not kinds.isdisjoint(OPAQUE_KINDS):
+        flags.add(OPAQUE)
+    return Command(
+        protocol="postgres",
+        kind=statement.kind,
+        text=statement.text,
+        objects=statement.relations,
+        kinds=frozenset(kinds),
+        functions=statement.functions,
+        flags=frozenset(flags),
+        normalized=statement.text if statement.kind == UNPARSEABLE else "",
+    )
+
+
+@attrs.frozen
+class Classified:
+    """A query text's statements and their commands."""
+
+    statements: tuple[Statement, ...]
+    commands: tuple[Command, ...]
+    #: libpg_query's fingerprint (None if unparseable or not computed)
+    shape: str | None = None
+
+    def with_text(self, text: str) -> Classified:
+        """The same single statement under another text (same fingerprint)."""
+        statement = attrs.evolve(self.statements[0], text=text)
+        command = attrs.evolve(self.commands[0], text=text, normalized="")
+        return Classified((statement,), (command,), self.shape)
+
+
+def _classified(sql: str, shape: str | None) -> Classified:
+    statements = classify(sql)
+    return Classified(statements, tuple(map(statement_command, statements)), shape)
+
+
+class CommandCache:
+    """
+    Classifies query texts, once per distinct text or constant-free shape.
+
+    @param size: texts (and shapes) remembered, least recently used first out.
+    @param max_text: longer texts are classified but not remembered.
+    @ivar parses: how many texts were parsed (cache misses).
+    """
+
+    def __init__(self, size: int = 10_000, max_text: int = 64 * 1024):
+        self.size = size
+        self.max_text = max_text
+        self.parses = 0
+        self._texts: OrderedDict[str, Classified] = OrderedDict()
+        self._shapes: OrderedDict[str, Classified] = OrderedDict()
+
+    def classify(self, sql: str) -> Classified:
+        """The statements and commands of C{sql}."""
+        texts = self._texts
+        found = texts.get(sql)
+        if found is not None:
+            texts.move_to_end(sql)
+            return found
+        if len(sql) > self.max_text:
+            self.parses += 1
+            return _classified(sql, None)
+        shape = fingerprint(sql)
+        known = self._shapes.get(shape) if shape is not None else None
+        if known is not None:
+            found = known.with_text(sql.strip())
+        else:
+            self.parses += 1
+            found = _classified(sql, shape)
+            if shape is not None and len(found.statements) == 1:
+                self._remember(self._shapes, shape, found)
+        self._remember(texts, sql, found)
+        return found
+
+    def _remember(self, entries: OrderedDict, key: str, value: Classified) -> None:
+        entries[key] = value
+        if len(entries) > self.size:
+            entries.popitem(last=False)

@@ -1,0 +1,196 @@
+"""
+Tests for L{gatehouse.metrics}.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from gatehouse.approval import ApprovalBroker
+from gatehouse.identity import Identity
+from gatehouse.metrics import GatewayMetrics
+from gatehouse.policy import Command, Decision
+
+ALICE = Identity("alice", "Alice", ("dev",), "https://idp", None)
+BOB = Identity("bob", "Bob", ("dba",), "https://idp", None)
+DROP = Command("postgres", "DropStmt", "DROP TABLE t", ("t",))
+REVIEW = Decision("review", "drops", approvers=("dba",), timeout=60)
+
+
+class GatewayMetricsTests(SynchronousTestCase):
+    """
+    L{GatewayMetrics} counts into its own registry.
+    """
+
+    def setUp(self) -> None:
+        self.metrics = GatewayMetrics()
+
+    def value(self, name: str, **labels: str) -> float | None:
+        return self.metrics.registry.get_sample_value(name, labels)
+
+    def test_own_registry(self) -> None:
+        """
+        Each instance has its own registry, so two never collide; a given
+        registry is used.
+        """
+        other = GatewayMetrics()
+        self.metrics.seal()
+        self.assertEqual(self.value("gatehouse_recorder_seals_total"), 1)
+        self.assertEqual(
+            other.registry.get_sample_value("gatehouse_recorder_seals_total"), 0
+        )
+        registry = CollectorRegistry()
+        self.assertIs(GatewayMetrics(registry).registry, registry)
+
+    def test_sessions(self) -> None:
+        """
+        A session counts as open under target C{""} until identified, then
+        under its target, until closed.
+        """
+        m = self.metrics
+        m.session_opened("postgres")
+        m.session_opened("postgres")
+        self.assertEqual(self.value("gatehouse_sessions_total", protocol="postgres"), 2)
+        self.assertEqual(
+            self.value("gatehouse_sessions_open", protocol="postgres", target=""), 2
+        )
+        m.session_identified("postgres", "db")
+        self.assertEqual(
+            self.value("gatehouse_sessions_open", protocol="postgres", target=""), 1
+        )
+        self.assertEqual(
+            self.value("gatehouse_sessions_open", protocol="postgres", target="db"), 1
+        )
+        m.session_closed("postgres", None)
+        m.session_closed("postgres", "db")
+        self.assertEqual(
+            self.value("gatehouse_sessions_open", protocol="postgres", target=""), 0
+        )
+        self.assertEqual(
+            self.value("gatehouse_sessions_open", protocol="postgres", target="db"), 0
+        )
+
+    def test_closed_unidentified_with_target(self) -> None:
+        """
+        A session closed with a target it was never identified with leaves
+        the unidentified count, and no gauge goes below zero.
+        """
+        m = self.metrics
+        m.session_opened("ssh")
+        m.session_closed("ssh", "host")
+        m.session_closed("ssh", "host")
+        self.assertEqual(
+            self.value("gatehouse_sessions_open", protocol="ssh", target=""), 0
+        )
+        self.assertIsNone(
+            self.value("gatehouse_sessions_open", protocol="ssh", target="host")
+        )
+
+    def test_counters(self) -> None:
+        """
+        Decisions, masked values, seals, recorder failures and upstream
+        errors are counted with their labels.
+        """
+        m = self.metrics
+        m.decision("postgres", "db", "allow")
+        m.decision("postgres", "db", "allow")
+        m.decision("postgres", "db", "deny")
+        m.masked("postgres", "db", 3)
+        m.masked("postgres", "db", 0)
+        m.seal()
+        m.seal()
+        m.recorder_failure()
+        m.upstream_error("postgres", "db")
+        self.assertEqual(
+            self.value(
+                "gatehouse_decisions_total",
+                protocol="postgres",
+                target="db",
+                action="allow",
+            ),
+            2,
+        )
+        self.assertEqual(
+            self.value(
+                "gatehouse_decisions_total",
+                protocol="postgres",
+                target="db",
+                action="deny",
+            ),
+            1,
+        )
+        self.assertEqual(
+            self.value(
+                "gatehouse_masked_values_total", protocol="postgres", target="db"
+            ),
+            3,
+        )
+        self.assertEqual(self.value("gatehouse_recorder_seals_total"), 2)
+        self.assertEqual(self.value("gatehouse_recorder_failures_total"), 1)
+        self.assertEqual(
+            self.value(
+                "gatehouse_upstream_connect_errors_total",
+                protocol="postgres",
+                target="db",
+            ),
+            1,
+        )
+
+    def test_approvals(self) -> None:
+        """
+        Plugged into a broker, the metrics follow pending requests and count
+        how they end.
+        """
+        clock = Clock()
+        broker = ApprovalBroker(clock)
+        broker.observe(self.metrics.approval_event)
+        for outcome in ("approved", "denied", "expired", "cancelled"):
+            self.assertEqual(
+                self.value("gatehouse_approvals_decided_total", outcome=outcome), 0
+            )
+        first, _ = broker.request("s1", "postgres", "db", ALICE, [DROP], REVIEW)
+        second, _ = broker.request("s1", "postgres", "db", ALICE, [DROP], REVIEW)
+        third, _ = broker.request("s2", "postgres", "db", ALICE, [DROP], REVIEW)
+        broker.request("s2", "postgres", "db", ALICE, [DROP], REVIEW)
+        self.assertEqual(self.value("gatehouse_approvals_pending"), 4)
+        broker.approve(first.id, BOB)
+        broker.deny(second.id, BOB)
+        broker.cancel(third.id, "session ended")
+        self.assertEqual(self.value("gatehouse_approvals_pending"), 1)
+        clock.advance(61)
+        self.assertEqual(self.value("gatehouse_approvals_pending"), 0)
+        for outcome in ("approved", "denied", "expired", "cancelled"):
+            self.assertEqual(
+                self.value("gatehouse_approvals_decided_total", outcome=outcome), 1
+            )
+
+    def test_render(self) -> None:
+        """
+        L{GatewayMetrics.render} gives Prometheus' text format and its
+        content type.
+        """
+        self.metrics.session_opened("postgres")
+        body, contentType = self.metrics.render()
+        self.assertIn("text/plain", contentType)
+        self.assertIsInstance(body, bytes)
+        families = {
+            f.name: f for f in text_string_to_metric_families(body.decode("utf-8"))
+        }
+        for name in (
+            "gatehouse_sessions_open",
+            "gatehouse_sessions",
+            "gatehouse_decisions",
+            "gatehouse_approvals_pending",
+            "gatehouse_approvals_decided",
+            "gatehouse_masked_values",
+            "gatehouse_recorder_seals",
+            "gatehouse_recorder_failures",
+            "gatehouse_upstream_connect_errors",
+        ):
+            self.assertIn(name, families)
+        self.assertIn(
+            b'gatehouse_sessions_total{protocol="postgres"} 1.0', body.splitlines()
+        )
