@@ -250,9 +250,11 @@ class DemoTests(TestCase):
 
         rows = self.wait_sessions(
             config,
-            lambda rows: len(rows) == 2
-            and {r["subject"]: r["ended"] is not None for r in rows}
-            == {"alice": True, "ci-bot": False},
+            lambda rows: (
+                len(rows) == 2
+                and {r["subject"]: r["ended"] is not None for r in rows}
+                == {"alice": True, "ci-bot": False}
+            ),
         )
         self.assertEqual({r["target"] for r in rows}, {"shop"})
 

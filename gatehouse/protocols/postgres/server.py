@@ -69,6 +69,7 @@ _MASKED_TYPES = frozenset(
         codec.BackendType.COPY_DATA,
         codec.BackendType.COPY_DONE,
         codec.BackendType.COMMAND_COMPLETE,
+        codec.BackendType.EMPTY_QUERY_RESPONSE,
         codec.BackendType.READY_FOR_QUERY,
         codec.BackendType.ERROR_RESPONSE,
     }
@@ -935,7 +936,7 @@ class PostgresServerProtocol(Protocol):
             relation = copy.relation
             names = list(copy.columns) or None
             full = [f"{relation}.{c}" for c in copy.columns] or None
-            masker.copy_out(names, copy.format, copy.delimiter, full)
+            masker.copy_out(names, copy.format, copy.delimiter, full, copy.header)
             return succeed(None)
         d = self._factory.catalog(self._target).relation_columns(copy.relation)
 
@@ -945,6 +946,7 @@ class PostgresServerProtocol(Protocol):
                 copy.format,
                 copy.delimiter,
                 columns or None,
+                copy.header,
             )
 
         return d.addCallback(known)
@@ -975,7 +977,22 @@ class PostgresServerProtocol(Protocol):
         if self._upstream_held is not None:
             self._upstream_held.extend(frames)
             return
-        self._deliver(frames)
+        self._deliver_checked(frames)
+
+    def _deliver_checked(self, frames: list) -> None:
+        try:
+            self._deliver(frames)
+        except Exception:
+            # Fail closed: a result the gateway could not check (mask)
+            # never reaches the client, and the session ends saying why.
+            self._log.failure(
+                "Checking results of session {sid}", sid=str(self.session.id)
+            )
+            self._fatal(
+                "XX000",
+                "the gateway could not check this result; the session is closed",
+                "internal error checking results",
+            )
 
     def _deliver(self, frames: list) -> None:
         """Send complete messages from the target on to the client."""
@@ -1020,6 +1037,16 @@ class PostgresServerProtocol(Protocol):
         end = frames[-1][2]
         if end > reader.consumed:
             out.append(reader.take_to(end))
+        if masker is not None and masker.unmaskable:
+            # Rows it could not mask were withheld; the result is
+            # incomplete, so the session cannot go on as if it were not.
+            self._send_client(b"".join(out))
+            self._fatal(
+                "42501",
+                "the gateway could not mask this result; the session is closed",
+                "result could not be masked",
+            )
+            return
         self._send_client(b"".join(out))
 
     def _hold_upstream(self, frames: list, oids: list) -> None:
@@ -1044,7 +1071,7 @@ class PostgresServerProtocol(Protocol):
             held, self._upstream_held = self._upstream_held, None
             gate.resume("catalog")
             if held:
-                self._deliver(held)
+                self._deliver_checked(held)
 
         d.addBoth(resume)
 

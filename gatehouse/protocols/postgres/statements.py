@@ -89,11 +89,13 @@ class CopyInfo:
     columns: tuple[str, ...]
     format: str
     delimiter: str
+    header: bool = False
 
 
 def _copy_info(body: dict) -> CopyInfo:
     fmt = "text"
     delimiter = None
+    header = False
     for option in body.get("options") or ():
         elem = option.get("DefElem") if isinstance(option, dict) else None
         if not isinstance(elem, dict):
@@ -104,6 +106,9 @@ def _copy_info(body: dict) -> CopyInfo:
             fmt = value.lower()
         elif elem.get("defname") == "delimiter" and isinstance(value, str):
             delimiter = value
+        elif elem.get("defname") == "header":
+            # HEADER alone, true/on/1, or MATCH (COPY FROM only)
+            header = value is None or str(value).lower() not in ("false", "off", "0")
     relation = body.get("relation")
     return CopyInfo(
         to_client=not body.get("is_from") and not body.get("filename"),
@@ -115,6 +120,7 @@ def _copy_info(body: dict) -> CopyInfo:
         ),
         format=fmt,
         delimiter=delimiter or ("," if fmt == "csv" else "\t"),
+        header=header,
     )
 
 

@@ -1,0 +1,659 @@
+"""
+Mask result values in the backend's messages before the client sees them
+(sans-IO: message bodies in, rewritten bodies out).
+
+L{ResponseMasker} follows each RowDescription (column names, table OIDs
+and column numbers, types, formats) and rewrites the DataRows after it;
+after a CopyOutResponse it rewrites the CopyData rows of a C{COPY ... TO
+STDOUT} in text or CSV format.  A masked value keeps the message
+well-formed and, where it can, keeps the value valid for its type:
+
+ - text-like types (text, varchar, char, name, "char", xml, unknown, and
+   types defined in the database such as citext or enums), in text or
+   binary format: detected values are masked in place, a whole-column rule
+   gives as many C{*} as the value has characters;
+ - json and jsonb (text, or binary: a version byte then the text): as
+   text, except that a card number outside a string (a bare JSON number)
+   becomes its last four digits; a whole-column rule gives a JSON string
+   of C{*};
+ - numeric types in text format (int2/4/8, numeric, float4/8, oid, money
+   and their arrays): digits become C{0} (a card keeps its last four);
+ - anything else that must be masked becomes NULL: a binary value of a
+   non-text type under a column rule, or a value of another built-in type
+   (arrays of text, records, ...) under a column rule or holding a
+   detected value.
+
+Detectors do not look into binary values of non-text types, nor into
+types whose text form cannot hold what they detect (bool, bytea, dates
+and times, uuid, network addresses, bit strings).
+
+Rows whose columns are unknown -- a DataRow with no RowDescription since
+the last ReadyForQuery or result, as when a prepared statement is executed
+without a Describe, or with a different column count -- cannot have
+column rules applied: if the session has any, all their values become
+NULL; otherwise every value is scanned as text.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Callable, Sequence
+
+from gatehouse.masking import JSON, NUMERIC, TEXT, Masker
+from gatehouse.protocols.postgres import codec
+
+__all__ = ["ResponseMasker"]
+
+_B = codec.BackendType
+_ROW = _B.DATA_ROW
+_ROWS = _B.ROW_DESCRIPTION
+_COPY_DATA = _B.COPY_DATA
+_COPY_OUT = _B.COPY_OUT_RESPONSE
+_END_OF_COPY = frozenset({_B.COPY_DONE, _B.COMMAND_COMPLETE})
+_END_OF_RESULT = frozenset(
+    {
+        _B.COMMAND_COMPLETE,
+        _B.EMPTY_QUERY_RESPONSE,
+        _B.ERROR_RESPONSE,
+        _B.READY_FOR_QUERY,
+    }
+)
+
+# Column actions: scans, then whole-value masks.
+(
+    _KEEP,
+    _SCAN_TEXT,
+    _SCAN_JSON,
+    _SCAN_JSONB,
+    _SCAN_NUMERIC,
+    _SCAN_NULL,
+    _STARS,
+    _JSON_STRING,
+    _JSONB_STRING,
+    _ZEROS,
+    _NULL,
+) = range(11)
+_WHOLE = _STARS
+
+#: first OID of objects created in a database (below it: built-in)
+_FIRST_NORMAL_OID = 16384
+_TEXT_TYPES = frozenset({18, 19, 25, 142, 705, 1042, 1043})
+_TEXT_ARRAYS = frozenset({143, 1002, 1003, 1009, 1014, 1015})
+_JSON_TYPES = frozenset({114, 3802})
+_JSON_ARRAYS = frozenset({199, 3807})
+_NUMERIC_TYPES = frozenset(
+    {20, 21, 23, 26, 700, 701, 790, 1700}
+    | {1005, 1007, 1016, 1021, 1022, 1028, 1231, 791}
+)
+#: types whose text form cannot hold a card, an e-mail address or an IBAN
+_OPAQUE_TYPES = frozenset(
+    {16, 17, 650, 774, 829, 869, 1082, 1083, 1114, 1184, 1186, 1266, 1560, 1562}
+    | {2950, 1000, 1001, 1115, 1182, 1185, 2951}
+)
+_JSONB_VERSION = b"\x01"
+#: characters that give a COPY row of either format its structure
+_STRUCTURE = '\t,"\\\n\r'
+
+
+def _actions(type_oid: int, fmt: int) -> tuple[int, int]:
+    """What to do with a column's values: C{(scan, whole)} actions."""
+    if fmt == 0:
+        if type_oid in _TEXT_TYPES or type_oid >= _FIRST_NORMAL_OID or not type_oid:
+            return _SCAN_TEXT, _STARS
+        if type_oid in _NUMERIC_TYPES:
+            return _SCAN_NUMERIC, _ZEROS
+        if type_oid in _JSON_TYPES:
+            return _SCAN_JSON, _JSON_STRING
+        if type_oid in _TEXT_ARRAYS:
+            return _SCAN_TEXT, _NULL
+        if type_oid in _JSON_ARRAYS:
+            return _SCAN_JSON, _NULL
+        if type_oid in _OPAQUE_TYPES:
+            return _KEEP, _NULL
+        return _SCAN_NULL, _NULL
+    if type_oid in _TEXT_TYPES:
+        return _SCAN_TEXT, _STARS
+    if type_oid == 114:
+        return _SCAN_JSON, _JSON_STRING
+    if type_oid == 3802:
+        return _SCAN_JSONB, _JSONB_STRING
+    return _KEEP, _NULL
+
+
+_U16 = struct.Struct("!H").unpack_from
+_U16_PACK = struct.Struct("!H").pack
+_I32 = struct.Struct("!i").unpack_from
+
+
+def _malformed(why: str) -> codec.ProtocolViolation:
+    return codec.ProtocolViolation(
+        codec.PROTOCOL_VIOLATION, f"malformed DataRow: {why}"
+    )
+
+
+def _row_values(body: bytes) -> list[bytes | None]:
+    """
+    The values of a DataRow body (L{codec.DataRow.decode}, without
+    building a message object: this runs on every row masked).
+    """
+    end = len(body)
+    if end < 2:
+        raise _malformed("message is truncated")
+    pos = 2
+    values: list[bytes | None] = []
+    append = values.append
+    try:
+        for _ in range(_U16(body)[0]):
+            n = _I32(body, pos)[0]
+            pos += 4
+            if n < 0:
+                if n != -1:
+                    raise _malformed(f"invalid value length {n}")
+                append(None)
+            else:
+                stop = pos + n
+                if stop > end:
+                    raise _malformed("message is truncated")
+                append(body[pos:stop])
+                pos = stop
+    except struct.error:
+        raise _malformed("message is truncated") from None
+    if pos != end:
+        raise _malformed("unexpected bytes after the last field")
+    return values
+
+
+# -- COPY text format ----------------------------------------------------------
+
+_UNESCAPE = re.compile(r"\\(.)", re.DOTALL)
+_UNESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
+_ESCAPES = {"\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r"}
+_ESCAPES.update({"\t": "\\t", "\v": "\\v"})
+
+
+def _unescape(field: str) -> str:
+    if "\\" not in field:
+        return field
+    return _UNESCAPE.sub(lambda m: _UNESCAPES.get(m.group(1), m.group(1)), field)
+
+
+def _escape(value: str, delimiter: str) -> str:
+    out = []
+    for c in value:
+        if c in _ESCAPES:
+            out.append(_ESCAPES[c])
+        elif c == delimiter:
+            out.append("\\" + c)
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def _text_fields(line: str, delimiter: str) -> list[str]:
+    """Split a COPY text row on the delimiters that are not escaped."""
+    fields: list[str] = []
+    for part in line.split(delimiter):
+        if fields:
+            last = fields[-1]
+            if (len(last) - len(last.rstrip("\\"))) % 2:
+                fields[-1] = last + delimiter + part
+                continue
+        fields.append(part)
+    return fields
+
+
+# -- COPY CSV format -------------------------------------------------------------
+
+
+class _BadCSV(Exception):
+    pass
+
+
+def _csv_records(
+    text: str, delimiter: str, field_end: re.Pattern[str]
+) -> list[list[tuple[str, str | None]]]:
+    """
+    Split CSV text into records of C{(raw, value)} fields: C{raw} as it
+    was sent, C{value} unquoted (None for NULL: an unquoted empty field).
+    """
+    records = []
+    fields: list[tuple[str, str | None]] = []
+    pos = 0
+    n = len(text)
+    while pos < n:
+        start = pos
+        if text[pos] == '"':
+            parts = []
+            j = pos + 1
+            while True:
+                k = text.find('"', j)
+                if k < 0:
+                    raise _BadCSV("unterminated quoted field")
+                parts.append(text[j:k])
+                if text.startswith('"', k + 1):
+                    parts.append('"')
+                    j = k + 2
+                    continue
+                pos = k + 1
+                break
+            value: str | None = "".join(parts)
+        else:
+            m = field_end.search(text, pos)
+            pos = m.start() if m is not None else n
+            value = text[start:pos] or None
+        fields.append((text[start:pos], value))
+        if pos == n:
+            break
+        c = text[pos]
+        pos += 1
+        if c == "\n":
+            records.append(fields)
+            fields = []
+        elif c != delimiter:
+            raise _BadCSV("garbage after a quoted field")
+        elif pos == n:
+            fields.append(("", None))
+    if fields:
+        records.append(fields)
+    return records
+
+
+def _csv_quote(value: str) -> str:
+    return '"' + value.replace('"', '""') + '"'
+
+
+class _Copy:
+    """The COPY ... TO STDOUT under way."""
+
+    __slots__ = (
+        "blocked",
+        "columns",
+        "delimiter",
+        "field_end",
+        "format",
+        "header",
+        "whole",
+    )
+
+    def __init__(
+        self,
+        format: str | None,
+        delimiter: str,
+        columns: int,
+        whole: frozenset[int],
+        header: bool,
+        blocked: bool,
+    ):
+        #: "text", "csv", or None (not announced: rows scanned as they are)
+        self.format = format
+        self.delimiter = delimiter
+        self.field_end = re.compile(f"[{re.escape(delimiter)}\n]")
+        self.columns = columns
+        #: positions of columns masked whole
+        self.whole = whole
+        #: the next row is the CSV header
+        self.header = header
+        #: rows are withheld (column rules, columns unknown)
+        self.blocked = blocked
+
+
+class ResponseMasker:
+    """
+    Rewrites one session's results.
+
+    @param masker: the session's masking rules.
+    @param resolve: C{resolve(table_oid, attnum)} names a result column
+        C{schema.table.column}, or returns None if it cannot (yet); needed
+        when C{masker} has relation rules.  A column that comes from a
+        table and cannot be named is masked whole when there are relation
+        rules (fail closed): call L{unresolved} first.
+    @param encoding: the Python codec of the client encoding; it must be
+        ASCII-compatible, as every PostgreSQL client encoding is.
+
+    @ivar masked: values masked so far (the caller may reset it).
+    @ivar unmaskable: set when a COPY's rows could not be masked: binary
+        COPY (passed on unchanged), or rows whose columns are not known
+        while column rules apply (withheld: empty CopyData).  The caller
+        should end the COPY with an error.
+    """
+
+    def __init__(
+        self,
+        masker: Masker,
+        resolve: Callable[[int, int], str | None] | None = None,
+        encoding: str = "utf-8",
+    ):
+        self._masker = masker
+        self._resolve = resolve
+        self._encoding = encoding
+        self._by_columns = masker.has_column_rules or masker.has_relation_rules
+        #: per-column actions of the current result, or None
+        self._plan: tuple[int, ...] | None = None
+        #: the column count of the plan, as a DataRow starts
+        self._plan_count = b""
+        #: the plan masks some column whole
+        self._plan_whole = False
+        #: the plan scans some column
+        self._plan_scan = False
+        self._copy: _Copy | None = None
+        self._announced: tuple | None = None
+        self.masked = 0
+        self.unmaskable = False
+
+    # -- what the caller tells -------------------------------------------------
+
+    def unresolved(self, body: bytes) -> tuple[int, ...]:
+        """
+        The table OIDs of a RowDescription body whose columns C{resolve}
+        cannot name yet, so that the caller can look them up before
+        passing the RowDescription to L{message}.
+        """
+        resolve = self._resolve
+        if resolve is None or not self._masker.has_relation_rules:
+            return ()
+        missing = {
+            f.table_oid
+            for f in codec.RowDescription.decode(body, self._encoding).fields
+            if f.table_oid
+            and f.column_attnum > 0
+            and resolve(f.table_oid, f.column_attnum) is None
+        }
+        return tuple(sorted(missing))
+
+    def copy_out(
+        self,
+        columns: Sequence[str | None] | None,
+        fmt: str = "text",
+        delimiter: str = "\t",
+        relation_columns: Sequence[str | None] | None = None,
+        header: bool = False,
+    ) -> None:
+        """
+        Announce the next C{COPY ... TO STDOUT}.
+
+        @param columns: the names of the columns it sends, in order, or
+            None if unknown.
+        @param fmt: C{"text"}, C{"csv"} or C{"binary"}.
+        @param delimiter: the field delimiter.
+        @param relation_columns: their C{schema.table.column} names (or
+            C{table.column} when the schema is not known); with relation
+            rules, a column named None here is masked whole.
+        @param header: the first row holds the column names (C{HEADER}).
+        """
+        self._announced = (columns, fmt, delimiter, relation_columns, header)
+
+    # -- messages ----------------------------------------------------------------
+
+    def message(self, type_: int, body: bytes) -> bytes | None:
+        """
+        Follow one backend message, and mask it if needed.
+
+        @param type_: the message's type byte.
+        @param body: the message without type byte and length word.
+        @return: the body to send instead, or None to send it unchanged.
+        @raise codec.ProtocolViolation: if a message this reads is malformed.
+        """
+        if type_ == _ROW:
+            if self._plan is None:
+                if self._by_columns:
+                    return self._row(body)
+            elif self._plan_whole or body[:2] != self._plan_count:
+                return self._row(body)
+            elif not self._plan_scan:
+                return None
+            if not self._masker.might_match(body):
+                return None
+            return self._row(body)
+        if type_ == _COPY_DATA:
+            if self._copy is None:
+                return None
+            return self._copy_data(body)
+        if type_ == _ROWS:
+            self._describe(body)
+        elif type_ == _COPY_OUT:
+            self._start_copy(body)
+        elif type_ in _END_OF_RESULT:
+            self._plan = None
+            self._plan_whole = self._plan_scan = False
+            self._copy = None
+            if type_ != _B.COMMAND_COMPLETE:
+                self._announced = None
+        elif type_ in _END_OF_COPY:
+            self._copy = None
+        return None
+
+    # -- rows --------------------------------------------------------------------
+
+    def _describe(self, body: bytes) -> None:
+        masker = self._masker
+        resolve = self._resolve
+        by_relation = masker.has_relation_rules
+        scans = masker.scans_values
+        plan = []
+        for f in codec.RowDescription.decode(body, self._encoding).fields:
+            scan, whole = _actions(f.type_oid, f.format)
+            relation = None
+            if by_relation and f.table_oid and f.column_attnum > 0:
+                if resolve is not None:
+                    relation = resolve(f.table_oid, f.column_attnum)
+                if relation is None:
+                    plan.append(whole)
+                    continue
+            if masker.column_masked(f.name, relation):
+                plan.append(whole)
+            else:
+                plan.append(scan if scans else _KEEP)
+        self._plan = tuple(plan)
+        self._plan_count = _U16_PACK(len(plan))
+        self._plan_whole = any(a >= _WHOLE for a in plan)
+        self._plan_scan = any(_KEEP < a < _WHOLE for a in plan)
+
+    def _row(self, body: bytes) -> bytes | None:
+        values = _row_values(body)
+        plan = self._plan
+        if plan is None or len(plan) != len(values):
+            if self._by_columns:
+                plan = (_NULL,) * len(values)
+            elif self._masker.scans_values:
+                plan = (_SCAN_TEXT,) * len(values)
+            else:
+                return None
+        masker = self._masker
+        found = masker.candidates(body) if masker.scans_values else 0
+        scan = found != 0 or masker.has_patterns
+        changed = 0
+        value_of = self._value
+        for i, action in enumerate(plan):
+            raw = values[i]
+            if action == _KEEP or raw is None or (action < _WHOLE and not scan):
+                continue
+            new = value_of(action, raw, found)
+            if new is not raw:
+                values[i] = new
+                changed += 1
+        if not changed:
+            return None
+        self.masked += changed
+        return codec._pack_values(values)
+
+    def _value(self, action: int, raw: bytes, found: int) -> bytes | None:
+        """The masked value (None: NULL), or C{raw} itself if unchanged."""
+        if action >= _WHOLE:
+            if action == _NULL:
+                return None
+            if action == _ZEROS:
+                new = Masker.zero_digits(raw)
+                return raw if new == raw else new
+            if action == _JSONB_STRING:
+                if raw[:1] != _JSONB_VERSION:
+                    return None
+                length = len(raw[1:].decode(self._encoding, "surrogateescape"))
+                return _JSONB_VERSION + b'"' + b"*" * length + b'"'
+            length = len(raw.decode(self._encoding, "surrogateescape"))
+            if action == _JSON_STRING:
+                return b'"' + b"*" * length + b'"'
+            return b"*" * length if length else raw
+        payload = raw
+        if action == _SCAN_JSONB:
+            if raw[:1] != _JSONB_VERSION:
+                return raw
+            payload = raw[1:]
+        text = payload.decode(self._encoding, "surrogateescape")
+        if action == _SCAN_NUMERIC:
+            mode = NUMERIC
+        elif action == _SCAN_JSON or action == _SCAN_JSONB:
+            mode = JSON
+        else:
+            mode = TEXT
+        masked, hits = self._masker.mask(text, mode, "", found)
+        if not hits or masked == text:
+            return raw
+        if action == _SCAN_NULL:
+            return None
+        new = masked.encode(self._encoding, "surrogateescape")
+        return _JSONB_VERSION + new if action == _SCAN_JSONB else new
+
+    # -- COPY --------------------------------------------------------------------
+
+    def _start_copy(self, body: bytes) -> None:
+        response = codec.CopyOutResponse.decode(body)
+        announced, self._announced = self._announced, None
+        if response.format != 0:
+            self.unmaskable = True
+            self._copy = None
+            return
+        count = len(response.column_formats)
+        masker = self._masker
+        fmt = None
+        delimiter = "\t"
+        header = False
+        whole: frozenset[int] = frozenset()
+        known = not self._by_columns
+        if announced is not None:
+            names, fmt, delimiter, relations, header = announced
+            fmt = "csv" if fmt == "csv" else "text"
+            header = bool(header)
+            if self._by_columns and (names is not None or relations is not None):
+                names = list(names) if names is not None else [None] * count
+                relations = list(relations) if relations is not None else [None] * count
+                if len(names) == count and len(relations) == count:
+                    known = True
+                    by_relation = masker.has_relation_rules
+                    # A column that cannot be named is masked (fail closed).
+                    whole = frozenset(
+                        i
+                        for i in range(count)
+                        if (by_relation and relations[i] is None)
+                        or masker.column_masked(names[i], relations[i])
+                    )
+        self._copy = _Copy(fmt, delimiter, count, whole, header, not known)
+
+    def _copy_data(self, body: bytes) -> bytes | None:
+        copy = self._copy
+        masker = self._masker
+        if copy.blocked:
+            self.unmaskable = True
+            return b"" if body else None
+        if copy.header:
+            copy.header = False
+            return None
+        if not copy.whole and not masker.might_match(body):
+            return None
+        text = body.decode(self._encoding, "surrogateescape")
+        if copy.format == "csv":
+            try:
+                out = self._csv(text, copy)
+            except _BadCSV:
+                if copy.whole:
+                    self.unmaskable = True
+                    return b""
+                out = self._scan_raw(text)
+        elif copy.format == "text":
+            out = self._text(text, copy)
+        else:
+            out = self._scan_raw(text)
+        if out is None:
+            return None
+        return out.encode(self._encoding, "surrogateescape")
+
+    def _scan_raw(self, text: str) -> str | None:
+        """Mask a COPY row of unknown format, keeping its structure."""
+        masked, hits = self._masker.mask(text, TEXT, _STRUCTURE)
+        if not hits or masked == text:
+            return None
+        self.masked += hits
+        return masked
+
+    def _text(self, text: str, copy: _Copy) -> str | None:
+        lines = text.split("\n")
+        tail = lines.pop()
+        out = []
+        changed = withheld = 0
+        delimiter = copy.delimiter
+        whole = copy.whole
+        masker = self._masker
+        for n, line in enumerate([*lines, tail] if tail else lines):
+            newline = "\n" if n < len(lines) else ""
+            fields = _text_fields(line, delimiter)
+            if whole and len(fields) != copy.columns:
+                withheld += 1
+                continue
+            dirty = False
+            for i, field in enumerate(fields):
+                if field == "\\N":
+                    continue
+                if i in whole:
+                    length = len(_unescape(field))
+                    if length:
+                        fields[i] = "*" * length
+                        changed += 1
+                        dirty = True
+                    continue
+                value = _unescape(field)
+                masked, hits = masker.mask(value)
+                if hits and masked != value:
+                    fields[i] = _escape(masked, delimiter)
+                    changed += 1
+                    dirty = True
+            out.append((delimiter.join(fields) if dirty else line) + newline)
+        if withheld:
+            self.unmaskable = True
+        elif not changed:
+            return None
+        self.masked += changed
+        return "".join(out)
+
+    def _csv(self, text: str, copy: _Copy) -> str | None:
+        records = _csv_records(text, copy.delimiter, copy.field_end)
+        changed = withheld = 0
+        whole = copy.whole
+        masker = self._masker
+        out = []
+        for fields in records:
+            if whole and len(fields) != copy.columns:
+                withheld += 1
+                continue
+            row = []
+            for i, (raw, value) in enumerate(fields):
+                if value is None:
+                    row.append(raw)
+                elif i in whole:
+                    row.append(_csv_quote("*" * len(value)) if value else raw)
+                    changed += bool(value)
+                else:
+                    masked, hits = masker.mask(value)
+                    if hits and masked != value:
+                        row.append(_csv_quote(masked))
+                        changed += 1
+                    else:
+                        row.append(raw)
+            out.append(copy.delimiter.join(row))
+        if withheld:
+            self.unmaskable = True
+            if not out:
+                return ""
+        elif not changed:
+            return None
+        self.masked += changed
+        return "\n".join(out) + ("\n" if text.endswith("\n") else "")

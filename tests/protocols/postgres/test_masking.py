@@ -1,0 +1,618 @@
+"""
+Tests for L{gatehouse.protocols.postgres.masking}: DataRow and CopyData
+rewriting keeps messages well-formed and values valid for their types,
+and fails closed when it cannot tell what a value is.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import struct
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from gatehouse.masking import DETECTORS, Masker, MaskingRule
+from gatehouse.protocols.postgres import codec
+from gatehouse.protocols.postgres.masking import ResponseMasker
+
+T = codec.BackendType
+F = codec.FieldDescription
+
+DETECT = Masker([MaskingRule("detect", detectors=DETECTORS)])
+RULES = Masker(
+    [
+        MaskingRule(
+            "pii",
+            detectors=frozenset({"card", "email"}),
+            columns=("ssn", "*secret*"),
+            relation_columns=("people.note",),
+        )
+    ]
+)
+#: RULES without relation rules (which need every column's table name)
+NAMES = Masker(
+    [
+        MaskingRule(
+            "pii",
+            detectors=frozenset({"card", "email"}),
+            columns=("ssn", "*secret*"),
+        )
+    ]
+)
+COLUMNS_ONLY = Masker([MaskingRule("cols", columns=("ssn",))])
+CATALOG = {
+    (5000, 1): "public.people.name",
+    (5000, 2): "public.people.note",
+    (5000, 3): "public.people.contact",
+}
+
+
+def body(message: bytes) -> bytes:
+    return message[5:]
+
+
+def describe(masker: ResponseMasker, *fields: codec.FieldDescription) -> None:
+    result = masker.message(
+        T.ROW_DESCRIPTION, body(codec.RowDescription(fields).encode())
+    )
+    assert result is None
+
+
+def row(masker: ResponseMasker, *values: bytes | None) -> tuple[tuple, bool]:
+    """Feed a DataRow: its values as the client gets them, and if unchanged."""
+    raw = body(codec.DataRow(values).encode())
+    new = masker.message(T.DATA_ROW, raw)
+    return codec.DataRow.decode(raw if new is None else new).values, new is None
+
+
+def end(masker: ResponseMasker, message: codec.Message) -> None:
+    encoded = message.encode()
+    assert masker.message(encoded[0], body(encoded)) is None
+
+
+class DataRowTests(SynchronousTestCase):
+    """Result rows: detectors, column rules, relation rules."""
+
+    def test_text_columns(self) -> None:
+        masker = ResponseMasker(
+            RULES, CATALOG.get and (lambda t, a: CATALOG.get((t, a)))
+        )
+        describe(
+            masker,
+            F("name", 5000, 1),
+            F("contact", 5000, 3),
+            F("n", 5000, 2),
+            F("ssn"),
+            F("my_secret_x"),
+        )
+        values, unchanged = row(
+            masker, b"Ada", b"ada@example.com", b"secret", b"123-45-6789", None
+        )
+        self.assertEqual(
+            values,
+            (b"Ada", b"a***@***.com", b"******", b"***********", None),
+        )
+        self.assertFalse(unchanged)
+        self.assertEqual(masker.masked, 3)
+        values, unchanged = row(masker, b"Bob", b"none", b"", None, b"x")
+        self.assertEqual(values, (b"Bob", b"none", b"", None, b"*"))
+        self.assertEqual(masker.masked, 4)
+
+    def test_unchanged_is_none(self) -> None:
+        masker = ResponseMasker(DETECT)
+        describe(masker, F("id", type_oid=23), F("name"), F("at", type_oid=1184))
+        for values in [
+            (b"1", b"plain", b"2024-01-15 10:20:30.123456+00"),
+            (b"12345678901234", b"call 555 1234", None),
+            (None, b"a@b", b"x"),
+        ]:
+            self.assertEqual(row(masker, *values), (values, True))
+        self.assertEqual(masker.masked, 0)
+
+    def test_binary_text_types(self) -> None:
+        """Binary text, varchar, bpchar and name are text on the wire."""
+        masker = ResponseMasker(RULES)
+        describe(
+            masker,
+            F("a", type_oid=1043, format=1),
+            F("b", type_oid=25, format=1),
+            F("ssn", type_oid=1042, format=1),
+        )
+        values, _ = row(masker, b"card 4111-1111-1111-1111", b"x@example.org", b"12 ")
+        self.assertEqual(values, (b"card ****-****-****-1111", b"x***@***.org", b"***"))
+
+    def test_json(self) -> None:
+        """JSON stays JSON: bare card numbers, column rules."""
+        masker = ResponseMasker(RULES)
+        describe(
+            masker,
+            F("doc", type_oid=3802, format=1),
+            F("doc", type_oid=114),
+            F("secret_doc", type_oid=3802, format=1),
+            F("secret_doc", type_oid=114),
+        )
+        doc = b'{"card": 4111111111111111, "who": "ann@example.com"}'
+        values, _ = row(masker, b"\x01" + doc, doc, b"\x01" + doc, doc)
+        self.assertEqual(values[0][:1], b"\x01")
+        self.assertEqual(
+            json.loads(values[0][1:]), {"card": 1111, "who": "a***@***.com"}
+        )
+        self.assertEqual(values[1], values[0][1:])
+        self.assertEqual(values[2], b'\x01"' + b"*" * len(doc) + b'"')
+        self.assertEqual(json.loads(values[3]), "*" * len(doc))
+
+    def test_jsonb_unknown_version(self) -> None:
+        masker = ResponseMasker(RULES)
+        describe(
+            masker, F("doc", type_oid=3802, format=1), F("secret", 0, 0, 3802, format=1)
+        )
+        values, _ = row(masker, b"\x02a@example.com", b"\x02{}")
+        self.assertEqual(values, (b"\x02a@example.com", None))
+
+    def test_numeric_text(self) -> None:
+        """Numbers in text format stay numbers."""
+        masker = ResponseMasker(RULES)
+        describe(
+            masker,
+            F("card", type_oid=20),
+            F("ssn", type_oid=1700),
+            F("secret_ids", type_oid=1007),
+            F("amount", type_oid=1700),
+        )
+        values, _ = row(masker, b"4111111111111111", b"-12.50", b"{1,23}", b"12.5")
+        self.assertEqual(values, (b"0000000000001111", b"-00.00", b"{0,00}", b"12.5"))
+        self.assertEqual(masker.masked, 3)
+
+    def test_binary_non_text(self) -> None:
+        """Binary values of other types: NULL under a rule, never scanned."""
+        masker = ResponseMasker(RULES)
+        describe(
+            masker,
+            F("ssn", type_oid=23, format=1),
+            F("raw", type_oid=17, format=1),
+            F("n", type_oid=20, format=1),
+        )
+        values, _ = row(
+            masker, b"\x00\x00\x00\x07", b"4111111111111111", struct.pack("!q", 7)
+        )
+        self.assertEqual(values, (None, b"4111111111111111", struct.pack("!q", 7)))
+
+    def test_other_types_in_text(self) -> None:
+        masker = ResponseMasker(RULES)
+        describe(
+            masker,
+            F("raw", type_oid=17),
+            F("tags", type_oid=1009),
+            F("rec", type_oid=2249),
+            F("ci", type_oid=16500),
+            F("secret_flag", type_oid=16),
+        )
+        values, _ = row(
+            masker,
+            b"\\x34313131313131313131313131313131",
+            b'{"x y",ann@example.com}',
+            b"(1,ann@example.com)",
+            b"Ann@Example.com",
+            b"t",
+        )
+        self.assertEqual(
+            values,
+            (
+                b"\\x34313131313131313131313131313131",
+                b'{"x y",a***@***.com}',
+                None,
+                b"A***@***.com",
+                None,
+            ),
+        )
+
+    def test_not_utf8(self) -> None:
+        """Bytes that are not UTF-8 survive masking unchanged."""
+        masker = ResponseMasker(DETECT)
+        describe(masker, F("t"))
+        values, _ = row(masker, b"\xff\xfe a@b.com \xc3")
+        self.assertEqual(values, (b"\xff\xfe a***@***.com \xc3",))
+
+    def test_latin1(self) -> None:
+        masker = ResponseMasker(DETECT, encoding="latin-1")
+        describe(masker, F("t"))
+        values, _ = row(masker, "José a@b.com".encode("latin-1"))
+        self.assertEqual(values, ("José a***@***.com".encode("latin-1"),))
+
+    def test_malformed(self) -> None:
+        masker = ResponseMasker(RULES)
+        describe(masker, F("ssn"))
+        for bad in [b"\x00\x01\x00\x00\x00\x09abc", b"\x00\x01\x00\x00", b"\x00"]:
+            self.assertRaises(codec.ProtocolViolation, masker.message, T.DATA_ROW, bad)
+        self.assertRaises(
+            codec.ProtocolViolation,
+            masker.message,
+            T.DATA_ROW,
+            b"\x00\x01\x00\x00\x00\x01ab",
+        )
+
+
+class RelationTests(SynchronousTestCase):
+    """Rules on C{schema.table.column} need the catalog."""
+
+    def setUp(self) -> None:
+        self.catalog: dict[tuple[int, int], str] = {}
+        self.masker = ResponseMasker(RULES, lambda t, a: self.catalog.get((t, a)))
+        self.description = body(
+            codec.RowDescription(
+                [F("a", 5000, 2), F("b", 6000, 1), F("c", 0, 0), F("d", 5000, -1)]
+            ).encode()
+        )
+
+    def test_unresolved(self) -> None:
+        self.assertEqual(self.masker.unresolved(self.description), (5000, 6000))
+        self.catalog[(5000, 2)] = "public.people.note"
+        self.assertEqual(self.masker.unresolved(self.description), (6000,))
+        self.catalog[(6000, 1)] = "public.other.note"
+        self.assertEqual(self.masker.unresolved(self.description), ())
+        self.masker.message(T.ROW_DESCRIPTION, self.description)
+        values, _ = row(self.masker, b"n1", b"n2", b"n3", b"(0,1)")
+        self.assertEqual(values, (b"**", b"n2", b"n3", b"(0,1)"))
+
+    def test_unresolvable_fails_closed(self) -> None:
+        """A table column that cannot be named is masked whole."""
+        self.masker.message(T.ROW_DESCRIPTION, self.description)
+        values, _ = row(self.masker, b"n1", b"n2", b"n3", b"(0,1)")
+        self.assertEqual(values, (b"**", b"**", b"n3", b"(0,1)"))
+
+    def test_without_relation_rules(self) -> None:
+        masker = ResponseMasker(COLUMNS_ONLY, lambda t, a: None)
+        self.assertEqual(masker.unresolved(self.description), ())
+        masker.message(T.ROW_DESCRIPTION, self.description)
+        self.assertEqual(row(masker, b"1", b"2", b"3", b"4")[1], True)
+
+
+class ResultStateTests(SynchronousTestCase):
+    """What the masker knows between results."""
+
+    def test_rows_without_description(self) -> None:
+        """A prepared statement run without Describe: no column shown blind."""
+        masker = ResponseMasker(RULES)
+        self.assertEqual(row(masker, b"Ada", b"7", None), ((None, None, None), False))
+        self.assertEqual(masker.masked, 2)
+
+    def test_rows_without_description_detectors_only(self) -> None:
+        masker = ResponseMasker(DETECT)
+        self.assertEqual(
+            row(masker, b"Ada", b"a@b.co"), ((b"Ada", b"a***@***.co"), False)
+        )
+        self.assertEqual(row(masker, b"Ada", b"7"), ((b"Ada", b"7"), True))
+
+    def test_column_count_mismatch(self) -> None:
+        masker = ResponseMasker(COLUMNS_ONLY)
+        describe(masker, F("name"), F("age"))
+        self.assertEqual(row(masker, b"Ada", b"7"), ((b"Ada", b"7"), True))
+        self.assertEqual(row(masker, b"Ada", b"7", b"x"), ((None, None, None), False))
+
+    def test_reset(self) -> None:
+        for message in [
+            codec.CommandComplete("SELECT 1"),
+            codec.ReadyForQuery("I"),
+            codec.ErrorResponse.build("ERROR", "57014", "canceled"),
+            codec.EmptyQueryResponse(),
+        ]:
+            masker = ResponseMasker(COLUMNS_ONLY)
+            describe(masker, F("name"))
+            self.assertEqual(row(masker, b"Ada"), ((b"Ada",), True))
+            end(masker, message)
+            self.assertEqual(row(masker, b"Ada"), ((None,), False), message)
+
+    def test_other_messages_untouched(self) -> None:
+        masker = ResponseMasker(RULES)
+        for message in [
+            codec.NoticeResponse.build("NOTICE", "00000", "a@example.com"),
+            codec.ParameterStatus("application_name", "4111111111111111"),
+            codec.CopyData(b"4111111111111111\n"),
+            codec.NotificationResponse(1, "chan", "a@example.com"),
+        ]:
+            encoded = message.encode()
+            self.assertIsNone(masker.message(encoded[0], body(encoded)))
+        self.assertIsNone(masker.message(ord("?"), b"\x00\x01"))
+
+
+# -- property: any row stays a well-formed DataRow ------------------------------
+
+TYPES = st.sampled_from(
+    [
+        *[(25, 0), (25, 1), (1043, 1), (20, 0), (20, 1), (1700, 0), (114, 0)],
+        *[(3802, 1), (3802, 0), (17, 0), (17, 1), (1009, 0), (2249, 0)],
+        *[(16500, 0), (16500, 1), (1184, 0), (23, 1)],
+    ]
+)
+#: binary values of these are never rewritten, only NULLed
+OPAQUE_BINARY = frozenset({(17, 1), (20, 1), (23, 1), (16500, 1)})
+SENSITIVE = st.sampled_from(
+    [
+        *[b"4111111111111111", b"4111 1111 1111 1111", b"ann@example.com"],
+        *[b"DE89370400440532013000", b"\x01", b"\xff", b'"', b"\\", b"{"],
+        *[b"-12.5", b"ssn 123-45-6789"],
+    ]
+)
+VALUES = st.one_of(
+    st.none(),
+    st.binary(max_size=30),
+    st.lists(st.one_of(SENSITIVE, st.binary(max_size=5)), max_size=4).map(b"".join),
+)
+MASKERS = st.sampled_from(
+    [
+        DETECT,
+        RULES,
+        COLUMNS_ONLY,
+        Masker(
+            [
+                MaskingRule(
+                    "p",
+                    detectors=DETECTORS,
+                    patterns=(("ssn", r"\d{3}-\d{2}-\d{4}"), ("any", r"[^\x00-\x7f]+")),
+                    columns=("c1", "c4"),
+                )
+            ]
+        ),
+    ]
+)
+
+
+class WellFormedTests(SynchronousTestCase):
+    """Whatever the values, the client gets a well-formed DataRow."""
+
+    @given(MASKERS, st.lists(st.tuples(TYPES, VALUES), max_size=8), st.booleans())
+    def test_round_trip(self, rules: Masker, columns: list, described: bool) -> None:
+        masker = ResponseMasker(rules, lambda t, a: f"public.t.c{a}")
+        if described:
+            describe(
+                masker,
+                *[
+                    F(f"c{i}", 7000 if i % 2 else 0, i, oid, format=fmt)
+                    for i, ((oid, fmt), _) in enumerate(columns)
+                ],
+            )
+        values = [value for _, value in columns]
+        raw = body(codec.DataRow(values).encode())
+        new = masker.message(T.DATA_ROW, raw)
+        if new is None:
+            return
+        self.assertNotEqual(new, raw)
+        out = codec.DataRow.decode(new).values
+        self.assertEqual(len(out), len(values))
+        for (kind, before), after in zip(columns, out, strict=True):
+            if before is None:
+                self.assertIsNone(after)
+            elif kind in OPAQUE_BINARY and described:
+                self.assertIn(after, (before, None))
+
+
+# -- COPY ---------------------------------------------------------------------------
+
+
+def copy_response(columns: int, fmt: int = 0) -> bytes:
+    return body(codec.CopyOutResponse(fmt, (fmt,) * columns).encode())
+
+
+class CopyTests(SynchronousTestCase):
+    """COPY ... TO STDOUT rows, text and CSV."""
+
+    def copy(
+        self,
+        lines: list[bytes],
+        fmt: str = "text",
+        names: list | None = None,
+        rules: Masker = NAMES,
+        delimiter: str | None = None,
+        relations: list | None = None,
+        header: bool = False,
+        columns: int = 3,
+        announce: bool = True,
+    ) -> tuple[list[bytes], ResponseMasker]:
+        masker = ResponseMasker(rules)
+        if announce:
+            masker.copy_out(
+                names,
+                fmt,
+                delimiter or ("," if fmt == "csv" else "\t"),
+                relations,
+                header,
+            )
+        self.assertIsNone(masker.message(T.COPY_OUT_RESPONSE, copy_response(columns)))
+        out = []
+        for line in lines:
+            new = masker.message(T.COPY_DATA, line)
+            out.append(line if new is None else new)
+        end(masker, codec.CopyDone())
+        self.assertIsNone(masker.message(T.COPY_DATA, b"4111111111111111\n"))
+        end(masker, codec.CommandComplete(f"COPY {len(lines)}"))
+        return out, masker
+
+    def test_text(self) -> None:
+        out, masker = self.copy(
+            [
+                b"Ada\tx-123\tada@example.com\n",
+                b"Bob\t\\N\tnone\n",
+                b"Cy\t\t\\tcy@example.com\\\\\n",
+            ],
+            names=["name", "ssn", "contact"],
+        )
+        self.assertEqual(
+            out,
+            [
+                b"Ada\t*****\ta***@***.com\n",
+                b"Bob\t\\N\tnone\n",
+                b"Cy\t\t\\tc***@***.com\\\\\n",
+            ],
+        )
+        self.assertEqual(masker.masked, 3)
+        self.assertFalse(masker.unmaskable)
+
+    def test_text_escapes_in_masked_columns(self) -> None:
+        """A whole-masked field has as many C{*} as its value has characters."""
+        out, _ = self.copy([b"a\\tb\\\\c\tx\ty\n"], names=["ssn", "b", "c"])
+        self.assertEqual(out, [b"*****\tx\ty\n"])
+
+    def test_text_delimiter(self) -> None:
+        out, _ = self.copy(
+            [b"a\\|b|ann@example.com|4111 1111 1111 1111\n"],
+            names=["ssn", "b", "c"],
+            delimiter="|",
+        )
+        self.assertEqual(out, [b"***|a***@***.com|**** **** **** 1111\n"])
+
+    def test_text_masked_value_is_escaped(self) -> None:
+        rules = Masker([MaskingRule("p", patterns=(("p", r"k=\S+"),))])
+        out, _ = self.copy([b"k=a\\\\b\tx\n"], rules=rules, columns=2)
+        self.assertEqual(out, [b"*****\tx\n"])
+        rules = Masker([MaskingRule("p", patterns=(("p", r"tab"),))])
+        out, _ = self.copy([b"\\ttab\tx\n"], rules=rules, columns=2)
+        self.assertEqual(out, [b"\\t***\tx\n"])
+
+    def test_relation_columns(self) -> None:
+        """Relation rules by position; a column without a name is masked."""
+        out, _ = self.copy(
+            [b"Ada\tprivate\tx\n"],
+            rules=RULES,
+            names=["name", "note", "other"],
+            relations=["public.people.name", "public.people.note", None],
+        )
+        self.assertEqual(out, [b"Ada\t*******\t*\n"])
+        out, _ = self.copy(
+            [b"Ada\tprivate\n"],
+            rules=RULES,
+            names=["name", "note"],
+            relations=None,
+            columns=2,
+        )
+        self.assertEqual(out, [b"***\t*******\n"])
+        out, _ = self.copy(
+            [b"Ada\tprivate\n"],
+            rules=RULES,
+            names=["name", "note"],
+            relations=["people.name", "people.note"],
+            columns=2,
+        )
+        self.assertEqual(out, [b"Ada\t*******\n"])
+
+    def test_csv(self) -> None:
+        out, masker = self.copy(
+            [
+                b"name,ssn,contact\n",
+                b'Ada,"12,3","x y, ada@example.com"\n',
+                b'"Bob ""B""",,""\n',
+                b'"multi\nline ann@example.com",1,x\n',
+            ],
+            fmt="csv",
+            names=["name", "ssn", "contact"],
+            header=True,
+        )
+        self.assertEqual(
+            out,
+            [
+                b"name,ssn,contact\n",
+                b'Ada,"****","x y, a***@***.com"\n',
+                b'"Bob ""B""",,""\n',
+                b'"multi\nline a***@***.com","*",x\n',
+            ],
+        )
+        for line in out:
+            self.assertEqual(len(next(csv.reader(io.StringIO(line.decode())))), 3)
+        self.assertEqual(masker.masked, 4)
+
+    def test_csv_quotes_in_masked_value(self) -> None:
+        rules = Masker([MaskingRule("p", detectors=frozenset({"email"}))])
+        out, _ = self.copy(
+            [b'"say ""hi"" to bo@example.com",2\n'], "csv", rules=rules, columns=2
+        )
+        self.assertEqual(out, [b'"say ""hi"" to b***@***.com",2\n'])
+
+    def test_csv_unparseable_row(self) -> None:
+        """CSV this cannot split (custom QUOTE): withheld under column rules."""
+        out, masker = self.copy(
+            [b"'a,b',ann@example.com\n"], "csv", names=["ssn", "b"], columns=2
+        )
+        self.assertEqual(out, [b""])
+        self.assertTrue(masker.unmaskable)
+        out, masker = self.copy(
+            [b'"a"x,ann@example.com\n'], "csv", rules=DETECT, columns=2
+        )
+        self.assertEqual(out, [b'"a"x,a***@***.com\n'])
+        self.assertFalse(masker.unmaskable)
+
+    def test_field_count_mismatch(self) -> None:
+        out, masker = self.copy([b"a\tb\n", b"a\tb\tc\n"], names=["x", "ssn", "z"])
+        self.assertEqual(out, [b"", b"a\t*\tc\n"])
+        self.assertTrue(masker.unmaskable)
+
+    def test_binary(self) -> None:
+        masker = ResponseMasker(RULES)
+        masker.copy_out(["ssn"], "binary")
+        masker.message(T.COPY_OUT_RESPONSE, copy_response(1, 1))
+        self.assertTrue(masker.unmaskable)
+        self.assertIsNone(masker.message(T.COPY_DATA, b"PGCOPY\n\xff\r\n\x00"))
+
+    def test_not_announced(self) -> None:
+        """Without column rules the row is scanned as it is, structure kept."""
+        rules = Masker(
+            [MaskingRule("p", detectors=DETECTORS, patterns=(("p", r"a\tb"),))]
+        )
+        out, masker = self.copy(
+            [
+                b"x\tann@example.com\t4111111111111111\n",
+                b"a\tb\n",
+                b'"GB82WEST12345698765432",x\n',
+            ],
+            rules=rules,
+            announce=False,
+        )
+        self.assertEqual(
+            out,
+            [
+                b"x\ta***@***.com\t************1111\n",
+                b"*\t*\n",
+                b'"GB****************5432",x\n',
+            ],
+        )
+        self.assertFalse(masker.unmaskable)
+
+    def test_not_announced_with_column_rules(self) -> None:
+        """Column rules and unknown columns: rows withheld, flagged."""
+        out, masker = self.copy([b"x\ty\tz\n"], announce=False)
+        self.assertEqual(out, [b""])
+        self.assertTrue(masker.unmaskable)
+        out, masker = self.copy([b"x\ty\n"], names=["a", "b"])
+        self.assertEqual(out, [b""])
+        self.assertTrue(masker.unmaskable)
+
+    def test_announcement_dropped_after_query(self) -> None:
+        masker = ResponseMasker(RULES)
+        masker.copy_out(["ssn"], "text")
+        end(masker, codec.ReadyForQuery("I"))
+        masker.message(T.COPY_OUT_RESPONSE, copy_response(1))
+        self.assertEqual(masker.message(T.COPY_DATA, b"x\n"), b"")
+
+    def test_announcement_survives_earlier_statement(self) -> None:
+        masker = ResponseMasker(RULES)
+        masker.copy_out(["ssn"], "text")
+        end(masker, codec.CommandComplete("SELECT 1"))
+        masker.message(T.COPY_OUT_RESPONSE, copy_response(1))
+        self.assertEqual(masker.message(T.COPY_DATA, b"x\n"), b"*\n")
+
+    @given(
+        st.sampled_from(["text", "csv"]),
+        st.lists(st.one_of(st.binary(max_size=20), SENSITIVE), max_size=6).map(
+            b"".join
+        ),
+    )
+    def test_any_copy_data(self, fmt: str, data: bytes) -> None:
+        """Arbitrary CopyData never breaks the masker."""
+        for rules in (RULES, DETECT):
+            masker = ResponseMasker(rules)
+            masker.copy_out(["ssn", "b"], fmt, "," if fmt == "csv" else "\t")
+            masker.message(T.COPY_OUT_RESPONSE, copy_response(2))
+            new = masker.message(T.COPY_DATA, data)
+            self.assertTrue(new is None or isinstance(new, bytes))
