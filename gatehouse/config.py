@@ -157,6 +157,9 @@ class AdminConfig:
     address: str = "127.0.0.1"
     port: int = 8080
     tls: TLSConfig | None = None
+    #: identities need one of these groups to use the API (empty: the
+    #: policy's approver groups)
+    groups: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -1152,8 +1155,9 @@ def _parse_admin(section: ConfigSection) -> AdminConfig:
     address = section.address("address", "127.0.0.1")
     port = section.integer("port", 8080, minimum=0, maximum=65535)
     tls = _parse_tls(section.section("tls"))
+    groups = section.strings("groups", single=True)
     section.finish()
-    return AdminConfig(address=address, port=port, tls=tls)
+    return AdminConfig(address=address, port=port, tls=tls, groups=groups)
 
 
 def _overlaps(first: str, second: str) -> bool:

@@ -163,7 +163,12 @@ def build_components(config: GatehouseConfig, reactor: Any) -> Components:
         )
 
         site = make_admin_site(
-            broker, verifier, metrics, HubSessionDirectory(hub), reactor
+            broker,
+            verifier,
+            metrics,
+            HubSessionDirectory(hub),
+            reactor,
+            groups=frozenset(config.admin.groups) or _approver_groups(hub.policy),
         )
         admin = make_admin_service(config.admin, site, reactor)
         admin.setName("admin")
@@ -175,6 +180,14 @@ def build_components(config: GatehouseConfig, reactor: Any) -> Components:
         services=tuple(services),
         hub=hub,
     )
+
+
+def _approver_groups(policy: Any) -> frozenset[str]:
+    """Every group that may approve something: who needs the admin API."""
+    decisions = [policy.default, policy.unparseable, policy.opaque]
+    groups = {g for d in decisions if d.action == "review" for g in d.approvers}
+    groups.update(g for rule in policy.rules for g in rule.approvers)
+    return frozenset(groups)
 
 
 def _notifiers(approval: ApprovalConfig | None, reactor: Any) -> list[Any]:

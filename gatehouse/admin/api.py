@@ -274,12 +274,19 @@ class _Admin:
         metrics: Any,
         sessions: ISessionDirectory,
         clock: IReactorTime,
+        groups: frozenset[str] = frozenset(),
     ) -> None:
         self.broker = broker
         self.verifier = verifier
         self.metrics = metrics
         self.sessions = sessions
         self.clock = clock
+        self.groups = groups
+
+    def may_use(self, identity: Identity) -> bool:
+        """Whether C{identity} may use the API at all (votes are the broker's)."""
+        groups = self.groups
+        return not groups or "*" in groups or not groups.isdisjoint(identity.groups)
 
 
 class _JSONResource(Resource):
@@ -401,6 +408,17 @@ class _API(Resource):
         return maybeDeferred(self._admin.verifier.verify, token).addErrback(rejected)
 
     def _route(self, request: Request, identity: Identity) -> Any:
+        if not self._admin.may_use(identity):
+            _log.warn(
+                "Admin API: {subject} is in none of the admin groups",
+                subject=identity.subject,
+            )
+            raise _Problem(
+                403,
+                "forbidden",
+                "this identity may not use the admin API (it needs one of the "
+                f"groups {', '.join(sorted(self._admin.groups))})",
+            )
         try:
             path = [segment.decode("utf-8") for segment in request.postpath]
         except UnicodeDecodeError:
@@ -546,6 +564,7 @@ def make_admin_site(
     metrics: GatewayMetrics | None,
     sessions: ISessionDirectory,
     clock: IReactorTime,
+    groups: frozenset[str] = frozenset(),
 ) -> Site:
     """
     The admin API as a L{Site}.
@@ -559,8 +578,10 @@ def make_admin_site(
     @param sessions: where sessions are found.
     @param clock: times idle connections out, and says what time it is
         (C{"now"} in answers about approvals).
+    @param groups: identities need one of these groups to use C{/api/}
+        (empty, or C{"*"}: every authenticated identity).
     """
-    admin = _Admin(broker, verifier, metrics, sessions, clock)
+    admin = _Admin(broker, verifier, metrics, sessions, clock, groups)
     site = Site(
         _Root(admin),
         requestFactory=_AdminRequest,

@@ -412,6 +412,38 @@ class AuthenticationTests(AdminAPITestCase):
         self.assertError(result, 405, "method-not-allowed")
 
 
+class AdminGroupTests(AdminAPITestCase):
+    """
+    With admin groups configured, identities outside them get 403, even
+    with a valid token; C{/health} stays open.
+    """
+
+    @inlineCallbacks
+    def test_outside_groups(self) -> Any:
+        g = self.gateway
+        site = make_admin_site(
+            g.broker,
+            g.verifier,
+            None,
+            g.sessions,
+            g.clock,
+            groups=frozenset({"approvers"}),
+        )
+        client = Client(listen(self, site))
+        response, data = yield client.call(
+            b"GET", "/api/v1/approvals", token("mallory", ("agents",))
+        )
+        self.assertEqual(response.code, 403)
+        self.assertEqual(json.loads(data)["error"], "forbidden")
+        self.assertIn("approvers", json.loads(data)["message"])
+        response, _ = yield client.call(
+            b"GET", "/api/v1/approvals", token("bob", ("approvers",))
+        )
+        self.assertEqual(response.code, 200)
+        response, _ = yield client.call(b"GET", "/health")
+        self.assertEqual(response.code, 200)
+
+
 class ApprovalTests(AdminAPITestCase):
     """
     C{/api/v1/approvals}: list, show, approve, deny.

@@ -804,7 +804,7 @@ class PostgresServerProtocol(Protocol):
                 sid=str(self.session.id),
             )
             refusal = refusal or "the gateway could not check this statement"
-        if self._closing:
+        if self._closing or self.session.closed or self._upstream is None:
             return
         why, self._waiting = self._waiting, None
         held, self._held_frames = self._held_frames, []
