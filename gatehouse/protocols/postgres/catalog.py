@@ -106,7 +106,13 @@ class Catalog:
         self._known_oids: dict[int, float] = {}
 
     def column(self, table_oid: int, attnum: int) -> str | None:
-        """The C{schema.table.column} name, if already known."""
+        """
+        The C{schema.table.column} name, if known and not older than the
+        TTL (a renamed table or column is looked up again).
+        """
+        learnt = self._known_oids.get(table_oid)
+        if learnt is None or self._reactor.seconds() - learnt > self._ttl:
+            return None
         return self._columns.get((table_oid, attnum))
 
     def unknown(self, oids: Iterable[int]) -> list[int]:

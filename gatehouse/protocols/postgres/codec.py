@@ -1883,6 +1883,41 @@ class RowDescription(Message):
         return encode_message(self.TYPE, b"".join(parts))
 
 
+def data_row_values(body: bytes) -> list[bytes | None]:
+    """
+    The values of a DataRow body, C{None} for NULL, without building a
+    message object (masking reads every row).
+
+    @raise ProtocolViolation: the body is malformed.
+    """
+    end = len(body)
+    if end < 2:
+        raise _malformed("DataRow", "message is truncated")
+    count = _U16.unpack_from(body)[0]
+    pos = 2
+    values: list[bytes | None] = []
+    append = values.append
+    unpack = _I32.unpack_from
+    for _ in range(count):
+        if pos + 4 > end:
+            raise _malformed("DataRow", "message is truncated")
+        n = unpack(body, pos)[0]
+        pos += 4
+        if n < 0:
+            if n != -1:
+                raise _malformed("DataRow", f"invalid value length {n}")
+            append(None)
+        else:
+            stop = pos + n
+            if stop > end:
+                raise _malformed("DataRow", "message is truncated")
+            append(body[pos:stop])
+            pos = stop
+    if pos != end:
+        raise _malformed("DataRow", "unexpected bytes after the last field")
+    return values
+
+
 @attrs.frozen
 class DataRow(Message):
     """
@@ -1894,33 +1929,7 @@ class DataRow(Message):
 
     @classmethod
     def decode(cls, body: bytes, encoding: str = "utf-8") -> DataRow:
-        # Inlined rather than through _Cursor: masking decodes every row.
-        end = len(body)
-        if end < 2:
-            raise _malformed("DataRow", "message is truncated")
-        count = _U16.unpack_from(body)[0]
-        pos = 2
-        values: list[bytes | None] = []
-        append = values.append
-        unpack = _I32.unpack_from
-        for _ in range(count):
-            if pos + 4 > end:
-                raise _malformed("DataRow", "message is truncated")
-            n = unpack(body, pos)[0]
-            pos += 4
-            if n < 0:
-                if n != -1:
-                    raise _malformed("DataRow", f"invalid value length {n}")
-                append(None)
-            else:
-                stop = pos + n
-                if stop > end:
-                    raise _malformed("DataRow", "message is truncated")
-                append(body[pos:stop])
-                pos = stop
-        if pos != end:
-            raise _malformed("DataRow", "unexpected bytes after the last field")
-        return cls(tuple(values))
+        return cls(tuple(data_row_values(body)))
 
     def encode(self, encoding: str = "utf-8") -> bytes:
         return encode_message(self.TYPE, _pack_values(self.values))

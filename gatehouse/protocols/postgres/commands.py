@@ -33,9 +33,12 @@ OPAQUE_KINDS = frozenset({"DoStmt", "CreateFunctionStmt"})
 NO_WHERE = "no-where"
 COPY_PROGRAM = "copy-program"
 COPY_TO_CLIENT = "copy-to-client"
-#: Every statement kind PostgreSQL's grammar produces.
+#: The kind of a fast-path FunctionCall message (opaque: a function by OID).
+FUNCTION_CALL = "FunctionCall"
+#: Every statement kind PostgreSQL's grammar produces, and the two above.
 COMMAND_KINDS = frozenset(name for name in dir(pglast.ast) if name.endswith("Stmt")) | {
-    UNPARSEABLE
+    UNPARSEABLE,
+    FUNCTION_CALL,
 }
 COMMAND_FLAGS = frozenset({NO_WHERE, COPY_PROGRAM, COPY_TO_CLIENT, OPAQUE})
 
@@ -109,12 +112,18 @@ class CommandCache:
 
     @param size: texts (and shapes) remembered, least recently used first out.
     @param max_text: longer texts are classified but not remembered.
-    @ivar parses: how many texts were parsed (cache misses).
+    @ivar hits: lookups answered by an exact text.
+    @ivar misses: lookups of a text not remembered.
+    @ivar parses: how many texts were parsed (misses that no shape answered).
     """
 
     def __init__(self, size: int = 10_000, max_text: int = 64 * 1024):
+        if size < 1:
+            raise ValueError("cache size must be at least 1")
         self.size = size
         self.max_text = max_text
+        self.hits = 0
+        self.misses = 0
         self.parses = 0
         self._texts: OrderedDict[str, Classified] = OrderedDict()
         self._shapes: OrderedDict[str, Classified] = OrderedDict()
@@ -124,8 +133,10 @@ class CommandCache:
         texts = self._texts
         found = texts.get(sql)
         if found is not None:
+            self.hits += 1
             texts.move_to_end(sql)
             return found
+        self.misses += 1
         if len(sql) > self.max_text:
             self.parses += 1
             return _classified(sql, None)
@@ -140,6 +151,14 @@ class CommandCache:
                 self._remember(self._shapes, shape, found)
         self._remember(texts, sql, found)
         return found
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+    def clear(self) -> None:
+        """Forget every text and shape (the counters stay)."""
+        self._texts.clear()
+        self._shapes.clear()
 
     def _remember(self, entries: OrderedDict, key: str, value: Classified) -> None:
         entries[key] = value

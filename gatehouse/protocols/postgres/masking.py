@@ -121,47 +121,7 @@ def _actions(type_oid: int, fmt: int) -> tuple[int, int]:
     return _KEEP, _NULL
 
 
-_U16 = struct.Struct("!H").unpack_from
 _U16_PACK = struct.Struct("!H").pack
-_I32 = struct.Struct("!i").unpack_from
-
-
-def _malformed(why: str) -> codec.ProtocolViolation:
-    return codec.ProtocolViolation(
-        codec.PROTOCOL_VIOLATION, f"malformed DataRow: {why}"
-    )
-
-
-def _row_values(body: bytes) -> list[bytes | None]:
-    """
-    The values of a DataRow body (L{codec.DataRow.decode}, without
-    building a message object: this runs on every row masked).
-    """
-    end = len(body)
-    if end < 2:
-        raise _malformed("message is truncated")
-    pos = 2
-    values: list[bytes | None] = []
-    append = values.append
-    try:
-        for _ in range(_U16(body)[0]):
-            n = _I32(body, pos)[0]
-            pos += 4
-            if n < 0:
-                if n != -1:
-                    raise _malformed(f"invalid value length {n}")
-                append(None)
-            else:
-                stop = pos + n
-                if stop > end:
-                    raise _malformed("message is truncated")
-                append(body[pos:stop])
-                pos = stop
-    except struct.error:
-        raise _malformed("message is truncated") from None
-    if pos != end:
-        raise _malformed("unexpected bytes after the last field")
-    return values
 
 
 # -- COPY text format ----------------------------------------------------------
@@ -450,7 +410,7 @@ class ResponseMasker:
         self._plan_scan = any(_KEEP < a < _WHOLE for a in plan)
 
     def _row(self, body: bytes) -> bytes | None:
-        values = _row_values(body)
+        values = codec.data_row_values(body)
         plan = self._plan
         if plan is None or len(plan) != len(values):
             if self._by_columns:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hmac
 import os
 import struct
+from collections import deque
 from collections.abc import Mapping
 
 from twisted.internet.defer import Deferred
@@ -32,10 +33,14 @@ from zope.interface import implementer
 from gatehouse.config import TargetConfig
 from gatehouse.identity import AuthenticationError
 from gatehouse.net import send_now, tune
-from gatehouse.policy import Decision
+from gatehouse.policy import OPAQUE, Command, Decision
 from gatehouse.protocols.postgres import codec
 from gatehouse.protocols.postgres.catalog import Catalog
-from gatehouse.protocols.postgres.commands import Classified, CommandCache
+from gatehouse.protocols.postgres.commands import (
+    FUNCTION_CALL,
+    Classified,
+    CommandCache,
+)
 from gatehouse.protocols.postgres.config import (
     PostgresListenerOptions,
     PostgresTargetOptions,
@@ -51,12 +56,46 @@ from gatehouse.recording.interfaces import RecordingFailed, RecordingUnavailable
 
 _C2G = Direction.CLIENT_TO_GATEWAY
 _G2C = Direction.GATEWAY_TO_CLIENT
-_G2U = Direction.GATEWAY_TO_UPSTREAM
 _QUERY = codec.FrontendType.QUERY
 _PARSE = codec.FrontendType.PARSE
 _TERMINATE = codec.FrontendType.TERMINATE
 _SYNC = codec.FrontendType.SYNC
 _FUNCTION_CALL = codec.FrontendType.FUNCTION_CALL
+_DESCRIBE = codec.FrontendType.DESCRIBE
+_EXECUTE = codec.FrontendType.EXECUTE
+#: client messages that PostgreSQL answers with one ReadyForQuery
+_READY_AFTER = frozenset({_QUERY, _SYNC, _FUNCTION_CALL})
+_B_NO_DATA = codec.BackendType.NO_DATA
+_B_PARAMETER = codec.BackendType.PARAMETER_STATUS
+#: masker inputs it reads the body of; other types only by their kind
+_MASKER_BODIES = frozenset(
+    {
+        codec.BackendType.ROW_DESCRIPTION,
+        codec.BackendType.DATA_ROW,
+        codec.BackendType.COPY_OUT_RESPONSE,
+        codec.BackendType.COPY_DATA,
+    }
+)
+# Client encodings in which a multibyte character may hold an ASCII byte
+# (a backslash or a quote): the gateway would not read SQL as the server does.
+_UNSAFE_ENCODINGS = frozenset(
+    {
+        "SJIS",
+        "SHIFTJIS",
+        "SHIFTJIS2004",
+        "MSKANJI",
+        "WIN932",
+        "BIG5",
+        "WIN950",
+        "GBK",
+        "WIN936",
+        "CP936",
+        "UHC",
+        "WIN949",
+        "GB18030",
+        "JOHAB",
+    }
+)
 _B_ERROR = codec.BackendType.ERROR_RESPONSE
 _B_READY = codec.BackendType.READY_FOR_QUERY
 _B_ROWS = codec.BackendType.ROW_DESCRIPTION
@@ -292,6 +331,12 @@ class PostgresServerProtocol(Protocol):
         self._refusals: dict[bytes, tuple[bytes, int]] = {}
         self._ready_expected = 0
         self._ready_seen = 0
+        # With masking, what each RowDescription/NoData from the target
+        # answers, in order: "q" a Query (its results), "pass" a client's
+        # Describe, "swallow" the gateway's own Describe before an Execute,
+        # "s" a Sync or FunctionCall.  None: not tracked (no masking).
+        self._describes: deque[str] | None = None
+        self._encoding = "utf-8"
         self.dataReceived = self._startup_data
 
     # -- connection ----------------------------------------------------------
@@ -349,6 +394,9 @@ class PostgresServerProtocol(Protocol):
         self.dataReceived = self._ignore
         if self._client_gate is not None:
             self._client_gate.release()
+        if self._upstream is not None and self._upstream.transport is not None:
+            # Nothing more from the target reaches a closing client.
+            self._upstream.transport.loseConnection()
         self.transport.loseConnection()
         self._abort_call = self._factory.reactor.callLater(
             self.CLOSE_TIMEOUT, self.transport.abortConnection
@@ -628,6 +676,7 @@ class PostgresServerProtocol(Protocol):
                 resolve = self._factory.catalog(target).column
             self._masker = ResponseMasker(self.session.masker, resolve)
             self._masker_resolves = resolve is not None
+            self._describes = deque()
         passthrough = tuple(
             (k, v)
             for k, v in self._startup_message.parameters
@@ -703,6 +752,9 @@ class PostgresServerProtocol(Protocol):
         self._send_upstream_ready(ready)
 
     def _send_upstream_ready(self, ready: UpstreamReady) -> None:
+        for name, value in ready.parameters:
+            if not self._setting(name, value):
+                return
         self._write(codec.ReadyForQuery("I").encode())
         if ready.leftover:
             self._upstream_data(ready.leftover)
@@ -739,11 +791,13 @@ class PostgresServerProtocol(Protocol):
         reader = self._reader
         for index, frame in enumerate(frames):
             kind = frame[0]
-            if kind == _QUERY or kind == _PARSE:
-                sql = self._statement_text(frame)
-                classified = self._factory.commands.classify(sql)
+            if kind == _QUERY or kind == _PARSE or kind == _FUNCTION_CALL:
+                found = self._classify(frame)
+                if found is None:
+                    return
+                text, classified = found
                 decision = self.session.decide(classified.commands)
-                self._statements.saw(sql, classified, decision)
+                self._statements.saw(text, classified, decision)
                 if decision.action == "allow":
                     if self._masker is not None:
                         refusal = self._copy_check(classified)
@@ -758,8 +812,7 @@ class PostgresServerProtocol(Protocol):
                                 self._release, frame, None
                             )
                             return
-                    if kind == _QUERY:
-                        self._ready_expected += 1
+                    self._sent(kind)
                     continue
                 self._forward(reader.take_to(frame[1]))
                 if decision.action == "deny":
@@ -767,8 +820,19 @@ class PostgresServerProtocol(Protocol):
                     continue
                 self._review(frames, index, classified, decision)
                 return
-            if kind == _SYNC or kind == _FUNCTION_CALL:
-                self._ready_expected += 1
+            if kind == _SYNC:
+                self._sent(kind)
+            elif self._describes is not None:
+                if kind == _DESCRIBE:
+                    self._describes.append("pass")
+                elif kind == _EXECUTE:
+                    # Describe the portal right before its rows, so they are
+                    # masked by their own columns (not by whatever was last
+                    # described): its answer is the gateway's, not passed on.
+                    portal = codec.Execute.decode(reader.body(frame)).portal
+                    self._forward(reader.take_to(frame[1]))
+                    self._forward(codec.Describe("P", portal).encode())
+                    self._describes.append("swallow")
             elif kind == _TERMINATE:
                 self._close_reason = "client terminated the session"
                 self._client_terminated = True
@@ -776,15 +840,37 @@ class PostgresServerProtocol(Protocol):
         if end > reader.consumed:
             self._forward(reader.take_to(end))
 
-    def _statement_text(self, frame: tuple) -> str:
+    def _sent(self, kind: int) -> None:
+        """A message the target answers with ReadyForQuery is on its way."""
+        if kind in _READY_AFTER:
+            self._ready_expected += 1
+            if self._describes is not None:
+                self._describes.append("q" if kind == _QUERY else "s")
+
+    def _classify(self, frame: tuple) -> tuple[str, Classified] | None:
+        """
+        The text of a Query, Parse or FunctionCall and its commands, read
+        in the client's encoding; None (the session is ended) if the
+        message is malformed.
+        """
         body = self._reader.body(frame)
-        if frame[0] == _QUERY:
-            text = body[:-1]
-        else:
-            # Parse: statement name NUL query NUL ...
-            name_end = body.index(b"\0")
-            text = body[name_end + 1 : body.index(b"\0", name_end + 1)]
-        return text.decode("utf-8", "replace")
+        kind = frame[0]
+        try:
+            if kind == _FUNCTION_CALL:
+                oid = codec.FunctionCall.decode(body).function_oid
+                text = f"fast-path call of function OID {oid}"
+                command = Command(
+                    "postgres", FUNCTION_CALL, text, flags=frozenset({OPAQUE})
+                )
+                return text, Classified((), (command,))
+            message = (codec.Query if kind == _QUERY else codec.Parse).decode(
+                body, self._encoding
+            )
+        except codec.ProtocolViolation as e:
+            self._fatal(e.sqlstate, e.message, f"protocol violation: {e.message}")
+            return None
+        text = message.sql if kind == _QUERY else message.query
+        return text, self._factory.commands.classify(text)
 
     def _hold(self, frames: list, index: int, why: str) -> None:
         """Stop relaying at C{frames[index]} until L{_release}."""
@@ -812,8 +898,7 @@ class PostgresServerProtocol(Protocol):
         if refusal is not None:
             self._refuse(frame, refusal)
         else:
-            if frame[0] == _QUERY:
-                self._ready_expected += 1
+            self._sent(frame[0])
             self._forward(self._reader.take_to(frame[2]))
         self._client_gate.resume(why)
         self._relay_frames(held[1:])
@@ -842,21 +927,24 @@ class PostgresServerProtocol(Protocol):
             message,
             hint="the statement did not reach the database",
         ).encode()
-        if frame[0] == _QUERY:
-            self._ready_expected += 1
-            substitute = codec.encode_message(_QUERY, token + b"\0")
-            due = self._ready_expected
-        else:
+        if frame[0] == _PARSE:
             # Parse keeps its statement name, so later Binds fail as they
             # would after a failed Parse.
-            body = self._reader.body(frame)
-            name = body[: body.index(b"\0")]
-            substitute = codec.encode_message(_PARSE, name + b"\0" + token + b"\0\0\0")
+            name = codec.Parse.decode(self._reader.body(frame), self._encoding).name
+            substitute = codec.Parse(name, token.decode()).encode(self._encoding)
             due = self._ready_expected + 1
+        else:
+            # A Query, or a FunctionCall: either is answered by an error
+            # and ReadyForQuery.
+            substitute = codec.Query(token.decode()).encode()
+            self._sent(_QUERY)
+            due = self._ready_expected
         self._reader.discard_to(frame[2])
         self._refusals[token] = (error, due)
+        # The substitute is not recorded as bytes: this event says what
+        # the target was sent instead of the refused statement.
         self.session.event("refused-statement", token=token.decode(), message=message)
-        self._forward(substitute, record=True)
+        self._forward(substitute)
 
     def _review(
         self, frames: list, index: int, classified: Classified, decision: Decision
@@ -953,15 +1041,15 @@ class PostgresServerProtocol(Protocol):
 
     # -- forwarding -----------------------------------------------------------
 
-    def _forward(self, data: bytes, record: bool = False) -> None:
+    def _forward(self, data: bytes) -> None:
         upstream = self._upstream
         if upstream is None or upstream.transport is None or not data:
             return
-        if record:
-            self.session.data(_G2U, data)
         send_now(upstream.transport, data)
 
     def _upstream_data(self, data: bytes) -> None:
+        if self._closing:
+            return
         reader = self._upstream_reader
         try:
             frames = reader.feed(data)
@@ -1000,18 +1088,25 @@ class PostgresServerProtocol(Protocol):
         masker = self._masker
         if masker is None and not self._refusals:
             for frame in frames:
-                if frame[0] == _B_READY:
+                kind = frame[0]
+                if kind == _B_READY:
                     self._ready_seen += 1
+                elif kind == _B_PARAMETER and not self._parameter(reader.body(frame)):
+                    return
             self._send_client(reader.take_to(frames[-1][2]))
             return
+        describes = self._describes
         out = []
         for index, frame in enumerate(frames):
             kind = frame[0]
             replacement = None
+            drop = False
             if kind == _B_ERROR and self._refusals:
                 replacement = self._refusal_for(reader.body(frame))
+            elif kind == _B_PARAMETER and not self._parameter(reader.body(frame)):
+                return
             if masker is not None and kind in _MASKED_TYPES and replacement is None:
-                body = reader.body(frame)
+                body = reader.body(frame) if kind in _MASKER_BODIES else b""
                 if kind == _B_ROWS and self._masker_resolves:
                     unknown = self._factory.catalog(self._target).unknown(
                         masker.unresolved(body)
@@ -1024,16 +1119,23 @@ class PostgresServerProtocol(Protocol):
                 new_body = masker.message(kind, body)
                 if new_body is not None:
                     replacement = codec.encode_message(kind, new_body)
+            if describes and (kind == _B_ROWS or kind == _B_NO_DATA):
+                if describes[0] in ("pass", "swallow"):
+                    drop = describes.popleft() == "swallow"
             if kind == _B_READY:
                 self._ready_seen += 1
                 self._expire_refusals()
+                while describes:
+                    if describes.popleft() in ("q", "s"):
+                        break
                 if masker is not None and masker.masked:
                     self.session.masked(masker.masked)
                     masker.masked = 0
-            if replacement is not None:
+            if replacement is not None or drop:
                 out.append(reader.take_to(frame[1]))
                 reader.discard_to(frame[2])
-                out.append(replacement)
+                if not drop:
+                    out.append(replacement)
         end = frames[-1][2]
         if end > reader.consumed:
             out.append(reader.take_to(end))
@@ -1048,6 +1150,37 @@ class PostgresServerProtocol(Protocol):
             )
             return
         self._send_client(b"".join(out))
+
+    def _parameter(self, body: bytes) -> bool:
+        """
+        Follow a ParameterStatus from the target.  The gateway reads SQL
+        as PostgreSQL does only with standard_conforming_strings on and a
+        client encoding whose multibyte characters hold no ASCII bytes;
+        otherwise the session ends (False), as a refused statement could
+        hide inside what the policy took for a string.
+        """
+        status = codec.ParameterStatus.decode(body)
+        return self._setting(status.name, status.value)
+
+    def _setting(self, name: str, value: str) -> bool:
+        if name == "client_encoding":
+            key = value.strip().upper().replace("-", "").replace("_", "")
+            if key not in _UNSAFE_ENCODINGS:
+                self._encoding = codec.python_encoding(value)
+                return True
+        elif name == "standard_conforming_strings":
+            if value.strip().lower() == "on":
+                return True
+        else:
+            return True
+        self._fatal(
+            "0A000",
+            f"gatehouse does not allow {name} = {value}",
+            f"unsafe setting {name} = {value}",
+            hint="use standard_conforming_strings = on and a client encoding "
+            "such as UTF8",
+        )
+        return False
 
     def _hold_upstream(self, frames: list, oids: list) -> None:
         """Hold the target's output until the catalog names C{oids}."""

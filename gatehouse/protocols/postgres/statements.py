@@ -23,7 +23,6 @@ C{Unparseable} statement: a decision in itself, never silently allowed.
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 
 import attrs
 from pglast import parser as _pg
@@ -31,7 +30,6 @@ from pglast import parser as _pg
 __all__ = [
     "UNPARSEABLE",
     "Statement",
-    "StatementCache",
     "classify",
     "fingerprint",
 ]
@@ -411,48 +409,3 @@ def fingerprint(sql: str) -> str | None:
         return _pg.fingerprint(sql)
     except (_pg.ParseError, UnicodeEncodeError):
         return None
-
-
-class StatementCache:
-    """
-    A least-recently-used cache of L{classify} results by exact text, for
-    the statements an application sends again and again.
-
-    @param size: how many distinct texts to keep.
-    @param max_text: texts longer than this (in characters) are classified
-        but not kept, so a few huge statements cannot pin the memory.
-    @ivar hits: lookups answered from the cache.
-    @ivar misses: lookups that ran the parser.
-    """
-
-    def __init__(self, size: int = 10_000, max_text: int = 64 * 1024):
-        if size < 1:
-            raise ValueError("cache size must be at least 1")
-        self.size = size
-        self.max_text = max_text
-        self.hits = 0
-        self.misses = 0
-        self._entries: OrderedDict[str, tuple[Statement, ...]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def classify(self, sql: str) -> tuple[Statement, ...]:
-        """L{classify}, answered from the cache when it can be."""
-        entries = self._entries
-        found = entries.get(sql)
-        if found is not None:
-            self.hits += 1
-            entries.move_to_end(sql)
-            return found
-        self.misses += 1
-        result = classify(sql)
-        if len(sql) <= self.max_text:
-            entries[sql] = result
-            if len(entries) > self.size:
-                entries.popitem(last=False)
-        return result
-
-    def clear(self) -> None:
-        """Forget every entry (the counters stay)."""
-        self._entries.clear()

@@ -20,11 +20,12 @@ import time
 import psycopg
 from psycopg import sql as pgsql
 
+from gatehouse.protocols.postgres import codec
 from gatehouse.recording.format import RecordType
 from gatehouse.recording.index import approvals_for, commands_for, get_session
 from gatehouse.recording.reader import read_records
 from tests.protocols.postgres.harness import Gateway
-from tests.protocols.postgres.test_e2e import GatewayTestCase
+from tests.protocols.postgres.test_e2e import GatewayTestCase, RawClient, error_of
 
 GUARD_POLICY = {
     "policy": {
@@ -52,8 +53,20 @@ GUARD_POLICY = {
             {"name": "no-grant", "kind": ["GrantStmt"], "action": "deny"},
         ],
         "unparseable": "deny",
+        "opaque": "deny",
     }
 }
+
+
+def read_until_ready(client: RawClient) -> bytes:
+    """What the gateway sends up to an idle ReadyForQuery (or the close)."""
+    got = b""
+    while codec.ReadyForQuery("I").encode() not in got:
+        chunk = client.sock.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    return got
 
 
 def _guard_table(test: GatewayTestCase) -> None:
@@ -214,6 +227,44 @@ class GuardrailTests(GatewayTestCase):
 
     def test_unparseable_is_not_allowed(self) -> None:
         self.assert_refused_psql("junk", "DROPP TABLE guard_t")
+
+    def read_until_ready(self, client: RawClient) -> bytes:
+        return read_until_ready(client)
+
+    def test_fast_path_function_call(self) -> None:
+        """
+        A FunctionCall message names its function by OID only: opaque, so
+        refused here (policy.opaque: deny), and the session goes on.
+        """
+        client = RawClient(self.gateway.port, self.gateway.ca_cert)
+        try:
+            client.login(self.agent())
+            oid = int(self.direct("select 'pg_terminate_backend'::regproc::oid"))
+            client.send(codec.FunctionCall(oid, (0,), (b"1",), 0).encode())
+            error = error_of(self.read_until_ready(client))
+            self.assertEqual(error.sqlstate, "42501")
+            client.send(codec.Query("SELECT 'after'").encode())
+            self.assertIn(b"after", self.read_until_ready(client))
+        finally:
+            client.close()
+
+    def test_standard_conforming_strings_off_ends_session(self) -> None:
+        """
+        With backslashes escaping quotes the policy would not read strings
+        as the server does: the session ends before the next statement.
+        """
+        result = self.gateway.psql(
+            token=self.agent(),
+            args=(
+                "-c",
+                "SET standard_conforming_strings = off",
+                "-c",
+                "SELECT 'x\\'' ; DROP TABLE guard_t; --'",
+            ),
+        )
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("standard_conforming_strings", result.stderr)
+        self.assert_intact("standard_conforming_strings off")
 
     def test_dba_control(self) -> None:
         """
@@ -584,6 +635,34 @@ class MaskingTests(GatewayTestCase):
         self.assert_recording_clean(start)
         csv_out = self.psql_ok(args=("-c", "\\copy customers to stdout csv header"))
         self.assert_clean(csv_out, "\\copy csv")
+
+    def test_decoy_describe(self) -> None:
+        """
+        Rows are masked by their own columns, not by whatever statement the
+        client last described.
+        """
+        client = RawClient(self.gateway.port, self.gateway.ca_cert)
+        try:
+            client.login(self.gateway.token())
+            client.send(
+                codec.Parse(
+                    "s1", "SELECT name, ssn, secret_note FROM customers"
+                ).encode()
+                + codec.Parse("s2", "SELECT 'x' AS a, 'y' AS b, 'z' AS c").encode()
+                + codec.Describe("S", "s2").encode()
+                + codec.Bind("", "s1").encode()
+                + codec.Execute("", 0).encode()
+                + codec.Sync().encode()
+            )
+            got = read_until_ready(client)
+        finally:
+            client.close()
+        self.assertIn(b"Ada", got)
+        for raw in ("123-45-6789", "likes tea", "vault code 1912"):
+            self.assertNotIn(raw.encode(), got)
+        # The client's own Describe is answered; the gateway's is not.
+        kinds = [k for k, _ in codec.FrameReader.backend().feed_messages(got)]
+        self.assertEqual(kinds.count(codec.BackendType.ROW_DESCRIPTION), 1)
 
     def test_psycopg_binary(self) -> None:
         start = time.time()

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from gatehouse.protocols.postgres.commands import CommandCache
 from gatehouse.protocols.postgres.statements import (
     UNPARSEABLE,
     Statement,
-    StatementCache,
     classify,
     fingerprint,
 )
@@ -453,12 +453,12 @@ class FingerprintTests(SynchronousTestCase):
         self.assertIsNone(fingerprint("SELECT 1\0"))
 
 
-class StatementCacheTests(SynchronousTestCase):
-    """The LRU cache of classifications."""
+class CommandCacheTests(SynchronousTestCase):
+    """The LRU cache of classifications (by exact text)."""
 
     def test_hits_and_misses(self):
         """The first lookup of a text misses, later ones hit, same result."""
-        cache = StatementCache()
+        cache = CommandCache()
         first = cache.classify("SELECT * FROM t")
         second = cache.classify("SELECT * FROM t")
         self.assertIs(first, second)
@@ -469,7 +469,7 @@ class StatementCacheTests(SynchronousTestCase):
 
     def test_lru_eviction(self):
         """The least recently used text goes first."""
-        cache = StatementCache(size=2)
+        cache = CommandCache(size=2)
         cache.classify("SELECT 1")
         cache.classify("SELECT 2")
         cache.classify("SELECT 1")  # now most recent
@@ -482,28 +482,28 @@ class StatementCacheTests(SynchronousTestCase):
 
     def test_unparseable_cached(self):
         """Unparseable results are cached too."""
-        cache = StatementCache()
+        cache = CommandCache()
         cache.classify("SELEC 1")
-        (s,) = cache.classify("SELEC 1")
+        (s,) = cache.classify("SELEC 1").statements
         self.assertEqual((s.kind, cache.hits), (UNPARSEABLE, 1))
 
     def test_long_text_not_kept(self):
         """Texts over max_text are classified but not kept."""
-        cache = StatementCache(max_text=20)
+        cache = CommandCache(max_text=20)
         sql = "SELECT * FROM a_rather_long_table_name"
         self.assertEqual(
-            cache.classify(sql)[0].relations, ("a_rather_long_table_name",)
+            cache.classify(sql).statements[0].relations, ("a_rather_long_table_name",)
         )
         cache.classify(sql)
         self.assertEqual((cache.hits, cache.misses, len(cache)), (0, 2, 0))
 
     def test_clear(self):
         """clear() empties the cache."""
-        cache = StatementCache()
+        cache = CommandCache()
         cache.classify("SELECT 1")
         cache.clear()
         self.assertEqual(len(cache), 0)
 
     def test_bad_size(self):
         """A cache must hold at least one entry."""
-        self.assertRaises(ValueError, StatementCache, 0)
+        self.assertRaises(ValueError, CommandCache, 0)
