@@ -41,11 +41,13 @@ def make_keys(gateway_id: str) -> tuple[keys.TrustAnchors, list[keys.EpochKey]]:
 
 def payloads(size: int) -> list[bytes]:
     # Row-like text for small records (compressible, like result sets);
-    # random bytes for large ones (the worst case for compression).
+    # random bytes for large ones (the worst case for compression): enough
+    # distinct ones that no 1 MiB block holds the same payload twice, or
+    # zstd would find the repeats and flatter the figures.
     if size <= 1024:
         line = b"42|alice|alice@example.com|2026-11-22 10:00:00|ok\n"
         return [(line * (size // len(line) + 1))[:size] for _ in range(16)]
-    return [os.urandom(size) for _ in range(4)]
+    return [os.urandom(size) for _ in range(max(4, 2 * (1 << 20) // size))]
 
 
 @defer.inlineCallbacks
@@ -67,8 +69,10 @@ def write_session(root: str, size: int, seconds: float, epoch_keys, pool):
     start = time.perf_counter()
     deadline = start + seconds
     while time.perf_counter() < deadline:
-        for i in range(batch):
-            record(RecordType.DATA, Direction.UPSTREAM_TO_GATEWAY, 0, data[i & 3])
+        for i in range(n, n + batch):
+            record(
+                RecordType.DATA, Direction.UPSTREAM_TO_GATEWAY, 0, data[i % len(data)]
+            )
         n += batch
         # Let the reactor deliver finished writes, as a live gateway would.
         yield task.deferLater(reactor, 0, lambda: None)
@@ -83,7 +87,7 @@ def baseline(root: str, size: int, n: int) -> float:
     start = time.perf_counter()
     with open(path, "wb") as f:
         for i in range(n):
-            f.write(data[i & 3])
+            f.write(data[i % len(data)])
         f.flush()
         os.fsync(f.fileno())
     return time.perf_counter() - start

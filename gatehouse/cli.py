@@ -23,6 +23,8 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import io
+import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib import import_module
@@ -186,6 +188,20 @@ def _error(message: str) -> None:
     sys.stderr.write(f"{_PROG}: {message}\n")
 
 
+def _reader_closed() -> int:
+    """
+    The reader of our output went away (C{gatehouse sessions | head}): not
+    an error, and the interpreter must not complain when it flushes stdout
+    at exit.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """
     Run the C{gatehouse} command with C{argv} (default: C{sys.argv[1:]}).
@@ -213,8 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(f"{args.command}: {e}")
         return 1
     except BrokenPipeError:
-        # The reader went away (gatehouse sessions | head): nothing to say.
-        return 1
+        return _reader_closed()
     except OSError as e:
         # A file named on the command line is missing, unreadable, ...
         where = f"{e.filename}: " if e.filename else ""

@@ -23,15 +23,9 @@ from typing import Any
 from twisted.trial.unittest import TestCase
 
 from gatehouse import demo
-from gatehouse._pgcluster import pid_alive, read_pidfile
+from gatehouse._pgcluster import free_port, pid_alive, read_pidfile
 
 _PG_FILES = re.compile(r"\(files in (/\S+), removed at exit\)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _gatehouse(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -212,7 +206,7 @@ class DemoTests(TestCase):
         """
         directory = os.path.abspath(self.mktemp())
         config = os.path.join(directory, "gatehouse.yaml")
-        port = _free_port()
+        port = free_port()
 
         run = _DemoProcess(self, directory, port)
         lines = run.wait_ready()

@@ -19,6 +19,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
+from gatehouse._pgcluster import free_port
 from gatehouse.config import load_config
 from gatehouse.protocols import register_protocol, unregister_protocol
 from gatehouse.recording import keys
@@ -45,12 +46,6 @@ class Upper(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.transport.write(data.upper())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LineProtocolExampleTests(TestCase):

@@ -9,7 +9,6 @@ them (C{gatehouse verify} does).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import re
@@ -349,17 +348,6 @@ def configure_replay(parser: argparse.ArgumentParser) -> Handler:
     return _replay
 
 
-def _reader_closed() -> int:
-    # The reader of our output went away (| head): that is not an error,
-    # and the interpreter must not complain when it flushes stdout at exit.
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
-        pass
-    return 0
-
-
 def _replay(args: argparse.Namespace) -> int:
     from gatehouse.recording.reader import read_meta, read_records
 
@@ -371,7 +359,7 @@ def _replay(args: argparse.Namespace) -> int:
         render(watch, sys.stdout, protocol if isinstance(protocol, str) else None)
         sys.stdout.flush()
     except BrokenPipeError:
-        return _reader_closed()
+        raise  # not an unreadable recording: gatehouse.cli.main handles it
     except (FormatError, OSError) as e:
         sys.stdout.flush()
         raise _unreadable(directory, e)
@@ -420,7 +408,7 @@ def _export(args: argparse.Namespace) -> int:
             export_jsonl(watch, sys.stdout, **options)
             sys.stdout.flush()
         except BrokenPipeError:
-            return _reader_closed()
+            raise  # not an unreadable recording: gatehouse.cli.main handles it
         except (FormatError, OSError) as e:
             sys.stdout.flush()
             raise _unreadable(directory, e)

@@ -216,11 +216,8 @@ def _facts(
             return None
     elif not os.path.isfile(index):
         raise _UsageError(f"{index}: no such index file")
-    try:
-        from gatehouse.recording.index import IndexUnavailable, facts_for
-    except ImportError:
-        # Without the index module there are no facts; verify on the files.
-        return None
+    from gatehouse.recording.index import IndexUnavailable, facts_for
+
     session_id = session_id or _session_id_of(directory)
     if session_id is None:
         return None

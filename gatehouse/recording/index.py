@@ -324,6 +324,10 @@ def _write_batch(
                 conn.execute("ROLLBACK")
             raise
         return [(True, note) for note in notes]
+    except sqlite3.OperationalError as e:
+        # The database (locked by another writer, full, unreadable), not one
+        # write: writing each alone would wait out busy_timeout per write.
+        return [(False, f"{w.what}: {e}") for w in writes]
     except sqlite3.Error as e:
         if len(writes) == 1:
             return [(False, f"{writes[0].what}: {e}")]

@@ -56,6 +56,7 @@ class KeyRing(Service):
         self._keys: list[EpochKey] = []
         self._loop: LoopingCall | None = None
         self._warned_none = False
+        self._problems: set[str] = set()
         self._last_warning = -(1 << 62)
 
     def load_now(self) -> list[str]:
@@ -64,8 +65,7 @@ class KeyRing(Service):
 
         @return: problems found, one line each.
         """
-        self._directory.erase_expired(self._now())
-        keys, problems = self._directory.load()
+        keys, problems = self._directory.load_unexpired(self._now())
         self._accept(keys, problems)
         return problems
 
@@ -83,8 +83,11 @@ class KeyRing(Service):
                 )
             elif key.certificate.not_after > now:
                 usable.append(key)
+        # Each problem is logged when it appears, not at every refresh.
         for problem in problems:
-            self.log.error("Signing key problem: {problem}", problem=problem)
+            if problem not in self._problems:
+                self.log.error("Signing key problem: {problem}", problem=problem)
+        self._problems = set(problems)
         self._keys = usable
         self._report(now)
 
@@ -129,8 +132,7 @@ class KeyRing(Service):
         """Erase expired keys and re-read the directory, off the reactor."""
         now = self._now()
         try:
-            yield self._executor(self._directory.erase_expired, now)
-            keys, problems = yield self._executor(self._directory.load)
+            keys, problems = yield self._executor(self._directory.load_unexpired, now)
         except Exception as e:
             self.log.error("Cannot refresh signing keys: {e}", e=e)
             return

@@ -317,8 +317,20 @@ class KeyDirectory:
 
     def erase_expired(self, wall_ns: int) -> list[str]:
         """Erase every epoch key whose window ended at or before C{wall_ns}."""
-        erased = []
         keys, _ = self.load()
+        return self._erase_expired(keys, wall_ns)
+
+    def load_unexpired(self, wall_ns: int) -> tuple[list[EpochKey], list[str]]:
+        """
+        L{load}, erasing (as L{erase_expired}) the keys whose window ended at
+        or before C{wall_ns}; return the others and the problems found.
+        """
+        keys, problems = self.load()
+        self._erase_expired(keys, wall_ns)
+        return [k for k in keys if k.certificate.not_after > wall_ns], problems
+
+    def _erase_expired(self, keys: Sequence[EpochKey], wall_ns: int) -> list[str]:
+        erased = []
         for key in keys:
             if key.certificate.not_after <= wall_ns:
                 full = os.path.join(self.path, key.filename())

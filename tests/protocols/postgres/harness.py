@@ -22,6 +22,7 @@ import jwt
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from gatehouse._pgcluster import clean_env, free_port
 from gatehouse.recording import keys as gkeys
 from tests.fixtures.postgres import PostgresCluster
 from tests.fixtures.tls import make_ca
@@ -29,13 +30,6 @@ from tests.fixtures.tls import make_ca
 ISSUER = "https://idp.gatehouse.test/realms/test"
 AUDIENCE = "gatehouse"
 GATEWAY_ID = "gw-e2e"
-
-
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Gateway:
@@ -287,9 +281,7 @@ class Gateway:
         **conninfo: str,
     ) -> subprocess.CompletedProcess:
         """Run psql through the gateway (the token is the password)."""
-        env = dict(os.environ)
-        env["PGPASSWORD"] = token if token is not None else self.token()
-        env.pop("PGSERVICEFILE", None)
+        env = clean_env(PGPASSWORD=token if token is not None else self.token())
         command = [
             self.cluster.bin("psql"),
             "-X",
