@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 
-__all__ = ["parse_duration", "parse_size"]
+__all__ = ["format_duration", "parse_duration", "parse_size"]
 
 _DURATION_UNITS: dict[str, Decimal] = {
     "ms": Decimal("0.001"),
@@ -107,3 +107,24 @@ def parse_size(value: str | int) -> int:
     if size != size.to_integral_value():
         raise ValueError(f"{value!r} is not a whole number of bytes")
     return int(size)
+
+
+def format_duration(seconds: float, largest: int | None = None) -> str:
+    """
+    A length of time as people write it: C{5400} as C{"1h30m"}, C{300} as
+    C{"5m"}; under a minute with its fraction (C{"2.5s"}).
+
+    @param largest: keep only this many of the largest units (C{4m30s}
+        rather than C{1d0h4m30s} ... C{1d0h} with 2).
+    """
+    if seconds < 60:
+        return f"{max(seconds, 0):g}s"
+    whole = round(seconds)
+    parts: list[tuple[int, str]] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, whole = divmod(whole, size)
+        if count or parts:
+            parts.append((count, unit))
+    if largest is not None:
+        parts = parts[:largest]
+    return "".join(f"{count}{unit}" for count, unit in parts if count)

@@ -39,6 +39,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 from zope.interface import Interface, implementer
 
+from gatehouse._duration import format_duration
 from gatehouse.identity import Identity
 from gatehouse.policy import Command, Decision
 
@@ -161,10 +162,7 @@ class ApprovalRequest:
                 "groups": list(self.requester.groups),
                 "issuer": self.requester.issuer,
             },
-            "commands": [
-                {"kind": c.kind, "text": c.text, "objects": list(c.objects)}
-                for c in self.commands
-            ],
+            "commands": [c.as_json() for c in self.commands],
             "rule": self.rule,
             "approvers": list(self.approvers),
             "approvals_required": self.approvals_required,
@@ -210,19 +208,6 @@ def _newID() -> str:
         _ID_PREFIX
         + base64.b32encode(os.urandom(10)).decode("ascii")[:_ID_LENGTH].lower()
     )
-
-
-def _duration(seconds: float) -> str:
-    """C{300} as C{"5m"}, C{5400} as C{"1h30m"}, C{2.5} as C{"2.5s"}."""
-    if seconds < 60:
-        return f"{seconds:g}s"
-    whole = round(seconds)
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        count, whole = divmod(whole, size)
-        if count:
-            parts.append(f"{count}{unit}")
-    return "".join(parts)
 
 
 def _voter(identity: Identity | Approval) -> tuple[str, str]:
@@ -416,10 +401,17 @@ class ApprovalBroker:
             self._finish(request_id, "cancelled", reason)
 
     def deny_all(self, reason: str) -> None:
-        """Deny every pending request: the gateway is stopping."""
+        """
+        Deny every pending request, and stop the notifiers' deliveries
+        still under way: the gateway is stopping.
+        """
         for request_id in list(self._pending):
             if request_id in self._pending:
                 self._finish(request_id, "denied", reason)
+        for notifier in self._notifiers:
+            stop = getattr(notifier, "stop", None)
+            if stop is not None:
+                stop()
 
     def observe(self, callback: Observer) -> None:
         """
@@ -481,7 +473,7 @@ class ApprovalBroker:
             self._finish(
                 request_id,
                 "expired",
-                f"timed out after {_duration(request.expires - request.created)}",
+                f"timed out after {format_duration(request.expires - request.created)}",
             )
 
     def _finish(
@@ -553,7 +545,7 @@ class LogNotifier:
             rule=request.rule,
             count=request.approvals_required,
             groups=", ".join(request.approvers) or "nobody",
-            timeout=_duration(request.expires - request.created),
+            timeout=format_duration(request.expires - request.created),
             commands=" / ".join(
                 _truncate(command.text, _MAX_STATEMENT) for command in request.commands
             ),
@@ -610,7 +602,7 @@ def slackMessage(request: ApprovalRequest, admin_url: str | None = None) -> dict
         (
             "Expires",
             f"{_timestamp(request.expires)} "
-            f"(in {_duration(request.expires - request.created)})",
+            f"(in {format_duration(request.expires - request.created)})",
         ),
     ]
     blocks: list[dict[str, Any]] = [

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 from urllib.parse import quote, urlsplit
 
+from gatehouse._duration import format_duration
 from gatehouse.cli import CommandError, Handler
 
 __all__ = ["DEFAULT_URL", "configure"]
@@ -250,19 +251,8 @@ def _now(answer: dict[str, Any]) -> float:
 
 
 def _span(seconds: float) -> str:
-    """
-    C{42} as C{"42s"}, C{270} as C{"4m30s"}, C{5400} as C{"1h30m"}: the two
-    largest units.
-    """
-    whole = max(0, round(seconds))
-    if whole < 60:
-        return f"{whole}s"
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        count, whole = divmod(whole, size)
-        if count or parts:
-            parts.append((count, unit))
-    return "".join(f"{count}{unit}" for count, unit in parts[:2] if count)
+    """C{270} as C{"4m30s"}, C{5400} as C{"1h30m"}: whole seconds, two units."""
+    return format_duration(max(0, round(seconds)), largest=2)
 
 
 def _utc(seconds: float) -> str:

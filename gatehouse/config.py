@@ -802,10 +802,9 @@ def load_config(path: str, *, create_directories: bool = True) -> GatehouseConfi
     # Imported here: these modules read sections with this module's tools.
     from gatehouse import policy_config
 
-    policy_section = root.section("policy")
-    policy = policy_config.parse_policy(policy_section, targets)
+    policy = policy_config.parse_policy(root.section("policy"), targets)
     masking = policy_config.parse_masking(
-        root.sections("masking"), targets, _declared_groups(policy_section)
+        root.sections("masking"), targets, policy.groups
     )
     approval = policy_config.parse_approval(root.section("approval"))
     root.finish()
@@ -835,13 +834,6 @@ def load_config(path: str, *, create_directories: bool = True) -> GatehouseConfi
         masking=masking,
         approval=approval,
     )
-
-
-def _declared_groups(section: ConfigSection | None) -> frozenset[str] | None:
-    raw = section.get("groups") if section is not None else None
-    if isinstance(raw, list) and all(isinstance(g, str) for g in raw):
-        return frozenset(raw)
-    return None
 
 
 def _parse_gateway(section: ConfigSection | None) -> GatewayConfig | None:

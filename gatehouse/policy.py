@@ -36,6 +36,7 @@ __all__ = [
     "Policy",
     "RecordScope",
     "Rule",
+    "Scope",
     "combine",
     "normalized_text",
     "register_normalizer",
@@ -106,6 +107,10 @@ class Command:
     def _normalized(self) -> str:
         return self.text
 
+    def as_json(self) -> dict[str, object]:
+        """Kind, text and objects, for recordings and the admin API."""
+        return {"kind": self.kind, "text": self.text, "objects": list(self.objects)}
+
     @property
     def unparseable(self) -> bool:
         """The protocol's parser rejected it."""
@@ -149,10 +154,15 @@ def combine(decisions: Iterable[Decision]) -> Decision | None:
     """
     The decision for several commands sent as one (a multi-statement
     query): the strictest one, deny over review over allow.  Of several
-    reviews, the one needing most approvals (then the shortest timeout).
+    reviews, the one needing most approvals (then the shortest timeout);
+    if they name different approver groups, approvers must belong to
+    every one of them (L{_joint_review}).
     """
     best: Decision | None = None
+    reviews: list[Decision] = []
     for decision in decisions:
+        if decision.action == "review":
+            reviews.append(decision)
         if best is None:
             best = decision
             continue
@@ -164,11 +174,76 @@ def combine(decisions: Iterable[Decision]) -> Decision | None:
             > (best.approvals, -best.timeout)
         ):
             best = decision
+    if best is not None and best.action == "review":
+        if any(set(r.approvers) != set(best.approvers) for r in reviews):
+            return _joint_review(best, reviews)
     return best
+
+
+def _joint_review(best: Decision, reviews: Sequence[Decision]) -> Decision:
+    """
+    One review for statements whose rules name different approver
+    groups: an approver must satisfy each rule, so only the groups common
+    to all of them (C{"*"} stands for any) qualify.  With none in common
+    nobody could approve: the statements are refused, to be sent apart.
+    """
+    common: set[str] | None = None
+    for review in reviews:
+        groups = set(review.approvers)
+        if "*" in groups:
+            continue
+        common = groups if common is None else common & groups
+    rules = ", ".join(dict.fromkeys(r.rule for r in reviews))
+    if common is not None and not common:
+        return Decision(
+            "deny",
+            rules,
+            message="these statements need approvers from different groups; "
+            "send them one at a time",
+        )
+    return attrs.evolve(
+        best,
+        rule=rules,
+        approvers=tuple(sorted(common)) if common is not None else ("*",),
+    )
 
 
 def _glob(pattern: str) -> re.Pattern[str]:
     return re.compile(fnmatch.translate(pattern))
+
+
+@attrs.frozen
+class Scope:
+    """
+    Which sessions something applies to: identities with one of C{groups}
+    (empty or C{"*"}: all) and none of C{except_groups}, on a target
+    matching one of the C{targets} globs, speaking one of C{protocols}
+    (empty: all).
+    """
+
+    groups: frozenset[str] = frozenset()
+    targets: tuple[str, ...] = ()
+    protocols: frozenset[str] = frozenset()
+    except_groups: frozenset[str] = frozenset()
+    _target_globs: tuple[re.Pattern[str], ...] = attrs.field(init=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_target_globs", tuple(map(_glob, self.targets)))
+
+    def holds(
+        self, groups: Iterable[str], target: str, protocol: str | None = None
+    ) -> bool:
+        """Whether a session of this identity, target and protocol is in it."""
+        if protocol is not None and self.protocols and protocol not in self.protocols:
+            return False
+        if self._target_globs and not any(g.match(target) for g in self._target_globs):
+            return False
+        if self.except_groups and not self.except_groups.isdisjoint(groups):
+            return False
+        if self.groups and "*" not in self.groups:
+            if self.groups.isdisjoint(groups):
+                return False
+        return True
 
 
 def _last(name: str) -> str:
@@ -267,13 +342,14 @@ class Rule:
     approvers: tuple[str, ...] = ()
     approvals: int = 1
     timeout: float = 300.0
-    _target_globs: tuple[re.Pattern[str], ...] = attrs.field(init=False, eq=False)
+    _scope: Scope = attrs.field(init=False, eq=False)
     _object_set: _NameSet = attrs.field(init=False, eq=False)
     _function_set: _NameSet = attrs.field(init=False, eq=False)
     _regex: re.Pattern[str] | None = attrs.field(init=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "_target_globs", tuple(map(_glob, self.targets)))
+        scope = Scope(self.groups, self.targets, self.protocols)
+        object.__setattr__(self, "_scope", scope)
         object.__setattr__(self, "_object_set", _NameSet(self.objects))
         object.__setattr__(self, "_function_set", _NameSet(self.functions))
         regex = re.compile(self.text, re.IGNORECASE | re.DOTALL) if self.text else None
@@ -298,14 +374,7 @@ class Rule:
 
     def in_scope(self, groups: Iterable[str], target: str, protocol: str) -> bool:
         """Whether the rule applies to this identity, target and protocol."""
-        if self.protocols and protocol not in self.protocols:
-            return False
-        if self._target_globs and not any(g.match(target) for g in self._target_globs):
-            return False
-        if self.groups and "*" not in self.groups:
-            if self.groups.isdisjoint(groups):
-                return False
-        return True
+        return self._scope.holds(groups, target, protocol)
 
     def matches(self, command: Command) -> bool:
         """Whether the command meets every condition of the rule."""
@@ -348,15 +417,15 @@ class RecordScope:
     targets: tuple[str, ...] = ()
     protocols: frozenset[str] = frozenset()
     record: bool = True
+    _scope: Scope = attrs.field(init=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        scope = Scope(self.groups, self.targets, self.protocols)
+        object.__setattr__(self, "_scope", scope)
 
     def applies(self, groups: Iterable[str], target: str, protocol: str) -> bool:
-        return Rule(
-            name="",
-            action="allow",
-            groups=self.groups,
-            targets=self.targets,
-            protocols=self.protocols,
-        ).in_scope(groups, target, protocol)
+        """Whether this scope holds for the session."""
+        return self._scope.holds(groups, target, protocol)
 
 
 @attrs.frozen
@@ -370,13 +439,18 @@ class Policy:
     @ivar opaque: the decision for opaque commands no rule names.
     @ivar record_scopes: first match says whether a session's data is
         recorded; recorded when none matches.
+    @ivar groups: the identity groups the configuration declares
+        (C{policy.groups}), or None if it declares none.
     """
 
     rules: tuple[Rule, ...] = ()
     default: Decision = Decision("allow", "default")
-    unparseable: Decision = Decision("review", "unparseable", approvers=("*",))
-    opaque: Decision = Decision("review", "opaque", approvers=("*",))
+    # Without a policy section nobody is named to approve: such reviews
+    # end denied at once (see Session.request_approval).
+    unparseable: Decision = Decision("review", "unparseable")
+    opaque: Decision = Decision("review", "opaque")
     record_scopes: tuple[RecordScope, ...] = ()
+    groups: frozenset[str] | None = None
 
     def for_session(
         self, groups: Sequence[str], target: str, protocol: str

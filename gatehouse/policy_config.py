@@ -11,7 +11,6 @@ carries the full key path like every other configuration error.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import re
 from collections.abc import Iterable, Sequence
@@ -19,7 +18,7 @@ from typing import Any
 
 import attrs
 
-from gatehouse.config import ConfigSection, TargetConfig
+from gatehouse.config import ConfigSection, TargetConfig, _suggest
 from gatehouse.policy import (
     ACTIONS,
     OPAQUE,
@@ -28,6 +27,7 @@ from gatehouse.policy import (
     Policy,
     RecordScope,
     Rule,
+    Scope,
 )
 from gatehouse.protocols import get_protocol, protocol_names
 
@@ -78,22 +78,15 @@ class MaskingScope:
     groups: frozenset[str] = frozenset({"*"})
     except_groups: frozenset[str] = frozenset()
     targets: tuple[str, ...] = ()
+    _scope: Scope = attrs.field(init=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        scope = Scope(self.groups, self.targets, except_groups=self.except_groups)
+        object.__setattr__(self, "_scope", scope)
 
     def applies(self, groups: Iterable[str], target: str) -> bool:
         """Whether the rule masks this session's results."""
-        groups = frozenset(groups)
-        if not self.except_groups.isdisjoint(groups):
-            return False
-        if "*" not in self.groups and self.groups.isdisjoint(groups):
-            return False
-        return not self.targets or any(
-            fnmatch.fnmatchcase(target, t) for t in self.targets
-        )
-
-
-def _suggest(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {close[0]}?)" if close else ""
+        return self._scope.holds(groups, target)
 
 
 class _Vocabulary:
@@ -208,7 +201,7 @@ def parse_policy(
             message=f"{key} statements are not allowed here"
             if action == "deny"
             else None,
-            approvers=defaults.approvers,
+            approvers=defaults.approvers if action == "review" else (),
             approvals=defaults.approvals,
             timeout=defaults.timeout,
         )
@@ -246,6 +239,7 @@ def parse_policy(
         scope_section.finish()
     section.finish()
     return Policy(
+        groups=vocabulary.groups,
         rules=tuple(rules),
         default=default,
         unparseable=unparseable,
@@ -327,7 +321,7 @@ def _parse_rule(
         flags=frozenset(flags),
         text=text,
         message=message,
-        approvers=review.approvers,
+        approvers=review.approvers if action == "review" else (),
         approvals=review.approvals,
         timeout=review.timeout,
     )

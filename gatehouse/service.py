@@ -184,10 +184,8 @@ def build_components(config: GatehouseConfig, reactor: Any) -> Components:
 
 def _approver_groups(policy: Any) -> frozenset[str]:
     """Every group that may approve something: who needs the admin API."""
-    decisions = [policy.default, policy.unparseable, policy.opaque]
-    groups = {g for d in decisions if d.action == "review" for g in d.approvers}
-    groups.update(g for rule in policy.rules for g in rule.approvers)
-    return frozenset(groups)
+    decisions = [policy.default, policy.unparseable, policy.opaque, *policy.rules]
+    return frozenset(g for d in decisions if d.action == "review" for g in d.approvers)
 
 
 def _notifiers(approval: ApprovalConfig | None, reactor: Any) -> list[Any]:

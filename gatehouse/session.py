@@ -20,10 +20,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 import gatehouse
+from gatehouse.approval import Verdict
 from gatehouse.identity import AuthenticationError, Identity, TokenVerifier
 from gatehouse.ids import new_session_id
 from gatehouse.policy import Command, Decision, Policy, SessionPolicy
 from gatehouse.recording.format import Direction, RecordType
+from gatehouse.recording.index import CommandRow, SessionRow
 from gatehouse.recording.interfaces import IRecorder, ISessionRecording, SealInfo
 
 _DATA = RecordType.DATA
@@ -150,8 +152,6 @@ class Session:
         index = self._hub.index
         if index is None:
             return
-        from gatehouse.recording.index import CommandRow
-
         index.command_seen(
             CommandRow(
                 session_id=str(self.id),
@@ -180,10 +180,7 @@ class Session:
                 action=decision.action,
                 rule=decision.rule,
                 message=decision.message,
-                commands=[
-                    {"kind": c.kind, "text": c.text, "objects": list(c.objects)}
-                    for c in commands
-                ],
+                commands=[c.as_json() for c in commands],
             )
         metrics = self._hub.metrics
         if metrics is not None:
@@ -201,14 +198,13 @@ class Session:
             is an immediate denial.
         """
         broker = self._hub.broker
-        if broker is None or self.identity is None:
-            from gatehouse.approval import Verdict
-
-            return None, succeed(
-                Verdict(
-                    approved=False, reason="no approvals on this gateway", request=None
-                )
+        if broker is None or self.identity is None or not decision.approvers:
+            why = (
+                "no approvals on this gateway"
+                if broker is None
+                else "nobody may approve it: the policy names no approvers"
             )
+            return None, succeed(Verdict(approved=False, reason=why, request=None))
         request, d = broker.request(
             str(self.id),
             self.protocol,
@@ -288,11 +284,13 @@ class Session:
         """
         if self._close_result is not None:
             return self._close_result
-        self.closed = True
+        # Cancelled while the session is still open, so the recording
+        # holds how each of its approval requests ended.
         broker = self._hub.broker
         if broker is not None:
             for request_id in list(self._approvals):
                 broker.cancel(request_id, f"session ended: {reason}")
+        self.closed = True
         d = self.recording.close(reason)
         self._close_result = Deferred()
 
@@ -389,7 +387,7 @@ class SessionHub:
                 session.event(f"approval-{event}", **fields)
             except Exception:
                 self._log.failure("Recording approval {id}", id=request.id)
-        if self.index is not None and hasattr(self.index, "approval_changed"):
+        if self.index is not None:
             self.index.approval_changed(request)
 
     def open(self, protocol: str, listener: str, client_address: str) -> Session:
@@ -421,8 +419,6 @@ class SessionHub:
         return session
 
     def _row(self, session: Session) -> object:
-        from gatehouse.recording.index import SessionRow
-
         identity = session.identity
         return SessionRow(
             id=str(session.id),

@@ -180,6 +180,23 @@ class CombineTests(SynchronousTestCase):
         self.assertIs(combine([review2, deny, allow]), deny)
         self.assertIsNone(combine([]))
 
+    def test_reviews_with_different_approvers(self) -> None:
+        """
+        An approver must satisfy every statement's rule: only common
+        groups qualify, and with none in common nobody could approve.
+        """
+        dba = Decision("review", "drops", approvers=("dba", "sec"))
+        sec = Decision("review", "deletes", approvers=("sec",), approvals=2)
+        joint = combine([dba, sec])
+        self.assertEqual(
+            (joint.action, joint.approvers, joint.approvals, joint.rule),
+            ("review", ("sec",), 2, "drops, deletes"),
+        )
+        apart = combine([Decision("review", "a", approvers=("dba",)), sec])
+        self.assertEqual(apart.action, "deny")
+        anyone = combine([Decision("review", "a", approvers=("*",)), sec])
+        self.assertEqual(anyone.approvers, ("sec",))
+
     @given(st.lists(st.sampled_from(["allow", "review", "deny"]), min_size=1))
     def test_strictest(self, actions: list[str]) -> None:
         decisions = [Decision(a, str(i)) for i, a in enumerate(actions)]

@@ -274,7 +274,7 @@ class _Admin:
         metrics: Any,
         sessions: ISessionDirectory,
         clock: IReactorTime,
-        groups: frozenset[str] = frozenset(),
+        groups: frozenset[str] = frozenset({"*"}),
     ) -> None:
         self.broker = broker
         self.verifier = verifier
@@ -286,7 +286,7 @@ class _Admin:
     def may_use(self, identity: Identity) -> bool:
         """Whether C{identity} may use the API at all (votes are the broker's)."""
         groups = self.groups
-        return not groups or "*" in groups or not groups.isdisjoint(identity.groups)
+        return "*" in groups or not groups.isdisjoint(identity.groups)
 
 
 class _JSONResource(Resource):
@@ -564,7 +564,7 @@ def make_admin_site(
     metrics: GatewayMetrics | None,
     sessions: ISessionDirectory,
     clock: IReactorTime,
-    groups: frozenset[str] = frozenset(),
+    groups: frozenset[str] = frozenset({"*"}),
 ) -> Site:
     """
     The admin API as a L{Site}.
@@ -579,7 +579,7 @@ def make_admin_site(
     @param clock: times idle connections out, and says what time it is
         (C{"now"} in answers about approvals).
     @param groups: identities need one of these groups to use C{/api/}
-        (empty, or C{"*"}: every authenticated identity).
+        (C{"*"}: every authenticated identity; empty: nobody).
     """
     admin = _Admin(broker, verifier, metrics, sessions, clock, groups)
     site = Site(

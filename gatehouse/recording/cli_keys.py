@@ -15,7 +15,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from gatehouse._duration import parse_duration
+from gatehouse._duration import format_duration, parse_duration
 from gatehouse.cli import CommandError, Handler
 from gatehouse.recording import keys as _keys
 from gatehouse.recording.cli_sessions import parse_time
@@ -178,13 +178,7 @@ def iso(ns: int) -> str:
 
 def span(ns: int) -> str:
     """A length of time in nanoseconds, shortly: C{6d23h}, C{15m}, C{42s}."""
-    seconds = max(0, ns // NS)
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, seconds = divmod(rest, 60)
-    parts = [(days, "d"), (hours, "h"), (minutes, "m"), (seconds, "s")]
-    text = "".join(f"{n}{unit}" for n, unit in parts if n)
-    return text or "0s"
+    return format_duration(max(0, ns // NS))
 
 
 # --- init -----------------------------------------------------------------

@@ -295,6 +295,9 @@ class PostgresServerProtocol(Protocol):
     _log = Logger()
     #: seconds a closing client gets to finish its side of the close
     CLOSE_TIMEOUT = 10.0
+    #: bytes a client may send while a statement of it is held before its
+    #: reading pauses (reading goes on below it, so a hang-up is noticed)
+    HOLD_LIMIT = 1 << 20
 
     def __init__(self, factory: PostgresServerFactory):
         self._factory = factory
@@ -776,6 +779,8 @@ class PostgresServerProtocol(Protocol):
             return
         if frames:
             self._relay_frames(frames)
+        if self._waiting is not None and self._reader.buffered > self.HOLD_LIMIT:
+            self._client_gate.pause("held")
 
     def _relay_frames(self, frames: list) -> None:
         """
@@ -873,10 +878,13 @@ class PostgresServerProtocol(Protocol):
         return text, self._factory.commands.classify(text)
 
     def _hold(self, frames: list, index: int, why: str) -> None:
-        """Stop relaying at C{frames[index]} until L{_release}."""
+        """
+        Stop relaying at C{frames[index]} until L{_release}.  The client is
+        still read (up to L{HOLD_LIMIT}), so that a client hanging up while
+        it waits ends its session and its approval request.
+        """
         self._waiting = why
         self._held_frames = list(frames[index:])
-        self._client_gate.pause(why)
 
     def _release(self, result: object, frame: tuple, refusal: str | None) -> None:
         """
@@ -892,7 +900,7 @@ class PostgresServerProtocol(Protocol):
             refusal = refusal or "the gateway could not check this statement"
         if self._closing or self.session.closed or self._upstream is None:
             return
-        why, self._waiting = self._waiting, None
+        self._waiting = None
         held, self._held_frames = self._held_frames, []
         assert held and held[0] is frame
         if refusal is not None:
@@ -900,7 +908,7 @@ class PostgresServerProtocol(Protocol):
         else:
             self._sent(frame[0])
             self._forward(self._reader.take_to(frame[2]))
-        self._client_gate.resume(why)
+        self._client_gate.resume("held")
         self._relay_frames(held[1:])
 
     # -- refusals -----------------------------------------------------------

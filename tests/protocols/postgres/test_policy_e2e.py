@@ -510,6 +510,30 @@ class ApprovalTests(GatewayTestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertFalse(self.exists("appr_two"))
 
+    def test_client_gone_while_pending(self) -> None:
+        """
+        A client that hangs up while its statement waits: the request is
+        cancelled, the recording says so, and the statement never runs.
+        """
+        self.make_table("appr_gone")
+        start = time.time()
+        client = RawClient(self.gateway.port, self.gateway.ca_cert)
+        try:
+            client.login(self.agent())
+            client.send(codec.Query("DROP TABLE appr_gone").encode())
+            request = self.pending_for("appr_gone")
+        finally:
+            client.close()
+        row = self.latest_session(start)
+        decided = [
+            e for e in self.events(row.directory) if e["event"] == "approval-decided"
+        ]
+        self.assertEqual(
+            [(e["approval_id"], e["state"]) for e in decided],
+            [(request["id"], "cancelled")],
+        )
+        self.assertTrue(self.exists("appr_gone"))
+
     def test_daemon_stopped_while_pending(self) -> None:
         """Stopping the gateway denies what waits: the statement never runs."""
         gateway = Gateway(
