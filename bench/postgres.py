@@ -448,9 +448,10 @@ def profile(
     gatehouse: Endpoint, mode: str, clients: int, args: argparse.Namespace
 ) -> None:
     assert gatehouse.pid is not None
-    out = Path(args.profile_dir) / f"gatehouse-{mode}-c{clients}.collapsed"
+    name = gatehouse.name.replace("+", "-")
+    out = Path(args.profile_dir) / f"{name}-{mode}-c{clients}.collapsed"
     out.parent.mkdir(parents=True, exist_ok=True)
-    log(f"\nprofiling gatehouse, {mode}, {clients} clients (not a measured run)")
+    log(f"\nprofiling {gatehouse.name}, {mode}, {clients} clients (not a measured run)")
     profiler = start_profiler(gatehouse.pid, out, args.seconds)
     _children.append(profiler)
     try:
@@ -662,7 +663,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="py-spy the daemon during an extra run at the largest client count",
+        help="py-spy both gatehouse daemons during an extra run each at the "
+        "largest client count",
     )
     parser.add_argument(
         "--profile-dir",
@@ -823,7 +825,8 @@ def run(args: argparse.Namespace, workdir: Path, stack: list) -> None:
 
     if args.profile:
         for mode in args.modes:
-            profile(endpoints["gatehouse"], mode, max(args.clients), args)
+            for system in ("gatehouse", "gh+policy"):
+                profile(endpoints[system], mode, max(args.clients), args)
 
     text = gateway.log()
     if "Traceback" in text:

@@ -476,7 +476,10 @@ _EMPTY = Decision("allow", "empty")
 class SessionPolicy:
     """
     The policy as it applies to one session: only the rules in its scope,
-    and a cache of decisions by command (commands repeat).
+    and a cache of decisions by command (commands repeat) and by shape.
+
+    @ivar reads_text: some rule in scope matches the text (a regex), so
+        commands of one shape may be decided differently.
     """
 
     MAX_CACHED = 4096
@@ -484,7 +487,9 @@ class SessionPolicy:
     def __init__(self, policy: Policy, rules: tuple[Rule, ...]):
         self.policy = policy
         self.rules = rules
+        self.reads_text = any(rule.text for rule in rules)
         self._cache: dict[Command, Decision] = {}
+        self._shapes: dict[str, Decision] = {}
 
     def decide(self, command: Command) -> Decision:
         """The decision for one command."""
@@ -507,8 +512,25 @@ class SessionPolicy:
             return self.policy.opaque
         return self.policy.default
 
-    def decide_all(self, commands: Sequence[Command]) -> Decision:
-        """The combined decision for commands sent together (L{combine})."""
+    def decide_all(
+        self, commands: Sequence[Command], shape: str | None = None
+    ) -> Decision:
+        """
+        The combined decision for commands sent together (L{combine}).
+
+        @param shape: a key the protocol gives commands that differ only in
+            their text's constants (PostgreSQL: the text with constants
+            replaced).
+            Unless a rule reads the text, such commands are decided once.
+        """
         if not commands:
             return _EMPTY
-        return combine(self.decide(c) for c in commands)  # type: ignore[return-value]
+        if shape is None or self.reads_text:
+            return combine(self.decide(c) for c in commands)  # type: ignore[return-value]
+        found = self._shapes.get(shape)
+        if found is None:
+            found = combine(self._decide(c) for c in commands)
+            if len(self._shapes) >= self.MAX_CACHED:
+                self._shapes.clear()
+            self._shapes[shape] = found  # type: ignore[assignment]
+        return found  # type: ignore[return-value]

@@ -164,17 +164,32 @@ class Session:
             )
         )
 
-    def decide(self, commands: Sequence[Command]) -> Decision:
+    def decide(
+        self,
+        commands: Sequence[Command],
+        shape: str | None = None,
+        own: Callable[[], Sequence[Command]] | None = None,
+    ) -> Decision:
         """
         The policy's decision for commands the client sent together (the
         strictest of theirs).  Anything but allow is recorded.  Fails
         closed: no policy (not authenticated) means deny.
+
+        @param shape: the protocol's key for texts that differ only in
+            constants (see L{SessionPolicy.decide_all}).
+        @param own: when C{commands} were classified from another text of
+            C{shape}, gives the client's own commands: they are decided
+            when the policy reads text, and are what the recording shows.
         """
         policy = self.policy
         if policy is None:
             return _NO_POLICY
-        decision = policy.decide_all(commands)
+        if own is not None and policy.reads_text:
+            commands, own = own(), None
+        decision = policy.decide_all(commands, shape)
         if decision.action != "allow":
+            if own is not None:
+                commands = own()
             self.event(
                 "decision",
                 action=decision.action,

@@ -228,3 +228,76 @@ class CacheTests(SynchronousTestCase):
             cache.classify("SELECT abalance FROM a WHERE aid = 7").commands[0].text,
             "SELECT abalance FROM a WHERE aid = 7",
         )
+
+
+class ShapeDecisionTests(SynchronousTestCase):
+    """Decisions shared by the texts of one shape, and where they are not."""
+
+    def decide_in_order(self, policy: Policy, texts: list[str]) -> list[str]:
+        cache = CommandCache()
+        session = policy.for_session(("agents",), "app", "postgres")
+        actions = []
+        for text in texts:
+            found = cache.lookup(text)
+            if session.reads_text:
+                found = found.for_text(text)
+            actions.append(session.decide_all(found.commands, found.shape).action)
+        return actions
+
+    def test_shared_by_constants(self) -> None:
+        """Texts differing in constants are decided once, alike."""
+        cache = CommandCache()
+        first = cache.lookup("DELETE FROM t WHERE id = 1")
+        again = cache.lookup("DELETE FROM t WHERE id = 2")
+        self.assertIs(first, again)
+        self.assertEqual(
+            again.for_text("DELETE FROM t WHERE id = 2").commands[0].text,
+            "DELETE FROM t WHERE id = 2",
+        )
+        self.assertEqual(
+            self.decide_in_order(
+                GUARDS,
+                [
+                    "DELETE FROM public.t WHERE id = 1",
+                    "DELETE FROM public.t WHERE id = 2",
+                    "DELETE FROM audit.t WHERE id = 2",
+                ],
+            ),
+            ["allow", "allow", "deny"],
+        )
+
+    def test_aliased_relations_not_shared(self) -> None:
+        """
+        A relation under an alias is not taken for another one that came
+        first (libpg_query's fingerprint would have made them one).
+        """
+        self.assertEqual(
+            self.decide_in_order(
+                GUARDS,
+                [
+                    "DELETE FROM public.log AS a WHERE id = 1",
+                    "DELETE FROM audit.log AS a WHERE id = 1",
+                    "INSERT INTO public.x AS i VALUES (1)",
+                    "INSERT INTO audit.x AS i VALUES (1)",
+                ],
+            ),
+            ["allow", "deny", "allow", "deny"],
+        )
+
+    def test_text_rules_decide_each_text(self) -> None:
+        """With a rule on the text, texts of one shape are decided apart."""
+        policy = Policy(
+            rules=(Rule(name="not-seven", action="deny", text=r"aid = 7\b"),)
+        )
+        self.assertTrue(policy.for_session(("agents",), "app", "postgres").reads_text)
+        self.assertEqual(
+            self.decide_in_order(
+                policy,
+                [
+                    "SELECT * FROM a WHERE aid = 1",
+                    "SELECT * FROM a WHERE aid = 7",
+                    "SELECT * FROM a WHERE aid = 70",
+                ],
+            ),
+            ["allow", "deny", "allow"],
+        )

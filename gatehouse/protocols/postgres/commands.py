@@ -4,8 +4,8 @@ libpg_query, with the kinds, objects and flags rules ask about.
 
 L{CommandCache} makes a statement cost one parse however often it runs:
 exact texts are remembered, and texts that differ only in constants
-(pgbench's random keys, an ORM's literals) share their fingerprint's
-classification.
+(pgbench's random keys, an ORM's literals) share their shape's
+classification (L{shape}: the text with its constants replaced).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pglast.ast
 from pglast import parser as _pg
 
 from gatehouse.policy import OPAQUE, UNPARSEABLE, Command, register_normalizer
-from gatehouse.protocols.postgres.statements import Statement, classify, fingerprint
+from gatehouse.protocols.postgres.statements import Statement, classify, shape
 
 __all__ = [
     "COMMAND_FLAGS",
@@ -87,23 +87,40 @@ def statement_command(statement: Statement) -> Command:
 
 @attrs.frozen
 class Classified:
-    """A query text's statements and their commands."""
+    """
+    A query text's statements and their commands.
+
+    A classification may be shared by texts of the same shape (see
+    L{CommandCache.lookup}): then its commands carry the first text seen,
+    and L{for_text} gives the client's own.
+    """
 
     statements: tuple[Statement, ...]
     commands: tuple[Command, ...]
-    #: libpg_query's fingerprint (None if unparseable or not computed)
+    #: the text with constants replaced (L{shape}; None if unparseable or
+    #: not computed)
     shape: str | None = None
+    #: the text classified, as the client sent it
+    source: str = ""
+
+    def for_text(self, text: str) -> Classified:
+        """This classification with the commands of C{text} (of its shape)."""
+        if text == self.source or not self.statements:
+            return self
+        return self.with_text(text)
 
     def with_text(self, text: str) -> Classified:
-        """The same single statement under another text (same fingerprint)."""
-        statement = attrs.evolve(self.statements[0], text=text)
-        command = attrs.evolve(self.commands[0], text=text, normalized="")
-        return Classified((statement,), (command,), self.shape)
+        """The same single statement under another text of its shape."""
+        stripped = text.strip()
+        statement = attrs.evolve(self.statements[0], text=stripped)
+        command = attrs.evolve(self.commands[0], text=stripped, normalized="")
+        return Classified((statement,), (command,), self.shape, text)
 
 
 def _classified(sql: str, shape: str | None) -> Classified:
     statements = classify(sql)
-    return Classified(statements, tuple(map(statement_command, statements)), shape)
+    commands = tuple(map(statement_command, statements))
+    return Classified(statements, commands, shape, sql)
 
 
 class CommandCache:
@@ -130,6 +147,14 @@ class CommandCache:
 
     def classify(self, sql: str) -> Classified:
         """The statements and commands of C{sql}."""
+        return self.lookup(sql).for_text(sql)
+
+    def lookup(self, sql: str) -> Classified:
+        """
+        The classification of C{sql}, or of another text of the same shape
+        (then its C{source} differs, and the caller binds C{sql} with
+        L{Classified.for_text} where the text matters).
+        """
         texts = self._texts
         found = texts.get(sql)
         if found is not None:
@@ -140,15 +165,13 @@ class CommandCache:
         if len(sql) > self.max_text:
             self.parses += 1
             return _classified(sql, None)
-        shape = fingerprint(sql)
-        known = self._shapes.get(shape) if shape is not None else None
-        if known is not None:
-            found = known.with_text(sql.strip())
-        else:
+        key = shape(sql)
+        found = self._shapes.get(key) if key is not None else None
+        if found is None:
             self.parses += 1
-            found = _classified(sql, shape)
-            if shape is not None and len(found.statements) == 1:
-                self._remember(self._shapes, shape, found)
+            found = _classified(sql, key)
+            if key is not None and len(found.statements) == 1:
+                self._remember(self._shapes, key, found)
         self._remember(texts, sql, found)
         return found
 

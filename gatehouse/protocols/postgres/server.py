@@ -22,6 +22,7 @@ import os
 import struct
 from collections import deque
 from collections.abc import Mapping
+from functools import partial
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
@@ -120,10 +121,14 @@ _REDACTED_PASSWORD = codec.encode_message(_PASSWORD, b"[REDACTED]\0")
 _NOT_FORWARDED = frozenset({"user", "database", "replication"})
 
 
+def _own_commands(classified: Classified, text: str) -> tuple:
+    return classified.for_text(text).commands
+
+
 class StatementIndexer:
     """
     Indexes each distinct statement of a session once: statements that
-    differ only in constants (pgbench's random keys) share a fingerprint,
+    differ only in constants (pgbench's random keys) share a shape,
     so the index holds shapes, not every execution.  Statements the policy
     did not simply allow are indexed every time, with the decision.  The
     statements themselves are in the recording.
@@ -146,7 +151,7 @@ class StatementIndexer:
                 return
             seen.add(key)
         command_seen = self._session.command_seen
-        for command in classified.commands:
+        for command in classified.for_text(sql).commands:
             command_seen(command.kind, command.text, command.objects, action)
 
 
@@ -339,6 +344,9 @@ class PostgresServerProtocol(Protocol):
         # Describe, "swallow" the gateway's own Describe before an Execute,
         # "s" a Sync or FunctionCall.  None: not tracked (no masking).
         self._describes: deque[str] | None = None
+        #: the portal the client described last, and where that message
+        #: ended in its stream (an Execute starting there needs no Describe)
+        self._described: tuple[str, int] | None = None
         self._encoding = "utf-8"
         self.dataReceived = self._startup_data
 
@@ -801,7 +809,15 @@ class PostgresServerProtocol(Protocol):
                 if found is None:
                     return
                 text, classified = found
-                decision = self.session.decide(classified.commands)
+                # Possibly classified from another text of its shape: the
+                # client's own text is bound only where it is read.
+                decision = self.session.decide(
+                    classified.commands,
+                    classified.shape,
+                    None
+                    if classified.source == text
+                    else partial(_own_commands, classified, text),
+                )
                 self._statements.saw(text, classified, decision)
                 if decision.action == "allow":
                     if self._masker is not None:
@@ -823,21 +839,26 @@ class PostgresServerProtocol(Protocol):
                 if decision.action == "deny":
                     self._refuse(frame, self._refusal_text(decision))
                     continue
-                self._review(frames, index, classified, decision)
+                self._review(frames, index, classified.for_text(text), decision)
                 return
             if kind == _SYNC:
                 self._sent(kind)
             elif self._describes is not None:
                 if kind == _DESCRIBE:
                     self._describes.append("pass")
+                    described = codec.Describe.decode(reader.body(frame))
+                    if described.kind == "P":
+                        self._described = (described.name, frame[2])
                 elif kind == _EXECUTE:
-                    # Describe the portal right before its rows, so they are
-                    # masked by their own columns (not by whatever was last
-                    # described): its answer is the gateway's, not passed on.
+                    # Rows are masked by their own portal's columns (not by
+                    # whatever was described last): unless the client
+                    # described this portal just before (libpq always does),
+                    # the gateway describes it, and keeps the answer.
                     portal = codec.Execute.decode(reader.body(frame)).portal
-                    self._forward(reader.take_to(frame[1]))
-                    self._forward(codec.Describe("P", portal).encode())
-                    self._describes.append("swallow")
+                    if self._described != (portal, frame[1]):
+                        self._forward(reader.take_to(frame[1]))
+                        self._forward(codec.Describe("P", portal).encode())
+                        self._describes.append("swallow")
             elif kind == _TERMINATE:
                 self._close_reason = "client terminated the session"
                 self._client_terminated = True
@@ -867,7 +888,7 @@ class PostgresServerProtocol(Protocol):
                 command = Command(
                     "postgres", FUNCTION_CALL, text, flags=frozenset({OPAQUE})
                 )
-                return text, Classified((), (command,))
+                return text, Classified((), (command,), source=text)
             message = (codec.Query if kind == _QUERY else codec.Parse).decode(
                 body, self._encoding
             )
@@ -875,7 +896,7 @@ class PostgresServerProtocol(Protocol):
             self._fatal(e.sqlstate, e.message, f"protocol violation: {e.message}")
             return None
         text = message.sql if kind == _QUERY else message.query
-        return text, self._factory.commands.classify(text)
+        return text, self._factory.commands.lookup(text)
 
     def _hold(self, frames: list, index: int, why: str) -> None:
         """

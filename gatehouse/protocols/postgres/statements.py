@@ -31,7 +31,7 @@ __all__ = [
     "UNPARSEABLE",
     "Statement",
     "classify",
-    "fingerprint",
+    "shape",
 ]
 
 #: The kind of a statement that PostgreSQL's grammar rejects.
@@ -398,12 +398,22 @@ def _classify(sql: str) -> tuple[Statement, ...]:
     return tuple(out)
 
 
-def fingerprint(sql: str) -> str | None:
+def shape(sql: str) -> str | None:
     """
-    libpg_query's fingerprint of C{sql}: equal for statements that differ
-    only in constants, whitespace and comments.  C{None} if unparseable.
+    C{sql} with its constants replaced by placeholders (libpg_query's
+    normalisation: C{WHERE aid = 5} becomes C{WHERE aid = $1}); equal for
+    texts that differ only in constant values, which classification never
+    reads.  C{None} if unparseable.
+
+    Not libpg_query's fingerprint: that also ignores names (a relation
+    with an alias, a schema, a temporary or date-suffixed table), so
+    texts touching different relations would share one classification.
     """
     if "\0" in sql:
+        return None
+    try:
+        return _pg.normalize(sql)
+    except (_pg.ParseError, UnicodeEncodeError):
         return None
     try:
         return _pg.fingerprint(sql)

@@ -688,6 +688,59 @@ class MaskingTests(GatewayTestCase):
         kinds = [k for k, _ in codec.FrameReader.backend().feed_messages(got)]
         self.assertEqual(kinds.count(codec.BackendType.ROW_DESCRIPTION), 1)
 
+    def exchange(self, *messages: object) -> bytes:
+        client = RawClient(self.gateway.port, self.gateway.ca_cert)
+        try:
+            client.login(self.gateway.token())
+            client.send(b"".join(m.encode() for m in messages))
+            return read_until_ready(client)
+        finally:
+            client.close()
+
+    def assert_rows_masked(self, got: bytes, descriptions: int) -> None:
+        self.assertIn(b"Ada", got)
+        for raw in ("123-45-6789", "likes tea", "vault code 1912"):
+            self.assertNotIn(raw.encode(), got)
+        kinds = [k for k, _ in codec.FrameReader.backend().feed_messages(got)]
+        self.assertEqual(
+            kinds.count(codec.BackendType.ROW_DESCRIPTION), descriptions, kinds
+        )
+
+    def test_decoy_portal_describe(self) -> None:
+        """
+        The client describing another portal just before an Execute does
+        not make the gateway skip describing the portal executed.
+        """
+        got = self.exchange(
+            codec.Parse("s1", "SELECT name, ssn, secret_note FROM customers"),
+            codec.Parse("s2", "SELECT 'x' AS a, 'y' AS b, 'z' AS c"),
+            codec.Bind("p1", "s1"),
+            codec.Bind("p2", "s2"),
+            codec.Describe("P", "p2"),
+            codec.Execute("p1", 0),
+            codec.Sync(),
+        )
+        self.assert_rows_masked(got, 1)
+
+    def test_described_portal_resumed(self) -> None:
+        """
+        libpq's Describe-then-Execute is masked by the client's own
+        Describe; a second Execute of the portal (after PortalSuspended)
+        is described again by the gateway, whose answer is kept.
+        """
+        got = self.exchange(
+            codec.Parse("s1", "SELECT name, ssn, secret_note FROM customers"),
+            codec.Bind("", "s1"),
+            codec.Describe("P", ""),
+            codec.Execute("", 1),
+            codec.Execute("", 0),
+            codec.Sync(),
+        )
+        self.assert_rows_masked(got, 1)
+        kinds = [k for k, _ in codec.FrameReader.backend().feed_messages(got)]
+        self.assertEqual(kinds.count(codec.BackendType.DATA_ROW), len(CUSTOMERS))
+        self.assertIn(codec.BackendType.PORTAL_SUSPENDED, kinds)
+
     def test_psycopg_binary(self) -> None:
         start = time.time()
         with psycopg.connect(

@@ -1,7 +1,7 @@
 """
 Tests for L{gatehouse.protocols.postgres.statements}: statement kinds,
 relations, functions and flags as PostgreSQL's own parser sees them,
-whatever the spelling; the cache; fingerprints.
+whatever the spelling; the cache; shapes.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from gatehouse.protocols.postgres.statements import (
     UNPARSEABLE,
     Statement,
     classify,
-    fingerprint,
+    shape,
 )
 
 
@@ -427,30 +427,56 @@ class TextTests(ClassifyTestsMixin, SynchronousTestCase):
         self.assertEqual((s.relations, s.functions, s.copy_program), ((), (), False))
 
 
-class FingerprintTests(SynchronousTestCase):
-    """libpg_query fingerprints."""
+class ShapeTests(SynchronousTestCase):
+    """Shapes: texts with their constants replaced."""
 
     def test_constants_ignored(self):
-        """Statements differing only in constants, case and spacing match."""
+        """Texts differing only in constant values share a shape."""
         self.assertEqual(
-            fingerprint("SELECT * FROM t WHERE a = 5 AND b = 'x'"),
-            fingerprint("select *  from t where a = 77 and b = 'yy'"),
+            shape("SELECT * FROM t WHERE a = 5 AND b = 'x'"),
+            shape("SELECT * FROM t WHERE a = 77 AND b = 'yy'"),
+        )
+        self.assertEqual(
+            shape("SELECT abalance FROM pgbench_accounts WHERE aid = 1;"),
+            shape("SELECT abalance FROM pgbench_accounts WHERE aid = 99999;"),
         )
 
-    def test_different(self):
-        """Different tables or kinds differ."""
-        self.assertNotEqual(
-            fingerprint("SELECT * FROM t"), fingerprint("SELECT * FROM u")
-        )
-        self.assertNotEqual(
-            fingerprint("DELETE FROM t"), fingerprint("SELECT * FROM t")
-        )
+    def test_names_kept(self):
+        """
+        Every name stays part of the shape, including those libpg_query's
+        fingerprint ignores (a relation under an alias, a schema, a
+        temporary or date-suffixed table): sharing a classification there
+        would let one relation pass for another.
+        """
+        for a, b in [
+            ("SELECT * FROM t", "SELECT * FROM u"),
+            ("DELETE FROM t", "SELECT * FROM t"),
+            ("SELECT * FROM public_t AS x", "SELECT * FROM secrets AS x"),
+            (
+                "DELETE FROM public.log AS a WHERE id = 1",
+                "DELETE FROM audit.log AS a WHERE id = 1",
+            ),
+            ("SELECT * FROM public.x", "SELECT * FROM audit.x"),
+            ("SELECT * FROM audit_2024", "SELECT * FROM audit_2025"),
+            ("CREATE TEMP TABLE a AS SELECT 1", "CREATE TEMP TABLE b AS SELECT 1"),
+        ]:
+            self.assertNotEqual(shape(a), shape(b), (a, b))
+
+    def test_options_kept(self):
+        """Constants that are options, not values, stay: they change meaning."""
+        for a, b in [
+            ("COPY t TO STDOUT (FORMAT 'csv')", "COPY t TO STDOUT (FORMAT 'binary')"),
+            ("COPY t TO STDOUT (DELIMITER ';')", "COPY t TO STDOUT (DELIMITER '|')"),
+            ("EXPLAIN (ANALYZE 0) DELETE FROM t", "EXPLAIN (ANALYZE 1) DELETE FROM t"),
+            ("COPY t TO PROGRAM 'a'", "COPY t TO PROGRAM 'b'"),
+        ]:
+            self.assertNotEqual(shape(a), shape(b), (a, b))
 
     def test_unparseable(self):
-        """Unparseable text has no fingerprint."""
-        self.assertIsNone(fingerprint("SELEC 1"))
-        self.assertIsNone(fingerprint("SELECT '\udcff'"))
-        self.assertIsNone(fingerprint("SELECT 1\0"))
+        """Unparseable text has no shape."""
+        self.assertIsNone(shape("SELEC 1"))
+        self.assertIsNone(shape("SELECT '\udcff'"))
+        self.assertIsNone(shape("SELECT 1\0"))
 
 
 class CommandCacheTests(SynchronousTestCase):
