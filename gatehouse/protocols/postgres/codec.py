@@ -132,7 +132,10 @@ __all__ = [
     "decode_backend",
     "decode_encryption_response",
     "decode_frontend",
+    "describe_portal",
     "encode_message",
+    "portal_described",
+    "portal_executed",
     "python_encoding",
 ]
 
@@ -1881,6 +1884,25 @@ class RowDescription(Message):
                 )
             )
         return encode_message(self.TYPE, b"".join(parts))
+
+
+def portal_described(body: bytes) -> bytes | None:
+    """
+    The raw portal name (with its NUL) a Describe body asks about, or None
+    if it describes a prepared statement.  For relays that only compare
+    names: no decoding, no validation (the server validates).
+    """
+    return body[1:] if body[:1] == b"P" else None
+
+
+def portal_executed(body: bytes) -> bytes:
+    """The raw portal name (with its NUL) of an Execute body."""
+    return body[:-4]
+
+
+def describe_portal(raw_name: bytes) -> bytes:
+    """A whole Describe message for the portal C{raw_name} (with its NUL)."""
+    return encode_message(FrontendType.DESCRIBE, b"P" + raw_name)
 
 
 def data_row_values(body: bytes) -> list[bytes | None]:

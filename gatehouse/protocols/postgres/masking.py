@@ -122,6 +122,8 @@ def _actions(type_oid: int, fmt: int) -> tuple[int, int]:
 
 
 _U16_PACK = struct.Struct("!H").pack
+#: distinct result descriptions (and plans) a session's masker remembers
+_CACHED_RESULTS = 256
 
 
 # -- COPY text format ----------------------------------------------------------
@@ -298,6 +300,10 @@ class ResponseMasker:
         self._plan_scan = False
         self._copy: _Copy | None = None
         self._announced: tuple | None = None
+        #: RowDescription body -> its fields (results repeat their columns)
+        self._descriptions: dict[bytes, tuple[codec.FieldDescription, ...]] = {}
+        #: (RowDescription body, names resolved) -> plan, count, whole, scan
+        self._plans: dict[tuple, tuple] = {}
         self.masked = 0
         self.unmaskable = False
 
@@ -314,12 +320,21 @@ class ResponseMasker:
             return ()
         missing = {
             f.table_oid
-            for f in codec.RowDescription.decode(body, self._encoding).fields
+            for f in self._fields(body)
             if f.table_oid
             and f.column_attnum > 0
             and resolve(f.table_oid, f.column_attnum) is None
         }
         return tuple(sorted(missing))
+
+    def _fields(self, body: bytes) -> tuple[codec.FieldDescription, ...]:
+        fields = self._descriptions.get(body)
+        if fields is None:
+            if len(self._descriptions) >= _CACHED_RESULTS:
+                self._descriptions.clear()
+            fields = codec.RowDescription.decode(body, self._encoding).fields
+            self._descriptions[body] = fields
+        return fields
 
     def copy_out(
         self,
@@ -386,28 +401,48 @@ class ResponseMasker:
     # -- rows --------------------------------------------------------------------
 
     def _describe(self, body: bytes) -> None:
-        masker = self._masker
+        fields = self._fields(body)
         resolve = self._resolve
-        by_relation = masker.has_relation_rules
+        relations: tuple = ()
+        if self._masker.has_relation_rules:
+            relations = tuple(
+                resolve(f.table_oid, f.column_attnum)
+                if resolve is not None and f.table_oid and f.column_attnum > 0
+                else None
+                for f in fields
+            )
+        # The plan depends on the columns and on what the catalog says
+        # they are (which may change when it is looked up again).
+        key = (body, relations)
+        found = self._plans.get(key)
+        if found is None:
+            if len(self._plans) >= _CACHED_RESULTS:
+                self._plans.clear()
+            found = self._plans[key] = self._plan_for(fields, relations)
+        self._plan, self._plan_count, self._plan_whole, self._plan_scan = found
+
+    def _plan_for(
+        self, fields: tuple[codec.FieldDescription, ...], relations: tuple
+    ) -> tuple:
+        masker = self._masker
         scans = masker.scans_values
         plan = []
-        for f in codec.RowDescription.decode(body, self._encoding).fields:
+        for i, f in enumerate(fields):
             scan, whole = _actions(f.type_oid, f.format)
-            relation = None
-            if by_relation and f.table_oid and f.column_attnum > 0:
-                if resolve is not None:
-                    relation = resolve(f.table_oid, f.column_attnum)
-                if relation is None:
-                    plan.append(whole)
-                    continue
+            relation = relations[i] if relations else None
+            if relations and f.table_oid and f.column_attnum > 0 and relation is None:
+                plan.append(whole)  # from a table the catalog cannot name
+                continue
             if masker.column_masked(f.name, relation):
                 plan.append(whole)
             else:
                 plan.append(scan if scans else _KEEP)
-        self._plan = tuple(plan)
-        self._plan_count = _U16_PACK(len(plan))
-        self._plan_whole = any(a >= _WHOLE for a in plan)
-        self._plan_scan = any(_KEEP < a < _WHOLE for a in plan)
+        return (
+            tuple(plan),
+            _U16_PACK(len(plan)),
+            any(a >= _WHOLE for a in plan),
+            any(_KEEP < a < _WHOLE for a in plan),
+        )
 
     def _row(self, body: bytes) -> bytes | None:
         values = codec.data_row_values(body)

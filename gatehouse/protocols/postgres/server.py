@@ -346,7 +346,7 @@ class PostgresServerProtocol(Protocol):
         self._describes: deque[str] | None = None
         #: the portal the client described last, and where that message
         #: ended in its stream (an Execute starting there needs no Describe)
-        self._described: tuple[str, int] | None = None
+        self._described: tuple[bytes, int] | None = None
         self._encoding = "utf-8"
         self.dataReceived = self._startup_data
 
@@ -846,18 +846,18 @@ class PostgresServerProtocol(Protocol):
             elif self._describes is not None:
                 if kind == _DESCRIBE:
                     self._describes.append("pass")
-                    described = codec.Describe.decode(reader.body(frame))
-                    if described.kind == "P":
-                        self._described = (described.name, frame[2])
+                    portal = codec.portal_described(reader.body(frame))
+                    if portal is not None:
+                        self._described = (portal, frame[2])
                 elif kind == _EXECUTE:
                     # Rows are masked by their own portal's columns (not by
                     # whatever was described last): unless the client
                     # described this portal just before (libpq always does),
                     # the gateway describes it, and keeps the answer.
-                    portal = codec.Execute.decode(reader.body(frame)).portal
+                    portal = codec.portal_executed(reader.body(frame))
                     if self._described != (portal, frame[1]):
                         self._forward(reader.take_to(frame[1]))
-                        self._forward(codec.Describe("P", portal).encode())
+                        self._forward(codec.describe_portal(portal))
                         self._describes.append("swallow")
             elif kind == _TERMINATE:
                 self._close_reason = "client terminated the session"
@@ -1153,7 +1153,8 @@ class PostgresServerProtocol(Protocol):
                     drop = describes.popleft() == "swallow"
             if kind == _B_READY:
                 self._ready_seen += 1
-                self._expire_refusals()
+                if self._refusals:
+                    self._expire_refusals()
                 while describes:
                     if describes.popleft() in ("q", "s"):
                         break

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from gatehouse.protocols.postgres import codec
 from gatehouse.protocols.postgres.codec import (
     BACKEND_LIMITS,
     FRONTEND_LIMITS,
@@ -1259,3 +1260,20 @@ class MutationFuzzTests(SynchronousTestCase):
             self.assertEqual(e.sqlstate, "08P01")
         else:
             self.assertEqual(message.encode()[5:], body)
+
+
+class PortalNameTests(SynchronousTestCase):
+    """Raw portal names for relays that only compare them."""
+
+    def test_described_and_executed(self) -> None:
+        describe = codec.Describe("P", "p1").encode()[5:]
+        execute = codec.Execute("p1", 10).encode()[5:]
+        self.assertEqual(codec.portal_described(describe), b"p1\0")
+        self.assertEqual(codec.portal_executed(execute), b"p1\0")
+        self.assertIsNone(
+            codec.portal_described(codec.Describe("S", "p1").encode()[5:])
+        )
+        self.assertEqual(
+            codec.describe_portal(b"p1\0"), codec.Describe("P", "p1").encode()
+        )
+        self.assertEqual(codec.describe_portal(b"\0"), codec.Describe("P", "").encode())
