@@ -806,8 +806,10 @@ def run(args: argparse.Namespace, workdir: Path, stack: list) -> None:
     results = []
     for mode in args.modes:
         for clients in args.clients:
-            for _ in range(args.repeat):
-                for system in SYSTEMS:
+            for round_ in range(args.repeat):
+                # Every other round runs the systems in reverse, so that
+                # none gains from its place (caches, a neighbour's flush).
+                for system in SYSTEMS if round_ % 2 == 0 else SYSTEMS[::-1]:
                     r = measure(endpoints[system], mode, clients, args)
                     results.append(r)
                     cpu = f", proxy CPU {r.cpu_text()}" if r.cpu else ""

@@ -91,6 +91,8 @@ _OPAQUE_TYPES = frozenset(
     {16, 17, 650, 774, 829, 869, 1082, 1083, 1114, 1184, 1186, 1266, 1560, 1562}
     | {2950, 1000, 1001, 1115, 1182, 1185, 2951}
 )
+#: int2, int4, oid
+_SHORT_INTEGERS = frozenset({21, 23, 26})
 _JSONB_VERSION = b"\x01"
 #: characters that give a COPY row of either format its structure
 _STRUCTURE = '\t,"\\\n\r'
@@ -304,6 +306,8 @@ class ResponseMasker:
         self._descriptions: dict[bytes, tuple[codec.FieldDescription, ...]] = {}
         #: (RowDescription body, names resolved) -> plan, count, whole, scan
         self._plans: dict[tuple, tuple] = {}
+        #: the body L{unresolved} last read and what the catalog said
+        self._resolved: tuple[bytes, tuple] | None = None
         self.masked = 0
         self.unmaskable = False
 
@@ -318,14 +322,28 @@ class ResponseMasker:
         resolve = self._resolve
         if resolve is None or not self._masker.has_relation_rules:
             return ()
+        fields = self._fields(body)
+        relations = self._relations(fields)
+        # Remembered for the L{message} that follows with the same body.
+        self._resolved = (body, relations)
+        if None not in relations:
+            return ()
         missing = {
             f.table_oid
-            for f in self._fields(body)
-            if f.table_oid
-            and f.column_attnum > 0
-            and resolve(f.table_oid, f.column_attnum) is None
+            for f, relation in zip(fields, relations, strict=True)
+            if relation is None and f.table_oid and f.column_attnum > 0
         }
         return tuple(sorted(missing))
+
+    def _relations(self, fields: tuple[codec.FieldDescription, ...]) -> tuple:
+        """What the catalog names each column (None: no table, or unknown)."""
+        resolve = self._resolve
+        return tuple(
+            resolve(f.table_oid, f.column_attnum)
+            if resolve is not None and f.table_oid and f.column_attnum > 0
+            else None
+            for f in fields
+        )
 
     def _fields(self, body: bytes) -> tuple[codec.FieldDescription, ...]:
         fields = self._descriptions.get(body)
@@ -402,15 +420,13 @@ class ResponseMasker:
 
     def _describe(self, body: bytes) -> None:
         fields = self._fields(body)
-        resolve = self._resolve
         relations: tuple = ()
         if self._masker.has_relation_rules:
-            relations = tuple(
-                resolve(f.table_oid, f.column_attnum)
-                if resolve is not None and f.table_oid and f.column_attnum > 0
-                else None
-                for f in fields
-            )
+            resolved, self._resolved = self._resolved, None
+            if resolved is not None and resolved[0] is body:
+                relations = resolved[1]
+            else:
+                relations = self._relations(fields)
         # The plan depends on the columns and on what the catalog says
         # they are (which may change when it is looked up again).
         key = (body, relations)
@@ -426,6 +442,7 @@ class ResponseMasker:
     ) -> tuple:
         masker = self._masker
         scans = masker.scans_values
+        patterns = masker.has_patterns
         plan = []
         for i, f in enumerate(fields):
             scan, whole = _actions(f.type_oid, f.format)
@@ -435,8 +452,13 @@ class ResponseMasker:
                 continue
             if masker.column_masked(f.name, relation):
                 plan.append(whole)
+            elif not scans or (
+                # at most 10 digits: no card, address or IBAN fits
+                f.type_oid in _SHORT_INTEGERS and f.format == 0 and not patterns
+            ):
+                plan.append(_KEEP)
             else:
-                plan.append(scan if scans else _KEEP)
+                plan.append(scan)
         return (
             tuple(plan),
             _U16_PACK(len(plan)),

@@ -100,6 +100,7 @@ _UNSAFE_ENCODINGS = frozenset(
 _B_ERROR = codec.BackendType.ERROR_RESPONSE
 _B_READY = codec.BackendType.READY_FOR_QUERY
 _B_ROWS = codec.BackendType.ROW_DESCRIPTION
+_B_DATA_ROW = codec.BackendType.DATA_ROW
 #: backend messages the response masker reads
 _MASKED_TYPES = frozenset(
     {
@@ -1128,6 +1129,14 @@ class PostgresServerProtocol(Protocol):
         out = []
         for index, frame in enumerate(frames):
             kind = frame[0]
+            if kind == _B_DATA_ROW and masker is not None:
+                # The bulk of a result: only the masker looks at it.
+                new_body = masker.message(kind, reader.body(frame))
+                if new_body is not None:
+                    out.append(reader.take_to(frame[1]))
+                    reader.discard_to(frame[2])
+                    out.append(codec.encode_message(kind, new_body))
+                continue
             replacement = None
             drop = False
             if kind == _B_ERROR and self._refusals:
@@ -1137,9 +1146,9 @@ class PostgresServerProtocol(Protocol):
             if masker is not None and kind in _MASKED_TYPES and replacement is None:
                 body = reader.body(frame) if kind in _MASKER_BODIES else b""
                 if kind == _B_ROWS and self._masker_resolves:
-                    unknown = self._factory.catalog(self._target).unknown(
-                        masker.unresolved(body)
-                    )
+                    unknown = masker.unresolved(body)
+                    if unknown:
+                        unknown = self._factory.catalog(self._target).unknown(unknown)
                     if unknown:
                         out.append(reader.take_to(frame[1]))
                         self._send_client(b"".join(out))

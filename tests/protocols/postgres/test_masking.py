@@ -167,6 +167,24 @@ class DataRowTests(SynchronousTestCase):
         self.assertEqual(values, (b"0000000000001111", b"-00.00", b"{0,00}", b"12.5"))
         self.assertEqual(masker.masked, 3)
 
+    def test_short_integers_not_scanned(self) -> None:
+        """
+        int2, int4 and oid (at most 10 digits) hold nothing a detector
+        finds, so their rows pass untouched; a whole-column rule still
+        zeroes them, and a user pattern still scans them.
+        """
+        masker = ResponseMasker(RULES)
+        describe(masker, F("n", type_oid=23), F("ssn", type_oid=23))
+        self.assertEqual(masker._plan_scan, False)
+        values, _ = row(masker, b"2147483647", b"123456789")
+        self.assertEqual(values, (b"2147483647", b"000000000"))
+        patterned = ResponseMasker(
+            Masker([MaskingRule("ids", patterns=(("id", r"\b4242\b"),))])
+        )
+        describe(patterned, F("n", type_oid=23))
+        values, _ = row(patterned, b"4242")
+        self.assertNotEqual(values, (b"4242",))
+
     def test_binary_non_text(self) -> None:
         """Binary values of other types: NULL under a rule, never scanned."""
         masker = ResponseMasker(RULES)
