@@ -30,11 +30,16 @@ machine); ``--jobs`` overrides.  pgbench, the PostgreSQL backends and the
 proxy share those cores, so at 8 clients every row is CPU-bound and the
 ratios compare CPU cost per query.
 
-``--profile`` attaches ``py-spy record`` (``pip install py-spy``) to the
-gatehouse daemon during an extra, unmeasured gatehouse run at the largest
-client count of each mode, writes the samples (collapsed stacks, one
-function per frame) and the top functions to ``--profile-dir`` and prints
-the top 25 by own time.
+``--repeat N`` measures every cell N times, every other round in reverse
+order (so that no system gains from its place), and shows the median.
+The machine is shared: single runs vary by 10-20 %; use ``--repeat 3``
+or more before reading a ratio.
+
+``--profile`` attaches ``py-spy record`` (``pip install py-spy``) to each
+gatehouse daemon (without and with policy) during an extra, unmeasured
+run at the largest client count of each mode, writes the samples
+(collapsed stacks, one function per frame) and the top functions to
+``--profile-dir`` and prints the top 25 by own time.
 
 Every process the benchmark starts is stopped by its pid at the end, also
 after an error, Ctrl-C or SIGTERM.  This is a benchmark, not a test.
@@ -646,8 +651,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--repeat",
         type=int,
         default=1,
-        help="rounds of direct, pgbouncer, gatehouse per cell; the table shows "
-        "the median run",
+        help="rounds of every system per cell (every other one in reverse "
+        "order); the table shows the median run",
     )
     parser.add_argument(
         "--warmup", type=int, default=2, help="seconds of unmeasured load first"
