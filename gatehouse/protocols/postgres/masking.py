@@ -306,8 +306,6 @@ class ResponseMasker:
         self._descriptions: dict[bytes, tuple[codec.FieldDescription, ...]] = {}
         #: (RowDescription body, names resolved) -> plan, count, whole, scan
         self._plans: dict[tuple, tuple] = {}
-        #: the body L{unresolved} last read and what the catalog said
-        self._resolved: tuple[bytes, tuple] | None = None
         self.masked = 0
         self.unmaskable = False
 
@@ -319,15 +317,36 @@ class ResponseMasker:
         cannot name yet, so that the caller can look them up before
         passing the RowDescription to L{message}.
         """
-        resolve = self._resolve
-        if resolve is None or not self._masker.has_relation_rules:
+        if self._resolve is None or not self._masker.has_relation_rules:
             return ()
         fields = self._fields(body)
-        relations = self._relations(fields)
-        # Remembered for the L{message} that follows with the same body.
-        self._resolved = (body, relations)
-        if None not in relations:
-            return ()
+        return self._missing(fields, self._relations(fields))
+
+    def describe(self, body: bytes, look_up: bool = True) -> tuple[int, ...]:
+        """
+        Follow a RowDescription: L{message} and L{unresolved} in one.
+
+        @param look_up: return the table OIDs C{resolve} cannot name yet,
+            if any, without taking the description (the caller looks them
+            up and calls again); if False, columns that stay unnamed are
+            masked whole.
+        @return: the OIDs to look up first, or C{()} once described.
+        """
+        fields = self._descriptions.get(body) or self._fields(body)
+        relations: tuple = ()
+        if self._masker.has_relation_rules:
+            relations = self._relations(fields)
+            if look_up and self._resolve is not None and None in relations:
+                missing = self._missing(fields, relations)
+                if missing:
+                    return missing
+        self._take_plan(body, fields, relations)
+        return ()
+
+    @staticmethod
+    def _missing(
+        fields: tuple[codec.FieldDescription, ...], relations: tuple
+    ) -> tuple[int, ...]:
         missing = {
             f.table_oid
             for f, relation in zip(fields, relations, strict=True)
@@ -338,11 +357,15 @@ class ResponseMasker:
     def _relations(self, fields: tuple[codec.FieldDescription, ...]) -> tuple:
         """What the catalog names each column (None: no table, or unknown)."""
         resolve = self._resolve
+        if resolve is None:
+            return (None,) * len(fields)
         return tuple(
-            resolve(f.table_oid, f.column_attnum)
-            if resolve is not None and f.table_oid and f.column_attnum > 0
-            else None
-            for f in fields
+            [
+                resolve(f.table_oid, f.column_attnum)
+                if f.table_oid and f.column_attnum > 0
+                else None
+                for f in fields
+            ]
         )
 
     def _fields(self, body: bytes) -> tuple[codec.FieldDescription, ...]:
@@ -422,11 +445,12 @@ class ResponseMasker:
         fields = self._fields(body)
         relations: tuple = ()
         if self._masker.has_relation_rules:
-            resolved, self._resolved = self._resolved, None
-            if resolved is not None and resolved[0] is body:
-                relations = resolved[1]
-            else:
-                relations = self._relations(fields)
+            relations = self._relations(fields)
+        self._take_plan(body, fields, relations)
+
+    def _take_plan(
+        self, body: bytes, fields: tuple[codec.FieldDescription, ...], relations: tuple
+    ) -> None:
         # The plan depends on the columns and on what the catalog says
         # they are (which may change when it is looked up again).
         key = (body, relations)

@@ -1143,17 +1143,19 @@ class PostgresServerProtocol(Protocol):
                 replacement = self._refusal_for(reader.body(frame))
             elif kind == _B_PARAMETER and not self._parameter(reader.body(frame)):
                 return
-            if masker is not None and kind in _MASKED_TYPES and replacement is None:
-                body = reader.body(frame) if kind in _MASKER_BODIES else b""
-                if kind == _B_ROWS and self._masker_resolves:
-                    unknown = masker.unresolved(body)
-                    if unknown:
-                        unknown = self._factory.catalog(self._target).unknown(unknown)
+            if kind == _B_ROWS and masker is not None:
+                body = reader.body(frame)
+                unknown = masker.describe(body, self._masker_resolves)
+                if unknown:
+                    unknown = self._factory.catalog(self._target).unknown(unknown)
                     if unknown:
                         out.append(reader.take_to(frame[1]))
                         self._send_client(b"".join(out))
                         self._hold_upstream(frames[index:], unknown)
                         return
+                    masker.describe(body, look_up=False)
+            elif masker is not None and kind in _MASKED_TYPES and replacement is None:
+                body = reader.body(frame) if kind in _MASKER_BODIES else b""
                 new_body = masker.message(kind, body)
                 if new_body is not None:
                     replacement = codec.encode_message(kind, new_body)

@@ -276,6 +276,23 @@ class RelationTests(SynchronousTestCase):
         values, _ = row(self.masker, b"n1", b"n2", b"n3", b"(0,1)")
         self.assertEqual(values, (b"**", b"n2", b"n3", b"(0,1)"))
 
+    def test_describe(self) -> None:
+        """
+        describe() asks for the unknown tables first and takes nothing;
+        once they are known it takes the description; told not to look
+        up, it masks what stays unnamed.
+        """
+        self.assertEqual(self.masker.describe(self.description), (5000, 6000))
+        self.catalog[(5000, 2)] = "public.people.note"
+        self.catalog[(6000, 1)] = "public.other.note"
+        self.assertEqual(self.masker.describe(self.description), ())
+        values, _ = row(self.masker, b"n1", b"n2", b"n3", b"(0,1)")
+        self.assertEqual(values, (b"**", b"n2", b"n3", b"(0,1)"))
+        del self.catalog[(6000, 1)]
+        self.assertEqual(self.masker.describe(self.description, look_up=False), ())
+        values, _ = row(self.masker, b"n1", b"n2", b"n3", b"(0,1)")
+        self.assertEqual(values, (b"**", b"**", b"n3", b"(0,1)"))
+
     def test_unresolvable_fails_closed(self) -> None:
         """A table column that cannot be named is masked whole."""
         self.masker.message(T.ROW_DESCRIPTION, self.description)
