@@ -295,6 +295,50 @@ class GuardrailTests(GatewayTestCase):
         self.assertIn(("DropStmt", "deny"), [(c.kind, c.decision) for c in commands])
         self.transcript(row)
 
+    def test_refusals_of_one_shape_recorded_as_sent(self) -> None:
+        """
+        Statements that differ only in constants share one classification
+        and decision, yet each refusal is recorded and indexed with the
+        client's own text.
+        """
+        start = time.time()
+        result = self.gateway.psql(
+            token=self.agent(),
+            args=(
+                "-v",
+                "ON_ERROR_STOP=0",
+                "-c",
+                "SELECT pg_terminate_backend(99991)",
+                "-c",
+                "SELECT pg_terminate_backend(99992)",
+            ),
+        )
+        self.assertEqual(result.stderr.count('rule "no-kill"'), 2, result.stderr)
+        row = self.latest_session(start)
+        texts = [
+            json.loads(r.payload)["commands"][0]["text"]
+            for r in read_records(row.directory)
+            if r.type == RecordType.EVENT
+            and json.loads(r.payload).get("event") == "decision"
+        ]
+        self.assertEqual(
+            texts,
+            [
+                "SELECT pg_terminate_backend(99991)",
+                "SELECT pg_terminate_backend(99992)",
+            ],
+        )
+        index = self.gateway.path("recordings", "index.sqlite3")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            denied = [
+                c.text for c in commands_for(index, row.id) if c.decision == "deny"
+            ]
+            if len(denied) == 2:
+                break
+            time.sleep(0.1)
+        self.assertEqual(sorted(denied), sorted(texts))
+
 
 APPROVAL_POLICY = {
     "policy": {
