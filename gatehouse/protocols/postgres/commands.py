@@ -25,6 +25,7 @@ __all__ = [
     "COMMAND_KINDS",
     "Classified",
     "CommandCache",
+    "classify_text",
     "statement_command",
 ]
 
@@ -117,6 +118,19 @@ class Classified:
         return Classified((statement,), (command,), self.shape, text)
 
 
+def classify_text(sql: str) -> Classified:
+    """
+    Classify C{sql} without any cache: safe to call from a thread (the
+    parser releases the GIL), for texts too long to parse on the reactor.
+    Remember the result with L{CommandCache.remember}.
+    """
+    return _classified(sql, shape(sql) if len(sql) <= _MAX_SHAPE else None)
+
+
+#: texts longer than this get no shape (they are rarely repeated)
+_MAX_SHAPE = 64 * 1024
+
+
 def _classified(sql: str, shape: str | None) -> Classified:
     statements = classify(sql)
     commands = tuple(map(statement_command, statements))
@@ -174,6 +188,24 @@ class CommandCache:
                 self._remember(self._shapes, key, found)
         self._remember(texts, sql, found)
         return found
+
+    def cached(self, sql: str) -> Classified | None:
+        """The classification of exactly C{sql}, if remembered (a hit)."""
+        found = self._texts.get(sql)
+        if found is not None:
+            self.hits += 1
+            self._texts.move_to_end(sql)
+        return found
+
+    def remember(self, sql: str, found: Classified) -> None:
+        """Keep a classification made elsewhere (L{classify_text})."""
+        self.misses += 1
+        self.parses += 1
+        if len(sql) > self.max_text:
+            return
+        if found.shape is not None and len(found.statements) == 1:
+            self._remember(self._shapes, found.shape, found)
+        self._remember(self._texts, sql, found)
 
     def __len__(self) -> int:
         return len(self._texts)

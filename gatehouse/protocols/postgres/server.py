@@ -27,6 +27,7 @@ from functools import partial
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -41,6 +42,7 @@ from gatehouse.protocols.postgres.commands import (
     FUNCTION_CALL,
     Classified,
     CommandCache,
+    classify_text,
 )
 from gatehouse.protocols.postgres.config import (
     PostgresListenerOptions,
@@ -124,6 +126,10 @@ _NOT_FORWARDED = frozenset({"user", "database", "replication"})
 
 def _own_commands(classified: Classified, text: str) -> tuple:
     return classified.for_text(text).commands
+
+
+#: L{PostgresServerProtocol._classify}: the answer comes later
+_PENDING = object()
 
 
 class StatementIndexer:
@@ -304,6 +310,9 @@ class PostgresServerProtocol(Protocol):
     #: bytes a client may send while a statement of it is held before its
     #: reading pauses (reading goes on below it, so a hang-up is noticed)
     HOLD_LIMIT = 1 << 20
+    #: statements longer than this (characters) are classified in a
+    #: thread, the client's input held meanwhile (8 KiB parse in ~3 ms)
+    INLINE_CLASSIFY_LIMIT = 8 * 1024
 
     def __init__(self, factory: PostgresServerFactory):
         self._factory = factory
@@ -348,6 +357,9 @@ class PostgresServerProtocol(Protocol):
         #: the portal the client described last, and where that message
         #: ended in its stream (an Execute starting there needs no Describe)
         self._described: tuple[bytes, int] | None = None
+        #: a held statement's classification, made in a thread: (where the
+        #: message starts in the client's stream, classification)
+        self._preclassified: tuple[int, Classified] | None = None
         self._encoding = "utf-8"
         self.dataReceived = self._startup_data
 
@@ -809,6 +821,10 @@ class PostgresServerProtocol(Protocol):
                 found = self._classify(frame)
                 if found is None:
                     return
+                if found is _PENDING:
+                    self._forward(reader.take_to(frame[1]))
+                    self._hold(frames, index, "classification")
+                    return
                 text, classified = found
                 # Possibly classified from another text of its shape: the
                 # client's own text is bound only where it is read.
@@ -897,7 +913,36 @@ class PostgresServerProtocol(Protocol):
             self._fatal(e.sqlstate, e.message, f"protocol violation: {e.message}")
             return None
         text = message.sql if kind == _QUERY else message.query
-        return text, self._factory.commands.lookup(text)
+        cache = self._factory.commands
+        ready = self._preclassified
+        if ready is not None and ready[0] == frame[1]:
+            self._preclassified = None
+            return text, ready[1]
+        if len(text) > self.INLINE_CLASSIFY_LIMIT:
+            found = cache.cached(text)
+            if found is not None:
+                return text, found
+            # Parsing takes milliseconds per few KiB: not on the reactor.
+            reactor = self._factory.reactor
+            deferToThreadPool(
+                reactor, reactor.getThreadPool(), classify_text, text
+            ).addBoth(self._classified, frame, text)
+            return _PENDING
+        return text, cache.lookup(text)
+
+    def _classified(self, result: object, frame: tuple, text: str) -> None:
+        """A long statement was classified in a thread: decide it now."""
+        if isinstance(result, Failure):
+            self._release(result, frame, "the gateway could not check this statement")
+            return
+        if self._closing or self.session.closed or self._upstream is None:
+            return
+        self._factory.commands.remember(text, result)
+        self._preclassified = (frame[1], result)
+        self._waiting = None
+        held, self._held_frames = self._held_frames, []
+        self._client_gate.resume("held")
+        self._relay_frames(held)
 
     def _hold(self, frames: list, index: int, why: str) -> None:
         """

@@ -176,6 +176,37 @@ class GuardrailTests(GatewayTestCase):
             self.assertEqual(conn.execute("SELECT 41 + 1").fetchone(), (42,))
         self.assert_intact("DROP inside a transaction")
 
+    def test_long_statements(self) -> None:
+        """
+        Statements too long to parse on the reactor are classified in a
+        thread, the client's input held meanwhile: a long allowed one runs,
+        a long refused one is refused, in both protocols, and what the
+        client pipelined behind them is answered in order.
+        """
+        pad = "/* " + "padding " * 4000 + "*/"
+        count = self.direct("select count(*) from guard_t")
+        with psycopg.connect(
+            self.gateway.conninfo(), password=self.agent(), autocommit=True
+        ) as conn:
+            got = conn.execute(f"SELECT count(*) FROM guard_t {pad}").fetchone()
+            self.assertEqual(got, (int(count),))
+            got = conn.execute(
+                f"SELECT count(*) FROM guard_t WHERE id > %s {pad}", [0]
+            ).fetchone()
+            self.assertEqual(got, (int(count),))
+            with self.assertRaises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(f"DELETE FROM guard_t {pad}")
+            with self.assertRaises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(f"DROP TABLE guard_t {pad}", prepare=True)
+            with conn.pipeline():
+                first = conn.execute(f"SELECT 1 {pad}")
+                second = conn.execute("SELECT 2")
+                third = conn.execute(f"SELECT 3 {pad}")
+            self.assertEqual(
+                [c.fetchone() for c in (first, second, third)], [(1,), (2,), (3,)]
+            )
+        self.assert_intact("long statements")
+
     def test_extended_protocol_and_prepared(self) -> None:
         """
         psycopg's extended protocol, server-side prepared statements and a
