@@ -105,9 +105,15 @@ class Classified:
     source: str = ""
 
     def for_text(self, text: str) -> Classified:
-        """This classification with the commands of C{text} (of its shape)."""
+        """
+        This classification with the commands of C{text} (of its shape).
+        Only single statements are shared by shape; anything else is
+        classified again rather than rebound (never a statement lost).
+        """
         if text == self.source or not self.statements:
             return self
+        if len(self.statements) != 1:
+            return _classified(text, shape(text))
         return self.with_text(text)
 
     def with_text(self, text: str) -> Classified:

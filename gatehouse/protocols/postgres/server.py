@@ -917,7 +917,10 @@ class PostgresServerProtocol(Protocol):
         ready = self._preclassified
         if ready is not None and ready[0] == frame[1]:
             self._preclassified = None
-            return text, ready[1]
+            if ready[1].source == text:
+                return text, ready[1]
+            # The client encoding changed meanwhile (a pipelined SET): the
+            # text PostgreSQL will read is another one; classify that.
         if len(text) > self.INLINE_CLASSIFY_LIMIT:
             found = cache.cached(text)
             if found is not None:
@@ -942,7 +945,10 @@ class PostgresServerProtocol(Protocol):
         self._waiting = None
         held, self._held_frames = self._held_frames, []
         self._client_gate.resume("held")
-        self._relay_frames(held)
+        try:
+            self._relay_frames(held)
+        except Exception:
+            self._check_failed("statement")
 
     def _hold(self, frames: list, index: int, why: str) -> None:
         """
@@ -1146,16 +1152,22 @@ class PostgresServerProtocol(Protocol):
         try:
             self._deliver(frames)
         except Exception:
-            # Fail closed: a result the gateway could not check (mask)
-            # never reaches the client, and the session ends saying why.
-            self._log.failure(
-                "Checking results of session {sid}", sid=str(self.session.id)
-            )
-            self._fatal(
-                "XX000",
-                "the gateway could not check this result; the session is closed",
-                "internal error checking results",
-            )
+            self._check_failed("result")
+
+    def _check_failed(self, what: str) -> None:
+        """
+        Fail closed on an error while checking a statement or a result (in
+        an C{except} block): what was not checked never passes, and the
+        session ends saying why.
+        """
+        self._log.failure(
+            "Checking a {what} of session {sid}", what=what, sid=str(self.session.id)
+        )
+        self._fatal(
+            "XX000",
+            f"the gateway could not check this {what}; the session is closed",
+            f"internal error checking a {what}",
+        )
 
     def _deliver(self, frames: list) -> None:
         """Send complete messages from the target on to the client."""

@@ -51,6 +51,8 @@ GUARD_POLICY = {
                 "action": "deny",
             },
             {"name": "no-grant", "kind": ["GrantStmt"], "action": "deny"},
+            # A rule on the text: statements are then decided text by text.
+            {"name": "no-xyzzy", "text": "xyzzy_forbidden", "action": "deny"},
         ],
         "unparseable": "deny",
         "opaque": "deny",
@@ -206,6 +208,33 @@ class GuardrailTests(GatewayTestCase):
                 [c.fetchone() for c in (first, second, third)], [(1,), (2,), (3,)]
             )
         self.assert_intact("long statements")
+
+    def test_long_statement_after_encoding_change(self) -> None:
+        """
+        A long statement pipelined behind SET client_encoding is decided
+        on the text PostgreSQL will read, every statement of it (it was
+        classified in the old encoding while the SET ran).
+        """
+        values = ",".join(str(i) for i in range(20000))
+        long_query = f"SELECT 'é' WHERE 1 IN ({values}); DROP TABLE guard_t"
+        client = RawClient(self.gateway.port, self.gateway.ca_cert)
+        try:
+            client.login(self.agent())
+            client.send(
+                codec.Query("SET client_encoding TO 'LATIN1'").encode()
+                + codec.Query(long_query).encode()
+            )
+            got = b""
+            ready = codec.ReadyForQuery("I").encode()
+            while got.count(ready) < 2:
+                chunk = client.sock.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+        finally:
+            client.close()
+        self.assertIn(b"42501", got)
+        self.assert_intact("long statement after SET client_encoding")
 
     def test_extended_protocol_and_prepared(self) -> None:
         """

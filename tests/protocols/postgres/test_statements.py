@@ -479,6 +479,22 @@ class ShapeTests(SynchronousTestCase):
         self.assertIsNone(shape("SELECT 1\0"))
 
 
+class ForTextTests(SynchronousTestCase):
+    """Rebinding a shared classification to the client's own text."""
+
+    def test_single_statement_rebound(self) -> None:
+        found = CommandCache().lookup("SELECT * FROM t WHERE a = 1")
+        own = found.for_text("SELECT * FROM t WHERE a = 2")
+        self.assertEqual(own.commands[0].text, "SELECT * FROM t WHERE a = 2")
+        self.assertEqual(own.shape, found.shape)
+
+    def test_several_statements_classified_again(self) -> None:
+        """Every statement of another text is kept: none is lost."""
+        found = CommandCache().lookup("SELECT 1; SELECT 2")
+        own = found.for_text("SELECT 1; DROP TABLE t")
+        self.assertEqual([c.kind for c in own.commands], ["SelectStmt", "DropStmt"])
+
+
 class CommandCacheTests(SynchronousTestCase):
     """The LRU cache of classifications (by exact text)."""
 
