@@ -101,8 +101,9 @@ class Catalog:
         self._target = target_name
         self._timeout = connect_timeout
         self._ttl = ttl
-        #: (table OID, attnum) -> (schema.table.column, when learnt)
+        #: (table OID, attnum) -> schema.table.column
         self._columns: dict[tuple[int, int], str] = {}
+        #: table OID -> when its columns were learnt
         self._known_oids: dict[int, float] = {}
 
     def column(self, table_oid: int, attnum: int) -> str | None:

@@ -332,7 +332,7 @@ class ResponseMasker:
             masked whole.
         @return: the OIDs to look up first, or C{()} once described.
         """
-        fields = self._descriptions.get(body) or self._fields(body)
+        fields = self._fields(body)
         relations: tuple = ()
         if self._masker.has_relation_rules:
             relations = self._relations(fields)
@@ -426,7 +426,7 @@ class ResponseMasker:
                 return None
             return self._copy_data(body)
         if type_ == _ROWS:
-            self._describe(body)
+            self.describe(body, look_up=False)
         elif type_ == _COPY_OUT:
             self._start_copy(body)
         elif type_ in _END_OF_RESULT:
@@ -440,13 +440,6 @@ class ResponseMasker:
         return None
 
     # -- rows --------------------------------------------------------------------
-
-    def _describe(self, body: bytes) -> None:
-        fields = self._fields(body)
-        relations: tuple = ()
-        if self._masker.has_relation_rules:
-            relations = self._relations(fields)
-        self._take_plan(body, fields, relations)
 
     def _take_plan(
         self, body: bytes, fields: tuple[codec.FieldDescription, ...], relations: tuple

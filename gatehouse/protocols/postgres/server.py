@@ -70,15 +70,6 @@ _EXECUTE = codec.FrontendType.EXECUTE
 _READY_AFTER = frozenset({_QUERY, _SYNC, _FUNCTION_CALL})
 _B_NO_DATA = codec.BackendType.NO_DATA
 _B_PARAMETER = codec.BackendType.PARAMETER_STATUS
-#: masker inputs it reads the body of; other types only by their kind
-_MASKER_BODIES = frozenset(
-    {
-        codec.BackendType.ROW_DESCRIPTION,
-        codec.BackendType.DATA_ROW,
-        codec.BackendType.COPY_OUT_RESPONSE,
-        codec.BackendType.COPY_DATA,
-    }
-)
 # Client encodings in which a multibyte character may hold an ASCII byte
 # (a backslash or a quote): the gateway would not read SQL as the server does.
 _UNSAFE_ENCODINGS = frozenset(
@@ -103,20 +94,19 @@ _B_ERROR = codec.BackendType.ERROR_RESPONSE
 _B_READY = codec.BackendType.READY_FOR_QUERY
 _B_ROWS = codec.BackendType.ROW_DESCRIPTION
 _B_DATA_ROW = codec.BackendType.DATA_ROW
-#: backend messages the response masker reads
-_MASKED_TYPES = frozenset(
-    {
-        codec.BackendType.ROW_DESCRIPTION,
-        codec.BackendType.DATA_ROW,
-        codec.BackendType.COPY_OUT_RESPONSE,
-        codec.BackendType.COPY_DATA,
-        codec.BackendType.COPY_DONE,
-        codec.BackendType.COMMAND_COMPLETE,
-        codec.BackendType.EMPTY_QUERY_RESPONSE,
-        codec.BackendType.READY_FOR_QUERY,
-        codec.BackendType.ERROR_RESPONSE,
-    }
+#: backend messages the response masker reads the body of (RowDescription
+#: and DataRow have branches of their own in _deliver)
+_MASKER_BODIES = frozenset(
+    {codec.BackendType.COPY_OUT_RESPONSE, codec.BackendType.COPY_DATA}
 )
+#: and those it follows by their kind alone (where a result ends)
+_MASKED_TYPES = _MASKER_BODIES | {
+    codec.BackendType.COPY_DONE,
+    codec.BackendType.COMMAND_COMPLETE,
+    codec.BackendType.EMPTY_QUERY_RESPONSE,
+    codec.BackendType.READY_FOR_QUERY,
+    codec.BackendType.ERROR_RESPONSE,
+}
 _PASSWORD = codec.FrontendType.PASSWORD
 _REDACTED_PASSWORD = codec.encode_message(_PASSWORD, b"[REDACTED]\0")
 
@@ -342,7 +332,6 @@ class PostgresServerProtocol(Protocol):
         # Set while the target's output is held (a catalog lookup).
         self._upstream_held: list | None = None
         self._masker = None
-        self._masker_resolves = False
         # Refused statements are replaced upstream by a syntax error that
         # names a token; that error is rewritten into the refusal.  token ->
         # (ErrorResponse bytes, ReadyForQuery count that ends its chance).
@@ -699,7 +688,6 @@ class PostgresServerProtocol(Protocol):
             if self.session.masker.has_relation_rules:
                 resolve = self._factory.catalog(target).column
             self._masker = ResponseMasker(self.session.masker, resolve)
-            self._masker_resolves = resolve is not None
             self._describes = deque()
         passthrough = tuple(
             (k, v)
@@ -1202,7 +1190,7 @@ class PostgresServerProtocol(Protocol):
                 return
             if kind == _B_ROWS and masker is not None:
                 body = reader.body(frame)
-                unknown = masker.describe(body, self._masker_resolves)
+                unknown = masker.describe(body)
                 if unknown:
                     unknown = self._factory.catalog(self._target).unknown(unknown)
                     if unknown:
