@@ -12,6 +12,18 @@ which open the file read-only.
 
 The index is a cache of what the recordings say: the signed segment files
 remain the evidence.
+
+Text that SQLite cannot hold faithfully (bytes that were not valid in the
+client's encoding, which the protocol codecs keep as lone surrogates, other
+lone surrogates, and NUL, which SQLite's own text functions and its shell
+stop at) is stored escaped by L{index_text}, reversibly; the row's
+C{escaped} column names the columns that hold escaped text, and
+L{unescape_index_text} gives back the exact string.  A write that fails
+anyway is retried alone, so it never takes other rows with it; what it
+could not write is replaced by a placeholder that names the failure, noted
+in the session's C{index_problems}, and reported to the observers of
+L{SessionIndex.observe_failures} (the session hub records it in the
+session's recording).
 """
 
 from __future__ import annotations
@@ -19,9 +31,10 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import sqlite3
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -45,11 +58,13 @@ __all__ = [
     "commands_for",
     "facts_for",
     "get_session",
+    "index_text",
     "query_sessions",
+    "unescape_index_text",
 ]
 
 #: The schema version this module writes, kept in C{PRAGMA user_version}.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # _MIGRATIONS[n] upgrades a database from user_version n to n + 1.
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -120,9 +135,91 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         "CREATE INDEX approvals_session ON approvals (session_id)",
     ),
+    (
+        # The upstream account (PostgreSQL role, SSH user) the session used.
+        "ALTER TABLE sessions ADD COLUMN upstream_role TEXT NOT NULL DEFAULT ''",
+        # Comma-separated names of the columns that hold escaped text
+        # (see index_text).
+        "ALTER TABLE sessions ADD COLUMN escaped TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE commands ADD COLUMN escaped TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE approvals ADD COLUMN escaped TEXT NOT NULL DEFAULT ''",
+        # What the index failed to write about the session, one per line.
+        "ALTER TABLE sessions ADD COLUMN index_problems TEXT NOT NULL DEFAULT ''",
+    ),
 )
 
 _log = Logger(namespace="gatehouse.recording.index")
+
+
+# --- text SQLite can hold ---------------------------------------------------
+
+_UNSAFE = re.compile("[\\x00\\ud800-\\udfff]")
+_ESCAPED = re.compile(r"\\(?:\\|x([0-9a-f]{2})|u(d[89a-f][0-9a-f]{2}))")
+
+
+def _escape_match(match: re.Match[str]) -> str:
+    ch = match.group()
+    code = ord(ch)
+    if code == 0:
+        return "\\x00"
+    if 0xDC80 <= code <= 0xDCFF:
+        # A byte that was not valid in its encoding (surrogateescape).
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\u{code:04x}"
+
+
+def index_text(value: str) -> tuple[str, bool]:
+    """
+    C{value} as the index stores it, and whether it had to be escaped.
+
+    Text SQLite holds faithfully is stored as it is.  Text with a NUL or a
+    lone surrogate (what C{surrogateescape} makes of a byte that was not
+    valid in the client's encoding) is escaped: a backslash becomes
+    C{\\\\}, NUL C{\\x00}, the surrogate for an undecodable byte C{\\xHH}
+    (the byte itself, 80 to ff), any other lone surrogate C{\\udXXX};
+    every other character stays.  L{unescape_index_text} reverses it.
+    """
+    if _UNSAFE.search(value) is None:
+        return value, False
+    return _UNSAFE.sub(_escape_match, value.replace("\\", "\\\\")), True
+
+
+def _unescape_match(match: re.Match[str]) -> str:
+    byte, surrogate = match.groups()
+    if byte is not None:
+        code = int(byte, 16)
+        return chr(0xDC00 + code if code >= 0x80 else code)
+    if surrogate is not None:
+        return chr(int(surrogate, 16))
+    return "\\"
+
+
+def unescape_index_text(value: str) -> str:
+    """
+    The exact text behind a value L{index_text} escaped; encoding it with
+    the client's encoding and C{surrogateescape} gives back the bytes.
+    """
+    return _ESCAPED.sub(_unescape_match, value)
+
+
+def _safe(names: Sequence[str], values: Sequence[Any]) -> tuple[list[Any], str]:
+    """
+    C{values} with every C{str} made storable (L{index_text}), and the
+    comma-separated names of those that were escaped.
+    """
+    out: list[Any] = []
+    escaped: list[str] = []
+    for name, value in zip(names, values, strict=True):
+        if isinstance(value, str):
+            value, was = index_text(value)
+            if was:
+                escaped.append(name)
+        out.append(value)
+    return out, ",".join(escaped)
+
+
+def _problem_text(error: str) -> str:
+    return index_text(error)[0].replace("\n", " ")
 
 
 # --- values ---------------------------------------------------------------
@@ -172,6 +269,12 @@ class SessionRow:
     bytes_to_upstream: int = 0
     bytes_from_upstream: int = 0
     masked_values: int = 0
+    #: the upstream account the session used (a PostgreSQL role), if any
+    upstream_role: str = ""
+    #: the columns whose text is stored escaped (L{index_text})
+    escaped: tuple[str, ...] = attrs.field(default=(), converter=_tuple_of_str)
+    #: what the index failed to write about this session, one per line
+    index_problems: str = ""
 
     @property
     def closed(self) -> bool:
@@ -180,8 +283,14 @@ class SessionRow:
 
     @property
     def identity(self) -> str:
-        """The display name when there is one, else the subject."""
-        return self.display_name or self.subject
+        """
+        The subject (the stable id), with the display name beside it in
+        parentheses when there is one: a name never stands in for the
+        subject, since any token may claim any name.
+        """
+        if self.display_name and self.display_name != self.subject:
+            return f"{self.subject} ({self.display_name})"
+        return self.subject
 
 
 @attrs.frozen(kw_only=True)
@@ -202,6 +311,9 @@ class CommandRow:
     text: str
     decision: str
     objects: tuple[str, ...] = attrs.field(default=(), converter=_tuple_of_str)
+    #: the fields whose text is stored escaped (L{index_text}); set by the
+    #: readers
+    escaped: tuple[str, ...] = attrs.field(default=(), converter=_tuple_of_str)
 
 
 class IndexUnavailable(Exception):
@@ -213,49 +325,115 @@ class IndexUnavailable(Exception):
 
 @attrs.frozen
 class _Write:
-    """One queued statement; C{what} names it in log messages."""
+    """
+    One queued statement; C{what} names it in log messages.
+
+    Its C{str} parameters are made storable with L{index_text} when it is
+    built (L{_Write.of}); the C{escaped} parameter, when the statement has
+    one, receives the names of those that were escaped.
+    """
 
     what: str
     sql: str
-    params: tuple[Any, ...]
+    params: tuple[Any, ...] | dict[str, Any]
     #: an UPDATE that changes no row means the session is unknown
     expect_row: bool = False
+    #: the session the write is about, to note its failures there
+    session_id: str | None = None
+    #: makes the statement that stands in for this one if it fails alone
+    #: (given the failure), so that the row still exists and says why
+    fallback: Callable[[str], _Write] | None = None
+
+    @classmethod
+    def of(
+        cls,
+        what: str,
+        sql: str,
+        fields: Sequence[tuple[str, Any]],
+        **options: Any,
+    ) -> _Write:
+        """
+        A write of C{sql} with the values of C{fields} (name, value) as its
+        parameters, in order, and the escaped names where C{sql} has
+        C{:escaped} (named parameters) when it names them.
+        """
+        names = [name for name, _ in fields]
+        values, escaped = _safe(names, [value for _, value in fields])
+        params = dict(zip(names, values, strict=True))
+        params["escaped"] = escaped
+        return cls(what, sql, params, **options)
+
+
+@attrs.frozen
+class _Outcome:
+    """What became of one write (on the index thread)."""
+
+    committed: bool
+    note: str | None = None
+    #: why it failed alone, and whether its placeholder was written
+    failure: str | None = None
+    placeholder: bool = False
 
 
 _INSERT_SESSION = """
     INSERT INTO sessions (
         id, gateway_id, protocol, target, listener, subject, display_name,
-        issuer, groups, client_address, started, directory
-    ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        issuer, groups, client_address, started, directory, escaped
+    ) VALUES (
+        :id, :gateway_id, :protocol, :target, :listener, :subject,
+        :display_name, :issuer, :groups, :client_address, :started,
+        :directory, :escaped
+    )
 """
 # Applied only for a segment the index has not seen yet, so a repeated or
 # late report cannot count records twice or move the last link backwards.
 _SEAL_SEGMENT = """
     UPDATE sessions SET
-        segments = ? + 1, last_link = ?, final = ?, records = records + ?
-    WHERE id = ? AND segments <= ?
+        segments = :segment + 1, last_link = :link, final = :final,
+        records = records + :records
+    WHERE id = :id AND segments <= :segment
 """
-_IDENTIFY_SESSION = """
+# escaped: the names this write escaped are added to the row's list.
+_ADD_ESCAPED = "trim(escaped || ',' || :escaped, ',')"
+_IDENTIFY_SESSION = f"""
     UPDATE sessions SET
-        subject = ?, display_name = ?, issuer = ?, groups = ?,
-        target = coalesce(?, target)
-    WHERE id = ?
+        subject = :subject, display_name = :display_name, issuer = :issuer,
+        groups = :groups, target = coalesce(:target, target),
+        escaped = {_ADD_ESCAPED}
+    WHERE id = :id
 """
-_CLOSE_SESSION = """
+_UPSTREAM_ROLE = f"""
+    UPDATE sessions SET upstream_role = :upstream_role, escaped = {_ADD_ESCAPED}
+    WHERE id = :id
+"""
+_CLOSE_SESSION = f"""
     UPDATE sessions SET
-        ended = ?, close_reason = ?, bytes_from_client = ?, bytes_to_client = ?,
-        bytes_to_upstream = ?, bytes_from_upstream = ?, masked_values = ?
+        ended = :ended, close_reason = :close_reason,
+        bytes_from_client = :bytes_from_client,
+        bytes_to_client = :bytes_to_client,
+        bytes_to_upstream = :bytes_to_upstream,
+        bytes_from_upstream = :bytes_from_upstream,
+        masked_values = :masked_values, escaped = {_ADD_ESCAPED}
+    WHERE id = :id
+"""
+_NOTE_PROBLEM = """
+    UPDATE sessions SET index_problems = index_problems || ? || char(10)
     WHERE id = ?
 """
 _UPSERT_APPROVAL = """
     INSERT OR REPLACE INTO approvals
-        (id, session_id, state, rule, requester, created, expires, reason, request)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+        (id, session_id, state, rule, requester, created, expires, reason,
+         request, escaped)
+    VALUES (:id, :session_id, :state, :rule, :requester, :created, :expires,
+            :reason, :request, :escaped)
 """
 _INSERT_COMMAND = """
-    INSERT INTO commands (session_id, seq, at, kind, text, decision, objects)
-    VALUES (?, ?, ?, ?, ?, ?, ?)
+    INSERT INTO commands
+        (session_id, seq, at, kind, text, decision, objects, escaped)
+    VALUES (:session_id, :seq, :at, :kind, :text, :decision, :objects, :escaped)
 """
+#: the kind of a command row that stands in for one the index could not write
+NOT_INDEXED = "(not indexed)"
 
 
 def _open_writer(path: str) -> sqlite3.Connection:
@@ -299,6 +477,11 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
         raise
 
 
+def _fits(value: object) -> bool:
+    """Whether an integer fits SQLite's 64-bit INTEGER."""
+    return not isinstance(value, int) or -(2**63) <= value < 2**63
+
+
 def _apply(conn: sqlite3.Connection, write: _Write) -> str | None:
     cursor = conn.execute(write.sql, write.params)
     if write.expect_row and cursor.rowcount == 0:
@@ -306,33 +489,71 @@ def _apply(conn: sqlite3.Connection, write: _Write) -> str | None:
     return None
 
 
-def _write_batch(
-    conn: sqlite3.Connection, writes: list[_Write]
-) -> list[tuple[bool, str | None]]:
+def _transaction(conn: sqlite3.Connection, writes: Sequence[_Write]) -> list:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        notes = [_apply(conn, w) for w in writes]
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return notes
+
+
+def _write_batch(conn: sqlite3.Connection, writes: list[_Write]) -> list[_Outcome]:
     """
     Write C{writes} in one transaction; runs on the index thread.
 
-    @return: per write, whether it was committed and a problem to log.
+    If any write fails on its own account, the batch is rolled back and
+    every write is tried alone (L{_write_alone}): one bad row never takes
+    the others with it.
+
+    @return: per write, what became of it.
     """
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            notes = [_apply(conn, w) for w in writes]
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return [(True, note) for note in notes]
+        notes = _transaction(conn, writes)
+        return [_Outcome(True, note) for note in notes]
     except sqlite3.OperationalError as e:
         # The database (locked by another writer, full, unreadable), not one
         # write: writing each alone would wait out busy_timeout per write.
-        return [(False, f"{w.what}: {e}") for w in writes]
-    except sqlite3.Error as e:
-        if len(writes) == 1:
-            return [(False, f"{writes[0].what}: {e}")]
-    # One bad write must not take the rest of its batch down with it.
-    return [r for w in writes for r in _write_batch(conn, [w])]
+        return [_Outcome(False, f"{w.what}: {e}") for w in writes]
+    except Exception:
+        if len(writes) > 1:
+            return [_write_alone(conn, w) for w in writes]
+    return [_write_alone(conn, writes[0])]
+
+
+def _write_alone(conn: sqlite3.Connection, write: _Write) -> _Outcome:
+    try:
+        (note,) = _transaction(conn, [write])
+        return _Outcome(True, note)
+    except sqlite3.OperationalError as e:
+        return _Outcome(False, f"{write.what}: {e}")
+    except Exception as e:
+        error = _problem_text(f"{type(e).__name__}: {e}")
+    placeholder = False
+    if write.fallback is not None:
+        try:
+            _transaction(conn, [write.fallback(error)])
+            placeholder = True
+        except Exception as e:
+            error += _problem_text(f"; its placeholder failed too: {e}")
+    if write.session_id is not None:
+        try:
+            _transaction(
+                conn,
+                [
+                    _Write(
+                        "note",
+                        _NOTE_PROBLEM,
+                        (_problem_text(f"{write.what}: {error}"), write.session_id),
+                    )
+                ],
+            )
+        except Exception:
+            pass  # logged and reported by the caller all the same
+    return _Outcome(False, f"{write.what}: {error}", error, placeholder)
 
 
 class SessionIndex:
@@ -372,6 +593,7 @@ class SessionIndex:
         self._scheduled: Any = None
         self._idle: list[Deferred[None]] = []
         self._dropped = 0
+        self._failure_observers: list[Callable[[str, str, str, bool], object]] = []
 
     # lifecycle
 
@@ -472,24 +694,39 @@ class SessionIndex:
 
     def session_opened(self, row: SessionRow) -> Deferred[bool]:
         """Record a new session (its identity fields; counters start at zero)."""
+        fields = [
+            ("id", row.id),
+            ("gateway_id", row.gateway_id),
+            ("protocol", row.protocol),
+            ("target", row.target),
+            ("listener", row.listener),
+            ("subject", row.subject),
+            ("display_name", row.display_name),
+            ("issuer", row.issuer),
+            ("groups", json.dumps(list(row.groups))),
+            ("client_address", row.client_address),
+            ("started", row.started),
+            ("directory", row.directory),
+        ]
+
+        def placeholder(error: str) -> _Write:
+            # The session must exist for its later reports (and the reader
+            # that finds it by its directory): keep what identifies it.
+            kept = dict(fields)
+            for name in ("target", "subject", "display_name", "issuer"):
+                kept[name] = NOT_INDEXED
+            kept["groups"] = "[]"
+            return _Write.of(
+                f"session {row.id} opened", _INSERT_SESSION, [*kept.items()]
+            )
+
         return self._submit(
-            _Write(
+            _Write.of(
                 f"session {row.id} opened",
                 _INSERT_SESSION,
-                (
-                    row.id,
-                    row.gateway_id,
-                    row.protocol,
-                    row.target,
-                    row.listener,
-                    row.subject,
-                    row.display_name,
-                    row.issuer,
-                    json.dumps(list(row.groups)),
-                    row.client_address,
-                    row.started,
-                    row.directory,
-                ),
+                fields,
+                session_id=row.id,
+                fallback=placeholder,
             )
         )
 
@@ -503,19 +740,43 @@ class SessionIndex:
             C{name}, C{issuer}, C{groups}).
         @param target: the target's name, if known by now.
         """
+        fields = [
+            ("subject", identity.subject or ""),
+            ("display_name", identity.name or ""),
+            ("issuer", identity.issuer or ""),
+            ("groups", json.dumps(list(identity.groups or ()))),
+            ("target", target),
+            ("id", session_id),
+        ]
+
+        def placeholder(error: str) -> _Write:
+            kept = dict(fields)
+            for name in ("subject", "display_name", "issuer"):
+                kept[name] = NOT_INDEXED
+            kept["groups"] = "[]"
+            kept["target"] = None if target is None else NOT_INDEXED
+            return _Write.of("placeholder", _IDENTIFY_SESSION, [*kept.items()])
+
         return self._submit(
-            _Write(
+            _Write.of(
                 f"session {session_id} identified",
                 _IDENTIFY_SESSION,
-                (
-                    identity.subject or "",
-                    identity.name or "",
-                    identity.issuer or "",
-                    json.dumps(list(identity.groups or ())),
-                    target,
-                    session_id,
-                ),
+                fields,
                 expect_row=True,
+                session_id=session_id,
+                fallback=placeholder,
+            )
+        )
+
+    def session_upstream(self, session_id: str, role: str) -> Deferred[bool]:
+        """Record the upstream account (a PostgreSQL role) a session uses."""
+        return self._submit(
+            _Write.of(
+                f"session {session_id} upstream role",
+                _UPSTREAM_ROLE,
+                [("upstream_role", role), ("id", session_id)],
+                expect_row=True,
+                session_id=session_id,
             )
         )
 
@@ -532,18 +793,18 @@ class SessionIndex:
         records in it and C{link} as its link.
         """
         return self._submit(
-            _Write(
+            _Write.of(
                 f"session {session_id} segment {segment_index} sealed",
                 _SEAL_SEGMENT,
-                (
-                    segment_index,
-                    bytes(link),
-                    1 if final else 0,
-                    records,
-                    session_id,
-                    segment_index,
-                ),
+                [
+                    ("segment", segment_index),
+                    ("link", bytes(link)),
+                    ("final", 1 if final else 0),
+                    ("records", records),
+                    ("id", session_id),
+                ],
                 expect_row=True,
+                session_id=session_id,
             )
         )
 
@@ -563,59 +824,97 @@ class SessionIndex:
         Record the end of a session, why it ended, its byte counts and how
         many values were masked.
         """
+        fields = [
+            ("ended", ended),
+            ("close_reason", reason),
+            ("bytes_from_client", bytes_from_client),
+            ("bytes_to_client", bytes_to_client),
+            ("bytes_to_upstream", bytes_to_upstream),
+            ("bytes_from_upstream", bytes_from_upstream),
+            ("masked_values", masked_values),
+            ("id", session_id),
+        ]
+
+        def placeholder(error: str) -> _Write:
+            # The end is what matters most (an open session looks alive).
+            kept = dict(fields)
+            kept["close_reason"] = f"{NOT_INDEXED}: {error}"
+            for name, value in fields:
+                if name.startswith(("bytes_", "masked")) and not _fits(value):
+                    kept[name] = -1
+            return _Write.of("placeholder", _CLOSE_SESSION, [*kept.items()])
+
         return self._submit(
-            _Write(
+            _Write.of(
                 f"session {session_id} closed",
                 _CLOSE_SESSION,
-                (
-                    ended,
-                    reason,
-                    bytes_from_client,
-                    bytes_to_client,
-                    bytes_to_upstream,
-                    bytes_from_upstream,
-                    masked_values,
-                    session_id,
-                ),
+                fields,
                 expect_row=True,
+                session_id=session_id,
+                fallback=placeholder,
             )
         )
 
     def command_seen(self, command: CommandRow) -> Deferred[bool]:
         """Record one command and the decision about it."""
+        fields = [
+            ("session_id", command.session_id),
+            ("seq", command.seq),
+            ("at", command.at),
+            ("kind", command.kind),
+            ("text", command.text),
+            ("decision", command.decision),
+            ("objects", json.dumps(list(command.objects))),
+        ]
+
+        def placeholder(error: str) -> _Write:
+            # The row stays, so the session still shows a command here; the
+            # recording holds the command itself.
+            kept = dict(fields)
+            kept["kind"] = NOT_INDEXED
+            kept["text"] = f"[the index could not store this command: {error}]"
+            kept["objects"] = "[]"
+            if not _fits(command.seq):
+                kept["seq"] = -1
+            return _Write.of("placeholder", _INSERT_COMMAND, [*kept.items()])
+
         return self._submit(
-            _Write(
+            _Write.of(
                 f"session {command.session_id} command at seq {command.seq}",
                 _INSERT_COMMAND,
-                (
-                    command.session_id,
-                    command.seq,
-                    command.at,
-                    command.kind,
-                    command.text,
-                    command.decision,
-                    json.dumps(list(command.objects)),
-                ),
+                fields,
+                session_id=command.session_id,
+                fallback=placeholder,
             )
         )
 
     def approval_changed(self, request: object) -> Deferred[bool]:
         """Record an approval request's latest state and votes."""
+        fields = [
+            ("id", request.id),
+            ("session_id", request.session_id),
+            ("state", request.state),
+            ("rule", request.rule),
+            ("requester", request.requester.subject),
+            ("created", request.created),
+            ("expires", request.expires),
+            ("reason", request.reason),
+            ("request", json.dumps(request.as_json(), sort_keys=True)),
+        ]
+
+        def placeholder(error: str) -> _Write:
+            kept = dict(fields)
+            kept["reason"] = f"{NOT_INDEXED}: {error}"
+            kept["request"] = json.dumps({"id": request.id, "index_error": error})
+            return _Write.of("placeholder", _UPSERT_APPROVAL, [*kept.items()])
+
         return self._submit(
-            _Write(
+            _Write.of(
                 f"approval {request.id}",
                 _UPSERT_APPROVAL,
-                (
-                    request.id,
-                    request.session_id,
-                    request.state,
-                    request.rule,
-                    request.requester.subject,
-                    request.created,
-                    request.expires,
-                    request.reason,
-                    json.dumps(request.as_json(), sort_keys=True),
-                ),
+                fields,
+                session_id=request.session_id,
+                fallback=placeholder,
             )
         )
 
@@ -667,7 +966,7 @@ class SessionIndex:
 
     def _written(
         self,
-        result: list[tuple[bool, str | None]] | Failure,
+        result: list[_Outcome] | Failure,
         batch: list[tuple[_Write, Deferred[bool]]],
     ) -> None:
         self._busy = False
@@ -678,8 +977,9 @@ class SessionIndex:
                 count=len(batch),
                 path=self.path,
             )
-            result = [(False, None)] * len(batch)
-        problems = [note for _, note in result if note]
+            why = f"index write failed: {result.getErrorMessage()}"
+            result = [_Outcome(False, why, why) for _ in batch]
+        problems = [outcome.note for outcome in result if outcome.note]
         if problems:
             _log.warn(
                 "session index {path}: {count} of {total} writes had problems; "
@@ -689,12 +989,34 @@ class SessionIndex:
                 total=len(batch),
                 first=problems[0],
             )
-        for (_, d), (ok, _) in zip(batch, result, strict=True):
-            d.callback(ok)
+        for (write, d), outcome in zip(batch, result, strict=True):
+            if outcome.failure is not None and write.session_id is not None:
+                for observer in self._failure_observers:
+                    try:
+                        observer(
+                            write.session_id,
+                            write.what,
+                            outcome.failure,
+                            outcome.placeholder,
+                        )
+                    except Exception:
+                        _log.failure("session index: reporting a failed write")
+            d.callback(outcome.committed)
         if self._queue:
             self._flush()
         else:
             self._notify(self._idle)
+
+    def observe_failures(
+        self, observer: Callable[[str, str, str, bool], object]
+    ) -> None:
+        """
+        Call C{observer(session_id, what, error, placeholder)} for each
+        write that failed on its own account (not for a database that is
+        unavailable as a whole): C{what} names the write, C{placeholder}
+        says whether a stand-in row naming the failure was written.
+        """
+        self._failure_observers.append(observer)
 
 
 # --- readers (auditor side) -----------------------------------------------
@@ -733,7 +1055,12 @@ def _session_from_row(row: sqlite3.Row) -> SessionRow:
     values["final"] = bool(values["final"])
     if values["last_link"] is not None:
         values["last_link"] = bytes(values["last_link"])
+    values["escaped"] = _names(values["escaped"])
     return SessionRow(**values)
+
+
+def _names(escaped: str) -> tuple[str, ...]:
+    return tuple(sorted({name for name in escaped.split(",") if name}))
 
 
 def query_sessions(
@@ -748,11 +1075,15 @@ def query_sessions(
     kind: str | None = None,
     touched: str | None = None,
     limit: int | None = 100,
+    name: str | None = None,
 ) -> list[SessionRow]:
     """
     Find sessions, newest first.
 
-    @param identity: a substring of the subject or display name (any case).
+    @param identity: the subject, exactly (the issuer's stable id; a
+        display name is whatever the token claims, so it never matches
+        here).
+    @param name: a substring of the display name (any case).
     @param target: the target's name, exactly.
     @param protocol: the protocol's name, exactly.
     @param since: Unix time; sessions still running at or after it.
@@ -771,11 +1102,11 @@ def query_sessions(
     where: list[str] = []
     params: dict[str, Any] = {}
     if identity:
-        where.append(
-            "(instr(lower(s.subject), :identity) > 0"
-            " OR instr(lower(s.display_name), :identity) > 0)"
-        )
-        params["identity"] = identity.lower()
+        where.append("s.subject = :identity")
+        params["identity"] = index_text(identity)[0]
+    if name:
+        where.append("instr(lower(s.display_name), :name) > 0")
+        params["name"] = index_text(name)[0].lower()
     if target is not None:
         where.append("s.target = :target")
         params["target"] = target
@@ -791,7 +1122,7 @@ def query_sessions(
     per_command: list[str] = []
     if command:
         per_command.append("instr(lower(c.text), :command) > 0")
-        params["command"] = command.lower()
+        params["command"] = index_text(command)[0].lower()
     if kind:
         per_command.append("c.kind = :kind COLLATE NOCASE")
         params["kind"] = kind
@@ -842,7 +1173,7 @@ def commands_for(path: str, session_id: str) -> list[CommandRow]:
     """
     with _reader(path) as conn:
         rows = conn.execute(
-            "SELECT session_id, seq, at, kind, text, decision, objects"
+            "SELECT session_id, seq, at, kind, text, decision, objects, escaped"
             " FROM commands WHERE session_id = ? ORDER BY seq, rowid",
             (session_id.lower(),),
         ).fetchall()
@@ -855,6 +1186,7 @@ def commands_for(path: str, session_id: str) -> list[CommandRow]:
             text=row["text"],
             decision=row["decision"],
             objects=json.loads(row["objects"]),
+            escaped=_names(row["escaped"]),
         )
         for row in rows
     ]

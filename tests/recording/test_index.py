@@ -22,8 +22,11 @@ from gatehouse.recording.index import (
     SessionRow,
     commands_for,
     facts_for,
+    approvals_for,
     get_session,
+    index_text,
     query_sessions,
+    unescape_index_text,
 )
 
 T0 = 1_790_000_000.0
@@ -153,7 +156,7 @@ class SessionIndexTests(IndexTestCase):
             ),
         )
         self.assertTrue(row.closed)
-        self.assertEqual(row.identity, "CI pipeline")
+        self.assertEqual(row.identity, "svc-ci (CI pipeline)")
 
     @inlineCallbacks
     def test_identified_later(self):
@@ -391,6 +394,189 @@ class SessionIndexTests(IndexTestCase):
         self.assertTrue(any("queue full" in e.get("log_format", "") for e in events))
 
 
+@attrs.frozen
+class FakeApproval:
+    """What L{SessionIndex.approval_changed} reads of an approval request."""
+
+    id: str
+    session_id: str
+    state: str
+    rule: str
+    requester: FakeIdentity
+    created: float
+    expires: float
+    reason: str | None
+
+    def as_json(self) -> dict:
+        return {"id": self.id, "reason": self.reason, "rule": self.rule}
+
+
+#: Values a hostile client can put in what the index stores: undecodable
+#: bytes (surrogateescape), a lone surrogate from a JSON claim, NUL,
+#: terminal escapes, newlines, a backslash next to what looks like an escape.
+HOSTILE = (
+    "select '\udcff\udcfe' /* latin1 bytes */",
+    "a\ud800b",
+    "select 1\x00; drop table users",
+    "\x1b[2J\x1b[1;1Hall clear\r\nrm -rf \x08",
+    "C:\\x00 not a nul \\xff not a byte",
+    "é ✓ 𝄞",
+)
+
+
+class HostileTextTests(IndexTestCase):
+    """
+    No value a client controls makes the index drop rows: text SQLite
+    cannot hold is escaped reversibly, and a write that fails anyway is
+    replaced by a placeholder without taking its batch with it.
+    """
+
+    def test_escape_round_trip(self):
+        """
+        index_text leaves storable text alone and escapes the rest so that
+        unescape_index_text gives back the exact string.
+        """
+        for value in HOSTILE:
+            stored, escaped = index_text(value)
+            stored.encode("utf-8")  # storable
+            self.assertNotIn("\x00", stored)
+            self.assertEqual(unescape_index_text(stored) if escaped else stored, value)
+        self.assertEqual(index_text("\x1b[31m\\x41"), ("\x1b[31m\\x41", False))
+        self.assertEqual(index_text("a\\xff\udcff\x00"), ("a\\\\xff\\xff\\x00", True))
+
+    @inlineCallbacks
+    def test_every_write_path(self):
+        """
+        Hostile text in every field of every write (open, identify, upstream
+        role, command, approval, close) commits in one batch with a
+        well-behaved session's rows, and reads back exactly once unescaped.
+        """
+        idx = self.make_index()
+        failures = []
+        idx.observe_failures(lambda *a: failures.append(a))
+        yield idx.start()
+        good = "0192f1a0-0000-7000-8000-0000000000e1"
+        bad = "0192f1a0-0000-7000-8000-0000000000e2"
+        ds = [idx.session_opened(session(good))]
+        ds.append(idx.command_seen(command(good, 1, "select 'before'")))
+        for n, value in enumerate(HOSTILE):
+            sid = f"{bad[:-2]}{n:02x}"
+            ds += [
+                idx.session_opened(
+                    session(
+                        sid,
+                        target=value,
+                        subject=value,
+                        display_name=value,
+                        issuer=value,
+                        groups=(value,),
+                        client_address=value,
+                        listener=value,
+                    )
+                ),
+                idx.session_identified(
+                    sid, FakeIdentity(value, value, value, (value,)), value
+                ),
+                idx.session_upstream(sid, value),
+                idx.command_seen(
+                    command(sid, 3, value, kind=value, decision=value, objects=(value,))
+                ),
+                idx.approval_changed(
+                    FakeApproval(
+                        f"apr-{n}",
+                        sid,
+                        value,
+                        value,
+                        FakeIdentity(value, "", "", ()),
+                        T0,
+                        T0 + 1,
+                        value,
+                    )
+                ),
+                idx.session_closed(sid, T0 + 5, value, masked_values=3),
+            ]
+        ds.append(idx.command_seen(command(good, 2, "select 'after'")))
+        ds.append(idx.session_closed(good, T0 + 9, "eof"))
+        results = yield gatherResults(ds)
+        self.assertEqual(set(results), {True})
+        self.assertEqual(failures, [])
+        self.assertEqual(
+            [c.text for c in commands_for(self.path, good)],
+            ["select 'before'", "select 'after'"],
+        )
+        for n, value in enumerate(HOSTILE):
+            sid = f"{bad[:-2]}{n:02x}"
+            row = get_session(self.path, sid)
+
+            def read(field, stored, row=row):
+                return unescape_index_text(stored) if field in row.escaped else stored
+
+            for field in ("target", "subject", "display_name", "issuer"):
+                self.assertEqual(read(field, getattr(row, field)), value, field)
+            self.assertEqual(row.groups, (value,))
+            self.assertEqual(read("upstream_role", row.upstream_role), value)
+            self.assertEqual(read("close_reason", row.close_reason), value)
+            self.assertEqual(read("client_address", row.client_address), value)
+            self.assertEqual(read("listener", row.listener), value)
+            self.assertEqual(row.masked_values, 3)
+            self.assertEqual(row.index_problems, "")
+            (cmd,) = commands_for(self.path, sid)
+            for field in ("text", "kind", "decision"):
+                stored = getattr(cmd, field)
+                got = unescape_index_text(stored) if field in cmd.escaped else stored
+                self.assertEqual(got, value, field)
+            self.assertEqual(cmd.objects, (value,))
+            (approval,) = approvals_for(self.path, sid)
+            self.assertEqual(approval["reason"], value)
+            self.assertEqual(query_sessions(self.path, identity=value)[0].id, sid)
+        self.assertEqual(
+            [r.id for r in query_sessions(self.path, command="\udcff\udcfe")],
+            [f"{bad[:-2]}00"],
+        )
+
+    @inlineCallbacks
+    def test_failing_row_placeholder(self):
+        """
+        A command the index cannot store at all (a sequence number out of
+        SQLite's range) is replaced by a placeholder row naming the failure,
+        noted on its session and reported to observers; the rest of its
+        batch, another session's rows included, commits.
+        """
+        idx = self.make_index()
+        failures = []
+        idx.observe_failures(lambda *a: failures.append(a))
+        yield idx.start()
+        a = "0192f1a0-0000-7000-8000-0000000000f1"
+        b = "0192f1a0-0000-7000-8000-0000000000f2"
+        results = yield gatherResults(
+            [
+                idx.session_opened(session(a)),
+                idx.session_opened(session(b)),
+                idx.command_seen(command(a, 1, "select 1")),
+                idx.command_seen(command(a, 2**70, "select 'huge seq'")),
+                idx.command_seen(command(b, 1, "select 'other session'")),
+                idx.session_closed(b, T0 + 1, "eof", masked_values=2**70),
+                idx.session_closed(a, T0 + 2, "eof"),
+            ]
+        )
+        self.assertEqual(results, [True, True, True, False, True, False, True])
+        placeholder, first = commands_for(self.path, a)  # ordered by seq
+        self.assertEqual(first.text, "select 1")
+        self.assertEqual((placeholder.kind, placeholder.seq), ("(not indexed)", -1))
+        self.assertIn("OverflowError", placeholder.text)
+        self.assertEqual(
+            [c.text for c in commands_for(self.path, b)], ["select 'other session'"]
+        )
+        row_a = get_session(self.path, a)
+        self.assertIn(f"session {a} command at seq {2**70}", row_a.index_problems)
+        self.assertEqual(row_a.close_reason, "eof")
+        row_b = get_session(self.path, b)
+        self.assertTrue(row_b.closed)
+        self.assertTrue(row_b.close_reason.startswith("(not indexed): OverflowError"))
+        self.assertEqual(row_b.masked_values, -1)
+        self.assertEqual([(f[0], f[3]) for f in failures], [(a, True), (b, True)])
+
+
 class QueryTests(IndexTestCase):
     """The auditor side, over an index populated by the writer."""
 
@@ -483,17 +669,25 @@ class QueryTests(IndexTestCase):
         self.assertEqual(len(self.ids(limit=None)), 4)
 
     def test_identity(self):
-        """identity matches part of the subject or display name, any case."""
-        self.assertEqual(self.ids(identity="LOVELACE"), [self.A])
-        self.assertEqual(self.ids(identity="u-bo"), [self.C])
-        self.assertEqual(self.ids(identity="svc-"), [self.D, self.B])
+        """
+        identity matches the subject exactly, never the display name (which
+        any token may claim); name matches part of the display name.
+        """
+        self.assertEqual(self.ids(identity="u-ada"), [self.A])
+        self.assertEqual(self.ids(identity="u-bob"), [self.C])
+        self.assertEqual(self.ids(identity="svc-ci"), [self.D, self.B])
+        self.assertEqual(self.ids(identity="u-bo"), [])
+        self.assertEqual(self.ids(identity="U-ADA"), [])
+        self.assertEqual(self.ids(identity="Ada Lovelace"), [])
+        self.assertEqual(self.ids(name="LOVELACE"), [self.A])
+        self.assertEqual(self.ids(name="u-ada"), [])
 
     def test_target_and_protocol(self):
         """target and protocol match exactly."""
         self.assertEqual(self.ids(target="orders-db"), [self.B, self.A])
         self.assertEqual(self.ids(target="orders"), [])
         self.assertEqual(self.ids(protocol="ssh"), [self.C])
-        self.assertEqual(self.ids(protocol="postgres", identity="ada"), [self.A])
+        self.assertEqual(self.ids(protocol="postgres", identity="u-ada"), [self.A])
 
     def test_time_window(self):
         """
