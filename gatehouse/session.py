@@ -76,6 +76,8 @@ class Session:
         #: whether data is recorded (policy scopes may turn it off)
         self.records_data = True
         self.masked_values = 0
+        #: the upstream account the session logs in as, once chosen
+        self.upstream_role: str | None = None
         self._approvals: dict[str, Deferred] = {}
 
     @property
@@ -242,6 +244,18 @@ class Session:
         broker = self._hub.broker
         return broker.instructions(request) if broker is not None else ""
 
+    def upstream_login(self, role: str, via: str) -> None:
+        """
+        The gateway logs in to the target as C{role} (an upstream account
+        such as a PostgreSQL role), chosen by C{via} (which credentials
+        entry matched, or C{"default"}): recorded and indexed.
+        """
+        self.upstream_role = role
+        self.event("upstream-login", role=role, credentials=via)
+        index = self._hub.index
+        if index is not None:
+            index.session_upstream(str(self.id), role)
+
     def upstream_failed(self, reason: str) -> None:
         """The gateway could not open its connection to the target."""
         self.event("upstream-failed", reason=reason)
@@ -359,6 +373,9 @@ class SessionHub:
         observe = getattr(recorder, "observe_seals", None)
         if observe is not None and index is not None:
             observe(self._sealed)
+        observe_failures = getattr(index, "observe_failures", None)
+        if observe_failures is not None:
+            observe_failures(self._index_failed)
         if broker is not None:
             broker.observe(self._approval_event)
 
@@ -404,6 +421,32 @@ class SessionHub:
                 self._log.failure("Recording approval {id}", id=request.id)
         if self.index is not None:
             self.index.approval_changed(request)
+
+    def _index_failed(
+        self, session_id: str, what: str, error: str, placeholder: bool
+    ) -> None:
+        """
+        The index could not store something about a session: say so in
+        that session's recording (the evidence), if it is still open.
+        """
+        session = self.sessions.get(session_id)
+        if session is None or session.closed:
+            self._log.warn(
+                "Index entry lost for closed session {id}: {what}: {error}",
+                id=session_id,
+                what=what,
+                error=error,
+            )
+            return
+        try:
+            session.event(
+                "index-write-failed",
+                what=what,
+                error=error,
+                placeholder=placeholder,
+            )
+        except Exception:
+            self._log.failure("Recording an index failure of {id}", id=session_id)
 
     def open(self, protocol: str, listener: str, client_address: str) -> Session:
         """

@@ -5,6 +5,7 @@ by the real reactor and its own thread, and the auditors' queries.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 
@@ -15,14 +16,15 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from gatehouse.recording import index as index_module
+from gatehouse.recording.format import RecordType
 from gatehouse.recording.index import (
     CommandRow,
     IndexUnavailable,
     SessionIndex,
     SessionRow,
+    approvals_for,
     commands_for,
     facts_for,
-    approvals_for,
     get_session,
     index_text,
     query_sessions,
@@ -805,3 +807,74 @@ class UnavailableTests(TestCase):
             pass
         e = self.assertRaises(IndexUnavailable, commands_for, path, "x")
         self.assertIn("not a gatehouse session index", str(e))
+
+
+class HubReportsTests(IndexTestCase):
+    """
+    The session hub and the index together: a failed index write is
+    recorded in the session's own recording (the evidence), and the
+    upstream role a session uses is recorded and indexed.
+    """
+
+    @inlineCallbacks
+    def test_failure_recorded_in_session(self):
+        """
+        A command the index cannot store leaves an C{index-write-failed}
+        event in the session's recording; the session's other commands,
+        hostile text included, are indexed.
+        """
+        from twisted.internet.task import Clock
+
+        from gatehouse.recording import keys
+        from gatehouse.recording.reader import read_records
+        from gatehouse.recording.recorder import SegmentRecorder, synchronous_executor
+        from gatehouse.session import SessionHub
+
+        ns = 1_000_000_000
+        clock = Clock()
+        clock.advance(T0)
+        root = keys.generate_root_key()
+        epoch = keys.issue_epoch_keys(root, "gw-1", int((T0 - 10) * ns), 900 * ns, 4)
+        recorder = SegmentRecorder(
+            self.mktemp(),
+            "gw-1",
+            lambda wall: keys.current_key(epoch, wall),
+            clock,
+            synchronous_executor,
+            monotonic_ns=lambda: int(clock.seconds() * ns),
+        )
+        idx = self.make_index()
+        hub = SessionHub("gw-1", recorder, None, clock, idx)
+        yield idx.start()
+        session = hub.open("postgres", "pg", "127.0.0.1:5000")
+        sid = str(session.id)
+        session.upstream_login("agent_ro", "groups [agents]")
+        session.command_seen("SelectStmt", "select '\udcff'\x00")
+        ok = yield idx.command_seen(
+            CommandRow(
+                session_id=sid,
+                seq=2**70,
+                at=T0,
+                kind="SelectStmt",
+                text="x",
+                decision="allow",
+            )
+        )
+        self.assertFalse(ok)
+        yield session.close("done")
+        yield idx.stop()
+        events = [
+            json.loads(r.payload)
+            for r in read_records(session.recording.directory)
+            if r.type == RecordType.EVENT
+        ]
+        names = [e["event"] for e in events]
+        self.assertIn("upstream-login", names)
+        (failed,) = [e for e in events if e["event"] == "index-write-failed"]
+        self.assertEqual(failed["what"], f"session {sid} command at seq {2**70}")
+        self.assertIn("OverflowError", failed["error"])
+        self.assertTrue(failed["placeholder"])
+        row = get_session(self.path, sid)
+        self.assertEqual(row.upstream_role, "agent_ro")
+        texts = [c.text for c in commands_for(self.path, sid)]
+        self.assertIn("select '\\xff'\\x00", texts)
