@@ -38,6 +38,7 @@ __all__ = [
     "configure_replay",
     "configure_sessions",
     "parse_time",
+    "terminal_text",
 ]
 
 _RELATIVE = re.compile(r"([+-])\s*(.+)")
@@ -127,7 +128,15 @@ def configure_sessions(parser: argparse.ArgumentParser) -> Handler:
     source.add_argument("--config", metavar="FILE", help="the gateway's configuration")
     source.add_argument("--index", metavar="FILE", help="the session index itself")
     parser.add_argument(
-        "--identity", metavar="X", help="part of the subject or display name"
+        "--identity",
+        metavar="SUBJECT",
+        help="the identity's subject (its stable id), exactly",
+    )
+    parser.add_argument(
+        "--name",
+        metavar="TEXT",
+        help="part of the display name (any case; names are whatever a token "
+        "claims, so confirm the SUBJECT column)",
     )
     parser.add_argument("--target", metavar="NAME", help="the target's name")
     parser.add_argument("--protocol", metavar="NAME", help="postgres, ssh, http, ...")
@@ -172,6 +181,7 @@ def _sessions(args: argparse.Namespace) -> int:
         rows = query_sessions(
             path,
             identity=args.identity,
+            name=args.name,
             target=args.target,
             protocol=args.protocol,
             since=args.since,
@@ -224,24 +234,66 @@ def _status(row: SessionRow) -> str:
     return "closed"
 
 
+def _escape_char(ch: str) -> str:
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def terminal_text(text: str, escaped: bool = False) -> str:
+    """
+    C{text} safe to print on a terminal: every character that is not
+    printable (control characters such as ESC, CR, BS and newline, C1
+    controls, bidirectional overrides, line separators) is shown as
+    C{\\xHH}, C{\\uHHHH} or C{\\UHHHHHHHH}.
+
+    Backslashes are doubled, so a client cannot fake an escape: C{\\x1b}
+    on screen is the character ESC, and C{\\\\x1b} the four characters
+    it looks like.
+
+    @param escaped: C{text} is already in the index's escaped form
+        (L{gatehouse.recording.index.index_text}), whose backslashes are
+        doubled and whose C{\\xHH} (HH 80 to ff) are bytes that were not
+        valid in the client's encoding.
+    """
+    if not escaped and text.isprintable() and "\\" not in text:
+        return text
+    if not escaped:
+        text = text.replace("\\", "\\\\")
+    return "".join(ch if ch.isprintable() else _escape_char(ch) for ch in text)
+
+
+def _cell(row: SessionRow, field: str) -> str:
+    value = getattr(row, field) or ""
+    return terminal_text(value, field in row.escaped) if value else "-"
+
+
 def _session_table(rows: list[SessionRow], out: TextIO) -> None:
     if not rows:
         out.write("no matching sessions\n")
         return
-    header = ("ID", "STARTED (UTC)", "DURATION", "IDENTITY", "TARGET", "PROTOCOL")
-    header += ("SEGMENTS", "STATUS")
+    header = ("ID", "STARTED (UTC)", "DURATION", "SUBJECT", "NAME", "TARGET")
+    header += ("ROLE", "PROTOCOL", "SEGMENTS", "STATUS")
     table = [header]
     for row in rows:
+        status = _status(row)
+        reason_escaped = "close_reason" in row.escaped
         table.append(
             (
                 row.id,
                 _utc(row.started),
                 "-" if row.ended is None else _duration(row.ended - row.started),
-                row.identity or "-",
-                row.target or "-",
-                row.protocol,
+                _cell(row, "subject"),
+                _cell(row, "display_name"),
+                _cell(row, "target"),
+                _cell(row, "upstream_role"),
+                terminal_text(row.protocol, "protocol" in row.escaped),
                 str(row.segments),
-                _status(row),
+                terminal_text(status, reason_escaped)
+                + (" [index problems]" if row.index_problems else ""),
             )
         )
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
@@ -277,6 +329,9 @@ def session_json(row: SessionRow) -> dict[str, Any]:
         "bytes_to_upstream": row.bytes_to_upstream,
         "bytes_from_upstream": row.bytes_from_upstream,
         "masked_values": row.masked_values,
+        "upstream_role": row.upstream_role,
+        "escaped": list(row.escaped),
+        "index_problems": row.index_problems,
         "open": row.ended is None,
         "directory": row.directory,
     }

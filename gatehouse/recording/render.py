@@ -22,6 +22,7 @@ from gatehouse.recording.format import Direction, Record, RecordType
 
 __all__ = [
     "Renderer",
+    "TerminalSafe",
     "direction_label",
     "export_jsonl",
     "format_offset",
@@ -114,7 +115,36 @@ def render(records: Iterable[Record], out: TextIO, protocol: str | None = None) 
             return
         protocol = _protocol_of(first)
         stream = itertools.chain([first], stream)
-    renderer_for(protocol)(stream, out)
+    renderer_for(protocol)(stream, TerminalSafe(out))
+
+
+class TerminalSafe:
+    """
+    A text stream that passes on only printable characters, newlines and
+    tabs: anything else (ESC, CR, BS, C1 controls, bidirectional overrides,
+    lone surrogates) is written as C{\\xHH}, C{\\uHHHH} or C{\\UHHHHHHHH}.
+
+    L{render} writes every replay through one, so that no renderer, a
+    protocol's own included, can let a recorded peer drive the auditor's
+    terminal; renderers escape what they show themselves, this is the
+    backstop.
+    """
+
+    def __init__(self, out: TextIO):
+        self._out = out
+
+    def write(self, text: str) -> int:
+        """Write C{text}, escaped where it is not printable."""
+        if not text.isprintable():
+            text = "".join(
+                ch if ch.isprintable() or ch in "\n\t" else _escape_char(ch)
+                for ch in text
+            )
+        return self._out.write(text)
+
+    def flush(self) -> None:
+        """Flush the underlying stream."""
+        self._out.flush()
 
 
 # --- generic rendering ----------------------------------------------------
@@ -172,7 +202,11 @@ def _escape_char(ch: str) -> str:
     if ch.isprintable() or ch == "\t":
         return ch
     code = ord(ch)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    if 0xDC80 <= code <= 0xDCFF:
+        return f"\\x{code - 0xDC00:02x}"  # an undecodable byte
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def _escape(line: str) -> str:
@@ -224,7 +258,8 @@ def render_record(record: Record, out: TextIO, hex_limit: int = HEX_LIMIT) -> No
     if record.type in _JSON_TYPES:
         parsed = _json_payload(record)
         if parsed is not None or payload.strip() == b"null":
-            heading.append(json.dumps(parsed, ensure_ascii=False))
+            # JSON escapes C0 controls but not C1 or format characters.
+            heading.append(_escape(json.dumps(parsed, ensure_ascii=False)))
             out.write("  ".join(heading) + "\n")
             return
         heading.append("(not JSON)")
@@ -251,6 +286,27 @@ def _iso(wall_ns: int) -> str:
     seconds, rest = divmod(wall_ns, NS)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
     return f"{stamp}.{rest // 1000:06d}Z"
+
+
+def _json_line(obj: object) -> str:
+    """
+    C{obj} as one line of JSON with nothing a terminal or a line splitter
+    acts on: C{json} escapes C0 controls, and this the rest of what is not
+    printable (C1 controls, U+2028 and U+2029, bidirectional overrides),
+    which can only occur inside strings, so the value is unchanged.
+    """
+    line = json.dumps(obj, ensure_ascii=False)
+    if line.isprintable():
+        return line
+    return "".join(ch if ch.isprintable() else _json_escape(ch) for ch in line)
+
+
+def _json_escape(ch: str) -> str:
+    code = ord(ch)
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
 
 
 def export_jsonl(
@@ -304,6 +360,6 @@ def export_jsonl(
             pass
         if parsed is not None:
             obj["json"] = parsed
-        out.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        out.write(_json_line(obj) + "\n")
         count += 1
     return count

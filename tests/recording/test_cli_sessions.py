@@ -167,21 +167,22 @@ class SessionsTests(CLITestCase):
     def test_table(self):
         """
         One line per session, newest first: id, start (UTC), duration,
-        identity, target, protocol, segments, status.
+        subject and display name side by side, target, upstream role,
+        protocol, segments, status.
         """
         code, out, err = self.run_cli("sessions", "--index", self.index)
         self.assertEqual((code, err), (0, ""))
         lines = out.splitlines()
         self.assertEqual(
             lines[0].split(),
-            "ID STARTED (UTC) DURATION IDENTITY TARGET PROTOCOL SEGMENTS "
-            "STATUS".split(),
+            "ID STARTED (UTC) DURATION SUBJECT NAME TARGET ROLE PROTOCOL "
+            "SEGMENTS STATUS".split(),
         )
         self.assertEqual([line.split()[0] for line in lines[1:]], [BOB, CI, ADA])
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(NOW - 5 * 3600))
         ada = lines[3]
         self.assertIn(started, ada)
-        for cell in ("1h02m05s", "Ada Lovelace", "orders-db", "postgres"):
+        for cell in ("1h02m05s", "u-ada", "Ada Lovelace", "orders-db", "postgres"):
             self.assertIn(cell, ada)
         self.assertEqual(ada.split()[-3:], ["2", "closed", "(client-exit)"])
         self.assertIn("12.5s", lines[2])
@@ -190,7 +191,10 @@ class SessionsTests(CLITestCase):
 
     def test_filters(self):
         """Each filter narrows the list."""
-        self.assertEqual(self.listed("--identity", "lovelace"), [ADA])
+        self.assertEqual(self.listed("--identity", "u-ada"), [ADA])
+        self.assertEqual(self.listed("--identity", "u-ad"), [])
+        self.assertEqual(self.listed("--identity", "Ada Lovelace"), [])
+        self.assertEqual(self.listed("--name", "lovelace"), [ADA])
         self.assertEqual(self.listed("--target", "orders-db"), [CI, ADA])
         self.assertEqual(self.listed("--protocol", "ssh"), [BOB])
         self.assertEqual(self.listed("--command", "restart"), [BOB])
@@ -390,3 +394,196 @@ class ReplayExportTests(CLITestCase):
             "export", self.sid, "--recordings", self.root, "--format", "csv"
         )
         self.assertEqual(code, 2)
+
+
+#: Text a hostile client or token chooses: terminal escapes (CSI in 7-bit
+#: and 8-bit form, OSC), carriage return and backspace to overwrite a line,
+#: newlines to forge lines, a bidirectional override, undecodable bytes
+#: (surrogateescape), a NUL, and a backslash spelling a fake escape.
+NASTY = (
+    "\x1b[2J\x1b[1;1H",
+    "ok\rEVIL",
+    "ab\b\bxy",
+    "line1\nFAKE 0192f1a0 row",
+    "\x9b31m\x1b]0;title\x07",
+    "\u202eevil\u2028",
+    "bad\udcffbyte\x00nul",
+    "\\x1b[31m fake",
+)
+
+
+def _raw_controls(text: str) -> list[str]:
+    """Characters in C{text} that are neither printable nor a newline."""
+    return [ch for ch in text if not ch.isprintable() and ch != "\n"]
+
+
+class HostileSessionsTests(CLITestCase):
+    """
+    C{gatehouse sessions} with hostile identities, targets and reasons:
+    the subject is always shown, --identity matches only the subject, and
+    nothing printed can drive the auditor's terminal.
+    """
+
+    ADA = "0192f1a0-0000-7000-8000-0000000001a1"
+    SPOOF = "0192f1a0-0000-7000-8000-0000000001b2"
+
+    @inlineCallbacks
+    def setUp(self):
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        self.index = os.path.join(directory, "index.sqlite3")
+        idx = SessionIndex(self.index, reactor)
+        yield idx.start()
+        now = time.time()
+
+        def row(sid, **fields):
+            values = {
+                "id": sid,
+                "gateway_id": "gw-1",
+                "listener": "main",
+                "protocol": "postgres",
+                "directory": "/rec/" + sid,
+                "started": now,
+            }
+            values.update(fields)
+            return SessionRow(**values)
+
+        ds = [
+            idx.session_opened(
+                row(self.ADA, subject="u-ada", display_name="Ada", target="db")
+            ),
+            # A token whose name claim is another identity's subject.
+            idx.session_opened(
+                row(self.SPOOF, subject="u-mallory", display_name="u-ada", target="db")
+            ),
+        ]
+        self.nasty_ids = []
+        for n, value in enumerate(NASTY):
+            sid = f"0192f1a0-0000-7000-8000-0000000002{n:02x}"
+            self.nasty_ids.append(sid)
+            ds += [
+                idx.session_opened(
+                    row(
+                        sid,
+                        subject=f"u-{n}{value}",
+                        display_name=value,
+                        target=value,
+                        started=now + n + 1,
+                    )
+                ),
+                idx.session_upstream(sid, value),
+                idx.session_closed(sid, now + 100, value),
+            ]
+        results = yield gatherResults(ds)
+        self.assertEqual(set(results), {True})
+        yield idx.stop()
+
+    def sessions(self, *args: str) -> str:
+        code, out, err = self.run_cli("sessions", "--index", self.index, *args)
+        self.assertEqual((code, err), (0, ""))
+        return out
+
+    def test_subject_always_shown(self):
+        """
+        A display name equal to another identity's subject never stands in
+        for the spoofer's own subject, and --identity finds only the real
+        one; --name finds both (it searches claims).
+        """
+        out = self.sessions("--limit", "0")
+        (spoof,) = [line for line in out.splitlines() if line.startswith(self.SPOOF)]
+        self.assertEqual(spoof.split()[4:6], ["u-mallory", "u-ada"])
+        ids = [
+            line.split()[0]
+            for line in self.sessions("--identity", "u-ada").splitlines()[1:]
+        ]
+        self.assertEqual(ids, [self.ADA])
+        ids = [
+            line.split()[0]
+            for line in self.sessions("--name", "u-ada").splitlines()[1:]
+        ]
+        self.assertEqual(ids, [self.SPOOF])
+
+    def test_table_escapes(self):
+        """
+        One line per session whatever the values hold, no raw control
+        character anywhere, and each value readable in escaped form.
+        """
+        out = self.sessions("--limit", "0")
+        self.assertEqual(_raw_controls(out), [])
+        lines = out.splitlines()
+        self.assertEqual(len(lines), 1 + 2 + len(NASTY))
+        self.assertIn("\\x1b[2J\\x1b[1;1H", out)
+        self.assertIn("ok\\x0dEVIL", out)
+        self.assertIn("ab\\x08\\x08xy", out)
+        self.assertIn("line1\\x0aFAKE", out)
+        self.assertIn("\\x9b31m\\x1b]0;title\\x07", out)
+        self.assertIn("\\u202eevil\\u2028", out)
+        self.assertIn("bad\\xffbyte\\x00nul", out)
+        # A backslash the client typed is doubled, so it cannot fake one.
+        self.assertIn("\\\\x1b[31m", out)
+        for sid in self.nasty_ids:
+            self.assertEqual(sum(line.startswith(sid) for line in lines), 1)
+
+    def test_identity_exact_with_hostile_subject(self):
+        """--identity takes a hostile subject as it is, exactly."""
+        for n, value in enumerate(NASTY):
+            out = self.sessions("--identity", f"u-{n}{value}")
+            self.assertEqual(
+                [line.split()[0] for line in out.splitlines()[1:]],
+                [self.nasty_ids[n]],
+            )
+
+    def test_json_exact(self):
+        """--json is plain ASCII JSON; values are the index's (escaped) text."""
+        out = self.sessions("--json", "--limit", "0")
+        self.assertTrue(out.isascii())
+        self.assertEqual(_raw_controls(out), [])
+        by_id = {s["id"]: s for s in json.loads(out)}
+        for sid, value in zip(self.nasty_ids, NASTY, strict=True):
+            got = by_id[sid]
+            if "target" in got["escaped"]:
+                from gatehouse.recording.index import unescape_index_text
+
+                self.assertEqual(unescape_index_text(got["target"]), value)
+            else:
+                self.assertEqual(got["target"], value)
+            self.assertIn(got["upstream_role"], (value, got["target"]))
+
+
+class HostileReplayTests(CLITestCase):
+    """C{gatehouse replay} never writes a recorded peer's control characters."""
+
+    def test_generic_replay_escapes(self):
+        """
+        Events, data and the META record holding terminal escapes, C1
+        controls and bidi overrides replay escaped; export keeps them exact.
+        """
+        root = os.path.abspath(self.mktemp())
+        meta = {"protocol": "nosuchproto", "target": "\x9b2J\u202e"}
+        records = [
+            Rec(json.dumps(meta, ensure_ascii=False).encode(), RecordType.META, 0),
+            Rec(b"SELECT '\x1b[2J\rgone\b';\n"),
+            Rec(
+                json.dumps(
+                    {"event": "x", "v": "\x9b31m\u2028"}, ensure_ascii=False
+                ).encode(),
+                RecordType.EVENT,
+                0,
+            ),
+            Rec(b'{"reason": "eof"}', RecordType.CLOSE, Direction.GATEWAY),
+        ]
+        written = write_session(root, make_signing(), records)
+        sid = str(written.session_id)
+        code, out, err = self.run_cli("replay", sid, "--recordings", root)
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual(_raw_controls(out), [])
+        self.assertIn("\\x9b2J\\u202e", out)
+        self.assertIn("\\x1b[2J\\x0dgone\\x08", out)
+        code, out, err = self.run_cli("export", sid, "--recordings", root)
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual(_raw_controls(out), [])
+        objects = [json.loads(line) for line in out.splitlines()]
+        self.assertEqual(len(objects), len(written.records))
+        self.assertEqual(objects[2]["json"]["v"], "\x9b31m\u2028")
+        self.assertEqual(objects[0]["json"], meta)
+        self.assertEqual(objects[1]["text"], "SELECT '\x1b[2J\rgone\b';\n")
