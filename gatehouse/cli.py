@@ -122,8 +122,14 @@ def _check_config(args: argparse.Namespace) -> int:
     from gatehouse.config import load_config
 
     # Checking must not change anything on disk.
-    load_config(args.file, create_directories=False)
+    config = load_config(args.file, create_directories=False)
     print("ok")
+    for target in config.targets:
+        # Which upstream account each group logs in as, where that differs
+        # by group (PostgreSQL targets with credentials per group).
+        describe = getattr(target.options, "describe_logins", None)
+        if describe is not None and getattr(target.options, "credentials", ()):
+            print(f"target {target.name}: " + "; ".join(describe()))
     return 0
 
 

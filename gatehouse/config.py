@@ -795,7 +795,8 @@ def load_config(path: str, *, create_directories: bool = True) -> GatehouseConfi
     identity = _parse_identity(root.section("identity", required=True))
     recording = _parse_recording(root.section("recording", required=True))
     listeners = _parse_listeners(root.sections("listeners"))
-    targets = _parse_targets(root.sections("targets"))
+    target_sections: list[ConfigSection | None] = []
+    targets = _parse_targets(root.sections("targets"), target_sections)
     admin_section = root.section("admin")
     admin = _parse_admin(admin_section) if admin_section is not None else None
     _check_ports(listeners, admin, problems)
@@ -803,6 +804,7 @@ def load_config(path: str, *, create_directories: bool = True) -> GatehouseConfi
     from gatehouse import policy_config
 
     policy = policy_config.parse_policy(root.section("policy"), targets)
+    _check_target_groups(targets, target_sections, getattr(policy, "groups", None))
     masking = policy_config.parse_masking(
         root.sections("masking"), targets, policy.groups
     )
@@ -1127,7 +1129,10 @@ def _parse_listeners(
     return listeners
 
 
-def _parse_targets(sections: Sequence[ConfigSection]) -> tuple[TargetConfig, ...]:
+def _parse_targets(
+    sections: Sequence[ConfigSection],
+    options_sections: list[ConfigSection | None] | None = None,
+) -> tuple[TargetConfig, ...]:
     targets = []
     names = _Names()
     for section in sections:
@@ -1140,7 +1145,29 @@ def _parse_targets(sections: Sequence[ConfigSection]) -> tuple[TargetConfig, ...
             options_section.finish()
         section.finish()
         targets.append(TargetConfig(name=name, protocol=protocol, options=options))
+        if options_sections is not None:
+            options_sections.append(options_section)
     return tuple(targets)
+
+
+def _check_target_groups(
+    targets: Sequence[TargetConfig],
+    options_sections: Sequence[ConfigSection | None],
+    groups: frozenset[str] | None,
+) -> None:
+    """
+    When C{policy.groups} declares the known groups, report the groups a
+    target's options name that it does not (options that name groups say
+    so with a C{group_problems(known)} method).
+    """
+    if groups is None:
+        return
+    for target, section in zip(targets, options_sections, strict=True):
+        check = getattr(target.options, "group_problems", None)
+        if check is None or section is None:
+            continue
+        for key, message in check(groups):
+            section.problem(message, key)
 
 
 def _parse_admin(section: ConfigSection) -> AdminConfig:

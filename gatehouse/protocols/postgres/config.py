@@ -24,6 +24,15 @@ A target (clients select it by the database name they connect to)::
           password_file: /etc/gatehouse/orders.pw    # or password_env
           tls: {mode: verify-full, ca_file: /etc/gatehouse/db-ca.pem}
           allow_groups: [dba, ci-agents]
+          credentials:                # per group, first match wins
+            - groups: [ci-agents]
+              user: orders_ro         # a role PostgreSQL itself limits
+              password_file: /etc/gatehouse/orders_ro.pw
+
+C{user} and its password are the default login, for identities no
+C{credentials} entry matches; without C{user}, those are refused.  The
+column catalog used for masking logs in with the default, or with the first
+entry when there is none (it only reads C{pg_catalog}).
 """
 
 from __future__ import annotations
@@ -55,35 +64,134 @@ class UpstreamTLS:
     server_name: str | None = None
 
 
+def _read_password(password_file: str | None, password_env: str | None) -> str | None:
+    # Read at each connection (never cached in config values), so a rotated
+    # file is picked up by the next one.
+    if password_file is not None:
+        with open(password_file, encoding="utf-8") as f:
+            return f.read().rstrip("\r\n")
+    if password_env is not None:
+        return os.environ.get(password_env)
+    return None
+
+
+@attrs.frozen
+class UpstreamCredentials:
+    """
+    One C{credentials} entry: the upstream role that identities with one of
+    C{groups} (C{"*"}: any) log in as.
+    """
+
+    groups: tuple[str, ...]
+    user: str
+    password_file: str | None = None
+    password_env: str | None = None
+
+    def matches(self, groups: tuple[str, ...]) -> bool:
+        """Whether an identity with C{groups} uses this entry."""
+        return "*" in self.groups or bool(set(groups) & set(self.groups))
+
+
 @attrs.frozen
 class PostgresTargetOptions:
-    """Where a PostgreSQL target is and how the gateway logs in to it."""
+    """
+    Where a PostgreSQL target is and how the gateway logs in to it.
+
+    C{user}, C{password_file} and C{password_env} are the login used for a
+    session (after L{login_for} chose it) or the default one; C{credentials}
+    maps identity groups to other upstream roles, first match wins.
+    """
 
     host: str | None
     port: int
     socket_dir: str | None
     database: str | None
-    user: str
+    user: str | None
     password_file: str | None
     password_env: str | None
     tls: UpstreamTLS
     allow_groups: tuple[str, ...]
+    credentials: tuple[UpstreamCredentials, ...] = ()
 
     def password(self) -> str | None:
         """
         Read the upstream password now (never cached in config values, so
         a rotated file is picked up by the next connection).
         """
-        if self.password_file is not None:
-            with open(self.password_file, encoding="utf-8") as f:
-                return f.read().rstrip("\r\n")
-        if self.password_env is not None:
-            return os.environ.get(self.password_env)
-        return None
+        return _read_password(self.password_file, self.password_env)
 
     def allows(self, groups: tuple[str, ...]) -> bool:
         """Whether an identity with C{groups} may reach this target."""
         return "*" in self.allow_groups or bool(set(groups) & set(self.allow_groups))
+
+    def login_for(
+        self, groups: tuple[str, ...]
+    ) -> tuple[str, PostgresTargetOptions] | None:
+        """
+        The login for an identity with C{groups}: the first C{credentials}
+        entry that matches, else the default C{user}; None when neither
+        applies (the identity must be refused).
+
+        @return: what was chosen (C{"credentials[N]"} or C{"default"}) and
+            these options with that login, C{credentials} emptied.
+        """
+        for n, entry in enumerate(self.credentials):
+            if entry.matches(groups):
+                return f"credentials[{n}]", attrs.evolve(
+                    self,
+                    user=entry.user,
+                    password_file=entry.password_file,
+                    password_env=entry.password_env,
+                    credentials=(),
+                )
+        if self.user is None:
+            return None
+        return "default", attrs.evolve(self, credentials=())
+
+    def default_login(self) -> PostgresTargetOptions:
+        """
+        The login of the gateway's own connections (the column catalog):
+        the default C{user}, or the first C{credentials} entry without one.
+        """
+        if self.user is not None or not self.credentials:
+            return attrs.evolve(self, credentials=())
+        entry = self.credentials[0]
+        return attrs.evolve(
+            self,
+            user=entry.user,
+            password_file=entry.password_file,
+            password_env=entry.password_env,
+            credentials=(),
+        )
+
+    def group_problems(self, known: frozenset[str]) -> list[tuple[str, str]]:
+        """
+        (key, message) for each C{credentials} group not in C{known} (the
+        groups C{policy.groups} declares).
+        """
+        problems = []
+        for n, entry in enumerate(self.credentials):
+            for i, group in enumerate(entry.groups):
+                if group != "*" and group not in known:
+                    problems.append(
+                        (
+                            f"credentials[{n}].groups[{i}]",
+                            f"unknown group {group!r}; policy.groups lists the "
+                            "known ones",
+                        )
+                    )
+        return problems
+
+    def describe_logins(self) -> list[str]:
+        """How identities log in to the target, one line per rule."""
+        lines = [
+            f"groups {', '.join(e.groups)} -> role {e.user}" for e in self.credentials
+        ]
+        if self.user is not None:
+            lines.append(f"{'others' if lines else 'everyone'} -> role {self.user}")
+        else:
+            lines.append("others -> refused (no default user)")
+        return lines
 
 
 def parse_listener_options(options: ConfigSection) -> PostgresListenerOptions:
@@ -126,14 +234,80 @@ def parse_target_options(options: ConfigSection) -> PostgresTargetOptions:
             "tls",
         )
     groups = options.strings("allow_groups", required=True)
+    credentials = _parse_credentials(options, tuple(groups or ()))
+    user = options.string("user", required=not credentials)
+    if user is None and (password_file or password_env):
+        options.problem(
+            "a password without user: give user (the default login) or drop it",
+            "password_file" if password_file else "password_env",
+        )
     return PostgresTargetOptions(
         host=host,
         port=port,
         socket_dir=socket_dir,
         database=options.string("database"),
-        user=options.string("user", required=True),
+        user=user,
         password_file=password_file,
         password_env=password_env,
         tls=tls,
         allow_groups=tuple(groups or ()),
+        credentials=credentials,
     )
+
+
+def _parse_credentials(
+    options: ConfigSection, allow_groups: tuple[str, ...]
+) -> tuple[UpstreamCredentials, ...]:
+    """
+    Read C{credentials}: a list of {groups, user, password_file or
+    password_env}.  An entry that an earlier one hides (all its groups
+    matched before it, or after a C{"*"} entry) is a mistake, and so is a
+    group that may not reach the target at all.
+    """
+    if "credentials" in options.raw and not options.raw["credentials"]:
+        options.get("credentials")
+        options.problem(
+            "must not be empty (omit it to log everyone in as user)", "credentials"
+        )
+        return ()
+    entries = []
+    seen: dict[str, int] = {}
+    catch_all: int | None = None
+    for n, section in enumerate(options.sections("credentials")):
+        groups = section.strings("groups", required=True, single=True)
+        user = section.string("user", required=True)
+        password_file = section.readable_file("password_file")
+        password_env = section.string("password_env")
+        if password_file is not None and password_env is not None:
+            section.problem("give at most one of password_file and password_env")
+        elif password_file is None and password_env is None:
+            if "password_file" not in section.raw:
+                section.problem(
+                    "missing password source: give password_file or password_env"
+                )
+        section.finish()
+        if catch_all is not None:
+            section.problem(
+                f"never used: credentials[{catch_all}] matches every group first"
+            )
+        elif groups and all(g in seen for g in groups):
+            earlier = sorted({seen[g] for g in groups})
+            section.problem(
+                "never used: its groups are matched first by "
+                + ", ".join(f"credentials[{i}]" for i in earlier),
+                "groups",
+            )
+        for i, group in enumerate(groups):
+            if group == "*":
+                catch_all = n if catch_all is None else catch_all
+            elif "*" not in allow_groups and group not in allow_groups:
+                section.problem(
+                    f"group {group!r} may not reach this target (allow_groups)",
+                    f"groups[{i}]",
+                )
+            seen.setdefault(group, n)
+        if groups and user is not None:
+            entries.append(
+                UpstreamCredentials(tuple(groups), user, password_file, password_env)
+            )
+    return tuple(entries)

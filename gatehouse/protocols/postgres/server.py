@@ -679,6 +679,20 @@ class PostgresServerProtocol(Protocol):
                 f"identity not allowed for target {target_name!r}",
             )
             return
+        # The upstream role this identity's groups map to (credentials per
+        # group, first match), so PostgreSQL's own privileges apply too.
+        login = options.login_for(tuple(identity.groups))
+        if login is None:
+            self._fatal(
+                "28000",
+                f'"{identity.subject}" may not reach target "{target_name}"',
+                f"no upstream credentials for the groups of {identity.subject!r}"
+                f" on target {target_name!r}",
+                hint="the target maps no upstream role to any of your groups",
+            )
+            return
+        via, options = login
+        self.session.upstream_login(options.user, via)
         self._target = target
         self._statements = StatementIndexer(self.session)
         if self.session.masker is not None:

@@ -303,6 +303,10 @@ def connect_upstream(
     @return: Deferred firing with L{UpstreamReady}, or failing with
         L{UpstreamError}.
     """
+    if options.credentials:
+        # Not chosen for a session (login_for empties credentials): the
+        # gateway's own connection (the catalog) uses the default login.
+        options = options.default_login()
     parameters = (
         ("user", options.user),
         ("database", options.database or target_name),
