@@ -253,3 +253,20 @@ class CredentialsConfigTests(SynchronousTestCase):
                 "(the default login) or drop it"
             ],
         )
+
+
+class CredentialsExampleTests(SynchronousTestCase):
+    """examples/postgres.yaml shows credentials per group."""
+
+    def test_example(self) -> None:
+        from tests.test_examples import EXAMPLES, ExampleSandbox
+
+        sandbox = ExampleSandbox(self.mktemp())
+        config = load_config(sandbox.install(EXAMPLES / "postgres.yaml"))
+        (orders,) = [t.options for t in config.targets if t.name == "orders"]
+        self.assertEqual(orders.login_for(("agents",))[1].user, "orders_agent_ro")
+        self.assertEqual(orders.login_for(("dba",))[1].user, "gatehouse_orders_admin")
+        self.assertEqual(orders.login_for(("order-service",))[0], "default")
+        self.assertEqual(
+            orders.login_for(("order-service",))[1].user, "gatehouse_orders"
+        )
