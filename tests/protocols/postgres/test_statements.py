@@ -96,10 +96,14 @@ class DataStatementTests(ClassifyTestsMixin, SynchronousTestCase):
         self.assertTrue(self.one("DELETE FROM t WHERE CURRENT OF c").has_where)
 
     def test_merge(self):
-        """MERGE reports target and source; its DELETE is no DeleteStmt."""
+        """
+        MERGE reports target and source; its DELETE action is also a
+        DeleteStmt, bounded by the join condition.
+        """
         s = self.one("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE")
         self.assertEqual(
-            (s.kind, s.relations, s.has_where), ("MergeStmt", ("t", "s"), None)
+            (s.kind, s.relations, s.has_where, s.nested),
+            ("MergeStmt", ("t", "s"), True, ("DeleteStmt",)),
         )
 
 
@@ -414,12 +418,28 @@ class TextTests(ClassifyTestsMixin, SynchronousTestCase):
         self.assertEqual(s.kind, UNPARSEABLE)
         self.assertIn("encoding", s.error)
 
-    def test_too_deep(self):
-        """Nesting too deep to walk is unparseable, not an exception."""
-        sql = "SELECT " + "+".join(["1"] * 3000) + " FROM t"
+    def test_deep_expressions_classified(self):
+        """
+        Expressions as deep as PostgreSQL accepts are classified (the
+        walk and the JSON decoding do not recurse).
+        """
+        for terms in (600, 3000, 5000):
+            sql = "SELECT " + "+".join(["1"] * terms) + " FROM t"
+            (s,) = classify(sql)
+            self.assertEqual((s.kind, s.relations), ("SelectStmt", ("t",)), terms)
+        sql = "DELETE FROM t WHERE " + "+".join(["1"] * 3000) + " > pg_sleep(1)"
         (s,) = classify(sql)
-        self.assertEqual(s.kind, UNPARSEABLE)
-        self.assertIn("nested", s.error)
+        self.assertEqual((s.functions, s.has_where), (("pg_sleep",), True))
+
+    def test_too_deep_for_postgres(self):
+        """
+        What libpg_query's (PostgreSQL's) own stack limit rejects gets
+        PostgreSQL's answer: 54001, stack depth limit exceeded.
+        """
+        sql = "SELECT " + "+".join(["1"] * 20000)
+        (s,) = classify(sql)
+        self.assertEqual((s.kind, s.sqlstate), (UNPARSEABLE, "54001"))
+        self.assertIn("stack depth", s.error)
 
     def test_statement_defaults(self):
         """Statement can be built with just a kind and text."""
