@@ -136,10 +136,12 @@ class RuleTests(SynchronousTestCase):
 class FallbackTests(SynchronousTestCase):
     """Unparseable and opaque commands are never allowed by a catch-all."""
 
-    def test_unparseable_reviewed_by_default(self) -> None:
+    def test_unparseable_error_by_default(self) -> None:
+        """A typo gets the parser's error by default: nobody is paged."""
         policy = Policy(rules=(Rule(name="all", action="allow"),))
         decision = decide(policy, "DROPP TABLE t")
-        self.assertEqual((decision.action, decision.rule), ("review", "unparseable"))
+        self.assertEqual((decision.action, decision.rule), ("error", "unparseable"))
+        self.assertFalse(decision.allowed)
 
     def test_opaque_reviewed_by_default(self) -> None:
         policy = Policy(rules=(Rule(name="all", action="allow"),))

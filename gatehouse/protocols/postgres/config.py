@@ -68,6 +68,9 @@ class PostgresTargetOptions:
     password_env: str | None
     tls: UpstreamTLS
     allow_groups: tuple[str, ...]
+    #: roles a client may SET ROLE / SET SESSION AUTHORIZATION to (the
+    #: gateway's built-in protections refuse any other)
+    settable_roles: tuple[str, ...] = ()
 
     def password(self) -> str | None:
         """
@@ -136,4 +139,5 @@ def parse_target_options(options: ConfigSection) -> PostgresTargetOptions:
         password_env=password_env,
         tls=tls,
         allow_groups=tuple(groups or ()),
+        settable_roles=tuple(options.strings("settable_roles") or ()),
     )

@@ -209,6 +209,10 @@ class Statement:
     @ivar sqlstate: for C{Unparseable}: PostgreSQL's SQLSTATE for it.
     @ivar position: for C{Unparseable}: where the parser stopped, as
         PostgreSQL reports it (1-based, in characters), if known.
+    @ivar constant_dependent: some fact above depends on a constant's
+        value (a constant-true WHERE, SQL or a name in a literal, a SET
+        value): texts of the same shape (L{shape}) may classify
+        differently, so this classification is never shared by shape.
     """
 
     kind: str
@@ -227,6 +231,7 @@ class Statement:
     sensitive: tuple[Sensitive, ...] = ()
     sqlstate: str | None = None
     position: int | None = None
+    constant_dependent: bool = False
 
     @property
     def parseable(self) -> bool:
@@ -560,6 +565,7 @@ class _Findings:
     """What a walk over one statement's tree collects."""
 
     __slots__ = (
+        "dependent",
         "depth",
         "facts",
         "flags",
@@ -582,6 +588,7 @@ class _Findings:
         self.where_kinds = 0
         self.missing_where = False
         self.depth = depth
+        self.dependent = False
 
     # -- statements --------------------------------------------------------
 
@@ -590,7 +597,7 @@ class _Findings:
         if kind in _WHERE_KINDS:
             self.where_kinds += 1
             where = body.get("whereClause")
-            if where is None or always_true(where):
+            if where is None or self._always_true(where):
                 self.missing_where = True
         handler = _STATEMENT_HANDLERS.get(kind)
         if handler is not None:
@@ -649,7 +656,7 @@ class _Findings:
             self.nested[kind] = None
         if kinds & {"UpdateStmt", "DeleteStmt"}:
             self.where_kinds += 1
-            if where is None or always_true(where):
+            if where is None or self._always_true(where):
                 self.missing_where = True
 
     def _insert(self, body: dict) -> None:
@@ -661,15 +668,20 @@ class _Findings:
         self.nested["UpdateStmt"] = None
         self.where_kinds += 1
         where = conflict.get("whereClause")
-        if where is not None and not always_true(where):
+        if where is not None and not self._always_true(where):
             return
         select = body.get("selectStmt")
         select = select.get("SelectStmt") if isinstance(select, dict) else None
         if not isinstance(select, dict) or "valuesLists" in select:
             return  # VALUES: at most its rows
         source_where = select.get("whereClause")
-        if source_where is None or always_true(source_where):
+        if source_where is None or self._always_true(source_where):
             self.missing_where = True
+
+    def _always_true(self, where: object) -> bool:
+        if _reads_values(where):
+            self.dependent = True
+        return always_true(where)
 
     def _select(self, body: dict) -> None:
         if isinstance(body.get("intoClause"), dict):
@@ -696,6 +708,7 @@ class _Findings:
                 self.facts.add("owner-change")
 
     def _variable_set(self, body: dict) -> None:
+        self.dependent = True
         found = _variable_set(body)
         if found.setting in ("role", "session_authorization"):
             self.facts.add("set-role")
@@ -735,6 +748,7 @@ class _Findings:
         if last in _FILE_FUNCTIONS:
             self.flags.add(SERVER_FILE)
         elif last == "set_config":
+            self.dependent = True
             args = body.get("args") or []
             setting = _literal(args[0]) if len(args) >= 1 else None
             value = _literal(args[1]) if len(args) >= 2 else None
@@ -748,9 +762,11 @@ class _Findings:
                 )
             )
         if last in _NAME_READERS:
+            self.dependent = True
             self._named_relation(body)
         locate = _SQL_RUNNERS.get(last)
         if locate is not None:
+            self.dependent = True
             self._inner_sql(body, locate)
 
     def _arguments(self, body: dict) -> list | None:
@@ -935,6 +951,64 @@ def always_true(node: object) -> bool:
         return _value(node, 0) is True
     except (ArithmeticError, ValueError, TypeError, OverflowError):
         return False
+
+
+def _reads_values(where: object) -> bool:
+    """
+    Whether a condition's constant-truth may depend on the values of its
+    constants or parameters (a fact of its shape: texts of one shape
+    agree).  Plain filters, C{col = 5 AND col2 IN (1, $1)}, do not.
+    """
+    stack = [where]
+    found = False
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "A_Const" in node or "ParamRef" in node:
+                found = True
+                break
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found and not _plain_filter(where)
+
+
+def _is_column(node: object) -> bool:
+    return isinstance(node, dict) and "ColumnRef" in node
+
+
+def _is_value(node: object) -> bool:
+    if isinstance(node, dict) and "TypeCast" in node:
+        node = node["TypeCast"].get("arg")
+    return isinstance(node, dict) and ("A_Const" in node or "ParamRef" in node)
+
+
+def _plain_filter(where: object) -> bool:
+    """C{col <op> value} comparisons and C{col IN (values)}, ANDed."""
+    stack = [where]
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, dict) or len(node) != 1:
+            return False
+        ((kind, body),) = node.items()
+        if not isinstance(body, dict):
+            return False
+        if kind == "BoolExpr" and body.get("boolop") == "AND_EXPR":
+            stack.extend(body.get("args") or ())
+            continue
+        if kind != "A_Expr":
+            return False
+        left, right = body.get("lexpr"), body.get("rexpr")
+        if body.get("kind") == "AEXPR_OP" and _dotted(body.get("name")) in _COMPARE:
+            if (_is_column(left) and _is_value(right)) or (
+                _is_column(right) and _is_value(left)
+            ):
+                continue
+        if body.get("kind") == "AEXPR_IN" and _is_column(left):
+            if isinstance(right, list) and all(map(_is_value, right)):
+                continue
+        return False
+    return True
 
 
 def _strip(node: object, depth: int = 0) -> object:
@@ -1235,6 +1309,7 @@ def _classify_one(kind: str, body: dict, text: str, depth: int = 0) -> Statement
         flags=frozenset(found.flags),
         facts=frozenset(found.facts),
         sensitive=tuple(found.sensitive),
+        constant_dependent=found.dependent or bool(found.sensitive),
     )
 
 
