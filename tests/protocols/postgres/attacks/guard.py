@@ -107,6 +107,7 @@ do $$ begin
   end if;
 end $$;
 grant guard_admin, guard_reader to gw_scram;
+grant create on schema public to guard_reader;
 grant pg_read_server_files, pg_write_server_files, pg_execute_server_program
   to gw_scram;
 grant execute on function lo_import(text), lo_export(oid, text),
@@ -119,6 +120,7 @@ alter large object 424242 owner to gw_scram;
 
 _TEARDOWN = """
 revoke guard_admin, guard_reader from gw_scram;
+revoke create on schema public from guard_reader;
 revoke pg_read_server_files, pg_write_server_files, pg_execute_server_program
   from gw_scram;
 revoke execute on function lo_import(text), lo_export(oid, text),
