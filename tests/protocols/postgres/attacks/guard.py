@@ -9,7 +9,8 @@ The target's role C{gw_scram} gets, for the duration of a test, what an
 attacker would need: membership of C{guard_admin} (SET ROLE), the file
 roles (pg_read_server_files, pg_write_server_files,
 pg_execute_server_program), EXECUTE on the large-object file functions,
-and dblink with its own password.
+CREATEROLE (so it may alter roles, itself included), and dblink with
+its own password.
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ do $$ begin
   end if;
 end $$;
 grant guard_admin, guard_reader to gw_scram;
+alter role gw_scram createrole;
 grant create on schema public to guard_reader;
 grant pg_read_server_files, pg_write_server_files, pg_execute_server_program
   to gw_scram;
@@ -149,8 +151,9 @@ select 'aggregates', count(*) from pg_proc where proname like 'guard_agg%';
 select 'casts', count(*) from pg_cast c join pg_proc p on p.oid = c.castfunc
   where p.proname like 'evil%';
 select 'triggers', count(*) from pg_trigger where tgname like 'guard%';
-select 'role', format('%s|%s|%s|%s|%s', a.rolname, a.rolpassword, a.rolsuper,
-    a.rolvaliduntil, r.rolconfig) from pg_authid a join pg_roles r on r.oid = a.oid
+select 'role', format('%s|%s|%s|%s|%s|%s', a.rolname, a.rolpassword, a.rolsuper,
+    a.rolvaliduntil, a.rolconnlimit, r.rolconfig)
+  from pg_authid a join pg_roles r on r.oid = a.oid
   where a.rolname = 'gw_scram';
 select 'roles', string_agg(rolname, ',' order by rolname) from pg_roles
   where rolname like 'g%';
@@ -235,10 +238,19 @@ class GuardedTestCase(GatewayTestCase):
         for path in glob.glob(FILE_PREFIX + "*"):
             os.unlink(path)
         password = self.cluster.passwords["gw_scram"].replace("'", "''")
+        # First from another database: settings an attack stored on app
+        # (role = ...) would apply to this very connection.
+        self.cluster.psql(
+            "alter database app reset all; alter role gw_scram reset all; "
+            "alter role gw_scram in database app reset all; "
+            "alter role gw_scram nocreaterole;",
+            dbname="postgres",
+        )
         self.cluster.psql(
             _TEARDOWN
             + "alter role gw_scram reset all;"
-            + f"alter role gw_scram password '{password}' valid until 'infinity';"
+            + f"alter role gw_scram password '{password}' valid until 'infinity' "
+            + "connection limit -1;"
             + "alter database app reset all;",
             dbname="app",
         )
