@@ -983,6 +983,13 @@ def _is_value(node: object) -> bool:
     return isinstance(node, dict) and ("A_Const" in node or "ParamRef" in node)
 
 
+def _items(node: object) -> list:
+    """The items of an IN list (a bare list or a List node)."""
+    if isinstance(node, dict) and isinstance(node.get("List"), dict):
+        node = node["List"].get("items")
+    return node if isinstance(node, list) else []
+
+
 def _plain_filter(where: object) -> bool:
     """C{col <op> value} comparisons and C{col IN (values)}, ANDed."""
     stack = [where]
@@ -1005,7 +1012,8 @@ def _plain_filter(where: object) -> bool:
             ):
                 continue
         if body.get("kind") == "AEXPR_IN" and _is_column(left):
-            if isinstance(right, list) and all(map(_is_value, right)):
+            items = _items(right)
+            if items and all(map(_is_value, items)):
                 continue
         return False
     return True
@@ -1205,14 +1213,15 @@ def _a_expr(body: dict, depth: int) -> object:
     if kind in ("AEXPR_NOT_DISTINCT", "AEXPR_DISTINCT") and _same(lexpr, rexpr):
         return kind == "AEXPR_NOT_DISTINCT"
     if kind == "AEXPR_OP" and name in _REFLEXIVE and _same(lexpr, rexpr):
-        return True
+        # x = x holds for every row where x is not null (NULL = NULL does not)
+        return _UNKNOWN if _value(lexpr, depth) is _NULL else True
     if kind in ("AEXPR_LIKE", "AEXPR_ILIKE") and name in ("~~", "~~*"):
         pattern = _value(rexpr, depth)
         if isinstance(pattern, str) and pattern and set(pattern) == {"%"}:
             return True
     if kind == "AEXPR_IN":
         left = _value(lexpr, depth)
-        items = rexpr if isinstance(rexpr, list) else []
+        items = _items(rexpr)
         values = [_value(i, depth) for i in items]
         if left is _UNKNOWN or left is _NULL or any(v is _UNKNOWN for v in values):
             return _UNKNOWN
