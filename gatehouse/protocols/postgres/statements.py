@@ -362,6 +362,8 @@ _SQL_RUNNERS = {
     "schedule": _never,  # pg_cron: cron.schedule(...) runs later
     "schedule_in_database": _never,
 }
+# pg_cron's functions, whose names are common: only as cron.x or unqualified.
+_CRON = frozenset({"schedule", "schedule_in_database"})
 # Built-ins that read a relation named by text (its first argument).
 _NAME_READERS = frozenset(
     {
@@ -765,6 +767,8 @@ class _Findings:
             self.dependent = True
             self._named_relation(body)
         locate = _SQL_RUNNERS.get(last)
+        if last in _CRON and name.count(".") == 1 and not name.startswith("cron."):
+            locate = None  # some other schema's schedule(), not pg_cron's
         if locate is not None:
             self.dependent = True
             self._inner_sql(body, locate)

@@ -636,9 +636,14 @@ class SQLInStringsTests(ClassifyTestsMixin, SynchronousTestCase):
             "SELECT table_to_xml('a.b.c.d', true, true, '')",
             "SELECT dblink_exec('c', 'selec 1')",
             "SELECT query_to_xml('do $$ begin end $$', true, true, '')",
+            "SELECT cron.schedule('x', '* * * * *', 'drop table t')",
         ]:
             self.assertIn("opaque", self.one(sql).flags, sql)
             self.assertIn("opaque", command(sql).flags, sql)
+
+    def test_other_schedules_not_opaque(self):
+        """Only pg_cron's schedule() runs SQL later, not every schedule()."""
+        self.assertEqual(self.one("SELECT app.schedule(1)").flags, frozenset())
 
     def test_depth_bound(self):
         """SQL in SQL in SQL ... is classified down to a bound, then opaque."""
