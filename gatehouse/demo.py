@@ -497,6 +497,46 @@ targets:
       tls: {{mode: verify-full, ca_file: ca.crt}}
       # Only identities in one of these groups may connect.
       allow_groups: [dba, agents]
+
+policy:
+  groups: [dba, agents]
+  # Text PostgreSQL cannot parse gets PostgreSQL's own syntax error.
+  unparseable: error
+  # Code the gateway cannot read (DO, CREATE FUNCTION, SQL built at run
+  # time for dblink or query_to_xml): nobody approves in the demo, so deny.
+  opaque: deny
+  rules:
+    # First match decides.  The DBA may do anything.
+    - name: dba-anything
+      groups: [dba]
+      action: allow
+    # Agents read and write rows, nothing more: categories name every
+    # statement kind that drops, deletes, changes the schema or privileges
+    # (see docs/policy.md for the lists).
+    - name: no-destructive
+      category: [destructive]
+      action: deny
+      message: agents may not drop, truncate or delete
+    - name: no-unbounded-writes
+      category: [write]
+      flag: [no-where]
+      action: deny
+      message: add a WHERE clause that limits the rows
+    - name: no-schema-or-privilege-changes
+      category: [ddl, privilege, admin]
+      action: deny
+    - name: no-server-files
+      flag: [server-file]
+      action: deny
+    - name: no-copy-files
+      flag: [copy-from-file]
+      action: deny
+    - name: no-copy-to-files
+      flag: [copy-to-file]
+      action: deny
+    - name: no-server-programs
+      flag: [copy-program]
+      action: deny
 """
 
 

@@ -3,16 +3,18 @@ Policy: what each identity may do on each target, command by command.
 
 The configuration's C{policy} section is a list of rules, evaluated top to
 bottom; the first rule whose scope (identity groups, targets, protocols)
-and conditions (command kind, objects, schemas, functions, flags, text)
-all hold decides.  A decision is C{allow}, C{deny} (with a message for the
-client) or C{review} (paused for approval by other people).
+and conditions (command kind, category, objects, schemas, functions,
+flags, text) all hold decides.  A decision is C{allow}, C{deny} (with a
+message for the client) or C{review} (paused for approval by other
+people).
 
 Two kinds of command never fall through to the catch-all: text the
 protocol's parser rejects (kind C{Unparseable}) and commands whose effect
 the gateway cannot see (C{opaque}: a PostgreSQL C{DO} block or a function
 body).  They match only rules that name them explicitly; otherwise the
-policy's C{unparseable} and C{opaque} actions apply, both C{review} by
-default.  Nothing is ever allowed because it could not be understood.
+policy's C{unparseable} and C{opaque} actions apply: C{error} (the
+client gets the parser's own error, as from the database) and C{review}
+by default.  Nothing is ever allowed because it could not be understood.
 
 The engine is protocol-neutral: a protocol turns what its client sent into
 L{Command} values (PostgreSQL: one per SQL statement, classified by
@@ -29,6 +31,8 @@ import attrs
 
 __all__ = [
     "ACTIONS",
+    "ERROR",
+    "FALLBACK_ACTIONS",
     "OPAQUE",
     "UNPARSEABLE",
     "Command",
@@ -43,12 +47,18 @@ __all__ = [
 ]
 
 ACTIONS = ("allow", "deny", "review")
+#: The action that answers a command with the protocol's own error for it
+#: (PostgreSQL: a syntax error, 42601, with its position); only for the
+#: policy's C{unparseable} fallback.
+ERROR = "error"
+#: Actions the C{unparseable} fallback may take.
+FALLBACK_ACTIONS = (*ACTIONS, ERROR)
 #: The kind of a command its protocol's parser rejects.
 UNPARSEABLE = "Unparseable"
 #: The flag of a command whose effect cannot be seen (DO blocks, function bodies).
 OPAQUE = "opaque"
 
-_SEVERITY = {"allow": 0, "review": 1, "deny": 2}
+_SEVERITY = {"allow": 0, "review": 1, "deny": 2, ERROR: 3}
 _normalizers: dict[str, Callable[[str], str]] = {}
 
 
@@ -88,6 +98,8 @@ class Command:
         comments, single spaces) for regular-expression rules.  Empty: ask
         the protocol's normaliser (L{register_normalizer}) when a rule
         needs it; C{text} if the protocol has none.
+    @ivar categories: protocol-defined categories of command (C{"read"},
+        C{"write"}, C{"destructive"}, C{"ddl"}, C{"privilege"}, ...).
     """
 
     protocol: str
@@ -98,6 +110,7 @@ class Command:
     functions: tuple[str, ...] = ()
     flags: frozenset[str] = frozenset()
     normalized: str = attrs.field()
+    categories: frozenset[str] = frozenset()
 
     @kinds.default
     def _kinds(self) -> frozenset[str]:
@@ -127,7 +140,8 @@ class Decision:
     """
     What the policy says about a command.
 
-    @ivar action: C{"allow"}, C{"deny"} or C{"review"}.
+    @ivar action: C{"allow"}, C{"deny"}, C{"review"}, or C{"error"} (for
+        an unparseable command: answer with the protocol's own error).
     @ivar rule: the name of the rule that decided (C{"default"},
         C{"unparseable"} or C{"opaque"} for the policy's own fallbacks).
     @ivar message: for the client, on deny (and review, as context).
@@ -153,7 +167,7 @@ class Decision:
 def combine(decisions: Iterable[Decision]) -> Decision | None:
     """
     The decision for several commands sent as one (a multi-statement
-    query): the strictest one, deny over review over allow.  Of several
+    query): the strictest one, error over deny over review over allow.  Of several
     reviews, the one needing most approvals (then the shortest timeout);
     if they name different approver groups, approvers must belong to
     every one of them (L{_joint_review}).
@@ -320,6 +334,7 @@ class Rule:
     @ivar targets: target names (globs) it applies to.
     @ivar protocols: protocols it applies to.
     @ivar kinds: command kinds (any of the command's L{Command.kinds}).
+    @ivar categories: command categories (any of L{Command.categories}).
     @ivar objects: globs over the objects touched (see L{_NameSet}).
     @ivar schemas: schemas of the objects touched.
     @ivar functions: globs over functions called.
@@ -339,6 +354,7 @@ class Rule:
     flags: frozenset[str] = frozenset()
     text: str | None = None
     message: str | None = None
+    categories: frozenset[str] = frozenset()
     approvers: tuple[str, ...] = ()
     approvals: int = 1
     timeout: float = 300.0
@@ -360,6 +376,7 @@ class Rule:
         """Whether the rule looks at the command at all."""
         return bool(
             self.kinds
+            or self.categories
             or self.objects
             or self.schemas
             or self.functions
@@ -381,6 +398,8 @@ class Rule:
         if (command.unparseable or command.opaque) and not self.names_fallback:
             return False
         if self.kinds and self.kinds.isdisjoint(command.kinds):
+            return False
+        if self.categories and self.categories.isdisjoint(command.categories):
             return False
         if self.objects and not self._object_set.matches_any(command.objects):
             return False
@@ -435,7 +454,8 @@ class Policy:
 
     @ivar rules: evaluated in order; the first match decides.
     @ivar default: the decision when no rule matches.
-    @ivar unparseable: the decision for unparseable commands no rule names.
+    @ivar unparseable: the decision for unparseable commands no rule names
+        (C{error} by default: the protocol's own error, nobody paged).
     @ivar opaque: the decision for opaque commands no rule names.
     @ivar record_scopes: first match says whether a session's data is
         recorded; recorded when none matches.
@@ -447,7 +467,7 @@ class Policy:
     default: Decision = Decision("allow", "default")
     # Without a policy section nobody is named to approve: such reviews
     # end denied at once (see Session.request_approval).
-    unparseable: Decision = Decision("review", "unparseable")
+    unparseable: Decision = Decision(ERROR, "unparseable")
     opaque: Decision = Decision("review", "opaque")
     record_scopes: tuple[RecordScope, ...] = ()
     groups: frozenset[str] | None = None

@@ -21,6 +21,8 @@ import attrs
 from gatehouse.config import ConfigSection, TargetConfig, _suggest
 from gatehouse.policy import (
     ACTIONS,
+    ERROR,
+    FALLBACK_ACTIONS,
     OPAQUE,
     UNPARSEABLE,
     Decision,
@@ -102,6 +104,9 @@ class _Vocabulary:
     def flags(self, protocol: str) -> frozenset[str] | None:
         return self._adapter_set(protocol, "command_flags")
 
+    def categories(self, protocol: str) -> frozenset[str] | None:
+        return self._adapter_set(protocol, "command_categories")
+
     def _adapter_set(self, protocol: str, name: str) -> frozenset[str] | None:
         try:
             adapter = get_protocol(protocol)
@@ -141,13 +146,15 @@ def _names(section: ConfigSection, key: str) -> tuple[str, ...]:
     return section.strings(key, single=True)
 
 
-def _action(section: ConfigSection, key: str, default: str) -> str:
+def _action(
+    section: ConfigSection, key: str, default: str, actions: Sequence[str] = ACTIONS
+) -> str:
     value = section.string(key, default)
-    if value not in ACTIONS:
-        section.problem(
-            f"{value!r} is not one of {', '.join(ACTIONS)}{_suggest(value, ACTIONS)}",
-            key,
-        )
+    if value not in actions:
+        hint = _suggest(value, actions)
+        if value == ERROR:
+            hint = "; error is only for policy.unparseable"
+        section.problem(f"{value!r} is not one of {', '.join(actions)}{hint}", key)
         return default
     return value
 
@@ -188,8 +195,8 @@ def parse_policy(
         defaults = _review_fields(review_section, defaults, vocabulary)
         review_section.finish()
 
-    def fallback(key: str, default: str) -> Decision:
-        action = _action(section, key, default)
+    def fallback(key: str, default: str, actions: Sequence[str] = ACTIONS) -> Decision:
+        action = _action(section, key, default, actions)
         if action == "review" and not defaults.approvers:
             section.problem(
                 f"{key}: review needs approvers; set policy.review.approvers",
@@ -207,7 +214,7 @@ def parse_policy(
         )
 
     default = fallback("default", "allow")
-    unparseable = fallback("unparseable", "review")
+    unparseable = fallback("unparseable", ERROR, FALLBACK_ACTIONS)
     opaque = fallback("opaque", "review")
     rules = []
     names: dict[str, str] = {}
@@ -271,6 +278,7 @@ def _parse_rule(
     targets = _names(section, "targets")
     protocols = _protocols(section)
     kinds = _names(section, "kind")
+    categories = _names(section, "category")
     objects = _names(section, "object") + _names(section, "relation")
     schemas = _names(section, "schema")
     functions = _names(section, "function")
@@ -308,6 +316,9 @@ def _parse_rule(
         in_scope = in_scope & target_protocols if in_scope else target_protocols
     _check_words(section, "kind", kinds, in_scope, vocabulary.kinds, {UNPARSEABLE})
     _check_words(section, "flag", flags, in_scope, vocabulary.flags, {OPAQUE})
+    _check_words(
+        section, "category", categories, in_scope, vocabulary.categories, set()
+    )
     return Rule(
         name=name,
         action=action,
@@ -315,6 +326,7 @@ def _parse_rule(
         targets=targets,
         protocols=frozenset(protocols),
         kinds=frozenset(kinds),
+        categories=frozenset(categories),
         objects=objects,
         schemas=frozenset(schemas),
         functions=functions,

@@ -281,6 +281,21 @@ class DemoTests(TestCase):
         self.assertEqual(Path(directory, "keys", "root.pub").read_bytes(), root_public)
         self.assertEqual(Path(directory, "ca.crt").read_bytes(), ca)
         self.assertTrue(first_ids <= {r["id"] for r in self.sessions(config)})
+        # ci-bot, an agent, may not drop (the demo's policy, by category).
+        drop = subprocess.run(
+            [
+                "sh",
+                "-c",
+                _command_for(lines, "ci-bot")
+                + " -X -A -t -v ON_ERROR_STOP=1 -c 'DROP OWNED BY CURRENT_USER'",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        self.assertNotEqual(drop.returncode, 0)
+        self.assertIn('policy rule "no-destructive"', drop.stderr)
+
         self.assertStoppedClean(again, again.stop(signal.SIGTERM))
 
     def test_another_demo_running(self) -> None:

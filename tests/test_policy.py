@@ -136,10 +136,12 @@ class RuleTests(SynchronousTestCase):
 class FallbackTests(SynchronousTestCase):
     """Unparseable and opaque commands are never allowed by a catch-all."""
 
-    def test_unparseable_reviewed_by_default(self) -> None:
+    def test_unparseable_error_by_default(self) -> None:
+        """A typo gets the parser's error by default: nobody is paged."""
         policy = Policy(rules=(Rule(name="all", action="allow"),))
         decision = decide(policy, "DROPP TABLE t")
-        self.assertEqual((decision.action, decision.rule), ("review", "unparseable"))
+        self.assertEqual((decision.action, decision.rule), ("error", "unparseable"))
+        self.assertFalse(decision.allowed)
 
     def test_opaque_reviewed_by_default(self) -> None:
         policy = Policy(rules=(Rule(name="all", action="allow"),))
@@ -301,3 +303,104 @@ class ShapeDecisionTests(SynchronousTestCase):
             ),
             ["allow", "deny", "allow"],
         )
+
+
+def load_policy(raw: dict) -> tuple[Policy | None, list[str]]:
+    """Parse a C{policy} section; the policy and the problems found."""
+    from gatehouse.config import ConfigSection, TargetConfig, _Problems
+    from gatehouse.policy_config import parse_policy
+
+    problems = _Problems("gw.yaml")
+    raw = {"opaque": "deny", **raw}
+    section = ConfigSection(raw, "policy", problems, ".")
+    policy = parse_policy(section, [TargetConfig("app", "postgres")])
+    return policy, [f"{p.location}: {p.message}" for p in problems.found]
+
+
+class CategoryRuleTests(SynchronousTestCase):
+    """Rules on categories, as configured."""
+
+    def test_category_rules_decide(self) -> None:
+        policy, problems = load_policy(
+            {
+                "rules": [
+                    {
+                        "name": "no-destructive",
+                        "category": ["destructive"],
+                        "action": "deny",
+                    },
+                    {
+                        "name": "no-unbounded",
+                        "category": "write",
+                        "flag": ["no-where"],
+                        "action": "deny",
+                    },
+                    {
+                        "name": "no-ddl",
+                        "category": ["ddl", "privilege"],
+                        "action": "deny",
+                    },
+                ]
+            }
+        )
+        self.assertEqual(problems, [])
+        for text, rule in [
+            ("DROP OWNED BY current_user", "no-destructive"),
+            ("DROP DATABASE app", "no-destructive"),
+            (
+                "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE",
+                "no-destructive",
+            ),
+            (
+                "MERGE INTO t USING s ON true WHEN MATCHED THEN UPDATE SET a = 1",
+                "no-unbounded",
+            ),
+            (
+                "INSERT INTO t SELECT * FROM s ON CONFLICT (id) DO UPDATE SET a = 1",
+                "no-unbounded",
+            ),
+            ("UPDATE t SET a = 1 WHERE 1 = 1", "no-unbounded"),
+            ("CREATE TABLE t2 AS SELECT 1", "no-ddl"),
+            ("SELECT * INTO t2 FROM t", "no-ddl"),
+            ("CREATE VIEW v AS SELECT 1", "no-ddl"),
+            ("ALTER TABLE t SET SCHEMA s", "no-ddl"),
+            ("GRANT ALL ON t TO PUBLIC", "no-ddl"),
+        ]:
+            self.assertEqual(decide(policy, text).rule, rule, text)
+        for text in (
+            "SELECT 1",
+            "UPDATE t SET a = 1 WHERE id = 4",
+            "INSERT INTO t VALUES (1)",
+        ):
+            self.assertEqual(decide(policy, text).action, "allow", text)
+
+    def test_unknown_category(self) -> None:
+        _, problems = load_policy(
+            {"rules": [{"name": "r", "category": ["destrutive"], "action": "deny"}]}
+        )
+        self.assertEqual(len(problems), 1, problems)
+        self.assertIn(
+            "can never match: no command has category 'destrutive'", problems[0]
+        )
+        self.assertIn("destructive", problems[0])
+
+    def test_unparseable_actions(self) -> None:
+        policy, problems = load_policy({})
+        self.assertEqual((policy.unparseable.action, problems), ("error", []))
+        for action in ("deny", "error", "allow"):
+            policy, problems = load_policy({"unparseable": action})
+            self.assertEqual((policy.unparseable.action, problems), (action, []))
+        _, problems = load_policy({"opaque": "error"})  # not for opaque
+        self.assertIn(
+            "policy.opaque: 'error' is not one of allow, deny, review; "
+            "error is only for policy.unparseable",
+            problems,
+        )
+        _, problems = load_policy(
+            {"rules": [{"name": "r", "action": "error", "kind": "SelectStmt"}]}
+        )
+        self.assertIn("error is only for policy.unparseable", problems[0])
+
+    def test_error_is_strictest(self) -> None:
+        error = Decision("error", "unparseable")
+        self.assertEqual(combine([Decision("deny", "x"), error]), error)

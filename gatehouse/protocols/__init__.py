@@ -45,6 +45,13 @@ class IProtocolAdapter(Interface):
     An adapter may also define C{check_listener(listener, section)}, called
     with the parsed L{ListenerConfig} and its section, for rules that span
     the listener's own keys and its options.
+
+    An adapter may also say what policy rules can name, so that a rule
+    naming something its commands never carry is a load-time error (with
+    a did-you-mean): C{command_kinds} (the C{kind:} key), C{command_flags}
+    (C{flag:}) and C{command_categories} (C{category:}), each a
+    C{frozenset[str]}.  An adapter without one of them accepts any word
+    for that key.
     """
 
     name = Attribute(

@@ -38,6 +38,13 @@ class PostgresAdapter:
 
         return COMMAND_FLAGS
 
+    @property
+    def command_categories(self) -> frozenset[str]:
+        """Statement categories policy rules may name."""
+        from gatehouse.protocols.postgres.commands import COMMAND_CATEGORIES
+
+        return COMMAND_CATEGORIES
+
     def __init__(self) -> None:
         # One registry for the whole gateway: a cancel may arrive on any
         # listener.

@@ -18,9 +18,19 @@ import pglast.ast
 from pglast import parser as _pg
 
 from gatehouse.policy import OPAQUE, UNPARSEABLE, Command, register_normalizer
-from gatehouse.protocols.postgres.statements import Statement, classify, shape
+from gatehouse.protocols.postgres.categories import CATEGORIES, categories_of
+from gatehouse.protocols.postgres.statements import (
+    COPY_FROM_FILE,
+    COPY_TO_FILE,
+    OPAQUE_FLAG,
+    SERVER_FILE,
+    Statement,
+    classify,
+    shape,
+)
 
 __all__ = [
+    "COMMAND_CATEGORIES",
     "COMMAND_FLAGS",
     "COMMAND_KINDS",
     "Classified",
@@ -41,7 +51,20 @@ COMMAND_KINDS = frozenset(name for name in dir(pglast.ast) if name.endswith("Stm
     UNPARSEABLE,
     FUNCTION_CALL,
 }
-COMMAND_FLAGS = frozenset({NO_WHERE, COPY_PROGRAM, COPY_TO_CLIENT, OPAQUE})
+COMMAND_FLAGS = frozenset(
+    {
+        NO_WHERE,
+        COPY_PROGRAM,
+        COPY_TO_CLIENT,
+        COPY_FROM_FILE,
+        COPY_TO_FILE,
+        SERVER_FILE,
+        OPAQUE,
+    }
+)
+#: Categories policy rules may name (see L{categories}).
+COMMAND_CATEGORIES = frozenset(CATEGORIES)
+assert OPAQUE == OPAQUE_FLAG
 
 
 @lru_cache(maxsize=4096)
@@ -74,6 +97,7 @@ def statement_command(statement: Statement) -> Command:
         flags.add(COPY_TO_CLIENT)
     if not kinds.isdisjoint(OPAQUE_KINDS):
         flags.add(OPAQUE)
+    flags |= statement.flags
     return Command(
         protocol="postgres",
         kind=statement.kind,
@@ -83,6 +107,7 @@ def statement_command(statement: Statement) -> Command:
         functions=statement.functions,
         flags=frozenset(flags),
         normalized=statement.text if statement.kind == UNPARSEABLE else "",
+        categories=categories_of(kinds, statement.facts),
     )
 
 
@@ -139,6 +164,9 @@ _MAX_SHAPE = 64 * 1024
 
 def _classified(sql: str, shape: str | None) -> Classified:
     statements = classify(sql)
+    if any(s.constant_dependent for s in statements):
+        # Its facts read constants: texts of its shape may differ.
+        shape = None
     commands = tuple(map(statement_command, statements))
     return Classified(statements, commands, shape, sql)
 
@@ -190,7 +218,7 @@ class CommandCache:
         if found is None:
             self.parses += 1
             found = _classified(sql, key)
-            if key is not None and len(found.statements) == 1:
+            if found.shape is not None and len(found.statements) == 1:
                 self._remember(self._shapes, key, found)
         self._remember(texts, sql, found)
         return found

@@ -112,6 +112,9 @@ class PostgresTargetOptions:
     tls: UpstreamTLS
     allow_groups: tuple[str, ...]
     credentials: tuple[UpstreamCredentials, ...] = ()
+    #: roles a client may SET ROLE / SET SESSION AUTHORIZATION to (the
+    #: gateway's built-in protections refuse any other)
+    settable_roles: tuple[str, ...] = ()
 
     def password(self) -> str | None:
         """
@@ -147,6 +150,13 @@ class PostgresTargetOptions:
         if self.user is None:
             return None
         return "default", attrs.evolve(self, credentials=())
+
+    def upstream_roles(self) -> frozenset[str]:
+        """Every role the gateway logs in as on this target."""
+        roles = {entry.user for entry in self.credentials}
+        if self.user is not None:
+            roles.add(self.user)
+        return frozenset(roles)
 
     def default_login(self) -> PostgresTargetOptions:
         """
@@ -252,6 +262,7 @@ def parse_target_options(options: ConfigSection) -> PostgresTargetOptions:
         tls=tls,
         allow_groups=tuple(groups or ()),
         credentials=credentials,
+        settable_roles=tuple(options.strings("settable_roles") or ()),
     )
 
 

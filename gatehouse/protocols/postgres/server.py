@@ -35,7 +35,7 @@ from zope.interface import implementer
 from gatehouse.config import TargetConfig
 from gatehouse.identity import AuthenticationError
 from gatehouse.net import send_now, tune
-from gatehouse.policy import OPAQUE, Command, Decision
+from gatehouse.policy import ERROR, OPAQUE, Command, Decision
 from gatehouse.protocols.postgres import codec
 from gatehouse.protocols.postgres.catalog import Catalog
 from gatehouse.protocols.postgres.commands import (
@@ -48,6 +48,7 @@ from gatehouse.protocols.postgres.config import (
     PostgresListenerOptions,
     PostgresTargetOptions,
 )
+from gatehouse.protocols.postgres.protections import refusal as protection_refusal
 from gatehouse.protocols.postgres.upstream import (
     UpstreamError,
     UpstreamReady,
@@ -117,6 +118,9 @@ _NOT_FORWARDED = frozenset({"user", "database", "replication"})
 def _own_commands(classified: Classified, text: str) -> tuple:
     return classified.for_text(text).commands
 
+
+#: The rule name of the built-in protections' refusals.
+PROTECTION_RULE = "built-in-protection"
 
 #: L{PostgresServerProtocol._classify}: the answer comes later
 _PENDING = object()
@@ -828,15 +832,18 @@ class PostgresServerProtocol(Protocol):
                     self._hold(frames, index, "classification")
                     return
                 text, classified = found
-                # Possibly classified from another text of its shape: the
-                # client's own text is bound only where it is read.
-                decision = self.session.decide(
-                    classified.commands,
-                    classified.shape,
-                    None
-                    if classified.source == text
-                    else partial(_own_commands, classified, text),
-                )
+                # Built-in protections first: no policy can allow these.
+                decision = self._protection(classified, text)
+                if decision is None:
+                    # Possibly classified from another text of its shape:
+                    # the client's own text is bound only where it is read.
+                    decision = self.session.decide(
+                        classified.commands,
+                        classified.shape,
+                        None
+                        if classified.source == text
+                        else partial(_own_commands, classified, text),
+                    )
                 self._statements.saw(text, classified, decision)
                 if decision.action == "allow":
                     if self._masker is not None:
@@ -857,6 +864,9 @@ class PostgresServerProtocol(Protocol):
                 self._forward(reader.take_to(frame[1]))
                 if decision.action == "deny":
                     self._refuse(frame, self._refusal_text(decision))
+                    continue
+                if decision.action == ERROR:
+                    self._refuse_unparseable(frame, classified)
                     continue
                 self._review(frames, index, classified.for_text(text), decision)
                 return
@@ -905,7 +915,11 @@ class PostgresServerProtocol(Protocol):
                 oid = codec.FunctionCall.decode(body).function_oid
                 text = f"fast-path call of function OID {oid}"
                 command = Command(
-                    "postgres", FUNCTION_CALL, text, flags=frozenset({OPAQUE})
+                    "postgres",
+                    FUNCTION_CALL,
+                    text,
+                    flags=frozenset({OPAQUE}),
+                    categories=frozenset({"code"}),
                 )
                 return text, Classified((), (command,), source=text)
             message = (codec.Query if kind == _QUERY else codec.Parse).decode(
@@ -988,14 +1002,59 @@ class PostgresServerProtocol(Protocol):
 
     # -- refusals -----------------------------------------------------------
 
+    def _protection(self, classified: Classified, text: str) -> Decision | None:
+        """The built-in protections' refusal of these statements, if any."""
+        options = self._target.options
+        why = protection_refusal(
+            classified.statements,
+            options.upstream_roles(),
+            frozenset(options.settable_roles),
+        )
+        if why is None:
+            return None
+        decision = Decision("deny", PROTECTION_RULE, message=why)
+        self.session.event(
+            "decision",
+            action="deny",
+            rule=PROTECTION_RULE,
+            message=why,
+            commands=[c.as_json() for c in classified.for_text(text).commands],
+        )
+        return decision
+
+    def _refuse_unparseable(self, frame: tuple, classified: Classified) -> None:
+        """Answer text the parser rejects as PostgreSQL would: 42601."""
+        statement = classified.statements[0] if classified.statements else None
+        if statement is None or statement.error is None:
+            self._refuse(frame, "the gateway could not parse this statement")
+            return
+        self._refuse(
+            frame,
+            statement.error,
+            sqlstate=statement.sqlstate or "42601",
+            position=statement.position,
+            hint=None,
+        )
+
     def _refusal_text(self, decision: Decision) -> str:
+        if decision.rule == PROTECTION_RULE:
+            return decision.message or ""
         why = f": {decision.message}" if decision.message else ""
         return f'statement refused by gatehouse policy rule "{decision.rule}"{why}'
 
-    def _refuse(self, frame: tuple, message: str) -> None:
+    def _refuse(
+        self,
+        frame: tuple,
+        message: str,
+        sqlstate: str = "42501",
+        position: int | None = None,
+        hint: str | None = "the statement did not reach the database",
+    ) -> None:
         """
         Keep the statement of C{frame} from the target, and have the client
-        see a 42501 error exactly where PostgreSQL would have sent one.
+        see an error (C{sqlstate}, 42501 unless said otherwise, with the
+        C{position} in the statement if given) exactly where PostgreSQL
+        would have sent one.
 
         The target gets, in its place, a statement that fails to parse and
         names a fresh token; its error is rewritten into the refusal on its
@@ -1005,10 +1064,7 @@ class PostgresServerProtocol(Protocol):
         """
         token = b"gatehouse_refused_" + os.urandom(6).hex().encode()
         error = codec.ErrorResponse.build(
-            "ERROR",
-            "42501",
-            message,
-            hint="the statement did not reach the database",
+            "ERROR", sqlstate, message, hint=hint, position=position
         ).encode()
         if frame[0] == _PARSE:
             # Parse keeps its statement name, so later Binds fail as they

@@ -6,6 +6,8 @@ whatever the spelling; the cache; shapes.
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from gatehouse.protocols.postgres.commands import CommandCache
@@ -96,10 +98,14 @@ class DataStatementTests(ClassifyTestsMixin, SynchronousTestCase):
         self.assertTrue(self.one("DELETE FROM t WHERE CURRENT OF c").has_where)
 
     def test_merge(self):
-        """MERGE reports target and source; its DELETE is no DeleteStmt."""
+        """
+        MERGE reports target and source; its DELETE action is also a
+        DeleteStmt, bounded by the join condition.
+        """
         s = self.one("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE")
         self.assertEqual(
-            (s.kind, s.relations, s.has_where), ("MergeStmt", ("t", "s"), None)
+            (s.kind, s.relations, s.has_where, s.nested),
+            ("MergeStmt", ("t", "s"), True, ("DeleteStmt",)),
         )
 
 
@@ -414,12 +420,28 @@ class TextTests(ClassifyTestsMixin, SynchronousTestCase):
         self.assertEqual(s.kind, UNPARSEABLE)
         self.assertIn("encoding", s.error)
 
-    def test_too_deep(self):
-        """Nesting too deep to walk is unparseable, not an exception."""
-        sql = "SELECT " + "+".join(["1"] * 3000) + " FROM t"
+    def test_deep_expressions_classified(self):
+        """
+        Expressions as deep as PostgreSQL accepts are classified (the
+        walk and the JSON decoding do not recurse).
+        """
+        for terms in (600, 3000, 5000):
+            sql = "SELECT " + "+".join(["1"] * terms) + " FROM t"
+            (s,) = classify(sql)
+            self.assertEqual((s.kind, s.relations), ("SelectStmt", ("t",)), terms)
+        sql = "DELETE FROM t WHERE " + "+".join(["1"] * 3000) + " > pg_sleep(1)"
         (s,) = classify(sql)
-        self.assertEqual(s.kind, UNPARSEABLE)
-        self.assertIn("nested", s.error)
+        self.assertEqual((s.functions, s.has_where), (("pg_sleep",), True))
+
+    def test_too_deep_for_postgres(self):
+        """
+        What libpg_query's (PostgreSQL's) own stack limit rejects gets
+        PostgreSQL's answer: 54001, stack depth limit exceeded.
+        """
+        sql = "SELECT " + "+".join(["1"] * 20000)
+        (s,) = classify(sql)
+        self.assertEqual((s.kind, s.sqlstate), (UNPARSEABLE, "54001"))
+        self.assertIn("stack depth", s.error)
 
     def test_statement_defaults(self):
         """Statement can be built with just a kind and text."""
@@ -549,3 +571,507 @@ class CommandCacheTests(SynchronousTestCase):
     def test_bad_size(self):
         """A cache must hold at least one entry."""
         self.assertRaises(ValueError, CommandCache, 0)
+
+
+def command(sql: str):
+    """The one command of C{sql}."""
+    (found,) = CommandCache().classify(sql).commands
+    return found
+
+
+class SQLInStringsTests(ClassifyTestsMixin, SynchronousTestCase):
+    """Built-ins that run SQL text, or read a relation named by text."""
+
+    def test_literal_sql_classified(self):
+        """A literal's statement is merged into the calling one."""
+        for sql in [
+            "SELECT dblink_exec('dbname=x', 'DROP TABLE victim')",
+            "SELECT dblink_exec('c', $$drop table victim$$)",
+            "SELECT dblink_exec('c', E'drop\\x20table victim')",
+            "SELECT * FROM dblink_exec('c', 'drop table victim')",
+            "SELECT public.dblink_exec('c', 'drop table victim'::text)",
+            "SELECT dblink_exec('drop table victim')",
+            "SELECT dblink('drop table victim', true)",
+        ]:
+            s = self.one(sql)
+            self.assertIn("DropStmt", s.nested, sql)
+            self.assertIn("victim", s.relations, sql)
+            self.assertNotIn("opaque", s.flags, sql)
+            self.assertTrue(s.constant_dependent, sql)
+
+    def test_inner_facts_merged(self):
+        """Functions, flags and a missing WHERE inside the string count."""
+        s = self.one(
+            "SELECT query_to_xml('delete from t returning pg_read_file(''/x'')', "
+            "true, true, '')"
+        )
+        self.assertEqual(s.has_where, False)
+        self.assertIn("pg_read_file", s.functions)
+        self.assertIn("server-file", s.flags)
+        self.assertIn("DeleteStmt", s.nested)
+        s = self.one("SELECT ts_stat('select v from secret_t')")
+        self.assertEqual(s.relations, ("secret_t",))
+        s = self.one("SELECT ts_rewrite('a'::tsquery, 'select q, s from aliases')")
+        self.assertEqual(s.relations, ("aliases",))
+        s = self.one("SELECT ts_rewrite('a'::tsquery, 'b'::tsquery, 'c'::tsquery)")
+        self.assertEqual((s.relations, s.flags), ((), frozenset()))
+
+    def test_non_literal_opaque(self):
+        """SQL the gateway cannot read makes the statement opaque."""
+        for sql in [
+            "SELECT dblink_exec('c', 'drop ' || 'table t')",
+            "SELECT dblink_exec('c', format('drop table %I', 't'))",
+            "SELECT dblink_exec('c', (SELECT 'drop table t'))",
+            "SELECT dblink_exec('c', q) FROM queue",
+            "SELECT dblink_exec('c', $1)",
+            "SELECT query_to_xml(query => 'select 1', nulls => true, "
+            "tableforest => true, targetns => '')",
+            "SELECT query_to_xml(VARIADIC ARRAY['select 1'])",
+            "SELECT dblink_open('cur', 'select 1')",
+            "SELECT dblink_fetch('cur', 10)",
+            "SELECT cursor_to_xml('c', 1, true, true, '')",
+            "SELECT schema_to_xml('public', true, true, '')",
+            "SELECT database_to_xml(true, true, '')",
+            "SELECT table_to_xml(oid::regclass, true, true, '') FROM pg_class",
+            "SELECT table_to_xml('a.b.c.d', true, true, '')",
+            "SELECT dblink_exec('c', 'selec 1')",
+            "SELECT query_to_xml('do $$ begin end $$', true, true, '')",
+            "SELECT cron.schedule('x', '* * * * *', 'drop table t')",
+        ]:
+            self.assertIn("opaque", self.one(sql).flags, sql)
+            self.assertIn("opaque", command(sql).flags, sql)
+
+    def test_other_schedules_not_opaque(self):
+        """Only pg_cron's schedule() runs SQL later, not every schedule()."""
+        self.assertEqual(self.one("SELECT app.schedule(1)").flags, frozenset())
+
+    def test_depth_bound(self):
+        """SQL in SQL in SQL ... is classified down to a bound, then opaque."""
+        inner = "drop table victim"
+        for depth in range(1, 8):
+            quoted = inner.replace("'", "''")
+            inner = f"select query_to_xml('{quoted}', true, true, '')"
+            s = self.one(inner)
+            if depth <= 4:
+                self.assertIn("DropStmt", s.nested, depth)
+            else:
+                self.assertIn("opaque", s.flags, depth)
+
+    def test_named_relations(self):
+        """table_to_xml('name') reads the relation the name denotes."""
+        for sql, name in [
+            ("SELECT table_to_xml('secret', true, true, '')", "secret"),
+            ("SELECT table_to_xml('SECRET'::regclass, true, true, '')", "secret"),
+            (
+                "SELECT table_to_xml(' public . Secret ', true, true, '')",
+                "public.secret",
+            ),
+            ("SELECT table_to_xml('\"S.x\"', true, true, '')", "S.x"),
+            ("SELECT table_to_xmlschema('s.t', true, true, '')", "s.t"),
+            ("SELECT pg_prewarm('t')", "t"),
+        ]:
+            self.assertEqual(self.one(sql).relations, (name,), sql)
+
+    def test_server_files(self):
+        """File built-ins carry the server-file flag."""
+        for name in (
+            "pg_read_file",
+            "pg_read_binary_file",
+            "pg_ls_dir",
+            "pg_stat_file",
+            "lo_import",
+            "pg_catalog.lo_export",
+        ):
+            sql = f"SELECT {name}('/etc/passwd')"
+            self.assertIn("server-file", command(sql).flags, sql)
+
+    def test_copy_files(self):
+        """COPY to and from a server file have flags; STDIN/STDOUT do not."""
+        self.assertIn("copy-to-file", command("COPY t TO '/tmp/x'").flags)
+        self.assertIn("copy-from-file", command("COPY t FROM '/tmp/x'").flags)
+        self.assertIn(
+            "copy-to-file", command("COPY (SELECT 1) TO '/tmp/x' (FORMAT csv)").flags
+        )
+        for sql in ("COPY t TO STDOUT", "COPY t FROM STDIN"):
+            self.assertFalse(
+                {"copy-to-file", "copy-from-file"} & command(sql).flags, sql
+            )
+        flags = command("COPY t TO PROGRAM 'cat'").flags
+        self.assertIn("copy-program", flags)
+        self.assertNotIn("copy-to-file", flags)
+
+
+class DDLFunctionTests(ClassifyTestsMixin, SynchronousTestCase):
+    """Functions named by DDL for later use appear in functions."""
+
+    SPELLINGS = [
+        ("CREATE OPERATOR === (LEFTARG=int, RIGHTARG=int, FUNCTION=s.f1)", "s.f1"),
+        ("CREATE OPERATOR === (LEFTARG=int, RIGHTARG=int, PROCEDURE=f1)", "f1"),
+        (
+            "CREATE OPERATOR === (LEFTARG=int, RIGHTARG=int, PROCEDURE=int4eq, "
+            "RESTRICT=f2)",
+            "f2",
+        ),
+        (
+            "CREATE OPERATOR === (LEFTARG=int, RIGHTARG=int, PROCEDURE=int4eq, "
+            "JOIN=f3)",
+            "f3",
+        ),
+        ("CREATE AGGREGATE a(int) (SFUNC=f1, STYPE=int)", "f1"),
+        ("CREATE AGGREGATE a(int) (SFUNC=x, STYPE=int, FINALFUNC=f2)", "f2"),
+        ("CREATE AGGREGATE a(int) (SFUNC=x, STYPE=int, COMBINEFUNC=f3)", "f3"),
+        (
+            "CREATE AGGREGATE a(int) (SFUNC=x, STYPE=internal, SERIALFUNC=f4, "
+            "DESERIALFUNC=f5)",
+            "f4",
+        ),
+        (
+            "CREATE AGGREGATE a(int) (SFUNC=x, STYPE=internal, SERIALFUNC=x, "
+            "DESERIALFUNC=f5)",
+            "f5",
+        ),
+        (
+            "CREATE AGGREGATE a(int) (SFUNC=x, STYPE=int, MSFUNC=f6, MINVFUNC=y, "
+            "MSTYPE=int)",
+            "f6",
+        ),
+        (
+            "CREATE AGGREGATE a(int) (SFUNC=x, STYPE=int, MSFUNC=x, MINVFUNC=f7, "
+            "MSTYPE=int)",
+            "f7",
+        ),
+        (
+            "CREATE AGGREGATE a(int) (SFUNC=x, STYPE=int, MSFUNC=x, MINVFUNC=y, "
+            "MSTYPE=int, MFINALFUNC=f8)",
+            "f8",
+        ),
+        ("CREATE AGGREGATE a (BASETYPE=int, SFUNC=f9, STYPE=int)", "f9"),
+        ("CREATE CAST (int AS text) WITH FUNCTION f9(int)", "f9"),
+        (
+            "CREATE TRIGGER t BEFORE INSERT ON x FOR EACH ROW EXECUTE FUNCTION f10()",
+            "f10",
+        ),
+        ("CREATE TRIGGER t AFTER UPDATE ON x EXECUTE PROCEDURE s.f10()", "s.f10"),
+        (
+            "CREATE CONSTRAINT TRIGGER t AFTER INSERT ON x FOR EACH ROW "
+            "EXECUTE FUNCTION f10()",
+            "f10",
+        ),
+        ("CREATE EVENT TRIGGER e ON ddl_command_start EXECUTE FUNCTION f11()", "f11"),
+        ("CREATE TYPE ty (INPUT=f12, OUTPUT=x)", "f12"),
+        ("CREATE TYPE ty (INPUT=x, OUTPUT=f13)", "f13"),
+        ("CREATE TYPE ty (INPUT=x, OUTPUT=y, RECEIVE=f14, SEND=z)", "f14"),
+        ("CREATE TYPE ty (INPUT=x, OUTPUT=y, SEND=f15)", "f15"),
+        ("CREATE TYPE ty (INPUT=x, OUTPUT=y, TYPMOD_IN=f16)", "f16"),
+        ("CREATE TYPE ty (INPUT=x, OUTPUT=y, TYPMOD_OUT=f17)", "f17"),
+        ("CREATE TYPE ty (INPUT=x, OUTPUT=y, ANALYZE=f18)", "f18"),
+        ("CREATE TYPE ty (INPUT=x, OUTPUT=y, SUBSCRIPT=f19)", "f19"),
+        ("CREATE TYPE r AS RANGE (SUBTYPE=int, CANONICAL=f20)", "f20"),
+        ("CREATE TYPE r AS RANGE (SUBTYPE=int, SUBTYPE_DIFF=f21)", "f21"),
+        ("ALTER TYPE ty SET (SEND=f22)", "f22"),
+        ("ALTER OPERATOR === (int, int) SET (RESTRICT=f23)", "f23"),
+        ("ALTER OPERATOR === (int, int) SET (JOIN=f23)", "f23"),
+        (
+            "CREATE TRANSFORM FOR int LANGUAGE sql (FROM SQL WITH FUNCTION "
+            "f24(internal), TO SQL WITH FUNCTION x(internal))",
+            "f24",
+        ),
+        (
+            "CREATE TRANSFORM FOR int LANGUAGE sql (FROM SQL WITH FUNCTION x(internal),"
+            " TO SQL WITH FUNCTION f25(internal))",
+            "f25",
+        ),
+        ("CREATE CONVERSION c FOR 'UTF8' TO 'LATIN1' FROM f26", "f26"),
+        ("CREATE DEFAULT CONVERSION c FOR 'UTF8' TO 'LATIN1' FROM s.f26", "s.f26"),
+        ("CREATE LANGUAGE l HANDLER f27", "f27"),
+        ("CREATE LANGUAGE l HANDLER x INLINE f28", "f28"),
+        ("CREATE LANGUAGE l HANDLER x VALIDATOR f29", "f29"),
+        ("CREATE FOREIGN DATA WRAPPER w HANDLER f30", "f30"),
+        ("CREATE FOREIGN DATA WRAPPER w VALIDATOR f31", "f31"),
+        ("ALTER FOREIGN DATA WRAPPER w HANDLER f30", "f30"),
+        ("ALTER FOREIGN DATA WRAPPER w VALIDATOR f31", "f31"),
+        ("CREATE ACCESS METHOD am TYPE TABLE HANDLER f32", "f32"),
+        ("CREATE ACCESS METHOD am TYPE INDEX HANDLER f32", "f32"),
+        (
+            "CREATE OPERATOR CLASS oc FOR TYPE int USING btree AS OPERATOR 1 <, "
+            "FUNCTION 1 f33(int, int)",
+            "f33",
+        ),
+        (
+            "CREATE OPERATOR CLASS oc FOR TYPE int USING gist AS "
+            "FUNCTION 1 (int) f33(int)",
+            "f33",
+        ),
+        (
+            "ALTER OPERATOR FAMILY of USING btree ADD FUNCTION 1 (int, int) "
+            "f34(int, int)",
+            "f34",
+        ),
+        (
+            "CREATE TEXT SEARCH PARSER tp (START=f35, GETTOKEN=a, END=b, LEXTYPES=c)",
+            "f35",
+        ),
+        (
+            "CREATE TEXT SEARCH PARSER tp (START=a, GETTOKEN=f36, END=b, LEXTYPES=c)",
+            "f36",
+        ),
+        (
+            "CREATE TEXT SEARCH PARSER tp (START=a, GETTOKEN=b, END=f37, LEXTYPES=c)",
+            "f37",
+        ),
+        (
+            "CREATE TEXT SEARCH PARSER tp (START=a, GETTOKEN=b, END=c, LEXTYPES=f38)",
+            "f38",
+        ),
+        (
+            "CREATE TEXT SEARCH PARSER tp (START=a, GETTOKEN=b, END=c, LEXTYPES=d, "
+            "HEADLINE=f39)",
+            "f39",
+        ),
+        ("CREATE TEXT SEARCH TEMPLATE tt (INIT=f40, LEXIZE=x)", "f40"),
+        ("CREATE TEXT SEARCH TEMPLATE tt (LEXIZE=f41)", "f41"),
+        ("ALTER FUNCTION f(int) SUPPORT f42", "f42"),
+        (
+            "CREATE SCHEMA s CREATE TABLE t (a int) CREATE TRIGGER tr BEFORE INSERT "
+            "ON t FOR EACH ROW EXECUTE FUNCTION f43()",
+            "f43",
+        ),
+    ]
+
+    def test_functions_named(self):
+        for sql, name in self.SPELLINGS:
+            self.assertIn(name, self.one(sql).functions, sql)
+
+    def test_types_are_not_functions(self):
+        """STYPE, LEFTARG, SUBTYPE name types, not functions."""
+        s = self.one("CREATE AGGREGATE a(int) (SFUNC=f1, STYPE=mytype)")
+        self.assertEqual(s.functions, ("f1",))
+
+
+class WriteFormsTests(ClassifyTestsMixin, SynchronousTestCase):
+    """MERGE, ON CONFLICT and SELECT INTO count as the writes they are."""
+
+    def test_merge_actions(self):
+        s = self.one(
+            "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED AND t.a > 1 THEN DELETE "
+            "WHEN MATCHED THEN UPDATE SET a = 1 WHEN NOT MATCHED THEN INSERT VALUES (1)"
+        )
+        self.assertEqual(set(s.nested), {"DeleteStmt", "UpdateStmt", "InsertStmt"})
+        self.assertEqual(s.has_where, True)
+
+    def test_merge_on_constant_true(self):
+        for cond in ("true", "1 = 1", "'a' = 'a'", "t.id = t.id"):
+            s = self.one(
+                f"MERGE INTO t USING s ON {cond} WHEN MATCHED THEN UPDATE SET a = 1"
+            )
+            self.assertEqual(s.has_where, False, cond)
+        s = self.one(
+            "MERGE INTO t USING s ON true WHEN NOT MATCHED THEN INSERT VALUES (1)"
+        )
+        self.assertIsNone(s.has_where)
+
+    def test_on_conflict_do_update(self):
+        s = self.one(
+            "INSERT INTO t SELECT * FROM s ON CONFLICT (id) DO UPDATE SET v = 1"
+        )
+        self.assertEqual((s.has_where, "UpdateStmt" in s.nested), (False, True))
+        for bounded in [
+            "INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET v = 1",
+            "INSERT INTO t SELECT * FROM s WHERE s.id = 3 ON CONFLICT (id) "
+            "DO UPDATE SET v = 1",
+            "INSERT INTO t SELECT * FROM s ON CONFLICT (id) DO UPDATE SET v = 1 "
+            "WHERE t.v < 3",
+        ]:
+            self.assertEqual(self.one(bounded).has_where, True, bounded)
+        s = self.one(
+            "INSERT INTO t SELECT * FROM s WHERE true ON CONFLICT (id) "
+            "DO UPDATE SET v = 1 WHERE 1 = 1"
+        )
+        self.assertEqual(s.has_where, False)
+        s = self.one("INSERT INTO t VALUES (1) ON CONFLICT DO NOTHING")
+        self.assertEqual((s.has_where, s.nested), (None, ()))
+
+    def test_select_into(self):
+        s = self.one("SELECT * INTO t2 FROM t")
+        self.assertEqual((s.kind, s.nested), ("SelectStmt", ("CreateTableAsStmt",)))
+
+
+class ConstantTrueTests(ClassifyTestsMixin, SynchronousTestCase):
+    """A WHERE a parser can tell is always true counts as none."""
+
+    TRUE = [
+        "true",
+        "TRUE",
+        "1 = 1",
+        "'a' = 'a'",
+        "x = x",
+        "t.x = t.x",
+        "NOT false",
+        "x IS NOT NULL OR x IS NULL",
+        "x IS NULL OR x IS NOT NULL",
+        "x = 5 OR true",
+        "1 + 1 = 2",
+        "2 > 1",
+        "-1 < 0",
+        "2 * 3 >= 6",
+        "'a' || 'b' = 'ab'",
+        "true AND 1 = 1",
+        "NOT (1 = 2)",
+        "x >= x",
+        "x IS NOT DISTINCT FROM x",
+        "EXISTS (SELECT 1)",
+        "v LIKE '%'",
+        "true IS TRUE",
+        "'t'::boolean",
+        "1::bool",
+        "x > 5 OR NOT x > 5",
+        "NULL IS NULL",
+        "1 IN (1, 2)",
+        "1 <> 2",
+        "(((true)))",
+        "'yes'::bool",
+        "1 = 1.0",
+        "NOT NOT true",
+    ]
+    NOT_TRUE = [
+        "x = 5",
+        "x = x + 1",
+        "false",
+        "1 = 2",
+        "x IS NULL",
+        "x = 5 AND true",
+        "NULL",
+        "NULL = NULL",
+        "random() > 0",
+        "EXISTS (SELECT 1 FROM t)",
+        "x LIKE 'a%'",
+        "x = 5 OR x = 6",
+        "'a' = 'b'",
+        "1 IN (2, 3)",
+        "EXISTS (SELECT 1 WHERE false)",
+        "'1' = 1",
+        "NOT NULL",
+        "$1",
+        "x > 5 OR NOT y > 5",
+    ]
+
+    def test_constant_true(self):
+        for cond in self.TRUE:
+            for stmt in ("DELETE FROM t WHERE ", "UPDATE t SET a = 1 WHERE "):
+                s = self.one(stmt + cond)
+                self.assertEqual(s.has_where, False, stmt + cond)
+                self.assertIn("no-where", command(stmt + cond).flags, cond)
+
+    def test_not_known_true(self):
+        for cond in self.NOT_TRUE:
+            s = self.one("DELETE FROM t WHERE " + cond)
+            self.assertEqual(s.has_where, True, cond)
+
+    @given(st.integers(0, 60), st.sampled_from(["true", "1 = 1", "NOT false", "x = x"]))
+    @settings(max_examples=60, deadline=None)
+    def test_nested_parentheses_and_nots(self, depth, core):
+        """Any depth of NOT NOT and parentheses keeps a true core true."""
+        cond = "NOT NOT " * (depth // 2) + "(" * depth + core + ")" * depth
+        s = self.one("DELETE FROM t WHERE " + cond)
+        self.assertEqual(s.has_where, False, cond)
+
+    @given(
+        st.lists(st.sampled_from(["x = 5", "y < 3", "z IS NULL", "1 = 2"]), max_size=5),
+        st.sampled_from(["true", "1 = 1", "'a' = 'a'", "k = k", "2 > 1"]),
+        st.integers(0, 5),
+    )
+    @settings(max_examples=80, deadline=None)
+    def test_or_with_a_true_disjunct(self, others, truth, at):
+        """One true disjunct anywhere in an OR makes it true."""
+        parts = list(others)
+        parts.insert(min(at, len(parts)), truth)
+        s = self.one("UPDATE t SET a = 1 WHERE " + " OR ".join(parts))
+        self.assertEqual(s.has_where, False, parts)
+
+    def test_shape_not_shared_when_constants_decide(self):
+        """Texts of one shape whose constants decide are classified each."""
+        cache = CommandCache()
+        harmless = cache.classify("DELETE FROM t WHERE 1 = 2").commands[0]
+        harmful = cache.classify("DELETE FROM t WHERE 1 = 1").commands[0]
+        self.assertNotIn("no-where", harmless.flags)
+        self.assertIn("no-where", harmful.flags)
+        cache.classify("SELECT query_to_xml('select 1', true, true, '')")
+        found = cache.classify("SELECT query_to_xml('drop table t', true, true, '')")
+        self.assertIn("DropStmt", found.commands[0].kinds)
+        cache.classify("SET ROLE harmless")
+        found = cache.classify("SET ROLE postgres")
+        self.assertEqual(found.statements[0].sensitive[0].value, "postgres")
+        cache.classify("UPDATE t SET a = 1 WHERE $1")
+        found = cache.classify("UPDATE t SET a = 1 WHERE true")
+        self.assertIn("no-where", found.commands[0].flags)
+
+    def test_plain_filters_still_shared(self):
+        """pgbench's statements keep sharing their shape's classification."""
+        cache = CommandCache()
+        for key in range(5):
+            cache.classify(
+                f"UPDATE pgbench_accounts SET abalance = abalance + {key} "
+                f"WHERE aid = {key}"
+            )
+            cache.classify(f"SELECT abalance FROM pgbench_accounts WHERE aid = {key}")
+        self.assertEqual(cache.parses, 2)
+
+
+class CategoryTests(SynchronousTestCase):
+    """Every kind has a category; the siblings land where they belong."""
+
+    def test_every_kind_categorised(self):
+        from gatehouse.protocols.postgres.categories import INNER_ONLY, categories_of
+        from gatehouse.protocols.postgres.commands import COMMAND_KINDS
+
+        for kind in COMMAND_KINDS - INNER_ONLY - {"Unparseable", "CopyStmt"}:
+            self.assertTrue(categories_of({kind}), kind)
+
+    def test_siblings(self):
+        cases = {
+            "DROP OWNED BY current_user": {"destructive", "privilege"},
+            "DROP DATABASE x": {"destructive", "admin"},
+            "REASSIGN OWNED BY a TO b": {"destructive", "privilege"},
+            "TRUNCATE t": {"destructive", "write"},
+            "DELETE FROM t WHERE id = 1": {"destructive", "write"},
+            "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE": {
+                "destructive",
+                "write",
+            },
+            "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN UPDATE SET a = 1": {
+                "write"
+            },
+            "INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET a = 1": {"write"},
+            "CREATE TABLE t2 AS SELECT 1": {"write", "ddl"},
+            "SELECT * INTO t2 FROM t": {"read", "write", "ddl"},
+            "CREATE VIEW v AS SELECT 1": {"ddl"},
+            "CREATE SEQUENCE s": {"ddl"},
+            "CREATE SCHEMA s": {"ddl"},
+            "CREATE TYPE ty AS (a int)": {"ddl"},
+            "ALTER TABLE t SET SCHEMA s": {"ddl"},
+            "ALTER TABLE t DROP COLUMN a": {"ddl", "destructive"},
+            "ALTER TABLE t OWNER TO x": {"ddl", "privilege"},
+            "ALTER TABLE t ENABLE ROW LEVEL SECURITY": {"ddl", "privilege"},
+            "GRANT SELECT ON t TO PUBLIC": {"privilege"},
+            "SET ROLE x": {"session", "privilege"},
+            "SET search_path = a": {"session"},
+            "VACUUM t": {"admin"},
+            "ALTER SYSTEM SET work_mem = '1MB'": {"admin"},
+            "SELECT 1": {"read"},
+            "COPY t TO STDOUT": {"read"},
+            "COPY t FROM STDIN": {"write"},
+            "EXPLAIN ANALYZE DELETE FROM t": {"read", "write", "destructive"},
+            "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d": {
+                "read",
+                "write",
+                "destructive",
+            },
+            "DO $$ BEGIN END $$": {"code"},
+            "SELECT query_to_xml('drop table t', true, true, '')": {
+                "read",
+                "ddl",
+                "destructive",
+            },
+        }
+        for sql, expected in cases.items():
+            self.assertEqual(set(command(sql).categories), expected, sql)
