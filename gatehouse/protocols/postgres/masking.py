@@ -536,6 +536,15 @@ class ResponseMasker:
         self.masked = 0
         self.unmaskable = False
 
+    @property
+    def encoding(self) -> str:
+        """The Python codec of the client encoding."""
+        return self._encoding
+
+    @encoding.setter
+    def encoding(self, value: str) -> None:
+        self._encoding = value
+
     # -- what the caller tells -------------------------------------------------
 
     def unresolved(self, body: bytes) -> tuple[int, ...]:

@@ -95,9 +95,18 @@ _B_READY = codec.BackendType.READY_FOR_QUERY
 _B_ROWS = codec.BackendType.ROW_DESCRIPTION
 _B_DATA_ROW = codec.BackendType.DATA_ROW
 #: backend messages the response masker reads the body of (RowDescription
-#: and DataRow have branches of their own in _deliver)
+#: and DataRow have branches of their own in _deliver): COPY, and every
+#: other message that carries values
 _MASKER_BODIES = frozenset(
-    {codec.BackendType.COPY_OUT_RESPONSE, codec.BackendType.COPY_DATA}
+    {
+        codec.BackendType.COPY_OUT_RESPONSE,
+        codec.BackendType.COPY_DATA,
+        codec.BackendType.ERROR_RESPONSE,
+        codec.BackendType.NOTICE_RESPONSE,
+        codec.BackendType.NOTIFICATION_RESPONSE,
+        codec.BackendType.PARAMETER_STATUS,
+        codec.BackendType.FUNCTION_CALL_RESPONSE,
+    }
 )
 #: and those it follows by their kind alone (where a result ends)
 _MASKED_TYPES = _MASKER_BODIES | {
@@ -105,7 +114,6 @@ _MASKED_TYPES = _MASKER_BODIES | {
     codec.BackendType.COMMAND_COMPLETE,
     codec.BackendType.EMPTY_QUERY_RESPONSE,
     codec.BackendType.READY_FOR_QUERY,
-    codec.BackendType.ERROR_RESPONSE,
 }
 _PASSWORD = codec.FrontendType.PASSWORD
 _REDACTED_PASSWORD = codec.encode_message(_PASSWORD, b"[REDACTED]\0")
@@ -684,10 +692,13 @@ class PostgresServerProtocol(Protocol):
         if self.session.masker is not None:
             from gatehouse.protocols.postgres.masking import ResponseMasker
 
+            rules = self.session.masker
             resolve = None
-            if self.session.masker.has_relation_rules:
+            if rules.has_relation_rules or rules.has_column_rules:
+                # Name rules match the column a result column comes from
+                # too (an alias does not hide it): the catalog names it.
                 resolve = self._factory.catalog(target).column
-            self._masker = ResponseMasker(self.session.masker, resolve)
+            self._masker = ResponseMasker(rules, resolve, self._encoding)
             self._describes = deque()
         passthrough = tuple(
             (k, v)
@@ -834,9 +845,7 @@ class PostgresServerProtocol(Protocol):
                         if self._copy_needs_columns(classified):
                             self._forward(reader.take_to(frame[1]))
                             self._hold(frames, index, "catalog")
-                            self._copy_columns(classified).addBoth(
-                                self._release, frame, None
-                            )
+                            self._copy_columns(classified, frame)
                             return
                     self._sent(kind)
                     continue
@@ -1080,10 +1089,16 @@ class PostgresServerProtocol(Protocol):
                 return True
         return False
 
-    def _copy_columns(self, classified: Classified) -> Deferred:
-        """Tell the masker which columns the COPY sends."""
-        from twisted.internet.defer import succeed
+    def _copy_columns(self, classified: Classified, frame: tuple) -> None:
+        """
+        Tell the masker which columns the COPY sends, then release the
+        held C{frame} (or refuse it).
 
+        The client's session has its own search_path (and temporary
+        schema), which the gateway's catalog connection does not share: an
+        unqualified name is looked up in every schema, and where tables of
+        that name would be masked differently the COPY is refused.
+        """
         copy = next(
             s.copy for s in classified.statements if s.copy and s.copy.to_client
         )
@@ -1094,10 +1109,24 @@ class PostgresServerProtocol(Protocol):
             names = list(copy.columns) or None
             full = [f"{relation}.{c}" for c in copy.columns] or None
             masker.copy_out(names, copy.format, copy.delimiter, full, copy.header)
-            return succeed(None)
-        d = self._factory.catalog(self._target).relation_columns(copy.relation)
+            self._release(None, frame, None)
+            return
+        d = self._factory.catalog(self._target).relation_candidates(copy.relation)
 
-        def known(columns: list) -> None:
+        def known(candidates: list) -> str | None:
+            def masked(columns: list) -> tuple:
+                return tuple(
+                    rules.column_masked(c.rsplit(".", 1)[-1], c) for c in columns
+                )
+
+            if len({masked(c) for c in candidates}) > 1:
+                return (
+                    f"COPY {copy.relation} TO STDOUT is ambiguous for masking: "
+                    "tables of that name in several schemas are masked "
+                    "differently, and the session's search_path decides; "
+                    "name the schema (COPY schema.table) or the columns"
+                )
+            columns = candidates[0] if candidates else []
             masker.copy_out(
                 [c.rsplit(".", 1)[-1] for c in columns] or None,
                 copy.format,
@@ -1105,8 +1134,13 @@ class PostgresServerProtocol(Protocol):
                 columns or None,
                 copy.header,
             )
+            return None
 
-        return d.addCallback(known)
+        d.addCallback(known)
+        d.addCallbacks(
+            lambda refusal: self._release(None, frame, refusal),
+            lambda failure: self._release(failure, frame, None),
+        )
 
     # -- forwarding -----------------------------------------------------------
 
@@ -1186,8 +1220,11 @@ class PostgresServerProtocol(Protocol):
             drop = False
             if kind == _B_ERROR and self._refusals:
                 replacement = self._refusal_for(reader.body(frame))
-            elif kind == _B_PARAMETER and not self._parameter(reader.body(frame)):
-                return
+            elif kind == _B_PARAMETER:
+                if not self._parameter(reader.body(frame)):
+                    return
+                if masker is not None:
+                    masker.encoding = self._encoding
             if kind == _B_ROWS and masker is not None:
                 body = reader.body(frame)
                 unknown = masker.describe(body)
