@@ -822,10 +822,12 @@ class ResponseMasker:
                 continue
             if masker.column_masked(f.name, relation):
                 plan.append(whole)
-            elif (
-                by_columns
-                and relation is None
-                and (f.type_oid in _RECORD_TYPES or f.type_oid >= _FIRST_NORMAL_OID)
+            elif by_columns and (
+                f.type_oid in _JSON_ARRAYS
+                or (
+                    relation is None
+                    and (f.type_oid in _RECORD_TYPES or f.type_oid >= _FIRST_NORMAL_OID)
+                )
             ):
                 # A row as one value (SELECT t FROM t, row(t.*)), or a
                 # computed value of a type defined in the database, which
@@ -843,8 +845,12 @@ class ResponseMasker:
             tuple(plan),
             _U16_PACK(len(plan)),
             any(a >= _WHOLE for a in plan),
-            # 2: a binary value must be decoded to be scanned
-            2 if _SCAN_BINARY in plan else any(_KEEP < a < _WHOLE for a in plan),
+            # 2: a binary value must be decoded to be scanned, JSON read
+            # for keys under column rules: no pre-check on the row
+            2
+            if _SCAN_BINARY in plan
+            or (by_columns and (_SCAN_JSON in plan or _SCAN_JSONB in plan))
+            else any(_KEEP < a < _WHOLE for a in plan),
             tuple(f.type_oid for f in fields),
         )
 
@@ -864,13 +870,18 @@ class ResponseMasker:
         changed = 0
         value_of = self._value
         types = self._plan_types
+        by_columns = self._by_columns
         for i, action in enumerate(plan):
             raw = values[i]
             if action == _KEEP or raw is None:
                 continue
             if action == _SCAN_BINARY:
                 new = self._binary_value(types[i], raw)
-            elif action < _WHOLE and not scan:
+            elif (
+                action < _WHOLE
+                and not scan
+                and not (by_columns and (action == _SCAN_JSON or action == _SCAN_JSONB))
+            ):
                 continue
             else:
                 new = value_of(action, raw, found)
@@ -902,9 +913,18 @@ class ResponseMasker:
         payload = raw
         if action == _SCAN_JSONB:
             if raw[:1] != _JSONB_VERSION:
-                return raw
+                return None  # a version this does not read: withheld
             payload = raw[1:]
         text = payload.decode(self._encoding, "surrogateescape")
+        keyed = 0
+        if self._by_columns and (action == _SCAN_JSON or action == _SCAN_JSONB):
+            # to_json(t), json_agg(t): members named after masked columns
+            keyed_text, keyed = self._masker.mask_json_keys(text)
+            if keyed_text is None:
+                return None
+            if keyed:
+                text = keyed_text
+                found = None
         if action == _SCAN_NUMERIC:
             mode = NUMERIC
         elif action == _SCAN_JSON or action == _SCAN_JSONB:
@@ -912,7 +932,9 @@ class ResponseMasker:
         else:
             mode = TEXT
         masked, hits = self._masker.mask(text, mode, "", found)
-        if not hits or masked == text:
+        if keyed:
+            hits += keyed
+        elif not hits or masked == text:
             return raw
         if action == _SCAN_NULL:
             return None

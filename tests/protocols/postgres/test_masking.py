@@ -151,7 +151,8 @@ class DataRowTests(SynchronousTestCase):
             masker, F("doc", type_oid=3802, format=1), F("secret", 0, 0, 3802, format=1)
         )
         values, _ = row(masker, b"\x02a@example.com", b"\x02{}")
-        self.assertEqual(values, (b"\x02a@example.com", None))
+        # a version it cannot read is withheld, not passed unscanned
+        self.assertEqual(values, (None, None))
 
     def test_numeric_text(self) -> None:
         """Numbers in text format stay numbers."""
@@ -966,3 +967,23 @@ class BinaryTests(SynchronousTestCase):
             text = text.lstrip("-")
         raw = numeric_binary(text)
         self.assertEqual(_numeric_text(raw)[0], text)
+
+
+class JSONKeyTests(SynchronousTestCase):
+    """Under column rules, JSON members named after masked columns."""
+
+    def test_to_json_of_a_row(self) -> None:
+        masker = ResponseMasker(RULES)
+        describe(masker, F("j", type_oid=114), F("b", type_oid=3802, format=1))
+        doc = b'{"id": 1, "ssn": "123-45-6789", "x": [{"NOTE": 2.50}], "k": null}'
+        values, _ = row(masker, doc, b"\x01" + doc)
+        want = {"id": 1, "ssn": "***", "x": [{"NOTE": "***"}], "k": None}
+        self.assertEqual(json.loads(values[0]), want)
+        self.assertEqual(json.loads(values[1][1:]), want)
+        self.assertNotIn(b"123-45-6789", values[0])
+
+    def test_untouched_and_invalid(self) -> None:
+        masker = ResponseMasker(RULES)
+        describe(masker, F("j", type_oid=114))
+        self.assertEqual(row(masker, b'{"id": 1.000}'), ((b'{"id": 1.000}',), True))
+        self.assertEqual(row(masker, b'{"ssn": 1'), ((None,), False))
