@@ -748,6 +748,7 @@ class ResponseMasker:
         else:
             raise codec.ProtocolViolation("malformed error or notice")
         strict = False
+        state = b""
         if self._by_columns:
             for field in fields:
                 if field[:1] == b"C":
@@ -767,7 +768,15 @@ class ResponseMasker:
                 continue
             value = field[1:]
             new = None
-            if strict and code in _FIELD_CODES_STRICT:
+            if (
+                strict
+                and code in _FIELD_CODES_STRICT
+                and (
+                    # integrity violations name objects in the message and
+                    # print the values in DETAIL only
+                    state[:2] != b"23" or code not in (b"M", b"H")
+                )
+            ):
                 text = value.decode(self._encoding, "surrogateescape")
                 masked = _withhold_quoted(code, text)
                 if masked != text:

@@ -837,7 +837,7 @@ class PostgresServerProtocol(Protocol):
                 self._statements.saw(text, classified, decision)
                 if decision.action == "allow":
                     if self._masker is not None:
-                        refusal = self._copy_check(classified)
+                        refusal = self._copy_check(classified, kind)
                         if refusal is not None:
                             self._forward(reader.take_to(frame[1]))
                             self._refuse(frame, refusal)
@@ -1061,9 +1061,12 @@ class PostgresServerProtocol(Protocol):
 
     # -- masking ------------------------------------------------------------
 
-    def _copy_check(self, classified: Classified) -> str | None:
+    #: the transaction status of the target's last ReadyForQuery
+    _tx_status = b"I"
+
+    def _copy_check(self, classified: Classified, kind: int = _QUERY) -> str | None:
         """Why a COPY to the client cannot be masked, if it cannot."""
-        for statement in classified.statements:
+        for n, statement in enumerate(classified.statements):
             copy = statement.copy
             if copy is None or not copy.to_client:
                 continue
@@ -1079,6 +1082,25 @@ class PostgresServerProtocol(Protocol):
                 return (
                     "COPY (query) TO STDOUT cannot be masked by column; "
                     "use SELECT, or COPY table TO STDOUT"
+                )
+            if (
+                not copy.columns
+                and (masker.has_column_rules or masker.has_relation_rules)
+                and (
+                    kind != _QUERY
+                    or n
+                    or self._tx_status != b"I"
+                    or self._ready_expected > self._ready_seen
+                )
+            ):
+                # Its columns are looked up on the gateway's own connection,
+                # which does not see what this session's transaction (or a
+                # statement before it) created or changed.
+                return (
+                    "COPY table TO STDOUT without a column list is masked only "
+                    "as a statement of its own, outside a transaction block "
+                    "(its columns are looked up outside this session); name "
+                    "the columns: COPY table (a, b) TO STDOUT"
                 )
         return None
 
@@ -1246,6 +1268,7 @@ class PostgresServerProtocol(Protocol):
                     drop = describes.popleft() == "swallow"
             if kind == _B_READY:
                 self._ready_seen += 1
+                self._tx_status = reader.body(frame)[:1]
                 if self._refusals:
                     self._expire_refusals()
                 while describes:

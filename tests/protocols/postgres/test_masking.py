@@ -761,14 +761,14 @@ class ValueMessageTests(SynchronousTestCase):
                 "23505",
                 'duplicate key value violates unique constraint "t_pkey"',
                 "Key (ssn)=(123-45-6789) already exists.",
-                'duplicate key value violates unique constraint "***"',
+                'duplicate key value violates unique constraint "t_pkey"',
                 "Key (ssn)=(***) already exists.",
             ),
             (
                 "23502",
                 'null value in column "x" of relation "t" violates not-null',
                 "Failing row contains (1, 123-45-6789, null).",
-                'null value in column "***" violates not-null',
+                'null value in column "x" of relation "t" violates not-null',
                 "Failing row contains (***).",
             ),
             (
