@@ -40,6 +40,8 @@ import re
 import struct
 from collections.abc import Callable, Sequence
 
+import attrs
+
 from gatehouse.masking import JSON, NUMERIC, TEXT, Masker
 from gatehouse.protocols.postgres import codec
 
@@ -170,6 +172,11 @@ _QUOTING_STATES = frozenset(
 #: function (C{EXECUTE}), shown as the internal query
 _INTERNAL_QUERY_STATES = frozenset({b"42601", b"42000"})
 _WITHHELD = "***"
+#: the quotation marks of PostgreSQL's messages in every language it is
+#: translated to (lc_messages of the server or of the gateway's role)
+_QUOTES = re.compile(
+    '["\u00ab\u00bb\u2018\u2019\u201a\u201c\u201d\u201e\u300c\u300d\u300e\u300f]'
+)
 _KEY_DETAIL = re.compile(
     r'(Key \((?:[^")]|"[^"]*")*\)=\().*?(\) (?:already exists|is not present in table'
     r' "[^"]*"|is still referenced from table "[^"]*")\.)\Z',
@@ -186,13 +193,16 @@ def _withhold_quoted(code: bytes, text: str) -> str:
     internal query whole.
     """
     if code == b"M" or code == b"H":
-        first = text.find('"')
-        if first < 0:
+        quotes = _QUOTES.finditer(text)
+        first = next(quotes, None)
+        if first is None:
             return text
-        last = text.rfind('"')
-        if last == first:
-            return text[: first + 1] + _WITHHELD
-        return text[: first + 1] + _WITHHELD + text[last:]
+        last = first
+        for last in quotes:  # noqa: B007 -- the last one is wanted
+            pass
+        if last is first:
+            return text[: first.end()] + _WITHHELD
+        return text[: first.end()] + _WITHHELD + text[last.start() :]
     if code == b"D":
         m = _KEY_DETAIL.match(text)
         if m is not None:
@@ -578,6 +588,26 @@ class ResponseMasker:
                     return missing
         self._take_plan(body, fields, relations)
         return ()
+
+    def rename(self, body: bytes) -> bytes | None:
+        """
+        A RowDescription body with the detectors applied to its column
+        names (a name can carry a value: a view made by dynamic SQL names
+        its column after one), or None if no name holds anything.
+        """
+        masker = self._masker
+        if not masker.scans_values or not masker.might_match(body):
+            return None
+        fields = self._fields(body)
+        names = [self._scan_text(f.name.encode(self._encoding)) for f in fields]
+        if not any(n is not None for n in names):
+            return None
+        self.masked += sum(n is not None for n in names)
+        renamed = [
+            f if n is None else attrs.evolve(f, name=n.decode(self._encoding))
+            for f, n in zip(fields, names, strict=True)
+        ]
+        return codec.RowDescription(renamed).encode(self._encoding)[5:]
 
     @staticmethod
     def _missing(

@@ -1258,6 +1258,9 @@ class PostgresServerProtocol(Protocol):
                         self._hold_upstream(frames[index:], unknown)
                         return
                     masker.describe(body, look_up=False)
+                renamed = masker.rename(body)
+                if renamed is not None:
+                    replacement = codec.encode_message(kind, renamed)
             elif masker is not None and kind in _MASKED_TYPES and replacement is None:
                 body = reader.body(frame) if kind in _MASKER_BODIES else b""
                 new_body = masker.message(kind, body)

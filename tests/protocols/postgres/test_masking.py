@@ -987,3 +987,32 @@ class JSONKeyTests(SynchronousTestCase):
         describe(masker, F("j", type_oid=114))
         self.assertEqual(row(masker, b'{"id": 1.000}'), ((b'{"id": 1.000}',), True))
         self.assertEqual(row(masker, b'{"ssn": 1'), ((None,), False))
+
+
+class DescriptionTests(SynchronousTestCase):
+    """Column names carry values too (a view named by dynamic SQL)."""
+
+    def test_rename(self) -> None:
+        masker = ResponseMasker(DETECT)
+        plain = body(codec.RowDescription([F("id"), F("name")]).encode())
+        self.assertIsNone(masker.rename(plain))
+        named = body(codec.RowDescription([F("id"), F(CARD, type_oid=23)]).encode())
+        new = codec.RowDescription.decode(masker.rename(named))
+        self.assertEqual(
+            new, codec.RowDescription([F("id"), F("************1111", type_oid=23)])
+        )
+        self.assertIsNone(ResponseMasker(COLUMNS_ONLY).rename(named))
+
+    def test_localized_quotes(self) -> None:
+        masker = ResponseMasker(COLUMNS_ONLY)
+        got = masked_message(
+            masker,
+            codec.ErrorResponse.build(
+                "ERROR",
+                "22P02",
+                "ungültige Eingabesyntax für Typ integer: »123-45-6789«",
+                "Schlüssel (ssn)=(123-45-6789) existiert bereits.",
+            ),
+        )
+        self.assertEqual(got.message, "ungültige Eingabesyntax für Typ integer: »***«")
+        self.assertEqual(got.detail, "***")

@@ -77,7 +77,7 @@ MASKING_CONFIG = {
             "groups": ["detectors"],
             "detect": ["card", "email", "iban"],
         },
-    ]
+    ],
 }
 
 SETUP = f"""
@@ -298,6 +298,14 @@ CASES = [
         f"DO $$ BEGIN PERFORM set_config('application_name', {_DO_CARD}, false);"
         " END $$",
         "card",
+    ),
+    case(
+        "column_name_from_data",
+        "detect",
+        "DO $$ BEGIN EXECUTE format('CREATE TEMP VIEW m_v AS SELECT 1 AS %I',"
+        f" {_DO_CARD}); END $$; SELECT * FROM m_v",
+        "card",
+        "RowDescription carries a name made from a value",
     ),
     # -- binary result format ----------------------------------------------------
     case(
