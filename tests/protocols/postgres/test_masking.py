@@ -1016,3 +1016,38 @@ class DescriptionTests(SynchronousTestCase):
         )
         self.assertEqual(got.message, "ungültige Eingabesyntax für Typ integer: »***«")
         self.assertEqual(got.detail, "***")
+
+
+FIELD_TEXT = st.lists(
+    st.one_of(
+        st.sampled_from([CARD, "ann@example.com", '"', "»", "Key (", ")=(", "\n"]),
+        st.text(
+            alphabet=st.characters(
+                blacklist_characters="\0", blacklist_categories=("Cs",)
+            ),
+            max_size=8,
+        ),
+    ),
+    max_size=5,
+).map("".join)
+
+
+class ErrorWellFormedTests(SynchronousTestCase):
+    """Whatever the fields, an error stays a well-formed error."""
+
+    @given(
+        MASKERS,
+        st.sampled_from(["22P02", "23505", "42P01", "42601", "P0001", "00000"]),
+        st.lists(st.tuples(st.sampled_from("MDHWqtnRsd"), FIELD_TEXT), max_size=6),
+    )
+    def test_round_trip(self, rules: Masker, state: str, fields: list) -> None:
+        error = codec.ErrorResponse((("S", "ERROR"), ("C", state), ("P", "3"), *fields))
+        got = masked_message(ResponseMasker(rules), error)
+        self.assertEqual([c for c, _ in got.fields], [c for c, _ in error.fields])
+        self.assertEqual((got.sqlstate, got.position), (state, "3"))
+        for (code, value), (_, before) in zip(got.fields, error.fields, strict=True):
+            if code in "SCPR":
+                # severity, SQLSTATE, position, routine: never a value
+                self.assertEqual(value, before)
+            elif rules.scans_values:
+                self.assertEqual(rules.mask(value)[1], 0, (before, value))
