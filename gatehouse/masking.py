@@ -494,6 +494,29 @@ class Masker:
             it, if already known.
         @return: the masked text and the number of occurrences masked.
         """
+        out, hits = self._mask_once(value, mode, keep, candidates)
+        if hits:
+            # What was found can hide another match that only shows once
+            # the first is masked ("a@b.coma@b.com" reads as one address
+            # with the TLD "coma"): mask again until nothing more shows.
+            for _ in range(3):
+                again, more = self._mask_once(out, mode, keep, None)
+                if not more or again == out:
+                    break
+                out, hits = again, hits + more
+            else:
+                # Still finding more: the whole value, kept valid for its mode.
+                if mode == NUMERIC:
+                    out = _DIGITS.sub("0", out)
+                elif mode == JSON:
+                    out = '"' + self.mask_whole(out) + '"'
+                else:
+                    out = self.mask_whole(out)
+        return out, hits
+
+    def _mask_once(
+        self, value: str, mode: int, keep: str, candidates: int | None
+    ) -> tuple[str, int]:
         spans: list[tuple[int, int, int]] = []
         if self._quick:
             found = (
@@ -516,10 +539,13 @@ class Masker:
         spans.sort(key=lambda s: (s[0], -s[1]))
         merged = [spans[0]]
         for start, end, kind in spans[1:]:
-            last_start, last_end, _ = merged[-1]
+            last_start, last_end, last_kind = merged[-1]
             if start < last_end:
-                if end > last_end:
-                    merged[-1] = (last_start, end, _MERGED)
+                # Overlapping matches of different kinds (even one inside
+                # the other: a pattern inside an address's shown TLD) are
+                # masked as one span of "*".
+                if end > last_end or kind != last_kind:
+                    merged[-1] = (last_start, max(end, last_end), _MERGED)
                 continue
             merged.append((start, end, kind))
         strings = None
