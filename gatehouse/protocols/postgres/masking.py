@@ -543,6 +543,8 @@ class ResponseMasker:
         self._descriptions: dict[bytes, tuple[codec.FieldDescription, ...]] = {}
         #: (RowDescription body, names resolved) -> plan, count, whole, scan
         self._plans: dict[tuple, tuple] = {}
+        #: RowDescription body -> its names masked (and how many), or None
+        self._renamed: dict[bytes, tuple[bytes, int] | None] = {}
         self.masked = 0
         self.unmaskable = False
 
@@ -595,19 +597,29 @@ class ResponseMasker:
         names (a name can carry a value: a view made by dynamic SQL names
         its column after one), or None if no name holds anything.
         """
-        masker = self._masker
-        if not masker.scans_values or not masker.might_match(body):
+        if not self._masker.scans_values:
             return None
+        cached = self._renamed.get(body, self)
+        if cached is self:
+            if len(self._renamed) >= _CACHED_RESULTS:
+                self._renamed.clear()
+            cached = self._renamed[body] = self._rename(body)
+        if cached is not None:
+            self.masked += cached[1]
+            return cached[0]
+        return None
+
+    def _rename(self, body: bytes) -> tuple[bytes, int] | None:
         fields = self._fields(body)
         names = [self._scan_text(f.name.encode(self._encoding)) for f in fields]
         if not any(n is not None for n in names):
             return None
-        self.masked += sum(n is not None for n in names)
         renamed = [
             f if n is None else attrs.evolve(f, name=n.decode(self._encoding))
             for f, n in zip(fields, names, strict=True)
         ]
-        return codec.RowDescription(renamed).encode(self._encoding)[5:]
+        new = codec.RowDescription(renamed).encode(self._encoding)[5:]
+        return new, sum(n is not None for n in names)
 
     @staticmethod
     def _missing(
