@@ -41,6 +41,7 @@ pre-checked.
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 from collections.abc import Sequence
 
@@ -284,6 +285,32 @@ def _render(segment: str, kind: int, mode: int) -> str:
     return "*" * len(segment)
 
 
+class _RawJSON(str):
+    """A JSON number or constant, kept as it was written."""
+
+
+class _Pairs(list):
+    """A JSON object, its members in order (duplicates kept)."""
+
+
+def _json_text(value: object) -> str:
+    if isinstance(value, _RawJSON):
+        return value
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if value is None:
+        return "null"
+    if isinstance(value, _Pairs):
+        return (
+            "{" + ", ".join(f"{_json_text(k)}: {_json_text(v)}" for k, v in value) + "}"
+        )
+    return "[" + ", ".join(_json_text(v) for v in value) + "]"
+
+
 def _globs(globs: Sequence[str]) -> re.Pattern[str] | None:
     if not globs:
         return None
@@ -335,6 +362,13 @@ class Masker:
         self._patterns = tuple(patterns)
         self._quick = (self._card, self._email, self._iban) != (False,) * 3
         self._columns = _globs(columns)
+        # JSON keys that name a masked column (to_json(t), json_agg(t),
+        # jsonb_build_object('ssn', ...)): the column globs, and the column
+        # part of the relation globs.
+        self._keys = _globs(
+            columns
+            + [g.rsplit(".", 1)[-1] for r in self.rules for g in r.relation_columns]
+        )
         self._full = _globs(full)
         self._short = _globs(short)
         self.active = bool(self.rules)
@@ -367,6 +401,47 @@ class Masker:
                 self._full.match(".".join(parts[-3:]))
             )
         return self._short is not None and bool(self._short.match(relation_column))
+
+    def mask_json_keys(self, text: str) -> tuple[str | None, int]:
+        """
+        Mask, in JSON text, the value of every object member whose key
+        names a masked column (a column glob, or the column part of a
+        relation glob), as the JSON string C{"***"}.
+
+        @return: the JSON text (re-serialised only where something was
+            masked) and the number of values masked; C{(None, 0)} if the
+            text is not JSON (the caller withholds it).
+        """
+        keys = self._keys
+        if keys is None or ":" not in text:
+            return text, 0
+        try:
+            value = json.loads(
+                text,
+                object_pairs_hook=_Pairs,
+                parse_int=_RawJSON,
+                parse_float=_RawJSON,
+                parse_constant=_RawJSON,
+            )
+        except (ValueError, RecursionError):
+            return None, 0
+        hits = 0
+        stack = [value]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, _Pairs):
+                for i, (key, member) in enumerate(item):
+                    if keys.match(key):
+                        if member is not None:
+                            item[i] = (key, "***")
+                            hits += 1
+                    elif isinstance(member, list):
+                        stack.append(member)
+            elif isinstance(item, list):
+                stack.extend(v for v in item if isinstance(v, list))
+        if not hits:
+            return text, 0
+        return _json_text(value), hits
 
     def might_match(self, raw: bytes) -> bool:
         """
@@ -419,6 +494,29 @@ class Masker:
             it, if already known.
         @return: the masked text and the number of occurrences masked.
         """
+        out, hits = self._mask_once(value, mode, keep, candidates)
+        if hits:
+            # What was found can hide another match that only shows once
+            # the first is masked ("a@b.coma@b.com" reads as one address
+            # with the TLD "coma"): mask again until nothing more shows.
+            for _ in range(3):
+                again, more = self._mask_once(out, mode, keep, None)
+                if not more or again == out:
+                    break
+                out, hits = again, hits + more
+            else:
+                # Still finding more: the whole value, kept valid for its mode.
+                if mode == NUMERIC:
+                    out = _DIGITS.sub("0", out)
+                elif mode == JSON:
+                    out = '"' + self.mask_whole(out) + '"'
+                else:
+                    out = self.mask_whole(out)
+        return out, hits
+
+    def _mask_once(
+        self, value: str, mode: int, keep: str, candidates: int | None
+    ) -> tuple[str, int]:
         spans: list[tuple[int, int, int]] = []
         if self._quick:
             found = (
@@ -441,10 +539,13 @@ class Masker:
         spans.sort(key=lambda s: (s[0], -s[1]))
         merged = [spans[0]]
         for start, end, kind in spans[1:]:
-            last_start, last_end, _ = merged[-1]
+            last_start, last_end, last_kind = merged[-1]
             if start < last_end:
-                if end > last_end:
-                    merged[-1] = (last_start, end, _MERGED)
+                # Overlapping matches of different kinds (even one inside
+                # the other: a pattern inside an address's shown TLD) are
+                # masked as one span of "*".
+                if end > last_end or kind != last_kind:
+                    merged[-1] = (last_start, max(end, last_end), _MERGED)
                 continue
             merged.append((start, end, kind))
         strings = None

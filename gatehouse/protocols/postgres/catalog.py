@@ -42,6 +42,16 @@ _COLUMNS_OF_RELATION = (
     " AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
 )
 
+#: the relations a COPY may name by C{relname}, in every schema
+_COLUMNS_OF_NAME = (
+    "SELECT a.attrelid, n.nspname, c.relname, a.attnum, a.attname"
+    " FROM pg_catalog.pg_attribute a"
+    " JOIN pg_catalog.pg_class c ON c.oid = a.attrelid"
+    " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE c.relname = %s AND c.relkind IN ('r', 'p', 'v', 'm', 'f')%s"
+    " AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attrelid, a.attnum"
+)
+
 
 def _literal(text: str) -> str:
     """A standard-conforming SQL string literal."""
@@ -137,6 +147,30 @@ class Catalog:
         """
         rows = yield self._query(_COLUMNS_OF_RELATION % _literal(relation), ())
         returnValue([self._learn(row) for row in rows])
+
+    @inlineCallbacks
+    def relation_candidates(self, relation: str) -> Deferred:
+        """
+        Every table C{relation} may stand for, whatever the search_path:
+        for C{schema.table} the one table; for an unqualified name, the
+        tables of that name in every schema (the client's session may
+        have its own search_path and temporary schema, which the gateway's
+        connection does not share).
+
+        @param relation: the name as the parser read it (case kept),
+            C{table}, C{schema.table} or C{database.schema.table}.
+        @return: a list of candidates, each the C{schema.table.column}
+            names of its columns in table order.
+        """
+        parts = relation.split(".")
+        schema = ""
+        if len(parts) >= 2:
+            schema = " AND n.nspname = " + _literal(parts[-2])
+        rows = yield self._query(_COLUMNS_OF_NAME % (_literal(parts[-1]), schema), ())
+        tables: dict[bytes | None, list[str]] = {}
+        for row in rows:
+            tables.setdefault(row[0], []).append(self._learn(row))
+        returnValue(list(tables.values()))
 
     @inlineCallbacks
     def _query(self, sql: str, oids: list[int]) -> Deferred:

@@ -40,6 +40,8 @@ import re
 import struct
 from collections.abc import Callable, Sequence
 
+import attrs
+
 from gatehouse.masking import JSON, NUMERIC, TEXT, Masker
 from gatehouse.protocols.postgres import codec
 
@@ -68,12 +70,13 @@ _END_OF_RESULT = frozenset(
     _SCAN_JSONB,
     _SCAN_NUMERIC,
     _SCAN_NULL,
+    _SCAN_BINARY,
     _STARS,
     _JSON_STRING,
     _JSONB_STRING,
     _ZEROS,
     _NULL,
-) = range(11)
+) = range(12)
 _WHOLE = _STARS
 
 #: first OID of objects created in a database (below it: built-in)
@@ -91,6 +94,16 @@ _OPAQUE_TYPES = frozenset(
     {16, 17, 650, 774, 829, 869, 1082, 1083, 1114, 1184, 1186, 1266, 1560, 1562}
     | {2950, 1000, 1001, 1115, 1182, 1185, 2951}
 )
+#: record and array of record: several values by position, no names
+_RECORD_TYPES = frozenset({2249, 2287})
+#: types whose binary form cannot hold a card, an e-mail address or an IBAN
+#: in any form that their text form would show (fixed-size numbers of at
+#: most 10 digits, floats, dates and times, uuid, network addresses, bits)
+_BINARY_OPAQUE = frozenset(
+    {16, 21, 23, 26, 27, 28, 29, 600, 601, 602, 603, 604, 628, 650, 700, 701}
+    | {718, 774, 790, 829, 869, 1082, 1083, 1114, 1184, 1186, 1266, 1560, 1562}
+    | {2950, 3220}
+)
 #: int2, int4, oid
 _SHORT_INTEGERS = frozenset({21, 23, 26})
 _JSONB_VERSION = b"\x01"
@@ -107,7 +120,8 @@ def _actions(type_oid: int, fmt: int) -> tuple[int, int]:
             return _SCAN_NUMERIC, _ZEROS
         if type_oid in _JSON_TYPES:
             return _SCAN_JSON, _JSON_STRING
-        if type_oid in _TEXT_ARRAYS:
+        if type_oid in _TEXT_ARRAYS or type_oid in _RECORD_TYPES:
+            # array and record text quote only what a mask never holds
             return _SCAN_TEXT, _NULL
         if type_oid in _JSON_ARRAYS:
             return _SCAN_JSON, _NULL
@@ -120,12 +134,231 @@ def _actions(type_oid: int, fmt: int) -> tuple[int, int]:
         return _SCAN_JSON, _JSON_STRING
     if type_oid == 3802:
         return _SCAN_JSONB, _JSONB_STRING
-    return _KEEP, _NULL
+    if type_oid in _BINARY_OPAQUE:
+        return _KEEP, _NULL
+    return _SCAN_BINARY, _NULL
 
 
 _U16_PACK = struct.Struct("!H").pack
 #: distinct result descriptions (and plans) a session's masker remembers
 _CACHED_RESULTS = 256
+
+
+# -- errors and notices ----------------------------------------------------------
+
+_ERROR = _B.ERROR_RESPONSE
+_NOTICE = _B.NOTICE_RESPONSE
+_NOTIFICATION = _B.NOTIFICATION_RESPONSE
+_FUNCTION_RESULT = _B.FUNCTION_CALL_RESPONSE
+_VALUE_MESSAGES = frozenset(
+    {_ERROR, _NOTICE, _NOTIFICATION, _B.PARAMETER_STATUS, _FUNCTION_RESULT}
+)
+#: fields that never carry a value: severity, SQLSTATE, positions, the
+#: server's source file, line and routine
+_FIELD_CODES_KEPT = frozenset({b"S", b"V", b"C", b"P", b"p", b"F", b"L", b"R"})
+#: fields that carry quoted values in the errors of L{_QUOTING_CLASSES}
+_FIELD_CODES_STRICT = frozenset({b"M", b"D", b"H", b"W", b"q"})
+#: SQLSTATE classes whose messages quote values: data exceptions (an
+#: invalid cast prints the value) and integrity violations (DETAIL prints
+#: the key or the failing row)
+_QUOTING_CLASSES = frozenset({b"22", b"23"})
+#: SQLSTATEs of failed name lookups, which quote the name looked up -- a
+#: value when a query casts one (C{ssn::regclass}, C{current_setting(x)},
+#: C{pg_read_file(x)})
+_QUOTING_STATES = frozenset(
+    {b"42P01", b"42704", b"42883", b"3F000", b"3D000", b"42602", b"58P01"}
+)
+#: syntax errors, which quote a value only in SQL the server ran for a
+#: function (C{EXECUTE}), shown as the internal query
+_INTERNAL_QUERY_STATES = frozenset({b"42601", b"42000"})
+_WITHHELD = "***"
+#: the quotation marks of PostgreSQL's messages in every language it is
+#: translated to (lc_messages of the server or of the gateway's role)
+_QUOTES = re.compile(
+    '["\u00ab\u00bb\u2018\u2019\u201a\u201c\u201d\u201e\u300c\u300d\u300e\u300f]'
+)
+_KEY_DETAIL = re.compile(
+    r'(Key \((?:[^")]|"[^"]*")*\)=\().*?(\) (?:already exists|is not present in table'
+    r' "[^"]*"|is still referenced from table "[^"]*")\.)\Z',
+    re.DOTALL,
+)
+
+
+def _withhold_quoted(code: bytes, text: str) -> str:
+    """
+    Mask the values in one field of an error that quotes them, keeping the
+    message's shape: in the message and hint, everything from the first
+    double quote to the last; DETAIL's C{Key (...)=(...)} and C{Failing
+    row contains (...)} values; and every other DETAIL, CONTEXT line and
+    internal query whole.
+    """
+    if code == b"M" or code == b"H":
+        quotes = _QUOTES.finditer(text)
+        first = next(quotes, None)
+        if first is None:
+            return text
+        last = first
+        for last in quotes:  # noqa: B007 -- the last one is wanted
+            pass
+        if last is first:
+            return text[: first.end()] + _WITHHELD
+        return text[: first.end()] + _WITHHELD + text[last.start() :]
+    if code == b"D":
+        m = _KEY_DETAIL.match(text)
+        if m is not None:
+            return m.group(1) + _WITHHELD + m.group(2)
+        if text.startswith("Failing row contains ("):
+            return "Failing row contains (" + _WITHHELD + ")."
+        return _WITHHELD
+    if code == b"W":
+        # PL/pgSQL's own context lines name a function and a line; every
+        # other line (SQL statement "...", JSON data, COPY ... column x:
+        # "...") may quote a value.
+        return "\n".join(
+            line
+            if line.startswith("PL/pgSQL function ") and '"' not in line
+            else _WITHHELD
+            for line in text.split("\n")
+        )
+    return _WITHHELD
+
+
+# -- binary values -------------------------------------------------------------
+
+
+class _BadBinary(Exception):
+    """A binary value does not have the structure its type says."""
+
+
+_I32 = struct.Struct("!i")
+_U32 = struct.Struct("!I")
+_I64 = struct.Struct("!q")
+_U64 = struct.Struct("!Q")
+_NUMERIC_HEAD = struct.Struct("!hhHh")
+_ARRAY_HEAD = struct.Struct("!iiI")
+_NUMERIC_SPECIAL = frozenset({0xC000, 0xD000, 0xF000})
+#: range types and their element types; multiranges and their ranges
+_RANGES = {3904: 23, 3926: 20, 3906: 1700}
+_MULTIRANGES = {4451: 3904, 4536: 3926, 4532: 3906}
+#: nesting a binary value may have (arrays of records of arrays ...)
+_MAX_DEPTH = 16
+
+
+def _numeric_text(raw: bytes) -> tuple[str, int] | None:
+    """A binary numeric as text and its display scale (None: NaN, infinity)."""
+    if len(raw) < 8:
+        raise _BadBinary("numeric")
+    ndigits, weight, sign, dscale = _NUMERIC_HEAD.unpack_from(raw)
+    if sign in _NUMERIC_SPECIAL:
+        return None
+    if ndigits < 0 or len(raw) != 8 + 2 * ndigits or sign not in (0, 0x4000):
+        raise _BadBinary("numeric")
+    digits = struct.unpack_from(f"!{ndigits}h", raw, 8)
+    if any(not 0 <= d < 10000 for d in digits) or dscale < 0:
+        raise _BadBinary("numeric")
+    text = "".join(f"{d:04d}" for d in digits)
+    whole = weight + 1
+    if whole >= ndigits:
+        int_part, frac = text + "0000" * (whole - ndigits), ""
+    elif whole <= 0:
+        int_part, frac = "", "0000" * -whole + text
+    else:
+        int_part, frac = text[: 4 * whole], text[4 * whole :]
+    out = int_part.lstrip("0") or "0"
+    if dscale:
+        out += "." + (frac + "0" * dscale)[:dscale]
+    return ("-" + out if sign == 0x4000 else out), dscale
+
+
+def _numeric_binary(text: str, dscale: int) -> bytes:
+    """Encode decimal text (digits, an optional sign and point) as numeric."""
+    negative = text.startswith("-")
+    int_part, _, frac = text.lstrip("-").partition(".")
+    int_part = int_part.lstrip("0")
+    int_part = "0" * (-len(int_part) % 4) + int_part
+    frac += "0" * (-len(frac) % 4)
+    groups = [int(int_part[i : i + 4]) for i in range(0, len(int_part), 4)]
+    groups += [int(frac[i : i + 4]) for i in range(0, len(frac), 4)]
+    weight = len(int_part) // 4 - 1
+    while groups and groups[0] == 0:
+        groups.pop(0)
+        weight -= 1
+    while groups and groups[-1] == 0:
+        groups.pop()
+    if not groups:
+        weight, negative = 0, False
+    return _NUMERIC_HEAD.pack(
+        len(groups), weight, 0x4000 if negative else 0, dscale
+    ) + struct.pack(f"!{len(groups)}h", *groups)
+
+
+def _parse_array(raw: bytes) -> tuple[int, list[tuple[int, int]], list]:
+    """A binary array: element type, dimensions, element values."""
+    if len(raw) < 12:
+        raise _BadBinary("array")
+    ndim, flags, elem = _ARRAY_HEAD.unpack_from(raw)
+    if not 0 <= ndim <= 6 or flags not in (0, 1) or elem == 0:
+        raise _BadBinary("array")
+    pos = 12
+    dims = []
+    count = 1 if ndim else 0
+    for _ in range(ndim):
+        if pos + 8 > len(raw):
+            raise _BadBinary("array")
+        size, lower = struct.unpack_from("!ii", raw, pos)
+        if size < 0:
+            raise _BadBinary("array")
+        dims.append((size, lower))
+        count *= size
+        pos += 8
+    values, pos = _parse_values(raw, pos, count)
+    if pos != len(raw):
+        raise _BadBinary("array")
+    return elem, dims, values
+
+
+def _parse_values(raw: bytes, pos: int, count: int) -> tuple[list, int]:
+    values: list[bytes | None] = []
+    end = len(raw)
+    for _ in range(count):
+        if pos + 4 > end:
+            raise _BadBinary("truncated")
+        n = _I32.unpack_from(raw, pos)[0]
+        pos += 4
+        if n == -1:
+            values.append(None)
+            continue
+        if n < 0 or pos + n > end:
+            raise _BadBinary("truncated")
+        values.append(raw[pos : pos + n])
+        pos += n
+    return values, pos
+
+
+def _pack_elements(values: list) -> bytes:
+    return b"".join(
+        b"\xff\xff\xff\xff" if v is None else _I32.pack(len(v)) + v for v in values
+    )
+
+
+def _parse_record(raw: bytes) -> list[tuple[int, bytes | None]]:
+    """A binary record: (type OID, value) per field."""
+    if len(raw) < 4:
+        raise _BadBinary("record")
+    count = _I32.unpack_from(raw)[0]
+    if count < 0 or count > 1664:
+        raise _BadBinary("record")
+    pos = 4
+    fields = []
+    for _ in range(count):
+        if pos + 4 > len(raw):
+            raise _BadBinary("record")
+        oid = _U32.unpack_from(raw, pos)[0]
+        values, pos = _parse_values(raw, pos + 4, 1)
+        fields.append((oid, values[0]))
+    if pos != len(raw):
+        raise _BadBinary("record")
+    return fields
 
 
 # -- COPY text format ----------------------------------------------------------
@@ -269,9 +502,11 @@ class ResponseMasker:
     @param masker: the session's masking rules.
     @param resolve: C{resolve(table_oid, attnum)} names a result column
         C{schema.table.column}, or returns None if it cannot (yet); needed
-        when C{masker} has relation rules.  A column that comes from a
-        table and cannot be named is masked whole when there are relation
-        rules (fail closed): call L{unresolved} first.
+        when C{masker} has column or relation rules (a column-name rule
+        then matches the source column's name too, so an alias does not
+        hide it).  A column that comes from a table and cannot be named is
+        masked whole when there are such rules (fail closed): call
+        L{unresolved} first.
     @param encoding: the Python codec of the client encoding; it must be
         ASCII-compatible, as every PostgreSQL client encoding is.
 
@@ -298,16 +533,29 @@ class ResponseMasker:
         self._plan_count = b""
         #: the plan masks some column whole
         self._plan_whole = False
-        #: the plan scans some column
-        self._plan_scan = False
+        #: the plan scans some column (2: a binary one, not pre-checked)
+        self._plan_scan: int | bool = False
+        #: the type OIDs of the plan's columns
+        self._plan_types: tuple[int, ...] = ()
         self._copy: _Copy | None = None
         self._announced: tuple | None = None
         #: RowDescription body -> its fields (results repeat their columns)
         self._descriptions: dict[bytes, tuple[codec.FieldDescription, ...]] = {}
         #: (RowDescription body, names resolved) -> plan, count, whole, scan
         self._plans: dict[tuple, tuple] = {}
+        #: RowDescription body -> its names masked (and how many), or None
+        self._renamed: dict[bytes, tuple[bytes, int] | None] = {}
         self.masked = 0
         self.unmaskable = False
+
+    @property
+    def encoding(self) -> str:
+        """The Python codec of the client encoding."""
+        return self._encoding
+
+    @encoding.setter
+    def encoding(self, value: str) -> None:
+        self._encoding = value
 
     # -- what the caller tells -------------------------------------------------
 
@@ -317,7 +565,7 @@ class ResponseMasker:
         cannot name yet, so that the caller can look them up before
         passing the RowDescription to L{message}.
         """
-        if self._resolve is None or not self._masker.has_relation_rules:
+        if self._resolve is None or not self._by_columns:
             return ()
         fields = self._fields(body)
         return self._missing(fields, self._relations(fields))
@@ -334,7 +582,7 @@ class ResponseMasker:
         """
         fields = self._fields(body)
         relations: tuple = ()
-        if self._masker.has_relation_rules:
+        if self._by_columns and self._resolve is not None:
             relations = self._relations(fields)
             if look_up and self._resolve is not None and None in relations:
                 missing = self._missing(fields, relations)
@@ -342,6 +590,36 @@ class ResponseMasker:
                     return missing
         self._take_plan(body, fields, relations)
         return ()
+
+    def rename(self, body: bytes) -> bytes | None:
+        """
+        A RowDescription body with the detectors applied to its column
+        names (a name can carry a value: a view made by dynamic SQL names
+        its column after one), or None if no name holds anything.
+        """
+        if not self._masker.scans_values:
+            return None
+        cached = self._renamed.get(body, self)
+        if cached is self:
+            if len(self._renamed) >= _CACHED_RESULTS:
+                self._renamed.clear()
+            cached = self._renamed[body] = self._rename(body)
+        if cached is not None:
+            self.masked += cached[1]
+            return cached[0]
+        return None
+
+    def _rename(self, body: bytes) -> tuple[bytes, int] | None:
+        fields = self._fields(body)
+        names = [self._scan_text(f.name.encode(self._encoding)) for f in fields]
+        if not any(n is not None for n in names):
+            return None
+        renamed = [
+            f if n is None else attrs.evolve(f, name=n.decode(self._encoding))
+            for f, n in zip(fields, names, strict=True)
+        ]
+        new = codec.RowDescription(renamed).encode(self._encoding)[5:]
+        return new, sum(n is not None for n in names)
 
     @staticmethod
     def _missing(
@@ -418,6 +696,8 @@ class ResponseMasker:
                 return self._row(body)
             elif not self._plan_scan:
                 return None
+            elif self._plan_scan == 2:
+                return self._row(body)
             if not self._masker.might_match(body):
                 return None
             return self._row(body)
@@ -425,19 +705,136 @@ class ResponseMasker:
             if self._copy is None:
                 return None
             return self._copy_data(body)
+        if type_ in _VALUE_MESSAGES:
+            new = self._value_message(type_, body)
+            if type_ == _ERROR:
+                self._end_result(type_)
+            return new
         if type_ == _ROWS:
             self.describe(body, look_up=False)
         elif type_ == _COPY_OUT:
             self._start_copy(body)
         elif type_ in _END_OF_RESULT:
-            self._plan = None
-            self._plan_whole = self._plan_scan = False
-            self._copy = None
-            if type_ != _B.COMMAND_COMPLETE:
-                self._announced = None
+            self._end_result(type_)
         elif type_ in _END_OF_COPY:
             self._copy = None
         return None
+
+    def _end_result(self, type_: int) -> None:
+        self._plan = None
+        self._plan_whole = self._plan_scan = False
+        self._copy = None
+        if type_ != _B.COMMAND_COMPLETE:
+            self._announced = None
+
+    # -- messages that carry values besides rows ---------------------------------
+
+    def _value_message(self, type_: int, body: bytes) -> bytes | None:
+        """
+        Mask an ErrorResponse, NoticeResponse, NotificationResponse,
+        ParameterStatus or FunctionCallResponse.
+        """
+        if type_ == _ERROR or type_ == _NOTICE:
+            return self._error_fields(body)
+        masker = self._masker
+        if type_ == _FUNCTION_RESULT:
+            values, _ = _parse_values(body, 0, 1)
+            if values[0] is None or not masker.might_match(values[0]):
+                return None
+            text = values[0].decode(self._encoding, "surrogateescape")
+            if not masker.mask(text)[1]:
+                return None
+            # Its format (text or binary) is the client's choice, unknown
+            # here: withheld rather than rewritten.
+            self.masked += 1
+            return b"\xff\xff\xff\xff"
+        if not masker.scans_values or not masker.might_match(body):
+            return None
+        start = 4 if type_ == _NOTIFICATION else 0
+        parts = body[start:].split(b"\0")
+        if len(parts) != 3 or parts[2]:
+            raise codec.ProtocolViolation(f"malformed message {chr(type_)!r}")
+        changed = 0
+        for i in (0, 1):
+            new = self._scan_text(parts[i])
+            if new is not None:
+                parts[i] = new
+                changed += 1
+        if not changed:
+            return None
+        self.masked += changed
+        return body[:start] + b"\0".join(parts)
+
+    def _scan_text(self, raw: bytes) -> bytes | None:
+        """Detectors on one string of a message; None if nothing found."""
+        if not self._masker.might_match(raw):
+            return None
+        text = raw.decode(self._encoding, "surrogateescape")
+        masked, hits = self._masker.mask(text)
+        if not hits or masked == text:
+            return None
+        return masked.encode(self._encoding, "surrogateescape")
+
+    def _error_fields(self, body: bytes) -> bytes | None:
+        """
+        Mask the fields of an ErrorResponse or NoticeResponse: detectors
+        on every field that may carry a value; and, where column rules
+        apply, the values PostgreSQL itself quotes in errors of the
+        classes that print them (L{_QUOTING_STATES}), masked whole.
+        """
+        if not body.endswith(b"\0"):
+            raise codec.ProtocolViolation("malformed error or notice")
+        fields = body[:-1].split(b"\0")
+        if fields and fields[-1] == b"":
+            fields.pop()
+        else:
+            raise codec.ProtocolViolation("malformed error or notice")
+        strict = False
+        state = b""
+        if self._by_columns:
+            for field in fields:
+                if field[:1] == b"C":
+                    state = field[1:]
+                    strict = state[:2] in _QUOTING_CLASSES or state in _QUOTING_STATES
+                    if state in _INTERNAL_QUERY_STATES:
+                        strict = any(f[:1] == b"q" for f in fields)
+                    break
+        masker = self._masker
+        scans = masker.scans_values
+        if not strict and (not scans or not masker.might_match(body)):
+            return None
+        changed = 0
+        for i, field in enumerate(fields):
+            code = field[:1]
+            if code in _FIELD_CODES_KEPT or not code:
+                continue
+            value = field[1:]
+            new = None
+            if (
+                strict
+                and code in _FIELD_CODES_STRICT
+                and (
+                    # integrity violations name objects in the message and
+                    # print the values in DETAIL only
+                    state[:2] != b"23" or code not in (b"M", b"H")
+                )
+            ):
+                text = value.decode(self._encoding, "surrogateescape")
+                masked = _withhold_quoted(code, text)
+                if masked != text:
+                    new = masked.encode(self._encoding, "surrogateescape")
+                    value = new
+            if scans:
+                scanned = self._scan_text(value)
+                if scanned is not None:
+                    new = scanned
+            if new is not None:
+                fields[i] = code + new
+                changed += 1
+        if not changed:
+            return None
+        self.masked += changed
+        return b"\0".join(fields) + b"\0\0"
 
     # -- rows --------------------------------------------------------------------
 
@@ -452,7 +849,13 @@ class ResponseMasker:
             if len(self._plans) >= _CACHED_RESULTS:
                 self._plans.clear()
             found = self._plans[key] = self._plan_for(fields, relations)
-        self._plan, self._plan_count, self._plan_whole, self._plan_scan = found
+        (
+            self._plan,
+            self._plan_count,
+            self._plan_whole,
+            self._plan_scan,
+            self._plan_types,
+        ) = found
 
     def _plan_for(
         self, fields: tuple[codec.FieldDescription, ...], relations: tuple
@@ -460,6 +863,7 @@ class ResponseMasker:
         masker = self._masker
         scans = masker.scans_values
         patterns = masker.has_patterns
+        by_columns = self._by_columns
         plan = []
         for i, f in enumerate(fields):
             scan, whole = _actions(f.type_oid, f.format)
@@ -469,6 +873,18 @@ class ResponseMasker:
                 continue
             if masker.column_masked(f.name, relation):
                 plan.append(whole)
+            elif by_columns and (
+                f.type_oid in _JSON_ARRAYS
+                or (
+                    relation is None
+                    and (f.type_oid in _RECORD_TYPES or f.type_oid >= _FIRST_NORMAL_OID)
+                )
+            ):
+                # A row as one value (SELECT t FROM t, row(t.*)), or a
+                # computed value of a type defined in the database, which
+                # may be a composite: its fields have no names here, so
+                # column rules cannot be applied to them (fail closed).
+                plan.append(_NULL)
             elif not scans or (
                 # at most 10 digits: no card, address or IBAN fits
                 f.type_oid in _SHORT_INTEGERS and f.format == 0 and not patterns
@@ -480,7 +896,13 @@ class ResponseMasker:
             tuple(plan),
             _U16_PACK(len(plan)),
             any(a >= _WHOLE for a in plan),
-            any(_KEEP < a < _WHOLE for a in plan),
+            # 2: a binary value must be decoded to be scanned, JSON read
+            # for keys under column rules: no pre-check on the row
+            2
+            if _SCAN_BINARY in plan
+            or (by_columns and (_SCAN_JSON in plan or _SCAN_JSONB in plan))
+            else any(_KEEP < a < _WHOLE for a in plan),
+            tuple(f.type_oid for f in fields),
         )
 
     def _row(self, body: bytes) -> bytes | None:
@@ -498,11 +920,22 @@ class ResponseMasker:
         scan = found != 0 or masker.has_patterns
         changed = 0
         value_of = self._value
+        types = self._plan_types
+        by_columns = self._by_columns
         for i, action in enumerate(plan):
             raw = values[i]
-            if action == _KEEP or raw is None or (action < _WHOLE and not scan):
+            if action == _KEEP or raw is None:
                 continue
-            new = value_of(action, raw, found)
+            if action == _SCAN_BINARY:
+                new = self._binary_value(types[i], raw)
+            elif (
+                action < _WHOLE
+                and not scan
+                and not (by_columns and (action == _SCAN_JSON or action == _SCAN_JSONB))
+            ):
+                continue
+            else:
+                new = value_of(action, raw, found)
             if new is not raw:
                 values[i] = new
                 changed += 1
@@ -531,9 +964,18 @@ class ResponseMasker:
         payload = raw
         if action == _SCAN_JSONB:
             if raw[:1] != _JSONB_VERSION:
-                return raw
+                return None  # a version this does not read: withheld
             payload = raw[1:]
         text = payload.decode(self._encoding, "surrogateescape")
+        keyed = 0
+        if self._by_columns and (action == _SCAN_JSON or action == _SCAN_JSONB):
+            # to_json(t), json_agg(t): members named after masked columns
+            keyed_text, keyed = self._masker.mask_json_keys(text)
+            if keyed_text is None:
+                return None
+            if keyed:
+                text = keyed_text
+                found = None
         if action == _SCAN_NUMERIC:
             mode = NUMERIC
         elif action == _SCAN_JSON or action == _SCAN_JSONB:
@@ -541,12 +983,130 @@ class ResponseMasker:
         else:
             mode = TEXT
         masked, hits = self._masker.mask(text, mode, "", found)
-        if not hits or masked == text:
+        if keyed:
+            hits += keyed
+        elif not hits or masked == text:
             return raw
         if action == _SCAN_NULL:
             return None
         new = masked.encode(self._encoding, "surrogateescape")
         return _JSONB_VERSION + new if action == _SCAN_JSONB else new
+
+    # -- binary values -----------------------------------------------------------
+
+    def _binary_value(self, type_oid: int, raw: bytes) -> bytes | None:
+        """
+        Mask a binary value of a type whose binary form is not its text:
+        decoded (int8, numeric, arrays, records, ranges), masked, encoded
+        again.  A value that does not decode as its type says, or that
+        still shows a detected value when read as text, becomes NULL.
+        """
+        try:
+            new = self._binary(type_oid, raw, 0)
+        except (_BadBinary, struct.error, ValueError, OverflowError):
+            return None
+        if new is None:
+            return None
+        check = new if new is not raw else raw
+        if self._masker.might_match(check):
+            text = check.decode(self._encoding, "surrogateescape")
+            if self._masker.mask(text)[1]:
+                return None
+        return new
+
+    def _binary(self, type_oid: int, raw: bytes, depth: int) -> bytes | None:
+        if depth > _MAX_DEPTH:
+            raise _BadBinary("nested too deep")
+        if type_oid in _TEXT_TYPES or type_oid == 114:
+            return self._value(_SCAN_JSON if type_oid == 114 else _SCAN_TEXT, raw, None)
+        if type_oid == 3802:
+            return self._value(_SCAN_JSONB, raw, None)
+        if type_oid in _BINARY_OPAQUE:
+            return raw
+        if type_oid == 20 or type_oid == 5069:
+            if len(raw) != 8:
+                raise _BadBinary("int8")
+            number = (_I64 if type_oid == 20 else _U64).unpack(raw)[0]
+            text = str(number)
+            masked, hits = self._masker.mask(text, NUMERIC)
+            if not hits or masked == text:
+                return raw
+            if type_oid == 5069:
+                return None
+            return _I64.pack(int(masked))
+        if type_oid == 1700:
+            decoded = _numeric_text(raw)
+            if decoded is None:
+                return raw
+            text, dscale = decoded
+            masked, hits = self._masker.mask(text, NUMERIC)
+            if not hits or masked == text:
+                return raw
+            return _numeric_binary(masked, dscale)
+        if type_oid in _RANGES:
+            return self._range(_RANGES[type_oid], raw, depth)
+        if type_oid in _MULTIRANGES:
+            if len(raw) < 4:
+                raise _BadBinary("multirange")
+            values, pos = _parse_values(raw, 4, _I32.unpack_from(raw)[0])
+            if pos != len(raw) or None in values:
+                raise _BadBinary("multirange")
+            elem = _RANGES[_MULTIRANGES[type_oid]]
+            ranges = [self._range(elem, v, depth) for v in values]
+            if all(a is b for a, b in zip(ranges, values, strict=True)):
+                return raw
+            if None in ranges:
+                return None
+            return raw[:4] + _pack_elements(ranges)
+        if type_oid == 17:
+            return raw  # bytea: checked as text by the caller
+        # Arrays and records name their element types in the value; any
+        # other type (one defined in the database: an enum, citext, a
+        # composite, an array of them) is read as an array, a record, or
+        # else text -- whichever its bytes are.
+        try:
+            elem, dims, values = _parse_array(raw)
+        except _BadBinary:
+            pass
+        else:
+            new = [v if v is None else self._binary(elem, v, depth + 1) for v in values]
+            if all(a is b for a, b in zip(new, values, strict=True)):
+                return raw
+            head = raw[: 12 + 8 * len(dims)]
+            if None in new and head[7] == 0:
+                head = head[:7] + b"\x01" + head[8:]
+            return head + _pack_elements(new)
+        try:
+            fields = _parse_record(raw)
+        except _BadBinary:
+            if type_oid < _FIRST_NORMAL_OID and type_oid not in _RECORD_TYPES:
+                return raw  # a built-in type of its own format: checked as text
+            if type_oid in _RECORD_TYPES:
+                raise
+            return self._value(_SCAN_TEXT, raw, None)
+        new = [v if v is None else self._binary(oid, v, depth + 1) for oid, v in fields]
+        if all(a is b for a, (_, b) in zip(new, fields, strict=True)):
+            return raw
+        out = [raw[:4]]
+        for (oid, _), value in zip(fields, new, strict=True):
+            out.append(_U32.pack(oid))
+            out.append(_pack_elements([value]))
+        return b"".join(out)
+
+    def _range(self, elem: int, raw: bytes, depth: int) -> bytes | None:
+        if not raw:
+            raise _BadBinary("range")
+        flags = raw[0]
+        bounds = 0 if flags & 0x01 else (not flags & 0x08) + (not flags & 0x10)
+        values, pos = _parse_values(raw, 1, bounds)
+        if pos != len(raw) or None in values:
+            raise _BadBinary("range")
+        new = [self._binary(elem, v, depth + 1) for v in values]
+        if all(a is b for a, b in zip(new, values, strict=True)):
+            return raw
+        if None in new:
+            return None
+        return raw[:1] + _pack_elements(new)
 
     # -- COPY --------------------------------------------------------------------
 

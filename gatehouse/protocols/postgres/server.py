@@ -96,9 +96,18 @@ _B_READY = codec.BackendType.READY_FOR_QUERY
 _B_ROWS = codec.BackendType.ROW_DESCRIPTION
 _B_DATA_ROW = codec.BackendType.DATA_ROW
 #: backend messages the response masker reads the body of (RowDescription
-#: and DataRow have branches of their own in _deliver)
+#: and DataRow have branches of their own in _deliver): COPY, and every
+#: other message that carries values
 _MASKER_BODIES = frozenset(
-    {codec.BackendType.COPY_OUT_RESPONSE, codec.BackendType.COPY_DATA}
+    {
+        codec.BackendType.COPY_OUT_RESPONSE,
+        codec.BackendType.COPY_DATA,
+        codec.BackendType.ERROR_RESPONSE,
+        codec.BackendType.NOTICE_RESPONSE,
+        codec.BackendType.NOTIFICATION_RESPONSE,
+        codec.BackendType.PARAMETER_STATUS,
+        codec.BackendType.FUNCTION_CALL_RESPONSE,
+    }
 )
 #: and those it follows by their kind alone (where a result ends)
 _MASKED_TYPES = _MASKER_BODIES | {
@@ -106,7 +115,6 @@ _MASKED_TYPES = _MASKER_BODIES | {
     codec.BackendType.COMMAND_COMPLETE,
     codec.BackendType.EMPTY_QUERY_RESPONSE,
     codec.BackendType.READY_FOR_QUERY,
-    codec.BackendType.ERROR_RESPONSE,
 }
 _PASSWORD = codec.FrontendType.PASSWORD
 _REDACTED_PASSWORD = codec.encode_message(_PASSWORD, b"[REDACTED]\0")
@@ -702,10 +710,13 @@ class PostgresServerProtocol(Protocol):
         if self.session.masker is not None:
             from gatehouse.protocols.postgres.masking import ResponseMasker
 
+            rules = self.session.masker
             resolve = None
-            if self.session.masker.has_relation_rules:
+            if rules.has_relation_rules or rules.has_column_rules:
+                # Name rules match the column a result column comes from
+                # too (an alias does not hide it): the catalog names it.
                 resolve = self._factory.catalog(target).column
-            self._masker = ResponseMasker(self.session.masker, resolve)
+            self._masker = ResponseMasker(rules, resolve, self._encoding)
             self._describes = deque()
         passthrough = tuple(
             (k, v)
@@ -847,7 +858,7 @@ class PostgresServerProtocol(Protocol):
                 self._statements.saw(text, classified, decision)
                 if decision.action == "allow":
                     if self._masker is not None:
-                        refusal = self._copy_check(classified)
+                        refusal = self._copy_check(classified, kind)
                         if refusal is not None:
                             self._forward(reader.take_to(frame[1]))
                             self._refuse(frame, refusal)
@@ -855,9 +866,7 @@ class PostgresServerProtocol(Protocol):
                         if self._copy_needs_columns(classified):
                             self._forward(reader.take_to(frame[1]))
                             self._hold(frames, index, "catalog")
-                            self._copy_columns(classified).addBoth(
-                                self._release, frame, None
-                            )
+                            self._copy_columns(classified, frame)
                             return
                     self._sent(kind)
                     continue
@@ -1122,9 +1131,12 @@ class PostgresServerProtocol(Protocol):
 
     # -- masking ------------------------------------------------------------
 
-    def _copy_check(self, classified: Classified) -> str | None:
+    #: the transaction status of the target's last ReadyForQuery
+    _tx_status = b"I"
+
+    def _copy_check(self, classified: Classified, kind: int = _QUERY) -> str | None:
         """Why a COPY to the client cannot be masked, if it cannot."""
-        for statement in classified.statements:
+        for n, statement in enumerate(classified.statements):
             copy = statement.copy
             if copy is None or not copy.to_client:
                 continue
@@ -1141,6 +1153,25 @@ class PostgresServerProtocol(Protocol):
                     "COPY (query) TO STDOUT cannot be masked by column; "
                     "use SELECT, or COPY table TO STDOUT"
                 )
+            if (
+                not copy.columns
+                and (masker.has_column_rules or masker.has_relation_rules)
+                and (
+                    kind != _QUERY
+                    or n
+                    or self._tx_status != b"I"
+                    or self._ready_expected > self._ready_seen
+                )
+            ):
+                # Its columns are looked up on the gateway's own connection,
+                # which does not see what this session's transaction (or a
+                # statement before it) created or changed.
+                return (
+                    "COPY table TO STDOUT without a column list is masked only "
+                    "as a statement of its own, outside a transaction block "
+                    "(its columns are looked up outside this session); name "
+                    "the columns: COPY table (a, b) TO STDOUT"
+                )
         return None
 
     def _copy_needs_columns(self, classified: Classified) -> bool:
@@ -1150,10 +1181,16 @@ class PostgresServerProtocol(Protocol):
                 return True
         return False
 
-    def _copy_columns(self, classified: Classified) -> Deferred:
-        """Tell the masker which columns the COPY sends."""
-        from twisted.internet.defer import succeed
+    def _copy_columns(self, classified: Classified, frame: tuple) -> None:
+        """
+        Tell the masker which columns the COPY sends, then release the
+        held C{frame} (or refuse it).
 
+        The client's session has its own search_path (and temporary
+        schema), which the gateway's catalog connection does not share: an
+        unqualified name is looked up in every schema, and where tables of
+        that name would be masked differently the COPY is refused.
+        """
         copy = next(
             s.copy for s in classified.statements if s.copy and s.copy.to_client
         )
@@ -1164,10 +1201,24 @@ class PostgresServerProtocol(Protocol):
             names = list(copy.columns) or None
             full = [f"{relation}.{c}" for c in copy.columns] or None
             masker.copy_out(names, copy.format, copy.delimiter, full, copy.header)
-            return succeed(None)
-        d = self._factory.catalog(self._target).relation_columns(copy.relation)
+            self._release(None, frame, None)
+            return
+        d = self._factory.catalog(self._target).relation_candidates(copy.relation)
 
-        def known(columns: list) -> None:
+        def known(candidates: list) -> str | None:
+            def masked(columns: list) -> tuple:
+                return tuple(
+                    rules.column_masked(c.rsplit(".", 1)[-1], c) for c in columns
+                )
+
+            if len({masked(c) for c in candidates}) > 1:
+                return (
+                    f"COPY {copy.relation} TO STDOUT is ambiguous for masking: "
+                    "tables of that name in several schemas are masked "
+                    "differently, and the session's search_path decides; "
+                    "name the schema (COPY schema.table) or the columns"
+                )
+            columns = candidates[0] if candidates else []
             masker.copy_out(
                 [c.rsplit(".", 1)[-1] for c in columns] or None,
                 copy.format,
@@ -1175,8 +1226,13 @@ class PostgresServerProtocol(Protocol):
                 columns or None,
                 copy.header,
             )
+            return None
 
-        return d.addCallback(known)
+        d.addCallback(known)
+        d.addCallbacks(
+            lambda refusal: self._release(None, frame, refusal),
+            lambda failure: self._release(failure, frame, None),
+        )
 
     # -- forwarding -----------------------------------------------------------
 
@@ -1256,8 +1312,11 @@ class PostgresServerProtocol(Protocol):
             drop = False
             if kind == _B_ERROR and self._refusals:
                 replacement = self._refusal_for(reader.body(frame))
-            elif kind == _B_PARAMETER and not self._parameter(reader.body(frame)):
-                return
+            elif kind == _B_PARAMETER:
+                if not self._parameter(reader.body(frame)):
+                    return
+                if masker is not None:
+                    masker.encoding = self._encoding
             if kind == _B_ROWS and masker is not None:
                 body = reader.body(frame)
                 unknown = masker.describe(body)
@@ -1269,6 +1328,9 @@ class PostgresServerProtocol(Protocol):
                         self._hold_upstream(frames[index:], unknown)
                         return
                     masker.describe(body, look_up=False)
+                renamed = masker.rename(body)
+                if renamed is not None:
+                    replacement = codec.encode_message(kind, renamed)
             elif masker is not None and kind in _MASKED_TYPES and replacement is None:
                 body = reader.body(frame) if kind in _MASKER_BODIES else b""
                 new_body = masker.message(kind, body)
@@ -1279,6 +1341,7 @@ class PostgresServerProtocol(Protocol):
                     drop = describes.popleft() == "swallow"
             if kind == _B_READY:
                 self._ready_seen += 1
+                self._tx_status = reader.body(frame)[:1]
                 if self._refusals:
                     self._expire_refusals()
                 while describes:
