@@ -555,6 +555,7 @@ class IndexProblemsTests(CLITestCase):
 
     @inlineCallbacks
     def test_marked(self):
+        """The STATUS column says [index problems]; --json gives them."""
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         path = os.path.join(directory, "index.sqlite3")
