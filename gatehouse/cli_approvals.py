@@ -29,6 +29,7 @@ from urllib.parse import quote, urlsplit
 
 from gatehouse._duration import format_duration
 from gatehouse.cli import CommandError, Handler
+from gatehouse.recording.render import TerminalSafe
 
 __all__ = ["DEFAULT_URL", "configure"]
 
@@ -217,7 +218,10 @@ def _server_message(error: urllib.error.HTTPError, url: str) -> str:
 def _run(args: argparse.Namespace) -> int:
     url = args.url or os.environ.get("GATEHOUSE_ADMIN_URL") or DEFAULT_URL
     client = _Client(url, _token(args), args.ca_file)
-    out = sys.stdout
+    # Statements, names and comments come from agents and approvers: none
+    # of their control characters may reach the approver's terminal (a CR
+    # could hide the statement being approved).
+    out = TerminalSafe(sys.stdout)
     if args.action == "list":
         state = "all" if args.all else "pending"
         answer = client.call("GET", f"/api/v1/approvals?state={state}")

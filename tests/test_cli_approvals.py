@@ -176,6 +176,28 @@ class ShowTests(ApprovalsCommandTestCase):
         self.assertIn(": fine by me\n", out)
 
     @inlineCallbacks
+    def test_control_characters_escaped(self) -> Any:
+        """
+        A statement that tries to rewrite the approver's terminal (CR to
+        overwrite the line, ANSI escapes, a C1 CSI, a right-to-left
+        override) is shown escaped, in list and show alike.
+        """
+        sneaky = Command(
+            "postgres", "DropStmt", "DROP TABLE users;\r\x1b[2KSELECT 1;\x9b0m\u202e"
+        )
+        request, _ = self.gateway.request((sneaky,))
+        self.assertEqual((yield self.approvals("show", request.id)), 0)
+        self.assertEqual((yield self.approvals("list")), 0)
+        out, err = self.output()
+        self.assertEqual(err, "")
+        self.assertEqual([ch for ch in out if not ch.isprintable() and ch != "\n"], [])
+        # show splits the statement into lines (CR ends one), list joins them.
+        self.assertIn(
+            "      DROP TABLE users;\n      \\x1b[2KSELECT 1;\\x9b0m\\u202e\n", out
+        )
+        self.assertIn("DROP TABLE users; \\x1b[2KSELECT 1;\\x9b0m\\u202e  0/1", out)
+
+    @inlineCallbacks
     def test_unknown(self) -> Any:
         """
         An unknown id: the server's message, exit status 1.

@@ -550,6 +550,52 @@ class HostileSessionsTests(CLITestCase):
             self.assertIn(got["upstream_role"], (value, got["target"]))
 
 
+class IndexProblemsTests(CLITestCase):
+    """A session the index could not fully store is marked in the table."""
+
+    @inlineCallbacks
+    def test_marked(self):
+        """The STATUS column says [index problems]; --json gives them."""
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, "index.sqlite3")
+        idx = SessionIndex(path, reactor)
+        yield idx.start()
+        sid = "0192f1a0-0000-7000-8000-0000000003a1"
+        row = SessionRow(
+            id=sid,
+            gateway_id="gw-1",
+            protocol="postgres",
+            listener="main",
+            started=time.time(),
+            directory="/rec/" + sid,
+            subject="u-1",
+        )
+        results = yield gatherResults(
+            [
+                idx.session_opened(row),
+                idx.command_seen(
+                    CommandRow(
+                        session_id=sid,
+                        seq=2**70,
+                        at=time.time(),
+                        kind="SelectStmt",
+                        text="select 1",
+                        decision="allow",
+                    )
+                ),
+            ]
+        )
+        self.assertEqual(results, [True, False])
+        yield idx.stop()
+        code, out, err = self.run_cli("sessions", "--index", path)
+        self.assertEqual((code, err), (0, ""))
+        self.assertTrue(out.splitlines()[1].endswith("open [index problems]"), out)
+        code, out, err = self.run_cli("sessions", "--index", path, "--json")
+        (session,) = json.loads(out)
+        self.assertIn("OverflowError", session["index_problems"])
+
+
 class HostileReplayTests(CLITestCase):
     """C{gatehouse replay} never writes a recorded peer's control characters."""
 

@@ -705,9 +705,15 @@ class _Transcript:
             self._identity = fields
             if fields.get("target"):
                 self._target = str(fields["target"])
-            who = fields.get("name") or fields.get("subject") or "?"
+            # The subject is the identity; a name is only what the token
+            # claims, so it is never shown instead of the subject.
+            subject = fields.get("subject")
+            name = fields.get("name")
+            who = _field(name or subject or "?")
+            if subject and subject != name:
+                who += f" <{_field(subject)}>"
             groups = fields.get("groups") or []
-            text = f"-- gateway: authenticated {_field(who)}"
+            text = f"-- gateway: authenticated {who}"
             text += f" (groups: {_field(groups) if groups else 'none'})"
             if fields.get("target"):
                 text += f" target={_field(fields['target'])}"

@@ -135,11 +135,13 @@ class CredentialsConfigTests(SynchronousTestCase):
         self.assertEqual(options.login_for(("anyone",))[1].user, "gw")
 
     def test_user_required_without_credentials(self) -> None:
+        """Without credentials, user stays required."""
         self.assertEqual(
             self.problems({}), ["targets[0].options.user: required key is missing"]
         )
 
     def test_missing_password_source(self) -> None:
+        """An entry without password_file or password_env is an error."""
         entries = self.entries()
         del entries[0]["password_file"]
         self.assertEqual(
@@ -151,6 +153,7 @@ class CredentialsConfigTests(SynchronousTestCase):
         )
 
     def test_both_password_sources(self) -> None:
+        """An entry with both password sources is an error."""
         entries = self.entries()
         entries[0]["password_env"] = "X"
         self.assertEqual(
@@ -162,6 +165,7 @@ class CredentialsConfigTests(SynchronousTestCase):
         )
 
     def test_missing_password_file(self) -> None:
+        """A password_file that does not exist is reported at its key."""
         entries = self.entries()
         entries[0]["password_file"] = "nope.pw"
         (problem,) = self.problems({"user": "gw", "credentials": entries})
@@ -184,6 +188,7 @@ class CredentialsConfigTests(SynchronousTestCase):
         )
 
     def test_after_catch_all(self) -> None:
+        """Entries after a "*" entry can never be used."""
         entries = [{"groups": ["*"], "user": "x", "password_env": "X"}, *self.entries()]
         problems = self.problems({"user": "gw", "credentials": entries})
         self.assertEqual(
@@ -197,6 +202,7 @@ class CredentialsConfigTests(SynchronousTestCase):
         )
 
     def test_group_not_allowed(self) -> None:
+        """A group allow_groups does not admit is a mistake (a typo)."""
         entries = self.entries()
         entries[0]["groups"] = ["agnets"]
         self.assertEqual(
@@ -235,6 +241,7 @@ class CredentialsConfigTests(SynchronousTestCase):
         )
 
     def test_empty_list(self) -> None:
+        """An empty credentials list is an error."""
         self.assertEqual(
             self.problems({"user": "gw", "credentials": []}),
             [
@@ -244,6 +251,7 @@ class CredentialsConfigTests(SynchronousTestCase):
         )
 
     def test_password_without_user(self) -> None:
+        """A top-level password without user has nothing to log in as."""
         self.assertEqual(
             self.problems(
                 {"password_file": self.admin_pw, "credentials": self.entries()}
@@ -259,6 +267,7 @@ class CredentialsExampleTests(SynchronousTestCase):
     """examples/postgres.yaml shows credentials per group."""
 
     def test_example(self) -> None:
+        """The orders target maps agents and dba to their roles."""
         from tests.test_examples import EXAMPLES, ExampleSandbox
 
         sandbox = ExampleSandbox(self.mktemp())

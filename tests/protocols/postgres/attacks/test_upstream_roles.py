@@ -232,6 +232,7 @@ class CheckConfigTests(RolesTestCase):
     """C{gatehouse check-config} says which role each group logs in as."""
 
     def test_reports_roles(self) -> None:
+        """check-config prints, per target with credentials, who logs in as what."""
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             code = gatehouse_main(["check-config", self.gateway.config_path])
