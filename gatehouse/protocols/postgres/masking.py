@@ -739,13 +739,10 @@ class ResponseMasker:
         masker = self._masker
         if type_ == _FUNCTION_RESULT:
             values, _ = _parse_values(body, 0, 1)
-            if values[0] is None or not masker.might_match(values[0]):
+            if values[0] is None or not self._fast_path_hit(values[0]):
                 return None
-            text = values[0].decode(self._encoding, "surrogateescape")
-            if not masker.mask(text)[1]:
-                return None
-            # Its format (text or binary) is the client's choice, unknown
-            # here: withheld rather than rewritten.
+            # Its format (text or binary) is the client's choice and its
+            # type unknown here: withheld rather than rewritten.
             self.masked += 1
             return b"\xff\xff\xff\xff"
         if not masker.scans_values or not masker.might_match(body):
@@ -764,6 +761,27 @@ class ResponseMasker:
             return None
         self.masked += changed
         return body[:start] + b"\0".join(parts)
+
+    def _fast_path_hit(self, raw: bytes) -> bool:
+        """
+        Whether a fast-path function result may show a detected value:
+        read as text, and as each binary form that could hide one (int8,
+        numeric, arrays, records), since neither its format nor its type
+        is known here.
+        """
+        masker = self._masker
+        if not masker.scans_values:
+            return False
+        if masker.might_match(raw):
+            if masker.mask(raw.decode(self._encoding, "surrogateescape"))[1]:
+                return True
+        for type_oid in (20, 1700, _FIRST_NORMAL_OID):
+            try:
+                if self._binary(type_oid, raw, 0) is not raw:
+                    return True
+            except (_BadBinary, struct.error, ValueError, OverflowError):
+                continue
+        return False
 
     def _scan_text(self, raw: bytes) -> bytes | None:
         """Detectors on one string of a message; None if nothing found."""

@@ -745,6 +745,13 @@ class ValueMessageTests(SynchronousTestCase):
         self.assertIsNone(got.result)
         same = masked_message(masker, codec.FunctionCallResponse(b"42"))
         self.assertEqual(same.result, b"42")
+        # binary results: their type is unknown, every hiding form is tried
+        for raw in (struct.pack("!q", int(CARD)), numeric_binary(CARD)):
+            got = masked_message(masker, codec.FunctionCallResponse(raw))
+            self.assertIsNone(got.result)
+        small = struct.pack("!q", 7)
+        got = masked_message(masker, codec.FunctionCallResponse(small))
+        self.assertEqual(got.result, small)
 
     def test_column_rules_withhold_quoted_values(self) -> None:
         """Errors of the classes that quote values, under column rules."""
