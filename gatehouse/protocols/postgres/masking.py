@@ -168,9 +168,6 @@ _QUOTING_CLASSES = frozenset({b"22", b"23"})
 _QUOTING_STATES = frozenset(
     {b"42P01", b"42704", b"42883", b"3F000", b"3D000", b"42602", b"58P01"}
 )
-#: syntax errors, which quote a value only in SQL the server ran for a
-#: function (C{EXECUTE}), shown as the internal query
-_INTERNAL_QUERY_STATES = frozenset({b"42601", b"42000"})
 _WITHHELD = "***"
 #: the quotation marks of PostgreSQL's messages in every language it is
 #: translated to (lc_messages of the server or of the gateway's role)
@@ -814,9 +811,10 @@ class ResponseMasker:
                 if field[:1] == b"C":
                     state = field[1:]
                     strict = state[:2] in _QUOTING_CLASSES or state in _QUOTING_STATES
-                    if state in _INTERNAL_QUERY_STATES:
-                        strict = any(f[:1] == b"q" for f in fields)
                     break
+            # SQL that a function built and ran (EXECUTE, query_to_xml):
+            # any error in it (syntax, an unknown column) may quote a value
+            strict = strict or any(f[:1] == b"q" for f in fields)
         masker = self._masker
         scans = masker.scans_values
         if not strict and (not scans or not masker.might_match(body)):

@@ -241,6 +241,14 @@ CASES = [
         "dynamic SQL: the internal query holds the value",
     ),
     case(
+        "execute_unknown_column",
+        "cols",
+        f"DO $$ BEGIN EXECUTE 'SELECT ' || quote_ident({_DO_SSN})"
+        " || ' FROM m_customers'; END $$",
+        "ssn",
+        '42703 column "..." does not exist, in SQL a function built',
+    ),
+    case(
         "execute_cast_context",
         "cols",
         f"DO $$ BEGIN EXECUTE format('SELECT %L::int', {_DO_SSN}); END $$",
