@@ -239,6 +239,8 @@ _RANGES = {3904: 23, 3926: 20, 3906: 1700}
 _MULTIRANGES = {4451: 3904, 4536: 3926, 4532: 3906}
 #: nesting a binary value may have (arrays of records of arrays ...)
 _MAX_DEPTH = 16
+#: numbers below this have at most 12 digits
+_SHORT_NUMBER = 10**12
 
 
 def _numeric_text(raw: bytes) -> tuple[str, int] | None:
@@ -524,6 +526,7 @@ class ResponseMasker:
         self._resolve = resolve
         self._encoding = encoding
         self._by_columns = masker.has_column_rules or masker.has_relation_rules
+        self._patterns = masker.has_patterns
         #: per-column actions of the current result, or None
         self._plan: tuple[int, ...] | None = None
         #: the column count of the plan, as a DataRow starts
@@ -1043,6 +1046,8 @@ class ResponseMasker:
             if len(raw) != 8:
                 raise _BadBinary("int8")
             number = (_I64 if type_oid == 20 else _U64).unpack(raw)[0]
+            if -_SHORT_NUMBER < number < _SHORT_NUMBER and not self._patterns:
+                return raw  # under 13 digits: no card fits
             text = str(number)
             masked, hits = self._masker.mask(text, NUMERIC)
             if not hits or masked == text:
@@ -1051,6 +1056,16 @@ class ResponseMasker:
                 return None
             return _I64.pack(int(masked))
         if type_oid == 1700:
+            if (
+                len(raw) >= 8
+                and not self._patterns
+                and 4 * (_NUMERIC_HEAD.unpack_from(raw)[1] + 1)
+                + _NUMERIC_HEAD.unpack_from(raw)[3]
+                < 13
+            ):
+                # fewer than 13 digits, whole and fraction: no card fits
+                _numeric_text(raw)  # still checked for its structure
+                return raw
             decoded = _numeric_text(raw)
             if decoded is None:
                 return raw
