@@ -537,6 +537,8 @@ class ResponseMasker:
         self._plan_scan: int | bool = False
         #: the type OIDs of the plan's columns
         self._plan_types: tuple[int, ...] = ()
+        #: the binary value being read was read by its bytes, not its type
+        self._guessed = False
         self._copy: _Copy | None = None
         self._announced: tuple | None = None
         #: RowDescription body -> its fields (results repeat their columns)
@@ -1020,6 +1022,7 @@ class ResponseMasker:
         again.  A value that does not decode as its type says, or that
         still shows a detected value when read as text, becomes NULL.
         """
+        self._guessed = False
         try:
             new = self._binary(type_oid, raw, 0)
         except (_BadBinary, struct.error, ValueError, OverflowError):
@@ -1027,7 +1030,9 @@ class ResponseMasker:
         if new is None:
             return None
         check = new if new is not raw else raw
-        if self._masker.might_match(check):
+        # Read by its bytes rather than by a type it is known to have:
+        # checked once more as text.
+        if self._guessed and self._masker.might_match(check):
             text = check.decode(self._encoding, "surrogateescape")
             if self._masker.mask(text)[1]:
                 return None
@@ -1056,16 +1061,10 @@ class ResponseMasker:
                 return None
             return _I64.pack(int(masked))
         if type_oid == 1700:
-            if (
-                len(raw) >= 8
-                and not self._patterns
-                and 4 * (_NUMERIC_HEAD.unpack_from(raw)[1] + 1)
-                + _NUMERIC_HEAD.unpack_from(raw)[3]
-                < 13
-            ):
-                # fewer than 13 digits, whole and fraction: no card fits
-                _numeric_text(raw)  # still checked for its structure
-                return raw
+            if len(raw) >= 8 and not self._patterns:
+                ndigits, weight, _, dscale = _NUMERIC_HEAD.unpack_from(raw)
+                if 4 * (weight + 1) + dscale < 13 and len(raw) == 8 + 2 * ndigits:
+                    return raw  # fewer than 13 digits in all: no card fits
             decoded = _numeric_text(raw)
             if decoded is None:
                 return raw
@@ -1090,11 +1089,14 @@ class ResponseMasker:
                 return None
             return raw[:4] + _pack_elements(ranges)
         if type_oid == 17:
-            return raw  # bytea: checked as text by the caller
+            self._guessed = True  # bytea: checked as text by the caller
+            return raw
         # Arrays and records name their element types in the value; any
         # other type (one defined in the database: an enum, citext, a
         # composite, an array of them) is read as an array, a record, or
         # else text -- whichever its bytes are.
+        if type_oid >= _FIRST_NORMAL_OID:
+            self._guessed = True
         try:
             elem, dims, values = _parse_array(raw)
         except _BadBinary:
@@ -1111,6 +1113,7 @@ class ResponseMasker:
             fields = _parse_record(raw)
         except _BadBinary:
             if type_oid < _FIRST_NORMAL_OID and type_oid not in _RECORD_TYPES:
+                self._guessed = True
                 return raw  # a built-in type of its own format: checked as text
             if type_oid in _RECORD_TYPES:
                 raise
