@@ -7,7 +7,9 @@ C{schema.table.column} need both; the wire protocol gives neither by name.
 Lookups run on a short-lived connection of the gateway's own (never on a
 client's session, whose transaction state is the client's), and their
 answers are cached for a while: table OIDs do not change under a name
-unless the table is dropped and made again.
+unless the table is dropped and made again.  That connection does not
+share a session's search_path, temporary schema or open transaction: a
+COPY's table is looked up in every schema (L{Catalog.relation_candidates}).
 """
 
 from __future__ import annotations
@@ -33,15 +35,6 @@ _COLUMNS_OF_OIDS = (
     " WHERE a.attrelid = ANY('{%s}'::pg_catalog.oid[])"
     " AND a.attnum > 0 AND NOT a.attisdropped"
 )
-_COLUMNS_OF_RELATION = (
-    "SELECT a.attrelid, n.nspname, c.relname, a.attnum, a.attname"
-    " FROM pg_catalog.pg_attribute a"
-    " JOIN pg_catalog.pg_class c ON c.oid = a.attrelid"
-    " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
-    " WHERE a.attrelid = pg_catalog.to_regclass(%s)"
-    " AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
-)
-
 #: the relations a COPY may name by C{relname}, in every schema
 _COLUMNS_OF_NAME = (
     "SELECT a.attrelid, n.nspname, c.relname, a.attnum, a.attname"
@@ -137,16 +130,6 @@ class Catalog:
         """Learn the columns of the tables C{oids}."""
         oids = [int(o) for o in oids]
         return self._query(_COLUMNS_OF_OIDS % ",".join(map(str, oids)), oids)
-
-    @inlineCallbacks
-    def relation_columns(self, relation: str) -> Deferred:
-        """
-        The columns of C{relation} (as a client named it, resolved with
-        the gateway role's search_path), in table order, as
-        C{schema.table.column} names; C{[]} if there is no such table.
-        """
-        rows = yield self._query(_COLUMNS_OF_RELATION % _literal(relation), ())
-        returnValue([self._learn(row) for row in rows])
 
     @inlineCallbacks
     def relation_candidates(self, relation: str) -> Deferred:

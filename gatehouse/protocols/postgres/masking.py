@@ -5,8 +5,12 @@ Mask result values in the backend's messages before the client sees them
 L{ResponseMasker} follows each RowDescription (column names, table OIDs
 and column numbers, types, formats) and rewrites the DataRows after it;
 after a CopyOutResponse it rewrites the CopyData rows of a C{COPY ... TO
-STDOUT} in text or CSV format.  A masked value keeps the message
-well-formed and, where it can, keeps the value valid for its type:
+STDOUT} in text or CSV format.  Every other message that carries values
+goes through it too: ErrorResponse and NoticeResponse fields,
+NotificationResponse, ParameterStatus, FunctionCallResponse, and the
+column names of a RowDescription (see L{ResponseMasker.rename}).  A masked
+value keeps the message well-formed and, where it can, keeps the value
+valid for its type:
 
  - text-like types (text, varchar, char, name, "char", xml, unknown, and
    types defined in the database such as citext or enums), in text or
@@ -15,17 +19,23 @@ well-formed and, where it can, keeps the value valid for its type:
  - json and jsonb (text, or binary: a version byte then the text): as
    text, except that a card number outside a string (a bare JSON number)
    becomes its last four digits; a whole-column rule gives a JSON string
-   of C{*};
+   of C{*}; under column rules, members whose key names a masked column
+   become C{"***"};
  - numeric types in text format (int2/4/8, numeric, float4/8, oid, money
    and their arrays): digits become C{0} (a card keeps its last four);
+ - binary int8, numeric, arrays, records and ranges: decoded, masked as
+   above, encoded again; values read by their bytes rather than their
+   type (bytea, types of the database, built-ins of their own format)
+   become NULL if they still show a detected value; values that do not
+   decode become NULL;
  - anything else that must be masked becomes NULL: a binary value of a
    non-text type under a column rule, or a value of another built-in type
-   (arrays of text, records, ...) under a column rule or holding a
-   detected value.
+   under a column rule or holding a detected value, and, under column
+   rules, records and composite values without a source column.
 
-Detectors do not look into binary values of non-text types, nor into
-types whose text form cannot hold what they detect (bool, bytea, dates
-and times, uuid, network addresses, bit strings).
+Detectors do not look into types whose text and binary forms cannot hold
+what they detect (bool, small integers, floats, dates and times, uuid,
+network addresses, bit strings).
 
 Rows whose columns are unknown -- a DataRow with no RowDescription since
 the last ReadyForQuery or result, as when a prepared statement is executed
@@ -168,9 +178,6 @@ _QUOTING_CLASSES = frozenset({b"22", b"23"})
 _QUOTING_STATES = frozenset(
     {b"42P01", b"42704", b"42883", b"3F000", b"3D000", b"42602", b"58P01"}
 )
-#: syntax errors, which quote a value only in SQL the server ran for a
-#: function (C{EXECUTE}), shown as the internal query
-_INTERNAL_QUERY_STATES = frozenset({b"42601", b"42000"})
 _WITHHELD = "***"
 #: the quotation marks of PostgreSQL's messages in every language it is
 #: translated to (lc_messages of the server or of the gateway's role)
@@ -242,6 +249,8 @@ _RANGES = {3904: 23, 3926: 20, 3906: 1700}
 _MULTIRANGES = {4451: 3904, 4536: 3926, 4532: 3906}
 #: nesting a binary value may have (arrays of records of arrays ...)
 _MAX_DEPTH = 16
+#: numbers below this have at most 12 digits
+_SHORT_NUMBER = 10**12
 
 
 def _numeric_text(raw: bytes) -> tuple[str, int] | None:
@@ -527,6 +536,7 @@ class ResponseMasker:
         self._resolve = resolve
         self._encoding = encoding
         self._by_columns = masker.has_column_rules or masker.has_relation_rules
+        self._patterns = masker.has_patterns
         #: per-column actions of the current result, or None
         self._plan: tuple[int, ...] | None = None
         #: the column count of the plan, as a DataRow starts
@@ -537,6 +547,8 @@ class ResponseMasker:
         self._plan_scan: int | bool = False
         #: the type OIDs of the plan's columns
         self._plan_types: tuple[int, ...] = ()
+        #: the binary value being read was read by its bytes, not its type
+        self._guessed = False
         self._copy: _Copy | None = None
         self._announced: tuple | None = None
         #: RowDescription body -> its fields (results repeat their columns)
@@ -739,13 +751,10 @@ class ResponseMasker:
         masker = self._masker
         if type_ == _FUNCTION_RESULT:
             values, _ = _parse_values(body, 0, 1)
-            if values[0] is None or not masker.might_match(values[0]):
+            if values[0] is None or not self._fast_path_hit(values[0]):
                 return None
-            text = values[0].decode(self._encoding, "surrogateescape")
-            if not masker.mask(text)[1]:
-                return None
-            # Its format (text or binary) is the client's choice, unknown
-            # here: withheld rather than rewritten.
+            # Its format (text or binary) is the client's choice and its
+            # type unknown here: withheld rather than rewritten.
             self.masked += 1
             return b"\xff\xff\xff\xff"
         if not masker.scans_values or not masker.might_match(body):
@@ -764,6 +773,27 @@ class ResponseMasker:
             return None
         self.masked += changed
         return body[:start] + b"\0".join(parts)
+
+    def _fast_path_hit(self, raw: bytes) -> bool:
+        """
+        Whether a fast-path function result may show a detected value:
+        read as text, and as each binary form that could hide one (int8,
+        numeric, arrays, records), since neither its format nor its type
+        is known here.
+        """
+        masker = self._masker
+        if not masker.scans_values:
+            return False
+        if masker.might_match(raw):
+            if masker.mask(raw.decode(self._encoding, "surrogateescape"))[1]:
+                return True
+        for type_oid in (20, 1700, _FIRST_NORMAL_OID):
+            try:
+                if self._binary(type_oid, raw, 0) is not raw:
+                    return True
+            except (_BadBinary, struct.error, ValueError, OverflowError):
+                continue
+        return False
 
     def _scan_text(self, raw: bytes) -> bytes | None:
         """Detectors on one string of a message; None if nothing found."""
@@ -796,9 +826,10 @@ class ResponseMasker:
                 if field[:1] == b"C":
                     state = field[1:]
                     strict = state[:2] in _QUOTING_CLASSES or state in _QUOTING_STATES
-                    if state in _INTERNAL_QUERY_STATES:
-                        strict = any(f[:1] == b"q" for f in fields)
                     break
+            # SQL that a function built and ran (EXECUTE, query_to_xml):
+            # any error in it (syntax, an unknown column) may quote a value
+            strict = strict or any(f[:1] == b"q" for f in fields)
         masker = self._masker
         scans = masker.scans_values
         if not strict and (not scans or not masker.might_match(body)):
@@ -1001,6 +1032,7 @@ class ResponseMasker:
         again.  A value that does not decode as its type says, or that
         still shows a detected value when read as text, becomes NULL.
         """
+        self._guessed = False
         try:
             new = self._binary(type_oid, raw, 0)
         except (_BadBinary, struct.error, ValueError, OverflowError):
@@ -1008,7 +1040,9 @@ class ResponseMasker:
         if new is None:
             return None
         check = new if new is not raw else raw
-        if self._masker.might_match(check):
+        # Read by its bytes rather than by a type it is known to have:
+        # checked once more as text.
+        if self._guessed and self._masker.might_match(check):
             text = check.decode(self._encoding, "surrogateescape")
             if self._masker.mask(text)[1]:
                 return None
@@ -1027,6 +1061,8 @@ class ResponseMasker:
             if len(raw) != 8:
                 raise _BadBinary("int8")
             number = (_I64 if type_oid == 20 else _U64).unpack(raw)[0]
+            if -_SHORT_NUMBER < number < _SHORT_NUMBER and not self._patterns:
+                return raw  # under 13 digits: no card fits
             text = str(number)
             masked, hits = self._masker.mask(text, NUMERIC)
             if not hits or masked == text:
@@ -1035,6 +1071,10 @@ class ResponseMasker:
                 return None
             return _I64.pack(int(masked))
         if type_oid == 1700:
+            if len(raw) >= 8 and not self._patterns:
+                ndigits, weight, _, dscale = _NUMERIC_HEAD.unpack_from(raw)
+                if 4 * (weight + 1) + dscale < 13 and len(raw) == 8 + 2 * ndigits:
+                    return raw  # fewer than 13 digits in all: no card fits
             decoded = _numeric_text(raw)
             if decoded is None:
                 return raw
@@ -1059,11 +1099,14 @@ class ResponseMasker:
                 return None
             return raw[:4] + _pack_elements(ranges)
         if type_oid == 17:
-            return raw  # bytea: checked as text by the caller
+            self._guessed = True  # bytea: checked as text by the caller
+            return raw
         # Arrays and records name their element types in the value; any
         # other type (one defined in the database: an enum, citext, a
         # composite, an array of them) is read as an array, a record, or
         # else text -- whichever its bytes are.
+        if type_oid >= _FIRST_NORMAL_OID:
+            self._guessed = True
         try:
             elem, dims, values = _parse_array(raw)
         except _BadBinary:
@@ -1080,6 +1123,7 @@ class ResponseMasker:
             fields = _parse_record(raw)
         except _BadBinary:
             if type_oid < _FIRST_NORMAL_OID and type_oid not in _RECORD_TYPES:
+                self._guessed = True
                 return raw  # a built-in type of its own format: checked as text
             if type_oid in _RECORD_TYPES:
                 raise

@@ -100,6 +100,10 @@ create table m_check (a text check (length(a) < 5));
 create table m_parent (k text primary key);
 create table m_child (ref text references m_parent (k));
 create view m_view as select id, name, ssn from m_customers;
+create or replace function m_card() returns text language sql
+  as $f$ select card || ' ' || email from m_customers where id = 1 $f$;
+create or replace function m_card_int8() returns int8 language sql
+  as $f$ select card_int8 from m_customers where id = 1 $f$;
 create schema evil;
 create table evil.m_customers as
   select secret_note, ssn, id, name, card, email, card_num, card_int8, tags
@@ -113,6 +117,8 @@ alter table m_parent owner to gw_scram;
 alter table m_child owner to gw_scram;
 alter view m_view owner to gw_scram;
 alter type m_mood owner to gw_scram;
+alter function m_card() owner to gw_scram;
+alter function m_card_int8() owner to gw_scram;
 """
 
 
@@ -235,6 +241,14 @@ CASES = [
         "dynamic SQL: the internal query holds the value",
     ),
     case(
+        "execute_unknown_column",
+        "cols",
+        f"DO $$ BEGIN EXECUTE 'SELECT ' || quote_ident({_DO_SSN})"
+        " || ' FROM m_customers'; END $$",
+        "ssn",
+        '42703 column "..." does not exist, in SQL a function built',
+    ),
+    case(
         "execute_cast_context",
         "cols",
         f"DO $$ BEGIN EXECUTE format('SELECT %L::int', {_DO_SSN}); END $$",
@@ -306,6 +320,28 @@ CASES = [
         f" {_DO_CARD}); END $$; SELECT * FROM m_v",
         "card",
         "RowDescription carries a name made from a value",
+    ),
+    case(
+        "fast_path_call",
+        "detect",
+        lambda test: [
+            codec.FunctionCall(
+                int(test.direct("select 'm_card'::regproc::oid")), (), (), 0
+            ),
+        ],
+        "card",
+        "a fast-path FunctionCall's result (policy.opaque: allow here)",
+    ),
+    case(
+        "fast_path_call_binary",
+        "detect",
+        lambda test: [
+            codec.FunctionCall(
+                int(test.direct("select 'm_card_int8'::regproc::oid")), (), (), 1
+            ),
+        ],
+        "card-int8",
+        "the same in binary: an int8 whose type the response does not say",
     ),
     # -- binary result format ----------------------------------------------------
     case(
@@ -497,6 +533,8 @@ class MaskingChannelTests(GatewayTestCase):
                 client.login(token)
             except AssertionError as e:
                 raise AssertionError(f"{e}\n{self.gateway.log()[-3000:]}") from None
+            if callable(payload):
+                payload = payload(self)
             if isinstance(payload, str):
                 messages = [codec.Query(payload)]
             else:
