@@ -839,55 +839,66 @@ class _Findings:
     def walk(self, root: dict, ctes: frozenset[str]) -> None:
         """
         Collect from the subtree of C{root}; C{ctes} are the CTE names in
-        scope.  Iterative, in document order: a tree as deep as
-        PostgreSQL accepts never meets Python's recursion limit.
+        scope.  Recursive down to L{_MAX_RECURSION} levels (fast), where
+        deeper subtrees are set aside and walked from a work list: a tree
+        as deep as PostgreSQL accepts never meets Python's recursion limit.
         """
-        stack: list = [(root, ctes)]
-        pop = stack.pop
-        while stack:
-            node, ctes = pop()
-            if type(node) is list:
-                stack.extend(
-                    (item, ctes)
-                    for item in reversed(node)
-                    if type(item) is dict or type(item) is list
-                )
+        deferred = [(root, ctes)]
+        while deferred:
+            node, scope = deferred.pop()
+            self._walk(node, scope, 0, deferred)
+
+    def _walk(
+        self, node: dict, ctes: frozenset[str], depth: int, deferred: list
+    ) -> None:
+        if "relname" in node:
+            # A bare RangeVar: a statement's target, never a CTE reference.
+            self.relations[_rangevar_name(node)] = None
+            return
+        if depth > _MAX_RECURSION:
+            deferred.append((node, ctes))
+            return
+        depth += 1
+        with_clause = node.get("withClause")
+        if type(with_clause) is dict:
+            ctes, cte_nodes = self._ctes(with_clause, ctes)
+            for cte, scope in cte_nodes:
+                self._walk(cte, scope, depth, deferred)
+        for key, value in node.items():
+            kind = type(value)
+            if kind is list:
+                if key not in _LEAVES:
+                    self._walk_list(value, ctes, depth, deferred)
                 continue
-            if "relname" in node:
-                # A bare RangeVar: a statement's target, never a CTE reference.
-                self.relations[_rangevar_name(node)] = None
+            if kind is not dict or key in _LEAVES or key == "withClause":
                 continue
-            with_clause = node.get("withClause")
-            children = []
-            if type(with_clause) is dict:
-                ctes, cte_nodes = self._ctes(with_clause, ctes)
-                children.extend(cte_nodes)
-            for key, value in node.items():
-                kind = type(value)
-                if kind is list:
-                    if key not in _LEAVES:
-                        children.append((value, ctes))
+            if key == "RangeVar":
+                if "schemaname" not in value and value.get("relname") in ctes:
                     continue
-                if kind is not dict or key in _LEAVES or key == "withClause":
-                    continue
-                if key == "RangeVar":
-                    if "schemaname" not in value and value.get("relname") in ctes:
-                        continue
-                elif key == "FuncCall" or key == "funccall":
-                    name = _dotted(value.get("funcname"))
-                    if name:
-                        self.call(name, value)
-                elif key == "CreateOpClassItem":
-                    if value.get("itemtype") == 2:
-                        item = value.get("name")
-                        if isinstance(item, dict):
-                            self._function_name(_dotted(item.get("objname")))
-                elif key[0].isupper() and key.endswith("Stmt"):
-                    if key != "SelectStmt":
-                        self.nested[key] = None
-                    self.statement(key, value)
-                children.append((value, ctes))
-            stack.extend(reversed(children))
+            elif key == "FuncCall" or key == "funccall":
+                name = _dotted(value.get("funcname"))
+                if name:
+                    self.call(name, value)
+            elif key == "CreateOpClassItem":
+                if value.get("itemtype") == 2:
+                    item = value.get("name")
+                    if isinstance(item, dict):
+                        self._function_name(_dotted(item.get("objname")))
+            elif key[0].isupper() and key.endswith("Stmt"):
+                if key != "SelectStmt":
+                    self.nested[key] = None
+                self.statement(key, value)
+            self._walk(value, ctes, depth, deferred)
+
+    def _walk_list(
+        self, items: list, ctes: frozenset[str], depth: int, deferred: list
+    ) -> None:
+        for item in items:
+            kind = type(item)
+            if kind is dict:
+                self._walk(item, ctes, depth, deferred)
+            elif kind is list:
+                self._walk_list(item, ctes, depth + 1, deferred)
 
     def _ctes(
         self, with_clause: dict, outer: frozenset[str]
@@ -915,6 +926,9 @@ class _Findings:
                 out.append((cte, scope))
         return full, out
 
+
+#: Tree levels walked by recursion; deeper ones go to a work list.
+_MAX_RECURSION = 60
 
 _STATEMENT_HANDLERS = {
     "MergeStmt": _Findings._merge,
@@ -1361,6 +1375,15 @@ def classify(sql: str) -> tuple[Statement, ...]:
     except UnicodeEncodeError:
         # Lone surrogates: bytes that were not valid in the client encoding.
         return _unparseable(sql, "statement text is not valid in its encoding")
+    except RecursionError:
+        # Not expected (the walks are bounded), but never an exception.
+        statement = Statement(
+            kind=UNPARSEABLE,
+            text=sql,
+            error="statement too deeply nested for the gateway to classify",
+            sqlstate=_STACK_DEPTH,
+        )
+        return (statement,)
 
 
 _SYNTAX_ERROR = "42601"
