@@ -1155,6 +1155,20 @@ def _value(node: object, depth: int) -> object:
             "IS_UNKNOWN": arg is _NULL,
             "IS_NOT_UNKNOWN": arg is not _NULL,
         }.get(test, _UNKNOWN)
+    if kind == "SubLink" and body.get("subLinkType") == "EXPR_SUBLINK":
+        # (SELECT <constant>): no FROM, no WHERE, one target
+        select = body.get("subselect")
+        select = select.get("SelectStmt") if isinstance(select, dict) else None
+        if isinstance(select, dict) and set(select) <= {
+            "targetList",
+            "limitOption",
+            "op",
+        }:
+            targets = select.get("targetList") or []
+            if len(targets) == 1 and isinstance(targets[0], dict):
+                target = targets[0].get("ResTarget") or {}
+                return _value(target.get("val"), depth)
+        return _UNKNOWN
     if kind == "SubLink" and body.get("subLinkType") == "EXISTS_SUBLINK":
         select = body.get("subselect")
         select = select.get("SelectStmt") if isinstance(select, dict) else None
@@ -1245,6 +1259,14 @@ def _a_expr(body: dict, depth: int) -> object:
             return _UNKNOWN
         found = any(_comparable(left, v) and left == v for v in values)
         return found if name == "=" else not found
+    if kind in ("AEXPR_BETWEEN", "AEXPR_NOT_BETWEEN"):
+        bounds = [_value(b, depth) for b in _items(rexpr)]
+        left = _value(lexpr, depth)
+        values = [left, *bounds]
+        if len(bounds) != 2 or not all(map(_number, values)):
+            return _UNKNOWN
+        inside = bounds[0] <= left <= bounds[1]  # type: ignore[operator]
+        return inside if kind == "AEXPR_BETWEEN" else not inside
     if kind != "AEXPR_OP":
         return _UNKNOWN
     right = _value(rexpr, depth)

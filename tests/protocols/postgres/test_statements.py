@@ -932,6 +932,10 @@ class ConstantTrueTests(ClassifyTestsMixin, SynchronousTestCase):
         "'yes'::bool",
         "1 = 1.0",
         "NOT NOT true",
+        "2 BETWEEN 1 AND 3",
+        "5 NOT BETWEEN 1 AND 3",
+        "(SELECT true)",
+        "(SELECT 1) = 1",
     ]
     NOT_TRUE = [
         "x = 5",
@@ -953,6 +957,9 @@ class ConstantTrueTests(ClassifyTestsMixin, SynchronousTestCase):
         "NOT NULL",
         "$1",
         "x > 5 OR NOT y > 5",
+        "x BETWEEN 1 AND 3",
+        "(SELECT true FROM t)",
+        "4 BETWEEN 1 AND 3",
     ]
 
     def test_constant_true(self):
