@@ -72,6 +72,18 @@ CASES = [
     Attack("update_where_true_is_true", _UPDATE + "true is true"),
     Attack("update_where_cast_true", _UPDATE + "'t'::boolean"),
     Attack("update_where_p_or_not_p", _UPDATE + "id > 5 or not id > 5"),
+    Attack("update_where_between_constants", _UPDATE + "2 between 1 and 3"),
+    Attack("update_where_scalar_subquery_true", _UPDATE + "(select true)"),
+    Attack(
+        "update_where_true_extended_protocol",
+        (_UPDATE + "1 = 1", ()),
+        "Parse/Bind/Execute",
+    ),
+    Attack(
+        "delete_where_true_in_prepare",
+        "prepare wipe as update guard_t set v = 'owned' where true; execute wipe",
+        "PREPARE wraps the unbounded write",
+    ),
     Attack(
         "shape_shared_with_harmless_text",
         _UPDATE.replace("'owned'", "'harmless'") + "1 = 2; " + _UPDATE + "1 = 1",
