@@ -239,8 +239,10 @@ class Statement:
         return self.kind != UNPARSEABLE
 
 
-def _unparseable(sql: str, error: str) -> tuple[Statement, ...]:
-    return (Statement(kind=UNPARSEABLE, text=sql, error=error, sqlstate="42601"),)
+def _unparseable(
+    sql: str, error: str, sqlstate: str = "42601"
+) -> tuple[Statement, ...]:
+    return (Statement(kind=UNPARSEABLE, text=sql, error=error, sqlstate=sqlstate),)
 
 
 def _dotted(items: object) -> str | None:
@@ -1396,7 +1398,8 @@ def classify(sql: str) -> tuple[Statement, ...]:
         )
     except UnicodeEncodeError:
         # Lone surrogates: bytes that were not valid in the client encoding.
-        return _unparseable(sql, "statement text is not valid in its encoding")
+        # PostgreSQL answers such bytes with 22021 (character_not_in_repertoire).
+        return _unparseable(sql, "statement text is not valid in its encoding", "22021")
     except RecursionError:
         # Not expected (the walks are bounded), but never an exception.
         statement = Statement(
