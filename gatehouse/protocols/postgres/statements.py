@@ -1198,20 +1198,20 @@ def _bool_expr(body: dict, depth: int) -> object:
         if value is _UNKNOWN or value is _NULL:
             return value
         return not value
+    # three-valued logic; _UNKNOWN (not known here) wins over NULL
     if op == "AND_EXPR":
         if any(v is False for v in values):
             return False
-        if all(v is True for v in values):
-            return True
-        return _UNKNOWN
+        if any(v is _UNKNOWN for v in values):
+            return _UNKNOWN
+        return _NULL if any(v is _NULL for v in values) else True
     if op == "OR_EXPR":
         if any(v is True for v in values):
             return True
-        if _tautology(args):
-            return True
-        if all(v is False for v in values):
-            return False
-        return _UNKNOWN
+        if any(v is _UNKNOWN for v in values):
+            # p OR NOT p over what only the rows decide
+            return True if _tautology(args) else _UNKNOWN
+        return _NULL if any(v is _NULL for v in values) else False
     return _UNKNOWN
 
 
@@ -1257,18 +1257,40 @@ def _a_expr(body: dict, depth: int) -> object:
         left = _value(lexpr, depth)
         items = _items(rexpr)
         values = [_value(i, depth) for i in items]
-        if left is _UNKNOWN or left is _NULL or any(v is _UNKNOWN for v in values):
+        if left is _UNKNOWN or any(v is _UNKNOWN for v in values):
             return _UNKNOWN
-        found = any(_comparable(left, v) and left == v for v in values)
-        return found if name == "=" else not found
+        if left is _NULL:
+            return _NULL
+        if any(v is not _NULL and not _comparable(left, v) for v in values):
+            return _UNKNOWN
+        if any(left == v for v in values if v is not _NULL):
+            return name == "="
+        if _NULL in values:
+            return _NULL  # no match, but a NULL might have been one
+        return name != "="
     if kind in ("AEXPR_BETWEEN", "AEXPR_NOT_BETWEEN"):
+        # x BETWEEN a AND b is a <= x AND x <= b, in three-valued logic
         bounds = [_value(b, depth) for b in _items(rexpr)]
         left = _value(lexpr, depth)
-        values = [left, *bounds]
-        if len(bounds) != 2 or not all(map(_number, values)):
+        if len(bounds) != 2:
             return _UNKNOWN
-        inside = bounds[0] <= left <= bounds[1]  # type: ignore[operator]
-        return inside if kind == "AEXPR_BETWEEN" else not inside
+        parts = []
+        for low, high in ((bounds[0], left), (left, bounds[1])):
+            if low is _NULL or high is _NULL:
+                parts.append(_NULL)
+            elif _number(low) and _number(high):
+                parts.append(low <= high)  # type: ignore[operator]
+            else:
+                return _UNKNOWN
+        if False in parts:
+            inside: object = False
+        elif _NULL in parts:
+            inside = _NULL
+        else:
+            inside = True
+        if kind == "AEXPR_BETWEEN" or inside is _NULL:
+            return inside
+        return not inside
     if kind != "AEXPR_OP":
         return _UNKNOWN
     right = _value(rexpr, depth)
