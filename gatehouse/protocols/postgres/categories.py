@@ -54,8 +54,7 @@ _CATEGORY_LIST = (
         "read",
         "reads data: queries, cursors, COPY ... TO, EXPLAIN, SHOW",
         _kinds(
-            "SelectStmt DeclareCursorStmt FetchStmt ClosePortalStmt ExplainStmt "
-            "VariableShowStmt ExecuteStmt"
+            "SelectStmt DeclareCursorStmt FetchStmt ExplainStmt VariableShowStmt"
         ),
         frozenset({COPY_TO}),
     ),
@@ -123,11 +122,14 @@ _CATEGORY_LIST = (
     ),
     Category(
         "session",
-        "changes the session only: SET, RESET, DISCARD, PREPARE, DEALLOCATE, "
-        "LISTEN, UNLISTEN, NOTIFY, LOCK, SET CONSTRAINTS, transactions",
+        "changes the session only: SET, RESET, DISCARD, PREPARE (also the "
+        "categories of what it prepares), EXECUTE (of a statement decided "
+        "when prepared), DEALLOCATE, CLOSE, LISTEN, UNLISTEN, NOTIFY, LOCK, "
+        "SET CONSTRAINTS, transactions",
         _kinds(
-            "VariableSetStmt DiscardStmt PrepareStmt DeallocateStmt ListenStmt "
-            "UnlistenStmt NotifyStmt LockStmt ConstraintsSetStmt TransactionStmt"
+            "VariableSetStmt DiscardStmt PrepareStmt ExecuteStmt DeallocateStmt "
+            "ClosePortalStmt ListenStmt UnlistenStmt NotifyStmt LockStmt "
+            "ConstraintsSetStmt TransactionStmt"
         ),
     ),
     Category(

@@ -239,8 +239,10 @@ class Statement:
         return self.kind != UNPARSEABLE
 
 
-def _unparseable(sql: str, error: str) -> tuple[Statement, ...]:
-    return (Statement(kind=UNPARSEABLE, text=sql, error=error, sqlstate="42601"),)
+def _unparseable(
+    sql: str, error: str, sqlstate: str = "42601"
+) -> tuple[Statement, ...]:
+    return (Statement(kind=UNPARSEABLE, text=sql, error=error, sqlstate=sqlstate),)
 
 
 def _dotted(items: object) -> str | None:
@@ -839,55 +841,66 @@ class _Findings:
     def walk(self, root: dict, ctes: frozenset[str]) -> None:
         """
         Collect from the subtree of C{root}; C{ctes} are the CTE names in
-        scope.  Iterative, in document order: a tree as deep as
-        PostgreSQL accepts never meets Python's recursion limit.
+        scope.  Recursive down to L{_MAX_RECURSION} levels (fast), where
+        deeper subtrees are set aside and walked from a work list: a tree
+        as deep as PostgreSQL accepts never meets Python's recursion limit.
         """
-        stack: list = [(root, ctes)]
-        pop = stack.pop
-        while stack:
-            node, ctes = pop()
-            if type(node) is list:
-                stack.extend(
-                    (item, ctes)
-                    for item in reversed(node)
-                    if type(item) is dict or type(item) is list
-                )
+        deferred = [(root, ctes)]
+        while deferred:
+            node, scope = deferred.pop()
+            self._walk(node, scope, 0, deferred)
+
+    def _walk(
+        self, node: dict, ctes: frozenset[str], depth: int, deferred: list
+    ) -> None:
+        if "relname" in node:
+            # A bare RangeVar: a statement's target, never a CTE reference.
+            self.relations[_rangevar_name(node)] = None
+            return
+        if depth > _MAX_RECURSION:
+            deferred.append((node, ctes))
+            return
+        depth += 1
+        with_clause = node.get("withClause")
+        if type(with_clause) is dict:
+            ctes, cte_nodes = self._ctes(with_clause, ctes)
+            for cte, scope in cte_nodes:
+                self._walk(cte, scope, depth, deferred)
+        for key, value in node.items():
+            kind = type(value)
+            if kind is list:
+                if key not in _LEAVES:
+                    self._walk_list(value, ctes, depth, deferred)
                 continue
-            if "relname" in node:
-                # A bare RangeVar: a statement's target, never a CTE reference.
-                self.relations[_rangevar_name(node)] = None
+            if kind is not dict or key in _LEAVES or key == "withClause":
                 continue
-            with_clause = node.get("withClause")
-            children = []
-            if type(with_clause) is dict:
-                ctes, cte_nodes = self._ctes(with_clause, ctes)
-                children.extend(cte_nodes)
-            for key, value in node.items():
-                kind = type(value)
-                if kind is list:
-                    if key not in _LEAVES:
-                        children.append((value, ctes))
+            if key == "RangeVar":
+                if "schemaname" not in value and value.get("relname") in ctes:
                     continue
-                if kind is not dict or key in _LEAVES or key == "withClause":
-                    continue
-                if key == "RangeVar":
-                    if "schemaname" not in value and value.get("relname") in ctes:
-                        continue
-                elif key == "FuncCall" or key == "funccall":
-                    name = _dotted(value.get("funcname"))
-                    if name:
-                        self.call(name, value)
-                elif key == "CreateOpClassItem":
-                    if value.get("itemtype") == 2:
-                        item = value.get("name")
-                        if isinstance(item, dict):
-                            self._function_name(_dotted(item.get("objname")))
-                elif key[0].isupper() and key.endswith("Stmt"):
-                    if key != "SelectStmt":
-                        self.nested[key] = None
-                    self.statement(key, value)
-                children.append((value, ctes))
-            stack.extend(reversed(children))
+            elif key == "FuncCall" or key == "funccall":
+                name = _dotted(value.get("funcname"))
+                if name:
+                    self.call(name, value)
+            elif key == "CreateOpClassItem":
+                if value.get("itemtype") == 2:
+                    item = value.get("name")
+                    if isinstance(item, dict):
+                        self._function_name(_dotted(item.get("objname")))
+            elif key[0].isupper() and key.endswith("Stmt"):
+                if key != "SelectStmt":
+                    self.nested[key] = None
+                self.statement(key, value)
+            self._walk(value, ctes, depth, deferred)
+
+    def _walk_list(
+        self, items: list, ctes: frozenset[str], depth: int, deferred: list
+    ) -> None:
+        for item in items:
+            kind = type(item)
+            if kind is dict:
+                self._walk(item, ctes, depth, deferred)
+            elif kind is list:
+                self._walk_list(item, ctes, depth + 1, deferred)
 
     def _ctes(
         self, with_clause: dict, outer: frozenset[str]
@@ -915,6 +928,9 @@ class _Findings:
                 out.append((cte, scope))
         return full, out
 
+
+#: Tree levels walked by recursion; deeper ones go to a work list.
+_MAX_RECURSION = 60
 
 _STATEMENT_HANDLERS = {
     "MergeStmt": _Findings._merge,
@@ -1141,6 +1157,20 @@ def _value(node: object, depth: int) -> object:
             "IS_UNKNOWN": arg is _NULL,
             "IS_NOT_UNKNOWN": arg is not _NULL,
         }.get(test, _UNKNOWN)
+    if kind == "SubLink" and body.get("subLinkType") == "EXPR_SUBLINK":
+        # (SELECT <constant>): no FROM, no WHERE, one target
+        select = body.get("subselect")
+        select = select.get("SelectStmt") if isinstance(select, dict) else None
+        if isinstance(select, dict) and set(select) <= {
+            "targetList",
+            "limitOption",
+            "op",
+        }:
+            targets = select.get("targetList") or []
+            if len(targets) == 1 and isinstance(targets[0], dict):
+                target = targets[0].get("ResTarget") or {}
+                return _value(target.get("val"), depth)
+        return _UNKNOWN
     if kind == "SubLink" and body.get("subLinkType") == "EXISTS_SUBLINK":
         select = body.get("subselect")
         select = select.get("SelectStmt") if isinstance(select, dict) else None
@@ -1168,20 +1198,20 @@ def _bool_expr(body: dict, depth: int) -> object:
         if value is _UNKNOWN or value is _NULL:
             return value
         return not value
+    # three-valued logic; _UNKNOWN (not known here) wins over NULL
     if op == "AND_EXPR":
         if any(v is False for v in values):
             return False
-        if all(v is True for v in values):
-            return True
-        return _UNKNOWN
+        if any(v is _UNKNOWN for v in values):
+            return _UNKNOWN
+        return _NULL if any(v is _NULL for v in values) else True
     if op == "OR_EXPR":
         if any(v is True for v in values):
             return True
-        if _tautology(args):
-            return True
-        if all(v is False for v in values):
-            return False
-        return _UNKNOWN
+        if any(v is _UNKNOWN for v in values):
+            # p OR NOT p over what only the rows decide
+            return True if _tautology(args) else _UNKNOWN
+        return _NULL if any(v is _NULL for v in values) else False
     return _UNKNOWN
 
 
@@ -1227,10 +1257,40 @@ def _a_expr(body: dict, depth: int) -> object:
         left = _value(lexpr, depth)
         items = _items(rexpr)
         values = [_value(i, depth) for i in items]
-        if left is _UNKNOWN or left is _NULL or any(v is _UNKNOWN for v in values):
+        if left is _UNKNOWN or any(v is _UNKNOWN for v in values):
             return _UNKNOWN
-        found = any(_comparable(left, v) and left == v for v in values)
-        return found if name == "=" else not found
+        if left is _NULL:
+            return _NULL
+        if any(v is not _NULL and not _comparable(left, v) for v in values):
+            return _UNKNOWN
+        if any(left == v for v in values if v is not _NULL):
+            return name == "="
+        if _NULL in values:
+            return _NULL  # no match, but a NULL might have been one
+        return name != "="
+    if kind in ("AEXPR_BETWEEN", "AEXPR_NOT_BETWEEN"):
+        # x BETWEEN a AND b is a <= x AND x <= b, in three-valued logic
+        bounds = [_value(b, depth) for b in _items(rexpr)]
+        left = _value(lexpr, depth)
+        if len(bounds) != 2:
+            return _UNKNOWN
+        parts = []
+        for low, high in ((bounds[0], left), (left, bounds[1])):
+            if low is _NULL or high is _NULL:
+                parts.append(_NULL)
+            elif _number(low) and _number(high):
+                parts.append(low <= high)  # type: ignore[operator]
+            else:
+                return _UNKNOWN
+        if False in parts:
+            inside: object = False
+        elif _NULL in parts:
+            inside = _NULL
+        else:
+            inside = True
+        if kind == "AEXPR_BETWEEN" or inside is _NULL:
+            return inside
+        return not inside
     if kind != "AEXPR_OP":
         return _UNKNOWN
     right = _value(rexpr, depth)
@@ -1360,7 +1420,17 @@ def classify(sql: str) -> tuple[Statement, ...]:
         )
     except UnicodeEncodeError:
         # Lone surrogates: bytes that were not valid in the client encoding.
-        return _unparseable(sql, "statement text is not valid in its encoding")
+        # PostgreSQL answers such bytes with 22021 (character_not_in_repertoire).
+        return _unparseable(sql, "statement text is not valid in its encoding", "22021")
+    except RecursionError:
+        # Not expected (the walks are bounded), but never an exception.
+        statement = Statement(
+            kind=UNPARSEABLE,
+            text=sql,
+            error="statement too deeply nested for the gateway to classify",
+            sqlstate=_STACK_DEPTH,
+        )
+        return (statement,)
 
 
 _SYNTAX_ERROR = "42601"

@@ -932,6 +932,10 @@ class ConstantTrueTests(ClassifyTestsMixin, SynchronousTestCase):
         "'yes'::bool",
         "1 = 1.0",
         "NOT NOT true",
+        "2 BETWEEN 1 AND 3",
+        "5 NOT BETWEEN 1 AND 3",
+        "(SELECT true)",
+        "(SELECT 1) = 1",
     ]
     NOT_TRUE = [
         "x = 5",
@@ -953,6 +957,9 @@ class ConstantTrueTests(ClassifyTestsMixin, SynchronousTestCase):
         "NOT NULL",
         "$1",
         "x > 5 OR NOT y > 5",
+        "x BETWEEN 1 AND 3",
+        "(SELECT true FROM t)",
+        "4 BETWEEN 1 AND 3",
     ]
 
     def test_constant_true(self):
@@ -1075,3 +1082,43 @@ class CategoryTests(SynchronousTestCase):
         }
         for sql, expected in cases.items():
             self.assertEqual(set(command(sql).categories), expected, sql)
+
+
+class DeepJSONTests(SynchronousTestCase):
+    """The iterative JSON decoder reads libpg_query's trees as json does."""
+
+    def test_same_as_json(self):
+        import json
+
+        from pglast import parser
+
+        from gatehouse.protocols.postgres.statements import _load_deep
+
+        for sql in [
+            "SELECT 1",
+            "SELECT 'a\\\\b\"c', E'\\\\u00e9', -1.5e3, NULL, true FROM t WHERE x = -2",
+            "CREATE TABLE t (a int DEFAULT 0, b text[] NOT NULL)",
+            "SELECT '' || 'é😀' AS \"odd \"\" name\"",
+            "COPY t FROM STDIN WITH (FORMAT csv, DELIMITER ';')",
+        ]:
+            text = parser.parse_sql_json(sql)
+            self.assertEqual(_load_deep(text), json.loads(text), sql)
+
+    @given(
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(),
+            lambda inner: (
+                st.lists(inner, max_size=4)
+                | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+            ),
+            max_leaves=20,
+        )
+    )
+    @settings(max_examples=100, deadline=None)
+    def test_random_documents(self, value):
+        import json
+
+        from gatehouse.protocols.postgres.statements import _load_deep
+
+        document = {"v": value}
+        self.assertEqual(_load_deep(json.dumps(document)), document)

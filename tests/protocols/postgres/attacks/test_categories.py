@@ -10,6 +10,12 @@ proves it does harm when sent straight to PostgreSQL as the target's role.
 
 from __future__ import annotations
 
+import random
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from gatehouse.protocols.postgres.statements import classify
+from tests.fixtures.postgres import shared_cluster
 from tests.protocols.postgres.attacks.corpus import Attack, add_cases
 from tests.protocols.postgres.attacks.guard import GuardedTestCase
 
@@ -72,6 +78,18 @@ CASES = [
     Attack("update_where_true_is_true", _UPDATE + "true is true"),
     Attack("update_where_cast_true", _UPDATE + "'t'::boolean"),
     Attack("update_where_p_or_not_p", _UPDATE + "id > 5 or not id > 5"),
+    Attack("update_where_between_constants", _UPDATE + "2 between 1 and 3"),
+    Attack("update_where_scalar_subquery_true", _UPDATE + "(select true)"),
+    Attack(
+        "update_where_true_extended_protocol",
+        (_UPDATE + "1 = 1", ()),
+        "Parse/Bind/Execute",
+    ),
+    Attack(
+        "delete_where_true_in_prepare",
+        "prepare wipe as update guard_t set v = 'owned' where true; execute wipe",
+        "PREPARE wraps the unbounded write",
+    ),
     Attack(
         "shape_shared_with_harmless_text",
         _UPDATE.replace("'owned'", "'harmless'") + "1 = 2; " + _UPDATE + "1 = 1",
@@ -124,3 +142,76 @@ class CategoryControls(GuardedTestCase):
 
 add_cases(CategoryAttackTests, CASES)
 add_cases(CategoryControls, CASES, runner="run_control")
+
+
+# -- the constant-truth evaluator against PostgreSQL's own -------------------
+
+
+def int_expr(r, d):
+    if d <= 0 or r.random() < 0.4:
+        c = r.random()
+        if c < 0.1:
+            return "NULL::int"
+        return str(r.randint(-5, 5))
+    op = r.choice(["+", "-", "*"])
+    return f"({int_expr(r, d - 1)} {op} {int_expr(r, d - 1)})"
+
+
+def text_expr(r, d):
+    if d <= 0 or r.random() < 0.6:
+        return r.choice(["'a'", "'b'", "'ab'", "NULL::text"])
+    return f"({text_expr(r, d - 1)} || {text_expr(r, d - 1)})"
+
+
+def bool_expr(r, d):
+    if d <= 0 or r.random() < 0.2:
+        return r.choice(
+            ["true", "false", "NULL::boolean", "'t'::boolean", "'no'::boolean"]
+        )
+    c = r.randint(0, 9)
+    if c == 0:
+        return f"NOT {bool_expr(r, d - 1)}"
+    if c == 1:
+        return f"({bool_expr(r, d - 1)} AND {bool_expr(r, d - 1)})"
+    if c == 2:
+        return f"({bool_expr(r, d - 1)} OR {bool_expr(r, d - 1)})"
+    if c == 3:
+        op = r.choice(["=", "<>", "<", ">", "<=", ">="])
+        return f"({int_expr(r, d - 1)} {op} {int_expr(r, d - 1)})"
+    if c == 4:
+        return f"({text_expr(r, d - 1)} {r.choice(['=', '<>'])} {text_expr(r, d - 1)})"
+    if c == 5:
+        return f"({int_expr(r, d - 1)} IS {r.choice(['', 'NOT '])}NULL)"
+    if c == 6:
+        test = r.choice(["TRUE", "FALSE", "UNKNOWN"])
+        return f"({bool_expr(r, d - 1)} IS {r.choice(['', 'NOT '])}{test})"
+    if c == 7:
+        low, high = int_expr(r, 0), int_expr(r, 0)
+        between = r.choice(["", "NOT "]) + "BETWEEN"
+        return f"({int_expr(r, d - 1)} {between} {low} AND {high})"
+    if c == 8:
+        return f"({int_expr(r, d - 1)} IN ({int_expr(r, 0)}, {int_expr(r, 0)}))"
+    return f"(x = x OR {bool_expr(r, d - 1)})"
+
+
+class ConstantTruthTests(SynchronousTestCase):
+    """
+    Random constant conditions (integers, text, booleans, NULL, AND, OR,
+    NOT, IS [NOT] NULL/TRUE/FALSE/UNKNOWN, BETWEEN, IN, x = x): whatever
+    the classifier calls always true, PostgreSQL evaluates to true (it is
+    sound), and whatever PostgreSQL evaluates to true, the classifier
+    calls always true (it is complete over this grammar).
+    """
+
+    def test_agrees_with_postgresql(self) -> None:
+        rng = random.Random(9)
+        conditions = [bool_expr(rng, rng.randint(1, 4)) for _ in range(400)]
+        columns = ", ".join(f"coalesce(({c}) is true, false)" for c in conditions)
+        out = shared_cluster().psql(
+            f"select {columns} from (values (1)) v(x)", dbname="app"
+        )
+        truths = [value == "t" for value in out.strip().split("|")]
+        self.assertEqual(len(truths), len(conditions))
+        for condition, truth in zip(conditions, truths, strict=True):
+            (statement,) = classify(f"DELETE FROM t WHERE {condition}")
+            self.assertEqual(statement.has_where is False, truth, condition)

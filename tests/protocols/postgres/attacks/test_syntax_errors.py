@@ -10,9 +10,11 @@ accepted by PostgreSQL run; deeper ones get PostgreSQL's 54001.
 from __future__ import annotations
 
 import subprocess
+import time
 
 import psycopg
 
+from gatehouse.recording.index import approvals_for, commands_for
 from tests.fixtures.postgres import clean_env
 from tests.protocols.postgres.attacks.corpus import Attack, add_cases
 from tests.protocols.postgres.attacks.guard import GuardedTestCase, Outcome
@@ -98,6 +100,23 @@ class SyntaxErrorTests(_Checks, GuardedTestCase):
         self.assertEqual(self.run_sql(conn, "select 1").sqlstate, "25P02")
         self.assertIsNone(self.run_sql(conn, "rollback").error)
         self.assert_unchanged("transaction", self.run_sql(conn, "select 1"))
+
+    def test_recorded_as_errors_not_approvals(self) -> None:
+        """
+        The index records each typo with the decision "error"; the session
+        has no approval request.
+        """
+        started = time.time()
+        conn = self.connect()
+        for typo in ("selec 1", "DROP TABEL guard_t", "SELECT 1 +"):
+            self.assertEqual(self.run_sql(conn, typo).sqlstate, "42601")
+        conn.close()
+        row = self.latest_session(started)
+        index = self.gateway.path("recordings", "index.sqlite3")
+        self.assertEqual(approvals_for(index, row.id), [])
+        decisions = [(c.text, c.decision) for c in commands_for(index, row.id)]
+        for typo in ("selec 1", "DROP TABEL guard_t", "SELECT 1 +"):
+            self.assertIn((typo, "error"), decisions)
 
     def test_psql_shows_what_postgresql_shows(self) -> None:
         """psql prints the same error, line and caret as PostgreSQL's."""
