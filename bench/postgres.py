@@ -88,22 +88,25 @@ POLICY_CONFIG = {
     "policy": {
         "review": {"approvers": ["dba"], "timeout": "5m"},
         "rules": [
-            {"name": "no-drop", "kind": ["DropStmt", "TruncateStmt"], "action": "deny"},
+            # The shape of examples/gatehouse.yaml: categories, flags, a
+            # schema rule and a function rule, all tried for every statement.
+            {"name": "no-destructive", "category": ["destructive"], "action": "deny"},
             {
                 "name": "no-unbounded-writes",
-                "kind": ["DeleteStmt", "UpdateStmt"],
+                "category": ["write"],
                 "flag": ["no-where"],
                 "action": "deny",
             },
             {"name": "no-copy-program", "flag": ["copy-program"], "action": "deny"},
+            {"name": "no-server-files", "flag": ["server-file"], "action": "deny"},
             {"name": "no-kill", "function": ["pg_terminate_backend"], "action": "deny"},
             {
                 "name": "audit-readonly",
                 "schema": ["audit"],
-                "kind": ["InsertStmt"],
+                "category": ["write"],
                 "action": "deny",
             },
-            {"name": "review-ddl", "kind": ["AlterTableStmt"], "action": "review"},
+            {"name": "review-ddl", "category": ["ddl"], "action": "review"},
         ],
     },
     "masking": [
