@@ -127,6 +127,9 @@ revoke pg_read_server_files, pg_write_server_files, pg_execute_server_program
   from gw_scram;
 revoke execute on function lo_import(text), lo_export(oid, text),
   pg_read_file(text), pg_ls_dir(text) from gw_scram;
+alter role gw_scram nocreaterole;
+drop extension if exists dblink;
+select lo_unlink(oid) from pg_largeobject_metadata;
 """
 
 #: The server's state, one query per line of the snapshot.
