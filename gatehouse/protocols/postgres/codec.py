@@ -62,6 +62,7 @@ __all__ = [
     "PROTOCOL_3_2",
     "PROTOCOL_VIOLATION",
     "REFUSE_ENCRYPTION",
+    "RELAY_LIMITS",
     "SMALL_MESSAGE_LIMIT",
     "SSL_REQUEST_CODE",
     "TLS_HANDSHAKE_BYTE",
@@ -242,6 +243,10 @@ FRONTEND_LIMITS = _limit_table(
         "EDCSHXcf": SMALL_MESSAGE_LIMIT,
     }
 )
+#: The same after authentication: a password message (type C{p}: also
+#: SASL and GSS responses) is refused from its header on, before any of
+#: its body is buffered, so a secret sent late is never read into a frame.
+RELAY_LIMITS = tuple(0 if t == ord("p") else v for t, v in enumerate(FRONTEND_LIMITS))
 #: Per-type limits for backend messages: small for the fixed-size ones.
 BACKEND_LIMITS = _limit_table(
     {
@@ -258,7 +263,11 @@ class ProtocolViolation(Exception):
 
     @ivar sqlstate: the SQLSTATE to report (08P01, 54000 or 0A000).
     @ivar message: a description fit for the client and the log.
+    @ivar message_type: the type byte of the offending message, when a
+        L{FrameReader} refused its header (else None).
     """
+
+    message_type: int | None = None
 
     def __init__(self, sqlstate: str, message: str):
         super().__init__(sqlstate, message)
@@ -428,11 +437,15 @@ class FrameReader:
         self._error: ProtocolViolation | None = None
 
     @classmethod
-    def frontend(cls, max_length: int = MAX_MESSAGE_LENGTH) -> FrameReader:
+    def frontend(
+        cls, max_length: int = MAX_MESSAGE_LENGTH, passwords: bool = True
+    ) -> FrameReader:
         """
-        A reader for what a client sends after startup (the server side).
+        A reader for what a client sends after startup (the server side);
+        with C{passwords=False} (after authentication) a password message
+        is a protocol violation (see L{RELAY_LIMITS}).
         """
-        return cls(FRONTEND_LIMITS, max_length)
+        return cls(FRONTEND_LIMITS if passwords else RELAY_LIMITS, max_length)
 
     @classmethod
     def backend(cls, max_length: int = MAX_MESSAGE_LENGTH) -> FrameReader:
@@ -528,6 +541,7 @@ class FrameReader:
                 f"message of type {bytes([t])!r} too long: {length} bytes,"
                 f" at most {limit} allowed",
             )
+        error.message_type = t
         self._error = error
         return error
 

@@ -27,7 +27,6 @@ from functools import partial
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -38,11 +37,11 @@ from gatehouse.net import send_now, tune
 from gatehouse.policy import ERROR, OPAQUE, Command, Decision
 from gatehouse.protocols.postgres import codec
 from gatehouse.protocols.postgres.catalog import Catalog
+from gatehouse.protocols.postgres.classifier import ClassifierPool
 from gatehouse.protocols.postgres.commands import (
     FUNCTION_CALL,
     Classified,
     CommandCache,
-    classify_text,
 )
 from gatehouse.protocols.postgres.config import (
     PostgresListenerOptions,
@@ -50,10 +49,13 @@ from gatehouse.protocols.postgres.config import (
 )
 from gatehouse.protocols.postgres.protections import refusal as protection_refusal
 from gatehouse.protocols.postgres.upstream import (
+    StartupRefused,
     UpstreamError,
     UpstreamReady,
+    client_encoding,
     connect_upstream,
     send_cancel,
+    upstream_parameters,
 )
 from gatehouse.recording.format import Direction
 from gatehouse.recording.interfaces import RecordingFailed, RecordingUnavailable
@@ -67,30 +69,11 @@ _SYNC = codec.FrontendType.SYNC
 _FUNCTION_CALL = codec.FrontendType.FUNCTION_CALL
 _DESCRIBE = codec.FrontendType.DESCRIBE
 _EXECUTE = codec.FrontendType.EXECUTE
+_BIND = codec.FrontendType.BIND
 #: client messages that PostgreSQL answers with one ReadyForQuery
 _READY_AFTER = frozenset({_QUERY, _SYNC, _FUNCTION_CALL})
 _B_NO_DATA = codec.BackendType.NO_DATA
 _B_PARAMETER = codec.BackendType.PARAMETER_STATUS
-# Client encodings in which a multibyte character may hold an ASCII byte
-# (a backslash or a quote): the gateway would not read SQL as the server does.
-_UNSAFE_ENCODINGS = frozenset(
-    {
-        "SJIS",
-        "SHIFTJIS",
-        "SHIFTJIS2004",
-        "MSKANJI",
-        "WIN932",
-        "BIG5",
-        "WIN950",
-        "GBK",
-        "WIN936",
-        "CP936",
-        "UHC",
-        "WIN949",
-        "GB18030",
-        "JOHAB",
-    }
-)
 _B_ERROR = codec.BackendType.ERROR_RESPONSE
 _B_READY = codec.BackendType.READY_FOR_QUERY
 _B_ROWS = codec.BackendType.ROW_DESCRIPTION
@@ -118,9 +101,9 @@ _MASKED_TYPES = _MASKER_BODIES | {
 }
 _PASSWORD = codec.FrontendType.PASSWORD
 _REDACTED_PASSWORD = codec.encode_message(_PASSWORD, b"[REDACTED]\0")
-
-#: Startup parameters that never reach a target.
-_NOT_FORWARDED = frozenset({"user", "database", "replication"})
+#: what the recording holds in place of a password message after login
+#: (refused, never forwarded; see L{PostgresServerProtocol._late_password})
+_LATE_PASSWORD = b"[password message after authentication: not recorded]"
 
 
 def _own_commands(classified: Classified, text: str) -> tuple:
@@ -132,6 +115,9 @@ PROTECTION_RULE = "built-in-protection"
 
 #: L{PostgresServerProtocol._classify}: the answer comes later
 _PENDING = object()
+#: L{PostgresServerProtocol._reading}: wait for the target's answers first
+_BARRIER = object()
+_CANCELED = "canceling statement due to user request"
 
 
 class StatementIndexer:
@@ -282,6 +268,8 @@ class PostgresServerFactory(Factory):
         self.tls = tls
         self.cancels = cancels
         self.commands = CommandCache()
+        #: worker processes for long statements (see L{ClassifierPool})
+        self.classifier = ClassifierPool(reactor, options.classify_workers)
         self.catalogs: dict[str, Catalog] = {}
         self.connections: set[PostgresServerProtocol] = set()
 
@@ -330,6 +318,8 @@ class PostgresServerProtocol(Protocol):
         self._direct_tls = False
         self._tls = False
         self._target: TargetConfig | None = None
+        #: the role this session logs in as upstream (credentials per group)
+        self._upstream_user: str | None = None
         self._startup_message: codec.StartupMessage | None = None
         self._upstream = None
         self._cancel_key: tuple[int, bytes] | None = None
@@ -362,6 +352,22 @@ class PostgresServerProtocol(Protocol):
         #: message starts in the client's stream, classification)
         self._preclassified: tuple[int, Classified] | None = None
         self._encoding = "utf-8"
+        # How the target reads SQL text now (its last ParameterStatus):
+        # backslashes are plain characters only with standard_conforming_
+        # strings on; bytes >= 0x80 are read as we decode them only in a
+        # client encoding without ASCII trail bytes.  See L{_reading}.
+        self._scs_on = True
+        self._encoding_safe = True
+        # A Bind or Execute went to the target since the last Sync: it may
+        # have run code that changed the reading, and the target will not
+        # say so before that Sync (see L{_reading}).
+        self._unsynced = False
+        # The verdict of the statement held for approval (cancelled by a
+        # CancelRequest), and whether the held statement was cancelled.
+        self._verdict: Deferred | None = None
+        self._verdict_request = None
+        self._hold_cancelled = False
+        self._passthrough: tuple[tuple[str, str], ...] = ()
         self.dataReceived = self._startup_data
 
     # -- connection ----------------------------------------------------------
@@ -572,6 +578,16 @@ class PostgresServerProtocol(Protocol):
                 "replication connection refused",
             )
             return
+        try:
+            self._passthrough = upstream_parameters(message.parameters)
+        except StartupRefused as e:
+            self._fatal(
+                e.sqlstate,
+                e.message,
+                f"startup parameter refused: {e.message}",
+                hint=e.hint,
+            )
+            return
         if message.minor != 0 or message.protocol_options:
             negotiation = message.negotiate(latest=codec.PROTOCOL_3_0)
             if negotiation is not None:
@@ -624,9 +640,10 @@ class PostgresServerProtocol(Protocol):
             return
         body = reader.body(frames[0])
         self.session.data(_C2G, _REDACTED_PASSWORD)
-        # Start a fresh reader past the password: its bytes are gone.
+        # Start a fresh reader past the password: its bytes are gone.  It
+        # refuses any further password message (see _late_password).
         self._reader = codec.FrameReader.frontend(
-            self._factory.options.max_message_bytes
+            self._factory.options.max_message_bytes, passwords=False
         )
         try:
             token = codec.PasswordMessage.decode(body).password
@@ -650,11 +667,48 @@ class PostgresServerProtocol(Protocol):
         Bytes sent before the session is ready (pipelined, or in flight when
         reading paused): recorded now, held for the relay in order.
         """
-        self.session.data(_C2G, data)
+        reader = self._reader
+        base = reader.consumed + reader.buffered  # stream offset of data[0]
         try:
-            self._held_frames.extend(self._reader.feed(data))
+            frames = reader.feed(data)
         except codec.ProtocolViolation as e:
-            self._fatal(e.sqlstate, e.message, f"protocol violation: {e.message}")
+            self._bad_input(data, base, e)
+            return
+        self.session.data(_C2G, data)
+        self._held_frames.extend(frames)
+
+    def _bad_input(self, data: bytes, base: int, error: codec.ProtocolViolation):
+        """
+        The client's reader refused a message header in C{data} (which
+        starts at stream offset C{base}): record what came before it and
+        end the session.  A password message after authentication is
+        neither recorded nor forwarded (L{_late_password}).
+        """
+        bad = self._reader.framed - base  # where the refused message starts
+        if error.message_type == _PASSWORD:
+            if bad > 0:
+                self.session.data(_C2G, data[:bad])
+            self._late_password()
+            return
+        self.session.data(_C2G, data)
+        self._fatal(
+            error.sqlstate, error.message, f"protocol violation: {error.message}"
+        )
+
+    def _late_password(self) -> None:
+        """
+        A second password message (or a SASL response) after the one that
+        authenticated: the gateway asked for nothing, and its content is
+        likely a secret.  It is kept out of the recording and off the
+        target, and the session ends (a client that sends one is broken or
+        probing; PostgreSQL itself answers 08P01 and closes).
+        """
+        self.session.data(_C2G, _LATE_PASSWORD)
+        self._fatal(
+            "08P01",
+            "unexpected password message: the session is already authenticated",
+            "password message after authentication (not recorded)",
+        )
 
     def _not_authenticated(self, failure: Failure) -> None:
         if self._closing:
@@ -704,6 +758,7 @@ class PostgresServerProtocol(Protocol):
             )
             return
         via, options = login
+        self._upstream_user = options.user
         self.session.upstream_login(options.user, via)
         self._target = target
         self._statements = StatementIndexer(self.session)
@@ -718,16 +773,11 @@ class PostgresServerProtocol(Protocol):
                 resolve = self._factory.catalog(target).column
             self._masker = ResponseMasker(rules, resolve, self._encoding)
             self._describes = deque()
-        passthrough = tuple(
-            (k, v)
-            for k, v in self._startup_message.parameters
-            if k not in _NOT_FORWARDED and not k.startswith("_pq_.")
-        )
         d = connect_upstream(
             self._factory.reactor,
             options,
             target_name,
-            passthrough,
+            self._passthrough,
             self._factory.options.connect_timeout,
         )
         d.addCallbacks(self._upstream_ready, self._upstream_failed)
@@ -793,9 +843,33 @@ class PostgresServerProtocol(Protocol):
         self._send_upstream_ready(ready)
 
     def _send_upstream_ready(self, ready: UpstreamReady) -> None:
-        for name, value in ready.parameters:
-            if not self._setting(name, value):
+        reported = dict(ready.parameters)
+        expected = {
+            "session_authorization": self._upstream_user,
+            "standard_conforming_strings": "on",
+        }
+        for name, value in expected.items():
+            if reported.get(name) != value:
+                self._fatal(
+                    "08006",
+                    f'the session on target "{self._target.name}" is not what '
+                    f"the gateway expects ({name} is {reported.get(name)!r}, "
+                    f"not {value!r})",
+                    f"upstream session check failed: {name} = {reported.get(name)!r}",
+                )
                 return
+        if client_encoding(reported.get("client_encoding", "UTF8")) is None:
+            self._fatal(
+                "08006",
+                f'target "{self._target.name}" uses client_encoding '
+                f"{reported.get('client_encoding')!r}, which the gateway "
+                "cannot read",
+                "unsafe upstream client_encoding",
+                hint="set client_encoding to UTF8",
+            )
+            return
+        for name, value in ready.parameters:
+            self._setting(name, value)
         self._write(codec.ReadyForQuery("I").encode())
         if ready.leftover:
             self._upstream_data(ready.leftover)
@@ -807,13 +881,19 @@ class PostgresServerProtocol(Protocol):
     # -- phase 4: relay --------------------------------------------------------
 
     def _relay_data(self, data: bytes) -> None:
+        reader = self._reader
+        base = reader.consumed + reader.buffered  # stream offset of data[0]
+        try:
+            frames = reader.feed(data)
+        except codec.ProtocolViolation as e:
+            try:
+                self._bad_input(data, base, e)
+            except RecordingFailed:
+                pass
+            return
         try:
             self.session.data(_C2G, data)
-            frames = self._reader.feed(data)
         except RecordingFailed:
-            return
-        except codec.ProtocolViolation as e:
-            self._fatal(e.sqlstate, e.message, f"protocol violation: {e.message}")
             return
         if frames:
             self._relay_frames(frames)
@@ -832,9 +912,24 @@ class PostgresServerProtocol(Protocol):
             self._held_frames.extend(frames)
             return
         reader = self._reader
+        cap = self._factory.options.max_statement_bytes
         for index, frame in enumerate(frames):
             kind = frame[0]
             if kind == _QUERY or kind == _PARSE or kind == _FUNCTION_CALL:
+                if kind != _FUNCTION_CALL:
+                    if frame[2] - frame[1] > cap:
+                        self._forward(reader.take_to(frame[1]))
+                        self._too_long(frame, cap)
+                        continue
+                    reading = self._reading(frame)
+                    if reading is _BARRIER:
+                        self._forward(reader.take_to(frame[1]))
+                        self._hold(frames, index, "barrier")
+                        return
+                    if reading is not None:
+                        self._forward(reader.take_to(frame[1]))
+                        self._refuse(frame, reading, sqlstate="0A000")
+                        continue
                 found = self._classify(frame)
                 if found is None:
                     return
@@ -879,8 +974,12 @@ class PostgresServerProtocol(Protocol):
                     continue
                 self._review(frames, index, classified.for_text(text), decision)
                 return
+            if kind == _BIND or kind == _EXECUTE:
+                # Planning and running may call functions (set_config).
+                self._unsynced = True
             if kind == _SYNC:
                 self._sent(kind)
+                self._unsynced = False
             elif self._describes is not None:
                 if kind == _DESCRIBE:
                     self._describes.append("pass")
@@ -903,6 +1002,64 @@ class PostgresServerProtocol(Protocol):
         end = frames[-1][2]
         if end > reader.consumed:
             self._forward(reader.take_to(end))
+
+    def _reading(self, frame: tuple) -> object:
+        """
+        Whether the SQL text of a Query or Parse can be read now exactly as
+        the target will read it: None if so; L{_BARRIER} if only once the
+        target has answered everything sent before it; else why not (the
+        statement is refused, the session goes on).
+
+        A text of ASCII bytes without a backslash reads the same in every
+        state: standard_conforming_strings only changes what a backslash
+        means, and every client encoding PostgreSQL accepts reads bytes
+        below 0x80 as ASCII.  It is read at once (pgbench -S pays nothing).
+        Any other text is read only in the state the target reported
+        (ParameterStatus, which PostgreSQL 14 and later sends just before
+        ReadyForQuery) after everything before it ran: a statement, a
+        function it calls or a trigger may have changed that state.
+        """
+        body = self._reader.body(frame)
+        if frame[0] == _PARSE:
+            # name and query, NUL-terminated, then binary parameter OIDs
+            end = body.find(b"\0", body.find(b"\0") + 1)
+            if end >= 0:
+                body = body[:end]
+        if body.isascii() and b"\\" not in body:
+            return None
+        if self._unsynced:
+            # The target reports what an earlier Bind/Execute of this batch
+            # changed only after the batch's Sync, which the client sends
+            # after this statement: waiting would deadlock, guessing is
+            # unsafe.
+            return (
+                "gatehouse checks a statement with non-ASCII characters or "
+                "backslashes only after the statements before it in the "
+                "pipeline have been synced; send Sync before it"
+            )
+        if self._ready_seen < self._ready_expected:
+            return _BARRIER
+        if not self._scs_on and b"\\" in body:
+            return (
+                "gatehouse does not check statements with backslashes while "
+                "standard_conforming_strings is off; "
+                "SET standard_conforming_strings = on"
+            )
+        if not self._encoding_safe and not body.isascii():
+            return (
+                "gatehouse cannot read non-ASCII statements in this client "
+                "encoding (its characters can hide ASCII bytes); "
+                "SET client_encoding = 'UTF8'"
+            )
+        return None
+
+    def _too_long(self, frame: tuple, cap: int) -> None:
+        self._refuse(
+            frame,
+            f"statement too long for the gateway to check "
+            f"({frame[2] - frame[1] - 5} bytes, at most {cap})",
+            sqlstate="54000",
+        )
 
     def _sent(self, kind: int) -> None:
         """A message the target answers with ReadyForQuery is on its way."""
@@ -950,23 +1107,38 @@ class PostgresServerProtocol(Protocol):
             found = cache.cached(text)
             if found is not None:
                 return text, found
-            # Parsing takes milliseconds per few KiB: not on the reactor.
-            reactor = self._factory.reactor
-            deferToThreadPool(
-                reactor, reactor.getThreadPool(), classify_text, text
-            ).addBoth(self._classified, frame, text)
+            # Parsing takes milliseconds per few KiB: not on the reactor,
+            # nor in its threads (see ClassifierPool).
+            self._factory.classifier.classify(text).addBoth(
+                self._classified, frame, text
+            )
             return _PENDING
         return text, cache.lookup(text)
 
     def _classified(self, result: object, frame: tuple, text: str) -> None:
-        """A long statement was classified in a thread: decide it now."""
+        """A long statement was classified in a worker: decide it now."""
+        if not self._holding(frame, "classification"):
+            return  # the client cancelled it, or the session ended
         if isinstance(result, Failure):
             self._release(result, frame, "the gateway could not check this statement")
             return
-        if self._closing or self.session.closed or self._upstream is None:
-            return
         self._factory.commands.remember(text, result)
         self._preclassified = (frame[1], result)
+        self._resume_held()
+
+    def _holding(self, frame: tuple, why: str) -> bool:
+        """Whether the relay still holds C{frame} for C{why}."""
+        return (
+            not self._closing
+            and not self.session.closed
+            and self._upstream is not None
+            and self._waiting == why
+            and bool(self._held_frames)
+            and self._held_frames[0] is frame
+        )
+
+    def _resume_held(self) -> None:
+        """Relay the held frames again, from the first (decided anew)."""
         self._waiting = None
         held, self._held_frames = self._held_frames, []
         self._client_gate.resume("held")
@@ -984,10 +1156,17 @@ class PostgresServerProtocol(Protocol):
         self._waiting = why
         self._held_frames = list(frames[index:])
 
-    def _release(self, result: object, frame: tuple, refusal: str | None) -> None:
+    def _release(
+        self,
+        result: object,
+        frame: tuple,
+        refusal: str | None,
+        sqlstate: str = "42501",
+    ) -> None:
         """
         The hold on C{frame} ends: forward it (or refuse it with
-        C{refusal}), then relay what the client sent meanwhile.
+        C{refusal} and C{sqlstate}), then relay what the client sent
+        meanwhile.
         """
         if isinstance(result, Failure):
             self._log.failure(
@@ -1002,7 +1181,7 @@ class PostgresServerProtocol(Protocol):
         held, self._held_frames = self._held_frames, []
         assert held and held[0] is frame
         if refusal is not None:
-            self._refuse(frame, refusal)
+            self._refuse(frame, refusal, sqlstate=sqlstate)
         else:
             self._sent(frame[0])
             self._forward(self._reader.take_to(frame[2]))
@@ -1091,7 +1270,12 @@ class PostgresServerProtocol(Protocol):
         self._refusals[token] = (error, due)
         # The substitute is not recorded as bytes: this event says what
         # the target was sent instead of the refused statement.
-        self.session.event("refused-statement", token=token.decode(), message=message)
+        self.session.event(
+            "refused-statement",
+            token=token.decode(),
+            message=message,
+            sqlstate=sqlstate,
+        )
         self._forward(substitute)
 
     def _review(
@@ -1115,6 +1299,13 @@ class PostgresServerProtocol(Protocol):
             )
 
         def decided(result: object) -> None:
+            self._verdict = None
+            if self._hold_cancelled:
+                # The client cancelled it (CancelRequest): the broker marked
+                # the request cancelled, so it can never be approved.
+                self._hold_cancelled = False
+                self._release(None, frame, _CANCELED, sqlstate="57014")
+                return
             if isinstance(result, Failure):
                 self._release(result, frame, None)
                 return
@@ -1127,6 +1318,8 @@ class PostgresServerProtocol(Protocol):
                     f'statement not approved (rule "{decision.rule}"): {result.reason}',
                 )
 
+        self._verdict = verdict
+        self._verdict_request = request
         verdict.addBoth(decided)
 
     # -- masking ------------------------------------------------------------
@@ -1267,6 +1460,15 @@ class PostgresServerProtocol(Protocol):
             self._deliver(frames)
         except Exception:
             self._check_failed("result")
+            return
+        if (
+            self._waiting == "barrier"
+            and self._ready_seen >= self._ready_expected
+            and not self._closing
+        ):
+            # Everything before the held statement has been answered, and
+            # the target has said (ParameterStatus) how it reads SQL now.
+            self._resume_held()
 
     def _check_failed(self, what: str) -> None:
         """
@@ -1372,34 +1574,22 @@ class PostgresServerProtocol(Protocol):
 
     def _parameter(self, body: bytes) -> bool:
         """
-        Follow a ParameterStatus from the target.  The gateway reads SQL
-        as PostgreSQL does only with standard_conforming_strings on and a
-        client encoding whose multibyte characters hold no ASCII bytes;
-        otherwise the session ends (False), as a refused statement could
-        hide inside what the policy took for a string.
+        Follow a ParameterStatus from the target: how it reads the next
+        statement (see L{_reading}).  Always True (the session goes on).
         """
         status = codec.ParameterStatus.decode(body)
         return self._setting(status.name, status.value)
 
     def _setting(self, name: str, value: str) -> bool:
         if name == "client_encoding":
-            key = value.strip().upper().replace("-", "").replace("_", "")
-            if key not in _UNSAFE_ENCODINGS:
-                self._encoding = codec.python_encoding(value)
-                return True
+            python = client_encoding(value)
+            self._encoding_safe = python is not None
+            if python is not None:
+                self._encoding = python
+            # else only ASCII texts are read (L{_reading}), in any codec
         elif name == "standard_conforming_strings":
-            if value.strip().lower() == "on":
-                return True
-        else:
-            return True
-        self._fatal(
-            "0A000",
-            f"gatehouse does not allow {name} = {value}",
-            f"unsafe setting {name} = {value}",
-            hint="use standard_conforming_strings = on and a client encoding "
-            "such as UTF8",
-        )
-        return False
+            self._scs_on = value.strip().lower() == "on"
+        return True
 
     def _hold_upstream(self, frames: list, oids: list) -> None:
         """Hold the target's output until the catalog names C{oids}."""
@@ -1465,10 +1655,35 @@ class PostgresServerProtocol(Protocol):
         )
 
     def cancel_requested(self, peer: str) -> None:
-        """A client sent this connection's cancel key: cancel on the target."""
-        if self._upstream is None or self.session is None:
+        """
+        A client sent this connection's cancel key.  A statement the
+        gateway holds (for approval, for the target's answers, or while it
+        is classified) is cancelled here: its approval request is
+        cancelled for good, and the client gets 57014 in its place; the
+        session goes on.  Whatever the target is still running is
+        cancelled there.
+        """
+        if self._upstream is None or self.session is None or self._closing:
             return
-        self.session.event("cancel-request", peer=peer)
+        held = self._waiting if self._held_frames else None
+        if held not in ("approval", "barrier", "classification"):
+            held = None
+        outstanding = self._ready_seen < self._ready_expected or self._unsynced
+        request = self._verdict_request
+        self.session.event(
+            "cancel-request",
+            peer=peer,
+            held=held,
+            approval=request.id if held == "approval" and request else None,
+        )
+        if held == "approval":
+            if self._verdict is not None:
+                self._hold_cancelled = True
+                self._verdict.cancel()
+        elif held is not None:
+            self._release(None, self._held_frames[0], _CANCELED, sqlstate="57014")
+        if not outstanding:
+            return
         pid, secret = self._upstream_key
         send_cancel(
             self._factory.reactor, self._target.options, pid, secret

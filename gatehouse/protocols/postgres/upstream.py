@@ -37,6 +37,239 @@ from gatehouse.protocols.postgres.config import PostgresTargetOptions
 _R = codec.BackendType.AUTHENTICATION
 _ERROR = codec.BackendType.ERROR_RESPONSE
 
+#: Settings a client may give at startup (in its StartupMessage or as
+#: C{-c name=value} in C{options}), by PostgreSQL's case-insensitive name:
+#: how results look and how long things may take.  Nothing that changes
+#: who the session is (role, session_authorization), how SQL text is read
+#: (standard_conforming_strings, except on) or where code comes from
+#: (search_path is allowed: it is the client's own schema choice, and the
+#: target role's privileges bound it).
+STARTUP_SETTINGS = frozenset(
+    {
+        "application_name",
+        "client_encoding",
+        "datestyle",
+        "timezone",
+        "intervalstyle",
+        "extra_float_digits",
+        "search_path",
+        "bytea_output",
+        "lc_monetary",
+        "lc_numeric",
+        "lc_time",
+        "statement_timeout",
+        "lock_timeout",
+        "idle_in_transaction_session_timeout",
+        "idle_session_timeout",
+        "default_transaction_isolation",
+        "default_transaction_read_only",
+        "default_transaction_deferrable",
+        "standard_conforming_strings",
+        "geqo",
+        "jit",
+        "work_mem",
+        "enable_seqscan",
+        "plan_cache_mode",
+    }
+)
+#: Startup parameters that are not settings, handled by the gateway.
+_NOT_FORWARDED = frozenset({"user", "database", "replication"})
+
+#: Client encodings PostgreSQL accepts whose multibyte characters never
+#: hold a byte below 0x80, by PostgreSQL's cleaned name (lower case, only
+#: letters and digits; its aliases included), with the Python codec that
+#: reads them as the server does.
+SAFE_ENCODINGS = {
+    "utf8": "utf-8",
+    "unicode": "utf-8",
+    # no conversion: the server checks the bytes against its own (ASCII
+    # safe) encoding; undecodable bytes stay as surrogates
+    "sqlascii": "utf-8",
+    **{
+        f"latin{i}": f"iso8859-{n}"
+        for i, n in zip(range(1, 11), (1, 2, 3, 4, 9, 10, 13, 14, 15, 16), strict=True)
+    },
+    **{
+        f"iso8859{n}": f"iso8859-{n}"
+        for n in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 13, 14, 15, 16)
+    },
+    "iso885951988": "iso8859-5",
+    "iso885961987": "iso8859-6",
+    "iso885971987": "iso8859-7",
+    "iso885981988": "iso8859-8",
+    **{
+        f"win{n}": f"cp{n}"
+        for n in (866, 874, 1250, 1251, 1252, 1253, 1254, 1255, 1256, 1257, 1258)
+    },
+    "win": "cp1251",
+    "alt": "cp866",
+    "koi8": "koi8-r",
+    "koi8r": "koi8-r",
+    "koi8u": "koi8-u",
+    "eucjp": "euc_jp",
+    "euckr": "euc_kr",
+    "euccn": "gb2312",
+    "eucjis2004": "euc_jis_2004",
+    "tcvn": "cp1258",
+    "tcvn5712": "cp1258",
+    "vscii": "cp1258",
+    "abc": "cp1258",
+}
+#: Client encodings whose multibyte characters can hold an ASCII byte (a
+#: backslash, a quote, a digit): the gateway cannot read SQL in them as
+#: PostgreSQL does, so it refuses them at startup and, set later, refuses
+#: every statement with a byte >= 0x80 while they are in effect.
+UNSAFE_ENCODINGS = frozenset(
+    {
+        "sjis",
+        "shiftjis",
+        "mskanji",
+        "win932",
+        "shiftjis2004",
+        "big5",
+        "win950",
+        "gbk",
+        "win936",
+        "cp936",
+        "uhc",
+        "win949",
+        "gb18030",
+        "johab",
+    }
+)
+
+
+def _clean(name: str) -> str:
+    """An encoding or setting name as PostgreSQL compares it."""
+    return "".join(c for c in name.lower() if c.isalnum())
+
+
+def client_encoding(name: str) -> str | None:
+    """
+    The Python codec that reads text in PostgreSQL client encoding
+    C{name} exactly as the server does, or None if the gateway cannot
+    (an encoding with ASCII trail bytes, or one Python has no codec for:
+    EUC_TW, MULE_INTERNAL).
+    """
+    return SAFE_ENCODINGS.get(_clean(name))
+
+
+class StartupRefused(Exception):
+    """
+    A client's startup parameters ask for something the gateway does not
+    pass to a target.
+    """
+
+    sqlstate = "0A000"
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+def _check_setting(name: str, value: str, where: str) -> None:
+    key = name.lower()
+    if key not in STARTUP_SETTINGS:
+        raise StartupRefused(
+            f"gatehouse does not pass the startup setting {name!r} {where}to "
+            "the target",
+            hint="allowed: " + ", ".join(sorted(STARTUP_SETTINGS)),
+        )
+    if key == "standard_conforming_strings" and value.strip().lower() != "on":
+        raise StartupRefused(
+            "gatehouse requires standard_conforming_strings = on",
+            hint="leave standard_conforming_strings at its default",
+        )
+    if key == "client_encoding" and client_encoding(value) is None:
+        known = _clean(value) in UNSAFE_ENCODINGS
+        raise StartupRefused(
+            f"gatehouse does not accept client_encoding {value!r}"
+            + (
+                ": its multibyte characters can hold ASCII bytes, so the "
+                "gateway could not read SQL as PostgreSQL does"
+                if known
+                else ""
+            ),
+            hint="use UTF8 (or a single-byte or EUC encoding)",
+        )
+
+
+def _options_settings(options: str) -> list[tuple[str, str]]:
+    """
+    The C{-c name=value} (or C{--name=value}) settings of a startup
+    C{options} string, split as PostgreSQL splits it (whitespace, with a
+    backslash escaping the next character).  Anything else is refused.
+    """
+    words: list[str] = []
+    word: list[str] = []
+    escaped = False
+    started = False
+    for char in options:
+        if escaped:
+            word.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = started = True
+        elif char.isspace():
+            if started:
+                words.append("".join(word))
+                word, started = [], False
+        else:
+            word.append(char)
+            started = True
+    if escaped:
+        raise StartupRefused("startup options end in a lone backslash")
+    if started:
+        words.append("".join(word))
+    settings = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word == "-c" and i + 1 < len(words):
+            setting = words[i + 1]
+            i += 2
+        elif word.startswith("-c") and len(word) > 2:
+            setting = word[2:]
+            i += 1
+        elif word.startswith("--") and "=" in word:
+            setting = word[2:]
+            i += 1
+        else:
+            raise StartupRefused(
+                f"gatehouse passes only -c name=value settings in startup "
+                f"options, not {word!r}"
+            )
+        name, sep, value = setting.partition("=")
+        if not sep:
+            raise StartupRefused(f"startup option {setting!r} has no value")
+        settings.append((name.replace("-", "_"), value))
+    return settings
+
+
+def upstream_parameters(
+    parameters: tuple[tuple[str, str], ...],
+) -> tuple[tuple[str, str], ...]:
+    """
+    The client's startup parameters that may go to the target (everything
+    but user, database and replication, which the gateway handles), each
+    checked against L{STARTUP_SETTINGS}.
+
+    @raise StartupRefused: a parameter (or an C{options} setting) is not
+        allowed, or asks for a client encoding the gateway cannot read.
+    """
+    passed = []
+    for name, value in parameters:
+        if name in _NOT_FORWARDED or name.startswith("_pq_."):
+            continue
+        if name == "options":
+            for setting, setting_value in _options_settings(value):
+                _check_setting(setting, setting_value, "in options ")
+        else:
+            _check_setting(name, value, "")
+        passed.append((name, value))
+    return tuple(passed)
+
 
 class UpstreamError(Exception):
     """
@@ -298,8 +531,8 @@ def connect_upstream(
     Open an authenticated session on a target.
 
     @param client_parameters: the client's startup parameters other than
-        user and database, passed through (application_name, options,
-        client_encoding, ...).
+        user and database, checked by L{upstream_parameters}
+        (application_name, options, client_encoding, ...).
     @return: Deferred firing with L{UpstreamReady}, or failing with
         L{UpstreamError}.
     """
@@ -307,10 +540,18 @@ def connect_upstream(
         # Not chosen for a session (login_for empties credentials): the
         # gateway's own connection (the catalog) uses the default login.
         options = options.default_login()
+    # standard_conforming_strings=on comes last, so that no role or
+    # database default (ALTER ROLE ... SET) can turn it off: a setting from
+    # the startup packet outranks those.
     parameters = (
         ("user", options.user),
         ("database", options.database or target_name),
-        *client_parameters,
+        *(
+            (k, v)
+            for k, v in client_parameters
+            if k.lower() != "standard_conforming_strings"
+        ),
+        ("standard_conforming_strings", "on"),
     )
     startup = codec.StartupMessage(parameters)
     try:

@@ -43,6 +43,28 @@ class PostgresListenerConfigTests(SynchronousTestCase):
         config = self.load({"options": {"allow_cleartext": True}})
         self.assertTrue(config.listeners[0].options.allow_cleartext)
 
+    def test_statement_cap_and_workers(self) -> None:
+        """max_statement_bytes and classify_workers: defaults and sizes."""
+        options = self.load({"options": {"allow_cleartext": True}}).listeners[0].options
+        self.assertEqual(options.max_statement_bytes, 4 * 1024 * 1024)
+        self.assertEqual(options.classify_workers, 2)
+        options = (
+            self.load(
+                {
+                    "options": {
+                        "allow_cleartext": True,
+                        "max_statement_bytes": "64KiB",
+                        "classify_workers": 1,
+                    }
+                }
+            )
+            .listeners[0]
+            .options
+        )
+        self.assertEqual(options.max_statement_bytes, 64 * 1024)
+        self.assertEqual(options.classify_workers, 1)
+        with self.assertRaises(ConfigError):
+            self.load({"options": {"allow_cleartext": True, "classify_workers": 0}})
 
 class CredentialsConfigTests(SynchronousTestCase):
     """
