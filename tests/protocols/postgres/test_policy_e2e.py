@@ -315,10 +315,19 @@ class GuardrailTests(GatewayTestCase):
         standard_conforming_strings is off, and the session goes on (it
         used to end the session).
         """
+        self.direct(
+            "create or replace function guard_scs_off() returns text "
+            "language sql as "
+            "$$ select set_config('standard_conforming_strings', 'off', false) $$"
+        )
         with psycopg.connect(
             self.gateway.conninfo(), password=self.agent(), autocommit=True
         ) as conn:
-            conn.execute("SET standard_conforming_strings = off")
+            # Spelled directly it is a built-in protection's refusal ...
+            with self.assertRaises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("SET standard_conforming_strings = off")
+            # ... but a function the gateway cannot see into still flips it.
+            conn.execute("SELECT guard_scs_off()")
             with self.assertRaises(psycopg.errors.FeatureNotSupported) as caught:
                 conn.execute("SELECT 'x\\'' ; DROP TABLE guard_t; --'")
             self.assertIn("standard_conforming_strings", str(caught.exception))

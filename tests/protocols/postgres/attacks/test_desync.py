@@ -380,13 +380,15 @@ CASES = [
     ),
     Attack(
         "works_ascii_while_scs_off",
-        wire(Q(SCS_OFF), Q(b"SELECT 'plain-ascii-ok'"), ready=2),
+        # Spelled directly, SET standard_conforming_strings = off is a
+        # built-in protection's refusal; a user function still flips it.
+        wire(Q(SCS_SETTERS["user_function"]), Q(b"SELECT 'plain-ascii-ok'"), ready=2),
         expect=b"plain-ascii-ok",
     ),
     Attack(
         "works_backslash_after_scs_back_on",
         wire(
-            Q(SCS_OFF),
+            Q(SCS_SETTERS["user_function"]),
             Q(b"SET standard_conforming_strings = on"),
             Q(b"SELECT 'back\\slash-ok'"),
             ready=3,
