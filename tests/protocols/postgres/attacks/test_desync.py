@@ -14,6 +14,7 @@ still serving.
 
 from __future__ import annotations
 
+import socket
 import time
 
 import psycopg
@@ -599,3 +600,49 @@ class DesyncTests(GatewayTestCase):
 
 
 add_cases(DesyncTests, CASES)
+
+
+class ParameterStatusTimingTests(GatewayTestCase):
+    """
+    The fact the extended-protocol rule rests on, checked on the server
+    itself (no gateway): PostgreSQL reports a changed setting only just
+    before ReadyForQuery, so a SET run by an Execute is not visible before
+    the batch's Sync, not even after a Flush.
+    """
+
+    def test_parameter_status_only_at_sync(self) -> None:
+        sock = socket.create_connection((self.cluster.host, self.cluster.port), 10)
+        reader = codec.FrameReader.backend()
+
+        def read_until(kind: int) -> list:
+            kinds: list = []
+            while kind not in kinds:
+                chunk = sock.recv(65536)
+                self.assertTrue(chunk, f"closed; saw {kinds}")
+                kinds += [k for k, _ in reader.feed_messages(chunk)]
+            return kinds
+
+        try:
+            sock.sendall(
+                codec.StartupMessage({"user": "gw_trust", "database": "app"}).encode()
+            )
+            read_until(codec.BackendType.READY_FOR_QUERY)
+            sock.sendall(X(SCS_OFF) + codec.encode_message(b"H"))  # Flush
+            before_sync = read_until(codec.BackendType.COMMAND_COMPLETE)
+            time.sleep(0.3)
+            sock.setblocking(False)
+            try:
+                chunk = sock.recv(65536)
+                before_sync += [k for k, _ in reader.feed_messages(chunk)]
+            except BlockingIOError:
+                pass
+            sock.setblocking(True)
+            self.assertNotIn(codec.BackendType.PARAMETER_STATUS, before_sync)
+            sock.sendall(SYNC)
+            after_sync = read_until(codec.BackendType.READY_FOR_QUERY)
+            self.assertEqual(
+                after_sync[-2:],
+                [codec.BackendType.PARAMETER_STATUS, codec.BackendType.READY_FOR_QUERY],
+            )
+        finally:
+            sock.close()
