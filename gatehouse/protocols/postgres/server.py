@@ -615,7 +615,14 @@ class PostgresServerProtocol(Protocol):
             return
         kind, _, end = frames[0]
         if kind != _PASSWORD:
-            self.session.data(_C2G, reader.take_to(reader.framed))
+            # What it sent instead, recorded message by message: a password
+            # message among them is redacted too.
+            for frame in frames:
+                if frame[0] == _PASSWORD:
+                    reader.discard_to(frame[2])
+                    self.session.data(_C2G, _REDACTED_PASSWORD)
+                else:
+                    self.session.data(_C2G, reader.take_to(frame[2]))
             if kind == _TERMINATE:
                 self._close_reason = "client ended the session before authenticating"
                 self._abort()
