@@ -646,3 +646,73 @@ class ParameterStatusTimingTests(GatewayTestCase):
             )
         finally:
             sock.close()
+
+
+class CopyThenBarrierTests(GatewayTestCase):
+    """
+    libpq sends a Sync right after an extended-protocol COPY FROM STDIN and
+    another after CopyDone; PostgreSQL ignores the first.  The barrier must
+    not wait for its ReadyForQuery forever: a non-ASCII statement after
+    such a COPY still runs.
+    """
+
+    def test_extended_copy_then_non_ascii(self) -> None:
+        self.direct(
+            "drop table if exists desync_copy; create table desync_copy (v text); "
+            "alter table desync_copy owner to gw_scram"
+        )
+        with psycopg.connect(
+            self.gateway.conninfo(),
+            password=self.gateway.token(),
+            autocommit=True,
+        ) as conn:
+            with conn.cursor() as cursor:
+                with cursor.copy(
+                    "COPY desync_copy (v) FROM STDIN WHERE v <> %s", ["skip"]
+                ) as copy:
+                    copy.write_row(["é-copied"])
+                    copy.write_row(["skip"])
+                cursor.execute("SELECT 'ünïcode-after-copy'")
+                self.assertEqual(cursor.fetchone(), ("ünïcode-after-copy",))
+                with cursor.copy("COPY desync_copy (v) FROM STDIN") as copy:
+                    copy.write_row(["plain"])
+                cursor.execute("SELECT 'ünïcode-after-simple-copy'")
+                self.assertEqual(cursor.fetchone(), ("ünïcode-after-simple-copy",))
+        self.assertEqual(
+            self.direct("select string_agg(v, ',' order by v) from desync_copy"),
+            "plain,é-copied",
+        )
+
+    def test_raw_extended_copy_as_libpq_sends_it(self) -> None:
+        """Parse/Bind/Execute/Sync, CopyData, CopyDone, Sync: as libpq does."""
+        self.direct(
+            "drop table if exists desync_copy2; create table desync_copy2 (v text); "
+            "alter table desync_copy2 owner to gw_scram"
+        )
+        client = RawClient(self.gateway.port, self.gateway.ca_cert)
+        try:
+            client.login(self.gateway.token())
+            client.send(X(b"COPY desync_copy2 (v) FROM STDIN") + SYNC)
+            reader = codec.FrameReader.backend()
+            client.sock.settimeout(10)
+            kinds: list = []
+            while codec.BackendType.COPY_IN_RESPONSE not in kinds:
+                kinds += [k for k, _ in reader.feed_messages(client.sock.recv(65536))]
+            client.send(
+                codec.encode_message(b"d", "é-raw\n".encode())
+                + codec.encode_message(b"c")
+                + SYNC
+            )
+            kinds = []
+            while codec.BackendType.READY_FOR_QUERY not in kinds:
+                kinds += [k for k, _ in reader.feed_messages(client.sock.recv(65536))]
+            client.send(Q("SELECT 'ünïcode-after-raw-copy'".encode()))
+            got = b""
+            while codec.ReadyForQuery("I").encode() not in got:
+                chunk = client.sock.recv(65536)
+                self.assertTrue(chunk)
+                got += chunk
+            self.assertIn("ünïcode-after-raw-copy".encode(), got)
+        finally:
+            client.close()
+        self.assertEqual(self.direct("select v from desync_copy2"), "é-raw")
