@@ -70,6 +70,8 @@ _FUNCTION_CALL = codec.FrontendType.FUNCTION_CALL
 _DESCRIBE = codec.FrontendType.DESCRIBE
 _EXECUTE = codec.FrontendType.EXECUTE
 _BIND = codec.FrontendType.BIND
+_COPY_END = frozenset({codec.FrontendType.COPY_DONE, codec.FrontendType.COPY_FAIL})
+_B_COPY_IN = codec.BackendType.COPY_IN_RESPONSE
 #: client messages that PostgreSQL answers with one ReadyForQuery
 _READY_AFTER = frozenset({_QUERY, _SYNC, _FUNCTION_CALL})
 _B_NO_DATA = codec.BackendType.NO_DATA
@@ -362,6 +364,14 @@ class PostgresServerProtocol(Protocol):
         # have run code that changed the reading, and the target will not
         # say so before that Sync (see L{_reading}).
         self._unsynced = False
+        # PostgreSQL ignores a Sync in copy-in mode (libpq sends one right
+        # after an extended-protocol COPY FROM STDIN, and one more after
+        # CopyDone): such Syncs get no ReadyForQuery.  Syncs forwarded since
+        # the last Query/Execute, the same count when the client ended a
+        # copy (None: not yet), and whether the target is in copy-in mode.
+        self._syncs_since_start = 0
+        self._copy_end_syncs: int | None = None
+        self._copy_in = False
         # The verdict of the statement held for approval (cancelled by a
         # CancelRequest), and whether the held statement was cancelled.
         self._verdict: Deferred | None = None
@@ -629,7 +639,14 @@ class PostgresServerProtocol(Protocol):
             return
         kind, _, end = frames[0]
         if kind != _PASSWORD:
-            self.session.data(_C2G, reader.take_to(reader.framed))
+            # What it sent instead, recorded message by message: a password
+            # message among them is redacted too.
+            for frame in frames:
+                if frame[0] == _PASSWORD:
+                    reader.discard_to(frame[2])
+                    self.session.data(_C2G, _REDACTED_PASSWORD)
+                else:
+                    self.session.data(_C2G, reader.take_to(frame[2]))
             if kind == _TERMINATE:
                 self._close_reason = "client ended the session before authenticating"
                 self._abort()
@@ -915,6 +932,9 @@ class PostgresServerProtocol(Protocol):
         cap = self._factory.options.max_statement_bytes
         for index, frame in enumerate(frames):
             kind = frame[0]
+            if kind == _QUERY or kind == _EXECUTE:
+                self._syncs_since_start = 0
+                self._copy_end_syncs = None
             if kind == _QUERY or kind == _PARSE or kind == _FUNCTION_CALL:
                 if kind != _FUNCTION_CALL:
                     if frame[2] - frame[1] > cap:
@@ -977,8 +997,15 @@ class PostgresServerProtocol(Protocol):
             if kind == _BIND or kind == _EXECUTE:
                 # Planning and running may call functions (set_config).
                 self._unsynced = True
+            if kind in _COPY_END:
+                if self._copy_in:
+                    self._copy_in = False
+                elif self._copy_end_syncs is None:
+                    self._copy_end_syncs = self._syncs_since_start
             if kind == _SYNC:
-                self._sent(kind)
+                if not self._copy_in:  # else the target ignores it
+                    self._sent(kind)
+                    self._syncs_since_start += 1
                 self._unsynced = False
             elif self._describes is not None:
                 if kind == _DESCRIBE:
@@ -1496,6 +1523,8 @@ class PostgresServerProtocol(Protocol):
                     self._ready_seen += 1
                 elif kind == _B_PARAMETER and not self._parameter(reader.body(frame)):
                     return
+                elif kind == _B_COPY_IN:
+                    self._copy_in_started()
             self._send_client(reader.take_to(frames[-1][2]))
             return
         describes = self._describes
@@ -1519,6 +1548,8 @@ class PostgresServerProtocol(Protocol):
                     return
                 if masker is not None:
                     masker.encoding = self._encoding
+            elif kind == _B_COPY_IN:
+                self._copy_in_started()
             if kind == _B_ROWS and masker is not None:
                 body = reader.body(frame)
                 unknown = masker.describe(body)
@@ -1571,6 +1602,28 @@ class PostgresServerProtocol(Protocol):
             )
             return
         self._send_client(b"".join(out))
+
+    def _copy_in_started(self) -> None:
+        """
+        The target entered copy-in mode: the Syncs the client sent since
+        the statement that started it, up to its CopyDone/CopyFail, will
+        get no ReadyForQuery (the barrier counts only answered ones).
+        """
+        if self._copy_end_syncs is not None:
+            ignored = self._copy_end_syncs
+        else:
+            ignored = self._syncs_since_start
+            self._copy_in = True
+        self._ready_expected -= ignored
+        describes = self._describes
+        if describes is not None:
+            # the ignored Syncs are the latest ones the masker expects
+            i = len(describes) - 1
+            while ignored and i >= 0:
+                if describes[i] == "s":
+                    del describes[i]
+                    ignored -= 1
+                i -= 1
 
     def _parameter(self, body: bytes) -> bool:
         """

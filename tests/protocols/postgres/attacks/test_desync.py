@@ -14,6 +14,7 @@ still serving.
 
 from __future__ import annotations
 
+import socket
 import time
 
 import psycopg
@@ -601,3 +602,119 @@ class DesyncTests(GatewayTestCase):
 
 
 add_cases(DesyncTests, CASES)
+
+
+class ParameterStatusTimingTests(GatewayTestCase):
+    """
+    The fact the extended-protocol rule rests on, checked on the server
+    itself (no gateway): PostgreSQL reports a changed setting only just
+    before ReadyForQuery, so a SET run by an Execute is not visible before
+    the batch's Sync, not even after a Flush.
+    """
+
+    def test_parameter_status_only_at_sync(self) -> None:
+        sock = socket.create_connection((self.cluster.host, self.cluster.port), 10)
+        reader = codec.FrameReader.backend()
+
+        def read_until(kind: int) -> list:
+            kinds: list = []
+            while kind not in kinds:
+                chunk = sock.recv(65536)
+                self.assertTrue(chunk, f"closed; saw {kinds}")
+                kinds += [k for k, _ in reader.feed_messages(chunk)]
+            return kinds
+
+        try:
+            sock.sendall(
+                codec.StartupMessage({"user": "gw_trust", "database": "app"}).encode()
+            )
+            read_until(codec.BackendType.READY_FOR_QUERY)
+            sock.sendall(X(SCS_OFF) + codec.encode_message(b"H"))  # Flush
+            before_sync = read_until(codec.BackendType.COMMAND_COMPLETE)
+            time.sleep(0.3)
+            sock.setblocking(False)
+            try:
+                chunk = sock.recv(65536)
+                before_sync += [k for k, _ in reader.feed_messages(chunk)]
+            except BlockingIOError:
+                pass
+            sock.setblocking(True)
+            self.assertNotIn(codec.BackendType.PARAMETER_STATUS, before_sync)
+            sock.sendall(SYNC)
+            after_sync = read_until(codec.BackendType.READY_FOR_QUERY)
+            self.assertEqual(
+                after_sync[-2:],
+                [codec.BackendType.PARAMETER_STATUS, codec.BackendType.READY_FOR_QUERY],
+            )
+        finally:
+            sock.close()
+
+
+class CopyThenBarrierTests(GatewayTestCase):
+    """
+    libpq sends a Sync right after an extended-protocol COPY FROM STDIN and
+    another after CopyDone; PostgreSQL ignores the first.  The barrier must
+    not wait for its ReadyForQuery forever: a non-ASCII statement after
+    such a COPY still runs.
+    """
+
+    def test_extended_copy_then_non_ascii(self) -> None:
+        self.direct(
+            "drop table if exists desync_copy; create table desync_copy (v text); "
+            "alter table desync_copy owner to gw_scram"
+        )
+        with psycopg.connect(
+            self.gateway.conninfo(),
+            password=self.gateway.token(),
+            autocommit=True,
+        ) as conn:
+            with conn.cursor() as cursor:
+                with cursor.copy(
+                    "COPY desync_copy (v) FROM STDIN WHERE v <> %s", ["skip"]
+                ) as copy:
+                    copy.write_row(["é-copied"])
+                    copy.write_row(["skip"])
+                cursor.execute("SELECT 'ünïcode-after-copy'")
+                self.assertEqual(cursor.fetchone(), ("ünïcode-after-copy",))
+                with cursor.copy("COPY desync_copy (v) FROM STDIN") as copy:
+                    copy.write_row(["plain"])
+                cursor.execute("SELECT 'ünïcode-after-simple-copy'")
+                self.assertEqual(cursor.fetchone(), ("ünïcode-after-simple-copy",))
+        self.assertEqual(
+            self.direct("select string_agg(v, ',' order by v) from desync_copy"),
+            "plain,é-copied",
+        )
+
+    def test_raw_extended_copy_as_libpq_sends_it(self) -> None:
+        """Parse/Bind/Execute/Sync, CopyData, CopyDone, Sync: as libpq does."""
+        self.direct(
+            "drop table if exists desync_copy2; create table desync_copy2 (v text); "
+            "alter table desync_copy2 owner to gw_scram"
+        )
+        client = RawClient(self.gateway.port, self.gateway.ca_cert)
+        try:
+            client.login(self.gateway.token())
+            client.send(X(b"COPY desync_copy2 (v) FROM STDIN") + SYNC)
+            reader = codec.FrameReader.backend()
+            client.sock.settimeout(10)
+            kinds: list = []
+            while codec.BackendType.COPY_IN_RESPONSE not in kinds:
+                kinds += [k for k, _ in reader.feed_messages(client.sock.recv(65536))]
+            client.send(
+                codec.encode_message(b"d", "é-raw\n".encode())
+                + codec.encode_message(b"c")
+                + SYNC
+            )
+            kinds = []
+            while codec.BackendType.READY_FOR_QUERY not in kinds:
+                kinds += [k for k, _ in reader.feed_messages(client.sock.recv(65536))]
+            client.send(Q("SELECT 'ünïcode-after-raw-copy'".encode()))
+            got = b""
+            while codec.ReadyForQuery("I").encode() not in got:
+                chunk = client.sock.recv(65536)
+                self.assertTrue(chunk)
+                got += chunk
+            self.assertIn("ünïcode-after-raw-copy".encode(), got)
+        finally:
+            client.close()
+        self.assertEqual(self.direct("select v from desync_copy2"), "é-raw")

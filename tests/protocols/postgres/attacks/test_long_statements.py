@@ -237,10 +237,11 @@ class LongStatementTests(GatewayTestCase):
         return figures
 
     def assert_latency(self, figures: dict) -> None:
-        # Generous for a shared 2-core machine, but far below what one
-        # 8 MiB classification costs on the reactor (seconds).
-        self.assertLess(figures["loaded_p50_ms"], figures["idle_p50_ms"] + 5)
-        self.assertLess(figures["loaded_p99_ms"], figures["idle_p99_ms"] + 50)
+        # Generous for a shared 2-core machine (receiving, decrypting and
+        # recording 8 MiB per statement is real work), but far below what
+        # one classification on the reactor cost: 0.6 s per MiB.
+        self.assertLess(figures["loaded_p50_ms"], figures["idle_p50_ms"] + 8)
+        self.assertLess(figures["loaded_p99_ms"], figures["idle_p99_ms"] + 100)
 
     def test_latency_over_cap(self) -> None:
         """Another session's SELECT 1 while one sends 8 MiB statements."""

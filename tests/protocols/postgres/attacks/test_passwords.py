@@ -87,6 +87,11 @@ CASES = [
         note="behind a statement held at the barrier",
     ),
     Attack("after_login_token_again", ("after_token", [])),
+    Attack(
+        "query_instead_of_password_then_password",
+        ("instead", [Q(b"SELECT 1") + CLEAR]),
+        note="not a password first: the password behind it is redacted too",
+    ),
 ]
 
 
@@ -111,6 +116,10 @@ class PasswordTests(GatewayTestCase):
                 client.send(startup)
                 client.expect(b"R")
                 client.send(password + b"".join(writes))
+            elif how == "instead":
+                client.send(startup)
+                client.expect(b"R")
+                client.send(b"".join(writes))
             else:
                 client.login(self.token)
                 if how == "after_token":
