@@ -1,0 +1,427 @@
+"""
+Red-team attacks on the hardened classifier, categories, built-in
+protections and masking (issue 9): spellings and routes the builders'
+modules did not try.
+
+Each guard case is sent through the real daemon to PostgreSQL 15 under
+L{GUARD_CATEGORY_POLICY} and judged on the server's state (every column
+of every row, relations, role, settings, large objects, files), and on
+the session's own state as the server reports it afterwards: its
+C{current_user} and C{standard_conforming_strings} must be what they
+were.  Masking cases are judged on the bytes the client received and the
+recording.
+
+Cases marked C{todo} are bypasses found and described, not fixed here
+(see the module's notes beside each).
+"""
+
+from __future__ import annotations
+
+import psycopg
+
+from tests.protocols.postgres.attacks import test_masking_channels as channels
+from tests.protocols.postgres.attacks.corpus import Attack, add_cases
+from tests.protocols.postgres.attacks.guard import FILE_PREFIX, GuardedTestCase
+from tests.protocols.postgres.test_e2e import GatewayTestCase
+
+F = FILE_PREFIX
+REFUSED = "refused"
+#: allowed, but it must leave the server and the session as they were
+HARMLESS = "harmless"
+BUILDERS = "builders"
+DBA = "dba"
+
+
+def refused(name: str, payload: object, note: str = "", who: str = "agents") -> Attack:
+    """A case the gateway must refuse (42501), by identity C{who}."""
+    return Attack(name, payload, note=note, expect=(REFUSED, who))
+
+
+def harmless(name: str, payload: str, note: str = "", who: str = "agents") -> Attack:
+    """A case the gateway may allow: state and session must stay as they were."""
+    return Attack(name, payload, note=note, expect=(HARMLESS, who))
+
+
+_UPD = "update guard_t set v = 'gone' where "
+
+GUARD_CASES = [
+    # -- constant-true WHERE spellings: no-unbounded-writes ------------------
+    refused("where_in_self", _UPD + "id in (id)", "x IN (x) holds for every row"),
+    refused("where_coalesce_true", _UPD + "coalesce(null, true)"),
+    refused("where_between_constants", _UPD + "1 between 0 and 2"),
+    refused("where_scalar_subquery_true", _UPD + "(select true)"),
+    refused("where_case_true", _UPD + "case when true then true end"),
+    refused("where_any_array_self", _UPD + "id = any(array[id])"),
+    refused("where_exists_values", _UPD + "exists (values (1))"),
+    refused("where_like_operator", _UPD + "v ~~ '%'", "LIKE spelled as its operator"),
+    refused("where_int_cast_text", _UPD + "1::text = '1'"),
+    refused("where_qualified_self", _UPD + "guard_t.id = id"),
+    refused("where_collate_constants", _UPD + "'1' = '1' collate \"C\""),
+    refused("where_division", _UPD + "10 / 2 = 5"),
+    refused("where_and_subquery", _UPD + "true and (select true)"),
+    refused(
+        "where_no_column_param",
+        (_UPD + "%s::bool", ("true",)),
+        "a condition reading no column is the same for every row",
+    ),
+    refused("where_no_column_function", _UPD + "now() > '2000-01-01'"),
+    refused("where_uncorrelated_exists", _UPD + "exists (select 1 from pg_class)"),
+    # held: spellings the builders handle (regression)
+    refused("where_not_false_compare", _UPD + "not (1 = 2)"),
+    refused("where_bool_literal_cast", _UPD + "'t'::bool"),
+    refused("where_exists_select_1", _UPD + "exists (select 1)"),
+    refused("where_two_gt_one", _UPD + "2 > 1"),
+    refused("where_row_self", _UPD + "(id, v) = (id, v)"),
+    refused("where_cast_self", _UPD + "id::text = id::text"),
+    refused("where_dollar_bool", _UPD + "$$yes$$::boolean"),
+    refused(
+        "merge_on_true",
+        "merge into guard_t t using (select 1 k) s on 1 = 1 "
+        "when matched then update set v = 'gone'",
+    ),
+    refused(
+        "cte_update_in_true",
+        "with u as (" + _UPD + "id in (id) returning 1) select count(*) from u",
+    ),
+    refused(
+        "prepare_update_coalesce", "prepare guard_p as " + _UPD + "coalesce(null, true)"
+    ),
+    # -- settings through the pg_settings view's update rule ------------------
+    refused(
+        "pg_settings_role",
+        "update pg_settings set setting = 'guard_admin' where name = 'role'",
+        "pg_settings' rule calls set_config (PostgreSQL hides role there: "
+        "the gateway must refuse it all the same)",
+    ),
+    refused(
+        "pg_settings_scs_qualified_cte",
+        "with s as (update pg_catalog.pg_settings set setting = 'off' "
+        "where name = 'standard_conforming_strings') select 1",
+    ),
+    refused(
+        "pg_settings_scs_dba",
+        "update pg_settings set setting = 'off' "
+        "where name = 'standard_conforming_strings'",
+        "built-in protections hold for every group",
+        who=DBA,
+    ),
+    refused(
+        "pg_settings_scs_off",
+        "update pg_settings set setting = 'off' "
+        "where name = 'standard_conforming_strings'",
+        "no SET, no function call: the value changes the reading",
+    ),
+    refused(
+        "pg_settings_scs_in_query_to_xml",
+        "select query_to_xml('update pg_settings set setting = ''off'' "
+        "where name = ''standard_conforming_strings''', true, true, '')",
+    ),
+    refused(
+        "pg_settings_role_param",
+        ("update pg_settings set setting = %s where name = 'role'", ("guard_admin",)),
+        "a setting's value as a parameter, like set_config('role', $1)",
+        who=DBA,
+    ),
+    # -- built-in functions that write or destroy: categories ---------------
+    refused("lo_unlink", "select lo_unlink(424242)", "removes a large object"),
+    refused(
+        "lo_unlink_qualified",
+        "select pg_catalog.lo_unlink(oid) from pg_largeobject_metadata",
+    ),
+    # -- role protections: spellings (held) ---------------------------------
+    refused(
+        "set_config_role_cast", "select set_config('role'::text, 'guard_admin', false)"
+    ),
+    refused(
+        "set_config_role_from_values",
+        "select set_config(n, 'guard_admin', false) from (values ('role')) v(n)",
+    ),
+    refused(
+        "set_config_role_named_args",
+        "select set_config(setting_name => 'role', new_value => 'guard_admin', "
+        "is_local => false)",
+    ),
+    refused("set_role_quoted", 'set role "guard_admin"'),
+    refused("set_local_role_in_tx", "begin; set local role guard_admin; commit"),
+    refused(
+        "set_reader_then_admin",
+        "set role guard_reader; set role guard_admin",
+    ),
+    refused(
+        "alter_role_in_database_set_role",
+        "alter role gw_scram in database app set role = 'guard_admin'",
+        who=DBA,
+    ),
+    refused(
+        "alter_user_current_password", "alter user current_user password 'x'", who=DBA
+    ),
+    refused(
+        "alter_function_set_role",
+        "alter function evil_fn(int, int) set role = 'guard_admin'",
+        who=DBA,
+    ),
+    refused(
+        "create_procedure_set_role",
+        "create procedure public.guard_proc() language sql "
+        "set role = guard_admin as 'select 1'",
+        who=DBA,
+    ),
+    refused(
+        "alter_role_quoted_self", 'alter role "gw_scram" connection limit 1', who=DBA
+    ),
+    harmless("reset_all_after_reader", "set role guard_reader; reset all"),
+    harmless("discard_all_after_reader", "set role guard_reader; discard all"),
+    harmless("set_role_default", "set role guard_reader; set role to default"),
+    # -- SQL-running built-ins: spellings (held) -----------------------------
+    refused(
+        "query_to_xml_quoted_qualified",
+        "select pg_catalog.\"query_to_xml\"('select * from guard_secret', true, "
+        "true, '')",
+    ),
+    refused(
+        "query_to_xml_upper",
+        "select PG_CATALOG.QUERY_TO_XML('select * from guard_secret', true, true, '')",
+    ),
+    refused(
+        "query_to_xml_variadic",
+        "select query_to_xml(variadic array['table guard_secret'])",
+    ),
+    refused(
+        "query_to_xml_in_xmltable",
+        "select * from xmltable('//id' passing query_to_xml('delete from guard_t "
+        "returning id', true, true, '') columns id int)",
+    ),
+    refused(
+        "query_to_xml_rows_from",
+        "select * from rows from (query_to_xml('table guard_secret', true, true, ''))",
+    ),
+    refused(
+        "query_to_xml_string_continuation",
+        "select query_to_xml('select * from '\n'guard_secret', true, true, '')",
+        "adjacent literals separated by a newline are one string",
+    ),
+    refused(
+        "query_to_xml_escape_underscore",
+        "select query_to_xml(E'select * from guard\\x5fsecret', true, true, '')",
+    ),
+    refused(
+        "query_to_xml_name_cast",
+        "select query_to_xml('table guard_secret'::name, true, true, '')",
+    ),
+    refused(
+        "table_to_xml_catalog_qualified",
+        "select table_to_xml('app.public.guard_secret', true, true, '')",
+    ),
+    refused("copy_old_syntax_csv", f"copy guard_t to '{F}old' csv header"),
+    refused(
+        "copy_binary_to_file",
+        f"copy guard_t to '{F}bin' with (format binary)",
+    ),
+    # -- functions in DDL expressions (builders may run DDL) ----------------
+    refused(
+        "default_calls_evil",
+        "create table guard_new (a bool default evil_fn(1, 1))",
+        who=BUILDERS,
+    ),
+    refused(
+        "check_calls_evil",
+        "create table guard_new (a int check (evil_fn(a, a)))",
+        who=BUILDERS,
+    ),
+    refused(
+        "generated_calls_evil",
+        "create table guard_new (a int, b bool generated always as "
+        "(evil_fn(a, a)) stored)",
+        who=BUILDERS,
+    ),
+    refused(
+        "view_calls_evil",
+        "create view guard_v as select evil_fn(1, 1)",
+        who=BUILDERS,
+    ),
+    refused(
+        "policy_calls_evil",
+        "create policy guard_pol on guard_t using (evil_fn(id, id))",
+        who=BUILDERS,
+    ),
+    refused(
+        "rule_calls_evil",
+        "create rule guard_rule as on insert to guard_t do also select evil_fn(1, 1)",
+        who=BUILDERS,
+    ),
+    refused(
+        "alter_column_default_evil",
+        "alter table guard_t alter column v set default evil_fn(1, 1)::text",
+        who=BUILDERS,
+    ),
+]
+
+
+class RedTeamGuardTests(GuardedTestCase):
+    """The guard policy against new spellings, judged on the server."""
+
+    def run_attack(self, attack: Attack) -> None:
+        expect, who = attack.expect
+        groups = {
+            "agents": ("agents",),
+            BUILDERS: ("agents", "builders"),
+            DBA: ("dba",),
+        }[who]
+        conn = self.connect(groups)
+        outcome = self.run_sql(conn, *self.fill(attack.payload))
+        # the server first: what a bypass did, then whether it was refused
+        self.assert_unchanged(attack, outcome)
+        # the session is who it was, reading SQL as it did
+        self.assertEqual(
+            self.run_sql(conn, "select current_user::text").rows,
+            [("gw_scram",)],
+            f"the session changed role after {attack!r}: {outcome.text}",
+        )
+        self.assertEqual(
+            self.run_sql(conn, "show standard_conforming_strings").rows,
+            [("on",)],
+            f"standard_conforming_strings changed after {attack!r}",
+        )
+        if expect == REFUSED:
+            self.assert_refused(attack, outcome)
+
+
+add_cases(RedTeamGuardTests, GUARD_CASES)
+
+
+class RedTeamVictimTests(GuardedTestCase):
+    """Another session of the same role must survive an agent."""
+
+    def _victim(self) -> psycopg.Connection:
+        conn = psycopg.connect(
+            self.cluster.socket_dsn("gw_scram", "app"), autocommit=True
+        )
+        self.addCleanup(conn.close)
+        return conn
+
+    def _attack(self, sql: str) -> None:
+        victim = self._victim()
+        pid = victim.execute("select pg_backend_pid()").fetchone()[0]
+        conn = self.connect(("agents",))
+        outcome = self.run_sql(conn, sql.format(pid=pid))
+        try:
+            alive = victim.execute("select 1").fetchone() == (1,)
+        except psycopg.OperationalError:
+            alive = False
+        self.assertTrue(
+            alive, f"the victim backend is gone; the client saw: {outcome.text}"
+        )
+        self.assertEqual(outcome.sqlstate, "42501", outcome.text)
+
+    def test_terminate_backend(self) -> None:
+        """An admin function: the no-admin rule must see it."""
+        self._attack("select pg_terminate_backend({pid})")
+
+    def test_terminate_backend_qualified(self) -> None:
+        self._attack(
+            "select pg_catalog.pg_terminate_backend(pid) from pg_stat_activity "
+            "where pid = {pid}"
+        )
+
+
+_UNION = (
+    "SELECT name FROM m_customers WHERE false UNION ALL SELECT ssn FROM m_customers"
+)
+case = channels.case
+MASKING_CASES = [
+    case(
+        "union_renames_column",
+        "cols",
+        _UNION,
+        "ssn",
+        "the UNION's column is named by its first branch and has no source",
+    ),
+    case(
+        "scalar_subquery_alias",
+        "cols",
+        "SELECT (SELECT ssn FROM m_customers WHERE id = 1) AS name",
+        "ssn",
+        "a scalar subquery has no source column",
+    ),
+    case(
+        "from_alias_list",
+        "cols",
+        "SELECT e FROM m_customers AS t(i, n, c, m, e)",
+        "ssn",
+        "columns renamed in FROM keep their source",
+    ),
+    case(
+        "returning_alias",
+        "cols",
+        "UPDATE m_customers SET name = name WHERE id = 1 RETURNING ssn AS x",
+        "ssn",
+    ),
+    case(
+        "returning_card_detect",
+        "detect",
+        "UPDATE m_customers SET name = name WHERE id = 1 RETURNING card",
+        "card",
+    ),
+    case(
+        "cursor_fetch_alias",
+        "cols",
+        "BEGIN; DECLARE c CURSOR FOR SELECT ssn AS q FROM m_customers;"
+        " FETCH ALL FROM c; COMMIT",
+        "ssn",
+    ),
+    case(
+        "custom_setting_card",
+        "detect",
+        "SELECT set_config('x.y', card, false) FROM m_customers WHERE id = 1;"
+        " SELECT current_setting('x.y')",
+        "card",
+    ),
+    case(
+        "notify_channel_name",
+        "detect",
+        "DO $$ BEGIN EXECUTE format('LISTEN %I', (SELECT email FROM m_customers"
+        " WHERE id = 1)); EXECUTE format('NOTIFY %I', (SELECT email FROM"
+        " m_customers WHERE id = 1)); END $$",
+        "email",
+        "the channel name, not the payload, carries the value",
+    ),
+    case(
+        "copy_csv_forced_quotes",
+        "detect",
+        "COPY (SELECT card, email FROM m_customers) TO STDOUT"
+        " (FORMAT csv, FORCE_QUOTE *)",
+        "card",
+    ),
+    case(
+        "error_detail_in_function",
+        "detect",
+        "DO $$ BEGIN RAISE EXCEPTION 'x' USING DETAIL = (SELECT card FROM"
+        " m_customers WHERE id = 1), HINT = (SELECT email FROM m_customers"
+        " WHERE id = 1); END $$",
+        "card",
+    ),
+]
+
+
+class RedTeamMaskingTests(GatewayTestCase):
+    """New masking routes, judged on the client's bytes and the recording."""
+
+    make_gateway = channels.MaskingChannelTests.make_gateway
+    exchange = channels.MaskingChannelTests.exchange
+    assert_absent = channels.MaskingChannelTests.assert_absent
+    recorded = channels.MaskingChannelTests.recorded
+    run_attack = channels.MaskingChannelTests.run_attack
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.direct(channels.SETUP)
+
+
+add_cases(RedTeamMaskingTests, MASKING_CASES)
+
+_UNSOURCED = (
+    "bypass, not fixed: a result column without a source column (UNION, a "
+    "scalar subquery) escapes columns: rules; see the red-team notes"
+)
+RedTeamMaskingTests.test_union_renames_column.todo = _UNSOURCED  # type: ignore[attr-defined]
+RedTeamMaskingTests.test_scalar_subquery_alias.todo = _UNSOURCED  # type: ignore[attr-defined]
