@@ -598,8 +598,7 @@ class _Findings:
         """Facts of one statement (the top one or one nested anywhere)."""
         if kind in _WHERE_KINDS:
             self.where_kinds += 1
-            where = body.get("whereClause")
-            if where is None or self._always_true(where):
+            if self._unbounded(body.get("whereClause")):
                 self.missing_where = True
         handler = _STATEMENT_HANDLERS.get(kind)
         if handler is not None:
@@ -658,7 +657,7 @@ class _Findings:
             self.nested[kind] = None
         if kinds & {"UpdateStmt", "DeleteStmt"}:
             self.where_kinds += 1
-            if where is None or self._always_true(where):
+            if self._unbounded(where):
                 self.missing_where = True
 
     def _insert(self, body: dict) -> None:
@@ -670,20 +669,39 @@ class _Findings:
         self.nested["UpdateStmt"] = None
         self.where_kinds += 1
         where = conflict.get("whereClause")
-        if where is not None and not self._always_true(where):
+        if not self._unbounded(where):
             return
         select = body.get("selectStmt")
         select = select.get("SelectStmt") if isinstance(select, dict) else None
         if not isinstance(select, dict) or "valuesLists" in select:
             return  # VALUES: at most its rows
-        source_where = select.get("whereClause")
-        if source_where is None or self._always_true(source_where):
+        if self._unbounded(select.get("whereClause")):
             self.missing_where = True
 
     def _always_true(self, where: object) -> bool:
         if _reads_values(where):
             self.dependent = True
         return always_true(where)
+
+    def _unbounded(self, where: object) -> bool:
+        """
+        A condition that bounds nothing: absent, constant-true, or one
+        that reads no column (C{WHERE $1}, C{WHERE now() > '2000-01-01'},
+        C{WHERE EXISTS (SELECT 1 FROM t)}: the same for every row, so
+        every row or none), unless it is known false or NULL.
+        """
+        if where is None:
+            return True
+        if not _reads_no_row(where):
+            return self._always_true(where)
+        if _reads_values(where):
+            self.dependent = True
+        try:
+            value = _as_bool(_value(where, 0))
+        except (ArithmeticError, ValueError, TypeError, OverflowError):
+            return True
+        # known false or NULL: no row at all
+        return value is not False and value is not _NULL
 
     def _select(self, body: dict) -> None:
         if isinstance(body.get("intoClause"), dict):
@@ -977,6 +995,23 @@ def _reads_values(where: object) -> bool:
     return found and not _plain_filter(where)
 
 
+def _reads_no_row(where: object) -> bool:
+    """
+    Whether a condition mentions no column at all (nor C{CURRENT OF}):
+    then it has one value for every row of the statement.
+    """
+    stack = [where]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "ColumnRef" in node or "CurrentOfExpr" in node:
+                return False
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return True
+
+
 def _is_column(node: object) -> bool:
     return isinstance(node, dict) and "ColumnRef" in node
 
@@ -1028,14 +1063,34 @@ def _strip(node: object, depth: int = 0) -> object:
     if depth > _MAX_CONDITION_DEPTH:
         raise ValueError("too deep")
     if isinstance(node, dict):
+        if len(node) == 1:
+            ((kind, body),) = node.items()
+            if kind == "CollateClause" and isinstance(body, dict):
+                # a collation changes no equality with itself
+                return _strip(body.get("arg"), depth + 1)
         return {k: _strip(v, depth + 1) for k, v in node.items() if k != "location"}
     if isinstance(node, list):
         return [_strip(v, depth + 1) for v in node]
     return node
 
 
+def _column_fields(node: object) -> list | None:
+    if isinstance(node, dict) and isinstance(node.get("CollateClause"), dict):
+        node = node["CollateClause"].get("arg")
+    body = node.get("ColumnRef") if isinstance(node, dict) else None
+    fields = body.get("fields") if isinstance(body, dict) else None
+    return fields if isinstance(fields, list) and fields else None
+
+
 def _same(a: object, b: object) -> bool:
-    return a is not None and _strip(a) == _strip(b)
+    if a is None:
+        return False
+    left, right = _column_fields(a), _column_fields(b)
+    if left is not None and right is not None and min(len(left), len(right)) == 1:
+        # t.c and c name one column wherever both resolve (else PostgreSQL
+        # refuses c as ambiguous); t.c and u.c are two columns
+        return _strip(left[-1]) == _strip(right[-1])
+    return _strip(a) == _strip(b)
 
 
 def _const(const: dict) -> object:
@@ -1117,7 +1172,22 @@ def _value(node: object, depth: int) -> object:
         if last in ("text", "varchar", "name"):
             if value is _NULL or isinstance(value, str):
                 return value
+            if isinstance(value, bool):
+                return "true" if value else "false"
+            if isinstance(value, int):
+                return str(value)
         return _UNKNOWN
+    if kind == "CollateClause":
+        return _value(body.get("arg"), depth)
+    if kind == "CoalesceExpr":
+        # the first argument that is not NULL
+        for arg in body.get("args") or ():
+            value = _value(arg, depth)
+            if value is not _NULL:
+                return value
+        return _NULL
+    if kind == "CaseExpr":
+        return _case(body, depth)
     if kind == "BoolExpr":
         return _bool_expr(body, depth)
     if kind == "A_Expr":
@@ -1141,9 +1211,32 @@ def _value(node: object, depth: int) -> object:
             "IS_UNKNOWN": arg is _NULL,
             "IS_NOT_UNKNOWN": arg is not _NULL,
         }.get(test, _UNKNOWN)
+    if kind == "SubLink" and body.get("subLinkType") == "EXPR_SUBLINK":
+        # (SELECT <constant>): one row, no table
+        select = body.get("subselect")
+        select = select.get("SelectStmt") if isinstance(select, dict) else None
+        targets = select.get("targetList") if isinstance(select, dict) else None
+        if (
+            isinstance(targets, list)
+            and len(targets) == 1
+            and set(select) <= {"targetList", "limitOption", "op"}
+            and select.get("op", "SETOP_NONE") == "SETOP_NONE"
+        ):
+            target = (
+                targets[0].get("ResTarget") if isinstance(targets[0], dict) else None
+            )
+            if isinstance(target, dict):
+                return _value(target.get("val"), depth)
+        return _UNKNOWN
     if kind == "SubLink" and body.get("subLinkType") == "EXISTS_SUBLINK":
         select = body.get("subselect")
         select = select.get("SelectStmt") if isinstance(select, dict) else None
+        if (
+            isinstance(select, dict)
+            and set(select) <= {"valuesLists", "limitOption", "op"}
+            and select.get("valuesLists")
+        ):
+            return True  # VALUES has at least one row
         if (
             isinstance(select, dict)
             and "fromClause" not in select
@@ -1155,6 +1248,8 @@ def _value(node: object, depth: int) -> object:
             where = select.get("whereClause")
             if where is None or _value(where, depth) is True:
                 return True
+            if _as_bool(_value(where, depth)) in (False, _NULL):
+                return False  # no row
         return _UNKNOWN
     return _UNKNOWN
 
@@ -1185,6 +1280,35 @@ def _bool_expr(body: dict, depth: int) -> object:
     return _UNKNOWN
 
 
+def _case(body: dict, depth: int) -> object:
+    """A CASE whose branches decide on constants."""
+    subject = body.get("arg")
+    subject_value = _value(subject, depth) if subject is not None else None
+    if subject is not None and subject_value is _UNKNOWN:
+        return _UNKNOWN
+    for arm in body.get("args") or ():
+        when = arm.get("CaseWhen") if isinstance(arm, dict) else None
+        if not isinstance(when, dict):
+            return _UNKNOWN
+        test = _value(when.get("expr"), depth)
+        if subject is not None:
+            if test is _UNKNOWN:
+                return _UNKNOWN
+            if test is _NULL or subject_value is _NULL:
+                continue
+            if not _comparable(subject_value, test):
+                return _UNKNOWN
+            test = subject_value == test
+        else:
+            test = _as_bool(test)
+        if test is _UNKNOWN:
+            return _UNKNOWN
+        if test is True:
+            return _value(when.get("result"), depth)
+    default = body.get("defresult")
+    return _value(default, depth) if default is not None else _NULL
+
+
 def _tautology(args: list) -> bool:
     """C{p OR NOT p}, C{x IS NULL OR x IS NOT NULL} among OR's arguments."""
     nots = []
@@ -1210,6 +1334,29 @@ def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _between(kind: str, subject: object, bounds: list, depth: int) -> object:
+    """x [NOT] BETWEEN [SYMMETRIC] a AND b, on constants or x between x and x."""
+    if len(bounds) != 2:
+        return _UNKNOWN
+    low, high = bounds
+    negated = "NOT" in kind
+    if _same(subject, low) and _same(subject, high):
+        value = _value(subject, depth)
+        return _NULL if value is _NULL else (not negated)
+    values = [_value(subject, depth), _value(low, depth), _value(high, depth)]
+    if any(v is _UNKNOWN for v in values):
+        return _UNKNOWN
+    if any(v is _NULL for v in values):
+        return _NULL
+    x, a, b = values
+    if not (_comparable(x, a) and _comparable(x, b)):
+        return _UNKNOWN
+    if kind.endswith("_SYM") and a > b:
+        a, b = b, a
+    inside = a <= x <= b
+    return (not inside) if negated else inside
+
+
 def _a_expr(body: dict, depth: int) -> object:
     kind = body.get("kind")
     name = _dotted(body.get("name")) or ""
@@ -1218,11 +1365,27 @@ def _a_expr(body: dict, depth: int) -> object:
         return kind == "AEXPR_NOT_DISTINCT"
     if kind == "AEXPR_OP" and name in _REFLEXIVE and _same(lexpr, rexpr):
         # x = x holds for every row where x is not null (NULL = NULL does not)
-        return _UNKNOWN if _value(lexpr, depth) is _NULL else True
-    if kind in ("AEXPR_LIKE", "AEXPR_ILIKE") and name in ("~~", "~~*"):
+        return _NULL if _value(lexpr, depth) is _NULL else True
+    if kind in ("AEXPR_LIKE", "AEXPR_ILIKE", "AEXPR_OP") and name in ("~~", "~~*"):
         pattern = _value(rexpr, depth)
         if isinstance(pattern, str) and pattern and set(pattern) == {"%"}:
             return True
+    if kind == "AEXPR_IN" and name == "=" and lexpr is not None:
+        if any(_same(lexpr, item) for item in _items(rexpr)):
+            # x IN (..., x, ...): true wherever x is not null
+            return _NULL if _value(lexpr, depth) is _NULL else True
+    if kind == "AEXPR_OP_ANY" and name in _REFLEXIVE and lexpr is not None:
+        array = rexpr.get("A_ArrayExpr") if isinstance(rexpr, dict) else None
+        elements = array.get("elements") if isinstance(array, dict) else None
+        if isinstance(elements, list) and any(_same(lexpr, e) for e in elements):
+            return _NULL if _value(lexpr, depth) is _NULL else True
+    if kind in (
+        "AEXPR_BETWEEN",
+        "AEXPR_NOT_BETWEEN",
+        "AEXPR_BETWEEN_SYM",
+        "AEXPR_NOT_BETWEEN_SYM",
+    ):
+        return _between(kind, lexpr, _items(rexpr), depth)
     if kind == "AEXPR_IN":
         left = _value(lexpr, depth)
         items = _items(rexpr)
@@ -1257,6 +1420,15 @@ def _a_expr(body: dict, depth: int) -> object:
         if not _comparable(left, right):
             return _UNKNOWN
         return _COMPARE[name](left, right)
+    if name in ("/", "%") and _number(left) and _number(right):
+        if isinstance(left, int) and isinstance(right, int):
+            # PostgreSQL truncates toward zero; the remainder has the
+            # dividend's sign
+            quotient = (
+                abs(left) // abs(right) * (1 if (left < 0) == (right < 0) else -1)
+            )
+            return quotient if name == "/" else left - right * quotient
+        return left / right if name == "/" else _UNKNOWN
     if name in _ARITHMETIC:
         numbers = (int, float)
         if (
