@@ -516,6 +516,20 @@ def _variable_set(body: dict) -> Sensitive:
     return Sensitive("set", setting=name, value=None, literal=False)
 
 
+def _pg_settings_name(where: object) -> str | None:
+    """The setting of C{WHERE name = 'x'} (alone), else None."""
+    expr = where.get("A_Expr") if isinstance(where, dict) else None
+    if not isinstance(expr, dict) or expr.get("kind") != "AEXPR_OP":
+        return None
+    if _dotted(expr.get("name")) != "=":
+        return None
+    for column, value in (("lexpr", "rexpr"), ("rexpr", "lexpr")):
+        fields = _column_fields(expr.get(column))
+        if fields and _dotted(fields[-1:]) == "name":
+            return _literal(expr.get(value))
+    return None
+
+
 def qualified_name(text: str) -> tuple[str, ...] | None:
     """
     A name as PostgreSQL reads a C{regclass} text (C{'public."My T"'}):
@@ -638,6 +652,30 @@ class _Findings:
             self._function_name(arg["String"].get("sval"))
         elif "ObjectWithArgs" in arg:
             self._function_name(_dotted(arg["ObjectWithArgs"].get("objname")))
+
+    def _update(self, body: dict) -> None:
+        relation = body.get("relation")
+        if not isinstance(relation, dict) or relation.get("relname") != "pg_settings":
+            return
+        if relation.get("schemaname") not in (None, "pg_catalog"):
+            return
+        # pg_settings' update rule calls set_config(name, setting, false):
+        # a SET by another spelling, for the built-in protections
+        self.dependent = True
+        setting = _pg_settings_name(body.get("whereClause"))
+        value = None
+        for item in body.get("targetList") or ():
+            target = item.get("ResTarget") if isinstance(item, dict) else None
+            if isinstance(target, dict) and target.get("name") == "setting":
+                value = _literal(target.get("val"))
+        self.sensitive.append(
+            Sensitive(
+                "set",
+                setting=setting.lower() if setting is not None else None,
+                value=value,
+                literal=setting is not None and value is not None,
+            )
+        )
 
     def _merge(self, body: dict) -> None:
         where = body.get("joinCondition")
@@ -935,6 +973,7 @@ class _Findings:
 
 
 _STATEMENT_HANDLERS = {
+    "UpdateStmt": _Findings._update,
     "MergeStmt": _Findings._merge,
     "InsertStmt": _Findings._insert,
     "SelectStmt": _Findings._select,
