@@ -397,6 +397,61 @@ _FILE_FUNCTIONS = frozenset(
         "pg_logdir_ls",
     }
 )
+# Built-ins that change data or the server although called from a SELECT:
+# the fact they add (see categories: write, destructive, admin).
+FUNCTION_DESTROYS = "function-destroys"
+FUNCTION_WRITES = "function-writes"
+FUNCTION_ADMIN = "function-admin"
+_FUNCTION_FACTS = {
+    **dict.fromkeys(("lo_unlink", "lo_truncate", "lo_truncate64"), FUNCTION_DESTROYS),
+    **dict.fromkeys(
+        (
+            "lo_put",
+            "lowrite",
+            "lo_create",
+            "lo_creat",
+            "lo_from_bytea",
+            "lo_import",
+            "setval",
+            "nextval",
+            "pg_logical_emit_message",
+        ),
+        FUNCTION_WRITES,
+    ),
+    **dict.fromkeys(
+        (
+            "pg_terminate_backend",
+            "pg_cancel_backend",
+            "pg_reload_conf",
+            "pg_rotate_logfile",
+            "pg_switch_wal",
+            "pg_create_restore_point",
+            "pg_promote",
+            "pg_log_backend_memory_contexts",
+            "pg_stat_reset",
+            "pg_stat_reset_shared",
+            "pg_stat_reset_single_table_counters",
+            "pg_stat_reset_single_function_counters",
+            "pg_stat_reset_slru",
+            "pg_stat_reset_replication_slot",
+            "pg_stat_reset_subscription_stats",
+            "pg_stat_statements_reset",
+            "pg_create_physical_replication_slot",
+            "pg_create_logical_replication_slot",
+            "pg_drop_replication_slot",
+            "pg_copy_physical_replication_slot",
+            "pg_copy_logical_replication_slot",
+            "pg_replication_origin_create",
+            "pg_replication_origin_drop",
+            "pg_backup_start",
+            "pg_backup_stop",
+            "pg_wal_replay_pause",
+            "pg_wal_replay_resume",
+            "pg_import_system_collations",
+        ),
+        FUNCTION_ADMIN,
+    ),
+}
 # DefElem names that name a function, in CREATE OPERATOR / AGGREGATE /
 # TYPE / RANGE TYPE / TEXT SEARCH PARSER and TEMPLATE, ALTER TYPE /
 # OPERATOR ... SET (...), ALTER FUNCTION ... SUPPORT, foreign data wrappers.
@@ -803,6 +858,9 @@ class _Findings:
         """A function call: SQL it runs, relations it names, files."""
         self.functions[name] = None
         last = name.rsplit(".", 1)[-1].lower()
+        fact = _FUNCTION_FACTS.get(last)
+        if fact is not None:
+            self.facts.add(fact)
         if last in _FILE_FUNCTIONS:
             self.flags.add(SERVER_FILE)
         elif last == "set_config":

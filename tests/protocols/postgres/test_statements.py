@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from gatehouse.protocols.postgres.commands import CommandCache
+from gatehouse.protocols.postgres.commands import CommandCache, statement_command
 from gatehouse.protocols.postgres.statements import (
     UNPARSEABLE,
     Statement,
@@ -1084,6 +1084,36 @@ class CategoryTests(SynchronousTestCase):
 
         for kind in COMMAND_KINDS - INNER_ONLY - {"Unparseable", "CopyStmt"}:
             self.assertTrue(categories_of({kind}), kind)
+
+    def test_builtin_functions_with_effects(self):
+        """
+        Built-ins that write, destroy or act on the server, called from a
+        SELECT, are in those categories too (found by the red team).
+        """
+        cases = {
+            "SELECT lo_unlink(42)": {"read", "write", "destructive"},
+            "SELECT pg_catalog.lo_unlink(oid) FROM pg_largeobject_metadata": {
+                "read",
+                "write",
+                "destructive",
+            },
+            "SELECT lo_put(42, 0, 'x')": {"read", "write"},
+            "SELECT setval('s', 1)": {"read", "write"},
+            "SELECT pg_terminate_backend(1)": {"read", "admin"},
+            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity": {"read", "admin"},
+            "SELECT pg_reload_conf()": {"read", "admin"},
+            "SELECT query_to_xml('select lo_unlink(42)', true, true, '')": {
+                "read",
+                "write",
+                "destructive",
+            },
+            "SELECT lo_get(42)": {"read"},
+        }
+        for sql, expected in cases.items():
+            (statement,) = classify(sql)
+            self.assertEqual(
+                set(statement_command(statement).categories), expected, sql
+            )
 
     def test_siblings(self):
         cases = {
