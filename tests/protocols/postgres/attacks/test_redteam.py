@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import psycopg
 
+from tests.protocols.postgres.attacks import guard
 from tests.protocols.postgres.attacks import test_masking_channels as channels
 from tests.protocols.postgres.attacks.corpus import Attack, add_cases
 from tests.protocols.postgres.attacks.guard import FILE_PREFIX, GuardedTestCase
+from tests.protocols.postgres.harness import Gateway
 from tests.protocols.postgres.test_e2e import GatewayTestCase
 
 F = FILE_PREFIX
@@ -257,8 +259,24 @@ GUARD_CASES = [
 ]
 
 
-class RedTeamGuardTests(GuardedTestCase):
-    """The guard policy against new spellings, judged on the server."""
+class _RedTeamRunner(GuardedTestCase):
+    """Runs a guard case and judges it on the server and the session."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.addCleanup(self._unrename)
+
+    def _unrename(self) -> None:
+        # a rename that got through must not break the guard's teardown
+        self.cluster.psql(
+            "do $$ begin"
+            " if exists (select from pg_roles where rolname = 'guard_renamed') then"
+            "  alter role guard_renamed rename to guard_reader; end if;"
+            " if exists (select from pg_roles where rolname = 'guard_admin2') then"
+            "  alter role guard_admin2 rename to guard_admin; end if;"
+            " end $$",
+            dbname="app",
+        )
 
     def run_attack(self, attack: Attack) -> None:
         expect, who = attack.expect
@@ -284,6 +302,10 @@ class RedTeamGuardTests(GuardedTestCase):
         )
         if expect == REFUSED:
             self.assert_refused(attack, outcome)
+
+
+class RedTeamGuardTests(_RedTeamRunner):
+    """The guard policy against new spellings, judged on the server."""
 
 
 add_cases(RedTeamGuardTests, GUARD_CASES)
@@ -425,3 +447,95 @@ _UNSOURCED = (
 )
 RedTeamMaskingTests.test_union_renames_column.todo = _UNSOURCED  # type: ignore[attr-defined]
 RedTeamMaskingTests.test_scalar_subquery_alias.todo = _UNSOURCED  # type: ignore[attr-defined]
+
+
+#: a policy that puts the privilege, destructive and unbounded-write rules
+#: before the builders' DDL: a statement's categories must say all it does
+STRICT_ORDER_POLICY = {
+    "policy": {
+        "review": {"approvers": ["approvers"], "timeout": "60s"},
+        "rules": [
+            {"name": "no-privilege", "category": ["privilege"], "action": "deny"},
+            {"name": "no-admin", "category": ["admin"], "action": "deny"},
+            {"name": "no-destructive", "category": ["destructive"], "action": "deny"},
+            {
+                "name": "no-unbounded-writes",
+                "category": ["write"],
+                "flag": ["no-where"],
+                "action": "deny",
+            },
+            {
+                "name": "builders-ddl",
+                "groups": ["builders"],
+                "category": ["ddl"],
+                "action": "allow",
+            },
+            {"name": "no-ddl", "category": ["ddl"], "action": "deny"},
+        ],
+        "opaque": "deny",
+    }
+}
+
+STRICT_CASES = [
+    refused(
+        "rename_other_role",
+        "alter role guard_reader rename to guard_renamed",
+        "a role's rename is a privilege change, not only DDL",
+        who=BUILDERS,
+    ),
+    refused(
+        "rename_other_user",
+        "alter user guard_admin rename to guard_admin2",
+        who=BUILDERS,
+    ),
+    refused(
+        "alter_column_type_using_constant",
+        "alter table guard_t alter column v type text using 'gone'",
+        "a USING expression rewrites every row: an unbounded write",
+        who=BUILDERS,
+    ),
+    refused(
+        "alter_column_type_using_zero",
+        "alter table guard_t alter column n type numeric using 0",
+        who=BUILDERS,
+    ),
+    # held
+    refused(
+        "owner_to_other_role",
+        "alter table guard_t owner to guard_reader",
+        who=BUILDERS,
+    ),
+    refused("grant_to_reader", "grant select on guard_t to guard_reader", who=BUILDERS),
+    refused("drop_column", "alter table guard_t drop column n", who=BUILDERS),
+    refused(
+        "large_object_owner",
+        "alter large object 424242 owner to guard_reader",
+        who=BUILDERS,
+    ),
+    refused(
+        "reassign_owned",
+        "reassign owned by guard_reader to gw_scram",
+        who=BUILDERS,
+    ),
+    refused(
+        "policy_to_reader",
+        "create policy guard_pol on guard_t to guard_reader using (true)",
+        who=BUILDERS,
+    ),
+]
+
+
+class RedTeamStrictOrderTests(_RedTeamRunner):
+    """Builders may run DDL, but not what DDL also does to roles or rows."""
+
+    def make_gateway(self, base: str) -> Gateway:
+        # the guard's gateway (targets, settable roles), with this policy
+        saved = guard.GUARD_CATEGORY_POLICY
+        guard.GUARD_CATEGORY_POLICY = STRICT_ORDER_POLICY
+        try:
+            return super().make_gateway(base)
+        finally:
+            guard.GUARD_CATEGORY_POLICY = saved
+
+
+add_cases(RedTeamStrictOrderTests, STRICT_CASES)
