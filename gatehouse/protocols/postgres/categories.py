@@ -34,6 +34,8 @@ OWNER_CHANGE = "owner-change"
 FUNCTION_DESTROYS = "function-destroys"
 FUNCTION_WRITES = "function-writes"
 FUNCTION_ADMIN = "function-admin"
+ROLE_RENAME = "role-rename"
+SERVER_RENAME = "server-rename"
 
 
 @attrs.frozen
@@ -119,7 +121,8 @@ _CATEGORY_LIST = (
         "privilege",
         "changes who may do what: GRANT/REVOKE, roles, default privileges, "
         "ownership (ALTER ... OWNER, REASSIGN OWNED), row security policies, "
-        "user mappings, security labels, SET ROLE / SET SESSION AUTHORIZATION",
+        "user mappings, security labels, SET ROLE / SET SESSION AUTHORIZATION, "
+        "ALTER ROLE ... RENAME",
         _kinds(
             "GrantStmt GrantRoleStmt CreateRoleStmt AlterRoleStmt AlterRoleSetStmt "
             "DropRoleStmt AlterDefaultPrivilegesStmt AlterOwnerStmt "
@@ -127,7 +130,7 @@ _CATEGORY_LIST = (
             "CreateUserMappingStmt AlterUserMappingStmt DropUserMappingStmt "
             "SecLabelStmt"
         ),
-        frozenset({SET_ROLE, ROW_SECURITY, OWNER_CHANGE}),
+        frozenset({SET_ROLE, ROW_SECURITY, OWNER_CHANGE, ROLE_RENAME}),
     ),
     Category(
         "session",
@@ -141,7 +144,7 @@ _CATEGORY_LIST = (
     Category(
         "admin",
         "runs the server or a database: VACUUM, ANALYZE, CLUSTER, REINDEX, "
-        "CHECKPOINT, ALTER SYSTEM, LOAD, CREATE/ALTER/DROP DATABASE and "
+        "CHECKPOINT, ALTER SYSTEM, LOAD, CREATE/ALTER/DROP/RENAME DATABASE and "
         "TABLESPACE, ALTER ROLE/DATABASE ... SET; and calls of built-ins that "
         "act on the server: pg_terminate_backend, pg_cancel_backend, "
         "pg_reload_conf, pg_rotate_logfile, pg_switch_wal, pg_promote, "
@@ -152,7 +155,7 @@ _CATEGORY_LIST = (
             "AlterDatabaseRefreshCollStmt DropdbStmt CreateTableSpaceStmt "
             "AlterTableSpaceOptionsStmt DropTableSpaceStmt AlterRoleSetStmt"
         ),
-        frozenset({FUNCTION_ADMIN}),
+        frozenset({FUNCTION_ADMIN, SERVER_RENAME}),
     ),
     Category(
         "code",

@@ -819,6 +819,19 @@ class _Findings:
                 self.facts.add("row-security")
             elif subtype == "AT_ChangeOwner":
                 self.facts.add("owner-change")
+            elif subtype == "AT_AlterColumnType":
+                definition = command.get("def")
+                column = (
+                    definition.get("ColumnDef")
+                    if isinstance(definition, dict)
+                    else None
+                )
+                if isinstance(column, dict) and column.get("raw_default") is not None:
+                    # ALTER COLUMN ... TYPE ... USING expr: an UPDATE of
+                    # every row, with no WHERE
+                    self.nested["UpdateStmt"] = None
+                    self.where_kinds += 1
+                    self.missing_where = True
 
     def _variable_set(self, body: dict) -> None:
         self.dependent = True
@@ -850,7 +863,10 @@ class _Findings:
 
     def _rename(self, body: dict) -> None:
         if body.get("renameType") == "OBJECT_ROLE":
+            self.facts.add("role-rename")
             self.sensitive.append(Sensitive("rename-role", role=body.get("subname")))
+        elif body.get("renameType") in ("OBJECT_DATABASE", "OBJECT_TABLESPACE"):
+            self.facts.add("server-rename")
 
     # -- function calls ----------------------------------------------------
 

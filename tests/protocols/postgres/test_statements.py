@@ -1115,6 +1115,33 @@ class CategoryTests(SynchronousTestCase):
                 set(statement_command(statement).categories), expected, sql
             )
 
+    def test_renames_and_rewrites(self):
+        """
+        A role's rename is a privilege change, a database's an admin one;
+        ALTER COLUMN ... TYPE ... USING rewrites every row (red team).
+        """
+        cases = {
+            "ALTER ROLE r RENAME TO x": ({"ddl", "privilege"}, set()),
+            "ALTER USER r RENAME TO x": ({"ddl", "privilege"}, set()),
+            "ALTER DATABASE d RENAME TO x": ({"ddl", "admin"}, set()),
+            "ALTER TABLESPACE s RENAME TO x": ({"ddl", "admin"}, set()),
+            "ALTER TABLE t RENAME TO x": ({"ddl"}, set()),
+            "ALTER TABLE t ALTER COLUMN v TYPE text USING 'gone'": (
+                {"ddl", "write"},
+                {"no-where"},
+            ),
+            "ALTER TABLE t ALTER v TYPE int USING v::int": (
+                {"ddl", "write"},
+                {"no-where"},
+            ),
+            "ALTER TABLE t ALTER COLUMN v TYPE text": ({"ddl"}, set()),
+        }
+        for sql, (categories, flags) in cases.items():
+            (statement,) = classify(sql)
+            found = statement_command(statement)
+            self.assertEqual(set(found.categories), categories, sql)
+            self.assertEqual(set(found.flags), flags, sql)
+
     def test_siblings(self):
         cases = {
             "DROP OWNED BY current_user": {"destructive", "privilege"},
