@@ -251,6 +251,35 @@ GUARD_CASES = [
         "create rule guard_rule as on insert to guard_t do also select evil_fn(1, 1)",
         who=BUILDERS,
     ),
+    # -- DDL that names an existing function (a function rule must see it) --
+    refused(
+        "rename_evil_function",
+        "alter function evil_fn(int, int) rename to guard_nice",
+        "renamed, the evil function is callable under a harmless name",
+        who=BUILDERS,
+    ),
+    refused(
+        "replace_evil_function",
+        "create or replace function public.evil_fn(int, int) returns bool "
+        "language sql immutable as 'select false'",
+        who=BUILDERS,
+    ),
+    refused("drop_evil_function", "drop function evil_fn(int, int)", who=BUILDERS),
+    refused(
+        "move_evil_function",
+        "alter routine evil_fn(int, int) set schema guard_s",
+        who=BUILDERS,
+    ),
+    refused(
+        "evil_function_owner",
+        "alter function public.evil_fn(int, int) owner to guard_reader",
+        who=BUILDERS,
+    ),
+    refused(
+        "grant_evil_function",
+        "grant execute on function evil_fn(int, int) to guard_reader",
+        who=BUILDERS,
+    ),
     refused(
         "alter_column_default_evil",
         "alter table guard_t alter column v set default evil_fn(1, 1)::text",
@@ -266,6 +295,17 @@ class _RedTeamRunner(GuardedTestCase):
         super().setUp()
         self.addCleanup(self._unrename)
 
+    def state(self) -> dict[str, str]:
+        """The guard's state, and the functions the policy names."""
+        state = super().state()
+        state["functions"] = self.cluster.psql(
+            "select string_agg(format('%s.%s:%s:%s', pronamespace::regnamespace,"
+            " proname, proowner::regrole, md5(prosrc)), ',' order by proname)"
+            " from pg_proc where proname like 'evil%' or proname like 'guard%'",
+            dbname="app",
+        )
+        return state
+
     def _unrename(self) -> None:
         # a rename that got through must not break the guard's teardown
         self.cluster.psql(
@@ -274,7 +314,8 @@ class _RedTeamRunner(GuardedTestCase):
             "  alter role guard_renamed rename to guard_reader; end if;"
             " if exists (select from pg_roles where rolname = 'guard_admin2') then"
             "  alter role guard_admin2 rename to guard_admin; end if;"
-            " end $$",
+            " end $$; drop function if exists guard_nice(int, int);"
+            " drop function if exists guard_s.evil_fn(int, int);",
             dbname="app",
         )
 
