@@ -503,6 +503,7 @@ _DEFELEM_FIELDS = {
 }
 # Statements naming a function in a list of Strings, and the fields.
 _NAME_LIST_FIELDS = {
+    "CreateFunctionStmt": ("funcname",),
     "CreateTrigStmt": ("funcname",),
     "CreateEventTrigStmt": ("funcname",),
     "CreateConversionStmt": ("func_name",),
@@ -511,6 +512,7 @@ _NAME_LIST_FIELDS = {
 }
 # Statements naming a function as an ObjectWithArgs, and the fields.
 _OBJECT_WITH_ARGS_FIELDS = {
+    "AlterFunctionStmt": ("func",),
     "CreateCastStmt": ("func",),
     "CreateTransformStmt": ("fromsql", "tosql"),
 }
@@ -1007,6 +1009,11 @@ class _Findings:
                     name = _dotted(value.get("funcname"))
                     if name:
                         self.call(name, value)
+                elif key == "ObjectWithArgs":
+                    # DROP/ALTER/GRANT/COMMENT ... FUNCTION name(args): a
+                    # function rule must see a function renamed, moved,
+                    # dropped or granted, not only one called
+                    self._function_name(_dotted(value.get("objname")))
                 elif key == "CreateOpClassItem":
                     if value.get("itemtype") == 2:
                         item = value.get("name")

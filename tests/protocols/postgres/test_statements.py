@@ -1115,6 +1115,26 @@ class CategoryTests(SynchronousTestCase):
                 set(statement_command(statement).categories), expected, sql
             )
 
+    def test_ddl_naming_existing_functions(self):
+        """
+        DDL that renames, moves, drops, grants, alters or replaces a
+        function names it in C{functions}, for function rules (red team).
+        """
+        cases = {
+            "ALTER FUNCTION evil(int) RENAME TO nice": ("evil",),
+            "ALTER ROUTINE s.evil(int) SET SCHEMA t": ("s.evil",),
+            "ALTER PROCEDURE evil() OWNER TO r": ("evil",),
+            "ALTER FUNCTION evil(int) SECURITY DEFINER": ("evil",),
+            "DROP FUNCTION evil(int), other()": ("evil", "other"),
+            "GRANT EXECUTE ON FUNCTION evil(int) TO PUBLIC": ("evil",),
+            "COMMENT ON FUNCTION evil(int) IS 'x'": ("evil",),
+            "CREATE OR REPLACE FUNCTION public.evil() RETURNS int"
+            " LANGUAGE sql AS 'select 1'": ("public.evil",),
+        }
+        for sql, functions in cases.items():
+            (statement,) = classify(sql)
+            self.assertEqual(statement.functions, functions, sql)
+
     def test_renames_and_rewrites(self):
         """
         A role's rename is a privilege change, a database's an admin one;
