@@ -219,6 +219,34 @@ GUARD_CASES = [
         "copy_binary_to_file",
         f"copy guard_t to '{F}bin' with (format binary)",
     ),
+    # -- the secret relation by other spellings (held) -----------------------
+    refused("secret_catalog_qualified", "select * from app.public.guard_secret"),
+    refused("secret_spaced_quoted", 'select * from "public" . "guard_secret"'),
+    refused("secret_table_command", "table guard_secret"),
+    refused("secret_only", "select * from only guard_secret"),
+    refused("secret_nested_table", "select * from (table guard_secret) s"),
+    refused(
+        "secret_cte_shadowed_qualified",
+        "with guard_secret as (select 1) select * from public.guard_secret",
+    ),
+    refused(
+        "secret_cte_reads_itself",
+        "with guard_secret as (select * from guard_secret) select * from guard_secret",
+    ),
+    refused(
+        "secret_sibling_cte_scope",
+        "select * from (with guard_secret as (select 1) select 1) a, guard_secret",
+    ),
+    refused("secret_unicode_ident", 'select * from U&"guard\\005fsecret"'),
+    refused(
+        "secret_search_path",
+        "set search_path = guard_s, public; select * from guard_secret",
+    ),
+    refused("secret_copy_stdout", "copy guard_secret to stdout"),
+    refused(
+        "secret_cursor",
+        "begin; declare c cursor for select * from guard_secret; fetch all c; commit",
+    ),
     # -- functions in DDL expressions (builders may run DDL) ----------------
     refused(
         "default_calls_evil",
