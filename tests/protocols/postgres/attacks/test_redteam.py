@@ -484,6 +484,47 @@ MASKING_CASES = [
         "card",
     ),
     case(
+        "copy_csv_quote_digit",
+        "detect",
+        "COPY (SELECT card FROM m_customers) TO STDOUT (FORMAT csv, QUOTE '1')",
+        "card",
+        "every 1 of the card doubled and the field quoted by 1s",
+    ),
+    case(
+        "copy_csv_escape_digit",
+        "detect",
+        "COPY (SELECT card FROM m_customers) TO STDOUT"
+        " (FORMAT csv, FORCE_QUOTE *, ESCAPE '1')",
+        "card",
+    ),
+    case(
+        "copy_text_delimiter_digit",
+        "detect",
+        "COPY (SELECT card, email FROM m_customers) TO STDOUT (DELIMITER '1')",
+        "card",
+    ),
+    case(
+        "copy_csv_delimiter_digit",
+        "detect",
+        "COPY (SELECT card, email FROM m_customers) TO STDOUT"
+        " (FORMAT csv, DELIMITER '1')",
+        "card",
+    ),
+    case(
+        "binary_cursor_int8",
+        "detect",
+        "BEGIN; DECLARE c BINARY CURSOR FOR SELECT card_int8 FROM m_customers;"
+        " FETCH ALL c; COMMIT",
+        "card-int8",
+    ),
+    case(
+        "binary_cursor_cols",
+        "cols",
+        "BEGIN; DECLARE c BINARY CURSOR FOR SELECT ssn AS q FROM m_customers;"
+        " FETCH ALL c; COMMIT",
+        "ssn",
+    ),
+    case(
         "error_detail_in_function",
         "detect",
         "DO $$ BEGIN RAISE EXCEPTION 'x' USING DETAIL = (SELECT card FROM"
