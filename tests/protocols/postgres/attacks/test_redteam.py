@@ -498,6 +498,13 @@ MASKING_CASES = [
         "card",
     ),
     case(
+        "copy_text_delimiter_at",
+        "detect",
+        "COPY (SELECT email FROM m_customers) TO STDOUT (DELIMITER '@')",
+        "email-local",
+        "PostgreSQL writes the @ of an address as \\@: no address to detect",
+    ),
+    case(
         "copy_csv_delimiter_digit",
         "detect",
         "COPY (SELECT card, email FROM m_customers) TO STDOUT"
@@ -541,20 +548,6 @@ class RedTeamMaskingTests(GatewayTestCase):
     def setUp(self) -> None:
         super().setUp()
         self.direct(channels.SETUP)
-
-    def test_copy_text_delimiter_digit(self) -> None:
-        """
-        DELIMITER '1' in text format: PostgreSQL writes every 1 inside a
-        value as a backslash and a 1, so the card is split by backslashes
-        that the attacker removes.
-        """
-        sql = "COPY (SELECT card FROM m_customers) TO STDOUT (DELIMITER '1')"
-        card = channels.CARD.encode()
-        got = self.exchange("detect", sql)
-        self.assertIn(b"zzend", got)
-        self.assertNotIn(card, got.replace(b"\\", b""), "card reached the client")
-        control = self.exchange("dba", sql)
-        self.assertIn(card, control.replace(b"\\", b""))
 
 
 add_cases(RedTeamMaskingTests, MASKING_CASES)
