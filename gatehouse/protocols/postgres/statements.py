@@ -129,12 +129,33 @@ class CopyInfo:
     format: str
     delimiter: str
     header: bool = False
+    quote: str = '"'
+    escape: str | None = None
+
+    def rewrites_values(self) -> bool:
+        """
+        Whether its options make PostgreSQL split or double characters
+        that detectors read together: a text DELIMITER that is a letter,
+        digit or one of C{@ . - _ + space} (escaped with a backslash inside
+        values), a CSV QUOTE or ESCAPE other than C{"} (doubled or escaped
+        inside values).  C{COPY (SELECT card ...) TO STDOUT (FORMAT csv,
+        QUOTE '1')} sends every 1 of a card twice.
+        """
+        if self.format == "csv":
+            return self.quote != '"' or self.escape not in (None, '"')
+        return _joins_values(self.delimiter)
+
+
+def _joins_values(char: str) -> bool:
+    return not char.isascii() or char.isalnum() or char in "@.-_+ "
 
 
 def _copy_info(body: dict) -> CopyInfo:
     fmt = "text"
     delimiter = None
     header = False
+    quote = '"'
+    escape = None
     for option in body.get("options") or ():
         elem = option.get("DefElem") if isinstance(option, dict) else None
         if not isinstance(elem, dict):
@@ -145,6 +166,10 @@ def _copy_info(body: dict) -> CopyInfo:
             fmt = value.lower()
         elif elem.get("defname") == "delimiter" and isinstance(value, str):
             delimiter = value
+        elif elem.get("defname") == "quote" and isinstance(value, str):
+            quote = value
+        elif elem.get("defname") == "escape" and isinstance(value, str):
+            escape = value
         elif elem.get("defname") == "header":
             # HEADER alone, true/on/1, or MATCH (COPY FROM only)
             header = value is None or str(value).lower() not in ("false", "off", "0")
@@ -160,6 +185,8 @@ def _copy_info(body: dict) -> CopyInfo:
         format=fmt,
         delimiter=delimiter or ("," if fmt == "csv" else "\t"),
         header=header,
+        quote=quote,
+        escape=escape,
     )
 
 

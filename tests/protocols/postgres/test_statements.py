@@ -1210,3 +1210,38 @@ class CategoryTests(SynchronousTestCase):
         }
         for sql, expected in cases.items():
             self.assertEqual(set(command(sql).categories), expected, sql)
+
+
+class CopyOptionTests(SynchronousTestCase):
+    """
+    COPY options that make PostgreSQL split or double the characters of
+    values (red team: a CSV QUOTE '1' doubles every 1 of a card).
+    """
+
+    def copy(self, sql: str):
+        (statement,) = classify(sql)
+        return statement.copy
+
+    def test_rewrites_values(self):
+        for sql in [
+            "COPY t TO STDOUT (FORMAT csv, QUOTE '1')",
+            "COPY t TO STDOUT CSV QUOTE '1'",
+            "COPY (SELECT 1) TO STDOUT (FORMAT csv, FORCE_QUOTE *, ESCAPE '1')",
+            "COPY t TO STDOUT (FORMAT csv, QUOTE '''')",
+            "COPY t TO STDOUT (DELIMITER '1')",
+            "COPY t TO STDOUT (DELIMITER 'a')",
+            "COPY t TO STDOUT (DELIMITER '@')",
+            "COPY t TO STDOUT WITH DELIMITER ' '",
+        ]:
+            self.assertTrue(self.copy(sql).rewrites_values(), sql)
+
+    def test_keeps_values(self):
+        for sql in [
+            "COPY t TO STDOUT",
+            "COPY t TO STDOUT (FORMAT csv)",
+            "COPY t TO STDOUT (FORMAT csv, QUOTE '\"', ESCAPE '\"')",
+            "COPY t TO STDOUT (FORMAT csv, DELIMITER '1')",
+            "COPY t TO STDOUT (DELIMITER '|')",
+            "COPY t TO STDOUT (FORMAT csv, HEADER, DELIMITER ';')",
+        ]:
+            self.assertFalse(self.copy(sql).rewrites_values(), sql)
