@@ -505,6 +505,23 @@ MASKING_CASES = [
         "PostgreSQL writes the @ of an address as \\@: no address to detect",
     ),
     case(
+        "copy_header_from_data",
+        "detect",
+        "DO $$ BEGIN EXECUTE format('CREATE TEMP TABLE m_hdr AS SELECT 1 AS %I',"
+        " (SELECT card FROM m_customers WHERE id = 1)); END $$;"
+        " COPY m_hdr TO STDOUT (FORMAT csv, HEADER)",
+        "card",
+        "the header row names the columns: a name made from a value",
+    ),
+    case(
+        "copy_header_from_data_text",
+        "detect",
+        "DO $$ BEGIN EXECUTE format('CREATE TEMP TABLE m_hdr AS SELECT 1 AS %I',"
+        " (SELECT email FROM m_customers WHERE id = 1)); END $$;"
+        " COPY m_hdr TO STDOUT (HEADER)",
+        "email",
+    ),
+    case(
         "copy_csv_delimiter_digit",
         "detect",
         "COPY (SELECT card, email FROM m_customers) TO STDOUT"
