@@ -522,6 +522,25 @@ MASKING_CASES = [
         "email",
     ),
     case(
+        "constraint_name_from_data",
+        "detect",
+        "DO $$ BEGIN EXECUTE format('CREATE TEMP TABLE m_c (a int CONSTRAINT %I"
+        " CHECK (a > 0))', (SELECT card FROM m_customers WHERE id = 1)); END $$;"
+        " INSERT INTO m_c VALUES (0)",
+        "card",
+        "the error's constraint field (n) and message name the constraint",
+    ),
+    case(
+        "relation_name_from_data",
+        "detect",
+        "DO $$ BEGIN EXECUTE format('CREATE TEMP TABLE %I (a int NOT NULL)',"
+        " (SELECT email FROM m_customers WHERE id = 1)); END $$;"
+        " DO $$ BEGIN EXECUTE format('INSERT INTO %I VALUES (NULL)',"
+        " (SELECT email FROM m_customers WHERE id = 1)); END $$",
+        "email",
+        "the error's table field (t) and message name the relation",
+    ),
+    case(
         "copy_csv_delimiter_digit",
         "detect",
         "COPY (SELECT card, email FROM m_customers) TO STDOUT"
