@@ -171,6 +171,36 @@ GUARD_CASES = [
     refused(
         "alter_role_quoted_self", 'alter role "gw_scram" connection limit 1', who=DBA
     ),
+    # memberships of the gateway's own role: inherited privileges of
+    # another role, without SET ROLE
+    refused(
+        "grant_role_to_self",
+        "grant pg_read_all_data to current_user",
+        "the gateway's role inherits what another role may do",
+        who=DBA,
+    ),
+    refused(
+        "grant_role_to_self_by_name",
+        'grant pg_read_all_data to "gw_scram"',
+        who=DBA,
+    ),
+    refused(
+        "alter_group_add_self",
+        "create role guard_grp; alter group guard_grp add user session_user",
+        who=DBA,
+    ),
+    refused(
+        "create_role_with_self_member",
+        "create role guard_new_role role current_user",
+        "the new role's members include the gateway's role",
+        who=DBA,
+    ),
+    refused(
+        "revoke_role_from_self",
+        "revoke guard_reader from current_user",
+        "its settable role taken away",
+        who=DBA,
+    ),
     harmless("reset_all_after_reader", "set role guard_reader; reset all"),
     harmless("discard_all_after_reader", "set role guard_reader; discard all"),
     harmless("set_role_default", "set role guard_reader; set role to default"),
@@ -343,6 +373,8 @@ class _RedTeamRunner(GuardedTestCase):
             " if exists (select from pg_roles where rolname = 'guard_admin2') then"
             "  alter role guard_admin2 rename to guard_admin; end if;"
             " end $$; drop function if exists guard_nice(int, int);"
+            " revoke pg_read_all_data from gw_scram;"
+            " drop role if exists guard_new_role; drop role if exists guard_grp;"
             " drop function if exists guard_s.evil_fn(int, int);",
             dbname="app",
         )
