@@ -90,6 +90,8 @@ class Sensitive:
     protections (L{gatehouse.protocols.postgres.protections}).
 
     @ivar action: C{"alter-role"} (ALTER ROLE options, PASSWORD included),
+        C{"membership"} (GRANT/REVOKE of a role to C{role}, ALTER GROUP
+        ... ADD/DROP USER C{role}, CREATE ROLE ... ROLE/ADMIN C{role}),
         C{"rename-role"}, C{"drop-role"}, C{"role-setting"} (ALTER ROLE
         ... SET/RESET), C{"database-setting"} (ALTER DATABASE ... SET),
         C{"set"} (SET/RESET, or a C{set_config} call).
@@ -873,6 +875,29 @@ class _Findings:
         self.sensitive.append(
             Sensitive("alter-role", role=_role_name(body.get("role")))
         )
+        self._members(body.get("options"))
+
+    def _members(self, options: object) -> None:
+        """ALTER GROUP ... ADD/DROP USER, CREATE ROLE ... ROLE/ADMIN: members."""
+        for item in options or ():
+            elem = item.get("DefElem") if isinstance(item, dict) else None
+            if not isinstance(elem, dict):
+                continue
+            if elem.get("defname") not in ("rolemembers", "adminmembers"):
+                continue
+            arg = elem.get("arg")
+            items = arg.get("List", {}).get("items") if isinstance(arg, dict) else None
+            for spec in items or ():
+                role = spec.get("RoleSpec") if isinstance(spec, dict) else None
+                self.sensitive.append(Sensitive("membership", role=_role_name(role)))
+
+    def _create_role(self, body: dict) -> None:
+        self._members(body.get("options"))
+
+    def _grant_role(self, body: dict) -> None:
+        for spec in body.get("grantee_roles") or ():
+            role = spec.get("RoleSpec") if isinstance(spec, dict) else None
+            self.sensitive.append(Sensitive("membership", role=_role_name(role)))
 
     def _alter_role_set(self, body: dict) -> None:
         role = _role_name(body.get("role")) if body.get("role") else "ALL"
@@ -1089,6 +1114,8 @@ _STATEMENT_HANDLERS = {
     "AlterTableStmt": _Findings._alter_table,
     "VariableSetStmt": _Findings._variable_set,
     "AlterRoleStmt": _Findings._alter_role,
+    "CreateRoleStmt": _Findings._create_role,
+    "GrantRoleStmt": _Findings._grant_role,
     "AlterRoleSetStmt": _Findings._alter_role_set,
     "AlterDatabaseSetStmt": _Findings._alter_database_set,
     "DropRoleStmt": _Findings._drop_role,

@@ -170,3 +170,34 @@ class PgSettingsTests(SynchronousTestCase):
             "UPDATE other.pg_settings SET setting = 'off' WHERE name = 'x'",
         ]:
             self.assertIsNone(why(sql), sql)
+
+
+class MembershipTests(SynchronousTestCase):
+    """
+    The gateway's own role's memberships: a role granted to it lends its
+    privileges without SET ROLE (found by the red team).
+    """
+
+    def test_refused(self):
+        for sql in [
+            "GRANT pg_read_all_data TO CURRENT_USER",
+            'GRANT admin TO "gw"',
+            "GRANT admin TO someone, gw WITH ADMIN OPTION",
+            "REVOKE reader FROM CURRENT_ROLE",
+            "ALTER GROUP admin ADD USER SESSION_USER",
+            "ALTER GROUP admin DROP USER gw",
+            "CREATE ROLE x ROLE current_user",
+            "CREATE ROLE x ADMIN gw",
+            "CREATE GROUP x USER gw",
+        ]:
+            self.assertTrue((why(sql) or "").startswith(PREFIX), sql)
+
+    def test_allowed(self):
+        for sql in [
+            "GRANT admin TO someone",
+            "REVOKE admin FROM someone",
+            "ALTER GROUP admin ADD USER someone",
+            "CREATE ROLE x IN ROLE reader",
+            "CREATE ROLE x ROLE someone",
+        ]:
+            self.assertIsNone(why(sql), sql)
