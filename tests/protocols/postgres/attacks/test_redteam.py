@@ -249,6 +249,29 @@ GUARD_CASES = [
         "copy_binary_to_file",
         f"copy guard_t to '{F}bin' with (format binary)",
     ),
+    # -- file_fdw: a foreign table over a server file or program -----------
+    refused(
+        "file_fdw_filename",
+        "create foreign table guard_ft (line text) server guard_files "
+        "options (filename '/etc/passwd'); select * from guard_ft",
+        "COPY FROM a file by another name",
+        who=BUILDERS,
+    ),
+    refused(
+        "file_fdw_program",
+        "create foreign table guard_ft (line text) server guard_files "
+        f"options (program 'touch {F}fdw'); select * from guard_ft",
+        "COPY FROM PROGRAM by another name",
+        who=BUILDERS,
+    ),
+    refused(
+        "file_fdw_alter_options",
+        "create foreign table guard_ft (line text) server guard_files "
+        "options (filename '/dev/null'); "
+        "alter foreign table guard_ft options (set filename '/etc/passwd'); "
+        "select * from guard_ft",
+        who=BUILDERS,
+    ),
     # -- the secret relation by other spellings (held) -----------------------
     refused("secret_catalog_qualified", "select * from app.public.guard_secret"),
     refused("secret_spaced_quoted", 'select * from "public" . "guard_secret"'),
@@ -352,6 +375,15 @@ class _RedTeamRunner(GuardedTestCase):
     def setUp(self) -> None:
         super().setUp()
         self.addCleanup(self._unrename)
+        # a file_fdw server, as a DBA would have made it (the attacks
+        # create foreign tables on it)
+        self.cluster.psql(
+            "create extension if not exists file_fdw;"
+            " drop server if exists guard_files cascade;"
+            " create server guard_files foreign data wrapper file_fdw;"
+            " grant usage on foreign server guard_files to gw_scram;",
+            dbname="app",
+        )
 
     def state(self) -> dict[str, str]:
         """The guard's state, and the functions the policy names."""
