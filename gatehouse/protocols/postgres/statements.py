@@ -850,6 +850,10 @@ class _Findings:
                 self.facts.add("row-security")
             elif subtype == "AT_ChangeOwner":
                 self.facts.add("owner-change")
+            elif subtype == "AT_GenericOptions":
+                definition = command.get("def")
+                if isinstance(definition, dict):
+                    self._foreign_options(definition.get("List", {}).get("items"))
             elif subtype == "AT_AlterColumnType":
                 definition = command.get("def")
                 column = (
@@ -863,6 +867,37 @@ class _Findings:
                     self.nested["UpdateStmt"] = None
                     self.where_kinds += 1
                     self.missing_where = True
+
+    def _foreign_table(self, body: dict) -> None:
+        self._foreign_options(body.get("options"))
+
+    def _foreign_options(self, options: object) -> None:
+        """
+        A foreign table's options: file_fdw reads C{filename} and runs
+        C{program} (as COPY FROM does), postgres_fdw and its kind read
+        the relation C{table_name} (in C{schema_name}).
+        """
+        values = {}
+        for item in options or ():
+            elem = item.get("DefElem") if isinstance(item, dict) else None
+            if not isinstance(elem, dict) or not isinstance(elem.get("defname"), str):
+                continue
+            arg = elem.get("arg")
+            value = arg.get("String", {}).get("sval") if isinstance(arg, dict) else None
+            values[elem["defname"].lower()] = value
+        if "filename" in values:
+            self.flags.add(SERVER_FILE)
+            self.flags.add(COPY_FROM_FILE)
+        if "program" in values:
+            self.facts.add("copy-program")
+        table = values.get("table_name")
+        if "table_name" in values or "schema_name" in values:
+            self.dependent = True
+            if not table:
+                self.flags.add(OPAQUE_FLAG)  # a relation the gateway cannot name
+                return
+            schema = values.get("schema_name")
+            self.relations[f"{schema}.{table}" if schema else table] = None
 
     def _variable_set(self, body: dict) -> None:
         self.dependent = True
@@ -1112,6 +1147,7 @@ _STATEMENT_HANDLERS = {
     "SelectStmt": _Findings._select,
     "CopyStmt": _Findings._copy,
     "AlterTableStmt": _Findings._alter_table,
+    "CreateForeignTableStmt": _Findings._foreign_table,
     "VariableSetStmt": _Findings._variable_set,
     "AlterRoleStmt": _Findings._alter_role,
     "CreateRoleStmt": _Findings._create_role,

@@ -1245,3 +1245,36 @@ class CopyOptionTests(SynchronousTestCase):
             "COPY t TO STDOUT (FORMAT csv, HEADER, DELIMITER ';')",
         ]:
             self.assertFalse(self.copy(sql).rewrites_values(), sql)
+
+
+class ForeignTableOptionTests(SynchronousTestCase):
+    """
+    Foreign table options that read files, run programs or name another
+    relation (red team: file_fdw over /etc/passwd, program 'touch ...').
+    """
+
+    def test_file_and_program(self):
+        (s,) = classify(
+            "CREATE FOREIGN TABLE f (l text) SERVER files"
+            " OPTIONS (filename '/etc/passwd')"
+        )
+        self.assertEqual(s.flags, {"server-file", "copy-from-file"})
+        (s,) = classify(
+            "CREATE FOREIGN TABLE f (l text) SERVER files OPTIONS (program 'id')"
+        )
+        self.assertIn("copy-program", statement_command(s).flags)
+        (s,) = classify("ALTER FOREIGN TABLE f OPTIONS (SET filename '/etc/shadow')")
+        self.assertEqual(s.flags, {"server-file", "copy-from-file"})
+        (s,) = classify("ALTER FOREIGN TABLE f OPTIONS (ADD program 'id')")
+        self.assertIn("copy-program", statement_command(s).flags)
+
+    def test_remote_relation(self):
+        (s,) = classify(
+            "CREATE FOREIGN TABLE f (a int) SERVER pg"
+            " OPTIONS (schema_name 'public', table_name 'secret')"
+        )
+        self.assertEqual(set(s.relations), {"f", "public.secret"})
+        (s,) = classify("ALTER FOREIGN TABLE f OPTIONS (SET table_name 'secret')")
+        self.assertEqual(set(s.relations), {"f", "secret"})
+        (s,) = classify("CREATE FOREIGN TABLE f (a int) SERVER pg")
+        self.assertEqual((s.relations, s.flags), (("f",), frozenset()))
