@@ -68,6 +68,20 @@ GUARD_CASES = [
     ),
     refused("where_no_column_function", _UPD + "now() > '2000-01-01'"),
     refused("where_uncorrelated_exists", _UPD + "exists (select 1 from pg_class)"),
+    refused(
+        "merge_on_source_only",
+        "merge into guard_t t using (select 1 as k) s on s.k = 1 "
+        "when matched then update set v = 'gone'",
+        "an ON that reads only the source matches every target row",
+    ),
+    refused(
+        "update_from_where_source_only",
+        _UPD.replace(" where ", " from (select 1 as k) s where ") + "s.k = 1",
+    ),
+    refused(
+        "update_where_other_table_only",
+        _UPD.replace(" where ", " from pg_namespace n where ") + "n.nspname = 'public'",
+    ),
     # held: spellings the builders handle (regression)
     refused("where_not_false_compare", _UPD + "not (1 = 2)"),
     refused("where_bool_literal_cast", _UPD + "'t'::bool"),
