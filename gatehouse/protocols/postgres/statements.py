@@ -698,7 +698,7 @@ class _Findings:
         """Facts of one statement (the top one or one nested anywhere)."""
         if kind in _WHERE_KINDS:
             self.where_kinds += 1
-            if self._unbounded(body.get("whereClause")):
+            if self._unbounded(body.get("whereClause"), _target_names(body)):
                 self.missing_where = True
         handler = _STATEMENT_HANDLERS.get(kind)
         if handler is not None:
@@ -781,7 +781,7 @@ class _Findings:
             self.nested[kind] = None
         if kinds & {"UpdateStmt", "DeleteStmt"}:
             self.where_kinds += 1
-            if self._unbounded(where):
+            if self._unbounded(where, _target_names(body)):
                 self.missing_where = True
 
     def _insert(self, body: dict) -> None:
@@ -807,16 +807,19 @@ class _Findings:
             self.dependent = True
         return always_true(where)
 
-    def _unbounded(self, where: object) -> bool:
+    def _unbounded(self, where: object, target: frozenset[str] = frozenset()) -> bool:
         """
         A condition that bounds nothing: absent, constant-true, or one
-        that reads no column (C{WHERE $1}, C{WHERE now() > '2000-01-01'},
-        C{WHERE EXISTS (SELECT 1 FROM t)}: the same for every row, so
-        every row or none), unless it is known false or NULL.
+        that reads no column of the C{target} row (C{WHERE $1}, C{WHERE
+        now() > '2000-01-01'}, C{WHERE EXISTS (SELECT 1 FROM t)}, C{FROM u
+        WHERE u.k = 1}: the same for every target row, so every row or
+        none), unless it is known false or NULL.  C{target}: the names
+        (table, alias) that qualify the statement's target's columns; an
+        unqualified column may be the target's.
         """
         if where is None:
             return True
-        if not _reads_no_row(where):
+        if not _reads_no_row(where, target):
             return self._always_true(where)
         if _reads_values(where):
             self.dependent = True
@@ -1205,17 +1208,40 @@ def _reads_values(where: object) -> bool:
     return found and not _plain_filter(where)
 
 
-def _reads_no_row(where: object) -> bool:
+def _target_names(body: dict) -> frozenset[str]:
+    """The names that qualify a DELETE/UPDATE/MERGE target's columns."""
+    relation = body.get("relation")
+    if not isinstance(relation, dict):
+        return frozenset()
+    names = {relation.get("relname")}
+    alias = relation.get("alias")
+    if isinstance(alias, dict):
+        names.add(alias.get("aliasname"))
+    return frozenset(n for n in names if isinstance(n, str))
+
+
+def _reads_no_row(where: object, target: frozenset[str] = frozenset()) -> bool:
     """
-    Whether a condition mentions no column at all (nor C{CURRENT OF}):
-    then it has one value for every row of the statement.
+    Whether a condition reads no column of the target row (nor C{CURRENT
+    OF}): then it has one value for every target row.  A column qualified
+    by another relation (C{u.k}) is not the target's when C{target} names
+    the target; an unqualified one may be.
     """
     stack = [where]
     while stack:
         node = stack.pop()
         if isinstance(node, dict):
-            if "ColumnRef" in node or "CurrentOfExpr" in node:
+            if "CurrentOfExpr" in node:
                 return False
+            column = node.get("ColumnRef")
+            if isinstance(column, dict):
+                fields = column.get("fields")
+                if not target or not isinstance(fields, list) or len(fields) < 2:
+                    return False
+                qualifier = _dotted(fields[-2:-1])
+                if qualifier is None or qualifier in target:
+                    return False
+                continue
             stack.extend(node.values())
         elif isinstance(node, list):
             stack.extend(node)

@@ -998,6 +998,32 @@ class ConstantTrueTests(ClassifyTestsMixin, SynchronousTestCase):
         "EXISTS (SELECT 1 FROM u WHERE u.k = t.k)",
     ]
 
+    def test_reads_only_another_relation(self):
+        """
+        A condition that reads only another relation's columns is the
+        same for every target row (red team: MERGE ... ON s.k = 1).
+        """
+        unbounded = [
+            "MERGE INTO t USING (SELECT 1 AS k) s ON s.k = 1"
+            " WHEN MATCHED THEN UPDATE SET a = 1",
+            "UPDATE t SET a = 1 FROM u WHERE u.k = 1",
+            "UPDATE t AS x SET a = 1 FROM u WHERE u.k = 1 AND u.j > 2",
+            "DELETE FROM t USING u WHERE u.x = 1",
+            "DELETE FROM t WHERE EXISTS (SELECT 1 FROM u WHERE u.k = 1)",
+        ]
+        bounded = [
+            "MERGE INTO t USING s ON t.id = s.k WHEN MATCHED THEN DELETE",
+            "UPDATE t AS x SET a = 1 FROM u WHERE x.id = u.id",
+            "UPDATE public.t SET a = 1 FROM u WHERE t.id = u.id",
+            "DELETE FROM t USING u WHERE u.k = 1 AND id = u.id2",
+            "DELETE FROM t WHERE EXISTS (SELECT 1 FROM u WHERE u.k = t.id)",
+            "DELETE FROM t WHERE EXISTS (SELECT 1 FROM u WHERE k = 1)",
+        ]
+        for sql in unbounded:
+            self.assertEqual(self.one(sql).has_where, False, sql)
+        for sql in bounded:
+            self.assertEqual(self.one(sql).has_where, True, sql)
+
     def test_reads_no_row(self):
         for cond in self.READS_NO_ROW:
             s = self.one("UPDATE t SET a = 1 WHERE " + cond)
