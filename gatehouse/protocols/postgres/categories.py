@@ -30,6 +30,12 @@ DROP_COLUMN = "drop-column"
 SET_ROLE = "set-role"
 ROW_SECURITY = "row-security"
 OWNER_CHANGE = "owner-change"
+# built-ins called anywhere in a statement (statements._FUNCTION_FACTS)
+FUNCTION_DESTROYS = "function-destroys"
+FUNCTION_WRITES = "function-writes"
+FUNCTION_ADMIN = "function-admin"
+ROLE_RENAME = "role-rename"
+SERVER_RENAME = "server-rename"
 
 
 @attrs.frozen
@@ -61,24 +67,28 @@ _CATEGORY_LIST = (
     Category(
         "write",
         "changes rows: INSERT, UPDATE, DELETE, MERGE, COPY ... FROM, TRUNCATE, "
-        "CREATE TABLE AS / SELECT INTO, REFRESH MATERIALIZED VIEW",
+        "CREATE TABLE AS / SELECT INTO, REFRESH MATERIALIZED VIEW; and calls "
+        "of built-ins that write (large objects: lo_put, lowrite, lo_create, "
+        "lo_from_bytea, lo_import, lo_unlink, lo_truncate; setval, nextval, "
+        "pg_logical_emit_message)",
         _kinds(
             "InsertStmt UpdateStmt DeleteStmt MergeStmt TruncateStmt "
             "CreateTableAsStmt RefreshMatViewStmt"
         ),
-        frozenset({COPY_FROM}),
+        frozenset({COPY_FROM, FUNCTION_WRITES, FUNCTION_DESTROYS}),
     ),
     Category(
         "destructive",
         "removes data or objects: every DROP (tables, databases, roles, "
         "DROP OWNED), TRUNCATE, DELETE (also MERGE ... THEN DELETE), "
-        "REASSIGN OWNED, ALTER TABLE ... DROP COLUMN/CONSTRAINT",
+        "REASSIGN OWNED, ALTER TABLE ... DROP COLUMN/CONSTRAINT, and calls of "
+        "lo_unlink, lo_truncate",
         _kinds(
             "DropStmt DropdbStmt DropOwnedStmt DropRoleStmt DropTableSpaceStmt "
             "DropSubscriptionStmt DropUserMappingStmt TruncateStmt DeleteStmt "
             "ReassignOwnedStmt"
         ),
-        frozenset({DROP_COLUMN}),
+        frozenset({DROP_COLUMN, FUNCTION_DESTROYS}),
     ),
     Category(
         "ddl",
@@ -110,7 +120,8 @@ _CATEGORY_LIST = (
         "privilege",
         "changes who may do what: GRANT/REVOKE, roles, default privileges, "
         "ownership (ALTER ... OWNER, REASSIGN OWNED), row security policies, "
-        "user mappings, security labels, SET ROLE / SET SESSION AUTHORIZATION",
+        "user mappings, security labels, SET ROLE / SET SESSION AUTHORIZATION, "
+        "ALTER ROLE ... RENAME",
         _kinds(
             "GrantStmt GrantRoleStmt CreateRoleStmt AlterRoleStmt AlterRoleSetStmt "
             "DropRoleStmt AlterDefaultPrivilegesStmt AlterOwnerStmt "
@@ -118,7 +129,7 @@ _CATEGORY_LIST = (
             "CreateUserMappingStmt AlterUserMappingStmt DropUserMappingStmt "
             "SecLabelStmt"
         ),
-        frozenset({SET_ROLE, ROW_SECURITY, OWNER_CHANGE}),
+        frozenset({SET_ROLE, ROW_SECURITY, OWNER_CHANGE, ROLE_RENAME}),
     ),
     Category(
         "session",
@@ -135,14 +146,18 @@ _CATEGORY_LIST = (
     Category(
         "admin",
         "runs the server or a database: VACUUM, ANALYZE, CLUSTER, REINDEX, "
-        "CHECKPOINT, ALTER SYSTEM, LOAD, CREATE/ALTER/DROP DATABASE and "
-        "TABLESPACE, ALTER ROLE/DATABASE ... SET",
+        "CHECKPOINT, ALTER SYSTEM, LOAD, CREATE/ALTER/DROP/RENAME DATABASE and "
+        "TABLESPACE, ALTER ROLE/DATABASE ... SET; and calls of built-ins that "
+        "act on the server: pg_terminate_backend, pg_cancel_backend, "
+        "pg_reload_conf, pg_rotate_logfile, pg_switch_wal, pg_promote, "
+        "pg_stat_reset*, replication slots and origins, backups, ...",
         _kinds(
             "VacuumStmt ClusterStmt ReindexStmt CheckPointStmt AlterSystemStmt "
             "LoadStmt CreatedbStmt AlterDatabaseStmt AlterDatabaseSetStmt "
             "AlterDatabaseRefreshCollStmt DropdbStmt CreateTableSpaceStmt "
             "AlterTableSpaceOptionsStmt DropTableSpaceStmt AlterRoleSetStmt"
         ),
+        frozenset({FUNCTION_ADMIN, SERVER_RENAME}),
     ),
     Category(
         "code",

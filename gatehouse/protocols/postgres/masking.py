@@ -1193,12 +1193,18 @@ class ResponseMasker:
         if copy.blocked:
             self.unmaskable = True
             return b"" if body else None
-        if copy.header:
+        if not copy.whole and not masker.might_match(body):
             copy.header = False
             return None
-        if not copy.whole and not masker.might_match(body):
-            return None
         text = body.decode(self._encoding, "surrogateescape")
+        if copy.header:
+            # the column names: no column is masked whole here, but a name
+            # can be made from a value (a column named by dynamic SQL)
+            copy.header = False
+            out = self._scan_raw(text)
+            return (
+                None if out is None else out.encode(self._encoding, "surrogateescape")
+            )
         if copy.format == "csv":
             try:
                 out = self._csv(text, copy)

@@ -3,7 +3,8 @@ Built-in protections: what no policy can allow through the gateway.
 
 A client reaches PostgreSQL as the gateway's own upstream role.  Whatever
 the policy says, it must never change that role (its password, as psql's
-C{\\password} sends it, its settings, its name, its existence), never set
+C{\\password} sends it, its settings, its name, its existence, the roles
+it is a member of), never set
 settings on a role or database that change identity or how SQL is read
 (so that no later session is locked out or read differently), never become
 another role the target does not allow (C{settable_roles}), and never
@@ -104,6 +105,14 @@ def _check(
     found: Sensitive, own_roles: frozenset[str], settable_roles: frozenset[str]
 ) -> str | None:
     action = found.action
+    if action == "membership":
+        if _own(found.role, own_roles):
+            return (
+                "the gateway's own database role's memberships cannot be "
+                "changed through the gateway (a granted role's privileges "
+                "would be inherited without SET ROLE)"
+            )
+        return None
     if action in ("alter-role", "rename-role", "drop-role"):
         if _own(found.role, own_roles):
             what = {"alter-role": "altered", "rename-role": "renamed"}.get(

@@ -1365,6 +1365,12 @@ class PostgresServerProtocol(Protocol):
                     "binary COPY output cannot be masked on this target; "
                     "use FORMAT text or csv"
                 )
+            if copy.rewrites_values():
+                return (
+                    "this COPY's DELIMITER, QUOTE or ESCAPE would split values "
+                    "that masking must read whole; use the default "
+                    "DELIMITER, QUOTE and ESCAPE"
+                )
             masker = self.session.masker
             if copy.relation is None and (
                 masker.has_column_rules or masker.has_relation_rules

@@ -90,6 +90,8 @@ class Sensitive:
     protections (L{gatehouse.protocols.postgres.protections}).
 
     @ivar action: C{"alter-role"} (ALTER ROLE options, PASSWORD included),
+        C{"membership"} (GRANT/REVOKE of a role to C{role}, ALTER GROUP
+        ... ADD/DROP USER C{role}, CREATE ROLE ... ROLE/ADMIN C{role}),
         C{"rename-role"}, C{"drop-role"}, C{"role-setting"} (ALTER ROLE
         ... SET/RESET), C{"database-setting"} (ALTER DATABASE ... SET),
         C{"set"} (SET/RESET, or a C{set_config} call).
@@ -129,12 +131,33 @@ class CopyInfo:
     format: str
     delimiter: str
     header: bool = False
+    quote: str = '"'
+    escape: str | None = None
+
+    def rewrites_values(self) -> bool:
+        """
+        Whether its options make PostgreSQL split or double characters
+        that detectors read together: a text DELIMITER that is a letter,
+        digit or one of C{@ . - _ + space} (escaped with a backslash inside
+        values), a CSV QUOTE or ESCAPE other than C{"} (doubled or escaped
+        inside values).  C{COPY (SELECT card ...) TO STDOUT (FORMAT csv,
+        QUOTE '1')} sends every 1 of a card twice.
+        """
+        if self.format == "csv":
+            return self.quote != '"' or self.escape not in (None, '"')
+        return _joins_values(self.delimiter)
+
+
+def _joins_values(char: str) -> bool:
+    return not char.isascii() or char.isalnum() or char in "@.-_+ "
 
 
 def _copy_info(body: dict) -> CopyInfo:
     fmt = "text"
     delimiter = None
     header = False
+    quote = '"'
+    escape = None
     for option in body.get("options") or ():
         elem = option.get("DefElem") if isinstance(option, dict) else None
         if not isinstance(elem, dict):
@@ -145,6 +168,10 @@ def _copy_info(body: dict) -> CopyInfo:
             fmt = value.lower()
         elif elem.get("defname") == "delimiter" and isinstance(value, str):
             delimiter = value
+        elif elem.get("defname") == "quote" and isinstance(value, str):
+            quote = value
+        elif elem.get("defname") == "escape" and isinstance(value, str):
+            escape = value
         elif elem.get("defname") == "header":
             # HEADER alone, true/on/1, or MATCH (COPY FROM only)
             header = value is None or str(value).lower() not in ("false", "off", "0")
@@ -160,6 +187,8 @@ def _copy_info(body: dict) -> CopyInfo:
         format=fmt,
         delimiter=delimiter or ("," if fmt == "csv" else "\t"),
         header=header,
+        quote=quote,
+        escape=escape,
     )
 
 
@@ -399,6 +428,61 @@ _FILE_FUNCTIONS = frozenset(
         "pg_logdir_ls",
     }
 )
+# Built-ins that change data or the server although called from a SELECT:
+# the fact they add (see categories: write, destructive, admin).
+FUNCTION_DESTROYS = "function-destroys"
+FUNCTION_WRITES = "function-writes"
+FUNCTION_ADMIN = "function-admin"
+_FUNCTION_FACTS = {
+    **dict.fromkeys(("lo_unlink", "lo_truncate", "lo_truncate64"), FUNCTION_DESTROYS),
+    **dict.fromkeys(
+        (
+            "lo_put",
+            "lowrite",
+            "lo_create",
+            "lo_creat",
+            "lo_from_bytea",
+            "lo_import",
+            "setval",
+            "nextval",
+            "pg_logical_emit_message",
+        ),
+        FUNCTION_WRITES,
+    ),
+    **dict.fromkeys(
+        (
+            "pg_terminate_backend",
+            "pg_cancel_backend",
+            "pg_reload_conf",
+            "pg_rotate_logfile",
+            "pg_switch_wal",
+            "pg_create_restore_point",
+            "pg_promote",
+            "pg_log_backend_memory_contexts",
+            "pg_stat_reset",
+            "pg_stat_reset_shared",
+            "pg_stat_reset_single_table_counters",
+            "pg_stat_reset_single_function_counters",
+            "pg_stat_reset_slru",
+            "pg_stat_reset_replication_slot",
+            "pg_stat_reset_subscription_stats",
+            "pg_stat_statements_reset",
+            "pg_create_physical_replication_slot",
+            "pg_create_logical_replication_slot",
+            "pg_drop_replication_slot",
+            "pg_copy_physical_replication_slot",
+            "pg_copy_logical_replication_slot",
+            "pg_replication_origin_create",
+            "pg_replication_origin_drop",
+            "pg_backup_start",
+            "pg_backup_stop",
+            "pg_wal_replay_pause",
+            "pg_wal_replay_resume",
+            "pg_import_system_collations",
+        ),
+        FUNCTION_ADMIN,
+    ),
+}
 # DefElem names that name a function, in CREATE OPERATOR / AGGREGATE /
 # TYPE / RANGE TYPE / TEXT SEARCH PARSER and TEMPLATE, ALTER TYPE /
 # OPERATOR ... SET (...), ALTER FUNCTION ... SUPPORT, foreign data wrappers.
@@ -450,6 +534,7 @@ _DEFELEM_FIELDS = {
 }
 # Statements naming a function in a list of Strings, and the fields.
 _NAME_LIST_FIELDS = {
+    "CreateFunctionStmt": ("funcname",),
     "CreateTrigStmt": ("funcname",),
     "CreateEventTrigStmt": ("funcname",),
     "CreateConversionStmt": ("func_name",),
@@ -458,6 +543,7 @@ _NAME_LIST_FIELDS = {
 }
 # Statements naming a function as an ObjectWithArgs, and the fields.
 _OBJECT_WITH_ARGS_FIELDS = {
+    "AlterFunctionStmt": ("func",),
     "CreateCastStmt": ("func",),
     "CreateTransformStmt": ("fromsql", "tosql"),
 }
@@ -516,6 +602,20 @@ def _variable_set(body: dict) -> Sensitive:
         return Sensitive("set", setting=name, value=value, literal=value is not None)
     # SET ... FROM CURRENT, SET TRANSACTION ...: no value the gateway reads
     return Sensitive("set", setting=name, value=None, literal=False)
+
+
+def _pg_settings_name(where: object) -> str | None:
+    """The setting of C{WHERE name = 'x'} (alone), else None."""
+    expr = where.get("A_Expr") if isinstance(where, dict) else None
+    if not isinstance(expr, dict) or expr.get("kind") != "AEXPR_OP":
+        return None
+    if _dotted(expr.get("name")) != "=":
+        return None
+    for column, value in (("lexpr", "rexpr"), ("rexpr", "lexpr")):
+        fields = _column_fields(expr.get(column))
+        if fields and _dotted(fields[-1:]) == "name":
+            return _literal(expr.get(value))
+    return None
 
 
 def qualified_name(text: str) -> tuple[str, ...] | None:
@@ -600,8 +700,7 @@ class _Findings:
         """Facts of one statement (the top one or one nested anywhere)."""
         if kind in _WHERE_KINDS:
             self.where_kinds += 1
-            where = body.get("whereClause")
-            if where is None or self._always_true(where):
+            if self._unbounded(body.get("whereClause"), _target_names(body)):
                 self.missing_where = True
         handler = _STATEMENT_HANDLERS.get(kind)
         if handler is not None:
@@ -642,6 +741,30 @@ class _Findings:
         elif "ObjectWithArgs" in arg:
             self._function_name(_dotted(arg["ObjectWithArgs"].get("objname")))
 
+    def _update(self, body: dict) -> None:
+        relation = body.get("relation")
+        if not isinstance(relation, dict) or relation.get("relname") != "pg_settings":
+            return
+        if relation.get("schemaname") not in (None, "pg_catalog"):
+            return
+        # pg_settings' update rule calls set_config(name, setting, false):
+        # a SET by another spelling, for the built-in protections
+        self.dependent = True
+        setting = _pg_settings_name(body.get("whereClause"))
+        value = None
+        for item in body.get("targetList") or ():
+            target = item.get("ResTarget") if isinstance(item, dict) else None
+            if isinstance(target, dict) and target.get("name") == "setting":
+                value = _literal(target.get("val"))
+        self.sensitive.append(
+            Sensitive(
+                "set",
+                setting=setting.lower() if setting is not None else None,
+                value=value,
+                literal=setting is not None and value is not None,
+            )
+        )
+
     def _merge(self, body: dict) -> None:
         where = body.get("joinCondition")
         kinds = set()
@@ -660,7 +783,7 @@ class _Findings:
             self.nested[kind] = None
         if kinds & {"UpdateStmt", "DeleteStmt"}:
             self.where_kinds += 1
-            if where is None or self._always_true(where):
+            if self._unbounded(where, _target_names(body)):
                 self.missing_where = True
 
     def _insert(self, body: dict) -> None:
@@ -672,20 +795,42 @@ class _Findings:
         self.nested["UpdateStmt"] = None
         self.where_kinds += 1
         where = conflict.get("whereClause")
-        if where is not None and not self._always_true(where):
+        if not self._unbounded(where):
             return
         select = body.get("selectStmt")
         select = select.get("SelectStmt") if isinstance(select, dict) else None
         if not isinstance(select, dict) or "valuesLists" in select:
             return  # VALUES: at most its rows
-        source_where = select.get("whereClause")
-        if source_where is None or self._always_true(source_where):
+        if self._unbounded(select.get("whereClause")):
             self.missing_where = True
 
     def _always_true(self, where: object) -> bool:
         if _reads_values(where):
             self.dependent = True
         return always_true(where)
+
+    def _unbounded(self, where: object, target: frozenset[str] = frozenset()) -> bool:
+        """
+        A condition that bounds nothing: absent, constant-true, or one
+        that reads no column of the C{target} row (C{WHERE $1}, C{WHERE
+        now() > '2000-01-01'}, C{WHERE EXISTS (SELECT 1 FROM t)}, C{FROM u
+        WHERE u.k = 1}: the same for every target row, so every row or
+        none), unless it is known false or NULL.  C{target}: the names
+        (table, alias) that qualify the statement's target's columns; an
+        unqualified column may be the target's.
+        """
+        if where is None:
+            return True
+        if not _reads_no_row(where, target):
+            return self._always_true(where)
+        if _reads_values(where):
+            self.dependent = True
+        try:
+            value = _as_bool(_value(where, 0))
+        except (ArithmeticError, ValueError, TypeError, OverflowError):
+            return True
+        # known false or NULL: no row at all
+        return value is not False and value is not _NULL
 
     def _select(self, body: dict) -> None:
         if isinstance(body.get("intoClause"), dict):
@@ -710,6 +855,54 @@ class _Findings:
                 self.facts.add("row-security")
             elif subtype == "AT_ChangeOwner":
                 self.facts.add("owner-change")
+            elif subtype == "AT_GenericOptions":
+                definition = command.get("def")
+                if isinstance(definition, dict):
+                    self._foreign_options(definition.get("List", {}).get("items"))
+            elif subtype == "AT_AlterColumnType":
+                definition = command.get("def")
+                column = (
+                    definition.get("ColumnDef")
+                    if isinstance(definition, dict)
+                    else None
+                )
+                if isinstance(column, dict) and column.get("raw_default") is not None:
+                    # ALTER COLUMN ... TYPE ... USING expr: an UPDATE of
+                    # every row, with no WHERE
+                    self.nested["UpdateStmt"] = None
+                    self.where_kinds += 1
+                    self.missing_where = True
+
+    def _foreign_table(self, body: dict) -> None:
+        self._foreign_options(body.get("options"))
+
+    def _foreign_options(self, options: object) -> None:
+        """
+        A foreign table's options: file_fdw reads C{filename} and runs
+        C{program} (as COPY FROM does), postgres_fdw and its kind read
+        the relation C{table_name} (in C{schema_name}).
+        """
+        values = {}
+        for item in options or ():
+            elem = item.get("DefElem") if isinstance(item, dict) else None
+            if not isinstance(elem, dict) or not isinstance(elem.get("defname"), str):
+                continue
+            arg = elem.get("arg")
+            value = arg.get("String", {}).get("sval") if isinstance(arg, dict) else None
+            values[elem["defname"].lower()] = value
+        if "filename" in values:
+            self.flags.add(SERVER_FILE)
+            self.flags.add(COPY_FROM_FILE)
+        if "program" in values:
+            self.facts.add("copy-program")
+        table = values.get("table_name")
+        if "table_name" in values or "schema_name" in values:
+            self.dependent = True
+            if not table:
+                self.flags.add(OPAQUE_FLAG)  # a relation the gateway cannot name
+                return
+            schema = values.get("schema_name")
+            self.relations[f"{schema}.{table}" if schema else table] = None
 
     def _variable_set(self, body: dict) -> None:
         self.dependent = True
@@ -722,6 +915,29 @@ class _Findings:
         self.sensitive.append(
             Sensitive("alter-role", role=_role_name(body.get("role")))
         )
+        self._members(body.get("options"))
+
+    def _members(self, options: object) -> None:
+        """ALTER GROUP ... ADD/DROP USER, CREATE ROLE ... ROLE/ADMIN: members."""
+        for item in options or ():
+            elem = item.get("DefElem") if isinstance(item, dict) else None
+            if not isinstance(elem, dict):
+                continue
+            if elem.get("defname") not in ("rolemembers", "adminmembers"):
+                continue
+            arg = elem.get("arg")
+            items = arg.get("List", {}).get("items") if isinstance(arg, dict) else None
+            for spec in items or ():
+                role = spec.get("RoleSpec") if isinstance(spec, dict) else None
+                self.sensitive.append(Sensitive("membership", role=_role_name(role)))
+
+    def _create_role(self, body: dict) -> None:
+        self._members(body.get("options"))
+
+    def _grant_role(self, body: dict) -> None:
+        for spec in body.get("grantee_roles") or ():
+            role = spec.get("RoleSpec") if isinstance(spec, dict) else None
+            self.sensitive.append(Sensitive("membership", role=_role_name(role)))
 
     def _alter_role_set(self, body: dict) -> None:
         role = _role_name(body.get("role")) if body.get("role") else "ALL"
@@ -741,7 +957,10 @@ class _Findings:
 
     def _rename(self, body: dict) -> None:
         if body.get("renameType") == "OBJECT_ROLE":
+            self.facts.add("role-rename")
             self.sensitive.append(Sensitive("rename-role", role=body.get("subname")))
+        elif body.get("renameType") in ("OBJECT_DATABASE", "OBJECT_TABLESPACE"):
+            self.facts.add("server-rename")
 
     # -- function calls ----------------------------------------------------
 
@@ -749,6 +968,9 @@ class _Findings:
         """A function call: SQL it runs, relations it names, files."""
         self.functions[name] = None
         last = name.rsplit(".", 1)[-1].lower()
+        fact = _FUNCTION_FACTS.get(last)
+        if fact is not None:
+            self.facts.add(fact)
         if last in _FILE_FUNCTIONS:
             self.flags.add(SERVER_FILE)
         elif last == "set_config":
@@ -881,6 +1103,11 @@ class _Findings:
                 name = _dotted(value.get("funcname"))
                 if name:
                     self.call(name, value)
+            elif key == "ObjectWithArgs":
+                # DROP/ALTER/GRANT/COMMENT ... FUNCTION name(args): a
+                # function rule must see a function renamed, moved,
+                # dropped or granted, not only one called
+                self._function_name(_dotted(value.get("objname")))
             elif key == "CreateOpClassItem":
                 if value.get("itemtype") == 2:
                     item = value.get("name")
@@ -933,13 +1160,17 @@ class _Findings:
 _MAX_RECURSION = 60
 
 _STATEMENT_HANDLERS = {
+    "UpdateStmt": _Findings._update,
     "MergeStmt": _Findings._merge,
     "InsertStmt": _Findings._insert,
     "SelectStmt": _Findings._select,
     "CopyStmt": _Findings._copy,
     "AlterTableStmt": _Findings._alter_table,
+    "CreateForeignTableStmt": _Findings._foreign_table,
     "VariableSetStmt": _Findings._variable_set,
     "AlterRoleStmt": _Findings._alter_role,
+    "CreateRoleStmt": _Findings._create_role,
+    "GrantRoleStmt": _Findings._grant_role,
     "AlterRoleSetStmt": _Findings._alter_role_set,
     "AlterDatabaseSetStmt": _Findings._alter_database_set,
     "DropRoleStmt": _Findings._drop_role,
@@ -993,6 +1224,46 @@ def _reads_values(where: object) -> bool:
     return found and not _plain_filter(where)
 
 
+def _target_names(body: dict) -> frozenset[str]:
+    """The names that qualify a DELETE/UPDATE/MERGE target's columns."""
+    relation = body.get("relation")
+    if not isinstance(relation, dict):
+        return frozenset()
+    names = {relation.get("relname")}
+    alias = relation.get("alias")
+    if isinstance(alias, dict):
+        names.add(alias.get("aliasname"))
+    return frozenset(n for n in names if isinstance(n, str))
+
+
+def _reads_no_row(where: object, target: frozenset[str] = frozenset()) -> bool:
+    """
+    Whether a condition reads no column of the target row (nor C{CURRENT
+    OF}): then it has one value for every target row.  A column qualified
+    by another relation (C{u.k}) is not the target's when C{target} names
+    the target; an unqualified one may be.
+    """
+    stack = [where]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "CurrentOfExpr" in node:
+                return False
+            column = node.get("ColumnRef")
+            if isinstance(column, dict):
+                fields = column.get("fields")
+                if not target or not isinstance(fields, list) or len(fields) < 2:
+                    return False
+                qualifier = _dotted(fields[-2:-1])
+                if qualifier is None or qualifier in target:
+                    return False
+                continue
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return True
+
+
 def _is_column(node: object) -> bool:
     return isinstance(node, dict) and "ColumnRef" in node
 
@@ -1044,14 +1315,34 @@ def _strip(node: object, depth: int = 0) -> object:
     if depth > _MAX_CONDITION_DEPTH:
         raise ValueError("too deep")
     if isinstance(node, dict):
+        if len(node) == 1:
+            ((kind, body),) = node.items()
+            if kind == "CollateClause" and isinstance(body, dict):
+                # a collation changes no equality with itself
+                return _strip(body.get("arg"), depth + 1)
         return {k: _strip(v, depth + 1) for k, v in node.items() if k != "location"}
     if isinstance(node, list):
         return [_strip(v, depth + 1) for v in node]
     return node
 
 
+def _column_fields(node: object) -> list | None:
+    if isinstance(node, dict) and isinstance(node.get("CollateClause"), dict):
+        node = node["CollateClause"].get("arg")
+    body = node.get("ColumnRef") if isinstance(node, dict) else None
+    fields = body.get("fields") if isinstance(body, dict) else None
+    return fields if isinstance(fields, list) and fields else None
+
+
 def _same(a: object, b: object) -> bool:
-    return a is not None and _strip(a) == _strip(b)
+    if a is None:
+        return False
+    left, right = _column_fields(a), _column_fields(b)
+    if left is not None and right is not None and min(len(left), len(right)) == 1:
+        # t.c and c name one column wherever both resolve (else PostgreSQL
+        # refuses c as ambiguous); t.c and u.c are two columns
+        return _strip(left[-1]) == _strip(right[-1])
+    return _strip(a) == _strip(b)
 
 
 def _const(const: dict) -> object:
@@ -1133,7 +1424,22 @@ def _value(node: object, depth: int) -> object:
         if last in ("text", "varchar", "name"):
             if value is _NULL or isinstance(value, str):
                 return value
+            if isinstance(value, bool):
+                return "true" if value else "false"
+            if isinstance(value, int):
+                return str(value)
         return _UNKNOWN
+    if kind == "CollateClause":
+        return _value(body.get("arg"), depth)
+    if kind == "CoalesceExpr":
+        # the first argument that is not NULL
+        for arg in body.get("args") or ():
+            value = _value(arg, depth)
+            if value is not _NULL:
+                return value
+        return _NULL
+    if kind == "CaseExpr":
+        return _case(body, depth)
     if kind == "BoolExpr":
         return _bool_expr(body, depth)
     if kind == "A_Expr":
@@ -1158,22 +1464,31 @@ def _value(node: object, depth: int) -> object:
             "IS_NOT_UNKNOWN": arg is not _NULL,
         }.get(test, _UNKNOWN)
     if kind == "SubLink" and body.get("subLinkType") == "EXPR_SUBLINK":
-        # (SELECT <constant>): no FROM, no WHERE, one target
+        # (SELECT <constant>): one row, no table
         select = body.get("subselect")
         select = select.get("SelectStmt") if isinstance(select, dict) else None
-        if isinstance(select, dict) and set(select) <= {
-            "targetList",
-            "limitOption",
-            "op",
-        }:
-            targets = select.get("targetList") or []
-            if len(targets) == 1 and isinstance(targets[0], dict):
-                target = targets[0].get("ResTarget") or {}
+        targets = select.get("targetList") if isinstance(select, dict) else None
+        if (
+            isinstance(targets, list)
+            and len(targets) == 1
+            and set(select) <= {"targetList", "limitOption", "op"}
+            and select.get("op", "SETOP_NONE") == "SETOP_NONE"
+        ):
+            target = (
+                targets[0].get("ResTarget") if isinstance(targets[0], dict) else None
+            )
+            if isinstance(target, dict):
                 return _value(target.get("val"), depth)
         return _UNKNOWN
     if kind == "SubLink" and body.get("subLinkType") == "EXISTS_SUBLINK":
         select = body.get("subselect")
         select = select.get("SelectStmt") if isinstance(select, dict) else None
+        if (
+            isinstance(select, dict)
+            and set(select) <= {"valuesLists", "limitOption", "op"}
+            and select.get("valuesLists")
+        ):
+            return True  # VALUES has at least one row
         if (
             isinstance(select, dict)
             and "fromClause" not in select
@@ -1185,6 +1500,8 @@ def _value(node: object, depth: int) -> object:
             where = select.get("whereClause")
             if where is None or _value(where, depth) is True:
                 return True
+            if _as_bool(_value(where, depth)) in (False, _NULL):
+                return False  # no row
         return _UNKNOWN
     return _UNKNOWN
 
@@ -1215,6 +1532,35 @@ def _bool_expr(body: dict, depth: int) -> object:
     return _UNKNOWN
 
 
+def _case(body: dict, depth: int) -> object:
+    """A CASE whose branches decide on constants."""
+    subject = body.get("arg")
+    subject_value = _value(subject, depth) if subject is not None else None
+    if subject is not None and subject_value is _UNKNOWN:
+        return _UNKNOWN
+    for arm in body.get("args") or ():
+        when = arm.get("CaseWhen") if isinstance(arm, dict) else None
+        if not isinstance(when, dict):
+            return _UNKNOWN
+        test = _value(when.get("expr"), depth)
+        if subject is not None:
+            if test is _UNKNOWN:
+                return _UNKNOWN
+            if test is _NULL or subject_value is _NULL:
+                continue
+            if not _comparable(subject_value, test):
+                return _UNKNOWN
+            test = subject_value == test
+        else:
+            test = _as_bool(test)
+        if test is _UNKNOWN:
+            return _UNKNOWN
+        if test is True:
+            return _value(when.get("result"), depth)
+    default = body.get("defresult")
+    return _value(default, depth) if default is not None else _NULL
+
+
 def _tautology(args: list) -> bool:
     """C{p OR NOT p}, C{x IS NULL OR x IS NOT NULL} among OR's arguments."""
     nots = []
@@ -1240,6 +1586,43 @@ def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _among(node: object, items: list) -> bool:
+    """Whether C{node} is one of C{items} (L{_same}); cheap for long lists."""
+    if not isinstance(node, dict) or len(node) != 1:
+        return False
+    kind = next(iter(node))
+    kinds = (kind, "CollateClause") if kind != "CollateClause" else None
+    return any(
+        isinstance(item, dict)
+        and (kinds is None or next(iter(item), None) in kinds)
+        and _same(node, item)
+        for item in items
+    )
+
+
+def _between(kind: str, subject: object, bounds: list, depth: int) -> object:
+    """x [NOT] BETWEEN [SYMMETRIC] a AND b, on constants or x between x and x."""
+    if len(bounds) != 2:
+        return _UNKNOWN
+    low, high = bounds
+    negated = "NOT" in kind
+    if _same(subject, low) and _same(subject, high):
+        value = _value(subject, depth)
+        return _NULL if value is _NULL else (not negated)
+    values = [_value(subject, depth), _value(low, depth), _value(high, depth)]
+    if any(v is _UNKNOWN for v in values):
+        return _UNKNOWN
+    if any(v is _NULL for v in values):
+        return _NULL
+    x, a, b = values
+    if not (_comparable(x, a) and _comparable(x, b)):
+        return _UNKNOWN
+    if kind.endswith("_SYM") and a > b:
+        a, b = b, a
+    inside = a <= x <= b
+    return (not inside) if negated else inside
+
+
 def _a_expr(body: dict, depth: int) -> object:
     kind = body.get("kind")
     name = _dotted(body.get("name")) or ""
@@ -1248,11 +1631,27 @@ def _a_expr(body: dict, depth: int) -> object:
         return kind == "AEXPR_NOT_DISTINCT"
     if kind == "AEXPR_OP" and name in _REFLEXIVE and _same(lexpr, rexpr):
         # x = x holds for every row where x is not null (NULL = NULL does not)
-        return _UNKNOWN if _value(lexpr, depth) is _NULL else True
-    if kind in ("AEXPR_LIKE", "AEXPR_ILIKE") and name in ("~~", "~~*"):
+        return _NULL if _value(lexpr, depth) is _NULL else True
+    if kind in ("AEXPR_LIKE", "AEXPR_ILIKE", "AEXPR_OP") and name in ("~~", "~~*"):
         pattern = _value(rexpr, depth)
         if isinstance(pattern, str) and pattern and set(pattern) == {"%"}:
             return True
+    if kind == "AEXPR_IN" and name == "=" and lexpr is not None:
+        if _among(lexpr, _items(rexpr)):
+            # x IN (..., x, ...): true wherever x is not null
+            return _NULL if _value(lexpr, depth) is _NULL else True
+    if kind == "AEXPR_OP_ANY" and name in _REFLEXIVE and lexpr is not None:
+        array = rexpr.get("A_ArrayExpr") if isinstance(rexpr, dict) else None
+        elements = array.get("elements") if isinstance(array, dict) else None
+        if isinstance(elements, list) and _among(lexpr, elements):
+            return _NULL if _value(lexpr, depth) is _NULL else True
+    if kind in (
+        "AEXPR_BETWEEN",
+        "AEXPR_NOT_BETWEEN",
+        "AEXPR_BETWEEN_SYM",
+        "AEXPR_NOT_BETWEEN_SYM",
+    ):
+        return _between(kind, lexpr, _items(rexpr), depth)
     if kind == "AEXPR_IN":
         left = _value(lexpr, depth)
         items = _items(rexpr)
@@ -1317,6 +1716,15 @@ def _a_expr(body: dict, depth: int) -> object:
         if not _comparable(left, right):
             return _UNKNOWN
         return _COMPARE[name](left, right)
+    if name in ("/", "%") and _number(left) and _number(right):
+        if isinstance(left, int) and isinstance(right, int):
+            # PostgreSQL truncates toward zero; the remainder has the
+            # dividend's sign
+            quotient = (
+                abs(left) // abs(right) * (1 if (left < 0) == (right < 0) else -1)
+            )
+            return quotient if name == "/" else left - right * quotient
+        return left / right if name == "/" else _UNKNOWN
     if name in _ARITHMETIC:
         numbers = (int, float)
         if (

@@ -592,6 +592,29 @@ class CopyTests(SynchronousTestCase):
             self.assertEqual(len(next(csv.reader(io.StringIO(line.decode())))), 3)
         self.assertEqual(masker.masked, 4)
 
+    def test_header_scanned(self) -> None:
+        """
+        The header row is scanned too: a column can be named by a value
+        (red team: CREATE TABLE ... AS SELECT 1 AS <card> by dynamic SQL).
+        """
+        rules = Masker([MaskingRule("p", detectors=frozenset({"card", "email"}))])
+        out, masker = self.copy(
+            [b'"4111111111111111",ada@example.com\n', b"1,2\n"],
+            "csv",
+            rules=rules,
+            header=True,
+            columns=2,
+        )
+        self.assertEqual(out, [b'"************1111",a***@***.com\n', b"1,2\n"])
+        self.assertEqual(masker.masked, 2)
+        out, _ = self.copy(
+            [b"plain\tnames\n", b"x\t4111111111111111\n"],
+            rules=rules,
+            header=True,
+            columns=2,
+        )
+        self.assertEqual(out, [b"plain\tnames\n", b"x\t************1111\n"])
+
     def test_csv_quotes_in_masked_value(self) -> None:
         rules = Masker([MaskingRule("p", detectors=frozenset({"email"}))])
         out, _ = self.copy(

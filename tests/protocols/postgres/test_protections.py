@@ -139,3 +139,65 @@ class AllowedTests(SynchronousTestCase):
         self.assertIsNone(
             refusal(classify("SET ROLE admin"), OWN, frozenset({"admin"}))
         )
+
+
+class PgSettingsTests(SynchronousTestCase):
+    """
+    pg_settings' update rule runs set_config(name, setting, false): an
+    UPDATE of it is a SET by another spelling (found by the red team).
+    """
+
+    def test_refused(self):
+        for sql in [
+            "UPDATE pg_settings SET setting = 'admin' WHERE name = 'role'",
+            "UPDATE pg_catalog.pg_settings SET setting = 'off'"
+            " WHERE name = 'standard_conforming_strings'",
+            "UPDATE pg_settings SET setting = 'SJIS' WHERE 'client_encoding' = name",
+            "WITH s AS (UPDATE pg_settings SET setting = 'off'"
+            " WHERE name = 'standard_conforming_strings') SELECT 1",
+            "SELECT query_to_xml('UPDATE pg_settings SET setting = ''admin''"
+            " WHERE name = ''role''', true, true, '')",
+            "UPDATE pg_settings SET setting = $1 WHERE name = 'role'",
+            "UPDATE pg_settings SET setting = 'off' WHERE name IN ('x', 'y')",
+            "UPDATE pg_settings SET setting = 'off' WHERE name = $1",
+        ]:
+            self.assertTrue((why(sql) or "").startswith(PREFIX), sql)
+
+    def test_allowed(self):
+        for sql in [
+            "UPDATE pg_settings SET setting = '10s' WHERE name = 'statement_timeout'",
+            "UPDATE pg_settings SET setting = 'reader' WHERE name = 'role'",
+            "UPDATE other.pg_settings SET setting = 'off' WHERE name = 'x'",
+        ]:
+            self.assertIsNone(why(sql), sql)
+
+
+class MembershipTests(SynchronousTestCase):
+    """
+    The gateway's own role's memberships: a role granted to it lends its
+    privileges without SET ROLE (found by the red team).
+    """
+
+    def test_refused(self):
+        for sql in [
+            "GRANT pg_read_all_data TO CURRENT_USER",
+            'GRANT admin TO "gw"',
+            "GRANT admin TO someone, gw WITH ADMIN OPTION",
+            "REVOKE reader FROM CURRENT_ROLE",
+            "ALTER GROUP admin ADD USER SESSION_USER",
+            "ALTER GROUP admin DROP USER gw",
+            "CREATE ROLE x ROLE current_user",
+            "CREATE ROLE x ADMIN gw",
+            "CREATE GROUP x USER gw",
+        ]:
+            self.assertTrue((why(sql) or "").startswith(PREFIX), sql)
+
+    def test_allowed(self):
+        for sql in [
+            "GRANT admin TO someone",
+            "REVOKE admin FROM someone",
+            "ALTER GROUP admin ADD USER someone",
+            "CREATE ROLE x IN ROLE reader",
+            "CREATE ROLE x ROLE someone",
+        ]:
+            self.assertIsNone(why(sql), sql)

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from gatehouse.protocols.postgres.commands import CommandCache
+from gatehouse.protocols.postgres.commands import CommandCache, statement_command
 from gatehouse.protocols.postgres.statements import (
     UNPARSEABLE,
     Statement,
@@ -429,7 +429,7 @@ class TextTests(ClassifyTestsMixin, SynchronousTestCase):
             sql = "SELECT " + "+".join(["1"] * terms) + " FROM t"
             (s,) = classify(sql)
             self.assertEqual((s.kind, s.relations), ("SelectStmt", ("t",)), terms)
-        sql = "DELETE FROM t WHERE " + "+".join(["1"] * 3000) + " > pg_sleep(1)"
+        sql = "DELETE FROM t WHERE x + " + "+".join(["1"] * 3000) + " > pg_sleep(1)"
         (s,) = classify(sql)
         self.assertEqual((s.functions, s.has_where), (("pg_sleep",), True))
 
@@ -946,21 +946,105 @@ class ConstantTrueTests(ClassifyTestsMixin, SynchronousTestCase):
         "x = 5 AND true",
         "NULL",
         "NULL = NULL",
-        "random() > 0",
-        "EXISTS (SELECT 1 FROM t)",
         "x LIKE 'a%'",
         "x = 5 OR x = 6",
         "'a' = 'b'",
         "1 IN (2, 3)",
         "EXISTS (SELECT 1 WHERE false)",
-        "'1' = 1",
         "NOT NULL",
-        "$1",
         "x > 5 OR NOT y > 5",
         "x BETWEEN 1 AND 3",
-        "(SELECT true FROM t)",
         "4 BETWEEN 1 AND 3",
     ]
+
+    #: conditions that read no column: one value for every row, so every
+    #: row or none (unless known false or NULL)
+    READS_NO_ROW = [
+        "random() > 0",
+        "EXISTS (SELECT 1 FROM t)",
+        "'1' = 1",
+        "$1",
+        "$1::bool",
+        "now() > '2000-01-01'",
+        "EXISTS (VALUES (1))",
+        "(SELECT count(*) FROM u) > 0",
+        "(SELECT true FROM t)",
+    ]
+
+    #: constant-true spellings found by the red team
+    RED_TEAM_TRUE = [
+        "x IN (x)",
+        "x IN (1, x)",
+        "coalesce(NULL, true)",
+        "1 BETWEEN 0 AND 2",
+        "x BETWEEN x AND x",
+        "1 NOT BETWEEN 2 AND 3",
+        "(SELECT true)",
+        "true AND (SELECT true)",
+        "CASE WHEN true THEN true END",
+        "CASE 1 WHEN 2 THEN false WHEN 1 THEN true END",
+        "x = ANY(ARRAY[x])",
+        "x ~~ '%'",
+        "1::text = '1'",
+        "true::text = 'true'",
+        "t.x = x",
+        "'1' = '1' COLLATE \"C\"",
+        'x = x COLLATE "C"',
+        "10 / 2 = 5",
+        "-7 / 2 = -3 AND -7 % 2 = -1",
+    ]
+
+    #: bounded: must stay so
+    BOUNDED = [
+        "t.x = u.x",
+        "x BETWEEN 1 AND 3",
+        "x IN (1, 2)",
+        "x = ANY($1)",
+        "CASE x WHEN 1 THEN true END",
+        "x = ANY(ARRAY[y])",
+        "EXISTS (SELECT 1 FROM u WHERE u.k = t.k)",
+    ]
+
+    def test_reads_only_another_relation(self):
+        """
+        A condition that reads only another relation's columns is the
+        same for every target row (red team: MERGE ... ON s.k = 1).
+        """
+        unbounded = [
+            "MERGE INTO t USING (SELECT 1 AS k) s ON s.k = 1"
+            " WHEN MATCHED THEN UPDATE SET a = 1",
+            "UPDATE t SET a = 1 FROM u WHERE u.k = 1",
+            "UPDATE t AS x SET a = 1 FROM u WHERE u.k = 1 AND u.j > 2",
+            "DELETE FROM t USING u WHERE u.x = 1",
+            "DELETE FROM t WHERE EXISTS (SELECT 1 FROM u WHERE u.k = 1)",
+        ]
+        bounded = [
+            "MERGE INTO t USING s ON t.id = s.k WHEN MATCHED THEN DELETE",
+            "UPDATE t AS x SET a = 1 FROM u WHERE x.id = u.id",
+            "UPDATE public.t SET a = 1 FROM u WHERE t.id = u.id",
+            "DELETE FROM t USING u WHERE u.k = 1 AND id = u.id2",
+            "DELETE FROM t WHERE EXISTS (SELECT 1 FROM u WHERE u.k = t.id)",
+            "DELETE FROM t WHERE EXISTS (SELECT 1 FROM u WHERE k = 1)",
+        ]
+        for sql in unbounded:
+            self.assertEqual(self.one(sql).has_where, False, sql)
+        for sql in bounded:
+            self.assertEqual(self.one(sql).has_where, True, sql)
+
+    def test_reads_no_row(self):
+        for cond in self.READS_NO_ROW:
+            s = self.one("UPDATE t SET a = 1 WHERE " + cond)
+            self.assertEqual(s.has_where, False, cond)
+
+    def test_red_team_true(self):
+        for cond in self.RED_TEAM_TRUE:
+            s = self.one("UPDATE t SET a = 1 FROM u WHERE " + cond)
+            self.assertEqual(s.has_where, False, cond)
+
+    def test_bounded(self):
+        for cond in self.BOUNDED:
+            s = self.one("UPDATE t SET a = 1 FROM u WHERE " + cond)
+            self.assertEqual(s.has_where, True, cond)
 
     def test_constant_true(self):
         for cond in self.TRUE:
@@ -1033,6 +1117,83 @@ class CategoryTests(SynchronousTestCase):
 
         for kind in COMMAND_KINDS - INNER_ONLY - {"Unparseable", "CopyStmt"}:
             self.assertTrue(categories_of({kind}), kind)
+
+    def test_builtin_functions_with_effects(self):
+        """
+        Built-ins that write, destroy or act on the server, called from a
+        SELECT, are in those categories too (found by the red team).
+        """
+        cases = {
+            "SELECT lo_unlink(42)": {"read", "write", "destructive"},
+            "SELECT pg_catalog.lo_unlink(oid) FROM pg_largeobject_metadata": {
+                "read",
+                "write",
+                "destructive",
+            },
+            "SELECT lo_put(42, 0, 'x')": {"read", "write"},
+            "SELECT setval('s', 1)": {"read", "write"},
+            "SELECT pg_terminate_backend(1)": {"read", "admin"},
+            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity": {"read", "admin"},
+            "SELECT pg_reload_conf()": {"read", "admin"},
+            "SELECT query_to_xml('select lo_unlink(42)', true, true, '')": {
+                "read",
+                "write",
+                "destructive",
+            },
+            "SELECT lo_get(42)": {"read"},
+        }
+        for sql, expected in cases.items():
+            (statement,) = classify(sql)
+            self.assertEqual(
+                set(statement_command(statement).categories), expected, sql
+            )
+
+    def test_ddl_naming_existing_functions(self):
+        """
+        DDL that renames, moves, drops, grants, alters or replaces a
+        function names it in C{functions}, for function rules (red team).
+        """
+        cases = {
+            "ALTER FUNCTION evil(int) RENAME TO nice": ("evil",),
+            "ALTER ROUTINE s.evil(int) SET SCHEMA t": ("s.evil",),
+            "ALTER PROCEDURE evil() OWNER TO r": ("evil",),
+            "ALTER FUNCTION evil(int) SECURITY DEFINER": ("evil",),
+            "DROP FUNCTION evil(int), other()": ("evil", "other"),
+            "GRANT EXECUTE ON FUNCTION evil(int) TO PUBLIC": ("evil",),
+            "COMMENT ON FUNCTION evil(int) IS 'x'": ("evil",),
+            "CREATE OR REPLACE FUNCTION public.evil() RETURNS int"
+            " LANGUAGE sql AS 'select 1'": ("public.evil",),
+        }
+        for sql, functions in cases.items():
+            (statement,) = classify(sql)
+            self.assertEqual(statement.functions, functions, sql)
+
+    def test_renames_and_rewrites(self):
+        """
+        A role's rename is a privilege change, a database's an admin one;
+        ALTER COLUMN ... TYPE ... USING rewrites every row (red team).
+        """
+        cases = {
+            "ALTER ROLE r RENAME TO x": ({"ddl", "privilege"}, set()),
+            "ALTER USER r RENAME TO x": ({"ddl", "privilege"}, set()),
+            "ALTER DATABASE d RENAME TO x": ({"ddl", "admin"}, set()),
+            "ALTER TABLESPACE s RENAME TO x": ({"ddl", "admin"}, set()),
+            "ALTER TABLE t RENAME TO x": ({"ddl"}, set()),
+            "ALTER TABLE t ALTER COLUMN v TYPE text USING 'gone'": (
+                {"ddl", "write"},
+                {"no-where"},
+            ),
+            "ALTER TABLE t ALTER v TYPE int USING v::int": (
+                {"ddl", "write"},
+                {"no-where"},
+            ),
+            "ALTER TABLE t ALTER COLUMN v TYPE text": ({"ddl"}, set()),
+        }
+        for sql, (categories, flags) in cases.items():
+            (statement,) = classify(sql)
+            found = statement_command(statement)
+            self.assertEqual(set(found.categories), categories, sql)
+            self.assertEqual(set(found.flags), flags, sql)
 
     def test_siblings(self):
         cases = {
@@ -1122,3 +1283,71 @@ class DeepJSONTests(SynchronousTestCase):
 
         document = {"v": value}
         self.assertEqual(_load_deep(json.dumps(document)), document)
+
+
+class CopyOptionTests(SynchronousTestCase):
+    """
+    COPY options that make PostgreSQL split or double the characters of
+    values (red team: a CSV QUOTE '1' doubles every 1 of a card).
+    """
+
+    def copy(self, sql: str):
+        (statement,) = classify(sql)
+        return statement.copy
+
+    def test_rewrites_values(self):
+        for sql in [
+            "COPY t TO STDOUT (FORMAT csv, QUOTE '1')",
+            "COPY t TO STDOUT CSV QUOTE '1'",
+            "COPY (SELECT 1) TO STDOUT (FORMAT csv, FORCE_QUOTE *, ESCAPE '1')",
+            "COPY t TO STDOUT (FORMAT csv, QUOTE '''')",
+            "COPY t TO STDOUT (DELIMITER '1')",
+            "COPY t TO STDOUT (DELIMITER 'a')",
+            "COPY t TO STDOUT (DELIMITER '@')",
+            "COPY t TO STDOUT WITH DELIMITER ' '",
+        ]:
+            self.assertTrue(self.copy(sql).rewrites_values(), sql)
+
+    def test_keeps_values(self):
+        for sql in [
+            "COPY t TO STDOUT",
+            "COPY t TO STDOUT (FORMAT csv)",
+            "COPY t TO STDOUT (FORMAT csv, QUOTE '\"', ESCAPE '\"')",
+            "COPY t TO STDOUT (FORMAT csv, DELIMITER '1')",
+            "COPY t TO STDOUT (DELIMITER '|')",
+            "COPY t TO STDOUT (FORMAT csv, HEADER, DELIMITER ';')",
+        ]:
+            self.assertFalse(self.copy(sql).rewrites_values(), sql)
+
+
+class ForeignTableOptionTests(SynchronousTestCase):
+    """
+    Foreign table options that read files, run programs or name another
+    relation (red team: file_fdw over /etc/passwd, program 'touch ...').
+    """
+
+    def test_file_and_program(self):
+        (s,) = classify(
+            "CREATE FOREIGN TABLE f (l text) SERVER files"
+            " OPTIONS (filename '/etc/passwd')"
+        )
+        self.assertEqual(s.flags, {"server-file", "copy-from-file"})
+        (s,) = classify(
+            "CREATE FOREIGN TABLE f (l text) SERVER files OPTIONS (program 'id')"
+        )
+        self.assertIn("copy-program", statement_command(s).flags)
+        (s,) = classify("ALTER FOREIGN TABLE f OPTIONS (SET filename '/etc/shadow')")
+        self.assertEqual(s.flags, {"server-file", "copy-from-file"})
+        (s,) = classify("ALTER FOREIGN TABLE f OPTIONS (ADD program 'id')")
+        self.assertIn("copy-program", statement_command(s).flags)
+
+    def test_remote_relation(self):
+        (s,) = classify(
+            "CREATE FOREIGN TABLE f (a int) SERVER pg"
+            " OPTIONS (schema_name 'public', table_name 'secret')"
+        )
+        self.assertEqual(set(s.relations), {"f", "public.secret"})
+        (s,) = classify("ALTER FOREIGN TABLE f OPTIONS (SET table_name 'secret')")
+        self.assertEqual(set(s.relations), {"f", "secret"})
+        (s,) = classify("CREATE FOREIGN TABLE f (a int) SERVER pg")
+        self.assertEqual((s.relations, s.flags), (("f",), frozenset()))
