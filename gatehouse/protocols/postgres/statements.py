@@ -1601,7 +1601,11 @@ def _among(node: object, items: list) -> bool:
 
 
 def _between(kind: str, subject: object, bounds: list, depth: int) -> object:
-    """x [NOT] BETWEEN [SYMMETRIC] a AND b, on constants or x between x and x."""
+    """
+    x [NOT] BETWEEN [SYMMETRIC] a AND b, on constants or x between x and x,
+    in three-valued logic: C{a <= x AND x <= b} (SYMMETRIC: either way
+    round), negated for NOT, so C{2 NOT BETWEEN NULL AND 0} is true.
+    """
     if len(bounds) != 2:
         return _UNKNOWN
     low, high = bounds
@@ -1609,18 +1613,49 @@ def _between(kind: str, subject: object, bounds: list, depth: int) -> object:
     if _same(subject, low) and _same(subject, high):
         value = _value(subject, depth)
         return _NULL if value is _NULL else (not negated)
-    values = [_value(subject, depth), _value(low, depth), _value(high, depth)]
-    if any(v is _UNKNOWN for v in values):
+    x, a, b = (_value(v, depth) for v in (subject, low, high))
+    if x is _UNKNOWN or a is _UNKNOWN or b is _UNKNOWN:
         return _UNKNOWN
-    if any(v is _NULL for v in values):
+    inside = _and3(_le3(a, x), _le3(x, b))
+    if kind.endswith("_SYM"):
+        inside = _or3(inside, _and3(_le3(b, x), _le3(x, a)))
+    return _not3(inside) if negated else inside
+
+
+def _le3(p: object, q: object) -> object:
+    if p is _NULL or q is _NULL:
         return _NULL
-    x, a, b = values
-    if not (_comparable(x, a) and _comparable(x, b)):
+    if not _comparable(p, q):
         return _UNKNOWN
-    if kind.endswith("_SYM") and a > b:
-        a, b = b, a
-    inside = a <= x <= b
-    return (not inside) if negated else inside
+    return p <= q  # type: ignore[operator]
+
+
+def _and3(p: object, q: object) -> object:
+    if p is False or q is False:
+        return False
+    if p is _UNKNOWN or q is _UNKNOWN:
+        return _UNKNOWN
+    if p is _NULL or q is _NULL:
+        return _NULL
+    return True
+
+
+def _or3(p: object, q: object) -> object:
+    if p is True or q is True:
+        return True
+    if p is _UNKNOWN or q is _UNKNOWN:
+        return _UNKNOWN
+    if p is _NULL or q is _NULL:
+        return _NULL
+    return False
+
+
+def _not3(p: object) -> object:
+    if p is True:
+        return False
+    if p is False:
+        return True
+    return p
 
 
 def _a_expr(body: dict, depth: int) -> object:
@@ -1667,29 +1702,6 @@ def _a_expr(body: dict, depth: int) -> object:
         if _NULL in values:
             return _NULL  # no match, but a NULL might have been one
         return name != "="
-    if kind in ("AEXPR_BETWEEN", "AEXPR_NOT_BETWEEN"):
-        # x BETWEEN a AND b is a <= x AND x <= b, in three-valued logic
-        bounds = [_value(b, depth) for b in _items(rexpr)]
-        left = _value(lexpr, depth)
-        if len(bounds) != 2:
-            return _UNKNOWN
-        parts = []
-        for low, high in ((bounds[0], left), (left, bounds[1])):
-            if low is _NULL or high is _NULL:
-                parts.append(_NULL)
-            elif _number(low) and _number(high):
-                parts.append(low <= high)  # type: ignore[operator]
-            else:
-                return _UNKNOWN
-        if False in parts:
-            inside: object = False
-        elif _NULL in parts:
-            inside = _NULL
-        else:
-            inside = True
-        if kind == "AEXPR_BETWEEN" or inside is _NULL:
-            return inside
-        return not inside
     if kind != "AEXPR_OP":
         return _UNKNOWN
     right = _value(rexpr, depth)
