@@ -30,7 +30,7 @@ from gatehouse.recording.format import (
     segment_filename,
 )
 from gatehouse.recording.index import IndexUnavailable, SessionRow, query_sessions
-from gatehouse.recording.render import export_jsonl, render
+from gatehouse.recording.render import escape_char, export_jsonl, render
 
 __all__ = [
     "accept_relative_times",
@@ -234,15 +234,6 @@ def _status(row: SessionRow) -> str:
     return "closed"
 
 
-def _escape_char(ch: str) -> str:
-    code = ord(ch)
-    if code < 0x100:
-        return f"\\x{code:02x}"
-    if code < 0x10000:
-        return f"\\u{code:04x}"
-    return f"\\U{code:08x}"
-
-
 def terminal_text(text: str, escaped: bool = False) -> str:
     """
     C{text} safe to print on a terminal: every character that is not
@@ -263,7 +254,7 @@ def terminal_text(text: str, escaped: bool = False) -> str:
         return text
     if not escaped:
         text = text.replace("\\", "\\\\")
-    return "".join(ch if ch.isprintable() else _escape_char(ch) for ch in text)
+    return "".join(ch if ch.isprintable() else escape_char(ch) for ch in text)
 
 
 def _cell(row: SessionRow, field: str) -> str:

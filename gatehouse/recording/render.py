@@ -137,7 +137,7 @@ class TerminalSafe:
         """Write C{text}, escaped where it is not printable."""
         if not text.isprintable():
             text = "".join(
-                ch if ch.isprintable() or ch in "\n\t" else _escape_char(ch)
+                ch if ch.isprintable() or ch in "\n\t" else escape_char(ch)
                 for ch in text
             )
         return self._out.write(text)
@@ -198,9 +198,12 @@ def _as_text(payload: bytes) -> str | None:
     return text
 
 
-def _escape_char(ch: str) -> str:
-    if ch.isprintable() or ch == "\t":
-        return ch
+def escape_char(ch: str) -> str:
+    """
+    One character as C{\\xHH}, C{\\uHHHH} or C{\\UHHHHHHHH}, for showing
+    what is not printable; a lone surrogate that stands for a byte not
+    valid in its encoding (C{surrogateescape}) as that byte, C{\\xHH}.
+    """
     code = ord(ch)
     if 0xDC80 <= code <= 0xDCFF:
         return f"\\x{code - 0xDC00:02x}"  # an undecodable byte
@@ -212,7 +215,9 @@ def _escape_char(ch: str) -> str:
 def _escape(line: str) -> str:
     if line.isprintable():
         return line
-    return "".join(_escape_char(ch) for ch in line)
+    return "".join(
+        ch if ch.isprintable() or ch == "\t" else escape_char(ch) for ch in line
+    )
 
 
 def _text_lines(text: str) -> list[str]:

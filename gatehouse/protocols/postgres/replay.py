@@ -41,7 +41,7 @@ import attrs
 
 from gatehouse.protocols.postgres import codec
 from gatehouse.recording.format import Direction, Record, RecordType
-from gatehouse.recording.render import register_renderer, render_record
+from gatehouse.recording.render import escape_char, register_renderer, render_record
 
 __all__ = ["MAX_ROWS", "render_postgres"]
 
@@ -83,18 +83,6 @@ _AUTH_NAMES = {
 # --- text helpers ---------------------------------------------------------
 
 
-def _escape_char(ch: str) -> str:
-    code = ord(ch)
-    if 0xDC80 <= code <= 0xDCFF:
-        # A byte that was not valid in the encoding (surrogateescape).
-        return f"\\x{code - 0xDC00:02x}"
-    if code < 0x100:
-        return f"\\x{code:02x}"
-    if code < 0x10000:
-        return f"\\u{code:04x}"
-    return f"\\U{code:08x}"
-
-
 def _clean(text: str, tabs: bool = False) -> str:
     """
     C{text} with every non-printable character escaped (tabs too, unless
@@ -104,7 +92,7 @@ def _clean(text: str, tabs: bool = False) -> str:
     if text.isprintable():
         return text
     return "".join(
-        ch if ch.isprintable() or (tabs and ch == "\t") else _escape_char(ch)
+        ch if ch.isprintable() or (tabs and ch == "\t") else escape_char(ch)
         for ch in text
     )
 
