@@ -936,12 +936,13 @@ class PostgresServerProtocol(Protocol):
                 self._syncs_since_start = 0
                 self._copy_end_syncs = None
             if kind == _QUERY or kind == _PARSE or kind == _FUNCTION_CALL:
+                body = reader.body(frame)
                 if kind != _FUNCTION_CALL:
                     if frame[2] - frame[1] > cap:
                         self._forward(reader.take_to(frame[1]))
                         self._too_long(frame, cap)
                         continue
-                    reading = self._reading(frame)
+                    reading = self._reading(frame, body)
                     if reading is _BARRIER:
                         self._forward(reader.take_to(frame[1]))
                         self._hold(frames, index, "barrier")
@@ -950,7 +951,7 @@ class PostgresServerProtocol(Protocol):
                         self._forward(reader.take_to(frame[1]))
                         self._refuse(frame, reading, sqlstate="0A000")
                         continue
-                found = self._classify(frame)
+                found = self._classify(frame, body)
                 if found is None:
                     return
                 if found is _PENDING:
@@ -1030,7 +1031,7 @@ class PostgresServerProtocol(Protocol):
         if end > reader.consumed:
             self._forward(reader.take_to(end))
 
-    def _reading(self, frame: tuple) -> object:
+    def _reading(self, frame: tuple, body: bytes) -> object:
         """
         Whether the SQL text of a Query or Parse can be read now exactly as
         the target will read it: None if so; L{_BARRIER} if only once the
@@ -1046,7 +1047,6 @@ class PostgresServerProtocol(Protocol):
         ReadyForQuery) after everything before it ran: a statement, a
         function it calls or a trigger may have changed that state.
         """
-        body = self._reader.body(frame)
         if frame[0] == _PARSE:
             # name and query, NUL-terminated, then binary parameter OIDs
             end = body.find(b"\0", body.find(b"\0") + 1)
@@ -1095,13 +1095,12 @@ class PostgresServerProtocol(Protocol):
             if self._describes is not None:
                 self._describes.append("q" if kind == _QUERY else "s")
 
-    def _classify(self, frame: tuple) -> tuple[str, Classified] | None:
+    def _classify(self, frame: tuple, body: bytes) -> tuple[str, Classified] | None:
         """
         The text of a Query, Parse or FunctionCall and its commands, read
         in the client's encoding; None (the session is ended) if the
         message is malformed.
         """
-        body = self._reader.body(frame)
         kind = frame[0]
         try:
             if kind == _FUNCTION_CALL:
@@ -1219,11 +1218,12 @@ class PostgresServerProtocol(Protocol):
 
     def _protection(self, classified: Classified, text: str) -> Decision | None:
         """The built-in protections' refusal of these statements, if any."""
+        statements = classified.statements
+        if not any(statement.sensitive for statement in statements):
+            return None  # nearly every statement: no set-up, no allocation
         options = self._target.options
         why = protection_refusal(
-            classified.statements,
-            options.upstream_roles(),
-            frozenset(options.settable_roles),
+            statements, options.upstream_roles(), frozenset(options.settable_roles)
         )
         if why is None:
             return None
