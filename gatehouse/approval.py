@@ -725,7 +725,11 @@ class WebhookNotifier:
         self._url = parsed.to_uri().to_text().encode("ascii")
         self._where = f"{parsed.scheme}://{parsed.host}:{parsed.port}"
         self._reactor = reactor
-        self._agent = agent if agent is not None else Agent(reactor)
+        if agent is None:
+            from gatehouse.logs import quiet_agent_pool
+
+            agent = Agent(reactor, pool=quiet_agent_pool(reactor))
+        self._agent = agent
         self._retries = max(0, retries)
         self._backoff = backoff
         self._maxBackoff = max_backoff
