@@ -60,6 +60,7 @@ MAX_TEXT = 200
 _NOISE = frozenset({"Starting factory {factory!r}", "Stopping factory {factory!r}"})
 
 _log = Logger(namespace="gatehouse")
+_DEBUG = LogLevel.debug
 
 
 def iso_time(when: float | None) -> str:
@@ -85,7 +86,16 @@ def summary(text: str, limit: int = MAX_TEXT) -> str:
     if cut:
         text = text[:limit]
     if not text.isprintable():
-        text = "".join(_printable(ch) for ch in text)
+        # Escapes are longer than what they stand for: whole ones only.
+        parts, size = [], 0
+        for ch in text:
+            part = _printable(ch)
+            if size + len(part) > limit:
+                cut = True
+                break
+            parts.append(part)
+            size += len(part)
+        text = "".join(parts)
     return text + "..." if cut else text
 
 
@@ -101,7 +111,10 @@ def _kv_value(value: object) -> str:
     text = summary(str(value))
     if text and all(ch.isalnum() or ch in "._:/@+-" for ch in text):
         return text
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    # A quote inside is written as an escape (as summary writes what is
+    # not printable), so the first quote after the opening one closes the
+    # value: nothing a client chose can forge another field.
+    return '"' + text.replace('"', "\\x22") + '"'
 
 
 def emit(
@@ -133,8 +146,7 @@ def _json_safe(value: object) -> object:
 
 
 def _level(event: Mapping[str, Any]) -> str:
-    level = event.get("log_level")
-    return level.name if isinstance(level, LogLevel) else "info"
+    return getattr(event.get("log_level"), "name", "info")
 
 
 def _system(event: Mapping[str, Any]) -> str:
@@ -224,7 +236,8 @@ class LogFile:
 @implementer(ILogObserver)
 class GatewayLogObserver:
     """
-    Writes each log event to a L{LogFile} as text or JSON (C{format}).
+    Writes each log event to a L{LogFile} as text or JSON (C{format});
+    debug events and factories' start/stop chatter are left out.
     """
 
     def __init__(self, output: LogFile, format: str = "text"):
@@ -235,7 +248,7 @@ class GatewayLogObserver:
         self._format = format_json if format == "json" else format_text
 
     def __call__(self, event: Mapping[str, Any]) -> None:
-        if event.get("log_format") in _NOISE:
+        if event.get("log_format") in _NOISE or event.get("log_level") is _DEBUG:
             return
         try:
             line = self._format(event)
