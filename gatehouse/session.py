@@ -253,7 +253,7 @@ class Session:
             "decision",
             "Session {session_id}: {action} by rule {rule} for {subject}"
             " on {target}: {command}",
-            LogLevel.warn if decision.action == "deny" else LogLevel.info,
+            LogLevel.info if decision.action == "review" else LogLevel.warn,
             logger=self._log,
             session_id=str(self.id),
             subject=logs.summary(self.identity.subject if self.identity else ""),

@@ -269,6 +269,18 @@ class JSONLogTests(GatewayTestCase):
             (review["action"], review["rule"], review["command"]),
             ("review", "logs-truncate-review", "truncate logs_keep_t"),
         )
+        [asked] = self.wait_for(
+            event="approval.requested", session_id=review["session_id"]
+        )
+        self.assertEqual(asked["rule"], "logs-truncate-review")
+        self.assertIn("gatehouse approvals approve", asked["instructions"])
+        [expired] = self.wait_for(
+            event="approval.decided", session_id=review["session_id"]
+        )
+        self.assertEqual(expired["approval_id"], asked["approval_id"])
+        self.assertEqual((expired["state"], expired["voters"]), ("expired", []))
+        self.assertGreaterEqual(expired["waited"], 1)
+        self.assertLess(expired["waited"], 10)
 
     def test_metrics(self) -> None:
         """
