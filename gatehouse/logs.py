@@ -188,7 +188,12 @@ def format_text(event: Mapping[str, Any]) -> str | None:
             f"{iso_time(event.get('log_time'))} [{_system(event)}] "
             f"{event.get('gatehouse_event')} {pairs}\n"
         )
-    return formatEventAsClassicLogText(dict(event), formatTime=iso_time)
+    text = formatEventAsClassicLogText(dict(event), formatTime=iso_time)
+    if text is None or text.isprintable():
+        return text
+    # Line breaks stay (tracebacks, continued as twistd indents them); what
+    # a terminal would interpret does not.
+    return "".join(ch if ch in "\n\t" else _printable(ch) for ch in text)
 
 
 class LogFile:

@@ -141,6 +141,18 @@ class FormatTests(SynchronousTestCase):
         text = observed("text", lambda log: log.info("hello {who}", who="you"))
         self.assertRegex(text, "^" + _ISO + r" \[test#info\] hello you\n$")
 
+    def test_text_escaped(self) -> None:
+        """
+        What a terminal would interpret is escaped in other events' text
+        too; line breaks are kept, continued with a tab as twistd does.
+        """
+        text = observed(
+            "text", lambda log: log.info("peer {p}", p="\x1b]0;x\x07\u202e\nnext")
+        )
+        self.assertRegex(
+            text, "^" + _ISO + r" \[test#info\] peer \\x1b\]0;x\\x07\\u202e\n\tnext\n$"
+        )
+
     def test_dropped(self) -> None:
         """Factory start/stop lines and debug events are not written."""
 
