@@ -32,7 +32,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, FileBodyProducer
 from twisted.web.http_headers import Headers
@@ -499,9 +499,29 @@ class ApprovalBroker:
         if event is not None:
             self._emit(event, final, vote)
         self._emit("decided", final, None)
+        self._log_decided(final)
         if not entry.result.called:
             entry.result.callback(Verdict(state == "approved", reason, final))
         return final
+
+    def _log_decided(self, request: ApprovalRequest) -> None:
+        from gatehouse.logs import emit, summary
+
+        emit(
+            "approval.decided",
+            "Approval {approval_id} {state} after {waited} s: {reason}",
+            LogLevel.info,
+            logger=self._log,
+            approval_id=request.id,
+            session_id=request.session_id,
+            subject=summary(request.requester.subject),
+            target=request.target,
+            rule=request.rule,
+            state=request.state,
+            reason=summary(request.reason or ""),
+            voters=[summary(vote.subject) for vote in request.votes],
+            waited=round(max(0.0, self._clock.seconds() - request.created), 3),
+        )
 
     def _emit(
         self, event: str, request: ApprovalRequest, approval: Approval | None
@@ -533,21 +553,27 @@ class LogNotifier:
         self._adminURL = admin_url
 
     def notify(self, request: ApprovalRequest) -> None:
-        self._log.info(
-            "Approval {id} needed: {requester} ({subject}) on {protocol} "
-            "target {target}, rule {rule}, {count} approval(s) from {groups} "
-            "within {timeout}: {commands}; {instructions}",
-            id=request.id,
-            requester=request.requester.name,
-            subject=request.requester.subject,
+        from gatehouse.logs import emit, summary
+
+        emit(
+            "approval.requested",
+            "Approval {approval_id} needed: {display_name} ({subject}) on"
+            " {protocol} target {target}, rule {rule}, {approvals_required}"
+            " approval(s) from {approver_groups} within {timeout}: {commands};"
+            " {instructions}",
+            logger=self._log,
+            approval_id=request.id,
+            session_id=request.session_id,
+            display_name=summary(request.requester.name),
+            subject=summary(request.requester.subject),
             protocol=request.protocol,
             target=request.target,
             rule=request.rule,
-            count=request.approvals_required,
-            groups=", ".join(request.approvers) or "nobody",
+            approvals_required=request.approvals_required,
+            approver_groups=", ".join(request.approvers) or "nobody",
             timeout=format_duration(request.expires - request.created),
             commands=" / ".join(
-                _truncate(command.text, _MAX_STATEMENT) for command in request.commands
+                summary(command.text, _MAX_STATEMENT) for command in request.commands
             ),
             instructions=instructions(request, self._adminURL),
         )
@@ -725,7 +751,11 @@ class WebhookNotifier:
         self._url = parsed.to_uri().to_text().encode("ascii")
         self._where = f"{parsed.scheme}://{parsed.host}:{parsed.port}"
         self._reactor = reactor
-        self._agent = agent if agent is not None else Agent(reactor)
+        if agent is None:
+            from gatehouse.logs import quiet_agent_pool
+
+            agent = Agent(reactor, pool=quiet_agent_pool(reactor))
+        self._agent = agent
         self._retries = max(0, retries)
         self._backoff = backoff
         self._maxBackoff = max_backoff

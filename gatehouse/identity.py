@@ -36,6 +36,8 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IPolicyForHTTPS, IResponse
 
+from gatehouse.logs import quiet_agent_pool
+
 __all__ = [
     "CLIENT_MESSAGE",
     "AuthenticationError",
@@ -119,16 +121,53 @@ class AuthenticationError(Exception):
 
     C{reason} (also C{str()} of the exception) explains why, for operators'
     logs; clients must only ever be shown L{CLIENT_MESSAGE}.
+
+    C{kind} is one of a small fixed set (L{gatehouse.metrics.AUTH_REASONS})
+    for metrics and alerting; by default it is read from C{reason}.
     """
 
     CLIENT_MESSAGE = CLIENT_MESSAGE
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, kind: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.kind = kind if kind is not None else failure_kind(reason)
 
     def __str__(self) -> str:
         return self.reason
+
+
+#: reason text -> kind, first match wins (see L{failure_kind})
+_KINDS = (
+    ("internal error", "internal"),
+    ("malformed", "malformed"),
+    ("token longer", "malformed"),
+    ("token is ", "malformed"),
+    ("signature", "signature"),
+    ("expired", "expired"),
+    ("not valid before", "not_yet_valid"),
+    ("issued in the future", "not_yet_valid"),
+    ("lifetime", "lifetime"),
+    ("audience", "audience"),
+    ("alg", "algorithm"),
+    ("unsigned token", "algorithm"),
+    ("key", "key"),
+    ("issuer", "issuer"),
+    ("'iss'", "issuer"),
+    ("claim", "claims"),
+)
+
+
+def failure_kind(reason: str) -> str:
+    """
+    The kind of a token refusal, from its reason text: one of
+    L{gatehouse.metrics.AUTH_REASONS} (C{"other"} when none fits).
+    """
+    lowered = reason.lower()
+    for needle, kind in _KINDS:
+        if needle in lowered:
+            return kind
+    return "other"
 
 
 class _FetchError(Exception):
@@ -546,7 +585,9 @@ class TokenVerifier:
                         else _trustPolicy(config.ca_file)
                     )
                     self._agents[config.issuer] = Agent(
-                        cast(Any, reactor), contextFactory=policy
+                        cast(Any, reactor),
+                        contextFactory=policy,
+                        pool=quiet_agent_pool(reactor),
                     )
             self._issuers[config.issuer] = _IssuerKeys(
                 config,
@@ -584,7 +625,8 @@ class TokenVerifier:
         if not failure.check(AuthenticationError):
             self.log.failure("Unexpected error while verifying a token", failure)
             failure = Failure(AuthenticationError("internal error verifying token"))
-        self.log.warn("Token rejected: {reason}", reason=failure.value.reason)
+        # Who presented it is known to the caller, which logs the refusal.
+        self.log.debug("Token rejected: {reason}", reason=failure.value.reason)
         return failure
 
     async def _verify(self, token: str | bytes) -> Identity:

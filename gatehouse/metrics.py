@@ -1,6 +1,12 @@
 """
-Prometheus metrics of a gateway: sessions, decisions, approvals, masking,
-recording and upstream errors.
+Prometheus metrics of a gateway: sessions, authentication failures,
+decisions, approvals, masking, recording, signing keys and upstream
+connections.
+
+No series has an empty label: a session whose target is not known yet
+counts under target C{"unidentified"}, a decision without a rule under
+rule C{"default"}, and authentication failures under one of the fixed
+L{AUTH_REASONS}.
 
 L{GatewayMetrics} keeps its own L{CollectorRegistry}, so several gateways
 (or tests) in one process never share counters; the admin API serves it at
@@ -10,6 +16,7 @@ C{/metrics}.
 from __future__ import annotations
 
 from collections import Counter as _Tally
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import (
@@ -17,27 +24,80 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily
 
-__all__ = ["OUTCOMES", "GatewayMetrics"]
+__all__ = ["AUTH_REASONS", "OUTCOMES", "UNIDENTIFIED", "GatewayMetrics"]
 
 #: How an approval request can end: the C{outcome} label's values.
 OUTCOMES = ("approved", "denied", "expired", "cancelled")
+
+#: Why a token was refused: the C{reason} label's values (see
+#: L{gatehouse.identity.failure_kind}).
+AUTH_REASONS = (
+    "malformed",
+    "signature",
+    "expired",
+    "not_yet_valid",
+    "issuer",
+    "audience",
+    "algorithm",
+    "key",
+    "claims",
+    "lifetime",
+    "internal",
+    "other",
+)
+
+#: The target label of sessions whose target is not known yet.
+UNIDENTIFIED = "unidentified"
+
+_APPROVAL_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, float("inf"))
+_SESSION_BUCKETS = (
+    0.1, 1, 10, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 24 * 3600, float("inf")
+)  # fmt: skip
+_CONNECT_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, float("inf")
+)  # fmt: skip
+
+
+class _RecordedBytes:
+    """Collects the recorded byte count when scraped: no cost per chunk."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], int] | None = None
+
+    def collect(self) -> Any:
+        family = CounterMetricFamily(
+            "gatehouse_recorded_bytes",
+            "Bytes of session data recorded (both directions, as recorded).",
+        )
+        family.add_metric([], self.source() if self.source is not None else 0)
+        yield family
+
+    def describe(self) -> Any:
+        return self.collect()
 
 
 class GatewayMetrics:
     """
     The gateway's metrics, all named C{gatehouse_*}.
 
-    Sessions count as open under target C{""} until L{session_identified}
-    moves them to their target.
+    Sessions count as open under target L{UNIDENTIFIED} until
+    L{session_identified} moves them to their target.
 
     @ivar registry: the registry the metrics live in.
+    @param clock: times approval waits (C{seconds()}); None: they are not
+        observed.
     """
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, clock: Any = None
+    ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._clock = clock
         r = self.registry
         self._sessionsOpen = Gauge(
             "gatehouse_sessions_open",
@@ -54,9 +114,44 @@ class GatewayMetrics:
         self._decisions = Counter(
             "gatehouse_decisions_total",
             "Policy decisions on client commands.",
-            ["protocol", "target", "action"],
+            ["protocol", "target", "action", "rule"],
             registry=r,
         )
+        self._authFailures = Counter(
+            "gatehouse_auth_failures_total",
+            "Clients refused because their token was not accepted, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self._approvalWait = Histogram(
+            "gatehouse_approval_wait_seconds",
+            "How long approval requests waited for their outcome.",
+            ["outcome"],
+            buckets=_APPROVAL_BUCKETS,
+            registry=r,
+        )
+        self._sessionDuration = Histogram(
+            "gatehouse_session_duration_seconds",
+            "How long client sessions lasted, from accept to close.",
+            ["protocol"],
+            buckets=_SESSION_BUCKETS,
+            registry=r,
+        )
+        self._connectLatency = Histogram(
+            "gatehouse_upstream_connect_seconds",
+            "Time to open an authenticated session on a target.",
+            ["protocol", "target"],
+            buckets=_CONNECT_BUCKETS,
+            registry=r,
+        )
+        self._keyCoverage = Gauge(
+            "gatehouse_signing_key_coverage_seconds",
+            "Seconds until the loaded signing keys stop covering new"
+            " recordings (0: none covers now).",
+            registry=r,
+        )
+        self._recorded = _RecordedBytes()
+        r.register(self._recorded)
         self._approvalsPending = Gauge(
             "gatehouse_approvals_pending",
             "Approval requests waiting for a decision.",
@@ -92,8 +187,11 @@ class GatewayMetrics:
         )
         for outcome in OUTCOMES:
             self._approvalsDecided.labels(outcome)
+            self._approvalWait.labels(outcome)
+        for reason in AUTH_REASONS:
+            self._authFailures.labels(reason)
         self._open: _Tally[tuple[str, str]] = _Tally()
-        self._decision_children: dict[tuple[str, str, str], Any] = {}
+        self._decision_children: dict[tuple[str, str, str, str], Any] = {}
         self._pending: set[str] = set()
 
     def _move(self, key: tuple[str, str], delta: int) -> None:
@@ -103,27 +201,54 @@ class GatewayMetrics:
     def session_opened(self, protocol: str) -> None:
         """A client connected on C{protocol}; its target is not known yet."""
         self._sessionsTotal.labels(protocol).inc()
-        self._move((protocol, ""), 1)
+        self._move((protocol, UNIDENTIFIED), 1)
 
     def session_identified(self, protocol: str, target: str) -> None:
         """An open session's target became known."""
-        if self._open[(protocol, "")] > 0:
-            self._move((protocol, ""), -1)
-        self._move((protocol, target), 1)
+        if self._open[(protocol, UNIDENTIFIED)] > 0:
+            self._move((protocol, UNIDENTIFIED), -1)
+        self._move((protocol, target or UNIDENTIFIED), 1)
 
-    def session_closed(self, protocol: str, target: str | None) -> None:
-        """A session ended (C{target} None: before it was identified)."""
-        key = (protocol, target or "")
+    def session_closed(
+        self, protocol: str, target: str | None, duration: float | None = None
+    ) -> None:
+        """
+        A session ended (C{target} None: before it was identified), after
+        C{duration} seconds if known.
+        """
+        key = (protocol, target or UNIDENTIFIED)
         if self._open[key] <= 0:
-            key = (protocol, "")
+            key = (protocol, UNIDENTIFIED)
         if self._open[key] > 0:
             self._move(key, -1)
+        if duration is not None:
+            self._sessionDuration.labels(protocol).observe(max(0.0, duration))
 
-    def decision(self, protocol: str, target: str, action: str) -> None:
-        """The policy decided C{action} about a command."""
+    def auth_failure(self, reason: str) -> None:
+        """A token was refused for C{reason}, one of L{AUTH_REASONS}."""
+        self._authFailures.labels(reason if reason in AUTH_REASONS else "other").inc()
+
+    def upstream_connected(self, protocol: str, target: str, seconds: float) -> None:
+        """The gateway's session on C{target} was ready after C{seconds}."""
+        self._connectLatency.labels(protocol, target or UNIDENTIFIED).observe(
+            max(0.0, seconds)
+        )
+
+    def watch_signing_keys(self, seconds_left: Callable[[], float]) -> None:
+        """Report C{seconds_left()} (of key coverage) at every scrape."""
+        self._keyCoverage.set_function(lambda: max(0.0, seconds_left()))
+
+    def watch_recorded_bytes(self, total: Callable[[], int]) -> None:
+        """Report C{total()} (bytes recorded so far) at every scrape."""
+        self._recorded.source = total
+
+    def decision(
+        self, protocol: str, target: str, action: str, rule: str | None = None
+    ) -> None:
+        """The policy decided C{action} about a command, by C{rule}."""
         # Called for every statement: keep the labelled children, as
         # labels() costs several times the increment itself.
-        key = (protocol, target, action)
+        key = (protocol, target or UNIDENTIFIED, action, rule or "default")
         child = self._decision_children.get(key)
         if child is None:
             child = self._decision_children[key] = self._decisions.labels(*key)
@@ -145,6 +270,10 @@ class GatewayMetrics:
             state = getattr(request, "state", "")
             if state in OUTCOMES:
                 self._approvalsDecided.labels(state).inc()
+                created = getattr(request, "created", None)
+                if self._clock is not None and created is not None:
+                    waited = max(0.0, self._clock.seconds() - created)
+                    self._approvalWait.labels(state).observe(waited)
         else:
             return
         self._approvalsPending.set(len(self._pending))
@@ -152,7 +281,7 @@ class GatewayMetrics:
     def masked(self, protocol: str, target: str, count: int) -> None:
         """C{count} values were masked in one response."""
         if count > 0:
-            self._masked.labels(protocol, target).inc(count)
+            self._masked.labels(protocol, target or UNIDENTIFIED).inc(count)
 
     def seal(self) -> None:
         """A recording segment was sealed."""
@@ -164,7 +293,7 @@ class GatewayMetrics:
 
     def upstream_error(self, protocol: str, target: str) -> None:
         """Connecting to an upstream target failed."""
-        self._upstreamErrors.labels(protocol, target).inc()
+        self._upstreamErrors.labels(protocol, target or UNIDENTIFIED).inc()
 
     def render(self) -> tuple[bytes, str]:
         """

@@ -132,7 +132,10 @@ def build_components(config: GatehouseConfig, reactor: Any) -> Components:
         max_token_bytes=config.identity.max_token_bytes,
     )
     index = SessionIndex(recording.index, reactor)
-    metrics = GatewayMetrics()
+    metrics = GatewayMetrics(clock=reactor)
+    metrics.watch_signing_keys(
+        lambda: keyring.covered_until() / 1e9 - reactor.seconds()
+    )
     recorder.observe_seals(lambda info: metrics.seal())
     recorder.observe_failures(lambda *args: metrics.recorder_failure())
     broker = ApprovalBroker(

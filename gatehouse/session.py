@@ -16,10 +16,11 @@ from collections.abc import Callable, Sequence
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 import gatehouse
+from gatehouse import logs
 from gatehouse.approval import Verdict
 from gatehouse.identity import AuthenticationError, Identity, TokenVerifier
 from gatehouse.ids import new_session_id
@@ -63,8 +64,13 @@ class Session:
         self.target: str | None = None
         self.closed = False
         self._close_result: Deferred | None = None
-        #: bytes per Direction value
+        #: bytes per Direction value (the protocol counts the upstream
+        #: directions itself: those bytes are not recorded)
         self.byte_counts = [0, 0, 0, 0, 0]
+        #: bytes of data recorded (for metrics)
+        self.recorded_bytes = 0
+        #: when the session started (clock seconds)
+        self.started = hub.clock.seconds()
         #: sequence number of the last DATA record
         self.last_seq = -1
         self._record = recording.record
@@ -96,6 +102,7 @@ class Session:
         self.byte_counts[direction] += len(payload)
         if self.records_data:
             self.last_seq = self._record(_DATA, direction, channel, payload)
+            self.recorded_bytes += len(payload)
 
     def event(self, name: str, /, **fields: object) -> None:
         """Record a gateway event (decision, error, notice) as JSON."""
@@ -131,11 +138,38 @@ class Session:
                 masking=self.masker is not None,
             )
             self._hub.identified(self)
+            logs.emit(
+                "session.start",
+                "Session {session_id} started: {subject} to {target}"
+                " from {client_address}",
+                logger=self._log,
+                session_id=str(self.id),
+                protocol=self.protocol,
+                listener=self.listener,
+                subject=logs.summary(identity.subject),
+                target=logs.summary(self.target or ""),
+                client_address=self.client_address,
+            )
             return identity
 
         def failed(failure: Failure) -> Failure:
             failure.trap(AuthenticationError)
             self.event("authentication-failed", reason=str(failure.value))
+            kind = getattr(failure.value, "kind", "other")
+            logs.emit(
+                "auth.failure",
+                "Authentication failed for {client_address}: {reason}",
+                LogLevel.warn,
+                logger=self._log,
+                session_id=str(self.id),
+                protocol=self.protocol,
+                client_address=self.client_address,
+                reason=kind,
+                detail=logs.summary(str(failure.value)),
+            )
+            metrics = self._hub.metrics
+            if metrics is not None:
+                metrics.auth_failure(kind)
             return failure
 
         return d.addCallbacks(ok, failed)
@@ -199,10 +233,38 @@ class Session:
                 message=decision.message,
                 commands=[c.as_json() for c in commands],
             )
+        self.report_decision(decision, commands)
+        return decision
+
+    def report_decision(self, decision: Decision, commands: Sequence[Command]) -> None:
+        """
+        Count a decision, and log it unless it is C{allow}; its event is
+        the caller's to record (L{decide} does).
+        """
         metrics = self._hub.metrics
         if metrics is not None:
-            metrics.decision(self.protocol, self.target or "", decision.action)
-        return decision
+            metrics.decision(
+                self.protocol, self.target or "", decision.action, decision.rule
+            )
+        if decision.action == "allow":
+            return
+        first = commands[0] if commands else None
+        logs.emit(
+            "decision",
+            "Session {session_id}: {action} by rule {rule} for {subject}"
+            " on {target}: {command}",
+            LogLevel.info if decision.action == "review" else LogLevel.warn,
+            logger=self._log,
+            session_id=str(self.id),
+            subject=logs.summary(self.identity.subject if self.identity else ""),
+            target=logs.summary(self.target or ""),
+            client_address=self.client_address,
+            action=decision.action,
+            rule=decision.rule or "default",
+            command_kind=first.kind if first is not None else None,
+            command=logs.summary(first.text) if first is not None else None,
+            commands=len(commands),
+        )
 
     def request_approval(
         self, commands: Sequence[Command], decision: Decision
@@ -255,6 +317,12 @@ class Session:
         index = self._hub.index
         if index is not None:
             index.session_upstream(str(self.id), role)
+
+    def upstream_connected(self, seconds: float) -> None:
+        """The gateway's session on the target was ready after C{seconds}."""
+        metrics = self._hub.metrics
+        if metrics is not None:
+            metrics.upstream_connected(self.protocol, self.target or "", seconds)
 
     def upstream_failed(self, reason: str) -> None:
         """The gateway could not open its connection to the target."""
@@ -370,6 +438,10 @@ class SessionHub:
         self.broker = broker
         self.metrics = metrics
         self.sessions: dict[str, Session] = {}
+        #: bytes recorded by sessions that ended
+        self.recorded_bytes_closed = 0
+        if metrics is not None and hasattr(metrics, "watch_recorded_bytes"):
+            metrics.watch_recorded_bytes(self.recorded_bytes)
         observe = getattr(recorder, "observe_seals", None)
         if observe is not None and index is not None:
             observe(self._sealed)
@@ -511,11 +583,38 @@ class SessionHub:
             info.record_count,
         )
 
+    def recorded_bytes(self) -> int:
+        """Bytes of data recorded so far, by open and ended sessions."""
+        live = sum(s.recorded_bytes for s in self.sessions.values())
+        return self.recorded_bytes_closed + live
+
     def session_closed(self, session: Session, reason: str) -> None:
-        """Forget a closed session and index its end."""
+        """Forget a closed session, index and log its end."""
         self.sessions.pop(str(session.id), None)
+        self.recorded_bytes_closed += session.recorded_bytes
+        duration = self.clock.seconds() - session.started
         if self.metrics is not None:
-            self.metrics.session_closed(session.protocol, session.target)
+            self.metrics.session_closed(session.protocol, session.target, duration)
+        counts = session.byte_counts
+        identity = session.identity
+        logs.emit(
+            "session.end",
+            "Session {session_id} ended after {duration} s: {reason}",
+            logger=self._log,
+            session_id=str(session.id),
+            protocol=session.protocol,
+            listener=session.listener,
+            subject=logs.summary(identity.subject) if identity else None,
+            target=logs.summary(session.target) if session.target else None,
+            client_address=session.client_address,
+            authenticated=identity is not None,
+            reason=logs.summary(reason),
+            duration=round(duration, 3),
+            bytes_from_client=counts[Direction.CLIENT_TO_GATEWAY],
+            bytes_to_client=counts[Direction.GATEWAY_TO_CLIENT],
+            bytes_to_upstream=counts[Direction.GATEWAY_TO_UPSTREAM],
+            bytes_from_upstream=counts[Direction.UPSTREAM_TO_GATEWAY],
+        )
         if self.index is not None:
             counts = session.byte_counts
             self.index.session_closed(

@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gatehouse.approval import ApprovalBroker
 from gatehouse.identity import Identity
-from gatehouse.metrics import GatewayMetrics
+from gatehouse.metrics import AUTH_REASONS, GatewayMetrics
 from gatehouse.policy import Command, Decision
 
 ALICE = Identity("alice", "Alice", ("dev",), "https://idp", None)
@@ -47,7 +47,8 @@ class GatewayMetricsTests(SynchronousTestCase):
 
     def test_sessions(self) -> None:
         """
-        A session counts as open under target C{""} until identified, then
+        A session counts as open under target C{"unidentified"} until
+        identified (no series has an empty label), then
         under its target, until closed.
         """
         m = self.metrics
@@ -55,11 +56,17 @@ class GatewayMetricsTests(SynchronousTestCase):
         m.session_opened("postgres")
         self.assertEqual(self.value("gatehouse_sessions_total", protocol="postgres"), 2)
         self.assertEqual(
-            self.value("gatehouse_sessions_open", protocol="postgres", target=""), 2
+            self.value(
+                "gatehouse_sessions_open", protocol="postgres", target="unidentified"
+            ),
+            2,
         )
         m.session_identified("postgres", "db")
         self.assertEqual(
-            self.value("gatehouse_sessions_open", protocol="postgres", target=""), 1
+            self.value(
+                "gatehouse_sessions_open", protocol="postgres", target="unidentified"
+            ),
+            1,
         )
         self.assertEqual(
             self.value("gatehouse_sessions_open", protocol="postgres", target="db"), 1
@@ -67,7 +74,10 @@ class GatewayMetricsTests(SynchronousTestCase):
         m.session_closed("postgres", None)
         m.session_closed("postgres", "db")
         self.assertEqual(
-            self.value("gatehouse_sessions_open", protocol="postgres", target=""), 0
+            self.value(
+                "gatehouse_sessions_open", protocol="postgres", target="unidentified"
+            ),
+            0,
         )
         self.assertEqual(
             self.value("gatehouse_sessions_open", protocol="postgres", target="db"), 0
@@ -83,7 +93,10 @@ class GatewayMetricsTests(SynchronousTestCase):
         m.session_closed("ssh", "host")
         m.session_closed("ssh", "host")
         self.assertEqual(
-            self.value("gatehouse_sessions_open", protocol="ssh", target=""), 0
+            self.value(
+                "gatehouse_sessions_open", protocol="ssh", target="unidentified"
+            ),
+            0,
         )
         self.assertIsNone(
             self.value("gatehouse_sessions_open", protocol="ssh", target="host")
@@ -95,9 +108,9 @@ class GatewayMetricsTests(SynchronousTestCase):
         errors are counted with their labels.
         """
         m = self.metrics
-        m.decision("postgres", "db", "allow")
-        m.decision("postgres", "db", "allow")
-        m.decision("postgres", "db", "deny")
+        m.decision("postgres", "db", "allow", "default")
+        m.decision("postgres", "db", "allow", "")
+        m.decision("postgres", "db", "deny", "no-drops")
         m.masked("postgres", "db", 3)
         m.masked("postgres", "db", 0)
         m.seal()
@@ -110,6 +123,7 @@ class GatewayMetricsTests(SynchronousTestCase):
                 protocol="postgres",
                 target="db",
                 action="allow",
+                rule="default",
             ),
             2,
         )
@@ -119,6 +133,7 @@ class GatewayMetricsTests(SynchronousTestCase):
                 protocol="postgres",
                 target="db",
                 action="deny",
+                rule="no-drops",
             ),
             1,
         )
@@ -193,4 +208,138 @@ class GatewayMetricsTests(SynchronousTestCase):
             self.assertIn(name, families)
         self.assertIn(
             b'gatehouse_sessions_total{protocol="postgres"} 1.0', body.splitlines()
+        )
+
+
+class NewMetricsTests(SynchronousTestCase):
+    """
+    Authentication failures, decisions by rule, approval waits, session
+    durations, key coverage, recorded bytes and connect latency; no series
+    with an empty label.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.metrics = GatewayMetrics(clock=self.clock)
+
+    def value(self, name: str, **labels: str) -> float | None:
+        return self.metrics.registry.get_sample_value(name, labels)
+
+    def samples(self) -> list:
+        body, _ = self.metrics.render()
+        return [
+            sample
+            for family in text_string_to_metric_families(body.decode("utf-8"))
+            for sample in family.samples
+        ]
+
+    def test_auth_failures(self) -> None:
+        """
+        Every reason of the fixed set is there from the start (at 0); a
+        reason outside it counts as C{other}.
+        """
+        for reason in AUTH_REASONS:
+            self.assertEqual(
+                self.value("gatehouse_auth_failures_total", reason=reason), 0
+            )
+        self.metrics.auth_failure("expired")
+        self.metrics.auth_failure("made up by someone")
+        self.assertEqual(
+            self.value("gatehouse_auth_failures_total", reason="expired"), 1
+        )
+        self.assertEqual(self.value("gatehouse_auth_failures_total", reason="other"), 1)
+        reasons = {
+            s.labels["reason"]
+            for s in self.samples()
+            if s.name == "gatehouse_auth_failures_total"
+        }
+        self.assertEqual(reasons, set(AUTH_REASONS))
+
+    def test_histograms(self) -> None:
+        """
+        Session durations, upstream connect latency and approval waits are
+        histograms.
+        """
+        m = self.metrics
+        m.session_opened("postgres")
+        m.session_closed("postgres", None, 12.5)
+        m.upstream_connected("postgres", "db", 0.02)
+        broker = ApprovalBroker(self.clock)
+        broker.observe(m.approval_event)
+        request, _ = broker.request("s1", "postgres", "db", ALICE, [DROP], REVIEW)
+        self.clock.advance(7)
+        broker.approve(request.id, BOB)
+        self.assertEqual(
+            self.value("gatehouse_session_duration_seconds_sum", protocol="postgres"),
+            12.5,
+        )
+        self.assertEqual(
+            self.value(
+                "gatehouse_session_duration_seconds_bucket",
+                protocol="postgres",
+                le="10.0",
+            ),
+            0,
+        )
+        self.assertEqual(
+            self.value(
+                "gatehouse_upstream_connect_seconds_count",
+                protocol="postgres",
+                target="db",
+            ),
+            1,
+        )
+        self.assertEqual(
+            self.value("gatehouse_approval_wait_seconds_sum", outcome="approved"), 7
+        )
+        self.assertEqual(
+            self.value(
+                "gatehouse_approval_wait_seconds_bucket", outcome="approved", le="5.0"
+            ),
+            0,
+        )
+
+    def test_watched(self) -> None:
+        """
+        Key coverage and recorded bytes are read at each scrape; coverage
+        never goes below 0.
+        """
+        left = [3600.0]
+        recorded = [0]
+        self.metrics.watch_signing_keys(lambda: left[0])
+        self.metrics.watch_recorded_bytes(lambda: recorded[0])
+        self.assertEqual(self.value("gatehouse_signing_key_coverage_seconds"), 3600)
+        left[0] = -5
+        recorded[0] = 4096
+        self.assertEqual(self.value("gatehouse_signing_key_coverage_seconds"), 0)
+        self.assertEqual(self.value("gatehouse_recorded_bytes_total"), 4096)
+
+    def test_no_empty_labels(self) -> None:
+        """
+        Sessions without a target, decisions without a rule, masking and
+        upstream errors of an unidentified session: no label is empty.
+        """
+        m = self.metrics
+        m.session_opened("postgres")
+        m.session_identified("postgres", "")
+        m.session_closed("postgres", None)
+        m.decision("postgres", "", "deny", None)
+        m.masked("postgres", "", 2)
+        m.upstream_error("postgres", "")
+        m.upstream_connected("postgres", "", 0.1)
+        samples = self.samples()
+        self.assertTrue(samples)
+        for sample in samples:
+            for label, value in sample.labels.items():
+                self.assertNotEqual(value, "", f"{sample.name} {label}")
+        self.assertEqual(
+            self.value(
+                "gatehouse_decisions_total",
+                protocol="postgres",
+                target="unidentified",
+                action="deny",
+                rule="default",
+            ),
+            1,
         )

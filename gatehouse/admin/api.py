@@ -27,7 +27,7 @@ from twisted.application.service import IService, Service
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.interfaces import IListeningPort, IReactorTime
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -45,6 +45,7 @@ from gatehouse.identity import (
     Identity,
     TokenVerifier,
 )
+from gatehouse.logs import emit, summary
 from gatehouse.tls import server_tls_options
 
 if TYPE_CHECKING:
@@ -398,11 +399,19 @@ class _API(Resource):
 
         def rejected(failure: Failure) -> Failure:
             failure.trap(AuthenticationError)
-            _log.warn(
-                "Admin API: rejected the token from {peer}: {reason}",
-                peer=where,
-                reason=failure.value.reason,
+            kind = getattr(failure.value, "kind", "other")
+            emit(
+                "auth.failure",
+                "Admin API: rejected the token from {client_address}: {detail}",
+                LogLevel.warn,
+                logger=_log,
+                protocol="admin",
+                client_address=where,
+                reason=kind,
+                detail=summary(failure.value.reason),
             )
+            if self._admin.metrics is not None:
+                self._admin.metrics.auth_failure(kind)
             return Failure(_unauthorized(CLIENT_MESSAGE))
 
         return maybeDeferred(self._admin.verifier.verify, token).addErrback(rejected)
@@ -589,6 +598,7 @@ def make_admin_site(
         reactor=clock,
     )
     site.displayTracebacks = False
+    site.noisy = False
     return site
 
 

@@ -22,6 +22,14 @@ class Options(usage.Options):
 
     optParameters = [
         ["config", "c", None, "The gateway's configuration file (YAML).", str],
+        [
+            "log-format",
+            None,
+            "text",
+            "How log lines are written: text (ISO 8601 UTC times) or json "
+            "(one object per line).",
+            str,
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -30,6 +38,8 @@ class Options(usage.Options):
         """
         if not self["config"]:
             raise usage.UsageError("--config is required")
+        if self["log-format"] not in ("text", "json"):
+            raise usage.UsageError("--log-format must be text or json")
 
 
 @implementer(IServiceMaker, IPlugin)
@@ -53,6 +63,7 @@ class GatehouseServiceMaker:
         operator's terminal.
         """
         from gatehouse.config import ConfigError, load_config
+        from gatehouse.logs import observe_for_twistd
         from gatehouse.service import makeService
 
         try:
@@ -62,7 +73,13 @@ class GatehouseServiceMaker:
                 sys.stderr.write(line + "\n")
             sys.stderr.flush()
             raise SystemExit(1)
-        return makeService(config)
+        # Logging as the operator chose (--log-format, and twistd's own
+        # --logfile and friends: options.parent, when run by twistd).
+        return observe_for_twistd(
+            makeService(config),
+            getattr(options, "parent", None),
+            options["log-format"],
+        )
 
 
 gatehouse = GatehouseServiceMaker()

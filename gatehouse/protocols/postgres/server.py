@@ -62,6 +62,8 @@ from gatehouse.recording.interfaces import RecordingFailed, RecordingUnavailable
 
 _C2G = Direction.CLIENT_TO_GATEWAY
 _G2C = Direction.GATEWAY_TO_CLIENT
+_G2U = Direction.GATEWAY_TO_UPSTREAM
+_U2G = Direction.UPSTREAM_TO_GATEWAY
 _QUERY = codec.FrontendType.QUERY
 _PARSE = codec.FrontendType.PARSE
 _TERMINATE = codec.FrontendType.TERMINATE
@@ -251,6 +253,8 @@ class PostgresServerFactory(Factory):
 
     @param tls: server TLS options (ALPN C{postgresql}), or None.
     """
+
+    noisy = False
 
     def __init__(
         self,
@@ -790,6 +794,7 @@ class PostgresServerProtocol(Protocol):
                 resolve = self._factory.catalog(target).column
             self._masker = ResponseMasker(rules, resolve, self._encoding)
             self._describes = deque()
+        self._connect_started = self._factory.reactor.seconds()
         d = connect_upstream(
             self._factory.reactor,
             options,
@@ -833,6 +838,9 @@ class PostgresServerProtocol(Protocol):
             return
         self._upstream = upstream
         self._upstream_key = (ready.backend_pid, ready.backend_secret)
+        self.session.upstream_connected(
+            self._factory.reactor.seconds() - self._connect_started
+        )
         self.session.event(
             "upstream-connected",
             target=self._target.name,
@@ -1228,13 +1236,15 @@ class PostgresServerProtocol(Protocol):
         if why is None:
             return None
         decision = Decision("deny", PROTECTION_RULE, message=why)
+        commands = classified.for_text(text).commands
         self.session.event(
             "decision",
             action="deny",
             rule=PROTECTION_RULE,
             message=why,
-            commands=[c.as_json() for c in classified.for_text(text).commands],
+            commands=[c.as_json() for c in commands],
         )
+        self.session.report_decision(decision, commands)
         return decision
 
     def _refuse_unparseable(self, frame: tuple, classified: Classified) -> None:
@@ -1466,9 +1476,11 @@ class PostgresServerProtocol(Protocol):
         upstream = self._upstream
         if upstream is None or upstream.transport is None or not data:
             return
+        self.session.byte_counts[_G2U] += len(data)
         send_now(upstream.transport, data)
 
     def _upstream_data(self, data: bytes) -> None:
+        self.session.byte_counts[_U2G] += len(data)
         if self._closing:
             return
         reader = self._upstream_reader

@@ -25,12 +25,12 @@ from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
     UNIXClientEndpoint,
-    connectProtocol,
 )
 from twisted.internet.error import ConnectError, TimeoutError
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
+from gatehouse.logs import connect_quietly
 from gatehouse.protocols.postgres import codec
 from gatehouse.protocols.postgres.config import PostgresTargetOptions
 
@@ -559,7 +559,7 @@ def connect_upstream(
     except OSError as e:
         return _failed(UpstreamError(f"cannot read the target's CA file: {e}"))
     protocol = UpstreamProtocol(options, startup, tls_options)
-    connecting = connectProtocol(_endpoint(reactor, options, timeout), protocol)
+    connecting = connect_quietly(_endpoint(reactor, options, timeout), protocol)
 
     def not_connected(failure: Failure) -> Failure:
         failure.trap(ConnectError, TimeoutError, OSError)
@@ -605,5 +605,5 @@ def send_cancel(
             self.transport.write(codec.CancelRequest(pid, secret).encode())
             self.transport.loseConnection()
 
-    d = connectProtocol(_endpoint(reactor, options, 10.0), _Cancel())
+    d = connect_quietly(_endpoint(reactor, options, 10.0), _Cancel())
     return d

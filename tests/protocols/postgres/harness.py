@@ -50,6 +50,7 @@ class Gateway:
         extra_targets: list[dict] | None = None,
         extra_config: dict | None = None,
         admin: bool = False,
+        plugin_args: tuple[str, ...] = (),
     ):
         self.directory = os.path.abspath(directory)
         self.cluster = cluster
@@ -57,6 +58,8 @@ class Gateway:
         self.seal_interval = seal_interval
         self.extra_targets = extra_targets or []
         self.extra_config = extra_config or {}
+        #: more options of C{twistd gatehouse} (e.g. C{--log-format json})
+        self.plugin_args = tuple(plugin_args)
         self.admin_port = free_port() if admin else None
         self.process: subprocess.Popen | None = None
         self.port = free_port()
@@ -199,6 +202,7 @@ class Gateway:
                 "gatehouse",
                 "--config",
                 self.config_path,
+                *self.plugin_args,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
