@@ -50,6 +50,7 @@ class Gateway:
         extra_targets: list[dict] | None = None,
         extra_config: dict | None = None,
         admin: bool = False,
+        listener_options: dict | None = None,
     ):
         self.directory = os.path.abspath(directory)
         self.cluster = cluster
@@ -57,6 +58,7 @@ class Gateway:
         self.seal_interval = seal_interval
         self.extra_targets = extra_targets or []
         self.extra_config = extra_config or {}
+        self.listener_options = listener_options or {}
         self.admin_port = free_port() if admin else None
         self.process: subprocess.Popen | None = None
         self.port = free_port()
@@ -141,7 +143,10 @@ class Gateway:
                     "address": "127.0.0.1",
                     "port": self.port,
                     "tls": {"certificate": cert, "key": key},
-                    "options": {"allow_cleartext": self.allow_cleartext},
+                    "options": {
+                        "allow_cleartext": self.allow_cleartext,
+                        **self.listener_options,
+                    },
                 }
             ],
             "targets": [
