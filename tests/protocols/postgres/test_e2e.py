@@ -127,12 +127,17 @@ class GatewayTestCase(SynchronousTestCase):
         return time.time(), len(self.gateway.log()), self.gateway.recordings()
 
     def assert_not_recorded(
-        self, mark: tuple[float, int, list[str]], reason: str, count: int = 1
+        self,
+        mark: tuple[float, int, list[str]],
+        reason: str,
+        count: int = 1,
+        served: int = 0,
     ) -> str:
         """
         A login refused since C{mark} left an event, not a recording: at
         least C{count} "Login refused" log lines with C{reason} (waited
-        for), no session directory and no index row.
+        for), and no session directory or index row but those of the
+        C{served} clients that logged in meanwhile.
 
         @return: the log written since C{mark}.
         """
@@ -143,19 +148,25 @@ class GatewayTestCase(SynchronousTestCase):
             lines = [
                 line
                 for line in log.splitlines()
-                if "Login refused from 127.0.0.1" in line and reason in line
+                if "Login refused from 127.0.0." in line and reason in line
             ]
             if len(lines) >= count or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
         self.assertGreaterEqual(len(lines), count, log[-4000:])
-        self.assertEqual(self.gateway.recordings(), before)
+        new = sorted(set(self.gateway.recordings()) - set(before))
         index = self.gateway.path("recordings", "index.sqlite3")
         try:
             rows = query_sessions(index, limit=None)
         except IndexUnavailable:
             rows = []
-        self.assertEqual([r.id for r in rows if r.started >= start], [])
+        rows = [r for r in rows if r.started >= start]
+        # Every new directory and row is a client that logged in.
+        self.assertEqual(len(new), served, new)
+        self.assertEqual(len(rows), served, rows)
+        self.assertEqual(sorted(r.directory for r in rows), new)
+        for row in rows:
+            self.assertIsNotNone(row.subject, row)
         return log
 
 
