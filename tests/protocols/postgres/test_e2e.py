@@ -126,7 +126,7 @@ class GatewayTestCase(SynchronousTestCase):
         """Where a test starts: time, log length, recorded directories."""
         return time.time(), len(self.gateway.log()), self.gateway.recordings()
 
-    def assert_not_recorded(
+    def assert_login_event(
         self,
         mark: tuple[float, int, list[str]],
         reason: str,
@@ -579,7 +579,7 @@ class BadInputTests(GatewayTestCase):
         """Refused before authentication: an event, not a recording."""
         error = error_of(data)
         self.assertEqual(error.sqlstate, sqlstate, error)
-        self.assert_not_recorded(mark, reason)
+        self.assert_login_event(mark, reason)
         self.assert_still_serving()
 
     def test_garbage_before_startup(self) -> None:
@@ -707,7 +707,7 @@ class BadInputTests(GatewayTestCase):
         mark = self.log_mark()
         result = self.gateway.psql("select 1", token=self.gateway.token(lifetime=-600))
         self.assertIn("authentication failed", result.stderr)
-        log = self.assert_not_recorded(mark, "authentication failed")
+        log = self.assert_login_event(mark, "authentication failed")
         self.assertIn("expired", log)
         self.assert_still_serving()
 
@@ -715,7 +715,7 @@ class BadInputTests(GatewayTestCase):
         mark = self.log_mark()
         result = self.gateway.psql("select 1", token="not-a-token")
         self.assertIn("authentication failed", result.stderr)
-        self.assert_not_recorded(mark, "authentication failed")
+        self.assert_login_event(mark, "authentication failed")
         self.assert_still_serving()
 
     def test_unknown_database(self) -> None:

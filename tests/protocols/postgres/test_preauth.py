@@ -132,7 +132,7 @@ class PreauthTests(GatewayTestCase):
         After the attack: an event each, no files but those of the
         C{served} well-behaved clients, descriptors back.
         """
-        self.assert_not_recorded(self.mark, reason, count, served)
+        self.assert_login_event(self.mark, reason, count, served)
         self.assert_fds_back()
         self.assert_served()
 
@@ -151,6 +151,18 @@ class PreauthTests(GatewayTestCase):
         attacker.tls(self.gateway.ca_cert)
         self.assert_served()
         self.assert_timed_out(attacker)
+        self.assert_clean("authentication timeout", served=1)
+
+    def test_ssl_request_then_no_handshake(self) -> None:
+        """
+        SSLRequest answered, then no ClientHello: the TLS layer waits for
+        one, the timeout does not (no FATAL can be read: it is cut off).
+        """
+        attacker = self.attacker()
+        attacker.sock.sendall(codec.SSLRequest().encode())
+        self.assertEqual(attacker.sock.recv(1), b"S")
+        self.assert_served()
+        self.assert_timed_out(attacker, fatal=False)
         self.assert_clean("authentication timeout", served=1)
 
     def test_half_sent_startup(self) -> None:
