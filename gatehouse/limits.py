@@ -59,6 +59,21 @@ def raise_open_file_limit() -> tuple[int, int]:
     return soft, new
 
 
+def open_file_limit() -> int | None:
+    """The soft C{RLIMIT_NOFILE} now (None: unlimited)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def fds_needed(connections: int) -> int:
+    """
+    Descriptors a listener full of logged-in sessions may hold: the
+    client's, the target's and a recording file each, plus some for the
+    daemon itself.
+    """
+    return 3 * connections + 64
+
+
 @attrs.frozen
 class ConnectionCaps:
     """

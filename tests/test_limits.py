@@ -13,6 +13,8 @@ from gatehouse.limits import (
     Admission,
     ConnectionCaps,
     ConnectionLimits,
+    fds_needed,
+    open_file_limit,
     raise_open_file_limit,
 )
 from gatehouse.recording.format import RecordType
@@ -61,6 +63,11 @@ class OpenFileLimitTests(SynchronousTestCase):
         self.assertEqual(resource.getrlimit(resource.RLIMIT_NOFILE)[0], new)
         if before[1] != resource.RLIM_INFINITY:
             self.assertEqual(new, before[1])
+        self.assertEqual(open_file_limit(), new)
+
+    def test_fds_needed(self) -> None:
+        """Three per logged-in session (client, target, recording) and some."""
+        self.assertEqual(fds_needed(1000), 3064)
 
 
 class _Recorder:

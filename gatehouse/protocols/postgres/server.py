@@ -33,7 +33,12 @@ from zope.interface import implementer
 
 from gatehouse.config import TargetConfig
 from gatehouse.identity import AuthenticationError
-from gatehouse.limits import Admission, ConnectionLimits
+from gatehouse.limits import (
+    Admission,
+    ConnectionLimits,
+    fds_needed,
+    open_file_limit,
+)
 from gatehouse.net import send_now, tune
 from gatehouse.policy import ERROR, OPAQUE, Command, Decision
 from gatehouse.protocols.postgres import codec
@@ -257,7 +262,8 @@ class _Reason:
 
 class PostgresServerFactory(Factory):
     """
-    Builds a L{PostgresServerProtocol} per client of one listener.
+    Builds a L{PostgresServerProtocol} per client of one listener, within
+    the listener's connection caps.
 
     @param tls: server TLS options (ALPN C{postgresql}), or None.
     """
@@ -288,6 +294,23 @@ class PostgresServerFactory(Factory):
         self.limits = ConnectionLimits(options.caps)
         #: refused connections waiting for their client to read why
         self.refusing = 0
+
+    _log = Logger()
+
+    def startFactory(self) -> None:
+        """Warn if the process may run out of descriptors below the caps."""
+        needed = fds_needed(self.options.max_connections)
+        soft = open_file_limit()
+        if soft is not None and soft < needed:
+            self._log.warn(
+                "Listener {listener}: max_connections {max} needs about"
+                " {needed} open files, the process may open {soft}: raise"
+                " the limit (LimitNOFILE=) or lower max_connections",
+                listener=self.listener_name,
+                max=self.options.max_connections,
+                needed=needed,
+                soft=soft,
+            )
 
     def catalog(self, target: TargetConfig) -> Catalog:
         """The column catalog of C{target}, shared by its sessions."""
