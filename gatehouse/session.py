@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 
 import gatehouse
 from gatehouse.approval import Verdict
+from gatehouse.config import DEFAULT_MAX_TOKEN_BYTES
 from gatehouse.identity import AuthenticationError, Identity, TokenVerifier
 from gatehouse.ids import new_session_id
 from gatehouse.policy import Command, Decision, Policy, SessionPolicy
@@ -176,7 +177,7 @@ class Session:
     @property
     def max_token_bytes(self) -> int:
         """The longest token the verifier reads (bounds a password message)."""
-        return getattr(self._hub.verifier, "max_token_bytes", 16384)
+        return getattr(self._hub.verifier, "max_token_bytes", DEFAULT_MAX_TOKEN_BYTES)
 
     def data(self, direction: Direction, payload: bytes, channel: int = 0) -> None:
         """

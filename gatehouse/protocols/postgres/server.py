@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gatehouse.config import TargetConfig
+from gatehouse.config import DEFAULT_MAX_TOKEN_BYTES, TargetConfig
 from gatehouse.identity import AuthenticationError
 from gatehouse.limits import (
     Admission,
@@ -423,7 +423,9 @@ class PostgresServerProtocol(Protocol):
         self._pending_records: list[bytes] = []
         self._startup = codec.StartupParser(detect_tls=factory.tls is not None)
         # Until the session knows the token limit (at the StartupMessage).
-        self._reader = codec.FrameReader.frontend(16384 + _PASSWORD_FRAMING)
+        self._reader = codec.FrameReader.frontend(
+            DEFAULT_MAX_TOKEN_BYTES + _PASSWORD_FRAMING
+        )
         #: this connection's place in the listener's caps (None: uncounted)
         self._admission: Admission | None = None
         #: the authentication timeout, then the hard close of a refusal
