@@ -557,6 +557,8 @@ class TokenVerifier:
     ) -> None:
         self._clock = reactor if clock is None else clock
         self._maxTokenBytes = max_token_bytes
+        #: longer tokens are refused; protocols bound the password message by it
+        self.max_token_bytes = max_token_bytes
         self._fetchTimeout = fetch_timeout
         self._jwt = jwt.PyJWT()
         self._issuers: dict[str, _IssuerKeys] = {}

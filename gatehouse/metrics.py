@@ -185,6 +185,12 @@ class GatewayMetrics:
             ["protocol", "target"],
             registry=r,
         )
+        self._loginsRefused = Counter(
+            "gatehouse_logins_refused_total",
+            "Clients refused before they authenticated, by reason.",
+            ["protocol", "reason"],
+            registry=r,
+        )
         for outcome in OUTCOMES:
             self._approvalsDecided.labels(outcome)
             self._approvalWait.labels(outcome)
@@ -294,6 +300,14 @@ class GatewayMetrics:
     def upstream_error(self, protocol: str, target: str) -> None:
         """Connecting to an upstream target failed."""
         self._upstreamErrors.labels(protocol, target or UNIDENTIFIED).inc()
+
+    def login_refused(self, protocol: str, reason: str) -> None:
+        """
+        A client was refused before it authenticated (C{reason}: a fixed
+        slug such as C{authentication_failed}, C{authentication_timeout},
+        C{too_many_connections}, C{protocol_violation}).
+        """
+        self._loginsRefused.labels(protocol, reason).inc()
 
     def render(self) -> tuple[bytes, str]:
         """

@@ -21,6 +21,7 @@ from twisted.python.threadpool import ThreadPool
 from gatehouse.approval import ApprovalBroker, LogNotifier, WebhookNotifier
 from gatehouse.config import GatehouseConfig
 from gatehouse.identity import TokenVerifier
+from gatehouse.limits import raise_open_file_limit
 from gatehouse.metrics import GatewayMetrics
 from gatehouse.policy_config import ApprovalConfig
 from gatehouse.protocols import get_protocol
@@ -77,6 +78,7 @@ class _GatewayCore(Service):
 
     def startService(self) -> Deferred:
         super().startService()
+        raise_open_file_limit()
         self.pool.start()
         for problem in self.keyring.load_now():
             self._log.error("{problem}", problem=problem)

@@ -6,6 +6,11 @@ connects, reports every chunk that crosses with L{Session.data}, asks
 L{Session.authenticate} to check the client's token, and ends with
 L{Session.close}.  The session records, indexes and (later) applies policy;
 the protocol never reaches the recorder, index or verifier itself.
+
+Nothing is written to disk before the client's token is verified: until
+then the session's records wait in memory (bounded: see
+L{PendingRecording}), and a login refused before that point is an event
+(a log line and a metric), not a recording or an index row.
 """
 
 from __future__ import annotations
@@ -22,16 +27,97 @@ from twisted.python.failure import Failure
 import gatehouse
 from gatehouse import logs
 from gatehouse.approval import Verdict
+from gatehouse.config import DEFAULT_MAX_TOKEN_BYTES
 from gatehouse.identity import AuthenticationError, Identity, TokenVerifier
 from gatehouse.ids import new_session_id
 from gatehouse.policy import Command, Decision, Policy, SessionPolicy
 from gatehouse.recording.format import Direction, RecordType
 from gatehouse.recording.index import CommandRow, SessionRow
-from gatehouse.recording.interfaces import IRecorder, ISessionRecording, SealInfo
+from gatehouse.recording.interfaces import (
+    IRecorder,
+    ISessionRecording,
+    RecordingFailed,
+    RecordingUnavailable,
+    SealInfo,
+)
 
 _DATA = RecordType.DATA
 _EVENT = RecordType.EVENT
 _NO_POLICY = Decision("deny", "unauthenticated", message="not authenticated")
+
+
+class PendingRecording:
+    """
+    What a session records before it has something worth recording (an
+    authenticated identity): records kept in memory, in order, written to
+    the real recording by L{SessionHub.start_recording}, or dropped with
+    the session if its login is refused.
+
+    Protocols bound what a client may send before authentication; this
+    bound is the backstop (L{RecordingFailed} past C{limit} bytes).
+
+    @ivar meta: the recording's META fields, taken at accept.
+    """
+
+    directory = None
+    #: bytes held at most (payloads, and L{OVERHEAD} per record)
+    LIMIT = 1 << 20
+    OVERHEAD = 64
+
+    def __init__(self, meta: dict, limit: int = LIMIT):
+        self.meta = meta
+        self.records: list[list] = []
+        self.producers: list[object] = []
+        self.failure_waiters: list[Deferred] = []
+        self._limit = limit
+        self._held = 0
+
+    def record(self, rtype: int, direction: int, channel: int, payload: bytes) -> int:
+        """
+        Hold a record; its number here is not its number in the file.  Data
+        in the same direction as the record before joins it (a client that
+        trickles its startup packet byte by byte costs bytes, not records).
+        """
+        records = self.records
+        last = records[-1] if records else None
+        if (
+            rtype == _DATA
+            and last is not None
+            and last[0] == _DATA
+            and last[1] == direction
+            and last[2] == channel
+        ):
+            self._held += len(payload)
+            self._check()
+            if type(last[3]) is not bytearray:
+                last[3] = bytearray(last[3])
+            last[3] += payload
+        else:
+            self._held += len(payload) + self.OVERHEAD
+            self._check()
+            records.append([rtype, direction, channel, payload])
+        return len(records)
+
+    def _check(self) -> None:
+        if self._held > self._limit:
+            raise RecordingFailed(
+                f"more than {self._limit} bytes before authentication"
+            )
+
+    def registerProducer(self, producer: object) -> None:
+        """Kept for the real recording (nothing is written before)."""
+        self.producers.append(producer)
+
+    def notifyFailure(self) -> Deferred:
+        """Fires if the real recording fails, once there is one."""
+        d: Deferred = Deferred()
+        self.failure_waiters.append(d)
+        return d
+
+    def close(self, reason: str) -> Deferred:
+        """Drop what was held: the session ends unrecorded."""
+        self.records = []
+        return succeed(None)
 
 
 class Session:
@@ -60,6 +146,9 @@ class Session:
         self.listener = listener
         self.client_address = client_address
         self.recording = recording
+        #: whether the session is being recorded on disk (see
+        #: L{SessionHub.start_recording}); False while its login is pending
+        self.recorded = not isinstance(recording, PendingRecording)
         self.identity: Identity | None = None
         self.target: str | None = None
         self.closed = False
@@ -90,6 +179,11 @@ class Session:
     def clock(self) -> IReactorTime:
         """The clock everything in this session is timed by."""
         return self._hub.clock
+
+    @property
+    def max_token_bytes(self) -> int:
+        """The longest token the verifier reads (bounds a password message)."""
+        return getattr(self._hub.verifier, "max_token_bytes", DEFAULT_MAX_TOKEN_BYTES)
 
     def data(self, direction: Direction, payload: bytes, channel: int = 0) -> None:
         """
@@ -127,6 +221,7 @@ class Session:
             if target is not None:
                 self.target = target
             self._hub.apply_policy(self)
+            self._hub.start_recording(self)
             self.event(
                 "authenticated",
                 subject=identity.subject,
@@ -404,6 +499,44 @@ class Session:
         d.addBoth(done).chainDeferred(self._close_result)
         return self._close_result
 
+    def _start_recording(self, recording: ISessionRecording) -> None:
+        """
+        Move from the L{PendingRecording} to C{recording}: what was held
+        is recorded first, in order (data only if the policy records it).
+        """
+        pending = self.recording
+        for rtype, direction, channel, payload in pending.records:
+            if rtype == _DATA and not self.records_data:
+                continue
+            seq = recording.record(rtype, direction, channel, bytes(payload))
+            if rtype == _DATA:
+                self.last_seq = seq
+        pending.records = []
+        self.recording = recording
+        self._record = recording.record
+        self.recorded = True
+        for producer in pending.producers:
+            recording.registerProducer(producer)
+        for waiter in pending.failure_waiters:
+            recording.notifyFailure().chainDeferred(waiter)
+
+
+#: how sessions end that the client chose to end before logging in
+_QUIET_ENDS = frozenset(
+    {"client disconnected", "client ended the session before authenticating"}
+)
+
+
+def refusal_kind(reason: str) -> str:
+    """
+    The metric label for a refusal reason: its fixed part (before any
+    C{":"}, which the gateway's reasons put before the details), as a
+    slug such as C{authentication_timeout} or C{too_many_connections}.
+    """
+    head = reason.split(":", 1)[0].strip().lower()
+    slug = "".join(c if c.isalnum() else "_" for c in head).strip("_")
+    return slug[:64] or "unknown"
+
 
 class SessionHub:
     """
@@ -522,11 +655,15 @@ class SessionHub:
 
     def open(self, protocol: str, listener: str, client_address: str) -> Session:
         """
-        Start a session for a new client connection.
+        Start a session for a new client connection.  Nothing is written
+        yet: see L{start_recording}.
 
         @raise gatehouse.recording.interfaces.RecordingUnavailable: no
             session may start (no valid signing key): refuse the client.
         """
+        can_open = getattr(self.recorder, "can_open", None)
+        if can_open is not None and not can_open():
+            raise RecordingUnavailable("no signing key is valid now")
         session_id = new_session_id(self.clock.seconds())
         meta = {
             "session_id": str(session_id),
@@ -537,18 +674,61 @@ class SessionHub:
             "client_address": client_address,
             "started": self.clock.seconds(),
         }
-        recording = self.recorder.open(session_id, meta)
         session = Session(
-            self, session_id, protocol, listener, client_address, recording
+            self,
+            session_id,
+            protocol,
+            listener,
+            client_address,
+            PendingRecording(meta),
         )
         self.sessions[str(session_id)] = session
-        if self.metrics is not None:
-            self.metrics.session_opened(protocol)
-        if self.index is not None:
-            self.index.session_opened(self._row(session))
         return session
 
-    def _row(self, session: Session) -> object:
+    def start_recording(self, session: Session) -> None:
+        """
+        The session has something worth recording (its client's token was
+        verified): open its recording and index row, and record what it
+        held since the connection was accepted.
+
+        @raise gatehouse.recording.interfaces.RecordingUnavailable: no
+            recording may start now (no valid signing key).
+        """
+        if session.recorded:
+            return
+        meta = session.recording.meta
+        session._start_recording(self.recorder.open(session.id, meta))
+        if self.metrics is not None:
+            self.metrics.session_opened(session.protocol)
+        if self.index is not None:
+            self.index.session_opened(self._row(session, meta["started"]))
+
+    def refused(
+        self, protocol: str, listener: str, client_address: str, reason: str
+    ) -> None:
+        """
+        A client was refused before its session had anything worth
+        recording (no verified token): one log line and one count by
+        reason, nothing on disk.
+        """
+        quiet = reason in _QUIET_ENDS
+        logs.emit(
+            "login.refused",
+            "Client {client_address} on {listener} left before logging in: {reason}"
+            if quiet
+            else "Login refused from {client_address} on {listener}: {reason}",
+            LogLevel.info if quiet else LogLevel.warn,
+            logger=self._log,
+            client_address=client_address,
+            listener=listener,
+            protocol=protocol,
+            reason=logs.summary(reason),
+            kind=refusal_kind(reason),
+        )
+        if self.metrics is not None:
+            self.metrics.login_refused(protocol, refusal_kind(reason))
+
+    def _row(self, session: Session, started: float) -> object:
         identity = session.identity
         return SessionRow(
             id=str(session.id),
@@ -561,7 +741,7 @@ class SessionHub:
             issuer=identity.issuer if identity else None,
             groups=tuple(identity.groups) if identity else (),
             client_address=session.client_address,
-            started=self.clock.seconds(),
+            started=started,
             directory=session.recording.directory,
         )
 
@@ -591,6 +771,11 @@ class SessionHub:
     def session_closed(self, session: Session, reason: str) -> None:
         """Forget a closed session, index and log its end."""
         self.sessions.pop(str(session.id), None)
+        if not session.recorded:
+            self.refused(
+                session.protocol, session.listener, session.client_address, reason
+            )
+            return
         self.recorded_bytes_closed += session.recorded_bytes
         duration = self.clock.seconds() - session.started
         if self.metrics is not None:

@@ -482,6 +482,10 @@ class SegmentRecorder:
         self._seal_observers: list[Callable[[SealInfo], object]] = []
         self._failure_observers: list[Callable[[SegmentRecording, str], object]] = []
 
+    def can_open(self) -> bool:
+        """Whether L{open} would find a signing key valid now."""
+        return self._keys(int(self.clock.seconds() * NS)) is not None
+
     def open(self, session_id: uuid.UUID, meta: dict) -> SegmentRecording:
         """See L{IRecorder.open}."""
         wall = int(self.clock.seconds() * NS)

@@ -847,6 +847,7 @@ class HubReportsTests(IndexTestCase):
         hub = SessionHub("gw-1", recorder, None, clock, idx)
         yield idx.start()
         session = hub.open("postgres", "pg", "127.0.0.1:5000")
+        hub.start_recording(session)  # as a verified token would
         sid = str(session.id)
         session.upstream_login("agent_ro", "groups [agents]")
         session.command_seen("SelectStmt", "select '\udcff'\x00")

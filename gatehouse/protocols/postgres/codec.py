@@ -1013,6 +1013,9 @@ class StartupParser:
         self._encoding = encoding
         self._tls_pending = False
         self._awaiting_answer = ""  # the request's name while unanswered
+        # Requests that may not come again: PostgreSQL takes one SSLRequest
+        # and one GSSENCRequest, and neither once encryption is on.
+        self._negotiated: set[str] = set()
         self._done = False
         self._error: ProtocolViolation | None = None
 
@@ -1059,6 +1062,7 @@ class StartupParser:
             had been encrypted.
         """
         request = self._answer()
+        self._negotiated.update(("SSLRequest", "GSSENCRequest"))
         if self._buf:
             raise self._fail(
                 PROTOCOL_VIOLATION, f"received unencrypted data after {request}"
@@ -1070,7 +1074,7 @@ class StartupParser:
         Refuse the pending L{SSLRequest} or L{GSSENCRequest}: return the
         answer to send (C{b"N"}); the client goes on in clear.
         """
-        self._answer()
+        self._negotiated.add(self._answer())
         return REFUSE_ENCRYPTION
 
     def _answer(self) -> str:
@@ -1104,6 +1108,7 @@ class StartupParser:
             self._detect_tls = False
             if buf[0] == TLS_HANDSHAKE_BYTE:
                 self._tls_pending = True
+                self._negotiated.update(("SSLRequest", "GSSENCRequest"))
                 return DirectTLS()
         if len(buf) < 4:
             return None
@@ -1129,6 +1134,11 @@ class StartupParser:
             if body:
                 raise self._fail(
                     PROTOCOL_VIOLATION, f"invalid length of {kind.__name__}: {length}"
+                )
+            if kind.__name__ in self._negotiated:
+                raise self._fail(
+                    PROTOCOL_VIOLATION,
+                    f"repeated {kind.__name__}: encryption was already negotiated",
                 )
             self._awaiting_answer = kind.__name__
             return kind(len(buf))

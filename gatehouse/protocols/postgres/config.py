@@ -12,6 +12,10 @@ A listener::
           allow_cleartext: false      # true only for loopback/testing
           max_statement_bytes: 4MiB   # longer statements are refused (54000)
           classify_workers: 2         # processes classifying long statements
+          authentication_timeout: 30s # accept to logged in and target ready
+          max_connections: 1000       # all connections of this listener
+          max_unauthenticated: 256    # of which not yet authenticated
+          max_unauthenticated_per_address: 32   # of those, per client address
 
 A target (clients select it by the database name they connect to)::
 
@@ -44,6 +48,7 @@ import os
 import attrs
 
 from gatehouse.config import ConfigSection
+from gatehouse.limits import ConnectionCaps
 
 TLS_MODES = ("disable", "require", "verify-full")
 
@@ -60,6 +65,24 @@ class PostgresListenerOptions:
     max_statement_bytes: int = 4 * 1024 * 1024
     #: worker processes that classify long statements (per listener)
     classify_workers: int = 2
+    #: seconds from accept until the client is authenticated and its
+    #: target session ready; not reset by bytes the client trickles in
+    authentication_timeout: float = 30.0
+    #: connections of this listener in any state, then FATAL 53300
+    max_connections: int = 1000
+    #: connections not yet authenticated, then FATAL 53300
+    max_unauthenticated: int = 256
+    #: of those, from one client address
+    max_unauthenticated_per_address: int = 32
+
+    @property
+    def caps(self) -> ConnectionCaps:
+        """The listener's connection caps."""
+        return ConnectionCaps(
+            self.max_connections,
+            self.max_unauthenticated,
+            self.max_unauthenticated_per_address,
+        )
 
 
 @attrs.frozen
@@ -219,7 +242,42 @@ def parse_listener_options(options: ConfigSection) -> PostgresListenerOptions:
         max_message_bytes=options.size("max_message_bytes", 1024 * 1024 * 1024),
         max_statement_bytes=options.size("max_statement_bytes", 4 * 1024 * 1024),
         classify_workers=options.integer("classify_workers", 2, minimum=1, maximum=64),
+        **_connection_limits(options),
     )
+
+
+def _connection_limits(options: ConfigSection) -> dict:
+    """The pre-authentication limits of a listener, checked together."""
+    timeout = options.duration(
+        "authentication_timeout", 30.0, positive=True, maximum=600.0
+    )
+    total = options.integer("max_connections", 1000, minimum=1, maximum=1_000_000)
+    preauth = options.integer(
+        "max_unauthenticated", min(256, total), minimum=1, maximum=1_000_000
+    )
+    per_address = options.integer(
+        "max_unauthenticated_per_address",
+        min(32, preauth),
+        minimum=1,
+        maximum=1_000_000,
+    )
+    if preauth > total:
+        options.problem(
+            f"{preauth} is more than max_connections ({total})", "max_unauthenticated"
+        )
+        preauth = total
+    if per_address > preauth:
+        options.problem(
+            f"{per_address} is more than max_unauthenticated ({preauth})",
+            "max_unauthenticated_per_address",
+        )
+        per_address = preauth
+    return {
+        "authentication_timeout": timeout,
+        "max_connections": total,
+        "max_unauthenticated": preauth,
+        "max_unauthenticated_per_address": per_address,
+    }
 
 
 def parse_target_options(options: ConfigSection) -> PostgresTargetOptions:

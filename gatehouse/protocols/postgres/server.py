@@ -31,8 +31,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gatehouse.config import TargetConfig
+from gatehouse.config import DEFAULT_MAX_TOKEN_BYTES, TargetConfig
 from gatehouse.identity import AuthenticationError
+from gatehouse.limits import (
+    Admission,
+    ConnectionLimits,
+    fds_needed,
+    open_file_limit,
+)
 from gatehouse.net import send_now, tune
 from gatehouse.policy import ERROR, OPAQUE, Command, Decision
 from gatehouse.protocols.postgres import codec
@@ -122,6 +128,15 @@ _PENDING = object()
 #: L{PostgresServerProtocol._reading}: wait for the target's answers first
 _BARRIER = object()
 _CANCELED = "canceling statement due to user request"
+#: SQLSTATE of a limit exceeded; before authentication PostgreSQL answers
+#: an oversized packet with a protocol violation instead
+_LIMIT_EXCEEDED = "54000"
+#: a password message's bytes around the token: length word and NUL
+_PASSWORD_FRAMING = 5
+
+
+def _preauth_sqlstate(error: codec.ProtocolViolation) -> str:
+    return "08P01" if error.sqlstate == _LIMIT_EXCEEDED else error.sqlstate
 
 
 class StatementIndexer:
@@ -249,7 +264,8 @@ class _Reason:
 
 class PostgresServerFactory(Factory):
     """
-    Builds a L{PostgresServerProtocol} per client of one listener.
+    Builds a L{PostgresServerProtocol} per client of one listener, within
+    the listener's connection caps.
 
     @param tls: server TLS options (ALPN C{postgresql}), or None.
     """
@@ -278,6 +294,27 @@ class PostgresServerFactory(Factory):
         self.classifier = ClassifierPool(reactor, options.classify_workers)
         self.catalogs: dict[str, Catalog] = {}
         self.connections: set[PostgresServerProtocol] = set()
+        #: connections counted against the listener's caps
+        self.limits = ConnectionLimits(options.caps)
+        #: refused connections waiting for their client to read why
+        self.refusing = 0
+
+    _log = Logger()
+
+    def startFactory(self) -> None:
+        """Warn if the process may run out of descriptors below the caps."""
+        needed = fds_needed(self.options.max_connections)
+        soft = open_file_limit()
+        if soft is not None and soft < needed:
+            self._log.warn(
+                "Listener {listener}: max_connections {max} needs about"
+                " {needed} open files, the process may open {soft}: raise"
+                " the limit (LimitNOFILE=) or lower max_connections",
+                listener=self.listener_name,
+                max=self.options.max_connections,
+                needed=needed,
+                soft=soft,
+            )
 
     def catalog(self, target: TargetConfig) -> Catalog:
         """The column catalog of C{target}, shared by its sessions."""
@@ -291,10 +328,76 @@ class PostgresServerFactory(Factory):
             )
         return catalog
 
-    def buildProtocol(self, addr: object) -> PostgresServerProtocol:
+    def buildProtocol(self, addr: object) -> Protocol:
+        """
+        A protocol for a new client, or a L{TooManyConnections} answer if
+        the listener is over one of its caps (counted per source address).
+        """
+        admission = self.limits.admit(getattr(addr, "host", None) or "local")
+        if isinstance(admission, str):
+            refusal = TooManyConnections(self, admission)
+            refusal.factory = self
+            return refusal
         protocol = PostgresServerProtocol(self)
         protocol.factory = self
+        protocol._admission = admission
         return protocol
+
+
+class TooManyConnections(Protocol):
+    """
+    Answers a connection over a cap of its listener with FATAL 53300 and
+    closes it: no session, nothing recorded, one log line.  The client gets
+    up to L{LINGER} seconds to read the error (its own bytes are read and
+    dropped meanwhile, so no reset destroys the answer); past
+    L{MAX_LINGERING} such connections at once, they are closed at once.
+    """
+
+    LINGER = 1.0
+    MAX_LINGERING = 64
+
+    def __init__(self, factory: PostgresServerFactory, why: str):
+        self._factory = factory
+        self._why = why
+        self._timer = None
+        self._lingering = False
+
+    def connectionMade(self) -> None:
+        factory = self._factory
+        peer = self.transport.getPeer()
+        address = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
+        try:
+            session = factory.session_factory(
+                "postgres", factory.listener_name, address
+            )
+        except RecordingUnavailable:
+            session = None
+        if session is not None:
+            session.close(f"too many connections: {self._why}")
+        self.transport.write(
+            codec.ErrorResponse.build(
+                "FATAL", "53300", "too many connections", self._why
+            ).encode()
+        )
+        if factory.refusing >= self.MAX_LINGERING:
+            self.transport.loseConnection()
+            return
+        factory.refusing += 1
+        self._lingering = True
+        self.transport.loseWriteConnection()
+        self._timer = factory.reactor.callLater(
+            self.LINGER, self.transport.abortConnection
+        )
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        if self._lingering:
+            self._lingering = False
+            self._factory.refusing -= 1
 
 
 class PostgresServerProtocol(Protocol):
@@ -309,6 +412,9 @@ class PostgresServerProtocol(Protocol):
     #: statements longer than this (characters) are classified in a
     #: thread, the client's input held meanwhile (8 KiB parse in ~3 ms)
     INLINE_CLASSIFY_LIMIT = 8 * 1024
+    #: seconds a client refused before login gets to read why, counted
+    #: from the authentication timeout
+    PREAUTH_CLOSE_GRACE = 1.0
 
     def __init__(self, factory: PostgresServerFactory):
         self._factory = factory
@@ -320,7 +426,14 @@ class PostgresServerProtocol(Protocol):
         self.session = None
         self._pending_records: list[bytes] = []
         self._startup = codec.StartupParser(detect_tls=factory.tls is not None)
-        self._reader = codec.FrameReader.frontend(factory.options.max_message_bytes)
+        # Until the session knows the token limit (at the StartupMessage).
+        self._reader = codec.FrameReader.frontend(
+            DEFAULT_MAX_TOKEN_BYTES + _PASSWORD_FRAMING
+        )
+        #: this connection's place in the listener's caps (None: uncounted)
+        self._admission: Admission | None = None
+        #: the authentication timeout, then the hard close of a refusal
+        self._login_timer = None
         self._direct_tls = False
         self._tls = False
         self._target: TargetConfig | None = None
@@ -392,6 +505,40 @@ class PostgresServerProtocol(Protocol):
         self._peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
         self._client_gate = _PauseReasons(self.transport, "client")
         tune(self.transport)
+        self._login_timer = self._factory.reactor.callLater(
+            self._factory.options.authentication_timeout, self._login_timeout
+        )
+
+    def _login_timeout(self) -> None:
+        """
+        The client did not log in in time (the total from accept; bytes
+        trickled in do not extend it): tell it if it reads, then close
+        after a short grace.  A client already refused that has not let
+        go of its connection is cut off now.
+        """
+        self._login_timer = None
+        if self._closing:
+            self.transport.abortConnection()
+            return
+        if not self._open_session():
+            return
+        timeout = self._factory.options.authentication_timeout
+        self._fatal(
+            "08P01",
+            f"authentication timeout: not logged in within {timeout:g} s",
+            "authentication timeout",
+        )
+        self._login_timer = self._factory.reactor.callLater(
+            self.PREAUTH_CLOSE_GRACE, self.transport.abortConnection
+        )
+
+    def _release_limits(self) -> None:
+        """The connection is gone: stop its timer, leave the caps."""
+        if self._login_timer is not None and self._login_timer.active():
+            self._login_timer.cancel()
+        self._login_timer = None
+        if self._admission is not None:
+            self._admission.release()
 
     def _open_session(self) -> bool:
         """Open the session (lazily: a CancelRequest connection gets none)."""
@@ -418,6 +565,7 @@ class PostgresServerProtocol(Protocol):
 
     def connectionLost(self, reason: Failure) -> None:
         self._factory.connections.discard(self)
+        self._release_limits()
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
         if self._cancel_key is not None:
@@ -494,7 +642,9 @@ class PostgresServerProtocol(Protocol):
         except codec.ProtocolViolation as e:
             if self._open_session():
                 self._record_chunk()
-                self._fatal(e.sqlstate, e.message, f"protocol violation: {e.message}")
+                self._fatal(
+                    _preauth_sqlstate(e), e.message, f"protocol violation: {e.message}"
+                )
         self._record_chunk()
 
     def _record_chunk(self, tail: int = 0) -> None:
@@ -607,6 +757,11 @@ class PostgresServerProtocol(Protocol):
             if negotiation is not None:
                 self._write(negotiation.encode())
         self._startup_message = message
+        # The password message holds a token: bounded by the token limit,
+        # not by max_message_bytes (nothing larger is buffered).
+        self._reader = codec.FrameReader.frontend(
+            self.session.max_token_bytes + _PASSWORD_FRAMING
+        )
         self.session.event(
             "startup",
             user=message.get("user"),
@@ -637,7 +792,9 @@ class PostgresServerProtocol(Protocol):
             frames = reader.feed(data)
         except codec.ProtocolViolation as e:
             self.session.data(_C2G, b"[unparseable bytes in the password phase]")
-            self._fatal(e.sqlstate, e.message, f"protocol violation: {e.message}")
+            self._fatal(
+                _preauth_sqlstate(e), e.message, f"protocol violation: {e.message}"
+            )
             return
         if not frames:
             return
@@ -734,6 +891,14 @@ class PostgresServerProtocol(Protocol):
     def _not_authenticated(self, failure: Failure) -> None:
         if self._closing:
             return
+        if failure.check(RecordingUnavailable):
+            self._log.error("Refusing a PostgreSQL client: {why}", why=failure.value)
+            self._fatal(
+                "57P03",
+                "the gateway cannot record sessions now",
+                f"recording unavailable: {failure.value}",
+            )
+            return
         if not failure.check(AuthenticationError):
             self._log.failure(
                 "Authenticating session {sid}", failure, sid=str(self.session.id)
@@ -748,6 +913,8 @@ class PostgresServerProtocol(Protocol):
     def _authenticated(self, identity: object) -> None:
         if self._closing:
             return
+        if self._admission is not None:
+            self._admission.authenticated()
         target_name = self.session.target
         target = self._factory.targets.get(target_name)
         if target is None:
@@ -899,6 +1066,9 @@ class PostgresServerProtocol(Protocol):
         if ready.leftover:
             self._upstream_data(ready.leftover)
         self.dataReceived = self._relay_data
+        if self._login_timer is not None and self._login_timer.active():
+            self._login_timer.cancel()
+        self._login_timer = None
         self._client_gate.resume("authentication")
         held, self._held_frames = self._held_frames, []
         self._relay_frames(held)

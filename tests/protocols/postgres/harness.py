@@ -51,6 +51,7 @@ class Gateway:
         extra_config: dict | None = None,
         admin: bool = False,
         plugin_args: tuple[str, ...] = (),
+        listener_options: dict | None = None,
     ):
         self.directory = os.path.abspath(directory)
         self.cluster = cluster
@@ -60,6 +61,7 @@ class Gateway:
         self.extra_config = extra_config or {}
         #: more options of C{twistd gatehouse} (e.g. C{--log-format json})
         self.plugin_args = tuple(plugin_args)
+        self.listener_options = listener_options or {}
         self.admin_port = free_port() if admin else None
         self.process: subprocess.Popen | None = None
         self.port = free_port()
@@ -144,7 +146,10 @@ class Gateway:
                     "address": "127.0.0.1",
                     "port": self.port,
                     "tls": {"certificate": cert, "key": key},
-                    "options": {"allow_cleartext": self.allow_cleartext},
+                    "options": {
+                        "allow_cleartext": self.allow_cleartext,
+                        **self.listener_options,
+                    },
                 }
             ],
             "targets": [

@@ -601,6 +601,38 @@ class StartupParserTests(SynchronousTestCase):
         [event] = events(parser)
         self.assertEqual(event.get("database"), "shop")
 
+    def test_repeated_encryption_requests(self) -> None:
+        """
+        One SSLRequest and one GSSENCRequest at most, and neither once
+        encryption was accepted (as PostgreSQL's ProcessStartupPacket).
+        """
+        for first, answer, second in (
+            (SSLRequest(), "refuse", SSLRequest()),
+            (GSSENCRequest(), "refuse", GSSENCRequest()),
+            (SSLRequest(), "accept", SSLRequest()),
+            (SSLRequest(), "accept", GSSENCRequest()),
+        ):
+            parser = StartupParser()
+            self.assertEqual(events(parser, first.encode()), [first])
+            getattr(parser, f"{answer}_encryption")()
+            error = self.assertRaises(
+                ProtocolViolation, events, parser, second.encode()
+            )
+            self.assertEqual(error.sqlstate, "08P01")
+            self.assertEqual(
+                error.message,
+                f"repeated {type(second).__name__}: encryption was already negotiated",
+            )
+
+    def test_encryption_request_after_direct_tls(self) -> None:
+        parser = StartupParser(detect_tls=True)
+        self.assertEqual(events(parser, b"\x16\x03\x01"), [DirectTLS()])
+        parser.take_remaining()
+        error = self.assertRaises(
+            ProtocolViolation, events, parser, SSLRequest().encode()
+        )
+        self.assertIn("repeated SSLRequest", error.message)
+
     def test_gssenc_request(self) -> None:
         """
         GSSENCRequest is recognised, with pipelined bytes counted.

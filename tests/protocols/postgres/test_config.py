@@ -10,6 +10,7 @@ import yaml
 from twisted.trial.unittest import SynchronousTestCase
 
 from gatehouse.config import ConfigError, load_config
+from gatehouse.limits import ConnectionCaps
 from tests.test_config import ConfigFiles
 
 
@@ -65,6 +66,66 @@ class PostgresListenerConfigTests(SynchronousTestCase):
         self.assertEqual(options.classify_workers, 1)
         with self.assertRaises(ConfigError):
             self.load({"options": {"allow_cleartext": True, "classify_workers": 0}})
+
+
+class PreauthLimitsConfigTests(SynchronousTestCase):
+    """The login timeout and connection caps of a PostgreSQL listener."""
+
+    def setUp(self) -> None:
+        self.files = ConfigFiles(self.mktemp())
+
+    def load(self, options: dict[str, Any]) -> Any:
+        data = self.files.minimal()
+        data["listeners"] = [
+            {
+                "name": "pg",
+                "protocol": "postgres",
+                "port": 6432,
+                "options": {"allow_cleartext": True, **options},
+            }
+        ]
+        return load_config(self.files.write("gw.yaml", yaml.safe_dump(data)))
+
+    def test_defaults(self) -> None:
+        options = self.load({}).listeners[0].options
+        self.assertEqual(
+            (
+                options.authentication_timeout,
+                options.max_connections,
+                options.max_unauthenticated,
+                options.max_unauthenticated_per_address,
+            ),
+            (30.0, 1000, 256, 32),
+        )
+
+    def test_small_total_lowers_defaults(self) -> None:
+        """Unset caps never exceed the cap above them."""
+        options = self.load({"max_connections": 10}).listeners[0].options
+        self.assertEqual(options.caps, ConnectionCaps(10, 10, 10))
+
+    def test_problems(self) -> None:
+        """One line per problem, naming the key."""
+        with self.assertRaises(ConfigError) as caught:
+            self.load(
+                {
+                    "authentication_timeout": "0s",
+                    "max_connections": 100,
+                    "max_unauthenticated": 200,
+                    "max_unauthenticated_per_address": 0,
+                }
+            )
+        lines = [line.split("gw.yaml: ", 1)[1] for line in caught.exception.lines()]
+        prefix = "listeners[0].options."
+        self.assertEqual(
+            sorted(lines),
+            [
+                f"{prefix}authentication_timeout: must be more than 0",
+                f"{prefix}max_unauthenticated: 200 is more than max_connections (100)",
+                f"{prefix}max_unauthenticated_per_address: 0 is not between 1 and"
+                " 1000000",
+            ],
+        )
+
 
 class CredentialsConfigTests(SynchronousTestCase):
     """

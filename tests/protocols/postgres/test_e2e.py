@@ -122,6 +122,53 @@ class GatewayTestCase(SynchronousTestCase):
         """Another client still gets through."""
         self.assertIn("still-here", self.psql_ok("select 'still-here'"))
 
+    def log_mark(self) -> tuple[float, int, list[str]]:
+        """Where a test starts: time, log length, recorded directories."""
+        return time.time(), len(self.gateway.log()), self.gateway.recordings()
+
+    def assert_login_event(
+        self,
+        mark: tuple[float, int, list[str]],
+        reason: str,
+        count: int = 1,
+        served: int = 0,
+    ) -> str:
+        """
+        A login refused since C{mark} left an event, not a recording: at
+        least C{count} C{login.refused} log lines with C{reason} (waited
+        for), and no session directory or index row but those of the
+        C{served} clients that logged in meanwhile.
+
+        @return: the log written since C{mark}.
+        """
+        start, offset, before = mark
+        deadline = time.monotonic() + 10
+        while True:
+            log = self.gateway.log()[offset:]
+            lines = [
+                line
+                for line in log.splitlines()
+                if "login.refused client_address=127.0.0." in line and reason in line
+            ]
+            if len(lines) >= count or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        self.assertGreaterEqual(len(lines), count, log[-4000:])
+        new = sorted(set(self.gateway.recordings()) - set(before))
+        index = self.gateway.path("recordings", "index.sqlite3")
+        try:
+            rows = query_sessions(index, limit=None)
+        except IndexUnavailable:
+            rows = []
+        rows = [r for r in rows if r.started >= start]
+        # Every new directory and row is a client that logged in.
+        self.assertEqual(len(new), served, new)
+        self.assertEqual(len(rows), served, rows)
+        self.assertEqual(sorted(r.directory for r in rows), new)
+        for row in rows:
+            self.assertIsNotNone(row.subject, row)
+        return log
+
 
 class PsqlTests(GatewayTestCase):
     """psql over TLS with sslmode=verify-full against the gateway's CA."""
@@ -526,11 +573,22 @@ class BadInputTests(GatewayTestCase):
         self.assertIn(reason, row.close_reason or "")
         self.assert_still_serving()
 
+    def assert_refused_unrecorded(
+        self, mark: tuple, data: bytes, sqlstate: str, reason: str
+    ) -> None:
+        """Refused before authentication: an event, not a recording."""
+        error = error_of(data)
+        self.assertEqual(error.sqlstate, sqlstate, error)
+        self.assert_login_event(mark, reason)
+        self.assert_still_serving()
+
     def test_garbage_before_startup(self) -> None:
-        start = time.time()
+        mark = self.log_mark()
         client = self.raw(tls=False)
         client.send(b"\x00\x00\x00\x04GET / HTTP/1.1\r\n\r\n")
-        self.assert_refused(start, client.read_all(), "08P01", "protocol violation")
+        self.assert_refused_unrecorded(
+            mark, client.read_all(), "08P01", "protocol violation"
+        )
 
     def test_bytes_pipelined_after_ssl_request(self) -> None:
         """
@@ -538,11 +596,13 @@ class BadInputTests(GatewayTestCase):
         are refused rather than read as if they came over TLS
         (CVE-2021-23214).
         """
-        start = time.time()
+        mark = self.log_mark()
         client = self.raw(tls=False)
         startup = codec.StartupMessage({"user": "alice", "database": "app"}).encode()
         client.send(codec.SSLRequest().encode() + startup)
-        self.assert_refused(start, client.read_all(), "08P01", "protocol violation")
+        self.assert_refused_unrecorded(
+            mark, client.read_all(), "08P01", "protocol violation"
+        )
 
     def test_gssenc_refused_then_tls(self) -> None:
         """GSSENCRequest is answered N; the client goes on with TLS."""
@@ -560,11 +620,15 @@ class BadInputTests(GatewayTestCase):
         self.assertIn(b"via-gss-fallback", self.read_until(client, b"SELECT 1"))
 
     def test_startup_packet_too_large(self) -> None:
-        start = time.time()
+        """
+        Before authentication an oversized packet is a protocol violation
+        (08P01, as PostgreSQL has it), refused before it is buffered.
+        """
+        mark = self.log_mark()
         client = self.raw(tls=False)
         client.send(struct.pack("!II", 1_000_000, 196608) + b"user\0x\0")
-        self.assert_refused(
-            start, client.read_all(), "54000", "startup packet too long"
+        self.assert_refused_unrecorded(
+            mark, client.read_all(), "08P01", "startup packet too long"
         )
 
     def test_negative_and_huge_length(self) -> None:
@@ -639,20 +703,19 @@ class BadInputTests(GatewayTestCase):
         self.assertIn(b"[REDACTED]", blob)
 
     def test_expired_token(self) -> None:
-        start = time.time()
+        """A refused token is an event (log line), not a recording."""
+        mark = self.log_mark()
         result = self.gateway.psql("select 1", token=self.gateway.token(lifetime=-600))
         self.assertIn("authentication failed", result.stderr)
-        row = self.latest_session(start)
-        self.assertIn("expired", self.close_reason(row))
+        log = self.assert_login_event(mark, "authentication failed")
+        self.assertIn("expired", log)
         self.assert_still_serving()
 
     def test_invalid_token(self) -> None:
-        start = time.time()
+        mark = self.log_mark()
         result = self.gateway.psql("select 1", token="not-a-token")
         self.assertIn("authentication failed", result.stderr)
-        self.assertIn(
-            "authentication failed", self.close_reason(self.latest_session(start))
-        )
+        self.assert_login_event(mark, "authentication failed")
         self.assert_still_serving()
 
     def test_unknown_database(self) -> None:

@@ -1,0 +1,181 @@
+"""
+Limits that keep the daemon serving under load or attack: the process's
+open-file limit, and how many connections a listener holds and in what
+state (see L{ConnectionLimits}).
+
+Nothing here does I/O but L{raise_open_file_limit}, which the daemon calls
+once at start.
+"""
+
+from __future__ import annotations
+
+import resource
+
+import attrs
+from twisted.logger import Logger
+
+_log = Logger()
+
+#: where Linux caps RLIMIT_NOFILE when the hard limit is "unlimited"
+_NR_OPEN = "/proc/sys/fs/nr_open"
+
+
+def raise_open_file_limit() -> tuple[int, int]:
+    """
+    Raise the soft C{RLIMIT_NOFILE} to the hard limit and log one line with
+    the old and new values (each client connection costs a file descriptor,
+    its upstream one more, a recording one or two).
+
+    @return: the soft limit before and after (equal if it could not move).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard
+    if hard == resource.RLIM_INFINITY:
+        try:
+            with open(_NR_OPEN) as f:
+                wanted = int(f.read())
+        except (OSError, ValueError):
+            wanted = max(soft, 1 << 20)
+    new = soft
+    if soft != resource.RLIM_INFINITY and wanted > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            new = wanted
+        except (OSError, ValueError) as e:
+            _log.warn(
+                "Open file limit (RLIMIT_NOFILE) stays at {old} (hard {hard}):"
+                " raising it failed: {why}",
+                old=soft,
+                hard=hard,
+                why=e,
+            )
+            return soft, soft
+    _log.info(
+        "Open file limit (RLIMIT_NOFILE): soft {old} -> {new} (hard {hard})",
+        old=soft,
+        new=new,
+        hard=hard,
+    )
+    return soft, new
+
+
+def open_file_limit() -> int | None:
+    """The soft C{RLIMIT_NOFILE} now (None: unlimited)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def fds_needed(connections: int) -> int:
+    """
+    Descriptors a listener full of logged-in sessions may hold: the
+    client's, the target's and a recording file each, plus some for the
+    daemon itself.
+    """
+    return 3 * connections + 64
+
+
+@attrs.frozen
+class ConnectionCaps:
+    """
+    How many client connections one listener holds at most.
+
+    @ivar total: connections in any state.
+    @ivar unauthenticated: connections whose client has not yet proved who
+        it is (startup, TLS handshake, password, token verification).
+    @ivar unauthenticated_per_address: such connections from one source
+        address.
+    """
+
+    total: int = 1000
+    unauthenticated: int = 256
+    unauthenticated_per_address: int = 32
+
+
+class Admission:
+    """
+    One admitted connection's place in a L{ConnectionLimits}: call
+    L{authenticated} when its client proved who it is, L{release} when it
+    closes (both idempotent).
+    """
+
+    __slots__ = ("_address", "_limits", "_preauth", "_released")
+
+    def __init__(self, limits: ConnectionLimits, address: str):
+        self._limits = limits
+        self._address = address
+        self._preauth = True
+        self._released = False
+
+    @property
+    def address(self) -> str:
+        """The source address it counts against."""
+        return self._address
+
+    def authenticated(self) -> None:
+        """The client authenticated: it no longer counts as pre-auth."""
+        if self._preauth and not self._released:
+            self._preauth = False
+            self._limits._leave_preauth(self._address)
+
+    def release(self) -> None:
+        """The connection closed."""
+        if self._released:
+            return
+        if self._preauth:
+            self._preauth = False
+            self._limits._leave_preauth(self._address)
+        self._released = True
+        self._limits.total -= 1
+
+
+class ConnectionLimits:
+    """
+    Counts a listener's connections against its L{ConnectionCaps}
+    (sans-IO: the listener asks L{admit} for each accepted socket).
+
+    @ivar total: connections admitted and not released.
+    @ivar unauthenticated: of those, not yet authenticated.
+    """
+
+    def __init__(self, caps: ConnectionCaps):
+        self.caps = caps
+        self.total = 0
+        self.unauthenticated = 0
+        self._per_address: dict[str, int] = {}
+
+    def unauthenticated_from(self, address: str) -> int:
+        """Pre-auth connections from C{address} now."""
+        return self._per_address.get(address, 0)
+
+    def admit(self, address: str) -> Admission | str:
+        """
+        Count a new connection from C{address} in, or say which cap it is
+        over (then it is not counted).
+
+        @return: an L{Admission}, or the reason to refuse the connection.
+        """
+        caps = self.caps
+        if self.total >= caps.total:
+            return f"listener holds its maximum of {caps.total} connections"
+        if self.unauthenticated >= caps.unauthenticated:
+            return (
+                f"listener holds its maximum of {caps.unauthenticated}"
+                " unauthenticated connections"
+            )
+        if self._per_address.get(address, 0) >= caps.unauthenticated_per_address:
+            return (
+                f"{address} holds its maximum of "
+                f"{caps.unauthenticated_per_address} unauthenticated connections"
+            )
+        self.total += 1
+        self.unauthenticated += 1
+        self._per_address[address] = self._per_address.get(address, 0) + 1
+        return Admission(self, address)
+
+    def _leave_preauth(self, address: str) -> None:
+        self.unauthenticated -= 1
+        left = self._per_address[address] - 1
+        if left:
+            self._per_address[address] = left
+        else:
+            del self._per_address[address]
