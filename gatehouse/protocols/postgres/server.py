@@ -305,6 +305,10 @@ class PostgresServerProtocol(Protocol):
     #: bytes a client may send while a statement of it is held before its
     #: reading pauses (reading goes on below it, so a hang-up is noticed)
     HOLD_LIMIT = 1 << 20
+    #: bytes a client may send after its password before its session is
+    #: ready; its reading pauses above that (reading goes on below it, so
+    #: a hang-up during authentication or the target's login is noticed)
+    PENDING_LIMIT = 64 * 1024
     #: statements longer than this (characters) are classified in a
     #: thread, the client's input held meanwhile (8 KiB parse in ~3 ms)
     INLINE_CLASSIFY_LIMIT = 8 * 1024
@@ -467,9 +471,9 @@ class PostgresServerProtocol(Protocol):
         """
         Hang up after what was written is flushed, and end the target
         session.  Reading resumes so a TLS close can complete; a peer that
-        never finishes it is cut off.  The target's output no longer
-        produces for the client: Twisted would not close a transport (a TLS
-        one never sends its close_notify) while a producer is registered.
+        never finishes it is cut off.  The target's output stops being the
+        client transport's producer: Twisted does not close a transport (a
+        TLS one never sends its close_notify) while one is registered.
         """
         self._closing = True
         self.dataReceived = self._ignore
@@ -477,8 +481,11 @@ class PostgresServerProtocol(Protocol):
             self._client_gate.release()
         # Nothing more from the target reaches a closing client.
         self._close_upstream()
-        self.transport.unregisterProducer()
+        # In this order: loseConnection flushes Twisted's TLS write
+        # aggregation, unregisterProducer then lets the close go out after
+        # it (the other way round, close_notify overtakes the last error).
         self.transport.loseConnection()
+        self.transport.unregisterProducer()
         if self._abort_call is None:
             self._abort_call = self._factory.reactor.callLater(
                 self.CLOSE_TIMEOUT, self.transport.abortConnection
@@ -709,7 +716,6 @@ class PostgresServerProtocol(Protocol):
             self._fatal(e.sqlstate, e.message, f"protocol violation: {e.message}")
             return
         self.dataReceived = self._waiting_data
-        self._client_gate.pause("authentication")
         tail = data[end - base :]
         if tail:
             self._waiting_data(tail)
@@ -734,6 +740,8 @@ class PostgresServerProtocol(Protocol):
             return
         self.session.data(_C2G, data)
         self._held_frames.extend(frames)
+        if reader.buffered > self.PENDING_LIMIT:
+            self._client_gate.pause("authentication")
 
     def _bad_input(self, data: bytes, base: int, error: codec.ProtocolViolation):
         """

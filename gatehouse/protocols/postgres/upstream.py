@@ -521,8 +521,8 @@ class UpstreamProtocol(Protocol):
         it: a TLS transport sends its close_notify only then
         (C{TLSMemoryBIOProtocol.loseConnection}), a plain one whose
         producer is paused resumes the producer instead of closing
-        (C{FileDescriptor.doWrite}), so the producer goes first.  Reading
-        resumes, so the target's own close is seen.  A target that does
+        (C{FileDescriptor.doWrite}), so the producer is unregistered.
+        Reading resumes, so the target's own close is seen.  A target that does
         not close by then (it is sending a long result and does not read,
         or never answers the TLS close) is cut off.
         """
@@ -532,14 +532,16 @@ class UpstreamProtocol(Protocol):
         if transport is None or self._ending:
             return
         self._ending = self._done = True
-        transport.unregisterProducer()
-        transport.resumeProducing()
         if not said:
             goodbye = codec.Terminate().encode()
             if copy_in:
                 goodbye = codec.CopyFail("the client left").encode() + goodbye
             transport.write(goodbye)
+        # loseConnection first: it flushes Twisted's TLS write aggregation,
+        # which unregisterProducer (that starts the TLS close) does not.
         transport.loseConnection()
+        transport.unregisterProducer()
+        transport.resumeProducing()
         self._closer = reactor.callLater(grace, transport.abortConnection)
 
     def connectionLost(self, reason: Failure) -> None:
