@@ -26,9 +26,15 @@ import time
 import uuid
 
 import psycopg
+from twisted.internet.defer import CancelledError
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
 
 from gatehouse._pgcluster import clean_env
 from gatehouse.protocols.postgres import codec
+from gatehouse.protocols.postgres.upstream import UpstreamProtocol
 from tests.protocols.postgres.harness import Gateway
 from tests.protocols.postgres.test_e2e import GatewayTestCase
 
@@ -584,3 +590,103 @@ class DisconnectTests(GatewayTestCase):
         ended = time.monotonic()
         self.assert_gone(prefix + "%", ended)
         self.assert_still_serving()
+
+
+class _Transport:
+    """Records what L{UpstreamProtocol.terminate} asks of a transport, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.written = b""
+
+    def write(self, data: bytes) -> None:
+        self.calls.append("write")
+        self.written += data
+
+    def __getattr__(self, name: str):
+        if name not in (
+            "loseConnection",
+            "abortConnection",
+            "unregisterProducer",
+            "resumeProducing",
+        ):
+            raise AttributeError(name)
+        return lambda: self.calls.append(name)
+
+
+class TerminateTests(SynchronousTestCase):
+    """
+    L{UpstreamProtocol.terminate}: what it sends and in which order it
+    closes (Twisted's TLS transport sends close_notify only once its
+    producer is unregistered, and flushes its write buffer only in
+    loseConnection), and the cut-off.
+    """
+
+    def new_protocol(self) -> tuple[UpstreamProtocol, _Transport, Clock]:
+        """A protocol in its startup."""
+        # the target's options are used only during startup
+        protocol = UpstreamProtocol(None, codec.StartupMessage({"user": "u"}), None)
+        protocol.transport = transport = _Transport()
+        return protocol, transport, Clock()
+
+    def ready_protocol(self) -> tuple[UpstreamProtocol, _Transport, Clock]:
+        """A protocol past startup: relaying."""
+        protocol, transport, clock = self.new_protocol()
+        protocol._done = True
+        protocol.ready = None
+        protocol.on_data = protocol.on_lost = self.fail
+        return protocol, transport, clock
+
+    def test_terminate_then_close(self) -> None:
+        protocol, transport, clock = self.ready_protocol()
+        protocol.terminate(clock, 0.5)
+        self.assertEqual(transport.written, codec.Terminate().encode())
+        self.assertEqual(
+            transport.calls,
+            ["write", "loseConnection", "unregisterProducer", "resumeProducing"],
+        )
+        protocol.dataReceived(b"late bytes")  # not relayed any more
+        protocol.terminate(clock, 0.5)  # once only
+        self.assertEqual(len(transport.calls), 4)
+
+    def test_cut_off(self) -> None:
+        """A target that has not closed after the grace period is cut off."""
+        protocol, transport, clock = self.ready_protocol()
+        protocol.terminate(clock, 0.5)
+        clock.advance(0.49)
+        self.assertNotIn("abortConnection", transport.calls)
+        clock.advance(0.01)
+        self.assertEqual(transport.calls[-1], "abortConnection")
+
+    def test_closed_in_time(self) -> None:
+        protocol, transport, clock = self.ready_protocol()
+        protocol.terminate(clock, 0.5)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertNotIn("abortConnection", transport.calls)
+
+    def test_copy_in(self) -> None:
+        """A target waiting for COPY data gets CopyFail first."""
+        protocol, transport, clock = self.ready_protocol()
+        protocol.terminate(clock, 0.5, copy_in=True)
+        frames = codec.FrameReader.frontend().feed_messages(transport.written)
+        self.assertEqual(
+            [kind for kind, _ in frames],
+            [codec.FrontendType.COPY_FAIL, codec.FrontendType.TERMINATE],
+        )
+
+    def test_client_said_it(self) -> None:
+        """After the client's own Terminate, nothing more is sent."""
+        protocol, transport, clock = self.ready_protocol()
+        protocol.terminate(clock, 0.5, said=True)
+        self.assertEqual(transport.written, b"")
+        self.assertEqual(transport.calls[0], "loseConnection")
+
+    def test_cancel_startup(self) -> None:
+        """Cancelling L{UpstreamProtocol.ready} aborts the connection."""
+        protocol, transport, _ = self.new_protocol()
+        ready = protocol.ready
+        ready.cancel()
+        self.assertEqual(transport.calls, ["abortConnection"])
+        self.failureResultOf(ready, CancelledError)
+        protocol.connectionLost(Failure(ConnectionDone()))  # no second errback
