@@ -452,14 +452,7 @@ class PostgresServerProtocol(Protocol):
             self._upstream_gate.release()
         busy = self._ready_seen < self._ready_expected or self._unsynced
         if busy and not self._client_terminated and not self._copy_in:
-            pid, secret = self._upstream_key
-            send_cancel(
-                self._factory.reactor, self._target.options, pid, secret
-            ).addErrback(
-                lambda f: self._log.warn(
-                    "Cancel to target failed: {why}", why=f.getErrorMessage()
-                )
-            )
+            self._cancel_upstream()
         upstream.terminate(
             self._factory.reactor,
             self.UPSTREAM_CLOSE_TIMEOUT,
@@ -1792,8 +1785,11 @@ class PostgresServerProtocol(Protocol):
                 self._verdict.cancel()
         elif held is not None:
             self._release(None, self._held_frames[0], _CANCELED, sqlstate="57014")
-        if not outstanding:
-            return
+        if outstanding:
+            self._cancel_upstream()
+
+    def _cancel_upstream(self) -> None:
+        """Ask the target to cancel what this session's backend runs."""
         pid, secret = self._upstream_key
         send_cancel(
             self._factory.reactor, self._target.options, pid, secret

@@ -407,14 +407,19 @@ class DisconnectTests(GatewayTestCase):
 
     # -- hang-ups in the middle of something ---------------------------------
 
-    def check_held(self, target: str) -> None:
-        """A hang-up while a statement waits for approval."""
+    def make_table(self) -> str:
+        """A fresh table (v text) both targets' roles may use; dropped after."""
         table = f"disc_{uuid.uuid4().hex[:8]}"
         self.direct(
-            f"create table {table} (id int); alter table {table} owner to gw_scram;"
+            f"create table {table} (v text); alter table {table} owner to gw_scram;"
             f"grant all on {table} to gw_md5"
         )
         self.addCleanup(self.direct, f"drop table if exists {table}")
+        return table
+
+    def check_held(self, target: str) -> None:
+        """A hang-up while a statement waits for approval."""
+        table = self.make_table()
         client, app, _ = self.logged_in(target)
         client.send(codec.Query(f"DROP TABLE {table}").encode())
         notice = client.expect(b"N")
@@ -436,12 +441,7 @@ class DisconnectTests(GatewayTestCase):
 
     def check_copy(self, target: str) -> None:
         """A hang-up in the middle of COPY FROM STDIN: nothing is stored."""
-        table = f"disc_copy_{uuid.uuid4().hex[:8]}"
-        self.direct(
-            f"create table {table} (v text); alter table {table} owner to gw_scram;"
-            f"grant all on {table} to gw_md5"
-        )
-        self.addCleanup(self.direct, f"drop table if exists {table}")
+        table = self.make_table()
         client, app, _ = self.logged_in(target)
         client.send(codec.Query(f"COPY {table} FROM STDIN").encode())
         client.expect(b"G")
