@@ -704,12 +704,18 @@ class SessionHub:
             self.index.session_opened(self._row(session, meta["started"]))
 
     def refused(
-        self, protocol: str, listener: str, client_address: str, reason: str
+        self,
+        protocol: str,
+        listener: str,
+        client_address: str,
+        reason: str,
+        session_id: str | None = None,
     ) -> None:
         """
         A client was refused before its session had anything worth
         recording (no verified token): one log line and one count by
-        reason, nothing on disk.
+        reason, nothing on disk.  C{session_id} (never indexed) ties the
+        line to the connection's C{auth.failure} line, if any.
         """
         quiet = reason in _QUIET_ENDS
         logs.emit(
@@ -719,6 +725,7 @@ class SessionHub:
             else "Login refused from {client_address} on {listener}: {reason}",
             LogLevel.info if quiet else LogLevel.warn,
             logger=self._log,
+            session_id=session_id,
             client_address=client_address,
             listener=listener,
             protocol=protocol,
@@ -773,7 +780,11 @@ class SessionHub:
         self.sessions.pop(str(session.id), None)
         if not session.recorded:
             self.refused(
-                session.protocol, session.listener, session.client_address, reason
+                session.protocol,
+                session.listener,
+                session.client_address,
+                reason,
+                session_id=str(session.id),
             )
             return
         self.recorded_bytes_closed += session.recorded_bytes

@@ -406,9 +406,16 @@ class PostgresServerProtocol(Protocol):
     _log = Logger()
     #: seconds a closing client gets to finish its side of the close
     CLOSE_TIMEOUT = 10.0
+    #: seconds the target gets to close its side once the session ends
+    #: (after Terminate); then the connection is cut
+    UPSTREAM_CLOSE_TIMEOUT = 0.5
     #: bytes a client may send while a statement of it is held before its
     #: reading pauses (reading goes on below it, so a hang-up is noticed)
     HOLD_LIMIT = 1 << 20
+    #: bytes a client may send after its password before its session is
+    #: ready; its reading pauses above that (reading goes on below it, so
+    #: a hang-up during authentication or the target's login is noticed)
+    PENDING_LIMIT = 64 * 1024
     #: statements longer than this (characters) are classified in a
     #: thread, the client's input held meanwhile (8 KiB parse in ~3 ms)
     INLINE_CLASSIFY_LIMIT = 8 * 1024
@@ -441,6 +448,9 @@ class PostgresServerProtocol(Protocol):
         self._upstream_user: str | None = None
         self._startup_message: codec.StartupMessage | None = None
         self._upstream = None
+        self._upstream_gate: _PauseReasons | None = None
+        #: the target session being opened (cancelled if the client leaves)
+        self._connecting: Deferred | None = None
         self._cancel_key: tuple[int, bytes] | None = None
         self._closing = False
         self._close_reason = "client disconnected"
@@ -566,34 +576,65 @@ class PostgresServerProtocol(Protocol):
     def connectionLost(self, reason: Failure) -> None:
         self._factory.connections.discard(self)
         self._release_limits()
+        self._closing = True
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
         if self._cancel_key is not None:
             self._factory.cancels.unregister(self._cancel_key[0])
-        if self._upstream is not None:
-            upstream, self._upstream = self._upstream, None
-            upstream.on_lost = None
-            if upstream.transport is not None:
-                upstream.transport.loseConnection()
+        self._close_upstream()
         if self.session is not None:
             self.session.close(self._close_reason)
 
+    def _close_upstream(self) -> None:
+        """
+        End the target session: every way a session ends comes here.  A
+        connection still being opened is abandoned; an open one is told
+        Terminate and closed within L{UPSTREAM_CLOSE_TIMEOUT} (see
+        L{UpstreamProtocol.terminate}).  A statement still running there is
+        cancelled first: PostgreSQL notices a closed socket only when it
+        next reads or writes, so a long query would keep its backend.
+        """
+        connecting, self._connecting = self._connecting, None
+        if connecting is not None:
+            connecting.cancel()
+        upstream, self._upstream = self._upstream, None
+        if upstream is None:
+            return
+        if self._upstream_gate is not None:
+            self._upstream_gate.release()
+        busy = self._ready_seen < self._ready_expected or self._unsynced
+        if busy and not self._client_terminated and not self._copy_in:
+            self._cancel_upstream()
+        upstream.terminate(
+            self._factory.reactor,
+            self.UPSTREAM_CLOSE_TIMEOUT,
+            said=self._client_terminated,
+            copy_in=self._copy_in,
+        )
+
     def _abort(self) -> None:
         """
-        Hang up after what was written is flushed.  Reading resumes so a
-        TLS close can complete; a peer that never finishes it is cut off.
+        Hang up after what was written is flushed, and end the target
+        session.  Reading resumes so a TLS close can complete; a peer that
+        never finishes it is cut off.  The target's output stops being the
+        client transport's producer: Twisted does not close a transport (a
+        TLS one never sends its close_notify) while one is registered.
         """
         self._closing = True
         self.dataReceived = self._ignore
         if self._client_gate is not None:
             self._client_gate.release()
-        if self._upstream is not None and self._upstream.transport is not None:
-            # Nothing more from the target reaches a closing client.
-            self._upstream.transport.loseConnection()
+        # Nothing more from the target reaches a closing client.
+        self._close_upstream()
+        # In this order: loseConnection flushes Twisted's TLS write
+        # aggregation, unregisterProducer then lets the close go out after
+        # it (the other way round, close_notify overtakes the last error).
         self.transport.loseConnection()
-        self._abort_call = self._factory.reactor.callLater(
-            self.CLOSE_TIMEOUT, self.transport.abortConnection
-        )
+        self.transport.unregisterProducer()
+        if self._abort_call is None:
+            self._abort_call = self._factory.reactor.callLater(
+                self.CLOSE_TIMEOUT, self.transport.abortConnection
+            )
 
     def _ignore(self, data: bytes) -> None:
         pass
@@ -829,7 +870,6 @@ class PostgresServerProtocol(Protocol):
             self._fatal(e.sqlstate, e.message, f"protocol violation: {e.message}")
             return
         self.dataReceived = self._waiting_data
-        self._client_gate.pause("authentication")
         tail = data[end - base :]
         if tail:
             self._waiting_data(tail)
@@ -854,6 +894,8 @@ class PostgresServerProtocol(Protocol):
             return
         self.session.data(_C2G, data)
         self._held_frames.extend(frames)
+        if reader.buffered > self.PENDING_LIMIT:
+            self._client_gate.pause("authentication")
 
     def _bad_input(self, data: bytes, base: int, error: codec.ProtocolViolation):
         """
@@ -962,7 +1004,7 @@ class PostgresServerProtocol(Protocol):
             self._masker = ResponseMasker(rules, resolve, self._encoding)
             self._describes = deque()
         self._connect_started = self._factory.reactor.seconds()
-        d = connect_upstream(
+        d = self._connecting = connect_upstream(
             self._factory.reactor,
             options,
             target_name,
@@ -974,6 +1016,7 @@ class PostgresServerProtocol(Protocol):
     # -- phase 3: connecting -------------------------------------------------
 
     def _upstream_failed(self, failure: Failure) -> None:
+        self._connecting = None
         if self._closing:
             return
         if not failure.check(UpstreamError):
@@ -1000,8 +1043,9 @@ class PostgresServerProtocol(Protocol):
 
     def _upstream_ready(self, ready: UpstreamReady) -> None:
         upstream = ready.protocol
+        self._connecting = None
         if self._closing:
-            upstream.transport.loseConnection()
+            upstream.terminate(self._factory.reactor, self.UPSTREAM_CLOSE_TIMEOUT)
             return
         self._upstream = upstream
         self._upstream_key = (ready.backend_pid, ready.backend_secret)
@@ -1202,7 +1246,7 @@ class PostgresServerProtocol(Protocol):
                         self._forward(reader.take_to(frame[1]))
                         self._forward(codec.describe_portal(portal))
                         self._describes.append("swallow")
-            elif kind == _TERMINATE:
+            if kind == _TERMINATE:
                 self._close_reason = "client terminated the session"
                 self._client_terminated = True
         end = frames[-1][2]
@@ -1923,8 +1967,11 @@ class PostgresServerProtocol(Protocol):
                 self._verdict.cancel()
         elif held is not None:
             self._release(None, self._held_frames[0], _CANCELED, sqlstate="57014")
-        if not outstanding:
-            return
+        if outstanding:
+            self._cancel_upstream()
+
+    def _cancel_upstream(self) -> None:
+        """Ask the target to cancel what this session's backend runs."""
         pid, secret = self._upstream_key
         send_cancel(
             self._factory.reactor, self._target.options, pid, secret
@@ -1947,10 +1994,7 @@ class PostgresServerProtocol(Protocol):
                 "FATAL", "58030", "the gateway cannot record this session; it is closed"
             ).encode()
         )
-        self.dataReceived = self._ignore
-        self.transport.loseConnection()
-        if self._upstream is not None and self._upstream.transport is not None:
-            self._upstream.transport.abortConnection()
+        self._abort()
 
     def _terminated(self, reason: str) -> Deferred | None:
         if self._closing:

@@ -27,6 +27,7 @@ from twisted.internet.endpoints import (
     UNIXClientEndpoint,
 )
 from twisted.internet.error import ConnectError, TimeoutError
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
@@ -309,7 +310,8 @@ class UpstreamProtocol(Protocol):
 
     Until L{ready} fires it runs the startup conversation itself; then every
     byte from the server goes to C{on_data}, and the end of the connection
-    to C{on_lost}.
+    to C{on_lost}, until its owner ends it with L{terminate}.  Cancelling
+    L{ready} aborts the connection.
     """
 
     def __init__(
@@ -321,7 +323,7 @@ class UpstreamProtocol(Protocol):
         self._options = options
         self._startup = startup
         self._tls_options = tls_options
-        self.ready: Deferred = Deferred()
+        self.ready: Deferred = Deferred(self._cancel_startup)
         self.on_data: Callable[[bytes], object] | None = None
         self.on_lost: Callable[[Failure], object] | None = None
         self._reader = codec.FrameReader.backend()
@@ -333,6 +335,8 @@ class UpstreamProtocol(Protocol):
         self._parameters: list[tuple[str, str]] = []
         self._key: tuple[int, bytes] | None = None
         self._done = False
+        self._ending = False
+        self._closer: IDelayedCall | None = None
 
     # -- startup -----------------------------------------------------------
 
@@ -345,7 +349,8 @@ class UpstreamProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         if self._done:
-            self.on_data(data)
+            if self.on_data is not None:
+                self.on_data(data)
             return
         try:
             if self._awaiting_tls_answer:
@@ -485,7 +490,64 @@ class UpstreamProtocol(Protocol):
         if d is not None:
             d.errback(error)
 
+    def _cancel_startup(self, ready: Deferred) -> None:
+        """
+        The owner gave up on this session before it was ready (its client
+        left): abort the connection, whatever phase it is in (a TLS close
+        cannot complete before the handshake has).
+        """
+        self._done = True
+        self.ready = None
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def terminate(
+        self,
+        reactor: object,
+        grace: float,
+        *,
+        said: bool = False,
+        copy_in: bool = False,
+    ) -> None:
+        """
+        End the session on the target now, and close the connection within
+        C{grace} seconds whatever state it is in; C{on_data} and C{on_lost}
+        are not called any more.
+
+        The target is told the protocol's way (CopyFail first if it waits
+        for COPY data, then Terminate; nothing if the client's own
+        Terminate already went, C{said}), then the connection is closed.
+        Twisted closes a connection only once no producer is registered on
+        it: a TLS transport sends its close_notify only then
+        (C{TLSMemoryBIOProtocol.loseConnection}), a plain one whose
+        producer is paused resumes the producer instead of closing
+        (C{FileDescriptor.doWrite}), so the producer is unregistered.
+        Reading resumes, so the target's own close is seen.  A target that does
+        not close by then (it is sending a long result and does not read,
+        or never answers the TLS close) is cut off.
+        """
+        self.on_data = None
+        self.on_lost = None
+        transport = self.transport
+        if transport is None or self._ending:
+            return
+        self._ending = self._done = True
+        if not said:
+            goodbye = codec.Terminate().encode()
+            if copy_in:
+                goodbye = codec.CopyFail("the client left").encode() + goodbye
+            transport.write(goodbye)
+        # loseConnection first: it flushes Twisted's TLS write aggregation,
+        # which unregisterProducer (that starts the TLS close) does not.
+        transport.loseConnection()
+        transport.unregisterProducer()
+        transport.resumeProducing()
+        self._closer = reactor.callLater(grace, transport.abortConnection)
+
     def connectionLost(self, reason: Failure) -> None:
+        closer, self._closer = self._closer, None
+        if closer is not None and closer.active():
+            closer.cancel()
         if self.ready is not None:
             d, self.ready = self.ready, None
             d.errback(
