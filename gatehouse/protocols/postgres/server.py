@@ -435,9 +435,13 @@ class PostgresServerProtocol(Protocol):
         self.dataReceived = self._ignore
         if self._client_gate is not None:
             self._client_gate.release()
+        # A TLS transport does not close while a producer is registered on
+        # it: each side is the other's producer, so both are unregistered.
         if self._upstream is not None and self._upstream.transport is not None:
             # Nothing more from the target reaches a closing client.
+            self._upstream.transport.unregisterProducer()
             self._upstream.transport.loseConnection()
+        self.transport.unregisterProducer()
         self.transport.loseConnection()
         self._abort_call = self._factory.reactor.callLater(
             self.CLOSE_TIMEOUT, self.transport.abortConnection
@@ -1741,8 +1745,11 @@ class PostgresServerProtocol(Protocol):
                 self._verdict.cancel()
         elif held is not None:
             self._release(None, self._held_frames[0], _CANCELED, sqlstate="57014")
-        if not outstanding:
-            return
+        if outstanding:
+            self._cancel_upstream()
+
+    def _cancel_upstream(self) -> None:
+        """Ask the target to cancel what this session's backend runs."""
         pid, secret = self._upstream_key
         send_cancel(
             self._factory.reactor, self._target.options, pid, secret
@@ -1773,5 +1780,15 @@ class PostgresServerProtocol(Protocol):
     def _terminated(self, reason: str) -> Deferred | None:
         if self._closing:
             return None
-        self._fatal("57P01", "the gateway is shutting down", reason)
+        # What the target still runs is cancelled there, so no backend
+        # works on for a session that is over (closing the connection alone
+        # does not stop a running statement); a statement held here never
+        # runs.
+        if self._upstream is not None and (
+            self._ready_seen < self._ready_expected or self._unsynced
+        ):
+            self._cancel_upstream()
+        # The session may say why it ends (its token expired).
+        message = self.session.end_message or "the gateway is shutting down"
+        self._fatal("57P01", message, reason)
         return None
