@@ -78,6 +78,20 @@ class ApprovalsCommandTestCase(TestCase):
     def output(self) -> tuple[str, str]:
         return self.stdout.getvalue(), self.stderr.getvalue()
 
+    def serve_tls(self) -> tuple[Any, Any, Any]:
+        """
+        The admin API over TLS with a certificate of a private CA.
+
+        @return: the CA, the certificate and key files, and the service.
+        """
+        ca = make_ca(self.mktemp())
+        certificate, key = ca.issue("admin")
+        config = AdminConfig("127.0.0.1", 0, TLSConfig(str(certificate), str(key)))
+        service = make_admin_service(config, self.site, reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        return ca, (certificate, key), service
+
 
 class ListTests(ApprovalsCommandTestCase):
     """
@@ -426,12 +440,7 @@ class ConnectionTests(ApprovalsCommandTestCase):
         Over https, C{--ca-file} names the CA to trust; without it the
         server's certificate is not trusted.
         """
-        ca = make_ca(self.mktemp())
-        certificate, key = ca.issue("admin")
-        config = AdminConfig("127.0.0.1", 0, TLSConfig(str(certificate), str(key)))
-        service = make_admin_service(config, self.site, reactor)
-        service.startService()
-        self.addCleanup(service.stopService)
+        ca, _, service = self.serve_tls()
         request, _ = self.gateway.request()
         argv = ("--url", service.url, "--ca-file", str(ca.cert_path), "list")
         self.assertEqual((yield self.approvals(*argv)), 0)
@@ -451,16 +460,6 @@ class ConfigTests(ApprovalsCommandTestCase):
         d = super().setUp()
         del self.environ["GATEHOUSE_ADMIN_URL"]
         return d
-
-    def serve_tls(self) -> tuple[Any, Any, Any]:
-        """The admin API over TLS with a certificate of a private CA."""
-        ca = make_ca(self.mktemp())
-        certificate, key = ca.issue("admin")
-        config = AdminConfig("127.0.0.1", 0, TLSConfig(str(certificate), str(key)))
-        service = make_admin_service(config, self.site, reactor)
-        service.startService()
-        self.addCleanup(service.stopService)
-        return ca, (certificate, key), service
 
     def config_file(self, **sections: Any) -> str:
         """

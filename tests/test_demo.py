@@ -407,23 +407,21 @@ class DemoTests(TestCase):
         export = _printed(lines, "export GATEHOUSE_TOKEN_FILE=")
         # ci-bot cannot approve its own statement (nor use the API at all).
         own = export.replace("alice.token", "ci-bot.token")
-        refused = subprocess.run(
-            ["sh", "-c", f"{own}\n{approve}"],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=30,
-        )
+
+        def shell(script: str) -> subprocess.CompletedProcess:
+            return subprocess.run(
+                ["sh", "-c", script],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=30,
+            )
+
+        refused = shell(f"{own}\n{approve}")
         self.assertEqual(refused.returncode, 1, refused.stdout)
         self.assertIn("may not use the admin API", refused.stderr)
         self.assertEqual(direct(column), "0")
-        approved = subprocess.run(
-            ["sh", "-c", f"{export}\n{approve}"],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=30,
-        )
+        approved = shell(f"{export}\n{approve}")
         self.assertEqual(approved.returncode, 0, approved.stderr)
         self.assertRegex(approved.stdout, r"^apr-\w+: approved\n$")
         _, err = held.communicate(timeout=20)
