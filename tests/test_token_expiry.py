@@ -266,6 +266,18 @@ class ExpiryEndToEndTests(GatewayTestCase):
                     },
                 }
             ],
+            extra_config={
+                "policy": {
+                    "review": {"approvers": ["dba"], "timeout": "60s"},
+                    "rules": [
+                        {
+                            "name": "drops-wait",
+                            "kind": ["DropStmt"],
+                            "action": "review",
+                        }
+                    ],
+                }
+            },
         )
         with open(gateway.config_path) as f:
             config = yaml.safe_load(f)
@@ -380,6 +392,42 @@ class ExpiryEndToEndTests(GatewayTestCase):
         self.wait_backends(application, 0, within=1.0)
         row = self.session_row(application)
         self.assertTrue(row.close_reason.startswith("token expired at "))
+
+    def test_held_statement(self) -> None:
+        """
+        A statement held for approval when the token expires never runs:
+        the client gets the FATAL, the table is still there, and the
+        recording says the request was cancelled because the session
+        ended.
+        """
+        application = "expiry-held"
+        self.direct(
+            "drop table if exists expiry_held; create table expiry_held (id int);"
+            " alter table expiry_held owner to gw_scram"
+        )
+        psql = self.gateway.psql(
+            "DROP TABLE expiry_held",
+            token=self.token(self.LIFETIME),
+            user="ci-bot",
+            application_name=application,
+            timeout=30,
+        )
+        self.assertNotEqual(psql.returncode, 0)
+        self.assertIn("statement held for approval", psql.stderr)
+        self.assertIn("the session's token expired at ", psql.stderr)
+        self.assertEqual(
+            self.direct("select to_regclass('public.expiry_held') is not null"), "t"
+        )
+        self.wait_backends(application, 0, within=1.0)
+        row = self.session_row(application)
+        decided = [
+            e for e in _events(row.directory) if e["event"] == "approval-decided"
+        ]
+        self.assertEqual(len(decided), 1, decided)
+        self.assertEqual(decided[0]["state"], "cancelled")
+        self.assertTrue(
+            decided[0]["reason"].startswith("session ended: token expired at ")
+        )
 
     def test_target_keeps_session(self) -> None:
         """
