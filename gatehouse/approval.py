@@ -22,6 +22,7 @@ import datetime
 import io
 import json
 import os
+import shlex
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -214,16 +215,25 @@ def _voter(identity: Identity | Approval) -> tuple[str, str]:
     return (identity.subject, identity.issuer)
 
 
-def instructions(request: ApprovalRequest, admin_url: str | None = None) -> str:
+def instructions(
+    request: ApprovalRequest,
+    admin_url: str | None = None,
+    options: Sequence[str] | None = None,
+) -> str:
     """
-    One line telling an approver how to approve or deny C{request}.
+    One line telling an approver how to approve or deny C{request}: the
+    commands, ready to paste into a shell.
 
     @param admin_url: the gateway's admin API, if known.
+    @param options: the C{gatehouse approvals} options that reach the
+        admin API (such as C{--config FILE}); instead of C{--url admin_url}.
     """
-    url = "" if admin_url is None else f" --url {admin_url}"
+    if options is None:
+        options = () if admin_url is None else ("--url", admin_url)
+    given = "".join(" " + shlex.quote(option) for option in options)
     return (
-        f"approve with: gatehouse approvals approve{url} {request.id} "
-        f"(or deny with: gatehouse approvals deny{url} {request.id})"
+        f"approve with: gatehouse approvals approve{given} {request.id} "
+        f"(or deny with: gatehouse approvals deny{given} {request.id})"
     )
 
 
@@ -242,6 +252,7 @@ class ApprovalBroker:
     @param notifiers: told about each new request.
     @param admin_url: the admin API's URL, for L{instructions}.
     @param recent_limit: how many decided requests L{recent} remembers.
+    @param approve_options: for L{instructions}, instead of C{admin_url}.
     """
 
     _log = Logger()
@@ -252,10 +263,12 @@ class ApprovalBroker:
         notifiers: Sequence[IApprovalNotifier] = (),
         admin_url: str | None = None,
         recent_limit: int = 1000,
+        approve_options: Sequence[str] | None = None,
     ) -> None:
         self._clock = clock
         self._notifiers = tuple(notifiers)
         self._adminURL = admin_url
+        self._approveOptions = approve_options
         self._pending: dict[str, _Entry] = {}
         self._recent: deque[ApprovalRequest] = deque(maxlen=recent_limit)
         self._observers: list[Observer] = []
@@ -426,7 +439,7 @@ class ApprovalBroker:
 
     def instructions(self, request: ApprovalRequest) -> str:
         """How to approve or deny C{request}, in one line."""
-        return instructions(request, self._adminURL)
+        return instructions(request, self._adminURL, self._approveOptions)
 
     def _eligible(self, request_id: str, approver: Identity) -> _Entry:
         entry = self._pending.get(request_id)
@@ -545,12 +558,18 @@ class LogNotifier:
     configured.
 
     @param admin_url: the admin API's URL, for the instructions.
+    @param approve_options: for the instructions, instead of C{admin_url}.
     """
 
     _log = Logger()
 
-    def __init__(self, admin_url: str | None = None) -> None:
+    def __init__(
+        self,
+        admin_url: str | None = None,
+        approve_options: Sequence[str] | None = None,
+    ) -> None:
         self._adminURL = admin_url
+        self._approveOptions = approve_options
 
     def notify(self, request: ApprovalRequest) -> None:
         from gatehouse.logs import emit, summary
@@ -575,7 +594,7 @@ class LogNotifier:
             commands=" / ".join(
                 summary(command.text, _MAX_STATEMENT) for command in request.commands
             ),
-            instructions=instructions(request, self._adminURL),
+            instructions=instructions(request, self._adminURL, self._approveOptions),
         )
 
 
@@ -601,7 +620,11 @@ def _timestamp(when: float) -> str:
     )
 
 
-def slackMessage(request: ApprovalRequest, admin_url: str | None = None) -> dict:
+def slackMessage(
+    request: ApprovalRequest,
+    admin_url: str | None = None,
+    approve_options: Sequence[str] | None = None,
+) -> dict:
     """
     A Slack-compatible message (C{text} and C{blocks}) about C{request}.
     """
@@ -668,7 +691,7 @@ def slackMessage(request: ApprovalRequest, admin_url: str | None = None) -> dict
                 ],
             }
         )
-    approve = instructions(request, admin_url)
+    approve = instructions(request, admin_url, approve_options)
     blocks.append(
         {"type": "section", "text": {"type": "mrkdwn", "text": _escape(approve)}}
     )
@@ -729,6 +752,7 @@ class WebhookNotifier:
     @param timeout: seconds each attempt may take.
     @param headers: extra request headers (for example C{Authorization}).
     @param admin_url: the admin API's URL, for the instructions.
+    @param approve_options: for the instructions, instead of C{admin_url}.
     """
 
     _log = Logger()
@@ -744,6 +768,7 @@ class WebhookNotifier:
         timeout: float = 10,
         headers: Mapping[str, str] | None = None,
         admin_url: str | None = None,
+        approve_options: Sequence[str] | None = None,
     ) -> None:
         parsed = DecodedURL.from_text(url)
         if parsed.scheme not in ("http", "https") or not parsed.host:
@@ -769,6 +794,7 @@ class WebhookNotifier:
         for name, value in (headers or {}).items():
             self._headers.setRawHeaders(name, [value])
         self._adminURL = admin_url
+        self._approveOptions = approve_options
         self._deliveries: set[Deferred[bool]] = set()
 
     def notify(self, request: ApprovalRequest) -> None:
@@ -781,7 +807,8 @@ class WebhookNotifier:
         @return: fires with C{True} once delivered, C{False} if abandoned;
             never fails.
         """
-        body = json.dumps(slackMessage(request, self._adminURL)).encode("utf-8")
+        message = slackMessage(request, self._adminURL, self._approveOptions)
+        body = json.dumps(message).encode("utf-8")
         delivery = Deferred.fromCoroutine(self._deliver(request.id, body))
         delivery.addErrback(self._bug, request.id)
         if not delivery.called:

@@ -10,6 +10,15 @@ through a gateway's admin API.
 The approver proves who they are with their own token: C{--token-file},
 or the environment variable C{GATEHOUSE_TOKEN} (the token itself) or
 C{GATEHOUSE_TOKEN_FILE} (a file holding it).
+
+Where the admin API is, and what verifies its certificate, come from the
+first of: C{--url} and C{--ca-file}; the environment variables
+C{GATEHOUSE_ADMIN_URL} and C{GATEHOUSE_ADMIN_CA}; the gateway's own
+configuration file, C{--config FILE} or C{GATEHOUSE_CONFIG} (its
+C{approval.admin_url} and C{approval.admin_ca_file}, else its C{admin}
+listener and that listener's certificate); else C{http://127.0.0.1:8080}.
+The command a held client is shown names what the gateway knows (see
+L{approve_options}).
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ from gatehouse._duration import format_duration
 from gatehouse.cli import CommandError, Handler
 from gatehouse.recording.render import TerminalSafe
 
-__all__ = ["DEFAULT_URL", "configure"]
+__all__ = ["DEFAULT_URL", "approve_options", "configure"]
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 _TIMEOUT = 30.0
@@ -49,10 +58,18 @@ def _common(parser: argparse.ArgumentParser, default: Any) -> None:
         return argparse.SUPPRESS if default is argparse.SUPPRESS else given
 
     parser.add_argument(
+        "--config",
+        default=value(None),
+        metavar="FILE",
+        help="the gateway's configuration: its admin API's URL and CA "
+        "(default: $GATEHOUSE_CONFIG)",
+    )
+    parser.add_argument(
         "--url",
         default=value(None),
         metavar="URL",
-        help="the admin API (default: $GATEHOUSE_ADMIN_URL, else " + DEFAULT_URL + ")",
+        help="the admin API (default: $GATEHOUSE_ADMIN_URL, else from the "
+        "configuration, else " + DEFAULT_URL + ")",
     )
     parser.add_argument(
         "--token-file",
@@ -65,7 +82,8 @@ def _common(parser: argparse.ArgumentParser, default: Any) -> None:
         "--ca-file",
         default=value(None),
         metavar="PATH",
-        help="CA certificates (PEM) to trust for an https URL",
+        help="CA certificates (PEM) to trust for an https URL (default: "
+        "$GATEHOUSE_ADMIN_CA, else from the configuration)",
     )
     parser.add_argument(
         "--json",
@@ -150,7 +168,14 @@ class _Client:
         self._token = token
         self._context: ssl.SSLContext | None = None
         if parts.scheme == "https":
-            self._context = ssl.create_default_context(cafile=ca_file)
+            try:
+                self._context = ssl.create_default_context(cafile=ca_file)
+            except (OSError, ssl.SSLError) as e:
+                raise CommandError(f"cannot use {ca_file} as CA certificates: {e}")
+            if ca_file is not None:
+                # The file may hold the server's own certificate (or an
+                # intermediate) rather than a root: trust it as it is.
+                self._context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
         elif ca_file is not None:
             raise CommandError("--ca-file is for https:// URLs")
 
@@ -215,9 +240,48 @@ def _server_message(error: urllib.error.HTTPError, url: str) -> str:
     )
 
 
+def _connection(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The admin API's URL and the CA file to verify it with."""
+    url = args.url or os.environ.get("GATEHOUSE_ADMIN_URL") or None
+    ca_file = args.ca_file or os.environ.get("GATEHOUSE_ADMIN_CA") or None
+    config = args.config or os.environ.get("GATEHOUSE_CONFIG") or None
+    if config is not None and (url is None or ca_file is None):
+        from gatehouse.config import ConfigError, load_admin_access
+
+        try:
+            access = load_admin_access(config)
+        except ConfigError as e:
+            raise CommandError("\n".join(e.lines()))
+        if url is None:
+            url = access.url
+        if ca_file is None and url.startswith("https:"):
+            ca_file = access.ca_file
+    return url or DEFAULT_URL, ca_file
+
+
+def approve_options(config: Any) -> tuple[str, ...]:
+    """
+    The C{gatehouse approvals} options that reach the admin API of a
+    gateway running C{config} (a L{gatehouse.config.GatehouseConfig}), for
+    the command shown to a held client: C{--url} (and C{--ca-file}) when
+    C{approval.admin_url} says how approvers reach it, else C{--config}
+    with the configuration's own path (for approvers on the gateway's
+    host), else nothing.
+    """
+    approval = config.approval
+    if approval is not None and approval.admin_url is not None:
+        options: tuple[str, ...] = ("--url", approval.admin_url)
+        if approval.admin_ca_file is not None:
+            options += ("--ca-file", approval.admin_ca_file)
+        return options
+    if config.admin is not None:
+        return ("--config", config.path)
+    return ()
+
+
 def _run(args: argparse.Namespace) -> int:
-    url = args.url or os.environ.get("GATEHOUSE_ADMIN_URL") or DEFAULT_URL
-    client = _Client(url, _token(args), args.ca_file)
+    url, ca_file = _connection(args)
+    client = _Client(url, _token(args), ca_file)
     # Statements, names and comments come from agents and approvers: none
     # of their control characters may reach the approver's terminal (a CR
     # could hide the statement being approved).

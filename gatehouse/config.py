@@ -34,8 +34,10 @@ __all__ = [
     "DEFAULT_FLUSH_INTERVAL",
     "DEFAULT_KEY_WARNING",
     "DEFAULT_MAX_TOKEN_BYTES",
+    "DEFAULT_MAX_TOKEN_LIFETIME",
     "DEFAULT_SEAL_INTERVAL",
     "DEFAULT_SEGMENT_MAX_BYTES",
+    "AdminAccess",
     "AdminConfig",
     "ConfigError",
     "ConfigSection",
@@ -51,11 +53,15 @@ __all__ = [
 ]
 
 DEFAULT_MAX_TOKEN_BYTES = 16384
+#: tokens valid for longer are refused (seconds); as in gatehouse.identity
+DEFAULT_MAX_TOKEN_LIFETIME = 24 * 3600.0
 DEFAULT_SEGMENT_MAX_BYTES = 16 * 1024 * 1024
 DEFAULT_SEAL_INTERVAL = 30.0
 DEFAULT_FLUSH_INTERVAL = 0.2
 DEFAULT_KEY_WARNING = 24 * 3600.0
 MAX_LEEWAY = 300.0
+#: the longest identity.max_token_lifetime a configuration may set
+MAX_TOKEN_LIFETIME = 365 * 86400.0
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _NAME_RULE = "1 to 64 characters of A-Z a-z 0-9 . _ -"
@@ -93,10 +99,13 @@ class IdentityConfig:
 
     @ivar issuers: The trusted token issuers, in configuration order.
     @ivar max_token_bytes: Longer tokens are refused before they are parsed.
+    @ivar max_token_lifetime: Tokens valid for longer (seconds, C{exp - iat})
+        are refused.
     """
 
     issuers: tuple[IssuerConfig, ...]
     max_token_bytes: int = DEFAULT_MAX_TOKEN_BYTES
+    max_token_lifetime: float = DEFAULT_MAX_TOKEN_LIFETIME
 
 
 @attrs.frozen
@@ -141,11 +150,14 @@ class TargetConfig:
 
     @ivar options: What the protocol adapter's C{parse_target_options}
         returned for this target.
+    @ivar end_session_at_token_expiry: Whether the gateway ends each
+        session on this target when the client's token expires.
     """
 
     name: str
     protocol: str
     options: object = None
+    end_session_at_token_expiry: bool = True
 
 
 @attrs.frozen
@@ -160,6 +172,23 @@ class AdminConfig:
     #: identities need one of these groups to use the API (empty: the
     #: policy's approver groups)
     groups: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class AdminAccess:
+    """
+    How a client of the admin API (C{gatehouse approvals --config}) reaches
+    the API a configuration file describes.
+
+    @ivar url: C{approval.admin_url}, else the admin listener's address
+        (its loopback address when it listens on every address).
+    @ivar ca_file: what verifies an https C{url}: C{approval.admin_ca_file},
+        else the admin listener's own certificate file (pinned); None to
+        use the system's CA certificates.
+    """
+
+    url: str
+    ca_file: str | None = None
 
 
 @attrs.frozen
@@ -838,6 +867,55 @@ def load_config(path: str, *, create_directories: bool = True) -> GatehouseConfi
     )
 
 
+def load_admin_access(path: str) -> AdminAccess:
+    """
+    Read where the admin API of the gateway configured in C{path} listens,
+    and what verifies its certificate, from the C{admin} and C{approval}
+    sections alone: an approver who may read the configuration need not
+    be able to read the gateway's secrets.
+
+    @raise ConfigError: listing every problem found.
+    """
+    problems = _Problems(path)
+    data = _read_yaml(path, problems)
+    if data is not _MISSING and not isinstance(data, dict):
+        problems.add("", f"expected a mapping at the top level, got {_describe(data)}")
+    if problems.found:
+        raise ConfigError(problems.found)
+    root = ConfigSection(data, "", problems, os.path.dirname(os.path.abspath(path)))
+    admin = root.section("admin")
+    approval = root.section("approval")
+    url = ca_file = None
+    if approval is not None:
+        url = approval.url("admin_url")
+        ca_file = approval.readable_file("admin_ca_file")
+    tls = None if admin is None else admin.section("tls")
+    if url is None and admin is None:
+        problems.add("admin", "no admin API is configured here")
+    elif url is None:
+        assert admin is not None
+        address = ipaddress.ip_address(admin.address("address", "127.0.0.1"))
+        port = admin.integer("port", 8080, minimum=0, maximum=65535)
+        if port == 0:
+            admin.problem(
+                "0 (a free port) cannot be reached from here: set a port, "
+                "or approval.admin_url",
+                "port",
+            )
+        if address.is_unspecified:
+            address = ipaddress.ip_address(
+                "::1" if address.version == 6 else "127.0.0.1"
+            )
+        host = f"[{address}]" if address.version == 6 else str(address)
+        url = f"{'http' if tls is None else 'https'}://{host}:{port}"
+    if ca_file is None and tls is not None and url.startswith("https:"):
+        ca_file = tls.readable_file("certificate", required=True)
+    if problems.found:
+        raise ConfigError(problems.found)
+    assert url is not None
+    return AdminAccess(url=url, ca_file=ca_file)
+
+
 def _parse_gateway(section: ConfigSection | None) -> GatewayConfig | None:
     if section is None:
         return None
@@ -851,6 +929,12 @@ def _parse_identity(section: ConfigSection | None) -> IdentityConfig | None:
         return None
     max_token_bytes = section.size(
         "max_token_bytes", DEFAULT_MAX_TOKEN_BYTES, minimum=1
+    )
+    max_token_lifetime = section.duration(
+        "max_token_lifetime",
+        DEFAULT_MAX_TOKEN_LIFETIME,
+        positive=True,
+        maximum=MAX_TOKEN_LIFETIME,
     )
     issuer_sections = section.sections("issuers", required=True)
     if "issuers" in section.raw and section.raw["issuers"] == []:
@@ -870,7 +954,11 @@ def _parse_identity(section: ConfigSection | None) -> IdentityConfig | None:
         if issuer is not None:
             issuers.append(issuer)
     section.finish()
-    return IdentityConfig(issuers=tuple(issuers), max_token_bytes=max_token_bytes)
+    return IdentityConfig(
+        issuers=tuple(issuers),
+        max_token_bytes=max_token_bytes,
+        max_token_lifetime=max_token_lifetime,
+    )
 
 
 def _parse_issuer(section: ConfigSection) -> IssuerConfig | None:
@@ -1138,13 +1226,21 @@ def _parse_targets(
     for section in sections:
         name = names.read(section)
         protocol, adapter = _parse_protocol(section)
+        end_at_expiry = section.boolean("end_session_at_token_expiry", True)
         options_section = _options(section, adapter)
         options = None
         if options_section is not None:
             options = adapter.parse_target_options(options_section)
             options_section.finish()
         section.finish()
-        targets.append(TargetConfig(name=name, protocol=protocol, options=options))
+        targets.append(
+            TargetConfig(
+                name=name,
+                protocol=protocol,
+                options=options,
+                end_session_at_token_expiry=end_at_expiry,
+            )
+        )
         if options_sections is not None:
             options_sections.append(options_section)
     return tuple(targets)

@@ -44,6 +44,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -56,6 +57,7 @@ from gatehouse.cli import CommandError, Handler
 
 __all__ = [
     "AUDIENCE",
+    "DEFAULT_ADMIN_PORT",
     "DEFAULT_DIRECTORY",
     "DEFAULT_PORT",
     "ISSUER",
@@ -68,6 +70,8 @@ __all__ = [
 
 DEFAULT_DIRECTORY = "gatehouse-demo"
 DEFAULT_PORT = 6432
+#: The admin API (approvals), on 127.0.0.1 over TLS.
+DEFAULT_ADMIN_PORT = 6480
 ISSUER = "https://demo.gatehouse.local"
 AUDIENCE = "gatehouse"
 GATEWAY_ID = "demo-gw"
@@ -84,6 +88,14 @@ STOP_TIMEOUT = 20.0
 READY = "gatehouse demo: ready"
 
 _PREFIX = "gatehouse demo:"
+#: What the banner suggests ci-bot tries.
+_TRY = (
+    "SELECT c.name, c.email, p.card_number FROM customers c",
+    "    JOIN payment_cards p ON p.customer_id = c.id LIMIT 3;   -- masked",
+    "UPDATE orders SET status = 'paid';             -- refused: no WHERE",
+    "DELETE FROM orders WHERE id = 1;               -- refused: a delete",
+    "ALTER TABLE orders ADD COLUMN note text;       -- waits for alice",
+)
 _KID = "demo-es256-1"
 _CA_VALIDITY = datetime.timedelta(days=365)
 
@@ -96,16 +108,30 @@ class DemoUser:
     @ivar subject: The token's C{sub}, also the PostgreSQL user name shown.
     @ivar name: The display name (the C{name} claim).
     @ivar groups: The C{groups} claim.
+    @ivar may: What the demo's policy lets this user do, for the banner.
     """
 
     subject: str
     name: str
     groups: tuple[str, ...]
+    may: str = ""
 
 
 USERS = (
-    DemoUser("alice", "Alice (demo DBA)", ("dba",)),
-    DemoUser("ci-bot", "CI bot (demo agent)", ("agents",)),
+    DemoUser(
+        "ci-bot",
+        "CI bot (demo agent)",
+        ("agents",),
+        "reads and changes rows with a WHERE; sees card numbers and e-mail "
+        "addresses masked; may not delete, drop or truncate; its schema "
+        "changes wait for alice",
+    ),
+    DemoUser(
+        "alice",
+        "Alice (demo DBA)",
+        ("dba",),
+        "may do anything, sees every value; approves what agents wait for",
+    ),
 )
 
 _SHOP_SQL = """\
@@ -115,6 +141,10 @@ CREATE TABLE customers (
     email     text NOT NULL UNIQUE,
     city      text NOT NULL,
     signed_up date NOT NULL
+);
+CREATE TABLE payment_cards (
+    customer_id integer PRIMARY KEY REFERENCES customers,
+    card_number text NOT NULL
 );
 CREATE TABLE orders (
     id          serial PRIMARY KEY,
@@ -139,6 +169,19 @@ INSERT INTO customers (name, email, city, signed_up) VALUES
     ('Radia Perlman',    'radia@example.net',         'Seattle',   '2024-02-29'),
     ('Linus Torvalds',   'linus@example.com',         'Portland',  '2024-04-16'),
     ('Frances Allen',    'fran.allen@example.org',    'Peru, NY',  '2024-06-03');
+INSERT INTO payment_cards (customer_id, card_number) VALUES
+    (1,  '4111 1111 1111 1111'),
+    (2,  '5555 5555 5555 4444'),
+    (3,  '3782 822463 10005'),
+    (4,  '6011 1111 1111 1117'),
+    (5,  '4012 8888 8888 1881'),
+    (6,  '5105 1051 0510 5100'),
+    (7,  '3714 496353 98431'),
+    (8,  '4000 0566 5566 5556'),
+    (9,  '5200 8282 8282 8210'),
+    (10, '6011 0009 9013 9424'),
+    (11, '4242 4242 4242 4242'),
+    (12, '3787 344936 71000');
 INSERT INTO orders (customer_id, placed_at, item, quantity, total, status) VALUES
     (1,  '2024-06-01 09:12+00', 'Analytical engine gears',   3,  89.70, 'shipped'),
     (2,  '2024-06-02 14:40+00', 'Compiler handbook',         1,  42.00, 'shipped'),
@@ -437,6 +480,12 @@ _CONFIG = """\
 #   gatehouse sessions --config {config}
 #   gatehouse replay   --config {config} SESSION_ID
 #   gatehouse verify   --config {config} SESSION_ID
+#
+# While it runs, a DBA decides what agents wait for (with their own token
+# in GATEHOUSE_TOKEN_FILE):
+#
+#   gatehouse approvals list    --config {config}
+#   gatehouse approvals approve --config {config} ID
 
 gateway:
   # Names this gateway in every recording seal it signs.
@@ -499,20 +548,27 @@ targets:
       allow_groups: [dba, agents]
 
 policy:
+  # The policy a real deployment starts from: the DBA may do anything;
+  # agents read and change rows, never delete, drop or truncate, never
+  # change every row at once, and their schema changes wait for a DBA.
   groups: [dba, agents]
   # Text PostgreSQL cannot parse gets PostgreSQL's own syntax error.
   unparseable: error
   # Code the gateway cannot read (DO, CREATE FUNCTION, SQL built at run
-  # time for dblink or query_to_xml): nobody approves in the demo, so deny.
+  # time for dblink or query_to_xml): refused.
   opaque: deny
+  # Who approves a statement held for review, and how long it may wait.
+  review:
+    approvers: [dba]
+    approvals: 1
+    timeout: 10m
   rules:
     # First match decides.  The DBA may do anything.
     - name: dba-anything
       groups: [dba]
       action: allow
-    # Agents read and write rows, nothing more: categories name every
-    # statement kind that drops, deletes, changes the schema or privileges
-    # (see docs/policy.md for the lists).
+    # Categories name every statement kind that deletes, drops, changes the
+    # schema or privileges (see docs/policy.md for the lists).
     - name: no-destructive
       category: [destructive]
       action: deny
@@ -522,8 +578,14 @@ policy:
       flag: [no-where]
       action: deny
       message: add a WHERE clause that limits the rows
-    - name: no-schema-or-privilege-changes
-      category: [ddl, privilege, admin]
+    # The statement waits inside the agent's session until a DBA runs
+    # `gatehouse approvals approve` (the command is shown to the agent).
+    - name: schema-changes-need-approval
+      category: [ddl]
+      action: review
+      message: schema changes wait for a DBA
+    - name: no-privilege-or-server-changes
+      category: [privilege, admin]
       action: deny
     - name: no-server-files
       flag: [server-file]
@@ -537,6 +599,25 @@ policy:
     - name: no-server-programs
       flag: [copy-program]
       action: deny
+
+masking:
+  # Agents see card numbers and e-mail addresses masked, in every message
+  # that carries values; so does the recording of their sessions.
+  - name: agents-pii
+    groups: [agents]
+    targets: [{target}]
+    detect: [card, email]
+
+# The admin API: approvals, sessions, /health and /metrics.  Only the
+# approver groups (dba) may use /api/.  The command shown to a waiting
+# agent is `gatehouse approvals approve --config <this file> ID`: it reads
+# the address and certificate below.
+admin:
+  address: {address}
+  port: {admin_port}
+  tls:
+    certificate: tls/localhost.crt
+    key: tls/localhost.key
 """
 
 
@@ -721,6 +802,7 @@ class _Demo:
         self.out = out
         self.failure: str | None = None
         self.tokens: dict[str, Path] = {}
+        self.admin_port = DEFAULT_ADMIN_PORT
 
     def path(self, *parts: str) -> Path:
         """
@@ -769,6 +851,9 @@ class _Demo:
                     self.out,
                     f"{_PREFIX} port {self.wanted_port} is taken; using {port}",
                 )
+            self.admin_port = _listen_port(DEFAULT_ADMIN_PORT)
+            if self.admin_port == port:
+                self.admin_port = pg.free_port()
             self.write_config(port, database.port)
             return self.serve(port)
         finally:
@@ -801,6 +886,7 @@ class _Demo:
             audience=AUDIENCE,
             address=pg.LOOPBACK,
             port=port,
+            admin_port=self.admin_port,
             target=TARGET,
             upstream_port=upstream_port,
             upstream_role=UPSTREAM_ROLE,
@@ -867,20 +953,27 @@ class _Demo:
 
     def announce(self, port: int) -> None:
         """
-        Print how to connect, and how to audit what gets recorded.
+        Print how to connect as each user, what to try, how to approve
+        what waits, and how to audit what gets recorded.
         """
         out = self.out
         ca = _shown(self.path("ca.crt"))
         psql = _psql_command()
+        gatehouse = _gatehouse_command()
+        config = shlex.quote(_shown(self.path("gatehouse.yaml")))
         _say(
             out,
-            f"{_PREFIX} gateway on {pg.LOOPBACK}:{port} (TLS), "
+            f"{_PREFIX} gateway on {pg.LOOPBACK}:{port} (TLS), admin API on "
+            f"https://{pg.LOOPBACK}:{self.admin_port}, "
             f"log in {_shown(self.path('gatehouse.log'))}",
         )
         _say(out)
         hours = TOKEN_LIFETIME // 3600
-        _say(out, f"Connect through the gateway (tokens valid for {hours} hours):")
-        _say(out)
+        _say(
+            out,
+            "Connect through the gateway, a terminal per user "
+            f"(tokens valid for {hours} hours):",
+        )
         for user in USERS:
             target = pg.conninfo(
                 host="localhost",
@@ -891,18 +984,31 @@ class _Demo:
                 sslrootcert=ca,
             )
             token = shlex.quote(_shown(self.tokens[user.subject]))
-            _say(out, f"  # {user.subject}, group {', '.join(user.groups)}")
-            _say(
-                out,
-                f'  PGPASSWORD="$(cat {token})" {psql} {_shell_word(target)}',
-            )
+            _say(out)
+            about = f"{user.subject} (group {', '.join(user.groups)}): {user.may}"
+            for line in textwrap.wrap(about, 72):
+                _say(out, f"  # {line}")
+            _say(out, f'  export PGPASSWORD="$(cat {token})"')
+            _say(out, f"  {psql} {_shell_word(target)}")
         _say(out)
-        _say(out, "Try: SELECT name, email FROM customers LIMIT 5;  or  \\dt")
+        _say(out, "Try as ci-bot:")
+        _say(out)
+        for line in _TRY:
+            _say(out, f"  {line}")
+        _say(out)
+        _say(
+            out,
+            "Approve as alice, in another terminal (the command is in "
+            "ci-bot's NOTICE too):",
+        )
+        _say(out)
+        alice = shlex.quote(str(self.tokens["alice"]))
+        _say(out, f"  export GATEHOUSE_TOKEN_FILE={alice}")
+        _say(out, f"  {gatehouse} approvals list --config {config}")
+        _say(out, f"  {gatehouse} approvals approve --config {config} ID")
         _say(out)
         _say(out, "Audit the recorded sessions (now, or after stopping the demo):")
         _say(out)
-        gatehouse = _gatehouse_command()
-        config = shlex.quote(_shown(self.path("gatehouse.yaml")))
         _say(out, f"  {gatehouse} sessions --config {config}")
         _say(out, f"  {gatehouse} replay --config {config} SESSION_ID")
         _say(out, f"  {gatehouse} verify --config {config} SESSION_ID")

@@ -40,6 +40,7 @@ from gatehouse.logs import quiet_agent_pool
 
 __all__ = [
     "CLIENT_MESSAGE",
+    "DEFAULT_MAX_TOKEN_LIFETIME",
     "AuthenticationError",
     "Identity",
     "IssuerConfig",
@@ -48,6 +49,9 @@ __all__ = [
 
 CLIENT_MESSAGE = "authentication failed"
 """The only thing a client may ever be told about a rejected token."""
+
+DEFAULT_MAX_TOKEN_LIFETIME = 24 * 3600.0
+"""Tokens valid for longer than this (seconds) are refused by default."""
 
 _HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 _RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
@@ -106,6 +110,11 @@ class IssuerConfig:
 class Identity:
     """
     Who a verified token says the client is.
+
+    @ivar expires_at: the token's C{exp}.
+    @ivar valid_until: when this gateway stops accepting the token:
+        C{exp} plus the issuer's leeway (sessions that end with their
+        token end then); None if unknown.
     """
 
     subject: str
@@ -113,6 +122,7 @@ class Identity:
     groups: tuple[str, ...]
     issuer: str
     expires_at: float | None
+    valid_until: float | None = None
 
 
 class AuthenticationError(Exception):
@@ -540,6 +550,9 @@ class TokenVerifier:
         again (rate-limited) before use, so keys the IdP withdrew stop being
         accepted; if that fetch fails the cached keys stay in use.
     @param fetch_timeout: seconds allowed for each HTTP request.
+    @param max_token_lifetime: tokens valid for longer than this many
+        seconds are refused: C{exp - iat}, or C{exp} minus now when the
+        token has no C{iat} (or one in the future); None for no limit.
     """
 
     log = Logger()
@@ -554,8 +567,10 @@ class TokenVerifier:
         clock: IReactorTime | None = None,
         key_max_age: float = 3600.0,
         fetch_timeout: float = 10.0,
+        max_token_lifetime: float | None = DEFAULT_MAX_TOKEN_LIFETIME,
     ) -> None:
         self._clock = reactor if clock is None else clock
+        self._maxLifetime = max_token_lifetime
         self._maxTokenBytes = max_token_bytes
         #: longer tokens are refused; protocols bound the password message by it
         self.max_token_bytes = max_token_bytes
@@ -672,12 +687,14 @@ class TokenVerifier:
         subject = claims["sub"]
         if not subject:
             raise AuthenticationError("'sub' claim is empty")
+        expires = _numericDate(claims, "exp")
         return Identity(
             subject=subject,
             name=_displayName(claims, config.name_claim, subject),
             groups=_groups(claims, config.groups_claim),
             issuer=issuer,
-            expires_at=_numericDate(claims, "exp"),
+            expires_at=expires,
+            valid_until=expires + config.leeway,
         )
 
     def _checkShape(self, token: object) -> bytes:
@@ -794,6 +811,7 @@ class TokenVerifier:
                     f"token not valid before {notBefore:.0f} "
                     f"(now {now:.0f}, leeway {leeway}s)"
                 )
+        issuedAt = now
         if "iat" in claims:
             issuedAt = _numericDate(claims, "iat")
             if issuedAt > now + leeway:
@@ -801,6 +819,18 @@ class TokenVerifier:
                     f"token issued in the future at {issuedAt:.0f} "
                     f"(now {now:.0f}, leeway {leeway}s)"
                 )
+        # The lifetime the issuer granted (exp - iat), and never less than
+        # what is left of it: a token without iat, or with one slightly in
+        # the future, is measured from now.
+        lifetime = expires - min(issuedAt, now)
+        limit = self._maxLifetime
+        if limit is not None and lifetime > limit:
+            fromIat = "iat" in claims and issuedAt <= now
+            measured = "exp - iat" if fromIat else "exp - now"
+            raise AuthenticationError(
+                f"token lifetime {lifetime:.0f}s ({measured}) exceeds the"
+                f" maximum of {limit:.0f}s (identity.max_token_lifetime)"
+            )
 
     def _fetchKeys(self, config: IssuerConfig) -> Deferred[list[_SigningKey]]:
         if config.jwks_file is not None:

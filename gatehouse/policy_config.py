@@ -62,10 +62,14 @@ class ApprovalConfig:
 
     @ivar admin_url: the admin API's URL as approvers reach it; shown in the
         notice a waiting client gets and in webhook messages.
+    @ivar admin_ca_file: the CA certificates (PEM) that verify the admin
+        API's certificate at C{admin_url}: shown with it as C{--ca-file},
+        and trusted by C{gatehouse approvals --config}.
     """
 
     webhook: WebhookConfig | None = None
     admin_url: str | None = None
+    admin_ca_file: str | None = None
 
 
 @attrs.frozen
@@ -511,5 +515,10 @@ def parse_approval(section: ConfigSection | None) -> ApprovalConfig:
         if url is not None:
             webhook = WebhookConfig(url=url, retries=retries, timeout=timeout)
     admin_url = section.url("admin_url")
+    admin_ca_file = section.readable_file("admin_ca_file")
+    if admin_ca_file is not None and admin_url is None:
+        section.problem("needs admin_url (the URL it verifies)", "admin_ca_file")
     section.finish()
-    return ApprovalConfig(webhook=webhook, admin_url=admin_url)
+    return ApprovalConfig(
+        webhook=webhook, admin_url=admin_url, admin_ca_file=admin_ca_file
+    )

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from gatehouse.approval import ApprovalBroker, LogNotifier, WebhookNotifier
+from gatehouse.cli_approvals import approve_options
 from gatehouse.config import GatehouseConfig
 from gatehouse.identity import TokenVerifier
 from gatehouse.limits import raise_open_file_limit
@@ -132,6 +133,7 @@ def build_components(config: GatehouseConfig, reactor: Any) -> Components:
         config.identity.issuers,
         reactor,
         max_token_bytes=config.identity.max_token_bytes,
+        max_token_lifetime=config.identity.max_token_lifetime,
     )
     index = SessionIndex(recording.index, reactor)
     metrics = GatewayMetrics(clock=reactor)
@@ -140,10 +142,12 @@ def build_components(config: GatehouseConfig, reactor: Any) -> Components:
     )
     recorder.observe_seals(lambda info: metrics.seal())
     recorder.observe_failures(lambda *args: metrics.recorder_failure())
+    options = approve_options(config)
     broker = ApprovalBroker(
         reactor,
-        notifiers=_notifiers(config.approval, reactor),
+        notifiers=_notifiers(config.approval, reactor, options),
         admin_url=config.approval.admin_url if config.approval else None,
+        approve_options=options,
     )
     broker.observe(metrics.approval_event)
     hub = SessionHub(
@@ -156,6 +160,9 @@ def build_components(config: GatehouseConfig, reactor: Any) -> Components:
         masking=config.masking,
         broker=broker,
         metrics=metrics,
+        token_expiry_exempt=(
+            t.name for t in config.targets if not t.end_session_at_token_expiry
+        ),
     )
     core = _GatewayCore(pool, keyring, index, hub)
     core.setName("core")
@@ -193,9 +200,11 @@ def _approver_groups(policy: Any) -> frozenset[str]:
     return frozenset(g for d in decisions if d.action == "review" for g in d.approvers)
 
 
-def _notifiers(approval: ApprovalConfig | None, reactor: Any) -> list[Any]:
+def _notifiers(
+    approval: ApprovalConfig | None, reactor: Any, options: tuple[str, ...]
+) -> list[Any]:
     admin_url = approval.admin_url if approval is not None else None
-    notifiers: list[Any] = [LogNotifier(admin_url)]
+    notifiers: list[Any] = [LogNotifier(admin_url, options)]
     if approval is not None and approval.webhook is not None:
         hook = approval.webhook
         notifiers.append(
@@ -205,6 +214,7 @@ def _notifiers(approval: ApprovalConfig | None, reactor: Any) -> list[Any]:
                 retries=hook.retries,
                 timeout=hook.timeout,
                 admin_url=admin_url,
+                approve_options=options,
             )
         )
     return notifiers

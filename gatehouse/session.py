@@ -15,9 +15,10 @@ L{PendingRecording}), and a login refused before that point is an event
 
 from __future__ import annotations
 
+import datetime
 import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -120,6 +121,12 @@ class PendingRecording:
         return succeed(None)
 
 
+def _utc(seconds: float) -> str:
+    """C{seconds} since the epoch as ISO 8601 UTC, to the second."""
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 class Session:
     """
     One client connection through the gateway, from accept to close.
@@ -174,6 +181,10 @@ class Session:
         #: the upstream account the session logs in as, once chosen
         self.upstream_role: str | None = None
         self._approvals: dict[str, Deferred] = {}
+        #: what the client is told when the gateway ends the session
+        #: itself (None: the protocol's shutdown message)
+        self.end_message: str | None = None
+        self._token_timer = None
 
     @property
     def clock(self) -> IReactorTime:
@@ -245,6 +256,7 @@ class Session:
                 target=logs.summary(self.target or ""),
                 client_address=self.client_address,
             )
+            self._watch_token()
             return identity
 
         def failed(failure: Failure) -> Failure:
@@ -440,6 +452,39 @@ class Session:
         """
         self._terminators.append(callback)
 
+    def _watch_token(self) -> None:
+        """
+        End the session when the gateway stops accepting its token, unless
+        its target lets sessions outlive their tokens.
+        """
+        until = self.identity.valid_until
+        if until is None or not self._hub.ends_at_token_expiry(self.target):
+            return
+        delay = max(0.0, until - self.clock.seconds())
+        self._token_timer = self.clock.callLater(delay, self._token_expired)
+
+    def _token_expired(self) -> None:
+        self._token_timer = None
+        if self.closed:
+            return
+        identity = self.identity
+        expires = identity.expires_at
+        when = _utc(expires if expires is not None else identity.valid_until)
+        self.end_message = (
+            f"the session's token expired at {when}; reconnect with a fresh token"
+        )
+        self.event(
+            "token-expired", expires_at=expires, valid_until=identity.valid_until
+        )
+        self._log.info(
+            "Session {id} of {subject}: token expired at {when}; ending it",
+            id=str(self.id),
+            subject=identity.subject,
+            when=when,
+        )
+        # A close without a final seal is logged by close() itself.
+        self.terminate(f"token expired at {when}").addErrback(lambda failure: None)
+
     def terminate(self, reason: str) -> Deferred:
         """End the session from the gateway's side; see L{on_terminate}."""
         if self.closed:
@@ -476,6 +521,9 @@ class Session:
         """
         if self._close_result is not None:
             return self._close_result
+        if self._token_timer is not None and self._token_timer.active():
+            self._token_timer.cancel()
+        self._token_timer = None
         # Cancelled while the session is still open, so the recording
         # holds how each of its approval requests ended.
         broker = self._hub.broker
@@ -560,6 +608,7 @@ class SessionHub:
         masking: Sequence[object] = (),
         broker: object | None = None,
         metrics: object | None = None,
+        token_expiry_exempt: Iterable[str] = (),
     ):
         self.gateway_id = gateway_id
         self.recorder = recorder
@@ -575,6 +624,9 @@ class SessionHub:
         self.recorded_bytes_closed = 0
         if metrics is not None and hasattr(metrics, "watch_recorded_bytes"):
             metrics.watch_recorded_bytes(self.recorded_bytes)
+        #: targets whose sessions outlive their tokens (the targets'
+        #: end_session_at_token_expiry: false)
+        self.token_expiry_exempt = frozenset(token_expiry_exempt)
         observe = getattr(recorder, "observe_seals", None)
         if observe is not None and index is not None:
             observe(self._sealed)
@@ -583,6 +635,10 @@ class SessionHub:
             observe_failures(self._index_failed)
         if broker is not None:
             broker.observe(self._approval_event)
+
+    def ends_at_token_expiry(self, target: str | None) -> bool:
+        """Whether sessions on C{target} end when their token expires."""
+        return target not in self.token_expiry_exempt
 
     def apply_policy(self, session: Session) -> None:
         """Resolve the rules, masking and recording scope of a session."""

@@ -78,6 +78,20 @@ class ApprovalsCommandTestCase(TestCase):
     def output(self) -> tuple[str, str]:
         return self.stdout.getvalue(), self.stderr.getvalue()
 
+    def serve_tls(self) -> tuple[Any, Any, Any]:
+        """
+        The admin API over TLS with a certificate of a private CA.
+
+        @return: the CA, the certificate and key files, and the service.
+        """
+        ca = make_ca(self.mktemp())
+        certificate, key = ca.issue("admin")
+        config = AdminConfig("127.0.0.1", 0, TLSConfig(str(certificate), str(key)))
+        service = make_admin_service(config, self.site, reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        return ca, (certificate, key), service
+
 
 class ListTests(ApprovalsCommandTestCase):
     """
@@ -157,7 +171,8 @@ class ShowTests(ApprovalsCommandTestCase):
         self.gateway.broker.approve(
             request.id, self.gateway.identity("carol"), "fine by me"
         )
-        self.assertEqual((yield self.approvals("show", request.id)), 0)
+        code = yield self.approvals("show", request.id)
+        self.assertEqual(code, 0, self.stderr.getvalue())
         out, err = self.output()
         self.assertEqual(err, "")
         self.assertIn(f"id:         {request.id}\n", out)
@@ -186,7 +201,8 @@ class ShowTests(ApprovalsCommandTestCase):
             "postgres", "DropStmt", "DROP TABLE users;\r\x1b[2KSELECT 1;\x9b0m\u202e"
         )
         request, _ = self.gateway.request((sneaky,))
-        self.assertEqual((yield self.approvals("show", request.id)), 0)
+        code = yield self.approvals("show", request.id)
+        self.assertEqual(code, 0, self.stderr.getvalue())
         self.assertEqual((yield self.approvals("list")), 0)
         out, err = self.output()
         self.assertEqual(err, "")
@@ -424,15 +440,197 @@ class ConnectionTests(ApprovalsCommandTestCase):
         Over https, C{--ca-file} names the CA to trust; without it the
         server's certificate is not trusted.
         """
-        ca = make_ca(self.mktemp())
-        certificate, key = ca.issue("admin")
-        config = AdminConfig("127.0.0.1", 0, TLSConfig(str(certificate), str(key)))
-        service = make_admin_service(config, self.site, reactor)
-        service.startService()
-        self.addCleanup(service.stopService)
+        ca, _, service = self.serve_tls()
         request, _ = self.gateway.request()
         argv = ("--url", service.url, "--ca-file", str(ca.cert_path), "list")
         self.assertEqual((yield self.approvals(*argv)), 0)
         self.assertIn(request.id, self.stdout.getvalue())
         self.assertEqual((yield self.approvals("--url", service.url, "list")), 1)
         self.assertIn("TLS certificate not trusted", self.stderr.getvalue())
+
+
+class ConfigTests(ApprovalsCommandTestCase):
+    """
+    C{--config FILE} (or C{GATEHOUSE_CONFIG}) reads the admin API's URL and
+    what verifies its certificate from the gateway's configuration, so the
+    command a held client is shown works as shown with a private CA.
+    """
+
+    def setUp(self) -> Any:
+        d = super().setUp()
+        del self.environ["GATEHOUSE_ADMIN_URL"]
+        return d
+
+    def config_file(self, **sections: Any) -> str:
+        """
+        A gateway configuration with C{sections}; the rest of it names
+        files the approver cannot read, which must not matter.
+        """
+        data = {
+            "gateway": {"id": "gw-1"},
+            "identity": {
+                "issuers": [
+                    {
+                        "issuer": "https://idp.example.com",
+                        "audience": "gatehouse",
+                        "hs256_secret_file": "/nonexistent/secret",
+                    }
+                ]
+            },
+            "recording": {"directory": "/nonexistent/recordings"},
+            **sections,
+        }
+        path = self.mktemp()
+        with open(path, "w") as f:
+            json.dump(data, f)  # JSON is YAML
+        return path
+
+    @inlineCallbacks
+    def test_admin_listener(self) -> Any:
+        """
+        Without C{approval.admin_url}, the admin listener's address is
+        used, and its own certificate is trusted (pinned).
+        """
+        _, (certificate, key), service = self.serve_tls()
+        port = service.port.getHost().port
+        path = self.config_file(
+            admin={
+                "address": "0.0.0.0",
+                "port": port,
+                "tls": {
+                    "certificate": os.path.abspath(certificate),
+                    "key": os.path.abspath(key),
+                },
+            }
+        )
+        request, _ = self.gateway.request()
+        code = yield self.approvals("--config", path, "list")
+        self.assertEqual(code, 0, self.stderr.getvalue())
+        self.assertIn(request.id, self.stdout.getvalue())
+        # After the action, as in the command a held client is shown.
+        code = yield self.approvals("approve", "--config", path, request.id)
+        self.assertEqual(code, 0, self.stderr.getvalue())
+        self.assertEqual(self.gateway.broker.get(request.id).state, "approved")
+
+    @inlineCallbacks
+    def test_approval_section(self) -> Any:
+        """
+        C{approval.admin_url} and C{approval.admin_ca_file} win over the
+        admin listener (which need not be reachable from here).
+        """
+        ca, _, service = self.serve_tls()
+        path = self.config_file(
+            admin={"address": "10.9.9.9", "port": 1},
+            approval={
+                "admin_url": service.url.replace("127.0.0.1", "localhost"),
+                "admin_ca_file": os.path.abspath(ca.cert_path),
+            },
+        )
+        self.environ["GATEHOUSE_CONFIG"] = path
+        request, _ = self.gateway.request()
+        code = yield self.approvals("show", request.id)
+        self.assertEqual(code, 0, self.stderr.getvalue())
+        self.assertIn("DROP TABLE users;", self.stdout.getvalue())
+
+    @inlineCallbacks
+    def test_environment(self) -> Any:
+        """
+        C{GATEHOUSE_ADMIN_URL} and C{GATEHOUSE_ADMIN_CA} need no
+        configuration file; C{--url} and C{--ca-file} win over them.
+        """
+        ca, _, service = self.serve_tls()
+        self.environ["GATEHOUSE_ADMIN_URL"] = service.url
+        self.environ["GATEHOUSE_ADMIN_CA"] = str(ca.cert_path)
+        request, _ = self.gateway.request()
+        self.assertEqual((yield self.approvals("list")), 0)
+        self.assertIn(request.id, self.stdout.getvalue())
+        other = make_ca(self.mktemp())
+        code = yield self.approvals("list", "--ca-file", str(other.cert_path))
+        self.assertEqual(code, 1)
+        self.assertIn("TLS certificate not trusted", self.stderr.getvalue())
+
+    @inlineCallbacks
+    def test_problems(self) -> Any:
+        """
+        A configuration that does not say where the admin API is: one line
+        per problem, naming the file and the key.
+        """
+        path = self.config_file()
+        self.assertEqual((yield self.approvals("--config", path, "list")), 1)
+        self.assertEqual(
+            self.stderr.getvalue(),
+            f"gatehouse: approvals: {path}: admin: no admin API is configured here\n",
+        )
+        self.stderr.truncate(0)
+        self.stderr.seek(0)
+        path = self.config_file(
+            admin={"port": 0}, approval={"admin_ca_file": "/nonexistent/ca.pem"}
+        )
+        self.assertEqual((yield self.approvals("--config", path, "list")), 1)
+        self.assertEqual(
+            self.stderr.getvalue().splitlines(),
+            [
+                f"gatehouse: approvals: {path}: approval.admin_ca_file:"
+                " /nonexistent/ca.pem does not exist",
+                f"{path}: admin.port: 0 (a free port) cannot be reached from"
+                " here: set a port, or approval.admin_url",
+            ],
+        )
+
+
+class ApproveOptionsTests(TestCase):
+    """
+    L{approve_options}: what the command shown to a held client says.
+    """
+
+    def config(self, admin: Any = None, **approval: Any) -> Any:
+        from gatehouse.config import GatehouseConfig
+        from gatehouse.policy_config import ApprovalConfig
+
+        return GatehouseConfig(
+            path="/etc/gate house/gw.yaml",
+            gateway=None,
+            identity=None,
+            recording=None,
+            admin=admin,
+            approval=ApprovalConfig(**approval),
+        )
+
+    def test_options(self) -> None:
+        from gatehouse.approval import instructions
+        from gatehouse.cli_approvals import approve_options
+
+        admin = AdminConfig()
+        self.assertEqual(
+            approve_options(self.config(admin)),
+            ("--config", "/etc/gate house/gw.yaml"),
+        )
+        self.assertEqual(
+            approve_options(self.config(admin, admin_url="https://gw:8443")),
+            ("--url", "https://gw:8443"),
+        )
+        self.assertEqual(
+            approve_options(
+                self.config(admin_url="https://gw:8443", admin_ca_file="/etc/ca.pem")
+            ),
+            ("--url", "https://gw:8443", "--ca-file", "/etc/ca.pem"),
+        )
+        self.assertEqual(approve_options(self.config()), ())
+        request = self.gateway_request()
+        self.assertEqual(
+            instructions(request, options=approve_options(self.config(admin))),
+            "approve with: gatehouse approvals approve --config "
+            f"'/etc/gate house/gw.yaml' {request.id} (or deny with: gatehouse "
+            f"approvals deny --config '/etc/gate house/gw.yaml' {request.id})",
+        )
+
+    def gateway_request(self) -> Any:
+        from twisted.internet.task import Clock
+
+        from gatehouse.approval import ApprovalBroker
+        from gatehouse.identity import Identity
+
+        alice = Identity("alice", "Alice", ("dev",), "https://idp", None)
+        broker = ApprovalBroker(Clock())
+        request, _ = broker.request("s-1", "postgres", "db", alice, (DROP,), review())
+        return request

@@ -1104,6 +1104,74 @@ class ListenerProblemTests(ConfigTestCase):
         )
 
 
+class TokenLifetimeConfigTests(ConfigTestCase):
+    """
+    C{identity.max_token_lifetime} and the targets'
+    C{end_session_at_token_expiry}.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.data = self.files.minimal()
+
+    def test_defaults(self) -> None:
+        """
+        Tokens may be valid for a day; sessions end with their token.
+        """
+        self.data["targets"] = [
+            {"name": "db", "protocol": "dummy", "options": {"host": "h"}}
+        ]
+        config = load_config(self.files.save(self.data))
+        self.assertEqual(config.identity.max_token_lifetime, 86400.0)
+        self.assertIs(config.targets[0].end_session_at_token_expiry, True)
+
+    def test_set(self) -> None:
+        """
+        Both keys are read.
+        """
+        self.data["identity"]["max_token_lifetime"] = "2h"
+        self.data["targets"] = [
+            {
+                "name": "db",
+                "protocol": "dummy",
+                "options": {"host": "h"},
+                "end_session_at_token_expiry": False,
+            }
+        ]
+        config = load_config(self.files.save(self.data))
+        self.assertEqual(config.identity.max_token_lifetime, 7200.0)
+        self.assertIs(config.targets[0].end_session_at_token_expiry, False)
+
+    def test_bad_values(self) -> None:
+        """
+        A lifetime must be positive and at most a year; the target's
+        choice is true or false.
+        """
+        self.data["identity"]["max_token_lifetime"] = 0
+        self.data["targets"] = [
+            {
+                "name": "db",
+                "protocol": "dummy",
+                "options": {"host": "h"},
+                "end_session_at_token_expiry": "yes",
+            }
+        ]
+        self.assertEqual(
+            self.problems(self.data),
+            [
+                "identity.max_token_lifetime: must be more than 0",
+                "targets[0].end_session_at_token_expiry: expected true or false,"
+                " got a string ('yes')",
+            ],
+        )
+        self.data = self.files.minimal()
+        self.data["identity"]["max_token_lifetime"] = "366d"
+        self.assertProblem(
+            self.data,
+            "identity.max_token_lifetime: 366d is more than the maximum of 365d",
+        )
+
+
 class ManyProblemsTests(ConfigTestCase):
     """
     All problems in a file are reported together.

@@ -23,9 +23,20 @@ from typing import Any
 from twisted.trial.unittest import TestCase
 
 from gatehouse import demo
-from gatehouse._pgcluster import free_port, pid_alive, read_pidfile
+from gatehouse._pgcluster import (
+    clean_env,
+    free_port,
+    pg_bin,
+    pid_alive,
+    read_pidfile,
+)
 
 _PG_FILES = re.compile(r"\(files in (/\S+), removed at exit\)")
+_PG_PORT = re.compile(r"PostgreSQL \d+ on 127\.0\.0\.1:(\d+) ")
+_APPROVE = re.compile(r"approve with: (gatehouse approvals approve .+?) \(or deny")
+#: The demo's customers' e-mail addresses and card numbers, as stored.
+_EMAILS = ("ada.lovelace@example.com", "grace@example.org", "ewd@example.org")
+_CARDS = ("4111 1111 1111 1111", "5555 5555 5555 4444", "3782 822463 10005")
 
 
 def _gatehouse(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -155,11 +166,41 @@ class _DemoProcess:
 
 
 def _command_for(lines: list[str], subject: str) -> str:
-    """The printed psql command line for C{subject}."""
+    """
+    The printed commands that connect as C{subject}: its export line and
+    the psql line after it, as a shell script to which psql options may
+    be appended.
+    """
+    for index, line in enumerate(lines):
+        if f"{subject}.token" in line and "export PGPASSWORD" in line:
+            psql = lines[index + 1].strip()
+            if "psql" in psql and f"user={subject} " in psql:
+                return line.strip() + "\n" + psql
+    raise AssertionError(f"no psql lines for {subject}:\n" + "\n".join(lines))
+
+
+def _printed(lines: list[str], start: str) -> str:
+    """The printed command line that starts with C{start}."""
     for line in lines:
-        if f"{subject}.token" in line and "psql" in line:
+        if line.strip().startswith(start):
             return line.strip()
-    raise AssertionError(f"no psql line for {subject}:\n" + "\n".join(lines))
+    raise AssertionError(f"no line starting {start!r}:\n" + "\n".join(lines))
+
+
+def _psql(lines: list[str], subject: str, sql: str) -> subprocess.CompletedProcess:
+    """Run the printed psql command for C{subject} with one statement."""
+    return subprocess.run(
+        [
+            "sh",
+            "-c",
+            _command_for(lines, subject) + ' -X -A -t -v ON_ERROR_STOP=1 -c "$1"',
+            "sh",
+            sql,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 class DemoTests(TestCase):
@@ -212,6 +253,8 @@ class DemoTests(TestCase):
         lines = run.wait_ready()
         self.assertIn(f"gateway on 127.0.0.1:{port} (TLS)", "\n".join(lines))
 
+        self.check_policy(run, lines, directory)
+
         # alice runs a query and leaves.
         alice = subprocess.run(
             [
@@ -245,9 +288,8 @@ class DemoTests(TestCase):
         rows = self.wait_sessions(
             config,
             lambda rows: (
-                len(rows) == 2
-                and {r["subject"]: r["ended"] is not None for r in rows}
-                == {"alice": True, "ci-bot": False}
+                {r["subject"] for r in rows} == {"alice", "ci-bot"}
+                and [r["subject"] for r in rows if r["ended"] is None] == ["ci-bot"]
             ),
         )
         self.assertEqual({r["target"] for r in rows}, {"shop"})
@@ -257,12 +299,12 @@ class DemoTests(TestCase):
         bot.wait(10)
 
         rows = self.sessions(config)
-        reasons = {r["subject"]: r["close_reason"] for r in rows}
-        self.assertEqual(sorted(reasons), ["alice", "ci-bot"])
-        # alice's session had ended on its own (how the gateway words that
+        self.assertEqual({r["subject"] for r in rows}, {"alice", "ci-bot"})
+        # Only ci-bot's last session was open when the demo stopped; the
+        # others had ended on their own (how the gateway words that
         # depends on which side's close it sees first).
-        self.assertNotEqual(reasons["alice"], "gateway stopping")
-        self.assertEqual(reasons["ci-bot"], "gateway stopping")
+        stopped = [r for r in rows if r["close_reason"] == "gateway stopping"]
+        self.assertEqual([r["subject"] for r in stopped], ["ci-bot"])
         for row in rows:
             verified = _gatehouse("verify", "--config", config, row["id"])
             self.assertEqual(verified.returncode, 0, verified.stdout + verified.stderr)
@@ -282,21 +324,153 @@ class DemoTests(TestCase):
         self.assertEqual(Path(directory, "ca.crt").read_bytes(), ca)
         self.assertTrue(first_ids <= {r["id"] for r in self.sessions(config)})
         # ci-bot, an agent, may not drop (the demo's policy, by category).
-        drop = subprocess.run(
-            [
-                "sh",
-                "-c",
-                _command_for(lines, "ci-bot")
-                + " -X -A -t -v ON_ERROR_STOP=1 -c 'DROP OWNED BY CURRENT_USER'",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        drop = _psql(lines, "ci-bot", "DROP OWNED BY CURRENT_USER")
         self.assertNotEqual(drop.returncode, 0)
         self.assertIn('policy rule "no-destructive"', drop.stderr)
 
         self.assertStoppedClean(again, again.stop(signal.SIGTERM))
+
+    def check_policy(self, run: _DemoProcess, lines: list[str], directory: str) -> None:
+        """
+        The demo's policy, through the printed commands, judged on what
+        the clients receive and on what PostgreSQL holds.
+        """
+        direct = self.direct_query(run, lines, directory)
+        orders = "SELECT md5(string_agg(o::text, ',' ORDER BY id)) FROM orders o"
+        before = direct(orders)
+
+        # ci-bot reads, with e-mail addresses and card numbers masked.
+        read = _psql(lines, "ci-bot", "SELECT count(*) FROM orders")
+        self.assertEqual((read.returncode, read.stdout), (0, "20\n"), read.stderr)
+        read = _psql(
+            lines,
+            "ci-bot",
+            "SELECT c.email, p.card_number FROM customers c"
+            " JOIN payment_cards p ON p.customer_id = c.id ORDER BY c.id",
+        )
+        self.assertEqual(read.returncode, 0, read.stderr)
+        rows = [line.split("|") for line in read.stdout.splitlines()]
+        self.assertEqual(len(rows), 12, read.stdout)
+        for email, card in rows:
+            self.assertRegex(email, r"^[a-z]\*\*\*@\*\*\*\.(com|org|net)$")
+            self.assertRegex(card, r"^\*\*\*\*[* ]+\d{4}$")
+        for secret in _EMAILS + _CARDS:
+            self.assertNotIn(secret, read.stdout)
+            self.assertNotIn(secret.split("@")[0], read.stdout)
+        self.assertEqual(rows[0], ["a***@***.com", "**** **** **** 1111"])
+
+        # Destructive statements and writes without WHERE are refused.
+        for sql, rule in (
+            ("DELETE FROM orders", "no-destructive"),
+            ("DROP TABLE orders", "no-destructive"),
+            ("TRUNCATE orders", "no-destructive"),
+            ("UPDATE orders SET status = 'refunded'", "no-unbounded-writes"),
+        ):
+            refused = _psql(lines, "ci-bot", sql)
+            self.assertNotEqual(refused.returncode, 0, sql)
+            self.assertIn(f'policy rule "{rule}"', refused.stderr)
+        self.assertEqual(direct(orders), before)
+        self.assertEqual(direct("SELECT count(*) FROM orders"), "20")
+
+        # A schema change waits; the command in the NOTICE, run as printed
+        # with the printed token export, approves it as alice.
+        column = (
+            "SELECT count(*) FROM information_schema.columns"
+            " WHERE table_name = 'orders' AND column_name = 'note'"
+        )
+        held = subprocess.Popen(
+            [
+                "sh",
+                "-c",
+                _command_for(lines, "ci-bot") + " -X -A -t -v ON_ERROR_STOP=1"
+                " -c 'ALTER TABLE orders ADD COLUMN note text'",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.addCleanup(lambda: held.poll() is None and held.kill())
+        hint = _Lines(held.stderr).wait_for("HINT:", 20)
+        found = _APPROVE.search(hint)
+        self.assertIsNotNone(found, hint)
+        assert found is not None
+        approve = found.group(1)
+        self.assertIn(" --config ", approve)
+        self.assertEqual(direct(column), "0")
+        time.sleep(0.5)
+        self.assertIsNone(held.poll(), "the schema change did not wait")
+        env = dict(os.environ)
+        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
+        for name in list(env):
+            if name.startswith("GATEHOUSE_"):
+                del env[name]
+        export = _printed(lines, "export GATEHOUSE_TOKEN_FILE=")
+        # ci-bot cannot approve its own statement (nor use the API at all).
+        own = export.replace("alice.token", "ci-bot.token")
+
+        def shell(script: str) -> subprocess.CompletedProcess:
+            return subprocess.run(
+                ["sh", "-c", script],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=30,
+            )
+
+        refused = shell(f"{own}\n{approve}")
+        self.assertEqual(refused.returncode, 1, refused.stdout)
+        self.assertIn("may not use the admin API", refused.stderr)
+        self.assertEqual(direct(column), "0")
+        approved = shell(f"{export}\n{approve}")
+        self.assertEqual(approved.returncode, 0, approved.stderr)
+        self.assertRegex(approved.stdout, r"^apr-\w+: approved\n$")
+        _, err = held.communicate(timeout=20)
+        self.assertEqual(held.returncode, 0, err)
+        self.assertEqual(direct(column), "1")
+
+        # alice, the DBA, sees the values as stored.
+        mine = _psql(
+            lines,
+            "alice",
+            "SELECT c.email, p.card_number FROM customers c"
+            " JOIN payment_cards p ON p.customer_id = c.id WHERE c.id = 1",
+        )
+        self.assertEqual(
+            (mine.returncode, mine.stdout),
+            (0, "ada.lovelace@example.com|4111 1111 1111 1111\n"),
+            mine.stderr,
+        )
+
+    def direct_query(self, run: _DemoProcess, lines: list[str], directory: str) -> Any:
+        """
+        A function running SQL on the demo's PostgreSQL itself, as the
+        gateway's role, past the gateway.
+        """
+        port = None
+        for line in lines:
+            found = _PG_PORT.search(line)
+            if found:
+                port = found.group(1)
+        self.assertIsNotNone(port, lines)
+        password = Path(directory, "upstream.password").read_text().strip()
+        target = (
+            f"host=127.0.0.1 port={port} dbname=shop user={demo.UPSTREAM_ROLE}"
+            " sslmode=require"
+        )
+
+        def query(sql: str) -> str:
+            command = [pg_bin("psql"), "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"]
+            result = subprocess.run(
+                [*command, "-d", target, "-c", sql],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                env=clean_env(PGPASSWORD=password),
+            )
+            self.assertEqual(result.returncode, 0, result.stderr)
+            return result.stdout.strip()
+
+        return query
 
     def test_another_demo_running(self) -> None:
         """

@@ -63,6 +63,7 @@ class ExampleSandbox:
         self._ca: CA | None = None
         self._creators: dict[str, Callable[[Path], None]] = {
             "ca_file": self._ca_certificate,
+            "admin_ca_file": self._ca_certificate,
             "jwks_file": self._jwks,
             "hs256_secret_file": self._secret,
             "password_file": self._secret,

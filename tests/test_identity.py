@@ -689,6 +689,7 @@ class StaticTests(StaticVerifierMixin, SynchronousTestCase):
                 groups=("dev", "ops"),
                 issuer=self.issuer,
                 expires_at=NOW + 300,
+                valid_until=NOW + 300 + 30,
             ),
         )
 
@@ -936,6 +937,96 @@ def signedWithRSA(claims: object) -> str:
         signingInput.encode("ascii"), RSA_KEY
     )
     return signingInput + "." + b64(signature)
+
+
+class LifetimeTests(StaticVerifierMixin, SynchronousTestCase):
+    """
+    Tokens valid for longer than C{max_token_lifetime} are refused: their
+    lifetime is C{exp - iat}, measured from now when C{iat} is absent or
+    in the future.
+    """
+
+    def test_defaultIsADay(self) -> None:
+        """
+        By default a day's token is accepted and a longer one is not; a
+        token valid for ten years is refused, whatever its C{iat} says.
+        """
+        day = 24 * 3600
+        self.verified(signed(self.issuer, exp=int(NOW) + day))
+        self.assertRejected(
+            signed(self.issuer, exp=int(NOW) + day + 1),
+            f"token lifetime {day + 1}s (exp - iat) exceeds the maximum of {day}s",
+        )
+        decade = 10 * 365 * day
+        self.assertRejected(
+            signed(self.issuer, exp=int(NOW) + decade, iat=MISSING),
+            f"token lifetime {decade}s (exp - now) exceeds the maximum",
+        )
+        self.assertRejected(
+            signed(self.issuer, exp=int(NOW) + decade, iat=int(NOW) + 20),
+            f"token lifetime {decade}s (exp - now)",
+        )
+
+    def test_issuedLongAgo(self) -> None:
+        """
+        A token the issuer made valid for too long is refused even when
+        little of it is left: the lifetime counts from C{iat}.
+        """
+        verifier = TokenVerifier(
+            [IssuerConfig(self.issuer, (AUDIENCE,), jwks_file=self.jwksFile)],
+            self.clock,
+            max_token_lifetime=600,
+        )
+        self.assertRejected(
+            signed(self.issuer, iat=int(NOW) - 3000, exp=int(NOW) + 60),
+            "token lifetime 3060s (exp - iat) exceeds the maximum of 600s",
+            verifier,
+        )
+        identity = self.verified(
+            signed(self.issuer, iat=int(NOW) - 540, exp=int(NOW) + 60), verifier
+        )
+        self.assertEqual(identity.expires_at, NOW + 60)
+
+    def test_noIat(self) -> None:
+        """
+        Without C{iat}, what is left of the token counts.
+        """
+        verifier = TokenVerifier(
+            [IssuerConfig(self.issuer, (AUDIENCE,), jwks_file=self.jwksFile)],
+            self.clock,
+            max_token_lifetime=600,
+        )
+        self.verified(signed(self.issuer, iat=MISSING, exp=int(NOW) + 600), verifier)
+        self.assertRejected(
+            signed(self.issuer, iat=MISSING, exp=int(NOW) + 601),
+            "token lifetime 601s (exp - now)",
+            verifier,
+        )
+
+    def test_noLimit(self) -> None:
+        """
+        C{max_token_lifetime=None} accepts any lifetime.
+        """
+        verifier = TokenVerifier(
+            [IssuerConfig(self.issuer, (AUDIENCE,), jwks_file=self.jwksFile)],
+            self.clock,
+            max_token_lifetime=None,
+        )
+        identity = self.verified(
+            signed(self.issuer, exp=int(NOW) + 10 * 365 * 86400), verifier
+        )
+        self.assertEqual(identity.subject, "u-1234")
+
+    def test_validUntil(self) -> None:
+        """
+        The identity says until when the gateway accepts its token: C{exp}
+        plus the issuer's leeway.
+        """
+        verifier = self.makeVerifier(leeway=5)
+        identity = self.verified(signed(self.issuer), verifier)
+        self.assertEqual(
+            (identity.expires_at, identity.valid_until), (NOW + 300, NOW + 305)
+        )
 
 
 class FuzzTests(StaticVerifierMixin, SynchronousTestCase):

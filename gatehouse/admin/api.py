@@ -13,7 +13,13 @@ C{{"error": code, "message": text}}:
     GET  /api/v1/approvals/ID
     POST /api/v1/approvals/ID/approve   body (optional): {"comment": "..."}
     POST /api/v1/approvals/ID/deny      body (optional): {"comment": "..."}
-    GET  /api/v1/sessions[?open=1][&subject=X][&target=T][&protocol=P][&limit=N]
+    GET  /api/v1/sessions[?open=1][&subject=S][&name=N][&target=T][&protocol=P]
+                         [&limit=N]
+
+Query parameters an endpoint does not take, and parameters given twice,
+are refused with 400 (C{"error": "bad-parameter"}, the parameter named in
+C{"parameter"}): a filter is never ignored silently.  C{subject} is the
+identity's subject, exactly; C{name} a part of its display name, any case.
 """
 
 from __future__ import annotations
@@ -96,12 +102,15 @@ class _Problem(Exception):
         code: str,
         message: str,
         headers: Mapping[bytes, bytes] | None = None,
+        fields: Mapping[str, object] | None = None,
     ) -> None:
         super().__init__(status, code, message)
         self.status = status
         self.code = code
         self.message = message
         self.headers = dict(headers or {})
+        #: more members of the JSON answer
+        self.fields = dict(fields or {})
 
 
 def _body(value: object) -> bytes:
@@ -130,7 +139,7 @@ def _answer(request: Request, status: int, value: object) -> bytes:
 
 def _problem(request: Request, problem: _Problem) -> bytes:
     _prepare(request, problem.status, headers=problem.headers)
-    return _body({"error": problem.code, "message": problem.message})
+    return _body({**problem.fields, "error": problem.code, "message": problem.message})
 
 
 def _methods(request: Request, *allowed: bytes) -> None:
@@ -147,6 +156,31 @@ def _methods(request: Request, *allowed: bytes) -> None:
             f"{request.method.decode('ascii', 'replace')} is not allowed here",
             {b"allow": b", ".join(allowed)},
         )
+
+
+def _parameters(request: Request, *allowed: str) -> None:
+    """
+    @raise _Problem: 400, naming the first query parameter of C{request}
+        that is not one of C{allowed}, or that is given more than once.
+    """
+    for raw, values in (request.args or {}).items():
+        name = raw.decode("utf-8", "replace")
+        shown = name if len(name) <= 64 else name[:64] + "..."
+        if name not in allowed:
+            takes = ", ".join(allowed) if allowed else "no parameters"
+            raise _Problem(
+                400,
+                "bad-parameter",
+                f"unknown query parameter {shown!r} (this endpoint takes {takes})",
+                fields={"parameter": shown},
+            )
+        if len(values) > 1:
+            raise _Problem(
+                400,
+                "bad-parameter",
+                f"query parameter {shown!r} is given {len(values)} times",
+                fields={"parameter": shown},
+            )
 
 
 def _argument(request: Request, name: str) -> str | None:
@@ -437,15 +471,19 @@ class _API(Resource):
         match path:
             case ["v1", "approvals"]:
                 _methods(request, b"GET")
+                _parameters(request, "state", "limit")
                 return self._approvals(request)
             case ["v1", "approvals", requestID]:
                 _methods(request, b"GET")
+                _parameters(request)
                 return self._approval(requestID)
             case ["v1", "approvals", requestID, ("approve" | "deny") as action]:
                 _methods(request, b"POST")
+                _parameters(request)
                 return self._vote(request, identity, requestID, action)
             case ["v1", "sessions"]:
                 _methods(request, b"GET")
+                _parameters(request, "open", *FILTERS, "limit")
                 return self._sessions(request)
         raise _Problem(404, "not-found", "no such resource")
 
@@ -520,6 +558,13 @@ class _API(Resource):
         filters = {}
         for name in FILTERS:
             value = _argument(request, name)
+            if value == "":
+                raise _Problem(
+                    400,
+                    "bad-parameter",
+                    f"query parameter {name!r} must not be empty",
+                    fields={"parameter": name},
+                )
             if value is not None:
                 filters[name] = value
         directory = self._admin.sessions

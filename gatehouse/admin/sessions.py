@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 #: The filters L{ISessionDirectory.query} understands.
-FILTERS = ("subject", "target", "protocol")
+FILTERS = ("subject", "name", "target", "protocol")
 
 
 class NoSessionIndex(Exception):
@@ -44,8 +44,10 @@ class ISessionDirectory(Interface):
         """
         Sessions, open or ended, newest first.
 
-        @param filters: any of C{subject} (part of the subject or display
-            name, any case), C{target} and C{protocol} (exactly).
+        @param filters: any of C{subject}, C{target} and C{protocol}
+            (exactly), and C{name} (part of the display name, any case: a
+            display name is whatever a token claims, so confirm the
+            subject of what it finds).
         @param limit: at most this many.
         @return: fails with L{NoSessionIndex} if past sessions cannot be
             searched, or L{gatehouse.recording.index.IndexUnavailable} if the
@@ -58,15 +60,10 @@ def matches(session: Mapping[str, Any], filters: Mapping[str, str]) -> bool:
     Whether a session dict passes C{filters}, as L{ISessionDirectory.query}
     applies them.
     """
-    subject = filters.get("subject")
-    if subject:
-        needle = subject.lower()
-        if not (
-            needle in (session.get("subject") or "").lower()
-            or needle in (session.get("display_name") or "").lower()
-        ):
-            return False
-    for name in ("target", "protocol"):
+    name = filters.get("name")
+    if name and name.lower() not in (session.get("display_name") or "").lower():
+        return False
+    for name in ("subject", "target", "protocol"):
         wanted = filters.get(name)
         if wanted is not None and session.get(name) != wanted:
             return False
@@ -141,7 +138,8 @@ class HubSessionDirectory:
             reactor.getThreadPool(),
             query_sessions,
             path,
-            identity=filters.get("subject") or None,
+            identity=filters.get("subject"),
+            name=filters.get("name") or None,
             target=filters.get("target"),
             protocol=filters.get("protocol"),
             limit=limit,

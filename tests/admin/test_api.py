@@ -734,7 +734,14 @@ class SessionTests(AdminAPITestCase):
         self.assertEqual(body["sessions"][1]["subject"], "")
         _, body = yield self.call(b"GET", "/api/v1/sessions?open=1&protocol=postgres")
         self.assertEqual(self.ids(body), [str(self.anonymous.id), str(g.session.id)])
+        # The subject exactly; a part of the display name with name=.
         _, body = yield self.call(b"GET", "/api/v1/sessions?open=1&subject=ALI")
+        self.assertEqual(self.ids(body), [])
+        _, body = yield self.call(b"GET", "/api/v1/sessions?open=1&subject=alic")
+        self.assertEqual(self.ids(body), [])
+        _, body = yield self.call(b"GET", "/api/v1/sessions?open=1&subject=alice")
+        self.assertEqual(self.ids(body), [str(g.session.id)])
+        _, body = yield self.call(b"GET", "/api/v1/sessions?open=1&name=ALI")
         self.assertEqual(self.ids(body), [str(g.session.id)])
         _, body = yield self.call(b"GET", "/api/v1/sessions?open=1&target=bastion")
         self.assertEqual(self.ids(body), [str(self.bob.id)])
@@ -767,6 +774,10 @@ class SessionTests(AdminAPITestCase):
         )
         _, body = yield self.call(b"GET", "/api/v1/sessions?subject=carol&target=db")
         self.assertEqual(self.ids(body), [str(self.ended.id)])
+        _, body = yield self.call(b"GET", "/api/v1/sessions?subject=caro")
+        self.assertEqual(self.ids(body), [])
+        _, body = yield self.call(b"GET", "/api/v1/sessions?name=AROL")
+        self.assertEqual(self.ids(body), [str(self.ended.id)])
         _, body = yield self.call(b"GET", "/api/v1/sessions?protocol=ssh")
         self.assertEqual(self.ids(body), [str(self.bob.id)])
         _, body = yield self.call(b"GET", "/api/v1/sessions?limit=2")
@@ -781,6 +792,43 @@ class SessionTests(AdminAPITestCase):
         for query in ("limit=0", "limit=ten", "open=perhaps"):
             result = yield self.call(b"GET", f"/api/v1/sessions?{query}")
             self.assertError(result, 400, "bad-request")
+
+    @inlineCallbacks
+    def test_unknown_parameters(self) -> Any:
+        """
+        A parameter an endpoint does not take is refused with 400 naming
+        it, never ignored: C{?identity=dave} does not list everyone's
+        sessions.  So is a parameter given twice, or an empty filter.
+        """
+        g = self.gateway
+        request, _ = g.request()
+        cases = [
+            (b"GET", "/api/v1/sessions?identity=dave", "identity"),
+            (b"GET", "/api/v1/sessions?open=1&identity=dave", "identity"),
+            (b"GET", "/api/v1/sessions?subject=a&subject=b", "subject"),
+            (b"GET", "/api/v1/sessions?open=1&subject=", "subject"),
+            (b"GET", "/api/v1/sessions?name=", "name"),
+            (b"GET", "/api/v1/approvals?subject=alice", "subject"),
+            (b"GET", "/api/v1/approvals?state=all&state=pending", "state"),
+            (b"GET", f"/api/v1/approvals/{request.id}?verbose=1", "verbose"),
+            (b"POST", f"/api/v1/approvals/{request.id}/deny?force=1", "force"),
+            (b"POST", f"/api/v1/approvals/{request.id}/approve?as=carol", "as"),
+        ]
+        for method, path, parameter in cases:
+            result = yield self.call(method, path)
+            self.assertError(result, 400, "bad-parameter")
+            body = result[1]
+            self.assertEqual(body["parameter"], parameter, path)
+            self.assertIn(repr(parameter), body["message"])
+        _, body = yield self.call(b"GET", "/api/v1/sessions?identity=dave")
+        self.assertEqual(
+            body["message"],
+            "unknown query parameter 'identity' (this endpoint takes open,"
+            " subject, name, target, protocol, limit)",
+        )
+        # Nothing was voted.
+        self.assertEqual(g.broker.get(request.id).state, "pending")
+        self.assertEqual(g.broker.get(request.id).votes, ())
 
     @inlineCallbacks
     def test_index_unreadable(self) -> Any:

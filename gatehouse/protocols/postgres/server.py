@@ -1999,5 +1999,9 @@ class PostgresServerProtocol(Protocol):
     def _terminated(self, reason: str) -> Deferred | None:
         if self._closing:
             return None
-        self._fatal("57P01", "the gateway is shutting down", reason)
+        # What the target still runs is cancelled there by _close_upstream
+        # (through _fatal); a statement held here never runs.  The session
+        # may say why it ends (its token expired).
+        message = self.session.end_message or "the gateway is shutting down"
+        self._fatal("57P01", message, reason)
         return None

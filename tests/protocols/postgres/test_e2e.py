@@ -148,7 +148,9 @@ class GatewayTestCase(SynchronousTestCase):
             lines = [
                 line
                 for line in log.splitlines()
-                if "login.refused client_address=127.0.0." in line and reason in line
+                if "login.refused " in line
+                and "client_address=127.0.0." in line
+                and reason in line
             ]
             if len(lines) >= count or time.monotonic() > deadline:
                 break
