@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_MAX_TOKEN_BYTES",
     "DEFAULT_SEAL_INTERVAL",
     "DEFAULT_SEGMENT_MAX_BYTES",
+    "DEFAULT_SHUTDOWN_GRACE",
     "AdminConfig",
     "ConfigError",
     "ConfigSection",
@@ -47,7 +48,10 @@ __all__ = [
     "RecordingConfig",
     "TLSConfig",
     "TargetConfig",
+    "environment_problems",
     "load_config",
+    "signing_key_problems",
+    "tls_problems",
 ]
 
 DEFAULT_MAX_TOKEN_BYTES = 16384
@@ -55,6 +59,7 @@ DEFAULT_SEGMENT_MAX_BYTES = 16 * 1024 * 1024
 DEFAULT_SEAL_INTERVAL = 30.0
 DEFAULT_FLUSH_INTERVAL = 0.2
 DEFAULT_KEY_WARNING = 24 * 3600.0
+DEFAULT_SHUTDOWN_GRACE = 30.0
 MAX_LEEWAY = 300.0
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -81,9 +86,12 @@ class GatewayConfig:
     Who this gateway is.
 
     @ivar id: Names this gateway in every recording seal it signs.
+    @ivar shutdown_grace: Seconds open sessions get to finish after SIGTERM
+        before they are closed.
     """
 
     id: str
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
 
 
 @attrs.frozen
@@ -842,8 +850,9 @@ def _parse_gateway(section: ConfigSection | None) -> GatewayConfig | None:
     if section is None:
         return None
     gateway_id = section.string("id", required=True, pattern=_NAME, rule=_NAME_RULE)
+    grace = section.duration("shutdown_grace", DEFAULT_SHUTDOWN_GRACE)
     section.finish()
-    return GatewayConfig(id=gateway_id)
+    return GatewayConfig(id=gateway_id, shutdown_grace=grace)
 
 
 def _parse_identity(section: ConfigSection | None) -> IdentityConfig | None:

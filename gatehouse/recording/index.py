@@ -556,6 +556,31 @@ def _write_alone(conn: sqlite3.Connection, write: _Write) -> _Outcome:
     return _Outcome(False, f"{write.what}: {error}", error, placeholder)
 
 
+def _close_orphans(
+    conn: sqlite3.Connection, gateway_id: str, before: float, ended: float, reason: str
+) -> list[str]:
+    """L{SessionIndex.close_orphans} on the index thread."""
+    where = "gateway_id = ? AND ended IS NULL AND started < ?"
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        ids = [
+            row[0]
+            for row in conn.execute(
+                f"SELECT id FROM sessions WHERE {where}", (gateway_id, before)
+            )
+        ]
+        conn.execute(
+            f"UPDATE sessions SET ended = ?, close_reason = ? WHERE {where}",
+            (ended, reason, gateway_id, before),
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return ids
+
+
 class SessionIndex:
     """
     The daemon's writer to the session index.
@@ -691,6 +716,33 @@ class SessionIndex:
             d.callback(False)
 
     # reports from the data path
+
+    def close_orphans(
+        self, gateway_id: str, before: float, ended: float, reason: str
+    ) -> Deferred[list[str]]:
+        """
+        Mark as ended every session of C{gateway_id} that started before
+        C{before} and is still open in the index: at start, those were
+        left open by a gateway that died without closing them (C{kill -9},
+        power loss).  Their recordings are left as they are: the last
+        segment stays unsealed, as verify says.
+
+        Call it after L{start} has fired.
+
+        @return: Deferred firing with the ids of the sessions marked.
+        """
+        if not self._open:
+            return succeed([])
+        return deferToThreadPool(
+            self._reactor,
+            self._pool,
+            _close_orphans,
+            self._conn,
+            gateway_id,
+            before,
+            ended,
+            reason,
+        )
 
     def session_opened(self, row: SessionRow) -> Deferred[bool]:
         """Record a new session (its identity fields; counters start at zero)."""

@@ -51,18 +51,33 @@ class GatehouseServiceMaker:
         with status 1 instead of showing a traceback.  twistd calls this
         before it starts logging or daemonizes, so stderr is still the
         operator's terminal.
+
+        Unset C{password_env} variables are such errors too.  Signing keys
+        that cover nothing now are not (keys issued later are picked up):
+        they are logged, and C{/readyz} says not ready.
         """
-        from gatehouse.config import ConfigError, load_config
-        from gatehouse.service import makeService
+        from twisted.internet import reactor
+
+        from gatehouse.config import ConfigError, environment_problems, load_config
+        from gatehouse.service import install_signal_handlers, makeService
 
         try:
             config = load_config(options["config"])
+            problems = environment_problems(config)
+            if problems:
+                raise ConfigError(problems)
         except ConfigError as e:
             for line in e.lines():
                 sys.stderr.write(line + "\n")
             sys.stderr.flush()
             raise SystemExit(1)
-        return makeService(config)
+        service = makeService(config, reactor, drain=True)
+        # After Twisted's own handlers are in place, which ours replace:
+        # SIGHUP reloads, SIGTERM/SIGINT drain (see install_signal_handlers).
+        reactor.addSystemEventTrigger(
+            "after", "startup", install_signal_handlers, service, reactor
+        )
+        return service
 
 
 gatehouse = GatehouseServiceMaker()

@@ -274,6 +274,8 @@ class PostgresServerFactory(Factory):
         self.classifier = ClassifierPool(reactor, options.classify_workers)
         self.catalogs: dict[str, Catalog] = {}
         self.connections: set[PostgresServerProtocol] = set()
+        #: set while the gateway drains (SIGTERM): new clients are refused
+        self.draining = False
 
     def catalog(self, target: TargetConfig) -> Catalog:
         """The column catalog of C{target}, shared by its sessions."""
@@ -564,6 +566,11 @@ class PostgresServerProtocol(Protocol):
         owner.cancel_requested(self._peer)
 
     def _startup_message_received(self, message: codec.StartupMessage) -> None:
+        if self._factory.draining:
+            # As PostgreSQL does in a smart shutdown: after TLS, so that
+            # clients that insist on TLS see the error too.
+            self._fatal("57P03", "the gateway is shutting down", "gateway draining")
+            return
         if self._direct_tls:
             alpn = self.transport.getHandle().get_alpn_proto_negotiated()
             if alpn != b"postgresql":
