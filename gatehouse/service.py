@@ -32,7 +32,7 @@ from gatehouse.identity import TokenVerifier
 from gatehouse.metrics import GatewayMetrics
 from gatehouse.policy_config import ApprovalConfig
 from gatehouse.protocols import get_protocol
-from gatehouse.recording.index import SessionIndex
+from gatehouse.recording.index import CRASHED, SessionIndex
 from gatehouse.recording.keyring import KeyRing
 from gatehouse.recording.keys import NS
 from gatehouse.recording.recorder import SegmentRecorder, thread_executor
@@ -98,7 +98,7 @@ class _GatewayCore(Service):
         self.draining = False
 
     #: the index's end reason for sessions a dead gateway left open
-    CRASHED = "gateway crashed (found open at restart)"
+    CRASHED = CRASHED
 
     def startService(self) -> Deferred:
         super().startService()

@@ -432,6 +432,9 @@ _INSERT_COMMAND = """
         (session_id, seq, at, kind, text, decision, objects, escaped)
     VALUES (:session_id, :seq, :at, :kind, :text, :decision, :objects, :escaped)
 """
+#: the end reason of sessions a gateway left open when it died (kill -9,
+#: power loss), set at its next start; their recordings end unsealed
+CRASHED = "gateway crashed (found open at restart)"
 #: the kind of a command row that stands in for one the index could not write
 NOT_INDEXED = "(not indexed)"
 
@@ -1276,7 +1279,9 @@ def facts_for(path: str, session_id: str) -> IndexFacts | None:
     # The index hears of a seal only after it is durable, so the files
     # always hold at least what these facts claim.
     return IndexFacts(
-        closed=row.closed,
+        # A crash is not a close: the recorder never wrote the final seal,
+        # and verify must say so (an unsealed end), not that it was cut.
+        closed=row.closed and row.close_reason != CRASHED,
         segment_count=row.segments,
         final_link=row.last_link,
     )
