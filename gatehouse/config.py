@@ -18,6 +18,7 @@ import ipaddress
 import json
 import os
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -1073,12 +1074,12 @@ def tls_problems(certificate: str, key: str) -> list[tuple[str, str]]:
     else:
         try:
             leaf = x509.load_pem_x509_certificates(pem)[0]
-        except ValueError as e:
-            message = " ".join(str(e).split()) or "unreadable"
+        except ValueError:
             problems.append(
                 (
                     "certificate",
-                    f"{certificate} is not a valid PEM certificate: {message}",
+                    f"{certificate} is not a valid PEM certificate: its contents "
+                    "do not parse as X.509",
                 )
             )
     with open(key, "rb") as f:
@@ -1397,8 +1398,11 @@ def signing_key_problems(
     if end <= now_ns:
         later = [k for k in mine if k.certificate.not_before > now_ns]
         detail = (
-            "the next one starts in "
-            + _format_duration(round((later[0].certificate.not_before - now_ns) / NS))
+            "the next one starts at "
+            + time.strftime(
+                "%Y-%m-%d %H:%M:%S UTC",
+                time.gmtime(later[0].certificate.not_before // NS),
+            )
             if later
             else "issue keys with `gatehouse keys issue`"
         )
