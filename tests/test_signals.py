@@ -232,6 +232,10 @@ class DrainTests(DaemonTestCase):
         started = time.time()
         self.assertEqual(busy.execute("SELECT 1").fetchone(), (1,))
 
+        self.assertEqual(
+            self.get(gateway.admin_url + "/readyz"),
+            (200, {"status": "ready", "problems": []}),
+        )
         sent = time.monotonic()
         self.signal(gateway, signal.SIGTERM)
         self.wait_log(gateway, "Draining: 2 session(s) open")
@@ -248,6 +252,7 @@ class DrainTests(DaemonTestCase):
         status, body = self.get(gateway.admin_url + "/readyz")
         self.assertEqual(status, 503)
         self.assertIn("the gateway is shutting down", body["problems"])
+        self.assertEqual(self.get(gateway.admin_url + "/healthz")[0], 200)
 
         # A session that finishes within the grace period is not cut.
         self.assertEqual(busy.execute("SELECT pg_sleep(0.3), 2").fetchone()[1], 2)
