@@ -179,6 +179,27 @@ class ReloadTests(DaemonTestCase):
         self.assertEqual(peer_certificate(gateway.port), old_cert)
         self.assertEqual(gateway.process.poll(), None)
 
+        # Otherwise good, but a signing-key directory with no valid key.
+        empty = gateway.path("no-keys")
+        os.makedirs(empty)
+
+        def keyless(data: dict) -> None:
+            del data["gateway"]["idd"]
+            data["listeners"][0]["tls"]["key"] = gateway.path("tls", "localhost.key")
+            data["recording"]["signing_keys"] = empty
+
+        self.edit_config(gateway, keyless)
+        self.signal(gateway, signal.SIGHUP)
+        log = self.wait_log(gateway, "Reload refused: 1 problem(s)")
+        lines = [line.split(" ", 2)[-1] for line in log.splitlines()]
+        self.assertIn(
+            f"{path}: recording.signing_keys: no signing key in {empty} is valid "
+            "now (sessions would be refused); issue keys with `gatehouse keys "
+            "issue`",
+            lines,
+        )
+        self.assertEqual(gateway.psql("SELECT 1", target="app").returncode, 0)
+
     def test_listener_change_needs_restart(self) -> None:
         """
         A new listener port is not half-applied: the log says it needs a
