@@ -465,19 +465,21 @@ class GatewayService(MultiService):
             if running is None or _where(running[0]) != _where(listener):
                 continue
             adapter = get_protocol(listener.protocol)
+            update = getattr(adapter, "update_listener", None)
+            if update is None:
+                restart.append(f"listener {listener.name} (its protocol cannot reload)")
+                continue
             targets = tuple(t for t in new.targets if t.protocol == listener.protocol)
-            updates.append((adapter, running[1], listener, targets))
+            updates.append((listener, update(running[1], listener, targets)))
         verifier = _make_verifier(new, self._reactor)
         return _Prepared(tuple(restart), tuple(updates), verifier)
 
     def _apply(self, new: GatehouseConfig, prepared: _Prepared) -> None:
         components = self.components
         hub, core = components.hub, components.core
-        for adapter, service, listener, targets in prepared.listener_updates:
-            update = getattr(adapter, "update_listener", None)
-            if update is not None:
-                update(service, listener, targets)
-                self.listeners[listener.name] = (listener, service)
+        for listener, apply in prepared.listener_updates:
+            apply()
+            self.listeners[listener.name] = (listener, self.listeners[listener.name][1])
         components.verifier.current = prepared.verifier
         prepared.verifier.prefetch()
         hub.policy = new.policy
@@ -517,7 +519,8 @@ class _Prepared:
     """What a reload built before changing anything."""
 
     restart: tuple[str, ...]
-    listener_updates: tuple[tuple[Any, IService, ListenerConfig, Any], ...]
+    #: per listener, its new configuration and what applies it
+    listener_updates: tuple[tuple[ListenerConfig, Callable[[], None]], ...]
     verifier: TokenVerifier
 
 

@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -20,6 +21,7 @@ from cryptography.x509.oid import NameOID
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
+from gatehouse._pki import write_key
 from gatehouse.config import load_config
 from gatehouse.recording import keys as gkeys
 from gatehouse.service import build_components
@@ -57,7 +59,7 @@ class CheckConfigTests(MainTestCase):
     def test_mismatched_key(self) -> None:
         """A key that is not the certificate's."""
         key = ec.generate_private_key(ec.SECP256R1())
-        self.files.write("other.key", _pem_key(key))
+        write_key(key, Path(self.files["other.key"]))
         self.check(
             self.with_admin_tls(key="other.key"),
             f"admin.tls.key: {self.files['other.key']} does not match the "
@@ -106,7 +108,7 @@ class CheckConfigTests(MainTestCase):
     def test_expired_certificate(self) -> None:
         """A certificate past its end."""
         key = ec.generate_private_key(ec.SECP256R1())
-        self.files.write("old.key", _pem_key(key))
+        write_key(key, Path(self.files["old.key"]))
         self.files.write("old.crt", _self_signed(key, days_ago=10, days=5))
         end = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=5)
         path = self.files.save(
@@ -224,7 +226,7 @@ class StartupTests(SynchronousTestCase):
         MainTestCase.setUp(self)  # type: ignore[arg-type]
         use_dummy_protocol(self)
         key = ec.generate_private_key(ec.SECP256R1())
-        self.files.write("other.key", _pem_key(key))
+        write_key(key, Path(self.files["other.key"]))
         data = self.files.minimal()
         data["listeners"] = [
             {
@@ -291,14 +293,6 @@ class ReadinessTests(SynchronousTestCase):
         self.assertEqual(
             core.readiness_problems(), ["recording directory is not writable"]
         )
-
-
-def _pem_key(key: Any) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
 
 
 def _self_signed(key: Any, days_ago: int, days: int) -> bytes:

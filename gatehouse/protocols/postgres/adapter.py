@@ -103,28 +103,34 @@ class PostgresAdapter:
         service: IService,
         listener: ListenerConfig,
         targets: Sequence[TargetConfig],
-    ) -> None:
+    ) -> Callable[[], None]:
         """
-        Apply a reloaded configuration to a listener made by L{makeListener}
-        (same address and port): new connections get the new targets,
-        options and TLS certificate; open connections keep theirs.
+        Prepare a reloaded configuration for a listener made by
+        L{makeListener} (same address and port); the returned function
+        applies it: new connections get the new targets, options and TLS
+        certificate, open connections keep theirs.
 
-        @raise Exception: the new TLS files cannot be loaded (nothing changed).
+        @raise Exception: the new TLS files cannot be loaded (nothing changes).
         """
         tls = (
             server_tls_options(listener.tls, b"postgresql")
             if listener.tls is not None
             else None
         )
-        factory = service.factory
-        factory.tls = tls
-        factory.options = listener.options or config.PostgresListenerOptions()
+        options = listener.options or config.PostgresListenerOptions()
         new_targets = {t.name: t for t in targets}
-        # A catalog caches what one target's connection settings reach.
-        for name in list(factory.catalogs):
-            if factory.targets.get(name) != new_targets.get(name):
-                del factory.catalogs[name]
-        factory.targets = new_targets
+        factory = service.factory
+
+        def apply() -> None:
+            factory.tls = tls
+            factory.options = options
+            # A catalog caches what one target's connection settings reach.
+            for name in list(factory.catalogs):
+                if factory.targets.get(name) != new_targets.get(name):
+                    del factory.catalogs[name]
+            factory.targets = new_targets
+
+        return apply
 
     def set_draining(self, service: IService, draining: bool) -> None:
         """Refuse (57P03) or accept new clients of a listener."""
