@@ -293,7 +293,11 @@ def _notifiers(approval: ApprovalConfig | None, reactor: Any) -> list[Any]:
 
 
 def makeService(
-    config: GatehouseConfig, reactor: Any = None, *, drain: bool = False
+    config: GatehouseConfig,
+    reactor: Any = None,
+    *,
+    drain: bool = False,
+    signals: bool = False,
 ) -> GatewayService:
     """
     Create the gateway's top-level service.
@@ -302,11 +306,13 @@ def makeService(
     @param drain: Whether stopping waits up to C{gateway.shutdown_grace}
         for open sessions to end (the daemon); otherwise they are closed at
         once.
+    @param signals: Whether, once started, it handles SIGHUP, SIGTERM and
+        SIGINT itself (L{install_signal_handlers}; the daemon).
     """
     if reactor is None:
         from twisted.internet import reactor
     components = build_components(config, reactor)
-    top = GatewayService(components, drain=drain)
+    top = GatewayService(components, drain=drain, signals=signals)
     # MultiService starts children in order and stops them in reverse, so
     # listeners only run while the services they rely on do.
     for child in components.services:
@@ -343,18 +349,32 @@ class GatewayService(MultiService):
     #: seconds between looks at the open sessions while draining
     DRAIN_POLL = 0.1
 
-    def __init__(self, components: Components, *, drain: bool = False) -> None:
+    def __init__(
+        self, components: Components, *, drain: bool = False, signals: bool = False
+    ) -> None:
         super().__init__()
         self.components = components
         self.config = components.config
         self.drain = drain
+        self.signals = signals
         self.listeners: dict[str, tuple[ListenerConfig, IService]] = {}
         self._hurry = False
         self._stopping: Deferred | None = None
+        #: set by the first SIGTERM/SIGINT (see L{install_signal_handlers})
+        self.stop_requested = False
 
     @property
     def _reactor(self) -> Any:
         return self.components.reactor
+
+    def startService(self) -> None:
+        """Start every child; with C{signals}, take over the signals."""
+        super().startService()
+        if self.signals:
+            # After Twisted installs its own handlers, which ours replace.
+            self._reactor.addSystemEventTrigger(
+                "after", "startup", install_signal_handlers, self, self._reactor
+            )
 
     # -- stopping --------------------------------------------------------------
 
@@ -420,7 +440,8 @@ class GatewayService(MultiService):
         path = self.config.path
         self._log.info("Reloading the configuration from {path}", path=path)
         try:
-            new = load_config(path)
+            # Nothing on disk changes before the file is accepted.
+            new = load_config(path, create_directories=False)
             errors = environment_problems(new)
             if new.recording.signing_keys != self.config.recording.signing_keys:
                 errors += signing_key_problems(new, self._reactor.seconds())[0]
@@ -601,7 +622,8 @@ def _terminate(service: GatewayService, reactor: Any, signum: int) -> None:
     import signal
 
     name = signal.Signals(signum).name
-    if service._stopping is None and reactor.running:
+    if not service.stop_requested:
+        service.stop_requested = True
         _signal_log.info("{name}: stopping", name=name)
         reactor.stop()
     else:

@@ -59,7 +59,7 @@ class GatehouseServiceMaker:
         from twisted.internet import reactor
 
         from gatehouse.config import ConfigError, environment_problems, load_config
-        from gatehouse.service import install_signal_handlers, makeService
+        from gatehouse.service import makeService
 
         try:
             config = load_config(options["config"])
@@ -71,13 +71,8 @@ class GatehouseServiceMaker:
                 sys.stderr.write(line + "\n")
             sys.stderr.flush()
             raise SystemExit(1)
-        service = makeService(config, reactor, drain=True)
-        # After Twisted's own handlers are in place, which ours replace:
         # SIGHUP reloads, SIGTERM/SIGINT drain (see install_signal_handlers).
-        reactor.addSystemEventTrigger(
-            "after", "startup", install_signal_handlers, service, reactor
-        )
-        return service
+        return makeService(config, reactor, drain=True, signals=True)
 
 
 gatehouse = GatehouseServiceMaker()
