@@ -9,7 +9,7 @@ listening service per configured listener.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
@@ -371,9 +371,19 @@ class GatewayService(MultiService):
         """Start every child; with C{signals}, take over the signals."""
         super().startService()
         if self.signals:
-            # After Twisted installs its own handlers, which ours replace.
+            import signal
+
+            # At once (the listeners already accept, and SIGHUP's default
+            # ends the process), and again for SIGTERM and SIGINT once
+            # Twisted has installed its own handlers over ours.
+            install_signal_handlers(self, self._reactor)
             self._reactor.addSystemEventTrigger(
-                "after", "startup", install_signal_handlers, self, self._reactor
+                "after",
+                "startup",
+                install_signal_handlers,
+                self,
+                self._reactor,
+                (signal.SIGTERM, signal.SIGINT),
             )
 
     # -- stopping --------------------------------------------------------------
@@ -586,7 +596,9 @@ def _restart_needed(old: GatehouseConfig, new: GatehouseConfig) -> list[str]:
     return lines
 
 
-def install_signal_handlers(service: GatewayService, reactor: Any) -> None:
+def install_signal_handlers(
+    service: GatewayService, reactor: Any, signals: Iterable[int] | None = None
+) -> None:
     """
     Make the daemon's signals act on C{service}; call it once the reactor
     runs (it replaces Twisted's own SIGINT and SIGTERM handlers):
@@ -595,6 +607,8 @@ def install_signal_handlers(service: GatewayService, reactor: Any) -> None:
       - SIGTERM or SIGINT: drain and stop; a second one: stop now.
 
     Handlers only hand the work to the reactor (C{callFromThread}).
+
+    @param signals: only these of the three (default: all).
     """
     import signal
 
@@ -604,9 +618,9 @@ def install_signal_handlers(service: GatewayService, reactor: Any) -> None:
     def term(signum: int, frame: object) -> None:
         reactor.callFromThread(_terminate, service, reactor, signum)
 
-    signal.signal(signal.SIGHUP, hup)
-    signal.signal(signal.SIGTERM, term)
-    signal.signal(signal.SIGINT, term)
+    handlers = {signal.SIGHUP: hup, signal.SIGTERM: term, signal.SIGINT: term}
+    for signum in handlers if signals is None else signals:
+        signal.signal(signum, handlers[signum])
 
 
 _signal_log = Logger(namespace="gatehouse.signals")
