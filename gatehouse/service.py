@@ -9,6 +9,7 @@ listening service per configured listener.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -96,6 +97,7 @@ class _GatewayCore(Service):
         self.index = index
         self.hub = hub
         self.draining = False
+        self.recording_directory: str | None = None
 
     #: the index's end reason for sessions a dead gateway left open
     CRASHED = CRASHED
@@ -145,9 +147,17 @@ class _GatewayCore(Service):
             problems.append("the gateway is shutting down")
         if self.keyring.current(int(self.hub.clock.seconds() * NS)) is None:
             problems.append("no signing key is valid now")
-        recorder_problems = getattr(self.hub.recorder, "readiness_problems", None)
+        recorder = self.hub.recorder
+        recorder_problems = getattr(recorder, "readiness_problems", None)
         if recorder_problems is not None:
             problems.extend(recorder_problems())
+        elif self.recording_directory is not None and not os.access(
+            self.recording_directory, os.W_OK | os.X_OK
+        ):
+            # Until the recorder says for itself (directory and disk reserve).
+            problems.append(
+                f"the recording directory {self.recording_directory} is not writable"
+            )
         return problems
 
     @inlineCallbacks
@@ -213,6 +223,7 @@ def build_components(config: GatehouseConfig, reactor: Any) -> Components:
         metrics=metrics,
     )
     core = _GatewayCore(pool, keyring, index, hub)
+    core.recording_directory = recording.directory
     core.setName("core")
     services: list[IService] = [core]
     if config.admin is not None:

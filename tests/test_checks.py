@@ -282,6 +282,25 @@ class ReadinessTests(SynchronousTestCase):
         core.draining = True
         self.assertEqual(core.readiness_problems(), ["the gateway is shutting down"])
 
+    def test_recording_directory_not_writable(self) -> None:
+        """A recording directory the gateway cannot write to: not ready."""
+        core = self.core()
+        # The fallback for a recorder that does not report for itself (a
+        # recorder that does: test_recorder_problems).
+        self.patch(core.hub, "recorder", object())
+        os.makedirs(self.files["recordings"], exist_ok=True)
+        os.chmod(self.files["recordings"], 0o500)
+        self.addCleanup(os.chmod, self.files["recordings"], 0o700)
+        if os.access(self.files["recordings"], os.W_OK):
+            # root may write anyway: make it not a directory instead.
+            os.chmod(self.files["recordings"], 0o700)
+            os.rmdir(self.files["recordings"])
+            self.files.write("recordings", "a file\n")
+        self.assertEqual(
+            core.readiness_problems(),
+            [f"the recording directory {self.files['recordings']} is not writable"],
+        )
+
     def test_recorder_problems(self) -> None:
         """The recorder's own problems (a3's readiness_problems) are listed."""
         core = self.core()
