@@ -23,10 +23,12 @@ import yaml
 from twisted.trial.unittest import SynchronousTestCase
 
 from gatehouse.protocols.postgres import codec
+from gatehouse.recording import keys as gkeys
+from gatehouse.recording.format import Delegation, SegmentHeader, segment_filename
 from gatehouse.recording.index import CRASHED, get_session, query_sessions
 from gatehouse.recording.verify import verify_session
 from tests.fixtures.postgres import shared_cluster
-from tests.protocols.postgres.harness import Gateway
+from tests.protocols.postgres.harness import GATEWAY_ID, Gateway
 from tests.protocols.postgres.test_e2e import RawClient, error_of
 
 #: a statement the reloaded policy refuses
@@ -121,12 +123,19 @@ class ReloadTests(DaemonTestCase):
             str(p)
             for p in gateway.ca.issue("localhost", directory=gateway.path("tls2"))
         )
+        # New signing keys, in a new directory, from the same root.
+        root = gkeys.load_root_private(gateway.path("root.key"))
+        new_keys = gkeys.issue_epoch_keys(
+            root, GATEWAY_ID, time.time_ns() - 60 * 10**9, 3600 * 10**9, 2
+        )
+        gkeys.KeyDirectory(gateway.path("signing2")).add(new_keys)
 
         def change(data: dict) -> None:
             app = next(t for t in data["targets"] if t["name"] == "app")
             data["targets"].append({**app, "name": "app_new"})
             data["policy"] = {"rules": [MAGIC_RULE], "opaque": "deny"}
             data["listeners"][0]["tls"] = {"certificate": cert, "key": key}
+            data["recording"]["signing_keys"] = gateway.path("signing2")
 
         self.edit_config(gateway, change)
         self.signal(gateway, signal.SIGHUP)
@@ -141,6 +150,20 @@ class ReloadTests(DaemonTestCase):
         fresh = gateway.psql(MAGIC)
         self.assertNotEqual(fresh.returncode, 0)
         self.assertIn("no-magic", fresh.stderr)
+        # New sessions are signed with the new keys.
+        after = time.time()
+        self.assertEqual(gateway.psql("SELECT 4").returncode, 0)
+        newest = max(
+            (r for r in query_sessions(self.index_path(gateway), limit=None)),
+            key=lambda r: r.started,
+        )
+        self.assertGreaterEqual(newest.started, after - 1)
+        with open(os.path.join(newest.directory, segment_filename(0)), "rb") as f:
+            header, _ = SegmentHeader.parse(f.read())
+        signer = Delegation.from_bytes(header.delegation).certificate.key_id
+        self.assertIn(signer, [k.certificate.key_id for k in new_keys])
+        report = verify_session(newest.directory, gateway.anchors())
+        self.assertEqual(report.findings, ())
         # The live session goes on, with the policy it started with.
         self.assertEqual(live.execute("SELECT 3").fetchone(), (3,))
         self.assertEqual(live.execute(MAGIC).fetchone(), ("magic_word_4711",))
