@@ -1091,9 +1091,10 @@ def tls_problems(certificate: str, key: str) -> list[tuple[str, str]]:
         problems.append(
             ("key", f"{key} is encrypted; the gateway needs it unencrypted")
         )
-    except (ValueError, UnsupportedAlgorithm) as e:
-        message = " ".join(str(e).split()).split(". See")[0] or "unreadable"
-        problems.append(("key", f"{key} is not a valid PEM private key: {message}"))
+    except (ValueError, UnsupportedAlgorithm):
+        problems.append(
+            ("key", f"{key} is not a valid PEM private key (or not a supported type)")
+        )
     if leaf is None:
         return problems
     import datetime
