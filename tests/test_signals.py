@@ -153,10 +153,14 @@ class ReloadTests(DaemonTestCase):
         # New sessions are signed with the new keys.
         after = time.time()
         self.assertEqual(gateway.psql("SELECT 4").returncode, 0)
-        newest = max(
-            (r for r in query_sessions(self.index_path(gateway), limit=None)),
-            key=lambda r: r.started,
-        )
+        newest = wait_for(
+            "the new session sealed in the index",
+            lambda: [
+                r
+                for r in query_sessions(self.index_path(gateway), limit=None)
+                if r.started >= after and r.final
+            ],
+        )[0]
         self.assertGreaterEqual(newest.started, after - 1)
         with open(os.path.join(newest.directory, segment_filename(0)), "rb") as f:
             header, _ = SegmentHeader.parse(f.read())
