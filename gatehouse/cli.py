@@ -119,10 +119,25 @@ def configure_check_config(parser: argparse.ArgumentParser) -> Handler:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from gatehouse.config import load_config
+    import time
+
+    from gatehouse.config import (
+        ConfigError,
+        environment_problems,
+        load_config,
+        signing_key_problems,
+    )
 
     # Checking must not change anything on disk.
     config = load_config(args.file, create_directories=False)
+    # What depends on this process's environment and the clock: the
+    # daemon runs the same checks at start and on reload.
+    errors, warnings = signing_key_problems(config, time.time())
+    errors = environment_problems(config) + errors
+    if errors:
+        raise ConfigError(errors)
+    for warning in warnings:
+        sys.stderr.write(f"warning: {warning}\n")
     print("ok")
     for target in config.targets:
         # Which upstream account each group logs in as, where that differs

@@ -18,6 +18,7 @@ import ipaddress
 import json
 import os
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -37,6 +38,7 @@ __all__ = [
     "DEFAULT_MAX_TOKEN_LIFETIME",
     "DEFAULT_SEAL_INTERVAL",
     "DEFAULT_SEGMENT_MAX_BYTES",
+    "DEFAULT_SHUTDOWN_GRACE",
     "AdminAccess",
     "AdminConfig",
     "ConfigError",
@@ -49,7 +51,10 @@ __all__ = [
     "RecordingConfig",
     "TLSConfig",
     "TargetConfig",
+    "environment_problems",
     "load_config",
+    "signing_key_problems",
+    "tls_problems",
 ]
 
 DEFAULT_MAX_TOKEN_BYTES = 16384
@@ -59,6 +64,7 @@ DEFAULT_SEGMENT_MAX_BYTES = 16 * 1024 * 1024
 DEFAULT_SEAL_INTERVAL = 30.0
 DEFAULT_FLUSH_INTERVAL = 0.2
 DEFAULT_KEY_WARNING = 24 * 3600.0
+DEFAULT_SHUTDOWN_GRACE = 30.0
 MAX_LEEWAY = 300.0
 #: the longest identity.max_token_lifetime a configuration may set
 MAX_TOKEN_LIFETIME = 365 * 86400.0
@@ -87,9 +93,12 @@ class GatewayConfig:
     Who this gateway is.
 
     @ivar id: Names this gateway in every recording seal it signs.
+    @ivar shutdown_grace: Seconds open sessions get to finish after SIGTERM
+        before they are closed.
     """
 
     id: str
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
 
 
 @attrs.frozen
@@ -920,8 +929,9 @@ def _parse_gateway(section: ConfigSection | None) -> GatewayConfig | None:
     if section is None:
         return None
     gateway_id = section.string("id", required=True, pattern=_NAME, rule=_NAME_RULE)
+    grace = section.duration("shutdown_grace", DEFAULT_SHUTDOWN_GRACE)
     section.finish()
-    return GatewayConfig(id=gateway_id)
+    return GatewayConfig(id=gateway_id, shutdown_grace=grace)
 
 
 def _parse_identity(section: ConfigSection | None) -> IdentityConfig | None:
@@ -1125,7 +1135,84 @@ def _parse_tls(section: ConfigSection | None) -> TLSConfig | None:
     certificate = section.readable_file("certificate", required=True)
     key = section.readable_file("key", required=True)
     section.finish()
+    if certificate is not None and key is not None:
+        for where, message in tls_problems(certificate, key):
+            section.problem(message, where)
     return TLSConfig(certificate=certificate, key=key)
+
+
+def tls_problems(certificate: str, key: str) -> list[tuple[str, str]]:
+    """
+    Check a PEM certificate chain and private key the way the TLS server
+    will use them: both parse, the key is not encrypted, the first
+    certificate (the leaf) is for that key, and it is valid now.
+
+    @return: (key, message) per problem; C{key} is C{certificate} or C{key}.
+    """
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    problems: list[tuple[str, str]] = []
+    with open(certificate, "rb") as f:
+        pem = f.read()
+    leaf = None
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        problems.append(("certificate", f"{certificate} holds no PEM certificate"))
+    else:
+        try:
+            leaf = x509.load_pem_x509_certificates(pem)[0]
+        except ValueError:
+            problems.append(
+                (
+                    "certificate",
+                    f"{certificate} is not a valid PEM certificate: its contents "
+                    "do not parse as X.509",
+                )
+            )
+    with open(key, "rb") as f:
+        key_pem = f.read()
+    private = None
+    try:
+        private = serialization.load_pem_private_key(key_pem, password=None)
+    except TypeError:
+        problems.append(
+            ("key", f"{key} is encrypted; the gateway needs it unencrypted")
+        )
+    except (ValueError, UnsupportedAlgorithm):
+        problems.append(
+            ("key", f"{key} is not a valid PEM private key (or not a supported type)")
+        )
+    if leaf is None:
+        return problems
+    import datetime
+
+    now = datetime.datetime.now(datetime.UTC)
+    if leaf.not_valid_after_utc <= now:
+        problems.append(
+            (
+                "certificate",
+                f"{certificate} expired on "
+                f"{leaf.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC",
+            )
+        )
+    elif leaf.not_valid_before_utc > now:
+        problems.append(
+            (
+                "certificate",
+                f"{certificate} is not valid before "
+                f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC",
+            )
+        )
+    if private is not None:
+        spki = serialization.PublicFormat.SubjectPublicKeyInfo
+        der = serialization.Encoding.DER
+        leaf_public = leaf.public_key().public_bytes(der, spki)
+        if leaf_public != private.public_key().public_bytes(der, spki):
+            problems.append(
+                ("key", f"{key} does not match the certificate in {certificate}")
+            )
+    return problems
 
 
 def _parse_protocol(section: ConfigSection) -> tuple[str | None, Any]:
@@ -1272,7 +1359,21 @@ def _parse_admin(section: ConfigSection) -> AdminConfig:
     tls = _parse_tls(section.section("tls"))
     groups = section.strings("groups", single=True)
     section.finish()
+    if tls is None and "tls" not in section.raw and not _is_loopback(address):
+        # Bearer tokens of approvers cross this socket.
+        section.problem(
+            f"{address} is not a loopback address: the admin API needs tls "
+            "(certificate and key) to listen there",
+            "address",
+        )
     return AdminConfig(address=address, port=port, tls=tls, groups=groups)
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 def _overlaps(first: str, second: str) -> bool:
@@ -1322,3 +1423,101 @@ def _check_ports(
                 break
         else:
             taken.append((address, port, label))
+
+
+# Checks of the environment the configuration runs in
+
+
+def environment_problems(config: GatehouseConfig) -> list[Problem]:
+    """
+    Report every C{password_env} (a target's, or one of its C{credentials})
+    that names an environment variable that is not set in this process.
+
+    Separate from L{load_config}: the answer depends on the process
+    environment, so C{gatehouse check-config} and the daemon (start and
+    reload) ask it of their own environment.
+    """
+    problems = []
+    for n, target in enumerate(config.targets):
+        options = target.options
+        sources = [("", options)]
+        sources += [
+            (f"credentials[{i}].", entry)
+            for i, entry in enumerate(getattr(options, "credentials", ()) or ())
+        ]
+        for prefix, source in sources:
+            name = getattr(source, "password_env", None)
+            if name is not None and not os.environ.get(name):
+                state = "empty" if name in os.environ else "not set"
+                problems.append(
+                    Problem(
+                        config.path,
+                        f"targets[{n}].options.{prefix}password_env",
+                        f"environment variable {name} is {state}",
+                    )
+                )
+    return problems
+
+
+def signing_key_problems(
+    config: GatehouseConfig, now: float
+) -> tuple[list[Problem], list[Problem]]:
+    """
+    Check that the signing keys (C{recording.signing_keys}) can sign now and
+    for how long: no key valid at C{now} is an error (sessions would be
+    refused), and coverage ending within C{recording.key_warning} is a
+    warning.  Nothing is written (expired keys are not erased).
+
+    @return: (errors, warnings).
+    """
+    from gatehouse.recording.keys import NS, KeyDirectory, covered_until
+
+    recording = config.recording
+    where = "recording.signing_keys"
+    keys, read_problems = KeyDirectory(recording.signing_keys).load()
+    errors = [Problem(config.path, where, p) for p in read_problems]
+    now_ns = int(now * NS)
+    mine = []
+    for key in keys:
+        if key.certificate.gateway_id != config.gateway.id:
+            errors.append(
+                Problem(
+                    config.path,
+                    where,
+                    f"key {key.filename()} was issued for gateway "
+                    f"{key.certificate.gateway_id!r}, not {config.gateway.id!r}",
+                )
+            )
+        elif key.certificate.not_after > now_ns:
+            mine.append(key)
+    end = covered_until(mine, now_ns)
+    warnings = []
+    if end <= now_ns:
+        later = [k for k in mine if k.certificate.not_before > now_ns]
+        detail = (
+            "the next one starts at "
+            + time.strftime(
+                "%Y-%m-%d %H:%M:%S UTC",
+                time.gmtime(later[0].certificate.not_before // NS),
+            )
+            if later
+            else "issue keys with `gatehouse keys issue`"
+        )
+        errors.append(
+            Problem(
+                config.path,
+                where,
+                f"no signing key in {recording.signing_keys} is valid now "
+                f"(sessions would be refused); {detail}",
+            )
+        )
+    elif (left := (end - now_ns) / NS) < recording.key_warning:
+        warnings.append(
+            Problem(
+                config.path,
+                where,
+                f"signing keys run out in {_format_duration(round(left))}; "
+                "issue more with `gatehouse keys issue`",
+            )
+        )
+    return errors, warnings

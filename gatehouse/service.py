@@ -9,29 +9,47 @@ listening service per configured listener.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from gatehouse.approval import ApprovalBroker, LogNotifier, WebhookNotifier
 from gatehouse.cli_approvals import approve_options
-from gatehouse.config import GatehouseConfig
+from gatehouse.config import (
+    ConfigError,
+    GatehouseConfig,
+    ListenerConfig,
+    environment_problems,
+    load_config,
+    signing_key_problems,
+)
 from gatehouse.identity import TokenVerifier
 from gatehouse.limits import raise_open_file_limit
 from gatehouse.metrics import GatewayMetrics
 from gatehouse.policy_config import ApprovalConfig
 from gatehouse.protocols import get_protocol
-from gatehouse.recording.index import SessionIndex
+from gatehouse.recording.index import CRASHED, SessionIndex
 from gatehouse.recording.keyring import KeyRing
+from gatehouse.recording.keys import NS
 from gatehouse.recording.recorder import SegmentRecorder, thread_executor
 from gatehouse.session import SessionHub
 
-__all__ = ["Components", "build_components", "makeService"]
+__all__ = [
+    "Components",
+    "GatewayService",
+    "SwappableVerifier",
+    "build_components",
+    "install_signal_handlers",
+    "makeService",
+    "reopen_logs",
+]
 
 
 def _sessions_unavailable(*args: object, **kwargs: object) -> Any:
@@ -58,6 +76,10 @@ class Components:
     session_factory: Callable[..., Any] = _sessions_unavailable
     services: tuple[IService, ...] = ()
     hub: Any = None
+    #: what a reload reaches (see L{GatewayService.reload})
+    core: Any = None
+    verifier: Any = None
+    admin_site: Any = None
 
 
 class _GatewayCore(Service):
@@ -76,6 +98,11 @@ class _GatewayCore(Service):
         self.keyring = keyring
         self.index = index
         self.hub = hub
+        self.draining = False
+        self.recording_directory: str | None = None
+
+    #: the index's end reason for sessions a dead gateway left open
+    CRASHED = CRASHED
 
     def startService(self) -> Deferred:
         super().startService()
@@ -87,7 +114,54 @@ class _GatewayCore(Service):
         # Fetch the issuers' keys now rather than on the first login; this
         # never fails (problems are logged, and keys are fetched on demand).
         self.hub.verifier.prefetch()
-        return self.index.start()
+        started = self.hub.clock.seconds()
+        d = self.index.start()
+        d.addCallback(lambda _: self._close_orphans(started))
+        return d
+
+    @inlineCallbacks
+    def _close_orphans(self, started: float) -> Deferred:
+        """Sessions open in the index at start were left by a crash."""
+        try:
+            ids = yield self.index.close_orphans(
+                self.hub.gateway_id, started, started, self.CRASHED
+            )
+        except Exception:
+            self._log.failure("Marking sessions a crash left open")
+            return
+        if ids:
+            self._log.warn(
+                "{count} session(s) were open in the index at start (the gateway "
+                "did not stop cleanly); marked ended: {reason}; their recordings "
+                "end unsealed: {ids}",
+                count=len(ids),
+                reason=self.CRASHED,
+                ids=" ".join(ids),
+            )
+
+    def readiness_problems(self) -> list[str]:
+        """
+        Why new sessions would be refused now (empty: ready): no signing
+        key valid now, the recorder's own problems (directory, disk
+        reserve), or a drain in progress.
+        """
+        problems = []
+        if self.draining:
+            problems.append("the gateway is shutting down")
+        if self.keyring.current(int(self.hub.clock.seconds() * NS)) is None:
+            problems.append("no signing key is valid now")
+        recorder = self.hub.recorder
+        recorder_problems = getattr(recorder, "readiness_problems", None)
+        if recorder_problems is not None:
+            problems.extend(recorder_problems())
+        elif self.recording_directory is not None and not os.access(
+            self.recording_directory, os.W_OK | os.X_OK
+        ):
+            # Until the recorder says for itself (directory and disk reserve).
+            problems.append(
+                f"the recording directory {self.recording_directory} is not writable"
+            )
+        return problems
 
     @inlineCallbacks
     def stopService(self) -> Deferred:
@@ -129,12 +203,7 @@ def build_components(config: GatehouseConfig, reactor: Any) -> Components:
         seal_interval=recording.seal_interval,
         flush_interval=recording.flush_interval,
     )
-    verifier = TokenVerifier(
-        config.identity.issuers,
-        reactor,
-        max_token_bytes=config.identity.max_token_bytes,
-        max_token_lifetime=config.identity.max_token_lifetime,
-    )
+    verifier = SwappableVerifier(_make_verifier(config, reactor))
     index = SessionIndex(recording.index, reactor)
     metrics = GatewayMetrics(clock=reactor)
     metrics.watch_signing_keys(
@@ -165,6 +234,7 @@ def build_components(config: GatehouseConfig, reactor: Any) -> Components:
         ),
     )
     core = _GatewayCore(pool, keyring, index, hub)
+    core.recording_directory = recording.directory
     core.setName("core")
     services: list[IService] = [core]
     if config.admin is not None:
@@ -181,17 +251,45 @@ def build_components(config: GatehouseConfig, reactor: Any) -> Components:
             HubSessionDirectory(hub),
             reactor,
             groups=frozenset(config.admin.groups) or _approver_groups(hub.policy),
+            readiness=core.readiness_problems,
         )
         admin = make_admin_service(config.admin, site, reactor)
         admin.setName("admin")
         services.append(admin)
+    else:
+        site = None
     return Components(
         config=config,
         reactor=reactor,
         session_factory=hub.open,
         services=tuple(services),
         hub=hub,
+        core=core,
+        verifier=verifier,
+        admin_site=site,
     )
+
+
+def _make_verifier(config: GatehouseConfig, reactor: Any) -> TokenVerifier:
+    return TokenVerifier(
+        config.identity.issuers,
+        reactor,
+        max_token_bytes=config.identity.max_token_bytes,
+        max_token_lifetime=config.identity.max_token_lifetime,
+    )
+
+
+class SwappableVerifier:
+    """
+    Verifies tokens with the current L{TokenVerifier}: a reload swaps it
+    while the hub and the admin API keep this one object.
+    """
+
+    def __init__(self, current: TokenVerifier) -> None:
+        self.current = current
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.current, name)
 
 
 def _approver_groups(policy: Any) -> frozenset[str]:
@@ -220,16 +318,27 @@ def _notifiers(
     return notifiers
 
 
-def makeService(config: GatehouseConfig, reactor: Any = None) -> MultiService:
+def makeService(
+    config: GatehouseConfig,
+    reactor: Any = None,
+    *,
+    drain: bool = False,
+    signals: bool = False,
+) -> GatewayService:
     """
     Create the gateway's top-level service.
 
     @param reactor: Defaults to the global reactor.
+    @param drain: Whether stopping waits up to C{gateway.shutdown_grace}
+        for open sessions to end (the daemon); otherwise they are closed at
+        once.
+    @param signals: Whether, once started, it handles SIGHUP, SIGTERM and
+        SIGINT itself (L{install_signal_handlers}; the daemon).
     """
     if reactor is None:
         from twisted.internet import reactor
     components = build_components(config, reactor)
-    top = MultiService()
+    top = GatewayService(components, drain=drain, signals=signals)
     # MultiService starts children in order and stops them in reverse, so
     # listeners only run while the services they rely on do.
     for child in components.services:
@@ -243,4 +352,375 @@ def makeService(config: GatehouseConfig, reactor: Any = None) -> MultiService:
         if child.name is None:
             child.setName(f"listener:{listener.name}")
         child.setServiceParent(top)
+        top.listeners[listener.name] = (listener, child)
     return top
+
+
+class GatewayService(MultiService):
+    """
+    The gateway's top-level service: its children, plus what the daemon's
+    signals ask of it as a whole.
+
+      - L{reload} (SIGHUP) applies a new configuration file to new sessions,
+        or refuses it and keeps the running one;
+      - stopping (SIGTERM) drains first when made with C{drain=True}: new
+        clients are refused (PostgreSQL 57P03), open sessions get
+        C{gateway.shutdown_grace} to end, then the rest are closed (57P01)
+        and sealed; L{hurry} (a second signal) cuts the wait short.
+
+    @ivar listeners: listener name -> (its L{ListenerConfig}, its service).
+    """
+
+    _log = Logger()
+    #: seconds between looks at the open sessions while draining
+    DRAIN_POLL = 0.1
+
+    def __init__(
+        self, components: Components, *, drain: bool = False, signals: bool = False
+    ) -> None:
+        super().__init__()
+        self.components = components
+        self.config = components.config
+        self.drain = drain
+        self.signals = signals
+        self.listeners: dict[str, tuple[ListenerConfig, IService]] = {}
+        self._hurry = False
+        self._stopping: Deferred | None = None
+        #: set by the first SIGTERM/SIGINT (see L{install_signal_handlers})
+        self.stop_requested = False
+
+    @property
+    def _reactor(self) -> Any:
+        return self.components.reactor
+
+    def startService(self) -> None:
+        """Start every child; with C{signals}, take over the signals."""
+        super().startService()
+        if self.signals:
+            import signal
+
+            # At once (the listeners already accept, and SIGHUP's default
+            # ends the process), and again for SIGTERM and SIGINT once
+            # Twisted has installed its own handlers over ours.
+            install_signal_handlers(self, self._reactor)
+            self._reactor.addSystemEventTrigger(
+                "after",
+                "startup",
+                install_signal_handlers,
+                self,
+                self._reactor,
+                (signal.SIGTERM, signal.SIGINT),
+            )
+
+    # -- stopping --------------------------------------------------------------
+
+    def stopService(self) -> Deferred:
+        """Drain (if asked to), then stop every child (sealing sessions)."""
+        if self._stopping is None:
+            self._stopping = Deferred.fromCoroutine(self._stop())
+        return self._stopping
+
+    async def _stop(self) -> None:
+        if self.drain:
+            await self._drain()
+        await super().stopService()
+
+    def hurry(self) -> None:
+        """End a drain now: open sessions are closed without more waiting."""
+        self._hurry = True
+
+    async def _drain(self) -> None:
+        core, hub = self.components.core, self.components.hub
+        core.draining = True
+        for listener, service in self.listeners.values():
+            set_draining = getattr(
+                get_protocol(listener.protocol), "set_draining", None
+            )
+            if set_draining is not None:
+                set_draining(service, True)
+        grace = self.config.gateway.shutdown_grace
+        clock = self._reactor
+        deadline = clock.seconds() + grace
+        self._log.info(
+            "Draining: {count} session(s) open; new clients are refused; "
+            "waiting up to {grace} s for them to end (signal again to stop now)",
+            count=len(hub.sessions),
+            grace=grace,
+        )
+        while hub.sessions and not self._hurry:
+            left = deadline - clock.seconds()
+            if left <= 0:
+                break
+            await deferLater(clock, min(self.DRAIN_POLL, left))
+        if hub.sessions:
+            self._log.warn(
+                "Closing {count} session(s) still open after the drain",
+                count=len(hub.sessions),
+            )
+        else:
+            self._log.info("Drained: every session ended")
+
+    # -- reloading -------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """
+        Read the configuration file again and apply it to new sessions.
+
+        A file with problems is refused, each problem logged on its own line,
+        and the running configuration stays.  What cannot change without a
+        restart (listener addresses, the recording directory, the admin
+        API's address, ...) is logged and left as it is; the rest applies.
+
+        @return: whether the new configuration was applied.
+        """
+        path = self.config.path
+        self._log.info("Reloading the configuration from {path}", path=path)
+        try:
+            # Nothing on disk changes before the file is accepted.
+            new = load_config(path, create_directories=False)
+            errors = environment_problems(new)
+            if new.recording.signing_keys != self.config.recording.signing_keys:
+                errors += signing_key_problems(new, self._reactor.seconds())[0]
+            if errors:
+                raise ConfigError(errors)
+            prepared = self._prepare(new)
+        except ConfigError as e:
+            self._refused(e.lines())
+            return False
+        except Exception as e:
+            self._log.failure("Reloading {path}", path=path)
+            self._refused([f"{path}: {e}"])
+            return False
+        for line in prepared.restart:
+            self._log.warn(
+                "Reload: {what} needs a restart; the running value stays",
+                what=line,
+            )
+        self._apply(new, prepared)
+        self._log.info(
+            "Reloaded {path}: new sessions use it; open sessions keep the policy "
+            "they started with",
+            path=path,
+        )
+        return True
+
+    def _refused(self, lines: list[str]) -> None:
+        self._log.error(
+            "Reload refused: {count} problem(s); the running configuration stays",
+            count=len(lines),
+        )
+        for line in lines:
+            self._log.error("{problem}", problem=line)
+
+    def _prepare(self, new: GatehouseConfig) -> _Prepared:
+        """Build what may fail (TLS files, issuers) before anything changes."""
+        old = self.config
+        restart = _restart_needed(old, new)
+        updates = []
+        for listener in new.listeners:
+            running = self.listeners.get(listener.name)
+            if running is None or _where(running[0]) != _where(listener):
+                continue
+            adapter = get_protocol(listener.protocol)
+            update = getattr(adapter, "update_listener", None)
+            if update is None:
+                restart.append(f"listener {listener.name} (its protocol cannot reload)")
+                continue
+            targets = tuple(t for t in new.targets if t.protocol == listener.protocol)
+            updates.append((listener, update(running[1], listener, targets)))
+        verifier = _make_verifier(new, self._reactor)
+        return _Prepared(tuple(restart), tuple(updates), verifier)
+
+    def _apply(self, new: GatehouseConfig, prepared: _Prepared) -> None:
+        components = self.components
+        hub, core = components.hub, components.core
+        for listener, apply in prepared.listener_updates:
+            apply()
+            self.listeners[listener.name] = (listener, self.listeners[listener.name][1])
+        components.verifier.current = prepared.verifier
+        prepared.verifier.prefetch()
+        hub.policy = new.policy
+        hub.masking = tuple(new.masking)
+        broker = hub.broker
+        if broker is not None:
+            # The broker has no setter for these; it reads them per request.
+            options = approve_options(new)
+            broker._notifiers = tuple(_notifiers(new.approval, self._reactor, options))
+            broker._adminURL = new.approval.admin_url if new.approval else None
+            broker._approveOptions = options
+        hub.token_expiry_exempt = frozenset(
+            t.name for t in new.targets if not t.end_session_at_token_expiry
+        )
+        recording = new.recording
+        if recording.signing_keys != self.config.recording.signing_keys:
+            core.keyring.use_directory(recording.signing_keys, recording.key_warning)
+        site = components.admin_site
+        if site is not None and new.admin is not None and getattr(site, "admin", None):
+            site.admin.groups = frozenset(new.admin.groups) or _approver_groups(
+                new.policy
+            )
+        # What needs a restart keeps its running value in the kept config.
+        self.config = attrs.evolve(
+            new,
+            path=self.config.path,
+            gateway=attrs.evolve(
+                self.config.gateway, shutdown_grace=new.gateway.shutdown_grace
+            ),
+            recording=attrs.evolve(
+                self.config.recording,
+                signing_keys=recording.signing_keys,
+                key_warning=recording.key_warning,
+            ),
+            listeners=tuple(c for c, _ in self.listeners.values()),
+            admin=self.config.admin,
+        )
+
+
+@attrs.frozen
+class _Prepared:
+    """What a reload built before changing anything."""
+
+    restart: tuple[str, ...]
+    #: per listener, its new configuration and what applies it
+    listener_updates: tuple[tuple[ListenerConfig, Callable[[], None]], ...]
+    verifier: TokenVerifier
+
+
+def _where(listener: ListenerConfig) -> tuple[str, str, int]:
+    return (listener.protocol, listener.address, listener.port)
+
+
+def _restart_needed(old: GatehouseConfig, new: GatehouseConfig) -> list[str]:
+    """Describe each change a reload cannot apply, one line each."""
+    lines = []
+    before = {c.name: c for c in old.listeners}
+    after = {c.name: c for c in new.listeners}
+    for name in sorted(before.keys() | after.keys()):
+        a, b = before.get(name), after.get(name)
+        if a is None:
+            lines.append(f"new listener {name} ({b.address}:{b.port})")
+        elif b is None:
+            lines.append(f"removing listener {name} (still on {a.address}:{a.port})")
+        elif _where(a) != _where(b):
+            lines.append(
+                f"listener {name}: {a.protocol} {a.address}:{a.port} -> "
+                f"{b.protocol} {b.address}:{b.port}"
+            )
+    if old.gateway.id != new.gateway.id:
+        lines.append(f"gateway.id {old.gateway.id} -> {new.gateway.id}")
+    for key in (
+        "directory",
+        "index",
+        "root_public_keys",
+        "segment_max_bytes",
+        "seal_interval",
+        "flush_interval",
+    ):
+        if getattr(old.recording, key) != getattr(new.recording, key):
+            lines.append(f"recording.{key}")
+    if old.admin != new.admin and (
+        old.admin is None
+        or new.admin is None
+        or attrs.evolve(old.admin, groups=()) != attrs.evolve(new.admin, groups=())
+    ):
+        lines.append("admin (address, port or tls)")
+    return lines
+
+
+def install_signal_handlers(
+    service: GatewayService, reactor: Any, signals: Iterable[int] | None = None
+) -> None:
+    """
+    Make the daemon's signals act on C{service}; call it once the reactor
+    runs (it replaces Twisted's own SIGINT and SIGTERM handlers):
+
+      - SIGHUP: reopen the log files and reload the configuration;
+      - SIGTERM or SIGINT: drain and stop; a second one: stop now.
+
+    Handlers only hand the work to the reactor (C{callFromThread}).
+
+    @param signals: only these of the three (default: all).
+    """
+    import signal
+
+    def hup(signum: int, frame: object) -> None:
+        reactor.callFromThread(_hangup, service)
+
+    def term(signum: int, frame: object) -> None:
+        reactor.callFromThread(_terminate, service, reactor, signum)
+
+    handlers = {signal.SIGHUP: hup, signal.SIGTERM: term, signal.SIGINT: term}
+    for signum in handlers if signals is None else signals:
+        signal.signal(signum, handlers[signum])
+
+
+_signal_log = Logger(namespace="gatehouse.signals")
+
+
+def _hangup(service: GatewayService) -> None:
+    _signal_log.info("SIGHUP: reopening log files and reloading the configuration")
+    reopen_logs()
+    service.reload()
+
+
+def _terminate(service: GatewayService, reactor: Any, signum: int) -> None:
+    import signal
+
+    name = signal.Signals(signum).name
+    if not service.stop_requested:
+        service.stop_requested = True
+        _signal_log.info("{name}: stopping", name=name)
+        reactor.stop()
+    else:
+        _signal_log.warn("{name} again: closing open sessions now", name=name)
+        service.hurry()
+
+
+def reopen_logs() -> list[str]:
+    """
+    Reopen the log files (after logrotate moved them): twistd's
+    C{--logfile}, and gatehouse's own logs when the module that owns them
+    offers C{gatehouse.logs.reopen()}.
+
+    @return: the paths reopened.
+    """
+    from twisted.logger import globalLogPublisher
+    from twisted.python.logfile import LogFile
+
+    reopened = []
+    files: list[LogFile] = []
+    # twistd keeps its LogFile only in its observer and its SIGUSR1 handler.
+    for observer in getattr(globalLogPublisher, "_observers", ()):
+        for candidate in (observer, getattr(observer, "_outFile", None)):
+            if isinstance(candidate, LogFile) and candidate not in files:
+                files.append(candidate)
+    try:
+        import signal
+
+        handler = signal.getsignal(signal.SIGUSR1)
+    except (ImportError, AttributeError):
+        handler = None
+    for cell in getattr(handler, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:
+            continue
+        if isinstance(value, LogFile) and value not in files:
+            files.append(value)
+    for log_file in files:
+        try:
+            log_file.reopen()
+            reopened.append(log_file.path)
+        except OSError as e:
+            _signal_log.error("Cannot reopen {path}: {e}", path=log_file.path, e=e)
+    try:
+        from gatehouse import logs  # type: ignore[attr-defined]
+    except ImportError:
+        logs = None
+    reopen = getattr(logs, "reopen", None)
+    if reopen is not None:
+        try:
+            reopen()
+        except Exception:
+            _signal_log.failure("Reopening gatehouse's log files")
+    return reopened

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import time
 from typing import Any
 
 import attrs
@@ -42,6 +43,8 @@ from gatehouse.protocols import (
     register_protocol,
     unregister_protocol,
 )
+from gatehouse.recording import keys as gkeys
+from tests.fixtures.tls import make_ca
 
 
 @attrs.frozen
@@ -113,12 +116,21 @@ class ConfigFiles:
     def __init__(self, directory: str) -> None:
         self.directory = os.path.abspath(directory)
         os.makedirs(os.path.join(self.directory, "keys"))
-        self.write("root.pub", "root public key\n")
+        # Real keys and certificates: check-config and startup check them.
+        root = gkeys.generate_root_key()
+        gkeys.save_root_key(root, self["root.key"], self["root.pub"])
+        gkeys.KeyDirectory(self["keys"]).add(
+            gkeys.issue_epoch_keys(
+                root, "gw-1", time.time_ns() - 600 * 10**9, 4 * 3600 * 10**9, 8
+            )
+        )
         self.write("jwks.json", json.dumps({"keys": []}))
         self.write("secret", "s" * 40 + "\n")
-        self.write("ca.pem", "ca\n")
-        self.write("cert.pem", "certificate\n")
-        self.write("key.pem", "key\n")
+        ca = make_ca(os.path.join(self.directory, "ca"))
+        self.write("ca.pem", ca.cert_path.read_bytes())
+        cert, key = ca.issue("localhost", directory=self.directory)
+        os.replace(cert, self["cert.pem"])
+        os.replace(key, self["key.pem"])
         self.path = os.path.join(self.directory, "gw.yaml")
 
     def write(self, name: str, content: str | bytes) -> str:

@@ -3,11 +3,12 @@ The admin HTTP API: approvals, sessions, health and metrics.
 
 Everything under C{/api/} needs C{Authorization: Bearer <JWT>}, verified by
 the gateway's L{gatehouse.identity.TokenVerifier}; the identity it names is
-the approver.  C{/health} and C{/metrics} are open, for load balancers and
+the approver.  C{/healthz}, C{/readyz} and C{/metrics} are open, for load balancers and
 Prometheus.  Every answer is JSON (but C{/metrics}), errors as
 C{{"error": code, "message": text}}:
 
-    GET  /health
+    GET  /healthz   (and /health): liveness
+    GET  /readyz    readiness: 503 and the problems when not ready
     GET  /metrics
     GET  /api/v1/approvals[?state=pending|all|approved|...][&limit=N]
     GET  /api/v1/approvals/ID
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import IService, Service
@@ -310,8 +311,10 @@ class _Admin:
         sessions: ISessionDirectory,
         clock: IReactorTime,
         groups: frozenset[str] = frozenset({"*"}),
+        readiness: Callable[[], list[str]] | None = None,
     ) -> None:
         self.broker = broker
+        self.readiness = readiness
         self.verifier = verifier
         self.metrics = metrics
         self.sessions = sessions
@@ -354,6 +357,8 @@ class _NotFound(_JSONResource):
 
 
 class _Health(_JSONResource):
+    """Liveness (C{/healthz}, C{/health}): the process answers."""
+
     def answer(self, request: Request) -> bytes:
         _methods(request, b"GET")
         broker = self._admin.broker
@@ -366,6 +371,22 @@ class _Health(_JSONResource):
                 "approvals_pending": 0 if broker is None else len(broker.pending()),
             },
         )
+
+
+class _Ready(_JSONResource):
+    """
+    Readiness (C{/readyz}): 200 when new sessions can start, else 503 with
+    the problems (no signing key, recording directory, disk reserve,
+    draining).
+    """
+
+    def answer(self, request: Request) -> bytes:
+        _methods(request, b"GET")
+        readiness = self._admin.readiness
+        problems = [] if readiness is None else list(readiness())
+        if problems:
+            return _answer(request, 503, {"status": "not ready", "problems": problems})
+        return _answer(request, 200, {"status": "ready", "problems": []})
 
 
 class _Metrics(_JSONResource):
@@ -601,7 +622,10 @@ class _Root(Resource):
     def __init__(self, admin: _Admin) -> None:
         super().__init__()
         self._notFound = _NotFound(admin)
-        self.putChild(b"health", _Health(admin))
+        health = _Health(admin)
+        self.putChild(b"health", health)
+        self.putChild(b"healthz", health)
+        self.putChild(b"readyz", _Ready(admin))
         self.putChild(b"metrics", _Metrics(admin))
         self.putChild(b"api", _API(admin))
 
@@ -619,6 +643,7 @@ def make_admin_site(
     sessions: ISessionDirectory,
     clock: IReactorTime,
     groups: frozenset[str] = frozenset({"*"}),
+    readiness: Callable[[], list[str]] | None = None,
 ) -> Site:
     """
     The admin API as a L{Site}.
@@ -634,8 +659,9 @@ def make_admin_site(
         (C{"now"} in answers about approvals).
     @param groups: identities need one of these groups to use C{/api/}
         (C{"*"}: every authenticated identity; empty: nobody).
+    @param readiness: returns why the gateway is not ready (C{/readyz}).
     """
-    admin = _Admin(broker, verifier, metrics, sessions, clock, groups)
+    admin = _Admin(broker, verifier, metrics, sessions, clock, groups, readiness)
     site = Site(
         _Root(admin),
         requestFactory=_AdminRequest,
@@ -644,6 +670,7 @@ def make_admin_site(
     )
     site.displayTracebacks = False
     site.noisy = False
+    site.admin = admin  # a reload updates its groups
     return site
 
 

@@ -432,6 +432,9 @@ _INSERT_COMMAND = """
         (session_id, seq, at, kind, text, decision, objects, escaped)
     VALUES (:session_id, :seq, :at, :kind, :text, :decision, :objects, :escaped)
 """
+#: the end reason of sessions a gateway left open when it died (kill -9,
+#: power loss), set at its next start; their recordings end unsealed
+CRASHED = "gateway crashed (found open at restart)"
 #: the kind of a command row that stands in for one the index could not write
 NOT_INDEXED = "(not indexed)"
 
@@ -554,6 +557,31 @@ def _write_alone(conn: sqlite3.Connection, write: _Write) -> _Outcome:
         except Exception:
             pass  # logged and reported by the caller all the same
     return _Outcome(False, f"{write.what}: {error}", error, placeholder)
+
+
+def _close_orphans(
+    conn: sqlite3.Connection, gateway_id: str, before: float, ended: float, reason: str
+) -> list[str]:
+    """L{SessionIndex.close_orphans} on the index thread."""
+    where = "gateway_id = ? AND ended IS NULL AND started < ?"
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        ids = [
+            row[0]
+            for row in conn.execute(
+                f"SELECT id FROM sessions WHERE {where}", (gateway_id, before)
+            )
+        ]
+        conn.execute(
+            f"UPDATE sessions SET ended = ?, close_reason = ? WHERE {where}",
+            (ended, reason, gateway_id, before),
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return ids
 
 
 class SessionIndex:
@@ -691,6 +719,33 @@ class SessionIndex:
             d.callback(False)
 
     # reports from the data path
+
+    def close_orphans(
+        self, gateway_id: str, before: float, ended: float, reason: str
+    ) -> Deferred[list[str]]:
+        """
+        Mark as ended every session of C{gateway_id} that started before
+        C{before} and is still open in the index: at start, those were
+        left open by a gateway that died without closing them (C{kill -9},
+        power loss).  Their recordings are left as they are: the last
+        segment stays unsealed, as verify says.
+
+        Call it after L{start} has fired.
+
+        @return: Deferred firing with the ids of the sessions marked.
+        """
+        if not self._open:
+            return succeed([])
+        return deferToThreadPool(
+            self._reactor,
+            self._pool,
+            _close_orphans,
+            self._conn,
+            gateway_id,
+            before,
+            ended,
+            reason,
+        )
 
     def session_opened(self, row: SessionRow) -> Deferred[bool]:
         """Record a new session (its identity fields; counters start at zero)."""
@@ -1224,7 +1279,9 @@ def facts_for(path: str, session_id: str) -> IndexFacts | None:
     # The index hears of a seal only after it is durable, so the files
     # always hold at least what these facts claim.
     return IndexFacts(
-        closed=row.closed,
+        # A crash is not a close: the recorder never wrote the final seal,
+        # and verify must say so (an unsealed end), not that it was cut.
+        closed=row.closed and row.close_reason != CRASHED,
         segment_count=row.segments,
         final_link=row.last_link,
     )

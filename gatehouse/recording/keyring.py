@@ -69,6 +69,17 @@ class KeyRing(Service):
         self._accept(keys, problems)
         return problems
 
+    def use_directory(self, directory: str, warn_before: float) -> list[str]:
+        """
+        Read keys from C{directory} from now on (a configuration reload),
+        synchronously, as L{load_now}.
+
+        @return: problems found, one line each.
+        """
+        self._directory = KeyDirectory(directory)
+        self._warn_before = warn_before
+        return self.load_now()
+
     def _now(self) -> int:
         return int(self._clock.seconds() * NS)
 

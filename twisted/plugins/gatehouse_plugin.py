@@ -61,13 +61,22 @@ class GatehouseServiceMaker:
         with status 1 instead of showing a traceback.  twistd calls this
         before it starts logging or daemonizes, so stderr is still the
         operator's terminal.
+
+        Unset C{password_env} variables are such errors too.  Signing keys
+        that cover nothing now are not (keys issued later are picked up):
+        they are logged, and C{/readyz} says not ready.
         """
-        from gatehouse.config import ConfigError, load_config
+        from twisted.internet import reactor
+
+        from gatehouse.config import ConfigError, environment_problems, load_config
         from gatehouse.logs import observe_for_twistd
         from gatehouse.service import makeService
 
         try:
             config = load_config(options["config"])
+            problems = environment_problems(config)
+            if problems:
+                raise ConfigError(problems)
         except ConfigError as e:
             for line in e.lines():
                 sys.stderr.write(line + "\n")
@@ -75,8 +84,9 @@ class GatehouseServiceMaker:
             raise SystemExit(1)
         # Logging as the operator chose (--log-format, and twistd's own
         # --logfile and friends: options.parent, when run by twistd).
+        # SIGHUP reloads, SIGTERM/SIGINT drain (see install_signal_handlers).
         return observe_for_twistd(
-            makeService(config),
+            makeService(config, reactor, drain=True, signals=True),
             getattr(options, "parent", None),
             options["log-format"],
         )

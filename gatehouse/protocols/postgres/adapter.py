@@ -98,5 +98,45 @@ class PostgresAdapter:
         service.factory = factory
         return service
 
+    def update_listener(
+        self,
+        service: IService,
+        listener: ListenerConfig,
+        targets: Sequence[TargetConfig],
+    ) -> Callable[[], None]:
+        """
+        Prepare a reloaded configuration for a listener made by
+        L{makeListener} (same address and port); the returned function
+        applies it: new connections get the new targets, options and TLS
+        certificate, open connections keep theirs.
+
+        @raise Exception: the new TLS files cannot be loaded (nothing changes).
+        """
+        tls = (
+            server_tls_options(listener.tls, b"postgresql")
+            if listener.tls is not None
+            else None
+        )
+        options = listener.options or config.PostgresListenerOptions()
+        new_targets = {t.name: t for t in targets}
+        factory = service.factory
+
+        def apply() -> None:
+            factory.tls = tls
+            factory.options = options
+            # New caps count the connections open now too.
+            factory.limits.caps = options.caps
+            # A catalog caches what one target's connection settings reach.
+            for name in list(factory.catalogs):
+                if factory.targets.get(name) != new_targets.get(name):
+                    del factory.catalogs[name]
+            factory.targets = new_targets
+
+        return apply
+
+    def set_draining(self, service: IService, draining: bool) -> None:
+        """Refuse (57P03) or accept new clients of a listener."""
+        service.factory.draining = draining
+
 
 adapter = PostgresAdapter()

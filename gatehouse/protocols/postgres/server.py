@@ -298,6 +298,8 @@ class PostgresServerFactory(Factory):
         self.limits = ConnectionLimits(options.caps)
         #: refused connections waiting for their client to read why
         self.refusing = 0
+        #: set while the gateway drains (SIGTERM): new clients are refused
+        self.draining = False
 
     _log = Logger()
 
@@ -759,6 +761,11 @@ class PostgresServerProtocol(Protocol):
         owner.cancel_requested(self._peer)
 
     def _startup_message_received(self, message: codec.StartupMessage) -> None:
+        if self._factory.draining:
+            # As PostgreSQL does in a smart shutdown: after TLS, so that
+            # clients that insist on TLS see the error too.
+            self._fatal("57P03", "the gateway is shutting down", "gateway draining")
+            return
         if self._direct_tls:
             alpn = self.transport.getHandle().get_alpn_proto_negotiated()
             if alpn != b"postgresql":

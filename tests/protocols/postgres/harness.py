@@ -120,7 +120,8 @@ class Gateway:
             return {"name": name, "protocol": "postgres", "options": base}
 
         config = {
-            "gateway": {"id": GATEWAY_ID},
+            # Tests that stop the daemon with sessions open wait this long.
+            "gateway": {"id": GATEWAY_ID, "shutdown_grace": "1s"},
             "identity": {
                 "issuers": [
                     {
