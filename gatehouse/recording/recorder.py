@@ -36,12 +36,17 @@ from gatehouse.recording.encoder import (
 )
 from gatehouse.recording.format import (
     BLOCK_HEADER,
+    MAX_PAYLOAD,
+    MAX_SEAL,
+    RECORD_HEADER,
     RecordType,
     SegmentHeader,
     add_block_to_digest,
     segment_filename,
 )
 from gatehouse.recording.interfaces import (
+    SEGMENT_UNAVAILABLE,
+    SPACE_EXHAUSTED,
     IRecorder,
     ISessionRecording,
     RecordingFailed,
@@ -52,6 +57,14 @@ from gatehouse.recording.keys import EpochKey
 from gatehouse.recording.reader import session_directory
 
 NS = 1_000_000_000
+RECORD_FRAMING = RECORD_HEADER.size
+#: The close record keeps at most this many characters of each reason.
+MAX_CLOSE_REASON = 1024
+#: Space kept back in every segment for the close record and the final
+#: seal (JSON may spell a character in six bytes).
+CLOSE_RESERVE = (
+    RECORD_FRAMING + BLOCK_HEADER.size + 12 * MAX_CLOSE_REASON + 64 + MAX_SEAL
+)
 
 #: An executor runs a callable somewhere (a thread) and returns a Deferred.
 Executor = Callable[..., Deferred]
@@ -92,19 +105,29 @@ class _SegmentFiles:
 
     Seals are completed here (L{complete_seal}): only here are the stored
     bytes of the blocks known, and the link of the previous seal.
+
+    With C{capacity}, each segment file is preallocated to that many bytes
+    when it is opened, so that writing the records the reactor has accepted
+    for it cannot fail for lack of space, and cut back to its real length
+    when it is sealed.  The next segment's file is prepared (created under a
+    name the reader ignores, and preallocated) before the current one is
+    sealed, and takes its real name only once it holds its header.
     """
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, capacity: int | None = None):
         self.directory = directory
+        self.capacity = capacity
         self._file = None
+        self._next: tuple[object, str, int] | None = None
         self._prev_link: bytes | None = None
         self._stored = hashlib.sha256()
         self._broken: str | None = None
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes, f=None) -> None:
+        f = f or self._file
         view = memoryview(data)
         while view:
-            written = self._file.write(view)
+            written = f.write(view)
             if not written:
                 raise OSError("short write to segment file")
             view = view[written:]
@@ -123,6 +146,10 @@ class _SegmentFiles:
             self._broken = str(e) or type(e).__name__
             raise
 
+    def _reserve(self, f) -> None:
+        if self.capacity is not None:
+            os.posix_fallocate(f.fileno(), 0, self.capacity)
+
     def open(self, header: SegmentHeader) -> None:
         self._guarded(self._open, header)
 
@@ -131,13 +158,42 @@ class _SegmentFiles:
         path = os.path.join(self.directory, segment_filename(header.segment_index))
         self._file = open(path, "xb", buffering=0)
         self._write(header.to_bytes())
+        self._reserve(self._file)
         self._prev_link = header.prev_link
         self._stored = hashlib.sha256()
 
-    def write_block(self, block: PendingBlock) -> None:
-        self._guarded(self._write_block, block)
+    def prepare(self, index: int) -> None:
+        """
+        Create and preallocate the file of segment C{index}, before the
+        open segment is sealed.  A failure (no space) leaves the open
+        segment as it was, to be sealed as the last.
+        """
+        self._check()
+        name = "." + segment_filename(index) + ".new"
+        path = os.path.join(self.directory, name)
+        f = open(path, "wb", buffering=0)
+        try:
+            self._reserve(f)
+        except BaseException:
+            f.close()
+            os.unlink(path)
+            raise
+        self._next = (f, path, index)
 
-    def _write_block(self, block: PendingBlock) -> None:
+    def _discard_next(self) -> None:
+        if self._next is not None:
+            f, path, _ = self._next
+            self._next = None
+            f.close()
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    def write_block(self, block: PendingBlock) -> int:
+        return self._guarded(self._write_block, block)
+
+    def _write_block(self, block: PendingBlock) -> int:
         data = frame_block(block)
         start = self._file.tell()
         self._write(data)
@@ -148,6 +204,7 @@ class _SegmentFiles:
         add_block_to_digest(
             self._stored, view[: BLOCK_HEADER.size], view[BLOCK_HEADER.size :]
         )
+        return len(data)
 
     def seal(self, pending: PendingSeal) -> SealedSegment:
         return self._guarded(self._seal, pending)
@@ -156,20 +213,37 @@ class _SegmentFiles:
         sealed = complete_seal(pending, self._stored.digest(), self._prev_link)
         f = self._file
         self._write(sealed.seal)
+        if self.capacity is not None:
+            # Give back the preallocated space the segment did not use.
+            os.ftruncate(f.fileno(), f.tell())
         os.fsync(f.fileno())
         f.close()
         self._file = None
+        header = sealed.next_header
+        if header is None:
+            self._discard_next()
+        elif self._next is not None:
+            f, path, index = self._next
+            self._next = None
+            if index != header.segment_index:
+                raise RuntimeError(f"prepared segment {index}, sealing into another")
+            self._file = f
+            self._write(header.to_bytes())
+            os.rename(path, os.path.join(self.directory, segment_filename(index)))
+            self._prev_link = header.prev_link
+            self._stored = hashlib.sha256()
         # The new file's directory entry must survive a crash too.
         fd = os.open(self.directory, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-        if sealed.next_header is not None:
-            self._open(sealed.next_header)
+        if header is not None and self._file is None:
+            self._open(header)
         return sealed
 
     def abandon(self) -> None:
+        self._discard_next()
         if self._file is not None:
             try:
                 self._file.close()
@@ -216,6 +290,19 @@ class SegmentRecording:
     The recording of one session into signed segment files.
 
     Create through L{SegmentRecorder.open}.
+
+    Space: a record is accepted (and may then be forwarded) only when it
+    fits, with the close record and the final seal, into the space
+    preallocated for the open segment.  The next segment's file is prepared
+    before the open one is sealed; while that is under way records go on
+    into the open segment (its headroom) and the producers are paused.  If
+    the next file cannot be made (the disk is full), the recording is
+    I{exhausted}: it accepts no more records, tells the session to end
+    (L{notifyFailure}), and its L{close} still seals the open segment as
+    the last, with the reason, so the session verifies as complete.
+
+    @ivar exhausted: the reason the recording stopped accepting records
+        while its files are sound, or None.
     """
 
     _log = Logger()
@@ -233,11 +320,15 @@ class SegmentRecording:
         self.session_id = str(session_id)
         self.directory = session_directory(recorder.directory, session_id)
         self.failed = False
+        self.exhausted: str | None = None
         self._failure_reason: str | None = None
         self._failure_waiters: list[Deferred] = []
         self._closing = False
         self._producers: list = []
         self._paused = False
+        self._backlogged = False
+        self._rotation: list[Deferred] | None = None
+        self._final_waiters: list[Deferred] = []
         self._queued = 0
         self._flush_call = None
         self._mono0 = self._monotonic()
@@ -249,8 +340,9 @@ class SegmentRecording:
             wall,
             recorder.seal_interval_ns,
         )
-        self._files = _SegmentFiles(self.directory)
+        self._files = _SegmentFiles(self.directory, recorder.segment_capacity)
         self._jobs = _SerialJobs(recorder.executor)
+        self._used = len(self._encoder.header.to_bytes())
         self._jobs.submit(self._files.open, self._encoder.header).addErrback(
             self._fail
         ).addErrback(_ignore)
@@ -263,20 +355,37 @@ class SegmentRecording:
 
     def record(self, rtype: int, direction: int, channel: int, payload: bytes) -> int:
         """See L{ISessionRecording.record}."""
-        if self.failed or self._closing:
-            raise RecordingFailed(self._failure_reason or "recording is closed")
+        if self.failed or self._closing or self.exhausted:
+            raise RecordingFailed(
+                self._failure_reason or self.exhausted or "recording is closed"
+            )
         encoder = self._encoder
+        recorder = self._recorder
+        need = len(payload) + RECORD_FRAMING * (1 + len(payload) // MAX_PAYLOAD)
+        if not encoder.pending_bytes:
+            need += BLOCK_HEADER.size
+        if self._used + need > recorder.segment_limit:
+            self._exhaust(
+                f"{SPACE_EXHAUSTED}: a record of {len(payload)} bytes does not "
+                "fit in the space reserved for the open segment "
+                f"({recorder.segment_limit} bytes)"
+            )
+            raise RecordingFailed(self.exhausted)
         seq = encoder.add(
             rtype, direction, channel, self._monotonic() - self._mono0, payload
         )
-        if encoder.pending_bytes >= self._recorder.block_bytes:
+        self._used += need
+        if encoder.pending_bytes >= recorder.block_bytes:
             self._cut_block()
-            if encoder.segment_raw_bytes >= self._recorder.segment_max_bytes:
-                self._seal(final=False)
         elif self._flush_call is None:
             self._flush_call = self._clock.callLater(
-                self._recorder.flush_interval, self._on_flush
+                recorder.flush_interval, self._on_flush
             )
+        if self._used >= recorder.segment_max_bytes:
+            if self._rotation is None:
+                self._rotate().addErrback(_ignore)
+            elif not self._paused:
+                self._update_paused()
         return seq
 
     def _cut_block(self) -> None:
@@ -288,16 +397,19 @@ class SegmentRecording:
         self._flush_call = None
         size = len(block.raw)
         self._queued += size
-        if not self._paused and self._queued > self._recorder.high_water:
-            self._set_paused(True)
+        if not self._backlogged and self._queued > self._recorder.high_water:
+            self._backlogged = True
+            self._update_paused()
         self._jobs.submit(self._files.write_block, block).addCallbacks(
             self._written, self._fail, callbackArgs=(size,)
         ).addErrback(_ignore)
 
-    def _written(self, _: object, size: int) -> None:
+    def _written(self, stored: int, size: int) -> None:
+        self._recorder.bytes_written += stored
         self._queued -= size
-        if self._paused and self._queued <= self._recorder.low_water:
-            self._set_paused(False)
+        if self._backlogged and self._queued <= self._recorder.low_water:
+            self._backlogged = False
+            self._update_paused()
 
     def _on_flush(self) -> None:
         self._flush_call = None
@@ -308,8 +420,70 @@ class SegmentRecording:
 
     def _on_heartbeat(self) -> None:
         self._heartbeat = None
-        if not self.failed and not self._closing:
-            self._seal(final=False).addErrback(_ignore)
+        if not self.failed and not self._closing and not self.exhausted:
+            if self._rotation is None:
+                self._rotate().addErrback(_ignore)
+
+    def _rotate(self) -> Deferred:
+        """
+        Prepare the next segment's file, then seal the open segment into
+        it.  Records go on into the open segment meanwhile, with the
+        producers paused.  Fires with the seal's L{SealInfo}.
+        """
+        if self._rotation is not None:
+            d = Deferred()
+            self._rotation.append(d)
+            return d
+        waiters: list[Deferred] = []
+        self._rotation = waiters
+        self._update_paused()
+        index = self._encoder.header.segment_index + 1
+
+        def prepared(_: object) -> Deferred:
+            if self._closing and not self.failed:
+                # Closed meanwhile: the final seal covers what this one
+                # would have, and discards the prepared file.
+                d = Deferred()
+                self._final_waiters.append(d)
+                return d
+            if self.failed or self.exhausted:
+                return _failed(self._failure_reason or self.exhausted)
+            return self._seal(final=False)
+
+        def not_prepared(failure: Failure) -> Failure:
+            if self.failed:
+                return failure
+            error = failure.value
+            if isinstance(error, OSError) and error.errno in (
+                errno.ENOSPC,
+                errno.EDQUOT,
+            ):
+                reason = (
+                    f"{SPACE_EXHAUSTED}: no space for segment {index} in "
+                    f"{self.directory}"
+                )
+            else:
+                reason = (
+                    f"{SEGMENT_UNAVAILABLE}: segment {index} cannot be created: "
+                    f"{failure.getErrorMessage()}"
+                )
+            self._exhaust(reason)
+            return _failed(reason)
+
+        def done(result: object) -> object:
+            self._rotation = None
+            self._update_paused()
+            for d in waiters:
+                if isinstance(result, Failure):
+                    d.errback(RecordingFailed(result.getErrorMessage()))
+                else:
+                    d.callback(result)
+            return result
+
+        d = self._jobs.submit(self._files.prepare, index)
+        d.addCallbacks(prepared, not_prepared)
+        d.addBoth(done)
+        return d
 
     def _seal(self, final: bool) -> Deferred:
         self._cut_block()
@@ -320,6 +494,7 @@ class SegmentRecording:
         mono = self._monotonic() - self._mono0
         d = self._jobs.submit(self._files.seal, self._encoder.seal(wall, mono, final))
         if not final:
+            self._used = len(self._encoder.header.to_bytes())
             self._heartbeat = self._clock.callLater(
                 self._recorder.seal_interval, self._on_heartbeat
             )
@@ -335,6 +510,7 @@ class SegmentRecording:
                 record_count=statement.record_count,
                 wall_seal=statement.wall_seal,
             )
+            self._recorder.bytes_written += len(sealed.seal)
             self._recorder.sealed(info)
             return info
 
@@ -342,35 +518,81 @@ class SegmentRecording:
         return d
 
     def seal(self) -> Deferred:
-        """See L{ISessionRecording.seal}."""
+        """
+        See L{ISessionRecording.seal}.  The seal covers at least what was
+        recorded before the call: it is made once the next segment's file
+        is ready.
+        """
         if self.failed:
             return _failed(self._failure_reason)
         if self._closing:
             return _failed("recording is closed")
-        return self._seal(final=False)
+        if self.exhausted:
+            return _failed(self.exhausted)
+        return self._rotate()
 
     def close(self, reason: str) -> Deferred:
-        """See L{ISessionRecording.close}."""
+        """
+        See L{ISessionRecording.close}.  An exhausted recording still
+        closes cleanly: the close record says why it ended, and the space
+        for it and the final seal was kept free.
+        """
         if self._closing:
             return _failed("recording is already closed")
         if self.failed:
             self._closing = True
             self._recorder.closed(self)
             return _failed(self._failure_reason)
-        self.record(RecordType.CLOSE, 0, 0, json.dumps({"reason": reason}).encode())
+        close = {"reason": reason[:MAX_CLOSE_REASON]}
+        if self.exhausted:
+            close["recording_ended"] = self.exhausted[:MAX_CLOSE_REASON]
         self._closing = True
+        # Room for this record and the final seal is always kept back.
+        self._encoder.add(
+            RecordType.CLOSE,
+            0,
+            0,
+            self._monotonic() - self._mono0,
+            json.dumps(close).encode(),
+        )
         d = self._seal(final=True)
         d.addBoth(self._closed)
         return d
 
     def _closed(self, result: object) -> object:
         self._recorder.closed(self)
-        if self._paused:
-            self._set_paused(False)
+        waiters, self._final_waiters = self._final_waiters, []
+        for d in waiters:
+            if isinstance(result, Failure):
+                d.errback(RecordingFailed(result.getErrorMessage()))
+            else:
+                d.callback(result)
+        self._backlogged = False
+        self._update_paused()
         self._producers = []
         return result
 
     # -- failure -----------------------------------------------------------
+
+    def _exhaust(self, reason: str) -> None:
+        """
+        Stop accepting records, the files being sound: the session must end,
+        and L{close} seals what was recorded.
+        """
+        if self.exhausted or self.failed:
+            return
+        self.exhausted = reason
+        self._log.warn(
+            "Recording of session {session_id} stops: {reason}; the session "
+            "is ended and its recording sealed",
+            session_id=self.session_id,
+            reason=reason,
+        )
+        self._update_paused()
+        waiters, self._failure_waiters = self._failure_waiters, []
+        for d in waiters:
+            d.callback(reason)
+        self._recorder.exhausted_recording(self, reason)
 
     def _fail(self, failure: Failure) -> Failure:
         if not self.failed:
@@ -397,9 +619,14 @@ class SegmentRecording:
         return failure
 
     def notifyFailure(self) -> Deferred:
-        """See L{ISessionRecording.notifyFailure}."""
+        """
+        See L{ISessionRecording.notifyFailure}.  Also fires when the
+        recording is exhausted: the session must end then too.
+        """
         if self.failed:
             return succeed(self._failure_reason)
+        if self.exhausted:
+            return succeed(self.exhausted)
         d = Deferred()
         self._failure_waiters.append(d)
         return d
@@ -419,7 +646,16 @@ class SegmentRecording:
             if self._paused:
                 producer.resumeProducing()
 
-    def _set_paused(self, paused: bool) -> None:
+    def _update_paused(self) -> None:
+        # Paused while writes lag, while the next segment is being
+        # prepared, and for good once no more records are accepted.
+        full = (
+            self._rotation is not None
+            and self._used >= self._recorder.segment_max_bytes
+        )
+        paused = not self._closing and bool(self._backlogged or full or self.exhausted)
+        if paused == self._paused:
+            return
         self._paused = paused
         for producer in list(self._producers):
             if paused:
@@ -447,6 +683,22 @@ class SegmentRecorder:
         see L{gatehouse.recording.keyring.KeyRing.current}.
     @param monotonic_ns: the monotonic clock, in ns (inject for tests).
     @param executor: where file work runs; a thread pool in the daemon.
+    @param reserve_bytes: free space, beyond a new session's first segment,
+        below which new sessions are refused; open sessions may use it to
+        finish.
+    @param preallocate: preallocate each segment file (see L{_SegmentFiles}).
+    @param headroom_bytes: how far a segment may grow past
+        C{segment_max_bytes} while its successor's file is prepared
+        (default: a quarter of C{segment_max_bytes}, at least 1 MiB).
+    @param free_bytes: gives the free space (for unprivileged users) of a
+        directory; inject for tests.
+
+    @ivar bytes_written: bytes written into segment files (blocks and
+        seals), for metrics.
+    @ivar failures: recordings that failed (their files are not sound).
+    @ivar exhaustions: recordings ended cleanly for lack of space (or of a
+        new segment file).
+    @ivar refused: sessions refused for want of free space.
     """
 
     def __init__(
@@ -464,6 +716,10 @@ class SegmentRecorder:
         block_bytes: int = 1024 * 1024,
         high_water: int = 16 * 1024 * 1024,
         low_water: int = 4 * 1024 * 1024,
+        reserve_bytes: int = 0,
+        preallocate: bool = True,
+        headroom_bytes: int | None = None,
+        free_bytes: Callable[[str], int] | None = None,
     ):
         self.directory = directory
         self.gateway_id = gateway_id
@@ -478,19 +734,75 @@ class SegmentRecorder:
         self.block_bytes = block_bytes
         self.high_water = high_water
         self.low_water = low_water
+        self.reserve_bytes = reserve_bytes
+        if headroom_bytes is None:
+            headroom_bytes = max(1024 * 1024, segment_max_bytes // 4)
+        #: the most a segment's header, blocks and records may take
+        self.segment_limit = segment_max_bytes + headroom_bytes
+        #: what each segment file is preallocated to, or None
+        self.segment_capacity = (
+            self.segment_limit + CLOSE_RESERVE if preallocate else None
+        )
+        self._free_bytes = free_bytes or free_space
+        self.bytes_written = 0
+        self.failures = 0
+        self.exhaustions = 0
+        self.refused = 0
         self.open_recordings: set[SegmentRecording] = set()
         self._seal_observers: list[Callable[[SealInfo], object]] = []
         self._failure_observers: list[Callable[[SegmentRecording, str], object]] = []
 
+    def _space_problem(self) -> str | None:
+        """Why no new session may start for want of space, or None."""
+        if not self.reserve_bytes and self.segment_capacity is None:
+            return None
+        try:
+            free = self._free_bytes(self.directory)
+        except OSError as e:
+            return f"the free space of {self.directory} cannot be read: {e.strerror}"
+        need = self.reserve_bytes + (self.segment_capacity or 0)
+        if free < need:
+            return (
+                f"free space in {self.directory} is {_mib(free)}, below the "
+                f"reserve of {_mib(self.reserve_bytes)} plus a new session's "
+                f"first segment ({_mib(self.segment_capacity or 0)})"
+            )
+        return None
+
     def open(self, session_id: uuid.UUID, meta: dict) -> SegmentRecording:
-        """See L{IRecorder.open}."""
+        """
+        See L{IRecorder.open}.  Refuses while free space is below the
+        reserve: what is left is for the open sessions to finish.
+        """
         wall = int(self.clock.seconds() * NS)
         key = self._keys(wall)
         if key is None:
             raise RecordingUnavailable("no signing key is valid now")
+        problem = self._space_problem()
+        if problem is not None:
+            self.refused += 1
+            raise RecordingUnavailable(f"{SPACE_EXHAUSTED}: {problem}")
         recording = SegmentRecording(self, session_id, key, meta)
         self.open_recordings.add(recording)
         return recording
+
+    def readiness_problems(self) -> list[str]:
+        """
+        What keeps this recorder from taking new sessions, for people (a
+        readiness check): the directory is not writable, or free space is
+        below the reserve.  Empty when all is well.  Cheap (two system
+        calls); callable on the reactor thread.
+        """
+        directory = self.directory
+        if not os.path.isdir(directory):
+            return [f"recording directory {directory} does not exist"]
+        problems = []
+        if not os.access(directory, os.W_OK | os.X_OK):
+            problems.append(f"recording directory {directory} is not writable")
+        problem = self._space_problem()
+        if problem is not None:
+            problems.append(problem)
+        return problems
 
     def observe_seals(self, observer: Callable[[SealInfo], object]) -> None:
         """Call C{observer} with every durable seal (index, metrics)."""
@@ -499,7 +811,10 @@ class SegmentRecorder:
     def observe_failures(
         self, observer: Callable[[SegmentRecording, str], object]
     ) -> None:
-        """Call C{observer} with every recording that fails (metrics, alerts)."""
+        """
+        Call C{observer} with every recording that fails or is exhausted
+        (metrics, alerts); the reason tells which (L{SPACE_EXHAUSTED}).
+        """
         self._failure_observers.append(observer)
 
     def sealed(self, info: SealInfo) -> None:
@@ -509,9 +824,32 @@ class SegmentRecorder:
 
     def failed_recording(self, recording: SegmentRecording, reason: str) -> None:
         """Report a failed recording to the observers."""
+        self.failures += 1
+        for observer in self._failure_observers:
+            observer(recording, reason)
+
+    def exhausted_recording(self, recording: SegmentRecording, reason: str) -> None:
+        """Report a recording that stopped for want of space to the observers."""
+        self.exhaustions += 1
         for observer in self._failure_observers:
             observer(recording, reason)
 
     def closed(self, recording: SegmentRecording) -> None:
         """Forget a recording that has closed."""
         self.open_recordings.discard(recording)
+
+
+def free_space(directory: str) -> int:
+    """
+    Bytes free for unprivileged users on the filesystem that holds (or will
+    hold) C{directory}: its nearest existing ancestor's.
+    """
+    path = os.path.abspath(directory)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1024 * 1024):.1f} MiB"
