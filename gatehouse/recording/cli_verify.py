@@ -238,6 +238,12 @@ def _summary(report) -> str:
     )
     code = report.exit_code
     if code == 0:
+        if report.recording_ended:
+            return (
+                f"{who}: OK: complete and intact ({counts}); the gateway ended "
+                f"the session because it could not record more: "
+                f"{report.recording_ended}"
+            )
         return f"{who}: OK: complete and intact ({counts})"
     if code == 3:
         return (

@@ -62,7 +62,10 @@ RECORD_FRAMING = RECORD_HEADER.size
 MAX_CLOSE_REASON = 1024
 #: Space kept back in every segment for the close record and the final
 #: seal (JSON may spell a character in six bytes).
-CLOSE_RESERVE = (
+#: Space kept back in every segment for what the gateway tells the client
+#: when it ends a session whose recording is exhausted.
+LAST_WORDS = 4096
+CLOSE_RESERVE = LAST_WORDS + (
     RECORD_FRAMING + BLOCK_HEADER.size + 12 * MAX_CLOSE_REASON + 64 + MAX_SEAL
 )
 
@@ -355,16 +358,18 @@ class SegmentRecording:
 
     def record(self, rtype: int, direction: int, channel: int, payload: bytes) -> int:
         """See L{ISessionRecording.record}."""
-        if self.failed or self._closing or self.exhausted:
-            raise RecordingFailed(
-                self._failure_reason or self.exhausted or "recording is closed"
-            )
+        if self.failed or self._closing:
+            raise RecordingFailed(self._failure_reason or "recording is closed")
         encoder = self._encoder
         recorder = self._recorder
         need = len(payload) + RECORD_FRAMING * (1 + len(payload) // MAX_PAYLOAD)
         if not encoder.pending_bytes:
             need += BLOCK_HEADER.size
-        if self._used + need > recorder.segment_limit:
+        if self.exhausted:
+            # Room is kept for the gateway's last words to the client.
+            if self._used + need > recorder.segment_limit + LAST_WORDS:
+                raise RecordingFailed(self.exhausted)
+        elif self._used + need > recorder.segment_limit:
             self._exhaust(
                 f"{SPACE_EXHAUSTED}: a record of {len(payload)} bytes does not "
                 "fit in the space reserved for the open segment "
