@@ -367,7 +367,7 @@ class SegmentRecording:
             need += BLOCK_HEADER.size
         if self.exhausted:
             # Room is kept for the gateway's last words to the client.
-            if self._used + need > recorder.segment_limit + LAST_WORDS:
+            if self._used + need > self._last_words:
                 raise RecordingFailed(self.exhausted)
         elif self._used + need > recorder.segment_limit:
             self._exhaust(
@@ -587,6 +587,7 @@ class SegmentRecording:
         if self.exhausted or self.failed:
             return
         self.exhausted = reason
+        self._last_words = self._used + LAST_WORDS
         self._log.warn(
             "Recording of session {session_id} stops: {reason}; the session "
             "is ended and its recording sealed",
