@@ -121,7 +121,8 @@ class _SegmentFiles:
         self.directory = directory
         self.capacity = capacity
         self._file = None
-        self._next: tuple[object, str, int] | None = None
+        #: prepared files by segment index: (file, temporary path)
+        self._next: dict[int, tuple[object, str]] = {}
         self._prev_link: bytes | None = None
         self._stored = hashlib.sha256()
         self._broken: str | None = None
@@ -172,6 +173,9 @@ class _SegmentFiles:
         segment as it was, to be sealed as the last.
         """
         self._check()
+        # This may run before the job that opens segment 0 has made the
+        # directory: prepare runs beside the queue of writes, not in it.
+        os.makedirs(self.directory, mode=0o750, exist_ok=True)
         name = "." + segment_filename(index) + ".new"
         path = os.path.join(self.directory, name)
         f = open(path, "wb", buffering=0)
@@ -181,12 +185,12 @@ class _SegmentFiles:
             f.close()
             os.unlink(path)
             raise
-        self._next = (f, path, index)
+        self._next[index] = (f, path)
 
-    def _discard_next(self) -> None:
-        if self._next is not None:
-            f, path, _ = self._next
-            self._next = None
+    def discard_next(self) -> None:
+        """Drop the prepared files that no seal will use."""
+        while self._next:
+            _, (f, path) = self._next.popitem()
             f.close()
             try:
                 os.unlink(path)
@@ -224,12 +228,10 @@ class _SegmentFiles:
         self._file = None
         header = sealed.next_header
         if header is None:
-            self._discard_next()
-        elif self._next is not None:
-            f, path, index = self._next
-            self._next = None
-            if index != header.segment_index:
-                raise RuntimeError(f"prepared segment {index}, sealing into another")
+            self.discard_next()
+        elif header.segment_index in self._next:
+            index = header.segment_index
+            f, path = self._next.pop(index)
             self._file = f
             self._write(header.to_bytes())
             os.rename(path, os.path.join(self.directory, segment_filename(index)))
@@ -246,7 +248,7 @@ class _SegmentFiles:
         return sealed
 
     def abandon(self) -> None:
-        self._discard_next()
+        self.discard_next()
         if self._file is not None:
             try:
                 self._file.close()
@@ -330,8 +332,10 @@ class SegmentRecording:
         self._producers: list = []
         self._paused = False
         self._backlogged = False
+        #: waiters for a seal that waits for the next segment's file
         self._rotation: list[Deferred] | None = None
-        self._final_waiters: list[Deferred] = []
+        self._preparing = False
+        self._next_ready = False
         self._queued = 0
         self._flush_call = None
         self._mono0 = self._monotonic()
@@ -386,11 +390,14 @@ class SegmentRecording:
             self._flush_call = self._clock.callLater(
                 recorder.flush_interval, self._on_flush
             )
-        if self._used >= recorder.segment_max_bytes:
-            if self._rotation is None:
-                self._rotate().addErrback(_ignore)
-            elif not self._paused:
-                self._update_paused()
+        if self._used >= recorder.segment_max_bytes // 2:
+            if self._used >= recorder.segment_max_bytes:
+                if self._rotation is None:
+                    self._rotate().addErrback(_ignore)
+                elif not self._paused:
+                    self._update_paused()
+            elif not (self._preparing or self._next_ready or self.exhausted):
+                self._prepare()
         return seq
 
     def _cut_block(self) -> None:
@@ -429,35 +436,32 @@ class SegmentRecording:
             if self._rotation is None:
                 self._rotate().addErrback(_ignore)
 
-    def _rotate(self) -> Deferred:
+    def _prepare(self) -> None:
         """
-        Prepare the next segment's file, then seal the open segment into
-        it.  Records go on into the open segment meanwhile, with the
-        producers paused.  Fires with the seal's L{SealInfo}.
+        Have the next segment's file made and preallocated, ahead of the
+        seal that will open it (at half a segment, so that it is usually
+        ready when the segment is full).
         """
-        if self._rotation is not None:
-            d = Deferred()
-            self._rotation.append(d)
-            return d
-        waiters: list[Deferred] = []
-        self._rotation = waiters
-        self._update_paused()
+        if self._preparing or self._next_ready:
+            return
+        self._preparing = True
         index = self._encoder.header.segment_index + 1
 
-        def prepared(_: object) -> Deferred:
-            if self._closing and not self.failed:
-                # Closed meanwhile: the final seal covers what this one
-                # would have, and discards the prepared file.
-                d = Deferred()
-                self._final_waiters.append(d)
-                return d
-            if self.failed or self.exhausted:
-                return _failed(self._failure_reason or self.exhausted)
-            return self._seal(final=False)
+        def prepared(_: object) -> None:
+            self._preparing = False
+            if self._closing or self.failed:
+                # The final seal (or the abandon) may have run before the
+                # file was made: drop it in turn.
+                self._jobs.submit(self._files.discard_next).addErrback(_ignore)
+                return
+            self._next_ready = True
+            if self._rotation is not None:
+                self._seal_rotation()
 
-        def not_prepared(failure: Failure) -> Failure:
+        def not_prepared(failure: Failure) -> None:
+            self._preparing = False
             if self.failed:
-                return failure
+                return
             error = failure.value
             if isinstance(error, OSError) and error.errno in (
                 errno.ENOSPC,
@@ -473,22 +477,50 @@ class SegmentRecording:
                     f"{failure.getErrorMessage()}"
                 )
             self._exhaust(reason)
-            return _failed(reason)
+            waiters, self._rotation = self._rotation or [], None
+            for d in waiters:
+                d.errback(RecordingFailed(reason))
+
+        # Not queued behind the blocks waiting to be written: it touches
+        # only the next file, which no queued job reads before the seal
+        # that this callback submits.
+        self._recorder.executor(self._files.prepare, index).addCallbacks(
+            prepared, not_prepared
+        ).addErrback(_ignore)
+
+    def _rotate(self) -> Deferred:
+        """
+        Seal the open segment into the next one's file, once that file is
+        ready.  Until it is, records go on into the open segment (its
+        headroom), with the producers paused past C{segment_max_bytes}.
+        Fires with the seal's L{SealInfo}.
+        """
+        d = Deferred()
+        if self._rotation is not None:
+            self._rotation.append(d)
+            return d
+        self._rotation = [d]
+        if self._next_ready:
+            self._seal_rotation()
+        else:
+            self._prepare()
+            self._update_paused()
+        return d
+
+    def _seal_rotation(self) -> None:
+        waiters, self._rotation = self._rotation or [], None
+        self._next_ready = False
+        self._update_paused()
 
         def done(result: object) -> object:
-            self._rotation = None
-            self._update_paused()
             for d in waiters:
                 if isinstance(result, Failure):
                     d.errback(RecordingFailed(result.getErrorMessage()))
                 else:
                     d.callback(result)
-            return result
+            return None
 
-        d = self._jobs.submit(self._files.prepare, index)
-        d.addCallbacks(prepared, not_prepared)
-        d.addBoth(done)
-        return d
+        self._seal(final=False).addBoth(done)
 
     def _seal(self, final: bool) -> Deferred:
         self._cut_block()
@@ -566,7 +598,8 @@ class SegmentRecording:
 
     def _closed(self, result: object) -> object:
         self._recorder.closed(self)
-        waiters, self._final_waiters = self._final_waiters, []
+        # A seal that waited for the next file: the final seal covers it.
+        waiters, self._rotation = self._rotation or [], None
         for d in waiters:
             if isinstance(result, Failure):
                 d.errback(RecordingFailed(result.getErrorMessage()))

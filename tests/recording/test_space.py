@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import time
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -30,7 +31,7 @@ from gatehouse.recording.recorder import (
 )
 from gatehouse.recording.verify import IndexFacts, verify_session
 
-from .test_recorder import NS, T0, FakeProducer, epoch_keys
+from .test_recorder import NS, FakeProducer, epoch_keys
 
 MiB = 1024 * 1024
 _G2C = Direction.GATEWAY_TO_CLIENT
@@ -53,9 +54,11 @@ class SpaceTests(SynchronousTestCase):
     """The recorder on a fake clock, its file work run synchronously."""
 
     def setUp(self):
+        # Session ids only grow: start from now, not a fixed time that ids
+        # made by other modules may have passed.
         self.clock = Clock()
-        self.clock.advance(T0)
-        self.anchors, self.keys = epoch_keys(T0 - 10)
+        self.clock.advance(time.time())
+        self.anchors, self.keys = epoch_keys(self.clock.seconds() - 10)
         self.root = self.mktemp()
         self.free = 10**12
 
@@ -73,6 +76,9 @@ class SpaceTests(SynchronousTestCase):
             **kw,
         )
 
+    def session_id(self):
+        return new_session_id(self.clock.seconds())
+
     def fill(self, recording, n=40, size=4000):
         for _ in range(n):
             recording.record(RecordType.DATA, _G2C, 0, os.urandom(size))
@@ -83,7 +89,7 @@ class SpaceTests(SynchronousTestCase):
         real length, and no prepared file is left behind.
         """
         recorder = self.recorder()
-        recording = recorder.open(new_session_id(T0), {})
+        recording = recorder.open(self.session_id(), {})
         path = os.path.join(recording.directory, "seg-00000000.ghs")
         self.assertEqual(os.path.getsize(path), recorder.segment_capacity)
         self.assertGreaterEqual(
@@ -114,18 +120,22 @@ class SpaceTests(SynchronousTestCase):
         recorder = self.recorder(executor=no_space_for("prepare"))
         heard = []
         recorder.observe_failures(lambda rec, why: heard.append(why))
-        recording = recorder.open(new_session_id(T0), {})
+        recording = recorder.open(self.session_id(), {})
         producer = FakeProducer()
         recording.registerProducer(producer)
         waiter = recording.notifyFailure()
+        heard_by_session = []
+        waiter.addCallback(heard_by_session.append)
         accepted = []
+        # Like a protocol, stop forwarding once told.
+        while not heard_by_session:
+            payload = b"%04d" % len(accepted) + os.urandom(4000)
+            recording.record(RecordType.DATA, _G2C, 0, payload)
+            accepted.append(payload)
+        self.assertTrue(heard_by_session[0].startswith(SPACE_EXHAUSTED))
         with self.assertRaises(RecordingFailed) as caught:
-            for i in range(100):
-                payload = b"%04d" % i + os.urandom(4000)
-                recording.record(RecordType.DATA, _G2C, 0, payload)
-                accepted.append(payload)
+            recording.record(RecordType.DATA, _G2C, 0, os.urandom(8000))
         self.assertTrue(str(caught.exception).startswith(SPACE_EXHAUSTED))
-        self.assertTrue(self.successResultOf(waiter).startswith(SPACE_EXHAUSTED))
         self.assertEqual(heard, [recording.exhausted])
         self.assertEqual((recorder.exhaustions, recorder.failures), (1, 0))
         self.assertFalse(recording.failed)
@@ -161,7 +171,7 @@ class SpaceTests(SynchronousTestCase):
         a genuine final seal carries the reason.
         """
         recording = self.recorder(executor=no_space_for("prepare")).open(
-            new_session_id(T0), {}
+            self.session_id(), {}
         )
         self.assertRaises(RecordingFailed, self.fill, recording, 100)
         self.successResultOf(recording.close(recording.exhausted))
@@ -187,7 +197,7 @@ class SpaceTests(SynchronousTestCase):
         cleanly.
         """
         recorder = self.recorder(headroom_bytes=32 * 1024)
-        recording = recorder.open(new_session_id(T0), {})
+        recording = recorder.open(self.session_id(), {})
         self.assertRaises(
             RecordingFailed, recording.record, RecordType.DATA, _G2C, 0, b"z" * 200_000
         )
@@ -212,7 +222,7 @@ class SpaceTests(SynchronousTestCase):
             return d
 
         recorder = self.recorder(executor=queued)
-        recording = recorder.open(new_session_id(T0), {})
+        recording = recorder.open(self.session_id(), {})
         producer = FakeProducer()
         recording.registerProducer(producer)
         self.fill(recording, n=17)
@@ -238,11 +248,11 @@ class SpaceTests(SynchronousTestCase):
         and readiness says why; open sessions go on.
         """
         recorder = self.recorder(reserve_bytes=4 * MiB)
-        open_one = recorder.open(new_session_id(T0), {})
+        open_one = recorder.open(self.session_id(), {})
         self.assertEqual(recorder.readiness_problems(), [])
         self.free = 4 * MiB + recorder.segment_capacity - 1
         with self.assertRaises(RecordingUnavailable) as caught:
-            recorder.open(new_session_id(T0), {})
+            recorder.open(self.session_id(), {})
         self.assertTrue(str(caught.exception).startswith(SPACE_EXHAUSTED))
         self.assertEqual(recorder.refused, 1)
         (problem,) = recorder.readiness_problems()
@@ -250,7 +260,7 @@ class SpaceTests(SynchronousTestCase):
         self.fill(open_one)
         self.successResultOf(open_one.close("done"))
         self.free += 1
-        recorder.open(new_session_id(T0), {})
+        recorder.open(self.session_id(), {})
         self.assertEqual(recorder.readiness_problems(), [])
 
     def test_readiness_of_missing_directory(self):
@@ -263,7 +273,7 @@ class SpaceTests(SynchronousTestCase):
         """preallocate=False writes files as they grow; they verify the same."""
         recorder = self.recorder(preallocate=False)
         self.assertIsNone(recorder.segment_capacity)
-        recording = recorder.open(new_session_id(T0), {})
+        recording = recorder.open(self.session_id(), {})
         path = os.path.join(recording.directory, "seg-00000000.ghs")
         self.assertLess(os.path.getsize(path), 4096)
         self.fill(recording)
