@@ -154,8 +154,13 @@ class _SegmentFiles:
         if self.capacity is not None:
             os.posix_fallocate(f.fileno(), 0, self.capacity)
 
-    def open(self, header: SegmentHeader) -> None:
+    def open(self, header: SegmentHeader) -> int | None:
+        """Open segment 0; return a duplicate of its descriptor (see L{grow})."""
         self._guarded(self._open, header)
+        return self._dup(self._file)
+
+    def _dup(self, f) -> int | None:
+        return os.dup(f.fileno()) if self.capacity is not None else None
 
     def _open(self, header: SegmentHeader) -> None:
         os.makedirs(self.directory, mode=0o750, exist_ok=True)
@@ -166,7 +171,7 @@ class _SegmentFiles:
         self._prev_link = header.prev_link
         self._stored = hashlib.sha256()
 
-    def prepare(self, index: int) -> None:
+    def prepare(self, index: int) -> int | None:
         """
         Create and preallocate the file of segment C{index}, before the
         open segment is sealed.  A failure (no space) leaves the open
@@ -186,6 +191,7 @@ class _SegmentFiles:
             os.unlink(path)
             raise
         self._next[index] = (f, path)
+        return self._dup(f)
 
     def discard_next(self) -> None:
         """Drop the prepared files that no seal will use."""
@@ -350,8 +356,13 @@ class SegmentRecording:
         self._files = _SegmentFiles(self.directory, recorder.segment_capacity)
         self._jobs = _SerialJobs(recorder.executor)
         self._used = len(self._encoder.header.to_bytes())
-        self._jobs.submit(self._files.open, self._encoder.header).addErrback(
-            self._fail
+        #: how far records may fill the open segment
+        self._limit = recorder.segment_limit
+        #: duplicates of the segment files' descriptors, by index, for
+        #: growing a file on this thread (L{_grow})
+        self._fds: dict[int, int] = {}
+        self._jobs.submit(self._files.open, self._encoder.header).addCallbacks(
+            self._opened, self._fail, callbackArgs=(0,)
         ).addErrback(_ignore)
         self._heartbeat = self._clock.callLater(
             recorder.seal_interval, self._on_heartbeat
@@ -373,12 +384,7 @@ class SegmentRecording:
             # Room is kept for the gateway's last words to the client.
             if self._used + need > self._last_words:
                 raise RecordingFailed(self.exhausted)
-        elif self._used + need > recorder.segment_limit:
-            self._exhaust(
-                f"{SPACE_EXHAUSTED}: a record of {len(payload)} bytes does not "
-                "fit in the space reserved for the open segment "
-                f"({recorder.segment_limit} bytes)"
-            )
+        elif self._used + need > self._limit and not self._grow(need):
             raise RecordingFailed(self.exhausted)
         seq = encoder.add(
             rtype, direction, channel, self._monotonic() - self._mono0, payload
@@ -399,6 +405,51 @@ class SegmentRecording:
             elif not (self._preparing or self._next_ready or self.exhausted):
                 self._prepare()
         return seq
+
+    def _opened(self, fd: int | None, index: int) -> None:
+        if fd is None:
+            return
+        if self._closing or self.failed:
+            os.close(fd)
+        else:
+            self._fds[index] = fd
+
+    def _forget_fds(self, upto: int | None = None) -> None:
+        for index in [i for i in self._fds if upto is None or i <= upto]:
+            os.close(self._fds.pop(index))
+
+    def _grow(self, need: int) -> bool:
+        """
+        Make room in the open segment for a record larger than its
+        headroom left, here and now: preallocate the file further (a system
+        call on this thread, as long as the kernel takes to reserve C{need}
+        bytes: rare, and cheaper than hashing the record).  On failure the
+        recording is exhausted.
+
+        @return: whether the record may be accepted.
+        """
+        recorder = self._recorder
+        limit = self._used + need
+        index = self._encoder.header.segment_index
+        if recorder.segment_capacity is not None:
+            fd = self._fds.get(index)
+            if fd is None:
+                self._exhaust(
+                    f"{SPACE_EXHAUSTED}: a record of {need} bytes does not fit in "
+                    f"the space reserved for segment {index}, whose file is not "
+                    "open yet"
+                )
+                return False
+            try:
+                recorder.fallocate(fd, 0, limit + CLOSE_RESERVE)
+            except OSError as e:
+                self._exhaust(
+                    f"{SPACE_EXHAUSTED}: no space for a record of {need} bytes "
+                    f"in segment {index} in {self.directory} ({e.strerror})"
+                )
+                return False
+        self._limit = limit
+        return True
 
     def _cut_block(self) -> None:
         block = self._encoder.take_block()
@@ -447,8 +498,9 @@ class SegmentRecording:
         self._preparing = True
         index = self._encoder.header.segment_index + 1
 
-        def prepared(_: object) -> None:
+        def prepared(fd: int | None) -> None:
             self._preparing = False
+            self._opened(fd, index)
             if self._closing or self.failed:
                 # The final seal (or the abandon) may have run before the
                 # file was made: drop it in turn.
@@ -532,6 +584,7 @@ class SegmentRecording:
         d = self._jobs.submit(self._files.seal, self._encoder.seal(wall, mono, final))
         if not final:
             self._used = len(self._encoder.header.to_bytes())
+            self._limit = self._recorder.segment_limit
             self._heartbeat = self._clock.callLater(
                 self._recorder.seal_interval, self._on_heartbeat
             )
@@ -548,6 +601,7 @@ class SegmentRecording:
                 wall_seal=statement.wall_seal,
             )
             self._recorder.bytes_written += len(sealed.seal)
+            self._forget_fds(upto=sealed.index)
             self._recorder.sealed(info)
             return info
 
@@ -598,6 +652,7 @@ class SegmentRecording:
 
     def _closed(self, result: object) -> object:
         self._recorder.closed(self)
+        self._forget_fds()
         # A seal that waited for the next file: the final seal covers it.
         waiters, self._rotation = self._rotation or [], None
         for d in waiters:
@@ -627,7 +682,6 @@ class SegmentRecording:
             session_id=self.session_id,
             reason=reason,
         )
-        self._update_paused()
         waiters, self._failure_waiters = self._failure_waiters, []
         for d in waiters:
             d.callback(reason)
@@ -651,6 +705,7 @@ class SegmentRecording:
                 if call is not None and call.active():
                     call.cancel()
             self._jobs.submit(self._files.abandon).addErrback(_ignore)
+            self._forget_fds()
             waiters, self._failure_waiters = self._failure_waiters, []
             for d in waiters:
                 d.callback(reason)
@@ -686,13 +741,15 @@ class SegmentRecording:
                 producer.resumeProducing()
 
     def _update_paused(self) -> None:
-        # Paused while writes lag, while the next segment is being
-        # prepared, and for good once no more records are accepted.
+        # Paused while writes lag, and past segment_max_bytes while the
+        # next segment's file is being prepared.  Not when exhausted: the
+        # protocol stops reading itself, and a closing TLS connection must
+        # still read.
         full = (
             self._rotation is not None
             and self._used >= self._recorder.segment_max_bytes
         )
-        paused = not self._closing and bool(self._backlogged or full or self.exhausted)
+        paused = not self._closing and bool(self._backlogged or full)
         if paused == self._paused:
             return
         self._paused = paused
@@ -731,6 +788,9 @@ class SegmentRecorder:
         (default: a quarter of C{segment_max_bytes}, at least 1 MiB).
     @param free_bytes: gives the free space (for unprivileged users) of a
         directory; inject for tests.
+    @param fallocate: C{os.posix_fallocate}, used on the reactor thread to
+        grow a segment for a record larger than its headroom; inject for
+        tests.
 
     @ivar bytes_written: bytes written into segment files (blocks and
         seals), for metrics.
@@ -759,6 +819,7 @@ class SegmentRecorder:
         preallocate: bool = True,
         headroom_bytes: int | None = None,
         free_bytes: Callable[[str], int] | None = None,
+        fallocate: Callable[[int, int, int], None] = os.posix_fallocate,
     ):
         self.directory = directory
         self.gateway_id = gateway_id
@@ -783,6 +844,7 @@ class SegmentRecorder:
             self.segment_limit + CLOSE_RESERVE if preallocate else None
         )
         self._free_bytes = free_bytes or free_space
+        self.fallocate = fallocate
         self.bytes_written = 0
         self.failures = 0
         self.exhaustions = 0

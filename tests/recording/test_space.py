@@ -139,7 +139,9 @@ class SpaceTests(SynchronousTestCase):
         self.assertEqual(heard, [recording.exhausted])
         self.assertEqual((recorder.exhaustions, recorder.failures), (1, 0))
         self.assertFalse(recording.failed)
-        self.assertTrue(producer.paused)
+        # Not paused: the protocol stops reading itself, and a closing TLS
+        # connection must still read its peer's close.
+        self.assertFalse(producer.paused)
         # The gateway's last words to its client still fit, and are kept.
         recording.record(RecordType.DATA, _G2C, 0, b"E-fatal-53100")
         self.assertRaises(
@@ -190,21 +192,44 @@ class SpaceTests(SynchronousTestCase):
             self.assertFalse(report.complete)
             self.assertIsNone(report.recording_ended)
 
-    def test_record_too_large_for_headroom(self):
+    def test_record_larger_than_headroom(self):
         """
-        A record that does not fit in what is left of its segment's
-        reserved space is refused (not forwarded), and ends the recording
-        cleanly.
+        A record larger than what is left of its segment's reserved space
+        grows the segment's preallocation first (a masked row of many MiB).
         """
         recorder = self.recorder(headroom_bytes=32 * 1024)
+        recording = recorder.open(self.session_id(), {})
+        big = os.urandom(3 * MiB)
+        recording.record(RecordType.DATA, _G2C, 0, big)
+        self.assertIsNone(recording.exhausted)
+        self.successResultOf(recording.close("done"))
+        report = verify_session(recording.directory, self.anchors)
+        self.assertEqual((report.findings, report.exit_code), ((), 0))
+        payloads = [r.payload for r in read_records(recording.directory)]
+        self.assertIn(big, payloads)
+
+    def test_no_space_to_grow(self):
+        """
+        When the segment cannot grow for a record larger than its headroom,
+        the record is refused (not forwarded) and the recording ends cleanly.
+        """
+        grown = []
+
+        def full(fd, offset, length):
+            grown.append(length)
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        recorder = self.recorder(headroom_bytes=32 * 1024, fallocate=full)
         recording = recorder.open(self.session_id(), {})
         self.assertRaises(
             RecordingFailed, recording.record, RecordType.DATA, _G2C, 0, b"z" * 200_000
         )
-        self.assertIn("does not fit", recording.exhausted)
+        self.assertEqual(len(grown), 1)
+        self.assertTrue(recording.exhausted.startswith(SPACE_EXHAUSTED))
         self.successResultOf(recording.close(recording.exhausted))
         report = verify_session(recording.directory, self.anchors)
         self.assertEqual((report.findings, report.exit_code), ((), 0))
+        self.assertEqual(report.recording_ended, recording.exhausted)
         payloads = [r.payload for r in read_records(recording.directory)]
         self.assertNotIn(b"z" * 200_000, payloads)
 
