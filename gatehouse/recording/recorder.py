@@ -396,13 +396,13 @@ class SegmentRecording:
             self._flush_call = self._clock.callLater(
                 recorder.flush_interval, self._on_flush
             )
-        if self._used >= recorder.segment_max_bytes // 2:
+        if self._used >= recorder.segment_max_bytes // 2 and not self.exhausted:
             if self._used >= recorder.segment_max_bytes:
                 if self._rotation is None:
                     self._rotate().addErrback(_ignore)
                 elif not self._paused:
                     self._update_paused()
-            elif not (self._preparing or self._next_ready or self.exhausted):
+            elif not (self._preparing or self._next_ready):
                 self._prepare()
         return seq
 
