@@ -65,6 +65,8 @@ DEFAULT_SEAL_INTERVAL = 30.0
 DEFAULT_FLUSH_INTERVAL = 0.2
 DEFAULT_KEY_WARNING = 24 * 3600.0
 DEFAULT_SHUTDOWN_GRACE = 30.0
+#: Free space below which new sessions are refused (open ones may use it).
+DEFAULT_RESERVE_BYTES = 256 * 1024 * 1024
 MAX_LEEWAY = 300.0
 #: the longest identity.max_token_lifetime a configuration may set
 MAX_TOKEN_LIFETIME = 365 * 86400.0
@@ -133,6 +135,8 @@ class RecordingConfig:
     seal_interval: float = DEFAULT_SEAL_INTERVAL
     flush_interval: float = DEFAULT_FLUSH_INTERVAL
     key_warning: float = DEFAULT_KEY_WARNING
+    reserve_bytes: int = DEFAULT_RESERVE_BYTES
+    preallocate: bool = True
 
 
 @attrs.frozen
@@ -1082,6 +1086,8 @@ def _parse_recording(section: ConfigSection | None) -> RecordingConfig | None:
         "flush_interval", DEFAULT_FLUSH_INTERVAL, positive=True
     )
     key_warning = section.duration("key_warning", DEFAULT_KEY_WARNING)
+    reserve_bytes = section.size("reserve_bytes", DEFAULT_RESERVE_BYTES)
+    preallocate = section.boolean("preallocate", True)
     section.finish()
     return RecordingConfig(
         directory=directory,
@@ -1092,6 +1098,8 @@ def _parse_recording(section: ConfigSection | None) -> RecordingConfig | None:
         seal_interval=seal_interval,
         flush_interval=flush_interval,
         key_warning=key_warning,
+        reserve_bytes=reserve_bytes,
+        preallocate=preallocate,
     )
 
 

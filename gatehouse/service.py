@@ -202,6 +202,8 @@ def build_components(config: GatehouseConfig, reactor: Any) -> Components:
         segment_max_bytes=recording.segment_max_bytes,
         seal_interval=recording.seal_interval,
         flush_interval=recording.flush_interval,
+        reserve_bytes=recording.reserve_bytes,
+        preallocate=recording.preallocate,
     )
     verifier = SwappableVerifier(_make_verifier(config, reactor))
     index = SessionIndex(recording.index, reactor)

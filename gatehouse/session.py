@@ -715,11 +715,13 @@ class SessionHub:
         yet: see L{start_recording}.
 
         @raise gatehouse.recording.interfaces.RecordingUnavailable: no
-            session may start (no valid signing key): refuse the client.
+            session may start (no valid signing key, no disk space): refuse
+            the client.
         """
-        can_open = getattr(self.recorder, "can_open", None)
-        if can_open is not None and not can_open():
-            raise RecordingUnavailable("no signing key is valid now")
+        open_problem = getattr(self.recorder, "open_problem", None)
+        problem = open_problem() if open_problem is not None else None
+        if problem is not None:
+            raise RecordingUnavailable(problem)
         session_id = new_session_id(self.clock.seconds())
         meta = {
             "session_id": str(session_id),

@@ -1307,3 +1307,32 @@ class DurationTests(SynchronousTestCase):
         """
         for value in ["", "MB", "1.5B", "-1", -1, "5 bits", 1.5, True]:
             self.assertRaises(ValueError, parse_size, value)
+
+
+class RecordingSpaceConfigTests(ConfigTestCase):
+    """
+    C{recording.reserve_bytes} and C{recording.preallocate}.
+    """
+
+    def test_defaults(self) -> None:
+        """A 256 MiB reserve, and preallocated segments."""
+        config = load_config(self.files.save(self.files.minimal()))
+        self.assertEqual(config.recording.reserve_bytes, 256 * 1024 * 1024)
+        self.assertTrue(config.recording.preallocate)
+
+    def test_set(self) -> None:
+        """Both keys are read."""
+        data = self.files.minimal()
+        data["recording"].update(reserve_bytes="2GiB", preallocate=False)
+        config = load_config(self.files.save(data))
+        self.assertEqual(config.recording.reserve_bytes, 2 * 1024**3)
+        self.assertFalse(config.recording.preallocate)
+
+    def test_bad_values(self) -> None:
+        """Each bad value is one problem line."""
+        data = self.files.minimal()
+        data["recording"].update(reserve_bytes="lots", preallocate="yes")
+        problems = self.problems(data)
+        self.assertEqual(len(problems), 2, problems)
+        self.assertTrue(problems[0].startswith("recording.reserve_bytes: "), problems)
+        self.assertTrue(problems[1].startswith("recording.preallocate: "), problems)

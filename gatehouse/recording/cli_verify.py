@@ -37,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Verify a recorded session: every segment's hash chain, seal and "
         "signing key, and that no segment is missing, cut short, out of "
-        "order or from elsewhere.  Exit status: 0 complete and intact, "
+        "order or from elsewhere.  Exit status: 0 complete and intact (also "
+        "when the gateway ended the session because it could not record "
+        "more: the reason is shown), "
         "3 only an unsealed end (still recording, or the gateway stopped), "
         "1 problems found, 2 usage error."
     )
@@ -238,6 +240,12 @@ def _summary(report) -> str:
     )
     code = report.exit_code
     if code == 0:
+        if report.recording_ended:
+            return (
+                f"{who}: OK: complete and intact ({counts}); the gateway ended "
+                f"the session because it could not record more: "
+                f"{report.recording_ended}"
+            )
         return f"{who}: OK: complete and intact ({counts})"
     if code == 3:
         return (

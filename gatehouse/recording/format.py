@@ -171,6 +171,27 @@ def split_records(raw: bytes) -> list[Record]:
     return records
 
 
+def last_record(raw: bytes) -> tuple[int, bytes] | None:
+    """
+    The type and payload of the last record in a block's concatenated
+    records, without copying the others; None when the framing does not
+    add up.
+    """
+    offset = 0
+    end = len(raw)
+    size = RECORD_HEADER.size
+    found = None
+    while offset + size <= end:
+        length, rtype = RECORD_HEADER.unpack_from(raw, offset)[:2]
+        start = offset + size
+        offset = start + length
+        found = (rtype, start, offset)
+    if found is None or offset != end:
+        return None
+    rtype, start, stop = found
+    return rtype, bytes(raw[start:stop])
+
+
 @attrs.frozen
 class SegmentHeader:
     """The header that opens each segment file."""

@@ -14,6 +14,12 @@ import uuid
 import attrs
 from zope.interface import Attribute, Interface
 
+#: How the reason starts when a recording ended because its disk is full.
+SPACE_EXHAUSTED = "recording space exhausted"
+#: How the reason starts when the next segment file could not be created
+#: for another reason than space.
+SEGMENT_UNAVAILABLE = "recording segment unavailable"
+
 
 class RecordingFailed(Exception):
     """

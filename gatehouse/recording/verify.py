@@ -9,6 +9,7 @@ problem, naming the segment file and what exactly is wrong.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -22,8 +23,10 @@ from gatehouse.recording.format import (
     ZERO_LINK,
     Delegation,
     FormatError,
+    RecordType,
     SealStatement,
     SegmentHeader,
+    last_record,
     link_of,
     segment_filename,
 )
@@ -110,6 +113,12 @@ class VerifyReport:
         sealed by a bad key.
     @ivar complete: whether the session ends in a final seal that verifies,
         with every segment before it present.
+    @ivar close_reason: why the session ended, from its close record (only
+        for a complete session: only then is that record known genuine).
+    @ivar recording_ended: set when the gateway ended the session because
+        it could not go on recording it (its disk was full): the recording
+        is still complete, every forwarded byte is in it, and this says
+        why it ends there.
     """
 
     session_id: str | None
@@ -119,6 +128,8 @@ class VerifyReport:
     records: int
     sealed_records: int
     complete: bool
+    close_reason: str | None = None
+    recording_ended: str | None = None
 
     @property
     def exit_code(self) -> int:
@@ -139,6 +150,8 @@ class VerifyReport:
             "records": self.records,
             "sealed_records": self.sealed_records,
             "complete": self.complete,
+            "close_reason": self.close_reason,
+            "recording_ended": self.recording_ended,
             "exit_code": self.exit_code,
         }
 
@@ -178,6 +191,8 @@ class _Segment:
         self.matches = False
         self.delegation: Delegation | None = None
         self.findings: list[Finding] = []
+        #: the payload of the close record the segment ends with, if any
+        self.close: bytes | None = None
 
     def add(self, problem: str, detail: str) -> None:
         if problem == ALTERED and self.has(ALTERED):
@@ -223,8 +238,9 @@ def _examine(
         seg.add(MISSING, f"cannot be read: {e.strerror}")
         return seg
     with scanner:
+        last = None
         try:
-            for _ in scanner.blocks():
+            for last in scanner.blocks():  # noqa: B007 (the last one is kept)
                 pass
         except OSError as e:
             seg.add(MISSING, f"cannot be read: {e.strerror}")
@@ -233,6 +249,10 @@ def _examine(
         seg.header = header = scanner.header
         seg.records = scanner.records
         seg.blocks = scanner.blocks_read
+        if last is not None:
+            found = last_record(last.raw)
+            if found is not None and found[0] == RecordType.CLOSE:
+                seg.close = found[1]
         if end.kind == DAMAGED:
             seg.add(ALTERED, end.detail)
         if header is None:
@@ -713,6 +733,9 @@ def verify_session(
     run = _Verification(directory, segs, facts, expected_session_id)
     complete = run.run()
     sid = run.session_id
+    close_reason = recording_ended = None
+    if complete:
+        close_reason, recording_ended = _close_reason(run.slots[max(run.slots)])
     return VerifyReport(
         session_id=str(uuid.UUID(bytes=sid)) if sid is not None else None,
         directory=directory,
@@ -725,4 +748,23 @@ def verify_session(
             if s.genuine and s.matches and not s.has(FOREIGN, BAD_KEY)
         ),
         complete=complete,
+        close_reason=close_reason,
+        recording_ended=recording_ended,
+    )
+
+
+def _close_reason(final: _Segment) -> tuple[str | None, str | None]:
+    """The reasons in the close record that ends the final segment."""
+    if final.close is None:
+        return None, None
+    try:
+        close = json.loads(final.close)
+    except ValueError:
+        return None, None
+    if not isinstance(close, dict):
+        return None, None
+    reason, ended = close.get("reason"), close.get("recording_ended")
+    return (
+        reason if isinstance(reason, str) else None,
+        ended if isinstance(ended, str) else None,
     )

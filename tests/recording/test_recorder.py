@@ -166,11 +166,17 @@ class InMemoryRecorderTests(SynchronousTestCase):
         """
         recording = self.recorder(flush_interval=0.2).open(new_session_id(T0), {})
         path = os.path.join(recording.directory, "seg-00000000.ghs")
-        before = os.path.getsize(path)
+
+        def written():
+            # The file is preallocated: what was written is what is not zero.
+            with open(path, "rb") as f:
+                return len(f.read().rstrip(b"\0"))
+
+        before = written()
         recording.record(RecordType.DATA, Direction.CLIENT_TO_GATEWAY, 0, b"select 1")
-        self.assertEqual(os.path.getsize(path), before)
+        self.assertEqual(written(), before)
         self.clock.advance(0.2)
-        self.assertGreater(os.path.getsize(path), before)
+        self.assertGreater(written(), before)
 
     def test_no_key_refuses(self):
         """
@@ -244,9 +250,10 @@ class InMemoryRecorderTests(SynchronousTestCase):
 
     def test_records_while_sealing(self):
         """
-        Records go on into the next segment while the file work of a seal
-        is still queued; each seal is completed there, and what observers
-        hear of it (its link) is what the files hold.
+        A seal first prepares the next segment's file; records go on into
+        the open segment while that file work is queued, and the seal
+        covers them.  Seals asked for meanwhile are the same seal.  What
+        observers hear of each seal (its link) is what the files hold.
         """
         pending = []
 
@@ -254,6 +261,10 @@ class InMemoryRecorderTests(SynchronousTestCase):
             d = Deferred()
             pending.append((d, fn, args))
             return d
+
+        def run_one():
+            d, fn, args = pending.pop(0)
+            d.callback(fn(*args))
 
         recorder = self.recorder(executor=queued)
         heard = []
@@ -263,18 +274,33 @@ class InMemoryRecorderTests(SynchronousTestCase):
         for i in range(3):
             recording.record(RecordType.DATA, Direction.GATEWAY, 0, b"q%d" % i)
             recording.seal().addCallback(sealed.append)
+            recording.seal().addCallback(sealed.append)
             recording.record(RecordType.DATA, Direction.GATEWAY, 0, b"r%d" % i)
+            while len(sealed) < 2 * (i + 1):
+                run_one()
+                if len(sealed) < 2 * (i + 1):
+                    recording.record(RecordType.DATA, Direction.GATEWAY, 0, b"w")
+            self.assertEqual(sealed[-1], sealed[-2])
         closed = recording.close("done")
-        self.assertEqual((heard, sealed), ([], []))
         while pending:
-            d, fn, args = pending.pop(0)
-            d.callback(fn(*args))
+            run_one()
         self.assertEqual(self.successResultOf(closed), heard[-1])
-        self.assertEqual(heard[:-1], sealed)
+        self.assertEqual(heard[:-1], sealed[::2])
         self.assertEqual([s.segment_index for s in heard], [0, 1, 2, 3])
         self.assertEqual([s.final for s in heard], [False] * 3 + [True])
+        segments = [
+            [
+                r.payload
+                for r in read_records(recording.directory)
+                if r.seq >= s.first_seq and r.seq < s.first_seq + s.record_count
+            ]
+            for s in heard
+        ]
+        for i in range(3):
+            self.assertIn(b"r%d" % i, segments[i])
         report = verify_session(recording.directory, self.anchors)
-        self.assertEqual((report.findings, report.records), ((), 8))
+        self.assertEqual(report.findings, ())
+        self.assertEqual(report.records, heard[-1].first_seq + heard[-1].record_count)
         previous = ZERO_LINK
         for info, path in zip(
             heard, sorted(os.listdir(recording.directory)), strict=True
@@ -313,6 +339,8 @@ class ThreadedRecorderTests(TestCase):
             )
             if i % 200 == 0:
                 yield deferLater(reactor, 0, lambda: None)
+        # A seal waits for the next segment's file; a close would not.
+        yield recording.seal()
         yield recording.close("done")
         report = verify_session(recording.directory, anchors)
         self.assertEqual(report.findings, ())

@@ -64,7 +64,11 @@ from gatehouse.protocols.postgres.upstream import (
     upstream_parameters,
 )
 from gatehouse.recording.format import Direction
-from gatehouse.recording.interfaces import RecordingFailed, RecordingUnavailable
+from gatehouse.recording.interfaces import (
+    SPACE_EXHAUSTED,
+    RecordingFailed,
+    RecordingUnavailable,
+)
 
 _C2G = Direction.CLIENT_TO_GATEWAY
 _G2C = Direction.GATEWAY_TO_CLIENT
@@ -562,8 +566,12 @@ class PostgresServerProtocol(Protocol):
             )
         except RecordingUnavailable as e:
             self._log.error("Refusing a PostgreSQL client: {why}", why=e)
+            full = str(e).startswith(SPACE_EXHAUSTED)
             self._write_error(
-                "57P03", "the gateway cannot record sessions now", severity="FATAL"
+                "57P03",
+                "the gateway cannot record sessions now",
+                severity="FATAL",
+                detail="Its recording disk is full." if full else None,
             )
             self._abort()
             return False
@@ -1995,12 +2003,24 @@ class PostgresServerProtocol(Protocol):
             return
         self._close_reason = reason
         self._closing = True
-        # The recording is gone: this error is sent unrecorded, on purpose.
-        self.transport.write(
-            codec.ErrorResponse.build(
+        if reason.startswith(SPACE_EXHAUSTED):
+            error = codec.ErrorResponse.build(
+                "FATAL",
+                "53100",
+                "the gateway's recording disk is full; the "
+                "session is closed (what was sent so far is recorded)",
+            ).encode()
+        else:
+            error = codec.ErrorResponse.build(
                 "FATAL", "58030", "the gateway cannot record this session; it is closed"
             ).encode()
-        )
+        try:
+            # An exhausted recording keeps room for this; a failed one is
+            # gone, and the error is sent unrecorded, on purpose.
+            self.session.data(_G2C, error)
+        except RecordingFailed:
+            pass
+        self.transport.write(error)
         self._abort()
 
     def _terminated(self, reason: str) -> Deferred | None:
