@@ -38,7 +38,6 @@ from gatehouse.recording.interfaces import (
     IRecorder,
     ISessionRecording,
     RecordingFailed,
-    RecordingUnavailable,
     SealInfo,
 )
 
@@ -445,6 +444,10 @@ class Session:
         if metrics is not None:
             metrics.masked(self.protocol, self.target or "", count)
 
+    def recording_problem(self) -> str | None:
+        """See L{SessionHub.recording_problem}."""
+        return self._hub.recording_problem()
+
     def on_terminate(self, callback: Callable[[str], object]) -> None:
         """
         Call C{callback(reason)} when the gateway ends the session itself
@@ -712,16 +715,9 @@ class SessionHub:
     def open(self, protocol: str, listener: str, client_address: str) -> Session:
         """
         Start a session for a new client connection.  Nothing is written
-        yet: see L{start_recording}.
-
-        @raise gatehouse.recording.interfaces.RecordingUnavailable: no
-            session may start (no valid signing key, no disk space): refuse
-            the client.
+        yet: see L{start_recording}, which refuses the session if it cannot
+        be recorded; a protocol may ask L{recording_problem} earlier.
         """
-        open_problem = getattr(self.recorder, "open_problem", None)
-        problem = open_problem() if open_problem is not None else None
-        if problem is not None:
-            raise RecordingUnavailable(problem)
         session_id = new_session_id(self.clock.seconds())
         meta = {
             "session_id": str(session_id),
@@ -742,6 +738,16 @@ class SessionHub:
         )
         self.sessions[str(session_id)] = session
         return session
+
+    def recording_problem(self) -> str | None:
+        """
+        Why a new session could not be recorded now (no valid signing key,
+        recording disk below its reserve), or None.  A protocol asks before
+        it spends anything on a client (once the client can read the
+        answer, e.g. after TLS); L{start_recording} refuses anyway.
+        """
+        open_problem = getattr(self.recorder, "open_problem", None)
+        return open_problem() if open_problem is not None else None
 
     def start_recording(self, session: Session) -> None:
         """

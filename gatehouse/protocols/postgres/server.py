@@ -565,15 +565,7 @@ class PostgresServerProtocol(Protocol):
                 "postgres", self._factory.listener_name, self._peer
             )
         except RecordingUnavailable as e:
-            self._log.error("Refusing a PostgreSQL client: {why}", why=e)
-            full = str(e).startswith(SPACE_EXHAUSTED)
-            self._write_error(
-                "57P03",
-                "the gateway cannot record sessions now",
-                severity="FATAL",
-                detail="Its recording disk is full." if full else None,
-            )
-            self._abort()
+            self._refuse_unrecordable(str(e))
             return False
         self.session.on_failure(self._recording_failed)
         self.session.on_terminate(self._terminated)
@@ -738,6 +730,17 @@ class PostgresServerProtocol(Protocol):
                 self._startup_message_received(event)
                 return
 
+    def _refuse_unrecordable(self, problem: str) -> None:
+        """No session can be recorded now (no signing key, a full disk)."""
+        self._log.error("Refusing a PostgreSQL client: {why}", why=problem)
+        full = problem.startswith(SPACE_EXHAUSTED)
+        self._fatal(
+            "57P03",
+            "the gateway cannot record sessions now",
+            f"recording unavailable: {problem}",
+            detail="Its recording disk is full." if full else None,
+        )
+
     def _ssl_request(self) -> None:
         if self._factory.tls is None:
             self._write(self._startup.refuse_encryption())
@@ -773,6 +776,10 @@ class PostgresServerProtocol(Protocol):
             # As PostgreSQL does in a smart shutdown: after TLS, so that
             # clients that insist on TLS see the error too.
             self._fatal("57P03", "the gateway is shutting down", "gateway draining")
+            return
+        problem = self.session.recording_problem()
+        if problem is not None:
+            self._refuse_unrecordable(problem)
             return
         if self._direct_tls:
             alpn = self.transport.getHandle().get_alpn_proto_negotiated()
@@ -949,12 +956,7 @@ class PostgresServerProtocol(Protocol):
         if self._closing:
             return
         if failure.check(RecordingUnavailable):
-            self._log.error("Refusing a PostgreSQL client: {why}", why=failure.value)
-            self._fatal(
-                "57P03",
-                "the gateway cannot record sessions now",
-                f"recording unavailable: {failure.value}",
-            )
+            self._refuse_unrecordable(str(failure.value))
             return
         if not failure.check(AuthenticationError):
             self._log.failure(

@@ -225,13 +225,13 @@ class FullDiskTests(SynchronousTestCase):
             with open(filler, "wb") as f:
                 os.posix_fallocate(f.fileno(), 0, free - 512 * 1024)
         before = self.sessions()
-        self.assertNotEqual(self.gateway.psql("SELECT 1").returncode, 0)
-        # The refusal comes before TLS is negotiated, so only a client that
-        # does not ask for TLS is shown its text.
-        refused = self.gateway.psql("SELECT 1", sslmode="disable")
-        self.assertNotEqual(refused.returncode, 0)
-        self.assertIn("cannot record sessions now", refused.stderr)
-        self.assertIn("recording disk is full", refused.stderr)
+        # The refusal comes after TLS is negotiated (at the startup
+        # message), so a client that insists on TLS is shown its text too.
+        for sslmode in ("require", "disable"):
+            refused = self.gateway.psql("SELECT 1", sslmode=sslmode)
+            self.assertNotEqual(refused.returncode, 0)
+            self.assertIn("cannot record sessions now", refused.stderr)
+            self.assertIn("recording disk is full", refused.stderr)
         self.assertEqual(self.sessions(), before, "a refused session was recorded")
         self.assertIsNone(self.gateway.process.poll(), "the daemon died")
         # The operator moves the evidence away and frees the disk.

@@ -73,8 +73,9 @@ GUARD_CATEGORY_POLICY = {
     }
 }
 
-#: Where attacks would write files; none may exist afterwards.
-FILE_PREFIX = "/tmp/gatehouse_h1_attack_"
+#: Where attacks would write files; none may exist afterwards.  Per test
+#: process, so two runs on one machine do not judge each other's files.
+FILE_PREFIX = f"/tmp/gatehouse_attack_{os.getpid()}_"
 
 _SETUP = """
 drop schema if exists guard_s cascade;
