@@ -106,7 +106,6 @@ class _GatewayCore(Service):
 
     def startService(self) -> Deferred:
         super().startService()
-        raise_open_file_limit()
         self.pool.start()
         for problem in self.keyring.load_now():
             self._log.error("{problem}", problem=problem)
@@ -395,6 +394,14 @@ class GatewayService(MultiService):
     def _reactor(self) -> Any:
         return self.components.reactor
 
+    def privilegedStartService(self) -> None:
+        """
+        Raise the open-file limit before anything opens files: twistd binds
+        the listeners here, and their start checks the limit.
+        """
+        raise_open_file_limit()
+        super().privilegedStartService()
+
     def startService(self) -> None:
         """Start every child; with C{signals}, take over the signals."""
         super().startService()
@@ -608,6 +615,11 @@ def _restart_needed(old: GatehouseConfig, new: GatehouseConfig) -> list[str]:
                 f"listener {name}: {a.protocol} {a.address}:{a.port} -> "
                 f"{b.protocol} {b.address}:{b.port}"
             )
+        else:
+            # The classifier's worker processes are started with the listener.
+            workers = [getattr(c.options, "classify_workers", None) for c in (a, b)]
+            if workers[0] != workers[1]:
+                lines.append(f"listener {name}: classify_workers")
     if old.gateway.id != new.gateway.id:
         lines.append(f"gateway.id {old.gateway.id} -> {new.gateway.id}")
     for key in (
@@ -617,6 +629,8 @@ def _restart_needed(old: GatehouseConfig, new: GatehouseConfig) -> list[str]:
         "segment_max_bytes",
         "seal_interval",
         "flush_interval",
+        "reserve_bytes",
+        "preallocate",
     ):
         if getattr(old.recording, key) != getattr(new.recording, key):
             lines.append(f"recording.{key}")
@@ -637,6 +651,7 @@ def install_signal_handlers(
     runs (it replaces Twisted's own SIGINT and SIGTERM handlers):
 
       - SIGHUP: reopen the log files and reload the configuration;
+      - SIGUSR1: reopen the log files (twistd's rotation signal);
       - SIGTERM or SIGINT: drain and stop; a second one: stop now.
 
     Handlers only hand the work to the reactor (C{callFromThread}).
@@ -651,7 +666,18 @@ def install_signal_handlers(
     def term(signum: int, frame: object) -> None:
         reactor.callFromThread(_terminate, service, reactor, signum)
 
-    handlers = {signal.SIGHUP: hup, signal.SIGTERM: term, signal.SIGINT: term}
+    def usr1(signum: int, frame: object) -> None:
+        reactor.callFromThread(reopen_logs)
+
+    # SIGUSR1 is twistd's "rotate the log" signal; the gateway's log
+    # observer replaces twistd's, so without this handler it would kill the
+    # process.  Rotation is logrotate's; the gateway reopens its files.
+    handlers = {
+        signal.SIGHUP: hup,
+        signal.SIGTERM: term,
+        signal.SIGINT: term,
+        signal.SIGUSR1: usr1,
+    }
     for signum in handlers if signals is None else signals:
         signal.signal(signum, handlers[signum])
 

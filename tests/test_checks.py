@@ -318,3 +318,35 @@ def _self_signed(key: Any, days_ago: int, days: int) -> bytes:
         .sign(key, hashes.SHA256())
     )
     return cert.public_bytes(serialization.Encoding.PEM)
+
+
+class RestartNeededTests(SynchronousTestCase):
+    """What a reload cannot apply is named, one line each."""
+
+    def setUp(self) -> None:
+        MainTestCase.setUp(self)  # type: ignore[arg-type]
+
+    def test_recorder_and_classifier_settings(self) -> None:
+        """
+        The recorder's space settings and a listener's classifier workers
+        are fixed when they start: changing them needs a restart, and the
+        reload says so instead of pretending.
+        """
+        import attrs
+
+        from gatehouse.service import _restart_needed
+
+        old = load_config(self.files.save(self.files.minimal()))
+        self.assertEqual(_restart_needed(old, old), [])
+        new = attrs.evolve(
+            old,
+            recording=attrs.evolve(
+                old.recording,
+                reserve_bytes=old.recording.reserve_bytes + 1,
+                preallocate=not old.recording.preallocate,
+            ),
+        )
+        self.assertEqual(
+            _restart_needed(old, new),
+            ["recording.reserve_bytes", "recording.preallocate"],
+        )

@@ -260,6 +260,32 @@ class ReloadTests(DaemonTestCase):
             self.assertNotIn("Reloaded ", f.read())
 
 
+    def test_usr1_reopens_logs(self) -> None:
+        """
+        SIGUSR1 (twistd's rotation signal, which the gateway's log observer
+        would otherwise leave deadly) reopens the log file; the daemon
+        lives on and serves.
+        """
+        gateway = self.start()
+        os.rename(gateway.log_path, gateway.log_path + ".1")
+        self.signal(gateway, signal.SIGUSR1)
+        wait_for("a new log file", lambda: os.path.exists(gateway.log_path))
+        self.assertIsNone(gateway.process.poll(), "SIGUSR1 ended the daemon")
+        self.assertEqual(gateway.psql("SELECT 1").returncode, 0)
+
+    def test_open_file_limit_raised_before_listening(self) -> None:
+        """
+        The soft open-file limit is raised before the listeners start, so
+        their check of it does not warn about a limit already lifted.
+        """
+        gateway = self.start()
+        log = self.wait_log(gateway, "RLIMIT_NOFILE")
+        raised = log.index("RLIMIT_NOFILE")
+        self.assertNotIn("needs about", log[:raised])
+        self.assertNotIn("starting on", log[:raised])
+        self.assertIn("starting on", log[raised:])
+
+
 class DrainTests(DaemonTestCase):
     """SIGTERM: drain, then close what is left and exit 0."""
 
