@@ -408,6 +408,13 @@ class CrashTests(DaemonTestCase):
         gateway = self.start()
         conn = self.connect(gateway)
         self.assertEqual(conn.execute("SELECT 1").fetchone(), (1,))
+        # A long statement is classified in a worker process: the gateway
+        # has children that kill -9 must not leave behind.
+        long_select = "SELECT 1 AS one" + " " * 9000
+        self.assertEqual(conn.execute(long_select).fetchone(), (1,))
+        assert gateway.process is not None
+        children = _children(gateway.process.pid)
+        self.assertTrue(children, "no classifier worker was started")
         index = self.index_path(gateway)
         (row,) = wait_for(
             "the session in the index",
@@ -418,6 +425,10 @@ class CrashTests(DaemonTestCase):
         assert gateway.process is not None
         gateway.process.kill()
         gateway.process.wait(10)
+        wait_for(
+            "the classifier workers to die with the gateway",
+            lambda: not [c for c in children if os.path.exists(f"/proc/{c}")],
+        )
         self.assertIsNone(get_session(index, row.id).ended)
         gateway.start()
         self.wait_log(gateway, "marked ended")
@@ -463,3 +474,19 @@ class CrashTests(DaemonTestCase):
         self.assertNotIn("truncated", verified.stdout + verified.stderr)
         # The new daemon serves.
         self.assertEqual(gateway.psql("SELECT 1").returncode, 0)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is C{pid} (Linux /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(entry))
+    return found

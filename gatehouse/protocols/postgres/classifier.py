@@ -17,7 +17,11 @@ client cannot queue more than one statement's work.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import multiprocessing
+import os
+import signal
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -88,7 +92,10 @@ class ClassifierPool:
         if self._executor is None:
             # spawn: a fresh interpreter, not a fork of a threaded reactor.
             self._executor = ProcessPoolExecutor(
-                self._workers, mp_context=multiprocessing.get_context("spawn")
+                self._workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_die_with_parent,
+                initargs=(os.getpid(),),
             )
         return self._executor
 
@@ -98,3 +105,25 @@ class ClassifierPool:
         executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
+
+
+#: prctl(2) option: the signal a process gets when its parent dies (Linux)
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """
+    In a worker: die when the gateway does, even by C{kill -9} (which runs
+    none of its shutdown): a worker left behind would hold memory for ever.
+    """
+    name = ctypes.util.find_library("c")
+    if name is not None:
+        try:
+            ctypes.CDLL(name, use_errno=True).prctl(
+                _PR_SET_PDEATHSIG, signal.SIGKILL
+            )
+        except (AttributeError, OSError):
+            pass
+    # The gateway may have died before prctl took effect.
+    if os.getppid() != parent:
+        os._exit(0)
