@@ -358,8 +358,8 @@ class ServiceTests(SynchronousTestCase):
     def test_components(self) -> None:
         """
         L{build_components} keeps the configuration and reactor and builds
-        one core service; before the signing keys are loaded, opening a
-        session fails closed.
+        one core service; before the signing keys are loaded, a session
+        says it cannot be recorded and starting its recording fails closed.
         """
         config = self.load()
         components = build_components(config, self.reactor)
@@ -367,9 +367,9 @@ class ServiceTests(SynchronousTestCase):
         self.assertIs(components.config, config)
         self.assertIs(components.reactor, self.reactor)
         self.assertEqual([s.name for s in components.services], ["core"])
-        self.assertRaises(
-            RecordingUnavailable, components.session_factory, "dummy", "a", "127.0.0.1"
-        )
+        session = components.session_factory("dummy", "a", "127.0.0.1")
+        self.assertEqual(session.recording_problem(), "no signing key is valid now")
+        self.assertRaises(RecordingUnavailable, components.hub.start_recording, session)
 
     def test_background_services_first(self) -> None:
         """
