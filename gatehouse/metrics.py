@@ -29,6 +29,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily
 
+from gatehouse.recording.interfaces import SEGMENT_UNAVAILABLE, SPACE_EXHAUSTED
+
 __all__ = ["AUTH_REASONS", "OUTCOMES", "UNIDENTIFIED", "GatewayMetrics"]
 
 #: How an approval request can end: the C{outcome} label's values.
@@ -179,6 +181,12 @@ class GatewayMetrics:
             "Session recordings that failed.",
             registry=r,
         )
+        self._recordingsExhausted = Counter(
+            "gatehouse_recordings_exhausted_total",
+            "Sessions ended because their recording ran out of disk space"
+            " (sealed cleanly; also counted in gatehouse_recorder_failures_total).",
+            registry=r,
+        )
         self._upstreamErrors = Counter(
             "gatehouse_upstream_connect_errors_total",
             "Failed connections to upstream targets.",
@@ -293,9 +301,11 @@ class GatewayMetrics:
         """A recording segment was sealed."""
         self._seals.inc()
 
-    def recorder_failure(self) -> None:
-        """A session's recording failed."""
+    def recorder_failure(self, reason: str = "") -> None:
+        """A session's recording failed (or, by C{reason}, ran out of space)."""
         self._recorderFailures.inc()
+        if reason.startswith((SPACE_EXHAUSTED, SEGMENT_UNAVAILABLE)):
+            self._recordingsExhausted.inc()
 
     def upstream_error(self, protocol: str, target: str) -> None:
         """Connecting to an upstream target failed."""

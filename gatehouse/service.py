@@ -211,7 +211,7 @@ def build_components(config: GatehouseConfig, reactor: Any) -> Components:
         lambda: keyring.covered_until() / 1e9 - reactor.seconds()
     )
     recorder.observe_seals(lambda info: metrics.seal())
-    recorder.observe_failures(lambda *args: metrics.recorder_failure())
+    recorder.observe_failures(lambda recording, why: metrics.recorder_failure(why))
     options = approve_options(config)
     broker = ApprovalBroker(
         reactor,

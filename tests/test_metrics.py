@@ -13,6 +13,7 @@ from gatehouse.approval import ApprovalBroker
 from gatehouse.identity import Identity
 from gatehouse.metrics import AUTH_REASONS, GatewayMetrics
 from gatehouse.policy import Command, Decision
+from gatehouse.recording.interfaces import SEGMENT_UNAVAILABLE, SPACE_EXHAUSTED
 
 ALICE = Identity("alice", "Alice", ("dev",), "https://idp", None)
 BOB = Identity("bob", "Bob", ("dba",), "https://idp", None)
@@ -233,6 +234,17 @@ class NewMetricsTests(SynchronousTestCase):
             for family in text_string_to_metric_families(body.decode("utf-8"))
             for sample in family.samples
         ]
+
+    def test_recordings_exhausted(self) -> None:
+        """
+        A recording ended for want of space counts as a failure and as
+        exhausted; any other failure only as a failure.
+        """
+        self.metrics.recorder_failure("disk I/O error")
+        self.metrics.recorder_failure(f"{SPACE_EXHAUSTED}: no space for segment 3")
+        self.metrics.recorder_failure(f"{SEGMENT_UNAVAILABLE}: EIO")
+        self.assertEqual(self.value("gatehouse_recorder_failures_total"), 3)
+        self.assertEqual(self.value("gatehouse_recordings_exhausted_total"), 2)
 
     def test_auth_failures(self) -> None:
         """
