@@ -26,7 +26,8 @@ from gatehouse.recording.verify import verify_session
 from tests.fixtures.postgres import shared_cluster
 from tests.protocols.postgres.harness import Gateway
 from tests.protocols.postgres.test_disconnects import Client
-from tests.protocols.postgres.test_e2e import error_of
+from tests.protocols.postgres.test_e2e import GatewayTestCase, error_of
+from tests.protocols.postgres.test_preauth import Attacker
 
 _REVIEW_DROPS = {
     "policy": {
@@ -174,3 +175,74 @@ class DrainRedTeamTests(SynchronousTestCase):
             rest = b""
         if rest:
             self.assertEqual(error_of(rest).sqlstate, "57P01")
+
+
+class PreauthRedTeamTests(GatewayTestCase):
+    """
+    An attacker without a token, from several source addresses (as from
+    a handful of hosts, or one IPv6 /64), against a listener's pre-auth
+    caps.
+    """
+
+    TIMEOUT = 3.0
+    PER_ADDRESS = 2
+    UNAUTHENTICATED = 6
+
+    def make_gateway(self, base: str) -> Gateway:
+        return Gateway(
+            base,
+            self.cluster,
+            listener_options={
+                "authentication_timeout": f"{self.TIMEOUT:g}s",
+                "max_connections": 20,
+                "max_unauthenticated": self.UNAUTHENTICATED,
+                "max_unauthenticated_per_address": self.PER_ADDRESS,
+            },
+        )
+
+    def hold(self, count: int, source: str) -> list[Attacker]:
+        """C{count} idle pre-auth connections from C{source}, admitted."""
+        held = []
+        for _ in range(count):
+            attacker = Attacker(self.gateway.port, source)
+            self.addCleanup(attacker.close)
+            held.append(attacker)
+        # Admitted, not refused: an SSLRequest is answered.
+        for attacker in held:
+            attacker.sock.sendall(codec.SSLRequest().encode())
+            self.assertEqual(attacker.sock.recv(1), b"S")
+        return held
+
+    def test_several_addresses_do_not_lock_out_others(self) -> None:
+        """
+        Attackers from three addresses, each within its per-address cap,
+        fill the listener's pre-auth cap: a well-behaved client from
+        another address is still served (the heaviest address's oldest
+        pre-auth connection makes room), not refused until the attackers
+        give up.
+        """
+        attackers = []
+        for n in range(self.UNAUTHENTICATED // self.PER_ADDRESS):
+            attackers += self.hold(self.PER_ADDRESS, f"127.0.0.{n + 2}")
+        opened = time.monotonic()
+        with psycopg.connect(
+            self.gateway.conninfo(password=self.gateway.token())
+        ) as conn:
+            self.assertEqual(conn.execute("select 'served'").fetchone(), ("served",))
+        # Served at once, not after the attackers' login timeout.
+        self.assertLess(time.monotonic() - opened, self.TIMEOUT / 2)
+        # The place was taken from the heaviest address's oldest, refused
+        # at once (it had started TLS: it may only see the connection end).
+        _, elapsed = attackers[0].read_to_close()
+        self.assertLess(elapsed, self.TIMEOUT)
+        # An address at its share gets no more by evicting others.
+        self.hold(1, "127.0.0.9")
+        refused = Attacker(self.gateway.port, "127.0.0.2")
+        self.addCleanup(refused.close)
+        data, elapsed = refused.read_to_close()
+        self.assertLess(elapsed, self.TIMEOUT)
+        error = error_of(data)
+        self.assertEqual(error.sqlstate, "53300")
+        self.assertIn(f"maximum of {self.UNAUTHENTICATED} unauth", error.detail)
+        for attacker in attackers[1:]:
+            self.assertGreaterEqual(attacker.read_to_close()[1], self.TIMEOUT - 0.1)
