@@ -21,7 +21,7 @@ import psycopg
 from twisted.trial.unittest import SynchronousTestCase
 
 from gatehouse.protocols.postgres import codec
-from gatehouse.recording.index import query_sessions
+from gatehouse.recording.index import CRASHED, query_sessions
 from gatehouse.recording.verify import verify_session
 from tests.fixtures.postgres import shared_cluster
 from tests.protocols.postgres.harness import Gateway
@@ -56,12 +56,8 @@ def wait_until(what: str, check, timeout: float = 10.0):
         time.sleep(0.02)
 
 
-class DrainRedTeamTests(SynchronousTestCase):
-    """
-    SIGTERM while sessions are in the middle of something: each one is
-    closed within the grace period, its backend gone, nothing half-done
-    committed on the target, its recording sealed and complete.
-    """
+class _TargetTestCase(SynchronousTestCase):
+    """A fresh daemon per test (it is stopped or killed), the target watched."""
 
     def setUp(self) -> None:
         self.cluster = shared_cluster()
@@ -86,6 +82,14 @@ class DrainRedTeamTests(SynchronousTestCase):
         )
         self.addCleanup(self.monitor.execute, f"drop table if exists {name}")
         return name
+
+
+class DrainRedTeamTests(_TargetTestCase):
+    """
+    SIGTERM while sessions are in the middle of something: each one is
+    closed within the grace period, its backend gone, nothing half-done
+    committed on the target, its recording sealed and complete.
+    """
 
     def test_drain_mid_everything(self) -> None:
         """
@@ -246,3 +250,70 @@ class PreauthRedTeamTests(GatewayTestCase):
         self.assertIn(f"maximum of {self.UNAUTHENTICATED} unauth", error.detail)
         for attacker in attackers[1:]:
             self.assertGreaterEqual(attacker.read_to_close()[1], self.TIMEOUT - 0.1)
+
+
+class CrashRedTeamTests(_TargetTestCase):
+    """kill -9 with sessions in the middle of something, then a restart."""
+
+    def test_kill_mid_everything(self) -> None:
+        """
+        kill -9 with a session mid-COPY, one whose DROP is held for
+        approval and one that has been relaying for a while (segments
+        sealed every 0.2 s): PostgreSQL sees every backend's socket close
+        (none left), the half COPY stored nothing, the held DROP never
+        ran (not after the restart either); the restart marks the three
+        sessions crashed, each recording verifies as an unsealed end
+        (exit 3), never as cut or tampered, and a new client is served.
+        """
+        gateway = Gateway(
+            self.mktemp(),
+            self.cluster,
+            extra_config=_REVIEW_DROPS,
+            seal_interval="0.2s",
+        )
+        gateway.start()
+        self.addCleanup(gateway.stop)
+        tag = f"rtk-{uuid.uuid4().hex[:6]}-"
+        started = time.time()
+        copy_table, held_table = self.table(), self.table()
+
+        copying = Client(gateway, "app", tag + "copy")
+        copying.send(codec.Query(f"COPY {copy_table} FROM STDIN").encode())
+        copying.expect(b"G")
+        copying.send(codec.CopyData(b"half a copy\n").encode())
+        held = Client(gateway, "app_md5", tag + "held")
+        held.send(codec.Query(f"DROP TABLE {held_table}").encode())
+        self.assertIn(b"approv", held.expect(b"N"))
+        busy = Client(gateway, "app", tag + "busy")
+        for n in range(20):
+            busy.send(codec.Query(f"select repeat('y', 5000), {n}").encode())
+            busy.until(b"Z")
+            time.sleep(0.02)
+        for client in (copying, held, busy):
+            self.addCleanup(client.sock.close)
+        wait_until("three backends", lambda: len(self.backends(tag)) == 3)
+
+        gateway.process.kill()
+        gateway.process.wait(10)
+        wait_until("no backend left", lambda: not self.backends(tag), timeout=3)
+        self.assertEqual(self.direct(f"select count(*) from {copy_table}"), [(0,)])
+
+        gateway.start()
+        index = gateway.path("recordings", "index.sqlite3")
+        wait_until("marked crashed", lambda: "marked ended" in gateway.log())
+        rows = [
+            r for r in query_sessions(index, limit=None) if r.started >= started - 1
+        ]
+        self.assertEqual(len(rows), 3, rows)
+        for row in rows:
+            self.assertEqual(row.close_reason, CRASHED, row)
+            report = verify_session(row.directory, gateway.anchors())
+            self.assertEqual(report.exit_code, 3, report.findings)
+            text = repr(report.findings).lower()
+            self.assertNotIn("truncat", text)
+            self.assertNotIn("tamper", text)
+        self.assertEqual(gateway.psql("SELECT 1").returncode, 0)
+        self.assertEqual(
+            self.direct(f"select to_regclass('public.{held_table}') is not null"),
+            [(True,)],
+        )
