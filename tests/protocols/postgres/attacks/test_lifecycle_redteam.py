@@ -12,9 +12,12 @@ and described, not fixed here (the reason is beside it).
 
 from __future__ import annotations
 
+import os
+import resource
 import socket
 import ssl
 import time
+import urllib.request
 import uuid
 
 import psycopg
@@ -317,3 +320,48 @@ class CrashRedTeamTests(_TargetTestCase):
             self.direct(f"select to_regclass('public.{held_table}') is not null"),
             [(True,)],
         )
+
+
+class AdminFloodTests(GatewayTestCase):
+    """
+    An attacker without a token who can reach the admin API (load
+    balancers and Prometheus must): idle, half-sent requests, which
+    Twisted's idle timeout never ends while a byte comes now and then.
+    """
+
+    #: the daemon's open-file limit in this test (set after start)
+    NOFILE = 200
+
+    def make_gateway(self, base: str) -> Gateway:
+        gateway = Gateway(base, self.cluster, admin=True)
+        return gateway
+
+    def test_admin_connections_do_not_starve_the_listener(self) -> None:
+        """
+        300 half-sent requests from five addresses against a daemon that
+        may open 200 files: the admin API holds only a bounded number, so
+        a PostgreSQL client is still served, and so is a load balancer's
+        /healthz from another address.
+        """
+        pid = self.gateway.process.pid
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (self.NOFILE, self.NOFILE))
+        held = []
+        for n in range(300):
+            sock = socket.socket()
+            sock.bind((f"127.0.0.{n % 5 + 2}", 0))
+            sock.settimeout(5)
+            try:
+                sock.connect(("127.0.0.1", self.gateway.admin_port))
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nX-Slow: ")
+            except OSError:
+                pass
+            held.append(sock)
+        self.addCleanup(lambda: [s.close() for s in held])
+        time.sleep(0.5)
+        fds = len(os.listdir(f"/proc/{pid}/fd"))
+        self.assertIn("still-here", self.psql_ok("select 'still-here'"))
+        with urllib.request.urlopen(
+            self.gateway.admin_url + "/healthz", timeout=5
+        ) as response:
+            self.assertEqual(response.status, 200)
+        self.assertLess(fds, self.NOFILE - 20)
