@@ -17,10 +17,12 @@ import resource
 import socket
 import ssl
 import time
+import types
 import urllib.request
 import uuid
 
 import psycopg
+import yaml
 from twisted.trial.unittest import SynchronousTestCase
 
 from gatehouse.protocols.postgres import codec
@@ -365,3 +367,69 @@ class AdminFloodTests(GatewayTestCase):
         ) as response:
             self.assertEqual(response.status, 200)
         self.assertLess(fds, self.NOFILE - 20)
+
+
+class ExpiryRedTeamTests(GatewayTestCase):
+    """A token that expires while the session streams."""
+
+    LIFETIME = 2
+
+    def make_gateway(self, base: str) -> Gateway:
+        gateway = Gateway(base, self.cluster)
+        with open(gateway.config_path) as f:
+            config = yaml.safe_load(f)
+        config["identity"]["issuers"][0]["leeway"] = "0s"
+        with open(gateway.config_path, "w") as f:
+            yaml.safe_dump(config, f)
+        return gateway
+
+    def test_expiry_mid_copy_in(self) -> None:
+        """
+        COPY FROM STDIN streaming rows (the client never reads) when the
+        token expires: the target's backend is gone within a moment of the
+        expiry, the COPY aborted there (no row stored), and the recording
+        verifies.
+        """
+        monitor = psycopg.connect(
+            self.cluster.socket_dsn(dbname="app"), autocommit=True
+        )
+        self.addCleanup(monitor.close)
+        table = f"rt_{uuid.uuid4().hex[:8]}"
+        monitor.execute(f"create table {table} (v text)")
+        monitor.execute(f"alter table {table} owner to gw_scram")
+        self.addCleanup(monitor.execute, f"drop table if exists {table}")
+        start = time.time()
+        expires = int(start) + self.LIFETIME + 1
+        token = self.gateway.token(exp=expires)
+        as_gateway = types.SimpleNamespace(
+            port=self.gateway.port, ca_cert=self.gateway.ca_cert, token=lambda: token
+        )
+        client = Client(as_gateway, "app", "rt-expiry-copy")
+        self.addCleanup(client.sock.close)
+        client.send(codec.Query(f"COPY {table} FROM STDIN").encode())
+        client.expect(b"G")
+
+        def backend() -> list:
+            return monitor.execute(
+                "select 1 from pg_stat_activity "
+                "where application_name = 'rt-expiry-copy'"
+            ).fetchall()
+
+        rows = codec.CopyData(b"x" * 200 + b"\n").encode() * 50
+        sent = 0
+        while backend():
+            self.assertLess(time.time(), expires + 5, "the session outlived its token")
+            for _ in range(20):
+                client.send(rows)
+                sent += 1
+                time.sleep(0.001)
+        self.assertLess(time.time() - expires, 1.5)
+        self.assertGreater(sent, 20)
+        client.reset()
+        self.assertEqual(
+            monitor.execute(f"select count(*) from {table}").fetchone(), (0,)
+        )
+        session = self.latest_session(start)
+        self.assertTrue(session.close_reason.startswith("token expired at "))
+        self.transcript(session)
+        self.assert_still_serving()
