@@ -187,6 +187,41 @@ class DrainRedTeamTests(_TargetTestCase):
         if rest:
             self.assertEqual(error_of(rest).sqlstate, "57P01")
 
+    def test_preauth_connections_do_not_hold_the_drain(self) -> None:
+        """
+        Clients without a token that sent an SSLRequest and stopped (one
+        before SIGTERM, one during the drain): once the one logged-in
+        session ends, the daemon stops, not at the end of the grace period
+        (5 s here, 30 s by default: every restart of a gateway on the
+        internet would take that long).
+        """
+        gateway = Gateway(
+            self.mktemp(),
+            self.cluster,
+            extra_config={"gateway": {"id": "gw-e2e", "shutdown_grace": "5s"}},
+        )
+        gateway.start()
+        self.addCleanup(gateway.stop)
+        session = psycopg.connect(gateway.conninfo(), password=gateway.token())
+        self.addCleanup(session.close)
+        self.assertEqual(session.execute("select 1").fetchone(), (1,))
+        early = Attacker(gateway.port, "127.0.0.2")
+        self.addCleanup(early.close)
+        early.sock.sendall(codec.SSLRequest().encode())
+        self.assertEqual(early.sock.recv(1), b"S")
+        process = gateway.process
+        process.terminate()
+        wait_until("the drain", lambda: "Draining" in gateway.log())
+        late = Attacker(gateway.port, "127.0.0.3")
+        self.addCleanup(late.close)
+        late.sock.sendall(codec.SSLRequest().encode())
+        self.assertEqual(late.sock.recv(1), b"S")
+        ended = time.monotonic()
+        session.close()
+        self.assertEqual(process.wait(15), 0)
+        self.assertLess(time.monotonic() - ended, 1.5, gateway.log()[-2000:])
+        self.assertIn("Draining: 1 session(s) open", gateway.log())
+
 
 class PreauthRedTeamTests(GatewayTestCase):
     """
