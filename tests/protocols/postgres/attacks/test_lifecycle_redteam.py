@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import signal
 import socket
@@ -33,7 +34,7 @@ from gatehouse.recording.verify import verify_session
 from tests.fixtures.postgres import shared_cluster
 from tests.protocols.postgres.harness import Gateway
 from tests.protocols.postgres.test_disconnects import Client
-from tests.protocols.postgres.test_e2e import GatewayTestCase, error_of
+from tests.protocols.postgres.test_e2e import GatewayTestCase, RawClient, error_of
 from tests.protocols.postgres.test_preauth import Attacker
 
 _REVIEW_DROPS = {
@@ -571,3 +572,42 @@ class ReloadRedTeamTests(_TargetTestCase):
         " Ending them needs a decision on what a reload revokes and a"
         " per-session re-check when update_listener applies the new targets."
     )
+
+
+class LogForgeryTests(GatewayTestCase):
+    """
+    Text a client chooses that reaches the text log by way of the
+    target: a startup setting the target refuses, quoted in its error.
+    """
+
+    FORGED = "2026-01-01T00:00:00.000+00:00 [gatehouse.session.Session] session.start"
+
+    def test_startup_setting_cannot_forge_a_line(self) -> None:
+        """
+        A DateStyle value with a line break and a whole fake log line in
+        it: the target refuses it and the gateway logs why, but no line of
+        the log (leading whitespace or not) is the fake one.
+        """
+        mark = len(self.gateway.log())
+        evil = f"ISO\n{self.FORGED} subject=root target=prod"
+        client = RawClient(self.gateway.port, self.gateway.ca_cert)
+        self.addCleanup(client.close)
+        client.send(
+            codec.StartupMessage(
+                {"user": "alice", "database": "app", "DateStyle": evil}
+            ).encode()
+        )
+        client.expect(b"R")
+        client.send(codec.PasswordMessage(self.gateway.token()).encode())
+        self.assertEqual(error_of(client.read_all()).sqlstate, "08006")
+        client.close()
+        log = wait_until(
+            "the refusal logged",
+            lambda: (
+                "session.end" in self.gateway.log()[mark:] and self.gateway.log()[mark:]
+            ),
+        )
+        self.assertIn("DateStyle", log)
+        forged = re.compile(r"^\s*" + re.escape(self.FORGED), re.M)
+        self.assertIsNone(forged.search(log), log)
+        self.assert_still_serving()
