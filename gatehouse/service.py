@@ -206,6 +206,7 @@ def build_components(config: GatehouseConfig, reactor: Any) -> Components:
     verifier = SwappableVerifier(_make_verifier(config, reactor))
     index = SessionIndex(recording.index, reactor)
     metrics = GatewayMetrics(clock=reactor)
+    metrics.targets = frozenset(t.name for t in config.targets)
     metrics.watch_signing_keys(
         lambda: keyring.covered_until() / 1e9 - reactor.seconds()
     )
@@ -548,6 +549,8 @@ class GatewayService(MultiService):
         prepared.verifier.prefetch()
         hub.policy = new.policy
         hub.masking = tuple(new.masking)
+        if hub.metrics is not None:
+            hub.metrics.targets = frozenset(t.name for t in new.targets)
         broker = hub.broker
         if broker is not None:
             # The broker has no setter for these; it reads them per request.

@@ -687,3 +687,39 @@ class CloseRedTeamTests(GatewayTestCase):
         " (close the socket once our close_notify is flushed) needs a change in"
         " how _abort drives Twisted's TLS transport, not a local fix."
     )
+
+
+class MetricsRedTeamTests(GatewayTestCase):
+    """Label values a client chooses, in the metrics."""
+
+    def make_gateway(self, base: str) -> Gateway:
+        return Gateway(base, self.cluster, admin=True)
+
+    def test_unknown_targets_add_no_series(self) -> None:
+        """
+        Thirty logins (valid token) naming databases that are no target:
+        each is refused (3D000) and /metrics grows no series per name (a
+        client could otherwise add one per name, for ever, to the
+        gateway's memory and every Prometheus scrape).
+        """
+        names = [f"nothere{uuid.uuid4().hex[:8]}" for _ in range(30)]
+        token = self.gateway.token()
+        for name in names:
+            client = RawClient(self.gateway.port, self.gateway.ca_cert)
+            client.send(
+                codec.StartupMessage({"user": "alice", "database": name}).encode()
+            )
+            client.expect(b"R")
+            client.send(codec.PasswordMessage(token).encode())
+            self.assertEqual(error_of(client.read_all()).sqlstate, "3D000")
+            client.close()
+        wait_until(
+            "the sessions closed",
+            lambda: self.gateway.log().count('reason="unknown target') >= 30,
+        )
+        with urllib.request.urlopen(
+            self.gateway.admin_url + "/metrics", timeout=10
+        ) as response:
+            metrics = response.read().decode()
+        self.assertNotIn("nothere", metrics)
+        self.assert_still_serving()
