@@ -21,6 +21,7 @@ import socket
 import ssl
 import time
 import types
+import urllib.error
 import urllib.request
 import uuid
 
@@ -222,6 +223,43 @@ class DrainRedTeamTests(_TargetTestCase):
         self.assertEqual(process.wait(15), 0)
         self.assertLess(time.monotonic() - ended, 1.5, gateway.log()[-2000:])
         self.assertIn("Draining: 1 session(s) open", gateway.log())
+
+    def test_hup_during_drain(self) -> None:
+        """
+        An operator (or logrotate) sends SIGHUP during the drain: the
+        daemon keeps draining (a newcomer is refused 57P03, /readyz stays
+        503) and exits when the last session ends.
+        """
+        gateway = Gateway(
+            self.mktemp(),
+            self.cluster,
+            admin=True,
+            extra_config={"gateway": {"id": "gw-e2e", "shutdown_grace": "5s"}},
+        )
+        gateway.start()
+        self.addCleanup(gateway.stop)
+        session = psycopg.connect(gateway.conninfo(), password=gateway.token())
+        self.addCleanup(session.close)
+        self.assertEqual(session.execute("select 1").fetchone(), (1,))
+        process = gateway.process
+        process.terminate()
+        wait_until("the drain", lambda: "Draining" in gateway.log())
+        process.send_signal(signal.SIGHUP)
+        wait_until("the reload", lambda: "Reloaded " in gateway.log())
+        newcomer = RawClient(gateway.port, gateway.ca_cert)
+        self.addCleanup(newcomer.close)
+        newcomer.send(
+            codec.StartupMessage({"user": "alice", "database": "app"}).encode()
+        )
+        self.assertEqual(error_of(newcomer.read_all()).sqlstate, "57P03")
+        try:
+            urllib.request.urlopen(gateway.admin_url + "/readyz", timeout=5)
+            self.fail("/readyz is ready during the drain")
+        except urllib.error.HTTPError as e:
+            self.assertEqual(e.code, 503)
+        self.assertEqual(session.execute("select 2").fetchone(), (2,))
+        session.close()
+        self.assertEqual(process.wait(15), 0)
 
 
 class PreauthRedTeamTests(GatewayTestCase):
