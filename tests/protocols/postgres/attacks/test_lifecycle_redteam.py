@@ -19,6 +19,7 @@ import resource
 import signal
 import socket
 import ssl
+import struct
 import time
 import types
 import urllib.error
@@ -331,6 +332,31 @@ class PreauthRedTeamTests(GatewayTestCase):
         self.assertIn(f"maximum of {self.UNAUTHENTICATED} unauth", error.detail)
         for attacker in attackers[1:]:
             self.assertGreaterEqual(attacker.read_to_close()[1], self.TIMEOUT - 0.1)
+
+    def test_tls_renegotiation_refused(self) -> None:
+        """
+        A client without a token renegotiates TLS 1.2 (each handshake costs
+        the gateway a signature): refused with no_renegotiation, and the
+        gateway goes on serving.
+        """
+        from OpenSSL import SSL
+
+        sock = socket.create_connection(("127.0.0.1", self.gateway.port), timeout=5)
+        self.addCleanup(sock.close)
+        sock.sendall(codec.SSLRequest().encode())
+        self.assertEqual(sock.recv(1), b"S")
+        sock.settimeout(None)  # pyOpenSSL wants a blocking socket
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 5, 0))
+        context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        context.set_max_proto_version(SSL.TLS1_2_VERSION)
+        tls = SSL.Connection(context, sock)
+        tls.set_connect_state()
+        tls.do_handshake()
+        self.assertTrue(tls.renegotiate())
+        with self.assertRaises(SSL.Error) as raised:
+            tls.do_handshake()
+        self.assertIn("no renegotiation", str(raised.exception))
+        self.assert_still_serving()
 
 
 class CrashRedTeamTests(_TargetTestCase):
