@@ -35,35 +35,11 @@ from gatehouse.recording.index import CRASHED, query_sessions
 from gatehouse.recording.verify import verify_session
 from tests.fixtures.postgres import shared_cluster
 from tests.protocols.postgres.harness import Gateway
+from tests.protocols.postgres.test_disconnects import _POLICY as _REVIEW_DROPS
 from tests.protocols.postgres.test_disconnects import Client
 from tests.protocols.postgres.test_e2e import GatewayTestCase, RawClient, error_of
 from tests.protocols.postgres.test_preauth import Attacker
-
-_REVIEW_DROPS = {
-    "policy": {
-        "review": {"approvers": ["approvers"], "timeout": "60s"},
-        "rules": [
-            {
-                "name": "drop-review",
-                "kind": ["DropStmt"],
-                "object": ["rt_*"],
-                "action": "review",
-            }
-        ],
-    }
-}
-
-
-def wait_until(what: str, check, timeout: float = 10.0):
-    """Poll C{check} until it returns something true."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+from tests.test_signals import wait_for
 
 
 class _TargetTestCase(SynchronousTestCase):
@@ -85,8 +61,29 @@ class _TargetTestCase(SynchronousTestCase):
             f"where application_name like '{prefix}%'"
         )
 
+    def copy_and_held(
+        self, gateway: Gateway, tag: str, held_target: str = "app"
+    ) -> tuple[str, str]:
+        """
+        Two sessions in the middle of something: C{tag}copy has sent half a
+        COPY FROM STDIN, C{tag}held has a DROP held for approval.
+
+        @return: the COPY's table and the table the DROP would drop.
+        """
+        copy_table, held_table = self.table(), self.table()
+        copying = Client(gateway, "app", tag + "copy")
+        self.addCleanup(copying.sock.close)
+        copying.send(codec.Query(f"COPY {copy_table} FROM STDIN").encode())
+        copying.expect(b"G")
+        copying.send(codec.CopyData(b"half a copy\n").encode())
+        held = Client(gateway, held_target, tag + "held")
+        self.addCleanup(held.sock.close)
+        held.send(codec.Query(f"DROP TABLE {held_table}").encode())
+        self.assertIn(b"approv", held.expect(b"N"))
+        return copy_table, held_table
+
     def table(self) -> str:
-        name = f"rt_{uuid.uuid4().hex[:8]}"
+        name = f"disc_rt{uuid.uuid4().hex[:8]}"  # disc_*: what _REVIEW_DROPS holds
         self.monitor.execute(
             f"create table {name} (v text); alter table {name} owner to gw_scram"
         )
@@ -115,17 +112,7 @@ class DrainRedTeamTests(_TargetTestCase):
         self.addCleanup(gateway.stop)
         tag = f"rtd-{uuid.uuid4().hex[:6]}-"
         started = time.time()
-        copy_table, held_table = self.table(), self.table()
-
-        copying = Client(gateway, "app", tag + "copy")
-        copying.send(codec.Query(f"COPY {copy_table} FROM STDIN").encode())
-        copying.expect(b"G")
-        copying.send(codec.CopyData(b"half a copy\n").encode())
-
-        held = Client(gateway, "app", tag + "held")
-        held.send(codec.Query(f"DROP TABLE {held_table}").encode())
-        self.assertIn(b"approv", held.expect(b"N"))
-
+        copy_table, held_table = self.copy_and_held(gateway, tag)
         stalled = Client(gateway, "app", tag + "stalled")
         stalled.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         stalled.send(
@@ -134,9 +121,9 @@ class DrainRedTeamTests(_TargetTestCase):
             ).encode()
         )
         idle = Client(gateway, "app", tag + "idle")
-        for client in (copying, held, stalled, idle):
+        for client in (stalled, idle):
             self.addCleanup(client.sock.close)
-        wait_until("four backends", lambda: len(self.backends(tag)) == 4)
+        wait_for("four backends", lambda: len(self.backends(tag)) == 4)
 
         raw = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
         raw.sendall(codec.SSLRequest().encode())
@@ -161,7 +148,7 @@ class DrainRedTeamTests(_TargetTestCase):
         self.assertEqual(code, 0, gateway.log()[-3000:])
         self.assertLess(elapsed, 6.0, gateway.log()[-3000:])
 
-        wait_until("no backend left", lambda: not self.backends(tag), timeout=2)
+        wait_for("no backend left", lambda: not self.backends(tag), timeout=2)
         self.assertEqual(self.direct(f"select count(*) from {copy_table}"), [(0,)])
         self.assertEqual(
             self.direct(f"select to_regclass('public.{held_table}') is not null"),
@@ -214,7 +201,7 @@ class DrainRedTeamTests(_TargetTestCase):
         self.assertEqual(early.sock.recv(1), b"S")
         process = gateway.process
         process.terminate()
-        wait_until("the drain", lambda: "Draining" in gateway.log())
+        wait_for("the drain", lambda: "Draining" in gateway.log())
         late = Attacker(gateway.port, "127.0.0.3")
         self.addCleanup(late.close)
         late.sock.sendall(codec.SSLRequest().encode())
@@ -244,9 +231,9 @@ class DrainRedTeamTests(_TargetTestCase):
         self.assertEqual(session.execute("select 1").fetchone(), (1,))
         process = gateway.process
         process.terminate()
-        wait_until("the drain", lambda: "Draining" in gateway.log())
+        wait_for("the drain", lambda: "Draining" in gateway.log())
         process.send_signal(signal.SIGHUP)
-        wait_until("the reload", lambda: "Reloaded " in gateway.log())
+        wait_for("the reload", lambda: "Reloaded " in gateway.log())
         newcomer = RawClient(gateway.port, gateway.ca_cert)
         self.addCleanup(newcomer.close)
         newcomer.send(
@@ -382,32 +369,23 @@ class CrashRedTeamTests(_TargetTestCase):
         self.addCleanup(gateway.stop)
         tag = f"rtk-{uuid.uuid4().hex[:6]}-"
         started = time.time()
-        copy_table, held_table = self.table(), self.table()
-
-        copying = Client(gateway, "app", tag + "copy")
-        copying.send(codec.Query(f"COPY {copy_table} FROM STDIN").encode())
-        copying.expect(b"G")
-        copying.send(codec.CopyData(b"half a copy\n").encode())
-        held = Client(gateway, "app_md5", tag + "held")
-        held.send(codec.Query(f"DROP TABLE {held_table}").encode())
-        self.assertIn(b"approv", held.expect(b"N"))
+        copy_table, held_table = self.copy_and_held(gateway, tag, "app_md5")
         busy = Client(gateway, "app", tag + "busy")
         for n in range(20):
             busy.send(codec.Query(f"select repeat('y', 5000), {n}").encode())
             busy.until(b"Z")
             time.sleep(0.02)
-        for client in (copying, held, busy):
-            self.addCleanup(client.sock.close)
-        wait_until("three backends", lambda: len(self.backends(tag)) == 3)
+        self.addCleanup(busy.sock.close)
+        wait_for("three backends", lambda: len(self.backends(tag)) == 3)
 
         gateway.process.kill()
         gateway.process.wait(10)
-        wait_until("no backend left", lambda: not self.backends(tag), timeout=3)
+        wait_for("no backend left", lambda: not self.backends(tag), timeout=3)
         self.assertEqual(self.direct(f"select count(*) from {copy_table}"), [(0,)])
 
         gateway.start()
         index = gateway.path("recordings", "index.sqlite3")
-        wait_until("marked crashed", lambda: "marked ended" in gateway.log())
+        wait_for("marked crashed", lambda: "marked ended" in gateway.log())
         rows = [
             r for r in query_sessions(index, limit=None) if r.started >= started - 1
         ]
@@ -438,7 +416,7 @@ class CrashRedTeamTests(_TargetTestCase):
         client = Client(gateway, "app", "rt-kill-running")
         self.addCleanup(client.sock.close)
         client.send(codec.Query("select pg_sleep(4)").encode())
-        wait_until(
+        wait_for(
             "the statement running",
             lambda: self.direct(
                 "select 1 from pg_stat_activity where application_name ="
@@ -448,7 +426,7 @@ class CrashRedTeamTests(_TargetTestCase):
         gateway.process.kill()
         gateway.process.wait(10)
         killed = time.monotonic()
-        wait_until("backend gone", lambda: not self.backends("rt-kill-running"), 6)
+        wait_for("backend gone", lambda: not self.backends("rt-kill-running"), 6)
         self.assertLess(time.monotonic() - killed, 2.0)
 
     test_kill_mid_statement.todo = (  # type: ignore[attr-defined]
@@ -613,7 +591,7 @@ class ReloadRedTeamTests(_TargetTestCase):
             gateway.process.send_signal(signal.SIGHUP)
             self.assertEqual(busy.execute("select %s::int", (n,)).fetchone(), (n,))
             time.sleep(0.01)
-        wait_until(
+        wait_for(
             "the reloads",
             lambda: (
                 gateway.log().count("Reloaded ") >= 1
@@ -656,13 +634,13 @@ class ReloadRedTeamTests(_TargetTestCase):
         with open(gateway.config_path, "w") as f:
             yaml.safe_dump(config, f)
         gateway.process.send_signal(signal.SIGHUP)
-        wait_until("the reload", lambda: "Reloaded " in gateway.log())
+        wait_for("the reload", lambda: "Reloaded " in gateway.log())
         refused = gateway.psql("select 1", target="app_md5")
         self.assertIn('no target named "app_md5"', refused.stderr)
         with self.assertRaises(psycopg.OperationalError) as raised:
             conn.execute("select 2")
         self.assertEqual(raised.exception.sqlstate, "57P01")
-        wait_until("backend gone", lambda: not self.backends("rt-removed"), 2)
+        wait_for("backend gone", lambda: not self.backends("rt-removed"), 2)
 
     test_removed_target_ends_live_sessions.todo = (  # type: ignore[attr-defined]
         "open: a reload applies to new sessions only (documented: open sessions"
@@ -701,7 +679,7 @@ class LogForgeryTests(GatewayTestCase):
         client.send(codec.PasswordMessage(self.gateway.token()).encode())
         self.assertEqual(error_of(client.read_all()).sqlstate, "08006")
         client.close()
-        log = wait_until(
+        log = wait_for(
             "the refusal logged",
             lambda: (
                 "session.end" in self.gateway.log()[mark:] and self.gateway.log()[mark:]
@@ -739,7 +717,7 @@ class CloseRedTeamTests(GatewayTestCase):
             rows = [r for r in query_sessions(index, limit=None) if r.started >= start]
             return bool(rows) and rows[-1].ended is not None
 
-        wait_until("the session ended", ended, timeout=3)
+        wait_for("the session ended", ended, timeout=3)
         self.assertLess(time.monotonic() - fatal, 2.0)
 
     test_fatal_closes_without_the_clients_close_notify.todo = (  # type: ignore[attr-defined]
@@ -777,7 +755,7 @@ class MetricsRedTeamTests(GatewayTestCase):
             client.send(codec.PasswordMessage(token).encode())
             self.assertEqual(error_of(client.read_all()).sqlstate, "3D000")
             client.close()
-        wait_until(
+        wait_for(
             "the sessions closed",
             lambda: self.gateway.log().count('reason="unknown target') >= 30,
         )
