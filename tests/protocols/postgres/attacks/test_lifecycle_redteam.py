@@ -177,6 +177,21 @@ class DrainRedTeamTests(_TargetTestCase):
         if rest:
             self.assertEqual(error_of(rest).sqlstate, "57P01")
 
+    def draining_gateway(self, **kw: object) -> tuple[Gateway, psycopg.Connection]:
+        """A daemon with a 5 s shutdown_grace, and a session logged in to it."""
+        gateway = Gateway(
+            self.mktemp(),
+            self.cluster,
+            extra_config={"gateway": {"id": "gw-e2e", "shutdown_grace": "5s"}},
+            **kw,
+        )
+        gateway.start()
+        self.addCleanup(gateway.stop)
+        session = psycopg.connect(gateway.conninfo(), password=gateway.token())
+        self.addCleanup(session.close)
+        self.assertEqual(session.execute("select 1").fetchone(), (1,))
+        return gateway, session
+
     def test_preauth_connections_do_not_hold_the_drain(self) -> None:
         """
         Clients without a token that sent an SSLRequest and stopped (one
@@ -185,16 +200,7 @@ class DrainRedTeamTests(_TargetTestCase):
         (5 s here, 30 s by default: every restart of a gateway on the
         internet would take that long).
         """
-        gateway = Gateway(
-            self.mktemp(),
-            self.cluster,
-            extra_config={"gateway": {"id": "gw-e2e", "shutdown_grace": "5s"}},
-        )
-        gateway.start()
-        self.addCleanup(gateway.stop)
-        session = psycopg.connect(gateway.conninfo(), password=gateway.token())
-        self.addCleanup(session.close)
-        self.assertEqual(session.execute("select 1").fetchone(), (1,))
+        gateway, session = self.draining_gateway()
         early = Attacker(gateway.port, "127.0.0.2")
         self.addCleanup(early.close)
         early.sock.sendall(codec.SSLRequest().encode())
@@ -218,17 +224,7 @@ class DrainRedTeamTests(_TargetTestCase):
         daemon keeps draining (a newcomer is refused 57P03, /readyz stays
         503) and exits when the last session ends.
         """
-        gateway = Gateway(
-            self.mktemp(),
-            self.cluster,
-            admin=True,
-            extra_config={"gateway": {"id": "gw-e2e", "shutdown_grace": "5s"}},
-        )
-        gateway.start()
-        self.addCleanup(gateway.stop)
-        session = psycopg.connect(gateway.conninfo(), password=gateway.token())
-        self.addCleanup(session.close)
-        self.assertEqual(session.execute("select 1").fetchone(), (1,))
+        gateway, session = self.draining_gateway(admin=True)
         process = gateway.process
         process.terminate()
         wait_for("the drain", lambda: "Draining" in gateway.log())
