@@ -20,6 +20,7 @@ import signal
 import socket
 import ssl
 import struct
+import threading
 import time
 import types
 import urllib.error
@@ -339,6 +340,43 @@ class PreauthRedTeamTests(GatewayTestCase):
         with self.assertRaises(SSL.Error) as raised:
             tls.do_handshake()
         self.assertIn("no renegotiation", str(raised.exception))
+        self.assert_still_serving()
+
+    def test_cancel_request_flood(self) -> None:
+        """
+        A hundred CancelRequests with made-up keys from several
+        addresses while a session's statement runs: none cancels it, the
+        daemon's descriptors come back, and a new client is served.
+        """
+        pid = self.gateway.process.pid
+        # Counted after a first session: the index opens its files on it.
+        self.assert_still_serving()
+        fds = len(os.listdir(f"/proc/{pid}/fd"))
+        with psycopg.connect(
+            self.gateway.conninfo(password=self.gateway.token())
+        ) as conn:
+            result: list = []
+            runner = threading.Thread(
+                target=lambda: result.append(
+                    conn.execute("select pg_sleep(1), 'ran'").fetchone()
+                )
+            )
+            runner.start()
+            for n in range(100):
+                sock = socket.socket()
+                sock.bind((f"127.0.0.{n % 3 + 2}", 0))
+                try:
+                    sock.connect(("127.0.0.1", self.gateway.port))
+                    sock.sendall(codec.CancelRequest(n + 1, os.urandom(4)).encode())
+                except OSError:
+                    pass
+                sock.close()
+            runner.join(10)
+            self.assertEqual(result, [("", "ran")])
+        wait_for(
+            "descriptors back",
+            lambda: len(os.listdir(f"/proc/{pid}/fd")) <= fds + 2,
+        )
         self.assert_still_serving()
 
 
