@@ -96,15 +96,20 @@ class Admission:
     One admitted connection's place in a L{ConnectionLimits}: call
     L{authenticated} when its client proved who it is, L{release} when it
     closes (both idempotent).
+
+    @ivar on_evict: called (once, with no arguments) when the limits take
+        this connection's pre-auth place for a client from a lighter
+        address (see L{ConnectionLimits.admit}): its owner closes it.
     """
 
-    __slots__ = ("_address", "_limits", "_preauth", "_released")
+    __slots__ = ("_address", "_limits", "_preauth", "_released", "on_evict")
 
     def __init__(self, limits: ConnectionLimits, address: str):
         self._limits = limits
         self._address = address
         self._preauth = True
         self._released = False
+        self.on_evict = None
 
     @property
     def address(self) -> str:
@@ -115,7 +120,7 @@ class Admission:
         """The client authenticated: it no longer counts as pre-auth."""
         if self._preauth and not self._released:
             self._preauth = False
-            self._limits._leave_preauth(self._address)
+            self._limits._leave_preauth(self)
 
     def release(self) -> None:
         """The connection closed."""
@@ -123,15 +128,28 @@ class Admission:
             return
         if self._preauth:
             self._preauth = False
-            self._limits._leave_preauth(self._address)
+            self._limits._leave_preauth(self)
         self._released = True
         self._limits.total -= 1
+
+    def _evict(self) -> None:
+        self._preauth = False
+        self._limits._leave_preauth(self)
+        if self.on_evict is not None:
+            self.on_evict()
 
 
 class ConnectionLimits:
     """
     Counts a listener's connections against its L{ConnectionCaps}
     (sans-IO: the listener asks L{admit} for each accepted socket).
+
+    A full pre-auth cap is not a lock-out: a client from an address that
+    holds at least two fewer pre-auth connections than the heaviest
+    address takes the place of that address's oldest one (which is
+    evicted, see L{Admission.on_evict}).  An attacker spread over a few
+    addresses thus cannot keep everyone else from logging in; one spread
+    over as many addresses as the cap is refused like anyone else.
 
     @ivar total: connections admitted and not released.
     @ivar unauthenticated: of those, not yet authenticated.
@@ -141,11 +159,12 @@ class ConnectionLimits:
         self.caps = caps
         self.total = 0
         self.unauthenticated = 0
-        self._per_address: dict[str, int] = {}
+        # per address, its pre-auth admissions, oldest first
+        self._per_address: dict[str, dict[Admission, None]] = {}
 
     def unauthenticated_from(self, address: str) -> int:
         """Pre-auth connections from C{address} now."""
-        return self._per_address.get(address, 0)
+        return len(self._per_address.get(address, ()))
 
     def admit(self, address: str) -> Admission | str:
         """
@@ -157,25 +176,29 @@ class ConnectionLimits:
         caps = self.caps
         if self.total >= caps.total:
             return f"listener holds its maximum of {caps.total} connections"
-        if self.unauthenticated >= caps.unauthenticated:
-            return (
-                f"listener holds its maximum of {caps.unauthenticated}"
-                " unauthenticated connections"
-            )
-        if self._per_address.get(address, 0) >= caps.unauthenticated_per_address:
+        own = self.unauthenticated_from(address)
+        if own >= caps.unauthenticated_per_address:
             return (
                 f"{address} holds its maximum of "
                 f"{caps.unauthenticated_per_address} unauthenticated connections"
             )
+        if self.unauthenticated >= caps.unauthenticated:
+            heaviest = max(self._per_address.values(), key=len, default={})
+            if len(heaviest) <= own + 1:
+                return (
+                    f"listener holds its maximum of {caps.unauthenticated}"
+                    " unauthenticated connections"
+                )
+            next(iter(heaviest))._evict()
         self.total += 1
         self.unauthenticated += 1
-        self._per_address[address] = self._per_address.get(address, 0) + 1
-        return Admission(self, address)
+        admission = Admission(self, address)
+        self._per_address.setdefault(address, {})[admission] = None
+        return admission
 
-    def _leave_preauth(self, address: str) -> None:
+    def _leave_preauth(self, admission: Admission) -> None:
         self.unauthenticated -= 1
-        left = self._per_address[address] - 1
-        if left:
-            self._per_address[address] = left
-        else:
-            del self._per_address[address]
+        held = self._per_address[admission.address]
+        del held[admission]
+        if not held:
+            del self._per_address[admission.address]

@@ -191,8 +191,15 @@ def format_text(event: Mapping[str, Any]) -> str | None:
     text = formatEventAsClassicLogText(dict(event), formatTime=iso_time)
     if text is None or text.isprintable():
         return text
-    # Line breaks stay (tracebacks, continued as twistd indents them); what
-    # a terminal would interpret does not.
+    if event.get("log_failure") is None:
+        # One line: a line break in the message may come from a client (a
+        # target's error quoting a setting it sent) and would start what
+        # reads as a log line of its own; twistd's continuation tab goes.
+        body = text[:-1] if text.endswith("\n") else text
+        body = body.replace("\n\t", "\n")
+        return "".join(_printable(ch) for ch in body) + "\n"
+    # A traceback keeps its line breaks, continued as twistd indents them;
+    # what a terminal would interpret does not stay.
     return "".join(ch if ch in "\n\t" else _printable(ch) for ch in text)
 
 

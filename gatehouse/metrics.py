@@ -205,6 +205,10 @@ class GatewayMetrics:
         for reason in AUTH_REASONS:
             self._authFailures.labels(reason)
         self._open: _Tally[tuple[str, str]] = _Tally()
+        #: the configured target names (None: any name is a label); a
+        #: session naming another counts under L{UNIDENTIFIED}, so a client
+        #: cannot add a series per name it makes up
+        self.targets: frozenset[str] | None = None
         self._decision_children: dict[tuple[str, str, str, str], Any] = {}
         self._pending: set[str] = set()
 
@@ -217,11 +221,20 @@ class GatewayMetrics:
         self._sessionsTotal.labels(protocol).inc()
         self._move((protocol, UNIDENTIFIED), 1)
 
+    def _target(self, target: str | None) -> str:
+        """The label for C{target}: a configured one, or L{UNIDENTIFIED}."""
+        if not target or (self.targets is not None and target not in self.targets):
+            return UNIDENTIFIED
+        return target
+
     def session_identified(self, protocol: str, target: str) -> None:
         """An open session's target became known."""
+        label = self._target(target)
+        if label == UNIDENTIFIED:
+            return
         if self._open[(protocol, UNIDENTIFIED)] > 0:
             self._move((protocol, UNIDENTIFIED), -1)
-        self._move((protocol, target or UNIDENTIFIED), 1)
+        self._move((protocol, label), 1)
 
     def session_closed(
         self, protocol: str, target: str | None, duration: float | None = None
@@ -230,6 +243,8 @@ class GatewayMetrics:
         A session ended (C{target} None: before it was identified), after
         C{duration} seconds if known.
         """
+        # Counted under its name (a reload may have removed it since), or
+        # not identified.
         key = (protocol, target or UNIDENTIFIED)
         if self._open[key] <= 0:
             key = (protocol, UNIDENTIFIED)

@@ -207,6 +207,7 @@ def build_components(config: GatehouseConfig, reactor: Any) -> Components:
     verifier = SwappableVerifier(_make_verifier(config, reactor))
     index = SessionIndex(recording.index, reactor)
     metrics = GatewayMetrics(clock=reactor)
+    metrics.targets = frozenset(t.name for t in config.targets)
     metrics.watch_signing_keys(
         lambda: keyring.covered_until() / 1e9 - reactor.seconds()
     )
@@ -450,21 +451,28 @@ class GatewayService(MultiService):
         grace = self.config.gateway.shutdown_grace
         clock = self._reactor
         deadline = clock.seconds() + grace
+
+        def logged_in() -> int:
+            # Connections still logging in are not waited for: they would be
+            # refused anyway, and a client without a token must not make
+            # every restart last the whole grace period.
+            return sum(1 for s in hub.sessions.values() if s.identity is not None)
+
         self._log.info(
             "Draining: {count} session(s) open; new clients are refused; "
             "waiting up to {grace} s for them to end (signal again to stop now)",
-            count=len(hub.sessions),
+            count=logged_in(),
             grace=grace,
         )
-        while hub.sessions and not self._hurry:
+        while logged_in() and not self._hurry:
             left = deadline - clock.seconds()
             if left <= 0:
                 break
             await deferLater(clock, min(self.DRAIN_POLL, left))
-        if hub.sessions:
+        if logged_in():
             self._log.warn(
                 "Closing {count} session(s) still open after the drain",
-                count=len(hub.sessions),
+                count=logged_in(),
             )
         else:
             self._log.info("Drained: every session ended")
@@ -550,6 +558,8 @@ class GatewayService(MultiService):
         prepared.verifier.prefetch()
         hub.policy = new.policy
         hub.masking = tuple(new.masking)
+        if hub.metrics is not None:
+            hub.metrics.targets = frozenset(t.name for t in new.targets)
         broker = hub.broker
         if broker is not None:
             # The broker has no setter for these; it reads them per request.

@@ -52,6 +52,32 @@ class ConnectionLimitsTests(SynchronousTestCase):
         self.assertEqual((self.limits.total, self.limits.unauthenticated), (3, 3))
         self.assertEqual(self.limits.unauthenticated_from("a"), 0)
 
+    def test_heaviest_address_gives_way(self) -> None:
+        """
+        With the pre-auth cap full, a client from an address holding two
+        fewer than the heaviest takes the place of that address's oldest
+        connection (evicted, its owner told); an address at its share
+        takes none.
+        """
+        limits = ConnectionLimits(ConnectionCaps(10, 3, 2))
+        evicted = []
+        first, second = limits.admit("a"), limits.admit("a")
+        first.on_evict = lambda: evicted.append("first")
+        second.on_evict = lambda: evicted.append("second")
+        limits.admit("b")
+        self.assertIsInstance(limits.admit("c"), Admission)
+        self.assertEqual(evicted, ["first"])
+        self.assertEqual(
+            (limits.unauthenticated, limits.unauthenticated_from("a")), (3, 1)
+        )
+        self.assertIn("3 unauthenticated", limits.admit("d"))
+        self.assertIn("3 unauthenticated", limits.admit("a"))
+        # The evicted connection still counts in the total until it closes.
+        self.assertEqual(limits.total, 4)
+        first.release()
+        first.authenticated()
+        self.assertEqual((limits.total, limits.unauthenticated), (3, 3))
+
 
 class OpenFileLimitTests(SynchronousTestCase):
     def test_raised_to_hard(self) -> None:

@@ -144,14 +144,29 @@ class FormatTests(SynchronousTestCase):
     def test_text_escaped(self) -> None:
         """
         What a terminal would interpret is escaped in other events' text
-        too; line breaks are kept, continued with a tab as twistd does.
+        too, line breaks included: an event is one line (a line break a
+        client chose would start a forged one).
         """
         text = observed(
             "text", lambda log: log.info("peer {p}", p="\x1b]0;x\x07\u202e\nnext")
         )
         self.assertRegex(
-            text, "^" + _ISO + r" \[test#info\] peer \\x1b\]0;x\\x07\\u202e\n\tnext\n$"
+            text, "^" + _ISO + r" \[test#info\] peer \\x1b\]0;x\\x07\\u202e\\x0anext\n$"
         )
+
+    def test_text_traceback(self) -> None:
+        """A failure's traceback keeps its lines, continued with a tab."""
+
+        def failing(log: Logger) -> None:
+            try:
+                raise ValueError("boom")
+            except ValueError:
+                log.failure("it broke \x1b")
+
+        text = observed("text", failing)
+        self.assertRegex(text, "^" + _ISO + r" \[test#critical\] it broke \\x1b\n\t")
+        self.assertIn("ValueError: boom", text)
+        self.assertGreater(text.count("\n"), 2)
 
     def test_dropped(self) -> None:
         """Factory start/stop lines and debug events are not written."""

@@ -103,6 +103,32 @@ class GatewayMetricsTests(SynchronousTestCase):
             self.value("gatehouse_sessions_open", protocol="ssh", target="host")
         )
 
+    def test_unknown_target_names(self) -> None:
+        """
+        With the configured targets known, a session naming another counts
+        as unidentified: no series for the name, and its close is counted
+        back.  A target removed by a reload while its session is open is
+        still counted back under its own name.
+        """
+        m = self.metrics
+        m.targets = frozenset({"db"})
+        m.session_opened("postgres")
+        m.session_identified("postgres", "made-up")
+        m.session_closed("postgres", "made-up")
+        m.session_opened("postgres")
+        m.session_identified("postgres", "db")
+        m.targets = frozenset()
+        m.session_closed("postgres", "db")
+        rendered = m.render()[0].decode()
+        self.assertNotIn("made-up", rendered)
+        for target in ("unidentified", "db"):
+            self.assertEqual(
+                self.value(
+                    "gatehouse_sessions_open", protocol="postgres", target=target
+                ),
+                0,
+            )
+
     def test_counters(self) -> None:
         """
         Decisions, masked values, seals, recorder failures and upstream

@@ -34,6 +34,7 @@ from twisted.application.service import IService, Service
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -52,6 +53,7 @@ from gatehouse.identity import (
     Identity,
     TokenVerifier,
 )
+from gatehouse.limits import ConnectionCaps, ConnectionLimits
 from gatehouse.logs import emit, summary
 from gatehouse.tls import server_tls_options
 
@@ -72,6 +74,14 @@ MAX_BODY = 64 * 1024
 _DEFAULT_LIMIT = 100
 _MAX_LIMIT = 1000
 _IDLE_TIMEOUT = 60
+#: connections the admin API holds: a few approvers, load balancers and
+#: Prometheus need far fewer; an attacker must not use up the process's
+#: descriptors (its listeners would refuse everyone).  Per address 16, so
+#: a health check from another address takes the place of the oldest
+#: connection of the heaviest one (see L{ConnectionLimits}).
+ADMIN_CAPS = ConnectionCaps(
+    total=96, unauthenticated=64, unauthenticated_per_address=16
+)
 _JSON = b"application/json"
 _CHALLENGE = b'Bearer realm="gatehouse"'
 
@@ -662,7 +672,7 @@ def make_admin_site(
     @param readiness: returns why the gateway is not ready (C{/readyz}).
     """
     admin = _Admin(broker, verifier, metrics, sessions, clock, groups, readiness)
-    site = Site(
+    site = _CappedSite(
         _Root(admin),
         requestFactory=_AdminRequest,
         timeout=_IDLE_TIMEOUT,
@@ -672,6 +682,49 @@ def make_admin_site(
     site.noisy = False
     site.admin = admin  # a reload updates its groups
     return site
+
+
+class _Refused(Protocol):
+    """A connection over the admin API's caps: closed at once."""
+
+    def connectionMade(self) -> None:
+        self.transport.abortConnection()
+
+
+class _CappedSite(Site):
+    """
+    A L{Site} that holds at most L{ADMIN_CAPS} connections: Twisted's idle
+    timeout alone never ends a request whose bytes come one at a time.
+    """
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.limits = ConnectionLimits(ADMIN_CAPS)
+
+    def buildProtocol(self, addr: Any) -> Any:
+        admission = self.limits.admit(getattr(addr, "host", None) or "local")
+        if isinstance(admission, str):
+            refused = _Refused()
+            refused.factory = self
+            return refused
+        channel = super().buildProtocol(addr)
+
+        def evict() -> None:
+            # Site builds a wrapper; the HTTPChannel inside holds the transport.
+            inner = getattr(channel, "_channel", channel)
+            transport = getattr(inner, "transport", None)
+            if transport is not None:
+                transport.abortConnection()
+
+        admission.on_evict = evict
+        lost = channel.connectionLost
+
+        def connectionLost(reason: Failure) -> None:
+            admission.release()
+            lost(reason)
+
+        channel.connectionLost = connectionLost
+        return channel
 
 
 class AdminService(Service):

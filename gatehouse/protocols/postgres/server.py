@@ -347,6 +347,7 @@ class PostgresServerFactory(Factory):
         protocol = PostgresServerProtocol(self)
         protocol.factory = self
         protocol._admission = admission
+        admission.on_evict = protocol._evicted
         return protocol
 
 
@@ -544,6 +545,28 @@ class PostgresServerProtocol(Protocol):
             f"authentication timeout: not logged in within {timeout:g} s",
             "authentication timeout",
         )
+        self._login_timer = self._factory.reactor.callLater(
+            self.PREAUTH_CLOSE_GRACE, self.transport.abortConnection
+        )
+
+    def _evicted(self) -> None:
+        """
+        The listener's pre-auth cap is full and this connection, the oldest
+        of the address holding most, gave its place to a client from a
+        lighter address: refuse it (53300) and cut it off after a short
+        grace, as at the login timeout.
+        """
+        if self._closing or not self._open_session():
+            self.transport.abortConnection()
+            return
+        self._fatal(
+            "53300",
+            "too many connections",
+            "too many connections: evicted for a client from another address"
+            " (the listener holds its maximum of unauthenticated connections)",
+        )
+        if self._login_timer is not None and self._login_timer.active():
+            self._login_timer.cancel()
         self._login_timer = self._factory.reactor.callLater(
             self.PREAUTH_CLOSE_GRACE, self.transport.abortConnection
         )
