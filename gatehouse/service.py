@@ -558,6 +558,7 @@ class GatewayService(MultiService):
         prepared.verifier.prefetch()
         hub.policy = new.policy
         hub.masking = tuple(new.masking)
+        _end_removed_targets(hub, {t.name for t in new.targets})
         if hub.metrics is not None:
             hub.metrics.targets = frozenset(t.name for t in new.targets)
         broker = hub.broker
@@ -593,6 +594,22 @@ class GatewayService(MultiService):
             listeners=tuple(c for c, _ in self.listeners.values()),
             admin=self.config.admin,
         )
+
+
+def _end_removed_targets(hub: SessionHub, targets: set[str]) -> None:
+    """
+    End the open sessions whose target a reload removed: taking a target
+    out of the configuration is how an operator cuts access to it, and a
+    session must not outlive that (other changes apply to new sessions).
+    """
+    for session in list(hub.sessions.values()):
+        if session.target is None or session.target in targets or session.closed:
+            continue
+        session.end_message = (
+            f'the target "{session.target}" was removed from the gateway\'s'
+            " configuration; the session is closed"
+        )
+        session.terminate(f"target {session.target} removed by a reload")
 
 
 @attrs.frozen

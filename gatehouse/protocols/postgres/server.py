@@ -411,8 +411,11 @@ class PostgresServerProtocol(Protocol):
     """One client connection; see the module docstring for its phases."""
 
     _log = Logger()
-    #: seconds a closing client gets to finish its side of the close
-    CLOSE_TIMEOUT = 10.0
+    #: seconds a closing client gets to finish its side of the close (read
+    #: the last error; answer TLS close_notify).  PostgreSQL closes at once;
+    #: a client that holds on keeps a descriptor, a cap place and an
+    #: unsealed session, so this is short.
+    CLOSE_TIMEOUT = 1.0
     #: seconds the target gets to close its side once the session ends
     #: (after Terminate); then the connection is cut
     UPSTREAM_CLOSE_TIMEOUT = 0.5

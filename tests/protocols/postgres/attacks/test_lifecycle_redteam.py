@@ -676,15 +676,6 @@ class ReloadRedTeamTests(_TargetTestCase):
         self.assertEqual(raised.exception.sqlstate, "57P01")
         wait_for("backend gone", lambda: not self.backends("rt-removed"), 2)
 
-    test_removed_target_ends_live_sessions.todo = (  # type: ignore[attr-defined]
-        "open: a reload applies to new sessions only (documented: open sessions"
-        " keep the policy they started with), so a session on a target removed"
-        " by SIGHUP (or whose groups lost access) runs on until it ends or its"
-        " token expires (up to identity.max_token_lifetime, 24 h by default)."
-        " Ending them needs a decision on what a reload revokes and a"
-        " per-session re-check when update_listener applies the new targets."
-    )
-
 
 class LogForgeryTests(GatewayTestCase):
     """
@@ -753,16 +744,6 @@ class CloseRedTeamTests(GatewayTestCase):
 
         wait_for("the session ended", ended, timeout=3)
         self.assertLess(time.monotonic() - fatal, 2.0)
-
-    test_fatal_closes_without_the_clients_close_notify.todo = (  # type: ignore[attr-defined]
-        "open: after a FATAL the gateway closes TLS both ways (Twisted waits for"
-        " the client's close_notify) and cuts the connection only after"
-        " PostgresServerProtocol.CLOSE_TIMEOUT (10 s); a client that reads the"
-        " error but neither answers nor closes holds the descriptor, its cap"
-        " place and the unsealed session that long. A unidirectional TLS close"
-        " (close the socket once our close_notify is flushed) needs a change in"
-        " how _abort drives Twisted's TLS transport, not a local fix."
-    )
 
 
 class MetricsRedTeamTests(GatewayTestCase):
