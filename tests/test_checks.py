@@ -6,10 +6,8 @@ refuse what cannot work, one line per problem, exit status 1.
 from __future__ import annotations
 
 import datetime
-import io
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from gatehouse.recording import keys as gkeys
 from gatehouse.service import build_components
 from tests.test_cli import MainTestCase
 from tests.test_config import use_dummy_protocol
+from tests.test_plugin import assert_plugin_refuses
 
 HOUR = 3600 * 10**9
 
@@ -211,7 +210,6 @@ class StartupTests(SynchronousTestCase):
         A listener whose key is not its certificate's never starts (it would
         accept connections and drop each in the TLS handshake).
         """
-        from tests.test_plugin import gatehouse_plugin
 
         MainTestCase.setUp(self)  # type: ignore[arg-type]
         use_dummy_protocol(self)
@@ -227,14 +225,9 @@ class StartupTests(SynchronousTestCase):
             }
         ]
         path = self.files.save(data)
-        options = gatehouse_plugin().options()
-        options.parseOptions(["--config", path])
-        stderr = io.StringIO()
-        self.patch(sys, "stderr", stderr)
-        error = self.assertRaises(SystemExit, gatehouse_plugin().makeService, options)
-        self.assertEqual(error.code, 1)
-        self.assertEqual(
-            stderr.getvalue(),
+        assert_plugin_refuses(
+            self,
+            path,
             f"{path}: listeners[0].tls.key: {self.files['other.key']} does not "
             f"match the certificate in {self.files['cert.pem']}\n",
         )

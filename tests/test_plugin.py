@@ -65,6 +65,22 @@ def gatehouse_plugin() -> Any:
     return plugin
 
 
+def assert_plugin_refuses(
+    case: SynchronousTestCase, path: str, expected_stderr: str
+) -> None:
+    """
+    C{twistd gatehouse --config path} refuses to make the service: exit
+    status 1 and exactly C{expected_stderr}, no traceback.
+    """
+    options = gatehouse_plugin().options()
+    options.parseOptions(["--config", path])
+    stderr = io.StringIO()
+    case.patch(sys, "stderr", stderr)
+    error = case.assertRaises(SystemExit, gatehouse_plugin().makeService, options)
+    case.assertEqual(error.code, 1)
+    case.assertEqual(stderr.getvalue(), expected_stderr)
+
+
 class PluginTests(SynchronousTestCase):
     """
     The plugin in this process.
@@ -114,14 +130,9 @@ class PluginTests(SynchronousTestCase):
         data = files.minimal()
         data["gateway"]["id"] = "no spaces"
         path = files.save(data)
-        options = gatehouse_plugin().options()
-        options.parseOptions(["--config", path])
-        stderr = io.StringIO()
-        self.patch(sys, "stderr", stderr)
-        error = self.assertRaises(SystemExit, gatehouse_plugin().makeService, options)
-        self.assertEqual(error.code, 1)
-        self.assertEqual(
-            stderr.getvalue(),
+        assert_plugin_refuses(
+            self,
+            path,
             f"{path}: gateway.id: 'no spaces' is not valid "
             "(1 to 64 characters of A-Z a-z 0-9 . _ -)\n",
         )
