@@ -80,7 +80,8 @@ def add_key_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="FILE",
         help="a revocation statement (gatehouse keys revoke) to apply "
-        "(repeatable); one not signed by a trusted root is refused",
+        "(repeatable; also the configuration's recording.revocations); one "
+        "not signed by a trusted root is refused",
     )
     parser.add_argument(
         "--max-skew",
@@ -136,7 +137,7 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
     directory, session_id = _locate(args.target, args.recordings, config)
     anchors = _anchors(args.root_key, config)
     facts = _facts(args.index, config, directory, session_id)
-    revocations = _revocations(anchors, args.revocation)
+    revocations = _revocations(anchors, [*args.revocation, *config.revocations()])
     gateway = _pinned_gateway(args, config)
     progress = _Progress(sys.stderr) if _is_tty(sys.stderr) else None
     try:
@@ -181,6 +182,13 @@ class _Config:
         if self.path is None:
             raise _UsageError(f"give {what}, or --config FILE")
         return self._load().recording
+
+    def revocations(self) -> tuple[str, ...]:
+        """The configured recording.revocations (none without a configuration)."""
+        if self.path is None:
+            return ()
+        recording = self._load().recording
+        return recording.revocations if recording is not None else ()
 
     def gateway_id(self) -> str | None:
         """The configured gateway.id, or None without a configuration."""

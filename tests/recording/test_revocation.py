@@ -62,6 +62,31 @@ class RevocationBase(CLITestCase):
             **kwargs,
         )
 
+    def config(self, gateway: str, revocations: list[str] | None = None) -> str:
+        """A gateway configuration for C{gateway} over these recordings."""
+        recording = {
+            "directory": self.recordings,
+            "signing_keys": self.base,
+            "root_public_keys": [self.root_pub],
+        }
+        if revocations is not None:
+            recording["revocations"] = revocations
+        path = os.path.join(self.base, f"{gateway}.yaml")
+        with open(path, "w") as f:
+            yaml.safe_dump(
+                {
+                    "gateway": {"id": gateway},
+                    "identity": {
+                        "issuers": [
+                            {"issuer": "https://idp.example", "audience": "gatehouse"}
+                        ]
+                    },
+                    "recording": recording,
+                },
+                f,
+            )
+        return path
+
     def verify(self, written, *revocations, **kwargs):
         return verify_session(
             written.directory,
@@ -242,27 +267,6 @@ class GatewayPinTests(RevocationBase):
         # The right pin still accepts gw-2's own session.
         self.assertEqual(self.verify(self.forged, expected_gateway="gw-2").findings, ())
 
-    def config(self, gateway: str) -> str:
-        path = os.path.join(self.base, f"{gateway}.yaml")
-        with open(path, "w") as f:
-            yaml.safe_dump(
-                {
-                    "gateway": {"id": gateway},
-                    "identity": {
-                        "issuers": [
-                            {"issuer": "https://idp.example", "audience": "gatehouse"}
-                        ]
-                    },
-                    "recording": {
-                        "directory": self.recordings,
-                        "signing_keys": self.base,
-                        "root_public_keys": [self.root_pub],
-                    },
-                },
-                f,
-            )
-        return path
-
     def test_cli(self):
         """--gateway-id, and --config's gateway.id unless --any-gateway."""
         sid = str(self.forged.session_id)
@@ -384,3 +388,31 @@ class RevokeCLITests(RevocationBase):
         self.assertIn("bad-key: sealed in the future", out)
         code, out, _ = self.run_cli("verify", *key, "--max-skew", "2h")
         self.assertEqual(code, 0, out)
+
+    def test_configured_revocations(self):
+        """
+        recording.revocations: verify --config applies them; check-config
+        refuses one not signed by a trusted root, naming the key.
+        """
+        os.makedirs(self.recordings)
+        late = self.session(T0 + 31 * MINUTE)
+        path = os.path.join(self.base, "revoked.json")
+        self.assertEqual(self.revoke("--out", path)[0], 0)
+        config = self.config("gw-1", [path])
+        code, out, _ = self.run_cli("verify", str(late.session_id), "--config", config)
+        self.assertEqual(code, 1)
+        self.assertIn("seg-00000000.ghs: bad-key: ", out)
+        self.assertIn(path, out)
+
+        forged = keys.make_revocation(keys.generate_root_key(), "gw-1", T, T0)
+        with open(path, "wb") as f:
+            f.write(forged.to_json())
+        code, out, err = self.run_cli("check-config", config)
+        self.assertEqual(code, 1, out + err)
+        self.assertIn("recording.revocations[0]", out + err)
+        self.assertIn("not a trusted root key", out + err)
+        code, out, err = self.run_cli(
+            "verify", str(late.session_id), "--config", config
+        )
+        self.assertEqual(code, 2, out)
+        self.assertIn("not a trusted root key", err)
