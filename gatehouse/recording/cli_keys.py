@@ -65,10 +65,7 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
         "in DIR) on.  Never overlaps existing windows, never issues keys "
         "for the past.",
     )
-    issue.add_argument("--root-key", required=True, metavar="FILE")
-    issue.add_argument(
-        "--gateway-id", required=True, metavar="ID", type=_gateway_id_argument
-    )
+    _signer_arguments(issue)
     issue.add_argument(
         "--out",
         required=True,
@@ -98,11 +95,6 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
         metavar="TIME",
         help="cover up to this time (ISO 8601, or relative such as +30d)",
     )
-    issue.add_argument(
-        "--passphrase-env",
-        metavar="VAR",
-        help="the root key's passphrase is in this environment variable",
-    )
     issue.set_defaults(keys_run=_issue)
 
     revoke = sub.add_parser(
@@ -116,10 +108,7 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
         "its signing-key directory) may have been taken over: TIME is the "
         "earliest moment that may have happened.",
     )
-    revoke.add_argument("--root-key", required=True, metavar="FILE")
-    revoke.add_argument(
-        "--gateway-id", required=True, metavar="ID", type=_gateway_id_argument
-    )
+    _signer_arguments(revoke)
     revoke.add_argument(
         "--from",
         dest="revoked_from",
@@ -142,11 +131,6 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
         metavar="FILE",
         help="write the statement here (never overwriting; default: stdout)",
     )
-    revoke.add_argument(
-        "--passphrase-env",
-        metavar="VAR",
-        help="the root key's passphrase is in this environment variable",
-    )
     revoke.set_defaults(keys_run=_revoke)
 
     status = sub.add_parser(
@@ -165,6 +149,19 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
     )
     status.set_defaults(keys_run=_status)
     return _run
+
+
+def _signer_arguments(parser: argparse.ArgumentParser) -> None:
+    """The root key that signs, its passphrase, and the gateway it signs for."""
+    parser.add_argument("--root-key", required=True, metavar="FILE")
+    parser.add_argument(
+        "--passphrase-env",
+        metavar="VAR",
+        help="the root key's passphrase is in this environment variable",
+    )
+    parser.add_argument(
+        "--gateway-id", required=True, metavar="ID", type=_gateway_id_argument
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
