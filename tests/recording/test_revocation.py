@@ -13,8 +13,11 @@ import time
 import attrs
 import yaml
 from cryptography.hazmat.primitives import serialization
+from twisted.internet.task import Clock
 
 from gatehouse.recording import keys
+from gatehouse.recording.format import Direction, RecordType
+from gatehouse.recording.recorder import SegmentRecorder, synchronous_executor
 from gatehouse.recording.verify import DEFAULT_MAX_SKEW, verify_session
 from tests.recording.helpers import (
     MINUTE,
@@ -23,6 +26,7 @@ from tests.recording.helpers import (
     FakeClock,
     Rec,
     make_signing,
+    session_id_at,
     write_session,
 )
 from tests.recording.test_cli_keys import CLITestCase
@@ -287,6 +291,61 @@ class GatewayPinTests(RevocationBase):
             "verify", sid, "--config", config, "--any-gateway", "--gateway-id", "gw-1"
         )
         self.assertEqual(code, 2, err)
+
+
+class RecorderResealTests(RevocationBase):
+    """
+    The same attack with the daemon's own recorder: an intruder holding
+    gw-2 runs a L{SegmentRecorder} as gw-2 and re-records gw-1's session
+    under its id, in its directory.
+    """
+
+    def record(self, gateway: str, signing, payloads: list[bytes]) -> str:
+        clock = Clock()
+        clock.advance(T0 / NS + 60)
+        recorder = SegmentRecorder(
+            self.recordings,
+            gateway,
+            lambda wall: keys.current_key(signing.epoch_keys, wall),
+            clock,
+            synchronous_executor,
+            monotonic_ns=lambda: int(clock.seconds() * NS),
+            seal_interval=30.0,
+        )
+        recording = recorder.open(self.session_id, {"protocol": "test"})
+        for payload in payloads:
+            recording.record(RecordType.DATA, Direction.CLIENT_TO_GATEWAY, 0, payload)
+            clock.advance(20)
+        self.successResultOf(recording.close("client quit"))
+        return recording.directory
+
+    def test_reseal(self):
+        self.session_id = session_id_at(T0 + 60 * NS)
+        directory = self.record("gw-1", self.signing, [b"SELECT secret FROM t"])
+        pinned = verify_session(
+            directory, self.signing.anchors, expected_gateway="gw-1"
+        )
+        self.assertEqual((pinned.findings, pinned.exit_code), ((), 0))
+        for name in os.listdir(directory):
+            os.unlink(os.path.join(directory, name))
+        gw2 = make_signing("gw-2", count=8, root=self.signing.root)
+        forged = self.record("gw-2", gw2, [b"SELECT 1"])
+        self.assertEqual(forged, directory)
+
+        # The documented limit: unpinned, the rewrite verifies.
+        report = verify_session(directory, self.signing.anchors)
+        self.assertEqual((report.findings, report.exit_code), ((), 0))
+        report = verify_session(
+            directory, self.signing.anchors, expected_gateway="gw-1"
+        )
+        self.assertEqual(report.exit_code, 1)
+        self.assertEqual({p for _, p in _problems(report)}, {"foreign"})
+        self.assertEqual(report.sealed_records, 0)
+        code, out, _ = self.run_cli(
+            "verify", str(self.session_id), "--config", self.config("gw-1")
+        )
+        self.assertEqual(code, 1, out)
+        self.assertIn("seg-00000000.ghs: foreign: was written and sealed by", out)
 
 
 class RevokeCLITests(RevocationBase):
