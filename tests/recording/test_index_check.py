@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import sqlite3
+import sys
 from typing import Any
 
 import jwt
@@ -36,8 +37,10 @@ from gatehouse.recording.index import (
     query_sessions,
 )
 from gatehouse.recording.index_check import check_index, rebuild_index
+from gatehouse.recording.interfaces import SPACE_EXHAUSTED, RecordingFailed
 from gatehouse.recording.recorder import SegmentRecorder, synchronous_executor
 from gatehouse.session import SessionHub
+from tests.recording.test_space import no_space_for
 
 NS = 1_000_000_000
 NOW = 1_790_000_000.0
@@ -71,7 +74,7 @@ class World:
     command among allowed ones) and Bob's, indexed at C{index}.
     """
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, full_disk: bool = False):
         os.makedirs(root)
         self.root = root
         self.recordings = os.path.join(root, "recordings")
@@ -98,8 +101,10 @@ class World:
             "gw-1",
             lambda wall: keys.current_key(epoch, wall),
             self.clock,
-            synchronous_executor,
+            no_space_for("prepare") if full_disk else synchronous_executor,
             monotonic_ns=lambda: int(self.clock.seconds() * NS),
+            segment_max_bytes=64 * 1024,
+            block_bytes=16 * 1024,
         )
         verifier = TokenVerifier(
             [
@@ -117,6 +122,8 @@ class World:
             "alice", "Alice", ["dba", "ops"], "shop", "app_rw", deny="drop table t"
         )
         self.bob = self.session("bob", "Bob", ["dev"], "crm", "app_ro")
+        if full_disk:
+            self.carol = self.filled("carol")
         self.clock.advance(0)
         self.writer.close()
 
@@ -131,6 +138,21 @@ class World:
             "exp": int(NOW + 3600),
         }
         return jwt.encode(claims, SECRET, algorithm="HS256")
+
+    def filled(self, subject: str) -> str:
+        """A session the gateway ends because its disk filled."""
+        session = self.hub.open("postgres", "pg", "127.0.0.1:5001")
+        d = session.authenticate(self.token(subject, subject, []), "shop")
+        assert d.called
+        while session.recording.exhausted is None:
+            self.clock.advance(0.01)
+            try:
+                session.data(Direction.UPSTREAM_TO_GATEWAY, os.urandom(4000))
+            except RecordingFailed:
+                break
+        session.close(session.recording.exhausted)
+        self.clock.advance(0)
+        return str(session.id)
 
     def session(
         self,
@@ -302,6 +324,34 @@ class IndexCheckTests(SynchronousTestCase):
         self.assertEqual(found, {(w.bob, "recording")})
 
 
+class FullDiskTests(SynchronousTestCase):
+    """A session ended by a full disk is complete, to verify and to index check."""
+
+    def test_complete_with_reason(self) -> None:
+        w = World(self.mktemp(), full_disk=True)
+        row = get_session(w.index, w.carol)
+        self.assertTrue(row.close_reason.startswith(SPACE_EXHAUSTED), row.close_reason)
+        self.assertEqual(check_index(w.index, w.recordings, w.anchors), [])
+        out, err = io.StringIO(), io.StringIO()
+        self.patch(sys, "stdout", out)
+        self.patch(sys, "stderr", err)
+        code = main(
+            [
+                "verify",
+                w.carol,
+                "--recordings",
+                w.recordings,
+                "--index",
+                w.index,
+                "--root-key",
+                w.root_pub,
+            ]
+        )
+        self.assertEqual(code, 0, out.getvalue() + err.getvalue())
+        self.assertIn("OK: complete and intact", out.getvalue())
+        self.assertIn("could not record more: " + SPACE_EXHAUSTED, out.getvalue())
+
+
 class RandomEditTests(SynchronousTestCase):
     """Every random edit of an indexed fact is reported, by session and field."""
 
@@ -372,8 +422,8 @@ class CLITests(SynchronousTestCase):
 
     def run_cli(self, *argv: str) -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
-        self.patch(__import__("sys"), "stdout", out)
-        self.patch(__import__("sys"), "stderr", err)
+        self.patch(sys, "stdout", out)
+        self.patch(sys, "stderr", err)
         try:
             code = main(list(argv))
         except SystemExit as e:
