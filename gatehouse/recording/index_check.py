@@ -72,17 +72,19 @@ SESSION_FIELDS = (
     "final",
     "bytes_from_client",
     "bytes_to_client",
-    "bytes_to_upstream",
-    "bytes_from_upstream",
 )
+#: Session fields the recording does not hold (the gateway's own bytes to
+#: and from the target include its login, which is never recorded):
+#: L{rebuild_index} carries them over from the old index, unchecked.
+UNCHECKED = ("masked_values", "bytes_to_upstream", "bytes_from_upstream")
 #: The command fields L{check_session} compares.
 COMMAND_FIELDS = ("seq", "at", "kind", "text", "decision", "objects")
 
+# The client's directions only: the gateway's own exchange with the target
+# (its login, with credentials) is counted but not recorded.
 _BYTES = {
     "bytes_from_client": Direction.CLIENT_TO_GATEWAY,
     "bytes_to_client": Direction.GATEWAY_TO_CLIENT,
-    "bytes_to_upstream": Direction.GATEWAY_TO_UPSTREAM,
-    "bytes_from_upstream": Direction.UPSTREAM_TO_GATEWAY,
 }
 
 
@@ -363,17 +365,7 @@ def _check_commands(
         wall = recorded.wall(record)
         if wall is not None and _time_differs(command.at, wall):
             out.append(Difference(sid, f"{where}.at", command.at, wall))
-        # A decision other than allow is recorded right after the data
-        # record that carried the command, before the next data record.
-        following = [s for s in data_seqs if s > command.seq]
-        limit = following[0] if following else float("inf")
-        named = [
-            (event, c)
-            for rec, event in decisions
-            if command.seq < rec.seq < limit
-            for c in event.get("commands", ())
-            if isinstance(c, dict) and c.get("text") == text
-        ]
+        named = _decided(command.seq, text, decisions, data_seqs)
         recorded_action = named[0][0].get("action") if named else "allow"
         if command.decision != recorded_action:
             out.append(
@@ -393,6 +385,25 @@ def _check_commands(
                     )
                 )
     return out
+
+
+def _decided(
+    seq: int, text: str, decisions: list[tuple[Record, dict]], data_seqs: list[int]
+) -> list[tuple[dict, dict]]:
+    """
+    The decision events (and their command) that name C{text} for the
+    data record C{seq}: a decision other than allow is recorded right
+    after the data record that carried the command, before the next one.
+    """
+    following = [s for s in data_seqs if s > seq]
+    limit = following[0] if following else float("inf")
+    return [
+        (event, c)
+        for rec, event in decisions
+        if seq < rec.seq < limit
+        for c in event.get("commands", ())
+        if isinstance(c, dict) and c.get("text") == text
+    ]
 
 
 def _sent(text: str, client: bytes) -> bool:
@@ -452,11 +463,12 @@ def rebuild_index(
 ) -> tuple[int, int]:
     """
     Write a fresh index at C{output} (which must not exist) from the
-    recordings under C{recordings}: each session's row from its recording,
-    its non-allowed commands from its C{decision} events, and, when
-    C{old_index} is given, the old index's other commands that check out
-    against the recording (an allowed command leaves no event, and which
-    statements a protocol indexes is its own business).
+    recordings under C{recordings}: each session's row from its recording;
+    its commands as the protocol's reader finds them in what the client
+    sent (PostgreSQL's: each statement of each Query and Parse), its
+    non-allowed commands from its C{decision} events, and, when
+    C{old_index} is given, the old index's allowed commands that check out
+    against the recording.
 
     @return: (sessions, commands) written.
     """
@@ -470,15 +482,18 @@ def rebuild_index(
             continue
         row = _row_from(sid, directory, recorded)
         if old_index is not None:
-            # Not in the recording: a count only, carried over unchecked.
+            # Counts the recording does not hold: carried over unchecked.
             try:
                 was = get_session(old_index, sid)
             except IndexUnavailable:
                 was = None
             if was is not None:
-                row = attrs.evolve(row, masked_values=was.masked_values)
+                row = attrs.evolve(
+                    row, **{name: getattr(was, name) for name in UNCHECKED}
+                )
         rows.append(row)
-        mine = _recorded_commands(sid, recorded)
+        mine = _protocol_commands(sid, row.protocol, recorded)
+        mine += _recorded_commands(sid, recorded)
         if old_index is not None:
             try:
                 old = commands_for(old_index, sid)
@@ -489,8 +504,8 @@ def rebuild_index(
                     sid, [command], recorded
                 ):
                     mine.append(attrs.evolve(command, text=_unescaped(command, "text")))
-        mine.sort(key=lambda c: c.seq)
-        commands.extend(mine)
+        unique = {(c.seq, c.text, c.decision): c for c in reversed(mine)}
+        commands.extend(sorted(unique.values(), key=lambda c: c.seq))
     write_rows(output, rows, commands)
     return len(rows), len(commands)
 
@@ -536,6 +551,45 @@ def _last_link(directory: str) -> bytes | None:
             except FormatError:
                 return None
     return None
+
+
+def _protocol_commands(sid: str, protocol: str, recorded: Recorded) -> list[CommandRow]:
+    """
+    The commands the protocol's own reader finds in what the client sent
+    (C{gatehouse.protocols.PROTOCOL.indexed.recorded_commands}, if the
+    protocol has one), decided as the recording says, each allowed shape
+    once, as the gateway indexes them.
+    """
+    from importlib import import_module
+
+    try:
+        module = import_module(f"gatehouse.protocols.{protocol}.indexed")
+    except ImportError:
+        return []
+    by_seq = {r.seq: r for r in recorded.records}
+    decisions = recorded.decisions()
+    data_seqs = [r.seq for r in recorded.records if r.type == RecordType.DATA]
+    seen: set[str] = set()
+    out = []
+    for seq, kind, text, objects, shape in module.recorded_commands(recorded.records):
+        named = _decided(seq, text, decisions, data_seqs)
+        action = str(named[0][0].get("action", "")) if named else "allow"
+        if action == "allow":
+            if shape in seen:
+                continue
+            seen.add(shape)
+        out.append(
+            CommandRow(
+                session_id=sid,
+                seq=seq,
+                at=recorded.wall(by_seq[seq]) or 0.0,
+                kind=kind,
+                text=text,
+                decision=action,
+                objects=objects,
+            )
+        )
+    return out
 
 
 def _recorded_commands(sid: str, recorded: Recorded) -> list[CommandRow]:

@@ -228,8 +228,6 @@ SESSION_EDITS: dict[str, Any] = {
     "records": st.integers(1, 1000),
     "bytes_from_client": st.integers(1, 1000),
     "bytes_to_client": st.integers(1, 1000),
-    "bytes_to_upstream": st.integers(1, 1000),
-    "bytes_from_upstream": st.integers(1, 1000),
 }
 COMMAND_EDITS: dict[str, Any] = {
     "text": st.text(min_size=1, max_size=8),
