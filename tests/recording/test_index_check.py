@@ -15,6 +15,7 @@ import os
 import shutil
 import sqlite3
 import sys
+import time
 from typing import Any
 
 import jwt
@@ -25,6 +26,7 @@ from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from gatehouse import ids
 from gatehouse.cli import main
 from gatehouse.identity import IssuerConfig, TokenVerifier
 from gatehouse.recording import keys
@@ -43,7 +45,6 @@ from gatehouse.session import SessionHub
 from tests.recording.test_space import no_space_for
 
 NS = 1_000_000_000
-NOW = 1_790_000_000.0
 ISSUER = "https://idp.example.com/realms/ops"
 SECRET = b"the index check tests' HS256 secret, 32+ bytes!"
 
@@ -79,11 +80,17 @@ class World:
         self.root = root
         self.recordings = os.path.join(root, "recordings")
         self.index = os.path.join(root, "index.sqlite3")
+        # Session ids only grow within a process: start from now, not a
+        # fixed time that ids made by other tests may have passed.
+        # Ids stay ordered through a module-level last time, which other
+        # tests' fixed clocks must not find moved: restored at the end.
+        saved = ids._last_ms, ids._counter
+        self.now = now = time.time()
         self.clock = Clock()
-        self.clock.advance(NOW)
+        self.clock.advance(now)
         signing_root = keys.generate_root_key()
         epoch = keys.issue_epoch_keys(
-            signing_root, "gw-1", int((NOW - 10) * NS), 900 * NS, 4
+            signing_root, "gw-1", int((now - 10) * NS), 900 * NS, 4
         )
         self.anchors = keys.TrustAnchors.from_public_keys(
             [keys.raw_public(signing_root)]
@@ -126,6 +133,7 @@ class World:
             self.carol = self.filled("carol")
         self.clock.advance(0)
         self.writer.close()
+        ids._last_ms, ids._counter = saved
 
     def token(self, subject: str, name: str, groups: list[str]) -> str:
         claims = {
@@ -134,8 +142,8 @@ class World:
             "sub": subject,
             "name": name,
             "groups": groups,
-            "iat": int(NOW),
-            "exp": int(NOW + 3600),
+            "iat": int(self.now),
+            "exp": int(self.now + 3600),
         }
         return jwt.encode(claims, SECRET, algorithm="HS256")
 
@@ -238,6 +246,8 @@ COMMAND_EDITS: dict[str, Any] = {
 
 def _edited(field: str, old: Any, draw: Any) -> Any:
     """A value for C{field} that differs from C{old}."""
+    if field == "objects":
+        return json.dumps([*json.loads(old), draw])
     if field == "groups":
         old_groups = json.loads(old)
         new = draw if draw != old_groups else [*draw, "x"]
@@ -382,11 +392,20 @@ class RandomEditTests(SynchronousTestCase):
                     (sid,),
                 ).fetchall()
                 n = data.draw(st.integers(0, len(rows) - 1))
-                field = data.draw(st.sampled_from(sorted(COMMAND_EDITS)))
+                (decision,) = conn.execute(
+                    "SELECT decision FROM commands WHERE rowid = ?", rows[n]
+                ).fetchone()
+                # Kind and objects are in the recording only for commands
+                # the policy did not simply allow (their decision event).
+                fields = sorted(COMMAND_EDITS)
+                if decision != "allow":
+                    fields += ["kind", "objects"]
+                field = data.draw(st.sampled_from(fields))
                 (old,) = conn.execute(
                     f"SELECT {field} FROM commands WHERE rowid = ?", rows[n]
                 ).fetchone()
-                draw = data.draw(COMMAND_EDITS[field].filter(lambda v: v != old))
+                strategy = COMMAND_EDITS.get(field, st.text(min_size=1, max_size=8))
+                draw = data.draw(strategy.filter(lambda v: v != old))
                 new = _edited(field, old, draw)
                 conn.execute(
                     f"UPDATE commands SET {field} = ? WHERE rowid = ?", (new, *rows[n])
