@@ -11,6 +11,7 @@ index from the recordings.
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -141,9 +142,16 @@ class Recorded:
     """
 
     report: VerifyReport
+    #: the records, the payloads of data records other than the client's
+    #: dropped (their lengths are in C{data_bytes})
     records: tuple[Record, ...]
     #: the first segment header's (wall ns, mono ns): the session's clocks
     clocks: tuple[int, int] | None = None
+    #: bytes of data records by direction
+    data_bytes: dict[int, int] = attrs.field(factory=dict)
+    #: everything the client sent, and (seq, end offset) per client record
+    client: bytes = b""
+    client_ends: tuple[tuple[int, int], ...] = ()
 
     def _events(self, name: str) -> list[tuple[Record, dict]]:
         out = []
@@ -216,26 +224,25 @@ class Recorded:
             out["final"] = True
             if auth is not None and auth.get("recorded") is True:
                 for name, direction in _BYTES.items():
-                    out[name] = sum(
-                        len(r.payload)
-                        for r in self.records
-                        if r.type == RecordType.DATA and r.direction == direction
-                    )
+                    out[name] = self.data_bytes.get(direction, 0)
         return out
 
     def decisions(self) -> list[tuple[Record, dict]]:
         """The C{decision} events."""
         return self._events("decision")
 
-    def client_bytes(self, up_to_seq: int) -> bytes:
-        """What the client sent, in records up to C{up_to_seq}."""
-        return b"".join(
-            r.payload
-            for r in self.records
-            if r.seq <= up_to_seq
-            and r.type == RecordType.DATA
-            and r.direction == Direction.CLIENT_TO_GATEWAY
-        )
+    def sent(self, text: str, up_to_seq: int) -> bool:
+        """Whether the client sent C{text} in records up to C{up_to_seq}."""
+        n = bisect.bisect_right(self.client_ends, (up_to_seq, len(self.client)))
+        end = self.client_ends[n - 1][1] if n else 0
+        for encoding in ("utf-8", "latin-1"):
+            try:
+                needle = text.encode(encoding, "surrogateescape")
+            except UnicodeEncodeError:
+                continue
+            if self.client.find(needle, 0, end) != -1:
+                return True
+        return False
 
 
 def _json(payload: bytes) -> dict | None:
@@ -258,12 +265,33 @@ def read_recorded(directory: str, anchors: TrustAnchors) -> Recorded:
     problems other than an unsealed end).
     """
     report = verify_session(directory, anchors)
-    records: tuple[Record, ...] = ()
-    if report.exit_code in (0, 3):
-        records = tuple(
-            r for r in read_records(directory) if r.seq < report.sealed_records
-        )
-    return Recorded(report, records, _clocks(directory) if records else None)
+    if report.exit_code not in (0, 3):
+        return Recorded(report, ())
+    records: list[Record] = []
+    data_bytes: dict[int, int] = {}
+    client: list[bytes] = []
+    ends: list[tuple[int, int]] = []
+    size = 0
+    for r in read_records(directory):
+        if r.seq >= report.sealed_records:
+            break
+        if r.type == RecordType.DATA:
+            data_bytes[r.direction] = data_bytes.get(r.direction, 0) + len(r.payload)
+            if r.direction == Direction.CLIENT_TO_GATEWAY:
+                client.append(r.payload)
+                size += len(r.payload)
+                ends.append((r.seq, size))
+            else:
+                r = attrs.evolve(r, payload=b"")
+        records.append(r)
+    return Recorded(
+        report,
+        tuple(records),
+        _clocks(directory) if records else None,
+        data_bytes,
+        b"".join(client),
+        tuple(ends),
+    )
 
 
 def _clocks(directory: str) -> tuple[int, int] | None:
@@ -358,7 +386,7 @@ def _check_commands(
             )
             continue
         text = _unescaped(command, "text")
-        if not _sent(text, recorded.client_bytes(command.seq)):
+        if not recorded.sent(text, command.seq):
             out.append(
                 Difference(sid, f"{where}.text", text, "(not sent by the client)")
             )
@@ -395,8 +423,8 @@ def _decided(
     data record C{seq}: a decision other than allow is recorded right
     after the data record that carried the command, before the next one.
     """
-    following = [s for s in data_seqs if s > seq]
-    limit = following[0] if following else float("inf")
+    n = bisect.bisect_right(data_seqs, seq)
+    limit = data_seqs[n] if n < len(data_seqs) else float("inf")
     return [
         (event, c)
         for rec, event in decisions
@@ -404,16 +432,6 @@ def _decided(
         for c in event.get("commands", ())
         if isinstance(c, dict) and c.get("text") == text
     ]
-
-
-def _sent(text: str, client: bytes) -> bool:
-    for encoding in ("utf-8", "latin-1"):
-        try:
-            if text.encode(encoding, "surrogateescape") in client:
-                return True
-        except UnicodeEncodeError:
-            continue
-    return False
 
 
 def check_index(
@@ -593,13 +611,14 @@ def _protocol_commands(sid: str, protocol: str, recorded: Recorded) -> list[Comm
 
 
 def _recorded_commands(sid: str, recorded: Recorded) -> list[CommandRow]:
+    by_seq = {r.seq: r for r in recorded.records}
     data_seqs = [r.seq for r in recorded.records if r.type == RecordType.DATA]
     out = []
     for record, event in recorded.decisions():
-        before = [s for s in data_seqs if s < record.seq]
-        if not before:
+        n = bisect.bisect_left(data_seqs, record.seq)
+        if not n:
             continue
-        carrier = next(r for r in recorded.records if r.seq == before[-1])
+        carrier = by_seq[data_seqs[n - 1]]
         for c in event.get("commands", ()):
             if not isinstance(c, dict) or not isinstance(c.get("text"), str):
                 continue
