@@ -85,6 +85,11 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         "verify", "verify recorded sessions", "gatehouse.recording.cli_verify:configure"
     ),
     Subcommand(
+        "index",
+        "check the session index against the recordings, or rebuild it",
+        "gatehouse.recording.cli_index:configure",
+    ),
+    Subcommand(
         "sessions",
         "search recorded sessions",
         "gatehouse.recording.cli_sessions:configure_sessions",

@@ -4,8 +4,11 @@ C{gatehouse verify PATH|SESSION_ID}: verify a recorded session.
 Prints one line per finding (C{segment: class: detail}) and a summary, or
 with C{--json} one JSON object.  Exits 0 when the session is complete and
 every check passes, 3 when its only problem is an unsealed end (not
-tampering), 1 when anything else was found, and 2 when it was asked
-something it cannot do (an unknown path or session, no trusted keys).
+tampering), 1 when anything else was found (including a session the
+index knows whose recording is gone: C{missing}; and an index row whose
+identity or target contradicts the recording: C{index-mismatch}), and 2
+when it was asked something it cannot do (an unknown path, a session
+neither the recordings nor the index know, no trusted keys).
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "when the gateway ended the session because it could not record "
         "more: the reason is shown), "
         "3 only an unsealed end (still recording, or the gateway stopped), "
-        "1 problems found, 2 usage error."
+        "1 problems found (also: the index knows the session but its recording "
+        "is gone; the index's identity or target contradicts the recording), "
+        "2 usage error."
     )
     parser.add_argument(
         "target",
@@ -125,7 +130,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     try:
         return _run(args, out)
-    except _UsageError as e:
+    except (_UsageError, _NoRecording) as e:
         sys.stderr.write(f"gatehouse verify: {e}\n")
         return USAGE_ERROR
 
@@ -134,7 +139,10 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
     from gatehouse.recording.verify import verify_session
 
     config = _Config(args.config)
-    directory, session_id = _locate(args.target, args.recordings, config)
+    try:
+        directory, session_id = _locate(args.target, args.recordings, config)
+    except _NoRecording as gone:
+        return _vanished(gone, args, config, out)
     anchors = _anchors(args.root_key, config)
     facts = _facts(args.index, config, directory, session_id)
     revocations = _revocations(anchors, [*args.revocation, *config.revocations()])
@@ -155,6 +163,12 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
     finally:
         if progress is not None:
             progress.clear()
+    if facts is not None and report.exit_code in (0, 3):
+        report = _compare_with_index(report, anchors, args.index, config)
+    return _show(report, args, out)
+
+
+def _show(report, args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         out.write(json.dumps(report.as_dict(), indent=2) + "\n")
     else:
@@ -162,6 +176,90 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
             out.write(f"{finding}\n")
         out.write(_summary(report) + "\n")
     return report.exit_code
+
+
+#: The finding class for an index row that contradicts its recording.
+INDEX_MISMATCH = "index-mismatch"
+#: The facts verify compares with the index row (the identity and target).
+_COMPARED = ("subject", "display_name", "issuer", "groups", "target")
+
+
+def _index_path(index: str | None, config: _Config) -> str | None:
+    if index is not None:
+        return index
+    if config.path is None:
+        return None
+    return config.recording("--index FILE").index
+
+
+def _compare_with_index(report, anchors, index: str | None, config: _Config):
+    """
+    C{report} with an C{index-mismatch} finding for each of the identity
+    and target facts on which the index row and the recording (its
+    authenticated records) disagree.
+    """
+    import attrs
+
+    from gatehouse.recording.index import IndexUnavailable, get_session
+    from gatehouse.recording.index_check import check_session, read_recorded
+    from gatehouse.recording.verify import Finding
+
+    path = _index_path(index, config)
+    if path is None or report.session_id is None:
+        return report
+    try:
+        row = get_session(path, report.session_id)
+    except IndexUnavailable:
+        return report
+    if row is None:
+        return report
+    recorded = read_recorded(report.directory, anchors)
+    found = [
+        Finding(None, INDEX_MISMATCH, f"the index's {str(d).split(': ', 1)[1]}")
+        for d in check_session(row, (), recorded)
+        if d.field in _COMPARED
+    ]
+    if not found:
+        return report
+    return attrs.evolve(report, findings=report.findings + tuple(found))
+
+
+class _NoRecording(Exception):
+    """A session id with no recording directory under the recordings root."""
+
+    def __init__(self, session_id: uuid.UUID, root: str):
+        super().__init__(f"no recording of session {session_id} in {root}")
+        self.session_id = session_id
+        self.root = root
+
+
+def _vanished(gone: _NoRecording, args, config: _Config, out: TextIO) -> int:
+    """
+    Exit 1 with a C{missing} finding when the index knows the session (its
+    recording existed and is gone); a usage error (2) when nothing does.
+    """
+    from gatehouse.recording.index import IndexUnavailable, get_session
+    from gatehouse.recording.verify import MISSING, Finding, VerifyReport
+
+    path = _index_path(args.index, config)
+    row = None
+    if path is not None and os.path.isfile(path):
+        try:
+            row = get_session(path, str(gone.session_id))
+        except IndexUnavailable as e:
+            sys.stderr.write(f"gatehouse verify: {e}\n")
+    if row is None:
+        raise _UsageError(str(gone))
+    finding = Finding(
+        None,
+        MISSING,
+        f"the index knows session {gone.session_id} (recorded in "
+        f"{row.directory}), but there is no recording of it in {gone.root}",
+    )
+    report = VerifyReport(
+        str(gone.session_id), row.directory, (finding,), 0, 0, 0, False
+    )
+    return _show(report, args, out)
 
 
 def _is_tty(stream: TextIO) -> bool:
@@ -232,7 +330,7 @@ def _locate(
         raise _UsageError(f"{root}: no such recording directory")
     directory = find_session_directory(root, session_id)
     if directory is None:
-        raise _UsageError(f"no recording of session {session_id} in {root}")
+        raise _NoRecording(session_id, root)
     return directory, session_id
 
 

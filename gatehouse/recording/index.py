@@ -61,6 +61,7 @@ __all__ = [
     "index_text",
     "query_sessions",
     "unescape_index_text",
+    "write_rows",
 ]
 
 #: The schema version this module writes, kept in C{PRAGMA user_version}.
@@ -1285,3 +1286,47 @@ def facts_for(path: str, session_id: str) -> IndexFacts | None:
         segment_count=row.segments,
         final_link=row.last_link,
     )
+
+
+def _column(name: str, value: Any) -> Any:
+    if name == "groups":
+        return json.dumps(list(value))
+    return int(value) if name == "final" else value
+
+
+def write_rows(
+    path: str, sessions: Sequence[SessionRow], commands: Sequence[CommandRow]
+) -> None:
+    """
+    Write a new index at C{path} (which must not exist yet) holding
+    C{sessions} and C{commands}, in one transaction (for
+    L{gatehouse.recording.index_check.rebuild_index}).
+    """
+    if os.path.exists(path):
+        raise FileExistsError(path)
+    conn = _open_writer(path)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for row in sessions:
+            names = [f.name for f in attrs.fields(SessionRow) if f.name != "escaped"]
+            values = [getattr(row, n) for n in names]
+            values = [_column(n, v) for n, v in zip(names, values, strict=True)]
+            safe, escaped = _safe(names, values)
+            params = dict(zip(names, safe, strict=True), escaped=escaped)
+            conn.execute(
+                f"INSERT INTO sessions ({', '.join(params)})"
+                f" VALUES ({', '.join(':' + n for n in params)})",
+                params,
+            )
+        for command in commands:
+            names = ["session_id", "seq", "at", "kind", "text", "decision", "objects"]
+            values = [getattr(command, n) for n in names[:-1]]
+            values.append(json.dumps(list(command.objects)))
+            safe, escaped = _safe(names, values)
+            conn.execute(
+                _INSERT_COMMAND, dict(zip(names, safe, strict=True), escaped=escaped)
+            )
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()

@@ -1119,3 +1119,93 @@ class CLITests(CLITestCase):
         )
         self.assertEqual(result.returncode, 3, result.stderr)
         self.assertEqual(json.loads(result.stdout)["exit_code"], 3)
+
+
+class IndexComparisonTests(CLITestCase):
+    """
+    C{gatehouse verify} holds the index row against the recording: the
+    identity and target it shows must be the recording's, and a session
+    the index knows whose recording is gone is C{missing} (exit 1).
+    """
+
+    def setUp(self):
+        from tests.recording.test_index_check import World
+
+        self.world = World(os.path.abspath(self.mktemp()))
+
+    def verify(self, session_id: str, *more: str) -> tuple[int, str, str]:
+        w = self.world
+        return self.run_cli(
+            "verify",
+            session_id,
+            "--recordings",
+            w.recordings,
+            "--root-key",
+            w.root_pub,
+            *more,
+        )
+
+    def test_agrees(self):
+        """An unedited index: exit 0."""
+        code, out, err = self.verify(self.world.alice, "--index", self.world.index)
+        self.assertEqual((code, err), (0, ""), out)
+
+    def test_identity_and_target_edited(self):
+        """Alice's session made Bob's on another target: two index-mismatch findings."""
+        from tests.recording.test_index_check import edit
+
+        w = self.world
+        edit(
+            w.index,
+            "UPDATE sessions SET subject = 'bob', target = 'crm' WHERE id = ?",
+            w.alice,
+        )
+        code, out, _ = self.verify(w.alice, "--index", w.index)
+        self.assertEqual(code, 1, out)
+        lines = out.splitlines()
+        self.assertEqual(
+            lines[:-1],
+            [
+                "session: index-mismatch: the index's subject: index says 'bob', "
+                "recording says 'alice'",
+                "session: index-mismatch: the index's target: index says 'crm', "
+                "recording says 'shop'",
+            ],
+        )
+        self.assertIn("FAILED: 2 problems found", lines[-1])
+        code, out, _ = self.verify(w.alice, "--index", w.index, "--json")
+        self.assertEqual(
+            [f["problem"] for f in json.loads(out)["findings"]],
+            ["index-mismatch", "index-mismatch"],
+        )
+        # Without the index, the recording alone is intact.
+        self.assertEqual(self.verify(w.alice)[0], 0)
+
+    def test_vanished_recording(self):
+        """
+        The index knows the session, its directory is gone: exit 1, class
+        missing; when nothing knows the session it stays a usage error (2).
+        """
+        import shutil
+
+        from gatehouse.recording.index import get_session
+
+        w = self.world
+        directory = get_session(w.index, w.bob).directory
+        shutil.rmtree(directory)
+        code, out, err = self.verify(w.bob, "--index", w.index)
+        self.assertEqual((code, err), (1, ""))
+        lines = out.splitlines()
+        self.assertTrue(
+            lines[0].startswith(
+                f"session: missing: the index knows session {w.bob} (recorded in "
+            ),
+            lines[0],
+        )
+        self.assertIn("FAILED: 1 problem found", lines[1])
+        code, out, _ = self.verify(w.bob, "--index", w.index, "--json")
+        self.assertEqual(json.loads(out)["findings"][0]["problem"], "missing")
+        self.assertEqual(json.loads(out)["exit_code"], 1)
+        code, out, err = self.verify(w.bob)
+        self.assertEqual((code, out), (2, ""))
+        self.assertIn("no recording of session", err)
