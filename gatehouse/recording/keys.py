@@ -259,6 +259,10 @@ def issue_epoch_keys(
 #: files larger than this are not read when looking for key material
 MAX_KEY_FILE_BYTES = 1 << 20
 
+#: file system calls of reading and erasing key material (a seam for tests)
+_open_file = os.open
+_unlink = os.unlink
+
 _FIELD = re.compile(rb'"(certificate|private_key)"\s*:\s*"([A-Za-z0-9+/=]+)"')
 
 
@@ -271,14 +275,15 @@ class KeyCopy:
 
     @ivar whole: whether the file is a complete epoch key file (else the
         key was found inside other content, e.g. an editor's swap file).
-    @ivar identity: C{(st_dev, st_ino)} when read; erasure refuses a file
-        that was replaced since.
+    @ivar identity: C{(st_dev, st_ino, st_ctime_ns)} when read; erasure
+        refuses a file that was replaced or changed since (the next reading
+        decides about it afresh).
     """
 
     path: str
     key: EpochKey
     whole: bool = True
-    identity: tuple[int, int] = (0, 0)
+    identity: tuple[int, int, int] | None = None
 
 
 @attrs.frozen
@@ -347,24 +352,28 @@ def find_key_material(data: bytes, where: str) -> tuple[EpochKey, bool]:
     raise first
 
 
+def _identity(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_ctime_ns)
+
+
 def _erase(copy: KeyCopy) -> None:
     """
     Overwrite a file holding key material with zeros, sync it, and unlink
     it; refuse (OSError) when the file at that path is no longer the one
     that was read, or is not a regular file.
     """
-    fd = os.open(copy.path, os.O_RDWR | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    fd = _open_file(copy.path, os.O_RDWR | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, "not a regular file", copy.path)
-        if copy.identity != (0, 0) and (st.st_dev, st.st_ino) != copy.identity:
+        if copy.identity is not None and _identity(st) != copy.identity:
             raise OSError(errno.ESTALE, "replaced since it was read", copy.path)
         os.write(fd, b"\x00" * st.st_size)
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.unlink(copy.path)
+    _unlink(copy.path)
 
 
 @attrs.frozen
@@ -460,12 +469,12 @@ class KeyDirectory:
             raise KeyFileError(f"{full}: not a regular file; ignored")
         if st.st_size > MAX_KEY_FILE_BYTES:
             raise KeyFileError(f"{full}: too large to be a key file; not read")
-        fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        fd = _open_file(full, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
         with os.fdopen(fd, "rb") as f:
             st = os.fstat(f.fileno())
             data = f.read(MAX_KEY_FILE_BYTES + 1)
         key, whole = find_key_material(data, full)
-        return KeyCopy(full, key, whole, (st.st_dev, st.st_ino))
+        return KeyCopy(full, key, whole, _identity(st))
 
     def load(self) -> tuple[list[EpochKey], list[str]]:
         """
