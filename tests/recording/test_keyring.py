@@ -4,12 +4,16 @@ Tests for L{gatehouse.recording.keyring}.
 
 from __future__ import annotations
 
+import io
 import os
+import sys
+import time
 
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from gatehouse.cli import main
 from gatehouse.recording import keys
 from gatehouse.recording.keyring import KeyRing
 from gatehouse.recording.recorder import synchronous_executor
@@ -438,3 +442,32 @@ class LeftoverTests(KeyDirectoryCase):
         self.assert_erased_at_end(ring, issued[0])
         with open(path, "rb") as f:
             self.assertEqual(f.read(), b"my notes\n")
+
+
+class StatusViewTests(SynchronousTestCase):
+    """C{gatehouse keys status} sees the directory as the daemon does."""
+
+    def test_leftover_copies_shown(self) -> None:
+        """
+        A key's backup copy is counted once and listed as a leftover copy;
+        a file that is not key material is a warning.
+        """
+        directory = self.mktemp()
+        root = keys.generate_root_key()
+        now = time.time_ns()
+        issued = keys.issue_epoch_keys(root, "gw-1", now - 60 * NS, 3600 * NS, 2)
+        keys.KeyDirectory(directory).add(issued)
+        backup = os.path.join(directory, issued[0].filename() + ".bak")
+        with open(backup, "wb") as f:
+            f.write(issued[0].to_json())
+        with open(os.path.join(directory, "README"), "wb") as f:
+            f.write(b"notes\n")
+        out, err = io.StringIO(), io.StringIO()
+        self.patch(sys, "stdout", out)
+        self.patch(sys, "stderr", err)
+        code = main(["keys", "status", directory, "--warn", "1s"])
+        self.assertEqual(code, 0, err.getvalue())
+        self.assertIn("2 epoch keys for gateway gw-1", out.getvalue())
+        key_id = issued[0].certificate.key_id.hex()[:12]
+        self.assertIn(f"leftover copy: {backup} (key {key_id}, until ", out.getvalue())
+        self.assertIn("README", err.getvalue())
