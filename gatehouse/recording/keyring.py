@@ -118,7 +118,8 @@ class KeyRing(Service):
         for line in scan.unknown:
             if line not in self._unknown:
                 self.log.warn(
-                    "Not key material (or unreadable), left alone in the signing-key directory: {line}",
+                    "Not key material (or unreadable), left alone in the "
+                    "signing-key directory: {line}",
                     line=line,
                 )
         self._unknown = set(scan.unknown)
