@@ -322,34 +322,38 @@ class KeyScan:
         return [c for c in self.copies if c.key.certificate.not_after <= wall_ns]
 
 
-def find_key_material(data: bytes, where: str) -> tuple[EpochKey, bool]:
+def find_key_material(data: bytes, where: str) -> tuple[list[EpochKey], bool]:
     """
-    The epoch key held in C{data}: a whole key file, or failing that the
-    C{certificate} and C{private_key} fields of one found inside other
-    content (an editor's swap file, a concatenation).
+    The epoch keys held in C{data}: a whole key file, or failing that every
+    pair of C{certificate} and matching C{private_key} fields found inside
+    other content (an editor's swap file, a concatenation of key files).
 
-    @return: the key and whether C{data} is a whole key file.
+    @return: the keys and whether C{data} is a whole key file.
     @raise KeyFileError: when C{data} holds no (matching) key.
     """
     try:
-        return EpochKey.from_json(data, where), True
+        return [EpochKey.from_json(data, where)], True
     except KeyFileError as e:
         first = e
-    fields: dict[bytes, list[bytes]] = {}
+    certs, privates = [], []
     for m in _FIELD.finditer(data):
-        fields.setdefault(m.group(1), []).append(m.group(2))
-    for cert_b64 in fields.get(b"certificate", []):
-        for private_b64 in fields.get(b"private_key", []):
-            try:
-                cert = Certificate.from_bytes(base64.b64decode(cert_b64))
-                private = Ed25519PrivateKey.from_private_bytes(
-                    base64.b64decode(private_b64)
-                )
-            except (ValueError, FormatError):
-                continue
-            if raw_public(private) == cert.public_key:
-                return EpochKey(cert, private), False
-    raise first
+        try:
+            raw = base64.b64decode(m.group(2))
+            if m.group(1) == b"certificate":
+                certs.append(Certificate.from_bytes(raw))
+            else:
+                privates.append(Ed25519PrivateKey.from_private_bytes(raw))
+        except (ValueError, FormatError):
+            continue
+    found = {}
+    for private in privates:
+        public = raw_public(private)
+        for cert in certs:
+            if cert.public_key == public:
+                found.setdefault(cert.key_id, EpochKey(cert, private))
+    if not found:
+        raise first
+    return list(found.values()), False
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int]:
@@ -443,7 +447,7 @@ class KeyDirectory:
             full = os.path.join(self.path, name)
             named = name.endswith(EPOCH_KEY_SUFFIX)
             try:
-                copies.append(self._read(full))
+                copies.extend(self._read(full))
             except FileNotFoundError:
                 continue  # gone since it was listed
             except (OSError, KeyFileError) as e:
@@ -456,7 +460,7 @@ class KeyDirectory:
         return KeyScan(tuple(copies), tuple(problems), tuple(unknown))
 
     @staticmethod
-    def _read(full: str) -> KeyCopy:
+    def _read(full: str) -> list[KeyCopy]:
         st = os.lstat(full)
         if stat.S_ISLNK(st.st_mode):
             raise KeyFileError(
@@ -473,8 +477,8 @@ class KeyDirectory:
         with os.fdopen(fd, "rb") as f:
             st = os.fstat(f.fileno())
             data = f.read(MAX_KEY_FILE_BYTES + 1)
-        key, whole = find_key_material(data, full)
-        return KeyCopy(full, key, whole, _identity(st))
+        found, whole = find_key_material(data, full)
+        return [KeyCopy(full, key, whole, _identity(st)) for key in found]
 
     def load(self) -> tuple[list[EpochKey], list[str]]:
         """

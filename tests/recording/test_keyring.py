@@ -286,6 +286,19 @@ class LeftoverTests(KeyDirectoryCase):
         self.assertEqual(self.on_disk(), set())
         self.assertEqual(ring.problems(), [])
 
+    def test_concatenated_copies(self) -> None:
+        """
+        A file holding two keys (two key files concatenated) is key material
+        of both, and is erased when the first of their windows ends.
+        """
+        issued = self.issue(T0 - 10, 3)
+        both = issued[1].to_json() + b"\n" + issued[0].to_json()
+        self.copy(issued[0], "all-keys.txt", both)
+        ring = self.started()
+        self.assertEqual(ring.problems(), [])
+        self.assert_erased_at_end(ring, issued[0])
+        self.assertEqual(self.on_disk(), {k.filename() for k in issued[1:]})
+
     def test_copy_of_expired_key_at_load(self) -> None:
         """
         A leftover copy of a key whose window ended before start: loading
