@@ -71,7 +71,6 @@ class KeyRing(Service):
         self._scan = KeyScan()
         self._scanned_at = 0
         self._erasure: IDelayedCall | None = None
-        self._erasing = False
         self._last_warning = -(1 << 62)
 
     def load_now(self) -> list[str]:
