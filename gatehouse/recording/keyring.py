@@ -81,7 +81,14 @@ class KeyRing(Service):
         @return: problems found, one line each.
         """
         now = self._now()
-        scan, erasure = self._directory.load_unexpired(now)
+        try:
+            scan, erasure = self._directory.load_unexpired(now)
+        except Exception as e:  # the daemon serves on; no key means refusals
+            self.log.failure("Reading signing keys")
+            scan, erasure = (
+                KeyScan(problems=(f"cannot read signing keys: {e!r}",)),
+                Erasure(),
+            )
         return self._accept(scan, erasure, now)
 
     def use_directory(self, directory: str, warn_before: float) -> list[str]:

@@ -410,6 +410,8 @@ def erase_copies(copies: Iterable[KeyCopy], directory: str) -> Erasure:
             erased.append(copy.path)
         except OSError as e:
             failed.append((copy.path, e.strerror or str(e)))
+        except Exception as e:  # one failure must not stop the others
+            failed.append((copy.path, repr(e)))
         else:
             erased.append(copy.path)
     if erased:
@@ -450,13 +452,14 @@ class KeyDirectory:
                 copies.extend(self._read(full))
             except FileNotFoundError:
                 continue  # gone since it was listed
-            except (OSError, KeyFileError) as e:
-                why = (
-                    f"{full}: cannot read: {e.strerror}"
-                    if isinstance(e, OSError)
-                    else str(e)
+            except OSError as e:
+                (problems if named else unknown).append(
+                    f"{full}: cannot read: {e.strerror or e}"
                 )
-                (problems if named else unknown).append(why)
+            except KeyFileError as e:
+                (problems if named else unknown).append(str(e))
+            except Exception as e:  # one odd file must not stop the others
+                (problems if named else unknown).append(f"{full}: unusable: {e!r}")
         return KeyScan(tuple(copies), tuple(problems), tuple(unknown))
 
     @staticmethod
