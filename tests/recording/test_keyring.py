@@ -14,9 +14,11 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from gatehouse.cli import main
+from gatehouse.ids import new_session_id
 from gatehouse.recording import keys
 from gatehouse.recording.keyring import KeyRing
-from gatehouse.recording.recorder import synchronous_executor
+from gatehouse.recording.recorder import SegmentRecorder, synchronous_executor
+from gatehouse.recording.verify import verify_session
 
 NS = 1_000_000_000
 T0 = 1_790_000_000.0
@@ -484,3 +486,42 @@ class StatusViewTests(SynchronousTestCase):
         key_id = issued[0].certificate.key_id.hex()[:12]
         self.assertIn(f"leftover copy: {backup} (key {key_id}, until ", out.getvalue())
         self.assertIn("README", err.getvalue())
+
+
+class TickingClock(Clock):
+    """A clock that moves on by 1 µs each time it is read, as a real one does."""
+
+    def seconds(self) -> float:
+        self.rightNow += 1e-6
+        return self.rightNow
+
+
+class BoundaryTests(SynchronousTestCase):
+    """
+    A session opened at the very end of a window: the key is chosen and the
+    delegation signed for one wall time, so the recording verifies (there is
+    no seal in flight that would need the key after its window).
+    """
+
+    def test_session_at_window_end(self) -> None:
+        root = keys.generate_root_key()
+        issued = keys.issue_epoch_keys(root, "gw-1", int((T0 - 10) * NS), 20 * NS, 2)
+        directory = self.mktemp()
+        keys.KeyDirectory(directory).add(issued)
+        clock = TickingClock()
+        clock.rightNow = issued[0].certificate.not_after / NS - 2.5e-6
+        ring = KeyRing(directory, "gw-1", clock, synchronous_executor)
+        ring.load_now()
+        recorder = SegmentRecorder(
+            self.mktemp(),
+            "gw-1",
+            ring.current,
+            clock,
+            synchronous_executor,
+            monotonic_ns=lambda: int(clock.rightNow * NS),
+        )
+        recording = recorder.open(new_session_id(clock.rightNow), {"protocol": "test"})
+        self.successResultOf(recording.close("done"))
+        anchors = keys.TrustAnchors.from_public_keys([keys.raw_public(root)])
+        report = verify_session(recording.directory, anchors)
+        self.assertEqual(report.findings, ())
