@@ -137,6 +137,8 @@ class RecordingConfig:
     key_warning: float = DEFAULT_KEY_WARNING
     reserve_bytes: int = DEFAULT_RESERVE_BYTES
     preallocate: bool = True
+    #: revocation statements (gatehouse keys revoke) gatehouse verify applies
+    revocations: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -1088,6 +1090,8 @@ def _parse_recording(section: ConfigSection | None) -> RecordingConfig | None:
     key_warning = section.duration("key_warning", DEFAULT_KEY_WARNING)
     reserve_bytes = section.size("reserve_bytes", DEFAULT_RESERVE_BYTES)
     preallocate = section.boolean("preallocate", True)
+    revocations = section.readable_files("revocations")
+    _check_revocations(section, root_public_keys, revocations)
     section.finish()
     return RecordingConfig(
         directory=directory,
@@ -1100,7 +1104,27 @@ def _parse_recording(section: ConfigSection | None) -> RecordingConfig | None:
         key_warning=key_warning,
         reserve_bytes=reserve_bytes,
         preallocate=preallocate,
+        revocations=revocations,
     )
+
+
+def _check_revocations(
+    section: ConfigSection, root_public_keys: tuple[str, ...], paths: tuple[str, ...]
+) -> None:
+    """Each revocation statement must be signed by one of the trusted roots."""
+    if not paths or not root_public_keys:
+        return
+    from gatehouse.recording.keys import KeyFileError, TrustAnchors, load_revocations
+
+    try:
+        anchors = TrustAnchors.from_files(root_public_keys)
+    except KeyFileError:
+        return  # reported by whoever reads root_public_keys
+    for index, path in enumerate(paths):
+        try:
+            load_revocations(anchors, [path])
+        except KeyFileError as e:
+            section.problem(str(e), f"revocations[{index}]")
 
 
 def _check_directory(path: str) -> str | None:

@@ -1,5 +1,6 @@
 """
-C{gatehouse keys}: create the root key, issue epoch keys, check coverage.
+C{gatehouse keys}: create the root key, issue epoch keys, revoke them,
+check coverage.
 
 See "Keys and forward security" in docs/recording-format.md.  The root key
 is created once and kept off the gateway; epoch keys are issued ahead of
@@ -30,12 +31,15 @@ ROOT_KEY = "root.key"
 ROOT_PUB = "root.pub"
 #: More keys than this in one go is a mistake (a period in seconds, say).
 MAX_KEYS = 100_000
+#: How far ahead `keys issue` covers by default (days): short, because every
+#: future key on the gateway is one an intruder could forge with.
+DEFAULT_DAYS = 2.0
 # The rule for gateway.id in the configuration file.
 _GATEWAY_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def configure(parser: argparse.ArgumentParser) -> Handler:
-    """Set up C{gatehouse keys init|issue|status}."""
+    """Set up C{gatehouse keys init|issue|revoke|status}."""
     sub = parser.add_subparsers(dest="keys_command", metavar="ACTION", title="actions")
     sub.required = True
 
@@ -61,10 +65,7 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
         "in DIR) on.  Never overlaps existing windows, never issues keys "
         "for the past.",
     )
-    issue.add_argument("--root-key", required=True, metavar="FILE")
-    issue.add_argument(
-        "--gateway-id", required=True, metavar="ID", type=_gateway_id_argument
-    )
+    _signer_arguments(issue)
     issue.add_argument(
         "--out",
         required=True,
@@ -82,9 +83,11 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
     horizon.add_argument(
         "--days",
         type=_days_argument,
-        default=7.0,
+        default=DEFAULT_DAYS,
         metavar="N",
-        help="cover this many days from now (default 7)",
+        help=f"cover this many days from now (default {DEFAULT_DAYS:g}; renew "
+        "every few hours: a short horizon limits what an intruder's future "
+        "keys can forge)",
     )
     horizon.add_argument(
         "--until",
@@ -92,12 +95,43 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
         metavar="TIME",
         help="cover up to this time (ISO 8601, or relative such as +30d)",
     )
-    issue.add_argument(
-        "--passphrase-env",
-        metavar="VAR",
-        help="the root key's passphrase is in this environment variable",
-    )
     issue.set_defaults(keys_run=_issue)
+
+    revoke = sub.add_parser(
+        "revoke",
+        help="write a revocation statement for a gateway's keys",
+        description="Write a revocation statement, signed by the root key: "
+        "verifiers given it (gatehouse verify --revocation FILE) report as "
+        "bad-key every seal the gateway made from TIME on, and every session "
+        "rooted in an epoch key whose window starts at or after TIME.  "
+        "Sessions sealed before TIME stay valid.  Use it when the gateway (or "
+        "its signing-key directory) may have been taken over: TIME is the "
+        "earliest moment that may have happened.",
+    )
+    _signer_arguments(revoke)
+    revoke.add_argument(
+        "--from",
+        dest="revoked_from",
+        required=True,
+        type=parse_time,
+        metavar="TIME",
+        help="revoke from this time on (ISO 8601, or relative such as -2h)",
+    )
+    revoke.add_argument(
+        "--key-id",
+        action="append",
+        default=[],
+        type=_key_id_argument,
+        metavar="HEX",
+        help="revoke only sessions rooted in this epoch key (32 hex digits; "
+        "repeatable; default: every key of the gateway)",
+    )
+    revoke.add_argument(
+        "--out",
+        metavar="FILE",
+        help="write the statement here (never overwriting; default: stdout)",
+    )
+    revoke.set_defaults(keys_run=_revoke)
 
     status = sub.add_parser(
         "status",
@@ -115,6 +149,19 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
     )
     status.set_defaults(keys_run=_status)
     return _run
+
+
+def _signer_arguments(parser: argparse.ArgumentParser) -> None:
+    """The root key that signs, its passphrase, and the gateway it signs for."""
+    parser.add_argument("--root-key", required=True, metavar="FILE")
+    parser.add_argument(
+        "--passphrase-env",
+        metavar="VAR",
+        help="the root key's passphrase is in this environment variable",
+    )
+    parser.add_argument(
+        "--gateway-id", required=True, metavar="ID", type=_gateway_id_argument
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -160,6 +207,18 @@ def _gateway_id_argument(text: str) -> str:
             f"{text!r} is not a gateway id (1 to 64 characters of A-Z a-z 0-9 . _ -)"
         )
     return text
+
+
+def _key_id_argument(text: str) -> bytes:
+    try:
+        value = bytes.fromhex(text)
+    except ValueError:
+        value = b""
+    if len(value) != 16:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an epoch key id (32 hex digits)"
+        )
+    return value
 
 
 def _passphrase(variable: str | None) -> bytes | None:
@@ -309,6 +368,40 @@ def _root_key(path: str, passphrase: bytes | None) -> Ed25519PrivateKey:
         return _keys.load_root_private(path, passphrase)
     except _keys.KeyFileError as e:
         raise CommandError(str(e))
+
+
+# --- revoke ---------------------------------------------------------------
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    passphrase = _passphrase(args.passphrase_env)
+    root = _root_key(args.root_key, passphrase)
+    revocation = _keys.make_revocation(
+        root,
+        args.gateway_id,
+        round(args.revoked_from * NS),
+        time.time_ns(),
+        args.key_id,
+    )
+    data = revocation.to_json()
+    if args.out is None:
+        sys.stdout.write(data.decode())
+        return 0
+    try:
+        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except FileExistsError:
+        raise CommandError(f"{args.out} already exists; refusing to overwrite it")
+    except OSError as e:
+        raise CommandError(f"{args.out}: {e.strerror}")
+    sys.stdout.write(
+        f"wrote {args.out}: {revocation.describe()}; give it to every verifier "
+        "(gatehouse verify --revocation FILE)\n"
+    )
+    return 0
 
 
 # --- status ---------------------------------------------------------------

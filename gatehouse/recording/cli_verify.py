@@ -69,6 +69,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the session index, for what it knows about the session "
         "(default: the configuration's)",
     )
+    add_key_arguments(parser)
+
+
+def add_key_arguments(parser: argparse.ArgumentParser) -> None:
+    """C{--revocation}, C{--max-skew}, C{--gateway-id} and C{--any-gateway}."""
+    parser.add_argument(
+        "--revocation",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a revocation statement (gatehouse keys revoke) to apply "
+        "(repeatable; also the configuration's recording.revocations); one "
+        "not signed by a trusted root is refused",
+    )
+    parser.add_argument(
+        "--max-skew",
+        default="5m",
+        type=_skew_argument,
+        metavar="DURATION",
+        help="seals dated later than this past the local clock are bad-key "
+        "(default 5m)",
+    )
+    pin = parser.add_mutually_exclusive_group()
+    pin.add_argument(
+        "--gateway-id",
+        metavar="ID",
+        help="only this gateway may have signed; seals by any other are "
+        "foreign (default with --config: its gateway.id)",
+    )
+    pin.add_argument(
+        "--any-gateway",
+        action="store_true",
+        help="accept seals by any gateway under a trusted root, even with --config",
+    )
+
+
+def _skew_argument(text: str) -> int:
+    from gatehouse._duration import parse_duration
+
+    try:
+        return round(parse_duration(text) * 1_000_000_000)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
 
 
 def configure(parser: argparse.ArgumentParser) -> Handler:
@@ -94,6 +137,8 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
     directory, session_id = _locate(args.target, args.recordings, config)
     anchors = _anchors(args.root_key, config)
     facts = _facts(args.index, config, directory, session_id)
+    revocations = _revocations(anchors, [*args.revocation, *config.revocations()])
+    gateway = _pinned_gateway(args, config)
     progress = _Progress(sys.stderr) if _is_tty(sys.stderr) else None
     try:
         report = verify_session(
@@ -102,6 +147,10 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
             facts,
             expected_session_id=session_id,
             progress=progress,
+            revocations=revocations,
+            expected_gateway=gateway,
+            clock=time.time_ns,
+            max_skew=args.max_skew,
         )
     finally:
         if progress is not None:
@@ -127,20 +176,33 @@ class _Config:
 
     def __init__(self, path: str | None):
         self.path = path
-        self._recording: Any = None
+        self._config: Any = None
 
     def recording(self, what: str) -> Any:
         if self.path is None:
             raise _UsageError(f"give {what}, or --config FILE")
-        if self._recording is None:
+        return self._load().recording
+
+    def revocations(self) -> tuple[str, ...]:
+        """The configured recording.revocations (none without a configuration)."""
+        if self.path is None:
+            return ()
+        recording = self._load().recording
+        return recording.revocations if recording is not None else ()
+
+    def gateway_id(self) -> str | None:
+        """The configured gateway.id, or None without a configuration."""
+        return None if self.path is None else self._load().gateway.id
+
+    def _load(self) -> Any:
+        if self._config is None:
             from gatehouse.config import ConfigError, load_config
 
             try:
-                config = load_config(self.path, create_directories=False)
+                self._config = load_config(self.path, create_directories=False)
             except ConfigError as e:
                 raise _UsageError("\n".join(e.lines()))
-            self._recording = config.recording
-        return self._recording
+        return self._config
 
 
 def _parse_session_id(text: str) -> uuid.UUID | None:
@@ -184,6 +246,24 @@ def _anchors(root_keys: list[str], config: _Config):
         return TrustAnchors.from_files(paths)
     except KeyFileError as e:
         raise _UsageError(str(e))
+
+
+def _revocations(anchors, paths: list[str]):
+    from gatehouse.recording.keys import KeyFileError, load_revocations
+
+    try:
+        return load_revocations(anchors, paths)
+    except KeyFileError as e:
+        raise _UsageError(str(e))
+
+
+def _pinned_gateway(args: argparse.Namespace, config: _Config) -> str | None:
+    """The gateway that should have signed: given, else the configuration's."""
+    if args.any_gateway:
+        return None
+    if args.gateway_id is not None:
+        return args.gateway_id
+    return config.gateway_id()
 
 
 def _session_id_of(directory: str) -> uuid.UUID | None:

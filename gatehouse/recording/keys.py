@@ -15,6 +15,7 @@ import json
 import os
 import re
 import stat
+import struct
 import time
 from collections.abc import Iterable, Sequence
 
@@ -26,7 +27,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from gatehouse.recording.format import Certificate, FormatError, sha256
+from gatehouse.recording.format import (
+    Certificate,
+    FormatError,
+    _Reader,
+    _str16,
+    sha256,
+)
 
 NS = 1_000_000_000
 EPOCH_KEY_SUFFIX = ".epochkey"
@@ -572,3 +579,155 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# --- revocation -------------------------------------------------------------
+
+REVOCATION_CONTEXT = b"gatehouse/revoke/v1\x00"
+REVOCATION_FORMAT = "gatehouse-revocation-v1"
+_REVOCATION_TIMES = struct.Struct(">QQH")
+
+
+@attrs.frozen
+class Revocation:
+    """
+    A revocation statement: from C{revoked_from} on, nothing gateway
+    C{gateway_id} signs is trusted (only sessions rooted in C{key_ids}, when
+    any are listed).  See "Revocation statements" in
+    docs/recording-format.md.
+    """
+
+    root_id: bytes
+    gateway_id: str
+    revoked_from: int
+    issued_at: int
+    key_ids: tuple[bytes, ...] = ()
+    signature: bytes = attrs.field(default=b"", eq=False, repr=False)
+    #: where it was read from, for messages
+    source: str = attrs.field(default="", eq=False)
+
+    def statement(self) -> bytes:
+        """The signed bytes."""
+        return (
+            REVOCATION_CONTEXT
+            + self.root_id
+            + _str16(self.gateway_id)
+            + _REVOCATION_TIMES.pack(
+                self.revoked_from, self.issued_at, len(self.key_ids)
+            )
+            + b"".join(self.key_ids)
+        )
+
+    @classmethod
+    def from_statement(cls, data: bytes, signature: bytes, source: str) -> Revocation:
+        """Parse a statement (not yet checked against any root)."""
+        r = _Reader(data, 0, "revocation statement")
+        if r.take(len(REVOCATION_CONTEXT)) != REVOCATION_CONTEXT:
+            raise FormatError("revocation statement has a wrong context")
+        root_id = r.take(16)
+        gateway_id = r.str16()
+        revoked_from, issued_at, count = r.unpack(_REVOCATION_TIMES)
+        key_ids = tuple(r.take(16) for _ in range(count))
+        r.done()
+        return cls(
+            root_id, gateway_id, revoked_from, issued_at, key_ids, signature, source
+        )
+
+    def to_json(self) -> bytes:
+        """The on-disk form: the statement and signature, and a readable copy."""
+        return (
+            json.dumps(
+                {
+                    "format": REVOCATION_FORMAT,
+                    "gateway_id": self.gateway_id,
+                    "revoked_from": _iso(self.revoked_from),
+                    "issued_at": _iso(self.issued_at),
+                    "key_ids": [k.hex() for k in self.key_ids],
+                    "root_id": self.root_id.hex(),
+                    "statement": base64.b64encode(self.statement()).decode(),
+                    "signature": base64.b64encode(self.signature).decode(),
+                },
+                indent=1,
+            ).encode()
+            + b"\n"
+        )
+
+    @classmethod
+    def from_json(cls, data: bytes, where: str) -> Revocation:
+        """Parse a revocation file (only its statement and signature count)."""
+        try:
+            obj = json.loads(data)
+            if not isinstance(obj, dict) or obj.get("format") != REVOCATION_FORMAT:
+                raise ValueError(f"format is not {REVOCATION_FORMAT}")
+            statement = base64.b64decode(obj["statement"], validate=True)
+            signature = base64.b64decode(obj["signature"], validate=True)
+            return cls.from_statement(statement, signature, where)
+        except (ValueError, KeyError, TypeError, FormatError) as e:
+            raise KeyFileError(f"{where}: not a gatehouse revocation statement: {e}")
+
+    def describe(self) -> str:
+        """How findings name this statement."""
+        keys = (
+            f" (keys {', '.join(k.hex()[:12] for k in self.key_ids)})"
+            if self.key_ids
+            else ""
+        )
+        where = f" in {self.source}" if self.source else ""
+        return (
+            f"the revocation of gateway {self.gateway_id!r}{keys} from "
+            f"{_iso(self.revoked_from)}{where}"
+        )
+
+
+def make_revocation(
+    root: Ed25519PrivateKey,
+    gateway_id: str,
+    revoked_from: int,
+    issued_at: int,
+    key_ids: Sequence[bytes] = (),
+) -> Revocation:
+    """A revocation statement signed by C{root}."""
+    unsigned = Revocation(
+        key_id(raw_public(root)), gateway_id, revoked_from, issued_at, tuple(key_ids)
+    )
+    return attrs.evolve(unsigned, signature=root.sign(unsigned.statement()))
+
+
+def check_revocation(anchors: TrustAnchors, revocation: Revocation) -> str | None:
+    """
+    Check a revocation's root signature.
+
+    @return: None when it verifies under a trusted root, else why not.
+    """
+    root = anchors.roots.get(revocation.root_id)
+    if root is None:
+        return (
+            f"signed by root {revocation.root_id.hex()}, which is not a trusted "
+            "root key"
+        )
+    if not verify_signature(root, revocation.signature, revocation.statement()):
+        return "its signature does not verify under its root key"
+    return None
+
+
+def load_revocations(anchors: TrustAnchors, paths: Sequence[str]) -> list[Revocation]:
+    """
+    Read revocation files and check each against the trusted roots.
+
+    @raise KeyFileError: for a file that cannot be read or parsed, or whose
+        statement is not signed by a trusted root: a revocation the verifier
+        was given is never silently ignored.
+    """
+    found = []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise KeyFileError(f"{path}: cannot read revocation: {e.strerror}")
+        revocation = Revocation.from_json(data, path)
+        problem = check_revocation(anchors, revocation)
+        if problem is not None:
+            raise KeyFileError(f"{path}: revocation refused: {problem}")
+        found.append(revocation)
+    return found

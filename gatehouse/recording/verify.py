@@ -13,7 +13,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import attrs
 import zstandard
@@ -30,7 +30,7 @@ from gatehouse.recording.format import (
     link_of,
     segment_filename,
 )
-from gatehouse.recording.keys import NS, TrustAnchors, verify_signature
+from gatehouse.recording.keys import NS, Revocation, TrustAnchors, verify_signature
 from gatehouse.recording.reader import (
     CLEAN,
     CUT,
@@ -43,6 +43,7 @@ from gatehouse.recording.reader import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_SKEW",
     "GRACE",
     "PROBLEMS",
     "Finding",
@@ -54,6 +55,8 @@ __all__ = [
 #: Clock tolerance: how far a seal may come after its segment's
 #: C{seal_interval}, and segment 0's start from its session id's time.
 GRACE = 60 * NS
+#: How far past the verifier's own clock a seal may be dated.
+DEFAULT_MAX_SKEW = 5 * 60 * NS
 
 ALTERED = "altered"
 TRUNCATED = "truncated"
@@ -383,6 +386,59 @@ def _check_seal(seg: _Segment, header: SegmentHeader, scanner: SegmentScanner) -
         )
 
 
+def _apply_limits(
+    segs: Sequence[_Segment],
+    revocations: Sequence[Revocation],
+    now_ns: int | None,
+    max_skew: int,
+) -> None:
+    """
+    Seals from the future and revocation statements (see "Seals from the
+    future" and "Revocation statements" in docs/recording-format.md).
+    """
+    origin = next(
+        (
+            s.delegation.certificate
+            for s in segs
+            if s.header is not None
+            and s.header.segment_index == 0
+            and s.delegation is not None
+            and not s.has(ALTERED)
+        ),
+        None,
+    )
+    for s in segs:
+        if s.header is None or s.has(ALTERED, BAD_KEY):
+            continue
+        sealed = s.statement.wall_seal if s.matches else None
+        if sealed is not None and now_ns is not None and sealed > now_ns + max_skew:
+            s.add(
+                BAD_KEY,
+                f"sealed in the future: at {_when(sealed)}, later than this "
+                f"verifier's clock ({_when(now_ns)}) plus {_seconds(max_skew)} s",
+            )
+            continue
+        for rev in revocations:
+            if rev.gateway_id != s.header.gateway_id:
+                continue
+            if rev.key_ids and (origin is None or origin.key_id not in rev.key_ids):
+                continue
+            cert = s.delegation.certificate if s.delegation is not None else None
+            if cert is not None and cert.not_before >= rev.revoked_from:
+                s.add(
+                    BAD_KEY,
+                    f"epoch key {cert.key_id.hex()} (window from "
+                    f"{_when(cert.not_before)}) is revoked by {rev.describe()}",
+                )
+                break
+            if sealed is not None and sealed >= rev.revoked_from:
+                s.add(
+                    BAD_KEY,
+                    f"sealed at {_when(sealed)}, not before {rev.describe()}",
+                )
+                break
+
+
 def _uuid_named(directory: str) -> uuid.UUID | None:
     name = os.path.basename(os.path.normpath(directory))
     try:
@@ -413,7 +469,9 @@ class _Verification:
         segs: list[_Segment],
         facts: IndexFacts | None,
         expected: uuid.UUID | None,
+        gateway: str | None = None,
     ):
+        self.expected_gateway = gateway
         self.directory = directory
         self.segs = segs
         self.facts = facts
@@ -464,12 +522,21 @@ class _Verification:
             if s.header is not None and s.header.session_id == sid:
                 votes[s.header.gateway_id] = votes.get(s.header.gateway_id, 0) + 1
         gateway = max(votes, key=votes.__getitem__) if votes else None
+        pinned = self.expected_gateway
+        if pinned is not None:
+            gateway = pinned
         for s in self.segs:
             h = s.header
             if h is None:
                 continue
             if h.session_id != sid:
                 s.add(FOREIGN, f"belongs to session {uuid.UUID(bytes=h.session_id)}")
+            elif pinned is not None and h.gateway_id != pinned:
+                s.add(
+                    FOREIGN,
+                    f"was written and sealed by gateway {h.gateway_id!r}, but "
+                    f"only gateway {pinned!r} may have signed this session",
+                )
             elif h.gateway_id != gateway:
                 s.add(
                     FOREIGN,
@@ -685,11 +752,22 @@ def verify_session(
     facts: IndexFacts | None = None,
     expected_session_id: uuid.UUID | None = None,
     progress: Callable[[int, int], None] | None = None,
+    *,
+    revocations: Sequence[Revocation] = (),
+    expected_gateway: str | None = None,
+    clock: Callable[[], int] | None = time.time_ns,
+    max_skew: int = DEFAULT_MAX_SKEW,
 ) -> VerifyReport:
     """
     Verify the session recorded in C{directory}.
 
     @param anchors: the trusted root public keys.
+    @param revocations: revocation statements to apply, each already
+        checked against C{anchors} (L{gatehouse.recording.keys.load_revocations}).
+    @param expected_gateway: the gateway that should have signed; segments
+        of any other are C{foreign}.
+    @param clock: the verifier's wall clock (ns); seals dated later than it
+        plus C{max_skew} are C{bad-key}.  None skips that check.
     @param facts: what the session index knows about the session, if any.
     @param expected_session_id: the session the directory should hold (by
         default the directory's name, if it is a session id).
@@ -730,7 +808,8 @@ def verify_session(
         _examine(path, name, index, anchors, decompressor, on_bytes)
         for (index, name), path in zip(listed, paths, strict=True)
     ]
-    run = _Verification(directory, segs, facts, expected_session_id)
+    _apply_limits(segs, revocations, clock() if clock else None, max_skew)
+    run = _Verification(directory, segs, facts, expected_session_id, expected_gateway)
     complete = run.run()
     sid = run.session_id
     close_reason = recording_ended = None

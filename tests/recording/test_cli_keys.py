@@ -166,6 +166,20 @@ class IssueTests(KeysTestCase):
             mode = os.stat(os.path.join(self.out, name)).st_mode
             self.assertEqual(stat.S_IMODE(mode), 0o600)
 
+    def test_default_horizon(self):
+        """
+        Without --days or --until, keys cover 2 days ahead (was 7: every
+        future key on the gateway is one an intruder could forge with).
+        """
+        before = time.time_ns()
+        code, _, err = self.issue("--period", "1h")
+        after = time.time_ns()
+        self.assertEqual(code, 0, err)
+        windows = self.windows()
+        self.assertContiguous(windows)
+        self.assertGreaterEqual(windows[-1][1], before + 2 * DAY)
+        self.assertLess(windows[-1][1], after + 2 * DAY + HOUR)
+
     def test_renew_twice(self):
         """
         Renewing continues from the end of the coverage without overlap;
