@@ -149,6 +149,7 @@ class _GatewayCore(Service):
             problems.append("the gateway is shutting down")
         if self.keyring.current(int(self.hub.clock.seconds() * NS)) is None:
             problems.append("no signing key is valid now")
+        problems.extend(self.keyring.problems())
         recorder = self.hub.recorder
         recorder_problems = getattr(recorder, "readiness_problems", None)
         if recorder_problems is not None:

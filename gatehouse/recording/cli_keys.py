@@ -411,8 +411,9 @@ def _status(args: argparse.Namespace) -> int:
     path = args.directory
     if not os.path.isdir(path):
         raise CommandError(f"{path}: no such directory")
-    keys, problems = _keys.KeyDirectory(path).load()
-    for problem in problems:
+    scan = _keys.KeyDirectory(path).scan()
+    keys = scan.keys()
+    for problem in scan.problems + scan.unknown:
         sys.stderr.write(f"warning: {problem}\n")
     now = time.time_ns()
     current = _keys.current_key(keys, now)
@@ -448,6 +449,12 @@ def _status(args: argparse.Namespace) -> int:
         out.write(f"  last key ends: {iso(last)}\n")
     if expired:
         out.write(f"  expired keys not yet erased: {expired}\n")
+    for copy in scan.leftovers():
+        cert = copy.key.certificate
+        state = "expired" if cert.not_after <= now else f"until {iso(cert.not_after)}"
+        out.write(
+            f"  leftover copy: {copy.path} (key {cert.key_id.hex()[:12]}, {state})\n"
+        )
     out.flush()
 
     if current is None:

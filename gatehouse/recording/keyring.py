@@ -1,26 +1,33 @@
 """
 The daemon's view of its signing-key directory.
 
-L{KeyRing} keeps the epoch keys in memory, erases each one (file and
-reference) when its window ends, and warns well before the keys run out.
+L{KeyRing} keeps the epoch keys in memory, erases each one (every file
+holding it, and the reference) at the very end of its window, on a timer
+set from the directory's last reading, and warns well before the keys run
+out.  A file that cannot be erased is logged and reported (L{KeyRing.problems})
+and never keeps the others from being erased.
 With no valid key, L{KeyRing.current} returns None and the recorder refuses
 new sessions: recording fails closed.
 """
 
 from __future__ import annotations
 
+import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from gatehouse.recording.keys import (
     NS,
     EpochKey,
+    Erasure,
     KeyDirectory,
+    KeyScan,
     covered_until,
     current_key,
+    erase_copies,
 )
 from gatehouse.recording.recorder import Executor
 
@@ -57,17 +64,32 @@ class KeyRing(Service):
         self._loop: LoopingCall | None = None
         self._warned_none = False
         self._problems: set[str] = set()
+        self._unknown: set[str] = set()
+        #: files holding expired key material that could not be erased
+        self._erase_failures: dict[str, str] = {}
+        #: the last reading of the directory
+        self._scan = KeyScan()
+        self._scanned_at = 0
+        self._erasure: IDelayedCall | None = None
         self._last_warning = -(1 << 62)
 
     def load_now(self) -> list[str]:
         """
-        Read the directory synchronously (at startup, before serving).
+        Read the directory synchronously (at startup, before serving),
+        erasing the key material whose window has ended.
 
         @return: problems found, one line each.
         """
-        keys, problems = self._directory.load_unexpired(self._now())
-        self._accept(keys, problems)
-        return problems
+        now = self._now()
+        try:
+            scan, erasure = self._directory.load_unexpired(now)
+        except Exception as e:  # the daemon serves on; no key means refusals
+            self.log.failure("Reading signing keys")
+            scan, erasure = (
+                KeyScan(problems=(f"cannot read signing keys: {e!r}",)),
+                Erasure(),
+            )
+        return self._accept(scan, erasure, now)
 
     def use_directory(self, directory: str, warn_before: float) -> list[str]:
         """
@@ -83,10 +105,10 @@ class KeyRing(Service):
     def _now(self) -> int:
         return int(self._clock.seconds() * NS)
 
-    def _accept(self, keys: list[EpochKey], problems: list[str]) -> None:
-        now = self._now()
+    def _accept(self, scan: KeyScan, erasure: Erasure, now: int) -> list[str]:
+        problems = list(scan.problems)
         usable = []
-        for key in keys:
+        for key in scan.keys():
             if key.certificate.gateway_id != self._gateway_id:
                 problems.append(
                     f"{self._directory.path}: key {key.filename()} was issued for "
@@ -99,8 +121,93 @@ class KeyRing(Service):
             if problem not in self._problems:
                 self.log.error("Signing key problem: {problem}", problem=problem)
         self._problems = set(problems)
+        for line in scan.unknown:
+            if line not in self._unknown:
+                self.log.warn(
+                    "Not key material (or unreadable), left alone in the "
+                    "signing-key directory: {line}",
+                    line=line,
+                )
+        self._unknown = set(scan.unknown)
+        erased = set(erasure.erased)
+        self._scan = attrs.evolve(
+            scan, copies=tuple(c for c in scan.copies if c.path not in erased)
+        )
+        # A full reading says which leftovers are still there.
+        present = {c.path for c in scan.copies}
+        self._erase_failures = {
+            p: line for p, line in self._erase_failures.items() if p in present
+        }
+        self._note_erasure(erasure)
         self._keys = usable
         self._report(now)
+        self._scanned_at = now
+        self._schedule(now)
+        return problems + erasure.lines()
+
+    def _note_erasure(self, erasure: Erasure) -> None:
+        for path in erasure.erased:
+            self._erase_failures.pop(path, None)
+            self.log.info("Erased expired signing key material: {path}", path=path)
+        for (path, _), line in zip(erasure.failed, erasure.lines(), strict=True):
+            if self._erase_failures.get(path) != line:
+                self.log.error(
+                    "Expired signing key material left on disk: {line}", line=line
+                )
+            self._erase_failures[path] = line
+
+    def problems(self) -> list[str]:
+        """
+        Files holding expired key material that could not be erased (forward
+        security is lost for those windows until they are removed); empty
+        when the directory is clean.
+        """
+        return [
+            f"expired signing key material could not be erased: {line}"
+            for line in self._erase_failures.values()
+        ]
+
+    def _schedule(self, now: int) -> None:
+        """
+        Set the timer for the next end of a window after C{now} (when the
+        directory was read) among the keys on disk; at once if that end has
+        passed since.
+        """
+        if self._erasure is not None and self._erasure.active():
+            self._erasure.cancel()
+        self._erasure = None
+        if not self.running:
+            return
+        ends = [c.key.certificate.not_after for c in self._scan.copies]
+        ends += [k.certificate.not_after for k in self._keys]
+        future = [end for end in ends if end > now]
+        if not future:
+            return
+        deadline = min(future)
+        self._erasure = self._clock.callLater(
+            max(0, deadline - self._now()) / NS, self._window_ended, deadline
+        )
+
+    @inlineCallbacks
+    def _window_ended(self, deadline: int) -> Deferred:
+        """
+        Erase, off the reactor, every copy known of the keys whose window
+        ends at C{deadline}; then re-read the directory for any others.
+        """
+        self._erasure = None
+        # The reactor's float clock may sit a few hundred ns short of the
+        # deadline it fired for; the deadline is what counts.
+        now = max(self._now(), deadline)
+        self._keys = [k for k in self._keys if k.certificate.not_after > now]
+        due = self._scan.expired(now)
+        if due:
+            try:
+                erasure = yield self._executor(erase_copies, due, self._directory.path)
+            except Exception as e:
+                self.log.error("Cannot erase signing keys: {e}", e=e)
+            else:
+                self._note_erasure(erasure)
+        yield self.refresh(now)
 
     def _report(self, now: int) -> None:
         end = covered_until(self._keys, now)
@@ -139,15 +246,20 @@ class KeyRing(Service):
         return covered_until(self._keys, self._now())
 
     @inlineCallbacks
-    def refresh(self) -> Deferred:
-        """Erase expired keys and re-read the directory, off the reactor."""
-        now = self._now()
+    def refresh(self, at: int | None = None) -> Deferred:
+        """
+        Re-read the directory and erase expired key material, off the
+        reactor; set the erasure timer again from what was read.
+
+        @param at: the wall ns to erase up to (default: now).
+        """
+        now = self._now() if at is None else max(at, self._now())
         try:
-            keys, problems = yield self._executor(self._directory.load_unexpired, now)
+            scan, erasure = yield self._executor(self._directory.load_unexpired, now)
         except Exception as e:
             self.log.error("Cannot refresh signing keys: {e}", e=e)
             return
-        self._accept(keys, problems)
+        self._accept(scan, erasure, now)
 
     def startService(self) -> None:
         """Check the keys periodically."""
@@ -155,9 +267,13 @@ class KeyRing(Service):
         self._loop = LoopingCall(self.refresh)
         self._loop.clock = self._clock
         self._loop.start(self._check_interval, now=False)
+        self._schedule(self._scanned_at)
 
     def stopService(self) -> None:
-        """Stop checking."""
+        """Stop checking and erasing."""
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        if self._erasure is not None and self._erasure.active():
+            self._erasure.cancel()
+        self._erasure = None
         return super().stopService()

@@ -10,8 +10,11 @@ window ends; segments are sealed by keys that exist only in memory.
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
+import re
+import stat
 import struct
 import time
 from collections.abc import Iterable, Sequence
@@ -260,22 +263,179 @@ def issue_epoch_keys(
     return keys
 
 
-def _erase(path: str) -> None:
-    """Overwrite a key file with zeros, sync it, and unlink it."""
+#: files larger than this are not read when looking for key material
+MAX_KEY_FILE_BYTES = 1 << 20
+
+#: file system calls of reading and erasing key material (a seam for tests)
+_open_file = os.open
+_unlink = os.unlink
+
+_FIELD = re.compile(rb'"(certificate|private_key)"\s*:\s*"([A-Za-z0-9+/=]+)"')
+
+
+@attrs.frozen
+class KeyCopy:
+    """
+    One file in a signing-key directory that holds an epoch key's private
+    half, whatever its name (the key file itself, a backup, an editor's
+    copy).
+
+    @ivar whole: whether the file is a complete epoch key file (else the
+        key was found inside other content, e.g. an editor's swap file).
+    @ivar identity: C{(st_dev, st_ino, st_ctime_ns)} when read; erasure
+        refuses a file that was replaced or changed since (the next reading
+        decides about it afresh).
+    """
+
+    path: str
+    key: EpochKey
+    whole: bool = True
+    identity: tuple[int, int, int] | None = None
+
+
+@attrs.frozen
+class KeyScan:
+    """
+    What a signing-key directory holds, by content.
+
+    @ivar copies: every file holding key material, by path.
+    @ivar problems: files named C{*.epochkey} that cannot be used, one line
+        each (as L{KeyDirectory.load} always reported).
+    @ivar unknown: every other file that is not key material, one line
+        each, naming it and why.
+    """
+
+    copies: tuple[KeyCopy, ...] = ()
+    problems: tuple[str, ...] = ()
+    unknown: tuple[str, ...] = ()
+
+    def keys(self) -> list[EpochKey]:
+        """One key per key id (the first copy found), sorted by start."""
+        seen: dict[bytes, EpochKey] = {}
+        for copy in self.copies:
+            seen.setdefault(copy.key.certificate.key_id, copy.key)
+        return sorted(seen.values(), key=lambda k: k.certificate.not_before)
+
+    def leftovers(self) -> list[KeyCopy]:
+        """Copies not under their key's own file name (backups, editors' files)."""
+        return [
+            c
+            for c in self.copies
+            if not c.whole or os.path.basename(c.path) != c.key.filename()
+        ]
+
+    def expired(self, wall_ns: int) -> list[KeyCopy]:
+        """The copies of keys whose window ended at or before C{wall_ns}."""
+        return [c for c in self.copies if c.key.certificate.not_after <= wall_ns]
+
+
+def find_key_material(data: bytes, where: str) -> tuple[list[EpochKey], bool]:
+    """
+    The epoch keys held in C{data}: a whole key file, or failing that every
+    pair of C{certificate} and matching C{private_key} fields found inside
+    other content (an editor's swap file, a concatenation of key files).
+
+    @return: the keys and whether C{data} is a whole key file.
+    @raise KeyFileError: when C{data} holds no (matching) key.
+    """
     try:
-        size = os.path.getsize(path)
-        with open(path, "r+b") as f:
-            f.write(b"\x00" * size)
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError:
-        pass
-    os.unlink(path)
+        return [EpochKey.from_json(data, where)], True
+    except KeyFileError as e:
+        first = e
+    certs, privates = [], []
+    for m in _FIELD.finditer(data):
+        try:
+            raw = base64.b64decode(m.group(2))
+            if m.group(1) == b"certificate":
+                certs.append(Certificate.from_bytes(raw))
+            else:
+                privates.append(Ed25519PrivateKey.from_private_bytes(raw))
+        except (ValueError, FormatError):
+            continue
+    found = {}
+    for private in privates:
+        public = raw_public(private)
+        for cert in certs:
+            if cert.public_key == public:
+                found.setdefault(cert.key_id, EpochKey(cert, private))
+    if not found:
+        raise first
+    return list(found.values()), False
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_ctime_ns)
+
+
+def _erase(copy: KeyCopy) -> None:
+    """
+    Overwrite a file holding key material with zeros, sync it, and unlink
+    it; refuse (OSError) when the file at that path is no longer the one
+    that was read, or is not a regular file.
+    """
+    fd = _open_file(copy.path, os.O_RDWR | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", copy.path)
+        if copy.identity is not None and _identity(st) != copy.identity:
+            raise OSError(errno.ESTALE, "replaced since it was read", copy.path)
+        os.write(fd, b"\x00" * st.st_size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _unlink(copy.path)
+
+
+@attrs.frozen
+class Erasure:
+    """
+    The outcome of erasing expired key material.
+
+    @ivar erased: paths erased (or already gone).
+    @ivar failed: C{(path, why)} for each file that could not be erased.
+    """
+
+    erased: tuple[str, ...] = ()
+    failed: tuple[tuple[str, str], ...] = ()
+
+    def lines(self) -> list[str]:
+        """One line per failure, naming the file and why."""
+        return [f"{path}: cannot erase: {why}" for path, why in self.failed]
+
+
+def erase_copies(copies: Iterable[KeyCopy], directory: str) -> Erasure:
+    """
+    Erase each copy; one failure never stops the others.  A file that is
+    already gone counts as erased.
+    """
+    erased, failed = [], []
+    for copy in copies:
+        try:
+            _erase(copy)
+        except FileNotFoundError:
+            erased.append(copy.path)
+        except OSError as e:
+            failed.append((copy.path, e.strerror or str(e)))
+        except Exception as e:  # one failure must not stop the others
+            failed.append((copy.path, repr(e)))
+        else:
+            erased.append(copy.path)
+    if erased:
+        try:
+            _fsync_dir(directory)
+        except OSError as e:
+            failed.append((directory, f"cannot sync the directory: {e.strerror}"))
+    return Erasure(tuple(erased), tuple(failed))
 
 
 class KeyDirectory:
     """
     The gateway's signing-key directory: one file per epoch key.
+
+    Key material is recognised by content, not name: any regular file that
+    holds an epoch key (a backup, an editor's copy, a file without an
+    extension) counts, so that every copy is erased when its window ends.
 
     Synchronous file operations; the daemon calls them from a thread.
     """
@@ -283,31 +443,62 @@ class KeyDirectory:
     def __init__(self, path: str):
         self.path = path
 
-    def load(self) -> tuple[list[EpochKey], list[str]]:
-        """
-        Read every epoch key file.
-
-        @return: the keys, sorted by start, and one problem line per file
-            that could not be used.
-        """
-        keys, problems = [], []
+    def scan(self) -> KeyScan:
+        """Read every file of the directory; see L{KeyScan}."""
         try:
             names = sorted(os.listdir(self.path))
         except OSError as e:
-            return [], [f"{self.path}: cannot list signing keys: {e.strerror}"]
+            return KeyScan(
+                problems=(f"{self.path}: cannot list signing keys: {e.strerror}",)
+            )
+        copies, problems, unknown = [], [], []
         for name in names:
-            if not name.endswith(EPOCH_KEY_SUFFIX):
-                continue
             full = os.path.join(self.path, name)
+            named = name.endswith(EPOCH_KEY_SUFFIX)
             try:
-                with open(full, "rb") as f:
-                    keys.append(EpochKey.from_json(f.read(), full))
+                copies.extend(self._read(full))
+            except FileNotFoundError:
+                continue  # gone since it was listed
             except OSError as e:
-                problems.append(f"{full}: cannot read: {e.strerror}")
+                (problems if named else unknown).append(
+                    f"{full}: cannot read: {e.strerror or e}"
+                )
             except KeyFileError as e:
-                problems.append(str(e))
-        keys.sort(key=lambda k: k.certificate.not_before)
-        return keys, problems
+                (problems if named else unknown).append(str(e))
+            except Exception as e:  # one odd file must not stop the others
+                (problems if named else unknown).append(f"{full}: unusable: {e!r}")
+        return KeyScan(tuple(copies), tuple(problems), tuple(unknown))
+
+    @staticmethod
+    def _read(full: str) -> list[KeyCopy]:
+        st = os.lstat(full)
+        if stat.S_ISLNK(st.st_mode):
+            raise KeyFileError(
+                f"{full}: a symbolic link (key files must be regular files in "
+                "the directory, which the daemon can erase); not used"
+            )
+        if stat.S_ISDIR(st.st_mode):
+            raise KeyFileError(f"{full}: a directory; ignored")
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError(f"{full}: not a regular file; ignored")
+        if st.st_size > MAX_KEY_FILE_BYTES:
+            raise KeyFileError(f"{full}: too large to be a key file; not read")
+        fd = _open_file(full, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            data = f.read(MAX_KEY_FILE_BYTES + 1)
+        found, whole = find_key_material(data, full)
+        return [KeyCopy(full, key, whole, _identity(st)) for key in found]
+
+    def load(self) -> tuple[list[EpochKey], list[str]]:
+        """
+        Read every epoch key, whatever its file's name.
+
+        @return: the keys (one per key id), sorted by start, and one problem
+            line per C{*.epochkey} file that could not be used.
+        """
+        scan = self.scan()
+        return scan.keys(), list(scan.problems)
 
     def add(self, keys: Iterable[EpochKey]) -> list[str]:
         """Write epoch keys (mode 0600); return the paths written."""
@@ -322,30 +513,20 @@ class KeyDirectory:
         _fsync_dir(self.path)
         return written
 
-    def erase_expired(self, wall_ns: int) -> list[str]:
-        """Erase every epoch key whose window ended at or before C{wall_ns}."""
-        keys, _ = self.load()
-        return self._erase_expired(keys, wall_ns)
-
-    def load_unexpired(self, wall_ns: int) -> tuple[list[EpochKey], list[str]]:
+    def erase_expired(self, wall_ns: int) -> Erasure:
         """
-        L{load}, erasing (as L{erase_expired}) the keys whose window ended at
-        or before C{wall_ns}; return the others and the problems found.
+        Erase every copy of every epoch key whose window ended at or before
+        C{wall_ns}.
         """
-        keys, problems = self.load()
-        self._erase_expired(keys, wall_ns)
-        return [k for k in keys if k.certificate.not_after > wall_ns], problems
+        return erase_copies(self.scan().expired(wall_ns), self.path)
 
-    def _erase_expired(self, keys: Sequence[EpochKey], wall_ns: int) -> list[str]:
-        erased = []
-        for key in keys:
-            if key.certificate.not_after <= wall_ns:
-                full = os.path.join(self.path, key.filename())
-                _erase(full)
-                erased.append(full)
-        if erased:
-            _fsync_dir(self.path)
-        return erased
+    def load_unexpired(self, wall_ns: int) -> tuple[KeyScan, Erasure]:
+        """
+        L{scan}, erasing (as L{erase_expired}) the copies of keys whose
+        window ended at or before C{wall_ns}.
+        """
+        scan = self.scan()
+        return scan, erase_copies(scan.expired(wall_ns), self.path)
 
 
 def current_key(keys: Sequence[EpochKey], wall_ns: int) -> EpochKey | None:

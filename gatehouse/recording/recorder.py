@@ -314,6 +314,8 @@ class SegmentRecording:
 
     @ivar exhausted: the reason the recording stopped accepting records
         while its files are sound, or None.
+    @param wall_start: the wall ns C{epoch_key} was chosen for (default:
+        now); the delegation is signed for that time.
     """
 
     _log = Logger()
@@ -324,6 +326,7 @@ class SegmentRecording:
         session_id: uuid.UUID,
         epoch_key: EpochKey,
         meta: dict,
+        wall_start: int | None = None,
     ):
         self._recorder = recorder
         self._clock = recorder.clock
@@ -345,7 +348,9 @@ class SegmentRecording:
         self._queued = 0
         self._flush_call = None
         self._mono0 = self._monotonic()
-        wall = int(self._clock.seconds() * NS)
+        # The wall time the epoch key was chosen for: read again, it could
+        # lie past the end of the key's window.
+        wall = int(self._clock.seconds() * NS) if wall_start is None else wall_start
         self._encoder = SessionEncoder(
             session_id.bytes,
             recorder.gateway_id,
@@ -895,7 +900,7 @@ class SegmentRecorder:
         if problem is not None:
             self.refused += 1
             raise RecordingUnavailable(f"{SPACE_EXHAUSTED}: {problem}")
-        recording = SegmentRecording(self, session_id, key, meta)
+        recording = SegmentRecording(self, session_id, key, meta, wall)
         self.open_recordings.add(recording)
         return recording
 
