@@ -402,6 +402,11 @@ class GatewayService(MultiService):
         the listeners here, and their start checks the limit.
         """
         raise_open_file_limit()
+        if self.signals:
+            # Before the listeners bind: once a client (or a test) can
+            # connect, SIGHUP or SIGUSR1 must not hit their default action,
+            # which ends the process.
+            install_signal_handlers(self, self._reactor)
         super().privilegedStartService()
 
     def startService(self) -> None:
@@ -410,10 +415,8 @@ class GatewayService(MultiService):
         if self.signals:
             import signal
 
-            # At once (the listeners already accept, and SIGHUP's default
-            # ends the process), and again for SIGTERM and SIGINT once
-            # Twisted has installed its own handlers over ours.
-            install_signal_handlers(self, self._reactor)
+            # Again for SIGTERM and SIGINT once Twisted has installed its
+            # own handlers over ours.
             self._reactor.addSystemEventTrigger(
                 "after",
                 "startup",

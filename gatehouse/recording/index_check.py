@@ -204,16 +204,20 @@ class Recorded:
         if isinstance(meta.get("started"), (int, float)):
             out["started"] = float(meta["started"])
         auth = self.authenticated
-        out["subject"] = _str(auth, "subject")
-        out["display_name"] = _str(auth, "name")
-        out["issuer"] = _str(auth, "issuer")
-        groups = auth.get("groups") if auth else None
-        out["groups"] = tuple(groups) if isinstance(groups, list) else ()
+        report = self.report
+        # A fact absent from the sealed records is known to be absent only
+        # when the session is complete; a crash may have left it unsealed.
+        if auth is not None or report.complete:
+            out["subject"] = _str(auth, "subject")
+            out["display_name"] = _str(auth, "name")
+            out["issuer"] = _str(auth, "issuer")
+            groups = auth.get("groups") if auth else None
+            out["groups"] = tuple(groups) if isinstance(groups, list) else ()
         if auth is not None and isinstance(auth.get("target"), str):
             out["target"] = auth["target"]
         roles = self._events("upstream-login")
-        out["upstream_role"] = str(roles[-1][1].get("role", "")) if roles else ""
-        report = self.report
+        if roles or report.complete:
+            out["upstream_role"] = str(roles[-1][1].get("role", "")) if roles else ""
         if report.complete:
             close = self.close
             if close is not None:
