@@ -785,7 +785,8 @@ class SegmentRecorder:
     @param preallocate: preallocate each segment file (see L{_SegmentFiles}).
     @param headroom_bytes: how far a segment may grow past
         C{segment_max_bytes} while its successor's file is prepared
-        (default: a quarter of C{segment_max_bytes}, at least 1 MiB).
+        (default: L{default_headroom}); the documented slack of the
+        segment size limit.
     @param free_bytes: gives the free space (for unprivileged users) of a
         directory; inject for tests.
     @param fallocate: C{os.posix_fallocate}, used on the reactor thread to
@@ -836,7 +837,7 @@ class SegmentRecorder:
         self.low_water = low_water
         self.reserve_bytes = reserve_bytes
         if headroom_bytes is None:
-            headroom_bytes = max(1024 * 1024, segment_max_bytes // 4)
+            headroom_bytes = default_headroom(segment_max_bytes)
         #: the most a segment's header, blocks and records may take
         self.segment_limit = segment_max_bytes + headroom_bytes
         #: what each segment file is preallocated to, or None
@@ -950,6 +951,17 @@ class SegmentRecorder:
     def closed(self, recording: SegmentRecording) -> None:
         """Forget a recording that has closed."""
         self.open_recordings.discard(recording)
+
+
+def default_headroom(segment_max_bytes: int) -> int:
+    """
+    How far a segment's framed records may run past C{segment_max_bytes}
+    while the next segment's file is made: one default block (1 MiB), the
+    slack documented in docs/recording-format.md, "Sealing".  It must cover
+    what arrives between the segment filling and the producers pausing,
+    and the wait for the next file when it was not ready in time.
+    """
+    return 1024 * 1024
 
 
 def free_space(directory: str) -> int:

@@ -39,7 +39,6 @@ from gatehouse.recording.verify import IndexFacts, verify_session
 from .helpers import read_segment
 
 NS = 1_000_000_000
-T0 = 1_790_000_000.0
 
 
 def epoch_keys(start: float, period: float = 900.0, count: int = 8, gateway="gw-test"):
@@ -77,8 +76,11 @@ class InMemoryRecorderTests(SynchronousTestCase):
 
     def setUp(self):
         self.clock = Clock()
-        self.clock.advance(T0)
-        self.anchors, self.keys = epoch_keys(T0 - 10)
+        # Session ids only grow: start from now, not a fixed time that ids
+        # made earlier in the run may have passed.
+        self.t0 = time.time()
+        self.clock.advance(self.t0)
+        self.anchors, self.keys = epoch_keys(self.t0 - 10)
         self.root = self.mktemp()
 
     def recorder(self, executor=synchronous_executor, keyfn=None, **kw):
@@ -95,7 +97,7 @@ class InMemoryRecorderTests(SynchronousTestCase):
     def test_interfaces(self):
         recorder = self.recorder()
         self.assertTrue(verifyObject(IRecorder, recorder))
-        recording = recorder.open(new_session_id(T0), {"protocol": "test"})
+        recording = recorder.open(new_session_id(self.t0), {"protocol": "test"})
         self.assertTrue(verifyObject(ISessionRecording, recording))
 
     def test_records_roundtrip_and_verify(self):
@@ -103,7 +105,7 @@ class InMemoryRecorderTests(SynchronousTestCase):
         Every record comes back in order with its fields, and the closed
         recording verifies clean.
         """
-        recording = self.recorder().open(new_session_id(T0), {"protocol": "test"})
+        recording = self.recorder().open(new_session_id(self.t0), {"protocol": "test"})
         sent = []
         for i in range(50):
             payload = bytes([i]) * (i * 37)
@@ -134,7 +136,7 @@ class InMemoryRecorderTests(SynchronousTestCase):
         recorder = self.recorder(seal_interval=10.0)
         seals = []
         recorder.observe_seals(seals.append)
-        recording = recorder.open(new_session_id(T0), {})
+        recording = recorder.open(new_session_id(self.t0), {})
         for _ in range(3):
             self.clock.advance(10.0)
         self.assertEqual([s.segment_index for s in seals], [0, 1, 2])
@@ -148,7 +150,7 @@ class InMemoryRecorderTests(SynchronousTestCase):
         A segment is sealed once its raw bytes pass segment_max_bytes.
         """
         recorder = self.recorder(segment_max_bytes=64 * 1024, block_bytes=16 * 1024)
-        recording = recorder.open(new_session_id(T0), {})
+        recording = recorder.open(new_session_id(self.t0), {})
         for _ in range(64):
             recording.record(
                 RecordType.DATA, Direction.GATEWAY_TO_CLIENT, 0, b"r" * 4000
@@ -164,7 +166,7 @@ class InMemoryRecorderTests(SynchronousTestCase):
         Records that are not yet a full block reach the file after
         flush_interval, before any seal.
         """
-        recording = self.recorder(flush_interval=0.2).open(new_session_id(T0), {})
+        recording = self.recorder(flush_interval=0.2).open(new_session_id(self.t0), {})
         path = os.path.join(recording.directory, "seg-00000000.ghs")
 
         def written():
@@ -183,7 +185,9 @@ class InMemoryRecorderTests(SynchronousTestCase):
         With no epoch key valid now, no session starts (fail closed).
         """
         recorder = self.recorder(keyfn=lambda wall: None)
-        self.assertRaises(RecordingUnavailable, recorder.open, new_session_id(T0), {})
+        self.assertRaises(
+            RecordingUnavailable, recorder.open, new_session_id(self.t0), {}
+        )
 
     def test_write_failure_fails_closed(self):
         """
@@ -201,7 +205,7 @@ class InMemoryRecorderTests(SynchronousTestCase):
         recorder = self.recorder(executor=full_disk)
         failures = []
         recorder.observe_failures(lambda rec, why: failures.append(why))
-        recording = recorder.open(new_session_id(T0), {})
+        recording = recorder.open(new_session_id(self.t0), {})
         waiter = recording.notifyFailure()
         recording.record(RecordType.DATA, Direction.CLIENT_TO_GATEWAY, 0, b"x")
         self.clock.advance(1)
@@ -234,7 +238,7 @@ class InMemoryRecorderTests(SynchronousTestCase):
         recorder = self.recorder(
             executor=slow, block_bytes=1024, high_water=8 * 1024, low_water=2 * 1024
         )
-        recording = recorder.open(new_session_id(T0), {})
+        recording = recorder.open(new_session_id(self.t0), {})
         producer = FakeProducer()
         recording.registerProducer(producer)
         for _ in range(12):
@@ -269,7 +273,7 @@ class InMemoryRecorderTests(SynchronousTestCase):
         recorder = self.recorder(executor=queued)
         heard = []
         recorder.observe_seals(heard.append)
-        recording = recorder.open(new_session_id(T0), {})
+        recording = recorder.open(new_session_id(self.t0), {})
         sealed = []
         for i in range(3):
             recording.record(RecordType.DATA, Direction.GATEWAY, 0, b"q%d" % i)
