@@ -12,6 +12,7 @@ import sys
 import textwrap
 import time
 
+import zstandard
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import Clock, deferLater
@@ -21,7 +22,15 @@ from zope.interface.verify import verifyObject
 
 from gatehouse.ids import new_session_id
 from gatehouse.recording import keys
-from gatehouse.recording.format import ZERO_LINK, Direction, RecordType
+from gatehouse.recording.encoder import SessionEncoder, frame_block_parts
+from gatehouse.recording.format import (
+    BLOCK_HEADER,
+    CODEC_STORED,
+    CODEC_ZSTD,
+    ZERO_LINK,
+    Direction,
+    RecordType,
+)
 from gatehouse.recording.interfaces import (
     IRecorder,
     ISessionRecording,
@@ -440,3 +449,79 @@ class CrashTests(TestCase):
         # alarm rather than a crash.
         closed = verify_session(directory, anchors, IndexFacts(closed=True))
         self.assertEqual(closed.exit_code, 1)
+
+
+class BlockFramingTests(SynchronousTestCase):
+    """L{frame_block_parts}: what is compressed, what is stored, as pieces."""
+
+    def block(self, payloads):
+        encoder = SessionEncoder(
+            new_session_id().bytes, "gw", epoch_keys(time.time() - 10)[1][0], 0, NS
+        )
+        for payload in payloads:
+            encoder.add(RecordType.DATA, 1, 0, 0, payload)
+        return encoder.take_block()
+
+    def framed(self, block):
+        header, data = frame_block_parts(block)
+        fields = BLOCK_HEADER.unpack(header)
+        return fields[1], fields[3], fields[4], data
+
+    def test_text_compressed(self):
+        """Text-like records are compressed: one piece, the zstd frame."""
+        block = self.block([b"42|alice|alice@example.com|ok\n" * 10] * 4000)
+        codec, raw_len, stored_len, data = self.framed(block)
+        self.assertEqual((codec, raw_len), (CODEC_ZSTD, block.size))
+        self.assertEqual(len(data), 1)
+        self.assertEqual(len(data[0]), stored_len)
+        self.assertEqual(zstandard.decompress(data[0]), block.raw)
+
+    def test_random_stored_as_pieces(self):
+        """
+        A large block of random bytes is stored (its first 64 KiB do not
+        compress), its pieces the records' own framing and payloads.
+        """
+        block = self.block([os.urandom(64 * 1024) for _ in range(16)])
+        codec, raw_len, stored_len, data = self.framed(block)
+        self.assertEqual(
+            (codec, raw_len, stored_len), (CODEC_STORED,) + (block.size,) * 2
+        )
+        self.assertEqual(b"".join(data), block.raw)
+        self.assertEqual(len(data), 32)
+
+    def test_random_head_compressible_tail(self):
+        """
+        The sample decides for a large block: a random first 64 KiB stores
+        the block, whatever follows (a valid, if larger, block).
+        """
+        block = self.block([os.urandom(64 * 1024)] + [b"a" * 65536] * 8)
+        self.assertEqual(self.framed(block)[0], CODEC_STORED)
+        # A small block is always tried whole.
+        block = self.block([os.urandom(1000), b"a" * 100_000])
+        self.assertEqual(self.framed(block)[0], CODEC_ZSTD)
+
+    def test_many_pieces_written(self):
+        """
+        A stored block of more pieces than one gathered write takes (small
+        random records) is written whole and verifies.
+        """
+        clock = Clock()
+        clock.advance(time.time())
+        anchors, issued = epoch_keys(clock.seconds() - 10)
+        recorder = SegmentRecorder(
+            self.mktemp(),
+            "gw-test",
+            lambda wall: keys.current_key(issued, wall),
+            clock,
+            synchronous_executor,
+            monotonic_ns=lambda: int(clock.seconds() * NS),
+        )
+        recording = recorder.open(new_session_id(clock.seconds()), {})
+        sent = [os.urandom(100) for _ in range(9000)]
+        for payload in sent:
+            recording.record(RecordType.DATA, 1, 0, payload)
+        self.successResultOf(recording.close("done"))
+        report = verify_session(recording.directory, anchors)
+        self.assertEqual((report.exit_code, report.findings), (0, ()))
+        got = [r.payload for r in read_records(recording.directory)][1:-1]
+        self.assertEqual(got, sent)
