@@ -391,6 +391,12 @@ def configure_replay(parser: argparse.ArgumentParser) -> Handler:
         "Replay does not verify the recording: run gatehouse verify for that."
     )
     _add_session_arguments(parser)
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="show every row and every value whole (by default long results "
+        "and values are abbreviated, and each cut says how much it left out)",
+    )
     return _replay
 
 
@@ -402,7 +408,12 @@ def _replay(args: argparse.Namespace) -> int:
         meta = read_meta(directory) or {}
         protocol = meta.get("protocol")
         watch = _Watch(read_records(directory))
-        render(watch, sys.stdout, protocol if isinstance(protocol, str) else None)
+        render(
+            watch,
+            sys.stdout,
+            protocol if isinstance(protocol, str) else None,
+            full=args.full,
+        )
         sys.stdout.flush()
     except BrokenPipeError:
         raise  # not an unreadable recording: gatehouse.cli.main handles it

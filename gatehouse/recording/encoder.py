@@ -18,6 +18,7 @@ makes the link that the next segment's header carries.
 from __future__ import annotations
 
 import hashlib
+import threading
 
 import attrs
 import zstandard
@@ -45,16 +46,30 @@ _sha256 = hashlib.sha256
 _HASH_COPY_LIMIT = 4096
 #: Blocks shorter than this are stored: compressing them does not pay.
 _COMPRESS_MIN = 512
+#: How much of a large block is compressed first, to see whether the rest
+#: is worth it.
+_SAMPLE = 64 * 1024
+_local = threading.local()
 
 
 @attrs.frozen
 class PendingBlock:
-    """The records of one block, framed but not yet compressed."""
+    """
+    The records of one block, framed but not yet compressed: their framing
+    and payloads in order, not joined (the writer joins them only to
+    compress them, and writes them gathered otherwise).
+    """
 
-    raw: bytes
+    parts: tuple[bytes, ...]
+    size: int
     count: int
     chain: bytes
     last_seq: int
+
+    @property
+    def raw(self) -> bytes:
+        """The block's records, framed, as one string."""
+        return b"".join(self.parts)
 
 
 @attrs.frozen
@@ -125,19 +140,64 @@ def complete_seal(
 def frame_block(block: PendingBlock, level: int = 1) -> bytes:
     """
     The bytes of a block: header and data, compressed with zstd when that
-    makes it smaller by a tenth or more.
+    makes it smaller by a tenth or more (see L{frame_block_parts}).
+    """
+    header, data = frame_block_parts(block, level)
+    return header + b"".join(data)
+
+
+def frame_block_parts(
+    block: PendingBlock, level: int = 1
+) -> tuple[bytes, tuple[bytes, ...]]:
+    """
+    A block's header and the pieces of its data, for a gathered write: the
+    compressed frame alone when zstd makes the records smaller by a tenth
+    or more, else the records' own framing and payloads, never joined.  A
+    large block whose first 64 KiB do not compress by a tenth is stored
+    without compressing the rest (random or already compressed data, such
+    as TLS or images, would cost a full zstd pass and a copy for nothing).
 
     Thread-safe; zstd releases the GIL, so the recorder calls this from a
     thread.
     """
-    raw = block.raw
-    codec, data = CODEC_STORED, raw
-    if len(raw) >= _COMPRESS_MIN:
-        packed = zstandard.ZstdCompressor(level=level).compress(raw)
-        if len(packed) * 10 < len(raw) * 9:
-            codec, data = CODEC_ZSTD, packed
-    header = encode_block_header(codec, block.count, len(raw), len(data), block.chain)
-    return header + data
+    size = block.size
+    codec, data, stored = CODEC_STORED, block.parts, size
+    if size >= _COMPRESS_MIN:
+        compress = _compressor(level).compress
+        if size < 4 * _SAMPLE or _pays(len(compress(_head(block.parts))), _SAMPLE):
+            packed = compress(block.raw)
+            if _pays(len(packed), size):
+                codec, data, stored = CODEC_ZSTD, (packed,), len(packed)
+    header = encode_block_header(codec, block.count, size, stored, block.chain)
+    return header, data
+
+
+def _head(parts: tuple[bytes, ...]) -> bytes:
+    """The first L{_SAMPLE} bytes of the joined C{parts}."""
+    taken, length = [], 0
+    for part in parts:
+        taken.append(part)
+        length += len(part)
+        if length >= _SAMPLE:
+            break
+    return b"".join(taken)[:_SAMPLE]
+
+
+def _pays(packed: int, raw: int) -> bool:
+    """Whether compressing C{raw} bytes to C{packed} saves a tenth."""
+    return packed * 10 < raw * 9
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    """This thread's zstd compressor for C{level} (they are not shared
+    between threads, and making one per block costs a tenth of a pass)."""
+    cache = getattr(_local, "compressors", None)
+    if cache is None:
+        cache = _local.compressors = {}
+    compressor = cache.get(level)
+    if compressor is None:
+        compressor = cache[level] = zstandard.ZstdCompressor(level=level)
+    return compressor
 
 
 class SessionEncoder:
@@ -246,7 +306,11 @@ class SessionEncoder:
         if not self._count:
             return None
         block = PendingBlock(
-            b"".join(self._parts), self._count, self._chain, self._seq - 1
+            tuple(self._parts),
+            self.pending_bytes,
+            self._count,
+            self._chain,
+            self._seq - 1,
         )
         self._segment_count += self._count
         self._parts = []

@@ -32,7 +32,7 @@ from gatehouse.recording.encoder import (
     SealedSegment,
     SessionEncoder,
     complete_seal,
-    frame_block,
+    frame_block_parts,
 )
 from gatehouse.recording.format import (
     BLOCK_HEADER,
@@ -85,6 +85,10 @@ def thread_executor(reactor: object, pool: object) -> Executor:
         return deferToThreadPool(reactor, pool, fn, *args)
 
     return run
+
+
+#: The most pieces one gathered write may take (Linux's IOV_MAX).
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 16
 
 
 def _start_writeback(fd: int, offset: int, length: int) -> None:
@@ -207,17 +211,28 @@ class _SegmentFiles:
         return self._guarded(self._write_block, block)
 
     def _write_block(self, block: PendingBlock) -> int:
-        data = frame_block(block)
-        start = self._file.tell()
-        self._write(data)
+        header, data = frame_block_parts(block)
+        f = self._file
+        fd = f.fileno()
+        start = f.tell()
+        # Gathered writes: the header, records and payloads are not copied
+        # into one string first.
+        pieces = (header, *data)
+        size = 0
+        for i in range(0, len(pieces), _IOV_MAX):
+            chunk = pieces[i : i + _IOV_MAX]
+            length = sum(map(len, chunk))
+            written = os.writev(fd, chunk)
+            if written < length:
+                self._write(b"".join(chunk)[written:])
+            size += length
         # Start writing the block back to disk now, in the background, so
         # the fsync at the seal has little left to wait for.
-        _start_writeback(self._file.fileno(), start, len(data))
-        view = memoryview(data)
-        add_block_to_digest(
-            self._stored, view[: BLOCK_HEADER.size], view[BLOCK_HEADER.size :]
-        )
-        return len(data)
+        _start_writeback(fd, start, size)
+        # A compressed block's data is one piece, its zstd frame; a stored
+        # block's data is not hashed (see add_block_to_digest).
+        add_block_to_digest(self._stored, header, data[0] if data else b"")
+        return size
 
     def seal(self, pending: PendingSeal) -> SealedSegment:
         return self._guarded(self._seal, pending)
@@ -463,7 +478,7 @@ class SegmentRecording:
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None
-        size = len(block.raw)
+        size = block.size
         self._queued += size
         if not self._backlogged and self._queued > self._recorder.high_water:
             self._backlogged = True
@@ -790,7 +805,8 @@ class SegmentRecorder:
     @param preallocate: preallocate each segment file (see L{_SegmentFiles}).
     @param headroom_bytes: how far a segment may grow past
         C{segment_max_bytes} while its successor's file is prepared
-        (default: a quarter of C{segment_max_bytes}, at least 1 MiB).
+        (default: L{default_headroom}); the documented slack of the
+        segment size limit.
     @param free_bytes: gives the free space (for unprivileged users) of a
         directory; inject for tests.
     @param fallocate: C{os.posix_fallocate}, used on the reactor thread to
@@ -841,7 +857,7 @@ class SegmentRecorder:
         self.low_water = low_water
         self.reserve_bytes = reserve_bytes
         if headroom_bytes is None:
-            headroom_bytes = max(1024 * 1024, segment_max_bytes // 4)
+            headroom_bytes = default_headroom(segment_max_bytes)
         #: the most a segment's header, blocks and records may take
         self.segment_limit = segment_max_bytes + headroom_bytes
         #: what each segment file is preallocated to, or None
@@ -955,6 +971,17 @@ class SegmentRecorder:
     def closed(self, recording: SegmentRecording) -> None:
         """Forget a recording that has closed."""
         self.open_recordings.discard(recording)
+
+
+def default_headroom(segment_max_bytes: int) -> int:
+    """
+    How far a segment's framed records may run past C{segment_max_bytes}
+    while the next segment's file is made: one default block (1 MiB), the
+    slack documented in docs/recording-format.md, "Sealing".  It must cover
+    what arrives between the segment filling and the producers pausing,
+    and the wait for the next file when it was not ready in time.
+    """
+    return 1024 * 1024
 
 
 def free_space(directory: str) -> int:

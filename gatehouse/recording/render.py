@@ -6,11 +6,18 @@ protocol (named by the C{"protocol"} field of its META record), falling back
 on L{render_generic}, which shows every record as it is: time, sequence
 number, direction, type, and its payload as text, JSON or a hex dump.
 L{export_jsonl} writes one JSON object per record for SIEM tools.
+
+A replay may abbreviate (long values, many rows, big payloads), and says so
+at each cut, with how much was left out and L{FULL_HINT}; rendered with
+C{full=True} (C{gatehouse replay --full}) it shows everything.  Renderers
+ask L{full_replay} at each place they would cut.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import contextvars
 import itertools
 import json
 import time
@@ -21,11 +28,14 @@ from typing import Any, TextIO
 from gatehouse.recording.format import Direction, Record, RecordType
 
 __all__ = [
+    "FULL_HINT",
     "Renderer",
     "TerminalSafe",
     "direction_label",
     "export_jsonl",
     "format_offset",
+    "full_output",
+    "full_replay",
     "hex_dump",
     "register_renderer",
     "render",
@@ -54,6 +64,30 @@ _JSON_TYPES = frozenset({RecordType.META, RecordType.EVENT, RecordType.CLOSE})
 _TEXT_CONTROLS = frozenset("\n\r\t")
 
 _renderers: dict[str, Renderer] = {}
+
+#: What a replay says at each place it abbreviated.
+FULL_HINT = "use --full"
+_full: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "gatehouse_full_replay", default=False
+)
+
+
+def full_replay() -> bool:
+    """
+    Whether the replay being rendered shows everything, unabbreviated
+    (C{gatehouse replay --full}); renderers ask at each place they would cut.
+    """
+    return _full.get()
+
+
+@contextlib.contextmanager
+def full_output(full: bool) -> Iterator[None]:
+    """Render with L{full_replay} answering C{full} inside the block."""
+    token = _full.set(full)
+    try:
+        yield
+    finally:
+        _full.reset(token)
 
 
 # --- the registry ---------------------------------------------------------
@@ -101,12 +135,19 @@ def _protocol_of(record: Record) -> str | None:
     return None
 
 
-def render(records: Iterable[Record], out: TextIO, protocol: str | None = None) -> None:
+def render(
+    records: Iterable[Record],
+    out: TextIO,
+    protocol: str | None = None,
+    *,
+    full: bool = False,
+) -> None:
     """
     Replay a session as text with the renderer for its protocol.
 
     @param protocol: the session's protocol; when None, taken from the
         META record that opens C{records}.
+    @param full: show every row and every value, unabbreviated.
     """
     stream: Iterator[Record] = iter(records)
     if protocol is None:
@@ -115,7 +156,8 @@ def render(records: Iterable[Record], out: TextIO, protocol: str | None = None) 
             return
         protocol = _protocol_of(first)
         stream = itertools.chain([first], stream)
-    renderer_for(protocol)(stream, TerminalSafe(out))
+    with full_output(full):
+        renderer_for(protocol)(stream, TerminalSafe(out))
 
 
 class TerminalSafe:
@@ -230,8 +272,11 @@ def _text_lines(text: str) -> list[str]:
 def hex_dump(payload: bytes, limit: int = HEX_LIMIT) -> list[str]:
     """
     Lines of C{offset  hex  |ascii|}, 16 bytes each, at most C{limit}
-    bytes, then C{… N more bytes} when there were more.
+    bytes (all of them in a L{full_replay}), then C{… N more bytes (use
+    --full)} when there were more.
     """
+    if full_replay():
+        limit = len(payload)
     lines = []
     shown = payload[:limit]
     for offset in range(0, len(shown), 16):
@@ -241,7 +286,7 @@ def hex_dump(payload: bytes, limit: int = HEX_LIMIT) -> list[str]:
         ascii_ = "".join(chr(b) if 0x20 <= b < 0x7F else "." for b in chunk)
         lines.append(f"{offset:08x}  {left:<23}  {right:<23}  |{ascii_}|")
     if len(payload) > limit:
-        lines.append(f"… {len(payload) - limit} more bytes")
+        lines.append(f"… {len(payload) - limit:,} more bytes ({FULL_HINT})")
     return lines
 
 

@@ -12,6 +12,7 @@ import sys
 import textwrap
 import time
 
+import zstandard
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import Clock, deferLater
@@ -21,7 +22,15 @@ from zope.interface.verify import verifyObject
 
 from gatehouse.ids import new_session_id
 from gatehouse.recording import keys
-from gatehouse.recording.format import ZERO_LINK, Direction, RecordType
+from gatehouse.recording.encoder import SessionEncoder, frame_block_parts
+from gatehouse.recording.format import (
+    BLOCK_HEADER,
+    CODEC_STORED,
+    CODEC_ZSTD,
+    ZERO_LINK,
+    Direction,
+    RecordType,
+)
 from gatehouse.recording.interfaces import (
     IRecorder,
     ISessionRecording,
@@ -39,7 +48,6 @@ from gatehouse.recording.verify import IndexFacts, verify_session
 from .helpers import read_segment
 
 NS = 1_000_000_000
-T0 = 1_790_000_000.0
 
 
 def epoch_keys(start: float, period: float = 900.0, count: int = 8, gateway="gw-test"):
@@ -77,8 +85,11 @@ class InMemoryRecorderTests(SynchronousTestCase):
 
     def setUp(self):
         self.clock = Clock()
-        self.clock.advance(T0)
-        self.anchors, self.keys = epoch_keys(T0 - 10)
+        # Session ids only grow: start from now, not a fixed time that ids
+        # made earlier in the run may have passed.
+        self.t0 = time.time()
+        self.clock.advance(self.t0)
+        self.anchors, self.keys = epoch_keys(self.t0 - 10)
         self.root = self.mktemp()
 
     def recorder(self, executor=synchronous_executor, keyfn=None, **kw):
@@ -95,7 +106,7 @@ class InMemoryRecorderTests(SynchronousTestCase):
     def test_interfaces(self):
         recorder = self.recorder()
         self.assertTrue(verifyObject(IRecorder, recorder))
-        recording = recorder.open(new_session_id(T0), {"protocol": "test"})
+        recording = recorder.open(new_session_id(self.t0), {"protocol": "test"})
         self.assertTrue(verifyObject(ISessionRecording, recording))
 
     def test_records_roundtrip_and_verify(self):
@@ -103,7 +114,7 @@ class InMemoryRecorderTests(SynchronousTestCase):
         Every record comes back in order with its fields, and the closed
         recording verifies clean.
         """
-        recording = self.recorder().open(new_session_id(T0), {"protocol": "test"})
+        recording = self.recorder().open(new_session_id(self.t0), {"protocol": "test"})
         sent = []
         for i in range(50):
             payload = bytes([i]) * (i * 37)
@@ -134,7 +145,7 @@ class InMemoryRecorderTests(SynchronousTestCase):
         recorder = self.recorder(seal_interval=10.0)
         seals = []
         recorder.observe_seals(seals.append)
-        recording = recorder.open(new_session_id(T0), {})
+        recording = recorder.open(new_session_id(self.t0), {})
         for _ in range(3):
             self.clock.advance(10.0)
         self.assertEqual([s.segment_index for s in seals], [0, 1, 2])
@@ -148,7 +159,7 @@ class InMemoryRecorderTests(SynchronousTestCase):
         A segment is sealed once its raw bytes pass segment_max_bytes.
         """
         recorder = self.recorder(segment_max_bytes=64 * 1024, block_bytes=16 * 1024)
-        recording = recorder.open(new_session_id(T0), {})
+        recording = recorder.open(new_session_id(self.t0), {})
         for _ in range(64):
             recording.record(
                 RecordType.DATA, Direction.GATEWAY_TO_CLIENT, 0, b"r" * 4000
@@ -164,7 +175,7 @@ class InMemoryRecorderTests(SynchronousTestCase):
         Records that are not yet a full block reach the file after
         flush_interval, before any seal.
         """
-        recording = self.recorder(flush_interval=0.2).open(new_session_id(T0), {})
+        recording = self.recorder(flush_interval=0.2).open(new_session_id(self.t0), {})
         path = os.path.join(recording.directory, "seg-00000000.ghs")
 
         def written():
@@ -183,7 +194,9 @@ class InMemoryRecorderTests(SynchronousTestCase):
         With no epoch key valid now, no session starts (fail closed).
         """
         recorder = self.recorder(keyfn=lambda wall: None)
-        self.assertRaises(RecordingUnavailable, recorder.open, new_session_id(T0), {})
+        self.assertRaises(
+            RecordingUnavailable, recorder.open, new_session_id(self.t0), {}
+        )
 
     def test_write_failure_fails_closed(self):
         """
@@ -201,7 +214,7 @@ class InMemoryRecorderTests(SynchronousTestCase):
         recorder = self.recorder(executor=full_disk)
         failures = []
         recorder.observe_failures(lambda rec, why: failures.append(why))
-        recording = recorder.open(new_session_id(T0), {})
+        recording = recorder.open(new_session_id(self.t0), {})
         waiter = recording.notifyFailure()
         recording.record(RecordType.DATA, Direction.CLIENT_TO_GATEWAY, 0, b"x")
         self.clock.advance(1)
@@ -234,7 +247,7 @@ class InMemoryRecorderTests(SynchronousTestCase):
         recorder = self.recorder(
             executor=slow, block_bytes=1024, high_water=8 * 1024, low_water=2 * 1024
         )
-        recording = recorder.open(new_session_id(T0), {})
+        recording = recorder.open(new_session_id(self.t0), {})
         producer = FakeProducer()
         recording.registerProducer(producer)
         for _ in range(12):
@@ -269,7 +282,7 @@ class InMemoryRecorderTests(SynchronousTestCase):
         recorder = self.recorder(executor=queued)
         heard = []
         recorder.observe_seals(heard.append)
-        recording = recorder.open(new_session_id(T0), {})
+        recording = recorder.open(new_session_id(self.t0), {})
         sealed = []
         for i in range(3):
             recording.record(RecordType.DATA, Direction.GATEWAY, 0, b"q%d" % i)
@@ -436,3 +449,79 @@ class CrashTests(TestCase):
         # alarm rather than a crash.
         closed = verify_session(directory, anchors, IndexFacts(closed=True))
         self.assertEqual(closed.exit_code, 1)
+
+
+class BlockFramingTests(SynchronousTestCase):
+    """L{frame_block_parts}: what is compressed, what is stored, as pieces."""
+
+    def block(self, payloads):
+        encoder = SessionEncoder(
+            new_session_id().bytes, "gw", epoch_keys(time.time() - 10)[1][0], 0, NS
+        )
+        for payload in payloads:
+            encoder.add(RecordType.DATA, 1, 0, 0, payload)
+        return encoder.take_block()
+
+    def framed(self, block):
+        header, data = frame_block_parts(block)
+        fields = BLOCK_HEADER.unpack(header)
+        return fields[1], fields[3], fields[4], data
+
+    def test_text_compressed(self):
+        """Text-like records are compressed: one piece, the zstd frame."""
+        block = self.block([b"42|alice|alice@example.com|ok\n" * 10] * 4000)
+        codec, raw_len, stored_len, data = self.framed(block)
+        self.assertEqual((codec, raw_len), (CODEC_ZSTD, block.size))
+        self.assertEqual(len(data), 1)
+        self.assertEqual(len(data[0]), stored_len)
+        self.assertEqual(zstandard.decompress(data[0]), block.raw)
+
+    def test_random_stored_as_pieces(self):
+        """
+        A large block of random bytes is stored (its first 64 KiB do not
+        compress), its pieces the records' own framing and payloads.
+        """
+        block = self.block([os.urandom(64 * 1024) for _ in range(16)])
+        codec, raw_len, stored_len, data = self.framed(block)
+        self.assertEqual(
+            (codec, raw_len, stored_len), (CODEC_STORED,) + (block.size,) * 2
+        )
+        self.assertEqual(b"".join(data), block.raw)
+        self.assertEqual(len(data), 32)
+
+    def test_random_head_compressible_tail(self):
+        """
+        The sample decides for a large block: a random first 64 KiB stores
+        the block, whatever follows (a valid, if larger, block).
+        """
+        block = self.block([os.urandom(64 * 1024)] + [b"a" * 65536] * 8)
+        self.assertEqual(self.framed(block)[0], CODEC_STORED)
+        # A small block is always tried whole.
+        block = self.block([os.urandom(1000), b"a" * 100_000])
+        self.assertEqual(self.framed(block)[0], CODEC_ZSTD)
+
+    def test_many_pieces_written(self):
+        """
+        A stored block of more pieces than one gathered write takes (small
+        random records) is written whole and verifies.
+        """
+        clock = Clock()
+        clock.advance(time.time())
+        anchors, issued = epoch_keys(clock.seconds() - 10)
+        recorder = SegmentRecorder(
+            self.mktemp(),
+            "gw-test",
+            lambda wall: keys.current_key(issued, wall),
+            clock,
+            synchronous_executor,
+            monotonic_ns=lambda: int(clock.seconds() * NS),
+        )
+        recording = recorder.open(new_session_id(clock.seconds()), {})
+        sent = [os.urandom(100) for _ in range(9000)]
+        for payload in sent:
+            recording.record(RecordType.DATA, 1, 0, payload)
+        self.successResultOf(recording.close("done"))
+        report = verify_session(recording.directory, anchors)
+        self.assertEqual((report.exit_code, report.findings), (0, ()))
+        got = [r.payload for r in read_records(recording.directory)][1:-1]
+        self.assertEqual(got, sent)

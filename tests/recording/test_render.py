@@ -114,10 +114,10 @@ class GenericTests(TestCase):
         """Hex dumps stop at the cap and say how much was left out."""
         lines = hex_dump(bytes(1000), limit=64)
         self.assertEqual(len(lines), 5)
-        self.assertEqual(lines[-1], "… 936 more bytes")
+        self.assertEqual(lines[-1], "… 936 more bytes (use --full)")
         out = io.StringIO()
         render_record(data(1, bytes(600)), out)
-        self.assertIn("… 88 more bytes", out.getvalue())
+        self.assertIn("… 88 more bytes (use --full)", out.getvalue())
 
     def test_json_records(self):
         """META, EVENT and CLOSE show their JSON on one line."""

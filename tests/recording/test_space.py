@@ -27,6 +27,7 @@ from gatehouse.recording.reader import list_segments, read_records
 from gatehouse.recording.recorder import (
     CLOSE_RESERVE,
     SegmentRecorder,
+    default_headroom,
     synchronous_executor,
 )
 from gatehouse.recording.verify import IndexFacts, verify_session
@@ -94,7 +95,9 @@ class SpaceTests(SynchronousTestCase):
         self.assertEqual(os.path.getsize(path), recorder.segment_capacity)
         self.assertGreaterEqual(
             recorder.segment_capacity,
-            recorder.segment_max_bytes + 1 * MiB + CLOSE_RESERVE,
+            recorder.segment_max_bytes
+            + default_headroom(recorder.segment_max_bytes)
+            + CLOSE_RESERVE,
         )
         self.fill(recording)
         self.successResultOf(recording.close("done"))

@@ -41,7 +41,14 @@ import attrs
 
 from gatehouse.protocols.postgres import codec
 from gatehouse.recording.format import Direction, Record, RecordType
-from gatehouse.recording.render import escape_char, register_renderer, render_record
+from gatehouse.recording.render import (
+    FULL_HINT,
+    escape_char,
+    full_output,
+    full_replay,
+    register_renderer,
+    render_record,
+)
 
 __all__ = ["MAX_ROWS", "render_postgres"]
 
@@ -98,9 +105,10 @@ def _clean(text: str, tabs: bool = False) -> str:
 
 
 def _shorten(text: str, limit: int) -> str:
-    if len(text) <= limit:
+    """C{text}, cut at C{limit} characters (not in a full replay), saying so."""
+    if len(text) <= limit or full_replay():
         return text
-    return f"{text[:limit]}… ({len(text) - limit} more characters)"
+    return f"{text[:limit]}… ({len(text) - limit:,} more characters; {FULL_HINT})"
 
 
 def _width(text: str) -> int:
@@ -128,10 +136,11 @@ def _pad(text: str, width: int, align: str) -> str:
 
 
 def _hex(value: bytes, limit: int = MAX_VALUE // 2) -> str:
-    shown = "\\x" + value[:limit].hex()
-    if len(value) > limit:
-        shown += f"… ({len(value)} bytes)"
-    return shown
+    """C{value} as C{\\x…} hex, cut at C{limit} bytes (not in a full replay)."""
+    if len(value) <= limit or full_replay():
+        return "\\x" + value.hex()
+    more = len(value) - limit
+    return f"\\x{value[:limit].hex()}… ({more:,} more bytes; {FULL_HINT})"
 
 
 _TEXT_OIDS = frozenset({18, 19, 25, 1042, 1043})  # char, name, text, bpchar, varchar
@@ -212,6 +221,7 @@ class _Result:
         self.rows: list[list[str]] = []
         self.count = 0
         self.malformed = 0
+        self.full = full_replay()
 
     def add(self, row: codec.DataRow | None, encoding: str) -> None:
         """Count a row, and keep it if it is to be shown (None: malformed)."""
@@ -219,7 +229,7 @@ class _Result:
         if row is None:
             self.malformed += 1
             return
-        if len(self.rows) >= MAX_ROWS:
+        if len(self.rows) >= MAX_ROWS and not self.full:
             return
         fields = self.fields or ()
         cells = []
@@ -272,7 +282,8 @@ class _Result:
             out.append("--")
         hidden = self.count - len(self.rows) - self.malformed
         if hidden > 0:
-            out.append(f"… {hidden} more row{'' if hidden == 1 else 's'}")
+            s = "" if hidden == 1 else "s"
+            out.append(f"… {hidden:,} more row{s} ({FULL_HINT})")
         out.append(f"({self.count} row{'' if self.count == 1 else 's'})")
         return out
 
@@ -288,6 +299,7 @@ class _Copy:
         self.newlines = 0
         self.head = bytearray()
         self.tail = b""
+        self.full = full_replay()
 
     def add(self, data: bytes) -> None:
         self.messages += 1
@@ -296,7 +308,9 @@ class _Copy:
             return
         self.newlines += data.count(b"\n")
         self.tail = (self.tail + data)[-4:]
-        if self.head.count(b"\n") < COPY_PREVIEW_LINES and len(self.head) < 4096:
+        if self.full:
+            self.head += data
+        elif self.head.count(b"\n") < COPY_PREVIEW_LINES and len(self.head) < 4096:
             self.head += data[:4096]
 
     def lines(self, encoding: str) -> list[str]:
@@ -321,11 +335,13 @@ class _Copy:
             shown = text.split("\n")
             if shown and shown[-1] == "":
                 shown.pop()
-            for line in shown[:COPY_PREVIEW_LINES]:
+            preview = len(shown) if self.full else COPY_PREVIEW_LINES
+            for line in shown[:preview]:
                 line = _shorten(line.removesuffix("\r"), MAX_VALUE)
                 out.append("   " + _clean(line, tabs=True))
-            if rows > COPY_PREVIEW_LINES:
-                out.append(f"   … {rows - COPY_PREVIEW_LINES} more rows of data")
+            if rows > preview:
+                more = rows - preview
+                out.append(f"   … {more:,} more rows of data ({FULL_HINT})")
         return out
 
 
@@ -1431,17 +1447,23 @@ _SERVER_HANDLERS: dict[type, Any] = {
 }
 
 
-def render_postgres(records: Iterable[Record], out: TextIO) -> None:
+def render_postgres(
+    records: Iterable[Record], out: TextIO, *, full: bool | None = None
+) -> None:
     """
     Write a recorded PostgreSQL session to C{out} as a psql-like
     transcript (see the module docstring).  A damaged or truncated
     recording is rendered as far as it can be; only C{out}'s own errors
     propagate.
+
+    @param full: show every row and value whole; None: as L{render} was
+        asked (L{full_replay}).
     """
-    transcript = _Transcript(out)
-    for record in records:
-        transcript.record(record)
-    transcript.finish()
+    with full_output(full_replay() if full is None else full):
+        transcript = _Transcript(out)
+        for record in records:
+            transcript.record(record)
+        transcript.finish()
 
 
 register_renderer("postgres", render_postgres)

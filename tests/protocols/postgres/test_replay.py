@@ -11,9 +11,11 @@ leave the registry as they found it (see L{ReplayTestCase}).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -422,7 +424,8 @@ class QueryTests(ReplayTestCase):
         )
         text = rec.render()
         self.assertIn(
-            f"\n {max_rows - 1}\n… 50 more rows\n(150 rows)\nSELECT 150\n", text
+            f"\n {max_rows - 1}\n… 50 more rows (use --full)\n(150 rows)\nSELECT 150\n",
+            text,
         )
         self.assertNotIn(f"\n {max_rows}\n", text)
 
@@ -456,7 +459,7 @@ class QueryTests(ReplayTestCase):
             c.ReadyForQuery("I"),
         )
         text = rec.render()
-        self.assertIn("… (800 more characters)", text)
+        self.assertIn("… (800 more characters; use --full)", text)
         self.assertIn("| \\x0001ff | -5 | hi | t\n", text)
 
     def test_escaping(self):
@@ -519,7 +522,7 @@ class QueryTests(ReplayTestCase):
             "   2\tname 2\n"
             "   3\tname 3\n"
             "   4\tname 4\n"
-            "   … 3 more rows of data\n"
+            "   … 3 more rows of data (use --full)\n"
             "COPY 8\n"
             "Time: 4.000 ms\n",
             rec.render(),
@@ -1209,3 +1212,105 @@ class RegistrationTests(ReplayTestCase):
         out = io.StringIO()
         render(rec.records, out)
         self.assertTrue(out.getvalue().startswith("-- PostgreSQL session "))
+
+
+#: The 100 KiB value of L{big_session}: terminal escapes at both ends and
+#: in the middle, so that the whole of it must be shown escaped.
+BIG_VALUE = "\x1b[2J" + "v" * (50 * 1024) + "\x9b31m" + "w" * (50 * 1024) + "\x07"
+BIG_ROWS = 10_000
+
+
+def big_session() -> Recording:
+    """A 10,000-row result (cells with a BEL), then one 100 KiB value."""
+    rec = Recording(split=False).login()
+    rec.client(c.Query("SELECT n, tag FROM big"))
+    rec.server(
+        c.RowDescription(
+            [c.FieldDescription("n", type_oid=23), c.FieldDescription("tag")]
+        ),
+        *(c.DataRow([b"%d" % i, b"row\x07%d" % i]) for i in range(BIG_ROWS)),
+        c.CommandComplete(f"SELECT {BIG_ROWS}"),
+        c.ReadyForQuery("I"),
+    )
+    rec.client(c.Query("SELECT doc FROM docs"))
+    rec.server(
+        c.RowDescription([c.FieldDescription("doc")]),
+        c.DataRow([BIG_VALUE.encode()]),
+        c.CommandComplete("SELECT 1"),
+        c.ReadyForQuery("I"),
+    )
+    rec.close("client-exit")
+    return rec
+
+
+def _raw_controls(text: str) -> list[str]:
+    return [ch for ch in text if not (ch.isprintable() or ch in "\n\t")]
+
+
+ESCAPED_BIG = "\\x1b[2J" + "v" * (50 * 1024) + "\\x9b31m" + "w" * (50 * 1024) + "\\x07"
+
+
+class FullReplayTests(ReplayTestCase):
+    """
+    The default replay abbreviates and says where and by how much; a full
+    one (C{gatehouse replay --full}) shows every row and every value; both
+    escape what would drive a terminal.
+    """
+
+    def transcript(self, full: bool) -> str:
+        out = io.StringIO()
+        render(big_session().records, out, full=full)
+        return out.getvalue()
+
+    def test_default_says_where_and_how_much(self):
+        text = self.transcript(full=False)
+        self.assertEqual(_raw_controls(text), [])
+        shown = self.replay.MAX_ROWS
+        self.assertIn(f" {shown - 1} | row\\x07{shown - 1}\n", text)
+        self.assertNotIn(f" {shown} | row\\x07{shown}\n", text)
+        self.assertIn(
+            f"… {BIG_ROWS - shown:,} more rows (use --full)\n(10000 rows)\n", text
+        )
+        cut = len(ESCAPED_BIG) - self.replay.MAX_VALUE
+        self.assertIn(
+            f" {ESCAPED_BIG[: self.replay.MAX_VALUE]}… ({cut:,} more characters;"
+            " use --full)\n",
+            text,
+        )
+        self.assertNotIn("w" * 1024, text)
+
+    def test_full_shows_everything(self):
+        text = self.transcript(full=True)
+        self.assertEqual(_raw_controls(text), [])
+        self.assertNotIn("use --full", text)
+        self.assertNotIn("more rows", text)
+        lines = text.split("\n")
+        rows = [line for line in lines if "| row\\x07" in line]
+        self.assertEqual(
+            [row.split("|")[0].strip() for row in rows],
+            [str(i) for i in range(BIG_ROWS)],
+        )
+        self.assertTrue(rows[-1].endswith(f"| row\\x07{BIG_ROWS - 1}"), rows[-1])
+        self.assertIn(f" {ESCAPED_BIG}\n(1 row)\n", text)
+
+    def test_cli_full(self):
+        """C{gatehouse replay --full} over real segment files, and without."""
+        from gatehouse.cli import main
+        from tests.recording.helpers import Rec, make_signing, write_session
+
+        root = os.path.abspath(self.mktemp())
+        records = [Rec(r.payload, r.type, r.direction) for r in big_session().records]
+        sid = str(write_session(root, make_signing(), records).session_id)
+        for flag, expect, absent in (
+            ([], "more rows (use --full)", ESCAPED_BIG),
+            (["--full"], ESCAPED_BIG, "use --full"),
+        ):
+            out, err = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = main(["replay", sid, "--recordings", root, *flag])
+            text = out.getvalue()
+            self.assertEqual((code, err.getvalue()), (0, ""))
+            self.assertEqual(_raw_controls(text), [])
+            self.assertIn(expect, text)
+            self.assertNotIn(absent, text)
+            self.assertIn("(1 row)\nSELECT 1\n", text)
