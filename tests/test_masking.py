@@ -6,7 +6,7 @@ JSON, the pre-check, and whole-column rules.
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -40,6 +40,97 @@ def iban(country: str, bban: str) -> str:
     moved = bban + country + "00"
     number = int("".join(str(int(c, 36)) for c in moved))
     return f"{country}{98 - number % 97:02d}{bban}"
+
+
+#: issuer prefixes and the lengths their numbers have (and some without a
+#: brand: the detector does not look at prefixes)
+BRANDS = [
+    ("4", (13, 16, 19)),  # Visa
+    ("51", (16,)),
+    ("55", (16,)),
+    ("2221", (16,)),
+    ("2720", (16,)),  # Mastercard
+    ("34", (15,)),
+    ("37", (15,)),  # American Express
+    ("6011", (16, 19)),
+    ("65", (16, 19)),  # Discover
+    ("3528", (16, 19)),  # JCB
+    ("36", (14,)),  # Diners
+    ("62", (16, 17, 18, 19)),  # UnionPay
+    ("6759", (13, 16, 19)),  # Maestro
+    ("", tuple(range(13, 20))),
+]
+
+
+@st.composite
+def card_numbers(draw: st.DrawFn) -> str:
+    """A Luhn-valid number of a brand's length."""
+    prefix, lengths = draw(st.sampled_from(BRANDS))
+    length = draw(st.sampled_from(lengths))
+    first = "" if prefix else draw(st.sampled_from("123456789"))
+    body = draw(
+        st.text(
+            "0123456789",
+            min_size=length - 1 - len(prefix + first),
+            max_size=length - 1 - len(prefix + first),
+        )
+    )
+    return luhn_complete(prefix + first + body)
+
+
+@st.composite
+def grouped_number(draw: st.DrawFn, number: str) -> str:
+    """C{number} plain, or in groups joined by one space or dash."""
+    separator = draw(st.sampled_from(["", " ", "-"]))
+    if not separator:
+        return number
+    sizes = [draw(st.integers(4, len(number)))]
+    while sum(sizes) < len(number):
+        rest = len(number) - sum(sizes)
+        if rest < 6:
+            sizes.append(rest)
+            break
+        sizes.append(draw(st.integers(3, rest - 3)))
+    if sizes[-1] < 3:
+        return number
+    groups, pos = [], 0
+    for size in sizes:
+        groups.append(number[pos : pos + size])
+        pos += size
+    return separator.join(groups)
+
+
+def mask_digits(grouped: str) -> str:
+    """What the card detector makes of C{grouped}: digits but the last 4 to *."""
+    digits = sum(c.isdigit() for c in grouped)
+    out, seen = [], 0
+    for c in grouped:
+        if c.isdigit():
+            seen += 1
+            out.append(c if seen > digits - 4 else "*")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+#: text around a value that holds nothing to detect (no digits, no @)
+PLAIN = st.text(
+    alphabet=st.characters(blacklist_categories=("Nd", "Cs"), blacklist_characters="@"),
+    max_size=20,
+)
+
+
+@st.composite
+def ibans(draw: st.DrawFn) -> str:
+    """A valid IBAN of a real country, plain or in groups of four."""
+    country = draw(st.sampled_from(["DE", "GB", "FR", "NO", "NL", "IT", "CH"]))
+    bban = draw(
+        st.text("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", min_size=11, max_size=30)
+    )
+    number = iban(country, bban)
+    if draw(st.booleans()):
+        return " ".join(number[i : i + 4] for i in range(0, len(number), 4))
+    return number
 
 
 class CardTests(SynchronousTestCase):
@@ -101,23 +192,56 @@ class CardTests(SynchronousTestCase):
         masked, count = ALL.mask_text("4111111111111111,5555555555554444")
         self.assertEqual((masked, count), ("************1111,************4444", 2))
 
-    @given(
-        st.sampled_from(
-            ["4111111111111111", "5555555555554444", "378282246310005", "4222222222222"]
-        ),
-        st.sampled_from(["", " ", "-"]),
-        st.text(),
-        st.text(),
-    )
-    def test_embedded_card_never_survives(
-        self, card: str, separator: str, left: str, right: str
-    ) -> None:
-        grouped = separator.join(card[i : i + 4] for i in range(0, len(card), 4))
-        if 0 < len(card) % 4 < 3:
-            grouped = card
+    @given(st.data())
+    def test_embedded_card_never_survives(self, data: st.DataObject) -> None:
+        """
+        Any Luhn-valid number of 13 to 19 digits, with a real brand prefix
+        or none, written plain or in groups (first group at least 4 digits,
+        the others at least 3) is masked to its last four digits, and the
+        text around it is left alone.
+        """
+        number = data.draw(card_numbers())
+        grouped = data.draw(grouped_number(number))
+        left, right = data.draw(PLAIN), data.draw(PLAIN)
         masked, count = ALL.mask_text(f"{left} | {grouped} | {right}")
-        self.assertGreaterEqual(count, 1)
-        self.assertNotIn(grouped, masked)
+        self.assertEqual(
+            (masked, count), (f"{left} | {mask_digits(grouped)} | {right}", 1)
+        )
+
+    @given(st.data())
+    def test_near_misses_survive(self, data: st.DataObject) -> None:
+        """
+        Numbers one step from a card are left alone: a wrong check digit,
+        one digit too few or too many (even when Luhn-valid), a group of
+        two digits, a first group of three.
+        """
+        number = data.draw(card_numbers())
+        kind = data.draw(st.sampled_from(["check", "short", "long", "group", "first"]))
+        if kind == "check":
+            wrong = data.draw(st.sampled_from(sorted(set("0123456789") - {number[-1]})))
+            # plain: in groups, a shorter window could be a card of its own
+            text = number[:-1] + wrong
+        elif kind == "short":
+            text = luhn_complete(number[:11]) if len(number) == 13 else number[:12]
+        elif kind == "long":
+            text = luhn_complete(number + "0" * (19 - len(number)))
+        elif kind == "group":
+            # the card split so that one group (not the first) has 1-2 digits
+            cut = data.draw(st.integers(len(number) - 2, len(number) - 1))
+            sep = data.draw(st.sampled_from(" -"))
+            text = number[:cut] + sep + number[cut:]
+            assume(not luhn(number[:cut]))  # else the first part is a card
+        else:
+            sep = data.draw(st.sampled_from(" -"))
+            text = number[:3] + sep + number[3:]
+            assume(len(number) < 16 or not luhn(number[3:]))
+        if kind == "short":
+            self.assertEqual(len(text), 12)
+        if kind == "long":
+            self.assertEqual(len(text), 20)
+        left, right = data.draw(PLAIN), data.draw(PLAIN)
+        line = f"{left} | {text} | {right}"
+        self.assertEqual(ALL.mask_text(line), (line, 0))
 
 
 class EmailTests(SynchronousTestCase):
@@ -277,12 +401,30 @@ class PrecheckTests(SynchronousTestCase):
         text = "nothing to see"
         self.assertIs(ALL.mask_text(text)[0], text)
 
-    @given(st.text())
-    def test_precheck_is_a_superset(self, text: str) -> None:
-        """Whenever a detector finds something, the pre-check said so."""
+    @given(st.data())
+    def test_precheck_is_a_superset(self, data: st.DataObject) -> None:
+        """
+        Whenever a detector finds something, the pre-check said so: text
+        with a card, an address or an IBAN planted in it (which the
+        detectors must find) passes the pre-check of every masker that has
+        the detector.
+        """
+        kind = data.draw(st.sampled_from(["card", "email", "iban"]))
+        if kind == "card":
+            value = data.draw(card_numbers().flatmap(grouped_number))
+        elif kind == "email":
+            value = data.draw(st.emails())
+        else:
+            value = data.draw(ibans())
+        left, right = data.draw(st.text()), data.draw(st.text())
+        text = f"{left} {value} {right}"
+        raw = text.encode("utf-8", "surrogatepass")
         _, count = ALL.mask_text(text)
-        if count:
-            self.assertTrue(ALL.might_match(text.encode("utf-8", "surrogatepass")))
+        self.assertGreaterEqual(count, 1)
+        self.assertTrue(ALL.might_match(raw))
+        alone = Masker([MaskingRule("one", detectors=frozenset({kind}))])
+        self.assertGreaterEqual(alone.mask_text(text)[1], 1)
+        self.assertTrue(alone.might_match(raw))
 
     @given(st.text())
     def test_surrogates(self, text: str) -> None:
