@@ -123,6 +123,67 @@ EXTENDED = (
 STREAM = EXTENDED + PSQL_QUERY + frame(b"d", b"x" * 300) + frame(b"c") + EXTENDED
 
 
+# Message types and length limits, from the protocol documentation
+# ("Message Formats") and PostgreSQL's and libpq's limits: the length word
+# counts itself, so 4 is the least; small messages (Sync, Execute, ...) at
+# most 10000 from a client and 30000 from a server; password-family
+# messages at most 65535; everything else at most 0x3FFFFFFE.
+_BIG = 0x3FFFFFFE
+FRAMING = {
+    "frontend": (
+        b"QPBFdpEDCSHXcf",
+        {
+            **dict.fromkeys(b"QPBFd", _BIG),
+            ord("p"): 65535,
+            **dict.fromkeys(b"EDCSHXcf", 10000),
+        },
+    ),
+    "backend": (
+        b"RSCTDEGHWNAtvVdKZ123nsIc",
+        {
+            **dict.fromkeys(b"RSCTDEGHWNAtvVd", _BIG),
+            **dict.fromkeys(b"KZ123nsIc", 30000),
+        },
+    ),
+    "any": (bytes(range(256)), dict.fromkeys(range(256), _BIG)),
+}
+
+
+def model_frames(stream: bytes, limits: dict) -> tuple[list, tuple | None]:
+    """
+    The frames of C{stream} as C{(type, start, end)}, and the position and
+    SQLSTATE of the first bad header (None if none is complete).
+    """
+    frames = []
+    pos = 0
+    while pos + 5 <= len(stream):
+        t = stream[pos]
+        (length,) = struct.unpack("!I", stream[pos + 1 : pos + 5])
+        limit = limits.get(t, 0)
+        if length < 4 or length > limit:
+            too_long = limit and 4 <= length < 2**31
+            return frames, (pos, "54000" if too_long else "08P01")
+        if pos + 1 + length > len(stream):
+            break
+        frames.append((t, pos, pos + 1 + length))
+        pos += 1 + length
+    return frames, None
+
+
+def bad_header(kind: str) -> st.SearchStrategy[bytes]:
+    """A header the reader must refuse: an unknown type, a bad length."""
+    types, limits = FRAMING[kind]
+    unknown = sorted(set(range(256)) - set(types))
+    bad = [
+        st.tuples(st.sampled_from(types), st.sampled_from([0, 1, 2, 3])),
+        st.tuples(st.sampled_from(types), st.integers(2**31, 2**32 - 1)),
+        st.sampled_from(types).map(lambda t: (t, limits[t] + 1)),
+    ]
+    if unknown:
+        bad.append(st.tuples(st.sampled_from(unknown), st.integers(4, 100)))
+    return st.one_of(bad).map(lambda h: bytes([h[0]]) + struct.pack("!I", h[1]))
+
+
 def frames_of(reader: FrameReader, chunks: list[bytes]) -> tuple[list, bytes]:
     """
     Feed C{chunks}, taking everything framed after each; return the frames
@@ -375,32 +436,79 @@ class FrameReaderTests(SynchronousTestCase):
         self.assertEqual(reader.framed, 0)
 
     @FUZZ
-    @given(
-        st.sampled_from(["frontend", "backend", "any"]),
-        st.lists(st.binary(max_size=40), max_size=8),
-    )
-    def test_fuzz(self, kind: str, chunks: list[bytes]) -> None:
+    @given(st.sampled_from(["frontend", "backend", "any"]), st.data())
+    def test_fuzz(self, kind: str, data: st.DataObject) -> None:
         """
-        Random bytes yield contiguous frames or a ProtocolViolation, nothing
-        else.
+        Valid frames, then perhaps garbage, then more frames, split at
+        random points: the reader yields exactly the frames a model of the
+        protocol's framing finds (type byte, int32 length counting itself,
+        per-type limits from the protocol documentation), with the bytes
+        taken equal to the stream, and a ProtocolViolation exactly at the
+        first bad header.
         """
+        types, limits = FRAMING[kind]
+        letter = st.sampled_from(types)
+        frame_ = st.tuples(letter, st.binary(max_size=40)).map(
+            lambda f: frame(bytes([f[0]]), f[1])
+        )
+        # the longest message a type may have, for types with small limits
+        full = st.sampled_from([t for t in types if limits[t] <= 65535] or types).map(
+            lambda t: frame(bytes([t]), bytes(min(limits[t], 65535) - 4))
+        )
+        frame_ = frame_ | full if kind != "any" else frame_
+        before = data.draw(st.lists(frame_, max_size=6))
+        garbage = data.draw(
+            st.sampled_from(
+                [st.none(), st.binary(min_size=1, max_size=12), bad_header(kind)]
+            ).flatmap(lambda s: s)
+        )
+        after = data.draw(st.lists(frame_, max_size=3))
+        stream = b"".join([*before, garbage or b"", *after])
+        cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=8))
+        bounds = [0, *sorted(cuts), len(stream)]
+        chunks = [stream[a:b] for a, b in itertools.pairwise(bounds)]
+
+        expected, bad = model_frames(stream, limits)
+        # the model agrees with how the stream was built
+        starts = list(itertools.accumulate(len(f) for f in before))
+        self.assertEqual([e for _, _, e in expected[: len(before)]], starts)
+        if garbage is None:
+            self.assertEqual(len(expected), len(before) + len(after))
+            self.assertIsNone(bad)
+
         reader = {
             "frontend": FrameReader.frontend,
             "backend": FrameReader.backend,
             "any": FrameReader,
         }[kind]()
-        position = 0
-        try:
-            for chunk in chunks:
-                for t, start, end in reader.feed(chunk):
-                    self.assertEqual(start, position)
-                    self.assertGreaterEqual(end - start, 5)
-                    self.assertEqual(reader.message((t, start, end))[0], t)
-                    position = end
-                if position > reader.consumed:
-                    reader.take_to(position)
-        except ProtocolViolation as e:
-            self.assertIn(e.sqlstate, ("08P01", "54000"))
+        got: list = []
+        taken = []
+        fed = 0
+        for chunk in chunks:
+            try:
+                new = reader.feed(chunk)
+            except ProtocolViolation as e:
+                self.assertIsNotNone(bad)
+                position, sqlstate = bad
+                # raised by the chunk that completed the bad header; frames
+                # completed in that same chunk are not reported
+                self.assertTrue(fed < position + 5 <= fed + len(chunk))
+                self.assertEqual(e.sqlstate, sqlstate)
+                self.assertEqual(e.message_type, stream[position])
+                self.assertEqual(reader.framed, position)
+                self.assertEqual(got, [f for f in expected if f[2] <= fed])
+                self.assertRaises(ProtocolViolation, reader.feed, b"")
+                break
+            fed += len(chunk)
+            for t, start, end in new:
+                self.assertEqual(reader.message((t, start, end))[0], t)
+            got.extend(new)
+            if new:
+                taken.append(reader.take_to(new[-1][2]))
+        else:
+            self.assertTrue(bad is None or bad[0] + 5 > len(stream))
+            self.assertEqual(got, expected)
+        self.assertEqual(b"".join(taken), stream[: got[-1][2] if got else 0])
 
     def test_encode_message(self) -> None:
         """
@@ -714,37 +822,61 @@ class StartupParserTests(SynchronousTestCase):
         self.assertEqual(event.get("user"), "Jörg")
 
     @FUZZ
-    @given(st.lists(st.binary(max_size=30), max_size=6), st.booleans())
-    def test_fuzz(self, chunks: list[bytes], prefix: bool) -> None:
+    @given(st.data())
+    def test_fuzz(self, data: st.DataObject) -> None:
         """
-        Random bytes (optionally after a valid SSLRequest) yield events or a
-        ProtocolViolation, nothing else.
+        An optional encryption request, then a startup packet or a cancel
+        request (written from the protocol documentation), then random
+        bytes, split at random points: the parser reports exactly those
+        packets and hands over exactly the bytes that followed.
         """
+        request = data.draw(st.sampled_from([None, 80877103, 80877104]))
+        if data.draw(st.booleans()):
+            params = data.draw(
+                st.dictionaries(
+                    st.text("abcdefghij_", min_size=1, max_size=8),
+                    st.text(
+                        st.characters(blacklist_characters="\0", codec="utf-8"),
+                        max_size=10,
+                    ),
+                    max_size=4,
+                )
+            )
+            params = {"user": "u", **params}
+            payload = b"".join(
+                k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items()
+            )
+            final = startup_packet(196608, payload + b"\0")
+            final_type = StartupMessage
+        else:
+            key = data.draw(st.binary(min_size=4, max_size=256))
+            final = startup_packet(80877102, b"\0\0\0\x07" + key)
+            final_type = CancelRequest
+        tail = data.draw(st.binary(max_size=30))
+        packets = [*([startup_packet(request)] if request else []), final]
+        stream = b"".join([*packets, tail])
+        cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=6))
+        bounds = [0, *sorted(cuts), len(stream)]
+
         parser = StartupParser()
-        if prefix:
-            chunks = [SSLRequest().encode(), *chunks]
-        try:
-            for chunk in chunks:
-                for event in events(parser, chunk):
-                    if isinstance(event, (SSLRequest, GSSENCRequest)):
-                        if event.pipelined:
-                            parser.refuse_encryption()
-                        else:
-                            parser.accept_encryption()
-                    self.assertIsInstance(
-                        event,
-                        (
-                            SSLRequest,
-                            GSSENCRequest,
-                            CancelRequest,
-                            StartupMessage,
-                            DirectTLS,
-                        ),
-                    )
-                    if isinstance(event, DirectTLS):
-                        parser.take_remaining()
-        except ProtocolViolation as e:
-            self.assertIn(e.sqlstate, ("08P01", "54000", "0A000"))
+        got = []
+        fed = 0
+        for a, b in itertools.pairwise(bounds):
+            if parser.done:
+                break
+            fed = b
+            new = events(parser, stream[a:b])
+            while new:
+                got.extend(new)
+                if isinstance(new[-1], (SSLRequest, GSSENCRequest)):
+                    parser.refuse_encryption()
+                new = events(parser)
+        rest = parser.take_remaining() + stream[fed:]
+        kinds = {None: [], 80877103: [SSLRequest], 80877104: [GSSENCRequest]}[request]
+        self.assertEqual([type(e) for e in got], [*kinds, final_type])
+        self.assertEqual([e.encode() for e in got], packets)
+        self.assertTrue(parser.done)
+        self.assertEqual(rest, tail)
 
 
 class EncryptionResponseTests(SynchronousTestCase):
