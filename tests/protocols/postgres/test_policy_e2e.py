@@ -80,6 +80,15 @@ def _guard_table(test: GatewayTestCase) -> None:
     )
 
 
+#: guard_t's rows as text, and what _guard_table put there
+GUARD_ROWS = "select string_agg(t::text, ',' order by id) from guard_t t"
+GUARD_CONTENT = ",".join(f'({i},"row {i}")' for i in range(1, 11))
+GUARD_VERSIONS = (
+    "select string_agg(format('%s %s %s', id, ctid, xmin), ',' order by id)"
+    " from guard_t"
+)
+
+
 class GuardrailTests(GatewayTestCase):
     """
     Dangerous statements in many spellings, each blocked before it reaches
@@ -93,15 +102,24 @@ class GuardrailTests(GatewayTestCase):
     def setUp(self) -> None:
         super().setUp()
         _guard_table(self)
+        self.versions = self.direct(GUARD_VERSIONS)
 
     def agent(self) -> str:
         return self.gateway.token(subject="agent-7", groups=("agents",))
 
     def assert_intact(self, spelling: str) -> None:
+        # Every column of every row, as PostgreSQL prints the row, and each
+        # row's version (ctid, xmin): an UPDATE that wrote the same value
+        # back still shows.
         self.assertEqual(
-            self.direct("select count(*), sum(id) from guard_t"),
-            "10|55",
+            self.direct(GUARD_ROWS),
+            GUARD_CONTENT,
             f"guard_t changed after {spelling!r}",
+        )
+        self.assertEqual(
+            self.direct(GUARD_VERSIONS),
+            self.versions,
+            f"guard_t rows rewritten by {spelling!r}",
         )
         self.assertEqual(
             self.direct("select has_table_privilege('public', 'guard_t', 'select')"),
