@@ -5,8 +5,9 @@ statement and seal, link, epoch certificate, delegation) is spelled out
 here field by field from the spec's tables, with fixed keys and inputs,
 using only byte literals, C{int.to_bytes}, C{hashlib} (the spec's C{H}) and
 Ed25519 from C{cryptography} (deterministic signatures).  Nothing here is
-produced by gatehouse's own encoders.  Not covered: a zstd-compressed block
-(its bytes would come from a compressor, not from the spec).
+produced by gatehouse's own encoders.  The zstd block is a frame written
+by hand from RFC 8878 (one raw block), which the reader and verifier must
+accept; the encoder's own zstd output is not pinned (it is a compressor's).
 
 The vectors are then checked both ways: gatehouse's encoder (driven with the
 same fixed keys) must produce exactly these bytes, and gatehouse's reader
@@ -195,26 +196,52 @@ BLOCK1_HEAD = (
     b"\x42\x00" + u32(2) + u32(len(REC[2] + REC[3])) + u32(len(REC[2] + REC[3])) + C4
 )
 BLOCK1 = BLOCK1_HEAD + REC[2] + REC[3]
-STATEMENT1 = (
-    b"gatehouse/seal/v1\x00"
-    + SESSION_ID
-    + str16(GATEWAY)
-    + u32(1)
-    + u8(1)  # final
-    + u64(2)
-    + u64(2)
-    + u64(WALL_SEAL0)
-    + u64(MONO_SEAL0)
-    + u64(WALL_SEAL1)
-    + u64(MONO_SEAL1)
-    + LINK0
-    + C4
-    + H(BLOCK1_HEAD)
-    + SEG1_PUB
-    + bytes(32)  # next_signer: zeros when final
-)
+
+
+def statement1(blocks_digest: bytes) -> bytes:
+    """Segment 1's (final) seal statement."""
+    return (
+        b"gatehouse/seal/v1\x00"
+        + SESSION_ID
+        + str16(GATEWAY)
+        + u32(1)
+        + u8(1)  # final
+        + u64(2)
+        + u64(2)
+        + u64(WALL_SEAL0)
+        + u64(MONO_SEAL0)
+        + u64(WALL_SEAL1)
+        + u64(MONO_SEAL1)
+        + LINK0
+        + C4
+        + blocks_digest
+        + SEG1_PUB
+        + bytes(32)  # next_signer: zeros when final
+    )
+
+
+STATEMENT1 = statement1(H(BLOCK1_HEAD))
 SEAL1 = b"\x53" + u32(len(STATEMENT1)) + STATEMENT1 + SEG1.sign(STATEMENT1)
 SEGMENT1 = HEADER1 + BLOCK1 + SEAL1
+
+# -- the same segment 1 with its block as zstd (codec 1) ---------------------
+# One zstd frame (RFC 8878) written by hand: magic, a frame header
+# descriptor with only Single_Segment set (so a 1-byte content size, no
+# dictionary id, no checksum, reserved bits clear), then one last raw
+# block: 3 bytes little-endian, Last_Block 1, Block_Type 0 (raw), size.
+RAW1 = REC[2] + REC[3]
+FRAME1 = (
+    b"\x28\xb5\x2f\xfd"
+    + b"\x20"
+    + u8(len(RAW1))
+    + (1 | len(RAW1) << 3).to_bytes(3, "little")
+    + RAW1
+)
+BLOCK1Z_HEAD = b"\x42\x01" + u32(2) + u32(len(RAW1)) + u32(len(FRAME1)) + C4
+# a compressed block's data is hashed into blocks_digest too
+STATEMENT1Z = statement1(H(BLOCK1Z_HEAD + FRAME1))
+SEAL1Z = b"\x53" + u32(len(STATEMENT1Z)) + STATEMENT1Z + SEG1.sign(STATEMENT1Z)
+SEGMENT1Z = HEADER1 + BLOCK1Z_HEAD + FRAME1 + SEAL1Z
 
 
 class _FixedKeys:
@@ -307,13 +334,13 @@ class KnownAnswerTests(SynchronousTestCase):
         self.assertEqual(parsed.to_bytes(), STATEMENT1)
         self.assertEqual(SealStatement.from_bytes(STATEMENT0).link(), LINK0)
 
-    def write(self) -> str:
+    def write(self, segment1: bytes = SEGMENT1) -> str:
         root = self.mktemp()
         # <recordings>/<YYYY-MM-DD>/<session-id>/seg-NNNNNNNN.ghs (UTC date
         # of the id's time: 2023-11-14T22:13:20Z)
         directory = os.path.join(root, "2023-11-14", str(SESSION_UUID))
         os.makedirs(directory)
-        for index, data in enumerate((SEGMENT0, SEGMENT1)):
+        for index, data in enumerate((SEGMENT0, segment1)):
             with open(os.path.join(directory, f"seg-{index:08d}.ghs"), "wb") as f:
                 f.write(data)
         return directory
@@ -341,6 +368,21 @@ class KnownAnswerTests(SynchronousTestCase):
         )
         self.assertEqual(report.close_reason, "client closed")
         self.assertEqual(report.exit_code, 0)
+
+    def test_zstd_block(self) -> None:
+        """A zstd block (a hand-written raw-block frame) reads and verifies."""
+        directory = self.write(SEGMENT1Z)
+        got = list(read_records(directory))
+        self.assertEqual(
+            got, [Record(seq, t, d, 0, mono, p) for t, d, seq, mono, p in RECORDS]
+        )
+        report = verify_session(
+            directory,
+            TrustAnchors.from_public_keys([ROOT_PUB]),
+            clock=lambda: WALL_SEAL1 + NS,
+        )
+        self.assertEqual(report.findings, ())
+        self.assertEqual((report.sealed_records, report.complete), (4, True))
 
     def test_verifier_without_the_root(self) -> None:
         """Control: the same bytes under another root are not trusted."""
