@@ -1,0 +1,65 @@
+"""
+Red-team cases against issue 11's evidence checks: an index that lies in
+ways C{gatehouse index check} might not compare, and a gateway pin that
+another spelling might slip past.
+"""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from gatehouse.recording.index import commands_for
+from gatehouse.recording.index_check import check_index
+from tests.recording.test_index_check import World, edit
+
+
+class IndexLiesTests(SynchronousTestCase):
+    """Edits of the index that a forensic examiner would expect to be named."""
+
+    def setUp(self) -> None:
+        self.world = World(self.mktemp())
+
+    def found(self) -> set[tuple[str, str]]:
+        w = self.world
+        return {
+            (d.session_id, d.field)
+            for d in check_index(w.index, w.recordings, w.anchors)
+        }
+
+    def test_denied_command_row_deleted(self) -> None:
+        """
+        Deleting the row of a denied command hides that Alice tried to drop
+        a table; the recording's C{decision} event still says so.
+        """
+        w = self.world
+        edit(w.index, "DELETE FROM commands WHERE decision = 'deny'")
+        self.assertEqual(len(commands_for(w.index, w.alice)), 2)
+        found = self.found()
+        self.assertTrue(found, "a deleted denied command goes unreported")
+        self.assertEqual({sid for sid, _ in found}, {w.alice})
+
+    def test_denied_command_made_allowed_and_moved(self) -> None:
+        """
+        The denied command's row rewritten to an allowed 'select 1' at the
+        seq of the first select: the denial vanishes from the index.
+        """
+        w = self.world
+        first = min(c.seq for c in commands_for(w.index, w.alice))
+        edit(
+            w.index,
+            "UPDATE commands SET decision = 'allow', text = 'select 1', "
+            "kind = 'SelectStmt', objects = '[]', seq = ? WHERE decision = 'deny'",
+            first,
+        )
+        self.assertTrue(self.found(), "a denial rewritten away goes unreported")
+
+    def test_empty_command_text(self) -> None:
+        """An empty command text 'occurs' in anything the client sent."""
+        w = self.world
+        edit(
+            w.index,
+            "UPDATE commands SET text = '' WHERE session_id = ? AND "
+            "text = 'select 1'",
+            w.alice,
+        )
+        self.assertIn((w.alice, "commands[0].text"), self.found())
