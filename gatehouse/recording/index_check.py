@@ -375,12 +375,20 @@ def check_session(
 
 
 def _check_commands(
-    sid: str, commands: Sequence[CommandRow], recorded: Recorded
+    sid: str, commands: Sequence[CommandRow], recorded: Recorded, whole: bool = True
 ) -> list[Difference]:
+    """
+    Where C{commands} and the recording disagree; with C{whole} (they are
+    all the session's indexed commands), also each recorded command not
+    simply allowed that no row stands for.
+    """
     out: list[Difference] = []
     by_seq = {r.seq: r for r in recorded.records}
     decisions = recorded.decisions()
     data_seqs = [r.seq for r in recorded.records if r.type == RecordType.DATA]
+    # The recorded commands not simply allowed that some index row stands
+    # for, by identity: each of the others is a row the index lacks.
+    indexed: set[int] = set()
     for i, command in enumerate(commands):
         where = f"commands[{i}]"
         record = by_seq.get(command.seq)
@@ -390,7 +398,8 @@ def _check_commands(
             )
             continue
         text = _unescaped(command, "text")
-        if not recorded.sent(text, command.seq):
+        # An empty text "occurs" in anything the client sent.
+        if not text or not recorded.sent(text, command.seq):
             out.append(
                 Difference(sid, f"{where}.text", text, "(not sent by the client)")
             )
@@ -399,6 +408,8 @@ def _check_commands(
             out.append(Difference(sid, f"{where}.at", command.at, wall))
         named = _decided(command.seq, text, decisions, data_seqs)
         recorded_action = named[0][0].get("action") if named else "allow"
+        if command.decision == recorded_action:
+            indexed.update(id(c) for _, c in named)
         if command.decision != recorded_action:
             out.append(
                 Difference(sid, f"{where}.decision", command.decision, recorded_action)
@@ -414,6 +425,18 @@ def _check_commands(
                 out.append(
                     Difference(
                         sid, f"{where}.objects", objects, tuple(c.get("objects", ()))
+                    )
+                )
+    for rec, event in decisions if whole else ():
+        action = event.get("action")
+        for c in event.get("commands", ()):
+            if isinstance(c, dict) and action != "allow" and id(c) not in indexed:
+                out.append(
+                    Difference(
+                        sid,
+                        "commands",
+                        "(no row)",
+                        f"{action} of {c.get('text')!r} (decision at seq {rec.seq})",
                     )
                 )
     return out
@@ -523,7 +546,7 @@ def rebuild_index(
                 old = []
             for command in old:
                 if command.decision == "allow" and not _check_commands(
-                    sid, [command], recorded
+                    sid, [command], recorded, whole=False
                 ):
                     mine.append(attrs.evolve(command, text=_unescaped(command, "text")))
         unique = {(c.seq, c.text, c.decision): c for c in reversed(mine)}
