@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from gatehouse.recording import keys
 from gatehouse.recording.index import commands_for
 from gatehouse.recording.index_check import check_index
+from gatehouse.recording.verify import DEFAULT_MAX_SKEW, verify_session
+from tests.recording.helpers import MINUTE, NS, T0, FakeClock, Rec, write_session
 from tests.recording.test_index_check import World, edit
+from tests.recording.test_revocation import RevocationBase, T
 
 
 class IndexLiesTests(SynchronousTestCase):
@@ -63,3 +67,47 @@ class IndexLiesTests(SynchronousTestCase):
             w.alice,
         )
         self.assertIn((w.alice, "commands[0].text"), self.found())
+
+
+class UnsealedFutureTests(RevocationBase):
+    """
+    A session left without any seal (as a crash leaves it) is C{incomplete},
+    "not tampering"; but its segment 0 header's start is signed by the
+    delegation, so a start the verifier's clock or a revocation rules out
+    is a key used where it may not be.
+    """
+
+    def unsealed(self, start: int):
+        return write_session(
+            self.recordings,
+            self.signing,
+            [Rec(b"SELECT 'forged'", delay=NS)],
+            clock=FakeClock(start),
+            close=False,
+            heartbeat=False,
+        )
+
+    def test_started_in_the_future(self):
+        """An intruder's session dated next week, never sealed."""
+        start = T0 + 3 * 15 * MINUTE
+        written = self.unsealed(start)
+        report = verify_session(
+            written.directory,
+            self.signing.anchors,
+            clock=lambda: start - DEFAULT_MAX_SKEW - 60 * NS,
+        )
+        self.assertEqual(report.exit_code, 1, report.findings)
+        self.assertIn("bad-key", [f.problem for f in report.findings])
+
+    def test_started_after_revocation(self):
+        """A session started after T by the revoked gateway, never sealed."""
+        written = self.unsealed(T + MINUTE)
+        rev = keys.make_revocation(self.signing.root, "gw-1", T, T0, ())
+        report = verify_session(
+            written.directory,
+            self.signing.anchors,
+            revocations=(rev,),
+            clock=lambda: T + 10 * MINUTE,
+        )
+        self.assertEqual(report.exit_code, 1, report.findings)
+        self.assertIn("bad-key", [f.problem for f in report.findings])
