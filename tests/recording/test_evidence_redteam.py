@@ -6,6 +6,11 @@ another spelling might slip past.
 
 from __future__ import annotations
 
+import base64
+import json
+import os
+
+from cryptography.hazmat.primitives import serialization
 from twisted.trial.unittest import SynchronousTestCase
 
 from gatehouse.recording import keys
@@ -111,3 +116,72 @@ class UnsealedFutureTests(RevocationBase):
         )
         self.assertEqual(report.exit_code, 1, report.findings)
         self.assertIn("bad-key", [f.problem for f in report.findings])
+
+
+def _raw(key: keys.EpochKey) -> bytes:
+    return key.private.private_bytes(
+        serialization.Encoding.Raw,
+        serialization.PrivateFormat.Raw,
+        serialization.NoEncryption(),
+    )
+
+
+class KeyLeftoverTests(SynchronousTestCase):
+    """
+    Copies of an epoch key's private half that erasure must find: the
+    certificate is public (every session's segment 0 carries it), so the
+    private key alone is enough to sign delegations.
+    """
+
+    def setUp(self) -> None:
+        self.dir = os.path.abspath(self.mktemp())
+        root = keys.generate_root_key()
+        # A key whose private half's base64 holds a '/' (about half do).
+        for _ in range(200):
+            self.keys = keys.issue_epoch_keys(root, "gw-1", T0, 15 * MINUTE, 2)
+            if b"/" in base64.b64encode(_raw(self.keys[0])):
+                break
+        self.kd = keys.KeyDirectory(self.dir)
+        self.kd.add(self.keys)
+        self.old = self.keys[0]
+        self.b64 = base64.b64encode(_raw(self.old))
+        self.assertIn(b"/", self.b64)
+
+    def leaked(self) -> list[str]:
+        """Files of the directory still holding the old key's private half."""
+        out = []
+        for name in os.listdir(self.dir):
+            with open(os.path.join(self.dir, name), "rb") as f:
+                data = f.read()
+            if self.b64 in data or self.b64.replace(b"/", b"\\/") in data:
+                out.append(name)
+        return out
+
+    def erase(self) -> None:
+        self.kd.erase_expired(self.old.certificate.not_after)
+
+    def test_escaped_slashes(self) -> None:
+        """A JSON encoder that writes '\\/' (PHP's, many others') made the copy."""
+        data = self.old.to_json().replace(b"/", b"\\/")
+        json.loads(data)  # still the same JSON
+        with open(os.path.join(self.dir, "old.json.bak"), "wb") as f:
+            f.write(data)
+        with open(os.path.join(self.dir, "notes.txt"), "wb") as f:
+            f.write(b"the old key, saved:\n" + data)
+        self.erase()
+        self.assertEqual(self.leaked(), [])
+
+    def test_private_key_alone(self) -> None:
+        """A note holding only the private_key line of the expired key."""
+        with open(os.path.join(self.dir, "note.txt"), "wb") as f:
+            f.write(b'  "private_key": "' + self.b64 + b'",\n')
+        self.erase()
+        self.assertEqual(self.leaked(), [])
+
+    def test_hard_link(self) -> None:
+        """A second name for the key file's inode: both names go, no failure."""
+        original = os.path.join(self.dir, self.old.filename())
+        os.link(original, os.path.join(self.dir, "linked.bak"))
+        erasure = self.kd.erase_expired(self.old.certificate.not_after)
+        self.assertEqual(self.leaked(), [])
+        self.assertEqual(erasure.failed, ())
