@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import threading
 
 from cryptography.hazmat.primitives import serialization
 from twisted.trial.unittest import SynchronousTestCase
@@ -185,3 +186,35 @@ class KeyLeftoverTests(SynchronousTestCase):
         erasure = self.kd.erase_expired(self.old.certificate.not_after)
         self.assertEqual(self.leaked(), [])
         self.assertEqual(erasure.failed, ())
+
+    def test_replaced_by_fifo_between_stat_and_open(self) -> None:
+        """
+        A file swapped for a FIFO after it was found regular must not hang
+        the scan (a reader of a FIFO without writer blocks in open).
+        """
+        victim = os.path.join(self.dir, "swapped.bak")
+        with open(victim, "wb") as f:
+            f.write(b"not a key")
+        real_open = keys._open_file
+
+        def swapping_open(path, flags, *args):
+            if path == victim and not os.path.exists(victim + ".done"):
+                os.unlink(victim)
+                os.mkfifo(victim)
+                open(victim + ".done", "w").close()
+            return real_open(path, flags, *args)
+
+        self.patch(keys, "_open_file", swapping_open)
+        result: list = []
+        worker = threading.Thread(
+            target=lambda: result.append(self.kd.scan()), daemon=True
+        )
+        worker.start()
+        worker.join(5)
+        if worker.is_alive():
+            # Release the stuck reader so that the thread ends.
+            fd = os.open(victim, os.O_WRONLY | os.O_NONBLOCK)
+            os.close(fd)
+            worker.join(5)
+            self.fail("the scan hung on a FIFO")
+        self.assertEqual(len({c.key.certificate.key_id for c in result[0].copies}), 2)
