@@ -515,9 +515,14 @@ class KeyDirectory:
             raise KeyFileError(f"{full}: not a regular file; ignored")
         if st.st_size > MAX_KEY_FILE_BYTES:
             raise KeyFileError(f"{full}: too large to be a key file; not read")
-        fd = _open_file(full, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        # O_NONBLOCK: a file swapped for a FIFO since the lstat must not
+        # block the open (nor the read); it is refused below.
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+        fd = _open_file(full, flags | getattr(os, "O_CLOEXEC", 0))
         with os.fdopen(fd, "rb") as f:
             st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise KeyFileError(f"{full}: not a regular file; ignored")
             data = f.read(MAX_KEY_FILE_BYTES + 1)
         found, whole = find_key_material(data, full, known)
         return [KeyCopy(full, key, whole, _identity(st)) for key in found]
