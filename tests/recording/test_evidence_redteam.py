@@ -9,12 +9,15 @@ from __future__ import annotations
 import base64
 import json
 import os
+import struct
 import threading
 
 from cryptography.hazmat.primitives import serialization
 from twisted.trial.unittest import SynchronousTestCase
 
+from gatehouse.protocols.postgres.commands import classify_text
 from gatehouse.recording import keys
+from gatehouse.recording.format import Direction
 from gatehouse.recording.index import commands_for
 from gatehouse.recording.index_check import check_index
 from gatehouse.recording.verify import DEFAULT_MAX_SKEW, verify_session
@@ -218,3 +221,86 @@ class KeyLeftoverTests(SynchronousTestCase):
             worker.join(5)
             self.fail("the scan hung on a FIFO")
         self.assertEqual(len({c.key.certificate.key_id for c in result[0].copies}), 2)
+
+
+def _pg(type_: bytes, body: bytes) -> bytes:
+    return type_ + struct.pack("!I", len(body) + 4) + body
+
+
+class PostgresWorld(World):
+    """L{World}, its clients speaking real PostgreSQL framing."""
+
+    def session(self, subject, name, groups, target, role, deny=None) -> str:
+        session = self.hub.open("postgres", "pg", "127.0.0.1:5000")
+        startup = struct.pack("!I", 196608) + b"user\0" + subject.encode() + b"\0\0"
+        session.data(
+            Direction.CLIENT_TO_GATEWAY, struct.pack("!I", len(startup) + 4) + startup
+        )
+        d = session.authenticate(self.token(subject, name, groups), target)
+        assert d.called
+        session.upstream_login(role, "default")
+        texts = ["select 1", f"select * from {target}_items"]
+        if deny is not None:
+            texts.append(deny)
+        for text in texts:
+            self.clock.advance(1.5)
+            session.data(Direction.CLIENT_TO_GATEWAY, _pg(b"Q", text.encode() + b"\0"))
+            action = "deny" if text == deny else "allow"
+            commands = classify_text(text).commands
+            if action == "deny":
+                session.event(
+                    "decision",
+                    action="deny",
+                    rule="no-ddl",
+                    message="no",
+                    commands=[c.as_json() for c in commands],
+                )
+            for c in commands:
+                session.command_seen(c.kind, c.text, tuple(c.objects), action)
+            session.data(Direction.GATEWAY_TO_CLIENT, b"rows")
+        self.clock.advance(3)
+        session.close("client hung up")
+        self.clock.advance(0)
+        return str(session.id)
+
+
+class AllowedCommandFactsTests(SynchronousTestCase):
+    """
+    An allowed command's kind and objects, which the recording's own
+    statement text determines: searching the index for who read a table
+    must not miss a session whose row was edited.
+    """
+
+    def setUp(self) -> None:
+        self.world = PostgresWorld(self.mktemp())
+
+    def found(self) -> set[tuple[str, str]]:
+        w = self.world
+        return {
+            (d.session_id, d.field)
+            for d in check_index(w.index, w.recordings, w.anchors)
+        }
+
+    def test_clean(self) -> None:
+        self.assertEqual(self.found(), set())
+
+    def test_objects_of_allowed_select_removed(self) -> None:
+        """Alice's read of shop_items hidden from a search by object."""
+        w = self.world
+        edit(
+            w.index,
+            "UPDATE commands SET objects = '[]' WHERE session_id = ? AND "
+            "text = 'select * from shop_items'",
+            w.alice,
+        )
+        self.assertEqual(self.found(), {(w.alice, "commands[1].objects")})
+
+    def test_kind_of_allowed_select_changed(self) -> None:
+        w = self.world
+        edit(
+            w.index,
+            "UPDATE commands SET kind = 'DropStmt' WHERE session_id = ? AND "
+            "text = 'select 1'",
+            w.bob,
+        )
+        self.assertEqual(self.found(), {(w.bob, "commands[0].kind")})
