@@ -375,13 +375,20 @@ def check_session(
 
 
 def _check_commands(
-    sid: str, commands: Sequence[CommandRow], recorded: Recorded, whole: bool = True
+    sid: str,
+    commands: Sequence[CommandRow],
+    recorded: Recorded,
+    whole: bool = True,
+    parsed: dict[tuple[int, str], set[tuple[str, tuple[str, ...]]]] | None = None,
 ) -> list[Difference]:
     """
     Where C{commands} and the recording disagree; with C{whole} (they are
     all the session's indexed commands), also each recorded command not
-    simply allowed that no row stands for.
+    simply allowed that no row stands for.  C{parsed}: L{_parsed}'s, when
+    already at hand.
     """
+    if parsed is None:
+        parsed = _parsed(recorded)
     out: list[Difference] = []
     by_seq = {r.seq: r for r in recorded.records}
     decisions = recorded.decisions()
@@ -414,6 +421,20 @@ def _check_commands(
             out.append(
                 Difference(sid, f"{where}.decision", command.decision, recorded_action)
             )
+        if not named and (command.seq, text) in parsed:
+            # Allowed: the protocol's reader of the recorded statement
+            # gives its kind and objects.
+            facts = parsed[(command.seq, text)]
+            objects = tuple(_unescaped(command, "objects"))
+            if (command.kind, objects) not in facts:
+                if command.kind not in {k for k, _ in facts}:
+                    want = " or ".join(sorted({k for k, _ in facts}))
+                    out.append(Difference(sid, f"{where}.kind", command.kind, want))
+                else:
+                    want = " or ".join(
+                        repr(o) for k, o in sorted(facts) if k == command.kind
+                    )
+                    out.append(Difference(sid, f"{where}.objects", objects, want))
         if named:
             c = named[0][1]
             if command.kind != c.get("kind"):
@@ -544,9 +565,10 @@ def rebuild_index(
                 old = commands_for(old_index, sid)
             except IndexUnavailable:
                 old = []
+            parsed = _parsed(recorded)
             for command in old:
                 if command.decision == "allow" and not _check_commands(
-                    sid, [command], recorded, whole=False
+                    sid, [command], recorded, whole=False, parsed=parsed
                 ):
                     mine.append(attrs.evolve(command, text=_unescaped(command, "text")))
         unique = {(c.seq, c.text, c.decision): c for c in reversed(mine)}
@@ -598,6 +620,34 @@ def _last_link(directory: str) -> bytes | None:
     return None
 
 
+def _reader(protocol: Any) -> Any:
+    """The protocol's C{indexed} module, or None if it has none."""
+    from importlib import import_module
+
+    if not isinstance(protocol, str) or not protocol.isidentifier():
+        return None
+    try:
+        return import_module(f"gatehouse.protocols.{protocol}.indexed")
+    except ImportError:
+        return None
+
+
+def _parsed(
+    recorded: Recorded,
+) -> dict[tuple[int, str], set[tuple[str, tuple[str, ...]]]]:
+    """
+    The (kind, objects) of each statement the protocol's reader finds in
+    what the client sent (the protocol as the META record names it), by
+    (seq, text).
+    """
+    module = _reader(recorded.meta.get("protocol"))
+    out: dict[tuple[int, str], set[tuple[str, tuple[str, ...]]]] = {}
+    if module is not None:
+        for seq, kind, text, objects, _ in module.recorded_commands(recorded.records):
+            out.setdefault((seq, text), set()).add((kind, tuple(objects)))
+    return out
+
+
 def _protocol_commands(sid: str, protocol: str, recorded: Recorded) -> list[CommandRow]:
     """
     The commands the protocol's own reader finds in what the client sent
@@ -605,11 +655,8 @@ def _protocol_commands(sid: str, protocol: str, recorded: Recorded) -> list[Comm
     protocol has one), decided as the recording says, each allowed shape
     once, as the gateway indexes them.
     """
-    from importlib import import_module
-
-    try:
-        module = import_module(f"gatehouse.protocols.{protocol}.indexed")
-    except ImportError:
+    module = _reader(protocol)
+    if module is None:
         return []
     by_seq = {r.seq: r for r in recorded.records}
     decisions = recorded.decisions()
