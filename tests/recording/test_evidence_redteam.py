@@ -304,3 +304,42 @@ class AllowedCommandFactsTests(SynchronousTestCase):
             w.bob,
         )
         self.assertEqual(self.found(), {(w.bob, "commands[0].kind")})
+
+
+class ApprovalRowTests(SynchronousTestCase):
+    """The approvals table: a request the recording never saw."""
+
+    def test_fabricated_approval(self) -> None:
+        """
+        An approved request added to Alice's session in the index (as if
+        her DROP had been approved by a colleague): the recording holds no
+        C{approval-requested} event for it.
+        """
+        w = World(self.mktemp())
+        request = {
+            "id": "ap-1",
+            "session_id": w.alice,
+            "state": "approved",
+            "rule": "no-ddl",
+            "requester": "alice",
+            "votes": [{"subject": "carol", "approved": True}],
+        }
+        edit(
+            w.index,
+            "INSERT INTO approvals (id, session_id, state, rule, requester, "
+            "created, expires, reason, request) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "ap-1",
+            w.alice,
+            "approved",
+            "no-ddl",
+            "alice",
+            w.now,
+            w.now + 600,
+            None,
+            json.dumps(request),
+        )
+        found = {
+            (d.session_id, d.field)
+            for d in check_index(w.index, w.recordings, w.anchors)
+        }
+        self.assertEqual(found, {(w.alice, "approvals[ap-1]")})
