@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import json
 import os
+import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -25,6 +26,7 @@ from gatehouse.recording.index import (
     CommandRow,
     IndexUnavailable,
     SessionRow,
+    approvals_for,
     commands_for,
     get_session,
     query_sessions,
@@ -338,9 +340,15 @@ def _time_differs(indexed: float | None, recorded: float) -> bool:
 
 
 def check_session(
-    row: SessionRow, commands: Sequence[CommandRow], recorded: Recorded
+    row: SessionRow,
+    commands: Sequence[CommandRow],
+    recorded: Recorded,
+    approvals: Sequence[dict] = (),
 ) -> list[Difference]:
-    """Where the index's C{row} and C{commands} and the recording disagree."""
+    """
+    Where the index's C{row}, C{commands} and C{approvals} (as
+    L{approvals_for} gives them) and the recording disagree.
+    """
     sid = row.id
     report = recorded.report
     if report.exit_code not in (0, 3):
@@ -371,6 +379,40 @@ def check_session(
         # The index says it closed; the recording holds no close.
         out.append(Difference(sid, "close_reason", row.close_reason, None))
     out.extend(_check_commands(sid, commands, recorded))
+    out.extend(_check_approvals(sid, approvals, recorded))
+    return out
+
+
+def _check_approvals(
+    sid: str, approvals: Sequence[dict], recorded: Recorded
+) -> list[Difference]:
+    """
+    Each indexed approval request must be one the session recorded
+    (C{approval-requested}: written while the session is open, as the
+    request is made), for the same rule.  Its later state and votes may
+    come after the session closed, which the recording cannot show.
+    """
+    requested = {
+        str(event.get("approval_id")): event
+        for _, event in recorded._events("approval-requested")
+    }
+    out = []
+    for approval in approvals:
+        aid = str(approval.get("id"))
+        event = requested.get(aid)
+        if event is None:
+            if recorded.report.complete:
+                out.append(
+                    Difference(
+                        sid, f"approvals[{aid}]", "(a request)", "(none recorded)"
+                    )
+                )
+        elif "rule" in approval and approval["rule"] != event.get("rule"):
+            out.append(
+                Difference(
+                    sid, f"approvals[{aid}].rule", approval["rule"], event.get("rule")
+                )
+            )
     return out
 
 
@@ -515,10 +557,22 @@ def check_index(
             continue
         out.extend(
             check_session(
-                row, commands_for(index, sid), read_recorded(directory, anchors)
+                row,
+                commands_for(index, sid),
+                read_recorded(directory, anchors),
+                _approvals(index, sid),
             )
         )
     return out
+
+
+def _approvals(index: str, sid: str) -> list[dict]:
+    try:
+        return approvals_for(index, sid)
+    except (sqlite3.Error, IndexUnavailable):
+        return []  # an index from before the approvals table
+    except ValueError:
+        return [{"id": "(a request that is not JSON)"}]
 
 
 def rebuild_index(
