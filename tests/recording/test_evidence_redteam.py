@@ -16,13 +16,13 @@ from cryptography.hazmat.primitives import serialization
 from twisted.trial.unittest import SynchronousTestCase
 
 from gatehouse.protocols.postgres.commands import classify_text
-from gatehouse.recording import keys
+from gatehouse.recording import index_check, keys
 from gatehouse.recording.format import Direction
 from gatehouse.recording.index import commands_for
 from gatehouse.recording.index_check import check_index
 from gatehouse.recording.verify import DEFAULT_MAX_SKEW, verify_session
 from tests.recording.helpers import MINUTE, NS, T0, FakeClock, Rec, write_session
-from tests.recording.test_index_check import World, edit
+from tests.recording.test_index_check import CLITests, World, edit
 from tests.recording.test_revocation import RevocationBase, T
 
 
@@ -343,3 +343,39 @@ class ApprovalRowTests(SynchronousTestCase):
             for d in check_index(w.index, w.recordings, w.anchors)
         }
         self.assertEqual(found, {(w.alice, "approvals[ap-1]")})
+
+
+class RebuildRaceTests(SynchronousTestCase):
+    """C{index rebuild --replace} and a gateway that opens the index meanwhile."""
+
+    setUp = CLITests.setUp
+    run_cli = CLITests.run_cli
+    args = CLITests.args
+
+    def test_opened_during_rebuild(self) -> None:
+        """
+        The gateway (here: this process) opens the index while the rebuild
+        runs: replacing it then would leave the gateway writing to a file
+        no longer the index, so the rebuild must refuse at the end too.
+        """
+        w = self.world
+        before = os.stat(w.index).st_ino
+        held: list = []
+        real = index_check.rebuild_index
+
+        def rebuild_then_open(*args, **kwargs):
+            result = real(*args, **kwargs)
+            held.append(open(w.index, "rb"))
+            return result
+
+        self.patch(index_check, "rebuild_index", rebuild_then_open)
+        try:
+            code, out, err = self.run_cli("index", *self.args("rebuild", "--replace"))
+        finally:
+            for f in held:
+                f.close()
+        self.assertEqual(code, 2, out + err)
+        self.assertEqual(os.stat(w.index).st_ino, before)
+        self.assertEqual(
+            [n for n in os.listdir(os.path.dirname(w.index)) if ".rebuild-" in n], []
+        )
