@@ -379,3 +379,23 @@ class RebuildRaceTests(SynchronousTestCase):
         self.assertEqual(
             [n for n in os.listdir(os.path.dirname(w.index)) if ".rebuild-" in n], []
         )
+
+
+class SwappedTextTests(SynchronousTestCase):
+    """A command's text replaced by another statement the client sent earlier."""
+
+    def test_read_replaced_by_earlier_select(self) -> None:
+        """Alice's read of shop_items shown as her earlier 'select 1'."""
+        w = PostgresWorld(self.mktemp())
+        edit(
+            w.index,
+            "UPDATE commands SET text = 'select 1', kind = 'SelectStmt', "
+            "objects = '[]' WHERE session_id = ? AND "
+            "text = 'select * from shop_items'",
+            w.alice,
+        )
+        found = {
+            (d.session_id, d.field)
+            for d in check_index(w.index, w.recordings, w.anchors)
+        }
+        self.assertEqual(found, {(w.alice, "commands[1].text")})
