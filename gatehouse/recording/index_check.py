@@ -431,6 +431,9 @@ def _check_commands(
     """
     if parsed is None:
         parsed = _parsed(recorded)
+    texts_at: dict[int, list[str]] = {}
+    for seq, text in parsed:
+        texts_at.setdefault(seq, []).append(text)
     out: list[Difference] = []
     by_seq = {r.seq: r for r in recorded.records}
     decisions = recorded.decisions()
@@ -452,6 +455,10 @@ def _check_commands(
             out.append(
                 Difference(sid, f"{where}.text", text, "(not sent by the client)")
             )
+        elif (command.seq, text) not in parsed and command.seq in texts_at:
+            # The protocol's reader shows what that record completed.
+            there = " or ".join(sorted(texts_at[command.seq]))
+            out.append(Difference(sid, f"{where}.text", text, there))
         wall = recorded.wall(record)
         if wall is not None and _time_differs(command.at, wall):
             out.append(Difference(sid, f"{where}.at", command.at, wall))
