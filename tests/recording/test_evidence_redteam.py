@@ -26,6 +26,13 @@ from tests.recording.test_index_check import CLITests, World, edit
 from tests.recording.test_revocation import RevocationBase, T
 
 
+def _found(w: World) -> set[tuple[str, str]]:
+    """(session, field) of each difference index check reports in C{w}."""
+    return {
+        (d.session_id, d.field) for d in check_index(w.index, w.recordings, w.anchors)
+    }
+
+
 class IndexLiesTests(SynchronousTestCase):
     """Edits of the index that a forensic examiner would expect to be named."""
 
@@ -33,11 +40,7 @@ class IndexLiesTests(SynchronousTestCase):
         self.world = World(self.mktemp())
 
     def found(self) -> set[tuple[str, str]]:
-        w = self.world
-        return {
-            (d.session_id, d.field)
-            for d in check_index(w.index, w.recordings, w.anchors)
-        }
+        return _found(self.world)
 
     def test_denied_command_row_deleted(self) -> None:
         """
@@ -71,8 +74,7 @@ class IndexLiesTests(SynchronousTestCase):
         w = self.world
         edit(
             w.index,
-            "UPDATE commands SET text = '' WHERE session_id = ? AND "
-            "text = 'select 1'",
+            "UPDATE commands SET text = '' WHERE session_id = ? AND text = 'select 1'",
             w.alice,
         )
         self.assertIn((w.alice, "commands[0].text"), self.found())
@@ -275,11 +277,7 @@ class AllowedCommandFactsTests(SynchronousTestCase):
         self.world = PostgresWorld(self.mktemp())
 
     def found(self) -> set[tuple[str, str]]:
-        w = self.world
-        return {
-            (d.session_id, d.field)
-            for d in check_index(w.index, w.recordings, w.anchors)
-        }
+        return _found(self.world)
 
     def test_clean(self) -> None:
         self.assertEqual(self.found(), set())
@@ -338,10 +336,7 @@ class ApprovalRowTests(SynchronousTestCase):
             None,
             json.dumps(request),
         )
-        found = {
-            (d.session_id, d.field)
-            for d in check_index(w.index, w.recordings, w.anchors)
-        }
+        found = _found(w)
         self.assertEqual(found, {(w.alice, "approvals[ap-1]")})
 
 
@@ -394,8 +389,5 @@ class SwappedTextTests(SynchronousTestCase):
             "text = 'select * from shop_items'",
             w.alice,
         )
-        found = {
-            (d.session_id, d.field)
-            for d in check_index(w.index, w.recordings, w.anchors)
-        }
+        found = _found(w)
         self.assertEqual(found, {(w.alice, "commands[1].text")})
