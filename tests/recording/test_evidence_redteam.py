@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gatehouse.protocols.postgres.commands import classify_text
 from gatehouse.recording import index_check, keys
-from gatehouse.recording.format import Direction
+from gatehouse.recording.format import Direction, RecordType
 from gatehouse.recording.index import commands_for
 from gatehouse.recording.index_check import check_index
 from gatehouse.recording.verify import DEFAULT_MAX_SKEW, verify_session
@@ -430,3 +430,39 @@ class HostileSizeTests(SynchronousTestCase):
         finally:
             tracemalloc.stop()
         self.assertLess(peak, 8 << 20)
+
+
+class ForeignResealTests(SynchronousTestCase):
+    """
+    A gw-1 session re-sealed with gw-2's keys (same root), its META still
+    saying gw-1: C{verify --gateway-id gw-1} says C{foreign}; the index,
+    whose row names gw-1, must not be found to agree with it.
+    """
+
+    def test_index_check_pins_the_row_gateway(self) -> None:
+        base = os.path.abspath(self.mktemp())
+        recordings = os.path.join(base, "recordings")
+        gw1 = make_signing("gw-1", count=8)
+        gw2 = make_signing("gw-2", count=8, root=gw1.root)
+        meta = json.dumps(
+            {"gateway_id": "gw-1", "protocol": "postgres", "started": 1.0}
+        ).encode()
+        records = [Rec(meta, type=RecordType.META), Rec(b"select 1", delay=NS)]
+        genuine = write_session(recordings, gw1, records, clock=FakeClock(T0 + NS))
+        index = os.path.join(base, "index.sqlite3")
+        index_check.rebuild_index(index, recordings, gw1.anchors)
+        self.assertEqual(check_index(index, recordings, gw1.anchors), [])
+        for name in os.listdir(genuine.directory):
+            os.unlink(os.path.join(genuine.directory, name))
+        write_session(
+            recordings,
+            gw2,
+            records,
+            clock=FakeClock(T0 + NS),
+            session_id=genuine.session_id,
+            directory=genuine.directory,
+        )
+        pinned = verify_session(genuine.directory, gw1.anchors, expected_gateway="gw-1")
+        self.assertIn("foreign", [f.problem for f in pinned.findings])
+        found = {(d.field) for d in check_index(index, recordings, gw1.anchors)}
+        self.assertEqual(found, {"recording"})
