@@ -264,13 +264,15 @@ def _str(fields: dict | None, name: str) -> str:
     return value if isinstance(value, str) else ""
 
 
-def read_recorded(directory: str, anchors: TrustAnchors) -> Recorded:
+def read_recorded(
+    directory: str, anchors: TrustAnchors, gateway: str | None = None
+) -> Recorded:
     """
-    Verify the session in C{directory} and read its records; only the
-    records under seals that verify are kept (none when the recording has
-    problems other than an unsealed end).
+    Verify the session in C{directory} (signed by C{gateway}, if given) and
+    read its records; only the records under seals that verify are kept
+    (none when the recording has problems other than an unsealed end).
     """
-    report = verify_session(directory, anchors)
+    report = verify_session(directory, anchors, expected_gateway=gateway)
     if report.exit_code not in (0, 3):
         return Recorded(report, ())
     records: list[Record] = []
@@ -566,7 +568,9 @@ def check_index(
             check_session(
                 row,
                 commands_for(index, sid),
-                read_recorded(directory, anchors),
+                # Pinned to the gateway the row names: another gateway's
+                # re-seal of the session is foreign, not an agreement.
+                read_recorded(directory, anchors, row.gateway_id or None),
                 _approvals(index, sid),
             )
         )
