@@ -466,3 +466,17 @@ class ForeignResealTests(SynchronousTestCase):
         self.assertIn("foreign", [f.problem for f in pinned.findings])
         found = {(d.field) for d in check_index(index, recordings, gw1.anchors)}
         self.assertEqual(found, {"recording"})
+
+    def test_index_check_applies_revocations(self) -> None:
+        """A session sealed after its gateway's revocation does not agree."""
+        base = os.path.abspath(self.mktemp())
+        recordings = os.path.join(base, "recordings")
+        gw1 = make_signing("gw-1", count=8)
+        meta = json.dumps({"gateway_id": "gw-1", "protocol": "postgres"}).encode()
+        records = [Rec(meta, type=RecordType.META), Rec(b"select 1", delay=NS)]
+        write_session(recordings, gw1, records, clock=FakeClock(T0 + NS))
+        index = os.path.join(base, "index.sqlite3")
+        index_check.rebuild_index(index, recordings, gw1.anchors)
+        rev = keys.make_revocation(gw1.root, "gw-1", T0, T0, ())
+        found = check_index(index, recordings, gw1.anchors, revocations=(rev,))
+        self.assertEqual({d.field for d in found}, {"recording"})
