@@ -115,6 +115,15 @@ class _Paths:
             self.anchors = TrustAnchors.from_files(keys)
         except KeyFileError as e:
             raise CommandError(str(e))
+        from gatehouse.recording.keys import load_revocations
+
+        try:
+            # The configured statements apply as they do for verify.
+            self.revocations = load_revocations(
+                self.anchors, list(recording.revocations) if recording else []
+            )
+        except KeyFileError as e:
+            raise CommandError(str(e))
 
 
 def _check(args: argparse.Namespace, out: TextIO) -> int:
@@ -123,7 +132,13 @@ def _check(args: argparse.Namespace, out: TextIO) -> int:
 
     paths = _Paths(args)
     try:
-        found = check_index(paths.index, paths.recordings, paths.anchors, args.sessions)
+        found = check_index(
+            paths.index,
+            paths.recordings,
+            paths.anchors,
+            args.sessions,
+            revocations=paths.revocations,
+        )
     except IndexUnavailable as e:
         raise CommandError(str(e))
     if args.json:

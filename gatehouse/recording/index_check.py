@@ -32,7 +32,7 @@ from gatehouse.recording.index import (
     query_sessions,
     unescape_index_text,
 )
-from gatehouse.recording.keys import TrustAnchors
+from gatehouse.recording.keys import Revocation, TrustAnchors
 from gatehouse.recording.reader import SegmentScanner, list_segments, read_records
 from gatehouse.recording.recorder import MAX_CLOSE_REASON
 from gatehouse.recording.verify import VerifyReport, verify_session
@@ -265,14 +265,20 @@ def _str(fields: dict | None, name: str) -> str:
 
 
 def read_recorded(
-    directory: str, anchors: TrustAnchors, gateway: str | None = None
+    directory: str,
+    anchors: TrustAnchors,
+    gateway: str | None = None,
+    revocations: Sequence[Revocation] = (),
 ) -> Recorded:
     """
-    Verify the session in C{directory} (signed by C{gateway}, if given) and
-    read its records; only the records under seals that verify are kept
-    (none when the recording has problems other than an unsealed end).
+    Verify the session in C{directory} (signed by C{gateway}, if given,
+    under C{revocations}) and read its records; only the records under
+    seals that verify are kept (none when the recording has problems other
+    than an unsealed end).
     """
-    report = verify_session(directory, anchors, expected_gateway=gateway)
+    report = verify_session(
+        directory, anchors, expected_gateway=gateway, revocations=revocations
+    )
     if report.exit_code not in (0, 3):
         return Recorded(report, ())
     records: list[Record] = []
@@ -538,6 +544,7 @@ def check_index(
     recordings: str,
     anchors: TrustAnchors,
     sessions: Iterable[str] = (),
+    revocations: Sequence[Revocation] = (),
 ) -> list[Difference]:
     """
     Compare the index at C{index} with the recordings under C{recordings}:
@@ -570,7 +577,9 @@ def check_index(
                 commands_for(index, sid),
                 # Pinned to the gateway the row names: another gateway's
                 # re-seal of the session is foreign, not an agreement.
-                read_recorded(directory, anchors, row.gateway_id or None),
+                read_recorded(
+                    directory, anchors, row.gateway_id or None, revocations
+                ),
                 _approvals(index, sid),
             )
         )
