@@ -115,6 +115,15 @@ class _Paths:
             self.anchors = TrustAnchors.from_files(keys)
         except KeyFileError as e:
             raise CommandError(str(e))
+        from gatehouse.recording.keys import load_revocations
+
+        try:
+            # The configured statements apply as they do for verify.
+            self.revocations = load_revocations(
+                self.anchors, list(recording.revocations) if recording else []
+            )
+        except KeyFileError as e:
+            raise CommandError(str(e))
 
 
 def _check(args: argparse.Namespace, out: TextIO) -> int:
@@ -123,7 +132,13 @@ def _check(args: argparse.Namespace, out: TextIO) -> int:
 
     paths = _Paths(args)
     try:
-        found = check_index(paths.index, paths.recordings, paths.anchors, args.sessions)
+        found = check_index(
+            paths.index,
+            paths.recordings,
+            paths.anchors,
+            args.sessions,
+            revocations=paths.revocations,
+        )
     except IndexUnavailable as e:
         raise CommandError(str(e))
     if args.json:
@@ -189,6 +204,15 @@ def _checkpoint(path: str) -> None:
         conn.close()
 
 
+def _refuse_if_open(index: str) -> None:
+    busy = holders(index)
+    if busy:
+        raise CommandError(
+            f"{index} is open in process {', '.join(map(str, busy))} "
+            "(the gateway?): stop it first, or use --output PATH"
+        )
+
+
 def _rebuild(args: argparse.Namespace, out: TextIO) -> int:
     from gatehouse.recording.index_check import rebuild_index
 
@@ -197,12 +221,7 @@ def _rebuild(args: argparse.Namespace, out: TextIO) -> int:
     paths = _Paths(args)
     old = paths.index if os.path.isfile(paths.index) else None
     if args.replace:
-        busy = holders(paths.index)
-        if busy:
-            raise CommandError(
-                f"{paths.index} is open in process {', '.join(map(str, busy))} "
-                "(the gateway?): stop it first, or use --output PATH"
-            )
+        _refuse_if_open(paths.index)
         output = f"{paths.index}.rebuild-{os.getpid()}"
     else:
         output = args.output
@@ -213,6 +232,14 @@ def _rebuild(args: argparse.Namespace, out: TextIO) -> int:
             os.unlink(leftover)
     sessions, commands = rebuild_index(output, paths.recordings, paths.anchors, old)
     if args.replace:
+        try:
+            # Again: a gateway may have started while the rebuild ran.
+            _refuse_if_open(paths.index)
+        except CommandError:
+            for leftover in (output, output + "-wal", output + "-shm"):
+                if os.path.exists(leftover):
+                    os.unlink(leftover)
+            raise
         if old is not None:
             _checkpoint(old)
             backup = f"{paths.index}.bak-{time.strftime('%Y%m%dT%H%M%S')}"

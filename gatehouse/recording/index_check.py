@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import json
 import os
+import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -25,12 +26,13 @@ from gatehouse.recording.index import (
     CommandRow,
     IndexUnavailable,
     SessionRow,
+    approvals_for,
     commands_for,
     get_session,
     query_sessions,
     unescape_index_text,
 )
-from gatehouse.recording.keys import TrustAnchors
+from gatehouse.recording.keys import Revocation, TrustAnchors
 from gatehouse.recording.reader import SegmentScanner, list_segments, read_records
 from gatehouse.recording.recorder import MAX_CLOSE_REASON
 from gatehouse.recording.verify import VerifyReport, verify_session
@@ -262,13 +264,21 @@ def _str(fields: dict | None, name: str) -> str:
     return value if isinstance(value, str) else ""
 
 
-def read_recorded(directory: str, anchors: TrustAnchors) -> Recorded:
+def read_recorded(
+    directory: str,
+    anchors: TrustAnchors,
+    gateway: str | None = None,
+    revocations: Sequence[Revocation] = (),
+) -> Recorded:
     """
-    Verify the session in C{directory} and read its records; only the
-    records under seals that verify are kept (none when the recording has
-    problems other than an unsealed end).
+    Verify the session in C{directory} (signed by C{gateway}, if given,
+    under C{revocations}) and read its records; only the records under
+    seals that verify are kept (none when the recording has problems other
+    than an unsealed end).
     """
-    report = verify_session(directory, anchors)
+    report = verify_session(
+        directory, anchors, expected_gateway=gateway, revocations=revocations
+    )
     if report.exit_code not in (0, 3):
         return Recorded(report, ())
     records: list[Record] = []
@@ -338,9 +348,15 @@ def _time_differs(indexed: float | None, recorded: float) -> bool:
 
 
 def check_session(
-    row: SessionRow, commands: Sequence[CommandRow], recorded: Recorded
+    row: SessionRow,
+    commands: Sequence[CommandRow],
+    recorded: Recorded,
+    approvals: Sequence[dict] = (),
 ) -> list[Difference]:
-    """Where the index's C{row} and C{commands} and the recording disagree."""
+    """
+    Where the index's C{row}, C{commands} and C{approvals} (as
+    L{approvals_for} gives them) and the recording disagree.
+    """
     sid = row.id
     report = recorded.report
     if report.exit_code not in (0, 3):
@@ -371,16 +387,68 @@ def check_session(
         # The index says it closed; the recording holds no close.
         out.append(Difference(sid, "close_reason", row.close_reason, None))
     out.extend(_check_commands(sid, commands, recorded))
+    out.extend(_check_approvals(sid, approvals, recorded))
+    return out
+
+
+def _check_approvals(
+    sid: str, approvals: Sequence[dict], recorded: Recorded
+) -> list[Difference]:
+    """
+    Each indexed approval request must be one the session recorded
+    (C{approval-requested}: written while the session is open, as the
+    request is made), for the same rule.  Its later state and votes may
+    come after the session closed, which the recording cannot show.
+    """
+    requested = {
+        str(event.get("approval_id")): event
+        for _, event in recorded._events("approval-requested")
+    }
+    out = []
+    for approval in approvals:
+        aid = str(approval.get("id"))
+        event = requested.get(aid)
+        if event is None:
+            if recorded.report.complete:
+                out.append(
+                    Difference(
+                        sid, f"approvals[{aid}]", "(a request)", "(none recorded)"
+                    )
+                )
+        elif "rule" in approval and approval["rule"] != event.get("rule"):
+            out.append(
+                Difference(
+                    sid, f"approvals[{aid}].rule", approval["rule"], event.get("rule")
+                )
+            )
     return out
 
 
 def _check_commands(
-    sid: str, commands: Sequence[CommandRow], recorded: Recorded
+    sid: str,
+    commands: Sequence[CommandRow],
+    recorded: Recorded,
+    whole: bool = True,
+    parsed: dict[tuple[int, str], set[tuple[str, tuple[str, ...]]]] | None = None,
 ) -> list[Difference]:
+    """
+    Where C{commands} and the recording disagree; with C{whole} (they are
+    all the session's indexed commands), also each recorded command not
+    simply allowed that no row stands for.  C{parsed}: L{_parsed}'s, when
+    already at hand.
+    """
+    if parsed is None:
+        parsed = _parsed(recorded)
+    texts_at: dict[int, list[str]] = {}
+    for seq, text in parsed:
+        texts_at.setdefault(seq, []).append(text)
     out: list[Difference] = []
     by_seq = {r.seq: r for r in recorded.records}
     decisions = recorded.decisions()
     data_seqs = [r.seq for r in recorded.records if r.type == RecordType.DATA]
+    # The recorded commands not simply allowed that some index row stands
+    # for, by identity: each of the others is a row the index lacks.
+    indexed: set[int] = set()
     for i, command in enumerate(commands):
         where = f"commands[{i}]"
         record = by_seq.get(command.seq)
@@ -390,19 +458,40 @@ def _check_commands(
             )
             continue
         text = _unescaped(command, "text")
-        if not recorded.sent(text, command.seq):
+        # An empty text "occurs" in anything the client sent.
+        if not text or not recorded.sent(text, command.seq):
             out.append(
                 Difference(sid, f"{where}.text", text, "(not sent by the client)")
             )
+        elif (command.seq, text) not in parsed and command.seq in texts_at:
+            # The protocol's reader shows what that record completed.
+            there = " or ".join(sorted(texts_at[command.seq]))
+            out.append(Difference(sid, f"{where}.text", text, there))
         wall = recorded.wall(record)
         if wall is not None and _time_differs(command.at, wall):
             out.append(Difference(sid, f"{where}.at", command.at, wall))
         named = _decided(command.seq, text, decisions, data_seqs)
         recorded_action = named[0][0].get("action") if named else "allow"
+        if command.decision == recorded_action:
+            indexed.update(id(c) for _, c in named)
         if command.decision != recorded_action:
             out.append(
                 Difference(sid, f"{where}.decision", command.decision, recorded_action)
             )
+        if not named and (command.seq, text) in parsed:
+            # Allowed: the protocol's reader of the recorded statement
+            # gives its kind and objects.
+            facts = parsed[(command.seq, text)]
+            objects = tuple(_unescaped(command, "objects"))
+            if (command.kind, objects) not in facts:
+                if command.kind not in {k for k, _ in facts}:
+                    want = " or ".join(sorted({k for k, _ in facts}))
+                    out.append(Difference(sid, f"{where}.kind", command.kind, want))
+                else:
+                    want = " or ".join(
+                        repr(o) for k, o in sorted(facts) if k == command.kind
+                    )
+                    out.append(Difference(sid, f"{where}.objects", objects, want))
         if named:
             c = named[0][1]
             if command.kind != c.get("kind"):
@@ -414,6 +503,18 @@ def _check_commands(
                 out.append(
                     Difference(
                         sid, f"{where}.objects", objects, tuple(c.get("objects", ()))
+                    )
+                )
+    for rec, event in decisions if whole else ():
+        action = event.get("action")
+        for c in event.get("commands", ()):
+            if isinstance(c, dict) and action != "allow" and id(c) not in indexed:
+                out.append(
+                    Difference(
+                        sid,
+                        "commands",
+                        "(no row)",
+                        f"{action} of {c.get('text')!r} (decision at seq {rec.seq})",
                     )
                 )
     return out
@@ -443,6 +544,7 @@ def check_index(
     recordings: str,
     anchors: TrustAnchors,
     sessions: Iterable[str] = (),
+    revocations: Sequence[Revocation] = (),
 ) -> list[Difference]:
     """
     Compare the index at C{index} with the recordings under C{recordings}:
@@ -471,10 +573,26 @@ def check_index(
             continue
         out.extend(
             check_session(
-                row, commands_for(index, sid), read_recorded(directory, anchors)
+                row,
+                commands_for(index, sid),
+                # Pinned to the gateway the row names: another gateway's
+                # re-seal of the session is foreign, not an agreement.
+                read_recorded(
+                    directory, anchors, row.gateway_id or None, revocations
+                ),
+                _approvals(index, sid),
             )
         )
     return out
+
+
+def _approvals(index: str, sid: str) -> list[dict]:
+    try:
+        return approvals_for(index, sid)
+    except (sqlite3.Error, IndexUnavailable):
+        return []  # an index from before the approvals table
+    except ValueError:
+        return [{"id": "(a request that is not JSON)"}]
 
 
 def rebuild_index(
@@ -521,9 +639,10 @@ def rebuild_index(
                 old = commands_for(old_index, sid)
             except IndexUnavailable:
                 old = []
+            parsed = _parsed(recorded)
             for command in old:
                 if command.decision == "allow" and not _check_commands(
-                    sid, [command], recorded
+                    sid, [command], recorded, whole=False, parsed=parsed
                 ):
                     mine.append(attrs.evolve(command, text=_unescaped(command, "text")))
         unique = {(c.seq, c.text, c.decision): c for c in reversed(mine)}
@@ -575,6 +694,34 @@ def _last_link(directory: str) -> bytes | None:
     return None
 
 
+def _reader(protocol: Any) -> Any:
+    """The protocol's C{indexed} module, or None if it has none."""
+    from importlib import import_module
+
+    if not isinstance(protocol, str) or not protocol.isidentifier():
+        return None
+    try:
+        return import_module(f"gatehouse.protocols.{protocol}.indexed")
+    except ImportError:
+        return None
+
+
+def _parsed(
+    recorded: Recorded,
+) -> dict[tuple[int, str], set[tuple[str, tuple[str, ...]]]]:
+    """
+    The (kind, objects) of each statement the protocol's reader finds in
+    what the client sent (the protocol as the META record names it), by
+    (seq, text).
+    """
+    module = _reader(recorded.meta.get("protocol"))
+    out: dict[tuple[int, str], set[tuple[str, tuple[str, ...]]]] = {}
+    if module is not None:
+        for seq, kind, text, objects, _ in module.recorded_commands(recorded.records):
+            out.setdefault((seq, text), set()).add((kind, tuple(objects)))
+    return out
+
+
 def _protocol_commands(sid: str, protocol: str, recorded: Recorded) -> list[CommandRow]:
     """
     The commands the protocol's own reader finds in what the client sent
@@ -582,11 +729,8 @@ def _protocol_commands(sid: str, protocol: str, recorded: Recorded) -> list[Comm
     protocol has one), decided as the recording says, each allowed shape
     once, as the gateway indexes them.
     """
-    from importlib import import_module
-
-    try:
-        module = import_module(f"gatehouse.protocols.{protocol}.indexed")
-    except ImportError:
+    module = _reader(protocol)
+    if module is None:
         return []
     by_seq = {r.seq: r for r in recorded.records}
     decisions = recorded.decisions()

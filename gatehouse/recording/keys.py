@@ -270,7 +270,8 @@ MAX_KEY_FILE_BYTES = 1 << 20
 _open_file = os.open
 _unlink = os.unlink
 
-_FIELD = re.compile(rb'"(certificate|private_key)"\s*:\s*"([A-Za-z0-9+/=]+)"')
+# base64 values, also as JSON encoders that escape '/' write them
+_FIELD = re.compile(rb'"(certificate|private_key)"\s*:\s*"((?:[A-Za-z0-9+/=]|\\/)+)"')
 
 
 @attrs.frozen
@@ -329,11 +330,16 @@ class KeyScan:
         return [c for c in self.copies if c.key.certificate.not_after <= wall_ns]
 
 
-def find_key_material(data: bytes, where: str) -> tuple[list[EpochKey], bool]:
+def find_key_material(
+    data: bytes, where: str, known: Sequence[Certificate] = ()
+) -> tuple[list[EpochKey], bool]:
     """
     The epoch keys held in C{data}: a whole key file, or failing that every
     pair of C{certificate} and matching C{private_key} fields found inside
-    other content (an editor's swap file, a concatenation of key files).
+    other content (an editor's swap file, a concatenation of key files),
+    and every C{private_key} field matching one of the C{known}
+    certificates (a certificate is public: the private half alone is the
+    key).
 
     @return: the keys and whether C{data} is a whole key file.
     @raise KeyFileError: when C{data} holds no (matching) key.
@@ -345,7 +351,7 @@ def find_key_material(data: bytes, where: str) -> tuple[list[EpochKey], bool]:
     certs, privates = [], []
     for m in _FIELD.finditer(data):
         try:
-            raw = base64.b64decode(m.group(2))
+            raw = base64.b64decode(m.group(2).replace(b"\\/", b"/"))
             if m.group(1) == b"certificate":
                 certs.append(Certificate.from_bytes(raw))
             else:
@@ -355,7 +361,7 @@ def find_key_material(data: bytes, where: str) -> tuple[list[EpochKey], bool]:
     found = {}
     for private in privates:
         public = raw_public(private)
-        for cert in certs:
+        for cert in [*certs, *known]:
             if cert.public_key == public:
                 found.setdefault(cert.key_id, EpochKey(cert, private))
     if not found:
@@ -367,24 +373,31 @@ def _identity(st: os.stat_result) -> tuple[int, int, int]:
     return (st.st_dev, st.st_ino, st.st_ctime_ns)
 
 
-def _erase(copy: KeyCopy) -> None:
+def _erase(copy: KeyCopy, zeroed: dict[tuple[int, int], int]) -> None:
     """
     Overwrite a file holding key material with zeros, sync it, and unlink
     it; refuse (OSError) when the file at that path is no longer the one
-    that was read, or is not a regular file.
+    that was read, or is not a regular file.  C{zeroed} maps the inodes
+    this run overwrote to their change time since: another name of one
+    (a hard link) is only unlinked.
     """
     fd = _open_file(copy.path, os.O_RDWR | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, "not a regular file", copy.path)
-        if copy.identity is not None and _identity(st) != copy.identity:
+        inode = (st.st_dev, st.st_ino)
+        if zeroed.get(inode) == st.st_ctime_ns:
+            pass  # this run zeroed it under another name, and nothing since
+        elif copy.identity is not None and _identity(st) != copy.identity:
             raise OSError(errno.ESTALE, "replaced since it was read", copy.path)
-        os.write(fd, b"\x00" * st.st_size)
-        os.fsync(fd)
+        else:
+            os.write(fd, b"\x00" * st.st_size)
+            os.fsync(fd)
+        _unlink(copy.path)
+        zeroed[inode] = os.fstat(fd).st_ctime_ns
     finally:
         os.close(fd)
-    _unlink(copy.path)
 
 
 @attrs.frozen
@@ -410,9 +423,10 @@ def erase_copies(copies: Iterable[KeyCopy], directory: str) -> Erasure:
     already gone counts as erased.
     """
     erased, failed = [], []
+    zeroed: dict[tuple[int, int], int] = {}
     for copy in copies:
         try:
-            _erase(copy)
+            _erase(copy, zeroed)
         except FileNotFoundError:
             erased.append(copy.path)
         except OSError as e:
@@ -451,26 +465,44 @@ class KeyDirectory:
             return KeyScan(
                 problems=(f"{self.path}: cannot list signing keys: {e.strerror}",)
             )
-        copies, problems, unknown = [], [], []
+        copies: list[KeyCopy] = []
+        problems, unknown = [], []
         for name in names:
-            full = os.path.join(self.path, name)
-            named = name.endswith(EPOCH_KEY_SUFFIX)
-            try:
-                copies.extend(self._read(full))
-            except FileNotFoundError:
-                continue  # gone since it was listed
-            except OSError as e:
-                (problems if named else unknown).append(
-                    f"{full}: cannot read: {e.strerror or e}"
-                )
-            except KeyFileError as e:
-                (problems if named else unknown).append(str(e))
-            except Exception as e:  # one odd file must not stop the others
-                (problems if named else unknown).append(f"{full}: unusable: {e!r}")
+            self._scan_one(name, copies, problems, unknown)
+        if copies and (problems or unknown):
+            # Files with a private key alone, of a key found elsewhere.
+            known = [c.key.certificate for c in copies]
+            problems, unknown = [], []
+            for name in names:
+                if not any(os.path.basename(c.path) == name for c in copies):
+                    self._scan_one(name, copies, problems, unknown, known)
         return KeyScan(tuple(copies), tuple(problems), tuple(unknown))
 
+    def _scan_one(
+        self,
+        name: str,
+        copies: list[KeyCopy],
+        problems: list[str],
+        unknown: list[str],
+        known: Sequence[Certificate] = (),
+    ) -> None:
+        full = os.path.join(self.path, name)
+        named = name.endswith(EPOCH_KEY_SUFFIX)
+        try:
+            copies.extend(self._read(full, known))
+        except FileNotFoundError:
+            return  # gone since it was listed
+        except OSError as e:
+            (problems if named else unknown).append(
+                f"{full}: cannot read: {e.strerror or e}"
+            )
+        except KeyFileError as e:
+            (problems if named else unknown).append(str(e))
+        except Exception as e:  # one odd file must not stop the others
+            (problems if named else unknown).append(f"{full}: unusable: {e!r}")
+
     @staticmethod
-    def _read(full: str) -> list[KeyCopy]:
+    def _read(full: str, known: Sequence[Certificate] = ()) -> list[KeyCopy]:
         st = os.lstat(full)
         if stat.S_ISLNK(st.st_mode):
             raise KeyFileError(
@@ -483,11 +515,16 @@ class KeyDirectory:
             raise KeyFileError(f"{full}: not a regular file; ignored")
         if st.st_size > MAX_KEY_FILE_BYTES:
             raise KeyFileError(f"{full}: too large to be a key file; not read")
-        fd = _open_file(full, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        # O_NONBLOCK: a file swapped for a FIFO since the lstat must not
+        # block the open (nor the read); it is refused below.
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+        fd = _open_file(full, flags | getattr(os, "O_CLOEXEC", 0))
         with os.fdopen(fd, "rb") as f:
             st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise KeyFileError(f"{full}: not a regular file; ignored")
             data = f.read(MAX_KEY_FILE_BYTES + 1)
-        found, whole = find_key_material(data, full)
+        found, whole = find_key_material(data, full, known)
         return [KeyCopy(full, key, whole, _identity(st)) for key in found]
 
     def load(self) -> tuple[list[EpochKey], list[str]]:

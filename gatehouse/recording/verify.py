@@ -411,10 +411,15 @@ def _apply_limits(
         if s.header is None or s.has(ALTERED, BAD_KEY):
             continue
         sealed = s.statement.wall_seal if s.matches else None
-        if sealed is not None and now_ns is not None and sealed > now_ns + max_skew:
+        # An unsealed segment 0 still has a signed time: its start, which
+        # the delegation signs (a crash's leftover must not hide a key used
+        # before its time or after a revocation as "incomplete").
+        started = s.header.wall_start if s.delegation is not None else None
+        when, verb = (sealed, "sealed") if sealed is not None else (started, "started")
+        if when is not None and now_ns is not None and when > now_ns + max_skew:
             s.add(
                 BAD_KEY,
-                f"sealed in the future: at {_when(sealed)}, later than this "
+                f"{verb} in the future: at {_when(when)}, later than this "
                 f"verifier's clock ({_when(now_ns)}) plus {_seconds(max_skew)} s",
             )
             continue
@@ -431,10 +436,10 @@ def _apply_limits(
                     f"{_when(cert.not_before)}) is revoked by {rev.describe()}",
                 )
                 break
-            if sealed is not None and sealed >= rev.revoked_from:
+            if when is not None and when >= rev.revoked_from:
                 s.add(
                     BAD_KEY,
-                    f"sealed at {_when(sealed)}, not before {rev.describe()}",
+                    f"{verb} at {_when(when)}, not before {rev.describe()}",
                 )
                 break
 
