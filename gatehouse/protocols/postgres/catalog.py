@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from twisted.internet.defer import Deferred, inlineCallbacks, returnValue
+from twisted.internet.defer import Deferred, inlineCallbacks
 
 from gatehouse.protocols.postgres import codec
 from gatehouse.protocols.postgres.config import PostgresTargetOptions
@@ -153,7 +153,7 @@ class Catalog:
         tables: dict[bytes | None, list[str]] = {}
         for row in rows:
             tables.setdefault(row[0], []).append(self._learn(row))
-        returnValue(list(tables.values()))
+        return list(tables.values())
 
     @inlineCallbacks
     def _query(self, sql: str, oids: list[int]) -> Deferred:
@@ -175,7 +175,7 @@ class Catalog:
             self._known_oids[oid] = now
         for row in rows:
             self._learn(row)
-        returnValue(rows)
+        return rows
 
     def _learn(self, row: tuple[bytes | None, ...]) -> str:
         oid, schema, table, attnum, name = (v.decode() if v else "" for v in row)

@@ -808,7 +808,9 @@ class PostgresServerProtocol(Protocol):
             self._refuse_unrecordable(problem)
             return
         if self._direct_tls:
-            alpn = self.transport.getHandle().get_alpn_proto_negotiated()
+            # The TLS layer startTLS put between the socket and this
+            # protocol says what ALPN agreed (INegotiated).
+            alpn = self.transport.protocol.negotiatedProtocol
             if alpn != b"postgresql":
                 self._fatal(
                     "08P01",

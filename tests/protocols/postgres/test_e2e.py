@@ -344,6 +344,42 @@ class DirectTLSTests(GatewayTestCase):
         ]
         self.assertIn({"event": "tls", "negotiation": "direct"}, events)
 
+    def test_direct_tls_needs_alpn_postgresql(self) -> None:
+        """
+        Direct TLS must agree ALPN "postgresql", as PostgreSQL 17 requires:
+        a client offering only another protocol fails the handshake; one
+        offering none gets 08P01 at its startup message.  The TLS port is
+        not a cross-protocol target.
+        """
+        from gatehouse.protocols.postgres import codec
+
+        def connect(offered: list[str] | None) -> ssl.SSLSocket:
+            ctx = ssl.create_default_context(cafile=self.gateway.ca_cert)
+            if offered is not None:
+                ctx.set_alpn_protocols(offered)
+            raw = socket.create_connection(("127.0.0.1", self.gateway.port), 10)
+            try:
+                return ctx.wrap_socket(raw, server_hostname="localhost")
+            except BaseException:
+                raw.close()
+                raise
+
+        self.assertRaises(ssl.SSLError, connect, ["http/1.1"])
+        startup = codec.StartupMessage({"user": "alice", "database": "app"}).encode()
+        with connect(None) as sock:
+            self.assertIsNone(sock.selected_alpn_protocol())
+            sock.settimeout(10)
+            sock.sendall(startup)
+            answer = b""
+            try:
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            except (ConnectionResetError, ssl.SSLError, TimeoutError):
+                pass
+        self.assertEqual(answer[:1], b"E", answer)
+        self.assertIn(b"C08P01", answer)
+        self.assertIn(b'ALPN protocol "postgresql"', answer)
+
 
 class DriverTests(GatewayTestCase):
     """psycopg 3 and asyncpg: prepared statements and pipelining."""
