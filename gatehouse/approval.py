@@ -266,13 +266,25 @@ class ApprovalBroker:
         approve_options: Sequence[str] | None = None,
     ) -> None:
         self._clock = clock
-        self._notifiers = tuple(notifiers)
-        self._adminURL = admin_url
-        self._approveOptions = approve_options
+        self.reconfigure(notifiers, admin_url, approve_options)
         self._pending: dict[str, _Entry] = {}
         self._recent: deque[ApprovalRequest] = deque(maxlen=recent_limit)
         self._observers: list[Observer] = []
 
+
+    def reconfigure(
+        self,
+        notifiers: Sequence[IApprovalNotifier],
+        admin_url: str | None,
+        approve_options: Sequence[str] | None = None,
+    ) -> None:
+        """
+        Use these notifiers and approval instructions for requests from now
+        on (a configuration reload); pending requests keep their state.
+        """
+        self._notifiers = tuple(notifiers)
+        self._adminURL = admin_url
+        self._approveOptions = approve_options
     def request(
         self,
         session_id: str,

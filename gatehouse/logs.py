@@ -378,9 +378,3 @@ def quiet_agent_pool(reactor: Any, persistent: bool = False) -> Any:
     pool = HTTPConnectionPool(reactor, persistent=persistent)
     pool._factory = _QuietHTTP11ClientFactory
     return pool
-
-
-def quiet(factory: Any) -> Any:
-    """Turn off C{factory}'s start/stop log lines; return it."""
-    factory.noisy = False
-    return factory

@@ -567,11 +567,12 @@ class GatewayService(MultiService):
             hub.metrics.targets = frozenset(t.name for t in new.targets)
         broker = hub.broker
         if broker is not None:
-            # The broker has no setter for these; it reads them per request.
             options = approve_options(new)
-            broker._notifiers = tuple(_notifiers(new.approval, self._reactor, options))
-            broker._adminURL = new.approval.admin_url if new.approval else None
-            broker._approveOptions = options
+            broker.reconfigure(
+                _notifiers(new.approval, self._reactor, options),
+                new.approval.admin_url if new.approval else None,
+                options,
+            )
         hub.token_expiry_exempt = frozenset(
             t.name for t in new.targets if not t.end_session_at_token_expiry
         )

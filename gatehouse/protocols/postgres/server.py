@@ -429,9 +429,6 @@ class PostgresServerProtocol(Protocol):
     #: statements longer than this (characters) are classified in a
     #: thread, the client's input held meanwhile (8 KiB parse in ~3 ms)
     INLINE_CLASSIFY_LIMIT = 8 * 1024
-    #: seconds a client refused before login gets to read why, counted
-    #: from the authentication timeout
-    PREAUTH_CLOSE_GRACE = 1.0
 
     def __init__(self, factory: PostgresServerFactory):
         self._factory = factory
@@ -533,8 +530,9 @@ class PostgresServerProtocol(Protocol):
         """
         The client did not log in in time (the total from accept; bytes
         trickled in do not extend it): tell it if it reads, then close
-        after a short grace.  A client already refused that has not let
-        go of its connection is cut off now.
+        (cut off after L{CLOSE_TIMEOUT}, as after every FATAL).  A client
+        already refused that has not let go of its connection is cut off
+        now.
         """
         self._login_timer = None
         if self._closing:
@@ -548,16 +546,13 @@ class PostgresServerProtocol(Protocol):
             f"authentication timeout: not logged in within {timeout:g} s",
             "authentication timeout",
         )
-        self._login_timer = self._factory.reactor.callLater(
-            self.PREAUTH_CLOSE_GRACE, self.transport.abortConnection
-        )
 
     def _evicted(self) -> None:
         """
         The listener's pre-auth cap is full and this connection, the oldest
         of the address holding most, gave its place to a client from a
-        lighter address: refuse it (53300) and cut it off after a short
-        grace, as at the login timeout.
+        lighter address: refuse it (53300); it is cut off after
+        L{CLOSE_TIMEOUT}, as every FATAL is.
         """
         if self._closing or not self._open_session():
             self.transport.abortConnection()
@@ -567,11 +562,6 @@ class PostgresServerProtocol(Protocol):
             "too many connections",
             "too many connections: evicted for a client from another address"
             " (the listener holds its maximum of unauthenticated connections)",
-        )
-        if self._login_timer is not None and self._login_timer.active():
-            self._login_timer.cancel()
-        self._login_timer = self._factory.reactor.callLater(
-            self.PREAUTH_CLOSE_GRACE, self.transport.abortConnection
         )
 
     def _release_limits(self) -> None:
