@@ -212,10 +212,16 @@ class LogFile:
     def __init__(self, path: str | None = None, stream: IO[str] | None = None):
         self.path = os.path.abspath(path) if path is not None else None
         self._lock = threading.Lock()
-        self._stream = stream if path is None else self._open()
+        if self.path is not None:
+            self._stream = self._open(self.path)
+        elif stream is not None:
+            self._stream = stream
+        else:
+            raise TypeError("LogFile needs a path or a stream")
 
-    def _open(self) -> IO[str]:
-        return open(self.path, "a", encoding="utf-8", errors="replace")
+    @staticmethod
+    def _open(path: str) -> IO[str]:
+        return open(path, "a", encoding="utf-8", errors="replace")
 
     def write(self, text: str) -> None:
         """Write C{text} (whole lines) and flush it."""
@@ -234,7 +240,7 @@ class LogFile:
             return False
         with self._lock:
             try:
-                fresh = self._open()
+                fresh = self._open(self.path)
             except OSError as e:
                 problem = e
             else:

@@ -210,7 +210,8 @@ class GatewayMetrics:
         #: cannot add a series per name it makes up
         self.targets: frozenset[str] | None = None
         self._decision_children: dict[tuple[str, str, str, str], Any] = {}
-        self._pending: set[str] = set()
+        # Request ids, read off whatever request object the broker passes.
+        self._pending: set[object] = set()
 
     def _move(self, key: tuple[str, str], delta: int) -> None:
         self._open[key] += delta

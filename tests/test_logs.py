@@ -263,6 +263,13 @@ class LogFileTests(SynchronousTestCase):
         self.assertFalse(output.reopen())
         self.assertEqual(stream.getvalue(), "x\n")
 
+    def test_nowhere(self) -> None:
+        """
+        Neither a path nor a stream is refused when the output is made, not
+        at the first line logged.
+        """
+        self.assertRaises(TypeError, logs.LogFile)
+
 
 class TwistdTests(SynchronousTestCase):
     """

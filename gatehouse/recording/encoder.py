@@ -219,8 +219,9 @@ class SessionEncoder:
         wall_start: int,
         seal_interval: int,
         mono_start: int = 0,
-    ):
-        self._signer = Ed25519PrivateKey.generate()
+    ) -> None:
+        # None once the final seal took the last key: nothing signs after.
+        self._signer: Ed25519PrivateKey | None = Ed25519PrivateKey.generate()
         session_key = raw_public(self._signer)
         delegation = Delegation(
             epoch_key.certificate,
@@ -330,7 +331,8 @@ class SessionEncoder:
         """
         if self._count:
             raise RuntimeError("take_block() before seal()")
-        if self.closed:
+        signer = self._signer
+        if self.closed or signer is None:
             raise RuntimeError("session recording is closed")
         header = self.header
         mono = self._mono = max(mono, self._mono)
@@ -350,10 +352,10 @@ class SessionEncoder:
             prev_link=header.prev_link,
             digest=self._chain,
             blocks_digest=ZERO_LINK,
-            signer=raw_public(self._signer),
+            signer=raw_public(signer),
             next_signer=raw_public(next_signer) if next_signer else ZERO_LINK,
         )
-        signer, self._signer = self._signer, next_signer
+        self._signer = next_signer
         next_header = None
         if final:
             self.closed = True

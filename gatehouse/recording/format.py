@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from enum import IntEnum
+from typing import Any
 
 import attrs
 import zstandard
@@ -102,7 +103,7 @@ class _Reader:
         self.offset = end
         return bytes(chunk)
 
-    def unpack(self, st: struct.Struct) -> tuple:
+    def unpack(self, st: struct.Struct) -> tuple[Any, ...]:
         return st.unpack(self.take(st.size))
 
     def str16(self) -> str:
@@ -246,12 +247,17 @@ class SegmentHeader:
         if magic != MAGIC:
             raise FormatError("not a gatehouse segment (bad magic)")
         body = _Reader(r.take(body_len), 0, "segment header")
-        fixed = body.unpack(_HEADER_FIXED)
+        sid, index, first_seq, wall, mono, interval, prev = body.unpack(
+            _HEADER_FIXED
+        )
         gateway_id = body.str16()
         (dlen,) = body.unpack(_U16)
         delegation = body.take(dlen)
         body.done()
-        return cls(*fixed, gateway_id, delegation), r.offset
+        header = cls(
+            sid, index, first_seq, wall, mono, interval, prev, gateway_id, delegation
+        )
+        return header, r.offset
 
 
 @attrs.frozen
@@ -349,7 +355,9 @@ def parse_seal(data: bytes, offset: int) -> tuple[bytes, bytes, int]:
     return statement, signature, r.offset
 
 
-def add_block_to_digest(digest: object, block_header: bytes, data: bytes) -> None:
+def add_block_to_digest(
+    digest: hashlib._Hash, block_header: bytes, data: bytes
+) -> None:
     """
     Extend a segment's running C{blocks_digest} (a hashlib object) over one
     block: its header, and its data when compressed.  A stored block's data
@@ -519,7 +527,11 @@ class BlockHeader:
         return cls(codec, count, raw_len, stored_len, chain)
 
 
-def decode_block(header: BlockHeader, data: bytes, decompressor=None) -> bytes:
+def decode_block(
+    header: BlockHeader,
+    data: bytes,
+    decompressor: zstandard.ZstdDecompressor | None = None,
+) -> bytes:
     """
     The concatenated records of a block from its stored C{data}.
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 
 import attrs
+from twisted.internet.interfaces import IPushProducer
 from zope.interface import Attribute, Interface
 
 #: How the reason starts when a recording ended because its disk is full.
@@ -83,14 +84,14 @@ class ISessionRecording(Interface):
             if the recording fails; it never fires otherwise.
         """
 
-    def registerProducer(producer: object) -> None:
+    def registerProducer(producer: IPushProducer) -> None:
         """
-        Pause C{producer} (an IPushProducer, typically the client's
+        Pause C{producer} (typically the client's
         transport) while records are waiting to be written, so memory stays
         bounded when the disk is slower than the network.
         """
 
-    def unregisterProducer(producer: object) -> None:
+    def unregisterProducer(producer: IPushProducer) -> None:
         """Stop pausing C{producer}."""
 
 

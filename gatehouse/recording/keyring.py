@@ -12,6 +12,9 @@ new sessions: recording fails closed.
 
 from __future__ import annotations
 
+from collections.abc import Generator
+from typing import Any
+
 import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -189,7 +192,7 @@ class KeyRing(Service):
         )
 
     @inlineCallbacks
-    def _window_ended(self, deadline: int) -> Deferred:
+    def _window_ended(self, deadline: int) -> Generator[Deferred[Any], Any, None]:
         """
         Erase, off the reactor, every copy known of the keys whose window
         ends at C{deadline}; then re-read the directory for any others.
@@ -246,7 +249,7 @@ class KeyRing(Service):
         return covered_until(self._keys, self._now())
 
     @inlineCallbacks
-    def refresh(self, at: int | None = None) -> Deferred:
+    def refresh(self, at: int | None = None) -> Generator[Deferred[Any], Any, None]:
         """
         Re-read the directory and erase expired key material, off the
         reactor; set the erasure timer again from what was read.
@@ -276,4 +279,4 @@ class KeyRing(Service):
         if self._erasure is not None and self._erasure.active():
             self._erasure.cancel()
         self._erasure = None
-        return super().stopService()
+        super().stopService()

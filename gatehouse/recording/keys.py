@@ -188,6 +188,8 @@ class EpochKey:
 
     def to_json(self) -> bytes:
         """The on-disk form of an epoch key file."""
+        if self.private is None:
+            raise KeyFileError("epoch key has no private half")
         private = self.private.private_bytes(
             serialization.Encoding.Raw,
             serialization.PrivateFormat.Raw,
@@ -358,7 +360,7 @@ def find_key_material(
                 privates.append(Ed25519PrivateKey.from_private_bytes(raw))
         except (ValueError, FormatError):
             continue
-    found = {}
+    found: dict[bytes, EpochKey] = {}
     for private in privates:
         public = raw_public(private)
         for cert in [*certs, *known]:
@@ -466,7 +468,8 @@ class KeyDirectory:
                 problems=(f"{self.path}: cannot list signing keys: {e.strerror}",)
             )
         copies: list[KeyCopy] = []
-        problems, unknown = [], []
+        problems: list[str] = []
+        unknown: list[str] = []
         for name in names:
             self._scan_one(name, copies, problems, unknown)
         if copies and (problems or unknown):

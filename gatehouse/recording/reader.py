@@ -189,7 +189,7 @@ class SegmentScanner:
     def __enter__(self) -> SegmentScanner:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     @property

@@ -18,12 +18,20 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
+from io import FileIO
+from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IPushProducer,
+    IReactorFromThreads,
+    IReactorTime,
+)
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from gatehouse.recording.encoder import (
@@ -70,7 +78,9 @@ CLOSE_RESERVE = LAST_WORDS + (
 )
 
 #: An executor runs a callable somewhere (a thread) and returns a Deferred.
-Executor = Callable[..., Deferred]
+Executor = Callable[..., Deferred[Any]]
+
+_T = TypeVar("_T")
 
 
 def synchronous_executor(fn: Callable, *args: object) -> Deferred:
@@ -78,7 +88,7 @@ def synchronous_executor(fn: Callable, *args: object) -> Deferred:
     return maybeDeferred(fn, *args)
 
 
-def thread_executor(reactor: object, pool: object) -> Executor:
+def thread_executor(reactor: IReactorFromThreads, pool: ThreadPool) -> Executor:
     """An executor on a Twisted thread pool."""
 
     def run(fn: Callable, *args: object) -> Deferred:
@@ -124,15 +134,15 @@ class _SegmentFiles:
     def __init__(self, directory: str, capacity: int | None = None):
         self.directory = directory
         self.capacity = capacity
-        self._file = None
+        self._file: FileIO | None = None
         #: prepared files by segment index: (file, temporary path)
-        self._next: dict[int, tuple[object, str]] = {}
+        self._next: dict[int, tuple[FileIO, str]] = {}
         self._prev_link: bytes | None = None
         self._stored = hashlib.sha256()
         self._broken: str | None = None
 
-    def _write(self, data: bytes, f=None) -> None:
-        f = f or self._file
+    def _write(self, data: bytes) -> None:
+        f, _ = self._segment()
         view = memoryview(data)
         while view:
             written = f.write(view)
@@ -146,7 +156,13 @@ class _SegmentFiles:
         if self._broken is not None:
             raise RecordingFailed(f"an earlier write failed: {self._broken}")
 
-    def _guarded(self, fn, *args):
+    def _segment(self) -> tuple[FileIO, bytes]:
+        """The open segment's file and the link it binds to its predecessor."""
+        if self._file is None or self._prev_link is None:
+            raise RecordingFailed("no segment file is open")
+        return self._file, self._prev_link
+
+    def _guarded(self, fn: Callable[..., _T], *args: object) -> _T:
         self._check()
         try:
             return fn(*args)
@@ -154,25 +170,25 @@ class _SegmentFiles:
             self._broken = str(e) or type(e).__name__
             raise
 
-    def _reserve(self, f) -> None:
+    def _reserve(self, f: FileIO) -> None:
         if self.capacity is not None:
             os.posix_fallocate(f.fileno(), 0, self.capacity)
 
     def open(self, header: SegmentHeader) -> int | None:
         """Open segment 0; return a duplicate of its descriptor (see L{grow})."""
         self._guarded(self._open, header)
-        return self._dup(self._file)
+        return self._dup(self._segment()[0])
 
-    def _dup(self, f) -> int | None:
+    def _dup(self, f: FileIO) -> int | None:
         return os.dup(f.fileno()) if self.capacity is not None else None
 
     def _open(self, header: SegmentHeader) -> None:
         os.makedirs(self.directory, mode=0o750, exist_ok=True)
         path = os.path.join(self.directory, segment_filename(header.segment_index))
         self._file = open(path, "xb", buffering=0)
+        self._prev_link = header.prev_link
         self._write(header.to_bytes())
         self._reserve(self._file)
-        self._prev_link = header.prev_link
         self._stored = hashlib.sha256()
 
     def prepare(self, index: int) -> int | None:
@@ -212,7 +228,7 @@ class _SegmentFiles:
 
     def _write_block(self, block: PendingBlock) -> int:
         header, data = frame_block_parts(block)
-        f = self._file
+        f, _ = self._segment()
         fd = f.fileno()
         start = f.tell()
         # Gathered writes: the header, records and payloads are not copied
@@ -238,8 +254,8 @@ class _SegmentFiles:
         return self._guarded(self._seal, pending)
 
     def _seal(self, pending: PendingSeal) -> SealedSegment:
-        sealed = complete_seal(pending, self._stored.digest(), self._prev_link)
-        f = self._file
+        f, prev_link = self._segment()
+        sealed = complete_seal(pending, self._stored.digest(), prev_link)
         self._write(sealed.seal)
         if self.capacity is not None:
             # Give back the preallocated space the segment did not use.
@@ -254,9 +270,9 @@ class _SegmentFiles:
             index = header.segment_index
             f, path = self._next.pop(index)
             self._file = f
+            self._prev_link = header.prev_link
             self._write(header.to_bytes())
             os.rename(path, os.path.join(self.directory, segment_filename(index)))
-            self._prev_link = header.prev_link
             self._stored = hashlib.sha256()
         # The new file's directory entry must survive a crash too.
         fd = os.open(self.directory, os.O_RDONLY)
@@ -283,11 +299,13 @@ class _SerialJobs:
 
     def __init__(self, executor: Executor):
         self._executor = executor
-        self._queue: deque = deque()
+        self._queue: deque[
+            tuple[Callable[..., object], tuple[object, ...], Deferred[Any]]
+        ] = deque()
         self._running = False
 
     def submit(self, fn: Callable, *args: object) -> Deferred:
-        d = Deferred()
+        d: Deferred[Any] = Deferred()
         self._queue.append((fn, args, d))
         if not self._running:
             self._next()
@@ -353,7 +371,7 @@ class SegmentRecording:
         self._failure_reason: str | None = None
         self._failure_waiters: list[Deferred] = []
         self._closing = False
-        self._producers: list = []
+        self._producers: list[IPushProducer] = []
         self._paused = False
         self._backlogged = False
         #: waiters for a seal that waits for the next segment's file
@@ -361,7 +379,7 @@ class SegmentRecording:
         self._preparing = False
         self._next_ready = False
         self._queued = 0
-        self._flush_call = None
+        self._flush_call: IDelayedCall | None = None
         self._mono0 = self._monotonic()
         # The wall time the epoch key was chosen for: read again, it could
         # lie past the end of the key's window.
@@ -384,7 +402,7 @@ class SegmentRecording:
         self._jobs.submit(self._files.open, self._encoder.header).addCallbacks(
             self._opened, self._fail, callbackArgs=(0,)
         ).addErrback(_ignore)
-        self._heartbeat = self._clock.callLater(
+        self._heartbeat: IDelayedCall | None = self._clock.callLater(
             recorder.seal_interval, self._on_heartbeat
         )
         self.record(RecordType.META, 0, 0, json.dumps(meta, sort_keys=True).encode())
@@ -567,7 +585,7 @@ class SegmentRecording:
         headroom), with the producers paused past C{segment_max_bytes}.
         Fires with the seal's L{SealInfo}.
         """
-        d = Deferred()
+        d: Deferred[Any] = Deferred()
         if self._rotation is not None:
             self._rotation.append(d)
             return d
@@ -741,19 +759,19 @@ class SegmentRecording:
             return succeed(self._failure_reason)
         if self.exhausted:
             return succeed(self.exhausted)
-        d = Deferred()
+        d: Deferred[Any] = Deferred()
         self._failure_waiters.append(d)
         return d
 
     # -- backpressure ------------------------------------------------------
 
-    def registerProducer(self, producer: object) -> None:
+    def registerProducer(self, producer: IPushProducer) -> None:
         """See L{ISessionRecording.registerProducer}."""
         self._producers.append(producer)
         if self._paused:
             producer.pauseProducing()
 
-    def unregisterProducer(self, producer: object) -> None:
+    def unregisterProducer(self, producer: IPushProducer) -> None:
         """See L{ISessionRecording.unregisterProducer}."""
         if producer in self._producers:
             self._producers.remove(producer)
@@ -785,7 +803,7 @@ def _ignore(failure: Failure) -> None:
 
 
 def _failed(reason: str | None) -> Deferred:
-    d = Deferred()
+    d: Deferred[Any] = Deferred()
     d.errback(RecordingFailed(reason))
     return d
 

@@ -186,10 +186,10 @@ class _Segment:
         self.end = SegmentEnd(CUT)
         self.records = 0
         self.blocks = 0
+        #: The seal's statement, once its signature verified under the key
+        #: it names.
         self.statement: SealStatement | None = None
         self.link: bytes | None = None
-        #: The seal's signature verifies under the key its statement names.
-        self.genuine = False
         #: The seal's statement agrees with the header and the records.
         self.matches = False
         self.delegation: Delegation | None = None
@@ -205,6 +205,11 @@ class _Segment:
 
     def has(self, *problems: str) -> bool:
         return any(f.problem in problems for f in self.findings)
+
+    @property
+    def genuine(self) -> bool:
+        """The seal's signature verifies under the key its statement names."""
+        return self.statement is not None
 
     def intact(self) -> bool:
         return self.header is not None and not self.has(ALTERED)
@@ -265,7 +270,7 @@ def _examine(
         elif header.delegation:
             seg.add(ALTERED, "carries a delegation, which only segment 0 may")
         if end.seal is not None:
-            _check_seal(seg, header, scanner)
+            _check_seal(seg, header, scanner, end.seal)
     return seg
 
 
@@ -319,9 +324,14 @@ def _check_origin(seg: _Segment, header: SegmentHeader, anchors: TrustAnchors) -
         seg.delegation = delegation
 
 
-def _check_seal(seg: _Segment, header: SegmentHeader, scanner: SegmentScanner) -> None:
+def _check_seal(
+    seg: _Segment,
+    header: SegmentHeader,
+    scanner: SegmentScanner,
+    seal: tuple[bytes, bytes],
+) -> None:
     """Step 4: the seal against the header and records, and its signature."""
-    statement_bytes, signature = seg.end.seal
+    statement_bytes, signature = seal
     try:
         st = SealStatement.from_bytes(statement_bytes)
     except FormatError as e:
@@ -332,7 +342,6 @@ def _check_seal(seg: _Segment, header: SegmentHeader, scanner: SegmentScanner) -
         return
     seg.statement = st
     seg.link = link_of(statement_bytes)
-    seg.genuine = True
     wrong = [
         name
         for name, stated, actual in (
@@ -410,7 +419,8 @@ def _apply_limits(
     for s in segs:
         if s.header is None or s.has(ALTERED, BAD_KEY):
             continue
-        sealed = s.statement.wall_seal if s.matches else None
+        st = s.statement
+        sealed = st.wall_seal if s.matches and st is not None else None
         # An unsealed segment 0 still has a signed time: its start, which
         # the delegation signs (a crash's leftover must not hide a key used
         # before its time or after a revocation as "incomplete").
@@ -551,16 +561,16 @@ class _Verification:
 
     def _place(self) -> None:
         """Put each file at the position its header claims (reordered files)."""
-        moved = []
+        moved: list[tuple[_Segment, int]] = []
         for s in self.segs:
-            if s.intact() and not s.has(FOREIGN) and s.header.segment_index != s.index:
-                moved.append(s)
+            claim = s.header.segment_index if s.header is not None else s.index
+            if s.intact() and not s.has(FOREIGN) and claim != s.index:
+                moved.append((s, claim))
             else:
                 self.slots[s.index] = s
-        by_name = {s.index: s for s in moved}
-        for s in moved:
-            claim = s.header.segment_index
-            other = by_name.get(claim)
+        by_name = {s.index: (s, claim) for s, claim in moved}
+        for s, claim in moved:
+            other, other_claim = by_name.get(claim, (None, None))
             if claim in self.slots:
                 s.add(
                     REORDERED,
@@ -568,7 +578,7 @@ class _Verification:
                 )
                 continue
             self.slots[claim] = s
-            if other is not None and other.header.segment_index == s.index:
+            if other is not None and other_claim == s.index:
                 if s.index < claim:
                     s.add(
                         REORDERED,
@@ -625,7 +635,7 @@ class _Verification:
             p = self.slots.get(k - 1)
             if k == 0 or p is None or s.findings or s.header is None:
                 continue
-            if not p.trusted_seal():
+            if not p.trusted_seal() or p.statement is None:
                 continue
             h, pst = s.header, p.statement
             if h.prev_link != p.link:
@@ -646,7 +656,7 @@ class _Verification:
                 )
             elif h.wall_start != pst.wall_seal or h.mono_start != pst.mono_seal:
                 s.add(ALTERED, f"does not start when {p.name} was sealed")
-            elif s.genuine and s.statement.signer != pst.next_signer:
+            elif s.statement is not None and s.statement.signer != pst.next_signer:
                 s.add(
                     BAD_KEY,
                     f"sealed by key {_short(s.statement.signer)}, but {p.name} "
@@ -669,7 +679,7 @@ class _Verification:
                 s.add(TRUNCATED, s.describe_end())
             elif not s.findings:
                 unsealed = ""
-                if s.records:
+                if s.records and s.header is not None:
                     records = _records(s.header.first_seq, s.records)
                     unsealed = f"; {records} intact but unsealed"
                 s.add(
