@@ -148,7 +148,7 @@ def _check_config(args: argparse.Namespace) -> int:
         # Which upstream account each group logs in as, where that differs
         # by group (PostgreSQL targets with credentials per group).
         describe = getattr(target.options, "describe_logins", None)
-        if describe is not None and getattr(target.options, "credentials", ()):
+        if describe is not None and getattr(target.options, "credentials", None):
             print(f"target {target.name}: " + "; ".join(describe()))
     return 0
 

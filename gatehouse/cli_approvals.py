@@ -33,12 +33,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 from gatehouse._duration import format_duration
 from gatehouse.cli import CommandError, Handler
-from gatehouse.recording.render import TerminalSafe
+from gatehouse.recording.render import TerminalSafe, TextOutput
 
 __all__ = ["DEFAULT_URL", "approve_options", "configure"]
 
@@ -307,7 +307,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dump(answer: object, out: TextIO) -> int:
+def _dump(answer: object, out: TextOutput) -> int:
     json.dump(answer, out, indent=1)
     out.write("\n")
     return 0
@@ -361,18 +361,19 @@ def _statement(approval: dict[str, Any]) -> str:
 
 
 def _table(
-    approvals: Sequence[dict[str, Any]], now: float, states: bool, out: TextIO
+    approvals: Sequence[dict[str, Any]], now: float, states: bool, out: TextOutput
 ) -> None:
     if not approvals:
         out.write("no approval requests\n" if states else "no pending approvals\n")
         return
+    header: tuple[str, ...]
     header = ("ID", "AGE", "EXPIRES IN", "REQUESTER", "TARGET", "STATEMENT", "VOTES")
     if states:
         header = (*header[:3], "STATE", *header[3:])
-    rows = [header]
+    rows: list[tuple[str, ...]] = [header]
     for a in approvals:
         expires = _span(a["expires"] - now) if a["state"] == "pending" else "-"
-        row = (
+        row: tuple[str, ...] = (
             a["id"],
             _span(now - a["created"]),
             expires,
@@ -390,7 +391,7 @@ def _table(
         out.write("  ".join(cells).rstrip() + "\n")
 
 
-def _show(a: dict[str, Any], now: float, out: TextIO) -> None:
+def _show(a: dict[str, Any], now: float, out: TextOutput) -> None:
     requester = a["requester"]
     groups = ", ".join(requester.get("groups") or []) or "-"
     created = f"{_utc(a['created'])} ({_span(now - a['created'])} ago)"

@@ -403,14 +403,14 @@ def _issuer_key(directory: Path) -> Any:
     issuer_dir = directory / "issuer"
     issuer_dir.mkdir(mode=0o700, exist_ok=True)
     key_path = issuer_dir / "signing.key"
-    key = None
+    key: ec.EllipticCurvePrivateKey | None = None
     if key_path.exists():
         try:
-            key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+            loaded = serialization.load_pem_private_key(key_path.read_bytes(), None)
         except ValueError:
-            key = None
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            key = None
+            loaded = None
+        if isinstance(loaded, ec.EllipticCurvePrivateKey):
+            key = loaded
     if key is None:
         key = ec.generate_private_key(ec.SECP256R1())
         _write_private(

@@ -10,6 +10,7 @@ once at start.
 from __future__ import annotations
 
 import resource
+from collections.abc import Callable
 
 import attrs
 from twisted.logger import Logger
@@ -109,7 +110,7 @@ class Admission:
         self._address = address
         self._preauth = True
         self._released = False
-        self.on_evict = None
+        self.on_evict: Callable[[], None] | None = None
 
     @property
     def address(self) -> str:

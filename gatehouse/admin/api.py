@@ -27,13 +27,15 @@ from __future__ import annotations
 
 import io
 import json
+import typing
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import IService, Service
 from twisted.internet import ssl
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, fail, maybeDeferred
-from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.interfaces import IListeningPort, IReactorTime, ITCPTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
@@ -51,7 +53,6 @@ from gatehouse.identity import (
     CLIENT_MESSAGE,
     AuthenticationError,
     Identity,
-    TokenVerifier,
 )
 from gatehouse.limits import ConnectionCaps, ConnectionLimits
 from gatehouse.logs import emit, summary
@@ -256,18 +257,20 @@ class _AdminRequest(Request):
     """
 
     bodyTooLarge = False
+    #: the body so far; also C{content}, where Twisted reads it
+    _body: io.BytesIO
 
     def gotLength(self, length: int | None) -> None:
-        self.content = io.BytesIO()
+        self.content = self._body = io.BytesIO()
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.bodyTooLarge:
             return
-        if self.content.tell() + len(data) > MAX_BODY:
+        if self._body.tell() + len(data) > MAX_BODY:
             self.bodyTooLarge = True
-            self.content = io.BytesIO()
+            self.content = self._body = io.BytesIO()
             return
-        self.content.write(data)
+        self._body.write(data)
 
 
 class _Exchange:
@@ -290,7 +293,7 @@ class _Exchange:
         self._finish(body)
 
     def fail(self, failure: Failure) -> None:
-        if failure.check(_Problem):
+        if isinstance(failure.value, _Problem):
             problem = failure.value
         else:
             _log.failure(
@@ -348,7 +351,7 @@ class _JSONResource(Resource):
 
     def render(self, request: Request) -> bytes:
         try:
-            if any(request.postpath):
+            if any(request.postpath or ()):
                 raise _Problem(404, "not-found", "no such resource")
             return self.answer(request)
         except _Problem as problem:
@@ -463,8 +466,10 @@ class _API(Resource):
             )
 
         def rejected(failure: Failure) -> Failure:
-            failure.trap(AuthenticationError)
-            kind = getattr(failure.value, "kind", "other")
+            error = failure.value
+            if not isinstance(error, AuthenticationError):
+                return failure
+            kind = getattr(error, "kind", "other")
             emit(
                 "auth.failure",
                 "Admin API: rejected the token from {client_address}: {detail}",
@@ -473,7 +478,7 @@ class _API(Resource):
                 protocol="admin",
                 client_address=where,
                 reason=kind,
-                detail=summary(failure.value.reason),
+                detail=summary(error.reason),
             )
             if self._admin.metrics is not None:
                 self._admin.metrics.auth_failure(kind)
@@ -494,7 +499,7 @@ class _API(Resource):
                 f"groups {', '.join(sorted(self._admin.groups))})",
             )
         try:
-            path = [segment.decode("utf-8") for segment in request.postpath]
+            path = [segment.decode("utf-8") for segment in request.postpath or ()]
         except UnicodeDecodeError:
             raise _Problem(404, "not-found", "no such resource")
         if path and path[-1] == "":
@@ -646,9 +651,21 @@ class _Root(Resource):
         return self._notFound.render(request)
 
 
+class TokenVerifying(typing.Protocol):
+    """
+    What the admin API asks of the verifier of callers' tokens: a
+    L{gatehouse.identity.TokenVerifier}, or the one a reload swaps underneath
+    (L{gatehouse.service.SwappableVerifier}).
+    """
+
+    def verify(self, token: str | bytes) -> Deferred[Identity]:
+        """The identity C{token} proves; fails with L{AuthenticationError}."""
+        ...
+
+
 def make_admin_site(
     broker: ApprovalBroker | None,
-    verifier: TokenVerifier,
+    verifier: TokenVerifying,
     metrics: GatewayMetrics | None,
     sessions: ISessionDirectory,
     clock: IReactorTime,
@@ -660,8 +677,8 @@ def make_admin_site(
 
     @param broker: the L{gatehouse.approval.ApprovalBroker}, or None when
         the gateway has none (no approvals are ever listed).
-    @param verifier: the L{gatehouse.identity.TokenVerifier} for callers'
-        bearer tokens.
+    @param verifier: verifies callers' bearer tokens (a
+        L{gatehouse.identity.TokenVerifier}).
     @param metrics: the L{gatehouse.metrics.GatewayMetrics} served at
         C{/metrics}, or None.
     @param sessions: where sessions are found.
@@ -687,6 +704,9 @@ def make_admin_site(
 class _Refused(Protocol):
     """A connection over the admin API's caps: closed at once."""
 
+    # The admin API listens on TCP, with or without TLS.
+    transport: ITCPTransport
+
     def connectionMade(self) -> None:
         self.transport.abortConnection()
 
@@ -696,6 +716,9 @@ class _CappedSite(Site):
     A L{Site} that holds at most L{ADMIN_CAPS} connections: Twisted's idle
     timeout alone never ends a request whose bytes come one at a time.
     """
+
+    #: what the resources share; a reload updates its groups
+    admin: _Admin
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
@@ -756,6 +779,8 @@ class AdminService(Service):
         if self.port is None:
             return None
         host = self.port.getHost()
+        if not isinstance(host, IPv4Address | IPv6Address):
+            return None
         address = f"[{host.host}]" if ":" in host.host else host.host
         scheme = "http" if self._tls is None else "https"
         return f"{scheme}://{address}:{host.port}"
@@ -777,7 +802,7 @@ class AdminService(Service):
         port, self.port = self.port, None
         if port is None:
             return None
-        return maybeDeferred(port.stopListening)
+        return port.stopListening()
 
 
 def make_admin_service(admin_config: AdminConfig, site: Site, reactor: Any) -> IService:

@@ -266,6 +266,7 @@ def _session_table(rows: list[SessionRow], out: TextIO) -> None:
     if not rows:
         out.write("no matching sessions\n")
         return
+    header: tuple[str, ...]
     header = ("ID", "STARTED (UTC)", "DURATION", "SUBJECT", "NAME", "TARGET")
     header += ("ROLE", "PROTOCOL", "SEGMENTS", "STATUS")
     table = [header]

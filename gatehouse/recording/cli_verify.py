@@ -279,25 +279,25 @@ class _Config:
     def recording(self, what: str) -> Any:
         if self.path is None:
             raise _UsageError(f"give {what}, or --config FILE")
-        return self._load().recording
+        return self._load(self.path).recording
 
     def revocations(self) -> tuple[str, ...]:
         """The configured recording.revocations (none without a configuration)."""
         if self.path is None:
             return ()
-        recording = self._load().recording
+        recording = self._load(self.path).recording
         return recording.revocations if recording is not None else ()
 
     def gateway_id(self) -> str | None:
         """The configured gateway.id, or None without a configuration."""
-        return None if self.path is None else self._load().gateway.id
+        return None if self.path is None else self._load(self.path).gateway.id
 
-    def _load(self) -> Any:
+    def _load(self, path: str) -> Any:
         if self._config is None:
             from gatehouse.config import ConfigError, load_config
 
             try:
-                self._config = load_config(self.path, create_directories=False)
+                self._config = load_config(path, create_directories=False)
             except ConfigError as e:
                 raise _UsageError("\n".join(e.lines()))
         return self._config
@@ -388,7 +388,7 @@ def _facts(
 ):
     """What the index knows about the session; None when it is not known."""
     explicit = index is not None
-    if not explicit:
+    if index is None:
         if config.path is None:
             return None
         index = config.recording("--index FILE").index

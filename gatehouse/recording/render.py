@@ -23,7 +23,7 @@ import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from importlib import import_module
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from gatehouse.recording.format import Direction, Record, RecordType
 
@@ -31,6 +31,7 @@ __all__ = [
     "FULL_HINT",
     "Renderer",
     "TerminalSafe",
+    "TextOutput",
     "direction_label",
     "export_jsonl",
     "format_offset",
@@ -45,8 +46,24 @@ __all__ = [
     "unregister_renderer",
 ]
 
+
+class TextOutput(Protocol):
+    """
+    What renderers write to: a text stream (L{TextIO}) or the
+    L{TerminalSafe} that L{render} puts in front of one.
+    """
+
+    def write(self, text: str, /) -> int:
+        """Write C{text}; return the number of characters written."""
+        ...
+
+    def flush(self) -> None:
+        """Flush what was written."""
+        ...
+
+
 #: A renderer writes a whole session (its records, META first) to C{out}.
-Renderer = Callable[[Iterable[Record], TextIO], None]
+Renderer = Callable[[Iterable[Record], TextOutput], None]
 
 NS = 1_000_000_000
 #: Payloads longer than this are cut short in hex dumps.
@@ -172,7 +189,7 @@ class TerminalSafe:
     backstop.
     """
 
-    def __init__(self, out: TextIO):
+    def __init__(self, out: TextOutput):
         self._out = out
 
     def write(self, text: str) -> int:
@@ -290,7 +307,9 @@ def hex_dump(payload: bytes, limit: int = HEX_LIMIT) -> list[str]:
     return lines
 
 
-def render_record(record: Record, out: TextIO, hex_limit: int = HEX_LIMIT) -> None:
+def render_record(
+    record: Record, out: TextOutput, hex_limit: int = HEX_LIMIT
+) -> None:
     """
     Write one record the generic way: a heading line, then its payload.
 
@@ -323,7 +342,7 @@ def render_record(record: Record, out: TextIO, hex_limit: int = HEX_LIMIT) -> No
         out.write("    " + line + "\n")
 
 
-def render_generic(records: Iterable[Record], out: TextIO) -> None:
+def render_generic(records: Iterable[Record], out: TextOutput) -> None:
     """Write every record of a session, the generic way."""
     for record in records:
         render_record(record, out)
