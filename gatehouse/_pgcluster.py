@@ -235,7 +235,8 @@ def free_port(host: str = LOOPBACK) -> int:
     """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def clean_env(**extra: str) -> dict[str, str]:

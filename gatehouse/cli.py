@@ -65,7 +65,8 @@ class Subcommand:
         Import the subcommand and let it set up C{parser}.
         """
         module, _, function = self.target.partition(":")
-        return getattr(import_module(module), function)(parser)
+        handler: Handler = getattr(import_module(module), function)(parser)
+        return handler
 
 
 SUBCOMMANDS: tuple[Subcommand, ...] = (

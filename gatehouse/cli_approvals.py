@@ -232,8 +232,9 @@ def _server_message(error: urllib.error.HTTPError, url: str) -> str:
         value = json.loads(error.read(65536))
     except (ValueError, OSError, http.client.HTTPException):
         value = None
-    if isinstance(value, dict) and isinstance(value.get("message"), str):
-        return value["message"]
+    message = value.get("message") if isinstance(value, dict) else None
+    if isinstance(message, str):
+        return message
     return (
         f"{url} answered HTTP {error.code} {error.reason} "
         "(is it a gatehouse admin API?)"

@@ -199,8 +199,9 @@ def _argument(request: Request, name: str) -> str | None:
     values = (request.args or {}).get(name.encode("ascii"))
     if not values:
         return None
+    first: bytes = values[0]
     try:
-        return values[0].decode("utf-8")
+        return first.decode("utf-8")
     except UnicodeDecodeError:
         raise _Problem(400, "bad-request", f"{name} is not UTF-8")
 
@@ -318,9 +319,9 @@ class _Admin:
 
     def __init__(
         self,
-        broker: Any,
-        verifier: Any,
-        metrics: Any,
+        broker: ApprovalBroker | None,
+        verifier: TokenVerifying,
+        metrics: GatewayMetrics | None,
         sessions: ISessionDirectory,
         clock: IReactorTime,
         groups: frozenset[str] = frozenset({"*"}),

@@ -165,7 +165,8 @@ def _signer_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    return args.keys_run(args)
+    status: int = args.keys_run(args)
+    return status
 
 
 # --- argument types ---------------------------------------------------------

@@ -19,9 +19,17 @@ import os
 import sys
 import time
 import uuid
-from typing import Any, TextIO
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TextIO
 
 from gatehouse.cli import Handler
+
+if TYPE_CHECKING:
+    # Imported where used: `gatehouse verify --help` stays quick.
+    from gatehouse.config import GatehouseConfig, RecordingConfig
+    from gatehouse.recording.index import IndexFacts
+    from gatehouse.recording.keys import Revocation, TrustAnchors
+    from gatehouse.recording.verify import VerifyReport
 
 __all__ = ["add_arguments", "configure", "run"]
 
@@ -168,7 +176,7 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
     return _show(report, args, out)
 
 
-def _show(report, args: argparse.Namespace, out: TextIO) -> int:
+def _show(report: VerifyReport, args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         out.write(json.dumps(report.as_dict(), indent=2) + "\n")
     else:
@@ -192,7 +200,9 @@ def _index_path(index: str | None, config: _Config) -> str | None:
     return config.recording("--index FILE").index
 
 
-def _compare_with_index(report, anchors, index: str | None, config: _Config):
+def _compare_with_index(
+    report: VerifyReport, anchors: TrustAnchors, index: str | None, config: _Config
+) -> VerifyReport:
     """
     C{report} with an C{index-mismatch} finding for each of the identity
     and target facts on which the index row and the recording (its
@@ -233,7 +243,9 @@ class _NoRecording(Exception):
         self.root = root
 
 
-def _vanished(gone: _NoRecording, args, config: _Config, out: TextIO) -> int:
+def _vanished(
+    gone: _NoRecording, args: argparse.Namespace, config: _Config, out: TextIO
+) -> int:
     """
     Exit 1 with a C{missing} finding when the index knows the session (its
     recording existed and is gone); a usage error (2) when nothing does.
@@ -274,9 +286,9 @@ class _Config:
 
     def __init__(self, path: str | None):
         self.path = path
-        self._config: Any = None
+        self._config: GatehouseConfig | None = None
 
-    def recording(self, what: str) -> Any:
+    def recording(self, what: str) -> RecordingConfig:
         if self.path is None:
             raise _UsageError(f"give {what}, or --config FILE")
         return self._load(self.path).recording
@@ -285,14 +297,13 @@ class _Config:
         """The configured recording.revocations (none without a configuration)."""
         if self.path is None:
             return ()
-        recording = self._load(self.path).recording
-        return recording.revocations if recording is not None else ()
+        return self._load(self.path).recording.revocations
 
     def gateway_id(self) -> str | None:
         """The configured gateway.id, or None without a configuration."""
         return None if self.path is None else self._load(self.path).gateway.id
 
-    def _load(self, path: str) -> Any:
+    def _load(self, path: str) -> GatehouseConfig:
         if self._config is None:
             from gatehouse.config import ConfigError, load_config
 
@@ -334,7 +345,7 @@ def _locate(
     return directory, session_id
 
 
-def _anchors(root_keys: list[str], config: _Config):
+def _anchors(root_keys: list[str], config: _Config) -> TrustAnchors:
     from gatehouse.recording.keys import KeyFileError, TrustAnchors
 
     paths = root_keys or config.recording("--root-key PEM").root_public_keys
@@ -346,7 +357,7 @@ def _anchors(root_keys: list[str], config: _Config):
         raise _UsageError(str(e))
 
 
-def _revocations(anchors, paths: list[str]):
+def _revocations(anchors: TrustAnchors, paths: list[str]) -> list[Revocation]:
     from gatehouse.recording.keys import KeyFileError, load_revocations
 
     try:
@@ -360,7 +371,8 @@ def _pinned_gateway(args: argparse.Namespace, config: _Config) -> str | None:
     if args.any_gateway:
         return None
     if args.gateway_id is not None:
-        return args.gateway_id
+        given: str = args.gateway_id
+        return given
     return config.gateway_id()
 
 
@@ -385,7 +397,7 @@ def _session_id_of(directory: str) -> uuid.UUID | None:
 
 def _facts(
     index: str | None, config: _Config, directory: str, session_id: uuid.UUID | None
-):
+) -> IndexFacts | None:
     """What the index knows about the session; None when it is not known."""
     explicit = index is not None
     if index is None:
@@ -410,7 +422,7 @@ def _facts(
         return None
 
 
-def _summary(report) -> str:
+def _summary(report: VerifyReport) -> str:
     who = f"session {report.session_id}" if report.session_id else report.directory
     counts = (
         f"{report.segments} segment{'s' if report.segments != 1 else ''}, "
@@ -437,7 +449,9 @@ def _summary(report) -> str:
 class _Progress:
     """A one-line progress bar on a terminal, for runs that take a while."""
 
-    def __init__(self, stream: TextIO, clock=time.monotonic):
+    def __init__(
+        self, stream: TextIO, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.stream = stream
         self.clock = clock
         self.started = clock()

@@ -10,6 +10,7 @@ combined, without touching protocol code.
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import attrs
 from twisted.internet.interfaces import IPushProducer
@@ -98,7 +99,7 @@ class ISessionRecording(Interface):
 class IRecorder(Interface):
     """Makes the recording of each session."""
 
-    def open(session_id: uuid.UUID, meta: dict) -> ISessionRecording:
+    def open(session_id: uuid.UUID, meta: dict[str, Any]) -> ISessionRecording:
         """
         Start recording a session.  C{meta} becomes the META record.
 

@@ -16,6 +16,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import attrs
 import zstandard
@@ -415,7 +416,7 @@ def read_records(directory: str) -> Iterator[Record]:
             next_seq = scanner.next_seq
 
 
-def read_meta(directory: str) -> dict | None:
+def read_meta(directory: str) -> dict[str, Any] | None:
     """
     The session metadata: the JSON object of the first META record (the
     first record of the session), or None when there is none.

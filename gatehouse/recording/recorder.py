@@ -83,7 +83,7 @@ Executor = Callable[..., Deferred[Any]]
 _T = TypeVar("_T")
 
 
-def synchronous_executor(fn: Callable, *args: object) -> Deferred:
+def synchronous_executor(fn: Callable[..., object], *args: object) -> Deferred[Any]:
     """Run C{fn} right away on this thread: for in-memory tests."""
     return maybeDeferred(fn, *args)
 
@@ -91,7 +91,7 @@ def synchronous_executor(fn: Callable, *args: object) -> Deferred:
 def thread_executor(reactor: IReactorFromThreads, pool: ThreadPool) -> Executor:
     """An executor on a Twisted thread pool."""
 
-    def run(fn: Callable, *args: object) -> Deferred:
+    def run(fn: Callable[..., object], *args: object) -> Deferred[Any]:
         return deferToThreadPool(reactor, pool, fn, *args)
 
     return run
@@ -304,7 +304,7 @@ class _SerialJobs:
         ] = deque()
         self._running = False
 
-    def submit(self, fn: Callable, *args: object) -> Deferred:
+    def submit(self, fn: Callable[..., object], *args: object) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
         self._queue.append((fn, args, d))
         if not self._running:
@@ -358,7 +358,7 @@ class SegmentRecording:
         recorder: SegmentRecorder,
         session_id: uuid.UUID,
         epoch_key: EpochKey,
-        meta: dict,
+        meta: dict[str, Any],
         wall_start: int | None = None,
     ):
         self._recorder = recorder
@@ -369,13 +369,13 @@ class SegmentRecording:
         self.failed = False
         self.exhausted: str | None = None
         self._failure_reason: str | None = None
-        self._failure_waiters: list[Deferred] = []
+        self._failure_waiters: list[Deferred[Any]] = []
         self._closing = False
         self._producers: list[IPushProducer] = []
         self._paused = False
         self._backlogged = False
         #: waiters for a seal that waits for the next segment's file
-        self._rotation: list[Deferred] | None = None
+        self._rotation: list[Deferred[Any]] | None = None
         self._preparing = False
         self._next_ready = False
         self._queued = 0
@@ -578,7 +578,7 @@ class SegmentRecording:
             prepared, not_prepared
         ).addErrback(_ignore)
 
-    def _rotate(self) -> Deferred:
+    def _rotate(self) -> Deferred[Any]:
         """
         Seal the open segment into the next one's file, once that file is
         ready.  Until it is, records go on into the open segment (its
@@ -612,7 +612,7 @@ class SegmentRecording:
 
         self._seal(final=False).addBoth(done)
 
-    def _seal(self, final: bool) -> Deferred:
+    def _seal(self, final: bool) -> Deferred[Any]:
         self._cut_block()
         if self._heartbeat is not None and self._heartbeat.active():
             self._heartbeat.cancel()
@@ -646,7 +646,7 @@ class SegmentRecording:
         d.addCallbacks(sealed_ok, self._fail)
         return d
 
-    def seal(self) -> Deferred:
+    def seal(self) -> Deferred[Any]:
         """
         See L{ISessionRecording.seal}.  The seal covers at least what was
         recorded before the call: it is made once the next segment's file
@@ -660,7 +660,7 @@ class SegmentRecording:
             return _failed(self.exhausted)
         return self._rotate()
 
-    def close(self, reason: str) -> Deferred:
+    def close(self, reason: str) -> Deferred[Any]:
         """
         See L{ISessionRecording.close}.  An exhausted recording still
         closes cleanly: the close record says why it ended, and the space
@@ -750,7 +750,7 @@ class SegmentRecording:
             self._recorder.failed_recording(self, reason)
         return failure
 
-    def notifyFailure(self) -> Deferred:
+    def notifyFailure(self) -> Deferred[Any]:
         """
         See L{ISessionRecording.notifyFailure}.  Also fires when the
         recording is exhausted: the session must end then too.
@@ -802,7 +802,7 @@ def _ignore(failure: Failure) -> None:
     """Swallow a failure that L{SegmentRecording._fail} has already reported."""
 
 
-def _failed(reason: str | None) -> Deferred:
+def _failed(reason: str | None) -> Deferred[Any]:
     d: Deferred[Any] = Deferred()
     d.errback(RecordingFailed(reason))
     return d
@@ -921,7 +921,7 @@ class SegmentRecorder:
             )
         return None
 
-    def open(self, session_id: uuid.UUID, meta: dict) -> SegmentRecording:
+    def open(self, session_id: uuid.UUID, meta: dict[str, Any]) -> SegmentRecording:
         """
         See L{IRecorder.open}.  Refuses while free space is below the
         reserve: what is left is for the open sessions to finish.

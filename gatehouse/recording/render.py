@@ -147,9 +147,8 @@ def _protocol_of(record: Record) -> str | None:
     if record.type != RecordType.META:
         return None
     meta = _json_payload(record)
-    if isinstance(meta, dict) and isinstance(meta.get("protocol"), str):
-        return meta["protocol"]
-    return None
+    protocol = meta.get("protocol") if isinstance(meta, dict) else None
+    return protocol if isinstance(protocol, str) else None
 
 
 def render(

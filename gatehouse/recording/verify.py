@@ -14,6 +14,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import attrs
 import zstandard
@@ -143,7 +144,7 @@ class VerifyReport:
             return 3
         return 1
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         """A JSON-ready form."""
         return {
             "session_id": self.session_id,
