@@ -306,6 +306,19 @@ class InProcessGatewayTestCase(TestCase):
         return deferToThread(lambda: self.cluster.psql(sql, dbname="app").strip())
 
     @inlineCallbacks
+    def assert_no_backend(self, text: str):
+        """No backend on the cluster runs (or last ran) a query with C{text}."""
+        for _ in range(100):
+            busy = yield self.direct(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE "
+                f"'%{text}%' AND pid <> pg_backend_pid()"
+            )
+            if busy == "0":
+                return
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.fail(f"a backend still holds {text!r}")
+
+    @inlineCallbacks
     def assert_still_serving(self):
         """Another client logs in and gets an answer."""
         client = self.client()
@@ -318,7 +331,7 @@ class InProcessGatewayTestCase(TestCase):
         self.assertEqual(got, [[b"still-here"]])
 
     @inlineCallbacks
-    def session(self, subject: str = "alice"):
+    def session(self, subject: str = "alice", sealed: bool = True):
         """The index row of the first session, once it is closed."""
         index = self.files.path("recordings", "index.sqlite3")
         for _ in range(200):
@@ -332,7 +345,15 @@ class InProcessGatewayTestCase(TestCase):
                 found = []
             if found:
                 found.sort(key=lambda r: r.started)
-                return found[0]
+                row = found[0]
+                if not sealed:
+                    return row
+                # the recording itself ends with the same reason
+                records = list(read_records(row.directory))
+                self.assertEqual(records[-1].type, RecordType.CLOSE)
+                closing = json.loads(records[-1].payload)["reason"]
+                self.assertEqual(closing, row.close_reason)
+                return row
             yield deferLater(reactor, 0.05, lambda: None)
         self.fail("no closed session in the index")
 
@@ -514,6 +535,8 @@ class CatalogFailureTests(InProcessGatewayTestCase):
         self.assertTrue(client.closed)
         [error] = errors(got)
         self.assertEqual((error.severity, error.sqlstate), ("FATAL", "58000"))
+        # the target session is gone with it
+        yield self.assert_no_backend("FROM fc_people")
         self.assertEqual(rows(got), [])
         self.assertNotIn(b"123-45-6789", bytes(client.received))
         yield self.assert_still_serving()
@@ -590,20 +613,17 @@ class RecordingFailureTests(InProcessGatewayTestCase):
         self.assertTrue(client.closed)
         [error] = errors(got)
         self.assertEqual((error.severity, error.sqlstate), ("FATAL", "58030"))
-        for _ in range(100):
-            busy = yield self.direct(
-                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE "
-                "'SELECT pg_sleep(3)%'"
-            )
-            if busy == "0":
-                break
-            yield deferLater(reactor, 0.05, lambda: None)
-        self.assertEqual(busy, "0")
+        yield self.assert_no_backend("SELECT pg_sleep(3)")
         # the statement was stopped, not merely left to finish unseen
         count = yield self.direct("SELECT count(*) FROM fc_rec")
         self.assertEqual(count, "0")
         yield self.assert_still_serving()
-        row = yield self.session()
+        row = yield self.session(sealed=False)
+        report = verify_session(row.directory, self.files.anchors())
+        # What could not be written is a detectable loss, not a silent one:
+        # the segment ends without a seal, and the index says why.
+        self.assertEqual([f.problem for f in report.findings], ["incomplete"])
+        self.assertNotEqual(report.exit_code, 0)
         self.assertIn("recording failed", row.close_reason)
         self.assertIn("injected", row.close_reason)
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
