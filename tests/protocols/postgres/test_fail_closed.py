@@ -95,12 +95,23 @@ class Client:
 
     def login(self, token: str, target: str = "app", after: bytes = b"") -> list:
         """Startup and password (and C{after} in the same packet)."""
+        self._log_in(token, target, after)
+        return self.messages(until=T.READY_FOR_QUERY)
+
+    def refused(self, token: str, target: str, sql: bytes) -> list:
+        """
+        Log in with the Query C{sql} pipelined after the password (it must
+        never run): every message up to the end of the connection.
+        """
+        self._log_in(token, target, codec.encode_message(b"Q", sql + b"\0"))
+        return self.messages()
+
+    def _log_in(self, token: str, target: str, after: bytes) -> None:
         startup = codec.StartupMessage({"user": "alice", "database": target})
         self.send(startup.encode())
         [(kind, _)] = self.messages(until=T.AUTHENTICATION)
         assert kind == T.AUTHENTICATION, kind
         self.send(codec.PasswordMessage(token).encode() + after)
-        return self.messages(until=T.READY_FOR_QUERY)
 
     def query(self, sql: str | bytes) -> list[tuple[int, bytes]]:
         """Send one Query; its answer up to ReadyForQuery (or the close)."""
@@ -706,20 +717,10 @@ class EncodingTests(InProcessGatewayTestCase):
             ]
         )
         client = self.client()
-
-        def talk():
-            startup = codec.StartupMessage({"user": "alice", "database": "sjis"})
-            client.send(startup.encode())
-            client.messages(until=T.AUTHENTICATION)
-            # A statement pipelined after the password must never run.
-            client.send(
-                codec.PasswordMessage(self.files.token()).encode()
-                + codec.encode_message(b"Q", b"SELECT 'pipelined-sjis'\0")
-            )
-            return client.messages()
-
         mark = self.cluster.log_size()
-        got = yield self.in_thread(talk)
+        got = yield self.in_thread(
+            client.refused, self.files.token(), "sjis", b"SELECT 'pipelined-sjis'"
+        )
         [error] = errors(got)
         self.assertEqual((error.severity, error.sqlstate), ("FATAL", "08006"))
         self.assertIn("client_encoding", error.message)
@@ -836,18 +837,9 @@ class UpstreamAuthenticationTests(InProcessGatewayTestCase):
             [self.target("scram", port, user="gw_scram", password_file=password_file)]
         )
         client = self.client()
-
-        def talk():
-            startup = codec.StartupMessage({"user": "alice", "database": "scram"})
-            client.send(startup.encode())
-            client.messages(until=T.AUTHENTICATION)
-            client.send(
-                codec.PasswordMessage(self.files.token()).encode()
-                + codec.encode_message(b"Q", b"DELETE FROM accounts\0")
-            )
-            return client.messages()
-
-        got = yield self.in_thread(talk)
+        got = yield self.in_thread(
+            client.refused, self.files.token(), "scram", b"DELETE FROM accounts"
+        )
         [error] = errors(got)
         self.assertEqual((error.severity, error.sqlstate), ("FATAL", "08006"))
         self.assertNotIn(T.READY_FOR_QUERY, [t for t, _ in got])
@@ -909,18 +901,9 @@ class UpstreamTLSInjectionTests(InProcessGatewayTestCase):
             ]
         )
         client = self.client()
-
-        def talk():
-            startup = codec.StartupMessage({"user": "alice", "database": "tls"})
-            client.send(startup.encode())
-            client.messages(until=T.AUTHENTICATION)
-            client.send(
-                codec.PasswordMessage(self.files.token()).encode()
-                + codec.encode_message(b"Q", b"DELETE FROM accounts\0")
-            )
-            return client.messages()
-
-        got = yield self.in_thread(talk)
+        got = yield self.in_thread(
+            client.refused, self.files.token(), "tls", b"DELETE FROM accounts"
+        )
         [error] = errors(got)
         self.assertEqual((error.severity, error.sqlstate), ("FATAL", "08006"))
         self.assertNotIn(T.READY_FOR_QUERY, [t for t, _ in got])
