@@ -316,6 +316,14 @@ class InProcessGatewayTestCase(TestCase):
         """SQL run directly on the cluster (superuser), in a thread."""
         return deferToThread(lambda: self.cluster.psql(sql, dbname="app").strip())
 
+    def create(self, sql: str, *objects: str):
+        """Run C{sql} directly; drop C{objects} ("TABLE t", ...) after the test."""
+        drops = " ".join(
+            "DROP {} IF EXISTS {};".format(*o.split(" ", 1)) for o in objects
+        )
+        self.addCleanup(self.direct, drops)
+        return self.direct(sql)
+
     @inlineCallbacks
     def assert_no_backend(self, text: str):
         """No backend on the cluster runs (or last ran) a query with C{text}."""
@@ -403,11 +411,13 @@ class CopyRefusalTests(InProcessGatewayTestCase):
         it reaches the target (a function it would call logs nothing), and
         the session goes on.
         """
-        yield self.direct(
+        yield self.create(
             "DROP TABLE IF EXISTS fc_copy_log; CREATE TABLE fc_copy_log (n int);"
             "GRANT ALL ON fc_copy_log TO PUBLIC;"
             "CREATE OR REPLACE FUNCTION fc_copy_note() RETURNS text LANGUAGE sql "
-            "AS 'INSERT INTO fc_copy_log VALUES (1) RETURNING ''" + CARD + "''';"
+            "AS 'INSERT INTO fc_copy_log VALUES (1) RETURNING ''" + CARD + "''';",
+            "FUNCTION fc_copy_note()",
+            "TABLE fc_copy_log",
         )
         yield self.start_gateway()
         mark = self.cluster.log_size()
@@ -472,6 +482,7 @@ class UnmaskableTargetTests(InProcessGatewayTestCase):
         self.assertIn("could not mask this result", error.message)
         self.assertNotIn(CARD_BYTES, bytes(client.received))
         self.assertEqual(target.queries, [b"COPY people (name, ssn) TO STDOUT"])
+        yield self.assert_still_serving()
         yield self.stop_gateway()
         row = yield self.session()
         self.assertEqual(row.close_reason, "result could not be masked")
@@ -521,11 +532,12 @@ class CatalogFailureTests(InProcessGatewayTestCase):
     @inlineCallbacks
     def setUp(self):
         super().setUp()
-        yield self.direct(
+        yield self.create(
             "DROP TABLE IF EXISTS fc_people; "
             "CREATE TABLE fc_people (name text, ssn text); "
             "INSERT INTO fc_people VALUES ('ann', '123-45-6789'); "
-            "GRANT ALL ON fc_people TO PUBLIC;"
+            "GRANT ALL ON fc_people TO PUBLIC;",
+            "TABLE fc_people",
         )
 
         def no_catalog(*args, **kwargs):
@@ -602,9 +614,10 @@ class RecordingFailureTests(InProcessGatewayTestCase):
             return submit
 
         self.patch(gatehouse.service, "thread_executor", failing_executor)
-        yield self.direct(
+        yield self.create(
             "DROP TABLE IF EXISTS fc_rec; CREATE TABLE fc_rec (v text); "
-            "GRANT ALL ON fc_rec TO PUBLIC;"
+            "GRANT ALL ON fc_rec TO PUBLIC;",
+            "TABLE fc_rec",
         )
         yield self.start_gateway()
         client = self.client()
@@ -737,11 +750,13 @@ class EncodingTests(InProcessGatewayTestCase):
         SJIS: the next non-ASCII statement is refused (0A000) and never
         reaches the target; ASCII statements go on.
         """
-        yield self.direct(
+        yield self.create(
             "DROP TABLE IF EXISTS fc_enc; CREATE TABLE fc_enc (v text); "
             "GRANT ALL ON fc_enc TO PUBLIC; "
             "CREATE OR REPLACE FUNCTION fc_to_sjis() RETURNS text LANGUAGE sql "
-            "AS $$SELECT set_config('client_encoding', 'SJIS', false)$$;"
+            "AS $$SELECT set_config('client_encoding', 'SJIS', false)$$;",
+            "FUNCTION fc_to_sjis()",
+            "TABLE fc_enc",
         )
         yield self.start_gateway()
         mark = self.cluster.log_size()
