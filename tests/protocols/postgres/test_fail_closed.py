@@ -35,7 +35,7 @@ from twisted.trial.unittest import TestCase
 import gatehouse.service
 from gatehouse.config import load_config
 from gatehouse.protocols.postgres import catalog as catalog_module
-from gatehouse.protocols.postgres import codec
+from gatehouse.protocols.postgres import codec, commands
 from gatehouse.protocols.postgres.upstream import UpstreamError
 from gatehouse.recording.format import Direction, RecordType
 from gatehouse.recording.index import IndexUnavailable, query_sessions
@@ -702,6 +702,50 @@ class CheckFailureTests(InProcessGatewayTestCase):
         self.assertNotIn(CARD_BYTES, self.to_client(row))
         errors_logged = self.flushLoggedErrors(RuntimeError)
         self.assertEqual(len(errors_logged), 1)
+
+    @inlineCallbacks
+    def test_statement_check_raises(self):
+        """
+        A statement held until the target answered what came before it
+        (non-ASCII text is read only then) whose check raises: it never
+        reaches the target (XX000, the session ends).
+        """
+        armed = [True]
+        real = commands.CommandCache.lookup
+
+        def broken(cache, sql):
+            if armed and "é" in sql:
+                armed.clear()
+                raise RuntimeError("injected classifier bug")
+            return real(cache, sql)
+
+        self.patch(commands.CommandCache, "lookup", broken)
+        yield self.start_gateway()
+        mark = self.cluster.log_size()
+        client = self.client()
+
+        def talk():
+            client.login(self.files.token())
+            # both in one packet: the second waits for the first's answer
+            client.send(
+                codec.Query("SELECT 'first'").encode()
+                + codec.Query("SELECT 'café-second'").encode()
+            )
+            return client.messages()
+
+        got = yield self.in_thread(talk)
+        self.assertEqual(armed, [])
+        self.assertEqual(rows(got), [[b"first"]])
+        [error] = errors(got)
+        self.assertEqual((error.severity, error.sqlstate), ("FATAL", "XX000"))
+        self.assertIn("could not check this statement", error.message)
+        log = self.cluster.server_log(mark)
+        self.assertIn("SELECT 'first'", log)
+        self.assertNotIn("second", log)
+        yield self.assert_still_serving()
+        row = yield self.session()
+        self.assertEqual(row.close_reason, "internal error checking a statement")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
 
 class EncodingTests(InProcessGatewayTestCase):
