@@ -13,7 +13,17 @@ per transaction: steadier than TPS on a shared machine).
 
     python bench/postgres.py [--seconds 10] [--modes simple,extended,prepared]
                              [--clients 1,8] [--scale 10] [--tls] [--upstream-tls]
-                             [--profile] [--profile-dir DIR]
+                             [--compare-source DIR] [--profile] [--profile-dir DIR]
+
+Besides those three, every run has a row for the bare Twisted relay of
+``bench/relay_ceiling.py`` (bytes copied both ways, nothing parsed or
+recorded; TLS, if any, is end to end between pgbench and PostgreSQL), and
+every gatehouse row says its CPU per transaction as a multiple of that
+relay's: the cost of what gatehouse does beyond moving bytes (the goal is
+1.5x).  ``--compare-source DIR`` adds a row "gh-compare": the same daemon
+and configuration run from another source checkout (``DIR/.venv/bin/python``
+if there is one, else this interpreter, with ``PYTHONPATH=DIR``), so
+"before" and "after" a change are rows of one run on one cluster.
 
 Transport, by default the same for all three (apples to apples): no TLS
 between pgbench and direct/pgbouncer/gatehouse (gatehouse's listener has
@@ -56,6 +66,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -81,7 +92,14 @@ from tests.fixtures.postgres import (  # noqa: E402
 )
 from tests.protocols.postgres.harness import Gateway  # noqa: E402
 
-SYSTEMS = ("direct", "pgbouncer", "gatehouse", "gh+policy")
+SYSTEMS = ("direct", "pgbouncer", "relay", "gatehouse", "gh+policy")
+#: "relay": bench/relay_ceiling.py's bare Twisted relay, the floor under
+#: gatehouse's CPU per transaction.
+RELAY = "relay"
+#: "gh-compare": gatehouse from the checkout given by --compare-source.
+COMPARE = "gh-compare"
+#: gatehouse's CPU per transaction at most this multiple of the relay's
+GOAL_RELAY_RATIO = 1.5
 #: "gh+policy": a second gatehouse, the same but with a guardrail set and
 #: masking rules that apply to pgbench's identity.
 POLICY_CONFIG = {
@@ -242,11 +260,17 @@ class Result:
     #: the proxy's (user, system) CPU seconds per wall second (1.0 = one core)
     cpu: tuple[float, float] | None
 
+    def cpu_per_tx(self) -> float | None:
+        """The proxy's CPU microseconds per transaction."""
+        if self.cpu is None or not self.tps:
+            return None
+        return 1e6 * sum(self.cpu) / self.tps
+
     def cpu_text(self) -> str:
         if self.cpu is None:
             return ""
         user, system = self.cpu
-        per_tx = 1e6 * (user + system) / self.tps if self.tps else 0.0
+        per_tx = self.cpu_per_tx() or 0.0
         return (
             f"{100 * (user + system):.0f}% (sys {100 * system:.0f}%) {per_tx:.0f} µs/tx"
         )
@@ -518,10 +542,54 @@ def versions(args: argparse.Namespace) -> list[str]:
         f"{first_line([PostgresCluster.bin('pgbench'), '--version'])}; "
         f"{first_line([pgbouncer_bin(), '--version'])}",
     ]
+    if args.compare_source:
+        found = subprocess.run(
+            ["git", "-C", args.compare_source, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+        )
+        other = found.stdout.strip() if found.returncode == 0 else "(no git)"
+        lines.append(
+            f"gh-compare: gatehouse from {args.compare_source} at {other}, "
+            f"run by {compare_python(args.compare_source)}"
+        )
     if args.profile:
         pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         lines.append(f"profiler: {first_line([pyspy, '--version'])}")
     return lines
+
+
+def compare_python(source: str) -> str:
+    """The interpreter that runs the gatehouse of another checkout."""
+    venv = Path(source) / ".venv" / "bin" / "python"
+    return str(venv) if venv.exists() else sys.executable
+
+
+def start_relay(cluster: PostgresCluster) -> tuple[subprocess.Popen, int]:
+    """bench/relay_ceiling.py's Twisted relay in front of C{cluster}."""
+    import bench.relay_ceiling as ceiling
+
+    port = ceiling.free_port()
+    relay = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "bench" / "relay_ceiling.py"),
+            "--relay",
+            "twisted",
+            str(port),
+            str(cluster.port),
+        ]
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return relay, port
+        except OSError:
+            if relay.poll() is not None or time.monotonic() > deadline:
+                stop_process(relay)
+                raise BenchError(f"the relay did not listen on {port}") from None
+            time.sleep(0.05)
 
 
 def goal(met: bool) -> str:
@@ -539,6 +607,51 @@ def median_runs(results: list[Result]) -> dict[tuple[str, int, str], Result]:
     }
 
 
+def relay_multiple(r: Result, relay: Result | None) -> float | None:
+    """C{r}'s CPU per transaction as a multiple of the bare relay's."""
+    if r.system == RELAY or relay is None:
+        return None
+    mine, floor = r.cpu_per_tx(), relay.cpu_per_tx()
+    if mine is None or not floor:
+        return None
+    return mine / floor
+
+
+def summary(results: list[Result], args: argparse.Namespace) -> str:
+    """
+    Per cell: gatehouse's CPU per transaction as a multiple of the relay's,
+    and of the compared checkout's (the change's cost, < 1: cheaper).
+    """
+    by_key = median_runs(results)
+    rows = []
+    for mode in args.modes:
+        for clients in args.clients:
+            gh = by_key.get((mode, clients, "gatehouse"))
+            relay = by_key.get((mode, clients, RELAY))
+            if gh is None or gh.cpu_per_tx() is None:
+                continue
+            parts = []
+            multiple = relay_multiple(gh, relay)
+            if multiple is not None:
+                parts.append(
+                    f"{gh.cpu_per_tx():.0f} µs/tx = {multiple:.2f} x the bare "
+                    f"Twisted relay ({relay.cpu_per_tx():.0f} µs/tx; goal "
+                    f"{GOAL_RELAY_RATIO} x)"
+                )
+            other = by_key.get((mode, clients, COMPARE))
+            if other is not None and other.cpu_per_tx():
+                before = relay_multiple(other, relay)
+                parts.append(
+                    f"{gh.cpu_per_tx() / other.cpu_per_tx():.2f} x gh-compare "
+                    f"({other.cpu_per_tx():.0f} µs/tx"
+                    + (f" = {before:.2f} x relay" if before is not None else "")
+                    + ")"
+                )
+            if parts:
+                rows.append(f"{mode} {clients} clients: gatehouse " + "; ".join(parts))
+    return "\n".join(rows)
+
+
 def table(results: list[Result], args: argparse.Namespace) -> str:
     by_key = median_runs(results)
     header = (
@@ -551,7 +664,8 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
         for clients in args.clients:
             direct = by_key.get((mode, clients, "direct"))
             bouncer = by_key.get((mode, clients, "pgbouncer"))
-            for system in SYSTEMS:
+            relay = by_key.get((mode, clients, RELAY))
+            for system in args.systems:
                 r = by_key.get((mode, clients, system))
                 if r is None:
                     continue
@@ -588,6 +702,22 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
                             f"{goal(delta < GOAL_ADDED_US)}"
                         )
                     note = "; ".join(notes)
+                multiple = relay_multiple(r, relay)
+                if multiple is not None and system not in ("direct", "pgbouncer"):
+                    note = "; ".join(
+                        n
+                        for n in (
+                            f"CPU/tx {multiple:.2f} x relay"
+                            + (
+                                f" (<= {GOAL_RELAY_RATIO}: "
+                                f"{goal(multiple <= GOAL_RELAY_RATIO)})"
+                                if system == "gatehouse"
+                                else ""
+                            ),
+                            note,
+                        )
+                        if n
+                    )
                 rows.append(
                     f"{mode:<9}{clients:>7} {jobs_for(clients, args.jobs):>3}  "
                     f"{system:<10}{r.tps:>10,.0f}{r.latency_us:>11,.0f}"
@@ -684,6 +814,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="pgbouncer and gatehouse reach PostgreSQL over verify-full TLS",
     )
     parser.add_argument(
+        "--compare-source",
+        metavar="DIR",
+        default=None,
+        help="also run gatehouse from this source checkout (row gh-compare): "
+        "DIR/.venv/bin/python if it exists, with PYTHONPATH=DIR",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="py-spy both gatehouse daemons during an extra run each at the "
@@ -731,6 +868,11 @@ def run(args: argparse.Namespace, workdir: Path, stack: list) -> None:
     bouncer.start()
     log(f"pgbouncer on port {bouncer.port}, pid {bouncer.pid}")
 
+    args.systems = SYSTEMS + ((COMPARE,) if args.compare_source else ())
+    relay, relay_port = start_relay(cluster)
+    stack.append(lambda: stop_process(relay))
+    log(f"bare Twisted relay on port {relay_port}, pid {relay.pid}")
+
     gateway_dir = workdir / "gatehouse"
     gateway = Gateway(
         str(gateway_dir),
@@ -753,6 +895,24 @@ def run(args: argparse.Namespace, workdir: Path, stack: list) -> None:
     policed.start()
     assert policed.process is not None
     log(f"gatehouse with policy and masking on port {policed.port}")
+    compared = None
+    if args.compare_source:
+        compare_dir = workdir / "gatehouse-compare"
+        compared = Gateway(
+            str(compare_dir),
+            cluster,
+            allow_cleartext=not args.tls,
+            extra_targets=[bench_target(compare_dir, cluster, args.upstream_tls)],
+            python=compare_python(args.compare_source),
+            pythonpath=str(Path(args.compare_source).resolve()),
+        )
+        stack.append(compared.stop)
+        compared.start()
+        assert compared.process is not None
+        log(
+            f"gatehouse from {args.compare_source} on port {compared.port}, "
+            f"pid {compared.process.pid}"
+        )
     log(
         f"gatehouse on port {gateway.port}, pid {gateway.process.pid}, "
         f"config {gateway.config_path}, recordings under {gateway.path('recordings')}"
@@ -780,6 +940,16 @@ def run(args: argparse.Namespace, workdir: Path, stack: list) -> None:
             f"{ROLE}'s password",
             bouncer.pid,
         ),
+        RELAY: Endpoint(
+            RELAY,
+            relay_port,
+            ROLE,
+            DATABASE,
+            sslmode,
+            password,
+            f"{ROLE}'s password",
+            relay.pid,
+        ),
         "gatehouse": Endpoint(
             "gatehouse",
             gateway.port,
@@ -801,6 +971,17 @@ def run(args: argparse.Namespace, workdir: Path, stack: list) -> None:
             policed.process.pid,
         ),
     }
+    if compared is not None:
+        endpoints[COMPARE] = Endpoint(
+            COMPARE,
+            compared.port,
+            "alice",
+            BENCH_TARGET,
+            sslmode,
+            lambda: compared.token(lifetime=3600),
+            "a fresh JWT for alice",
+            compared.process.pid,
+        )
 
     log(f"\ninitialising (scale {args.scale}), directly:")
     run_pgbench(endpoints["direct"], ["-i", "-s", str(args.scale), "-q"], 900, "init")
@@ -832,7 +1013,8 @@ def run(args: argparse.Namespace, workdir: Path, stack: list) -> None:
             for round_ in range(args.repeat):
                 # Every other round runs the systems in reverse, so that
                 # none gains from its place (caches, a neighbour's flush).
-                for system in SYSTEMS if round_ % 2 == 0 else SYSTEMS[::-1]:
+                systems = args.systems
+                for system in systems if round_ % 2 == 0 else systems[::-1]:
                     r = measure(endpoints[system], mode, clients, args)
                     results.append(r)
                     cpu = f", proxy CPU {r.cpu_text()}" if r.cpu else ""
@@ -848,6 +1030,9 @@ def run(args: argparse.Namespace, workdir: Path, stack: list) -> None:
         "and per transaction\n"
     )
     log(table(results, args))
+    text = summary(results, args)
+    if text:
+        log("\n" + text)
 
     if args.profile:
         for mode in args.modes:

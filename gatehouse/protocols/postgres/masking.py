@@ -521,8 +521,8 @@ class ResponseMasker:
 
     @ivar masked: values masked so far (the caller may reset it).
     @ivar unmaskable: set when a COPY's rows could not be masked: binary
-        COPY (passed on unchanged), or rows whose columns are not known
-        while column rules apply (withheld: empty CopyData).  The caller
+        COPY, or rows whose columns are not known while column rules apply
+        (withheld, both: empty CopyData).  The caller
         should end the COPY with an error.
     """
 
@@ -1158,8 +1158,12 @@ class ResponseMasker:
         response = codec.CopyOutResponse.decode(body)
         announced, self._announced = self._announced, None
         if response.format != 0:
+            # Binary rows cannot be read for masking: they are withheld
+            # (the server checks COPY statements first; this is a target
+            # that answered otherwise than it was asked).
             self.unmaskable = True
-            self._copy = None
+            count = len(response.column_formats)
+            self._copy = _Copy(None, "\t", count, frozenset(), False, True)
             return
         count = len(response.column_formats)
         masker = self._masker

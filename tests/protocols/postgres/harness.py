@@ -52,6 +52,8 @@ class Gateway:
         admin: bool = False,
         plugin_args: tuple[str, ...] = (),
         listener_options: dict | None = None,
+        python: str | None = None,
+        pythonpath: str | None = None,
     ):
         self.directory = os.path.abspath(directory)
         self.cluster = cluster
@@ -62,6 +64,11 @@ class Gateway:
         #: more options of C{twistd gatehouse} (e.g. C{--log-format json})
         self.plugin_args = tuple(plugin_args)
         self.listener_options = listener_options or {}
+        #: the interpreter that runs the daemon, and a source checkout to
+        #: run it from (PYTHONPATH) instead of this one (bench/postgres.py
+        #: compares two checkouts)
+        self.python = python or sys.executable
+        self.pythonpath = pythonpath
         self.admin_port = free_port() if admin else None
         self.process: subprocess.Popen | None = None
         self.port = free_port()
@@ -198,9 +205,12 @@ class Gateway:
     def start(self, timeout: float = 30.0) -> None:
         """Run the daemon; return once it accepts connections."""
         self.log_path = self.path("twistd.log")
+        env = None
+        if self.pythonpath is not None:
+            env = dict(os.environ, PYTHONPATH=self.pythonpath)
         self.process = subprocess.Popen(
             [
-                sys.executable,
+                self.python,
                 "-c",
                 "from twisted.scripts.twistd import run; run()",
                 "-n",
@@ -214,6 +224,7 @@ class Gateway:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=self.directory,
+            env=env,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -1,28 +1,6 @@
 """
-Replay a recorded PostgreSQL session as a psql-like transcript.
-
-The recording holds the bytes that crossed, in chunks of arbitrary size:
-what the client sent (L{Direction.CLIENT_TO_GATEWAY}) and what it received
-(L{Direction.GATEWAY_TO_CLIENT}), possibly the gateway's own startup with
-the target (the two upstream directions), and the gateway's events.  Each
-direction is reassembled on its own with the sans-IO codec; messages are
-rendered as they complete, so the two directions interleave in record
-order, which is the order in which they crossed.
-
-The transcript shows statements (C{=> SELECT ...}), extended-protocol
-steps (C{=> [prepared stmt "s1"] ...}, C{   bind: $1='42'}), results as
-aligned tables, command tags, errors with their SQLSTATE, notices,
-notifications, COPY summaries, the time each statement took, and the
-gateway's events as C{-- gateway: ...} lines.  Password messages are never
-shown, whatever they hold.
-
-Everything printed is escaped: control characters (a terminal escape
-sequence in a column value, say) are shown as C{\\x1b}, never written out.
-Malformed or truncated streams do not stop the replay: what can be read is
-rendered, and the point where a stream stops making sense is noted.
-
-Importing this module registers L{render_postgres} for protocol
-C{"postgres"} with L{gatehouse.recording.render}.
+The transcript: records in, psql-like lines out (statements, steps of
+the extended protocol, results, errors, the gateway's events).
 """
 
 from __future__ import annotations
@@ -30,11 +8,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
-import struct
-import time
-import unicodedata
-import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any, NamedTuple, TextIO
 
 import attrs
@@ -42,307 +16,35 @@ import attrs
 from gatehouse.protocols.postgres import codec
 from gatehouse.recording.format import Direction, Record, RecordType
 from gatehouse.recording.render import (
-    FULL_HINT,
-    escape_char,
-    full_output,
-    full_replay,
-    register_renderer,
     render_record,
 )
 
-__all__ = ["MAX_ROWS", "render_postgres"]
-
-#: Rows of a result shown before C{… N more rows}.
-MAX_ROWS = 100
-#: Characters of a table cell or parameter shown before cutting it short.
-MAX_VALUE = 200
-#: Characters of a statement's text shown before cutting it short.
-MAX_SQL = 20_000
-#: Lines of COPY data shown.
-COPY_PREVIEW_LINES = 5
-#: Prepared statements and portals remembered (by name) per session.
-MAX_NAMES = 10_000
-#: Client operations awaiting their answer that are kept for timing.
-MAX_PENDING = 10_000
-#: Lines held back until the header (which names the identity) is known.
-MAX_HELD_LINES = 500
-
-_MS = 1_000_000
-# Type OIDs psql right-aligns: int2/4/8, oid, xid, cid, float4/8, money,
-# numeric.
-_NUMERIC_OIDS = frozenset({20, 21, 23, 26, 28, 29, 700, 701, 790, 1700})
-_PASSWORD = codec.FrontendType.PASSWORD
-
-_AUTH_NAMES = {
-    codec.AuthenticationOk: "authentication ok",
-    codec.AuthenticationKerberosV5: "authentication request: Kerberos V5",
-    codec.AuthenticationCleartextPassword: "authentication request: password",
-    codec.AuthenticationMD5Password: "authentication request: MD5 password",
-    codec.AuthenticationGSS: "authentication request: GSSAPI",
-    codec.AuthenticationGSSContinue: "authentication: GSSAPI continues",
-    codec.AuthenticationSSPI: "authentication request: SSPI",
-    codec.AuthenticationSASL: "authentication request: SASL",
-    codec.AuthenticationSASLContinue: "authentication: SASL challenge",
-    codec.AuthenticationSASLFinal: "authentication: SASL outcome",
-}
-
-
-# --- text helpers ---------------------------------------------------------
-
-
-def _clean(text: str, tabs: bool = False) -> str:
-    """
-    C{text} with every non-printable character escaped (tabs too, unless
-    C{tabs}): nothing the recorded peer chose can drive the reader's
-    terminal.
-    """
-    if text.isprintable():
-        return text
-    return "".join(
-        ch if ch.isprintable() or (tabs and ch == "\t") else escape_char(ch)
-        for ch in text
-    )
-
-
-def _shorten(text: str, limit: int) -> str:
-    """C{text}, cut at C{limit} characters (not in a full replay), saying so."""
-    if len(text) <= limit or full_replay():
-        return text
-    return f"{text[:limit]}… ({len(text) - limit:,} more characters; {FULL_HINT})"
-
-
-def _width(text: str) -> int:
-    """Columns C{text} takes on a terminal (wide East Asian characters: 2)."""
-    if text.isascii():
-        return len(text)
-    width = 0
-    for ch in text:
-        if unicodedata.combining(ch):
-            continue
-        width += 2 if unicodedata.east_asian_width(ch) in "WF" else 1
-    return width
-
-
-def _pad(text: str, width: int, align: str) -> str:
-    room = width - _width(text)
-    if room <= 0:
-        return text
-    if align == "right":
-        return " " * room + text
-    if align == "center":
-        left = room // 2
-        return " " * left + text + " " * (room - left)
-    return text + " " * room
-
-
-def _hex(value: bytes, limit: int = MAX_VALUE // 2) -> str:
-    """C{value} as C{\\x…} hex, cut at C{limit} bytes (not in a full replay)."""
-    if len(value) <= limit or full_replay():
-        return "\\x" + value.hex()
-    more = len(value) - limit
-    return f"\\x{value[:limit].hex()}… ({more:,} more bytes; {FULL_HINT})"
-
-
-_TEXT_OIDS = frozenset({18, 19, 25, 1042, 1043})  # char, name, text, bpchar, varchar
-_INT_OIDS = {21: 2, 23: 4, 20: 8}
-
-
-def _binary(oid: int, value: bytes) -> tuple[str, bool] | None:
-    """
-    A binary-format value of a common type as text, and whether it is
-    text-like (to be quoted as a parameter); C{None} if not decoded.
-    """
-    size = len(value)
-    if _INT_OIDS.get(oid) == size:
-        return str(int.from_bytes(value, "big", signed=True)), False
-    if oid == 26 and size == 4:  # oid
-        return str(int.from_bytes(value, "big")), False
-    if oid == 16 and size == 1:  # bool
-        return ("t" if value[0] else "f"), False
-    if oid == 700 and size == 4:
-        return repr(struct.unpack("!f", value)[0]), False
-    if oid == 701 and size == 8:
-        return repr(struct.unpack("!d", value)[0]), False
-    if oid == 2950 and size == 16:
-        return str(uuid.UUID(bytes=value)), False
-    if oid in _TEXT_OIDS:
-        return value.decode("utf-8", "surrogateescape"), True
-    return None
-
-
-def _sql_literal(text: str) -> str:
-    text = _shorten(_clean(text), MAX_VALUE)
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _format_time(ns: int) -> str:
-    """Elapsed time the way psql's C{\\timing} prints it."""
-    ms = ns / _MS
-    out = f"Time: {ms:.3f} ms"
-    if ms >= 1000:
-        seconds = ms / 1000
-        minutes, seconds = divmod(seconds, 60)
-        hours, minutes = divmod(int(minutes), 60)
-        if hours:
-            out += f" ({hours:02d}:{minutes:02d}:{seconds:06.3f})"
-        else:
-            out += f" ({minutes:02d}:{seconds:06.3f})"
-    return out
-
-
-def _format_wall(seconds: object) -> str | None:
-    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
-        return None
-    try:
-        whole = int(seconds)
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(whole))
-    except (OverflowError, ValueError, OSError):
-        return None
-    return f"{stamp}.{int((seconds - whole) * 1000):03d} UTC"
-
-
-def _field(value: object) -> str:
-    """An event field's value, for a C{-- gateway:} line."""
-    if isinstance(value, str):
-        return _clean(value)
-    if isinstance(value, list):
-        return ", ".join(_field(v) for v in value)
-    return _clean(json.dumps(value, ensure_ascii=False, default=str))
-
-
-# --- results --------------------------------------------------------------
-
-
-class _Result:
-    """The rows of one result set, as many as will be shown, and a count."""
-
-    def __init__(self, fields: tuple[codec.FieldDescription, ...] | None):
-        self.fields = fields
-        self.rows: list[list[str]] = []
-        self.count = 0
-        self.malformed = 0
-        self.full = full_replay()
-
-    def add(self, row: codec.DataRow | None, encoding: str) -> None:
-        """Count a row, and keep it if it is to be shown (None: malformed)."""
-        self.count += 1
-        if row is None:
-            self.malformed += 1
-            return
-        if len(self.rows) >= MAX_ROWS and not self.full:
-            return
-        fields = self.fields or ()
-        cells = []
-        for index, value in enumerate(row.values):
-            if value is None:
-                cells.append("")
-                continue
-            if index < len(fields) and fields[index].format == 1:
-                decoded = _binary(fields[index].type_oid, value)
-                if decoded is None:
-                    cells.append(_hex(value))
-                    continue
-                text = decoded[0]
-            else:
-                text = value.decode(encoding, "surrogateescape")
-            cells.append(_shorten(_clean(text), MAX_VALUE))
-        self.rows.append(cells)
-
-    def lines(self) -> list[str]:
-        fields = self.fields
-        columns = max(
-            len(fields) if fields is not None else 0,
-            max((len(r) for r in self.rows), default=0),
-        )
-        names, aligns = [], []
-        for i in range(columns):
-            if fields is not None and i < len(fields):
-                names.append(_clean(fields[i].name))
-                numeric = fields[i].type_oid in _NUMERIC_OIDS
-                aligns.append("right" if numeric else "left")
-            else:
-                names.append("?column?")
-                aligns.append("left")
-        widths = [_width(n) for n in names]
-        for row in self.rows:
-            for i, cell in enumerate(row):
-                widths[i] = max(widths[i], _width(cell))
-        out = []
-        if columns:
-            header = [_pad(n, w, "center") for n, w in zip(names, widths, strict=True)]
-            out.append((" " + " | ".join(header)).rstrip())
-            out.append("-" + "-+-".join("-" * w for w in widths) + "-")
-            for row in self.rows:
-                cells = [
-                    _pad(row[i] if i < len(row) else "", widths[i], aligns[i])
-                    for i in range(columns)
-                ]
-                out.append((" " + " | ".join(cells)).rstrip())
-        else:
-            out.append("--")
-        hidden = self.count - len(self.rows) - self.malformed
-        if hidden > 0:
-            s = "" if hidden == 1 else "s"
-            out.append(f"… {hidden:,} more row{s} ({FULL_HINT})")
-        out.append(f"({self.count} row{'' if self.count == 1 else 's'})")
-        return out
-
-
-class _Copy:
-    """Counts COPY data in one direction and keeps its first lines."""
-
-    def __init__(self, direction: str, binary: bool):
-        self.direction = direction
-        self.binary = binary
-        self.messages = 0
-        self.size = 0
-        self.newlines = 0
-        self.head = bytearray()
-        self.tail = b""
-        self.full = full_replay()
-
-    def add(self, data: bytes) -> None:
-        self.messages += 1
-        self.size += len(data)
-        if self.binary:
-            return
-        self.newlines += data.count(b"\n")
-        self.tail = (self.tail + data)[-4:]
-        if self.full:
-            self.head += data
-        elif self.head.count(b"\n") < COPY_PREVIEW_LINES and len(self.head) < 4096:
-            self.head += data[:4096]
-
-    def lines(self, encoding: str) -> list[str]:
-        rows = self.messages if self.binary else self.newlines
-        if (
-            not self.binary
-            and self.tail[-3:] == b"\\.\n"
-            and self.tail[-4:-3]
-            in (
-                b"",
-                b"\n",
-            )
-        ):
-            rows -= 1  # the old end-of-data marker line
-        form = "binary" if self.binary else "text"
-        out = [
-            f"-- COPY {self.direction} ({rows} row{'' if rows == 1 else 's'} of data,"
-            f" {self.size} byte{'' if self.size == 1 else 's'}, {form})"
-        ]
-        if not self.binary and self.head:
-            text = bytes(self.head).decode(encoding, "surrogateescape")
-            shown = text.split("\n")
-            if shown and shown[-1] == "":
-                shown.pop()
-            preview = len(shown) if self.full else COPY_PREVIEW_LINES
-            for line in shown[:preview]:
-                line = _shorten(line.removesuffix("\r"), MAX_VALUE)
-                out.append("   " + _clean(line, tabs=True))
-            if rows > preview:
-                more = rows - preview
-                out.append(f"   … {more:,} more rows of data ({FULL_HINT})")
-        return out
+from .cells import (
+    _AUTH_NAMES,
+    _PASSWORD,
+    MAX_HELD_LINES,
+    MAX_NAMES,
+    MAX_PENDING,
+    MAX_SQL,
+    MAX_VALUE,
+    _binary,
+    _clean,
+    _field,
+    _format_time,
+    _format_wall,
+    _hex,
+    _shorten,
+    _sql_literal,
+    _width,
+)
+from .results import (
+    _Copy,
+    _Result,
+)
+from .streams import (
+    _ClientStream,
+    _ServerStream,
+)
 
 
 class _Pending:
@@ -402,149 +104,6 @@ class _Named(NamedTuple):
     param_types: tuple[int, ...] = ()
     params: str = ""
     result_formats: tuple[int, ...] = ()
-
-
-# --- stream reassembly ----------------------------------------------------
-
-
-class _ClientStream:
-    """
-    Reassembles what one side sent as a client (the client to the gateway,
-    or the gateway to its target): untyped startup packets, then typed
-    frontend messages.  Calls C{on_startup(event, size)} (C{size}: bytes
-    of a direct TLS ClientHello), C{on_message(type, body)} and
-    C{on_broken(reason)}.
-    """
-
-    def __init__(self, on_startup: Any, on_message: Any, on_broken: Any):
-        self._startup: codec.StartupParser | None = codec.StartupParser()
-        self._reader: codec.FrameReader | None = None
-        self._on_startup = on_startup
-        self._on_message = on_message
-        self._on_broken = on_broken
-        self.ignored = 0
-        self.broken = False
-
-    @property
-    def partial(self) -> int:
-        """Bytes of an incomplete message or packet at the end."""
-        if self.broken:
-            return 0
-        if self._reader is not None:
-            return self._reader.buffered
-        if self._startup is not None:
-            return self._startup.buffered
-        return 0
-
-    def feed(self, data: bytes) -> None:
-        if self.broken:
-            self.ignored += len(data)
-            return
-        if self._reader is not None:
-            _feed_frames(self, self._reader, data)
-            return
-        parser = self._startup
-        if parser is None:  # after a CancelRequest
-            self.fail("bytes after a CancelRequest")
-            self.ignored += len(data)
-            return
-        try:
-            parser.receive_data(data)
-            while (event := parser.next_event()) is not None:
-                if isinstance(event, (codec.SSLRequest, codec.GSSENCRequest)):
-                    # The answer is on the other stream; go on reading
-                    # what the client sent next (in the clear, or what the
-                    # gateway decrypted).
-                    parser.refuse_encryption()
-                    self._on_startup(event, 0)
-                elif isinstance(event, codec.DirectTLS):
-                    # The raw ClientHello was recorded before TLS started;
-                    # the rest of the handshake never reaches the recorder.
-                    self._on_startup(event, len(parser.take_remaining()))
-                elif isinstance(event, codec.StartupMessage):
-                    self._on_startup(event, 0)
-                    rest = parser.take_remaining()
-                    self._startup = None
-                    self._reader = codec.FrameReader.frontend()
-                    if rest:
-                        _feed_frames(self, self._reader, rest)
-                    return
-                else:  # CancelRequest: nothing may follow
-                    self._on_startup(event, 0)
-                    rest = parser.take_remaining()
-                    self._startup = None
-                    if rest:
-                        self.fail("bytes after a CancelRequest")
-                        self.ignored += len(rest)
-                    return
-        except codec.ProtocolViolation as e:
-            self.fail(e.message)
-            self.ignored += parser.buffered
-
-    def fail(self, reason: str) -> None:
-        if not self.broken:
-            self.broken = True
-            self._on_broken(reason)
-
-
-class _ServerStream:
-    """
-    Reassembles what one side sent as a server: typed backend messages,
-    except for the one-byte answer to an SSLRequest or GSSENCRequest.
-    """
-
-    def __init__(self, on_answer: Any, on_message: Any, on_broken: Any):
-        self._reader = codec.FrameReader.backend()
-        self._on_answer = on_answer
-        self._on_message = on_message
-        self._on_broken = on_broken
-        self.awaiting_answer = False
-        self.ignored = 0
-        self.broken = False
-
-    @property
-    def partial(self) -> int:
-        """Bytes of an incomplete message at the end."""
-        return 0 if self.broken else self._reader.buffered
-
-    def feed(self, data: bytes) -> None:
-        if self.broken:
-            self.ignored += len(data)
-            return
-        if self.awaiting_answer and data and not self._reader.buffered:
-            self.awaiting_answer = False
-            if data[:1] in (b"S", b"N"):
-                self._on_answer(data[:1])
-                data = data[1:]
-        if data:
-            _feed_frames(self, self._reader, data)
-
-    def fail(self, reason: str) -> None:
-        if not self.broken:
-            self.broken = True
-            self._on_broken(reason)
-
-
-def _feed_frames(
-    stream: _ClientStream | _ServerStream, reader: codec.FrameReader, data: bytes
-) -> None:
-    try:
-        messages = reader.feed_messages(data)
-    except codec.ProtocolViolation as e:
-        # The messages framed before the bad header are whole: show them.
-        messages = []
-        if reader.framed > reader.consumed:
-            good = reader.take_to(reader.framed)
-            messages = codec.FrameReader().feed_messages(good)
-        for type_, body in messages:
-            stream._on_message(type_, body)
-        stream.fail(e.message)
-        stream.ignored += reader.buffered
-        return
-    for type_, body in messages:
-        stream._on_message(type_, body)
-        if stream.broken:
-            return
 
 
 # --- the transcript -------------------------------------------------------
@@ -1445,25 +1004,3 @@ _SERVER_HANDLERS: dict[type, Any] = {
     codec.BackendKeyData: _Transcript._on_quiet,
     codec.ParameterDescription: _Transcript._on_parameter_description,
 }
-
-
-def render_postgres(
-    records: Iterable[Record], out: TextIO, *, full: bool | None = None
-) -> None:
-    """
-    Write a recorded PostgreSQL session to C{out} as a psql-like
-    transcript (see the module docstring).  A damaged or truncated
-    recording is rendered as far as it can be; only C{out}'s own errors
-    propagate.
-
-    @param full: show every row and value whole; None: as L{render} was
-        asked (L{full_replay}).
-    """
-    with full_output(full_replay() if full is None else full):
-        transcript = _Transcript(out)
-        for record in records:
-            transcript.record(record)
-        transcript.finish()
-
-
-register_renderer("postgres", render_postgres)
