@@ -845,7 +845,7 @@ def load_config(path: str, *, create_directories: bool = True) -> GatehouseConfi
     admin = _parse_admin(admin_section) if admin_section is not None else None
     _check_ports(listeners, admin, problems)
     # Imported here: these modules read sections with this module's tools.
-    from gatehouse import policy_config
+    from gatehouse.policy import config as policy_config
 
     policy = policy_config.parse_policy(root.section("policy"), targets)
     _check_target_groups(targets, target_sections, getattr(policy, "groups", None))

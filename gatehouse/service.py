@@ -20,7 +20,6 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from gatehouse.approval import ApprovalBroker, LogNotifier, WebhookNotifier
 from gatehouse.cli_approvals import approve_options
 from gatehouse.config import (
     ConfigError,
@@ -33,7 +32,8 @@ from gatehouse.config import (
 from gatehouse.identity import TokenVerifier
 from gatehouse.limits import raise_open_file_limit
 from gatehouse.metrics import GatewayMetrics
-from gatehouse.policy_config import ApprovalConfig
+from gatehouse.policy.approval import ApprovalBroker, LogNotifier, WebhookNotifier
+from gatehouse.policy.config import ApprovalConfig
 from gatehouse.protocols import get_protocol
 from gatehouse.recording.index import CRASHED, SessionIndex
 from gatehouse.recording.keyring import KeyRing

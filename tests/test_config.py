@@ -35,7 +35,7 @@ from gatehouse.config import (
 )
 from gatehouse.identity import IssuerConfig
 from gatehouse.policy import Policy
-from gatehouse.policy_config import ApprovalConfig
+from gatehouse.policy.config import ApprovalConfig
 from gatehouse.protocols import (
     IProtocolAdapter,
     get_protocol,

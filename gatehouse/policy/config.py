@@ -19,7 +19,7 @@ from typing import Any
 import attrs
 
 from gatehouse.config import ConfigSection, TargetConfig, _suggest
-from gatehouse.policy import (
+from gatehouse.policy.rules import (
     ACTIONS,
     ERROR,
     FALLBACK_ACTIONS,
@@ -427,7 +427,7 @@ def parse_masking(
     """Read the C{masking} list."""
     if not sections:
         return ()
-    from gatehouse.masking import DETECTORS, MaskingRule, compile_pattern
+    from gatehouse.policy.masking import DETECTORS, MaskingRule, compile_pattern
 
     vocabulary = _Vocabulary(targets, groups)
     scopes = []
