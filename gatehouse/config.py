@@ -13,7 +13,6 @@ they receive a L{ConfigSection} that knows its key path and where problems go.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import json
 import os
@@ -26,6 +25,8 @@ import attrs
 import yaml
 
 from gatehouse._duration import parse_duration, parse_size
+from gatehouse._suggest import suggest as _suggest
+from gatehouse.policy import config as policy_config
 from gatehouse.protocols import get_protocol, protocol_names
 
 if TYPE_CHECKING:
@@ -332,14 +333,6 @@ def _format_size(size: int) -> str:
         if size >= scale and size % scale == 0:
             return f"{size // scale}{unit}"
     return "1 byte" if size == 1 else f"{size} bytes"
-
-
-def _suggest(word: str, choices: Iterable[str]) -> str:
-    """
-    Return C{" (did you mean X?)"} for the closest choice, or C{""}.
-    """
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {close[0]}?)" if close else ""
 
 
 class ConfigSection:
@@ -844,9 +837,6 @@ def load_config(path: str, *, create_directories: bool = True) -> GatehouseConfi
     admin_section = root.section("admin")
     admin = _parse_admin(admin_section) if admin_section is not None else None
     _check_ports(listeners, admin, problems)
-    # Imported here: these modules read sections with this module's tools.
-    from gatehouse.policy import config as policy_config
-
     policy = policy_config.parse_policy(root.section("policy"), targets)
     _check_target_groups(targets, target_sections, getattr(policy, "groups", None))
     masking = policy_config.parse_masking(

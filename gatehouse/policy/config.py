@@ -14,11 +14,11 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from gatehouse.config import ConfigSection, TargetConfig, _suggest
+from gatehouse._suggest import suggest as _suggest
 from gatehouse.policy.rules import (
     ACTIONS,
     ERROR,
@@ -32,6 +32,9 @@ from gatehouse.policy.rules import (
     Scope,
 )
 from gatehouse.protocols import get_protocol, protocol_names
+
+if TYPE_CHECKING:
+    from gatehouse.config import ConfigSection, TargetConfig
 
 __all__ = [
     "ApprovalConfig",
