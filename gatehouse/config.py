@@ -27,7 +27,12 @@ import yaml
 from gatehouse._duration import parse_duration, parse_size
 from gatehouse._suggest import suggest as _suggest
 from gatehouse.policy import config as policy_config
-from gatehouse.protocols import get_protocol, protocol_names
+from gatehouse.protocols import (
+    ListenerOptions,
+    TargetOptions,
+    get_protocol,
+    protocol_names,
+)
 
 if TYPE_CHECKING:
     from gatehouse.identity import IssuerConfig
@@ -156,7 +161,7 @@ class ListenerConfig:
     address: str
     port: int
     tls: TLSConfig | None = None
-    options: object = None
+    options: ListenerOptions | None = None
 
 
 @attrs.frozen
@@ -172,7 +177,7 @@ class TargetConfig:
 
     name: str
     protocol: str
-    options: object = None
+    options: TargetOptions | None = None
     end_session_at_token_expiry: bool = True
 
 
@@ -1317,11 +1322,10 @@ def _parse_listeners(
             tls=tls,
             options=options,
         )
-        # Optional hook: rules that span the listener's own keys and its
-        # options (e.g. "TLS, or cleartext explicitly allowed").
-        check = getattr(adapter, "check_listener", None)
-        if check is not None and options is not None:
-            check(listener, section)
+        # Rules that span the listener's own keys and its options (e.g.
+        # "TLS, or cleartext explicitly allowed").
+        if options is not None:
+            adapter.check_listener(listener, section)
         listeners.append((listener, section))
     return listeners
 
@@ -1362,16 +1366,14 @@ def _check_target_groups(
 ) -> None:
     """
     When C{policy.groups} declares the known groups, report the groups a
-    target's options name that it does not (options that name groups say
-    so with a C{group_problems(known)} method).
+    target's options name that it does not (L{TargetOptions.group_problems}).
     """
     if groups is None:
         return
     for target, section in zip(targets, options_sections, strict=True):
-        check = getattr(target.options, "group_problems", None)
-        if check is None or section is None:
+        if target.options is None or section is None:
             continue
-        for key, message in check(groups):
+        for key, message in target.options.group_problems(groups):
             section.problem(message, key)
 
 
@@ -1452,8 +1454,9 @@ def _check_ports(
 
 def environment_problems(config: GatehouseConfig) -> list[Problem]:
     """
-    Report every C{password_env} (a target's, or one of its C{credentials})
-    that names an environment variable that is not set in this process.
+    Report every environment variable a target's options name that is not
+    set in this process (L{TargetOptions.environment_problems}: a
+    PostgreSQL target's C{password_env}).
 
     Separate from L{load_config}: the answer depends on the process
     environment, so C{gatehouse check-config} and the daemon (start and
@@ -1461,23 +1464,12 @@ def environment_problems(config: GatehouseConfig) -> list[Problem]:
     """
     problems = []
     for n, target in enumerate(config.targets):
-        options = target.options
-        sources = [("", options)]
-        sources += [
-            (f"credentials[{i}].", entry)
-            for i, entry in enumerate(getattr(options, "credentials", ()) or ())
-        ]
-        for prefix, source in sources:
-            name = getattr(source, "password_env", None)
-            if name is not None and not os.environ.get(name):
-                state = "empty" if name in os.environ else "not set"
-                problems.append(
-                    Problem(
-                        config.path,
-                        f"targets[{n}].options.{prefix}password_env",
-                        f"environment variable {name} is {state}",
-                    )
-                )
+        if target.options is None:
+            continue
+        for key, message in target.options.environment_problems():
+            problems.append(
+                Problem(config.path, f"targets[{n}].options.{key}", message)
+            )
     return problems
 
 

@@ -447,11 +447,7 @@ class GatewayService(MultiService):
         core, hub = self.components.core, self.components.hub
         core.draining = True
         for listener, service in self.listeners.values():
-            set_draining = getattr(
-                get_protocol(listener.protocol), "set_draining", None
-            )
-            if set_draining is not None:
-                set_draining(service, True)
+            get_protocol(listener.protocol).set_draining(service, True)
         grace = self.config.gateway.shutdown_grace
         clock = self._reactor
         deadline = clock.seconds() + grace
@@ -543,12 +539,12 @@ class GatewayService(MultiService):
             if running is None or _where(running[0]) != _where(listener):
                 continue
             adapter = get_protocol(listener.protocol)
-            update = getattr(adapter, "update_listener", None)
-            if update is None:
+            targets = tuple(t for t in new.targets if t.protocol == listener.protocol)
+            apply = adapter.update_listener(running[1], listener, targets)
+            if apply is None:
                 restart.append(f"listener {listener.name} (its protocol cannot reload)")
                 continue
-            targets = tuple(t for t in new.targets if t.protocol == listener.protocol)
-            updates.append((listener, update(running[1], listener, targets)))
+            updates.append((listener, apply))
         verifier = _make_verifier(new, self._reactor)
         return _Prepared(tuple(restart), tuple(updates), verifier)
 
@@ -648,10 +644,9 @@ def _restart_needed(old: GatehouseConfig, new: GatehouseConfig) -> list[str]:
                 f"{b.protocol} {b.address}:{b.port}"
             )
         else:
-            # The classifier's worker processes are started with the listener.
-            workers = [getattr(c.options, "classify_workers", None) for c in (a, b)]
-            if workers[0] != workers[1]:
-                lines.append(f"listener {name}: classify_workers")
+            # Options a running listener cannot take on (the protocol says).
+            for key in get_protocol(b.protocol).restart_needed(a, b):
+                lines.append(f"listener {name}: {key}")
     if old.gateway.id != new.gateway.id:
         lines.append(f"gateway.id {old.gateway.id} -> {new.gateway.id}")
     for key in (

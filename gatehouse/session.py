@@ -649,7 +649,11 @@ class SessionHub:
         target = session.target or ""
         session.policy = self.policy.for_session(groups, target, session.protocol)
         session.records_data = self.policy.records(groups, target, session.protocol)
-        rules = [s.rule for s in self.masking if s.applies(groups, target)]
+        rules = [
+            s.rule
+            for s in self.masking
+            if s.applies(groups, target, session.protocol)
+        ]
         if rules:
             from gatehouse.policy.masking import Masker
 
