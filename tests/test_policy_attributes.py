@@ -249,16 +249,18 @@ class PostgresDeclarationTests(SynchronousTestCase):
         self.assertEqual(problems, [])
 
 
-class DeclaringProtocolTests(SynchronousTestCase):
-    """A second protocol, declaring its own attributes."""
+class _WithKube(SynchronousTestCase):
+    """Registers the Kubernetes-like protocol C{kube-test} for each test."""
+
+    targets = (TargetConfig("app", "postgres"), TargetConfig("k8s", "kube-test"))
 
     def setUp(self) -> None:
         register_protocol(_Declaring("kube-test", KUBE))
         self.addCleanup(unregister, "kube-test")
-        self.targets = (
-            TargetConfig("app", "postgres"),
-            TargetConfig("k8s", "kube-test"),
-        )
+
+
+class DeclaringProtocolTests(_WithKube):
+    """A second protocol, declaring its own attributes."""
 
     def test_rules_on_its_attributes(self) -> None:
         policy, problems = load(
@@ -376,16 +378,8 @@ def load_masking(
     return scopes, [f"{p.location}: {p.message}" for p in problems.found]
 
 
-class MaskingProtocolsTests(SynchronousTestCase):
+class MaskingProtocolsTests(_WithKube):
     """Masking scopes limited to protocols."""
-
-    def setUp(self) -> None:
-        register_protocol(_Declaring("kube-test", KUBE))
-        self.addCleanup(unregister, "kube-test")
-        self.targets = (
-            TargetConfig("app", "postgres"),
-            TargetConfig("k8s", "kube-test"),
-        )
 
     def test_default_all(self) -> None:
         (scope,), problems = load_masking(

@@ -260,7 +260,7 @@ class ValueDetectors:
     """
     The built-in detectors and user patterns of one session's rules.
 
-    @ivar active: whether there is anything to look for.
+    @ivar scans_values: whether there is anything to look for.
     @ivar has_patterns: whether there are user patterns (which no
         pre-check can rule out).
     """
@@ -277,7 +277,7 @@ class ValueDetectors:
         self._iban = "iban" in detectors
         self._patterns = tuple(patterns)
         self._quick = (self._card, self._email, self._iban) != (False,) * 3
-        self.active = bool(detectors or self._patterns)
+        self.scans_values = bool(detectors or self._patterns)
         self.has_patterns = bool(self._patterns)
 
     def might_match(self, raw: bytes) -> bool:

@@ -95,9 +95,11 @@ def _globs(globs: Sequence[str]) -> re.Pattern[str] | None:
     return re.compile("|".join(fnmatch.translate(g) for g in globs), re.IGNORECASE)
 
 
-class Masker:
+class Masker(ValueDetectors):
     """
-    The masking rules of one session, compiled.
+    The masking rules of one session, compiled: the value detectors
+    (L{ValueDetectors}: L{might_match}, L{candidates}, L{mask}) and the
+    structural rules (L{column_masked}, L{mask_json_keys}).
 
     @ivar active: whether there is any rule at all.
     @ivar scans_values: whether values must be scanned (a detector or a
@@ -134,7 +136,7 @@ class Masker:
                 else:
                     full.append("*." + glob)
                 short.append(".".join(parts[-2:]) if len(parts) >= 2 else "*." + glob)
-        self._values = ValueDetectors(detectors, patterns)
+        ValueDetectors.__init__(self, detectors, patterns)
         self._columns = _globs(columns)
         # JSON keys that name a masked column (to_json(t), json_agg(t),
         # jsonb_build_object('ssn', ...)): the column globs, and the column
@@ -146,10 +148,8 @@ class Masker:
         self._full = _globs(full)
         self._short = _globs(short)
         self.active = bool(self.rules)
-        self.scans_values = bool(detectors or patterns)
         self.has_column_rules = bool(columns)
         self.has_relation_rules = bool(full)
-        self.has_patterns = bool(patterns)
 
     def column_masked(self, column: str | None, relation_column: str | None) -> bool:
         """
@@ -217,40 +217,13 @@ class Masker:
             return text, 0
         return _json_text(value), hits
 
-    def might_match(self, raw: bytes) -> bool:
-        """
-        Whether the text C{raw} (in any ASCII-compatible encoding) might
-        hold something to mask: C{False} means L{mask} would find nothing.
-        Always C{True} when user patterns are configured.
-        """
-        return self._values.might_match(raw)
-
-    def candidates(self, raw: bytes) -> int:
-        """
-        Which detectors might find something in C{raw} (or in any part of
-        it): a bit set for L{mask}, 0 if none.
-        """
-        return self._values.candidates(raw)
-
     def mask_text(self, value: str) -> tuple[str, int]:
         """
         Mask every detected occurrence in C{value}.
 
         @return: the masked text and the number of occurrences masked.
         """
-        return self._values.mask(value, TEXT)
-
-    def mask(
-        self,
-        value: str,
-        mode: int = TEXT,
-        keep: str = "",
-        candidates: int | None = None,
-    ) -> tuple[str, int]:
-        """
-        Mask every detected occurrence in C{value} (L{ValueDetectors.mask}).
-        """
-        return self._values.mask(value, mode, keep, candidates)
+        return self.mask(value, TEXT)
 
     @staticmethod
     def mask_whole(value: str) -> str:
