@@ -36,6 +36,8 @@ from gatehouse.protocols import (
 
 if TYPE_CHECKING:
     from gatehouse.identity import IssuerConfig
+    from gatehouse.policy.config import ApprovalConfig, MaskingScope
+    from gatehouse.policy.rules import Policy
 
 __all__ = [
     "DEFAULT_FLUSH_INTERVAL",
@@ -227,9 +229,9 @@ class GatehouseConfig:
     listeners: tuple[ListenerConfig, ...] = ()
     targets: tuple[TargetConfig, ...] = ()
     admin: AdminConfig | None = None
-    policy: Any = None
-    masking: tuple[Any, ...] = ()
-    approval: Any = None
+    policy: Policy | None = None
+    masking: tuple[MaskingScope, ...] = ()
+    approval: ApprovalConfig | None = None
 
 
 # Problems
