@@ -34,12 +34,18 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Callable, Iterable
+from operator import attrgetter, methodcaller
+from typing import TYPE_CHECKING
 
 import attrs
+
+if TYPE_CHECKING:
+    from gatehouse.policy.rules import Command
 
 __all__ = [
     "ALL",
     "ANY",
+    "COMMAND_FIELDS",
     "GLOB",
     "MATCHES",
     "REGEX",
@@ -58,6 +64,11 @@ GLOB = "glob"
 SQL_NAME = "sql-name"
 SQL_SCHEMA = "sql-schema"
 REGEX = "regex"
+#: The fields of L{Command} that hold values (others are its C{extra}).
+COMMAND_FIELDS = frozenset(
+    {"kind", "text", "objects", "kinds", "functions", "flags", "normalized"}
+    | {"categories"}
+)
 #: Every match kind an attribute may declare.
 MATCHES = (ANY, ALL, GLOB, SQL_NAME, SQL_SCHEMA, REGEX)
 #: Keys a rule uses for itself and its scope: no attribute may take them.
@@ -141,7 +152,7 @@ def _test(match: str, values: tuple[str, ...]) -> Callable[[Iterable[str]], bool
         return lambda carried: not words.isdisjoint(carried)
     if match == ALL:
         required = frozenset(values)
-        return lambda carried: required <= frozenset(carried)
+        return required.issubset
     if match == GLOB:
         patterns = tuple(map(glob, values))
         return lambda carried: any(p.match(v) for v in carried for p in patterns)
@@ -172,9 +183,22 @@ class Condition:
     _holds: Callable[[Iterable[str]], bool] = attrs.field(
         init=False, eq=False, repr=False
     )
+    #: C{test(command)}: whether the command meets the condition
+    test: Callable[[Command], bool] = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "_holds", _test(self.match, self.values))
+        holds = _test(self.match, self.values)
+        object.__setattr__(self, "_holds", holds)
+        get: Callable[[Command], Iterable[str]] = (
+            attrgetter(self.field)
+            if self.field in COMMAND_FIELDS
+            else methodcaller("values", self.field)
+        )
+
+        def test(command: Command) -> bool:
+            return holds(get(command))
+
+        object.__setattr__(self, "test", test)
 
     def holds(self, values: Iterable[str]) -> bool:
         """Whether a command carrying C{values} meets the condition."""

@@ -28,7 +28,15 @@ from collections.abc import Callable, Iterable, Sequence
 
 import attrs
 
-from gatehouse.policy.attributes import ALL, ANY, SQL_NAME, SQL_SCHEMA, Condition, glob
+from gatehouse.policy.attributes import (
+    ALL,
+    ANY,
+    COMMAND_FIELDS,
+    SQL_NAME,
+    SQL_SCHEMA,
+    Condition,
+    glob,
+)
 
 __all__ = [
     "ACTIONS",
@@ -129,7 +137,7 @@ class Command:
         The command's values of an attribute (L{PolicyAttribute.field}):
         one of the fields above, else an C{extra} one (none if absent).
         """
-        if field in _FIELDS:
+        if field in COMMAND_FIELDS:
             return getattr(self, field)
         for name, values in self.extra:
             if name == field:
@@ -149,10 +157,6 @@ class Command:
     def opaque(self) -> bool:
         """Its effect cannot be seen by the gateway."""
         return OPAQUE in self.flags
-
-
-_FIELDS = frozenset({"kind", "text", "objects", "kinds", "functions", "flags"})
-_FIELDS |= {"normalized", "categories"}
 
 
 @attrs.frozen
@@ -276,6 +280,10 @@ class Scope:
         return True
 
 
+_ANY_OF, _ALL_OF, _CALL = range(3)
+_INLINE = {ANY: _ANY_OF, ALL: _ALL_OF}
+
+
 @attrs.frozen
 class Rule:
     """
@@ -322,6 +330,8 @@ class Rule:
     conditions: tuple[Condition, ...] = ()
     _scope: Scope = attrs.field(init=False, eq=False)
     _conditions: tuple[Condition, ...] = attrs.field(init=False, eq=False)
+    _checks: tuple[tuple[int, str, object], ...] = attrs.field(init=False, eq=False)
+    _names_fallback: bool = attrs.field(init=False, eq=False)
     _regex: re.Pattern[str] | None = attrs.field(init=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
@@ -340,7 +350,23 @@ class Rule:
             for key, field, match, values in shorthand
             if values
         )
-        object.__setattr__(self, "_conditions", conditions + self.conditions)
+        conditions += self.conditions
+        object.__setattr__(self, "_conditions", conditions)
+        # Set tests on the Command's own fields run inline (no Python call
+        # per condition): deciding a new command is on the data path.
+        checks: list[tuple[int, str, object]] = []
+        for c in conditions:
+            if c.field in COMMAND_FIELDS and c.match in (ANY, ALL):
+                checks.append((_INLINE[c.match], c.field, frozenset(c.values)))
+            else:
+                checks.append((_CALL, c.field, c.test))
+        object.__setattr__(self, "_checks", tuple(checks))
+        names_fallback = any(
+            (c.field == "kinds" and UNPARSEABLE in c.values)
+            or (c.field == "flags" and OPAQUE in c.values)
+            for c in conditions
+        )
+        object.__setattr__(self, "_names_fallback", names_fallback)
         regex = re.compile(self.text, re.IGNORECASE | re.DOTALL) if self.text else None
         object.__setattr__(self, "_regex", regex)
 
@@ -352,11 +378,7 @@ class Rule:
     @property
     def names_fallback(self) -> bool:
         """It explicitly names unparseable or opaque commands."""
-        return any(
-            (c.field == "kinds" and UNPARSEABLE in c.values)
-            or (c.field == "flags" and OPAQUE in c.values)
-            for c in self._conditions
-        )
+        return self._names_fallback
 
     def in_scope(self, groups: Iterable[str], target: str, protocol: str) -> bool:
         """
@@ -372,8 +394,14 @@ class Rule:
         """Whether the command meets every condition of the rule."""
         if (command.unparseable or command.opaque) and not self.names_fallback:
             return False
-        for condition in self._conditions:
-            if not condition.holds(command.values(condition.field)):
+        for how, field, arg in self._checks:
+            if how == _ANY_OF:
+                if arg.isdisjoint(getattr(command, field)):  # type: ignore[attr-defined]
+                    return False
+            elif how == _ALL_OF:
+                if not arg.issubset(getattr(command, field)):  # type: ignore[attr-defined]
+                    return False
+            elif not arg(command):  # type: ignore[operator]
                 return False
         if self._regex is not None and not self._regex.search(normalized_text(command)):
             return False
