@@ -272,3 +272,27 @@ class TypedOptionsTests(SynchronousTestCase):
             ([], [], []),
         )
         TargetConfig("t", "x", options)
+
+
+class ServiceAsksTheAdapterTests(SynchronousTestCase):
+    """The service's reload asks the adapter what needs a restart."""
+
+    def test_restart_needed_on_reload(self) -> None:
+        import attrs
+
+        from gatehouse.config import load_config
+        from gatehouse.service import _restart_needed
+        from tests.test_config import ConfigFiles
+
+        files = ConfigFiles(self.mktemp())
+        base = load_config(files.save(files.minimal()))
+
+        def workers(count: int) -> Any:
+            options = PostgresListenerOptions(classify_workers=count)
+            listener = ListenerConfig("pg", "postgres", "127.0.0.1", 0, None, options)
+            return attrs.evolve(base, listeners=(listener,))
+
+        self.assertEqual(_restart_needed(workers(2), workers(2)), [])
+        self.assertEqual(
+            _restart_needed(workers(2), workers(3)), ["listener pg: classify_workers"]
+        )
