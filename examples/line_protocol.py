@@ -43,12 +43,18 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gatehouse.config import ConfigSection, ListenerConfig, TargetConfig
-from gatehouse.protocols import IProtocolAdapter
+from gatehouse.policy.attributes import REGEX, PolicyAttribute, PolicyAttributes
+from gatehouse.protocols import (
+    IProtocolAdapter,
+    ListenerOptions,
+    ProtocolAdapterBase,
+    TargetOptions,
+)
 from gatehouse.recording.format import Direction
 
 
 @attrs.frozen
-class LineTarget:
+class LineTarget(TargetOptions):
     """Where a line service is, and who may reach it."""
 
     host: str
@@ -57,7 +63,7 @@ class LineTarget:
 
 
 @attrs.frozen
-class LineListener:
+class LineListener(ListenerOptions):
     """A line listener's options: the target its clients reach."""
 
     target: str
@@ -181,10 +187,20 @@ class LineFactory(Factory):
 
 
 @implementer(IProtocolAdapter)
-class LineAdapter:
-    """The C{lines} protocol: register it with L{register_protocol}."""
+class LineAdapter(ProtocolAdapterBase):
+    """
+    The C{lines} protocol: register it with L{register_protocol}.
+
+    L{ProtocolAdapterBase} supplies the rest of L{IProtocolAdapter}: a
+    reload needs a restart to change a running listener, and a drain
+    does not refuse new clients early.
+    """
 
     name = "lines"
+    #: policy rules may match a line's text (C{text:}, a regular expression)
+    policy_attributes = PolicyAttributes(
+        (PolicyAttribute("text", REGEX, "normalized", doc="the line"),)
+    )
 
     def parse_listener_options(self, options: ConfigSection) -> LineListener:
         """A listener names the target its clients reach."""

@@ -148,9 +148,9 @@ def _check_config(args: argparse.Namespace) -> int:
     for target in config.targets:
         # Which upstream account each group logs in as, where that differs
         # by group (PostgreSQL targets with credentials per group).
-        describe = getattr(target.options, "describe_logins", None)
-        if describe is not None and getattr(target.options, "credentials", None):
-            print(f"target {target.name}: " + "; ".join(describe()))
+        logins = target.options.describe_logins() if target.options else []
+        if logins:
+            print(f"target {target.name}: " + "; ".join(logins))
     return 0
 
 

@@ -13,7 +13,6 @@ they receive a L{ConfigSection} that knows its key path and where problems go.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import json
 import os
@@ -26,10 +25,19 @@ import attrs
 import yaml
 
 from gatehouse._duration import parse_duration, parse_size
-from gatehouse.protocols import get_protocol, protocol_names
+from gatehouse._suggest import suggest as _suggest
+from gatehouse.policy import config as policy_config
+from gatehouse.protocols import (
+    ListenerOptions,
+    TargetOptions,
+    get_protocol,
+    protocol_names,
+)
 
 if TYPE_CHECKING:
     from gatehouse.identity import IssuerConfig
+    from gatehouse.policy.config import ApprovalConfig, MaskingScope
+    from gatehouse.policy.rules import Policy
 
 __all__ = [
     "DEFAULT_FLUSH_INTERVAL",
@@ -155,7 +163,7 @@ class ListenerConfig:
     address: str
     port: int
     tls: TLSConfig | None = None
-    options: object = None
+    options: ListenerOptions | None = None
 
 
 @attrs.frozen
@@ -171,7 +179,7 @@ class TargetConfig:
 
     name: str
     protocol: str
-    options: object = None
+    options: TargetOptions | None = None
     end_session_at_token_expiry: bool = True
 
 
@@ -221,9 +229,9 @@ class GatehouseConfig:
     listeners: tuple[ListenerConfig, ...] = ()
     targets: tuple[TargetConfig, ...] = ()
     admin: AdminConfig | None = None
-    policy: Any = None
-    masking: tuple[Any, ...] = ()
-    approval: Any = None
+    policy: Policy | None = None
+    masking: tuple[MaskingScope, ...] = ()
+    approval: ApprovalConfig | None = None
 
 
 # Problems
@@ -332,14 +340,6 @@ def _format_size(size: int) -> str:
         if size >= scale and size % scale == 0:
             return f"{size // scale}{unit}"
     return "1 byte" if size == 1 else f"{size} bytes"
-
-
-def _suggest(word: str, choices: Iterable[str]) -> str:
-    """
-    Return C{" (did you mean X?)"} for the closest choice, or C{""}.
-    """
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {close[0]}?)" if close else ""
 
 
 class ConfigSection:
@@ -844,9 +844,6 @@ def load_config(path: str, *, create_directories: bool = True) -> GatehouseConfi
     admin_section = root.section("admin")
     admin = _parse_admin(admin_section) if admin_section is not None else None
     _check_ports(listeners, admin, problems)
-    # Imported here: these modules read sections with this module's tools.
-    from gatehouse import policy_config
-
     policy = policy_config.parse_policy(root.section("policy"), targets)
     _check_target_groups(targets, target_sections, getattr(policy, "groups", None))
     masking = policy_config.parse_masking(
@@ -1327,11 +1324,10 @@ def _parse_listeners(
             tls=tls,
             options=options,
         )
-        # Optional hook: rules that span the listener's own keys and its
-        # options (e.g. "TLS, or cleartext explicitly allowed").
-        check = getattr(adapter, "check_listener", None)
-        if check is not None and options is not None:
-            check(listener, section)
+        # Rules that span the listener's own keys and its options (e.g.
+        # "TLS, or cleartext explicitly allowed").
+        if options is not None:
+            adapter.check_listener(listener, section)
         listeners.append((listener, section))
     return listeners
 
@@ -1372,16 +1368,14 @@ def _check_target_groups(
 ) -> None:
     """
     When C{policy.groups} declares the known groups, report the groups a
-    target's options name that it does not (options that name groups say
-    so with a C{group_problems(known)} method).
+    target's options name that it does not (L{TargetOptions.group_problems}).
     """
     if groups is None:
         return
     for target, section in zip(targets, options_sections, strict=True):
-        check = getattr(target.options, "group_problems", None)
-        if check is None or section is None:
+        if target.options is None or section is None:
             continue
-        for key, message in check(groups):
+        for key, message in target.options.group_problems(groups):
             section.problem(message, key)
 
 
@@ -1462,8 +1456,9 @@ def _check_ports(
 
 def environment_problems(config: GatehouseConfig) -> list[Problem]:
     """
-    Report every C{password_env} (a target's, or one of its C{credentials})
-    that names an environment variable that is not set in this process.
+    Report every environment variable a target's options name that is not
+    set in this process (L{TargetOptions.environment_problems}: a
+    PostgreSQL target's C{password_env}).
 
     Separate from L{load_config}: the answer depends on the process
     environment, so C{gatehouse check-config} and the daemon (start and
@@ -1471,23 +1466,12 @@ def environment_problems(config: GatehouseConfig) -> list[Problem]:
     """
     problems = []
     for n, target in enumerate(config.targets):
-        options = target.options
-        sources = [("", options)]
-        sources += [
-            (f"credentials[{i}].", entry)
-            for i, entry in enumerate(getattr(options, "credentials", ()) or ())
-        ]
-        for prefix, source in sources:
-            name = getattr(source, "password_env", None)
-            if name is not None and not os.environ.get(name):
-                state = "empty" if name in os.environ else "not set"
-                problems.append(
-                    Problem(
-                        config.path,
-                        f"targets[{n}].options.{prefix}password_env",
-                        f"environment variable {name} is {state}",
-                    )
-                )
+        if target.options is None:
+            continue
+        for key, message in target.options.environment_problems():
+            problems.append(
+                Problem(config.path, f"targets[{n}].options.{key}", message)
+            )
     return problems
 
 

@@ -289,7 +289,7 @@ class GatewayMetrics:
     ) -> None:
         """
         Follow the approval broker; pass this to
-        L{gatehouse.approval.ApprovalBroker.observe}.
+        L{gatehouse.policy.approval.ApprovalBroker.observe}.
         """
         requestID = getattr(request, "id", None)
         if event == "requested":

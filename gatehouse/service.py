@@ -20,7 +20,6 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from gatehouse.approval import ApprovalBroker, LogNotifier, WebhookNotifier
 from gatehouse.cli_approvals import approve_options
 from gatehouse.config import (
     ConfigError,
@@ -33,7 +32,8 @@ from gatehouse.config import (
 from gatehouse.identity import TokenVerifier
 from gatehouse.limits import raise_open_file_limit
 from gatehouse.metrics import GatewayMetrics
-from gatehouse.policy_config import ApprovalConfig
+from gatehouse.policy.approval import ApprovalBroker, LogNotifier, WebhookNotifier
+from gatehouse.policy.config import ApprovalConfig
 from gatehouse.protocols import get_protocol
 from gatehouse.recording.index import CRASHED, SessionIndex
 from gatehouse.recording.keyring import KeyRing
@@ -450,11 +450,7 @@ class GatewayService(MultiService):
         core, hub = self.components.core, self.components.hub
         core.draining = True
         for listener, service in self.listeners.values():
-            set_draining = getattr(
-                get_protocol(listener.protocol), "set_draining", None
-            )
-            if set_draining is not None:
-                set_draining(service, True)
+            get_protocol(listener.protocol).set_draining(service, True)
         grace = self.config.gateway.shutdown_grace
         clock = self._reactor
         deadline = clock.seconds() + grace
@@ -546,12 +542,12 @@ class GatewayService(MultiService):
             if running is None or _where(running[0]) != _where(listener):
                 continue
             adapter = get_protocol(listener.protocol)
-            update = getattr(adapter, "update_listener", None)
-            if update is None:
+            targets = tuple(t for t in new.targets if t.protocol == listener.protocol)
+            apply = adapter.update_listener(running[1], listener, targets)
+            if apply is None:
                 restart.append(f"listener {listener.name} (its protocol cannot reload)")
                 continue
-            targets = tuple(t for t in new.targets if t.protocol == listener.protocol)
-            updates.append((listener, update(running[1], listener, targets)))
+            updates.append((listener, apply))
         verifier = _make_verifier(new, self._reactor)
         return _Prepared(tuple(restart), tuple(updates), verifier)
 
@@ -652,10 +648,9 @@ def _restart_needed(old: GatehouseConfig, new: GatehouseConfig) -> list[str]:
                 f"{b.protocol} {b.address}:{b.port}"
             )
         else:
-            # The classifier's worker processes are started with the listener.
-            workers = [getattr(c.options, "classify_workers", None) for c in (a, b)]
-            if workers[0] != workers[1]:
-                lines.append(f"listener {name}: classify_workers")
+            # Options a running listener cannot take on (the protocol says).
+            for key in get_protocol(b.protocol).restart_needed(a, b):
+                lines.append(f"listener {name}: {key}")
     if old.gateway.id != new.gateway.id:
         lines.append(f"gateway.id {old.gateway.id} -> {new.gateway.id}")
     for key in (

@@ -27,11 +27,11 @@ from twisted.python.failure import Failure
 
 import gatehouse
 from gatehouse import logs
-from gatehouse.approval import Verdict
 from gatehouse.config import DEFAULT_MAX_TOKEN_BYTES
 from gatehouse.identity import AuthenticationError, Identity, TokenVerifier
 from gatehouse.ids import new_session_id
 from gatehouse.policy import Command, Decision, Policy, SessionPolicy
+from gatehouse.policy.approval import Verdict
 from gatehouse.recording.format import Direction, RecordType
 from gatehouse.recording.index import CommandRow, SessionRow
 from gatehouse.recording.interfaces import (
@@ -649,9 +649,13 @@ class SessionHub:
         target = session.target or ""
         session.policy = self.policy.for_session(groups, target, session.protocol)
         session.records_data = self.policy.records(groups, target, session.protocol)
-        rules = [s.rule for s in self.masking if s.applies(groups, target)]
+        rules = [
+            s.rule
+            for s in self.masking
+            if s.applies(groups, target, session.protocol)
+        ]
         if rules:
-            from gatehouse.masking import Masker
+            from gatehouse.policy.masking import Masker
 
             session.masker = Masker(rules)
 

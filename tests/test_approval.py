@@ -1,5 +1,5 @@
 """
-Tests for L{gatehouse.approval}.
+Tests for L{gatehouse.policy.approval}.
 
 The broker runs against a L{task.Clock}.  Webhook deliveries go through the
 real reactor to a twisted.web site on 127.0.0.1, with short backoffs.
@@ -21,7 +21,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface.verify import verifyObject
 
-from gatehouse.approval import (
+from gatehouse.identity import Identity
+from gatehouse.policy import Command, Decision
+from gatehouse.policy.approval import (
     Approval,
     ApprovalBroker,
     ApprovalError,
@@ -33,8 +35,6 @@ from gatehouse.approval import (
     instructions,
     slackMessage,
 )
-from gatehouse.identity import Identity
-from gatehouse.policy import Command, Decision
 
 NOW = 1_700_000_000.0
 ISSUER = "https://idp.example.com/realms/ops"

@@ -585,7 +585,7 @@ class ApproveOptionsTests(TestCase):
 
     def config(self, admin: Any = None, **approval: Any) -> Any:
         from gatehouse.config import GatehouseConfig
-        from gatehouse.policy_config import ApprovalConfig
+        from gatehouse.policy.config import ApprovalConfig
 
         return GatehouseConfig(
             path="/etc/gate house/gw.yaml",
@@ -597,8 +597,8 @@ class ApproveOptionsTests(TestCase):
         )
 
     def test_options(self) -> None:
-        from gatehouse.approval import instructions
         from gatehouse.cli_approvals import approve_options
+        from gatehouse.policy.approval import instructions
 
         admin = AdminConfig()
         self.assertEqual(
@@ -627,8 +627,8 @@ class ApproveOptionsTests(TestCase):
     def gateway_request(self) -> Any:
         from twisted.internet.task import Clock
 
-        from gatehouse.approval import ApprovalBroker
         from gatehouse.identity import Identity
+        from gatehouse.policy.approval import ApprovalBroker
 
         alice = Identity("alice", "Alice", ("dev",), "https://idp", None)
         broker = ApprovalBroker(Clock())

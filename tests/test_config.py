@@ -16,7 +16,6 @@ from twisted.application.internet import TCPServer
 from twisted.application.service import IService
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 
 from gatehouse._duration import parse_duration, parse_size
 from gatehouse.config import (
@@ -35,9 +34,11 @@ from gatehouse.config import (
 )
 from gatehouse.identity import IssuerConfig
 from gatehouse.policy import Policy
-from gatehouse.policy_config import ApprovalConfig
+from gatehouse.policy.config import ApprovalConfig
 from gatehouse.protocols import (
-    IProtocolAdapter,
+    ListenerOptions,
+    ProtocolAdapterBase,
+    TargetOptions,
     get_protocol,
     protocol_names,
     register_protocol,
@@ -48,7 +49,7 @@ from tests.fixtures.tls import make_ca
 
 
 @attrs.frozen
-class DummyListenerOptions:
+class DummyListenerOptions(ListenerOptions):
     """
     What L{DummyAdapter} makes of a listener's options.
     """
@@ -59,7 +60,7 @@ class DummyListenerOptions:
 
 
 @attrs.frozen
-class DummyTargetOptions:
+class DummyTargetOptions(TargetOptions):
     """
     What L{DummyAdapter} makes of a target's options.
     """
@@ -67,25 +68,25 @@ class DummyTargetOptions:
     host: str
 
 
-@implementer(IProtocolAdapter)
-class DummyAdapter:
+class DummyAdapter(ProtocolAdapterBase):
     """
     A protocol adapter for tests: validates a few options and listens with a
-    protocol that does nothing.
+    protocol that does nothing; the rest of L{IProtocolAdapter} is
+    L{ProtocolAdapterBase}'s defaults.
     """
 
     def __init__(self, name: str = "dummy") -> None:
         self.name = name
         self.made: list[tuple[Any, ...]] = []
 
-    def parse_listener_options(self, options: ConfigSection) -> object:
+    def parse_listener_options(self, options: ConfigSection) -> DummyListenerOptions:
         greeting = options.string("greeting", "hello")
         timeout = options.duration("timeout", 5.0)
         limits = options.section("limits")
         rows = limits.integer("rows", minimum=1) if limits is not None else None
         return DummyListenerOptions(greeting=greeting, timeout=timeout, rows=rows)
 
-    def parse_target_options(self, options: ConfigSection) -> object:
+    def parse_target_options(self, options: ConfigSection) -> DummyTargetOptions:
         return DummyTargetOptions(host=options.string("host", required=True))
 
     def makeListener(self, listener, targets, session_factory, reactor) -> IService:

@@ -1,5 +1,5 @@
 """
-Tests for L{gatehouse.masking}: the detectors (Luhn-checked cards, e-mail
+Tests for L{gatehouse.policy.masking}: the detectors (Luhn-checked cards, e-mail
 addresses, mod-97 IBANs), user patterns, rendering for text, numbers and
 JSON, the pre-check, and whole-column rules.
 """
@@ -10,7 +10,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from gatehouse.masking import (
+from gatehouse.policy.masking import (
     DETECTORS,
     JSON,
     NUMERIC,

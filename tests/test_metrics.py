@@ -9,10 +9,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from gatehouse.approval import ApprovalBroker
 from gatehouse.identity import Identity
 from gatehouse.metrics import AUTH_REASONS, GatewayMetrics
 from gatehouse.policy import Command, Decision
+from gatehouse.policy.approval import ApprovalBroker
 from gatehouse.recording.interfaces import SEGMENT_UNAVAILABLE, SPACE_EXHAUSTED
 
 ALICE = Identity("alice", "Alice", ("dev",), "https://idp", None)

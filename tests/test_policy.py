@@ -308,7 +308,7 @@ class ShapeDecisionTests(SynchronousTestCase):
 def load_policy(raw: dict) -> tuple[Policy | None, list[str]]:
     """Parse a C{policy} section; the policy and the problems found."""
     from gatehouse.config import ConfigSection, TargetConfig, _Problems
-    from gatehouse.policy_config import parse_policy
+    from gatehouse.policy.config import parse_policy
 
     problems = _Problems("gw.yaml")
     raw = {"opaque": "deny", **raw}

@@ -22,9 +22,9 @@ from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from gatehouse.approval import ApprovalBroker
 from gatehouse.identity import IssuerConfig, TokenVerifier
 from gatehouse.policy import Command, Decision
+from gatehouse.policy.approval import ApprovalBroker
 from gatehouse.recording import keys
 from gatehouse.recording.format import RecordType
 from gatehouse.recording.index import query_sessions

@@ -48,7 +48,6 @@ from gatehouse.admin.sessions import (
     NoSessionIndex,
     matches,
 )
-from gatehouse.approval import STATES, ApprovalBroker, ApprovalError
 from gatehouse.identity import (
     CLIENT_MESSAGE,
     AuthenticationError,
@@ -56,6 +55,7 @@ from gatehouse.identity import (
 )
 from gatehouse.limits import ConnectionCaps, ConnectionLimits
 from gatehouse.logs import emit, summary
+from gatehouse.policy.approval import STATES, ApprovalBroker, ApprovalError
 from gatehouse.tls import server_tls_options
 
 if TYPE_CHECKING:
@@ -676,7 +676,7 @@ def make_admin_site(
     """
     The admin API as a L{Site}.
 
-    @param broker: the L{gatehouse.approval.ApprovalBroker}, or None when
+    @param broker: the L{gatehouse.policy.approval.ApprovalBroker}, or None when
         the gateway has none (no approvals are ever listed).
     @param verifier: verifies callers' bearer tokens (a
         L{gatehouse.identity.TokenVerifier}).

@@ -15,8 +15,11 @@ from collections.abc import Callable, Sequence
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from zope.interface import Attribute, Interface
+import attrs
+from zope.interface import Attribute, Interface, implementer
 from zope.interface.verify import verifyObject
+
+from gatehouse.policy.attributes import PolicyAttributes
 
 if TYPE_CHECKING:
     from twisted.application.service import IService
@@ -25,6 +28,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "IProtocolAdapter",
+    "ListenerOptions",
+    "ProtocolAdapterBase",
+    "TargetOptions",
     "get_protocol",
     "protocol_names",
     "register_protocol",
@@ -32,26 +38,57 @@ __all__ = [
 ]
 
 
+@attrs.frozen
+class ListenerOptions:
+    """
+    Base of a protocol's listener options (what
+    L{IProtocolAdapter.parse_listener_options} returns): the core reads
+    nothing from them; the protocol's own attrs subclass adds its fields.
+    """
+
+
+@attrs.frozen
+class TargetOptions:
+    """
+    Base of a protocol's target options (what
+    L{IProtocolAdapter.parse_target_options} returns), with what the core
+    asks of them; a protocol's attrs subclass adds its fields and
+    overrides these where it has something to say.
+    """
+
+    def group_problems(self, known: frozenset[str]) -> list[tuple[str, str]]:
+        """
+        (key, message) for each identity group the options name that is
+        not in C{known} (the groups C{policy.groups} declares).
+        """
+        return []
+
+    def environment_problems(self) -> list[tuple[str, str]]:
+        """
+        (key, message) for each environment variable the options name that
+        this process lacks (checked at start, reload and C{check-config}).
+        """
+        return []
+
+    def describe_logins(self) -> list[str]:
+        """
+        How identities log in to the target where that differs by group,
+        one line per rule (C{gatehouse check-config} prints them); empty
+        when there is nothing to say.
+        """
+        return []
+
+
 class IProtocolAdapter(Interface):
     """
-    Everything gatehouse needs to know about one wire protocol.
+    Everything gatehouse needs to know about one wire protocol, and all
+    the core ever calls on it: the registry checks it with C{verifyObject}.
 
     Option parsing reports problems through the L{ConfigSection} it is given,
     so they carry the full key path (C{listeners[0].options.tls_mode}) and
     land in the same list as every other problem in the file.  Parsing should
     carry on after a problem so that all of them are reported at once; its
     return value is discarded when any problem was reported.
-
-    An adapter may also define C{check_listener(listener, section)}, called
-    with the parsed L{ListenerConfig} and its section, for rules that span
-    the listener's own keys and its options.
-
-    An adapter may also say what policy rules can name, so that a rule
-    naming something its commands never carry is a load-time error (with
-    a did-you-mean): C{command_kinds} (the C{kind:} key), C{command_flags}
-    (C{flag:}) and C{command_categories} (C{category:}), each a
-    C{frozenset[str]}.  An adapter without one of them accepts any word
-    for that key.
     """
 
     name = Attribute(
@@ -59,7 +96,15 @@ class IProtocolAdapter(Interface):
         "for example C{'postgres'}."
     )
 
-    def parse_listener_options(options: ConfigSection) -> object:
+    policy_attributes = Attribute(
+        "What policy rules can say about this protocol's commands "
+        "(L{gatehouse.policy.attributes.PolicyAttributes}): each rule key, "
+        "the L{Command} field it reads, how it matches and, for closed "
+        "sets, the words it may name.  A rule key no protocol in a rule's "
+        "scope declares is a load-time error."
+    )
+
+    def parse_listener_options(options: ConfigSection) -> ListenerOptions:
         """
         Validate a listener's C{options} mapping.
 
@@ -70,13 +115,20 @@ class IProtocolAdapter(Interface):
         @return: An immutable value; it becomes L{ListenerConfig.options}.
         """
 
-    def parse_target_options(options: ConfigSection) -> object:
+    def parse_target_options(options: ConfigSection) -> TargetOptions:
         """
         Validate a target's C{options} mapping.
 
         @param options: As for L{parse_listener_options}.
 
         @return: An immutable value; it becomes L{TargetConfig.options}.
+        """
+
+    def check_listener(listener: ListenerConfig, section: ConfigSection) -> None:
+        """
+        Check rules that span a listener's own keys and its options (for
+        example "TLS, or cleartext explicitly allowed"); report problems
+        through C{section}.  Called once its options parsed.
         """
 
     def makeListener(
@@ -98,6 +150,95 @@ class IProtocolAdapter(Interface):
         @return: A service that listens when started and stops listening
             when stopped.
         """
+
+    def update_listener(
+        service: IService,
+        listener: ListenerConfig,
+        targets: Sequence[TargetConfig],
+    ) -> Callable[[], None] | None:
+        """
+        Prepare a reloaded configuration for a listener made by
+        L{makeListener} at the same address and port.
+
+        @return: A function that applies it (new connections get the new
+            configuration, open ones keep theirs), or None when this
+            protocol cannot change a running listener (a restart applies
+            the new configuration).
+
+        @raise Exception: The new configuration cannot be used (for example
+            its TLS files do not load); nothing has changed.
+        """
+
+    def restart_needed(old: ListenerConfig, new: ListenerConfig) -> Sequence[str]:
+        """
+        What changed in a listener's options that L{update_listener}
+        cannot apply to a running listener (a restart is needed), for
+        example C{["classify_workers"]}; empty when nothing.
+        """
+
+    def set_draining(service: IService, draining: bool) -> None:
+        """
+        Refuse (C{draining}) or accept new clients of a listener made by
+        L{makeListener}, with the protocol's own "shutting down" error;
+        open sessions carry on.
+        """
+
+
+@implementer(IProtocolAdapter)
+class ProtocolAdapterBase:
+    """
+    Defaults for the parts of L{IProtocolAdapter} a simple protocol does
+    not need; a subclass sets C{name} and writes L{makeListener}, and
+    overrides the rest as its protocol needs:
+
+      - no listener or target options (any key is reported as unknown);
+      - no policy attributes: a rule that names a condition (C{kind:},
+        C{object:}, ...) cannot apply to it, only rules on scope alone do;
+      - no cross-key listener checks;
+      - a reload cannot change a running listener (a restart is needed);
+      - draining does not refuse new clients early: they are cut off with
+        every other session when the grace period ends.
+    """
+
+    name: str
+    policy_attributes: PolicyAttributes = PolicyAttributes()
+
+    def parse_listener_options(self, options: ConfigSection) -> ListenerOptions:
+        """No options: every key in C{options} is unknown."""
+        return ListenerOptions()
+
+    def parse_target_options(self, options: ConfigSection) -> TargetOptions:
+        """No options: every key in C{options} is unknown."""
+        return TargetOptions()
+
+    def check_listener(self, listener: ListenerConfig, section: ConfigSection) -> None:
+        """Nothing spans the listener's keys and its (absent) options."""
+
+    def makeListener(
+        self,
+        listener: ListenerConfig,
+        targets: Sequence[TargetConfig],
+        session_factory: Callable[..., Any],
+        reactor: Any,
+    ) -> IService:
+        """A subclass must say how its protocol listens."""
+        raise NotImplementedError(f"{type(self).__name__}.makeListener")
+
+    def update_listener(
+        self,
+        service: IService,
+        listener: ListenerConfig,
+        targets: Sequence[TargetConfig],
+    ) -> Callable[[], None] | None:
+        """A running listener keeps its configuration: restart to change it."""
+        return None
+
+    def restart_needed(self, old: ListenerConfig, new: ListenerConfig) -> Sequence[str]:
+        """Nothing beyond what L{update_listener} already refuses."""
+        return ()
+
+    def set_draining(self, service: IService, draining: bool) -> None:
+        """New clients are not refused early (see the class docstring)."""
 
 
 # Built-in adapters, imported on first use so that loading the registry stays

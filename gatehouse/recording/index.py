@@ -1251,7 +1251,7 @@ def commands_for(path: str, session_id: str) -> list[CommandRow]:
 def approvals_for(path: str, session_id: str) -> list[dict]:
     """
     The approval requests of one session, oldest first, as recorded
-    (L{gatehouse.approval.ApprovalRequest.as_json}).
+    (L{gatehouse.policy.approval.ApprovalRequest.as_json}).
 
     @raise IndexUnavailable: when the index cannot be read.
     """

@@ -34,11 +34,11 @@ from gatehouse.admin import (
     make_admin_service,
     make_admin_site,
 )
-from gatehouse.approval import ApprovalBroker
 from gatehouse.config import AdminConfig, TLSConfig
 from gatehouse.identity import CLIENT_MESSAGE, Identity, IssuerConfig, TokenVerifier
 from gatehouse.metrics import GatewayMetrics
 from gatehouse.policy import Command, Decision
+from gatehouse.policy.approval import ApprovalBroker
 from gatehouse.recording import keys
 from gatehouse.recording.index import CommandRow, SessionIndex
 from gatehouse.recording.recorder import SegmentRecorder, synchronous_executor

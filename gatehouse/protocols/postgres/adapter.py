@@ -12,6 +12,7 @@ from twisted.application.service import IService
 from zope.interface import implementer
 
 from gatehouse.config import ConfigSection, ListenerConfig, TargetConfig
+from gatehouse.policy.attributes import PolicyAttributes
 from gatehouse.protocols import IProtocolAdapter
 from gatehouse.protocols.postgres import config
 from gatehouse.protocols.postgres.server import CancelRegistry, PostgresServerFactory
@@ -25,36 +26,27 @@ class PostgresAdapter:
     name = "postgres"
 
     @property
-    def command_kinds(self) -> frozenset[str]:
-        """Statement kinds policy rules may name (libpg_query node names)."""
-        from gatehouse.protocols.postgres.commands import COMMAND_KINDS
+    def policy_attributes(self) -> PolicyAttributes:
+        """What policy rules can say about statements (kind, object, ...)."""
+        # Imported on use: it loads the SQL parser.
+        from gatehouse.protocols.postgres.attributes import POLICY_ATTRIBUTES
 
-        return COMMAND_KINDS
-
-    @property
-    def command_flags(self) -> frozenset[str]:
-        """Flags policy rules may name."""
-        from gatehouse.protocols.postgres.commands import COMMAND_FLAGS
-
-        return COMMAND_FLAGS
-
-    @property
-    def command_categories(self) -> frozenset[str]:
-        """Statement categories policy rules may name."""
-        from gatehouse.protocols.postgres.commands import COMMAND_CATEGORIES
-
-        return COMMAND_CATEGORIES
+        return POLICY_ATTRIBUTES
 
     def __init__(self) -> None:
         # One registry for the whole gateway: a cancel may arrive on any
         # listener.
         self.cancels = CancelRegistry()
 
-    def parse_listener_options(self, options: ConfigSection) -> object:
+    def parse_listener_options(
+        self, options: ConfigSection
+    ) -> config.PostgresListenerOptions:
         """See L{IProtocolAdapter.parse_listener_options}."""
         return config.parse_listener_options(options)
 
-    def parse_target_options(self, options: ConfigSection) -> object:
+    def parse_target_options(
+        self, options: ConfigSection
+    ) -> config.PostgresTargetOptions:
         """See L{IProtocolAdapter.parse_target_options}."""
         return config.parse_target_options(options)
 
@@ -133,6 +125,14 @@ class PostgresAdapter:
             factory.targets = new_targets
 
         return apply
+
+    def restart_needed(self, old: ListenerConfig, new: ListenerConfig) -> list[str]:
+        """The classifier's worker processes start with the listener."""
+        default = config.PostgresListenerOptions()
+        before, after = old.options or default, new.options or default
+        if before.classify_workers != after.classify_workers:
+            return ["classify_workers"]
+        return []
 
     def set_draining(self, service: IService, draining: bool) -> None:
         """Refuse (57P03) or accept new clients of a listener."""

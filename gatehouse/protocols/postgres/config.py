@@ -49,12 +49,13 @@ import attrs
 
 from gatehouse.config import ConfigSection
 from gatehouse.limits import ConnectionCaps
+from gatehouse.protocols import ListenerOptions, TargetOptions
 
 TLS_MODES = ("disable", "require", "verify-full")
 
 
 @attrs.frozen
-class PostgresListenerOptions:
+class PostgresListenerOptions(ListenerOptions):
     """Options of one PostgreSQL listener."""
 
     allow_cleartext: bool = False
@@ -123,7 +124,7 @@ class UpstreamCredentials:
 
 
 @attrs.frozen
-class PostgresTargetOptions:
+class PostgresTargetOptions(TargetOptions):
     """
     Where a PostgreSQL target is and how the gateway logs in to it.
 
@@ -222,8 +223,34 @@ class PostgresTargetOptions:
                     )
         return problems
 
+    def environment_problems(self) -> list[tuple[str, str]]:
+        """
+        (key, message) for each C{password_env} (the target's, or one of its
+        C{credentials}) naming a variable that is unset or empty here.
+        """
+        problems = []
+        sources = [("", self.password_env)] + [
+            (f"credentials[{i}].", entry.password_env)
+            for i, entry in enumerate(self.credentials)
+        ]
+        for prefix, name in sources:
+            if name is not None and not os.environ.get(name):
+                state = "empty" if name in os.environ else "not set"
+                problems.append(
+                    (
+                        f"{prefix}password_env",
+                        f"environment variable {name} is {state}",
+                    )
+                )
+        return problems
+
     def describe_logins(self) -> list[str]:
-        """How identities log in to the target, one line per rule."""
+        """
+        How identities log in to the target, one line per rule; empty
+        without C{credentials} (everyone logs in as C{user}).
+        """
+        if not self.credentials:
+            return []
         lines = [
             f"groups {', '.join(e.groups)} -> role {e.user}" for e in self.credentials
         ]

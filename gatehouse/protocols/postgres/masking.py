@@ -52,7 +52,7 @@ from collections.abc import Callable, Sequence
 
 import attrs
 
-from gatehouse.masking import JSON, NUMERIC, TEXT, Masker
+from gatehouse.policy.masking import JSON, NUMERIC, TEXT, Masker
 from gatehouse.protocols.postgres import codec
 
 __all__ = ["ResponseMasker"]

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from gatehouse.masking import DETECTORS, Masker, MaskingRule
+from gatehouse.policy.masking import DETECTORS, Masker, MaskingRule
 from gatehouse.protocols.postgres import codec
 from gatehouse.protocols.postgres.masking import ResponseMasker
 

@@ -42,7 +42,7 @@ from zope.interface import Interface, implementer
 
 from gatehouse._duration import format_duration
 from gatehouse.identity import Identity
-from gatehouse.policy import Command, Decision
+from gatehouse.policy.rules import Command, Decision
 
 __all__ = [
     "STATES",

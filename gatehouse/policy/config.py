@@ -14,12 +14,20 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import attrs
 
-from gatehouse.config import ConfigSection, TargetConfig, _suggest
-from gatehouse.policy import (
+from gatehouse._suggest import suggest as _suggest
+from gatehouse.policy.attributes import (
+    REGEX,
+    Condition,
+    PolicyAttribute,
+    PolicyAttributes,
+)
+from gatehouse.policy.detectors import DETECTORS, compile_pattern
+from gatehouse.policy.masking import MaskingRule
+from gatehouse.policy.rules import (
     ACTIONS,
     ERROR,
     FALLBACK_ACTIONS,
@@ -32,6 +40,9 @@ from gatehouse.policy import (
     Scope,
 )
 from gatehouse.protocols import get_protocol, protocol_names
+
+if TYPE_CHECKING:
+    from gatehouse.config import ConfigSection, TargetConfig
 
 __all__ = [
     "ApprovalConfig",
@@ -77,47 +88,66 @@ class MaskingScope:
     """
     A masking rule and the sessions it applies to: those whose identity
     has one of C{groups} (C{"*"}: all) and none of C{except_groups}, on a
-    target matching one of C{targets} (all when empty).
+    target matching one of C{targets} (all when empty), speaking one of
+    C{protocols} (all when empty).
     """
 
-    rule: Any
+    rule: MaskingRule
     groups: frozenset[str] = frozenset({"*"})
     except_groups: frozenset[str] = frozenset()
     targets: tuple[str, ...] = ()
+    protocols: frozenset[str] = frozenset()
     _scope: Scope = attrs.field(init=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
-        scope = Scope(self.groups, self.targets, except_groups=self.except_groups)
+        scope = Scope(
+            self.groups,
+            self.targets,
+            self.protocols,
+            except_groups=self.except_groups,
+        )
         object.__setattr__(self, "_scope", scope)
 
-    def applies(self, groups: Iterable[str], target: str) -> bool:
-        """Whether the rule masks this session's results."""
-        return self._scope.holds(groups, target)
+    def applies(
+        self, groups: Iterable[str], target: str, protocol: str | None = None
+    ) -> bool:
+        """
+        Whether the rule masks this session's results (C{protocol} None:
+        whatever its protocol).
+        """
+        return self._scope.holds(groups, target, protocol)
 
 
 class _Vocabulary:
-    """What names a policy may use: targets, groups, kinds and flags."""
+    """
+    What names a policy may use: targets, groups, and the attributes each
+    protocol declares (L{IProtocolAdapter.policy_attributes}).
+    """
 
     def __init__(self, targets: Sequence[TargetConfig], groups: frozenset[str] | None):
         self.targets = {t.name: t.protocol for t in targets}
         self.groups = groups
+        self._rule_keys: dict[str, PolicyAttribute] | None = None
 
-    def kinds(self, protocol: str) -> frozenset[str] | None:
-        return self._adapter_set(protocol, "command_kinds")
-
-    def flags(self, protocol: str) -> frozenset[str] | None:
-        return self._adapter_set(protocol, "command_flags")
-
-    def categories(self, protocol: str) -> frozenset[str] | None:
-        return self._adapter_set(protocol, "command_categories")
-
-    def _adapter_set(self, protocol: str, name: str) -> frozenset[str] | None:
+    def attributes(self, protocol: str) -> PolicyAttributes:
+        """What rules may say about C{protocol}'s commands (nothing if unknown)."""
         try:
-            adapter = get_protocol(protocol)
+            return get_protocol(protocol).policy_attributes
         except KeyError:
-            return None
-        value = getattr(adapter, name, None)
-        return frozenset(value) if value is not None else None
+            return PolicyAttributes()
+
+    def rule_keys(self) -> dict[str, PolicyAttribute]:
+        """
+        Every rule key some protocol declares (aliases included), with the
+        first protocol's declaration of it.
+        """
+        if self._rule_keys is None:
+            self._rule_keys = {}
+            for protocol in protocol_names():
+                for attribute in self.attributes(protocol).attributes:
+                    for key in attribute.keys:
+                        self._rule_keys.setdefault(key, attribute)
+        return self._rule_keys
 
     def check_groups(self, section: ConfigSection, key: str, groups: Iterable[str]):
         if self.groups is None:
@@ -281,19 +311,24 @@ def _parse_rule(
     vocabulary.check_groups(section, "groups", groups)
     targets = _names(section, "targets")
     protocols = _protocols(section)
-    kinds = _names(section, "kind")
-    categories = _names(section, "category")
-    objects = _names(section, "object") + _names(section, "relation")
-    schemas = _names(section, "schema")
-    functions = _names(section, "function")
-    flags = _names(section, "flag")
-    text = section.string("text")
-    if text is not None:
-        try:
-            re.compile(text)
-        except re.error as e:
-            section.problem(f"not a valid regular expression: {e}", "text")
-            text = None
+    # Conditions: every key a protocol declares is read here (so an unknown
+    # key gets a did-you-mean among them); whether the protocols in the
+    # rule's scope declare it is checked below.
+    given: dict[str, tuple[str, ...]] = {}
+    for key, attribute in vocabulary.rule_keys().items():
+        if attribute.match == REGEX:
+            text = section.string(key)
+            if text is not None:
+                try:
+                    re.compile(text)
+                except re.error as e:
+                    section.problem(f"not a valid regular expression: {e}", key)
+                else:
+                    given[key] = (text,)
+        else:
+            values = _names(section, key)
+            if values:
+                given[key] = values
     message = section.string("message")
     review = _review_fields(section, defaults, vocabulary)
     if action == "review" and not review.approvers:
@@ -318,23 +353,14 @@ def _parse_rule(
                 "protocols",
             )
         in_scope = in_scope & target_protocols if in_scope else target_protocols
-    _check_words(section, "kind", kinds, in_scope, vocabulary.kinds, {UNPARSEABLE})
-    _check_words(section, "flag", flags, in_scope, vocabulary.flags, {OPAQUE})
-    _check_words(
-        section, "category", categories, in_scope, vocabulary.categories, set()
-    )
+    text, conditions = _conditions(section, given, in_scope, vocabulary)
     return Rule(
         name=name,
         action=action,
         groups=frozenset(groups),
         targets=targets,
         protocols=frozenset(protocols),
-        kinds=frozenset(kinds),
-        categories=frozenset(categories),
-        objects=objects,
-        schemas=frozenset(schemas),
-        functions=functions,
-        flags=frozenset(flags),
+        conditions=conditions,
         text=text,
         message=message,
         approvers=review.approvers if action == "review" else (),
@@ -343,28 +369,81 @@ def _parse_rule(
     )
 
 
+def _conditions(
+    section: ConfigSection,
+    given: dict[str, tuple[str, ...]],
+    in_scope: set[str],
+    vocabulary: _Vocabulary,
+) -> tuple[str | None, tuple[Condition, ...]]:
+    """
+    The rule's text and conditions, as the protocols in its scope (all
+    when none is named) declare its keys; report keys none of them
+    declares, keys they declare differently, and words no command carries.
+    """
+    known = set(protocol_names())
+    candidates = sorted((in_scope or known) & known)
+    if not candidates:
+        return None, ()  # only unknown protocols: reported already
+    declarations = {p: vocabulary.attributes(p) for p in candidates}
+    text = None
+    # canonical key -> (attribute, protocols declaring it, values); aliases
+    # add to their key's values
+    merged: dict[str, tuple[PolicyAttribute, frozenset[str], tuple[str, ...]]] = {}
+    for key, values in given.items():
+        declared = {
+            p: a for p, d in declarations.items() if (a := d.get(key)) is not None
+        }
+        if not declared:
+            section.problem(
+                f"can never match: {', '.join(candidates)} commands have no {key}",
+                key,
+            )
+            continue
+        first = next(iter(declared.values()))
+        if any(not a.same_meaning(first) for a in declared.values()):
+            section.problem(
+                f"{key} means different things for "
+                f"{', '.join(sorted(declared))} commands; limit the rule with "
+                "protocols or targets",
+                key,
+            )
+            continue
+        if first.match == REGEX:
+            text = values[0]
+            continue
+        _check_words(section, key, values, first.field, declared.values())
+        if first.key in merged:
+            values = merged[first.key][2] + values
+        merged[first.key] = (first, frozenset(declared), values)
+    conditions = tuple(
+        Condition(
+            key,
+            attribute.field,
+            attribute.match,
+            tuple(dict.fromkeys(values)),
+            protocols,
+        )
+        for key, (attribute, protocols, values) in merged.items()
+    )
+    return text, conditions
+
+
 def _check_words(
     section: ConfigSection,
     key: str,
     words: Sequence[str],
-    protocols: set[str],
-    known_for,
-    always: set[str],
+    field: str,
+    declared: Iterable[PolicyAttribute],
 ) -> None:
-    """Report kinds (or flags) no protocol in scope ever produces."""
-    if not words:
-        return
-    candidates = protocols or set(protocol_names())
-    known: set[str] = set(always)
-    complete = True
-    for protocol in candidates:
-        vocabulary = known_for(protocol)
-        if vocabulary is None:
-            complete = False  # an adapter that does not say: accept anything
-        else:
-            known |= vocabulary
-    if not complete:
-        return
+    """Report words (kinds, flags, ...) no command in scope ever carries."""
+    # Unparseable and opaque commands are the policy's own: always nameable.
+    known: set[str] = {UNPARSEABLE} if field == "kinds" else set()
+    if field == "flags":
+        known.add(OPAQUE)
+    for attribute in declared:
+        if attribute.words is None:
+            return  # a protocol that does not say: accept anything
+        known |= attribute.words
     for word in words:
         if word not in known:
             section.problem(
@@ -427,8 +506,6 @@ def parse_masking(
     """Read the C{masking} list."""
     if not sections:
         return ()
-    from gatehouse.masking import DETECTORS, MaskingRule, compile_pattern
-
     vocabulary = _Vocabulary(targets, groups)
     scopes = []
     for section in sections:
@@ -476,7 +553,15 @@ def parse_masking(
         except_groups = _names(section, "except_groups")
         vocabulary.check_groups(section, "except_groups", except_groups)
         scope_targets = _names(section, "targets")
-        vocabulary.matching_targets(section, "targets", scope_targets)
+        matched = vocabulary.matching_targets(section, "targets", scope_targets)
+        protocols = _protocols(section)
+        speak = {vocabulary.targets[t] for t in matched}
+        if protocols and speak and speak.isdisjoint(protocols):
+            section.problem(
+                f"can never apply: its targets speak {', '.join(sorted(speak))}, "
+                f"not {', '.join(sorted(protocols))}",
+                "protocols",
+            )
         if not (detectors or patterns or columns or relation_columns):
             section.problem(
                 "masks nothing: give detect, patterns, columns or relation_columns"
@@ -496,6 +581,7 @@ def parse_masking(
                 groups=frozenset(scope_groups),
                 except_groups=frozenset(except_groups),
                 targets=scope_targets,
+                protocols=frozenset(protocols),
             )
         )
     return tuple(scopes)

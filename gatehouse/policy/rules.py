@@ -23,11 +23,20 @@ libpg_query) and asks L{Policy.decide}.
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from collections.abc import Callable, Iterable, Sequence
 
 import attrs
+
+from gatehouse.policy.attributes import (
+    ALL,
+    ANY,
+    COMMAND_FIELDS,
+    SQL_NAME,
+    SQL_SCHEMA,
+    Condition,
+    glob,
+)
 
 __all__ = [
     "ACTIONS",
@@ -100,6 +109,8 @@ class Command:
         needs it; C{text} if the protocol has none.
     @ivar categories: protocol-defined categories of command (C{"read"},
         C{"write"}, C{"destructive"}, C{"ddl"}, C{"privilege"}, ...).
+    @ivar extra: the protocol's other attributes, as (name, values) pairs
+        (SSH: C{("program", ...)}, C{("argv", ...)}; see L{values}).
     """
 
     protocol: str
@@ -111,6 +122,7 @@ class Command:
     flags: frozenset[str] = frozenset()
     normalized: str = attrs.field()
     categories: frozenset[str] = frozenset()
+    extra: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @kinds.default
     def _kinds(self) -> frozenset[str]:
@@ -119,6 +131,18 @@ class Command:
     @normalized.default
     def _normalized(self) -> str:
         return self.text
+
+    def values(self, field: str) -> Iterable[str]:
+        """
+        The command's values of an attribute (L{PolicyAttribute.field}):
+        one of the fields above, else an C{extra} one (none if absent).
+        """
+        if field in COMMAND_FIELDS:
+            return getattr(self, field)
+        for name, values in self.extra:
+            if name == field:
+                return values
+        return ()
 
     def as_json(self) -> dict[str, object]:
         """Kind, text and objects, for recordings and the admin API."""
@@ -222,10 +246,6 @@ def _joint_review(best: Decision, reviews: Sequence[Decision]) -> Decision:
     )
 
 
-def _glob(pattern: str) -> re.Pattern[str]:
-    return re.compile(fnmatch.translate(pattern))
-
-
 @attrs.frozen
 class Scope:
     """
@@ -242,7 +262,7 @@ class Scope:
     _target_globs: tuple[re.Pattern[str], ...] = attrs.field(init=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "_target_globs", tuple(map(_glob, self.targets)))
+        object.__setattr__(self, "_target_globs", tuple(map(glob, self.targets)))
 
     def holds(
         self, groups: Iterable[str], target: str, protocol: str | None = None
@@ -260,65 +280,8 @@ class Scope:
         return True
 
 
-def _last(name: str) -> str:
-    return name.rsplit(".", 1)[-1]
-
-
-@attrs.frozen
-class _NameSet:
-    """
-    Globs over dotted names.  A pattern without a dot matches the last
-    part of a name; a qualified pattern matches a qualified name, and also
-    an unqualified name whose last part it matches: the schema an
-    unqualified name resolves to depends on the client's search_path,
-    which the client controls, so the gateway assumes the worst.
-    """
-
-    patterns: tuple[str, ...]
-    _bare: tuple[re.Pattern[str], ...] = attrs.field(init=False)
-    _qualified: tuple[tuple[re.Pattern[str], re.Pattern[str]], ...] = attrs.field(
-        init=False
-    )
-
-    def __attrs_post_init__(self) -> None:
-        bare, qualified = [], []
-        for pattern in self.patterns:
-            if "." in pattern:
-                qualified.append((_glob(pattern), _glob(_last(pattern))))
-            else:
-                bare.append(_glob(pattern))
-        object.__setattr__(self, "_bare", tuple(bare))
-        object.__setattr__(self, "_qualified", tuple(qualified))
-
-    def matches_any(self, names: Iterable[str]) -> bool:
-        for name in names:
-            last = _last(name)
-            for pattern in self._bare:
-                if pattern.match(last):
-                    return True
-            qualified = "." in name
-            for full, tail in self._qualified:
-                if qualified:
-                    # "a.b.c" also stands for "b.c" (catalog-qualified).
-                    if full.match(name) or full.match(name.split(".", 1)[-1]):
-                        return True
-                elif tail.match(last):
-                    return True
-        return False
-
-
-def _schemas_match(schemas: frozenset[str], objects: Iterable[str]) -> bool:
-    """
-    Whether any object lies in one of C{schemas}.  Unqualified names match
-    every schema rule (their schema depends on the client's search_path).
-    """
-    for name in objects:
-        parts = name.split(".")
-        if len(parts) == 1:
-            return True
-        if parts[-2] in schemas:
-            return True
-    return False
+_ANY_OF, _ALL_OF, _CALL = range(3)
+_INLINE = {ANY: _ANY_OF, ALL: _ALL_OF}
 
 
 @attrs.frozen
@@ -329,17 +292,23 @@ class Rule:
     Empty scope or condition fields hold for everything.  Within a field
     any listed value may match; across fields all must.
 
+    The condition fields below (C{kinds} to C{flags}) are a shorthand for
+    the PostgreSQL-style L{Condition}s a configuration builds from its
+    protocol's declared attributes (L{gatehouse.policy.attributes});
+    C{conditions} holds any others.
+
     @ivar name: names the rule in decisions, errors and the recording.
     @ivar groups: identity groups the rule applies to (C{"*"}: everyone).
     @ivar targets: target names (globs) it applies to.
     @ivar protocols: protocols it applies to.
     @ivar kinds: command kinds (any of the command's L{Command.kinds}).
     @ivar categories: command categories (any of L{Command.categories}).
-    @ivar objects: globs over the objects touched (see L{_NameSet}).
+    @ivar objects: globs over the objects touched (see L{SQLNames}).
     @ivar schemas: schemas of the objects touched.
     @ivar functions: globs over functions called.
     @ivar flags: flags the command must all carry.
     @ivar text: regular expression searched in the normalised text.
+    @ivar conditions: more conditions, all of which must hold.
     """
 
     name: str
@@ -358,57 +327,82 @@ class Rule:
     approvers: tuple[str, ...] = ()
     approvals: int = 1
     timeout: float = 300.0
+    conditions: tuple[Condition, ...] = ()
     _scope: Scope = attrs.field(init=False, eq=False)
-    _object_set: _NameSet = attrs.field(init=False, eq=False)
-    _function_set: _NameSet = attrs.field(init=False, eq=False)
+    _conditions: tuple[Condition, ...] = attrs.field(init=False, eq=False)
+    _checks: tuple[tuple[int, str, object], ...] = attrs.field(init=False, eq=False)
+    _names_fallback: bool = attrs.field(init=False, eq=False)
     _regex: re.Pattern[str] | None = attrs.field(init=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         scope = Scope(self.groups, self.targets, self.protocols)
         object.__setattr__(self, "_scope", scope)
-        object.__setattr__(self, "_object_set", _NameSet(self.objects))
-        object.__setattr__(self, "_function_set", _NameSet(self.functions))
+        shorthand = (
+            ("kind", "kinds", ANY, self.kinds),
+            ("category", "categories", ANY, self.categories),
+            ("object", "objects", SQL_NAME, self.objects),
+            ("schema", "objects", SQL_SCHEMA, self.schemas),
+            ("function", "functions", SQL_NAME, self.functions),
+            ("flag", "flags", ALL, self.flags),
+        )
+        conditions = tuple(
+            Condition(key, field, match, tuple(sorted(values)))
+            for key, field, match, values in shorthand
+            if values
+        )
+        conditions += self.conditions
+        object.__setattr__(self, "_conditions", conditions)
+        # Set tests on the Command's own fields run inline (no Python call
+        # per condition): deciding a new command is on the data path.
+        checks: list[tuple[int, str, object]] = []
+        for c in conditions:
+            if c.field in COMMAND_FIELDS and c.match in (ANY, ALL):
+                checks.append((_INLINE[c.match], c.field, frozenset(c.values)))
+            else:
+                checks.append((_CALL, c.field, c.test))
+        object.__setattr__(self, "_checks", tuple(checks))
+        names_fallback = any(
+            (c.field == "kinds" and UNPARSEABLE in c.values)
+            or (c.field == "flags" and OPAQUE in c.values)
+            for c in conditions
+        )
+        object.__setattr__(self, "_names_fallback", names_fallback)
         regex = re.compile(self.text, re.IGNORECASE | re.DOTALL) if self.text else None
         object.__setattr__(self, "_regex", regex)
 
     @property
     def conditional(self) -> bool:
         """Whether the rule looks at the command at all."""
-        return bool(
-            self.kinds
-            or self.categories
-            or self.objects
-            or self.schemas
-            or self.functions
-            or self.flags
-            or self.text
-        )
+        return bool(self._conditions or self.text)
 
     @property
     def names_fallback(self) -> bool:
         """It explicitly names unparseable or opaque commands."""
-        return UNPARSEABLE in self.kinds or OPAQUE in self.flags
+        return self._names_fallback
 
     def in_scope(self, groups: Iterable[str], target: str, protocol: str) -> bool:
-        """Whether the rule applies to this identity, target and protocol."""
+        """
+        Whether the rule applies to this identity, target and protocol (a
+        protocol that does not declare one of its conditions' keys is out).
+        """
+        for condition in self._conditions:
+            if condition.protocols and protocol not in condition.protocols:
+                return False
         return self._scope.holds(groups, target, protocol)
 
     def matches(self, command: Command) -> bool:
         """Whether the command meets every condition of the rule."""
         if (command.unparseable or command.opaque) and not self.names_fallback:
             return False
-        if self.kinds and self.kinds.isdisjoint(command.kinds):
-            return False
-        if self.categories and self.categories.isdisjoint(command.categories):
-            return False
-        if self.objects and not self._object_set.matches_any(command.objects):
-            return False
-        if self.schemas and not _schemas_match(self.schemas, command.objects):
-            return False
-        if self.functions and not self._function_set.matches_any(command.functions):
-            return False
-        if self.flags and not self.flags <= command.flags:
-            return False
+        for how, field, arg in self._checks:
+            if how == _ANY_OF:
+                if arg.isdisjoint(getattr(command, field)):  # type: ignore[attr-defined]
+                    return False
+            elif how == _ALL_OF:
+                if not arg.issubset(getattr(command, field)):  # type: ignore[attr-defined]
+                    return False
+            elif not arg(command):  # type: ignore[operator]
+                return False
         if self._regex is not None and not self._regex.search(normalized_text(command)):
             return False
         return True
