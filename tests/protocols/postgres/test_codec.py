@@ -1135,7 +1135,8 @@ class MessageTests(SynchronousTestCase):
         self.assertRaises(TypeError, ErrorResponse.build, "ERROR", "x", "y", bogus=1)
         violation = ProtocolViolation("08P01", "bad")
         self.assertEqual(
-            violation.to_error_response(), ErrorResponse.build("FATAL", "08P01", "bad")
+            ErrorResponse.for_violation(violation),
+            ErrorResponse.build("FATAL", "08P01", "bad"),
         )
         self.assertIn("08P01", str(violation))
 

@@ -19,7 +19,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from gatehouse.masking import Masker, MaskingRule
+from gatehouse.policy.masking import Masker, MaskingRule
 from gatehouse.protocols.postgres import codec
 from gatehouse.protocols.postgres.masking import ResponseMasker
 

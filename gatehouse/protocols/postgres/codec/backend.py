@@ -15,6 +15,7 @@ from .core import (
     MIN_CANCEL_KEY_LENGTH,
     BackendType,
     FrontendType,
+    ProtocolViolation,
     _cstr,
     _malformed,
     _text,
@@ -570,6 +571,11 @@ class ErrorResponse(_Fields):
 
     TYPE: ClassVar[int] = BackendType.ERROR_RESPONSE
     fields: tuple[tuple[str, str], ...] = attrs.field(converter=_field_pairs)
+
+    @classmethod
+    def for_violation(cls, violation: ProtocolViolation) -> ErrorResponse:
+        """The FATAL error a server sends for C{violation} before closing."""
+        return cls.build("FATAL", violation.sqlstate, violation.message)
 
 
 @attrs.frozen

@@ -6,10 +6,6 @@ client encodings of the PostgreSQL codec.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .backend import ErrorResponse
 
 # -- constants ---------------------------------------------------------------
 
@@ -147,15 +143,6 @@ class ProtocolViolation(Exception):
 
     def __str__(self) -> str:
         return f"{self.message} (SQLSTATE {self.sqlstate})"
-
-    def to_error_response(self) -> ErrorResponse:
-        """
-        Return the FATAL L{ErrorResponse} a server sends before closing.
-        """
-        # The backend messages import this module: read at call time.
-        from .backend import ErrorResponse
-
-        return ErrorResponse.build("FATAL", self.sqlstate, self.message)
 
 
 def _malformed(what: str, why: str) -> ProtocolViolation:
