@@ -4,6 +4,12 @@ Globally unique, time-ordered session ids in the UUIDv7 layout (RFC 9562).
 Gateways create ids without coordinating: 48 bits of Unix milliseconds,
 then a 12-bit counter that keeps ids from one process ordered within a
 millisecond, then 62 random bits.
+
+Order is kept across small steps of the clock (within a millisecond, or a
+clock stepped back a little); a clock stepped back further than
+L{MAX_BACKSTEP_MS} starts again from its own time, because the id must name
+when the session started: the verifier holds segment 0's wall start to the
+id's time within a minute.
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ _lock = threading.Lock()
 _last_ms = -1
 _counter = 0
 
+#: how far back (ms) the clock may step and ids still continue the old order
+MAX_BACKSTEP_MS = 1000
+
 
 def new_session_id(now: float | None = None) -> uuid.UUID:
     """
@@ -28,7 +37,7 @@ def new_session_id(now: float | None = None) -> uuid.UUID:
     global _last_ms, _counter
     ms = int((time.time() if now is None else now) * 1000)
     with _lock:
-        if ms <= _last_ms:
+        if _last_ms - MAX_BACKSTEP_MS < ms <= _last_ms:
             # Clock did not advance (or went back): stay ordered by counting.
             _counter += 1
             if _counter > 0xFFF:
