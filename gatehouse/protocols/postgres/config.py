@@ -48,6 +48,7 @@ import os
 import attrs
 
 from gatehouse.config import ConfigSection
+from gatehouse.files import files
 from gatehouse.limits import ConnectionCaps
 from gatehouse.protocols import ListenerOptions, TargetOptions
 
@@ -95,12 +96,18 @@ class UpstreamTLS:
     server_name: str | None = None
 
 
+def _password_text(data: bytes, path: str) -> str:
+    # As a file opened in text mode reads it (universal newlines).
+    text = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+    return text.rstrip("\n")
+
+
 def _read_password(password_file: str | None, password_env: str | None) -> str | None:
-    # Read at each connection (never cached in config values), so a rotated
-    # file is picked up by the next one.
+    # Checked at each connection (never kept in config values), so a
+    # rotated file is picked up by the next one; read again only when it
+    # changed.
     if password_file is not None:
-        with open(password_file, encoding="utf-8") as f:
-            return f.read().rstrip("\r\n")
+        return files.load(password_file, _password_text)
     if password_env is not None:
         return os.environ.get(password_env)
     return None
