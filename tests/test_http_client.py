@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import reactor, ssl
+from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
@@ -19,7 +19,6 @@ from twisted.web.client import ResponseNeverReceived
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from gatehouse._pki import make_ca
 from gatehouse.http_client import (
     HTTPClient,
     InvalidURL,
@@ -29,6 +28,7 @@ from gatehouse.http_client import (
     describe_error,
 )
 from tests.test_approval import Server
+from tests.test_tls import ca_bundle
 
 
 class _Echo(Resource):
@@ -80,26 +80,6 @@ class _Server(Server):
         testCase.addCleanup(self.stop)
 
 
-def _serverTLS(directory: Path) -> tuple[Path, Path, Any]:
-    """
-    Two CAs, a bundle file of both, and server TLS options for 127.0.0.1
-    whose certificate the second CA signed.
-
-    @return: the bundle's path, the path of an unrelated CA's certificate,
-        and the server's TLS options.
-    """
-    first = make_ca(directory / "first", "first test CA")
-    second = make_ca(directory / "second", "second test CA")
-    other = make_ca(directory / "other", "unrelated test CA")
-    certPath, keyPath = second.issue("server", sans=("127.0.0.1",))
-    bundle = directory / "bundle.pem"
-    bundle.write_bytes(first.cert_path.read_bytes() + second.cert_path.read_bytes())
-    options = ssl.PrivateCertificate.loadPEM(
-        keyPath.read_bytes() + certPath.read_bytes()
-    ).options()
-    return bundle, other.cert_path, options
-
-
 class HTTPClientTests(TestCase):
     """
     L{HTTPClient.request} against a loopback server.
@@ -149,7 +129,7 @@ class HTTPClientTests(TestCase):
         With C{ca_file} a bundle of two CAs, a server whose certificate the
         second one signed is trusted.
         """
-        bundle, _, options = _serverTLS(Path(self.mktemp()))
+        bundle, _, options = ca_bundle(Path(self.mktemp()))
         server = _Server(self, _Echo(), tls=options)
         client = HTTPClient(reactor, ca_file=str(bundle))
         response = await client.request(
@@ -162,7 +142,7 @@ class HTTPClientTests(TestCase):
         A server certificate no CA of C{ca_file} signed fails the request
         before anything is sent, and the description says why.
         """
-        _, other, options = _serverTLS(Path(self.mktemp()))
+        _, other, options = ca_bundle(Path(self.mktemp()))
         echo = _Echo()
         server = _Server(self, echo, tls=options)
         client = HTTPClient(reactor, ca_file=str(other))

@@ -20,7 +20,7 @@ from gatehouse.protocols.postgres.upstream import _tls_options
 from gatehouse.tls import load_certificates
 
 
-def _bundle(directory: Path) -> tuple[Path, Path, Any]:
+def ca_bundle(directory: Path) -> tuple[Path, Path, Any]:
     """
     A bundle of two CAs, an unrelated CA and server TLS options for
     127.0.0.1 signed by the bundle's second CA.
@@ -46,7 +46,7 @@ class LoadCertificatesTests(SynchronousTestCase):
         """
         Every certificate of a bundle is loaded, in file order.
         """
-        bundle, _, _ = _bundle(Path(self.mktemp()))
+        bundle, _, _ = ca_bundle(Path(self.mktemp()))
         loaded = load_certificates(bundle.read_bytes(), str(bundle))
         self.assertEqual(
             [c.getSubject().commonName for c in loaded],
@@ -124,14 +124,14 @@ class UpstreamBundleTests(TestCase):
         A target whose certificate the bundle's second CA signed is
         trusted.
         """
-        bundle, _, server = _bundle(Path(self.mktemp()))
+        bundle, _, server = ca_bundle(Path(self.mktemp()))
         self.assertEqual(await self.exchange(server, bundle), b"hello")
 
     async def test_otherCARefused(self) -> None:
         """
         A target signed by no CA of C{ca_file} is refused.
         """
-        _, other, server = _bundle(Path(self.mktemp()))
+        _, other, server = ca_bundle(Path(self.mktemp()))
         error = await self.assertFailure(
             Deferred.fromCoroutine(self.exchange(server, other)), Exception
         )

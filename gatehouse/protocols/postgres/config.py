@@ -12,6 +12,7 @@ A listener::
           allow_cleartext: false      # true only for loopback/testing
           max_statement_bytes: 4MiB   # longer statements are refused (54000)
           classify_workers: 2         # processes classifying long statements
+          classify_queue: 256         # statements waiting for them, then 53300
           authentication_timeout: 30s # accept to logged in and target ready
           max_connections: 1000       # all connections of this listener
           max_unauthenticated: 256    # of which not yet authenticated
@@ -67,6 +68,9 @@ class PostgresListenerOptions(ListenerOptions):
     max_statement_bytes: int = 4 * 1024 * 1024
     #: worker processes that classify long statements (per listener)
     classify_workers: int = 2
+    #: long statements waiting for or in those workers (per listener); more
+    #: are refused (53300) rather than queued
+    classify_queue: int = 256
     #: seconds from accept until the client is authenticated and its
     #: target session ready; not reset by bytes the client trickles in
     authentication_timeout: float = 30.0
@@ -276,6 +280,9 @@ def parse_listener_options(options: ConfigSection) -> PostgresListenerOptions:
         max_message_bytes=options.size("max_message_bytes", 1024 * 1024 * 1024),
         max_statement_bytes=options.size("max_statement_bytes", 4 * 1024 * 1024),
         classify_workers=options.integer("classify_workers", 2, minimum=1, maximum=64),
+        classify_queue=options.integer(
+            "classify_queue", 256, minimum=1, maximum=1_000_000
+        ),
         **_connection_limits(options),
     )
 

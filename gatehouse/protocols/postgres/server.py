@@ -43,7 +43,12 @@ from gatehouse.net import send_now, tune
 from gatehouse.policy import ERROR, OPAQUE, Command, Decision
 from gatehouse.protocols.postgres import codec
 from gatehouse.protocols.postgres.catalog import Catalog
-from gatehouse.protocols.postgres.classifier import ClassifierPool
+from gatehouse.protocols.postgres.classifier import (
+    BUSY_SQLSTATE,
+    ClassifierBusy,
+    ClassifierPool,
+    normalized,
+)
 from gatehouse.protocols.postgres.commands import (
     FUNCTION_CALL,
     Classified,
@@ -295,7 +300,9 @@ class PostgresServerFactory(Factory):
         self.cancels = cancels
         self.commands = CommandCache()
         #: worker processes for long statements (see L{ClassifierPool})
-        self.classifier = ClassifierPool(reactor, options.classify_workers)
+        self.classifier = ClassifierPool(
+            reactor, options.classify_workers, options.classify_queue
+        )
         self.catalogs: dict[str, Catalog] = {}
         self.connections: set[PostgresServerProtocol] = set()
         #: connections counted against the listener's caps
@@ -1387,12 +1394,14 @@ class PostgresServerProtocol(Protocol):
             # The client encoding changed meanwhile (a pipelined SET): the
             # text PostgreSQL will read is another one; classify that.
         if len(text) > self.INLINE_CLASSIFY_LIMIT:
+            policy = self.session.policy
+            reads_text = policy is not None and policy.reads_text
             found = cache.cached(text)
-            if found is not None:
+            if found is not None and (not reads_text or normalized(found)):
                 return text, found
             # Parsing takes milliseconds per few KiB: not on the reactor,
             # nor in its threads (see ClassifierPool).
-            self._factory.classifier.classify(text).addBoth(
+            self._factory.classifier.classify(text, reads_text).addBoth(
                 self._classified, frame, text
             )
             return _PENDING
@@ -1403,6 +1412,9 @@ class PostgresServerProtocol(Protocol):
         if not self._holding(frame, "classification"):
             return  # the client cancelled it, or the session ended
         if isinstance(result, Failure):
+            if result.check(ClassifierBusy):
+                self._release(None, frame, str(result.value), BUSY_SQLSTATE)
+                return
             self._release(result, frame, "the gateway could not check this statement")
             return
         self._factory.commands.remember(text, result)
