@@ -17,12 +17,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.python.failure import Failure
 
 from gatehouse.protocols.postgres import codec
 from gatehouse.protocols.postgres.config import PostgresTargetOptions
 from gatehouse.protocols.postgres.upstream import UpstreamError, connect_upstream
 
-__all__ = ["Catalog"]
+__all__ = ["Catalog", "Lookups"]
 
 _ROW = codec.BackendType.DATA_ROW
 _ERROR = codec.BackendType.ERROR_RESPONSE
@@ -87,6 +88,10 @@ class _QueryRunner:
 class Catalog:
     """
     Column names of one target, looked up on demand and cached.
+
+    A lookup fails with L{UpstreamError} when connecting, or the query,
+    takes longer than C{connect_timeout} (each); cancelling it closes its
+    connection.
 
     @param ttl: seconds an answer is trusted.
     """
@@ -164,8 +169,17 @@ class Catalog:
             (("application_name", "gatehouse catalog"),),
             self._timeout,
         )
+        timeout = self._timeout
         try:
-            rows = yield _QueryRunner(ready.protocol).run(sql)
+            running = _QueryRunner(ready.protocol).run(sql)
+            running.addTimeout(
+                timeout,
+                self._reactor,
+                onTimeoutCancel=lambda result, _: Failure(
+                    UpstreamError(f"catalog query: no answer within {timeout:g} s")
+                ),
+            )
+            rows = yield running
         finally:
             ready.protocol.on_lost = None
             ready.protocol.transport.write(codec.Terminate().encode())
@@ -183,3 +197,30 @@ class Catalog:
         self._columns[(int(oid), int(attnum))] = full
         self._known_oids[int(oid)] = self._reactor.seconds()
         return full
+
+
+class Lookups:
+    """
+    The catalog lookups one client connection waits for: cancelled (their
+    connections closed) when it goes away, rather than left to finish for
+    nobody.
+    """
+
+    def __init__(self) -> None:
+        self._pending: set[Deferred] = set()
+
+    def track(self, lookup: Deferred) -> Deferred:
+        """Remember C{lookup} until it ends; returns it."""
+        self._pending.add(lookup)
+
+        def ended(result: object) -> object:
+            self._pending.discard(lookup)
+            return result
+
+        lookup.addBoth(ended)
+        return lookup
+
+    def cancel_all(self) -> None:
+        """Cancel every lookup still running."""
+        for lookup in list(self._pending):
+            lookup.cancel()

@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Mapping
 from functools import partial
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -42,7 +42,7 @@ from gatehouse.limits import (
 from gatehouse.net import send_now, tune
 from gatehouse.policy import ERROR, OPAQUE, Command, Decision
 from gatehouse.protocols.postgres import codec
-from gatehouse.protocols.postgres.catalog import Catalog
+from gatehouse.protocols.postgres.catalog import Catalog, Lookups
 from gatehouse.protocols.postgres.classifier import (
     BUSY_SQLSTATE,
     ClassifierBusy,
@@ -387,7 +387,10 @@ class TooManyConnections(Protocol):
         except RecordingUnavailable:
             session = None
         if session is not None:
-            session.close(f"too many connections: {self._why}")
+            # Session.close logs a failure to seal: nothing else to do here.
+            session.close(f"too many connections: {self._why}").addErrback(
+                lambda failure: None
+            )
         self.transport.write(
             codec.ErrorResponse.build(
                 "FATAL", "53300", "too many connections", self._why
@@ -439,6 +442,8 @@ class PostgresServerProtocol(Protocol):
 
     def __init__(self, factory: PostgresServerFactory):
         self._factory = factory
+        #: catalog lookups in flight, cancelled when the client goes away
+        self._lookups = Lookups()
         self._abort_call = None
         self._client_terminated = False
         self._held_frames: list = []
@@ -606,9 +611,12 @@ class PostgresServerProtocol(Protocol):
             self._abort_call.cancel()
         if self._cancel_key is not None:
             self._factory.cancels.unregister(self._cancel_key[0])
+        self._lookups.cancel_all()
         self._close_upstream()
         if self.session is not None:
-            self.session.close(self._close_reason)
+            # Session.close logs a failure to seal (a recording that failed
+            # mid-session); unconsumed it was an "Unhandled error".
+            self.session.close(self._close_reason).addErrback(lambda failure: None)
 
     def _close_upstream(self) -> None:
         """
@@ -1464,11 +1472,13 @@ class PostgresServerProtocol(Protocol):
         meanwhile.
         """
         if isinstance(result, Failure):
-            self._log.failure(
-                "Holding a statement of session {sid}",
-                result,
-                sid=str(self.session.id),
-            )
+            # A lookup cancelled because the client went away is no error.
+            if not (self._closing and result.check(CancelledError)):
+                self._log.failure(
+                    "Holding a statement of session {sid}",
+                    result,
+                    sid=str(self.session.id),
+                )
             refusal = refusal or "the gateway could not check this statement"
         if self._closing or self.session.closed or self._upstream is None:
             return
@@ -1700,7 +1710,9 @@ class PostgresServerProtocol(Protocol):
             masker.copy_out(names, copy.format, copy.delimiter, full, copy.header)
             self._release(None, frame, None)
             return
-        d = self._factory.catalog(self._target).relation_candidates(copy.relation)
+        d = self._lookups.track(
+            self._factory.catalog(self._target).relation_candidates(copy.relation)
+        )
 
         def known(candidates: list) -> str | None:
             def masked(columns: list) -> tuple:
@@ -1928,7 +1940,7 @@ class PostgresServerProtocol(Protocol):
         self._upstream_held = list(frames)
         gate = self._upstream_gate
         gate.pause("catalog")
-        d = self._factory.catalog(self._target).lookup_oids(oids)
+        d = self._lookups.track(self._factory.catalog(self._target).lookup_oids(oids))
 
         def resume(result: object) -> None:
             if self._closing:
