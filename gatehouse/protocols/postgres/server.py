@@ -17,6 +17,7 @@ and the index are the session's.
 
 from __future__ import annotations
 
+import enum
 import hmac
 import os
 import struct
@@ -32,6 +33,18 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gatehouse.config import DEFAULT_MAX_TOKEN_BYTES, TargetConfig
+from gatehouse.gate import (
+    PASS,
+    STOP,
+    Gate,
+    HoldReason,
+    IGateDriver,
+    Permit,
+    Proposal,
+    Refusal,
+    RefusalKind,
+    Wait,
+)
 from gatehouse.identity import AuthenticationError
 from gatehouse.limits import (
     Admission,
@@ -40,7 +53,7 @@ from gatehouse.limits import (
     open_file_limit,
 )
 from gatehouse.net import send_now, tune
-from gatehouse.policy import ERROR, OPAQUE, Command, Decision
+from gatehouse.policy import OPAQUE, Command, Decision
 from gatehouse.protocols.postgres import codec
 from gatehouse.protocols.postgres.catalog import Catalog
 from gatehouse.protocols.postgres.classifier import ClassifierPool
@@ -127,11 +140,14 @@ def _own_commands(classified: Classified, text: str) -> tuple:
 #: The rule name of the built-in protections' refusals.
 PROTECTION_RULE = "built-in-protection"
 
-#: L{PostgresServerProtocol._classify}: the answer comes later
-_PENDING = object()
 #: L{PostgresServerProtocol._reading}: wait for the target's answers first
 _BARRIER = object()
+_WAIT_BARRIER = Wait(HoldReason.BARRIER)
 _CANCELED = "canceling statement due to user request"
+#: what a CancelRequest ends of a held statement (a catalog lookup goes on)
+_CANCELLABLE = frozenset(
+    {HoldReason.APPROVAL, HoldReason.BARRIER, HoldReason.CLASSIFICATION}
+)
 #: SQLSTATE of a limit exceeded; before authentication PostgreSQL answers
 #: an oversized packet with a protocol violation instead
 _LIMIT_EXCEEDED = "54000"
@@ -141,36 +157,6 @@ _PASSWORD_FRAMING = 5
 
 def _preauth_sqlstate(error: codec.ProtocolViolation) -> str:
     return "08P01" if error.sqlstate == _LIMIT_EXCEEDED else error.sqlstate
-
-
-class StatementIndexer:
-    """
-    Indexes each distinct statement of a session once: statements that
-    differ only in constants (pgbench's random keys) share a shape,
-    so the index holds shapes, not every execution.  Statements the policy
-    did not simply allow are indexed every time, with the decision.  The
-    statements themselves are in the recording.
-    """
-
-    #: statement shapes indexed per session at most
-    MAX_DISTINCT = 10_000
-
-    def __init__(self, session: object):
-        self._session = session
-        self._seen: set[str] = set()
-
-    def saw(self, sql: str, classified: Classified, decision: Decision) -> None:
-        """A client sent C{sql} (a Query, or a Parse) and it was decided."""
-        action = decision.action
-        if action == "allow":
-            key = classified.shape or sql
-            seen = self._seen
-            if key in seen or len(seen) >= self.MAX_DISTINCT:
-                return
-            seen.add(key)
-        command_seen = self._session.command_seen
-        for command in classified.for_text(sql).commands:
-            command_seen(command.kind, command.text, command.objects, action)
 
 
 class CancelRegistry:
@@ -407,6 +393,41 @@ class TooManyConnections(Protocol):
             self._factory.refusing -= 1
 
 
+class Phase(enum.Enum):
+    """The phases of a client connection, in order (see the module docstring)."""
+
+    #: SSLRequest, TLS, GSSENCRequest, CancelRequest, StartupMessage
+    STARTUP = "startup"
+    #: the password message (the client's JWT)
+    PASSWORD = "password"
+    #: the token is verified and the target session opened; what the client
+    #: sends meanwhile is recorded and held
+    CONNECTING = "connecting"
+    #: messages go through the gate both ways
+    RELAY = "relay"
+    #: the session is ending: the client's bytes are ignored
+    CLOSING = "closing"
+
+
+#: the phases each phase may go to
+_NEXT = {
+    Phase.STARTUP: frozenset({Phase.PASSWORD, Phase.CLOSING}),
+    Phase.PASSWORD: frozenset({Phase.CONNECTING, Phase.CLOSING}),
+    Phase.CONNECTING: frozenset({Phase.RELAY, Phase.CLOSING}),
+    Phase.RELAY: frozenset({Phase.CLOSING}),
+    Phase.CLOSING: frozenset({Phase.CLOSING}),
+}
+#: the method that reads the client in each phase
+_READERS = {
+    Phase.STARTUP: "_startup_data",
+    Phase.PASSWORD: "_password_data",
+    Phase.CONNECTING: "_waiting_data",
+    Phase.RELAY: "_relay_data",
+    Phase.CLOSING: "_ignore",
+}
+
+
+@implementer(IGateDriver)
 class PostgresServerProtocol(Protocol):
     """One client connection; see the module docstring for its phases."""
 
@@ -434,7 +455,8 @@ class PostgresServerProtocol(Protocol):
         self._factory = factory
         self._abort_call = None
         self._client_terminated = False
-        self._held_frames: list = []
+        #: messages the client sent before its session was ready
+        self._pending_frames: list = []
         self._chunk = b""
         self._chunk_recorded = True
         self.session = None
@@ -462,11 +484,11 @@ class PostgresServerProtocol(Protocol):
         self._closing = False
         self._close_reason = "client disconnected"
         self._client_gate: _PauseReasons | None = None
-        self._statements: StatementIndexer | None = None
+        #: decides, holds, forwards and refuses the client's statements
+        self._gate: Gate | None = None
+        #: where the messages the gate let go end in the client's stream
+        self._permitted = 0
         self._upstream_reader = codec.FrameReader.backend()
-        # Set while the client's input is held (an approval, a catalog
-        # lookup): its frames wait in _held_frames.
-        self._waiting: str | None = None
         # Set while the target's output is held (a catalog lookup).
         self._upstream_held: list | None = None
         self._masker = None
@@ -506,13 +528,24 @@ class PostgresServerProtocol(Protocol):
         self._syncs_since_start = 0
         self._copy_end_syncs: int | None = None
         self._copy_in = False
-        # The verdict of the statement held for approval (cancelled by a
-        # CancelRequest), and whether the held statement was cancelled.
-        self._verdict: Deferred | None = None
-        self._verdict_request = None
-        self._hold_cancelled = False
         self._passthrough: tuple[tuple[str, str], ...] = ()
-        self.dataReceived = self._startup_data
+        self._read = self._startup_data
+
+    # -- phases --------------------------------------------------------------
+
+    #: where the connection is (see L{Phase}); each phase reads the client
+    #: with its own method (L{_READERS})
+    phase = Phase.STARTUP
+
+    def dataReceived(self, data: bytes) -> None:
+        self._read(data)
+
+    def _enter(self, phase: Phase) -> None:
+        """Go to C{phase}, which must follow the current one."""
+        if phase not in _NEXT[self.phase]:
+            raise RuntimeError(f"no way from phase {self.phase} to {phase}")
+        self.phase = phase
+        self._read = getattr(self, _READERS[phase])
 
     # -- connection ----------------------------------------------------------
 
@@ -595,6 +628,8 @@ class PostgresServerProtocol(Protocol):
         self._factory.connections.discard(self)
         self._release_limits()
         self._closing = True
+        if self._gate is not None:
+            self._gate.close()
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
         if self._cancel_key is not None:
@@ -639,7 +674,9 @@ class PostgresServerProtocol(Protocol):
         TLS one never sends its close_notify) while one is registered.
         """
         self._closing = True
-        self.dataReceived = self._ignore
+        self._enter(Phase.CLOSING)
+        if self._gate is not None:
+            self._gate.close()
         if self._client_gate is not None:
             self._client_gate.release()
         # Nothing more from the target reaches a closing client.
@@ -851,7 +888,7 @@ class PostgresServerProtocol(Protocol):
         )
         leftover = self._startup.take_remaining()
         self._record_chunk(tail=len(leftover))
-        self.dataReceived = self._password_data
+        self._enter(Phase.PASSWORD)
         self._write(codec.AuthenticationCleartextPassword().encode())
         if leftover:
             self._password_frames(leftover)
@@ -909,7 +946,7 @@ class PostgresServerProtocol(Protocol):
         except codec.ProtocolViolation as e:
             self._fatal(e.sqlstate, e.message, f"protocol violation: {e.message}")
             return
-        self.dataReceived = self._waiting_data
+        self._enter(Phase.CONNECTING)
         tail = data[end - base :]
         if tail:
             self._waiting_data(tail)
@@ -933,7 +970,7 @@ class PostgresServerProtocol(Protocol):
             self._bad_input(data, base, e)
             return
         self.session.data(_C2G, data)
-        self._held_frames.extend(frames)
+        self._pending_frames.extend(frames)
         if reader.buffered > self.PENDING_LIMIT:
             self._client_gate.pause("authentication")
 
@@ -1026,7 +1063,9 @@ class PostgresServerProtocol(Protocol):
         self._upstream_user = options.user
         self.session.upstream_login(options.user, via)
         self._target = target
-        self._statements = StatementIndexer(self.session)
+        self._gate = Gate(
+            self.session, self, noun="statement", hold_limit=self.HOLD_LIMIT
+        )
         if self.session.masker is not None:
             from gatehouse.protocols.postgres.masking import ResponseMasker
 
@@ -1144,13 +1183,13 @@ class PostgresServerProtocol(Protocol):
         self._write(codec.ReadyForQuery("I").encode())
         if ready.leftover:
             self._upstream_data(ready.leftover)
-        self.dataReceived = self._relay_data
+        self._enter(Phase.RELAY)
         if self._login_timer is not None and self._login_timer.active():
             self._login_timer.cancel()
         self._login_timer = None
         self._client_gate.resume("authentication")
-        held, self._held_frames = self._held_frames, []
-        self._relay_frames(held)
+        held, self._pending_frames = self._pending_frames, []
+        self._gate.receive(held, self._reader.buffered)
 
     # -- phase 4: relay --------------------------------------------------------
 
@@ -1169,124 +1208,158 @@ class PostgresServerProtocol(Protocol):
             self.session.data(_C2G, data)
         except RecordingFailed:
             return
-        if frames:
-            self._relay_frames(frames)
-        if self._waiting is not None and self._reader.buffered > self.HOLD_LIMIT:
-            self._client_gate.pause("held")
+        if frames or self._gate.holding is not None:
+            self._gate.receive(frames, reader.buffered)
 
-    def _relay_frames(self, frames: list) -> None:
+    # -- the gate's driver: what each client message is ----------------------
+
+    def inspect(self, frame: tuple) -> object:
         """
-        Decide the statements among complete messages, then forward what
-        may go.  A statement held for review (or a lookup) stops the relay
-        there: it and everything after it wait in L{_held_frames}.
+        What a complete client message is for the gate (L{IGateDriver}):
+        a statement to decide, or a message that passes (its bookkeeping
+        done here, in the order the target reads them).
         """
-        if not frames:
-            return
-        if self._waiting is not None:
-            self._held_frames.extend(frames)
-            return
+        kind = frame[0]
+        if kind == _QUERY or kind == _EXECUTE:
+            self._syncs_since_start = 0
+            self._copy_end_syncs = None
+        if kind == _QUERY or kind == _PARSE or kind == _FUNCTION_CALL:
+            return self._statement(frame)
+        if kind == _BIND or kind == _EXECUTE:
+            # Planning and running may call functions (set_config).
+            self._unsynced = True
+        if kind in _COPY_END:
+            if self._copy_in:
+                self._copy_in = False
+            elif self._copy_end_syncs is None:
+                self._copy_end_syncs = self._syncs_since_start
+        if kind == _SYNC:
+            if not self._copy_in:  # else the target ignores it
+                self._sent(kind)
+                self._syncs_since_start += 1
+            self._unsynced = False
+        elif self._describes is not None:
+            reader = self._reader
+            if kind == _DESCRIBE:
+                self._describes.append("pass")
+                portal = codec.portal_described(reader.body(frame))
+                if portal is not None:
+                    self._described = (portal, frame[2])
+            elif kind == _EXECUTE:
+                # Rows are masked by their own portal's columns (not by
+                # whatever was described last): unless the client
+                # described this portal just before (libpq always does),
+                # the gateway describes it, and keeps the answer.
+                portal = codec.portal_executed(reader.body(frame))
+                if self._described != (portal, frame[1]):
+                    self.flush()
+                    self._forward(codec.describe_portal(portal))
+                    self._describes.append("swallow")
+        if kind == _TERMINATE:
+            self._close_reason = "client terminated the session"
+            self._client_terminated = True
+        return PASS
+
+    def _statement(self, frame: tuple) -> object:
+        """A Query, Parse or FunctionCall, for the gate."""
+        kind = frame[0]
+        body = self._reader.body(frame)
+        if kind != _FUNCTION_CALL:
+            cap = self._factory.options.max_statement_bytes
+            if frame[2] - frame[1] > cap:
+                return Refusal(
+                    RefusalKind.TOO_LONG,
+                    f"statement too long for the gateway to check "
+                    f"({frame[2] - frame[1] - 5} bytes, at most {cap})",
+                    code="54000",
+                )
+            reading = self._reading(frame, body)
+            if reading is _BARRIER:
+                return _WAIT_BARRIER
+            if reading is not None:
+                return Refusal(RefusalKind.UNREADABLE, reading, code="0A000")
+        found = self._classify(frame, body)
+        if found is None:
+            return STOP
+        if type(found) is Wait:
+            return found
+        text, classified = found
+        return Proposal(
+            classified.commands,
+            text,
+            classified.shape,
+            None
+            if classified.source == text
+            else partial(_own_commands, classified, text),
+            # Built-in protections first: no policy can allow these.
+            self._protection(classified),
+            classified,
+        )
+
+    def admit(self, frame: tuple, permit: Permit) -> object:
+        """An allowed statement: can its results be masked (L{IGateDriver})?"""
+        if self._masker is None:
+            return None
+        classified = permit.detail
+        refusal = self._copy_check(classified, frame[0])
+        if refusal is not None:
+            return Refusal(RefusalKind.PROTOCOL, refusal)
+        if self._copy_needs_columns(classified):
+            return Wait(
+                HoldReason.LOOKUP, partial(self._copy_columns, classified, frame)
+            )
+        return None
+
+    def forward(self, frame: tuple, permit: Permit | None) -> None:
+        """The gate lets C{frame} go: sent at the next L{flush}."""
+        if permit is not None:
+            self._sent(frame[0])
+        self._permitted = frame[2]
+
+    def flush(self) -> None:
+        """Send the client's messages the gate let go so far."""
+        end = self._permitted
         reader = self._reader
-        cap = self._factory.options.max_statement_bytes
-        for index, frame in enumerate(frames):
-            kind = frame[0]
-            if kind == _QUERY or kind == _EXECUTE:
-                self._syncs_since_start = 0
-                self._copy_end_syncs = None
-            if kind == _QUERY or kind == _PARSE or kind == _FUNCTION_CALL:
-                body = reader.body(frame)
-                if kind != _FUNCTION_CALL:
-                    if frame[2] - frame[1] > cap:
-                        self._forward(reader.take_to(frame[1]))
-                        self._too_long(frame, cap)
-                        continue
-                    reading = self._reading(frame, body)
-                    if reading is _BARRIER:
-                        self._forward(reader.take_to(frame[1]))
-                        self._hold(frames, index, "barrier")
-                        return
-                    if reading is not None:
-                        self._forward(reader.take_to(frame[1]))
-                        self._refuse(frame, reading, sqlstate="0A000")
-                        continue
-                found = self._classify(frame, body)
-                if found is None:
-                    return
-                if found is _PENDING:
-                    self._forward(reader.take_to(frame[1]))
-                    self._hold(frames, index, "classification")
-                    return
-                text, classified = found
-                # Built-in protections first: no policy can allow these.
-                decision = self._protection(classified, text)
-                if decision is None:
-                    # Possibly classified from another text of its shape:
-                    # the client's own text is bound only where it is read.
-                    decision = self.session.decide(
-                        classified.commands,
-                        classified.shape,
-                        None
-                        if classified.source == text
-                        else partial(_own_commands, classified, text),
-                    )
-                self._statements.saw(text, classified, decision)
-                if decision.action == "allow":
-                    if self._masker is not None:
-                        refusal = self._copy_check(classified, kind)
-                        if refusal is not None:
-                            self._forward(reader.take_to(frame[1]))
-                            self._refuse(frame, refusal)
-                            continue
-                        if self._copy_needs_columns(classified):
-                            self._forward(reader.take_to(frame[1]))
-                            self._hold(frames, index, "catalog")
-                            self._copy_columns(classified, frame)
-                            return
-                    self._sent(kind)
-                    continue
-                self._forward(reader.take_to(frame[1]))
-                if decision.action == "deny":
-                    self._refuse(frame, self._refusal_text(decision))
-                    continue
-                if decision.action == ERROR:
-                    self._refuse_unparseable(frame, classified)
-                    continue
-                self._review(frames, index, classified.for_text(text), decision)
-                return
-            if kind == _BIND or kind == _EXECUTE:
-                # Planning and running may call functions (set_config).
-                self._unsynced = True
-            if kind in _COPY_END:
-                if self._copy_in:
-                    self._copy_in = False
-                elif self._copy_end_syncs is None:
-                    self._copy_end_syncs = self._syncs_since_start
-            if kind == _SYNC:
-                if not self._copy_in:  # else the target ignores it
-                    self._sent(kind)
-                    self._syncs_since_start += 1
-                self._unsynced = False
-            elif self._describes is not None:
-                if kind == _DESCRIBE:
-                    self._describes.append("pass")
-                    portal = codec.portal_described(reader.body(frame))
-                    if portal is not None:
-                        self._described = (portal, frame[2])
-                elif kind == _EXECUTE:
-                    # Rows are masked by their own portal's columns (not by
-                    # whatever was described last): unless the client
-                    # described this portal just before (libpq always does),
-                    # the gateway describes it, and keeps the answer.
-                    portal = codec.portal_executed(reader.body(frame))
-                    if self._described != (portal, frame[1]):
-                        self._forward(reader.take_to(frame[1]))
-                        self._forward(codec.describe_portal(portal))
-                        self._describes.append("swallow")
-            if kind == _TERMINATE:
-                self._close_reason = "client terminated the session"
-                self._client_terminated = True
-        end = frames[-1][2]
         if end > reader.consumed:
             self._forward(reader.take_to(end))
+
+    def refuse(self, frame: tuple, refusal: Refusal) -> None:
+        """The gate keeps C{frame} from the target: answer as PostgreSQL would."""
+        self.flush()
+        kind = refusal.kind
+        if kind is RefusalKind.UNPARSEABLE:
+            self._refuse_unparseable(frame, refusal.detail)
+        elif kind is RefusalKind.CANCELLED:
+            self._refuse(frame, _CANCELED, sqlstate="57014")
+        else:
+            self._refuse(frame, refusal.message, sqlstate=refusal.code or "42501")
+
+    def held(self, frame: tuple, request: object, decision: Decision) -> None:
+        """A statement waits for approval: the client reads a NOTICE."""
+        how = self.session.approval_instructions(request)
+        self._write(
+            codec.NoticeResponse.build(
+                "NOTICE",
+                "01000",
+                f"gatehouse: statement held for approval {request.id} "
+                f'(rule "{decision.rule}"); waiting up to '
+                f"{int(decision.timeout)}s",
+                detail=decision.message,
+                hint=how,
+            ).encode()
+        )
+
+    def pause_input(self) -> None:
+        """Too much waits behind a held statement: stop reading the client."""
+        self._client_gate.pause("held")
+
+    def resume_input(self) -> None:
+        """The hold ended: read the client again."""
+        self._client_gate.resume("held")
+
+    def failed(self, failure: Failure) -> None:
+        """Checking a held statement raised: end the session (fail closed)."""
+        self._check_failed("statement", failure)
 
     def _reading(self, frame: tuple, body: bytes) -> object:
         """
@@ -1337,14 +1410,6 @@ class PostgresServerProtocol(Protocol):
             )
         return None
 
-    def _too_long(self, frame: tuple, cap: int) -> None:
-        self._refuse(
-            frame,
-            f"statement too long for the gateway to check "
-            f"({frame[2] - frame[1] - 5} bytes, at most {cap})",
-            sqlstate="54000",
-        )
-
     def _sent(self, kind: int) -> None:
         """A message the target answers with ReadyForQuery is on its way."""
         if kind in _READY_AFTER:
@@ -1352,11 +1417,11 @@ class PostgresServerProtocol(Protocol):
             if self._describes is not None:
                 self._describes.append("q" if kind == _QUERY else "s")
 
-    def _classify(self, frame: tuple, body: bytes) -> tuple[str, Classified] | None:
+    def _classify(self, frame: tuple, body: bytes) -> object:
         """
         The text of a Query, Parse or FunctionCall and its commands, read
-        in the client's encoding; None (the session is ended) if the
-        message is malformed.
+        in the client's encoding; a L{Wait} while a worker reads a long
+        one; None (the session is ended) if the message is malformed.
         """
         kind = frame[0]
         try:
@@ -1392,88 +1457,29 @@ class PostgresServerProtocol(Protocol):
                 return text, found
             # Parsing takes milliseconds per few KiB: not on the reactor,
             # nor in its threads (see ClassifierPool).
-            self._factory.classifier.classify(text).addBoth(
-                self._classified, frame, text
+            return Wait(
+                HoldReason.CLASSIFICATION, partial(self._start_classify, frame, text)
             )
-            return _PENDING
         return text, cache.lookup(text)
+
+    def _start_classify(self, frame: tuple, text: str) -> None:
+        self._factory.classifier.classify(text).addBoth(self._classified, frame, text)
 
     def _classified(self, result: object, frame: tuple, text: str) -> None:
         """A long statement was classified in a worker: decide it now."""
-        if not self._holding(frame, "classification"):
+        gate = self._gate
+        if self._upstream is None or not gate.holds(frame, HoldReason.CLASSIFICATION):
             return  # the client cancelled it, or the session ended
         if isinstance(result, Failure):
-            self._release(result, frame, "the gateway could not check this statement")
+            gate.settle(frame, result)
             return
         self._factory.commands.remember(text, result)
         self._preclassified = (frame[1], result)
-        self._resume_held()
-
-    def _holding(self, frame: tuple, why: str) -> bool:
-        """Whether the relay still holds C{frame} for C{why}."""
-        return (
-            not self._closing
-            and not self.session.closed
-            and self._upstream is not None
-            and self._waiting == why
-            and bool(self._held_frames)
-            and self._held_frames[0] is frame
-        )
-
-    def _resume_held(self) -> None:
-        """Relay the held frames again, from the first (decided anew)."""
-        self._waiting = None
-        held, self._held_frames = self._held_frames, []
-        self._client_gate.resume("held")
-        try:
-            self._relay_frames(held)
-        except Exception:
-            self._check_failed("statement")
-
-    def _hold(self, frames: list, index: int, why: str) -> None:
-        """
-        Stop relaying at C{frames[index]} until L{_release}.  The client is
-        still read (up to L{HOLD_LIMIT}), so that a client hanging up while
-        it waits ends its session and its approval request.
-        """
-        self._waiting = why
-        self._held_frames = list(frames[index:])
-
-    def _release(
-        self,
-        result: object,
-        frame: tuple,
-        refusal: str | None,
-        sqlstate: str = "42501",
-    ) -> None:
-        """
-        The hold on C{frame} ends: forward it (or refuse it with
-        C{refusal} and C{sqlstate}), then relay what the client sent
-        meanwhile.
-        """
-        if isinstance(result, Failure):
-            self._log.failure(
-                "Holding a statement of session {sid}",
-                result,
-                sid=str(self.session.id),
-            )
-            refusal = refusal or "the gateway could not check this statement"
-        if self._closing or self.session.closed or self._upstream is None:
-            return
-        self._waiting = None
-        held, self._held_frames = self._held_frames, []
-        assert held and held[0] is frame
-        if refusal is not None:
-            self._refuse(frame, refusal, sqlstate=sqlstate)
-        else:
-            self._sent(frame[0])
-            self._forward(self._reader.take_to(frame[2]))
-        self._client_gate.resume("held")
-        self._relay_frames(held[1:])
+        gate.resume()
 
     # -- refusals -----------------------------------------------------------
 
-    def _protection(self, classified: Classified, text: str) -> Decision | None:
+    def _protection(self, classified: Classified) -> Decision | None:
         """The built-in protections' refusal of these statements, if any."""
         statements = classified.statements
         if not any(statement.sensitive for statement in statements):
@@ -1484,17 +1490,7 @@ class PostgresServerProtocol(Protocol):
         )
         if why is None:
             return None
-        decision = Decision("deny", PROTECTION_RULE, message=why)
-        commands = classified.for_text(text).commands
-        self.session.event(
-            "decision",
-            action="deny",
-            rule=PROTECTION_RULE,
-            message=why,
-            commands=[c.as_json() for c in commands],
-        )
-        self.session.report_decision(decision, commands)
-        return decision
+        return Decision("deny", PROTECTION_RULE, message=why)
 
     def _refuse_unparseable(self, frame: tuple, classified: Classified) -> None:
         """Answer text the parser rejects as PostgreSQL would: 42601."""
@@ -1509,12 +1505,6 @@ class PostgresServerProtocol(Protocol):
             position=statement.position,
             hint=None,
         )
-
-    def _refusal_text(self, decision: Decision) -> str:
-        if decision.rule == PROTECTION_RULE:
-            return decision.message or ""
-        why = f": {decision.message}" if decision.message else ""
-        return f'statement refused by gatehouse policy rule "{decision.rule}"{why}'
 
     def _refuse(
         self,
@@ -1563,50 +1553,6 @@ class PostgresServerProtocol(Protocol):
             sqlstate=sqlstate,
         )
         self._forward(substitute)
-
-    def _review(
-        self, frames: list, index: int, classified: Classified, decision: Decision
-    ) -> None:
-        frame = frames[index]
-        self._hold(frames, index, "approval")
-        request, verdict = self.session.request_approval(classified.commands, decision)
-        if request is not None:
-            how = self.session.approval_instructions(request)
-            self._write(
-                codec.NoticeResponse.build(
-                    "NOTICE",
-                    "01000",
-                    f"gatehouse: statement held for approval {request.id} "
-                    f'(rule "{decision.rule}"); waiting up to '
-                    f"{int(decision.timeout)}s",
-                    detail=decision.message,
-                    hint=how,
-                ).encode()
-            )
-
-        def decided(result: object) -> None:
-            self._verdict = None
-            if self._hold_cancelled:
-                # The client cancelled it (CancelRequest): the broker marked
-                # the request cancelled, so it can never be approved.
-                self._hold_cancelled = False
-                self._release(None, frame, _CANCELED, sqlstate="57014")
-                return
-            if isinstance(result, Failure):
-                self._release(result, frame, None)
-                return
-            if result.approved:
-                self._release(None, frame, None)
-            else:
-                self._release(
-                    None,
-                    frame,
-                    f'statement not approved (rule "{decision.rule}"): {result.reason}',
-                )
-
-        self._verdict = verdict
-        self._verdict_request = request
-        verdict.addBoth(decided)
 
     # -- masking ------------------------------------------------------------
 
@@ -1686,7 +1632,7 @@ class PostgresServerProtocol(Protocol):
             names = list(copy.columns) or None
             full = [f"{relation}.{c}" for c in copy.columns] or None
             masker.copy_out(names, copy.format, copy.delimiter, full, copy.header)
-            self._release(None, frame, None)
+            self._gate.settle(frame, None)
             return
         d = self._factory.catalog(self._target).relation_candidates(copy.relation)
 
@@ -1715,8 +1661,14 @@ class PostgresServerProtocol(Protocol):
 
         d.addCallback(known)
         d.addCallbacks(
-            lambda refusal: self._release(None, frame, refusal),
-            lambda failure: self._release(failure, frame, None),
+            self._copy_known,
+            lambda failure: self._gate.settle(frame, failure),
+            callbackArgs=(frame,),
+        )
+
+    def _copy_known(self, refusal: str | None, frame: tuple) -> None:
+        self._gate.settle(
+            frame, None if refusal is None else Refusal(RefusalKind.PROTOCOL, refusal)
         )
 
     # -- forwarding -----------------------------------------------------------
@@ -1756,22 +1708,25 @@ class PostgresServerProtocol(Protocol):
             self._check_failed("result")
             return
         if (
-            self._waiting == "barrier"
+            self._gate.holding is HoldReason.BARRIER
             and self._ready_seen >= self._ready_expected
             and not self._closing
         ):
             # Everything before the held statement has been answered, and
             # the target has said (ParameterStatus) how it reads SQL now.
-            self._resume_held()
+            self._gate.resume()
 
-    def _check_failed(self, what: str) -> None:
+    def _check_failed(self, what: str, failure: Failure | None = None) -> None:
         """
         Fail closed on an error while checking a statement or a result (in
-        an C{except} block): what was not checked never passes, and the
-        session ends saying why.
+        an C{except} block, or given its C{failure}): what was not checked
+        never passes, and the session ends saying why.
         """
         self._log.failure(
-            "Checking a {what} of session {sid}", what=what, sid=str(self.session.id)
+            "Checking a {what} of session {sid}",
+            failure,
+            what=what,
+            sid=str(self.session.id),
         )
         self._fatal(
             "XX000",
@@ -1985,23 +1940,20 @@ class PostgresServerProtocol(Protocol):
         """
         if self._upstream is None or self.session is None or self._closing:
             return
-        held = self._waiting if self._held_frames else None
-        if held not in ("approval", "barrier", "classification"):
-            held = None
+        gate = self._gate
+        held = gate.holding if gate.holding in _CANCELLABLE else None
         outstanding = self._ready_seen < self._ready_expected or self._unsynced
-        request = self._verdict_request
+        request = gate.request
         self.session.event(
             "cancel-request",
             peer=peer,
-            held=held,
-            approval=request.id if held == "approval" and request else None,
+            held=held.value if held is not None else None,
+            approval=request.id
+            if held is HoldReason.APPROVAL and request is not None
+            else None,
         )
-        if held == "approval":
-            if self._verdict is not None:
-                self._hold_cancelled = True
-                self._verdict.cancel()
-        elif held is not None:
-            self._release(None, self._held_frames[0], _CANCELED, sqlstate="57014")
+        if held is not None:
+            gate.cancel()
         if outstanding:
             self._cancel_upstream()
 
