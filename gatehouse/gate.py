@@ -406,7 +406,10 @@ class Gate:
                 forward(unit, None)
                 i += 1
                 continue
-            start = self._step(unit, found)
+            if type(found) is Proposal:
+                start = self._decide(unit, found)
+            else:
+                start = self._step(unit, found)
             if start is None:
                 i += 1
                 continue
@@ -420,8 +423,6 @@ class Gate:
 
     def _step(self, unit: Any, found: object) -> Callable[[], object] | None:
         """Act on what the driver found; a hold's start if the unit waits."""
-        if type(found) is Proposal:
-            return self._decide(unit, found)
         if type(found) is Refusal:
             self._driver.refuse(unit, found)
             return None
