@@ -9,7 +9,7 @@ import json
 import os
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import yaml
 
@@ -48,10 +48,22 @@ from gatehouse.protocols import get_protocol, protocol_names
 
 if TYPE_CHECKING:
     from gatehouse.identity import IssuerConfig
+    from gatehouse.protocols import IProtocolAdapter
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _NAME_RULE = "1 to 64 characters of A-Z a-z 0-9 . _ -"
 _MIN_HS256_SECRET = 32
+
+_T = TypeVar("_T")
+
+
+def _reported(value: _T | None) -> _T:
+    """
+    A required value; None only once its problem is reported, and then the
+    value built from it is never returned (L{load_config} raises
+    L{ConfigError}): parsing carries on to report every problem at once.
+    """
+    return cast(_T, value)
 
 
 class _Loader(yaml.SafeLoader):
@@ -217,7 +229,12 @@ def load_admin_access(path: str) -> AdminAccess:
             )
         host = f"[{address}]" if address.version == 6 else str(address)
         url = f"{'http' if tls is None else 'https'}://{host}:{port}"
-    if ca_file is None and tls is not None and url.startswith("https:"):
+    if (
+        ca_file is None
+        and tls is not None
+        and url is not None
+        and url.startswith("https:")
+    ):
         ca_file = tls.readable_file("certificate", required=True)
     if problems.found:
         raise ConfigError(problems.found)
@@ -388,9 +405,9 @@ def _parse_recording(section: ConfigSection | None) -> RecordingConfig | None:
     _check_revocations(section, root_public_keys, revocations)
     section.finish()
     return RecordingConfig(
-        directory=directory,
-        index=index,
-        signing_keys=signing_keys,
+        directory=_reported(directory),
+        index=_reported(index),
+        signing_keys=_reported(signing_keys),
         root_public_keys=root_public_keys,
         segment_max_bytes=segment_max_bytes,
         seal_interval=seal_interval,
@@ -464,10 +481,12 @@ def _parse_tls(section: ConfigSection | None) -> TLSConfig | None:
     if certificate is not None and key is not None:
         for where, message in tls_problems(certificate, key):
             section.problem(message, where)
-    return TLSConfig(certificate=certificate, key=key)
+    return TLSConfig(certificate=_reported(certificate), key=_reported(key))
 
 
-def _parse_protocol(section: ConfigSection) -> tuple[str | None, Any]:
+def _parse_protocol(
+    section: ConfigSection,
+) -> tuple[str | None, IProtocolAdapter | None]:
     """
     Read C{protocol}; return it and its adapter, or C{None} for both.
     """
@@ -489,7 +508,9 @@ def _parse_protocol(section: ConfigSection) -> tuple[str | None, Any]:
         return None, None
 
 
-def _options(section: ConfigSection, adapter: Any) -> ConfigSection | None:
+def _options(
+    section: ConfigSection, adapter: IProtocolAdapter | None
+) -> ConfigSection | None:
     """
     Read C{options}; C{None} if there is no adapter to make sense of them.
     """
@@ -535,13 +556,13 @@ def _parse_listeners(
         tls = _parse_tls(section.section("tls"))
         options_section = _options(section, adapter)
         options = None
-        if options_section is not None:
+        if adapter is not None and options_section is not None:
             options = adapter.parse_listener_options(options_section)
             options_section.finish()
         section.finish()
         listener = ListenerConfig(
-            name=name,
-            protocol=protocol,
+            name=_reported(name),
+            protocol=_reported(protocol),
             address=address,
             port=port,
             tls=tls,
@@ -549,7 +570,7 @@ def _parse_listeners(
         )
         # Rules that span the listener's own keys and its options (e.g.
         # "TLS, or cleartext explicitly allowed").
-        if options is not None:
+        if adapter is not None and options is not None:
             adapter.check_listener(listener, section)
         listeners.append((listener, section))
     return listeners
@@ -567,14 +588,14 @@ def _parse_targets(
         end_at_expiry = section.boolean("end_session_at_token_expiry", True)
         options_section = _options(section, adapter)
         options = None
-        if options_section is not None:
+        if adapter is not None and options_section is not None:
             options = adapter.parse_target_options(options_section)
             options_section.finish()
         section.finish()
         targets.append(
             TargetConfig(
-                name=name,
-                protocol=protocol,
+                name=_reported(name),
+                protocol=_reported(protocol),
                 options=options,
                 end_session_at_token_expiry=end_at_expiry,
             )

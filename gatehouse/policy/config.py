@@ -250,7 +250,7 @@ def parse_policy(
     default = fallback("default", "allow")
     unparseable = fallback("unparseable", ERROR, FALLBACK_ACTIONS)
     opaque = fallback("opaque", "review")
-    rules = []
+    rules: list[Rule] = []
     names: dict[str, str] = {}
     for rule_section in section.sections("rules"):
         rule = _parse_rule(rule_section, defaults, vocabulary)
