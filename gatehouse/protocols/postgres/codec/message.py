@@ -6,7 +6,7 @@ their decoders and encoders share.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 from .core import (
@@ -142,6 +142,20 @@ class _Cursor:
     def finish(self) -> None:
         if self.pos != self.end:
             raise _malformed(self.what, "unexpected bytes after the last field")
+
+
+# Typed converters for tuple fields (attrs' converter=tuple leaves mypy
+# without the element type).
+def _int_tuple(values: Iterable[int]) -> tuple[int, ...]:
+    return tuple(values)
+
+
+def _str_tuple(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(values)
+
+
+def _value_tuple(values: Iterable[bytes | None]) -> tuple[bytes | None, ...]:
+    return tuple(values)
 
 
 def _pack_values(values: Sequence[bytes | None]) -> bytes:

@@ -6,6 +6,8 @@ tell.
 
 from __future__ import annotations
 
+from typing import TypeGuard
+
 from gatehouse.protocols.postgres.statements.nodes import _dotted
 
 # -- constant-true conditions ------------------------------------------------
@@ -248,7 +250,11 @@ def _value(node: object, depth: int) -> object:
         if last in ("int", "int2", "int4", "int8", "integer", "smallint", "bigint"):
             if isinstance(value, bool) or value is _UNKNOWN:
                 return _UNKNOWN
-            return int(value) if value is not _NULL else _NULL
+            if value is _NULL:
+                return _NULL
+            if isinstance(value, (int, float, str)):
+                return int(value)
+            raise TypeError(f"{value!r} is not read as an integer")  # bits
         if last in ("text", "varchar", "name"):
             if value is _NULL or isinstance(value, str):
                 return value
@@ -297,7 +303,8 @@ def _value(node: object, depth: int) -> object:
         select = select.get("SelectStmt") if isinstance(select, dict) else None
         targets = select.get("targetList") if isinstance(select, dict) else None
         if (
-            isinstance(targets, list)
+            isinstance(select, dict)
+            and isinstance(targets, list)
             and len(targets) == 1
             and set(select) <= {"targetList", "limitOption", "op"}
             and select.get("op", "SETOP_NONE") == "SETOP_NONE"
@@ -391,7 +398,7 @@ def _case(body: dict, depth: int) -> object:
 
 def _tautology(args: list) -> bool:
     """C{p OR NOT p}, C{x IS NULL OR x IS NOT NULL} among OR's arguments."""
-    nots = []
+    nots: list[object] = []
     null_tests: dict[str, list] = {"IS_NULL": [], "IS_NOT_NULL": []}
     for arg in args:
         if not isinstance(arg, dict):
@@ -410,7 +417,7 @@ def _tautology(args: list) -> bool:
     )
 
 
-def _number(value: object) -> bool:
+def _number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 

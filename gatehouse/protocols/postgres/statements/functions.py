@@ -199,7 +199,7 @@ _FUNCTION_DEFNAMES = frozenset(
     }
 )
 # Statements whose DefElem lists name functions, and the fields holding them.
-_DEFELEM_FIELDS = {
+_DEFELEM_FIELDS: dict[str, tuple[str, ...]] = {
     "DefineStmt": ("definition",),
     "AlterTypeStmt": ("options",),
     "AlterOperatorStmt": ("options",),
@@ -209,7 +209,7 @@ _DEFELEM_FIELDS = {
     "AlterFunctionStmt": ("actions",),
 }
 # Statements naming a function in a list of Strings, and the fields.
-_NAME_LIST_FIELDS = {
+_NAME_LIST_FIELDS: dict[str, tuple[str, ...]] = {
     "CreateFunctionStmt": ("funcname",),
     "CreateTrigStmt": ("funcname",),
     "CreateEventTrigStmt": ("funcname",),
@@ -218,7 +218,7 @@ _NAME_LIST_FIELDS = {
     "CreateAmStmt": ("handler_name",),
 }
 # Statements naming a function as an ObjectWithArgs, and the fields.
-_OBJECT_WITH_ARGS_FIELDS = {
+_OBJECT_WITH_ARGS_FIELDS: dict[str, tuple[str, ...]] = {
     "AlterFunctionStmt": ("func",),
     "CreateCastStmt": ("func",),
     "CreateTransformStmt": ("fromsql", "tosql"),

@@ -11,7 +11,8 @@ import re
 # The C scanner behind json.loads, without the Python-level wrapper that
 # strips whitespace (libpg_query's JSON has none): a third of the cost of
 # loading a small statement's tree.
-_load_json = json.JSONDecoder().scan_once
+# (typeshed omits the scanner that JSONDecoder.__init__ sets)
+_load_json = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 _ROLE_SPECS = {
@@ -72,7 +73,7 @@ def _role_name(spec: object) -> str | None:
     roletype = spec.get("roletype")
     if roletype == "ROLESPEC_CSTRING":
         return spec.get("rolename")
-    return _ROLE_SPECS.get(roletype)
+    return _ROLE_SPECS.get(roletype) if isinstance(roletype, str) else None
 
 
 def _literal(node: object) -> str | None:
@@ -158,6 +159,7 @@ def _load_tree(text: str) -> dict:
 
 
 _TOKEN = re.compile(r'\s*(?:([{}\[\],:])|(")|(-?\d[\d.eE+-]*)|(true|false|null))')
+# json.decoder's C string scanner (typeshed declares it in _json only)
 _scan_string = json.decoder.scanstring  # type: ignore[attr-defined]
 
 

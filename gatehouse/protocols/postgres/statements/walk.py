@@ -380,7 +380,7 @@ class _Findings:
         the relation C{table_name} (in C{schema_name}).
         """
         values = {}
-        for item in options or ():
+        for item in options if isinstance(options, list) else ():
             elem = item.get("DefElem") if isinstance(item, dict) else None
             if not isinstance(elem, dict) or not isinstance(elem.get("defname"), str):
                 continue
@@ -416,7 +416,7 @@ class _Findings:
 
     def _members(self, options: object) -> None:
         """ALTER GROUP ... ADD/DROP USER, CREATE ROLE ... ROLE/ADMIN: members."""
-        for item in options or ():
+        for item in options if isinstance(options, list) else ():
             elem = item.get("DefElem") if isinstance(item, dict) else None
             if not isinstance(elem, dict):
                 continue
