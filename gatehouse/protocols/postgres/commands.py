@@ -219,7 +219,7 @@ class CommandCache:
             self.parses += 1
             found = _classified(sql, key)
             if found.shape is not None and len(found.statements) == 1:
-                self._remember(self._shapes, key, found)
+                self._remember(self._shapes, found.shape, found)
         self._remember(texts, sql, found)
         return found
 

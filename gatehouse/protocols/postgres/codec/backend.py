@@ -505,6 +505,26 @@ class _Fields(Message):
         # attrs writes each subclass's __init__
         def __init__(self, fields: Iterable[tuple[str, str]]) -> None: ...
 
+        # one read-only property per field of _FIELD_NAMES (set below)
+        severity: str | None
+        severity_nonlocalized: str | None
+        sqlstate: str | None
+        message: str | None
+        detail: str | None
+        hint: str | None
+        position: str | None
+        internal_position: str | None
+        internal_query: str | None
+        where: str | None
+        schema_name: str | None
+        table_name: str | None
+        column_name: str | None
+        data_type_name: str | None
+        constraint_name: str | None
+        file: str | None
+        line: str | None
+        routine: str | None
+
     @classmethod
     def build(
         cls,

@@ -209,8 +209,9 @@ class ResponseMasker:
         """
         if not self._masker.scans_values:
             return None
-        cached = self._renamed.get(body, self)
-        if cached is self:
+        try:
+            cached = self._renamed[body]
+        except KeyError:
             if len(self._renamed) >= _CACHED_RESULTS:
                 self._renamed.clear()
             cached = self._renamed[body] = self._rename(body)
@@ -312,9 +313,10 @@ class ResponseMasker:
                 return None
             return self._row(body)
         if type_ == _COPY_DATA:
-            if self._copy is None:
+            copy = self._copy
+            if copy is None:
                 return None
-            return self._copy_data(body)
+            return self._copy_data(copy, body)
         if type_ in _VALUE_MESSAGES:
             new = self._value_message(type_, body)
             if type_ == _ERROR:
@@ -360,7 +362,9 @@ class ResponseMasker:
         start = 4 if type_ == _NOTIFICATION else 0
         parts = body[start:].split(b"\0")
         if len(parts) != 3 or parts[2]:
-            raise codec.ProtocolViolation(f"malformed message {chr(type_)!r}")
+            raise codec.ProtocolViolation(
+                codec.PROTOCOL_VIOLATION, f"malformed message {chr(type_)!r}"
+            )
         changed = 0
         for i in (0, 1):
             new = self._scan_text(parts[i])
@@ -411,12 +415,16 @@ class ResponseMasker:
         classes that print them (L{_QUOTING_STATES}), masked whole.
         """
         if not body.endswith(b"\0"):
-            raise codec.ProtocolViolation("malformed error or notice")
+            raise codec.ProtocolViolation(
+                codec.PROTOCOL_VIOLATION, "malformed error or notice"
+            )
         fields = body[:-1].split(b"\0")
         if fields and fields[-1] == b"":
             fields.pop()
         else:
-            raise codec.ProtocolViolation("malformed error or notice")
+            raise codec.ProtocolViolation(
+                codec.PROTOCOL_VIOLATION, "malformed error or notice"
+            )
         strict = False
         state = b""
         if self._by_columns:
@@ -573,7 +581,7 @@ class ResponseMasker:
         self.masked += changed
         return codec._pack_values(values)
 
-    def _value(self, action: int, raw: bytes, found: int) -> bytes | None:
+    def _value(self, action: int, raw: bytes, found: int | None) -> bytes | None:
         """The masked value (None: NULL), or C{raw} itself if unchanged."""
         if action >= _WHOLE:
             if action == _NULL:
@@ -789,8 +797,7 @@ class ResponseMasker:
                     )
         self._copy = _Copy(fmt, delimiter, count, whole, header, not known)
 
-    def _copy_data(self, body: bytes) -> bytes | None:
-        copy = self._copy
+    def _copy_data(self, copy: _Copy, body: bytes) -> bytes | None:
         masker = self._masker
         if copy.blocked:
             self.unmaskable = True

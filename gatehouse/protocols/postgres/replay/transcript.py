@@ -9,13 +9,14 @@ import collections
 import contextlib
 import json
 from collections.abc import Iterator
-from typing import Any, NamedTuple, TextIO
+from typing import Any, NamedTuple
 
 import attrs
 
 from gatehouse.protocols.postgres import codec
 from gatehouse.recording.format import Direction, Record, RecordType
 from gatehouse.recording.render import (
+    TextOutput,
     render_record,
 )
 
@@ -112,7 +113,7 @@ class _Named(NamedTuple):
 class _Transcript:
     """The state of one replay: streams, results in progress, timing."""
 
-    def __init__(self, out: TextIO):
+    def __init__(self, out: TextOutput):
         self._out = out
         self._held: list[str] | None = []
         self._last_blank = True
