@@ -30,7 +30,7 @@ from typing import Any
 import attrs
 from hyperlink import DecodedURL
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.logger import Logger, LogLevel
@@ -740,10 +740,8 @@ class _Drain(Protocol):
             self.finished.callback(self.start)
 
     def _cancel(self, _: Deferred[bytes]) -> None:
-        # A response body's transport is the response's producer.
-        producer = IPushProducer(self.transport, None)
-        if producer is not None:
-            producer.stopProducing()
+        if self.transport is not None:
+            self.transport.stopProducing()
 
 
 @implementer(IApprovalNotifier)
