@@ -248,7 +248,7 @@ def _parse_gateway(section: ConfigSection | None) -> GatewayConfig | None:
     gateway_id = section.string("id", required=True, pattern=_NAME, rule=_NAME_RULE)
     grace = section.duration("shutdown_grace", DEFAULT_SHUTDOWN_GRACE)
     section.finish()
-    return GatewayConfig(id=gateway_id, shutdown_grace=grace)
+    return GatewayConfig(id=_reported(gateway_id), shutdown_grace=grace)
 
 
 def _parse_identity(section: ConfigSection | None) -> IdentityConfig | None:
@@ -564,7 +564,7 @@ def _parse_listeners(
             name=_reported(name),
             protocol=_reported(protocol),
             address=address,
-            port=port,
+            port=_reported(port),
             tls=tls,
             options=options,
         )

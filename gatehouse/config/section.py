@@ -9,7 +9,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import attrs
 
@@ -249,6 +249,28 @@ class ConfigSection:
 
     # Scalars
 
+    @overload
+    def string(
+        self,
+        key: str,
+        default: str,
+        *,
+        required: bool = ...,
+        pattern: re.Pattern[str] | None = ...,
+        rule: str = ...,
+    ) -> str: ...
+
+    @overload
+    def string(
+        self,
+        key: str,
+        default: None = ...,
+        *,
+        required: bool = ...,
+        pattern: re.Pattern[str] | None = ...,
+        rule: str = ...,
+    ) -> str | None: ...
+
     def string(
         self,
         key: str,
@@ -257,16 +279,17 @@ class ConfigSection:
         required: bool = False,
         pattern: re.Pattern[str] | None = None,
         rule: str = "",
-    ) -> Any:
+    ) -> str | None:
         """
         Read a non-empty string.
 
         @param pattern: If given, the whole string must match it; C{rule}
             describes it in the message.
         """
-        value = self._typed(key, str, "a string", _MISSING, required)
-        if value is _MISSING:
+        found = self._typed(key, str, "a string", _MISSING, required)
+        if found is _MISSING:
             return default
+        value: str = found
         if not value:
             self.problem("must not be empty", key)
             return default
@@ -314,6 +337,28 @@ class ConfigSection:
                 result.append(item)
         return tuple(result) if ok else default
 
+    @overload
+    def integer(
+        self,
+        key: str,
+        default: int,
+        *,
+        required: bool = ...,
+        minimum: int | None = ...,
+        maximum: int | None = ...,
+    ) -> int: ...
+
+    @overload
+    def integer(
+        self,
+        key: str,
+        default: None = ...,
+        *,
+        required: bool = ...,
+        minimum: int | None = ...,
+        maximum: int | None = ...,
+    ) -> int | None: ...
+
     def integer(
         self,
         key: str,
@@ -322,13 +367,14 @@ class ConfigSection:
         required: bool = False,
         minimum: int | None = None,
         maximum: int | None = None,
-    ) -> Any:
+    ) -> int | None:
         """
         Read an integer, optionally within C{minimum} and C{maximum}.
         """
-        value = self._typed(key, int, "an integer", _MISSING, required)
-        if value is _MISSING:
+        found = self._typed(key, int, "an integer", _MISSING, required)
+        if found is _MISSING:
             return default
+        value: int = found
         if (minimum is not None and value < minimum) or (
             maximum is not None and value > maximum
         ):
@@ -347,6 +393,28 @@ class ConfigSection:
         """
         return self._typed(key, bool, "true or false", default, False)
 
+    @overload
+    def duration(
+        self,
+        key: str,
+        default: float,
+        *,
+        required: bool = ...,
+        positive: bool = ...,
+        maximum: float | None = ...,
+    ) -> float: ...
+
+    @overload
+    def duration(
+        self,
+        key: str,
+        default: None = ...,
+        *,
+        required: bool = ...,
+        positive: bool = ...,
+        maximum: float | None = ...,
+    ) -> float | None: ...
+
     def duration(
         self,
         key: str,
@@ -355,17 +423,18 @@ class ConfigSection:
         required: bool = False,
         positive: bool = False,
         maximum: float | None = None,
-    ) -> Any:
+    ) -> float | None:
         """
         Read a duration such as C{30s} and return it in seconds.
 
         @param positive: Refuse zero.
         """
-        value = self._converted(
+        found = self._converted(
             key, (str, int, float), "a duration", parse_duration, _MISSING, required
         )
-        if value is _MISSING:
+        if found is _MISSING:
             return default
+        value: float = found
         if positive and value <= 0:
             self.problem("must be more than 0", key)
             return default
@@ -378,6 +447,21 @@ class ConfigSection:
             return default
         return value
 
+    @overload
+    def size(
+        self, key: str, default: int, *, required: bool = ..., minimum: int = ...
+    ) -> int: ...
+
+    @overload
+    def size(
+        self,
+        key: str,
+        default: None = ...,
+        *,
+        required: bool = ...,
+        minimum: int = ...,
+    ) -> int | None: ...
+
     def size(
         self,
         key: str,
@@ -385,15 +469,16 @@ class ConfigSection:
         *,
         required: bool = False,
         minimum: int = 0,
-    ) -> Any:
+    ) -> int | None:
         """
         Read a size such as C{16MiB} or C{4096} and return it in bytes.
         """
-        value = self._converted(
+        found = self._converted(
             key, (str, int), "a size", parse_size, _MISSING, required
         )
-        if value is _MISSING:
+        if found is _MISSING:
             return default
+        value: int = found
         if value < minimum:
             self.problem(
                 f"{_format_size(value)} is less than the minimum of "
