@@ -391,7 +391,8 @@ class ConfigSection:
         """
         Read C{true} or C{false}.
         """
-        return self._typed(key, bool, "true or false", default, False)
+        value: bool = self._typed(key, bool, "true or false", default, False)
+        return value
 
     @overload
     def duration(

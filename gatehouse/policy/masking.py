@@ -67,7 +67,7 @@ class _RawJSON(str):
     """A JSON number or constant, kept as it was written."""
 
 
-class _Pairs(list):
+class _Pairs(list[tuple[str, object]]):
     """A JSON object, its members in order (duplicates kept)."""
 
 

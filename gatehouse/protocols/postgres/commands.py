@@ -249,7 +249,9 @@ class CommandCache:
         self._texts.clear()
         self._shapes.clear()
 
-    def _remember(self, entries: OrderedDict, key: str, value: Classified) -> None:
+    def _remember(
+        self, entries: OrderedDict[str, Classified], key: str, value: Classified
+    ) -> None:
         entries[key] = value
         if len(entries) > self.size:
             entries.popitem(last=False)

@@ -699,7 +699,8 @@ def connect_upstream(
 
     connecting.addErrback(not_connected)
     connecting.addCallback(lambda _: protocol.ready)
-    return connecting.addBoth(stop_timer)
+    ready: Deferred[UpstreamReady] = connecting.addBoth(stop_timer)
+    return ready
 
 
 def _failed(error: Exception) -> Deferred[UpstreamReady]:

@@ -594,7 +594,7 @@ for _name, _code in _FIELD_NAMES.items():
 del _name, _code
 
 
-def _field_pairs(value: Iterable[tuple[str, str]]) -> tuple:
+def _field_pairs(value: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
     return tuple((k, v) for k, v in value)
 
 
@@ -612,7 +612,8 @@ class ErrorResponse(_Fields):
     @classmethod
     def for_violation(cls, violation: ProtocolViolation) -> ErrorResponse:
         """The FATAL error a server sends for C{violation} before closing."""
-        return cls.build("FATAL", violation.sqlstate, violation.message)
+        error: ErrorResponse = cls.build("FATAL", violation.sqlstate, violation.message)
+        return error
 
 
 @attrs.frozen

@@ -90,16 +90,20 @@ class _Cursor:
         return self.body[self._advance(1)]
 
     def int16(self) -> int:
-        return _I16.unpack_from(self.body, self._advance(2))[0]
+        value: int = _I16.unpack_from(self.body, self._advance(2))[0]
+        return value
 
     def uint16(self) -> int:
-        return _U16.unpack_from(self.body, self._advance(2))[0]
+        value: int = _U16.unpack_from(self.body, self._advance(2))[0]
+        return value
 
     def int32(self) -> int:
-        return _I32.unpack_from(self.body, self._advance(4))[0]
+        value: int = _I32.unpack_from(self.body, self._advance(4))[0]
+        return value
 
     def uint32(self) -> int:
-        return _U32.unpack_from(self.body, self._advance(4))[0]
+        value: int = _U32.unpack_from(self.body, self._advance(4))[0]
+        return value
 
     def int16s(self, n: int) -> tuple[int, ...]:
         return struct.unpack_from(f"!{n}h", self.body, self._advance(2 * n))

@@ -6,6 +6,7 @@ for masking: numeric, arrays, records, ranges.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 # -- binary values -------------------------------------------------------------
 
@@ -78,7 +79,9 @@ def _numeric_binary(text: str, dscale: int) -> bytes:
     ) + struct.pack(f"!{len(groups)}h", *groups)
 
 
-def _parse_array(raw: bytes) -> tuple[int, list[tuple[int, int]], list]:
+def _parse_array(
+    raw: bytes,
+) -> tuple[int, list[tuple[int, int]], list[bytes | None]]:
     """A binary array: element type, dimensions, element values."""
     if len(raw) < 12:
         raise _BadBinary("array")
@@ -103,7 +106,9 @@ def _parse_array(raw: bytes) -> tuple[int, list[tuple[int, int]], list]:
     return elem, dims, values
 
 
-def _parse_values(raw: bytes, pos: int, count: int) -> tuple[list, int]:
+def _parse_values(
+    raw: bytes, pos: int, count: int
+) -> tuple[list[bytes | None], int]:
     values: list[bytes | None] = []
     end = len(raw)
     for _ in range(count):
@@ -121,7 +126,7 @@ def _parse_values(raw: bytes, pos: int, count: int) -> tuple[list, int]:
     return values, pos
 
 
-def _pack_elements(values: list) -> bytes:
+def _pack_elements(values: Sequence[bytes | None]) -> bytes:
     return b"".join(
         b"\xff\xff\xff\xff" if v is None else _I32.pack(len(v)) + v for v in values
     )

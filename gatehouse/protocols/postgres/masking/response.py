@@ -72,6 +72,16 @@ from gatehouse.protocols.postgres.masking.errors import (
 
 __all__ = ["ResponseMasker"]
 
+#: what the catalog names each result column (None: no table, or unknown)
+_Relations = tuple[str | None, ...]
+#: what copy_out announced: columns, format, delimiter, relation columns, header
+_Announced = tuple[
+    Sequence[str | None] | None, str, str, Sequence[str | None] | None, bool
+]
+#: a result's plan: actions, column count as a DataRow starts, some column
+#: masked whole, some column scanned (2: a binary one), the type OIDs
+_Plan = tuple[tuple[int, ...], bytes, bool, int | bool, tuple[int, ...]]
+
 _B = codec.BackendType
 _ROW = _B.DATA_ROW
 _ROWS = _B.ROW_DESCRIPTION
@@ -148,11 +158,11 @@ class ResponseMasker:
         #: the binary value being read was read by its bytes, not its type
         self._guessed = False
         self._copy: _Copy | None = None
-        self._announced: tuple | None = None
+        self._announced: _Announced | None = None
         #: RowDescription body -> its fields (results repeat their columns)
         self._descriptions: dict[bytes, tuple[codec.FieldDescription, ...]] = {}
         #: (RowDescription body, names resolved) -> plan, count, whole, scan
-        self._plans: dict[tuple, tuple] = {}
+        self._plans: dict[tuple[bytes, _Relations], _Plan] = {}
         #: RowDescription body -> its names masked (and how many), or None
         self._renamed: dict[bytes, tuple[bytes, int] | None] = {}
         self.masked = 0
@@ -191,7 +201,7 @@ class ResponseMasker:
         @return: the OIDs to look up first, or C{()} once described.
         """
         fields = self._fields(body)
-        relations: tuple = ()
+        relations: _Relations = ()
         if self._by_columns and self._resolve is not None:
             relations = self._relations(fields)
             if look_up and self._resolve is not None and None in relations:
@@ -234,7 +244,7 @@ class ResponseMasker:
 
     @staticmethod
     def _missing(
-        fields: tuple[codec.FieldDescription, ...], relations: tuple
+        fields: tuple[codec.FieldDescription, ...], relations: _Relations
     ) -> tuple[int, ...]:
         missing = {
             f.table_oid
@@ -243,7 +253,7 @@ class ResponseMasker:
         }
         return tuple(sorted(missing))
 
-    def _relations(self, fields: tuple[codec.FieldDescription, ...]) -> tuple:
+    def _relations(self, fields: tuple[codec.FieldDescription, ...]) -> _Relations:
         """What the catalog names each column (None: no table, or unknown)."""
         resolve = self._resolve
         if resolve is None:
@@ -476,7 +486,10 @@ class ResponseMasker:
     # -- rows --------------------------------------------------------------------
 
     def _take_plan(
-        self, body: bytes, fields: tuple[codec.FieldDescription, ...], relations: tuple
+        self,
+        body: bytes,
+        fields: tuple[codec.FieldDescription, ...],
+        relations: _Relations,
     ) -> None:
         # The plan depends on the columns and on what the catalog says
         # they are (which may change when it is looked up again).
@@ -495,8 +508,8 @@ class ResponseMasker:
         ) = found
 
     def _plan_for(
-        self, fields: tuple[codec.FieldDescription, ...], relations: tuple
-    ) -> tuple:
+        self, fields: tuple[codec.FieldDescription, ...], relations: _Relations
+    ) -> _Plan:
         masker = self._masker
         scans = masker.scans_values
         patterns = masker.has_patterns
@@ -698,7 +711,8 @@ class ResponseMasker:
             if pos != len(raw) or None in values:
                 raise _BadBinary("multirange")
             elem = _RANGES[_MULTIRANGES[type_oid]]
-            ranges = [self._range(elem, v, depth) for v in values]
+            # (no None: refused above)
+            ranges = [self._range(elem, v, depth) for v in values if v is not None]
             if all(a is b for a, b in zip(ranges, values, strict=True)):
                 return raw
             if None in ranges:
@@ -751,7 +765,8 @@ class ResponseMasker:
         values, pos = _parse_values(raw, 1, bounds)
         if pos != len(raw) or None in values:
             raise _BadBinary("range")
-        new = [self._binary(elem, v, depth + 1) for v in values]
+        # (no None: refused above)
+        new = [self._binary(elem, v, depth + 1) for v in values if v is not None]
         if all(a is b for a, b in zip(new, values, strict=True)):
             return raw
         if None in new:

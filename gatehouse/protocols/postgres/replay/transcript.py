@@ -117,8 +117,8 @@ class _Transcript:
         self._out = out
         self._held: list[str] | None = []
         self._last_blank = True
-        self._meta: dict = {}
-        self._identity: dict | None = None
+        self._meta: dict[str, Any] = {}
+        self._identity: dict[str, Any] | None = None
         self._target: str | None = None
         self._encoding = "utf-8"
         self._client = _ClientStream(
