@@ -669,13 +669,10 @@ def connect_upstream(
     startup = codec.StartupMessage(parameters)
     try:
         tls_options = _tls_options(options)
-        endpoint = _endpoint(reactor, options, timeout)
     except OSError as e:
         return _failed(UpstreamError(f"cannot read the target's CA file: {e}"))
-    except UpstreamError as e:
-        return _failed(e)
     protocol = UpstreamProtocol(options, startup, tls_options)
-    connecting = connect_quietly(endpoint, protocol)
+    connecting = connect_quietly(_endpoint(reactor, options, timeout), protocol)
 
     def not_connected(failure: Failure) -> Failure:
         failure.trap(ConnectError, TimeoutError, OSError)
