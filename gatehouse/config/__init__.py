@@ -9,6 +9,10 @@ every problem, each as one line naming the file, the key and what is wrong::
 
 Protocol adapters validate their own C{options} through the same machinery:
 they receive a L{ConfigSection} that knows its key path and where problems go.
+
+The modules: C{values} (the frozen objects and defaults), C{section}
+(L{ConfigSection} and the problems it reports), C{load} (the file, section
+by section) and C{checks} (TLS files, the environment, signing keys).
 """
 
 from __future__ import annotations

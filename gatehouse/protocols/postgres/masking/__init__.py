@@ -42,6 +42,11 @@ the last ReadyForQuery or result, as when a prepared statement is executed
 without a Describe, or with a different column count -- cannot have
 column rules applied: if the session has any, all their values become
 NULL; otherwise every value is scanned as text.
+
+The modules: C{response} (L{ResponseMasker}), C{columns} (what is done with
+a column, by type and format), C{binary} (binary values of built-in types),
+C{copyformats} (COPY text and CSV rows) and C{errors} (error and notice
+fields).
 """
 
 from __future__ import annotations

@@ -18,6 +18,11 @@ fields typed with a concrete struct hold the struct bare
 
 Text that cannot be parsed (or cannot be encoded for the parser) is one
 C{Unparseable} statement: a decision in itself, never silently allowed.
+
+The modules: C{values} (what classification reports), C{nodes} (loading
+and reading the JSON tree), C{walk} (one statement's facts), C{functions}
+(what the walk knows of built-in functions) and C{conditions} (whether a
+WHERE clause bounds anything).
 """
 
 from __future__ import annotations
