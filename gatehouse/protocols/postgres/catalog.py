@@ -14,14 +14,22 @@ COPY's table is looked up in every schema (L{Catalog.relation_candidates}).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable, Sequence
+from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.python.failure import Failure
 
 from gatehouse.protocols.postgres import codec
 from gatehouse.protocols.postgres.config import PostgresTargetOptions
-from gatehouse.protocols.postgres.upstream import UpstreamError, connect_upstream
+from gatehouse.protocols.postgres.upstream import (
+    UpstreamError,
+    UpstreamProtocol,
+    UpstreamReady,
+    connect_upstream,
+)
+
+_Row = tuple[bytes | None, ...]
 
 __all__ = ["Catalog", "Lookups"]
 
@@ -55,16 +63,17 @@ def _literal(text: str) -> str:
 class _QueryRunner:
     """Collects the rows of one simple query on an upstream connection."""
 
-    def __init__(self, upstream: object):
+    def __init__(self, upstream: UpstreamProtocol):
         self.upstream = upstream
         self.reader = codec.FrameReader.backend()
-        self.rows: list[tuple[bytes | None, ...]] = []
+        self.rows: list[_Row] = []
         self.error: str | None = None
-        self.done: Deferred = Deferred()
+        self.done: Deferred[list[_Row]] = Deferred()
         upstream.on_data = self.data
         upstream.on_lost = self.lost
 
-    def run(self, sql: str) -> Deferred:
+    def run(self, sql: str) -> Deferred[list[_Row]]:
+        assert self.upstream.transport is not None
         self.upstream.transport.write(codec.Query(sql).encode())
         return self.done
 
@@ -98,7 +107,7 @@ class Catalog:
 
     def __init__(
         self,
-        reactor: object,
+        reactor: Any,
         options: PostgresTargetOptions,
         target_name: str,
         connect_timeout: float = 10.0,
@@ -131,13 +140,15 @@ class Catalog:
             {o for o in oids if now - self._known_oids.get(o, -1e18) > self._ttl}
         )
 
-    def lookup_oids(self, oids: Iterable[int]) -> Deferred:
+    def lookup_oids(self, oids: Iterable[int]) -> Deferred[list[_Row]]:
         """Learn the columns of the tables C{oids}."""
-        oids = [int(o) for o in oids]
-        return self._query(_COLUMNS_OF_OIDS % ",".join(map(str, oids)), oids)
+        numbers = [int(o) for o in oids]
+        return self._query(_COLUMNS_OF_OIDS % ",".join(map(str, numbers)), numbers)
 
     @inlineCallbacks
-    def relation_candidates(self, relation: str) -> Deferred:
+    def relation_candidates(
+        self, relation: str
+    ) -> Generator[Deferred[Any], Any, list[list[str]]]:
         """
         Every table C{relation} may stand for, whatever the search_path:
         for C{schema.table} the one table; for an unqualified name, the
@@ -155,13 +166,16 @@ class Catalog:
         if len(parts) >= 2:
             schema = " AND n.nspname = " + _literal(parts[-2])
         rows = yield self._query(_COLUMNS_OF_NAME % (_literal(parts[-1]), schema), ())
+        assert isinstance(rows, list)
         tables: dict[bytes | None, list[str]] = {}
         for row in rows:
             tables.setdefault(row[0], []).append(self._learn(row))
         return list(tables.values())
 
     @inlineCallbacks
-    def _query(self, sql: str, oids: list[int]) -> Deferred:
+    def _query(
+        self, sql: str, oids: Sequence[int]
+    ) -> Generator[Deferred[Any], Any, list[_Row]]:
         ready = yield connect_upstream(
             self._reactor,
             self._options,
@@ -169,6 +183,7 @@ class Catalog:
             (("application_name", "gatehouse catalog"),),
             self._timeout,
         )
+        assert isinstance(ready, UpstreamReady)
         timeout = self._timeout
         try:
             running = _QueryRunner(ready.protocol).run(sql)
@@ -179,11 +194,13 @@ class Catalog:
                     UpstreamError(f"catalog query: no answer within {timeout:g} s")
                 ),
             )
-            rows = yield running
+            rows: list[_Row] = yield running
         finally:
             ready.protocol.on_lost = None
-            ready.protocol.transport.write(codec.Terminate().encode())
-            ready.protocol.transport.loseConnection()
+            transport = ready.protocol.transport
+            if transport is not None:
+                transport.write(codec.Terminate().encode())
+                transport.loseConnection()
         now = self._reactor.seconds()
         for oid in oids:
             self._known_oids[oid] = now
@@ -191,7 +208,7 @@ class Catalog:
             self._learn(row)
         return rows
 
-    def _learn(self, row: tuple[bytes | None, ...]) -> str:
+    def _learn(self, row: _Row) -> str:
         oid, schema, table, attnum, name = (v.decode() if v else "" for v in row)
         full = f"{schema}.{table}.{name}"
         self._columns[(int(oid), int(attnum))] = full
@@ -207,9 +224,9 @@ class Lookups:
     """
 
     def __init__(self) -> None:
-        self._pending: set[Deferred] = set()
+        self._pending: set[Deferred[Any]] = set()
 
-    def track(self, lookup: Deferred) -> Deferred:
+    def track(self, lookup: Deferred[Any]) -> Deferred[Any]:
         """Remember C{lookup} until it ends; returns it."""
         self._pending.add(lookup)
 

@@ -32,8 +32,10 @@ import ctypes.util
 import multiprocessing
 import os
 import signal
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Protocol
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -43,6 +45,20 @@ from twisted.python.failure import Failure
 from gatehouse.protocols.postgres.commands import Classified, classify_text, normalize
 
 __all__ = ["BUSY_SQLSTATE", "ClassifierBusy", "ClassifierPool", "normalized"]
+
+
+class _Reactor(Protocol):
+    """What the pool uses of the reactor."""
+
+    def addSystemEventTrigger(
+        self, phase: str, eventType: str, callable: Callable[[], object]
+    ) -> object: ...
+
+    def callFromThread(self, callable: Callable[..., object], *args: Any) -> None: ...
+
+    def callLater(
+        self, delay: float, callable: Callable[..., object], *args: Any
+    ) -> object: ...
 
 #: SQLSTATE of a statement refused because the classifier queue is full
 #: (too_many_connections: the gateway's capacity, not the statement, is
@@ -93,7 +109,7 @@ class ClassifierPool:
 
     _log = Logger()
 
-    def __init__(self, reactor: object, workers: int = 2, queue: int = 256):
+    def __init__(self, reactor: _Reactor, workers: int = 2, queue: int = 256):
         self._reactor = reactor
         self._workers = max(1, workers)
         #: statements waiting or running at most (a reload may change it)
@@ -135,7 +151,7 @@ class ClassifierPool:
         self.pending += 1
         call = self._reactor.callFromThread
 
-        def done(future: object) -> None:
+        def done(future: Future[Classified]) -> None:
             try:
                 result = future.result()
             except BrokenProcessPool as e:
@@ -151,13 +167,18 @@ class ClassifierPool:
         future.add_done_callback(done)
         return d
 
-    def _later(self, d: Deferred, error: Exception) -> Deferred:
+    def _later(
+        self, d: Deferred[Classified], error: Exception
+    ) -> Deferred[Classified]:
         self._reactor.callLater(0, d.errback, Failure(error))
         return d
 
-    def _deliver(self, d: Deferred, result: object) -> None:
+    def _deliver(self, d: Deferred[Classified], result: Classified | Failure) -> None:
         self.pending -= 1
-        d.callback(result)
+        if isinstance(result, Failure):
+            d.errback(result)
+        else:
+            d.callback(result)
 
     def _broken(self, d: Deferred, error: Exception) -> None:
         self._log.error("A statement classifier process died: {why}", why=error)
