@@ -180,7 +180,7 @@ class ClassifierPool:
         else:
             d.callback(result)
 
-    def _broken(self, d: Deferred, error: Exception) -> None:
+    def _broken(self, d: Deferred[Classified], error: Exception) -> None:
         self._log.error("A statement classifier process died: {why}", why=error)
         executor, self._executor = self._executor, None
         if executor is not None:

@@ -1,24 +1,21 @@
 """
 Deferreds that always end: catalog lookups time out and are cancelled
-(their connections closed), and a recording that fails mid-session leaves
-no unhandled error behind when its session closes.
+(their connections closed), and a bug in a callback ends its session
+closed.  (A recording that fails mid-session leaving no unhandled error:
+test_fail_closed.RecordingFailureTests.)
 """
 
 from __future__ import annotations
 
-import errno
-import gc
-
 from twisted.internet import reactor
-from twisted.internet.defer import CancelledError, Deferred, fail, inlineCallbacks
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-import gatehouse.service
 from gatehouse.protocols.postgres.catalog import Catalog, Lookups
 from gatehouse.protocols.postgres.config import PostgresTargetOptions, UpstreamTLS
 from gatehouse.protocols.postgres.upstream import UpstreamError
-from gatehouse.recording.interfaces import RecordingFailed
+from gatehouse.session import Session
 from tests.protocols.postgres.test_fail_closed import (
     FakeTarget,
     HostileTarget,
@@ -112,43 +109,35 @@ class LookupsTests(SynchronousTestCase):
         self.failureResultOf(pending, CancelledError)
 
 
-class RecordingFailureCloseTests(InProcessGatewayTestCase):
+class CallbackBugTests(InProcessGatewayTestCase):
     """
-    A recording whose writes fail mid-session: the session ends with
-    58030 and its failed close is consumed, not left as an "Unhandled
-    error in Deferred".
+    An error raised inside a callback of the login chain (a bug) ends the
+    session closed (XX000), instead of an unhandled error and a client
+    left waiting for ever.
     """
 
     @inlineCallbacks
-    def test_no_unhandled_error(self):
-        armed = []
-        real = gatehouse.service.thread_executor
+    def test_upstream_ready_raises(self):
+        armed = [True]
+        real = Session.upstream_connected
 
-        def failing_executor(reactor_, pool):
-            run = real(reactor_, pool)
+        def broken(session, seconds):
+            if armed:
+                armed.clear()
+                raise RuntimeError("injected bug")
+            return real(session, seconds)
 
-            def submit(fn, *args):
-                if armed and getattr(fn, "__name__", "") == "write_block":
-                    armed.clear()
-                    return fail(OSError(errno.EIO, "Input/output error (injected)"))
-                return run(fn, *args)
-
-            return submit
-
-        self.patch(gatehouse.service, "thread_executor", failing_executor)
+        self.patch(Session, "upstream_connected", broken)
         yield self.start_gateway()
         client = self.client()
-        yield self.in_thread(client.login, self.files.token())
-        armed.append(True)
-
-        def talk():
-            return client.query("SELECT pg_sleep(1)") + client.messages()
-
-        got = yield self.in_thread(talk)
+        got = yield self.in_thread(client.login, self.files.token())
+        got += yield self.in_thread(client.messages)
         self.assertEqual(armed, [])
+        self.assertTrue(client.closed)
         [error] = errors(got)
-        self.assertEqual((error.severity, error.sqlstate), ("FATAL", "58030"))
-        yield self.session(sealed=False)
-        self.flushLoggedErrors(OSError)
-        gc.collect()
-        self.assertEqual(self.flushLoggedErrors(RecordingFailed), [])
+        self.assertEqual((error.severity, error.sqlstate), ("FATAL", "XX000"))
+        self.assertIn("internal error in the gateway", error.message)
+        yield self.assert_still_serving()
+        row = yield self.session()
+        self.assertEqual(row.close_reason, "internal error: injected bug")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

@@ -334,7 +334,7 @@ class ClientRelay:
         # A text: rule's normalised text is made in the worker too.
         self._factory.classifier.classify(text, self._reads_text()).addBoth(
             self._classified, frame, text
-        )
+        ).addErrback(self._chain_failed)
 
     def _classified(self, result: object, frame: tuple, text: str) -> None:
         """A long statement was classified in a worker: decide it now."""

@@ -150,6 +150,7 @@ class TargetResults:
             callbackArgs=(frame,),
             errbackArgs=(frame,),
         )
+        d.addErrback(self._chain_failed)
 
     def _copy_unknown(self, failure: Failure, frame: tuple) -> None:
         # A lookup cancelled because the client went away is no error.
@@ -205,6 +206,24 @@ class TargetResults:
             # Everything before the held statement has been answered, and
             # the target has said (ParameterStatus) how it reads SQL now.
             self._gate.resume()
+
+    def _chain_failed(self, failure: Failure) -> None:
+        """
+        The last errback of every callback chain: an error in a callback
+        (a bug) ends the session, closed, instead of leaving it hanging
+        with the error unhandled.
+        """
+        self._log.failure(
+            "Internal error in session {sid}",
+            failure,
+            sid=str(self.session.id) if self.session is not None else "-",
+        )
+        if not self._closing:
+            self._fatal(
+                "XX000",
+                "internal error in the gateway; the session is closed",
+                f"internal error: {failure.getErrorMessage()}",
+            )
 
     def _check_failed(self, what: str, failure: Failure | None = None) -> None:
         """
@@ -380,7 +399,7 @@ class TargetResults:
             if held:
                 self._deliver_checked(held)
 
-        d.addBoth(resume)
+        d.addBoth(resume).addErrback(self._chain_failed)
 
     def _refusal_for(self, body: bytes) -> bytes | None:
         for token, (error, _) in self._refusals.items():
