@@ -83,20 +83,24 @@ class HTTPResponse:
     body: bytes
 
 
-def describe_error(error: BaseException) -> str:
+def describe_error(error: BaseException | Failure) -> str:
     """
-    One line saying why a request failed, for logs and operators.
+    One line saying why a request failed (an exception, or a L{Failure}
+    of one), for logs and operators.
 
     Twisted's client wraps the real causes (refused connection, TLS
     verification failure, ...) into C{ResponseNeverReceived} and friends,
     whose own text says nothing: their C{reasons} are described instead.
     """
+    if isinstance(error, Failure):
+        if error.value is None:
+            return error.getErrorMessage()
+        error = error.value
     reasons = getattr(error, "reasons", None)
     if isinstance(reasons, list) and reasons:
-        causes = [r.value if isinstance(r, Failure) else r for r in reasons]
         return "; ".join(
-            describe_error(c) if isinstance(c, BaseException) else str(c)
-            for c in causes
+            describe_error(r) if isinstance(r, BaseException | Failure) else str(r)
+            for r in reasons
         )
     return str(error) or type(error).__name__
 

@@ -203,7 +203,12 @@ def _keyAlgorithms(jwk: Mapping[str, Any]) -> frozenset[str]:
     if kty == "RSA":
         algorithms = _RSA_ALGORITHMS
     elif kty == "EC":
-        algorithms = _EC_ALGORITHMS.get(jwk.get("crv"), frozenset())
+        curve = jwk.get("crv")
+        algorithms = (
+            _EC_ALGORITHMS.get(curve, frozenset())
+            if isinstance(curve, str)
+            else frozenset()
+        )
     elif kty == "OKP" and jwk.get("crv") in _OKP_CURVES:
         algorithms = frozenset({"EdDSA"})
     else:
@@ -345,7 +350,7 @@ class _IssuerKeys:
         )
 
     def _failed(self, failure: Failure) -> None:
-        self.lastError = describe_error(failure.value)
+        self.lastError = describe_error(failure)
         self.log.warn(
             "Could not load signing keys for issuer {issuer}: {error}"
             " (keeping {cached} cached key(s))",
@@ -543,8 +548,10 @@ class TokenVerifier:
         if not failure.check(AuthenticationError):
             self.log.failure("Unexpected error while verifying a token", failure)
             failure = Failure(AuthenticationError("internal error verifying token"))
+        error = failure.value
+        assert isinstance(error, AuthenticationError)
         # Who presented it is known to the caller, which logs the refusal.
-        self.log.debug("Token rejected: {reason}", reason=failure.value.reason)
+        self.log.debug("Token rejected: {reason}", reason=error.reason)
         return failure
 
     async def _verify(self, token: str | bytes) -> Identity:

@@ -262,6 +262,13 @@ class DescribeErrorTests(SynchronousTestCase):
         self.assertEqual(describe_error(CancelledError()), "CancelledError")
         self.assertEqual(describe_error(ValueError("x")), "x")
 
+    def test_failure(self) -> None:
+        """
+        A L{Failure} is described by its exception.
+        """
+        wrapped = ResponseNeverReceived([Failure(ValueError("bad handshake"))])
+        self.assertEqual(describe_error(Failure(wrapped)), "bad handshake")
+
 
 class CheckURLTests(SynchronousTestCase):
     """
