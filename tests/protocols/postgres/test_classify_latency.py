@@ -16,10 +16,13 @@ import time
 from twisted.application.service import IServiceCollection
 from twisted.internet import reactor, task
 from twisted.internet.defer import inlineCallbacks
-from twisted.trial.unittest import TestCase
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from gatehouse.config import load_config
+from gatehouse.config import ListenerConfig, load_config
+from gatehouse.protocols.postgres.adapter import adapter
 from gatehouse.protocols.postgres.classifier import ClassifierBusy, ClassifierPool
+from gatehouse.protocols.postgres.config import PostgresListenerOptions
 from gatehouse.protocols.postgres.server import PostgresServerFactory
 from gatehouse.service import makeService
 from tests.protocols.postgres.harness import Gateway
@@ -46,11 +49,16 @@ TEXT_RULE = {
 }
 
 
+def _factory_of(service: object) -> PostgresServerFactory | None:
+    factory = getattr(service, "factory", None)
+    return factory if isinstance(factory, PostgresServerFactory) else None
+
+
 def _factory(service: object) -> PostgresServerFactory:
     """The PostgreSQL listener's factory under the gateway's service."""
     for child in IServiceCollection(service):
-        factory = getattr(child, "factory", None)
-        if isinstance(factory, PostgresServerFactory):
+        factory = _factory_of(child)
+        if factory is not None:
             return factory
         if IServiceCollection(child, None) is not None:
             try:
@@ -208,6 +216,27 @@ class TextRuleTests(_LongStatements):
         self.assertEqual(error.sqlstate, "42501")
         self.assertIn("no-xyzzy", error.message)
         self.assertLess(longest, 0.25)
+
+
+class ReloadTests(SynchronousTestCase):
+    """
+    A reload applies a new C{classify_queue} to the running pool.
+    """
+
+    def test_queue_reloaded(self):
+        def listener(queue: int) -> ListenerConfig:
+            options = PostgresListenerOptions(
+                allow_cleartext=True, classify_queue=queue
+            )
+            return ListenerConfig("pg", "postgres", "127.0.0.1", 0, options=options)
+
+        service = adapter.makeListener(
+            listener(8), (), lambda *a: None, MemoryReactorClock()
+        )
+        pool = _factory_of(service).classifier
+        self.assertEqual(pool.queue, 8)
+        adapter.update_listener(service, listener(3), ())()
+        self.assertEqual(pool.queue, 3)
 
 
 class ClassifierPoolTests(TestCase):
