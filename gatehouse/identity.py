@@ -12,31 +12,22 @@ L{AuthenticationError} whose reason is meant for operators only.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, cast
-from urllib.parse import urlsplit
 
 import attrs
 import jwt
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 from jwt.algorithms import get_default_algorithms
-from twisted.internet import ssl
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, ResponseDone
-from twisted.web.http import PotentialDataLoss
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IPolicyForHTTPS, IResponse
+from twisted.web.iweb import IAgent
 
-from gatehouse.logs import quiet_agent_pool
+from gatehouse.http_client import HTTPClient, InvalidURL, check_url, describe_error
 
 __all__ = [
     "CLIENT_MESSAGE",
@@ -212,7 +203,12 @@ def _keyAlgorithms(jwk: Mapping[str, Any]) -> frozenset[str]:
     if kty == "RSA":
         algorithms = _RSA_ALGORITHMS
     elif kty == "EC":
-        algorithms = _EC_ALGORITHMS.get(jwk.get("crv"), frozenset())
+        curve = jwk.get("crv")
+        algorithms = (
+            _EC_ALGORITHMS.get(curve, frozenset())
+            if isinstance(curve, str)
+            else frozenset()
+        )
     elif kty == "OKP" and jwk.get("crv") in _OKP_CURVES:
         algorithms = frozenset({"EdDSA"})
     else:
@@ -270,96 +266,16 @@ def _loadJWKSFile(path: str) -> list[_SigningKey]:
     return _parseJWKS(_parseJSON(data, path), path)
 
 
-def _isLoopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _checkURL(url: str) -> bytes:
     """
     Refuse URLs that would fetch keys without TLS from a non-loopback host.
 
-    @return: the URL as bytes, for L{IAgent.request}.
+    @return: the URL as bytes, for L{HTTPClient.request}.
     """
     try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        encoded = url.encode("ascii")
-    except (ValueError, UnicodeEncodeError):
-        raise _FetchError(f"invalid URL {_short(url)}")
-    if host and (
-        parts.scheme == "https" or (parts.scheme == "http" and _isLoopback(host))
-    ):
-        return encoded
-    raise _FetchError(
-        f"refusing to fetch {_short(url)}: https is required "
-        "(plain http only for loopback hosts)"
-    )
-
-
-def _trustPolicy(caFile: str) -> IPolicyForHTTPS:
-    """
-    An HTTPS policy that trusts exactly the CA certificates in C{caFile}.
-    """
-    with open(caFile, "rb") as f:
-        pem = f.read()
-    certificates = [
-        ssl.Certificate.loadPEM(certificate.public_bytes(Encoding.PEM))
-        for certificate in x509.load_pem_x509_certificates(pem)
-    ]
-    return BrowserLikePolicyForHTTPS(
-        trustRoot=ssl.trustRootFromCertificates(certificates)
-    )
-
-
-class _BoundedBody(Protocol):
-    """
-    Collect a response body, giving up once it exceeds a size limit.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._chunks: list[bytes] = []
-        self._size = 0
-        self.finished: Deferred[bytes] = Deferred(lambda d: self._abort())
-
-    def _abort(self) -> None:
-        if self.transport is not None:
-            self.transport.stopProducing()
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.finished.called:
-            return
-        self._size += len(data)
-        if self._size > self._limit:
-            self._abort()
-            self.finished.errback(
-                _FetchError(f"response larger than {self._limit} bytes")
-            )
-            return
-        self._chunks.append(data)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self.finished.called:
-            return
-        # PotentialDataLoss: a body delimited by the connection closing.
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self.finished.callback(b"".join(self._chunks))
-        else:
-            self.finished.errback(reason)
-
-
-def _describe(error: BaseException) -> str:
-    reasons = getattr(error, "reasons", None)
-    if isinstance(reasons, list) and reasons:
-        return "; ".join(
-            r.getErrorMessage() if isinstance(r, Failure) else str(r) for r in reasons
-        )
-    return str(error) or type(error).__name__
+        return check_url(url, require_tls=True)
+    except InvalidURL as e:
+        raise _FetchError(str(e))
 
 
 class _IssuerKeys:
@@ -434,7 +350,7 @@ class _IssuerKeys:
         )
 
     def _failed(self, failure: Failure) -> None:
-        self.lastError = _describe(failure.value)
+        self.lastError = describe_error(failure)
         self.log.warn(
             "Could not load signing keys for issuer {issuer}: {error}"
             " (keeping {cached} cached key(s))",
@@ -577,7 +493,7 @@ class TokenVerifier:
         self._fetchTimeout = fetch_timeout
         self._jwt = jwt.PyJWT()
         self._issuers: dict[str, _IssuerKeys] = {}
-        self._agents: dict[str, IAgent] = {}
+        self._clients: dict[str, HTTPClient] = {}
         known = set(get_default_algorithms()) - {"none"}
         for config in issuers:
             if config.issuer in self._issuers:
@@ -593,19 +509,9 @@ class TokenVerifier:
                     f"issuer {config.issuer!r}: HS* algorithms need hs256_secret"
                 )
             if config.jwks_file is None:
-                if agent is not None:
-                    self._agents[config.issuer] = agent
-                else:
-                    policy = (
-                        BrowserLikePolicyForHTTPS()
-                        if config.ca_file is None
-                        else _trustPolicy(config.ca_file)
-                    )
-                    self._agents[config.issuer] = Agent(
-                        cast(Any, reactor),
-                        contextFactory=policy,
-                        pool=quiet_agent_pool(reactor),
-                    )
+                self._clients[config.issuer] = HTTPClient(
+                    reactor, ca_file=config.ca_file, agent=agent, clock=self._clock
+                )
             self._issuers[config.issuer] = _IssuerKeys(
                 config,
                 partial(self._fetchKeys, config),
@@ -642,8 +548,10 @@ class TokenVerifier:
         if not failure.check(AuthenticationError):
             self.log.failure("Unexpected error while verifying a token", failure)
             failure = Failure(AuthenticationError("internal error verifying token"))
+        error = failure.value
+        assert isinstance(error, AuthenticationError)
         # Who presented it is known to the caller, which logs the refusal.
-        self.log.debug("Token rejected: {reason}", reason=failure.value.reason)
+        self.log.debug("Token rejected: {reason}", reason=error.reason)
         return failure
 
     async def _verify(self, token: str | bytes) -> Identity:
@@ -838,13 +746,13 @@ class TokenVerifier:
         return Deferred.fromCoroutine(self._fetchRemoteKeys(config))
 
     async def _fetchRemoteKeys(self, config: IssuerConfig) -> list[_SigningKey]:
-        agent = self._agents[config.issuer]
+        client = self._clients[config.issuer]
         jwksURI = config.jwks_uri
         if jwksURI is None:
             discoveryURL = config.discovery_url or (
                 config.issuer.rstrip("/") + "/.well-known/openid-configuration"
             )
-            discovery = await self._getJSON(agent, discoveryURL)
+            discovery = await self._getJSON(client, discoveryURL)
             if not isinstance(discovery, dict):
                 raise _FetchError(f"{discoveryURL}: not a JSON object")
             if discovery.get("issuer") != config.issuer:
@@ -855,34 +763,20 @@ class TokenVerifier:
             jwksURI = discovery.get("jwks_uri")
             if not isinstance(jwksURI, str):
                 raise _FetchError(f"{discoveryURL}: no 'jwks_uri'")
-        return _parseJWKS(await self._getJSON(agent, jwksURI), jwksURI)
+        return _parseJWKS(await self._getJSON(client, jwksURI), jwksURI)
 
-    async def _getJSON(self, agent: IAgent, url: str) -> object:
-        request = agent.request(
+    async def _getJSON(self, client: HTTPClient, url: str) -> object:
+        request = client.request(
             b"GET",
             _checkURL(url),
-            Headers({b"accept": [b"application/json"], b"user-agent": [b"gatehouse"]}),
-        )
-        request.addCallback(self._readResponse)
-        # Cancelling a request in flight fails it with ResponseNeverReceived
-        # rather than CancelledError, so say what happened explicitly.
-        request.addTimeout(
-            self._fetchTimeout,
-            self._clock,
-            onTimeoutCancel=lambda result, timeout: Failure(
-                _FetchError(f"no response in {timeout}s")
-            ),
+            headers={"accept": "application/json"},
+            timeout=self._fetchTimeout,
+            max_body=_MAX_DOCUMENT_BYTES,
         )
         try:
-            code, body = await request
+            response = await request
         except Exception as e:
-            raise _FetchError(f"GET {url}: {_describe(e)}")
-        if code != 200:
-            raise _FetchError(f"GET {url}: HTTP status {code}")
-        return _parseJSON(body, url)
-
-    @staticmethod
-    def _readResponse(response: IResponse) -> Deferred[tuple[int, bytes]]:
-        collector = _BoundedBody(_MAX_DOCUMENT_BYTES)
-        response.deliverBody(collector)
-        return collector.finished.addCallback(lambda body: (response.code, body))
+            raise _FetchError(f"GET {url}: {describe_error(e)}")
+        if response.code != 200:
+            raise _FetchError(f"GET {url}: HTTP status {response.code}")
+        return _parseJSON(response.body, url)

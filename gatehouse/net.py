@@ -8,32 +8,41 @@ that round trip (two epoll_ctl calls and a loop turn per message) was most
 of the reactor's time (bench/postgres.py --profile).  L{send_now} sends
 straight away when nothing is queued, and leaves everything else (partial
 sends, errors, TLS, closing transports) to Twisted.
+
+This is the one place that reaches into Twisted's private state
+(C{tcp.Connection}'s write buffers); tests/test_net.py pins what it relies
+on against the installed Twisted.
 """
 
 from __future__ import annotations
 
+from twisted.internet import tcp
+from twisted.internet.interfaces import ITCPTransport, ITransport
 
-def tune(transport: object) -> None:
+__all__ = ["send_now", "tune"]
+
+
+def tune(transport: ITransport) -> None:
     """
     Set TCP_NODELAY on a TCP transport: a relay must not hold small
     messages back waiting for ACKs (PostgreSQL and pgbouncer set it too).
     """
-    set_nodelay = getattr(transport, "setTcpNoDelay", None)
-    if set_nodelay is not None:
+    if ITCPTransport.providedBy(transport):
         try:
-            set_nodelay(True)
+            transport.setTcpNoDelay(True)
         except OSError:
             pass
 
 
-def send_now(transport: object, data: bytes) -> None:
+def send_now(transport: ITransport, data: bytes) -> None:
     """
     Write C{data} to C{transport}, sending it immediately when the
-    transport is a plain TCP socket with nothing queued.
+    transport is a plain TCP connection (a L{tcp.Connection} without TLS)
+    with nothing queued; otherwise, or for what the socket did not take,
+    C{transport.write}.
     """
-    sock = getattr(transport, "socket", None)
     if (
-        sock is not None
+        isinstance(transport, tcp.Connection)
         and not transport.TLS
         and not transport.dataBuffer
         and not transport._tempDataBuffer
@@ -41,7 +50,7 @@ def send_now(transport: object, data: bytes) -> None:
         and not transport.disconnecting
     ):
         try:
-            sent = sock.send(data)
+            sent = transport.socket.send(data)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError:
@@ -51,6 +60,3 @@ def send_now(transport: object, data: bytes) -> None:
             return
         data = data[sent:]
     transport.write(data)
-
-
-__all__ = ["send_now", "tune"]

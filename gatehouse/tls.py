@@ -1,15 +1,51 @@
 """
-Server-side TLS from the configuration's PEM files.
+TLS from PEM files: the gateway's server certificates and the CA bundles it
+trusts for its own outgoing connections.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from cryptography import x509
 from OpenSSL import crypto
 from twisted.internet import ssl
 
-from gatehouse.config import TLSConfig
+if TYPE_CHECKING:
+    # Public through twisted.internet.ssl's functions, not by name.
+    from twisted.internet._sslverify import IOpenSSLTrustRoot
 
-__all__ = ["server_tls_options"]
+    from gatehouse.config import TLSConfig
+
+__all__ = ["load_certificates", "server_tls_options", "trust_root"]
+
+
+def load_certificates(pem: bytes, source: str) -> list[ssl.Certificate]:
+    """
+    Every certificate of a PEM bundle, in file order.
+
+    @param source: names the bundle in the error.
+    @raise ValueError: the bundle holds no certificate, or a malformed one.
+    """
+    try:
+        certificates = x509.load_pem_x509_certificates(pem)
+    except ValueError as e:
+        raise ValueError(f"{source}: no valid PEM certificate ({e})") from None
+    return [ssl.Certificate(crypto.X509.from_cryptography(c)) for c in certificates]
+
+
+def trust_root(pem: bytes, source: str) -> IOpenSSLTrustRoot:
+    """
+    A trust root made of every certificate in the PEM bundle C{pem}: a
+    peer whose chain ends at any of them is trusted.
+
+    @param source: names the bundle in the error.
+    @raise ValueError: see L{load_certificates}.
+    """
+    root: IOpenSSLTrustRoot = ssl.trustRootFromCertificates(
+        load_certificates(pem, source)
+    )
+    return root
 
 
 def server_tls_options(tls: TLSConfig, alpn: bytes) -> ssl.CertificateOptions:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import datetime
-import io
 import json
 import os
 import shlex
@@ -31,16 +30,14 @@ import attrs
 from hyperlink import DecodedURL
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, FileBodyProducer
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IResponse
+from twisted.web.iweb import IAgent
 from zope.interface import Interface, implementer
 
 from gatehouse._duration import format_duration
+from gatehouse.http_client import HTTPClient, check_url, describe_error
 from gatehouse.identity import Identity
 from gatehouse.policy.rules import Command, Decision
 
@@ -710,40 +707,6 @@ def slackMessage(
     return {"text": _escape(f"{summary}; {approve}"), "blocks": blocks}
 
 
-def _describe(error: BaseException) -> str:
-    reasons = getattr(error, "reasons", None)
-    if reasons:
-        return "; ".join(_describe(reason.value) for reason in reasons)
-    return str(error) or type(error).__name__
-
-
-class _WebhookTimeout(Exception):
-    pass
-
-
-class _Drain(Protocol):
-    """
-    Reads a response body, keeping its start (for the log) and dropping the
-    rest.
-    """
-
-    def __init__(self) -> None:
-        self.start = b""
-        self.finished: Deferred[bytes] = Deferred(self._cancel)
-
-    def dataReceived(self, data: bytes) -> None:
-        if len(self.start) < _MAX_ERROR_BODY:
-            self.start += data[: _MAX_ERROR_BODY - len(self.start)]
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if not self.finished.called:
-            self.finished.callback(self.start)
-
-    def _cancel(self, _: Deferred[bytes]) -> None:
-        if self.transport is not None:
-            self.transport.stopProducing()
-
-
 @implementer(IApprovalNotifier)
 class WebhookNotifier:
     """
@@ -783,28 +746,15 @@ class WebhookNotifier:
         approve_options: Sequence[str] | None = None,
     ) -> None:
         parsed = DecodedURL.from_text(url)
-        if parsed.scheme not in ("http", "https") or not parsed.host:
-            raise ValueError(f"webhook URL must be http(s)://host/...: {url!r}")
-        self._url = parsed.to_uri().to_text().encode("ascii")
+        self._url = check_url(parsed.to_uri().to_text())
         self._where = f"{parsed.scheme}://{parsed.host}:{parsed.port}"
         self._reactor = reactor
-        if agent is None:
-            from gatehouse.logs import quiet_agent_pool
-
-            agent = Agent(reactor, pool=quiet_agent_pool(reactor))
-        self._agent = agent
+        self._client = HTTPClient(reactor, agent=agent)
         self._retries = max(0, retries)
         self._backoff = backoff
         self._maxBackoff = max_backoff
         self._timeout = timeout
-        self._headers = Headers(
-            {
-                b"content-type": [b"application/json"],
-                b"user-agent": [b"gatehouse"],
-            }
-        )
-        for name, value in (headers or {}).items():
-            self._headers.setRawHeaders(name, [value])
+        self._headers = {"content-type": "application/json", **(headers or {})}
         self._adminURL = admin_url
         self._approveOptions = approve_options
         self._deliveries: set[Deferred[bool]] = set()
@@ -853,7 +803,7 @@ class WebhookNotifier:
             except CancelledError:
                 return False
             except Exception as e:
-                problem, retry = _describe(e), True
+                problem, retry = describe_error(e), True
             else:
                 if 200 <= code < 300:
                     self._log.info(
@@ -886,36 +836,16 @@ class WebhookNotifier:
         return False
 
     async def _post(self, body: bytes) -> tuple[int, bytes]:
-        attempt = self._agent.request(
+        response = await self._client.request(
             b"POST",
             self._url,
-            self._headers.copy(),
-            FileBodyProducer(io.BytesIO(body)),
+            headers=self._headers,
+            body=body,
+            timeout=self._timeout,
+            max_body=_MAX_ERROR_BODY,
+            truncate=True,
         )
-        attempt.addCallback(self._read)
-        attempt.addTimeout(
-            self._timeout,
-            self._reactor,
-            onTimeoutCancel=lambda result, timeout: Failure(
-                _WebhookTimeout(f"no response in {timeout}s")
-            ),
-        )
-
-        def cancel(outer: Deferred[tuple[int, bytes]]) -> None:
-            outer.errback(Failure(CancelledError()))
-            attempt.cancel()
-
-        # Cancelling an Agent request fails it with ResponseNeverReceived or
-        # ConnectingCancelledError; the caller must see CancelledError.
-        outer: Deferred[tuple[int, bytes]] = Deferred(cancel)
-        attempt.addBoth(lambda result: None if outer.called else outer.callback(result))
-        return await outer
-
-    @staticmethod
-    def _read(response: IResponse) -> Deferred[tuple[int, bytes]]:
-        drain = _Drain()
-        response.deliverBody(drain)
-        return drain.finished.addCallback(lambda start: (response.code, start))
+        return response.code, response.body
 
     def _bug(self, failure: Failure, requestID: str) -> bool:
         if not failure.check(CancelledError):

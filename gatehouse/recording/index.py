@@ -180,7 +180,9 @@ def index_text(value: str) -> tuple[str, bool]:
     (the byte itself, 80 to ff), any other lone surrogate C{\\udXXX};
     every other character stays.  L{unescape_index_text} reverses it.
     """
-    if _UNSAFE.search(value) is None:
+    # isascii and "in" run at memory speed; the search costs ~25 ns a
+    # character, 30 ms on the reactor for a 1.3 MB statement.
+    if (value.isascii() and "\0" not in value) or _UNSAFE.search(value) is None:
         return value, False
     return _UNSAFE.sub(_escape_match, value.replace("\\", "\\\\")), True
 

@@ -141,6 +141,7 @@ class PostgresAdapter:
             factory.options = options
             # New caps count the connections open now too.
             factory.limits.caps = options.caps
+            factory.classifier.queue = options.classify_queue
             # A catalog caches what one target's connection settings reach.
             for name in list(factory.catalogs):
                 if factory.targets.get(name) != new_targets.get(name):

@@ -14,15 +14,24 @@ COPY's table is looked up in every schema (L{Catalog.relation_candidates}).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable, Sequence
+from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.python.failure import Failure
 
 from gatehouse.protocols.postgres import codec
 from gatehouse.protocols.postgres.config import PostgresTargetOptions
-from gatehouse.protocols.postgres.upstream import UpstreamError, connect_upstream
+from gatehouse.protocols.postgres.upstream import (
+    UpstreamError,
+    UpstreamProtocol,
+    UpstreamReady,
+    connect_upstream,
+)
 
-__all__ = ["Catalog"]
+_Row = tuple[bytes | None, ...]
+
+__all__ = ["Catalog", "Lookups"]
 
 _ROW = codec.BackendType.DATA_ROW
 _ERROR = codec.BackendType.ERROR_RESPONSE
@@ -54,16 +63,17 @@ def _literal(text: str) -> str:
 class _QueryRunner:
     """Collects the rows of one simple query on an upstream connection."""
 
-    def __init__(self, upstream: object):
+    def __init__(self, upstream: UpstreamProtocol):
         self.upstream = upstream
         self.reader = codec.FrameReader.backend()
-        self.rows: list[tuple[bytes | None, ...]] = []
+        self.rows: list[_Row] = []
         self.error: str | None = None
-        self.done: Deferred = Deferred()
+        self.done: Deferred[list[_Row]] = Deferred()
         upstream.on_data = self.data
         upstream.on_lost = self.lost
 
-    def run(self, sql: str) -> Deferred:
+    def run(self, sql: str) -> Deferred[list[_Row]]:
+        assert self.upstream.transport is not None
         self.upstream.transport.write(codec.Query(sql).encode())
         return self.done
 
@@ -88,12 +98,16 @@ class Catalog:
     """
     Column names of one target, looked up on demand and cached.
 
+    A lookup fails with L{UpstreamError} when connecting, or the query,
+    takes longer than C{connect_timeout} (each); cancelling it closes its
+    connection.
+
     @param ttl: seconds an answer is trusted.
     """
 
     def __init__(
         self,
-        reactor: object,
+        reactor: Any,
         options: PostgresTargetOptions,
         target_name: str,
         connect_timeout: float = 10.0,
@@ -126,13 +140,15 @@ class Catalog:
             {o for o in oids if now - self._known_oids.get(o, -1e18) > self._ttl}
         )
 
-    def lookup_oids(self, oids: Iterable[int]) -> Deferred:
+    def lookup_oids(self, oids: Iterable[int]) -> Deferred[list[_Row]]:
         """Learn the columns of the tables C{oids}."""
-        oids = [int(o) for o in oids]
-        return self._query(_COLUMNS_OF_OIDS % ",".join(map(str, oids)), oids)
+        numbers = [int(o) for o in oids]
+        return self._query(_COLUMNS_OF_OIDS % ",".join(map(str, numbers)), numbers)
 
     @inlineCallbacks
-    def relation_candidates(self, relation: str) -> Deferred:
+    def relation_candidates(
+        self, relation: str
+    ) -> Generator[Deferred[Any], Any, list[list[str]]]:
         """
         Every table C{relation} may stand for, whatever the search_path:
         for C{schema.table} the one table; for an unqualified name, the
@@ -150,13 +166,16 @@ class Catalog:
         if len(parts) >= 2:
             schema = " AND n.nspname = " + _literal(parts[-2])
         rows = yield self._query(_COLUMNS_OF_NAME % (_literal(parts[-1]), schema), ())
+        assert isinstance(rows, list)
         tables: dict[bytes | None, list[str]] = {}
         for row in rows:
             tables.setdefault(row[0], []).append(self._learn(row))
         return list(tables.values())
 
     @inlineCallbacks
-    def _query(self, sql: str, oids: list[int]) -> Deferred:
+    def _query(
+        self, sql: str, oids: Sequence[int]
+    ) -> Generator[Deferred[Any], Any, list[_Row]]:
         ready = yield connect_upstream(
             self._reactor,
             self._options,
@@ -164,12 +183,24 @@ class Catalog:
             (("application_name", "gatehouse catalog"),),
             self._timeout,
         )
+        assert isinstance(ready, UpstreamReady)
+        timeout = self._timeout
         try:
-            rows = yield _QueryRunner(ready.protocol).run(sql)
+            running = _QueryRunner(ready.protocol).run(sql)
+            running.addTimeout(
+                timeout,
+                self._reactor,
+                onTimeoutCancel=lambda result, _: Failure(
+                    UpstreamError(f"catalog query: no answer within {timeout:g} s")
+                ),
+            )
+            rows: list[_Row] = yield running
         finally:
             ready.protocol.on_lost = None
-            ready.protocol.transport.write(codec.Terminate().encode())
-            ready.protocol.transport.loseConnection()
+            transport = ready.protocol.transport
+            if transport is not None:
+                transport.write(codec.Terminate().encode())
+                transport.loseConnection()
         now = self._reactor.seconds()
         for oid in oids:
             self._known_oids[oid] = now
@@ -177,9 +208,36 @@ class Catalog:
             self._learn(row)
         return rows
 
-    def _learn(self, row: tuple[bytes | None, ...]) -> str:
+    def _learn(self, row: _Row) -> str:
         oid, schema, table, attnum, name = (v.decode() if v else "" for v in row)
         full = f"{schema}.{table}.{name}"
         self._columns[(int(oid), int(attnum))] = full
         self._known_oids[int(oid)] = self._reactor.seconds()
         return full
+
+
+class Lookups:
+    """
+    The catalog lookups one client connection waits for: cancelled (their
+    connections closed) when it goes away, rather than left to finish for
+    nobody.
+    """
+
+    def __init__(self) -> None:
+        self._pending: set[Deferred[Any]] = set()
+
+    def track(self, lookup: Deferred[Any]) -> Deferred[Any]:
+        """Remember C{lookup} until it ends; returns it."""
+        self._pending.add(lookup)
+
+        def ended(result: object) -> object:
+            self._pending.discard(lookup)
+            return result
+
+        lookup.addBoth(ended)
+        return lookup
+
+    def cancel_all(self) -> None:
+        """Cancel every lookup still running."""
+        for lookup in list(self._pending):
+            lookup.cancel()

@@ -12,6 +12,7 @@ A listener::
           allow_cleartext: false      # true only for loopback/testing
           max_statement_bytes: 4MiB   # longer statements are refused (54000)
           classify_workers: 2         # processes classifying long statements
+          classify_queue: 256         # statements waiting for them, then 53300
           authentication_timeout: 30s # accept to logged in and target ready
           max_connections: 1000       # all connections of this listener
           max_unauthenticated: 256    # of which not yet authenticated
@@ -49,6 +50,7 @@ from typing import Any
 import attrs
 
 from gatehouse.config import ConfigSection
+from gatehouse.files import files
 from gatehouse.limits import ConnectionCaps
 from gatehouse.protocols import ListenerOptions, TargetOptions
 
@@ -67,6 +69,9 @@ class PostgresListenerOptions(ListenerOptions):
     max_statement_bytes: int = 4 * 1024 * 1024
     #: worker processes that classify long statements (per listener)
     classify_workers: int = 2
+    #: long statements waiting for or in those workers (per listener); more
+    #: are refused (53300) rather than queued
+    classify_queue: int = 256
     #: seconds from accept until the client is authenticated and its
     #: target session ready; not reset by bytes the client trickles in
     authentication_timeout: float = 30.0
@@ -96,12 +101,18 @@ class UpstreamTLS:
     server_name: str | None = None
 
 
+def _password_text(data: bytes, path: str) -> str:
+    # As a file opened in text mode reads it (universal newlines).
+    text = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+    return text.rstrip("\n")
+
+
 def _read_password(password_file: str | None, password_env: str | None) -> str | None:
-    # Read at each connection (never cached in config values), so a rotated
-    # file is picked up by the next one.
+    # Checked at each connection (never kept in config values), so a
+    # rotated file is picked up by the next one; read again only when it
+    # changed.
     if password_file is not None:
-        with open(password_file, encoding="utf-8") as f:
-            return f.read().rstrip("\r\n")
+        return files.load(password_file, _password_text)
     if password_env is not None:
         return os.environ.get(password_env)
     return None
@@ -270,6 +281,9 @@ def parse_listener_options(options: ConfigSection) -> PostgresListenerOptions:
         max_message_bytes=options.size("max_message_bytes", 1024 * 1024 * 1024),
         max_statement_bytes=options.size("max_statement_bytes", 4 * 1024 * 1024),
         classify_workers=options.integer("classify_workers", 2, minimum=1, maximum=64),
+        classify_queue=options.integer(
+            "classify_queue", 256, minimum=1, maximum=1_000_000
+        ),
         **_connection_limits(options),
     )
 

@@ -37,9 +37,11 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
+from gatehouse.files import files
 from gatehouse.logs import connect_quietly
 from gatehouse.protocols.postgres import codec
 from gatehouse.protocols.postgres.config import PostgresTargetOptions
+from gatehouse.tls import trust_root
 
 _R = codec.BackendType.AUTHENTICATION
 _ERROR = codec.BackendType.ERROR_RESPONSE
@@ -610,8 +612,9 @@ def _tls_options(options: PostgresTargetOptions) -> object | None:
     if tls.ca_file is None or name is None:
         # the configuration refuses verify-full without them
         raise UpstreamError("verify-full needs ca_file and a host or server_name")
-    with open(tls.ca_file, "rb") as f:
-        roots = ssl.Certificate.loadPEM(f.read())
+    # Every certificate of the bundle is trusted; read again only when the
+    # file changed.
+    roots = files.load(tls.ca_file, trust_root)
     return ssl.optionsForClientTLS(name, trustRoot=roots)
 
 
@@ -669,7 +672,7 @@ def connect_upstream(
     startup = codec.StartupMessage(parameters)
     try:
         tls_options = _tls_options(options)
-    except OSError as e:
+    except (OSError, ValueError) as e:
         return _failed(UpstreamError(f"cannot read the target's CA file: {e}"))
     protocol = UpstreamProtocol(options, startup, tls_options)
     connecting = connect_quietly(_endpoint(reactor, options, timeout), protocol)

@@ -67,6 +67,15 @@ class PostgresListenerConfigTests(SynchronousTestCase):
         with self.assertRaises(ConfigError):
             self.load({"options": {"allow_cleartext": True, "classify_workers": 0}})
 
+    def test_classify_queue(self) -> None:
+        """classify_queue: 256 by default, at least 1."""
+        options = self.load({"options": {"allow_cleartext": True}}).listeners[0].options
+        self.assertEqual(options.classify_queue, 256)
+        config = self.load({"options": {"allow_cleartext": True, "classify_queue": 4}})
+        self.assertEqual(config.listeners[0].options.classify_queue, 4)
+        with self.assertRaises(ConfigError):
+            self.load({"options": {"allow_cleartext": True, "classify_queue": 0}})
+
 
 class PreauthLimitsConfigTests(SynchronousTestCase):
     """The login timeout and connection caps of a PostgreSQL listener."""

@@ -49,7 +49,9 @@ class PostgresServerFactory(Factory):
         self.cancels = cancels
         self.commands = CommandCache()
         #: worker processes for long statements (see L{ClassifierPool})
-        self.classifier = ClassifierPool(reactor, options.classify_workers)
+        self.classifier = ClassifierPool(
+            reactor, options.classify_workers, options.classify_queue
+        )
         self.catalogs: dict[str, Catalog] = {}
         self.connections: set[PostgresServerProtocol] = set()
         #: connections counted against the listener's caps
@@ -134,7 +136,10 @@ class TooManyConnections(Protocol):
         except RecordingUnavailable:
             session = None
         if session is not None:
-            session.close(f"too many connections: {self._why}")
+            # Session.close logs a failure to seal: nothing else to do here.
+            session.close(f"too many connections: {self._why}").addErrback(
+                lambda failure: None
+            )
         self.transport.write(
             codec.ErrorResponse.build(
                 "FATAL", "53300", "too many connections", self._why

@@ -268,7 +268,7 @@ class LoginPhases:
         ) or self._startup_message.get("user")
         self.session.authenticate(token, target_name).addCallbacks(
             self._authenticated, self._not_authenticated
-        )
+        ).addErrback(self._chain_failed)
 
     def _waiting_data(self, data: bytes) -> None:
         """
@@ -399,6 +399,7 @@ class LoginPhases:
             self._factory.options.connect_timeout,
         )
         d.addCallbacks(self._upstream_ready, self._upstream_failed)
+        d.addErrback(self._chain_failed)
 
     # -- phase 3: connecting -------------------------------------------------
 

@@ -35,6 +35,7 @@ from gatehouse.gate import Gate, IGateDriver
 from gatehouse.limits import Admission
 from gatehouse.net import tune
 from gatehouse.protocols.postgres import codec
+from gatehouse.protocols.postgres.catalog import Lookups
 from gatehouse.protocols.postgres.commands import Classified
 from gatehouse.protocols.postgres.server._common import (
     _C2G,
@@ -84,6 +85,8 @@ class PostgresServerProtocol(LoginPhases, ClientRelay, TargetResults, Protocol):
 
     def __init__(self, factory: PostgresServerFactory):
         self._factory = factory
+        #: catalog lookups in flight, cancelled when the client goes away
+        self._lookups = Lookups()
         self._abort_call = None
         self._client_terminated = False
         #: messages the client sent before its session was ready
@@ -265,9 +268,12 @@ class PostgresServerProtocol(LoginPhases, ClientRelay, TargetResults, Protocol):
             self._abort_call.cancel()
         if self._cancel_key is not None:
             self._factory.cancels.unregister(self._cancel_key[0])
+        self._lookups.cancel_all()
         self._close_upstream()
         if self.session is not None:
-            self.session.close(self._close_reason)
+            # Session.close logs a failure to seal (a recording that failed
+            # mid-session); unconsumed it was an "Unhandled error".
+            self.session.close(self._close_reason).addErrback(lambda failure: None)
 
     def _close_upstream(self) -> None:
         """

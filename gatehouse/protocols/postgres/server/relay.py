@@ -23,6 +23,11 @@ from gatehouse.gate import (
 )
 from gatehouse.policy import OPAQUE, Command, Decision
 from gatehouse.protocols.postgres import codec
+from gatehouse.protocols.postgres.classifier import (
+    BUSY_SQLSTATE,
+    ClassifierBusy,
+    normalized,
+)
 from gatehouse.protocols.postgres.commands import FUNCTION_CALL, Classified
 from gatehouse.protocols.postgres.protections import refusal as protection_refusal
 from gatehouse.protocols.postgres.server._common import (
@@ -311,7 +316,7 @@ class ClientRelay:
             # text PostgreSQL will read is another one; classify that.
         if len(text) > self.INLINE_CLASSIFY_LIMIT:
             found = cache.cached(text)
-            if found is not None:
+            if found is not None and (not self._reads_text() or normalized(found)):
                 return text, found
             # Parsing takes milliseconds per few KiB: not on the reactor,
             # nor in its threads (see ClassifierPool).
@@ -320,8 +325,16 @@ class ClientRelay:
             )
         return text, cache.lookup(text)
 
+    def _reads_text(self) -> bool:
+        """Whether a C{text:} rule applies to this session."""
+        policy = self.session.policy
+        return policy is not None and policy.reads_text
+
     def _start_classify(self, frame: tuple, text: str) -> None:
-        self._factory.classifier.classify(text).addBoth(self._classified, frame, text)
+        # A text: rule's normalised text is made in the worker too.
+        self._factory.classifier.classify(text, self._reads_text()).addBoth(
+            self._classified, frame, text
+        ).addErrback(self._chain_failed)
 
     def _classified(self, result: object, frame: tuple, text: str) -> None:
         """A long statement was classified in a worker: decide it now."""
@@ -329,6 +342,10 @@ class ClientRelay:
         if self._upstream is None or not gate.holds(frame, HoldReason.CLASSIFICATION):
             return  # the client cancelled it, or the session ended
         if isinstance(result, Failure):
+            if result.check(ClassifierBusy):
+                busy = Refusal(RefusalKind.UNCHECKED, str(result.value), BUSY_SQLSTATE)
+                gate.settle(frame, busy)
+                return
             gate.settle(frame, result)
             return
         self._factory.commands.remember(text, result)

@@ -6,6 +6,7 @@ L{PostgresServerProtocol}.
 
 from __future__ import annotations
 
+from twisted.internet.defer import CancelledError
 from twisted.python.failure import Failure
 
 from gatehouse.gate import HoldReason, Refusal, RefusalKind
@@ -115,7 +116,9 @@ class TargetResults:
             masker.copy_out(names, copy.format, copy.delimiter, full, copy.header)
             self._gate.settle(frame, None)
             return
-        d = self._factory.catalog(self._target).relation_candidates(copy.relation)
+        d = self._lookups.track(
+            self._factory.catalog(self._target).relation_candidates(copy.relation)
+        )
 
         def known(candidates: list) -> str | None:
             def masked(columns: list) -> tuple:
@@ -143,9 +146,16 @@ class TargetResults:
         d.addCallback(known)
         d.addCallbacks(
             self._copy_known,
-            lambda failure: self._gate.settle(frame, failure),
+            self._copy_unknown,
             callbackArgs=(frame,),
+            errbackArgs=(frame,),
         )
+        d.addErrback(self._chain_failed)
+
+    def _copy_unknown(self, failure: Failure, frame: tuple) -> None:
+        # A lookup cancelled because the client went away is no error.
+        if not (self._closing and failure.check(CancelledError)):
+            self._gate.settle(frame, failure)
 
     def _copy_known(self, refusal: str | None, frame: tuple) -> None:
         self._gate.settle(
@@ -196,6 +206,24 @@ class TargetResults:
             # Everything before the held statement has been answered, and
             # the target has said (ParameterStatus) how it reads SQL now.
             self._gate.resume()
+
+    def _chain_failed(self, failure: Failure) -> None:
+        """
+        The last errback of every callback chain: an error in a callback
+        (a bug) ends the session, closed, instead of leaving it hanging
+        with the error unhandled.
+        """
+        self._log.failure(
+            "Internal error in session {sid}",
+            failure,
+            sid=str(self.session.id) if self.session is not None else "-",
+        )
+        if not self._closing:
+            self._fatal(
+                "XX000",
+                "internal error in the gateway; the session is closed",
+                f"internal error: {failure.getErrorMessage()}",
+            )
 
     def _check_failed(self, what: str, failure: Failure | None = None) -> None:
         """
@@ -352,7 +380,7 @@ class TargetResults:
         self._upstream_held = list(frames)
         gate = self._upstream_gate
         gate.pause("catalog")
-        d = self._factory.catalog(self._target).lookup_oids(oids)
+        d = self._lookups.track(self._factory.catalog(self._target).lookup_oids(oids))
 
         def resume(result: object) -> None:
             if self._closing:
@@ -371,7 +399,7 @@ class TargetResults:
             if held:
                 self._deliver_checked(held)
 
-        d.addBoth(resume)
+        d.addBoth(resume).addErrback(self._chain_failed)
 
     def _refusal_for(self, body: bytes) -> bytes | None:
         for token, (error, _) in self._refusals.items():
