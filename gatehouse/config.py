@@ -175,12 +175,21 @@ class TargetConfig:
         returned for this target.
     @ivar end_session_at_token_expiry: Whether the gateway ends each
         session on this target when the client's token expires.
+    @ivar allow_groups: The identity groups that may reach this target
+        (C{"*"}: every authenticated identity); read by the core from
+        C{options.allow_groups} for every protocol.  Empty admits nobody.
     """
 
     name: str
     protocol: str
     options: TargetOptions | None = None
     end_session_at_token_expiry: bool = True
+    allow_groups: tuple[str, ...] = ()
+
+    def allows(self, groups: Iterable[str]) -> bool:
+        """Whether an identity with C{groups} may reach this target."""
+        allowed = self.allow_groups
+        return "*" in allowed or not set(allowed).isdisjoint(groups)
 
 
 @attrs.frozen
@@ -1344,8 +1353,15 @@ def _parse_targets(
         end_at_expiry = section.boolean("end_session_at_token_expiry", True)
         options_section = _options(section, adapter)
         options = None
+        allow_groups: tuple[str, ...] = ()
         if options_section is not None:
             options = adapter.parse_target_options(options_section)
+            # Who may reach a target is the core's to decide, for every
+            # protocol: an adapter that forgets to check cannot fail open.
+            allow_groups = options_section.strings("allow_groups", required=True)
+            if options is not None and allow_groups:
+                for key, message in options.access_problems(allow_groups):
+                    options_section.problem(message, key)
             options_section.finish()
         section.finish()
         targets.append(
@@ -1354,6 +1370,7 @@ def _parse_targets(
                 protocol=protocol,
                 options=options,
                 end_session_at_token_expiry=end_at_expiry,
+                allow_groups=allow_groups,
             )
         )
         if options_sections is not None:

@@ -238,6 +238,7 @@ def build_components(config: GatehouseConfig, reactor: Any) -> Components:
         token_expiry_exempt=(
             t.name for t in config.targets if not t.end_session_at_token_expiry
         ),
+        targets=config.targets,
     )
     core = _GatewayCore(pool, keyring, index, hub)
     core.recording_directory = recording.directory
@@ -561,6 +562,7 @@ class GatewayService(MultiService):
         prepared.verifier.prefetch()
         hub.policy = new.policy
         hub.masking = tuple(new.masking)
+        hub.targets = {t.name: t for t in new.targets}
         _end_removed_targets(hub, {t.name for t in new.targets})
         if hub.metrics is not None:
             hub.metrics.targets = frozenset(t.name for t in new.targets)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime
 import json
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 
 import gatehouse
 from gatehouse import logs
-from gatehouse.config import DEFAULT_MAX_TOKEN_BYTES
+from gatehouse.config import DEFAULT_MAX_TOKEN_BYTES, TargetConfig
 from gatehouse.identity import AuthenticationError, Identity, TokenVerifier
 from gatehouse.ids import new_session_id
 from gatehouse.policy import Command, Decision, Policy, SessionPolicy
@@ -44,6 +44,28 @@ from gatehouse.recording.interfaces import (
 _DATA = RecordType.DATA
 _EVENT = RecordType.EVENT
 _NO_POLICY = Decision("deny", "unauthenticated", message="not authenticated")
+
+#: L{TargetAccessDenied.kind}: no target of the session's protocol has the name
+UNKNOWN_TARGET = "unknown-target"
+#: L{TargetAccessDenied.kind}: the identity's groups may not reach the target
+TARGET_DENIED = "target-denied"
+
+
+class TargetAccessDenied(AuthenticationError):
+    """
+    The token was good, but its identity may not reach the target it
+    asked for: the core's decision, made before any policy applies, so a
+    protocol that forgets to check access still cannot fail open.
+
+    @ivar kind: L{UNKNOWN_TARGET} or L{TARGET_DENIED}.
+    @ivar target: the target name the client asked for (None: none).
+    @ivar subject: the identity's subject.
+    """
+
+    def __init__(self, reason: str, kind: str, target: str | None, subject: str):
+        super().__init__(reason, kind)
+        self.target = target
+        self.subject = subject
 
 
 class PendingRecording:
@@ -217,12 +239,15 @@ class Session:
 
     def authenticate(self, token: str | bytes, target: str | None = None) -> Deferred:
         """
-        Verify the client's token and bind the identity to this session.
+        Verify the client's token and bind the identity to this session,
+        if it may reach C{target} (see L{SessionHub.access_refusal}).
 
-        The outcome is recorded; the token never is.
+        The outcome is recorded; the token never is.  A refused target is
+        recorded too (a C{target-refused} event): the token was good.
 
         @return: Deferred firing with the L{Identity}, or failing with
-            L{AuthenticationError} (whose reason is for operators only).
+            L{AuthenticationError} (whose reason is for operators only):
+            L{TargetAccessDenied} when the identity may not reach C{target}.
         """
         d = self._hub.verifier.verify(token)
 
@@ -230,7 +255,11 @@ class Session:
             self.identity = identity
             if target is not None:
                 self.target = target
-            self._hub.apply_policy(self)
+            refusal = self._hub.access_refusal(self.protocol, identity, target)
+            if refusal is None:
+                self._hub.apply_policy(self)
+            # A refused session is recorded too (its token was good): with
+            # no policy, it can decide nothing but deny.
             self._hub.start_recording(self)
             self.event(
                 "authenticated",
@@ -255,6 +284,14 @@ class Session:
                 target=logs.summary(self.target or ""),
                 client_address=self.client_address,
             )
+            if refusal is not None:
+                self.event(
+                    "target-refused",
+                    kind=refusal.kind,
+                    target=target,
+                    reason=refusal.reason,
+                )
+                raise refusal
             self._watch_token()
             return identity
 
@@ -595,6 +632,8 @@ class SessionHub:
 
     @param index: the session index (L{gatehouse.recording.index.SessionIndex}),
         or None to run without one.
+    @param targets: the targets sessions may reach: L{Session.authenticate}
+        refuses any other (none given: every target is unknown).
     """
 
     _log = Logger()
@@ -612,6 +651,7 @@ class SessionHub:
         broker: object | None = None,
         metrics: object | None = None,
         token_expiry_exempt: Iterable[str] = (),
+        targets: Iterable[TargetConfig] = (),
     ):
         self.gateway_id = gateway_id
         self.recorder = recorder
@@ -630,6 +670,8 @@ class SessionHub:
         #: targets whose sessions outlive their tokens (the targets'
         #: end_session_at_token_expiry: false)
         self.token_expiry_exempt = frozenset(token_expiry_exempt)
+        #: the targets sessions may reach, by name (a reload replaces it)
+        self.targets: Mapping[str, TargetConfig] = {t.name: t for t in targets}
         observe = getattr(recorder, "observe_seals", None)
         if observe is not None and index is not None:
             observe(self._sealed)
@@ -638,6 +680,28 @@ class SessionHub:
             observe_failures(self._index_failed)
         if broker is not None:
             broker.observe(self._approval_event)
+
+    def access_refusal(
+        self, protocol: str, identity: Identity, target: str | None
+    ) -> TargetAccessDenied | None:
+        """
+        Why C{identity} may not reach C{target} over C{protocol} (no such
+        target of that protocol, or none of its groups is allowed), or
+        None when it may.  Fails closed: no target, no access.
+        """
+        config = self.targets.get(target) if target is not None else None
+        if config is None or config.protocol != protocol:
+            return TargetAccessDenied(
+                f"unknown target {target!r}", UNKNOWN_TARGET, target, identity.subject
+            )
+        if not config.allows(identity.groups):
+            return TargetAccessDenied(
+                f"identity not allowed for target {target!r}",
+                TARGET_DENIED,
+                target,
+                identity.subject,
+            )
+        return None
 
     def ends_at_token_expiry(self, target: str | None) -> bool:
         """Whether sessions on C{target} end when their token expires."""

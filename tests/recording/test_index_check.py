@@ -28,6 +28,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gatehouse import ids
 from gatehouse.cli import main
+from gatehouse.config import TargetConfig
 from gatehouse.identity import IssuerConfig, TokenVerifier
 from gatehouse.recording import keys
 from gatehouse.recording.format import Direction
@@ -124,7 +125,17 @@ class World:
         )
         self.writer = InlineIndex(self.index, self.clock)
         self.writer.start()
-        self.hub = SessionHub("gw-1", recorder, verifier, self.clock, self.writer)
+        self.hub = SessionHub(
+            "gw-1",
+            recorder,
+            verifier,
+            self.clock,
+            self.writer,
+            targets=[
+                TargetConfig(name, "postgres", allow_groups=("*",))
+                for name in ("shop", "crm")
+            ],
+        )
         self.alice = self.session(
             "alice", "Alice", ["dba", "ops"], "shop", "app_rw", deny="drop table t"
         )

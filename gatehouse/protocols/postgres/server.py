@@ -69,6 +69,7 @@ from gatehouse.recording.interfaces import (
     RecordingFailed,
     RecordingUnavailable,
 )
+from gatehouse.session import UNKNOWN_TARGET, TargetAccessDenied
 
 _C2G = Direction.CLIENT_TO_GATEWAY
 _G2C = Direction.GATEWAY_TO_CLIENT
@@ -976,6 +977,9 @@ class PostgresServerProtocol(Protocol):
         if failure.check(RecordingUnavailable):
             self._refuse_unrecordable(str(failure.value))
             return
+        if failure.check(TargetAccessDenied):
+            self._target_refused(failure.value)
+            return
         if not failure.check(AuthenticationError):
             self._log.failure(
                 "Authenticating session {sid}", failure, sid=str(self.session.id)
@@ -985,6 +989,25 @@ class PostgresServerProtocol(Protocol):
             "authentication failed",
             f"authentication failed: {failure.value}",
             hint="the password must be a valid access token (JWT) for this gateway",
+        )
+
+    def _target_refused(self, refusal: TargetAccessDenied) -> None:
+        """The core refused the target: say so as PostgreSQL would."""
+        if self._admission is not None:
+            self._admission.authenticated()
+        name = refusal.target
+        if refusal.kind == UNKNOWN_TARGET:
+            self._fatal(
+                "3D000",
+                f'no target named "{name}" on this gateway',
+                refusal.reason,
+                hint="the database name selects the target",
+            )
+            return
+        self._fatal(
+            "28000",
+            f'"{refusal.subject}" may not reach target "{name}"',
+            refusal.reason,
         )
 
     def _authenticated(self, identity: object) -> None:
@@ -1003,13 +1026,6 @@ class PostgresServerProtocol(Protocol):
             )
             return
         options: PostgresTargetOptions = target.options
-        if not options.allows(identity.groups):
-            self._fatal(
-                "28000",
-                f'"{identity.subject}" may not reach target "{target_name}"',
-                f"identity not allowed for target {target_name!r}",
-            )
-            return
         # The upstream role this identity's groups map to (credentials per
         # group, first match), so PostgreSQL's own privileges apply too.
         login = options.login_for(tuple(identity.groups))
