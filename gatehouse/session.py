@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 import gatehouse
 from gatehouse import logs
 from gatehouse.config import DEFAULT_MAX_TOKEN_BYTES, TargetConfig
+from gatehouse.credentials import BearerToken, CredentialCheckers, JWTChecker
 from gatehouse.identity import AuthenticationError, Identity, TokenVerifier
 from gatehouse.ids import new_session_id
 from gatehouse.policy import Command, Decision, Policy, SessionPolicy
@@ -237,19 +238,27 @@ class Session:
             _EVENT, 0, 0, json.dumps(fields, sort_keys=True, default=str).encode()
         )
 
-    def authenticate(self, token: str | bytes, target: str | None = None) -> Deferred:
+    def authenticate(
+        self, credentials: object, target: str | None = None
+    ) -> Deferred[Identity]:
         """
-        Verify the client's token and bind the identity to this session,
-        if it may reach C{target} (see L{SessionHub.access_refusal}).
+        Check the client's credentials and bind the identity to this
+        session, if it may reach C{target} (see L{SessionHub.access_refusal}).
 
-        The outcome is recorded; the token never is.  A refused target is
+        @param credentials: what the client presented: credentials for one
+            of the hub's checkers (L{gatehouse.credentials}), or a token
+            (C{str} or C{bytes}: a L{BearerToken}).
+
+        The outcome is recorded; the credentials never are.  A refused target is
         recorded too (a C{target-refused} event): the token was good.
 
         @return: Deferred firing with the L{Identity}, or failing with
             L{AuthenticationError} (whose reason is for operators only):
             L{TargetAccessDenied} when the identity may not reach C{target}.
         """
-        d = self._hub.verifier.verify(token)
+        if isinstance(credentials, (str, bytes)):
+            credentials = BearerToken(credentials)
+        d = self._hub.checkers.check(credentials)
 
         def ok(identity: Identity) -> Identity:
             self.identity = identity
@@ -634,6 +643,8 @@ class SessionHub:
         or None to run without one.
     @param targets: the targets sessions may reach: L{Session.authenticate}
         refuses any other (none given: every target is unknown).
+    @param checkers: the credentials checkers L{Session.authenticate} asks;
+        by default one L{JWTChecker} of C{verifier}.
     """
 
     _log = Logger()
@@ -652,10 +663,17 @@ class SessionHub:
         metrics: object | None = None,
         token_expiry_exempt: Iterable[str] = (),
         targets: Iterable[TargetConfig] = (),
+        checkers: CredentialCheckers | None = None,
     ):
         self.gateway_id = gateway_id
         self.recorder = recorder
         self.verifier = verifier
+        #: how identities are established (by default: JWTs, by C{verifier})
+        self.checkers = (
+            checkers
+            if checkers is not None
+            else CredentialCheckers([JWTChecker(verifier)])
+        )
         self.clock = clock
         self.index = index
         self.policy = policy if policy is not None else Policy()
