@@ -189,8 +189,8 @@ class Session:
         self.recorded_bytes = 0
         #: when the session started (clock seconds)
         self.started = hub.clock.seconds()
-        #: sequence number of the last DATA record
-        self.last_seq = -1
+        #: sequence number of the last DATA record, by channel
+        self._last_seq: dict[int, int] = {}
         self._record = recording.record
         self._terminators: list[Callable[[str], object]] = []
         #: the rules that apply to this session, once authenticated
@@ -203,6 +203,9 @@ class Session:
         #: the upstream account the session logs in as, once chosen
         self.upstream_role: str | None = None
         self._approvals: dict[str, Deferred] = {}
+        #: the channel of each approval request not on channel 0
+        self._approval_channels: dict[str, int] = {}
+        self._requesting_channel = 0
         #: what the client is told when the gateway ends the session
         #: itself (None: the protocol's shutdown message)
         self.end_message: str | None = None
@@ -228,14 +231,29 @@ class Session:
         """
         self.byte_counts[direction] += len(payload)
         if self.records_data:
-            self.last_seq = self._record(_DATA, direction, channel, payload)
+            self._last_seq[channel] = self._record(_DATA, direction, channel, payload)
             self.recorded_bytes += len(payload)
 
-    def event(self, name: str, /, **fields: object) -> None:
-        """Record a gateway event (decision, error, notice) as JSON."""
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of channel 0's last DATA record (-1: none)."""
+        return self.last_seq_of(0)
+
+    def last_seq_of(self, channel: int) -> int:
+        """The sequence number of C{channel}'s last DATA record (-1: none)."""
+        return self._last_seq.get(channel, -1)
+
+    def event(self, name: str, /, *, channel: int = 0, **fields: object) -> None:
+        """
+        Record a gateway event (decision, error, notice) as JSON, on
+        C{channel} when it concerns one (an SSH channel, an HTTP stream).
+        """
         fields["event"] = name
         self._record(
-            _EVENT, 0, 0, json.dumps(fields, sort_keys=True, default=str).encode()
+            _EVENT,
+            0,
+            channel,
+            json.dumps(fields, sort_keys=True, default=str).encode(),
         )
 
     def authenticate(
@@ -332,10 +350,12 @@ class Session:
         text: str,
         objects: tuple[str, ...] = (),
         decision: str = "allow",
+        channel: int = 0,
     ) -> None:
         """
         Index a command (SQL statement, exec line, API request) so auditors
-        can find the session by it.  Its bytes are already recorded.
+        can find the session by it.  Its bytes are already recorded, on
+        C{channel}: the row points to that channel's last data record.
         """
         index = self._hub.index
         if index is None:
@@ -343,7 +363,8 @@ class Session:
         index.command_seen(
             CommandRow(
                 session_id=str(self.id),
-                seq=self.last_seq,
+                seq=self.last_seq_of(channel),
+                channel=channel,
                 at=self._hub.clock.seconds(),
                 kind=kind,
                 text=text,
@@ -357,6 +378,7 @@ class Session:
         commands: Sequence[Command],
         shape: str | None = None,
         own: Callable[[], Sequence[Command]] | None = None,
+        channel: int = 0,
     ) -> Decision:
         """
         The policy's decision for commands the client sent together (the
@@ -368,6 +390,8 @@ class Session:
         @param own: when C{commands} were classified from another text of
             C{shape}, gives the client's own commands: they are decided
             when the policy reads text, and are what the recording shows.
+        @param channel: the channel the commands came on; their decision
+            event is recorded there.
         """
         policy = self.policy
         if policy is None:
@@ -380,6 +404,7 @@ class Session:
                 commands = own()
             self.event(
                 "decision",
+                channel=channel,
                 action=decision.action,
                 rule=decision.rule,
                 message=decision.message,
@@ -419,10 +444,11 @@ class Session:
         )
 
     def request_approval(
-        self, commands: Sequence[Command], decision: Decision
+        self, commands: Sequence[Command], decision: Decision, channel: int = 0
     ) -> tuple[object, Deferred]:
         """
-        Ask approvers about commands held for review.
+        Ask approvers about commands held for review (that came on
+        C{channel}: the approval's events are recorded there).
 
         @return: the request (its C{id} for the client) and a Deferred
             firing with the broker's verdict.  With no broker the verdict
@@ -436,14 +462,22 @@ class Session:
                 else "nobody may approve it: the policy names no approvers"
             )
             return None, succeed(Verdict(approved=False, reason=why, request=None))
-        request, d = broker.request(
-            str(self.id),
-            self.protocol,
-            self.target or "",
-            self.identity,
-            tuple(commands),
-            decision,
-        )
+        # The broker reports the request (its "requested" event) before
+        # it returns it: that event finds the channel here.
+        self._requesting_channel = channel
+        try:
+            request, d = broker.request(
+                str(self.id),
+                self.protocol,
+                self.target or "",
+                self.identity,
+                tuple(commands),
+                decision,
+            )
+        finally:
+            self._requesting_channel = 0
+        if channel:
+            self._approval_channels[request.id] = channel
         self._approvals[request.id] = d
 
         def done(verdict: object) -> object:
@@ -452,6 +486,10 @@ class Session:
 
         d.addBoth(done)
         return request, d
+
+    def approval_channel(self, request_id: str) -> int:
+        """The channel whose command the approval request C{request_id} holds."""
+        return self._approval_channels.get(request_id, self._requesting_channel)
 
     def approval_instructions(self, request: object) -> str:
         """How approvers act on C{request}, for the waiting client."""
@@ -607,7 +645,7 @@ class Session:
                 continue
             seq = recording.record(rtype, direction, channel, bytes(payload))
             if rtype == _DATA:
-                self.last_seq = seq
+                self._last_seq[channel] = seq
         pending.records = []
         self.recording = recording
         self._record = recording.record
@@ -766,7 +804,11 @@ class SessionHub:
             fields["reason"] = request.reason
         if session is not None and not session.closed:
             try:
-                session.event(f"approval-{event}", **fields)
+                session.event(
+                    f"approval-{event}",
+                    channel=session.approval_channel(request.id),
+                    **fields,
+                )
             except Exception:
                 self._log.failure("Recording approval {id}", id=request.id)
         if self.index is not None:

@@ -60,7 +60,7 @@ def verifier(clock: Clock) -> TokenVerifier:
 class MemoryRecording:
     """One session's records, in a list."""
 
-    directory = None
+    directory = "/memory"
 
     def __init__(self, meta: dict[str, Any]) -> None:
         self.meta = meta
@@ -98,10 +98,13 @@ class MemoryRecorder:
         return recording
 
 
-def memory_hub(**kwargs: Any) -> tuple[SessionHub, MemoryRecorder, Clock]:
-    """A hub on a clock at L{NOW}, recording in memory."""
-    clock = Clock()
-    clock.advance(NOW)
+def memory_hub(
+    clock: Clock | None = None, **kwargs: Any
+) -> tuple[SessionHub, MemoryRecorder, Clock]:
+    """A hub on C{clock} (a new one at L{NOW}), recording in memory."""
+    if clock is None:
+        clock = Clock()
+        clock.advance(NOW)
     recorder = MemoryRecorder()
     hub = SessionHub("gw-a", recorder, verifier(clock), clock, **kwargs)
     return hub, recorder, clock

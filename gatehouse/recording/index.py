@@ -65,7 +65,7 @@ __all__ = [
 ]
 
 #: The schema version this module writes, kept in C{PRAGMA user_version}.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # _MIGRATIONS[n] upgrades a database from user_version n to n + 1.
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -146,6 +146,11 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE approvals ADD COLUMN escaped TEXT NOT NULL DEFAULT ''",
         # What the index failed to write about the session, one per line.
         "ALTER TABLE sessions ADD COLUMN index_problems TEXT NOT NULL DEFAULT ''",
+    ),
+    (
+        # The channel (SSH channel, HTTP stream) whose record carried the
+        # command; every command before channels came was on channel 0.
+        "ALTER TABLE commands ADD COLUMN channel INTEGER NOT NULL DEFAULT 0",
     ),
 )
 
@@ -301,6 +306,8 @@ class CommandRow:
     Kubernetes request, and what the policy decided about it.
 
     @ivar seq: the sequence number of the record that carried the command.
+    @ivar channel: the channel of that record (an SSH channel, an HTTP
+        stream; 0 for protocols with one stream).
     @ivar at: Unix time, in seconds.
     @ivar objects: what the command touched (tables, resources).
     """
@@ -311,6 +318,7 @@ class CommandRow:
     kind: str
     text: str
     decision: str
+    channel: int = 0
     objects: tuple[str, ...] = attrs.field(default=(), converter=_tuple_of_str)
     #: the fields whose text is stored escaped (L{index_text}); set by the
     #: readers
@@ -430,8 +438,9 @@ _UPSERT_APPROVAL = """
 """
 _INSERT_COMMAND = """
     INSERT INTO commands
-        (session_id, seq, at, kind, text, decision, objects, escaped)
-    VALUES (:session_id, :seq, :at, :kind, :text, :decision, :objects, :escaped)
+        (session_id, seq, channel, at, kind, text, decision, objects, escaped)
+    VALUES (:session_id, :seq, :channel, :at, :kind, :text, :decision, :objects,
+            :escaped)
 """
 #: the end reason of sessions a gateway left open when it died (kill -9,
 #: power loss), set at its next start; their recordings end unsealed
@@ -916,6 +925,7 @@ class SessionIndex:
         fields = [
             ("session_id", command.session_id),
             ("seq", command.seq),
+            ("channel", command.channel),
             ("at", command.at),
             ("kind", command.kind),
             ("text", command.text),
@@ -930,8 +940,9 @@ class SessionIndex:
             kept["kind"] = NOT_INDEXED
             kept["text"] = f"[the index could not store this command: {error}]"
             kept["objects"] = "[]"
-            if not _fits(command.seq):
-                kept["seq"] = -1
+            for name in ("seq", "channel"):
+                if not _fits(kept[name]):
+                    kept[name] = -1
             return _Write.of("placeholder", _INSERT_COMMAND, [*kept.items()])
 
         return self._submit(
@@ -1229,14 +1240,15 @@ def commands_for(path: str, session_id: str) -> list[CommandRow]:
     """
     with _reader(path) as conn:
         rows = conn.execute(
-            "SELECT session_id, seq, at, kind, text, decision, objects, escaped"
-            " FROM commands WHERE session_id = ? ORDER BY seq, rowid",
+            "SELECT session_id, seq, channel, at, kind, text, decision, objects,"
+            " escaped FROM commands WHERE session_id = ? ORDER BY seq, rowid",
             (session_id.lower(),),
         ).fetchall()
     return [
         CommandRow(
             session_id=row["session_id"],
             seq=row["seq"],
+            channel=row["channel"],
             at=row["at"],
             kind=row["kind"],
             text=row["text"],
@@ -1319,7 +1331,16 @@ def write_rows(
                 params,
             )
         for command in commands:
-            names = ["session_id", "seq", "at", "kind", "text", "decision", "objects"]
+            names = [
+                "session_id",
+                "seq",
+                "channel",
+                "at",
+                "kind",
+                "text",
+                "decision",
+                "objects",
+            ]
             values = [getattr(command, n) for n in names[:-1]]
             values.append(json.dumps(list(command.objects)))
             safe, escaped = _safe(names, values)

@@ -252,6 +252,7 @@ COMMAND_EDITS: dict[str, Any] = {
     "text": st.text(min_size=1, max_size=8),
     "decision": st.sampled_from(["allow", "deny", "review"]),
     "at": st.floats(-1e6, 1e6).filter(lambda x: abs(x) > 20),
+    "channel": st.integers(1, 1000),
 }
 
 
@@ -297,6 +298,20 @@ class IndexCheckTests(SynchronousTestCase):
         )
         found = {(d.session_id, d.field) for d in self.check()}
         self.assertEqual(found, {(w.alice, "subject"), (w.alice, "commands[0].text")})
+
+    def test_channel(self) -> None:
+        """A row that names another channel than its record's is named."""
+        w = self.world
+        edit(
+            w.index,
+            "UPDATE commands SET channel = 2 WHERE session_id = ? AND "
+            "text = 'select 1'",
+            w.alice,
+        )
+        self.assertEqual(
+            [(d.session_id, d.field, d.index, d.recording) for d in self.check()],
+            [(w.alice, "commands[0].channel", 2, 0)],
+        )
 
     def test_one_side_only(self) -> None:
         """A session only the index knows, and a recording the index lacks."""
