@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from jwt.algorithms import get_default_algorithms
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -212,7 +212,7 @@ def _keyAlgorithms(jwk: Mapping[str, Any]) -> frozenset[str]:
     if kty == "RSA":
         algorithms = _RSA_ALGORITHMS
     elif kty == "EC":
-        algorithms = _EC_ALGORITHMS.get(jwk.get("crv"), frozenset())
+        algorithms = _EC_ALGORITHMS.get(str(jwk.get("crv")), frozenset())
     elif kty == "OKP" and jwk.get("crv") in _OKP_CURVES:
         algorithms = frozenset({"EdDSA"})
     else:
@@ -328,8 +328,11 @@ class _BoundedBody(Protocol):
         self.finished: Deferred[bytes] = Deferred(lambda d: self._abort())
 
     def _abort(self) -> None:
-        if self.transport is not None:
-            self.transport.stopProducing()
+        # The transport of a response body is a producer (an HTTP client
+        # connection): stopping it drops the connection.
+        transport = cast("IPushProducer | None", self.transport)
+        if transport is not None:
+            transport.stopProducing()
 
     def dataReceived(self, data: bytes) -> None:
         if self.finished.called:
@@ -434,7 +437,7 @@ class _IssuerKeys:
         )
 
     def _failed(self, failure: Failure) -> None:
-        self.lastError = _describe(failure.value)
+        self.lastError = _describe(cast(BaseException, failure.value))
         self.log.warn(
             "Could not load signing keys for issuer {issuer}: {error}"
             " (keeping {cached} cached key(s))",
@@ -643,7 +646,7 @@ class TokenVerifier:
             self.log.failure("Unexpected error while verifying a token", failure)
             failure = Failure(AuthenticationError("internal error verifying token"))
         # Who presented it is known to the caller, which logs the refusal.
-        self.log.debug("Token rejected: {reason}", reason=failure.value.reason)
+        self.log.debug("Token rejected: {reason}", reason=str(failure.value))
         return failure
 
     async def _verify(self, token: str | bytes) -> Identity:
@@ -858,7 +861,7 @@ class TokenVerifier:
         return _parseJWKS(await self._getJSON(agent, jwksURI), jwksURI)
 
     async def _getJSON(self, agent: IAgent, url: str) -> object:
-        request = agent.request(
+        request: Deferred[Any] = agent.request(
             b"GET",
             _checkURL(url),
             Headers({b"accept": [b"application/json"], b"user-agent": [b"gatehouse"]}),

@@ -168,8 +168,7 @@ class _GatewayCore(Service):
         super().stopService()
         # Deny what waits for approval first: those statements never run.
         if self.hub.broker is not None:
-            # SessionHub.broker is an object until session.py is typed (issue 12).
-            self.hub.broker.deny_all("gateway stopping")  # type: ignore[attr-defined]
+            self.hub.broker.deny_all("gateway stopping")
         yield self.hub.close_all("gateway stopping")
         self.keyring.stopService()
         yield self.index.stop()

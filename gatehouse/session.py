@@ -19,9 +19,10 @@ import datetime
 import json
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
@@ -32,15 +33,20 @@ from gatehouse.credentials import BearerToken, CredentialCheckers, JWTChecker
 from gatehouse.identity import AuthenticationError, Identity, TokenVerifier
 from gatehouse.ids import new_session_id
 from gatehouse.policy import Command, Decision, Policy, SessionPolicy
-from gatehouse.policy.approval import Verdict
+from gatehouse.policy.approval import Approval, ApprovalBroker, ApprovalRequest, Verdict
 from gatehouse.recording.format import Direction, RecordType
-from gatehouse.recording.index import CommandRow, SessionRow
+from gatehouse.recording.index import CommandRow, SessionIndex, SessionRow
 from gatehouse.recording.interfaces import (
     IRecorder,
     ISessionRecording,
     RecordingFailed,
     SealInfo,
 )
+
+if TYPE_CHECKING:
+    from gatehouse.metrics import GatewayMetrics
+    from gatehouse.policy.config import MaskingScope
+    from gatehouse.policy.masking import Masker
 
 _DATA = RecordType.DATA
 _EVENT = RecordType.EVENT
@@ -82,16 +88,17 @@ class PendingRecording:
     @ivar meta: the recording's META fields, taken at accept.
     """
 
-    directory = None
+    directory: str | None = None
     #: bytes held at most (payloads, and L{OVERHEAD} per record)
     LIMIT = 1 << 20
     OVERHEAD = 64
 
-    def __init__(self, meta: dict, limit: int = LIMIT):
+    def __init__(self, meta: dict[str, Any], limit: int = LIMIT):
         self.meta = meta
-        self.records: list[list] = []
-        self.producers: list[object] = []
-        self.failure_waiters: list[Deferred] = []
+        #: [type, direction, channel, payload] per record held
+        self.records: list[list[Any]] = []
+        self.producers: list[IPushProducer] = []
+        self.failure_waiters: list[Deferred[str]] = []
         self._limit = limit
         self._held = 0
 
@@ -127,17 +134,17 @@ class PendingRecording:
                 f"more than {self._limit} bytes before authentication"
             )
 
-    def registerProducer(self, producer: object) -> None:
+    def registerProducer(self, producer: IPushProducer) -> None:
         """Kept for the real recording (nothing is written before)."""
         self.producers.append(producer)
 
-    def notifyFailure(self) -> Deferred:
+    def notifyFailure(self) -> Deferred[str]:
         """Fires if the real recording fails, once there is one."""
-        d: Deferred = Deferred()
+        d: Deferred[str] = Deferred()
         self.failure_waiters.append(d)
         return d
 
-    def close(self, reason: str) -> Deferred:
+    def close(self, reason: str) -> Deferred[None]:
         """Drop what was held: the session ends unrecorded."""
         self.records = []
         return succeed(None)
@@ -167,7 +174,7 @@ class Session:
         protocol: str,
         listener: str,
         client_address: str,
-        recording: ISessionRecording,
+        recording: ISessionRecording | PendingRecording,
     ):
         self._hub = hub
         self.id = session_id
@@ -181,7 +188,7 @@ class Session:
         self.identity: Identity | None = None
         self.target: str | None = None
         self.closed = False
-        self._close_result: Deferred | None = None
+        self._close_result: Deferred[object] | None = None
         #: bytes per Direction value (the protocol counts the upstream
         #: directions itself: those bytes are not recorded)
         self.byte_counts = [0, 0, 0, 0, 0]
@@ -196,20 +203,20 @@ class Session:
         #: the rules that apply to this session, once authenticated
         self.policy: SessionPolicy | None = None
         #: the masking rules that apply, once authenticated (None: none)
-        self.masker: object | None = None
+        self.masker: Masker | None = None
         #: whether data is recorded (policy scopes may turn it off)
         self.records_data = True
         self.masked_values = 0
         #: the upstream account the session logs in as, once chosen
         self.upstream_role: str | None = None
-        self._approvals: dict[str, Deferred] = {}
+        self._approvals: dict[str, Deferred[Verdict]] = {}
         #: the channel of each approval request not on channel 0
         self._approval_channels: dict[str, int] = {}
         self._requesting_channel = 0
         #: what the client is told when the gateway ends the session
         #: itself (None: the protocol's shutdown message)
         self.end_message: str | None = None
-        self._token_timer = None
+        self._token_timer: IDelayedCall | None = None
 
     @property
     def clock(self) -> IReactorTime:
@@ -445,7 +452,7 @@ class Session:
 
     def request_approval(
         self, commands: Sequence[Command], decision: Decision, channel: int = 0
-    ) -> tuple[object, Deferred]:
+    ) -> tuple[ApprovalRequest | None, Deferred[Verdict]]:
         """
         Ask approvers about commands held for review (that came on
         C{channel}: the approval's events are recorded there).
@@ -480,7 +487,7 @@ class Session:
             self._approval_channels[request.id] = channel
         self._approvals[request.id] = d
 
-        def done(verdict: object) -> object:
+        def done(verdict: Verdict) -> Verdict:
             self._approvals.pop(request.id, None)
             return verdict
 
@@ -491,7 +498,7 @@ class Session:
         """The channel whose command the approval request C{request_id} holds."""
         return self._approval_channels.get(request_id, self._requesting_channel)
 
-    def approval_instructions(self, request: object) -> str:
+    def approval_instructions(self, request: ApprovalRequest) -> str:
         """How approvers act on C{request}, for the waiting client."""
         broker = self._hub.broker
         return broker.instructions(request) if broker is not None else ""
@@ -544,7 +551,7 @@ class Session:
         End the session when the gateway stops accepting its token, unless
         its target lets sessions outlive their tokens.
         """
-        until = self.identity.valid_until
+        until = self.identity.valid_until if self.identity is not None else None
         if until is None or not self._hub.ends_at_token_expiry(self.target):
             return
         delay = max(0.0, until - self.clock.seconds())
@@ -555,6 +562,8 @@ class Session:
         if self.closed:
             return
         identity = self.identity
+        if identity is None or identity.valid_until is None:
+            return
         expires = identity.expires_at
         when = _utc(expires if expires is not None else identity.valid_until)
         self.end_message = (
@@ -572,7 +581,7 @@ class Session:
         # A close without a final seal is logged by close() itself.
         self.terminate(f"token expired at {when}").addErrback(lambda failure: None)
 
-    def terminate(self, reason: str) -> Deferred:
+    def terminate(self, reason: str) -> Deferred[object]:
         """End the session from the gateway's side; see L{on_terminate}."""
         if self.closed:
             return self.close(reason)
@@ -583,7 +592,7 @@ class Session:
                 self._log.failure("Terminating session {id}", id=str(self.id))
         return self.close(reason)
 
-    def registerProducer(self, producer: object) -> None:
+    def registerProducer(self, producer: IPushProducer) -> None:
         """
         Pause C{producer} (a transport, or one reason on it) while the
         recording's write backlog is high: memory stays bounded when the
@@ -596,9 +605,9 @@ class Session:
         Call C{callback(reason)} if the recording fails.  Protocols abort
         the connection then: nothing may cross unrecorded.
         """
-        self.recording.notifyFailure().addCallback(callback)
+        _deferred(self.recording.notifyFailure()).addCallback(callback)
 
-    def close(self, reason: str) -> Deferred:
+    def close(self, reason: str) -> Deferred[object]:
         """
         End the session: record the reason and seal the recording.
 
@@ -618,7 +627,7 @@ class Session:
             for request_id in list(self._approvals):
                 broker.cancel(request_id, f"session ended: {reason}")
         self.closed = True
-        d = self.recording.close(reason)
+        d = _deferred(self.recording.close(reason))
         self._close_result = Deferred()
 
         def done(result: object) -> object:
@@ -640,6 +649,7 @@ class Session:
         is recorded first, in order (data only if the policy records it).
         """
         pending = self.recording
+        assert isinstance(pending, PendingRecording)
         for rtype, direction, channel, payload in pending.records:
             if rtype == _DATA and not self.records_data:
                 continue
@@ -653,7 +663,15 @@ class Session:
         for producer in pending.producers:
             recording.registerProducer(producer)
         for waiter in pending.failure_waiters:
-            recording.notifyFailure().chainDeferred(waiter)
+            _deferred(recording.notifyFailure()).chainDeferred(waiter)
+
+
+def _deferred(result: object) -> Deferred[Any]:
+    """
+    What an L{ISessionRecording} method returns: its interface says
+    C{object}, its documentation a L{Deferred}.
+    """
+    return cast("Deferred[Any]", result)
 
 
 #: how sessions end that the client chose to end before logging in
@@ -693,12 +711,12 @@ class SessionHub:
         recorder: IRecorder,
         verifier: TokenVerifier,
         clock: IReactorTime,
-        index: object | None = None,
+        index: SessionIndex | None = None,
         *,
         policy: Policy | None = None,
-        masking: Sequence[object] = (),
-        broker: object | None = None,
-        metrics: object | None = None,
+        masking: Sequence[MaskingScope] = (),
+        broker: ApprovalBroker | None = None,
+        metrics: GatewayMetrics | None = None,
         token_expiry_exempt: Iterable[str] = (),
         targets: Iterable[TargetConfig] = (),
         checkers: CredentialCheckers | None = None,
@@ -765,7 +783,7 @@ class SessionHub:
 
     def apply_policy(self, session: Session) -> None:
         """Resolve the rules, masking and recording scope of a session."""
-        groups = session.identity.groups
+        groups = session.identity.groups if session.identity is not None else ()
         target = session.target or ""
         session.policy = self.policy.for_session(groups, target, session.protocol)
         session.records_data = self.policy.records(groups, target, session.protocol)
@@ -779,7 +797,9 @@ class SessionHub:
 
             session.masker = Masker(rules)
 
-    def _approval_event(self, event: str, request: object, vote: object) -> None:
+    def _approval_event(
+        self, event: str, request: ApprovalRequest, vote: Approval | None
+    ) -> None:
         session = self.sessions.get(request.session_id)
         fields: dict[str, object] = {
             "approval_id": request.id,
@@ -888,7 +908,9 @@ class SessionHub:
         """
         if session.recorded:
             return
-        meta = session.recording.meta
+        pending = session.recording
+        assert isinstance(pending, PendingRecording)
+        meta = pending.meta
         session._start_recording(self.recorder.open(session.id, meta))
         if self.metrics is not None:
             self.metrics.session_opened(session.protocol)
@@ -927,7 +949,7 @@ class SessionHub:
         if self.metrics is not None:
             self.metrics.login_refused(protocol, refusal_kind(reason))
 
-    def _row(self, session: Session, started: float) -> object:
+    def _row(self, session: Session, started: float) -> SessionRow:
         identity = session.identity
         return SessionRow(
             id=str(session.id),
@@ -941,7 +963,7 @@ class SessionHub:
             groups=tuple(identity.groups) if identity else (),
             client_address=session.client_address,
             started=started,
-            directory=session.recording.directory,
+            directory=session.recording.directory or "",
         )
 
     def identified(self, session: Session) -> None:
@@ -954,6 +976,8 @@ class SessionHub:
             )
 
     def _sealed(self, info: SealInfo) -> None:
+        if self.index is None:
+            return
         self.index.segment_sealed(
             info.session_id,
             info.segment_index,

@@ -46,6 +46,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 if TYPE_CHECKING:
+    from gatehouse.policy.approval import ApprovalRequest
     from gatehouse.recording.verify import IndexFacts
 
 __all__ = [
@@ -502,7 +503,9 @@ def _apply(conn: sqlite3.Connection, write: _Write) -> str | None:
     return None
 
 
-def _transaction(conn: sqlite3.Connection, writes: Sequence[_Write]) -> list:
+def _transaction(
+    conn: sqlite3.Connection, writes: Sequence[_Write]
+) -> list[str | None]:
     conn.execute("BEGIN IMMEDIATE")
     try:
         notes = [_apply(conn, w) for w in writes]
@@ -744,13 +747,14 @@ class SessionIndex:
 
         @return: Deferred firing with the ids of the sessions marked.
         """
-        if not self._open:
+        conn = self._conn
+        if not self._open or conn is None:
             return succeed([])
         return deferToThreadPool(
             self._reactor,
             self._pool,
             _close_orphans,
-            self._conn,
+            conn,
             gateway_id,
             before,
             ended,
@@ -955,7 +959,7 @@ class SessionIndex:
             )
         )
 
-    def approval_changed(self, request: object) -> Deferred[bool]:
+    def approval_changed(self, request: ApprovalRequest) -> Deferred[bool]:
         """Record an approval request's latest state and votes."""
         fields = [
             ("id", request.id),
@@ -1021,11 +1025,14 @@ class SessionIndex:
         self._scheduled = None
         if self._busy or not self._queue:
             return
-        batch = []
+        conn = self._conn
+        if conn is None:
+            self._abandon("the index is closed")
+            return
+        batch: list[tuple[_Write, Deferred[bool]]] = []
         while self._queue and len(batch) < self._max_batch:
             batch.append(self._queue.popleft())
         self._busy = True
-        conn = self._conn
         d = deferToThreadPool(
             self._reactor, self._pool, _write_batch, conn, [w for w, _ in batch]
         )
@@ -1260,7 +1267,7 @@ def commands_for(path: str, session_id: str) -> list[CommandRow]:
     ]
 
 
-def approvals_for(path: str, session_id: str) -> list[dict]:
+def approvals_for(path: str, session_id: str) -> list[dict[str, Any]]:
     """
     The approval requests of one session, oldest first, as recorded
     (L{gatehouse.policy.approval.ApprovalRequest.as_json}).

@@ -112,7 +112,7 @@ class Difference:
             f"recording says {_show(self.recording)}"
         )
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         """A JSON-ready form."""
         return {
             "session_id": self.session_id,
@@ -155,7 +155,7 @@ class Recorded:
     client: bytes = b""
     client_ends: tuple[tuple[int, int], ...] = ()
 
-    def _events(self, name: str) -> list[tuple[Record, dict]]:
+    def _events(self, name: str) -> list[tuple[Record, dict[str, Any]]]:
         out = []
         for record in self.records:
             if record.type != RecordType.EVENT:
@@ -166,20 +166,20 @@ class Recorded:
         return out
 
     @property
-    def meta(self) -> dict:
+    def meta(self) -> dict[str, Any]:
         """The META record's fields ({} without one)."""
         if self.records and self.records[0].type == RecordType.META:
             return _json(self.records[0].payload) or {}
         return {}
 
     @property
-    def authenticated(self) -> dict | None:
+    def authenticated(self) -> dict[str, Any] | None:
         """The C{authenticated} event's fields, if the client authenticated."""
         found = self._events("authenticated")
         return found[0][1] if found else None
 
     @property
-    def close(self) -> tuple[Record, dict] | None:
+    def close(self) -> tuple[Record, dict[str, Any]] | None:
         """The CLOSE record and its fields, if the session closed."""
         for record in reversed(self.records):
             if record.type == RecordType.CLOSE:
@@ -233,7 +233,7 @@ class Recorded:
                     out[name] = self.data_bytes.get(direction, 0)
         return out
 
-    def decisions(self) -> list[tuple[Record, dict]]:
+    def decisions(self) -> list[tuple[Record, dict[str, Any]]]:
         """The C{decision} events."""
         return self._events("decision")
 
@@ -251,7 +251,7 @@ class Recorded:
         return False
 
 
-def _json(payload: bytes) -> dict | None:
+def _json(payload: bytes) -> dict[str, Any] | None:
     try:
         value = json.loads(payload)
     except ValueError:
@@ -259,7 +259,7 @@ def _json(payload: bytes) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def _str(fields: dict | None, name: str) -> str:
+def _str(fields: dict[str, Any] | None, name: str) -> str:
     value = fields.get(name) if fields else None
     return value if isinstance(value, str) else ""
 
@@ -351,7 +351,7 @@ def check_session(
     row: SessionRow,
     commands: Sequence[CommandRow],
     recorded: Recorded,
-    approvals: Sequence[dict] = (),
+    approvals: Sequence[dict[str, Any]] = (),
 ) -> list[Difference]:
     """
     Where the index's C{row}, C{commands} and C{approvals} (as
@@ -392,7 +392,7 @@ def check_session(
 
 
 def _check_approvals(
-    sid: str, approvals: Sequence[dict], recorded: Recorded
+    sid: str, approvals: Sequence[dict[str, Any]], recorded: Recorded
 ) -> list[Difference]:
     """
     Each indexed approval request must be one the session recorded
@@ -537,9 +537,9 @@ def _decided(
     seq: int,
     channel: int,
     text: str,
-    decisions: list[tuple[Record, dict]],
+    decisions: list[tuple[Record, dict[str, Any]]],
     data_seqs: dict[int, list[int]],
-) -> list[tuple[dict, dict]]:
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """
     The decision events (and their command) that name C{text} for the
     data record C{seq} on C{channel}: a decision other than allow is
@@ -605,7 +605,7 @@ def check_index(
     return out
 
 
-def _approvals(index: str, sid: str) -> list[dict]:
+def _approvals(index: str, sid: str) -> list[dict[str, Any]]:
     try:
         return approvals_for(index, sid)
     except (sqlite3.Error, IndexUnavailable):
