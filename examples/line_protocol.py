@@ -3,13 +3,18 @@ An embedded custom protocol: a line-based TCP service behind gatehouse.
 
 This is how an application adds a protocol of its own.  The adapter
 validates its options through the same config machinery as the built-in
-protocols, and its connection handler talks only to the L{Session}: it
-authenticates the client's token, records every chunk both ways, indexes
-each line as a command, and closes with a reason.  Recording, signing,
-identity and the index come with the session.
+protocols, and its connection handler talks only to the core: the
+L{Session} authenticates the client's token, records every chunk both
+ways and closes with a reason; the L{Gate} decides each line with the
+policy, indexes it, holds it for approval, and forwards or refuses it.
+The handler only says what a line is (L{LineClient.inspect}) and what
+forwarding and refusing mean on its wire: it has no way to send a line to
+the target that the gate did not permit.
 
 The wire protocol: the client's first line is C{AUTH <jwt>}; every later
-line is relayed to the target and its answer relayed back.
+line is one command (its first word the kind), relayed to the target and
+its answer relayed back.  A refused line is answered C{ERR <why>}; a line
+held for approval C{HELD <request id>}.
 
 Run it in a gateway of your own::
 
@@ -21,11 +26,14 @@ Run it in a gateway of your own::
 with a config such as::
 
     listeners:
-      - {name: lines, protocol: lines, port: 7000, options: {}}
+      - {name: lines, protocol: lines, port: 7000, options: {target: inventory}}
     targets:
       - name: inventory
         protocol: lines
         options: {host: 127.0.0.1, port: 7001, allow_groups: [ops]}
+    policy:
+      rules:
+        - {name: no-drop, protocols: [lines], text: "^drop ", action: deny}
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gatehouse.config import ConfigSection, ListenerConfig, TargetConfig
+from gatehouse.gate import PASS, Gate, IGateDriver, Permit, Proposal, Refusal
+from gatehouse.policy import Command, Decision
 from gatehouse.policy.attributes import REGEX, PolicyAttribute, PolicyAttributes
 from gatehouse.protocols import (
     IProtocolAdapter,
@@ -87,8 +97,12 @@ class _Upstream(Protocol):
             self.client.upstream_lost()
 
 
+@implementer(IGateDriver)
 class LineClient(LineReceiver):
-    """One client: authenticate, then relay lines, all through the session."""
+    """
+    One client: authenticate through the session, then every line through
+    the gate (this class is the gate's driver).
+    """
 
     delimiter = b"\n"
 
@@ -96,6 +110,7 @@ class LineClient(LineReceiver):
         self.factory = factory
         self.session = None
         self.upstream = None
+        self.gate: Gate | None = None
         self.reason = "client disconnected"
 
     def connectionMade(self) -> None:
@@ -110,10 +125,9 @@ class LineClient(LineReceiver):
         if self.upstream is None:
             self._authenticate(line)
             return
-        # Record before forwarding: nothing reaches the target unrecorded.
+        # Record before anything else: nothing reaches the target unrecorded.
         self.session.data(Direction.CLIENT_TO_GATEWAY, line + b"\n")
-        self.session.command_seen("line", line.decode("utf-8", "replace"))
-        self.upstream.transport.write(line + b"\n")
+        self.gate.receive([line], backlog=len(line))
 
     def _authenticate(self, line: bytes) -> None:
         verb, _, token = line.partition(b" ")
@@ -143,8 +157,46 @@ class LineClient(LineReceiver):
 
     def _connected(self, upstream: _Upstream) -> None:
         self.upstream = upstream
+        self.gate = Gate(self.session, self, noun="line")
         self._say(b"OK\n")
         self.resumeProducing()
+
+    # -- IGateDriver: what a line is, and what forwarding it means -----------
+
+    def inspect(self, line: bytes) -> object:
+        """A non-empty line is one command, its first word the kind."""
+        text = line.decode("utf-8", "replace")
+        words = text.split()
+        if not words:
+            return PASS
+        command = Command("lines", words[0], text, normalized=text.lower())
+        return Proposal((command,), text)
+
+    def admit(self, line: bytes, permit: Permit) -> object:
+        return None
+
+    def forward(self, line: bytes, permit: Permit | None) -> None:
+        self.upstream.transport.write(line + b"\n")
+
+    def flush(self) -> None:
+        pass
+
+    def refuse(self, line: bytes, refusal: Refusal) -> None:
+        self._say(f"ERR {refusal.message}\n".encode())
+
+    def held(self, line: bytes, request: Any, decision: Decision) -> None:
+        self._say(f"HELD {request.id}\n".encode())
+
+    def pause_input(self) -> None:
+        self.pauseProducing()
+
+    def resume_input(self) -> None:
+        self.resumeProducing()
+
+    def failed(self, failure: Failure) -> None:
+        self._refuse("internal error", f"internal error: {failure.getErrorMessage()}")
+
+    # -- answers -------------------------------------------------------------
 
     def from_upstream(self, data: bytes) -> None:
         self.session.data(Direction.GATEWAY_TO_CLIENT, data)
@@ -164,6 +216,8 @@ class LineClient(LineReceiver):
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure) -> None:
+        if self.gate is not None:
+            self.gate.close()
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.client = None
             self.upstream.transport.loseConnection()

@@ -224,7 +224,7 @@ class ImportGraphTests(SynchronousTestCase):
         runtime, _ = gatehouse_graph()
         self.assertIn("gatehouse.session", runtime)
         self.assertIn("gatehouse.policy", runtime["gatehouse.session"])
-        self.assertIn("gatehouse.protocols", runtime["gatehouse.config"])
+        self.assertIn("gatehouse.protocols", runtime["gatehouse.config.load"])
         # A function-level import (the session's masker).
         self.assertIn("gatehouse.policy.masking", runtime["gatehouse.session"])
         self.assertIn(

@@ -42,14 +42,18 @@ def _load_example():
 
 
 class Upper(Protocol):
-    """The line service: answers each line in upper case."""
+    """The line service: answers each line in upper case; keeps what it read."""
 
     def dataReceived(self, data: bytes) -> None:
+        self.factory.received.append(data)
         self.transport.write(data.upper())
 
 
 class LineProtocolExampleTests(TestCase):
-    """A custom protocol gets identity, recording and the index for free."""
+    """
+    A custom protocol gets identity, decisions, recording and the index
+    from the core; a line the policy denies never reaches the target.
+    """
 
     @inlineCallbacks
     def test_relay_recorded(self):
@@ -58,9 +62,10 @@ class LineProtocolExampleTests(TestCase):
         register_protocol(_load_example().LineAdapter())
         self.addCleanup(unregister_protocol, "lines")
 
-        upstream = reactor.listenTCP(
-            0, Factory.forProtocol(Upper), interface="127.0.0.1"
-        )
+        received: list[bytes] = []
+        service_factory = Factory.forProtocol(Upper)
+        service_factory.received = received
+        upstream = reactor.listenTCP(0, service_factory, interface="127.0.0.1")
         self.addCleanup(upstream.stopListening)
         root = keys.generate_root_key()
         keys.save_root_key(root, f"{base}/root.key", f"{base}/root.pub")
@@ -87,6 +92,17 @@ class LineProtocolExampleTests(TestCase):
                 "directory": f"{base}/recordings",
                 "signing_keys": f"{base}/signing",
                 "root_public_keys": [f"{base}/root.pub"],
+            },
+            "policy": {
+                "opaque": "deny",
+                "rules": [
+                    {
+                        "name": "no-drop",
+                        "protocols": ["lines"],
+                        "text": "^drop ",
+                        "action": "deny",
+                    }
+                ]
             },
             "listeners": [
                 {
@@ -127,9 +143,12 @@ class LineProtocolExampleTests(TestCase):
         def client() -> bytes:
             with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
                 # AUTH and the first line in one packet: the line must wait.
-                s.sendall(b"AUTH " + token.encode() + b"\ncount widgets\nlist gears\n")
+                s.sendall(
+                    b"AUTH " + token.encode() + b"\ncount widgets\n"
+                    b"drop widgets\nlist gears\n"
+                )
                 got = b""
-                while got.count(b"\n") < 3:
+                while got.count(b"\n") < 4:
                     chunk = s.recv(4096)
                     if not chunk:
                         break
@@ -137,7 +156,20 @@ class LineProtocolExampleTests(TestCase):
                 return got
 
         answer = yield deferToThread(client)
-        self.assertEqual(answer, b"OK\nCOUNT WIDGETS\nLIST GEARS\n")
+        # The refusal is the gateway's own answer: it may overtake the
+        # target's answer to the line before it.
+        self.assertEqual(
+            sorted(answer.splitlines()),
+            sorted(
+                [
+                    b"OK",
+                    b"COUNT WIDGETS",
+                    b'ERR line refused by gatehouse policy rule "no-drop"',
+                    b"LIST GEARS",
+                ]
+            ),
+        )
+        self.assertEqual(b"".join(received), b"count widgets\nlist gears\n")
         yield service.stopService()
 
         index = f"{base}/recordings/index.sqlite3"
@@ -146,8 +178,12 @@ class LineProtocolExampleTests(TestCase):
             (row.subject, row.protocol, row.target), ("olga", "lines", "inventory")
         )
         self.assertEqual(
-            [c.text for c in commands_for(index, row.id)],
-            ["count widgets", "list gears"],
+            [(c.text, c.decision) for c in commands_for(index, row.id)],
+            [
+                ("count widgets", "allow"),
+                ("drop widgets", "deny"),
+                ("list gears", "allow"),
+            ],
         )
         report = verify_session(
             row.directory, keys.TrustAnchors.from_files([f"{base}/root.pub"])

@@ -636,7 +636,7 @@ def slackMessage(
     request: ApprovalRequest,
     admin_url: str | None = None,
     approve_options: Sequence[str] | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """
     A Slack-compatible message (C{text} and C{blocks}) about C{request}.
     """

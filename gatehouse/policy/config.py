@@ -132,9 +132,10 @@ class _Vocabulary:
     def attributes(self, protocol: str) -> PolicyAttributes:
         """What rules may say about C{protocol}'s commands (nothing if unknown)."""
         try:
-            return get_protocol(protocol).policy_attributes
+            found: PolicyAttributes = get_protocol(protocol).policy_attributes
         except KeyError:
             return PolicyAttributes()
+        return found
 
     def rule_keys(self) -> dict[str, PolicyAttribute]:
         """
@@ -149,7 +150,9 @@ class _Vocabulary:
                         self._rule_keys.setdefault(key, attribute)
         return self._rule_keys
 
-    def check_groups(self, section: ConfigSection, key: str, groups: Iterable[str]):
+    def check_groups(
+        self, section: ConfigSection, key: str, groups: Iterable[str]
+    ) -> None:
         if self.groups is None:
             return
         for group in groups:
@@ -250,7 +253,7 @@ def parse_policy(
     default = fallback("default", "allow")
     unparseable = fallback("unparseable", ERROR, FALLBACK_ACTIONS)
     opaque = fallback("opaque", "review")
-    rules = []
+    rules: list[Rule] = []
     names: dict[str, str] = {}
     for rule_section in section.sections("rules"):
         rule = _parse_rule(rule_section, defaults, vocabulary)

@@ -135,7 +135,7 @@ def _iban_valid(chars: str) -> bool:
     return int("".join(str(int(c, 36)) for c in moved)) % 97 == 1
 
 
-def _card_spans(value: str, spans: list) -> None:
+def _card_spans(value: str, spans: list[tuple[int, int, int]]) -> None:
     for run in _CARD_RUN.finditer(value):
         start, end = run.span()
         if end - start < 13:
@@ -145,7 +145,7 @@ def _card_spans(value: str, spans: list) -> None:
             if end - start <= 19 and _luhn(text):
                 spans.append((start, end, _CARD))
             continue
-        groups = []
+        groups: list[tuple[int, int]] = []
         pos = start
         for part in re.split("[ -]", text):
             groups.append((pos, pos + len(part)))
@@ -153,7 +153,9 @@ def _card_spans(value: str, spans: list) -> None:
         _card_windows(value, groups, spans)
 
 
-def _card_windows(value: str, groups: list, spans: list) -> None:
+def _card_windows(
+    value: str, groups: list[tuple[int, int]], spans: list[tuple[int, int, int]]
+) -> None:
     """Find cards in a run of digit groups, at group boundaries."""
     i = 0
     n = len(groups)
@@ -181,7 +183,7 @@ def _card_windows(value: str, groups: list, spans: list) -> None:
             i += 1
 
 
-def _email_spans(value: str, spans: list) -> None:
+def _email_spans(value: str, spans: list[tuple[int, int, int]]) -> None:
     at = value.find("@")
     floor = 0
     while at >= 0:
@@ -196,7 +198,7 @@ def _email_spans(value: str, spans: list) -> None:
         at = value.find("@", at + 1)
 
 
-def _iban_spans(value: str, spans: list) -> None:
+def _iban_spans(value: str, spans: list[tuple[int, int, int]]) -> None:
     pos = 0
     search = _IBAN_RE.search
     while True:

@@ -67,7 +67,7 @@ class _RawJSON(str):
     """A JSON number or constant, kept as it was written."""
 
 
-class _Pairs(list):
+class _Pairs(list[tuple[str, object]]):
     """A JSON object, its members in order (duplicates kept)."""
 
 
@@ -86,7 +86,9 @@ def _json_text(value: object) -> str:
         return (
             "{" + ", ".join(f"{_json_text(k)}: {_json_text(v)}" for k, v in value) + "}"
         )
-    return "[" + ", ".join(_json_text(v) for v in value) + "]"
+    if isinstance(value, list):
+        return "[" + ", ".join(_json_text(v) for v in value) + "]"
+    raise TypeError(f"not a decoded JSON value: {value!r}")
 
 
 def _globs(globs: Sequence[str]) -> re.Pattern[str] | None:

@@ -138,7 +138,8 @@ class Command:
         one of the fields above, else an C{extra} one (none if absent).
         """
         if field in COMMAND_FIELDS:
-            return getattr(self, field)
+            found: Iterable[str] = getattr(self, field)
+            return found
         for name, values in self.extra:
             if name == field:
                 return values

@@ -19,6 +19,33 @@ from gatehouse.protocols.postgres.server import CancelRegistry, PostgresServerFa
 from gatehouse.tls import server_tls_options
 
 
+def _options(listener: ListenerConfig) -> config.PostgresListenerOptions:
+    """A listener's options as L{PostgresAdapter} parsed them (or the defaults)."""
+    options = listener.options
+    if options is None:
+        return config.PostgresListenerOptions()
+    if not isinstance(options, config.PostgresListenerOptions):
+        raise TypeError(f"not postgres listener options: {options!r}")
+    return options
+
+
+class _Listener(TCPServer):
+    """A postgres listener's service: it keeps its factory for reloads."""
+
+    def __init__(
+        self, port: int, factory: PostgresServerFactory, interface: str, reactor: Any
+    ) -> None:
+        super().__init__(port, factory, interface=interface, reactor=reactor)
+        self.factory = factory
+
+
+def _factory(service: IService) -> PostgresServerFactory:
+    """The factory of a service L{PostgresAdapter.makeListener} made."""
+    if not isinstance(service, _Listener):
+        raise TypeError(f"not a postgres listener: {service!r}")
+    return service.factory
+
+
 @implementer(IProtocolAdapter)
 class PostgresAdapter:
     """PostgreSQL clients in, PostgreSQL targets out."""
@@ -55,7 +82,7 @@ class PostgresAdapter:
         A PostgreSQL listener takes passwords (tokens): it needs TLS, unless
         cleartext is explicitly allowed (loopback tests).
         """
-        if listener.tls is None and not listener.options.allow_cleartext:
+        if listener.tls is None and not _options(listener).allow_cleartext:
             section.problem(
                 "a postgres listener needs tls (certificate and key), or "
                 "options.allow_cleartext: true to accept tokens in cleartext",
@@ -77,18 +104,14 @@ class PostgresAdapter:
         )
         factory = PostgresServerFactory(
             listener.name,
-            listener.options or config.PostgresListenerOptions(),
+            _options(listener),
             {t.name: t for t in targets},
             session_factory,
             reactor,
             tls,
             self.cancels,
         )
-        service = TCPServer(
-            listener.port, factory, interface=listener.address, reactor=reactor
-        )
-        service.factory = factory
-        return service
+        return _Listener(listener.port, factory, listener.address, reactor)
 
     def update_listener(
         self,
@@ -109,9 +132,9 @@ class PostgresAdapter:
             if listener.tls is not None
             else None
         )
-        options = listener.options or config.PostgresListenerOptions()
+        options = _options(listener)
         new_targets = {t.name: t for t in targets}
-        factory = service.factory
+        factory = _factory(service)
 
         def apply() -> None:
             factory.tls = tls
@@ -128,15 +151,14 @@ class PostgresAdapter:
 
     def restart_needed(self, old: ListenerConfig, new: ListenerConfig) -> list[str]:
         """The classifier's worker processes start with the listener."""
-        default = config.PostgresListenerOptions()
-        before, after = old.options or default, new.options or default
+        before, after = _options(old), _options(new)
         if before.classify_workers != after.classify_workers:
             return ["classify_workers"]
         return []
 
     def set_draining(self, service: IService, draining: bool) -> None:
         """Refuse (57P03) or accept new clients of a listener."""
-        service.factory.draining = draining
+        _factory(service).draining = draining
 
 
 adapter = PostgresAdapter()

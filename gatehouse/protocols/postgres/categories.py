@@ -30,7 +30,7 @@ DROP_COLUMN = "drop-column"
 SET_ROLE = "set-role"
 ROW_SECURITY = "row-security"
 OWNER_CHANGE = "owner-change"
-# built-ins called anywhere in a statement (statements._FUNCTION_FACTS)
+# built-ins called anywhere in a statement (statements.functions._FUNCTION_FACTS)
 FUNCTION_DESTROYS = "function-destroys"
 FUNCTION_WRITES = "function-writes"
 FUNCTION_ADMIN = "function-admin"

@@ -219,7 +219,7 @@ class CommandCache:
             self.parses += 1
             found = _classified(sql, key)
             if found.shape is not None and len(found.statements) == 1:
-                self._remember(self._shapes, key, found)
+                self._remember(self._shapes, found.shape, found)
         self._remember(texts, sql, found)
         return found
 
@@ -249,7 +249,9 @@ class CommandCache:
         self._texts.clear()
         self._shapes.clear()
 
-    def _remember(self, entries: OrderedDict, key: str, value: Classified) -> None:
+    def _remember(
+        self, entries: OrderedDict[str, Classified], key: str, value: Classified
+    ) -> None:
         entries[key] = value
         if len(entries) > self.size:
             entries.popitem(last=False)

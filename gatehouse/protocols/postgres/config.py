@@ -44,6 +44,7 @@ entry when there is none (it only reads C{pg_catalog}).
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import attrs
 
@@ -285,7 +286,7 @@ def parse_listener_options(options: ConfigSection) -> PostgresListenerOptions:
     )
 
 
-def _connection_limits(options: ConfigSection) -> dict:
+def _connection_limits(options: ConfigSection) -> dict[str, Any]:
     """The pre-authentication limits of a listener, checked together."""
     timeout = options.duration(
         "authentication_timeout", 30.0, positive=True, maximum=600.0

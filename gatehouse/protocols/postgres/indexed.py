@@ -26,14 +26,16 @@ def recorded_commands(
     index each allowed shape once, as the gateway does.
     """
     found: list[tuple[int, str, str, tuple[str, ...], str | None]] = []
-    state = {"encoding": "utf-8", "seq": 0}
+    encoding = "utf-8"
+    seq = 0
 
     def startup(event: object, size: int) -> None:
+        nonlocal encoding
         if isinstance(event, codec.StartupMessage):
-            encoding = event.as_dict().get("client_encoding")
-            if encoding:
+            client_encoding = event.as_dict().get("client_encoding")
+            if client_encoding:
                 try:
-                    state["encoding"] = codec.python_encoding(encoding)
+                    encoding = codec.python_encoding(client_encoding)
                 except Exception:
                     pass
 
@@ -41,7 +43,7 @@ def recorded_commands(
         if type_ == codec.FrontendType.PASSWORD:
             return
         try:
-            decoded = codec.decode_frontend(type_, body, state["encoding"])
+            decoded = codec.decode_frontend(type_, body, encoding)
         except codec.ProtocolViolation:
             return
         if isinstance(decoded, codec.Query):
@@ -54,7 +56,7 @@ def recorded_commands(
         for command in classified.commands:
             found.append(
                 (
-                    state["seq"],
+                    seq,
                     command.kind,
                     command.text,
                     tuple(command.objects),
@@ -68,6 +70,6 @@ def recorded_commands(
             record.type == RecordType.DATA
             and record.direction == Direction.CLIENT_TO_GATEWAY
         ):
-            state["seq"] = record.seq
+            seq = record.seq
             stream.feed(record.payload)
     return found

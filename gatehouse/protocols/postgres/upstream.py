@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from typing import Any, cast
+from typing import Protocol as TypingProtocol
 
 import attrs
 import scramp
@@ -27,8 +29,12 @@ from twisted.internet.endpoints import (
     UNIXClientEndpoint,
 )
 from twisted.internet.error import ConnectError, TimeoutError
-from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from gatehouse.logs import connect_quietly
@@ -226,20 +232,20 @@ def _options_settings(options: str) -> list[tuple[str, str]]:
     settings = []
     i = 0
     while i < len(words):
-        word = words[i]
-        if word == "-c" and i + 1 < len(words):
+        given = words[i]
+        if given == "-c" and i + 1 < len(words):
             setting = words[i + 1]
             i += 2
-        elif word.startswith("-c") and len(word) > 2:
-            setting = word[2:]
+        elif given.startswith("-c") and len(given) > 2:
+            setting = given[2:]
             i += 1
-        elif word.startswith("--") and "=" in word:
-            setting = word[2:]
+        elif given.startswith("--") and "=" in given:
+            setting = given[2:]
             i += 1
         else:
             raise StartupRefused(
                 f"gatehouse passes only -c name=value settings in startup "
-                f"options, not {word!r}"
+                f"options, not {given!r}"
             )
         name, sep, value = setting.partition("=")
         if not sep:
@@ -299,6 +305,21 @@ class UpstreamReady:
     leftover: bytes
 
 
+class _Connection(TypingProtocol):
+    """
+    What the endpoints of L{connect_upstream} connect an L{UpstreamProtocol}
+    to: a TCP or UNIX transport, which can start TLS and is a producer and
+    a consumer.
+    """
+
+    def write(self, data: bytes) -> None: ...
+    def loseConnection(self) -> None: ...
+    def abortConnection(self) -> None: ...
+    def startTLS(self, contextFactory: Any) -> None: ...
+    def unregisterProducer(self) -> None: ...
+    def resumeProducing(self) -> None: ...
+
+
 def _md5_password(user: str, password: str, salt: bytes) -> bytes:
     inner = hashlib.md5((password + user).encode()).hexdigest().encode()
     return b"md5" + hashlib.md5(inner + salt).hexdigest().encode()
@@ -323,7 +344,7 @@ class UpstreamProtocol(Protocol):
         self._options = options
         self._startup = startup
         self._tls_options = tls_options
-        self.ready: Deferred = Deferred(self._cancel_startup)
+        self.ready: Deferred[UpstreamReady] | None = Deferred(self._cancel_startup)
         self.on_data: Callable[[bytes], object] | None = None
         self.on_lost: Callable[[Failure], object] | None = None
         self._reader = codec.FrameReader.backend()
@@ -338,14 +359,20 @@ class UpstreamProtocol(Protocol):
         self._ending = False
         self._closer: IDelayedCall | None = None
 
+    def _connection(self) -> _Connection:
+        """The transport, as the endpoints of L{connect_upstream} make it."""
+        if self.transport is None:
+            raise RuntimeError("not connected")
+        return cast(_Connection, self.transport)
+
     # -- startup -----------------------------------------------------------
 
     def connectionMade(self) -> None:
         if self._tls_options is not None:
             self._awaiting_tls_answer = True
-            self.transport.write(codec.SSLRequest().encode())
+            self._connection().write(codec.SSLRequest().encode())
         else:
-            self.transport.write(self._startup.encode())
+            self._connection().write(self._startup.encode())
 
     def dataReceived(self, data: bytes) -> None:
         if self._done:
@@ -367,6 +394,8 @@ class UpstreamProtocol(Protocol):
 
     def _tls_answer(self, data: bytes) -> None:
         answer = codec.decode_encryption_response(data)
+        if answer is None:
+            return
         if not answer.accepted:
             raise UpstreamError("target refused TLS, which its configuration requires")
         if answer.trailing:
@@ -374,8 +403,8 @@ class UpstreamProtocol(Protocol):
             raise UpstreamError("target sent unencrypted bytes after accepting TLS")
         self._awaiting_tls_answer = False
         self._tls = True
-        self.transport.startTLS(self._tls_options)
-        self.transport.write(self._startup.encode())
+        self._connection().startTLS(self._tls_options)
+        self._connection().write(self._startup.encode())
 
     def _message(self, t: int, body: bytes) -> None:
         if t == _R:
@@ -410,25 +439,27 @@ class UpstreamProtocol(Protocol):
             return
         password = options.password()
         if isinstance(message, codec.AuthenticationCleartextPassword):
-            self._need(password)
+            password = self._need(password)
             self._auth_method = "password"
             self._send(codec.PasswordMessage(password).encode())
         elif isinstance(message, codec.AuthenticationMD5Password):
-            self._need(password)
+            password = self._need(password)
             self._auth_method = "md5"
             self._send(
                 codec.PasswordMessage(
-                    _md5_password(options.user, password, message.salt).decode()
+                    _md5_password(self._user(), password, message.salt).decode()
                 ).encode()
             )
         elif isinstance(message, codec.AuthenticationSASL):
-            self._need(password)
+            password = self._need(password)
             if "SCRAM-SHA-256" not in message.mechanisms:
                 raise UpstreamError(
                     f"target offers no supported SASL mechanism: {message.mechanisms}"
                 )
             self._auth_method = "scram-sha-256"
-            self._scram = scramp.ScramClient(["SCRAM-SHA-256"], options.user, password)
+            self._scram = scramp.ScramClient(
+                ["SCRAM-SHA-256"], self._user(), password
+            )
             first = self._scram.get_client_first().encode()
             self._send(codec.SASLInitialResponse("SCRAM-SHA-256", first).encode())
         elif isinstance(message, codec.AuthenticationSASLContinue):
@@ -454,14 +485,21 @@ class UpstreamProtocol(Protocol):
                 f"({type(message).__name__})"
             )
 
-    def _need(self, password: str | None) -> None:
+    def _need(self, password: str | None) -> str:
         if password is None:
             raise UpstreamError(
                 "target asks for a password but none is configured for it", "08004"
             )
+        return password
+
+    def _user(self) -> str:
+        user = self._options.user
+        if user is None:
+            raise UpstreamError("no user to log in to the target as", "08004")
+        return user
 
     def _send(self, data: bytes) -> None:
-        self.transport.write(data)
+        self._connection().write(data)
 
     def _ready(self) -> None:
         self._done = True
@@ -470,6 +508,8 @@ class UpstreamProtocol(Protocol):
         if self._reader.buffered:
             leftover = self._reader.take_to(self._reader.framed)
         d, self.ready = self.ready, None
+        if d is None:
+            return
         d.callback(
             UpstreamReady(
                 self,
@@ -486,11 +526,11 @@ class UpstreamProtocol(Protocol):
         self._done = True
         d, self.ready = self.ready, None
         if self.transport is not None:
-            self.transport.abortConnection()
+            self._connection().abortConnection()
         if d is not None:
             d.errback(error)
 
-    def _cancel_startup(self, ready: Deferred) -> None:
+    def _cancel_startup(self, ready: Deferred[UpstreamReady]) -> None:
         """
         The owner gave up on this session before it was ready (its client
         left): abort the connection, whatever phase it is in (a TLS close
@@ -499,11 +539,11 @@ class UpstreamProtocol(Protocol):
         self._done = True
         self.ready = None
         if self.transport is not None:
-            self.transport.abortConnection()
+            self._connection().abortConnection()
 
     def terminate(
         self,
-        reactor: object,
+        reactor: IReactorTime,
         grace: float,
         *,
         said: bool = False,
@@ -528,9 +568,9 @@ class UpstreamProtocol(Protocol):
         """
         self.on_data = None
         self.on_lost = None
-        transport = self.transport
-        if transport is None or self._ending:
+        if self.transport is None or self._ending:
             return
+        transport = self._connection()
         self._ending = self._done = True
         if not said:
             goodbye = codec.Terminate().encode()
@@ -544,7 +584,7 @@ class UpstreamProtocol(Protocol):
         transport.resumeProducing()
         self._closer = reactor.callLater(grace, transport.abortConnection)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         closer, self._closer = self._closer, None
         if closer is not None and closer.active():
             closer.cancel()
@@ -566,29 +606,37 @@ def _tls_options(options: PostgresTargetOptions) -> object | None:
         return None
     if tls.mode == "require":
         return ssl.CertificateOptions(method=None, verify=False)
+    name = tls.server_name or options.host
+    if tls.ca_file is None or name is None:
+        # the configuration refuses verify-full without them
+        raise UpstreamError("verify-full needs ca_file and a host or server_name")
     with open(tls.ca_file, "rb") as f:
         roots = ssl.Certificate.loadPEM(f.read())
-    return ssl.optionsForClientTLS(tls.server_name or options.host, trustRoot=roots)
+    return ssl.optionsForClientTLS(name, trustRoot=roots)
 
 
 def _endpoint(
-    reactor: object, options: PostgresTargetOptions, timeout: float
-) -> object:
+    reactor: Any, options: PostgresTargetOptions, timeout: float
+) -> IStreamClientEndpoint:
     if options.socket_dir is not None:
         path = f"{options.socket_dir}/.s.PGSQL.{options.port}"
         return UNIXClientEndpoint(reactor, path, timeout=timeout)
-    if ":" in (options.host or ""):
-        return TCP6ClientEndpoint(reactor, options.host, options.port, timeout=timeout)
-    return TCP4ClientEndpoint(reactor, options.host, options.port, timeout=timeout)
+    host = options.host
+    if host is None:
+        # the configuration refuses a target without either
+        raise UpstreamError("the target has neither host nor socket_dir")
+    if ":" in host:
+        return TCP6ClientEndpoint(reactor, host, options.port, timeout=timeout)
+    return TCP4ClientEndpoint(reactor, host, options.port, timeout=timeout)
 
 
 def connect_upstream(
-    reactor: object,
+    reactor: Any,
     options: PostgresTargetOptions,
     target_name: str,
     client_parameters: tuple[tuple[str, str], ...],
     timeout: float,
-) -> Deferred:
+) -> Deferred[UpstreamReady]:
     """
     Open an authenticated session on a target.
 
@@ -605,8 +653,11 @@ def connect_upstream(
     # standard_conforming_strings=on comes last, so that no role or
     # database default (ALTER ROLE ... SET) can turn it off: a setting from
     # the startup packet outranks those.
+    user = options.user
+    if user is None:
+        return _failed(UpstreamError("no user to log in to the target as", "08004"))
     parameters = (
-        ("user", options.user),
+        ("user", user),
         ("database", options.database or target_name),
         *(
             (k, v)
@@ -645,18 +696,19 @@ def connect_upstream(
 
     connecting.addErrback(not_connected)
     connecting.addCallback(lambda _: protocol.ready)
-    return connecting.addBoth(stop_timer)
+    ready: Deferred[UpstreamReady] = connecting.addBoth(stop_timer)
+    return ready
 
 
-def _failed(error: Exception) -> Deferred:
-    d = Deferred()
+def _failed(error: Exception) -> Deferred[UpstreamReady]:
+    d: Deferred[UpstreamReady] = Deferred()
     d.errback(error)
     return d
 
 
 def send_cancel(
-    reactor: object, options: PostgresTargetOptions, pid: int, secret: bytes
-) -> Deferred:
+    reactor: Any, options: PostgresTargetOptions, pid: int, secret: bytes
+) -> Deferred[Protocol]:
     """
     Ask a target to cancel the query running in backend C{pid}, on a new
     connection, as libpq does.
@@ -664,8 +716,11 @@ def send_cancel(
 
     class _Cancel(Protocol):
         def connectionMade(self) -> None:
-            self.transport.write(codec.CancelRequest(pid, secret).encode())
-            self.transport.loseConnection()
+            if self.transport is not None:
+                self.transport.write(codec.CancelRequest(pid, secret).encode())
+                self.transport.loseConnection()
 
-    d = connect_quietly(_endpoint(reactor, options, 10.0), _Cancel())
+    d: Deferred[Protocol] = connect_quietly(
+        _endpoint(reactor, options, 10.0), _Cancel()
+    )
     return d

@@ -1133,6 +1133,28 @@ class MessageTests(SynchronousTestCase):
             ),
         )
         self.assertRaises(TypeError, ErrorResponse.build, "ERROR", "x", "y", bogus=1)
+
+    def test_error_field_declarations(self) -> None:
+        """
+        The field properties declared for type checkers on the errors' and
+        notices' base are exactly the ones set from the field names.
+        """
+        import ast
+        import inspect
+
+        from gatehouse.protocols.postgres.codec import backend
+
+        tree = ast.parse(inspect.getsource(backend._Fields))
+        declared = {
+            node.target.id
+            for node in ast.walk(tree)
+            if isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and node.target.id != "fields"
+        }
+        self.assertEqual(declared, set(backend._FIELD_NAMES))
+        for name in declared:
+            self.assertIsInstance(getattr(backend._Fields, name), property)
         violation = ProtocolViolation("08P01", "bad")
         self.assertEqual(
             ErrorResponse.for_violation(violation),

@@ -869,6 +869,27 @@ class ValueMessageTests(SynchronousTestCase):
         mine = codec.ErrorResponse.build("ERROR", "42601", 'syntax error at "selec"')
         self.assertEqual(masked_message(masker, mine), mine)
 
+    def test_malformed_value_messages(self) -> None:
+        """
+        A malformed message that carries values is a protocol violation
+        (08P01), whichever check refuses it.
+        """
+        masker = ResponseMasker(DETECT)
+        card = CARD.encode()
+        for type_, body in [
+            # no NUL after the value
+            (T.PARAMETER_STATUS, b"application_name\0" + card),
+            # bytes after the payload's NUL
+            (T.NOTIFICATION_RESPONSE, b"\0\0\0\x07chan\0" + card + b"\0extra"),
+            # no terminator at all
+            (T.NOTICE_RESPONSE, b"M" + card),
+            # a field, but not the empty one that ends the list
+            (T.ERROR_RESPONSE, b"M" + card + b"\0"),
+        ]:
+            with self.assertRaises(codec.ProtocolViolation) as caught:
+                masker.message(type_, body)
+            self.assertEqual(caught.exception.sqlstate, codec.PROTOCOL_VIOLATION)
+
     def test_error_ends_result(self) -> None:
         masker = ResponseMasker(COLUMNS_ONLY)
         describe(masker, F("name"))

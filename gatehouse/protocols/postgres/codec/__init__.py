@@ -47,7 +47,7 @@ Every name is importable from C{gatehouse.protocols.postgres.codec}.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
 from .backend import (
     _AUTHENTICATION,
@@ -284,7 +284,7 @@ __all__ = [
 
 # -- dispatch ----------------------------------------------------------------
 
-_FRONTEND: dict[int, Any] = {
+_FRONTEND: dict[int, Callable[[bytes, str], Message]] = {
     k.TYPE: k.decode
     for k in (
         Query,
@@ -304,7 +304,7 @@ _FRONTEND: dict[int, Any] = {
     )
 }
 
-_BACKEND: dict[int, Any] = {
+_BACKEND: dict[int, Callable[[bytes, str], Message]] = {
     k.TYPE: k.decode
     for k in (
         _Authentication,

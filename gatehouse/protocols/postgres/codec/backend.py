@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
@@ -31,8 +31,11 @@ from .message import (
     Message,
     _Cursor,
     _Empty,
+    _int_tuple,
     _pack_int16s,
     _pack_values,
+    _str_tuple,
+    _value_tuple,
 )
 
 # -- backend messages --------------------------------------------------------
@@ -77,6 +80,10 @@ class _AuthenticationData(_Authentication):
 
     __slots__ = ()
     data: bytes
+
+    if TYPE_CHECKING:
+        # attrs writes each subclass's __init__
+        def __init__(self, data: bytes) -> None: ...
 
     @classmethod
     def _decode_rest(cls, c: _Cursor, encoding: str) -> Any:
@@ -172,7 +179,7 @@ class AuthenticationSASL(_Authentication):
     """
 
     CODE: ClassVar[int] = 10
-    mechanisms: tuple[str, ...] = attrs.field(converter=tuple)
+    mechanisms: tuple[str, ...] = attrs.field(converter=_str_tuple)
 
     @classmethod
     def _decode_rest(cls, c: _Cursor, encoding: str) -> Any:
@@ -320,6 +327,12 @@ class FieldDescription:
     format: int = 0
 
 
+def _field_tuple(
+    fields: Iterable[FieldDescription],
+) -> tuple[FieldDescription, ...]:
+    return tuple(fields)
+
+
 @attrs.frozen
 class RowDescription(Message):
     """
@@ -327,7 +340,7 @@ class RowDescription(Message):
     """
 
     TYPE: ClassVar[int] = BackendType.ROW_DESCRIPTION
-    fields: tuple[FieldDescription, ...] = attrs.field(converter=tuple)
+    fields: tuple[FieldDescription, ...] = attrs.field(converter=_field_tuple)
 
     @classmethod
     def decode(cls, body: bytes, encoding: str = "utf-8") -> RowDescription:
@@ -419,7 +432,7 @@ class DataRow(Message):
     """
 
     TYPE: ClassVar[int] = BackendType.DATA_ROW
-    values: tuple[bytes | None, ...] = attrs.field(converter=tuple)
+    values: tuple[bytes | None, ...] = attrs.field(converter=_value_tuple)
 
     @classmethod
     def decode(cls, body: bytes, encoding: str = "utf-8") -> DataRow:
@@ -487,6 +500,30 @@ class _Fields(Message):
 
     __slots__ = ()
     fields: tuple[tuple[str, str], ...]
+
+    if TYPE_CHECKING:
+        # attrs writes each subclass's __init__
+        def __init__(self, fields: Iterable[tuple[str, str]]) -> None: ...
+
+        # one read-only property per field of _FIELD_NAMES (set below)
+        severity: str | None
+        severity_nonlocalized: str | None
+        sqlstate: str | None
+        message: str | None
+        detail: str | None
+        hint: str | None
+        position: str | None
+        internal_position: str | None
+        internal_query: str | None
+        where: str | None
+        schema_name: str | None
+        table_name: str | None
+        column_name: str | None
+        data_type_name: str | None
+        constraint_name: str | None
+        file: str | None
+        line: str | None
+        routine: str | None
 
     @classmethod
     def build(
@@ -557,7 +594,7 @@ for _name, _code in _FIELD_NAMES.items():
 del _name, _code
 
 
-def _field_pairs(value: Iterable[tuple[str, str]]) -> tuple:
+def _field_pairs(value: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
     return tuple((k, v) for k, v in value)
 
 
@@ -575,7 +612,8 @@ class ErrorResponse(_Fields):
     @classmethod
     def for_violation(cls, violation: ProtocolViolation) -> ErrorResponse:
         """The FATAL error a server sends for C{violation} before closing."""
-        return cls.build("FATAL", violation.sqlstate, violation.message)
+        error: ErrorResponse = cls.build("FATAL", violation.sqlstate, violation.message)
+        return error
 
 
 @attrs.frozen
@@ -669,7 +707,7 @@ class ParameterDescription(Message):
     """
 
     TYPE: ClassVar[int] = BackendType.PARAMETER_DESCRIPTION
-    type_oids: tuple[int, ...] = attrs.field(converter=tuple)
+    type_oids: tuple[int, ...] = attrs.field(converter=_int_tuple)
 
     @classmethod
     def decode(cls, body: bytes, encoding: str = "utf-8") -> ParameterDescription:
@@ -695,6 +733,10 @@ class _CopyResponse(Message):
     format: int
     column_formats: tuple[int, ...]
 
+    if TYPE_CHECKING:
+        # attrs writes each subclass's __init__
+        def __init__(self, format: int, column_formats: Iterable[int] = ()) -> None: ...
+
     @classmethod
     def decode(cls, body: bytes, encoding: str = "utf-8") -> Any:
         c = _Cursor(body, cls.__name__)
@@ -717,7 +759,7 @@ class CopyInResponse(_CopyResponse):
 
     TYPE: ClassVar[int] = BackendType.COPY_IN_RESPONSE
     format: int = 0
-    column_formats: tuple[int, ...] = attrs.field(default=(), converter=tuple)
+    column_formats: tuple[int, ...] = attrs.field(default=(), converter=_int_tuple)
 
 
 @attrs.frozen
@@ -728,7 +770,7 @@ class CopyOutResponse(_CopyResponse):
 
     TYPE: ClassVar[int] = BackendType.COPY_OUT_RESPONSE
     format: int = 0
-    column_formats: tuple[int, ...] = attrs.field(default=(), converter=tuple)
+    column_formats: tuple[int, ...] = attrs.field(default=(), converter=_int_tuple)
 
 
 @attrs.frozen
@@ -739,7 +781,7 @@ class CopyBothResponse(_CopyResponse):
 
     TYPE: ClassVar[int] = BackendType.COPY_BOTH_RESPONSE
     format: int = 0
-    column_formats: tuple[int, ...] = attrs.field(default=(), converter=tuple)
+    column_formats: tuple[int, ...] = attrs.field(default=(), converter=_int_tuple)
 
 
 @attrs.frozen
@@ -751,7 +793,7 @@ class NegotiateProtocolVersion(Message):
 
     TYPE: ClassVar[int] = BackendType.NEGOTIATE_PROTOCOL_VERSION
     version: int
-    options: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    options: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
 
     @classmethod
     def decode(cls, body: bytes, encoding: str = "utf-8") -> NegotiateProtocolVersion:

@@ -234,7 +234,7 @@ class FrameReader:
             self._base = end
             self._off = self._scan = 0
             return out
-        if type(buf) is bytes:
+        if isinstance(buf, bytes):
             out = buf[off:stop]
             self._off = stop
         else:
@@ -254,7 +254,7 @@ class FrameReader:
             self._buf = b""
             self._base = end
             self._off = self._scan = 0
-        elif type(buf) is bytes:
+        elif isinstance(buf, bytes):
             self._off = stop
         else:
             del buf[:stop]

@@ -5,7 +5,7 @@ Typed frontend messages (what a client sends after startup).
 from __future__ import annotations
 
 import struct
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
@@ -26,9 +26,11 @@ from .message import (
     Message,
     _Cursor,
     _Empty,
+    _int_tuple,
     _kind,
     _pack_int16s,
     _pack_values,
+    _value_tuple,
 )
 
 # -- frontend messages -------------------------------------------------------
@@ -62,7 +64,7 @@ class Parse(Message):
     TYPE: ClassVar[int] = FrontendType.PARSE
     name: str
     query: str
-    param_types: tuple[int, ...] = attrs.field(default=(), converter=tuple)
+    param_types: tuple[int, ...] = attrs.field(default=(), converter=_int_tuple)
 
     @classmethod
     def decode(cls, body: bytes, encoding: str = "utf-8") -> Parse:
@@ -94,9 +96,9 @@ class Bind(Message):
     TYPE: ClassVar[int] = FrontendType.BIND
     portal: str
     statement: str
-    param_formats: tuple[int, ...] = attrs.field(default=(), converter=tuple)
-    params: tuple[bytes | None, ...] = attrs.field(default=(), converter=tuple)
-    result_formats: tuple[int, ...] = attrs.field(default=(), converter=tuple)
+    param_formats: tuple[int, ...] = attrs.field(default=(), converter=_int_tuple)
+    params: tuple[bytes | None, ...] = attrs.field(default=(), converter=_value_tuple)
+    result_formats: tuple[int, ...] = attrs.field(default=(), converter=_int_tuple)
 
     @classmethod
     def decode(cls, body: bytes, encoding: str = "utf-8") -> Bind:
@@ -157,6 +159,10 @@ class _KindName(Message):
     __slots__ = ()
     kind: str
     name: str
+
+    if TYPE_CHECKING:
+        # attrs writes each subclass's __init__
+        def __init__(self, kind: str, name: str) -> None: ...
 
     @classmethod
     def decode(cls, body: bytes, encoding: str = "utf-8") -> Any:
@@ -277,8 +283,8 @@ class FunctionCall(Message):
 
     TYPE: ClassVar[int] = FrontendType.FUNCTION_CALL
     function_oid: int
-    arg_formats: tuple[int, ...] = attrs.field(default=(), converter=tuple)
-    args: tuple[bytes | None, ...] = attrs.field(default=(), converter=tuple)
+    arg_formats: tuple[int, ...] = attrs.field(default=(), converter=_int_tuple)
+    args: tuple[bytes | None, ...] = attrs.field(default=(), converter=_value_tuple)
     result_format: int = 0
 
     @classmethod

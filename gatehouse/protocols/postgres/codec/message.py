@@ -6,7 +6,7 @@ their decoders and encoders share.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 from .core import (
@@ -90,16 +90,20 @@ class _Cursor:
         return self.body[self._advance(1)]
 
     def int16(self) -> int:
-        return _I16.unpack_from(self.body, self._advance(2))[0]
+        value: int = _I16.unpack_from(self.body, self._advance(2))[0]
+        return value
 
     def uint16(self) -> int:
-        return _U16.unpack_from(self.body, self._advance(2))[0]
+        value: int = _U16.unpack_from(self.body, self._advance(2))[0]
+        return value
 
     def int32(self) -> int:
-        return _I32.unpack_from(self.body, self._advance(4))[0]
+        value: int = _I32.unpack_from(self.body, self._advance(4))[0]
+        return value
 
     def uint32(self) -> int:
-        return _U32.unpack_from(self.body, self._advance(4))[0]
+        value: int = _U32.unpack_from(self.body, self._advance(4))[0]
+        return value
 
     def int16s(self, n: int) -> tuple[int, ...]:
         return struct.unpack_from(f"!{n}h", self.body, self._advance(2 * n))
@@ -142,6 +146,20 @@ class _Cursor:
     def finish(self) -> None:
         if self.pos != self.end:
             raise _malformed(self.what, "unexpected bytes after the last field")
+
+
+# Typed converters for tuple fields (attrs' converter=tuple leaves mypy
+# without the element type).
+def _int_tuple(values: Iterable[int]) -> tuple[int, ...]:
+    return tuple(values)
+
+
+def _str_tuple(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(values)
+
+
+def _value_tuple(values: Iterable[bytes | None]) -> tuple[bytes | None, ...]:
+    return tuple(values)
 
 
 def _pack_values(values: Sequence[bytes | None]) -> bytes:

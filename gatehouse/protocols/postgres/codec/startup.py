@@ -109,7 +109,9 @@ class DirectTLS:
     """
 
 
-def _pairs(value: Mapping[str, str] | Iterable[tuple[str, str]]) -> tuple:
+def _pairs(
+    value: Mapping[str, str] | Iterable[tuple[str, str]],
+) -> tuple[tuple[str, str], ...]:
     items = value.items() if isinstance(value, Mapping) else value
     return tuple((k, v) for k, v in items)
 

@@ -37,10 +37,14 @@ C{gatehouse.protocols.postgres.replay}.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TextIO
 
 from gatehouse.recording.format import Record
-from gatehouse.recording.render import full_output, full_replay, register_renderer
+from gatehouse.recording.render import (
+    TextOutput,
+    full_output,
+    full_replay,
+    register_renderer,
+)
 
 from .cells import (
     _AUTH_NAMES,
@@ -96,7 +100,7 @@ __all__ = ["MAX_ROWS", "render_postgres"]
 
 
 def render_postgres(
-    records: Iterable[Record], out: TextIO, *, full: bool | None = None
+    records: Iterable[Record], out: TextOutput, *, full: bool | None = None
 ) -> None:
     """
     Write a recorded PostgreSQL session to C{out} as a psql-like

@@ -9,13 +9,14 @@ import collections
 import contextlib
 import json
 from collections.abc import Iterator
-from typing import Any, NamedTuple, TextIO
+from typing import Any, NamedTuple
 
 import attrs
 
 from gatehouse.protocols.postgres import codec
 from gatehouse.recording.format import Direction, Record, RecordType
 from gatehouse.recording.render import (
+    TextOutput,
     render_record,
 )
 
@@ -112,12 +113,12 @@ class _Named(NamedTuple):
 class _Transcript:
     """The state of one replay: streams, results in progress, timing."""
 
-    def __init__(self, out: TextIO):
+    def __init__(self, out: TextOutput):
         self._out = out
         self._held: list[str] | None = []
         self._last_blank = True
-        self._meta: dict = {}
-        self._identity: dict | None = None
+        self._meta: dict[str, Any] = {}
+        self._identity: dict[str, Any] | None = None
         self._target: str | None = None
         self._encoding = "utf-8"
         self._client = _ClientStream(

@@ -1,52 +1,10 @@
 """
-Mask result values in the backend's messages before the client sees them
-(sans-IO: message bodies in, rewritten bodies out).
-
-L{ResponseMasker} follows each RowDescription (column names, table OIDs
-and column numbers, types, formats) and rewrites the DataRows after it;
-after a CopyOutResponse it rewrites the CopyData rows of a C{COPY ... TO
-STDOUT} in text or CSV format.  Every other message that carries values
-goes through it too: ErrorResponse and NoticeResponse fields,
-NotificationResponse, ParameterStatus, FunctionCallResponse, and the
-column names of a RowDescription (see L{ResponseMasker.rename}).  A masked
-value keeps the message well-formed and, where it can, keeps the value
-valid for its type:
-
- - text-like types (text, varchar, char, name, "char", xml, unknown, and
-   types defined in the database such as citext or enums), in text or
-   binary format: detected values are masked in place, a whole-column rule
-   gives as many C{*} as the value has characters;
- - json and jsonb (text, or binary: a version byte then the text): as
-   text, except that a card number outside a string (a bare JSON number)
-   becomes its last four digits; a whole-column rule gives a JSON string
-   of C{*}; under column rules, members whose key names a masked column
-   become C{"***"};
- - numeric types in text format (int2/4/8, numeric, float4/8, oid, money
-   and their arrays): digits become C{0} (a card keeps its last four);
- - binary int8, numeric, arrays, records and ranges: decoded, masked as
-   above, encoded again; values read by their bytes rather than their
-   type (bytea, types of the database, built-ins of their own format)
-   become NULL if they still show a detected value; values that do not
-   decode become NULL;
- - anything else that must be masked becomes NULL: a binary value of a
-   non-text type under a column rule, or a value of another built-in type
-   under a column rule or holding a detected value, and, under column
-   rules, records and composite values without a source column.
-
-Detectors do not look into types whose text and binary forms cannot hold
-what they detect (bool, small integers, floats, dates and times, uuid,
-network addresses, bit strings).
-
-Rows whose columns are unknown -- a DataRow with no RowDescription since
-the last ReadyForQuery or result, as when a prepared statement is executed
-without a Describe, or with a different column count -- cannot have
-column rules applied: if the session has any, all their values become
-NULL; otherwise every value is scanned as text.
+L{ResponseMasker}: one session's result masking (see
+L{gatehouse.protocols.postgres.masking}).
 """
 
 from __future__ import annotations
 
-import re
 import struct
 from collections.abc import Callable, Sequence
 
@@ -54,8 +12,75 @@ import attrs
 
 from gatehouse.policy.masking import JSON, NUMERIC, TEXT, Masker
 from gatehouse.protocols.postgres import codec
+from gatehouse.protocols.postgres.masking.binary import (
+    _I32,
+    _I64,
+    _MAX_DEPTH,
+    _MULTIRANGES,
+    _NUMERIC_HEAD,
+    _RANGES,
+    _SHORT_NUMBER,
+    _U32,
+    _U64,
+    _BadBinary,
+    _numeric_binary,
+    _numeric_text,
+    _pack_elements,
+    _parse_array,
+    _parse_record,
+    _parse_values,
+)
+from gatehouse.protocols.postgres.masking.columns import (
+    _BINARY_OPAQUE,
+    _FIRST_NORMAL_OID,
+    _JSON_ARRAYS,
+    _JSON_STRING,
+    _JSONB_STRING,
+    _JSONB_VERSION,
+    _KEEP,
+    _NULL,
+    _RECORD_TYPES,
+    _SCAN_BINARY,
+    _SCAN_JSON,
+    _SCAN_JSONB,
+    _SCAN_NULL,
+    _SCAN_NUMERIC,
+    _SCAN_TEXT,
+    _SHORT_INTEGERS,
+    _STRUCTURE,
+    _TEXT_TYPES,
+    _WHOLE,
+    _ZEROS,
+    _actions,
+)
+from gatehouse.protocols.postgres.masking.copyformats import (
+    _BadCSV,
+    _Copy,
+    _csv_quote,
+    _csv_records,
+    _escape,
+    _text_fields,
+    _unescape,
+)
+from gatehouse.protocols.postgres.masking.errors import (
+    _FIELD_CODES_KEPT,
+    _FIELD_CODES_STRICT,
+    _QUOTING_CLASSES,
+    _QUOTING_STATES,
+    _withhold_quoted,
+)
 
 __all__ = ["ResponseMasker"]
+
+#: what the catalog names each result column (None: no table, or unknown)
+_Relations = tuple[str | None, ...]
+#: what copy_out announced: columns, format, delimiter, relation columns, header
+_Announced = tuple[
+    Sequence[str | None] | None, str, str, Sequence[str | None] | None, bool
+]
+#: a result's plan: actions, column count as a DataRow starts, some column
+#: masked whole, some column scanned (2: a binary one), the type OIDs
+_Plan = tuple[tuple[int, ...], bytes, bool, int | bool, tuple[int, ...]]
 
 _B = codec.BackendType
 _ROW = _B.DATA_ROW
@@ -72,89 +97,11 @@ _END_OF_RESULT = frozenset(
     }
 )
 
-# Column actions: scans, then whole-value masks.
-(
-    _KEEP,
-    _SCAN_TEXT,
-    _SCAN_JSON,
-    _SCAN_JSONB,
-    _SCAN_NUMERIC,
-    _SCAN_NULL,
-    _SCAN_BINARY,
-    _STARS,
-    _JSON_STRING,
-    _JSONB_STRING,
-    _ZEROS,
-    _NULL,
-) = range(12)
-_WHOLE = _STARS
-
-#: first OID of objects created in a database (below it: built-in)
-_FIRST_NORMAL_OID = 16384
-_TEXT_TYPES = frozenset({18, 19, 25, 142, 705, 1042, 1043})
-_TEXT_ARRAYS = frozenset({143, 1002, 1003, 1009, 1014, 1015})
-_JSON_TYPES = frozenset({114, 3802})
-_JSON_ARRAYS = frozenset({199, 3807})
-_NUMERIC_TYPES = frozenset(
-    {20, 21, 23, 26, 700, 701, 790, 1700}
-    | {1005, 1007, 1016, 1021, 1022, 1028, 1231, 791}
-)
-#: types whose text form cannot hold a card, an e-mail address or an IBAN
-_OPAQUE_TYPES = frozenset(
-    {16, 17, 650, 774, 829, 869, 1082, 1083, 1114, 1184, 1186, 1266, 1560, 1562}
-    | {2950, 1000, 1001, 1115, 1182, 1185, 2951}
-)
-#: record and array of record: several values by position, no names
-_RECORD_TYPES = frozenset({2249, 2287})
-#: types whose binary form cannot hold a card, an e-mail address or an IBAN
-#: in any form that their text form would show (fixed-size numbers of at
-#: most 10 digits, floats, dates and times, uuid, network addresses, bits)
-_BINARY_OPAQUE = frozenset(
-    {16, 21, 23, 26, 27, 28, 29, 600, 601, 602, 603, 604, 628, 650, 700, 701}
-    | {718, 774, 790, 829, 869, 1082, 1083, 1114, 1184, 1186, 1266, 1560, 1562}
-    | {2950, 3220}
-)
-#: int2, int4, oid
-_SHORT_INTEGERS = frozenset({21, 23, 26})
-_JSONB_VERSION = b"\x01"
-#: characters that give a COPY row of either format its structure
-_STRUCTURE = '\t,"\\\n\r'
-
-
-def _actions(type_oid: int, fmt: int) -> tuple[int, int]:
-    """What to do with a column's values: C{(scan, whole)} actions."""
-    if fmt == 0:
-        if type_oid in _TEXT_TYPES or type_oid >= _FIRST_NORMAL_OID or not type_oid:
-            return _SCAN_TEXT, _STARS
-        if type_oid in _NUMERIC_TYPES:
-            return _SCAN_NUMERIC, _ZEROS
-        if type_oid in _JSON_TYPES:
-            return _SCAN_JSON, _JSON_STRING
-        if type_oid in _TEXT_ARRAYS or type_oid in _RECORD_TYPES:
-            # array and record text quote only what a mask never holds
-            return _SCAN_TEXT, _NULL
-        if type_oid in _JSON_ARRAYS:
-            return _SCAN_JSON, _NULL
-        if type_oid in _OPAQUE_TYPES:
-            return _KEEP, _NULL
-        return _SCAN_NULL, _NULL
-    if type_oid in _TEXT_TYPES:
-        return _SCAN_TEXT, _STARS
-    if type_oid == 114:
-        return _SCAN_JSON, _JSON_STRING
-    if type_oid == 3802:
-        return _SCAN_JSONB, _JSONB_STRING
-    if type_oid in _BINARY_OPAQUE:
-        return _KEEP, _NULL
-    return _SCAN_BINARY, _NULL
-
 
 _U16_PACK = struct.Struct("!H").pack
 #: distinct result descriptions (and plans) a session's masker remembers
 _CACHED_RESULTS = 256
 
-
-# -- errors and notices ----------------------------------------------------------
 
 _ERROR = _B.ERROR_RESPONSE
 _NOTICE = _B.NOTICE_RESPONSE
@@ -163,345 +110,6 @@ _FUNCTION_RESULT = _B.FUNCTION_CALL_RESPONSE
 _VALUE_MESSAGES = frozenset(
     {_ERROR, _NOTICE, _NOTIFICATION, _B.PARAMETER_STATUS, _FUNCTION_RESULT}
 )
-#: fields that never carry a value: severity, SQLSTATE, positions, the
-#: server's source file, line and routine
-_FIELD_CODES_KEPT = frozenset({b"S", b"V", b"C", b"P", b"p", b"F", b"L", b"R"})
-#: fields that carry quoted values in the errors of L{_QUOTING_CLASSES}
-_FIELD_CODES_STRICT = frozenset({b"M", b"D", b"H", b"W", b"q"})
-#: SQLSTATE classes whose messages quote values: data exceptions (an
-#: invalid cast prints the value) and integrity violations (DETAIL prints
-#: the key or the failing row)
-_QUOTING_CLASSES = frozenset({b"22", b"23"})
-#: SQLSTATEs of failed name lookups, which quote the name looked up -- a
-#: value when a query casts one (C{ssn::regclass}, C{current_setting(x)},
-#: C{pg_read_file(x)})
-_QUOTING_STATES = frozenset(
-    {b"42P01", b"42704", b"42883", b"3F000", b"3D000", b"42602", b"58P01"}
-)
-_WITHHELD = "***"
-#: the quotation marks of PostgreSQL's messages in every language it is
-#: translated to (lc_messages of the server or of the gateway's role)
-_QUOTES = re.compile(
-    '["\u00ab\u00bb\u2018\u2019\u201a\u201c\u201d\u201e\u300c\u300d\u300e\u300f]'
-)
-_KEY_DETAIL = re.compile(
-    r'(Key \((?:[^")]|"[^"]*")*\)=\().*?(\) (?:already exists|is not present in table'
-    r' "[^"]*"|is still referenced from table "[^"]*")\.)\Z',
-    re.DOTALL,
-)
-
-
-def _withhold_quoted(code: bytes, text: str) -> str:
-    """
-    Mask the values in one field of an error that quotes them, keeping the
-    message's shape: in the message and hint, everything from the first
-    double quote to the last; DETAIL's C{Key (...)=(...)} and C{Failing
-    row contains (...)} values; and every other DETAIL, CONTEXT line and
-    internal query whole.
-    """
-    if code == b"M" or code == b"H":
-        quotes = _QUOTES.finditer(text)
-        first = next(quotes, None)
-        if first is None:
-            return text
-        last = first
-        for last in quotes:  # noqa: B007 -- the last one is wanted
-            pass
-        if last is first:
-            return text[: first.end()] + _WITHHELD
-        return text[: first.end()] + _WITHHELD + text[last.start() :]
-    if code == b"D":
-        m = _KEY_DETAIL.match(text)
-        if m is not None:
-            return m.group(1) + _WITHHELD + m.group(2)
-        if text.startswith("Failing row contains ("):
-            return "Failing row contains (" + _WITHHELD + ")."
-        return _WITHHELD
-    if code == b"W":
-        # PL/pgSQL's own context lines name a function and a line; every
-        # other line (SQL statement "...", JSON data, COPY ... column x:
-        # "...") may quote a value.
-        return "\n".join(
-            line
-            if line.startswith("PL/pgSQL function ") and '"' not in line
-            else _WITHHELD
-            for line in text.split("\n")
-        )
-    return _WITHHELD
-
-
-# -- binary values -------------------------------------------------------------
-
-
-class _BadBinary(Exception):
-    """A binary value does not have the structure its type says."""
-
-
-_I32 = struct.Struct("!i")
-_U32 = struct.Struct("!I")
-_I64 = struct.Struct("!q")
-_U64 = struct.Struct("!Q")
-_NUMERIC_HEAD = struct.Struct("!hhHh")
-_ARRAY_HEAD = struct.Struct("!iiI")
-_NUMERIC_SPECIAL = frozenset({0xC000, 0xD000, 0xF000})
-#: range types and their element types; multiranges and their ranges
-_RANGES = {3904: 23, 3926: 20, 3906: 1700}
-_MULTIRANGES = {4451: 3904, 4536: 3926, 4532: 3906}
-#: nesting a binary value may have (arrays of records of arrays ...)
-_MAX_DEPTH = 16
-#: numbers below this have at most 12 digits
-_SHORT_NUMBER = 10**12
-
-
-def _numeric_text(raw: bytes) -> tuple[str, int] | None:
-    """A binary numeric as text and its display scale (None: NaN, infinity)."""
-    if len(raw) < 8:
-        raise _BadBinary("numeric")
-    ndigits, weight, sign, dscale = _NUMERIC_HEAD.unpack_from(raw)
-    if sign in _NUMERIC_SPECIAL:
-        return None
-    if ndigits < 0 or len(raw) != 8 + 2 * ndigits or sign not in (0, 0x4000):
-        raise _BadBinary("numeric")
-    digits = struct.unpack_from(f"!{ndigits}h", raw, 8)
-    if any(not 0 <= d < 10000 for d in digits) or dscale < 0:
-        raise _BadBinary("numeric")
-    text = "".join(f"{d:04d}" for d in digits)
-    whole = weight + 1
-    if whole >= ndigits:
-        int_part, frac = text + "0000" * (whole - ndigits), ""
-    elif whole <= 0:
-        int_part, frac = "", "0000" * -whole + text
-    else:
-        int_part, frac = text[: 4 * whole], text[4 * whole :]
-    out = int_part.lstrip("0") or "0"
-    if dscale:
-        out += "." + (frac + "0" * dscale)[:dscale]
-    return ("-" + out if sign == 0x4000 else out), dscale
-
-
-def _numeric_binary(text: str, dscale: int) -> bytes:
-    """Encode decimal text (digits, an optional sign and point) as numeric."""
-    negative = text.startswith("-")
-    int_part, _, frac = text.lstrip("-").partition(".")
-    int_part = int_part.lstrip("0")
-    int_part = "0" * (-len(int_part) % 4) + int_part
-    frac += "0" * (-len(frac) % 4)
-    groups = [int(int_part[i : i + 4]) for i in range(0, len(int_part), 4)]
-    groups += [int(frac[i : i + 4]) for i in range(0, len(frac), 4)]
-    weight = len(int_part) // 4 - 1
-    while groups and groups[0] == 0:
-        groups.pop(0)
-        weight -= 1
-    while groups and groups[-1] == 0:
-        groups.pop()
-    if not groups:
-        weight, negative = 0, False
-    return _NUMERIC_HEAD.pack(
-        len(groups), weight, 0x4000 if negative else 0, dscale
-    ) + struct.pack(f"!{len(groups)}h", *groups)
-
-
-def _parse_array(raw: bytes) -> tuple[int, list[tuple[int, int]], list]:
-    """A binary array: element type, dimensions, element values."""
-    if len(raw) < 12:
-        raise _BadBinary("array")
-    ndim, flags, elem = _ARRAY_HEAD.unpack_from(raw)
-    if not 0 <= ndim <= 6 or flags not in (0, 1) or elem == 0:
-        raise _BadBinary("array")
-    pos = 12
-    dims = []
-    count = 1 if ndim else 0
-    for _ in range(ndim):
-        if pos + 8 > len(raw):
-            raise _BadBinary("array")
-        size, lower = struct.unpack_from("!ii", raw, pos)
-        if size < 0:
-            raise _BadBinary("array")
-        dims.append((size, lower))
-        count *= size
-        pos += 8
-    values, pos = _parse_values(raw, pos, count)
-    if pos != len(raw):
-        raise _BadBinary("array")
-    return elem, dims, values
-
-
-def _parse_values(raw: bytes, pos: int, count: int) -> tuple[list, int]:
-    values: list[bytes | None] = []
-    end = len(raw)
-    for _ in range(count):
-        if pos + 4 > end:
-            raise _BadBinary("truncated")
-        n = _I32.unpack_from(raw, pos)[0]
-        pos += 4
-        if n == -1:
-            values.append(None)
-            continue
-        if n < 0 or pos + n > end:
-            raise _BadBinary("truncated")
-        values.append(raw[pos : pos + n])
-        pos += n
-    return values, pos
-
-
-def _pack_elements(values: list) -> bytes:
-    return b"".join(
-        b"\xff\xff\xff\xff" if v is None else _I32.pack(len(v)) + v for v in values
-    )
-
-
-def _parse_record(raw: bytes) -> list[tuple[int, bytes | None]]:
-    """A binary record: (type OID, value) per field."""
-    if len(raw) < 4:
-        raise _BadBinary("record")
-    count = _I32.unpack_from(raw)[0]
-    if count < 0 or count > 1664:
-        raise _BadBinary("record")
-    pos = 4
-    fields = []
-    for _ in range(count):
-        if pos + 4 > len(raw):
-            raise _BadBinary("record")
-        oid = _U32.unpack_from(raw, pos)[0]
-        values, pos = _parse_values(raw, pos + 4, 1)
-        fields.append((oid, values[0]))
-    if pos != len(raw):
-        raise _BadBinary("record")
-    return fields
-
-
-# -- COPY text format ----------------------------------------------------------
-
-_UNESCAPE = re.compile(r"\\(.)", re.DOTALL)
-_UNESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
-_ESCAPES = {"\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r"}
-_ESCAPES.update({"\t": "\\t", "\v": "\\v"})
-
-
-def _unescape(field: str) -> str:
-    if "\\" not in field:
-        return field
-    return _UNESCAPE.sub(lambda m: _UNESCAPES.get(m.group(1), m.group(1)), field)
-
-
-def _escape(value: str, delimiter: str) -> str:
-    out = []
-    for c in value:
-        if c in _ESCAPES:
-            out.append(_ESCAPES[c])
-        elif c == delimiter:
-            out.append("\\" + c)
-        else:
-            out.append(c)
-    return "".join(out)
-
-
-def _text_fields(line: str, delimiter: str) -> list[str]:
-    """Split a COPY text row on the delimiters that are not escaped."""
-    fields: list[str] = []
-    for part in line.split(delimiter):
-        if fields:
-            last = fields[-1]
-            if (len(last) - len(last.rstrip("\\"))) % 2:
-                fields[-1] = last + delimiter + part
-                continue
-        fields.append(part)
-    return fields
-
-
-# -- COPY CSV format -------------------------------------------------------------
-
-
-class _BadCSV(Exception):
-    pass
-
-
-def _csv_records(
-    text: str, delimiter: str, field_end: re.Pattern[str]
-) -> list[list[tuple[str, str | None]]]:
-    """
-    Split CSV text into records of C{(raw, value)} fields: C{raw} as it
-    was sent, C{value} unquoted (None for NULL: an unquoted empty field).
-    """
-    records = []
-    fields: list[tuple[str, str | None]] = []
-    pos = 0
-    n = len(text)
-    while pos < n:
-        start = pos
-        if text[pos] == '"':
-            parts = []
-            j = pos + 1
-            while True:
-                k = text.find('"', j)
-                if k < 0:
-                    raise _BadCSV("unterminated quoted field")
-                parts.append(text[j:k])
-                if text.startswith('"', k + 1):
-                    parts.append('"')
-                    j = k + 2
-                    continue
-                pos = k + 1
-                break
-            value: str | None = "".join(parts)
-        else:
-            m = field_end.search(text, pos)
-            pos = m.start() if m is not None else n
-            value = text[start:pos] or None
-        fields.append((text[start:pos], value))
-        if pos == n:
-            break
-        c = text[pos]
-        pos += 1
-        if c == "\n":
-            records.append(fields)
-            fields = []
-        elif c != delimiter:
-            raise _BadCSV("garbage after a quoted field")
-        elif pos == n:
-            fields.append(("", None))
-    if fields:
-        records.append(fields)
-    return records
-
-
-def _csv_quote(value: str) -> str:
-    return '"' + value.replace('"', '""') + '"'
-
-
-class _Copy:
-    """The COPY ... TO STDOUT under way."""
-
-    __slots__ = (
-        "blocked",
-        "columns",
-        "delimiter",
-        "field_end",
-        "format",
-        "header",
-        "whole",
-    )
-
-    def __init__(
-        self,
-        format: str | None,
-        delimiter: str,
-        columns: int,
-        whole: frozenset[int],
-        header: bool,
-        blocked: bool,
-    ):
-        #: "text", "csv", or None (not announced: rows scanned as they are)
-        self.format = format
-        self.delimiter = delimiter
-        self.field_end = re.compile(f"[{re.escape(delimiter)}\n]")
-        self.columns = columns
-        #: positions of columns masked whole
-        self.whole = whole
-        #: the next row is the CSV header
-        self.header = header
-        #: rows are withheld (column rules, columns unknown)
-        self.blocked = blocked
 
 
 class ResponseMasker:
@@ -550,11 +158,11 @@ class ResponseMasker:
         #: the binary value being read was read by its bytes, not its type
         self._guessed = False
         self._copy: _Copy | None = None
-        self._announced: tuple | None = None
+        self._announced: _Announced | None = None
         #: RowDescription body -> its fields (results repeat their columns)
         self._descriptions: dict[bytes, tuple[codec.FieldDescription, ...]] = {}
         #: (RowDescription body, names resolved) -> plan, count, whole, scan
-        self._plans: dict[tuple, tuple] = {}
+        self._plans: dict[tuple[bytes, _Relations], _Plan] = {}
         #: RowDescription body -> its names masked (and how many), or None
         self._renamed: dict[bytes, tuple[bytes, int] | None] = {}
         self.masked = 0
@@ -593,7 +201,7 @@ class ResponseMasker:
         @return: the OIDs to look up first, or C{()} once described.
         """
         fields = self._fields(body)
-        relations: tuple = ()
+        relations: _Relations = ()
         if self._by_columns and self._resolve is not None:
             relations = self._relations(fields)
             if look_up and self._resolve is not None and None in relations:
@@ -611,8 +219,9 @@ class ResponseMasker:
         """
         if not self._masker.scans_values:
             return None
-        cached = self._renamed.get(body, self)
-        if cached is self:
+        try:
+            cached = self._renamed[body]
+        except KeyError:
             if len(self._renamed) >= _CACHED_RESULTS:
                 self._renamed.clear()
             cached = self._renamed[body] = self._rename(body)
@@ -635,7 +244,7 @@ class ResponseMasker:
 
     @staticmethod
     def _missing(
-        fields: tuple[codec.FieldDescription, ...], relations: tuple
+        fields: tuple[codec.FieldDescription, ...], relations: _Relations
     ) -> tuple[int, ...]:
         missing = {
             f.table_oid
@@ -644,7 +253,7 @@ class ResponseMasker:
         }
         return tuple(sorted(missing))
 
-    def _relations(self, fields: tuple[codec.FieldDescription, ...]) -> tuple:
+    def _relations(self, fields: tuple[codec.FieldDescription, ...]) -> _Relations:
         """What the catalog names each column (None: no table, or unknown)."""
         resolve = self._resolve
         if resolve is None:
@@ -714,9 +323,10 @@ class ResponseMasker:
                 return None
             return self._row(body)
         if type_ == _COPY_DATA:
-            if self._copy is None:
+            copy = self._copy
+            if copy is None:
                 return None
-            return self._copy_data(body)
+            return self._copy_data(copy, body)
         if type_ in _VALUE_MESSAGES:
             new = self._value_message(type_, body)
             if type_ == _ERROR:
@@ -762,7 +372,9 @@ class ResponseMasker:
         start = 4 if type_ == _NOTIFICATION else 0
         parts = body[start:].split(b"\0")
         if len(parts) != 3 or parts[2]:
-            raise codec.ProtocolViolation(f"malformed message {chr(type_)!r}")
+            raise codec.ProtocolViolation(
+                codec.PROTOCOL_VIOLATION, f"malformed message {chr(type_)!r}"
+            )
         changed = 0
         for i in (0, 1):
             new = self._scan_text(parts[i])
@@ -813,12 +425,16 @@ class ResponseMasker:
         classes that print them (L{_QUOTING_STATES}), masked whole.
         """
         if not body.endswith(b"\0"):
-            raise codec.ProtocolViolation("malformed error or notice")
+            raise codec.ProtocolViolation(
+                codec.PROTOCOL_VIOLATION, "malformed error or notice"
+            )
         fields = body[:-1].split(b"\0")
         if fields and fields[-1] == b"":
             fields.pop()
         else:
-            raise codec.ProtocolViolation("malformed error or notice")
+            raise codec.ProtocolViolation(
+                codec.PROTOCOL_VIOLATION, "malformed error or notice"
+            )
         strict = False
         state = b""
         if self._by_columns:
@@ -870,7 +486,10 @@ class ResponseMasker:
     # -- rows --------------------------------------------------------------------
 
     def _take_plan(
-        self, body: bytes, fields: tuple[codec.FieldDescription, ...], relations: tuple
+        self,
+        body: bytes,
+        fields: tuple[codec.FieldDescription, ...],
+        relations: _Relations,
     ) -> None:
         # The plan depends on the columns and on what the catalog says
         # they are (which may change when it is looked up again).
@@ -889,8 +508,8 @@ class ResponseMasker:
         ) = found
 
     def _plan_for(
-        self, fields: tuple[codec.FieldDescription, ...], relations: tuple
-    ) -> tuple:
+        self, fields: tuple[codec.FieldDescription, ...], relations: _Relations
+    ) -> _Plan:
         masker = self._masker
         scans = masker.scans_values
         patterns = masker.has_patterns
@@ -975,7 +594,7 @@ class ResponseMasker:
         self.masked += changed
         return codec._pack_values(values)
 
-    def _value(self, action: int, raw: bytes, found: int) -> bytes | None:
+    def _value(self, action: int, raw: bytes, found: int | None) -> bytes | None:
         """The masked value (None: NULL), or C{raw} itself if unchanged."""
         if action >= _WHOLE:
             if action == _NULL:
@@ -1092,7 +711,8 @@ class ResponseMasker:
             if pos != len(raw) or None in values:
                 raise _BadBinary("multirange")
             elem = _RANGES[_MULTIRANGES[type_oid]]
-            ranges = [self._range(elem, v, depth) for v in values]
+            # (no None: refused above)
+            ranges = [self._range(elem, v, depth) for v in values if v is not None]
             if all(a is b for a, b in zip(ranges, values, strict=True)):
                 return raw
             if None in ranges:
@@ -1145,7 +765,8 @@ class ResponseMasker:
         values, pos = _parse_values(raw, 1, bounds)
         if pos != len(raw) or None in values:
             raise _BadBinary("range")
-        new = [self._binary(elem, v, depth + 1) for v in values]
+        # (no None: refused above)
+        new = [self._binary(elem, v, depth + 1) for v in values if v is not None]
         if all(a is b for a, b in zip(new, values, strict=True)):
             return raw
         if None in new:
@@ -1191,8 +812,7 @@ class ResponseMasker:
                     )
         self._copy = _Copy(fmt, delimiter, count, whole, header, not known)
 
-    def _copy_data(self, body: bytes) -> bytes | None:
-        copy = self._copy
+    def _copy_data(self, copy: _Copy, body: bytes) -> bytes | None:
         masker = self._masker
         if copy.blocked:
             self.unmaskable = True
