@@ -65,11 +65,13 @@ from gatehouse.recording.format import Direction
 
 @attrs.frozen
 class LineTarget(TargetOptions):
-    """Where a line service is, and who may reach it."""
+    """
+    Where a line service is.  Who may reach it (C{allow_groups}) is the
+    core's: L{Session.authenticate} refuses anyone else.
+    """
 
     host: str
     port: int
-    allow_groups: tuple[str, ...]
 
 
 @attrs.frozen
@@ -148,9 +150,6 @@ class LineClient(LineReceiver):
 
     def _authenticated(self, identity: Any) -> None:
         target = self.factory.targets[self.factory.options.target]
-        if not set(identity.groups) & set(target.allow_groups):
-            self._refuse("not allowed", f"{identity.subject} not allowed")
-            return
         endpoint = TCP4ClientEndpoint(self.factory.reactor, target.host, target.port)
         connectProtocol(endpoint, _Upstream(self)).addCallbacks(
             self._connected, lambda f: self._refuse("target unavailable", str(f.value))
@@ -261,11 +260,10 @@ class LineAdapter(ProtocolAdapterBase):
         return LineListener(target=options.string("target", required=True))
 
     def parse_target_options(self, options: ConfigSection) -> LineTarget:
-        """A target is a host, a port and the groups allowed to reach it."""
+        """A target is a host and a port (the core reads C{allow_groups})."""
         return LineTarget(
             host=options.string("host", required=True),
             port=options.integer("port", required=True, minimum=1, maximum=65535),
-            allow_groups=options.strings("allow_groups", required=True),
         )
 
     def makeListener(

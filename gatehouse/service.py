@@ -168,8 +168,7 @@ class _GatewayCore(Service):
         super().stopService()
         # Deny what waits for approval first: those statements never run.
         if self.hub.broker is not None:
-            # SessionHub.broker is an object until session.py is typed (issue 12).
-            self.hub.broker.deny_all("gateway stopping")  # type: ignore[attr-defined]
+            self.hub.broker.deny_all("gateway stopping")
         yield self.hub.close_all("gateway stopping")
         self.keyring.stopService()
         yield self.index.stop()
@@ -238,6 +237,7 @@ def build_components(config: GatehouseConfig, reactor: Any) -> Components:
         token_expiry_exempt=(
             t.name for t in config.targets if not t.end_session_at_token_expiry
         ),
+        targets=config.targets,
     )
     core = _GatewayCore(pool, keyring, index, hub)
     core.recording_directory = recording.directory
@@ -561,6 +561,7 @@ class GatewayService(MultiService):
         prepared.verifier.prefetch()
         hub.policy = new.policy
         hub.masking = tuple(new.masking)
+        hub.targets = {t.name: t for t in new.targets}
         _end_removed_targets(hub, {t.name for t in new.targets})
         if hub.metrics is not None:
             hub.metrics.targets = frozenset(t.name for t in new.targets)

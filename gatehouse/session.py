@@ -18,22 +18,24 @@ from __future__ import annotations
 import datetime
 import json
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 import gatehouse
 from gatehouse import logs
-from gatehouse.config import DEFAULT_MAX_TOKEN_BYTES
+from gatehouse.config import DEFAULT_MAX_TOKEN_BYTES, TargetConfig
+from gatehouse.credentials import BearerToken, CredentialCheckers, JWTChecker
 from gatehouse.identity import AuthenticationError, Identity, TokenVerifier
 from gatehouse.ids import new_session_id
 from gatehouse.policy import Command, Decision, Policy, SessionPolicy
-from gatehouse.policy.approval import Verdict
+from gatehouse.policy.approval import Approval, ApprovalBroker, ApprovalRequest, Verdict
 from gatehouse.recording.format import Direction, RecordType
-from gatehouse.recording.index import CommandRow, SessionRow
+from gatehouse.recording.index import CommandRow, SessionIndex, SessionRow
 from gatehouse.recording.interfaces import (
     IRecorder,
     ISessionRecording,
@@ -41,9 +43,36 @@ from gatehouse.recording.interfaces import (
     SealInfo,
 )
 
+if TYPE_CHECKING:
+    from gatehouse.metrics import GatewayMetrics
+    from gatehouse.policy.config import MaskingScope
+    from gatehouse.policy.masking import Masker
+
 _DATA = RecordType.DATA
 _EVENT = RecordType.EVENT
 _NO_POLICY = Decision("deny", "unauthenticated", message="not authenticated")
+
+#: L{TargetAccessDenied.kind}: no target of the session's protocol has the name
+UNKNOWN_TARGET = "unknown-target"
+#: L{TargetAccessDenied.kind}: the identity's groups may not reach the target
+TARGET_DENIED = "target-denied"
+
+
+class TargetAccessDenied(AuthenticationError):
+    """
+    The token was good, but its identity may not reach the target it
+    asked for: the core's decision, made before any policy applies, so a
+    protocol that forgets to check access still cannot fail open.
+
+    @ivar kind: L{UNKNOWN_TARGET} or L{TARGET_DENIED}.
+    @ivar target: the target name the client asked for (None: none).
+    @ivar subject: the identity's subject.
+    """
+
+    def __init__(self, reason: str, kind: str, target: str | None, subject: str):
+        super().__init__(reason, kind)
+        self.target = target
+        self.subject = subject
 
 
 class PendingRecording:
@@ -59,16 +88,17 @@ class PendingRecording:
     @ivar meta: the recording's META fields, taken at accept.
     """
 
-    directory = None
+    directory: str | None = None
     #: bytes held at most (payloads, and L{OVERHEAD} per record)
     LIMIT = 1 << 20
     OVERHEAD = 64
 
-    def __init__(self, meta: dict, limit: int = LIMIT):
+    def __init__(self, meta: dict[str, Any], limit: int = LIMIT):
         self.meta = meta
-        self.records: list[list] = []
-        self.producers: list[object] = []
-        self.failure_waiters: list[Deferred] = []
+        #: [type, direction, channel, payload] per record held
+        self.records: list[list[Any]] = []
+        self.producers: list[IPushProducer] = []
+        self.failure_waiters: list[Deferred[str]] = []
         self._limit = limit
         self._held = 0
 
@@ -104,17 +134,17 @@ class PendingRecording:
                 f"more than {self._limit} bytes before authentication"
             )
 
-    def registerProducer(self, producer: object) -> None:
+    def registerProducer(self, producer: IPushProducer) -> None:
         """Kept for the real recording (nothing is written before)."""
         self.producers.append(producer)
 
-    def notifyFailure(self) -> Deferred:
+    def notifyFailure(self) -> Deferred[str]:
         """Fires if the real recording fails, once there is one."""
-        d: Deferred = Deferred()
+        d: Deferred[str] = Deferred()
         self.failure_waiters.append(d)
         return d
 
-    def close(self, reason: str) -> Deferred:
+    def close(self, reason: str) -> Deferred[None]:
         """Drop what was held: the session ends unrecorded."""
         self.records = []
         return succeed(None)
@@ -144,7 +174,7 @@ class Session:
         protocol: str,
         listener: str,
         client_address: str,
-        recording: ISessionRecording,
+        recording: ISessionRecording | PendingRecording,
     ):
         self._hub = hub
         self.id = session_id
@@ -158,7 +188,7 @@ class Session:
         self.identity: Identity | None = None
         self.target: str | None = None
         self.closed = False
-        self._close_result: Deferred | None = None
+        self._close_result: Deferred[object] | None = None
         #: bytes per Direction value (the protocol counts the upstream
         #: directions itself: those bytes are not recorded)
         self.byte_counts = [0, 0, 0, 0, 0]
@@ -166,24 +196,27 @@ class Session:
         self.recorded_bytes = 0
         #: when the session started (clock seconds)
         self.started = hub.clock.seconds()
-        #: sequence number of the last DATA record
-        self.last_seq = -1
+        #: sequence number of the last DATA record, by channel
+        self._last_seq: dict[int, int] = {}
         self._record = recording.record
         self._terminators: list[Callable[[str], object]] = []
         #: the rules that apply to this session, once authenticated
         self.policy: SessionPolicy | None = None
         #: the masking rules that apply, once authenticated (None: none)
-        self.masker: object | None = None
+        self.masker: Masker | None = None
         #: whether data is recorded (policy scopes may turn it off)
         self.records_data = True
         self.masked_values = 0
         #: the upstream account the session logs in as, once chosen
         self.upstream_role: str | None = None
-        self._approvals: dict[str, Deferred] = {}
+        self._approvals: dict[str, Deferred[Verdict]] = {}
+        #: the channel of each approval request not on channel 0
+        self._approval_channels: dict[str, int] = {}
+        self._requesting_channel = 0
         #: what the client is told when the gateway ends the session
         #: itself (None: the protocol's shutdown message)
         self.end_message: str | None = None
-        self._token_timer = None
+        self._token_timer: IDelayedCall | None = None
 
     @property
     def clock(self) -> IReactorTime:
@@ -205,32 +238,62 @@ class Session:
         """
         self.byte_counts[direction] += len(payload)
         if self.records_data:
-            self.last_seq = self._record(_DATA, direction, channel, payload)
+            self._last_seq[channel] = self._record(_DATA, direction, channel, payload)
             self.recorded_bytes += len(payload)
 
-    def event(self, name: str, /, **fields: object) -> None:
-        """Record a gateway event (decision, error, notice) as JSON."""
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of channel 0's last DATA record (-1: none)."""
+        return self.last_seq_of(0)
+
+    def last_seq_of(self, channel: int) -> int:
+        """The sequence number of C{channel}'s last DATA record (-1: none)."""
+        return self._last_seq.get(channel, -1)
+
+    def event(self, name: str, /, *, channel: int = 0, **fields: object) -> None:
+        """
+        Record a gateway event (decision, error, notice) as JSON, on
+        C{channel} when it concerns one (an SSH channel, an HTTP stream).
+        """
         fields["event"] = name
         self._record(
-            _EVENT, 0, 0, json.dumps(fields, sort_keys=True, default=str).encode()
+            _EVENT,
+            0,
+            channel,
+            json.dumps(fields, sort_keys=True, default=str).encode(),
         )
 
-    def authenticate(self, token: str | bytes, target: str | None = None) -> Deferred:
+    def authenticate(
+        self, credentials: object, target: str | None = None
+    ) -> Deferred[Identity]:
         """
-        Verify the client's token and bind the identity to this session.
+        Check the client's credentials and bind the identity to this
+        session, if it may reach C{target} (see L{SessionHub.access_refusal}).
 
-        The outcome is recorded; the token never is.
+        @param credentials: what the client presented: credentials for one
+            of the hub's checkers (L{gatehouse.credentials}), or a token
+            (C{str} or C{bytes}: a L{BearerToken}).
+
+        The outcome is recorded; the credentials never are.  A refused target is
+        recorded too (a C{target-refused} event): the token was good.
 
         @return: Deferred firing with the L{Identity}, or failing with
-            L{AuthenticationError} (whose reason is for operators only).
+            L{AuthenticationError} (whose reason is for operators only):
+            L{TargetAccessDenied} when the identity may not reach C{target}.
         """
-        d = self._hub.verifier.verify(token)
+        if isinstance(credentials, (str, bytes)):
+            credentials = BearerToken(credentials)
+        d = self._hub.checkers.check(credentials)
 
         def ok(identity: Identity) -> Identity:
             self.identity = identity
             if target is not None:
                 self.target = target
-            self._hub.apply_policy(self)
+            refusal = self._hub.access_refusal(self.protocol, identity, target)
+            if refusal is None:
+                self._hub.apply_policy(self)
+            # A refused session is recorded too (its token was good): with
+            # no policy, it can decide nothing but deny.
             self._hub.start_recording(self)
             self.event(
                 "authenticated",
@@ -255,6 +318,14 @@ class Session:
                 target=logs.summary(self.target or ""),
                 client_address=self.client_address,
             )
+            if refusal is not None:
+                self.event(
+                    "target-refused",
+                    kind=refusal.kind,
+                    target=target,
+                    reason=refusal.reason,
+                )
+                raise refusal
             self._watch_token()
             return identity
 
@@ -286,10 +357,12 @@ class Session:
         text: str,
         objects: tuple[str, ...] = (),
         decision: str = "allow",
+        channel: int = 0,
     ) -> None:
         """
         Index a command (SQL statement, exec line, API request) so auditors
-        can find the session by it.  Its bytes are already recorded.
+        can find the session by it.  Its bytes are already recorded, on
+        C{channel}: the row points to that channel's last data record.
         """
         index = self._hub.index
         if index is None:
@@ -297,7 +370,8 @@ class Session:
         index.command_seen(
             CommandRow(
                 session_id=str(self.id),
-                seq=self.last_seq,
+                seq=self.last_seq_of(channel),
+                channel=channel,
                 at=self._hub.clock.seconds(),
                 kind=kind,
                 text=text,
@@ -311,6 +385,7 @@ class Session:
         commands: Sequence[Command],
         shape: str | None = None,
         own: Callable[[], Sequence[Command]] | None = None,
+        channel: int = 0,
     ) -> Decision:
         """
         The policy's decision for commands the client sent together (the
@@ -322,6 +397,8 @@ class Session:
         @param own: when C{commands} were classified from another text of
             C{shape}, gives the client's own commands: they are decided
             when the policy reads text, and are what the recording shows.
+        @param channel: the channel the commands came on; their decision
+            event is recorded there.
         """
         policy = self.policy
         if policy is None:
@@ -334,6 +411,7 @@ class Session:
                 commands = own()
             self.event(
                 "decision",
+                channel=channel,
                 action=decision.action,
                 rule=decision.rule,
                 message=decision.message,
@@ -373,10 +451,11 @@ class Session:
         )
 
     def request_approval(
-        self, commands: Sequence[Command], decision: Decision
-    ) -> tuple[object, Deferred]:
+        self, commands: Sequence[Command], decision: Decision, channel: int = 0
+    ) -> tuple[ApprovalRequest | None, Deferred[Verdict]]:
         """
-        Ask approvers about commands held for review.
+        Ask approvers about commands held for review (that came on
+        C{channel}: the approval's events are recorded there).
 
         @return: the request (its C{id} for the client) and a Deferred
             firing with the broker's verdict.  With no broker the verdict
@@ -390,24 +469,36 @@ class Session:
                 else "nobody may approve it: the policy names no approvers"
             )
             return None, succeed(Verdict(approved=False, reason=why, request=None))
-        request, d = broker.request(
-            str(self.id),
-            self.protocol,
-            self.target or "",
-            self.identity,
-            tuple(commands),
-            decision,
-        )
+        # The broker reports the request (its "requested" event) before
+        # it returns it: that event finds the channel here.
+        self._requesting_channel = channel
+        try:
+            request, d = broker.request(
+                str(self.id),
+                self.protocol,
+                self.target or "",
+                self.identity,
+                tuple(commands),
+                decision,
+            )
+        finally:
+            self._requesting_channel = 0
+        if channel:
+            self._approval_channels[request.id] = channel
         self._approvals[request.id] = d
 
-        def done(verdict: object) -> object:
+        def done(verdict: Verdict) -> Verdict:
             self._approvals.pop(request.id, None)
             return verdict
 
         d.addBoth(done)
         return request, d
 
-    def approval_instructions(self, request: object) -> str:
+    def approval_channel(self, request_id: str) -> int:
+        """The channel whose command the approval request C{request_id} holds."""
+        return self._approval_channels.get(request_id, self._requesting_channel)
+
+    def approval_instructions(self, request: ApprovalRequest) -> str:
         """How approvers act on C{request}, for the waiting client."""
         broker = self._hub.broker
         return broker.instructions(request) if broker is not None else ""
@@ -460,7 +551,7 @@ class Session:
         End the session when the gateway stops accepting its token, unless
         its target lets sessions outlive their tokens.
         """
-        until = self.identity.valid_until
+        until = self.identity.valid_until if self.identity is not None else None
         if until is None or not self._hub.ends_at_token_expiry(self.target):
             return
         delay = max(0.0, until - self.clock.seconds())
@@ -471,6 +562,8 @@ class Session:
         if self.closed:
             return
         identity = self.identity
+        if identity is None or identity.valid_until is None:
+            return
         expires = identity.expires_at
         when = _utc(expires if expires is not None else identity.valid_until)
         self.end_message = (
@@ -488,7 +581,7 @@ class Session:
         # A close without a final seal is logged by close() itself.
         self.terminate(f"token expired at {when}").addErrback(lambda failure: None)
 
-    def terminate(self, reason: str) -> Deferred:
+    def terminate(self, reason: str) -> Deferred[object]:
         """End the session from the gateway's side; see L{on_terminate}."""
         if self.closed:
             return self.close(reason)
@@ -499,7 +592,7 @@ class Session:
                 self._log.failure("Terminating session {id}", id=str(self.id))
         return self.close(reason)
 
-    def registerProducer(self, producer: object) -> None:
+    def registerProducer(self, producer: IPushProducer) -> None:
         """
         Pause C{producer} (a transport, or one reason on it) while the
         recording's write backlog is high: memory stays bounded when the
@@ -512,9 +605,9 @@ class Session:
         Call C{callback(reason)} if the recording fails.  Protocols abort
         the connection then: nothing may cross unrecorded.
         """
-        self.recording.notifyFailure().addCallback(callback)
+        _deferred(self.recording.notifyFailure()).addCallback(callback)
 
-    def close(self, reason: str) -> Deferred:
+    def close(self, reason: str) -> Deferred[object]:
         """
         End the session: record the reason and seal the recording.
 
@@ -534,7 +627,7 @@ class Session:
             for request_id in list(self._approvals):
                 broker.cancel(request_id, f"session ended: {reason}")
         self.closed = True
-        d = self.recording.close(reason)
+        d = _deferred(self.recording.close(reason))
         self._close_result = Deferred()
 
         def done(result: object) -> object:
@@ -556,12 +649,13 @@ class Session:
         is recorded first, in order (data only if the policy records it).
         """
         pending = self.recording
+        assert isinstance(pending, PendingRecording)
         for rtype, direction, channel, payload in pending.records:
             if rtype == _DATA and not self.records_data:
                 continue
             seq = recording.record(rtype, direction, channel, bytes(payload))
             if rtype == _DATA:
-                self.last_seq = seq
+                self._last_seq[channel] = seq
         pending.records = []
         self.recording = recording
         self._record = recording.record
@@ -569,7 +663,15 @@ class Session:
         for producer in pending.producers:
             recording.registerProducer(producer)
         for waiter in pending.failure_waiters:
-            recording.notifyFailure().chainDeferred(waiter)
+            _deferred(recording.notifyFailure()).chainDeferred(waiter)
+
+
+def _deferred(result: object) -> Deferred[Any]:
+    """
+    What an L{ISessionRecording} method returns: its interface says
+    C{object}, its documentation a L{Deferred}.
+    """
+    return cast("Deferred[Any]", result)
 
 
 #: how sessions end that the client chose to end before logging in
@@ -595,6 +697,10 @@ class SessionHub:
 
     @param index: the session index (L{gatehouse.recording.index.SessionIndex}),
         or None to run without one.
+    @param targets: the targets sessions may reach: L{Session.authenticate}
+        refuses any other (none given: every target is unknown).
+    @param checkers: the credentials checkers L{Session.authenticate} asks;
+        by default one L{JWTChecker} of C{verifier}.
     """
 
     _log = Logger()
@@ -605,17 +711,25 @@ class SessionHub:
         recorder: IRecorder,
         verifier: TokenVerifier,
         clock: IReactorTime,
-        index: object | None = None,
+        index: SessionIndex | None = None,
         *,
         policy: Policy | None = None,
-        masking: Sequence[object] = (),
-        broker: object | None = None,
-        metrics: object | None = None,
+        masking: Sequence[MaskingScope] = (),
+        broker: ApprovalBroker | None = None,
+        metrics: GatewayMetrics | None = None,
         token_expiry_exempt: Iterable[str] = (),
+        targets: Iterable[TargetConfig] = (),
+        checkers: CredentialCheckers | None = None,
     ):
         self.gateway_id = gateway_id
         self.recorder = recorder
         self.verifier = verifier
+        #: how identities are established (by default: JWTs, by C{verifier})
+        self.checkers = (
+            checkers
+            if checkers is not None
+            else CredentialCheckers([JWTChecker(verifier)])
+        )
         self.clock = clock
         self.index = index
         self.policy = policy if policy is not None else Policy()
@@ -630,6 +744,8 @@ class SessionHub:
         #: targets whose sessions outlive their tokens (the targets'
         #: end_session_at_token_expiry: false)
         self.token_expiry_exempt = frozenset(token_expiry_exempt)
+        #: the targets sessions may reach, by name (a reload replaces it)
+        self.targets: Mapping[str, TargetConfig] = {t.name: t for t in targets}
         observe = getattr(recorder, "observe_seals", None)
         if observe is not None and index is not None:
             observe(self._sealed)
@@ -639,13 +755,35 @@ class SessionHub:
         if broker is not None:
             broker.observe(self._approval_event)
 
+    def access_refusal(
+        self, protocol: str, identity: Identity, target: str | None
+    ) -> TargetAccessDenied | None:
+        """
+        Why C{identity} may not reach C{target} over C{protocol} (no such
+        target of that protocol, or none of its groups is allowed), or
+        None when it may.  Fails closed: no target, no access.
+        """
+        config = self.targets.get(target) if target is not None else None
+        if config is None or config.protocol != protocol:
+            return TargetAccessDenied(
+                f"unknown target {target!r}", UNKNOWN_TARGET, target, identity.subject
+            )
+        if not config.allows(identity.groups):
+            return TargetAccessDenied(
+                f"identity not allowed for target {target!r}",
+                TARGET_DENIED,
+                target,
+                identity.subject,
+            )
+        return None
+
     def ends_at_token_expiry(self, target: str | None) -> bool:
         """Whether sessions on C{target} end when their token expires."""
         return target not in self.token_expiry_exempt
 
     def apply_policy(self, session: Session) -> None:
         """Resolve the rules, masking and recording scope of a session."""
-        groups = session.identity.groups
+        groups = session.identity.groups if session.identity is not None else ()
         target = session.target or ""
         session.policy = self.policy.for_session(groups, target, session.protocol)
         session.records_data = self.policy.records(groups, target, session.protocol)
@@ -659,7 +797,9 @@ class SessionHub:
 
             session.masker = Masker(rules)
 
-    def _approval_event(self, event: str, request: object, vote: object) -> None:
+    def _approval_event(
+        self, event: str, request: ApprovalRequest, vote: Approval | None
+    ) -> None:
         session = self.sessions.get(request.session_id)
         fields: dict[str, object] = {
             "approval_id": request.id,
@@ -684,7 +824,11 @@ class SessionHub:
             fields["reason"] = request.reason
         if session is not None and not session.closed:
             try:
-                session.event(f"approval-{event}", **fields)
+                session.event(
+                    f"approval-{event}",
+                    channel=session.approval_channel(request.id),
+                    **fields,
+                )
             except Exception:
                 self._log.failure("Recording approval {id}", id=request.id)
         if self.index is not None:
@@ -764,7 +908,9 @@ class SessionHub:
         """
         if session.recorded:
             return
-        meta = session.recording.meta
+        pending = session.recording
+        assert isinstance(pending, PendingRecording)
+        meta = pending.meta
         session._start_recording(self.recorder.open(session.id, meta))
         if self.metrics is not None:
             self.metrics.session_opened(session.protocol)
@@ -803,7 +949,7 @@ class SessionHub:
         if self.metrics is not None:
             self.metrics.login_refused(protocol, refusal_kind(reason))
 
-    def _row(self, session: Session, started: float) -> object:
+    def _row(self, session: Session, started: float) -> SessionRow:
         identity = session.identity
         return SessionRow(
             id=str(session.id),
@@ -817,7 +963,7 @@ class SessionHub:
             groups=tuple(identity.groups) if identity else (),
             client_address=session.client_address,
             started=started,
-            directory=session.recording.directory,
+            directory=session.recording.directory or "",
         )
 
     def identified(self, session: Session) -> None:
@@ -830,6 +976,8 @@ class SessionHub:
             )
 
     def _sealed(self, info: SealInfo) -> None:
+        if self.index is None:
+            return
         self.index.segment_sealed(
             info.session_id,
             info.segment_index,

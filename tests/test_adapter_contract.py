@@ -193,7 +193,6 @@ class TypedOptionsTests(SynchronousTestCase):
             "password_file": None,
             "password_env": None,
             "tls": UpstreamTLS(),
-            "allow_groups": ("*",),
         }
         fields.update(kwargs)
         return PostgresTargetOptions(**fields)

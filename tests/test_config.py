@@ -211,7 +211,11 @@ class ConfigFiles:
             {"name": "pg-ephemeral-2", "protocol": "dummy", "port": 0},
         ]
         data["targets"] = [
-            {"name": "orders-db", "protocol": "dummy", "options": {"host": "db1"}}
+            {
+                "name": "orders-db",
+                "protocol": "dummy",
+                "options": {"host": "db1", "allow_groups": ["dba", "ops"]},
+            }
         ]
         data["admin"] = {
             "address": "::1",
@@ -340,6 +344,7 @@ class LoadValidTests(ConfigTestCase):
                         name="orders-db",
                         protocol="dummy",
                         options=DummyTargetOptions(host="db1"),
+                        allow_groups=("dba", "ops"),
                     ),
                 ),
                 admin=AdminConfig(address="::1", port=8443, tls=tls),
@@ -1049,7 +1054,11 @@ class ListenerProblemTests(ConfigTestCase):
         """
         Target names are unique (but may equal a listener's name).
         """
-        target = {"name": "db", "protocol": "dummy", "options": {"host": "h"}}
+        target = {
+            "name": "db",
+            "protocol": "dummy",
+            "options": {"host": "h", "allow_groups": ["*"]},
+        }
         self.data["listeners"] = [self.listener("db", 1)]
         self.data["targets"] = [target, target]
         self.assertProblem(
@@ -1106,7 +1115,9 @@ class ListenerProblemTests(ConfigTestCase):
         self.data["listeners"] = [
             self.listener("a", 1, options={"greeting": 5, "timeot": "1s"})
         ]
-        self.data["targets"] = [{"name": "t", "protocol": "dummy"}]
+        self.data["targets"] = [
+            {"name": "t", "protocol": "dummy", "options": {"allow_groups": ["*"]}}
+        ]
         self.assertEqual(
             self.problems(self.data),
             [
@@ -1132,7 +1143,11 @@ class TokenLifetimeConfigTests(ConfigTestCase):
         Tokens may be valid for a day; sessions end with their token.
         """
         self.data["targets"] = [
-            {"name": "db", "protocol": "dummy", "options": {"host": "h"}}
+            {
+                "name": "db",
+                "protocol": "dummy",
+                "options": {"host": "h", "allow_groups": ["*"]},
+            }
         ]
         config = load_config(self.files.save(self.data))
         self.assertEqual(config.identity.max_token_lifetime, 86400.0)
@@ -1147,7 +1162,7 @@ class TokenLifetimeConfigTests(ConfigTestCase):
             {
                 "name": "db",
                 "protocol": "dummy",
-                "options": {"host": "h"},
+                "options": {"host": "h", "allow_groups": ["*"]},
                 "end_session_at_token_expiry": False,
             }
         ]
@@ -1165,7 +1180,7 @@ class TokenLifetimeConfigTests(ConfigTestCase):
             {
                 "name": "db",
                 "protocol": "dummy",
-                "options": {"host": "h"},
+                "options": {"host": "h", "allow_groups": ["*"]},
                 "end_session_at_token_expiry": "yes",
             }
         ]

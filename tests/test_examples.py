@@ -249,7 +249,7 @@ class ExamplesTests(SynchronousTestCase):
         self.assertTrue(any(t.password_file for t in targets))
         self.assertTrue(any(t.password_env for t in targets))
         self.assertTrue(any(t.tls.server_name for t in targets))
-        self.assertIn("*", {g for t in targets for g in t.allow_groups})
+        self.assertIn("*", {g for t in config.targets for g in t.allow_groups})
         self.assertTrue(any(listener.tls for listener in config.listeners))
 
     def test_typoFails(self) -> None:

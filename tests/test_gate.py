@@ -23,6 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from gatehouse.config import TargetConfig
 from gatehouse.gate import (
     PASS,
     STOP,
@@ -500,6 +501,7 @@ class LineAdapterTests(SynchronousTestCase):
             policy=policy,
             masking=masking,
             broker=self.broker,
+            targets=[TargetConfig("kv", "lines", allow_groups=("agents",))],
         )
         self.service = LineService({"alice": f"card {CARD}", "plan": "basic"})
 
@@ -528,6 +530,22 @@ class LineAdapterTests(SynchronousTestCase):
         # A refused login leaves nothing on disk (only a log line).
         self.assertIsNone(relay.session.recording.directory)
         self.assertFalse(os.path.exists(self.directory) and os.listdir(self.directory))
+
+    def test_target_refused(self) -> None:
+        """
+        An identity the target does not admit, or a target that does not
+        exist: the core refuses the login, the adapter never checks.
+        """
+        for line in (
+            f"AUTH {_token('eve', ['dev'])} kv",
+            f"AUTH {_token('ci-bot', ['agents'])} nowhere",
+        ):
+            relay = LineRelay(self.hub, self.service)
+            relay.line_received(line)
+            relay.line_received("get plan")
+            self.assertIsNone(relay.gate)
+            self.assertEqual(self.service.ran, [])
+            self.assertTrue(relay.to_client[0].startswith("ERR "), relay.to_client)
 
     def test_unauthenticated_gate_forwards_nothing(self) -> None:
         """A gate on a session never authenticated decides deny: fail closed."""

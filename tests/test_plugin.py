@@ -333,8 +333,16 @@ class ServiceTests(SynchronousTestCase):
                 {"name": "b", "protocol": "dummy", "port": 5433},
             ],
             targets=[
-                {"name": "t1", "protocol": "dummy", "options": {"host": "h1"}},
-                {"name": "t2", "protocol": "other", "options": {"host": "h2"}},
+                {
+                    "name": "t1",
+                    "protocol": "dummy",
+                    "options": {"host": "h1", "allow_groups": ["*"]},
+                },
+                {
+                    "name": "t2",
+                    "protocol": "other",
+                    "options": {"host": "h2", "allow_groups": ["*"]},
+                },
             ],
         )
         service = makeService(config, self.reactor)

@@ -22,6 +22,7 @@ from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from gatehouse.config import TargetConfig
 from gatehouse.identity import IssuerConfig, TokenVerifier
 from gatehouse.policy import Command, Decision
 from gatehouse.policy.approval import ApprovalBroker
@@ -114,6 +115,10 @@ class SessionExpiryTests(SynchronousTestCase):
             self.clock,
             broker=self.broker,
             token_expiry_exempt=exempt,
+            targets=[
+                TargetConfig(name, "postgres", allow_groups=("*",))
+                for name in ("shop", "humans")
+            ],
         )
 
     def session(self, token: str, target: str = "shop") -> Any:

@@ -588,8 +588,15 @@ def _parse_targets(
         end_at_expiry = section.boolean("end_session_at_token_expiry", True)
         options_section = _options(section, adapter)
         options = None
+        allow_groups: tuple[str, ...] = ()
         if adapter is not None and options_section is not None:
             options = adapter.parse_target_options(options_section)
+            # Who may reach a target is the core's to decide, for every
+            # protocol: an adapter that forgets to check cannot fail open.
+            allow_groups = options_section.strings("allow_groups", required=True)
+            if options is not None and allow_groups:
+                for key, message in options.access_problems(allow_groups):
+                    options_section.problem(message, key)
             options_section.finish()
         section.finish()
         targets.append(
@@ -598,6 +605,7 @@ def _parse_targets(
                 protocol=_reported(protocol),
                 options=options,
                 end_session_at_token_expiry=end_at_expiry,
+                allow_groups=allow_groups,
             )
         )
         if options_sections is not None:

@@ -5,6 +5,7 @@ defaults they start from.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import attrs
@@ -119,12 +120,21 @@ class TargetConfig:
         returned for this target.
     @ivar end_session_at_token_expiry: Whether the gateway ends each
         session on this target when the client's token expires.
+    @ivar allow_groups: The identity groups that may reach this target
+        (C{"*"}: every authenticated identity); read by the core from
+        C{options.allow_groups} for every protocol.  Empty admits nobody.
     """
 
     name: str
     protocol: str
     options: TargetOptions | None = None
     end_session_at_token_expiry: bool = True
+    allow_groups: tuple[str, ...] = ()
+
+    def allows(self, groups: Iterable[str]) -> bool:
+        """Whether an identity with C{groups} may reach this target."""
+        allowed = self.allow_groups
+        return "*" in allowed or not set(allowed).isdisjoint(groups)
 
 
 @attrs.frozen

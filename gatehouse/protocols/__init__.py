@@ -63,6 +63,14 @@ class TargetOptions:
         """
         return []
 
+    def access_problems(self, allow_groups: tuple[str, ...]) -> list[tuple[str, str]]:
+        """
+        (key, message) for each identity group the options name that
+        C{allow_groups} (the target's, which the core reads and enforces)
+        does not admit: such an entry could never be used.
+        """
+        return []
+
     def environment_problems(self) -> list[tuple[str, str]]:
         """
         (key, message) for each environment variable the options name that

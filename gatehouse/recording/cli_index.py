@@ -79,7 +79,8 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Run C{gatehouse index ACTION}; return the exit status."""
     out = out or sys.stdout
     try:
-        return args.index_run(args, out)
+        status: int = args.index_run(args, out)
+        return status
     except CommandError as e:
         sys.stderr.write(f"gatehouse index: {e}\n")
         return USAGE_ERROR
@@ -96,15 +97,17 @@ class _Paths:
             except ConfigError as e:
                 raise CommandError("\n".join(e.lines()))
         need = "give {} or --config FILE"
-        self.index = args.index or (recording.index if recording else None)
-        self.recordings = args.recordings or (
+        index: str | None = args.index or (recording.index if recording else None)
+        recordings: str | None = args.recordings or (
             recording.directory if recording else None
         )
         keys = args.root_key or (recording.root_public_keys if recording else [])
-        if self.index is None:
+        if index is None:
             raise CommandError(need.format("--index FILE"))
-        if self.recordings is None:
+        if recordings is None:
             raise CommandError(need.format("--recordings DIR"))
+        self.index: str = index
+        self.recordings: str = recordings
         if not keys:
             raise CommandError("no trusted root keys: give --root-key PEM")
         if not os.path.isdir(self.recordings):
@@ -224,7 +227,7 @@ def _rebuild(args: argparse.Namespace, out: TextIO) -> int:
         _refuse_if_open(paths.index)
         output = f"{paths.index}.rebuild-{os.getpid()}"
     else:
-        output = args.output
+        output = str(args.output)
         if os.path.exists(output):
             raise CommandError(f"{output}: already exists")
     for leftover in (output, output + "-wal", output + "-shm"):

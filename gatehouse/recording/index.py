@@ -46,6 +46,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 if TYPE_CHECKING:
+    from gatehouse.policy.approval import ApprovalRequest
     from gatehouse.recording.verify import IndexFacts
 
 __all__ = [
@@ -65,7 +66,7 @@ __all__ = [
 ]
 
 #: The schema version this module writes, kept in C{PRAGMA user_version}.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # _MIGRATIONS[n] upgrades a database from user_version n to n + 1.
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -146,6 +147,11 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE approvals ADD COLUMN escaped TEXT NOT NULL DEFAULT ''",
         # What the index failed to write about the session, one per line.
         "ALTER TABLE sessions ADD COLUMN index_problems TEXT NOT NULL DEFAULT ''",
+    ),
+    (
+        # The channel (SSH channel, HTTP stream) whose record carried the
+        # command; every command before channels came was on channel 0.
+        "ALTER TABLE commands ADD COLUMN channel INTEGER NOT NULL DEFAULT 0",
     ),
 )
 
@@ -303,6 +309,8 @@ class CommandRow:
     Kubernetes request, and what the policy decided about it.
 
     @ivar seq: the sequence number of the record that carried the command.
+    @ivar channel: the channel of that record (an SSH channel, an HTTP
+        stream; 0 for protocols with one stream).
     @ivar at: Unix time, in seconds.
     @ivar objects: what the command touched (tables, resources).
     """
@@ -313,6 +321,7 @@ class CommandRow:
     kind: str
     text: str
     decision: str
+    channel: int = 0
     objects: tuple[str, ...] = attrs.field(default=(), converter=_tuple_of_str)
     #: the fields whose text is stored escaped (L{index_text}); set by the
     #: readers
@@ -432,8 +441,9 @@ _UPSERT_APPROVAL = """
 """
 _INSERT_COMMAND = """
     INSERT INTO commands
-        (session_id, seq, at, kind, text, decision, objects, escaped)
-    VALUES (:session_id, :seq, :at, :kind, :text, :decision, :objects, :escaped)
+        (session_id, seq, channel, at, kind, text, decision, objects, escaped)
+    VALUES (:session_id, :seq, :channel, :at, :kind, :text, :decision, :objects,
+            :escaped)
 """
 #: the end reason of sessions a gateway left open when it died (kill -9,
 #: power loss), set at its next start; their recordings end unsealed
@@ -495,7 +505,9 @@ def _apply(conn: sqlite3.Connection, write: _Write) -> str | None:
     return None
 
 
-def _transaction(conn: sqlite3.Connection, writes: Sequence[_Write]) -> list:
+def _transaction(
+    conn: sqlite3.Connection, writes: Sequence[_Write]
+) -> list[str | None]:
     conn.execute("BEGIN IMMEDIATE")
     try:
         notes = [_apply(conn, w) for w in writes]
@@ -737,13 +749,14 @@ class SessionIndex:
 
         @return: Deferred firing with the ids of the sessions marked.
         """
-        if not self._open:
+        conn = self._conn
+        if not self._open or conn is None:
             return succeed([])
         return deferToThreadPool(
             self._reactor,
             self._pool,
             _close_orphans,
-            self._conn,
+            conn,
             gateway_id,
             before,
             ended,
@@ -918,6 +931,7 @@ class SessionIndex:
         fields = [
             ("session_id", command.session_id),
             ("seq", command.seq),
+            ("channel", command.channel),
             ("at", command.at),
             ("kind", command.kind),
             ("text", command.text),
@@ -932,8 +946,9 @@ class SessionIndex:
             kept["kind"] = NOT_INDEXED
             kept["text"] = f"[the index could not store this command: {error}]"
             kept["objects"] = "[]"
-            if not _fits(command.seq):
-                kept["seq"] = -1
+            for name in ("seq", "channel"):
+                if not _fits(kept[name]):
+                    kept[name] = -1
             return _Write.of("placeholder", _INSERT_COMMAND, [*kept.items()])
 
         return self._submit(
@@ -946,7 +961,7 @@ class SessionIndex:
             )
         )
 
-    def approval_changed(self, request: object) -> Deferred[bool]:
+    def approval_changed(self, request: ApprovalRequest) -> Deferred[bool]:
         """Record an approval request's latest state and votes."""
         fields = [
             ("id", request.id),
@@ -1012,11 +1027,14 @@ class SessionIndex:
         self._scheduled = None
         if self._busy or not self._queue:
             return
-        batch = []
+        conn = self._conn
+        if conn is None:
+            self._abandon("the index is closed")
+            return
+        batch: list[tuple[_Write, Deferred[bool]]] = []
         while self._queue and len(batch) < self._max_batch:
             batch.append(self._queue.popleft())
         self._busy = True
-        conn = self._conn
         d = deferToThreadPool(
             self._reactor, self._pool, _write_batch, conn, [w for w, _ in batch]
         )
@@ -1231,14 +1249,15 @@ def commands_for(path: str, session_id: str) -> list[CommandRow]:
     """
     with _reader(path) as conn:
         rows = conn.execute(
-            "SELECT session_id, seq, at, kind, text, decision, objects, escaped"
-            " FROM commands WHERE session_id = ? ORDER BY seq, rowid",
+            "SELECT session_id, seq, channel, at, kind, text, decision, objects,"
+            " escaped FROM commands WHERE session_id = ? ORDER BY seq, rowid",
             (session_id.lower(),),
         ).fetchall()
     return [
         CommandRow(
             session_id=row["session_id"],
             seq=row["seq"],
+            channel=row["channel"],
             at=row["at"],
             kind=row["kind"],
             text=row["text"],
@@ -1250,7 +1269,7 @@ def commands_for(path: str, session_id: str) -> list[CommandRow]:
     ]
 
 
-def approvals_for(path: str, session_id: str) -> list[dict]:
+def approvals_for(path: str, session_id: str) -> list[dict[str, Any]]:
     """
     The approval requests of one session, oldest first, as recorded
     (L{gatehouse.policy.approval.ApprovalRequest.as_json}).
@@ -1321,7 +1340,16 @@ def write_rows(
                 params,
             )
         for command in commands:
-            names = ["session_id", "seq", "at", "kind", "text", "decision", "objects"]
+            names = [
+                "session_id",
+                "seq",
+                "channel",
+                "at",
+                "kind",
+                "text",
+                "decision",
+                "objects",
+            ]
             values = [getattr(command, n) for n in names[:-1]]
             values.append(json.dumps(list(command.objects)))
             safe, escaped = _safe(names, values)

@@ -81,7 +81,7 @@ SESSION_FIELDS = (
 #: L{rebuild_index} carries them over from the old index, unchecked.
 UNCHECKED = ("masked_values", "bytes_to_upstream", "bytes_from_upstream")
 #: The command fields L{check_session} compares.
-COMMAND_FIELDS = ("seq", "at", "kind", "text", "decision", "objects")
+COMMAND_FIELDS = ("seq", "channel", "at", "kind", "text", "decision", "objects")
 
 # The client's directions only: the gateway's own exchange with the target
 # (its login, with credentials) is counted but not recorded.
@@ -112,7 +112,7 @@ class Difference:
             f"recording says {_show(self.recording)}"
         )
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         """A JSON-ready form."""
         return {
             "session_id": self.session_id,
@@ -155,7 +155,7 @@ class Recorded:
     client: bytes = b""
     client_ends: tuple[tuple[int, int], ...] = ()
 
-    def _events(self, name: str) -> list[tuple[Record, dict]]:
+    def _events(self, name: str) -> list[tuple[Record, dict[str, Any]]]:
         out = []
         for record in self.records:
             if record.type != RecordType.EVENT:
@@ -166,20 +166,20 @@ class Recorded:
         return out
 
     @property
-    def meta(self) -> dict:
+    def meta(self) -> dict[str, Any]:
         """The META record's fields ({} without one)."""
         if self.records and self.records[0].type == RecordType.META:
             return _json(self.records[0].payload) or {}
         return {}
 
     @property
-    def authenticated(self) -> dict | None:
+    def authenticated(self) -> dict[str, Any] | None:
         """The C{authenticated} event's fields, if the client authenticated."""
         found = self._events("authenticated")
         return found[0][1] if found else None
 
     @property
-    def close(self) -> tuple[Record, dict] | None:
+    def close(self) -> tuple[Record, dict[str, Any]] | None:
         """The CLOSE record and its fields, if the session closed."""
         for record in reversed(self.records):
             if record.type == RecordType.CLOSE:
@@ -233,7 +233,7 @@ class Recorded:
                     out[name] = self.data_bytes.get(direction, 0)
         return out
 
-    def decisions(self) -> list[tuple[Record, dict]]:
+    def decisions(self) -> list[tuple[Record, dict[str, Any]]]:
         """The C{decision} events."""
         return self._events("decision")
 
@@ -251,7 +251,7 @@ class Recorded:
         return False
 
 
-def _json(payload: bytes) -> dict | None:
+def _json(payload: bytes) -> dict[str, Any] | None:
     try:
         value = json.loads(payload)
     except ValueError:
@@ -259,7 +259,7 @@ def _json(payload: bytes) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def _str(fields: dict | None, name: str) -> str:
+def _str(fields: dict[str, Any] | None, name: str) -> str:
     value = fields.get(name) if fields else None
     return value if isinstance(value, str) else ""
 
@@ -351,7 +351,7 @@ def check_session(
     row: SessionRow,
     commands: Sequence[CommandRow],
     recorded: Recorded,
-    approvals: Sequence[dict] = (),
+    approvals: Sequence[dict[str, Any]] = (),
 ) -> list[Difference]:
     """
     Where the index's C{row}, C{commands} and C{approvals} (as
@@ -392,7 +392,7 @@ def check_session(
 
 
 def _check_approvals(
-    sid: str, approvals: Sequence[dict], recorded: Recorded
+    sid: str, approvals: Sequence[dict[str, Any]], recorded: Recorded
 ) -> list[Difference]:
     """
     Each indexed approval request must be one the session recorded
@@ -445,7 +445,7 @@ def _check_commands(
     out: list[Difference] = []
     by_seq = {r.seq: r for r in recorded.records}
     decisions = recorded.decisions()
-    data_seqs = [r.seq for r in recorded.records if r.type == RecordType.DATA]
+    data_seqs = _data_seqs(recorded)
     # The recorded commands not simply allowed that some index row stands
     # for, by identity: each of the others is a row the index lacks.
     indexed: set[int] = set()
@@ -457,6 +457,10 @@ def _check_commands(
                 Difference(sid, f"{where}.seq", command.seq, "(no data record there)")
             )
             continue
+        if record.channel != command.channel:
+            out.append(
+                Difference(sid, f"{where}.channel", command.channel, record.channel)
+            )
         text = _unescaped(command, "text")
         # An empty text "occurs" in anything the client sent.
         if not text or not recorded.sent(text, command.seq):
@@ -470,7 +474,7 @@ def _check_commands(
         wall = recorded.wall(record)
         if wall is not None and _time_differs(command.at, wall):
             out.append(Difference(sid, f"{where}.at", command.at, wall))
-        named = _decided(command.seq, text, decisions, data_seqs)
+        named = _decided(command.seq, record.channel, text, decisions, data_seqs)
         recorded_action = named[0][0].get("action") if named else "allow"
         if command.decision == recorded_action:
             indexed.update(id(c) for _, c in named)
@@ -520,20 +524,35 @@ def _check_commands(
     return out
 
 
+def _data_seqs(recorded: Recorded) -> dict[int, list[int]]:
+    """The sequence numbers of the DATA records, by channel, in order."""
+    out: dict[int, list[int]] = {}
+    for r in recorded.records:
+        if r.type == RecordType.DATA:
+            out.setdefault(r.channel, []).append(r.seq)
+    return out
+
+
 def _decided(
-    seq: int, text: str, decisions: list[tuple[Record, dict]], data_seqs: list[int]
-) -> list[tuple[dict, dict]]:
+    seq: int,
+    channel: int,
+    text: str,
+    decisions: list[tuple[Record, dict[str, Any]]],
+    data_seqs: dict[int, list[int]],
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """
     The decision events (and their command) that name C{text} for the
-    data record C{seq}: a decision other than allow is recorded right
-    after the data record that carried the command, before the next one.
+    data record C{seq} on C{channel}: a decision other than allow is
+    recorded on the command's channel right after the data record that
+    carried the command, before that channel's next one.
     """
-    n = bisect.bisect_right(data_seqs, seq)
-    limit = data_seqs[n] if n < len(data_seqs) else float("inf")
+    on_channel = data_seqs.get(channel, [])
+    n = bisect.bisect_right(on_channel, seq)
+    limit = on_channel[n] if n < len(on_channel) else float("inf")
     return [
         (event, c)
         for rec, event in decisions
-        if seq < rec.seq < limit
+        if rec.channel == channel and seq < rec.seq < limit
         for c in event.get("commands", ())
         if isinstance(c, dict) and c.get("text") == text
     ]
@@ -586,7 +605,7 @@ def check_index(
     return out
 
 
-def _approvals(index: str, sid: str) -> list[dict]:
+def _approvals(index: str, sid: str) -> list[dict[str, Any]]:
     try:
         return approvals_for(index, sid)
     except (sqlite3.Error, IndexUnavailable):
@@ -734,11 +753,12 @@ def _protocol_commands(sid: str, protocol: str, recorded: Recorded) -> list[Comm
         return []
     by_seq = {r.seq: r for r in recorded.records}
     decisions = recorded.decisions()
-    data_seqs = [r.seq for r in recorded.records if r.type == RecordType.DATA]
+    data_seqs = _data_seqs(recorded)
     seen: set[str] = set()
     out = []
     for seq, kind, text, objects, shape in module.recorded_commands(recorded.records):
-        named = _decided(seq, text, decisions, data_seqs)
+        channel = by_seq[seq].channel
+        named = _decided(seq, channel, text, decisions, data_seqs)
         action = str(named[0][0].get("action", "")) if named else "allow"
         if action == "allow":
             if shape in seen:
@@ -748,6 +768,7 @@ def _protocol_commands(sid: str, protocol: str, recorded: Recorded) -> list[Comm
             CommandRow(
                 session_id=sid,
                 seq=seq,
+                channel=channel,
                 at=recorded.wall(by_seq[seq]) or 0.0,
                 kind=kind,
                 text=text,
@@ -760,13 +781,16 @@ def _protocol_commands(sid: str, protocol: str, recorded: Recorded) -> list[Comm
 
 def _recorded_commands(sid: str, recorded: Recorded) -> list[CommandRow]:
     by_seq = {r.seq: r for r in recorded.records}
-    data_seqs = [r.seq for r in recorded.records if r.type == RecordType.DATA]
+    data_seqs = _data_seqs(recorded)
     out = []
     for record, event in recorded.decisions():
-        n = bisect.bisect_left(data_seqs, record.seq)
+        # The command came on the decision's channel, in its last data
+        # record before the decision.
+        on_channel = data_seqs.get(record.channel, [])
+        n = bisect.bisect_left(on_channel, record.seq)
         if not n:
             continue
-        carrier = by_seq[data_seqs[n - 1]]
+        carrier = by_seq[on_channel[n - 1]]
         for c in event.get("commands", ()):
             if not isinstance(c, dict) or not isinstance(c.get("text"), str):
                 continue
@@ -774,6 +798,7 @@ def _recorded_commands(sid: str, recorded: Recorded) -> list[CommandRow]:
                 CommandRow(
                     session_id=sid,
                     seq=carrier.seq,
+                    channel=carrier.channel,
                     at=recorded.wall(record) or 0.0,
                     kind=str(c.get("kind", "")),
                     text=c["text"],

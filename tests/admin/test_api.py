@@ -34,7 +34,7 @@ from gatehouse.admin import (
     make_admin_service,
     make_admin_site,
 )
-from gatehouse.config import AdminConfig, TLSConfig
+from gatehouse.config import AdminConfig, TargetConfig, TLSConfig
 from gatehouse.identity import CLIENT_MESSAGE, Identity, IssuerConfig, TokenVerifier
 from gatehouse.metrics import GatewayMetrics
 from gatehouse.policy import Command, Decision
@@ -129,6 +129,10 @@ class Gateway:
             self.index,
             broker=self.broker,
             metrics=self.metrics,
+            targets=[
+                TargetConfig("db", "postgres", allow_groups=("*",)),
+                TargetConfig("bastion", "ssh", allow_groups=("*",)),
+            ],
         )
         self.broker.observe(self.metrics.approval_event)
         self.sessions = HubSessionDirectory(self.hub, reactor)

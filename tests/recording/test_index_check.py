@@ -28,6 +28,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gatehouse import ids
 from gatehouse.cli import main
+from gatehouse.config import TargetConfig
 from gatehouse.identity import IssuerConfig, TokenVerifier
 from gatehouse.recording import keys
 from gatehouse.recording.format import Direction
@@ -124,7 +125,17 @@ class World:
         )
         self.writer = InlineIndex(self.index, self.clock)
         self.writer.start()
-        self.hub = SessionHub("gw-1", recorder, verifier, self.clock, self.writer)
+        self.hub = SessionHub(
+            "gw-1",
+            recorder,
+            verifier,
+            self.clock,
+            self.writer,
+            targets=[
+                TargetConfig(name, "postgres", allow_groups=("*",))
+                for name in ("shop", "crm")
+            ],
+        )
         self.alice = self.session(
             "alice", "Alice", ["dba", "ops"], "shop", "app_rw", deny="drop table t"
         )
@@ -241,6 +252,7 @@ COMMAND_EDITS: dict[str, Any] = {
     "text": st.text(min_size=1, max_size=8),
     "decision": st.sampled_from(["allow", "deny", "review"]),
     "at": st.floats(-1e6, 1e6).filter(lambda x: abs(x) > 20),
+    "channel": st.integers(1, 1000),
 }
 
 
@@ -286,6 +298,20 @@ class IndexCheckTests(SynchronousTestCase):
         )
         found = {(d.session_id, d.field) for d in self.check()}
         self.assertEqual(found, {(w.alice, "subject"), (w.alice, "commands[0].text")})
+
+    def test_channel(self) -> None:
+        """A row that names another channel than its record's is named."""
+        w = self.world
+        edit(
+            w.index,
+            "UPDATE commands SET channel = 2 WHERE session_id = ? AND "
+            "text = 'select 1'",
+            w.alice,
+        )
+        self.assertEqual(
+            [(d.session_id, d.field, d.index, d.recording) for d in self.check()],
+            [(w.alice, "commands[0].channel", 2, 0)],
+        )
 
     def test_one_side_only(self) -> None:
         """A session only the index knows, and a recording the index lacks."""

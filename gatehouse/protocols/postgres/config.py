@@ -153,7 +153,6 @@ class PostgresTargetOptions(TargetOptions):
     password_file: str | None
     password_env: str | None
     tls: UpstreamTLS
-    allow_groups: tuple[str, ...]
     credentials: tuple[UpstreamCredentials, ...] = ()
     #: roles a client may SET ROLE / SET SESSION AUTHORIZATION to (the
     #: gateway's built-in protections refuse any other)
@@ -165,10 +164,6 @@ class PostgresTargetOptions(TargetOptions):
         a rotated file is picked up by the next connection).
         """
         return _read_password(self.password_file, self.password_env)
-
-    def allows(self, groups: tuple[str, ...]) -> bool:
-        """Whether an identity with C{groups} may reach this target."""
-        return "*" in self.allow_groups or bool(set(groups) & set(self.allow_groups))
 
     def login_for(
         self, groups: tuple[str, ...]
@@ -234,6 +229,23 @@ class PostgresTargetOptions(TargetOptions):
                         )
                     )
         return problems
+
+    def access_problems(self, allow_groups: tuple[str, ...]) -> list[tuple[str, str]]:
+        """
+        (key, message) for each C{credentials} group the target's
+        C{allow_groups} does not admit (a typo: the entry is never used).
+        """
+        if "*" in allow_groups:
+            return []
+        return [
+            (
+                f"credentials[{n}].groups[{i}]",
+                f"group {group!r} may not reach this target (allow_groups)",
+            )
+            for n, entry in enumerate(self.credentials)
+            for i, group in enumerate(entry.groups)
+            if group != "*" and group not in allow_groups
+        ]
 
     def environment_problems(self) -> list[tuple[str, str]]:
         """
@@ -352,8 +364,7 @@ def parse_target_options(options: ConfigSection) -> PostgresTargetOptions:
             "without TLS on a trusted network)",
             "tls",
         )
-    groups = options.strings("allow_groups", required=True)
-    credentials = _parse_credentials(options, tuple(groups or ()))
+    credentials = _parse_credentials(options)
     user = options.string("user", required=not credentials)
     if user is None and (password_file or password_env):
         options.problem(
@@ -369,20 +380,18 @@ def parse_target_options(options: ConfigSection) -> PostgresTargetOptions:
         password_file=password_file,
         password_env=password_env,
         tls=tls,
-        allow_groups=tuple(groups or ()),
         credentials=credentials,
         settable_roles=tuple(options.strings("settable_roles") or ()),
     )
 
 
-def _parse_credentials(
-    options: ConfigSection, allow_groups: tuple[str, ...]
-) -> tuple[UpstreamCredentials, ...]:
+def _parse_credentials(options: ConfigSection) -> tuple[UpstreamCredentials, ...]:
     """
     Read C{credentials}: a list of {groups, user, password_file or
     password_env}.  An entry that an earlier one hides (all its groups
-    matched before it, or after a C{"*"} entry) is a mistake, and so is a
-    group that may not reach the target at all.
+    matched before it, or after a C{"*"} entry) is a mistake (and so is a
+    group that may not reach the target at all: see
+    L{PostgresTargetOptions.access_problems}).
     """
     if "credentials" in options.raw and not options.raw["credentials"]:
         options.get("credentials")
@@ -417,14 +426,9 @@ def _parse_credentials(
                 + ", ".join(f"credentials[{i}]" for i in earlier),
                 "groups",
             )
-        for i, group in enumerate(groups):
+        for group in groups:
             if group == "*":
                 catch_all = n if catch_all is None else catch_all
-            elif "*" not in allow_groups and group not in allow_groups:
-                section.problem(
-                    f"group {group!r} may not reach this target (allow_groups)",
-                    f"groups[{i}]",
-                )
             seen.setdefault(group, n)
         if groups and user is not None:
             entries.append(

@@ -35,6 +35,7 @@ from gatehouse.protocols.postgres.upstream import (
     upstream_parameters,
 )
 from gatehouse.recording.interfaces import SPACE_EXHAUSTED, RecordingUnavailable
+from gatehouse.session import UNKNOWN_TARGET, TargetAccessDenied
 
 
 class LoginPhases:
@@ -326,6 +327,9 @@ class LoginPhases:
         if failure.check(RecordingUnavailable):
             self._refuse_unrecordable(str(failure.value))
             return
+        if failure.check(TargetAccessDenied):
+            self._target_refused(failure.value)
+            return
         if not failure.check(AuthenticationError):
             self._log.failure(
                 "Authenticating session {sid}", failure, sid=str(self.session.id)
@@ -335,6 +339,25 @@ class LoginPhases:
             "authentication failed",
             f"authentication failed: {failure.value}",
             hint="the password must be a valid access token (JWT) for this gateway",
+        )
+
+    def _target_refused(self, refusal: TargetAccessDenied) -> None:
+        """The core refused the target: say so as PostgreSQL would."""
+        if self._admission is not None:
+            self._admission.authenticated()
+        name = refusal.target
+        if refusal.kind == UNKNOWN_TARGET:
+            self._fatal(
+                "3D000",
+                f'no target named "{name}" on this gateway',
+                refusal.reason,
+                hint="the database name selects the target",
+            )
+            return
+        self._fatal(
+            "28000",
+            f'"{refusal.subject}" may not reach target "{name}"',
+            refusal.reason,
         )
 
     def _authenticated(self, identity: object) -> None:
@@ -353,13 +376,6 @@ class LoginPhases:
             )
             return
         options: PostgresTargetOptions = target.options
-        if not options.allows(identity.groups):
-            self._fatal(
-                "28000",
-                f'"{identity.subject}" may not reach target "{target_name}"',
-                f"identity not allowed for target {target_name!r}",
-            )
-            return
         # The upstream role this identity's groups map to (credentials per
         # group, first match), so PostgreSQL's own privileges apply too.
         login = options.login_for(tuple(identity.groups))
