@@ -1,10 +1,10 @@
 """
 More fail-closed branches of the server, driven as in L{test_fail_closed}
-(a gateway in this process, real protocol bytes, the shared cluster or a
-hostile target behind it): a target session that is not what the gateway
-expects, a target that breaks the protocol, a second password message, and
-a replication connection.  Each is judged on what the target received or
-ran, on the client's bytes, and on the recording.
+(a gateway in this process, real protocol bytes, a hostile target behind
+it): a target session that is not what the gateway expects, a target that
+breaks the protocol, a second password message, and what a startup packet
+asks for that is not passed on.  Each is judged on what the target received
+or ran, on the client's bytes, and on the recording.
 """
 
 from __future__ import annotations
@@ -167,14 +167,16 @@ class LatePasswordTests(InProcessGatewayTestCase):
         self.assert_verifies(row)
 
 
-class ReplicationTests(InProcessGatewayTestCase):
+class StartupRefusalTests(InProcessGatewayTestCase):
     """
-    A replication connection (a WAL stream, commands the policy does not
-    read) is refused at startup (0A000), before any target is contacted.
+    What a client's startup packet asks for that the gateway does not pass
+    on is refused at startup (0A000), before any target is contacted: a
+    replication connection (a WAL stream, commands the policy does not
+    read), or startup parameters that change the role or how SQL is read.
     """
 
     @inlineCallbacks
-    def test_replication_refused(self):
+    def refused_at_startup(self, parameters: dict[str, str], why: str):
         target = HostileTarget()
         yield self.start_gateway([self.target("hostile", target.listen(self))])
         client = self.client()
@@ -182,16 +184,34 @@ class ReplicationTests(InProcessGatewayTestCase):
         def talk():
             client.send(
                 codec.StartupMessage(
-                    {"user": "alice", "database": "hostile", "replication": "database"}
+                    {"user": "alice", "database": "hostile", **parameters}
                 ).encode()
             )
-            return client.messages()
+            got = client.messages(until=T.AUTHENTICATION)
+            if got and got[-1][0] == T.AUTHENTICATION:
+                # not refused: log in, and send what must not run
+                client.send(
+                    codec.PasswordMessage(self.files.token()).encode()
+                    + codec.Query("DELETE FROM accounts").encode()
+                )
+            return got + client.messages()
 
         got = yield self.in_thread(talk)
         self.assertTrue(client.closed)
         [error] = errors(got)
         self.assertEqual((error.severity, error.sqlstate), ("FATAL", "0A000"))
-        self.assertIn("replication", error.message)
+        self.assertIn(why, error.message)
         self.assertEqual([t for t, _ in got], [T.ERROR_RESPONSE])
         self.assertEqual(target.connections, [])
         yield self.assert_still_serving()
+
+    def test_replication_refused(self):
+        return self.refused_at_startup({"replication": "database"}, "replication")
+
+    def test_role_in_options_refused(self):
+        return self.refused_at_startup({"options": "-c role=postgres"}, "role")
+
+    def test_standard_conforming_strings_off_refused(self):
+        return self.refused_at_startup(
+            {"standard_conforming_strings": "off"}, "standard_conforming_strings"
+        )
