@@ -215,3 +215,46 @@ class StartupRefusalTests(InProcessGatewayTestCase):
         return self.refused_at_startup(
             {"standard_conforming_strings": "off"}, "standard_conforming_strings"
         )
+
+
+class UpstreamLoginChoiceTests(InProcessGatewayTestCase):
+    """
+    A target that maps upstream roles to groups only (no default user):
+    an identity allowed on the target but in none of those groups is
+    refused (28000) and the target is never contacted.
+    """
+
+    @inlineCallbacks
+    def test_no_upstream_credentials(self):
+        target = HostileTarget()
+        password_file = os.path.abspath(self.mktemp())
+        with open(password_file, "w") as f:
+            f.write("not-for-dba\n")
+        options = self.target(
+            "hostile",
+            target.listen(self),
+            allow_groups=["dba", "agents"],
+            credentials=[
+                {
+                    "groups": ["agents"],
+                    "user": "gw_trust",
+                    "password_file": password_file,
+                }
+            ],
+        )
+        del options["options"]["user"]
+        yield self.start_gateway([options])
+        client = self.client()
+        got = yield self.in_thread(
+            client.refused, self.files.token(), "hostile", b"DELETE FROM accounts"
+        )
+        [error] = errors(got)
+        self.assertEqual((error.severity, error.sqlstate), ("FATAL", "28000"))
+        self.assertNotIn(T.READY_FOR_QUERY, [t for t, _ in got])
+        self.assertEqual(target.connections, [])
+        yield self.assert_still_serving()
+        row = yield self.session()
+        self.assertEqual(
+            row.close_reason,
+            "no upstream credentials for the groups of 'alice' on target 'hostile'",
+        )
