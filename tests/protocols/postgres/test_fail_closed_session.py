@@ -25,6 +25,15 @@ from tests.protocols.postgres.test_fail_closed import (
 )
 
 
+def fatal(
+    case: InProcessGatewayTestCase, got: list[tuple[int, bytes]], sqlstate: str
+) -> codec.ErrorResponse:
+    """The one error among C{got}: a FATAL with C{sqlstate}."""
+    [error] = errors(got)
+    case.assertEqual((error.severity, error.sqlstate), ("FATAL", sqlstate))
+    return error
+
+
 class UpstreamSessionCheckTests(InProcessGatewayTestCase):
     """
     After its login the target reports how the session reads SQL and who
@@ -56,8 +65,7 @@ class UpstreamSessionCheckTests(InProcessGatewayTestCase):
         got = yield self.in_thread(
             client.refused, self.files.token(), "hostile", b"DELETE FROM accounts"
         )
-        [error] = errors(got)
-        self.assertEqual((error.severity, error.sqlstate), ("FATAL", "08006"))
+        error = fatal(self, got, "08006")
         self.assertIn(name, error.message)
         self.assertNotIn(T.READY_FOR_QUERY, [t for t, _ in got])
         self.assertEqual(target.queries, [])
@@ -111,8 +119,7 @@ class UpstreamProtocolViolationTests(InProcessGatewayTestCase):
 
         got = yield self.in_thread(talk)
         self.assertTrue(client.closed)
-        [error] = errors(got)
-        self.assertEqual((error.severity, error.sqlstate), ("FATAL", "08P01"))
+        error = fatal(self, got, "08P01")
         self.assertIn("malformed", error.message)
         self.assertNotIn(b"after-violation", bytes(client.received))
         self.assertNotIn(T.READY_FOR_QUERY, [t for t, _ in got])
@@ -150,8 +157,7 @@ class LatePasswordTests(InProcessGatewayTestCase):
 
         got = yield self.in_thread(talk)
         self.assertTrue(client.closed)
-        [error] = errors(got)
-        self.assertEqual((error.severity, error.sqlstate), ("FATAL", "08P01"))
+        fatal(self, got, "08P01")
         self.assertEqual(rows(got), [])
         self.assertEqual(target.queries, [])
         [conn] = target.connections
@@ -198,8 +204,7 @@ class StartupRefusalTests(InProcessGatewayTestCase):
 
         got = yield self.in_thread(talk)
         self.assertTrue(client.closed)
-        [error] = errors(got)
-        self.assertEqual((error.severity, error.sqlstate), ("FATAL", "0A000"))
+        error = fatal(self, got, "0A000")
         self.assertIn(why, error.message)
         self.assertEqual([t for t, _ in got], [T.ERROR_RESPONSE])
         self.assertEqual(target.connections, [])
@@ -248,8 +253,7 @@ class UpstreamLoginChoiceTests(InProcessGatewayTestCase):
         got = yield self.in_thread(
             client.refused, self.files.token(), "hostile", b"DELETE FROM accounts"
         )
-        [error] = errors(got)
-        self.assertEqual((error.severity, error.sqlstate), ("FATAL", "28000"))
+        fatal(self, got, "28000")
         self.assertNotIn(T.READY_FOR_QUERY, [t for t, _ in got])
         self.assertEqual(target.connections, [])
         yield self.assert_still_serving()
