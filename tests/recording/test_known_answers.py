@@ -1,10 +1,11 @@
 """
 Known-answer vectors for the recording format, written by hand from
 docs/recording-format.md: every structure (header, record, block, seal
-statement and seal, link, epoch certificate, delegation) is spelled out
-here field by field from the spec's tables, with fixed keys and inputs,
-using only byte literals, C{int.to_bytes}, C{hashlib} (the spec's C{H}) and
-Ed25519 from C{cryptography} (deterministic signatures).  Nothing here is
+statement and seal, link, epoch certificate, delegation, revocation
+statement and its file) is spelled out here field by field from the spec's
+tables, with fixed keys and inputs, using only byte literals,
+C{int.to_bytes}, C{hashlib} (the spec's C{H}) and Ed25519 from
+C{cryptography} (deterministic signatures).  Nothing here is
 produced by gatehouse's own encoders.  The zstd block is a frame written
 by hand from RFC 8878 (one raw block), which the reader and verifier must
 accept; the encoder's own zstd output is not pinned (it is a compressor's).
@@ -17,6 +18,7 @@ the records put in.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -36,7 +38,13 @@ from gatehouse.recording.format import (
     SegmentHeader,
     parse_seal,
 )
-from gatehouse.recording.keys import EpochKey, TrustAnchors
+from gatehouse.recording.keys import (
+    EpochKey,
+    KeyFileError,
+    TrustAnchors,
+    load_revocations,
+    make_revocation,
+)
 from gatehouse.recording.reader import read_records
 from gatehouse.recording.verify import verify_session
 
@@ -244,6 +252,49 @@ SEAL1Z = b"\x53" + u32(len(STATEMENT1Z)) + STATEMENT1Z + SEG1.sign(STATEMENT1Z)
 SEGMENT1Z = HEADER1 + BLOCK1Z_HEAD + FRAME1 + SEAL1Z
 
 
+# -- a revocation statement ("Revocation statements") -----------------------
+
+
+def revocation(revoked_from: int, key_ids: bytes = b"", count: int = 0) -> bytes:
+    """A statement revoking gw-kat from C{revoked_from}, issued at WALL_SEAL1."""
+    return (
+        b"gatehouse/revoke/v1\x00"  # context, 20 bytes
+        + H(ROOT_PUB)[:16]  # root_id
+        + b"\x00\x06gw-kat"  # gateway_id, str16
+        + u64(revoked_from)
+        + u64(WALL_SEAL1)  # issued_at
+        + u16(count)  # key_count
+        + key_ids
+    )
+
+
+def revocation_file(statement: bytes, signer: Ed25519PrivateKey = ROOT) -> bytes:
+    """The on-disk form: only format, statement and signature are read."""
+    return json.dumps(
+        {
+            "format": "gatehouse-revocation-v1",
+            "statement": base64.b64encode(statement).decode(),
+            "signature": base64.b64encode(signer.sign(statement)).decode(),
+        }
+    ).encode()
+
+
+#: from segment 1's seal on, for the epoch key that rooted the session
+REVOKE_AT_SEAL1 = revocation(WALL_SEAL1, H(EPOCH_PUB)[:16], 1)
+
+
+def write_session(root: str, segment1: bytes = SEGMENT1) -> str:
+    """The hand-written session under C{root}; its directory."""
+    # <recordings>/<YYYY-MM-DD>/<session-id>/seg-NNNNNNNN.ghs (UTC date
+    # of the id's time: 2023-11-14T22:13:20Z)
+    directory = os.path.join(root, "2023-11-14", str(SESSION_UUID))
+    os.makedirs(directory)
+    for index, data in enumerate((SEGMENT0, segment1)):
+        with open(os.path.join(directory, f"seg-{index:08d}.ghs"), "wb") as f:
+            f.write(data)
+    return directory
+
+
 class _FixedKeys:
     """Stands in for Ed25519PrivateKey in the encoder: known segment keys."""
 
@@ -335,15 +386,7 @@ class KnownAnswerTests(SynchronousTestCase):
         self.assertEqual(SealStatement.from_bytes(STATEMENT0).link(), LINK0)
 
     def write(self, segment1: bytes = SEGMENT1) -> str:
-        root = self.mktemp()
-        # <recordings>/<YYYY-MM-DD>/<session-id>/seg-NNNNNNNN.ghs (UTC date
-        # of the id's time: 2023-11-14T22:13:20Z)
-        directory = os.path.join(root, "2023-11-14", str(SESSION_UUID))
-        os.makedirs(directory)
-        for index, data in enumerate((SEGMENT0, segment1)):
-            with open(os.path.join(directory, f"seg-{index:08d}.ghs"), "wb") as f:
-                f.write(data)
-        return directory
+        return write_session(self.mktemp(), segment1)
 
     def test_reader(self) -> None:
         """read_records returns exactly the records written by hand."""
@@ -396,3 +439,84 @@ class KnownAnswerTests(SynchronousTestCase):
             [("seg-00000000.ghs", "bad-key")],
         )
         self.assertEqual(report.exit_code, 1)
+
+
+class RevocationKnownAnswerTests(SynchronousTestCase):
+    """
+    Revocation statements written by hand: gatehouse signs these bytes,
+    reads these files, and applies them to the hand-written session as the
+    spec says (at or after C{revoked_from}; only to the keys listed).
+    """
+
+    def apply(
+        self, statement: bytes, signer: Ed25519PrivateKey = ROOT
+    ) -> list[tuple[str | None, str]]:
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(revocation_file(statement, signer))
+        anchors = TrustAnchors.from_public_keys([ROOT_PUB])
+        revocations = load_revocations(anchors, [path])
+        report = verify_session(
+            write_session(self.mktemp()),
+            anchors,
+            revocations=revocations,
+            clock=lambda: WALL_SEAL1 + NS,
+        )
+        return [(f.segment, f.problem) for f in report.findings]
+
+    def test_pinned_literals(self) -> None:
+        self.assertEqual(
+            REVOKE_AT_SEAL1[:20] + REVOKE_AT_SEAL1[36:44],
+            b"gatehouse/revoke/v1\x00" + bytes.fromhex("0006") + b"gw-kat",
+        )
+        self.assertEqual(len(REVOKE_AT_SEAL1), 20 + 16 + 8 + 8 + 8 + 2 + 16)
+        self.assertEqual(REVOKE_AT_SEAL1[-18:-16], b"\x00\x01")
+
+    def test_signed(self) -> None:
+        """make_revocation signs exactly the hand-written statement."""
+        made = make_revocation(
+            ROOT, GATEWAY, WALL_SEAL1, WALL_SEAL1, [H(EPOCH_PUB)[:16]]
+        )
+        self.assertEqual(made.statement(), REVOKE_AT_SEAL1)
+        self.assertEqual(made.signature, ROOT.sign(REVOKE_AT_SEAL1))
+        written = json.loads(made.to_json())
+        self.assertEqual(written["format"], "gatehouse-revocation-v1")
+        self.assertEqual(base64.b64decode(written["statement"]), REVOKE_AT_SEAL1)
+        self.assertEqual(
+            base64.b64decode(written["signature"]), ROOT.sign(REVOKE_AT_SEAL1)
+        )
+
+    def test_read(self) -> None:
+        """A hand-written file reads as the statement it holds."""
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(revocation_file(REVOKE_AT_SEAL1))
+        [read] = load_revocations(TrustAnchors.from_public_keys([ROOT_PUB]), [path])
+        self.assertEqual(
+            (read.root_id, read.gateway_id, read.revoked_from, read.issued_at),
+            (H(ROOT_PUB)[:16], GATEWAY, WALL_SEAL1, WALL_SEAL1),
+        )
+        self.assertEqual(read.key_ids, (H(EPOCH_PUB)[:16],))
+        self.assertEqual(read.signature, ROOT.sign(REVOKE_AT_SEAL1))
+
+    def test_applied_from_revoked_from(self) -> None:
+        """Segment 1, sealed at revoked_from exactly, is bad-key; segment 0 not."""
+        self.assertEqual(self.apply(REVOKE_AT_SEAL1), [("seg-00000001.ghs", "bad-key")])
+
+    def test_every_key_of_the_gateway(self) -> None:
+        """key_count 0: every key; a window starting at revoked_from is bad-key."""
+        self.assertEqual(
+            self.apply(revocation(NOT_BEFORE)),
+            [("seg-00000000.ghs", "bad-key"), ("seg-00000001.ghs", "bad-key")],
+        )
+
+    def test_not_applied(self) -> None:
+        """Controls: revoked after the last seal; revoking another key only."""
+        self.assertEqual(self.apply(revocation(WALL_SEAL1 + 1)), [])
+        other = revocation(NOT_BEFORE, H(SEG0_PUB)[:16], 1)
+        self.assertEqual(self.apply(other), [])
+
+    def test_forged(self) -> None:
+        """The same statement signed by another key is refused, not ignored."""
+        with self.assertRaises(KeyFileError):
+            self.apply(REVOKE_AT_SEAL1, signer=key(9))

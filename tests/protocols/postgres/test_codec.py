@@ -92,6 +92,8 @@ from gatehouse.protocols.postgres.codec import (
 )
 
 FUZZ = settings(deadline=None, max_examples=150)
+#: for properties whose every example has the case they are about
+FUZZ_CASE = settings(deadline=None, max_examples=60)
 
 
 def frame(letter: bytes, body: bytes = b"") -> bytes:
@@ -170,18 +172,36 @@ def model_frames(stream: bytes, limits: dict) -> tuple[list, tuple | None]:
     return frames, None
 
 
-def bad_header(kind: str) -> st.SearchStrategy[bytes]:
-    """A header the reader must refuse: an unknown type, a bad length."""
+#: what a fuzzed stream holds between its valid frames: nothing, random
+#: bytes, or one of the headers the reader must refuse
+GARBAGE = {
+    "nothing": None,
+    "noise": None,
+    "short length": "08P01",
+    "negative length": "08P01",
+    "over limit": "54000",
+    "unknown type": "08P01",
+}
+
+
+def garbage(kind: str, case: str) -> st.SearchStrategy[bytes | None]:
+    """Bytes of C{case} (a key of L{GARBAGE}) for a stream of C{kind}."""
     types, limits = FRAMING[kind]
-    unknown = sorted(set(range(256)) - set(types))
-    bad = [
-        st.tuples(st.sampled_from(types), st.sampled_from([0, 1, 2, 3])),
-        st.tuples(st.sampled_from(types), st.integers(2**31, 2**32 - 1)),
-        st.sampled_from(types).map(lambda t: (t, limits[t] + 1)),
-    ]
-    if unknown:
-        bad.append(st.tuples(st.sampled_from(unknown), st.integers(4, 100)))
-    return st.one_of(bad).map(lambda h: bytes([h[0]]) + struct.pack("!I", h[1]))
+    if case == "nothing":
+        return st.none()
+    if case == "noise":
+        return st.binary(min_size=1, max_size=12)
+    headers: st.SearchStrategy[tuple[int, int]]
+    if case == "short length":
+        headers = st.tuples(st.sampled_from(types), st.integers(0, 3))
+    elif case == "negative length":
+        headers = st.tuples(st.sampled_from(types), st.integers(2**31, 2**32 - 1))
+    elif case == "over limit":
+        headers = st.sampled_from(types).map(lambda t: (t, limits[t] + 1))
+    else:
+        unknown = sorted(set(range(256)) - set(types))
+        headers = st.tuples(st.sampled_from(unknown), st.integers(4, 100))
+    return headers.map(lambda h: bytes([h[0]]) + struct.pack("!I", h[1]))
 
 
 def frames_of(reader: FrameReader, chunks: list[bytes]) -> tuple[list, bytes]:
@@ -435,11 +455,11 @@ class FrameReaderTests(SynchronousTestCase):
         self.assertEqual(reader.buffered, 1005)
         self.assertEqual(reader.framed, 0)
 
-    @FUZZ
-    @given(st.sampled_from(["frontend", "backend", "any"]), st.data())
-    def test_fuzz(self, kind: str, data: st.DataObject) -> None:
+    KINDS = st.sampled_from(["frontend", "backend", "any"])
+
+    def fuzz(self, kind: str, case: str, data: st.DataObject) -> None:
         """
-        Valid frames, then perhaps garbage, then more frames, split at
+        Valid frames, then C{case} of L{GARBAGE}, then more frames, split at
         random points: the reader yields exactly the frames a model of the
         protocol's framing finds (type byte, int32 length counting itself,
         per-type limits from the protocol documentation), with the bytes
@@ -457,13 +477,9 @@ class FrameReaderTests(SynchronousTestCase):
         )
         frame_ = frame_ | full if kind != "any" else frame_
         before = data.draw(st.lists(frame_, max_size=6))
-        garbage = data.draw(
-            st.sampled_from(
-                [st.none(), st.binary(min_size=1, max_size=12), bad_header(kind)]
-            ).flatmap(lambda s: s)
-        )
+        junk = data.draw(garbage(kind, case))
         after = data.draw(st.lists(frame_, max_size=3))
-        stream = b"".join([*before, garbage or b"", *after])
+        stream = b"".join([*before, junk or b"", *after])
         cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=8))
         bounds = [0, *sorted(cuts), len(stream)]
         chunks = [stream[a:b] for a, b in itertools.pairwise(bounds)]
@@ -472,9 +488,12 @@ class FrameReaderTests(SynchronousTestCase):
         # the model agrees with how the stream was built
         starts = list(itertools.accumulate(len(f) for f in before))
         self.assertEqual([e for _, _, e in expected[: len(before)]], starts)
-        if garbage is None:
+        if junk is None:
             self.assertEqual(len(expected), len(before) + len(after))
             self.assertIsNone(bad)
+        elif GARBAGE[case] is not None:
+            # the first bad header is the one planted, refused as it should be
+            self.assertEqual(bad, (sum(map(len, before)), GARBAGE[case]))
 
         reader = {
             "frontend": FrameReader.frontend,
@@ -509,6 +528,39 @@ class FrameReaderTests(SynchronousTestCase):
             self.assertTrue(bad is None or bad[0] + 5 > len(stream))
             self.assertEqual(got, expected)
         self.assertEqual(b"".join(taken), stream[: got[-1][2] if got else 0])
+
+    @FUZZ
+    @given(KINDS, st.sampled_from(["nothing", "noise"]), st.data())
+    def test_fuzz(self, kind: str, case: str, data: st.DataObject) -> None:
+        """Valid frames, with random bytes among them or not."""
+        self.fuzz(kind, case, data)
+
+    # One property per kind of bad header, so that every example plants one
+    # (drawn among all kinds, some went unseen for whole runs).
+
+    @FUZZ_CASE
+    @given(KINDS, st.data())
+    def test_fuzz_short_length(self, kind: str, data: st.DataObject) -> None:
+        """A length word under 4 (it counts itself)."""
+        self.fuzz(kind, "short length", data)
+
+    @FUZZ_CASE
+    @given(KINDS, st.data())
+    def test_fuzz_negative_length(self, kind: str, data: st.DataObject) -> None:
+        """A length word with its sign bit set."""
+        self.fuzz(kind, "negative length", data)
+
+    @FUZZ_CASE
+    @given(KINDS, st.data())
+    def test_fuzz_over_limit(self, kind: str, data: st.DataObject) -> None:
+        """A length one over the type's limit."""
+        self.fuzz(kind, "over limit", data)
+
+    @FUZZ_CASE
+    @given(st.sampled_from(["frontend", "backend"]), st.data())
+    def test_fuzz_unknown_type(self, kind: str, data: st.DataObject) -> None:
+        """A type byte the direction does not have (any byte is a type for 'any')."""
+        self.fuzz(kind, "unknown type", data)
 
     def test_encode_message(self) -> None:
         """
