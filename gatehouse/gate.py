@@ -339,6 +339,9 @@ class Gate:
         without a permit (a barrier, a classification) cannot be
         forwarded this way: L{ForwardRefused}.
         """
+        if self.closed or self._session.closed or self.holding is None:
+            # The stream ended: a lookup cancelled with it is no error.
+            return
         if isinstance(outcome, Failure):
             self._log.failure(
                 "Holding a {noun} of session {sid}",
@@ -349,8 +352,6 @@ class Gate:
             outcome = Refusal(
                 RefusalKind.UNCHECKED, f"the gateway could not check this {self.noun}"
             )
-        if self.closed or self._session.closed or self.holding is None:
-            return
         if not self._queue or self._queue[0] is not unit:
             raise ForwardRefused(f"{unit!r} is not the unit held")
         permit = self._permit
@@ -443,7 +444,7 @@ class Gate:
             self._driver_decided(decision, proposal)
         else:
             decision = self._session.decide(
-                proposal.commands, proposal.shape, proposal.own
+                proposal.commands, proposal.shape, proposal.own, self.channel
             )
         self._index(proposal, decision)
         action = decision.action
@@ -500,6 +501,7 @@ class Gate:
         commands = proposal.client_commands()
         self._session.event(
             "decision",
+            channel=self.channel,
             action=decision.action,
             rule=decision.rule,
             message=decision.message,
@@ -521,20 +523,23 @@ class Gate:
                 return
             seen.add(key)
         command_seen = self._session.command_seen
+        channel = self.channel
         for command in proposal.client_commands():
-            command_seen(command.kind, command.text, command.objects, action)
+            command_seen(command.kind, command.text, command.objects, action, channel)
 
     # -- approvals -------------------------------------------------------
 
     def _ask(self, unit: Any, proposal: Proposal, decision: Decision) -> None:
         request, verdict = self._session.request_approval(
-            proposal.client_commands(), decision
+            proposal.client_commands(), decision, self.channel
         )
         self.request = request
         if request is not None:
             self._driver.held(unit, request, decision)
         self._verdict = verdict
         verdict.addBoth(self._decided, unit, proposal, decision)
+        # An error deciding on the verdict ends the stream closed.
+        verdict.addErrback(self._failed)
 
     def _decided(
         self, result: object, unit: Any, proposal: Proposal, decision: Decision
@@ -578,8 +583,12 @@ class Gate:
         try:
             step()
         except Exception:
-            self.close()
-            self._driver.failed(Failure())
+            self._failed(Failure())
+
+    def _failed(self, failure: Failure) -> None:
+        """Checking a held unit raised: nothing more passes; the driver ends it."""
+        self.close()
+        self._driver.failed(failure)
 
     def _cancellation(self) -> Refusal:
         return Refusal(RefusalKind.CANCELLED, f"{self.noun} cancelled by the client")

@@ -74,22 +74,36 @@ class StubSession:
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.reported: list[str] = []
         self.verdicts: list[Deferred[Any]] = []
+        self.channels: list[int] = []
 
-    def decide(self, commands: Any, shape: Any = None, own: Any = None) -> Decision:
+    def decide(
+        self, commands: Any, shape: Any = None, own: Any = None, channel: int = 0
+    ) -> Decision:
+        self.channels.append(channel)
         return self.decisions.get(commands[0].text, ALLOW)
 
     def command_seen(
-        self, kind: str, text: str, objects: tuple[str, ...], decision: str
+        self,
+        kind: str,
+        text: str,
+        objects: tuple[str, ...],
+        decision: str,
+        channel: int = 0,
     ) -> None:
         self.indexed.append((kind, text, objects, decision))
+        self.channels.append(channel)
 
-    def event(self, name: str, /, **fields: Any) -> None:
+    def event(self, name: str, /, *, channel: int = 0, **fields: Any) -> None:
         self.events.append((name, fields))
+        self.channels.append(channel)
 
     def report_decision(self, decision: Decision, commands: Any) -> None:
         self.reported.append(decision.action)
 
-    def request_approval(self, commands: Any, decision: Decision) -> Any:
+    def request_approval(
+        self, commands: Any, decision: Decision, channel: int = 0
+    ) -> Any:
+        self.channels.append(channel)
         verdict: Deferred[Any] = Deferred(lambda d: None)
         self.verdicts.append(verdict)
         return _Request(f"req-{len(self.verdicts)}"), verdict
@@ -270,6 +284,21 @@ class GateTests(SynchronousTestCase):
         self.gate.settle("x copy", None)
         self.assertEqual(self.driver.forwarded, ["x copy", "b"])
 
+    def test_channel(self) -> None:
+        """
+        A gate for one stream of a connection (an SSH channel) decides,
+        indexes, records and asks for approval on that channel.
+        """
+        gate = Gate(self.session, self.driver, channel=3)
+        self.session.decisions["x alter"] = REVIEW
+        protect = Decision("deny", "built-in", message="protected")
+        self.driver.waits["x role"] = _proposal("x role", verdict=protect)
+        gate.receive(["x 1", "x role", "x alter"])
+        # decide and index x 1; record and index x role; decide, index
+        # and ask about x alter
+        self.assertEqual(len(self.session.channels), 7)
+        self.assertEqual(set(self.session.channels), {3})
+
     def test_stop(self) -> None:
         self.driver.waits["x bad"] = STOP
         self.gate.receive(["a", "x bad", "b"])
@@ -414,6 +443,21 @@ class UndecidedNeverForwardedTests(SynchronousTestCase):
             ],
         )
         self.flushLoggedErrors(RuntimeError)
+
+    def test_error_after_approval_fails_closed(self) -> None:
+        """An error admitting an approved unit ends the session, unforwarded."""
+        self.session.decisions["x alter"] = REVIEW
+        self.gate.receive(["x alter", "b"])
+
+        def broken(unit: str, permit: Permit) -> object:
+            raise RuntimeError("admission broke")
+
+        self.driver.admit = broken  # type: ignore[method-assign]
+        self.session.verdicts[0].callback(_Verdict(True))
+        self.assertEqual(self.driver.forwarded, [])
+        self.assertTrue(self.gate.closed)
+        [failure] = self.driver.failures
+        self.assertTrue(failure.check(RuntimeError))
 
     def test_error_resuming_fails_closed(self) -> None:
         """An error checking a unit after its hold ends the session."""

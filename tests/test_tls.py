@@ -100,7 +100,6 @@ class UpstreamBundleTests(TestCase):
             password_file=None,
             password_env=None,
             tls=UpstreamTLS("verify-full", str(caFile)),
-            allow_groups=("*",),
         )
 
     async def exchange(self, server: Any, caFile: Path) -> bytes:

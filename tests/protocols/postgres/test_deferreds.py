@@ -51,7 +51,6 @@ class CatalogTests(TestCase):
             password_file=None,
             password_env=None,
             tls=UpstreamTLS("disable"),
-            allow_groups=("*",),
         )
         return Catalog(reactor, options, "app", connect_timeout=timeout)
 
