@@ -43,12 +43,11 @@ from gatehouse.policy.approval import ApprovalBroker
 from gatehouse.policy.config import MaskingScope
 from gatehouse.policy.masking import MaskingRule
 from gatehouse.protocols.postgres.commands import CommandCache
-from gatehouse.recording import keys
 from gatehouse.recording.format import RecordType
 from gatehouse.recording.reader import read_records
-from gatehouse.recording.recorder import SegmentRecorder, synchronous_executor
 from gatehouse.session import SessionHub
 from tests.lineadapter import LineRelay, LineService
+from tests.recording.helpers import clock_recorder
 
 ALLOW = Decision("allow", "default")
 DENY = Decision("deny", "no-drop", message="not here")
@@ -504,17 +503,8 @@ class LineAdapterTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(NOW)
-        root = keys.generate_root_key()
-        epoch = keys.issue_epoch_keys(root, "gw-g", int((NOW - 10) * NS), 900 * NS, 4)
         self.directory = self.mktemp()
-        recorder = SegmentRecorder(
-            self.directory,
-            "gw-g",
-            lambda wall: keys.current_key(epoch, wall),
-            self.clock,
-            synchronous_executor,
-            monotonic_ns=lambda: int(self.clock.seconds() * NS),
-        )
+        recorder = clock_recorder(self.directory, "gw-g", self.clock, NOW)
         verifier = TokenVerifier(
             [
                 IssuerConfig(

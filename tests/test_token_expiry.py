@@ -26,15 +26,14 @@ from gatehouse.config import TargetConfig
 from gatehouse.identity import IssuerConfig, TokenVerifier
 from gatehouse.policy import Command, Decision
 from gatehouse.policy.approval import ApprovalBroker
-from gatehouse.recording import keys
 from gatehouse.recording.format import RecordType
 from gatehouse.recording.index import query_sessions
 from gatehouse.recording.reader import read_records
-from gatehouse.recording.recorder import SegmentRecorder, synchronous_executor
 from gatehouse.recording.verify import verify_session
 from gatehouse.session import SessionHub
 from tests.protocols.postgres.harness import Gateway
 from tests.protocols.postgres.test_e2e import GatewayTestCase
+from tests.recording.helpers import clock_recorder
 
 NS = 1_000_000_000
 NOW = 1_790_000_000.0
@@ -84,16 +83,7 @@ class SessionExpiryTests(SynchronousTestCase):
         self.make_hub()
 
     def make_hub(self, leeway: float = 0.0, exempt: tuple[str, ...] = ()) -> None:
-        root = keys.generate_root_key()
-        epoch = keys.issue_epoch_keys(root, "gw-t", int((NOW - 10) * NS), 900 * NS, 4)
-        recorder = SegmentRecorder(
-            self.mktemp(),
-            "gw-t",
-            lambda wall: keys.current_key(epoch, wall),
-            self.clock,
-            synchronous_executor,
-            monotonic_ns=lambda: int(self.clock.seconds() * NS),
-        )
+        recorder = clock_recorder(self.mktemp(), "gw-t", self.clock, NOW)
         verifier = TokenVerifier(
             [
                 IssuerConfig(

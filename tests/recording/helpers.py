@@ -22,7 +22,9 @@ import attrs
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import settings
 from hypothesis import strategies as st
+from twisted.internet.task import Clock
 
+from gatehouse.recording import keys
 from gatehouse.recording.encoder import (
     SealedSegment,
     SessionEncoder,
@@ -54,6 +56,7 @@ from gatehouse.recording.keys import (
     raw_public,
 )
 from gatehouse.recording.reader import SegmentScanner, session_directory
+from gatehouse.recording.recorder import SegmentRecorder, synchronous_executor
 
 NS = 1_000_000_000
 MINUTE = 60 * NS
@@ -103,6 +106,27 @@ def make_signing(
     keys = issue_epoch_keys(root, gateway_id, start, period, count)
     return Signing(
         root, TrustAnchors.from_public_keys([raw_public(root)]), tuple(keys), gateway_id
+    )
+
+
+def clock_recorder(
+    directory: str, gateway_id: str, clock: Clock, now: float
+) -> SegmentRecorder:
+    """
+    A segment recorder timed by C{clock} (a L{Clock} at C{now}), writing in
+    the calling thread, with signing keys valid for 15 minutes around it.
+    """
+    root = keys.generate_root_key()
+    epoch = keys.issue_epoch_keys(
+        root, gateway_id, int((now - 10) * 1_000_000_000), 900 * 1_000_000_000, 4
+    )
+    return SegmentRecorder(
+        directory,
+        gateway_id,
+        lambda wall: keys.current_key(epoch, wall),
+        clock,
+        synchronous_executor,
+        monotonic_ns=lambda: int(clock.seconds() * 1_000_000_000),
     )
 
 
