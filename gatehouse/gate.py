@@ -548,30 +548,18 @@ class Gate:
         self, result: object, unit: Any, proposal: Proposal, decision: Decision
     ) -> None:
         self._verdict = None
-        outcome: Refusal | Failure | None
+        outcome: Refusal | Failure
         if self._cancelled:
             # The broker marked the request cancelled: it can never be
             # approved.
             self._cancelled = False
             outcome = self._cancellation()
         elif isinstance(result, Failure):
-            outcome = None if result.check(CancelledError) else result
-            outcome = outcome or self._cancellation()
+            outcome = self._cancellation() if result.check(CancelledError) else result
         elif getattr(result, "approved", False) is True:
-            outcome = None
             permit = Permit(unit, decision, proposal.detail, _PERMIT_KEY)
-            found = self._driver.admit(unit, permit)
-            if type(found) is Wait and found.reason is HoldReason.LOOKUP:
-                self.holding = HoldReason.LOOKUP
-                self._permit = permit
-                self._guard(found.start or _nothing)
-                return
-            if type(found) is Refusal:
-                outcome = found
-            elif found is not None:
-                outcome = Refusal(RefusalKind.UNCHECKED, f"the driver said {found!r}")
-            else:
-                self._permit = permit
+            self._guard(lambda: self._approved(unit, permit))
+            return
         else:
             outcome = Refusal(
                 RefusalKind.NOT_APPROVED,
@@ -580,6 +568,27 @@ class Gate:
                 decision=decision,
             )
         self._guard(lambda: self.settle(unit, outcome))
+
+    def _approved(self, unit: Any, permit: Permit) -> None:
+        """
+        Approvers let the held C{unit} go: it is admitted as an allowed
+        unit is (the driver may still refuse it, or look something up),
+        then what the client sent after it goes on.
+        """
+        if self.closed or self._session.closed:
+            return
+        if not self._queue or self._queue[0] is not unit:
+            raise ForwardRefused(f"{unit!r} is not the unit held")
+        self._end_hold()
+        units = list(self._queue)  # the approved unit first
+        self._queue.clear()
+        start = self._admit(unit, permit)
+        if start is not None:
+            self._queue.extend(units)
+            self._driver.flush()
+            start()
+            return
+        self._run(units, 1)
 
     def _guard(self, step: Callable[[], object]) -> None:
         """Run C{step} from a callback: an error ends the session closed."""

@@ -240,6 +240,26 @@ class GateTests(SynchronousTestCase):
         self.assertEqual(self.driver.forwarded, ["a", "x alter", "b", "x 3"])
         self.assertIsNone(self.gate.holding)
 
+    def test_approved_then_admitted(self) -> None:
+        """
+        An approved unit is admitted as an allowed one is: the driver may
+        still refuse it (a result it cannot mask), or look something up
+        before it goes.  Either way what followed it waits its turn.
+        """
+        self.session.decisions["x copy"] = REVIEW
+        self.session.decisions["x lookup"] = REVIEW
+        self.driver.admits["x copy"] = Refusal(RefusalKind.PROTOCOL, "unmaskable")
+        self.driver.admits["x lookup"] = Wait(HoldReason.LOOKUP)
+        self.gate.receive(["x copy", "a", "x lookup", "b"])
+        self.session.verdicts[0].callback(_Verdict(True))
+        self.assertEqual(self.driver.forwarded, ["a"])
+        self.assertEqual([u for u, _ in self.driver.refused], ["x copy"])
+        self.session.verdicts[1].callback(_Verdict(True))
+        self.assertIs(self.gate.holding, HoldReason.LOOKUP)
+        self.assertEqual(self.driver.forwarded, ["a"])
+        self.gate.settle("x lookup", None)
+        self.assertEqual(self.driver.forwarded, ["a", "x lookup", "b"])
+
     def test_review_denied(self) -> None:
         self.session.decisions["x alter"] = REVIEW
         self.gate.receive(["x alter", "b"])

@@ -727,6 +727,20 @@ RAW = [
 ]
 
 
+def _make_customers(case: GatewayTestCase) -> None:
+    """The customers table of L{CUSTOMERS}, owned by the gateway's role."""
+    values = ", ".join(
+        "(" + ", ".join(f"'{v}'" if isinstance(v, str) else str(v) for v in row) + ")"
+        for row in CUSTOMERS
+    )
+    case.direct(
+        "drop table if exists customers; create table customers "
+        "(id int, name text, card text, email text, ssn text, secret_note text);"
+        f"insert into customers values {values};"
+        "alter table customers owner to gw_scram"
+    )
+
+
 class MaskingTests(GatewayTestCase):
     """Sensitive values never reach the client, nor the recording."""
 
@@ -735,18 +749,7 @@ class MaskingTests(GatewayTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        values = ", ".join(
-            "("
-            + ", ".join(f"'{v}'" if isinstance(v, str) else str(v) for v in row)
-            + ")"
-            for row in CUSTOMERS
-        )
-        self.direct(
-            "drop table if exists customers; create table customers "
-            "(id int, name text, card text, email text, ssn text, secret_note text);"
-            f"insert into customers values {values};"
-            "alter table customers owner to gw_scram"
-        )
+        _make_customers(self)
 
     def assert_clean(self, output: str, how: str) -> None:
         for raw in RAW:
@@ -884,4 +887,75 @@ class MaskingTests(GatewayTestCase):
         flat = repr(rows)
         self.assert_clean(flat, "psycopg binary")
         self.assertEqual(rows[0][0], 1)
+        self.assert_recording_clean(start)
+
+
+REVIEWED_COPY_CONFIG = {
+    **MASKING_CONFIG,
+    "policy": {
+        "review": {"approvers": ["approvers"], "timeout": "60s"},
+        "rules": [{"name": "copy-review", "kind": ["CopyStmt"], "action": "review"}],
+    },
+}
+
+
+class ReviewedCopyMaskingTests(GatewayTestCase):
+    """
+    A statement held for approval is checked for masking once approved,
+    as an allowed one is: approvers cannot wave through a result the
+    gateway cannot mask.
+    """
+
+    agent = ApprovalTests.agent
+    approver = ApprovalTests.approver
+    cli = ApprovalTests.cli
+    pending_for = ApprovalTests.pending_for
+
+    def make_gateway(self, base: str) -> Gateway:
+        return Gateway(
+            base, self.cluster, extra_config=REVIEWED_COPY_CONFIG, admin=True
+        )
+
+    assert_recording_clean = MaskingTests.assert_recording_clean
+
+    def setUp(self) -> None:
+        super().setUp()
+        _make_customers(self)
+
+    def test_approved_binary_copy_refused(self) -> None:
+        """
+        An approved binary COPY of a masked table is still refused: no
+        value reaches the client or the recording.
+        """
+        start = time.time()
+        waiting = _Waiting(
+            self.gateway, "COPY customers TO STDOUT (FORMAT binary)", self.agent()
+        )
+        request = self.pending_for("customers")
+        approved = self.cli("approve", request["id"], token=self.approver())
+        self.assertEqual(approved.returncode, 0, approved.stderr)
+        result = waiting.wait()
+        output = result.stdout + result.stderr
+        self.assertIn("binary COPY output cannot be masked", output)
+        for raw in RAW:
+            self.assertNotIn(raw, output)
+        row = self.latest_session(start)
+        blob = b"".join(r.payload for r in read_records(row.directory))
+        self.assertIn(b"approval-approved", blob)
+        for raw in RAW:
+            self.assertNotIn(raw.encode(), blob)
+
+    def test_approved_text_copy_masked(self) -> None:
+        """An approved text COPY of a masked table arrives masked."""
+        start = time.time()
+        waiting = _Waiting(self.gateway, "COPY customers TO STDOUT", self.agent())
+        request = self.pending_for("customers")
+        approved = self.cli("approve", request["id"], token=self.approver())
+        self.assertEqual(approved.returncode, 0, approved.stderr)
+        result = waiting.wait()
+        self.assertEqual(result.returncode, 0, result.stderr)
+        for raw in RAW:
+            self.assertNotIn(raw, result.stdout)
+        self.assertIn("Ada", result.stdout)
+        self.assertIn("Alan", result.stdout)
         self.assert_recording_clean(start)
