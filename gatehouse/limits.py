@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import resource
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.logger import Logger
+
+if TYPE_CHECKING:
+    from gatehouse.config import ConfigSection
 
 _log = Logger()
 
@@ -203,3 +207,40 @@ class ConnectionLimits:
         del held[admission]
         if not held:
             del self._per_address[admission.address]
+
+
+def connection_limits(options: ConfigSection) -> dict[str, Any]:
+    """
+    A listener's connection limits from its C{options} (the keyword
+    arguments of its options class), checked together.
+    """
+    timeout = options.duration(
+        "authentication_timeout", 30.0, positive=True, maximum=600.0
+    )
+    total = options.integer("max_connections", 1000, minimum=1, maximum=1_000_000)
+    preauth = options.integer(
+        "max_unauthenticated", min(256, total), minimum=1, maximum=1_000_000
+    )
+    per_address = options.integer(
+        "max_unauthenticated_per_address",
+        min(32, preauth),
+        minimum=1,
+        maximum=1_000_000,
+    )
+    if preauth > total:
+        options.problem(
+            f"{preauth} is more than max_connections ({total})", "max_unauthenticated"
+        )
+        preauth = total
+    if per_address > preauth:
+        options.problem(
+            f"{per_address} is more than max_unauthenticated ({preauth})",
+            "max_unauthenticated_per_address",
+        )
+        per_address = preauth
+    return {
+        "authentication_timeout": timeout,
+        "max_connections": total,
+        "max_unauthenticated": preauth,
+        "max_unauthenticated_per_address": per_address,
+    }

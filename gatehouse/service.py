@@ -352,6 +352,9 @@ def makeService(
     for listener in config.listeners:
         adapter = get_protocol(listener.protocol)
         targets = tuple(t for t in config.targets if t.protocol == listener.protocol)
+        if components.hub is not None:
+            for checker in adapter.credentials_checkers(listener, components.reactor):
+                components.hub.checkers.register(checker)
         child = adapter.makeListener(
             listener, targets, components.session_factory, components.reactor
         )

@@ -51,6 +51,7 @@ CONTRACT = frozenset(
         "update_listener",
         "restart_needed",
         "set_draining",
+        "credentials_checkers",
     }
 )
 
@@ -90,6 +91,9 @@ class _Complete:
 
     def set_draining(self, service, draining):
         pass
+
+    def credentials_checkers(self, listener, reactor):
+        return ()
 
 
 class ContractTests(SynchronousTestCase):

@@ -23,6 +23,7 @@ from gatehouse.policy.attributes import PolicyAttributes
 
 if TYPE_CHECKING:
     from twisted.application.service import IService
+    from twisted.cred.checkers import ICredentialsChecker
 
     from gatehouse.config import ConfigSection, ListenerConfig, TargetConfig
 
@@ -191,6 +192,16 @@ class IProtocolAdapter(Interface):
         open sessions carry on.
         """
 
+    def credentials_checkers(
+        listener: ListenerConfig, reactor: Any
+    ) -> Sequence[ICredentialsChecker]:
+        """
+        Checkers for the credentials this listener's clients present
+        besides bearer tokens (an SSH user certificate); the session hub
+        registers them (L{gatehouse.credentials.CredentialCheckers}), so
+        L{gatehouse.session.Session.authenticate} accepts them.
+        """
+
 
 @implementer(IProtocolAdapter)
 class ProtocolAdapterBase:
@@ -248,11 +259,18 @@ class ProtocolAdapterBase:
     def set_draining(self, service: IService, draining: bool) -> None:
         """New clients are not refused early (see the class docstring)."""
 
+    def credentials_checkers(
+        self, listener: ListenerConfig, reactor: Any
+    ) -> Sequence[ICredentialsChecker]:
+        """Bearer tokens only."""
+        return ()
+
 
 # Built-in adapters, imported on first use so that loading the registry stays
 # cheap: protocol name -> "module:attribute".
 _BUILTIN: dict[str, str] = {
     "postgres": "gatehouse.protocols.postgres.adapter:adapter",
+    "ssh": "gatehouse.protocols.ssh.adapter:adapter",
 }
 
 _registry: dict[str, IProtocolAdapter] = {}

@@ -9,6 +9,7 @@ from typing import Any
 
 from twisted.application.internet import TCPServer
 from twisted.application.service import IService
+from twisted.cred.checkers import ICredentialsChecker
 from zope.interface import implementer
 
 from gatehouse.config import ConfigSection, ListenerConfig, TargetConfig
@@ -160,6 +161,12 @@ class PostgresAdapter:
     def set_draining(self, service: IService, draining: bool) -> None:
         """Refuse (57P03) or accept new clients of a listener."""
         _factory(service).draining = draining
+
+    def credentials_checkers(
+        self, listener: ListenerConfig, reactor: Any
+    ) -> Sequence[ICredentialsChecker]:
+        """Tokens (as passwords) only."""
+        return ()
 
 
 adapter = PostgresAdapter()

@@ -45,13 +45,12 @@ entry when there is none (it only reads C{pg_catalog}).
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import attrs
 
 from gatehouse.config import ConfigSection
 from gatehouse.files import files
-from gatehouse.limits import ConnectionCaps
+from gatehouse.limits import ConnectionCaps, connection_limits
 from gatehouse.protocols import ListenerOptions, TargetOptions
 
 TLS_MODES = ("disable", "require", "verify-full")
@@ -296,42 +295,8 @@ def parse_listener_options(options: ConfigSection) -> PostgresListenerOptions:
         classify_queue=options.integer(
             "classify_queue", 256, minimum=1, maximum=1_000_000
         ),
-        **_connection_limits(options),
+        **connection_limits(options),
     )
-
-
-def _connection_limits(options: ConfigSection) -> dict[str, Any]:
-    """The pre-authentication limits of a listener, checked together."""
-    timeout = options.duration(
-        "authentication_timeout", 30.0, positive=True, maximum=600.0
-    )
-    total = options.integer("max_connections", 1000, minimum=1, maximum=1_000_000)
-    preauth = options.integer(
-        "max_unauthenticated", min(256, total), minimum=1, maximum=1_000_000
-    )
-    per_address = options.integer(
-        "max_unauthenticated_per_address",
-        min(32, preauth),
-        minimum=1,
-        maximum=1_000_000,
-    )
-    if preauth > total:
-        options.problem(
-            f"{preauth} is more than max_connections ({total})", "max_unauthenticated"
-        )
-        preauth = total
-    if per_address > preauth:
-        options.problem(
-            f"{per_address} is more than max_unauthenticated ({preauth})",
-            "max_unauthenticated_per_address",
-        )
-        per_address = preauth
-    return {
-        "authentication_timeout": timeout,
-        "max_connections": total,
-        "max_unauthenticated": preauth,
-        "max_unauthenticated_per_address": per_address,
-    }
 
 
 def parse_target_options(options: ConfigSection) -> PostgresTargetOptions:

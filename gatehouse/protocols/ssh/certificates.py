@@ -250,6 +250,10 @@ class SSHCertificateChecker:
         self._authorities = tuple(authorities)
         self._clock = clock
 
+    def trust(self, authorities: Sequence[bytes]) -> None:
+        """Also accept certificates of C{authorities} (another listener's)."""
+        self._authorities += tuple(a for a in authorities if a not in self._authorities)
+
     # Twisted types avatar ids as bytes; a gateway's is the Identity (as
     # gatehouse.credentials.JWTChecker's).
     def requestAvatarId(  # type: ignore[override]

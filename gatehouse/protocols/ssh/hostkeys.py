@@ -138,6 +138,18 @@ class PinnedHostKeys:
                 "the gateway never trusts a key on first use"
             )
 
+    def algorithms(self) -> list[bytes]:
+        """
+        The host key algorithms of the pinned lines (a client asks for
+        these first: a target with several keys then shows a pinned one).
+        """
+        out: list[bytes] = []
+        for key in self._keys:
+            kind = key.sshType()
+            names = [b"rsa-sha2-512", b"rsa-sha2-256"] if kind == b"ssh-rsa" else [kind]
+            out.extend(n for n in names if n not in out)
+        return out
+
     def verify(self, host: str, port: int, blob: bytes) -> keys.Key:
         """
         Accept the key blob C{blob} the target at C{host}:C{port} presented.

@@ -43,8 +43,9 @@ class Gateway:
     def __init__(
         self,
         directory: str,
-        cluster: PostgresCluster,
+        cluster: PostgresCluster | None,
         *,
+        listeners: list[dict] | None = None,
         allow_cleartext: bool = False,
         seal_interval: str = "30s",
         extra_targets: list[dict] | None = None,
@@ -61,6 +62,9 @@ class Gateway:
         self.seal_interval = seal_interval
         self.extra_targets = extra_targets or []
         self.extra_config = extra_config or {}
+        #: listeners of other protocols (with a cluster of None: the only
+        #: ones; the first one's port is L{port})
+        self.extra_listeners = listeners or []
         #: more options of C{twistd gatehouse} (e.g. C{--log-format json})
         self.plugin_args = tuple(plugin_args)
         self.listener_options = listener_options or {}
@@ -71,7 +75,9 @@ class Gateway:
         self.pythonpath = pythonpath
         self.admin_port = free_port() if admin else None
         self.process: subprocess.Popen | None = None
-        self.port = free_port()
+        self.port = (
+            free_port() if cluster is not None else self.extra_listeners[0]["port"]
+        )
         self._signing_key = ec.generate_private_key(ec.SECP256R1())
         os.makedirs(self.directory, exist_ok=True)
         self._write_files()
@@ -106,10 +112,13 @@ class Gateway:
             json.dump({"keys": [jwk]}, f)
 
         for role in ("gw_scram", "gw_md5", "gw_clear"):
+            if self.cluster is None:
+                break
             with open(self.path(f"{role}.pw"), "w") as f:
                 f.write(self.cluster.passwords[role] + "\n")
 
         def target(name: str, role: str, **options: object) -> dict:
+            assert self.cluster is not None
             base = {
                 "host": "127.0.0.1",
                 "port": self.cluster.port,
@@ -126,6 +135,17 @@ class Gateway:
             base.update(options)
             return {"name": name, "protocol": "postgres", "options": base}
 
+        pg_targets = (
+            [
+                target("app", "gw_scram"),
+                target("app_md5", "gw_md5", tls={"mode": "disable"}),
+                target("app_clear", "gw_clear", tls={"mode": "disable"}),
+                target("app_trust", "gw_trust", tls={"mode": "disable"}),
+                target("ops_only", "gw_scram", allow_groups=["ops"]),
+            ]
+            if self.cluster is not None
+            else []
+        )
         config = {
             # Tests that stop the daemon with sessions open wait this long.
             "gateway": {"id": GATEWAY_ID, "shutdown_grace": "1s"},
@@ -148,6 +168,7 @@ class Gateway:
                 "seal_interval": self.seal_interval,
             },
             "listeners": [
+                *self.extra_listeners,
                 {
                     "name": "pg",
                     "protocol": "postgres",
@@ -160,15 +181,10 @@ class Gateway:
                     },
                 }
             ],
-            "targets": [
-                target("app", "gw_scram"),
-                target("app_md5", "gw_md5", tls={"mode": "disable"}),
-                target("app_clear", "gw_clear", tls={"mode": "disable"}),
-                target("app_trust", "gw_trust", tls={"mode": "disable"}),
-                target("ops_only", "gw_scram", allow_groups=["ops"]),
-                *self.extra_targets,
-            ],
+            "targets": [*pg_targets, *self.extra_targets],
         }
+        if self.cluster is None:
+            config["listeners"] = self.extra_listeners
         if self.admin_port is not None:
             config["admin"] = {"address": "127.0.0.1", "port": self.admin_port}
         config.update(self.extra_config)
