@@ -9,10 +9,13 @@ gateway's bridge does, and checks the records against the files on disk.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import select
+import shutil
 import struct
 import subprocess
+import sys
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
@@ -388,3 +391,130 @@ class SFTPServerNulTests(SynchronousTestCase):
         with self.assertRaises(AssertionError) as e:
             bridge.replies(1)
         self.assertEqual(str(e.exception), "sftp-server closed its output")
+
+
+PROXY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sftp_proxy.py")
+
+
+class OpenSSHClientTests(SynchronousTestCase):
+    """
+    OpenSSH's own sftp client, in batch mode, through the codec and the
+    tracker (L{sftp_proxy}, run by C{sftp -D}) to the real sftp-server.
+    """
+
+    def setUp(self) -> None:
+        if not os.access(SFTP_SERVER, os.X_OK) or shutil.which("sftp") is None:
+            raise SkipTest("OpenSSH's sftp and sftp-server are needed")
+        base = os.path.realpath(self.mktemp())
+        self.local = os.path.join(base, "local")
+        self.remote = os.path.join(base, "remote")
+        os.makedirs(self.local)
+        os.makedirs(self.remote)
+        self.log = os.path.join(base, "log")
+        self.batch = os.path.join(base, "batch")
+
+    def sftp(
+        self, commands: str, refuse: tuple[str, ...] = ()
+    ) -> tuple[subprocess.CompletedProcess[bytes], list[dict[str, object]]]:
+        with open(self.batch, "w") as f:
+            f.write(commands)
+        proxy = f"{sys.executable} {PROXY} {self.log} {self.remote}"
+        if refuse:
+            proxy += " --refuse " + " ".join(refuse)
+        result = subprocess.run(
+            ["sftp", "-b", self.batch, "-D", proxy],
+            cwd=self.local,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        with open(self.log) as f:
+            records = [json.loads(line) for line in f]
+        return result, records
+
+    def test_session(self) -> None:
+        """
+        put, get, rename, ln -s, ls, mkdir, rmdir, chmod, a refused rm:
+        the records match the disk, the refused removal left the file.
+        """
+        content = os.urandom(2**20 + 7)
+        with open(os.path.join(self.local, "data.bin"), "wb") as f:
+            f.write(content)
+        digest = hashlib.sha256(content).hexdigest()
+        result, records = self.sftp(
+            "put data.bin up.bin\n"
+            "get up.bin back.bin\n"
+            "rename up.bin moved.bin\n"
+            "ln -s moved.bin sl\n"
+            "ls -l\n"
+            "mkdir dir\n"
+            "rmdir dir\n"
+            "chmod 600 moved.bin\n"
+            "-rm moved.bin\n",
+            refuse=("remove",),
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertNotIn("error", [next(iter(r)) for r in records])
+        with open(os.path.join(self.local, "back.bin"), "rb") as f:
+            self.assertEqual(f.read(), content)
+        moved = os.path.join(self.remote, "moved.bin")
+        with open(moved, "rb") as f:
+            self.assertEqual(f.read(), content)
+        self.assertEqual(os.readlink(os.path.join(self.remote, "sl")), "moved.bin")
+        self.assertEqual(os.stat(moved).st_mode & 0o777, 0o600)
+        up = os.path.join(self.remote, "up.bin")
+        transfers = [r for r in records if r["op"] in ("read", "write")]
+        self.assertEqual(
+            transfers,
+            [
+                {
+                    "op": "write",
+                    "path": up,
+                    "bytes": len(content),
+                    "sha256": digest,
+                    "status": "ok",
+                    "sequential": True,
+                    "offset": 0,
+                },
+                {
+                    "op": "read",
+                    "path": up,
+                    "bytes": len(content),
+                    "sha256": digest,
+                    "status": "ok",
+                    "sequential": True,
+                    "offset": 0,
+                },
+            ],
+        )
+        ops = [(r["op"], r["path"], r.get("target_path"), r["status"]) for r in records]
+        for expected in [
+            ("rename", up, moved, "ok"),
+            ("symlink", os.path.join(self.remote, "sl"), "moved.bin", "ok"),
+            ("opendir", self.remote, None, "ok"),
+            ("mkdir", os.path.join(self.remote, "dir"), None, "ok"),
+            ("rmdir", os.path.join(self.remote, "dir"), None, "ok"),
+            ("setstat", moved, None, "ok"),
+            ("remove", moved, None, "permission denied: no remove"),
+        ]:
+            self.assertIn(expected, ops)
+        self.assertIn(b"Permission denied", result.stderr + result.stdout)
+
+    def test_refused_write(self) -> None:
+        """A put refused at open leaves the target's file untouched."""
+        with open(os.path.join(self.remote, "keep.txt"), "wb") as f:
+            f.write(b"original")
+        with open(os.path.join(self.local, "new.txt"), "wb") as f:
+            f.write(b"replacement")
+        result, records = self.sftp("put new.txt keep.txt\n", refuse=("write",))
+        self.assertNotEqual(result.returncode, 0)
+        with open(os.path.join(self.remote, "keep.txt"), "rb") as f:
+            self.assertEqual(f.read(), b"original")
+        self.assertIn(
+            {
+                "op": "write",
+                "path": os.path.join(self.remote, "keep.txt"),
+                "status": "permission denied: no write",
+            },
+            records,
+        )
