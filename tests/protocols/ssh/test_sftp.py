@@ -525,65 +525,81 @@ _attrs = st.builds(
     times=st.none() | st.tuples(_u32s, _u32s),
     extended=_pairs,
 )
-_known_extensions = st.one_of(
-    st.tuples(_paths, _paths).map(
-        lambda p: (b"posix-rename@openssh.com", string(p[0]) + string(p[1]))
-    ),
-    st.tuples(_paths, _paths).map(
-        lambda p: (b"hardlink@openssh.com", string(p[0]) + string(p[1]))
-    ),
-    _paths.map(lambda p: (b"statvfs@openssh.com", string(p))),
-    _handles.map(lambda h: (b"fsync@openssh.com", string(h))),
-    st.just((b"limits@openssh.com", b"")),
-    st.tuples(_handles, _handles).map(
-        lambda h: (b"copy-data", string(h[0]) + u64(0) + u64(9) + string(h[1]) + u64(3))
-    ),
-    st.tuples(
-        st.sampled_from([b"x@example.com", b"check-file"]), st.binary(max_size=20)
-    ),
-)
-REQUESTS = st.one_of(
-    st.builds(Open, _ids, _paths, _u32s, _attrs),
-    st.builds(Close, _ids, _handles),
-    st.builds(Read, _ids, _handles, st.integers(0, 2**64 - 1), _u32s),
-    st.builds(
-        Write, _ids, _handles, st.integers(0, 2**64 - 1), st.binary(max_size=200)
-    ),
-    st.builds(Lstat, _ids, _paths),
-    st.builds(Fstat, _ids, _handles),
-    st.builds(Stat, _ids, _paths),
-    st.builds(Setstat, _ids, _paths, _attrs),
-    st.builds(Fsetstat, _ids, _handles, _attrs),
-    st.builds(Opendir, _ids, _paths),
-    st.builds(Readdir, _ids, _handles),
-    st.builds(Remove, _ids, _paths),
-    st.builds(Mkdir, _ids, _paths, _attrs),
-    st.builds(Rmdir, _ids, _paths),
-    st.builds(Realpath, _ids, _paths),
-    st.builds(Rename, _ids, _paths, _paths),
-    st.builds(Readlink, _ids, _paths),
-    st.builds(Symlink, _ids, _paths, _paths),
-    st.builds(lambda i, e: extended(i, *e), _ids, _known_extensions),
-)
-RESPONSES = st.one_of(
-    st.builds(
-        Status, _ids, st.integers(0, 8), st.text(max_size=20), st.text(max_size=5)
-    ),
-    st.builds(Handle, _ids, _handles),
-    st.builds(Data, _ids, st.binary(max_size=200)),
-    st.builds(
-        Name,
-        _ids,
-        st.lists(
-            st.builds(
-                NameEntry, st.binary(max_size=10), st.binary(max_size=10), _attrs
-            ),
-            max_size=3,
-        ).map(tuple),
-    ),
-    st.builds(Attrs, _ids, _attrs),
-    st.builds(ExtendedReply, _ids, st.binary(max_size=30)),
-)
+
+
+def _strategies(
+    ids: st.SearchStrategy[int], handles: st.SearchStrategy[bytes]
+) -> tuple[st.SearchStrategy[Message], st.SearchStrategy[Message]]:
+    """Strategies for requests and responses with these ids and handles."""
+    known_extensions = st.one_of(
+        st.tuples(_paths, _paths).map(
+            lambda p: (b"posix-rename@openssh.com", string(p[0]) + string(p[1]))
+        ),
+        st.tuples(_paths, _paths).map(
+            lambda p: (b"hardlink@openssh.com", string(p[0]) + string(p[1]))
+        ),
+        _paths.map(lambda p: (b"statvfs@openssh.com", string(p))),
+        handles.map(lambda h: (b"fsync@openssh.com", string(h))),
+        st.just((b"limits@openssh.com", b"")),
+        st.tuples(handles, handles).map(
+            lambda h: (
+                b"copy-data",
+                string(h[0]) + u64(0) + u64(9) + string(h[1]) + u64(3),
+            )
+        ),
+        st.tuples(
+            st.sampled_from([b"x@example.com", b"check-file"]), st.binary(max_size=20)
+        ),
+    )
+    requests = st.one_of(
+        st.builds(Open, ids, _paths, _u32s, _attrs),
+        st.builds(Close, ids, handles),
+        st.builds(Read, ids, handles, st.integers(0, 2**64 - 1), _u32s),
+        st.builds(
+            Write, ids, handles, st.integers(0, 2**64 - 1), st.binary(max_size=200)
+        ),
+        st.builds(Lstat, ids, _paths),
+        st.builds(Fstat, ids, handles),
+        st.builds(Stat, ids, _paths),
+        st.builds(Setstat, ids, _paths, _attrs),
+        st.builds(Fsetstat, ids, handles, _attrs),
+        st.builds(Opendir, ids, _paths),
+        st.builds(Readdir, ids, handles),
+        st.builds(Remove, ids, _paths),
+        st.builds(Mkdir, ids, _paths, _attrs),
+        st.builds(Rmdir, ids, _paths),
+        st.builds(Realpath, ids, _paths),
+        st.builds(Rename, ids, _paths, _paths),
+        st.builds(Readlink, ids, _paths),
+        st.builds(Symlink, ids, _paths, _paths),
+        st.builds(lambda i, e: extended(i, *e), ids, known_extensions),
+    )
+    responses = st.one_of(
+        st.builds(
+            Status, ids, st.integers(0, 8), st.text(max_size=20), st.text(max_size=5)
+        ),
+        st.builds(Handle, ids, handles),
+        st.builds(Data, ids, st.binary(max_size=200)),
+        st.builds(
+            Name,
+            ids,
+            st.lists(
+                st.builds(
+                    NameEntry, st.binary(max_size=10), st.binary(max_size=10), _attrs
+                ),
+                max_size=3,
+            ).map(tuple),
+        ),
+        st.builds(Attrs, ids, _attrs),
+        st.builds(ExtendedReply, ids, st.binary(max_size=30)),
+    )
+
+    return requests, responses
+
+
+REQUESTS, RESPONSES = _strategies(_ids, _handles)
+#: Few ids and handles: requests and replies that meet.
+_MEETING = _strategies(st.integers(0, 3), st.sampled_from([b"A", b"B"]))
 
 
 def _split(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -670,6 +686,38 @@ class PropertyTests(SynchronousTestCase):
                 self.assertEqual(encode(packet.message)[4], packet.type)
         except SFTPProtocolError:
             pass
+
+    @settings(max_examples=300)
+    @given(
+        steps=st.lists(st.tuples(st.booleans(), _MEETING[0], _MEETING[1]), max_size=30)
+    )
+    def test_tracker_any_order(
+        self, steps: list[tuple[bool, Message, Message]]
+    ) -> None:
+        """
+        Requests and replies in any order: the tracker raises nothing but
+        SFTPProtocolError, and its count of the bytes it holds stays
+        true.
+        """
+        session = open_session(max_outstanding=3, max_handles=2)
+        for client_side, request, reply in steps:
+            try:
+                if client_side:
+                    session.operation(Packet.of(request))
+                    session.sent(Packet.of(request))
+                else:
+                    for done in session.received(Packet.of(reply)):
+                        self.assertIn(done.op, SFTP_OPS)
+            except SFTPProtocolError:
+                pass
+            # what it counts as held is what it holds
+            self.assertEqual(
+                session._held,
+                sum(p.size for p in session._pending.values())
+                + sum(len(h) + len(r.path) for h, r in session._handles.items()),
+            )
+        session.end("end")
+        self.assertEqual((session.outstanding, session._held), (0, 0))
 
     @settings(max_examples=200)
     @given(
@@ -1194,3 +1242,28 @@ class SessionErrorTests(SynchronousTestCase):
         with self.assertRaises(SFTPProtocolError) as e:
             exchange(session, Open(5, b"/c", 1), Handle(5, b"C"))
         self.assertIn("more than 2 handles", str(e.exception))
+
+    def test_held_bytes(self) -> None:
+        """
+        Paths held for outstanding requests and open handles are capped,
+        and released when answered or closed.
+        """
+        session = open_session(max_held=100)
+        long = b"/" + b"x" * 59
+        session.sent(Packet.of(Remove(1, long)))
+        with self.assertRaises(SFTPProtocolError) as e:
+            session.sent(Packet.of(Remove(2, long)))
+        self.assertIn("more than 100 bytes of paths", str(e.exception))
+        session.received(Packet.of(Status(1, 0)))
+        exchange(session, Open(3, long, 1), Handle(3, b"H"))
+        session.sent(Packet.of(Remove(4, b"/" + b"y" * 38)))
+        with self.assertRaises(SFTPProtocolError):
+            session.sent(Packet.of(Remove(5, b"/z")))
+        session.received(Packet.of(Status(4, 0)))
+        exchange(session, Close(6, b"H"), Status(6, 0))
+        session.sent(Packet.of(Rename(7, long, b"/" + b"y" * 39)))
+        # Requests on a handle share its path: only the handle counts.
+        session = open_session(max_held=100)
+        exchange(session, Open(1, long, 1), Handle(1, b"H"))
+        for n in range(30):
+            session.sent(Packet.of(Read(10 + n, b"H", 0, 1)))

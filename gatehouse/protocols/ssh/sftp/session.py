@@ -70,6 +70,7 @@ from gatehouse.protocols.ssh.sftp.wire import (
 __all__ = [
     "EXTENSION_OPS",
     "MAX_HANDLES",
+    "MAX_HELD",
     "MAX_OUTSTANDING",
     "SFTP_OPS",
     "FileOperationDone",
@@ -81,6 +82,8 @@ __all__ = [
 #: OpenSSH's sftp keeps 64 requests in flight by default (C{-R}).
 MAX_OUTSTANDING = 1024
 MAX_HANDLES = 4096
+#: Bytes of paths and handles held for outstanding requests and open handles.
+MAX_HELD = 4 * 1024 * 1024
 
 _PATH_OPS: dict[type[Message], str] = {
     Lstat: "stat",
@@ -306,6 +309,17 @@ class _Pending:
     handle: bytes | None = None
     offset: int = 0
 
+    @property
+    def size(self) -> int:
+        """
+        The bytes of paths and handles it holds (a request on a handle
+        shares its path with the handle's record).
+        """
+        operation = self.operation
+        if operation is None or operation.handle is not None:
+            return len(self.handle or b"")
+        return sum(map(len, operation.paths)) + len(self.handle or b"")
+
 
 class SFTPSession:
     """
@@ -313,14 +327,21 @@ class SFTPSession:
     operations they complete.  Raises L{SFTPProtocolError} for a reply to
     no outstanding request, a reply of the wrong type, a request id reused
     while outstanding, a handle the server hands out twice or too long,
-    and beyond C{max_outstanding} requests or C{max_handles} handles.
+    and beyond C{max_outstanding} requests, C{max_handles} handles or
+    C{max_held} bytes of paths and handles held for them (a path is up to
+    a packet long; the server's own limit is C{PATH_MAX}, 4096).
     """
 
     def __init__(
-        self, max_outstanding: int = MAX_OUTSTANDING, max_handles: int = MAX_HANDLES
+        self,
+        max_outstanding: int = MAX_OUTSTANDING,
+        max_handles: int = MAX_HANDLES,
+        max_held: int = MAX_HELD,
     ) -> None:
         self._max_outstanding = max_outstanding
         self._max_handles = max_handles
+        self._max_held = max_held
+        self._held = 0
         self._pending: dict[int, _Pending] = {}
         self._handles: dict[bytes, _Handle] = {}
         self.client_version: int | None = None
@@ -403,7 +424,9 @@ class SFTPSession:
             )
         handle = getattr(m, "handle", None)
         offset = getattr(m, "offset", 0)
-        self._pending[rid] = _Pending(type(m), self.operation(packet), handle, offset)
+        pending = _Pending(type(m), self.operation(packet), handle, offset)
+        self._hold(pending.size)
+        self._pending[rid] = pending
         if isinstance(m, Write):
             found = self._handles.get(m.handle)
             if found is not None and found.op == "write":
@@ -442,6 +465,7 @@ class SFTPSession:
             raise SFTPProtocolError(
                 f"server answered request {rid}, which is not outstanding"
             )
+        self._held -= pending.size
         expected = _REPLIES.get(pending.type, (Status,))
         if not isinstance(m, expected):
             raise SFTPProtocolError(
@@ -453,6 +477,7 @@ class SFTPSession:
             closed = self._handles.pop(pending.handle or b"", None)
             if closed is None:
                 return []
+            self._held -= len(closed.path) + len(pending.handle or b"")
             if status == "ok" and closed.error is not None:
                 status = closed.error
             return [closed.done(status)]
@@ -488,7 +513,15 @@ class SFTPSession:
             raise SFTPProtocolError(f"server handed out handle {handle!r} while open")
         if len(self._handles) >= self._max_handles:
             raise SFTPProtocolError(f"more than {self._max_handles} handles open")
+        self._hold(len(operation.path) + len(handle))
         self._handles[handle] = _Handle(operation.op, operation.path)
+
+    def _hold(self, size: int) -> None:
+        if self._held + size > self._max_held:
+            raise SFTPProtocolError(
+                f"more than {self._max_held} bytes of paths outstanding or open"
+            )
+        self._held += size
 
     def end(self, reason: str) -> list[FileOperationDone]:
         """
@@ -503,6 +536,7 @@ class SFTPSession:
         )
         self._handles.clear()
         self._pending.clear()
+        self._held = 0
         return done
 
 
