@@ -218,30 +218,21 @@ class SFTPServerTests(SynchronousTestCase):
         with open(self.path("up.bin"), "rb") as f:
             on_disk = f.read()
         self.assertEqual(on_disk, content)
-        self.assertEqual(
-            written,
-            FileOperationDone(
-                "write",
+
+        def whole_file(op: str) -> FileOperationDone:
+            return FileOperationDone(
+                op,
                 self.path("up.bin"),
                 bytes=len(on_disk),
                 sha256=hashlib.sha256(on_disk).hexdigest(),
                 sequential=True,
                 offset=0,
-            ),
-        )
+            )
+
+        self.assertEqual(written, whole_file("write"))
         got, read = self.download("up.bin")
         self.assertEqual(got, on_disk)
-        self.assertEqual(
-            read,
-            FileOperationDone(
-                "read",
-                self.path("up.bin"),
-                bytes=len(on_disk),
-                sha256=hashlib.sha256(on_disk).hexdigest(),
-                sequential=True,
-                offset=0,
-            ),
-        )
+        self.assertEqual(read, whole_file("read"))
         self.assertEqual(self.bridge.session.outstanding, 0)
 
     def test_file_operations(self) -> None:
