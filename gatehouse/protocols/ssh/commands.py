@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import posixpath
 import re
 import shlex
@@ -98,6 +99,7 @@ COMMAND_FLAGS = frozenset(
         "too-long",
         "too-deep",
         "too-many",
+        "too-complex",
     }
 )
 
@@ -127,8 +129,11 @@ _PUNCTUATION = "();<>|&\n"
 _SEPARATORS = frozenset({";", "&", "&&", "||", "|", "|&", "\n", "(", ")", ";;"})
 _WRITES = frozenset({">", ">>", ">|", "&>", "&>>", "<>", ">&"})
 #: Stands for a substitution's value in the text around it.
-_PLACEHOLDER = "$__SUBST__"
-_DYNAMIC = re.compile(r"[$`*?\[]")
+_PLACEHOLDER = "$__S{}__"
+_PLACEHOLDERS = re.compile(r"\$__S\d+__")
+_DYNAMIC = re.compile(r"[$`*?\[{]")
+#: Printed text that may stand in for a substitution's value as it is.
+_PLAIN = re.compile(r"[\w ./=:,+@%-]*")
 
 
 def _command(
@@ -203,34 +208,53 @@ def _decode(line: str | bytes) -> str:
 def _substitutions(text: str) -> tuple[str, list[str]]:
     """
     The text with every top-level C{$(...)}, C{`...`}, C{<(...)} and
-    C{>(...)} replaced by a placeholder, and what they held.  Quotes are
-    not looked at (stricter: a quoted one is classified too); an
-    unbalanced one runs to the end of the text.
+    C{>(...)} replaced by a placeholder, and what they held.  One inside
+    single quotes is not run by the shell: it stays in the text (a shell
+    that runs the string later finds it), but what it holds is classified
+    too, to be strict.  Parentheses are counted without regard to quotes;
+    an unbalanced one runs to the end of the text.
     """
     out: list[str] = []
     inner: list[str] = []
+    single = double = False
     i, n = 0, len(text)
     while i < n:
         c = text[i]
-        if c == "`":
-            end = text.find("`", i + 1)
-            end = n if end < 0 else end
-            inner.append(text[i + 1 : end])
-            out.append(_PLACEHOLDER)
-            i = end + 1
+        if single:
+            single = c != "'"
+        elif c == "\\":
+            out.append(text[i : i + 2])
+            i += 2
             continue
-        if c in "$<>" and text.startswith("(", i + 1):
-            depth, j = 1, i + 2
-            while j < n and depth:
-                if text[j] == "(":
-                    depth += 1
-                elif text[j] == ")":
-                    depth -= 1
-                j += 1
-            inner.append(text[i + 2 : j - 1 if depth == 0 else n])
-            # a process substitution still redirects nothing: it is a word
-            out.append(_PLACEHOLDER if c == "$" else f" {_PLACEHOLDER}")
-            i = j
+        elif c == "'" and not double:
+            single = True
+        elif c == '"':
+            double = not double
+        if c == "`" or (c in "$<>" and text.startswith("(", i + 1)):
+            if c == "`":
+                end = text.find("`", i + 1)
+                end = n if end < 0 else end
+                held, after = text[i + 1 : end], end + 1
+            else:
+                depth, j = 1, i + 2
+                while j < n and depth:
+                    if text[j] == "(":
+                        depth += 1
+                    elif text[j] == ")":
+                        depth -= 1
+                    j += 1
+                held, after = text[i + 2 : j - 1 if depth == 0 else n], j
+            inner.append(held)
+            placeholder = _PLACEHOLDER.format(len(inner) - 1)
+            if single:
+                out.append(text[i:after])
+                # still inside the quotes unless the span closed them
+                single = text[i + 1 : after].count("'") % 2 == 0
+            elif c in "<>":
+                out.append(f" {placeholder}")  # a word, not a redirection
+            else:
+                out.append(placeholder)
+            i = after
             continue
         out.append(c)
         i += 1
@@ -347,11 +371,31 @@ class _Found:
 
 
 class _Reader:
-    """Classifies one line: the commands found, bounded."""
+    """
+    Classifies one line: the commands found, bounded in number and in
+    work (characters read, across every nesting level).
+    """
+
+    #: Characters (and a charge per string) read before giving up: about
+    #: a third of a second of CPU.
+    BUDGET = MAX_LINE + MAX_LINE // 2
+    #: The charge for each string read (a lexer's set-up).
+    PER_STRING = 64
 
     def __init__(self) -> None:
         self.found: list[_Found] = []
         self.full = False
+        self.budget = self.BUDGET
+
+    def charge(self, cost: int, text: str) -> bool:
+        """Spend C{cost} of the budget; False (and a command) once it is spent."""
+        self.budget -= cost
+        if self.budget >= 0:
+            return True
+        if not self.full:
+            self.add(_Found(_unreadable(text, "too-complex")))
+            self.full = True
+        return False
 
     def add(self, found: _Found) -> None:
         if self.full:
@@ -365,20 +409,60 @@ class _Reader:
 
     def text(self, text: str, depth: int, context: _Context) -> None:
         """Classify a line (or a string a shell will run)."""
+        if self.full or not self.charge(len(text) + self.PER_STRING, text):
+            return
         if depth > MAX_DEPTH:
             self.add(_Found(_unreadable(text, "too-deep")))
             return
         flat, inner = _substitutions(text)
-        for held in inner:
+        # placeholders lengthen what the lexer reads
+        if not self.charge(max(0, len(flat) - len(text)), text):
+            return
+        printed: dict[str, str] = {}
+        for k, held in enumerate(inner):
             self.text(held, depth + 1, _Context(context.flags | {"substitution"}))
+            # $(echo rm) is rm: a literal printed stands for its value
+            value = _printed_by(held)
+            if value is not None and _PLAIN.fullmatch(value):
+                printed[_PLACEHOLDER.format(k)] = value
+        if printed:
+            flat = _PLACEHOLDERS.sub(lambda m: printed.get(m[0], m[0]), flat)
         tokens, complete = _tokens(flat)
         if not complete:
             self.add(_Found(_unreadable(text)))
-        for simple in _simple_commands(tokens):
+        simples = _simple_commands(tokens)
+        for simple in simples:
             self.simple(simple, depth, context)
+        self.feeds(simples, depth)
+
+    def feeds(self, simples: Sequence[_Simple], depth: int) -> None:
+        """
+        Text that C{echo}/C{printf} of literal words pipes into a shell,
+        directly or through C{base64 -d} (C{echo cm0gLXJm | base64 -d |
+        sh}): classified as what the shell will run.
+        """
+        for k, simple in enumerate(simples):
+            text = _printed(simple.words)
+            if text is None:
+                continue
+            for after in simples[k + 1 :]:
+                if not after.piped or not after.words:
+                    break
+                program = posixpath.basename(after.words[0])
+                if program in ("base64", "base32") and _decoding(after.words[1:]):
+                    decoded = _decoded(text, program)
+                    if decoded is None:
+                        break
+                    text = decoded
+                    continue
+                if program in _SHELLS and _script(after.words[1:]) is None:
+                    self.text(text, depth + 1, _Context(frozenset({"shell-stdin"})))
+                break
 
     def simple(self, simple: _Simple, depth: int, context: _Context) -> None:
-        words = simple.words
+        if self.full:
+            return
+        words = [w for word in simple.words for w in _braces(word)]
         flags = set(context.flags)
         if simple.background:
             flags.add("background")
@@ -587,6 +671,18 @@ class _Reader:
             extra=tuple(extra),
         )
         self.add(_Found(command, fed=fed, fetches=fetches, decodes=decodes))
+
+
+_BRACES = re.compile(r"([^{}]*)\{([^{}]*,[^{}]*)\}([^{}]*)")
+
+
+def _braces(word: str) -> list[str]:
+    """Bash's brace expansion of one C{pre{a,b}post} group: {rm,-rf,/}."""
+    match = _BRACES.fullmatch(word)
+    if match is None:
+        return [word]
+    pre, inside, post = match.groups()
+    return [f"{pre}{part}{post}" for part in inside.split(",")]
 
 
 def _options(program: str, args: Sequence[str]) -> tuple[str, ...]:
@@ -832,12 +928,11 @@ def _watch(words: Sequence[str], i: int) -> _Step:
 
 
 def _flock(words: Sequence[str], i: int) -> _Step:
-    j, values = _skip_options(
-        words, i, frozenset({"-w", "-E", "-c"}), frozenset({"--command"})
-    )
-    string = values.get("-c") or values.get("--command")
-    if string:
-        return _Step(string=string, string_flags=frozenset({"shell-c"}))
+    # flock [options] file -c string, or flock [options] file command ...
+    for k in range(i + 1, len(words) - 1):
+        if words[k] in ("-c", "--command"):
+            return _Step(string=words[k + 1], string_flags=frozenset({"shell-c"}))
+    j, _ = _skip_options(words, i, frozenset({"-w", "-E"}), frozenset({"--wait"}))
     return _Step(next=j + 1)
 
 
@@ -902,18 +997,32 @@ for _name in _SHELLS:
     _WRAPPERS[_name] = _shell
 
 
-def _fed_text(simple_words: Sequence[str]) -> str | None:
-    """
-    The text C{echo}/C{printf} of literal words writes (None: not
-    such a command), with base64 decoded by L{_decoded} later.
-    """
-    if not simple_words:
+def _printed_by(text: str) -> str | None:
+    """What C{text} prints if it is one C{echo}/C{printf} of literals."""
+    if len(text) > _TEXT_CAP or not text.lstrip().startswith(("echo", "printf")):
         return None
-    program = posixpath.basename(simple_words[0])
-    args = [a for a in simple_words[1:] if not (a.startswith("-") and len(a) == 2)]
-    if program not in ("echo", "printf") or any(_is_dynamic(a) for a in args):
+    tokens, complete = _tokens(text)
+    simples = _simple_commands(tokens) if complete else []
+    return _printed(simples[0].words) if len(simples) == 1 else None
+
+
+def _printed(words: Sequence[str]) -> str | None:
+    """
+    The text C{echo} or C{printf} of literal words prints (escapes such as
+    C{\\x72} decoded), or None if C{words} is not such a command.
+    """
+    if not words or posixpath.basename(words[0]) not in ("echo", "printf"):
         return None
-    return " ".join(args)
+    args = [a for a in words[1:] if not (a.startswith("-") and len(a) == 2)]
+    if any(_is_dynamic(a) for a in args):
+        return None
+    text = " ".join(args)
+    if "\\" in text and text.isascii():
+        try:
+            text = codecs.decode(text, "unicode_escape")
+        except UnicodeDecodeError:
+            return None
+    return text
 
 
 def _decoded(text: str, how: str) -> str | None:
@@ -942,34 +1051,6 @@ def _line_flags(found: list[_Found]) -> list[Command]:
     return commands
 
 
-def _pipelines(reader: _Reader, line: str) -> None:
-    """
-    Text that C{echo}/C{printf} of literal words pipes into a shell,
-    directly or through C{base64 -d} (C{echo cm0gLXJm | base64 -d | sh}):
-    classified as what the shell will run.
-    """
-    flat, _ = _substitutions(line)
-    tokens, _ = _tokens(flat)
-    simples = _simple_commands(tokens)
-    for k, simple in enumerate(simples):
-        text = _fed_text(simple.words)
-        if text is None:
-            continue
-        for after in simples[k + 1 :]:
-            if not after.piped or not after.words:
-                break
-            program = posixpath.basename(after.words[0])
-            if program in ("base64", "base32") and _decoding(after.words[1:]):
-                decoded = _decoded(text, program)
-                if decoded is None:
-                    break
-                text = decoded
-                continue
-            if program in _SHELLS and _script(after.words[1:]) is None:
-                reader.text(text, 1, _Context(frozenset({"shell-stdin"})))
-            break
-
-
 def classify_exec(line: str | bytes) -> tuple[Command, ...]:
     """
     The policy commands of an exec request's command line: one per simple
@@ -989,7 +1070,6 @@ def classify_exec(line: str | bytes) -> tuple[Command, ...]:
     reader = _Reader()
     try:
         reader.text(text, 0, context)
-        _pipelines(reader, text)
     except RecursionError:
         return (_unreadable(text, "too-deep"),)
     commands = _line_flags(reader.found)
