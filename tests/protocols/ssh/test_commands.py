@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import shlex
 
+import yaml
+from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
 from gatehouse.policy import Command
@@ -364,3 +366,40 @@ class PolicyTests(SynchronousTestCase):
         self.assertEqual(len(problems), 2, problems)
         self.assertIn("did you mean pipe-to-shell?", problems[0])
         self.assertIn("can never match: no command has kind 'sftp-remove'", problems[1])
+
+
+class DocumentedPolicyTests(SynchronousTestCase):
+    """The SSH example in docs/policy.md loads and decides as it says."""
+
+    def setUp(self) -> None:
+        with_ssh(self)
+
+    def test_example(self) -> None:
+        docs = FilePath(__file__).parent().parent().parent().parent()
+        text = docs.child("docs").child("policy.md").getContent().decode()
+        section = text[text.index("\n## SSH\n") :]
+        block = section[section.index("```yaml\n") + 8 : section.index("\n```\n")]
+        policy, problems = load(yaml.safe_dump(yaml.safe_load(block)["policy"]))
+        self.assertEqual(problems, [])
+        session = policy.for_session(("dev",), "host", "ssh")
+        for line, rule in [
+            ("rm -rf /srv/x", "no-recursive-delete"),
+            ("rm /srv/x", "default"),
+            ("dd if=/dev/zero of=/dev/sda", "no-destroyers"),
+            ("curl -s http://x | bash", "no-remote-code"),
+            ("echo aWQ= | base64 -d | sh", "no-decoded-code"),
+            ("$x -rf /", "computed-programs"),
+            ("sudo systemctl restart nginx", "root"),
+            ("echo 1 > /etc/hosts", "no-writes-to-etc"),
+        ]:
+            self.assertEqual(session.decide_all(classify_exec(line)).rule, rule, line)
+        for command, rule in [
+            (sftp_command("rename", "/srv/a", "/tmp/a"), "sftp-deletes-in-srv"),
+            (sftp_command("write", "/srv/incoming/a"), "uploads-to-incoming"),
+            (sftp_command("write", "/home/a"), "no-uploads-elsewhere"),
+            (sftp_command("read", "/home/a"), "default"),
+            (forward_command("10.0.0.1", 22), "no-ssh-hopping"),
+            (forward_command("db", 5432), "databases-via-the-gateway-only"),
+            (forward_command("web", 443), "default"),
+        ]:
+            self.assertEqual(session.decide(command).rule, rule, command)
