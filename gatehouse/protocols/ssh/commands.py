@@ -29,7 +29,7 @@ import codecs
 import posixpath
 import re
 import shlex
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 
@@ -125,7 +125,10 @@ _OPERATORS = (
     "<<<", "<<-", "&>>", "&&", "||", ";;", "|&", ">>", "<<", ">&", "<&",
     "&>", ">|", "<>", "(", ")", ";", "&", "|", "<", ">", "\n",
 )  # fmt: skip
+_OPERATOR = re.compile("|".join(map(re.escape, _OPERATORS)))
 _PUNCTUATION = "();<>|&\n"
+_PUNCTUATION_SET = frozenset(_PUNCTUATION)
+_CONTINUATION = re.compile(r"(?<!\\)((?:\\\\)*)\\\n")
 _SEPARATORS = frozenset({";", "&", "&&", "||", "|", "|&", "\n", "(", ")", ";;"})
 _WRITES = frozenset({">", ">>", ">|", "&>", "&>>", "<>", ">&"})
 #: Stands for a substitution's value in the text around it.
@@ -205,7 +208,7 @@ def _decode(line: str | bytes) -> str:
     return line
 
 
-def _substitutions(text: str) -> tuple[str, list[str]]:
+def _substitutions(text: str) -> tuple[str, list[tuple[str, bool]]]:
     """
     The text with every top-level C{$(...)}, C{`...`}, C{<(...)} and
     C{>(...)} replaced by a placeholder, and what they held.  One inside
@@ -215,7 +218,7 @@ def _substitutions(text: str) -> tuple[str, list[str]]:
     an unbalanced one runs to the end of the text.
     """
     out: list[str] = []
-    inner: list[str] = []
+    inner: list[tuple[str, bool]] = []  # what it holds, inside single quotes
     single = double = False
     i, n = 0, len(text)
     while i < n:
@@ -244,7 +247,7 @@ def _substitutions(text: str) -> tuple[str, list[str]]:
                         depth -= 1
                     j += 1
                 held, after = text[i + 2 : j - 1 if depth == 0 else n], j
-            inner.append(held)
+            inner.append((held, single))
             placeholder = _PLACEHOLDER.format(len(inner) - 1)
             if single:
                 out.append(text[i:after])
@@ -263,6 +266,9 @@ def _substitutions(text: str) -> tuple[str, list[str]]:
 
 def _tokens(text: str) -> tuple[list[str], bool]:
     """The shell tokens of C{text}, and whether all of it could be read."""
+    # a backslash-newline joins lines before the shell reads words (r\
+    # m is rm); an escaped backslash before a newline does not
+    text = _CONTINUATION.sub(r"\1", text)
     lexer = shlex.shlex(text, posix=True, punctuation_chars=_PUNCTUATION)
     lexer.whitespace = " \t\r"
     lexer.whitespace_split = True
@@ -276,18 +282,9 @@ def _tokens(text: str) -> tuple[list[str], bool]:
     return tokens, True
 
 
-def _operators(token: str) -> Iterator[str]:
-    """A run of punctuation split into shell operators."""
-    i = 0
-    while i < len(token):
-        for op in _OPERATORS:
-            if token.startswith(op, i):
-                yield op
-                i += len(op)
-                break
-        else:  # pragma: no cover - every punctuation character is an operator
-            yield token[i]
-            i += 1
+def _operators(token: str) -> list[str]:
+    """A run of punctuation split into shell operators, longest first."""
+    return _OPERATOR.findall(token)
 
 
 @attrs.define
@@ -313,7 +310,7 @@ def _simple_commands(tokens: list[str]) -> list[_Simple]:
     current = _Simple()
     pending: str | None = None  # a redirection waiting for its word
     for token in tokens:
-        ops = list(_operators(token)) if set(token) <= set(_PUNCTUATION) else None
+        ops = _operators(token) if set(token) <= _PUNCTUATION_SET else None
         if ops is None:
             if pending is None:
                 current.words.append(token)
@@ -333,11 +330,14 @@ def _simple_commands(tokens: list[str]) -> list[_Simple]:
         for op in ops:
             if op in _SEPARATORS:
                 pending = None
-                if current.words or current.writes or current.reads:
-                    found.append(current)
-                if op == "&" and found and found[-1] is current:
+                piped = op in ("|", "|&")
+                if not (current.words or current.writes or current.reads):
+                    current.piped = piped
+                    continue
+                found.append(current)
+                if op == "&":
                     current.background = True
-                current = _Simple(piped=op in ("|", "|&"))
+                current = _Simple(piped=piped)
             else:
                 # "2>f": the digits are the descriptor, not a word
                 if current.words and current.words[-1].isdigit():
@@ -368,6 +368,8 @@ class _Found:
     fed: bool = False  # a shell or interpreter given text from the line
     fetches: bool = False  # a downloader
     decodes: bool = False  # a decoder
+    saves: tuple[str, ...] = ()  # files a downloader or decoder writes
+    runs: tuple[str, ...] = ()  # files it runs as code (scripts, ./x)
 
 
 class _Reader:
@@ -386,6 +388,8 @@ class _Reader:
         self.found: list[_Found] = []
         self.full = False
         self.budget = self.BUDGET
+        #: how many substitutions in single quotes are being read
+        self.quoted = 0
 
     def charge(self, cost: int, text: str) -> bool:
         """Spend C{cost} of the budget; False (and a command) once it is spent."""
@@ -408,7 +412,13 @@ class _Reader:
         self.found.append(found)
 
     def text(self, text: str, depth: int, context: _Context) -> None:
-        """Classify a line (or a string a shell will run)."""
+        """
+        Classify a line (or a string a shell will run).  Inside a
+        substitution in single quotes (L{quoted}) a string that cannot be
+        read is not a command: it is read only to be strict, in the
+        quoting of a string a shell may run later, where it is read
+        properly.
+        """
         if self.full or not self.charge(len(text) + self.PER_STRING, text):
             return
         if depth > MAX_DEPTH:
@@ -419,8 +429,10 @@ class _Reader:
         if not self.charge(max(0, len(flat) - len(text)), text):
             return
         printed: dict[str, str] = {}
-        for k, held in enumerate(inner):
+        for k, (held, single) in enumerate(inner):
+            self.quoted += single
             self.text(held, depth + 1, _Context(context.flags | {"substitution"}))
+            self.quoted -= single
             # $(echo rm) is rm: a literal printed stands for its value
             value = _printed_by(held)
             if value is not None and _PLAIN.fullmatch(value):
@@ -428,7 +440,7 @@ class _Reader:
         if printed:
             flat = _PLACEHOLDERS.sub(lambda m: printed.get(m[0], m[0]), flat)
         tokens, complete = _tokens(flat)
-        if not complete:
+        if not complete and not self.quoted:
             self.add(_Found(_unreadable(text)))
         simples = _simple_commands(tokens)
         for simple in simples:
@@ -443,6 +455,10 @@ class _Reader:
         """
         for k, simple in enumerate(simples):
             text = _printed(simple.words)
+            program = posixpath.basename(simple.words[0]) if simple.words else ""
+            if text is None and simple.herestrings and program in ("base64", "base32"):
+                if _decoding(simple.words[1:]):
+                    text = _decoded(simple.herestrings[0], program)
             if text is None:
                 continue
             for after in simples[k + 1 :]:
@@ -455,7 +471,9 @@ class _Reader:
                         break
                     text = decoded
                     continue
-                if program in _SHELLS and _script(after.words[1:]) is None:
+                if program in ("at", "batch") or (
+                    program in _SHELLS and _script(after.words[1:]) is None
+                ):
                     self.text(text, depth + 1, _Context(frozenset({"shell-stdin"})))
                 break
 
@@ -503,12 +521,17 @@ class _Reader:
             if word in _RESERVED:
                 i += 1
                 continue
+            if word == "function":  # function name { ...; }
+                i += 2
+                continue
             if _ASSIGNMENT.match(word):
                 flags.add("env")
                 i += 1
                 continue
             program = posixpath.basename(word) or word
             unwrap = _WRAPPERS.get(program)
+            if unwrap is None and _is_dynamic(word):
+                unwrap = _shell  # $SHELL -c '...': read the string anyway
             if unwrap is None:
                 break
             step = unwrap(words, i)
@@ -554,8 +577,14 @@ class _Reader:
         flags = set(context.flags)
         fed = False
         decodes = False
+        runs: list[str] = [words[i]] if "/" in words[i] else []
+        if program in ("at", "batch"):
+            flags.add("shell-stdin")  # commands from its input, run later
+            fed = simple.fed
         if program in _SHELLS or program in _INTERPRETERS:
             script = _script(args) if program in _SHELLS else _first_operand(args)
+            if script is not None:
+                runs.append(script)
             if script is None or script in ("-", "/dev/stdin") or _is_dynamic(script):
                 flags.add("shell-stdin")
                 fed = simple.fed or (script is not None and _is_dynamic(script))
@@ -570,6 +599,7 @@ class _Reader:
         elif program in ("source", "."):
             flags.add("source")
             fed = any(_is_dynamic(a) for a in args)
+            runs.extend(args[:1])
         elif program in _DOWNLOADERS:
             fetches = True
         elif program in _DECODERS:
@@ -590,8 +620,20 @@ class _Reader:
             objects += tuple(operands[1:])
         if _is_dynamic(words[i]):
             flags.add("dynamic-program")
+        saves = _saves(program, args, simple.writes) if fetches or decodes else []
         here = _Context(frozenset(flags), context.user, context.wrappers)
-        self._emit(words, i, here, simple, objects, fetches, fed=fed, decodes=decodes)
+        self._emit(
+            words,
+            i,
+            here,
+            simple,
+            objects,
+            fetches,
+            fed=fed,
+            decodes=decodes,
+            saves=tuple(saves),
+            runs=tuple(runs),
+        )
 
     def _find(
         self,
@@ -646,6 +688,8 @@ class _Reader:
         fed: bool = False,
         decodes: bool = False,
         bare: bool = False,
+        saves: tuple[str, ...] = (),
+        runs: tuple[str, ...] = (),
     ) -> None:
         argv = tuple(words[i:])
         program = posixpath.basename(argv[0]) or argv[0]
@@ -670,7 +714,7 @@ class _Reader:
             objects=tuple(dict.fromkeys(objects)),
             extra=tuple(extra),
         )
-        self.add(_Found(command, fed=fed, fetches=fetches, decodes=decodes))
+        self.add(_Found(command, fed, fetches, decodes, saves, runs))
 
 
 _BRACES = re.compile(r"([^{}]*)\{([^{}]*,[^{}]*)\}([^{}]*)")
@@ -961,6 +1005,35 @@ def _timeout(words: Sequence[str], i: int) -> _Step:
     return _Step(next=j + 1)  # the duration
 
 
+def _script_wrapper(words: Sequence[str], i: int) -> _Step:
+    """C{script -qc 'string' [file]}: the string runs in a shell."""
+    for k in range(i + 1, len(words) - 1):
+        word = words[k]
+        if word == "--command" or (
+            word.startswith("-") and not word.startswith("--") and word.endswith("c")
+        ):
+            return _Step(string=words[k + 1], string_flags=frozenset({"shell-c"}))
+        if word.startswith("--command="):
+            return _Step(string=word[10:], string_flags=frozenset({"shell-c"}))
+    return _Step()
+
+
+def _sg(words: Sequence[str], i: int) -> _Step:
+    """C{sg group -c 'string'} or C{sg group command ...}."""
+    if i + 3 < len(words) + 1 and words[i + 2 : i + 3] == ["-c"]:
+        if i + 3 < len(words):
+            return _Step(string=words[i + 3], string_flags=frozenset({"shell-c"}))
+    if i + 2 < len(words):
+        return _Step(
+            string=" ".join(words[i + 2 :]), string_flags=frozenset({"shell-c"})
+        )
+    return _Step()
+
+
+def _sudoedit(words: Sequence[str], i: int) -> _Step:
+    return _Step(flags=frozenset({"sudo"}))
+
+
 _WRAPPERS: dict[str, Callable[[Sequence[str], int], _Step]] = {
     "sudo": _sudo,
     "doas": _doas,
@@ -992,6 +1065,16 @@ _WRAPPERS: dict[str, Callable[[Sequence[str], int], _Step]] = {
     "ltrace": _plain("eoOpPsSuE"),
     "unshare": _plain(),
     "setpriv": _plain(),
+    "fakeroot": _plain(),
+    "ssh-agent": _plain("aEt"),
+    "dbus-run-session": _plain(),
+    "nsenter": _plain("tSG"),
+    "systemd-run": _plain("pEMu", "--unit --property --setenv --machine --uid --gid"),
+    "screen": _plain("STcephsLt"),
+    "parallel": _plain("jJSnNLlsdIEa", "--jobs --sshlogin --delimiter --arg-file"),
+    "script": _script_wrapper,
+    "sg": _sg,
+    "sudoedit": _sudoedit,
 }
 for _name in _SHELLS:
     _WRAPPERS[_name] = _shell
@@ -1036,19 +1119,45 @@ def _decoded(text: str, how: str) -> str | None:
 
 
 def _line_flags(found: list[_Found]) -> list[Command]:
-    """Flag shells fed by a downloader or a decoder anywhere in the line."""
+    """
+    Flag shells fed by a downloader or a decoder anywhere in the line, and
+    files run that a downloader or decoder of the line wrote.
+    """
     fetched = any(f.fetches for f in found)
     decoded = any(f.decodes for f in found)
+    downloads = {posixpath.basename(p) for f in found if f.fetches for p in f.saves}
+    decodings = {posixpath.basename(p) for f in found if f.decodes for p in f.saves}
     commands = []
     for f in found:
         command = f.command
-        if f.fed and (fetched or decoded):
-            extra = {"pipe-to-shell"} if fetched else set()
-            if decoded:
-                extra.add("decode-to-shell")
+        extra = set()
+        if f.fed and fetched:
+            extra.add("pipe-to-shell")
+        if f.fed and decoded:
+            extra.add("decode-to-shell")
+        runs = {posixpath.basename(p) for p in f.runs}
+        if runs & downloads:
+            extra.add("pipe-to-shell")
+        if runs & decodings:
+            extra.add("decode-to-shell")
+        if extra:
             command = attrs.evolve(command, flags=command.flags | extra)
         commands.append(command)
     return commands
+
+
+def _saves(program: str, args: Sequence[str], writes: Sequence[str]) -> list[str]:
+    """The files a downloader writes: redirections, -o/-O, wget's default."""
+    saved = list(writes)
+    for k, arg in enumerate(args):
+        name, eq, value = arg.partition("=")
+        if name in ("-o", "-O", "--output", "--output-document") and k + 1 < len(args):
+            saved.append(value if eq else args[k + 1])
+        elif arg.startswith(("-o", "-O")) and len(arg) > 2:
+            saved.append(arg[2:])
+        elif "://" in arg:
+            saved.append(posixpath.basename(arg.split("?", 1)[0]))
+    return [p for p in saved if p and p != "-"]
 
 
 def classify_exec(line: str | bytes) -> tuple[Command, ...]:

