@@ -128,6 +128,8 @@ _OPERATORS = (
 _OPERATOR = re.compile("|".join(map(re.escape, _OPERATORS)))
 _PUNCTUATION = "();<>|&\n"
 _PUNCTUATION_SET = frozenset(_PUNCTUATION)
+_VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
+_DECLARE = frozenset({"export", "declare", "typeset", "local", "readonly"})
 _CONTINUATION = re.compile(r"(?<!\\)((?:\\\\)*)\\\n")
 _SEPARATORS = frozenset({";", "&", "&&", "||", "|", "|&", "\n", "(", ")", ";;"})
 _WRITES = frozenset({">", ">>", ">|", "&>", "&>>", "<>", ">&"})
@@ -390,6 +392,8 @@ class _Reader:
         self.budget = self.BUDGET
         #: how many substitutions in single quotes are being read
         self.quoted = 0
+        #: variables the line set to plain words (IFS: its default)
+        self.variables: dict[str, str | None] = {"IFS": " "}
 
     def charge(self, cost: int, text: str) -> bool:
         """Spend C{cost} of the budget; False (and a command) once it is spent."""
@@ -481,6 +485,7 @@ class _Reader:
         if self.full:
             return
         words = [w for word in simple.words for w in _braces(word)]
+        words = self.expand(words)
         flags = set(context.flags)
         if simple.background:
             flags.add("background")
@@ -500,6 +505,34 @@ class _Reader:
             objects,
             fetches,
         )
+
+    def expand(self, words: list[str]) -> list[str]:
+        """
+        Variables the line set to plain words, expanded (C{r=rm; $r -rf
+        /}), and split as unquoted expansions are; a standalone assignment
+        is remembered.  Others stay as they are (C{dynamic-program}).
+        """
+        start = 1 if words and words[0] in _DECLARE else 0
+        if all(_ASSIGNMENT.match(w) for w in words[start:]):
+            for word in words[start:]:
+                name, _, value = word.partition("=")
+                name = name.rstrip("+").split("[")[0]
+                # set twice (if/else branches?): the value is not known
+                known = self.variables.get(name, value) == value
+                if known and _PLAIN.fullmatch(value) and "=" not in word[: len(name)]:
+                    self.variables[name] = value
+                else:
+                    self.variables[name] = None
+            return words
+        expanded: list[str] = []
+        for word in words:
+            names = _VARIABLE.findall(word)
+            if not names or any(self.variables.get(n) is None for n in names):
+                expanded.append(word)
+                continue
+            value = _VARIABLE.sub(lambda m: self.variables[m[1]] or "", word)
+            expanded.extend(value.split() or [""])
+        return expanded
 
     def words(
         self,

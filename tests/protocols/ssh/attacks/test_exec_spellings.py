@@ -55,6 +55,10 @@ DENIED: list[tuple[str | bytes, str]] = [
     ("$(echo rm) -rf /", RM),
     ("$(printf '\\x72\\x6d') -rf /", RM),
     ("`echo rm` -rf /", RM),
+    ("r=rm; $r -rf /", RM),
+    ("a=r b=m; $a$b -rf /", RM),
+    ("export c='rm -rf /'; $c", RM),
+    ("rm${IFS}-rf${IFS}/", RM),
     # lists, pipelines, groups, control flow
     ("ls; rm -rf /", RM),
     ("ls && rm -rf /", RM),
@@ -208,13 +212,12 @@ DENIED: list[tuple[str | bytes, str]] = [
 #: Computed program names: never allowed without a person's look.
 REVIEWED = [
     "$RM -rf /",
-    "r=rm; $r -rf /",
+    "if [ -e /x ]; then r=rm; else r=ls; fi; $r -rf /",
+    "sh -c '\"$0\" -rf /' rm",
     "/bin/r? -rf /",
     "/bin/r* -rf /",
     "$'\\x72\\x6d' -rf /",
-    "rm${IFS}-rf${IFS}/",
     "$(which rm) -rf /",
-    "a=r b=m; $a$b -rf /",
 ]
 
 #: Lines that must stay allowed: data is not execution.
