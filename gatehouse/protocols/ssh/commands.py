@@ -128,6 +128,9 @@ _OPERATORS = (
 _OPERATOR = re.compile("|".join(map(re.escape, _OPERATORS)))
 _PUNCTUATION = "();<>|&\n"
 _PUNCTUATION_SET = frozenset(_PUNCTUATION)
+#: Operators read in one string before giving up (too-many).
+_MAX_SEPARATORS = 4 * MAX_COMMANDS
+assert _MAX_SEPARATORS >= _TEXT_CAP
 _VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
 _DECLARE = frozenset({"export", "declare", "typeset", "local", "readonly"})
 _CONTINUATION = re.compile(r"(?<!\\)((?:\\\\)*)\\\n")
@@ -276,12 +279,21 @@ def _tokens(text: str) -> tuple[list[str], bool]:
     lexer.whitespace_split = True
     lexer.commenters = ""
     tokens: list[str] = []
+    separators = 0
     try:
         for token in lexer:
             tokens.append(token)
+            if token[:1] in _PUNCTUATION_SET:
+                separators += 1
+                if separators > _MAX_SEPARATORS:
+                    raise _TooMany()
     except ValueError:
         return tokens, False
     return tokens, True
+
+
+class _TooMany(Exception):
+    """More operators than L{MAX_COMMANDS} commands need."""
 
 
 def _operators(token: str) -> list[str]:
@@ -443,7 +455,12 @@ class _Reader:
                 printed[_PLACEHOLDER.format(k)] = value
         if printed:
             flat = _PLACEHOLDERS.sub(lambda m: printed.get(m[0], m[0]), flat)
-        tokens, complete = _tokens(flat)
+        try:
+            tokens, complete = _tokens(flat)
+        except _TooMany:
+            self.add(_Found(_unreadable(text, "too-many")))
+            self.full = True
+            return
         if not complete and not self.quoted:
             self.add(_Found(_unreadable(text)))
         simples = _simple_commands(tokens)
@@ -458,6 +475,8 @@ class _Reader:
         sh}): classified as what the shell will run.
         """
         for k, simple in enumerate(simples):
+            if self.full:
+                return
             text = _printed(simple.words)
             program = posixpath.basename(simple.words[0]) if simple.words else ""
             if text is None and simple.herestrings and program in ("base64", "base32"):
@@ -1117,6 +1136,7 @@ def _printed_by(text: str) -> str | None:
     """What C{text} prints if it is one C{echo}/C{printf} of literals."""
     if len(text) > _TEXT_CAP or not text.lstrip().startswith(("echo", "printf")):
         return None
+    # _TEXT_CAP characters hold at most _MAX_SEPARATORS operators: no _TooMany
     tokens, complete = _tokens(text)
     simples = _simple_commands(tokens) if complete else []
     return _printed(simples[0].words) if len(simples) == 1 else None
