@@ -109,7 +109,7 @@ _SHELLS = frozenset(
 )
 _INTERPRETERS = frozenset(
     {"python", "python2", "python3", "perl", "ruby", "node", "nodejs", "php"}
-    | {"lua", "tclsh", "pwsh", "awk", "gawk", "mawk", "nawk"}
+    | {"lua", "tclsh", "pwsh"}
 )
 _DOWNLOADERS = frozenset(
     {"curl", "wget", "fetch", "nc", "ncat", "netcat", "socat", "aria2c"}
@@ -138,6 +138,7 @@ _SEPARATORS = frozenset({";", "&", "&&", "||", "|", "|&", "\n", "(", ")", ";;"})
 _WRITES = frozenset({">", ">>", ">|", "&>", "&>>", "<>", ">&"})
 #: Stands for a substitution's value in the text around it.
 _PLACEHOLDER = "$__S{}__"
+_SUBSTITUTED = "$__S"
 _PLACEHOLDERS = re.compile(r"\$__S\d+__")
 _DYNAMIC = re.compile(r"[$`*?\[{]")
 #: Printed text that may stand in for a substitution's value as it is.
@@ -595,7 +596,7 @@ class _Reader:
                 # the wrapper runs a string: it is a command, and so is
                 # the string
                 here = _Context(frozenset(flags), user, tuple(wrappers))
-                fed = "$" in step.string or "`" in step.string
+                fed = _computed(step.string)
                 self._emit(words, i, here, simple, objects, fetches, fed=fed)
                 inner = _Context(
                     frozenset(flags | step.string_flags), user, (*wrappers, program)
@@ -633,24 +634,30 @@ class _Reader:
         if program in ("at", "batch"):
             flags.add("shell-stdin")  # commands from its input, run later
             fed = simple.fed
-        if program in _SHELLS or program in _INTERPRETERS:
+        code = _code(args) if program in _INTERPRETERS else None
+        if code is not None:
+            # python -c CODE, perl -e CODE, ...: the code is in the line;
+            # it is the line's output only where a substitution stands
+            fed = _SUBSTITUTED in code
+        elif program in _SHELLS or program in _INTERPRETERS:
             script = _script(args) if program in _SHELLS else _first_operand(args)
             if script is not None:
                 runs.append(script)
-            if script is None or script in ("-", "/dev/stdin") or _is_dynamic(script):
+            if script is None or script in ("-", "/dev/stdin"):
                 flags.add("shell-stdin")
-                fed = simple.fed or (script is not None and _is_dynamic(script))
+                fed = simple.fed
                 if program in _SHELLS:
                     for string in simple.herestrings:
                         inner = _Context(
                             frozenset(flags), context.user, context.wrappers
                         )
                         self.text(string, depth + 1, inner)
-            if program in _INTERPRETERS and script is not None:
-                fed = fed or _is_dynamic(script)
+            elif _computed(script):
+                flags.add("shell-stdin")
+                fed = True
         elif program in ("source", "."):
             flags.add("source")
-            fed = any(_is_dynamic(a) for a in args)
+            fed = any(_computed(a) for a in args)
             runs.extend(args[:1])
         elif program in _DOWNLOADERS:
             fetches = True
@@ -794,6 +801,32 @@ def _decoding(args: Sequence[str]) -> bool:
 
 def _is_dynamic(word: str) -> bool:
     return bool(_DYNAMIC.search(word)) or word.startswith("/dev/fd/")
+
+
+def _computed(word: str) -> bool:
+    """
+    Whether shell code or a script path comes from an expansion (C{$x},
+    a substitution, a process substitution's C{/dev/fd/N}).
+    """
+    return "$" in word or "`" in word or word.startswith("/dev/fd/")
+
+
+def _code(args: Sequence[str]) -> str | None:
+    """
+    The code an interpreter is given as an argument (C{-c}, C{-e}, C{-E},
+    C{-r}, C{--eval}, option clusters such as C{-ne}), or None.
+    """
+    for k, arg in enumerate(args):
+        if arg == "--" or not arg.startswith("-"):
+            return None
+        if arg.startswith("--"):
+            name, eq, value = arg.partition("=")
+            if name in ("--eval", "--print", "--command"):
+                return value if eq else (args[k + 1] if k + 1 < len(args) else "")
+            continue
+        if arg[-1] in "ceEr" and arg[1:2] != "-":
+            return args[k + 1] if k + 1 < len(args) else ""
+    return None
 
 
 def _first_operand(args: Sequence[str]) -> str | None:

@@ -253,6 +253,11 @@ ALLOWED = [
     "curl -o /tmp/data.json http://example/data.json; jq . /tmp/data.json",
     "sh ./build.sh",
     "echo 'hello' | at now + 1 hour",
+    # data from a download, read by a program whose code is in the line
+    "curl -s http://api/x | python3 -c 'import json,sys; print(json.load(sys.stdin))'",
+    "curl -s http://api/x | perl -ne 'print $1 if /id=(\\d+)/'",
+    "curl -s http://api/x | awk '{print $1}'",
+    "curl -s http://api/x | jq -r .name",
 ]
 
 #: Stricter than the shell, on purpose (see the module docstring).
