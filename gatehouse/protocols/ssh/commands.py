@@ -140,7 +140,8 @@ _WRITES = frozenset({">", ">>", ">|", "&>", "&>>", "<>", ">&"})
 _PLACEHOLDER = "$__S{}__"
 _SUBSTITUTED = "$__S"
 _PLACEHOLDERS = re.compile(r"\$__S\d+__")
-_DYNAMIC = re.compile(r"[$`*?\[{]")
+#: What makes a word the shell computes: expansions, globs, braces.
+_DYNAMIC = re.compile(r"[$`*?]|\[.*\]|\{.*\}")
 #: Printed text that may stand in for a substitution's value as it is.
 _PLAIN = re.compile(r"[\w ./=:,+@%-]*")
 

@@ -258,6 +258,12 @@ ALLOWED = [
     "curl -s http://api/x | perl -ne 'print $1 if /id=(\\d+)/'",
     "curl -s http://api/x | awk '{print $1}'",
     "curl -s http://api/x | jq -r .name",
+    "[ -d /srv ] && ls /srv",
+    "test -f /etc/x && echo yes || echo no",
+    'for f in *.log; do gzip "$f"; done',
+    "nohup ./server > out.log 2>&1 &",
+    "git commit -m 'fix: rm stale lock; curl | sh removed'",
+    "cat <<'EOF' > /tmp/conf\nkey=value\nEOF",
 ]
 
 #: Stricter than the shell, on purpose (see the module docstring).
