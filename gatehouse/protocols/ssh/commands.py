@@ -942,7 +942,12 @@ def _sudo(words: Sequence[str], i: int) -> _Step:
     shell = {"-s", "-i", "--shell", "--login"} & values.keys()
     if shell and j < len(words):
         # sudo -s cmd: the target user's shell runs "cmd" as a string
-        return _Step(string=shlex.join(words[j:]), flags=flags, user=user)
+        return _Step(
+            string=shlex.join(words[j:]),
+            string_flags=frozenset({"shell-c"}),
+            flags=flags,
+            user=user,
+        )
     if shell:
         flags |= {"shell-stdin"}
     return _Step(next=j, flags=flags, user=user)

@@ -100,6 +100,11 @@ class SimpleCommandTests(SynchronousTestCase):
         self.assertEqual(programs(b"ls\x00rm -rf /"), ["ls", "rm"])
         self.assertIn("nul", classify_exec("ls\0rm")[0].flags)
 
+    def test_quoted_operator_separates(self) -> None:
+        """A word that is only an operator separates (stricter than sh)."""
+        self.assertEqual(programs("echo ';' rm x"), ["echo", "rm"])
+        self.assertEqual(programs("echo 'a;b' rm x"), ["echo"])
+
     def test_echo_is_not_execution(self) -> None:
         """The text of an argument is data, unless a shell runs it."""
         self.assertEqual(programs('echo "rm -rf /"'), ["echo"])
@@ -123,7 +128,7 @@ class WrapperTests(SynchronousTestCase):
         shell = one("sudo -s", "sudo")
         self.assertEqual(shell.flags, frozenset({"sudo", "shell-stdin"}))
         inner = one("sudo -s rm -rf /", "rm")
-        self.assertIn("sudo", inner.flags)
+        self.assertEqual(inner.flags, frozenset({"sudo", "shell-c"}))
 
     def test_su(self) -> None:
         inner = one("su - postgres -c 'rm -rf /'", "rm")
