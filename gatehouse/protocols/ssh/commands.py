@@ -11,14 +11,17 @@ remote shell, not the gateway, has the last word on what a line means, so
 the guarantee is the upstream account a target maps each group to (see
 docs/policy.md, "SSH").  The reading leans to the strict side: text that
 looks like a command substitution is classified even inside single
-quotes, a quoted C{;} still separates, and here-document bodies are read
-as commands.
+quotes (where failing to read it is no refusal: a shell running that
+string later is read properly), a quoted C{;} still separates, comments
+are read, and here-document bodies are read as commands.
 
 Whatever cannot be read is a command too, never an exception: unbalanced
-quotes, lines over L{MAX_LINE} bytes, nesting deeper than L{MAX_DEPTH} or
-more than L{MAX_COMMANDS} commands give a command of kind C{Unparseable}
-(flags C{unparsed} and why), which only the policy's C{unparseable}
-fallback or a rule naming C{kind: Unparseable} decides.
+quotes, lines over L{MAX_LINE} bytes, nesting deeper than L{MAX_DEPTH},
+more than L{MAX_COMMANDS} commands or more work than L{_Reader.BUDGET}
+give a command of kind C{Unparseable} (flags C{unparsed} and why), which
+only the policy's C{unparseable} fallback or a rule naming C{kind:
+Unparseable} decides.  A hostile 64 KiB line costs about one pass of the
+lexer (a few tenths of a second of CPU).
 """
 
 from __future__ import annotations
