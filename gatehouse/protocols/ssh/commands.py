@@ -134,6 +134,7 @@ _PUNCTUATION_SET = frozenset(_PUNCTUATION)
 #: Operators read in one string before giving up (too-many).
 _MAX_SEPARATORS = 4 * MAX_COMMANDS
 assert _MAX_SEPARATORS >= _TEXT_CAP
+_POSITIONAL = re.compile(r"\$\{?([0-9@*])\}?")
 _VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
 _DECLARE = frozenset({"export", "declare", "typeset", "local", "readonly"})
 _CONTINUATION = re.compile(r"(?<!\\)((?:\\\\)*)\\\n")
@@ -411,6 +412,8 @@ class _Reader:
         self.quoted = 0
         #: variables the line set to plain words (IFS: its default)
         self.variables: dict[str, str | None] = {"IFS": " "}
+        #: files the line wrote literal text to, by name (None: unknown)
+        self.files: dict[str, str | None] = {}
 
     def charge(self, cost: int, text: str) -> bool:
         """Spend C{cost} of the budget; False (and a command) once it is spent."""
@@ -683,6 +686,7 @@ class _Reader:
             objects += tuple(operands[1:])
         if _is_dynamic(words[i]):
             flags.add("dynamic-program")
+        self.scripts(words[i:], simple, runs, depth, context)
         saves = _saves(program, args, simple.writes) if fetches or decodes else []
         here = _Context(frozenset(flags), context.user, context.wrappers)
         self._emit(
@@ -697,6 +701,33 @@ class _Reader:
             saves=tuple(saves),
             runs=tuple(runs),
         )
+
+    def scripts(
+        self,
+        argv: Sequence[str],
+        simple: _Simple,
+        runs: Sequence[str],
+        depth: int,
+        context: _Context,
+    ) -> None:
+        """
+        Files the line writes with C{echo}/C{printf} of literals, and runs
+        later (C{echo 'rm -rf /' > x; sh x}): what they hold is classified
+        where they run.  Files are known by name.
+        """
+        printed = _printed(argv) if simple.writes else None
+        for path in simple.writes:
+            name = posixpath.basename(path)
+            held = self.files.get(name, "")
+            # unknown stays unknown (None); literals add up (> and >>)
+            self.files[name] = (
+                None if printed is None or held is None else (f"{held}\n{printed}")
+            )
+        for path in runs:
+            content = self.files.get(posixpath.basename(path))
+            if content:
+                inner = _Context(context.flags | {"shell-c"}, context.user)
+                self.text(content, depth + 1, inner)
 
     def _find(
         self,
@@ -1036,8 +1067,28 @@ def _shell(words: Sequence[str], i: int) -> _Step:
             continue
         break
     if command and j < len(words):
-        return _Step(string=words[j], string_flags=frozenset({"shell-c"}))
+        string = _positional(words[j], words[j + 1 :])
+        return _Step(string=string, string_flags=frozenset({"shell-c"}))
     return _Step()
+
+
+def _positional(string: str, args: Sequence[str]) -> str:
+    """
+    C{sh -c 'eval "$1"' _ 'rm -rf /'}: the string with C{$0}..C{$9},
+    C{$@} and C{$*} replaced by the arguments given, where they are plain
+    words (others stay: a computed program).
+    """
+    if not args or not all(_PLAIN.fullmatch(a) for a in args):
+        return string
+
+    def value(match: re.Match[str]) -> str:
+        name = match[1]
+        if name in "@*":
+            return " ".join(args[1:])
+        index = int(name)
+        return args[index] if index < len(args) else ""
+
+    return _POSITIONAL.sub(value, string)
 
 
 def _eval(words: Sequence[str], i: int) -> _Step:

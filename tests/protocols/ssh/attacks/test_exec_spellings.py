@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from gatehouse.policy.rules import UNPARSEABLE
-from gatehouse.protocols.ssh.commands import MAX_LINE, classify_exec
+from gatehouse.protocols.ssh.commands import COMMAND_FLAGS, MAX_LINE, classify_exec
 from tests.protocols.ssh.attacks.policy import decide, load, with_ssh
 
 RM = "no-rm"
@@ -144,6 +144,12 @@ DENIED: list[tuple[str | bytes, str]] = [
     ("busybox rm -rf /", RM),
     ("toybox rm -rf /", RM),
     ("busybox sh -c 'rm -rf /'", RM),
+    ("sh -c '\"$0\" -rf /' rm", RM),
+    ("sh -c 'eval \"$1\"' _ 'rm -rf /'", RM),
+    ("bash -c '$@' _ rm -rf /", RM),
+    ("echo 'rm -rf /' > /tmp/x; sh /tmp/x", RM),
+    ("printf 'rm -rf /' > x; chmod +x x; ./x", RM),
+    ("echo '#!/bin/sh' > x; echo 'rm -rf /' >> x; . x", RM),
     ("script -qc 'rm -rf /' /dev/null", RM),
     ("sg wheel -c 'rm -rf /'", RM),
     ("systemd-run --unit x rm -rf /", RM),
@@ -213,7 +219,6 @@ DENIED: list[tuple[str | bytes, str]] = [
 REVIEWED = [
     "$RM -rf /",
     "if [ -e /x ]; then r=rm; else r=ls; fi; $r -rf /",
-    "sh -c '\"$0\" -rf /' rm",
     "/bin/r? -rf /",
     "/bin/r* -rf /",
     "$'\\x72\\x6d' -rf /",
@@ -259,6 +264,8 @@ ALLOWED = [
     "curl -s http://api/x | awk '{print $1}'",
     "curl -s http://api/x | jq -r .name",
     "[ -d /srv ] && ls /srv",
+    "sh -c 'echo \"$1\"' _ 'rm -rf /'",
+    "echo 'rm -rf /tmp/cache' > notes; cat notes",
     "test -f /etc/x && echo yes || echo no",
     'for f in *.log; do gzip "$f"; done',
     "nohup ./server > out.log 2>&1 &",
@@ -358,6 +365,9 @@ class PropertyTests(SynchronousTestCase):
         self.assertGreaterEqual(len(found), 1)
         for command in found:
             self.assertEqual(command.protocol, "ssh")
+            # only words a rule may name
+            self.assertLessEqual(command.flags, COMMAND_FLAGS)
+            self.assertLessEqual(command.kinds, {"exec", UNPARSEABLE})
 
     @settings(max_examples=60, deadline=None)
     @given(
