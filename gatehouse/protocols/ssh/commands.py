@@ -32,11 +32,31 @@ import codecs
 import posixpath
 import re
 import shlex
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import attrs
 
 from gatehouse.policy.rules import UNPARSEABLE, Command
+from gatehouse.protocols.ssh.shellwords import (
+    PLACEHOLDER,
+    PLACEHOLDERS,
+    PLAIN,
+    SUBSTITUTED,
+    Simple,
+    TooMany,
+    braces,
+    lex,
+    simple_commands,
+    substitutions,
+)
+from gatehouse.protocols.ssh.wrappers import (
+    SHELLS,
+    WRAPPERS,
+    first_operand,
+    interpreter_code,
+    script_operand,
+    shell_c,
+)
 
 __all__ = [
     "COMMAND_FLAGS",
@@ -106,10 +126,6 @@ COMMAND_FLAGS = frozenset(
     }
 )
 
-_SHELLS = frozenset(
-    {"sh", "bash", "zsh", "dash", "ksh", "mksh", "ash", "yash", "posh"}
-    | {"csh", "tcsh", "fish", "rbash", "ksh93", "busybox-sh"}
-)
 _INTERPRETERS = frozenset(
     {"python", "python2", "python3", "perl", "ruby", "node", "nodejs", "php"}
     | {"lua", "tclsh", "pwsh"}
@@ -124,30 +140,10 @@ _RESERVED = frozenset(
     | {"until", "coproc", "[[", "]]"}
 )
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\[[^]]*\])?\+?=")
-_OPERATORS = (
-    "<<<", "<<-", "&>>", "&&", "||", ";;", "|&", ">>", "<<", ">&", "<&",
-    "&>", ">|", "<>", "(", ")", ";", "&", "|", "<", ">", "\n",
-)  # fmt: skip
-_OPERATOR = re.compile("|".join(map(re.escape, _OPERATORS)))
-_PUNCTUATION = "();<>|&\n"
-_PUNCTUATION_SET = frozenset(_PUNCTUATION)
-#: Operators read in one string before giving up (too-many).
-_MAX_SEPARATORS = 4 * MAX_COMMANDS
-assert _MAX_SEPARATORS >= _TEXT_CAP
-_POSITIONAL = re.compile(r"\$\{?([0-9@*])\}?")
 _VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
 _DECLARE = frozenset({"export", "declare", "typeset", "local", "readonly"})
-_CONTINUATION = re.compile(r"(?<!\\)((?:\\\\)*)\\\n")
-_SEPARATORS = frozenset({";", "&", "&&", "||", "|", "|&", "\n", "(", ")", ";;"})
-_WRITES = frozenset({">", ">>", ">|", "&>", "&>>", "<>", ">&"})
-#: Stands for a substitution's value in the text around it.
-_PLACEHOLDER = "$__S{}__"
-_SUBSTITUTED = "$__S"
-_PLACEHOLDERS = re.compile(r"\$__S\d+__")
 #: What makes a word the shell computes: expansions, globs, braces.
 _DYNAMIC = re.compile(r"[$`*?]|\[.*\]|\{.*\}")
-#: Printed text that may stand in for a substitution's value as it is.
-_PLAIN = re.compile(r"[\w ./=:,+@%-]*")
 
 
 def _command(
@@ -217,155 +213,6 @@ def _decode(line: str | bytes) -> str:
     if isinstance(line, bytes):
         return line.decode("utf-8", "replace")
     return line
-
-
-def _substitutions(text: str) -> tuple[str, list[tuple[str, bool]]]:
-    """
-    The text with every top-level C{$(...)}, C{`...`}, C{<(...)} and
-    C{>(...)} replaced by a placeholder, and what they held.  One inside
-    single quotes is not run by the shell: it stays in the text (a shell
-    that runs the string later finds it), but what it holds is classified
-    too, to be strict.  Parentheses are counted without regard to quotes;
-    an unbalanced one runs to the end of the text.
-    """
-    out: list[str] = []
-    inner: list[tuple[str, bool]] = []  # what it holds, inside single quotes
-    single = double = False
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if single:
-            single = c != "'"
-        elif c == "\\":
-            out.append(text[i : i + 2])
-            i += 2
-            continue
-        elif c == "'" and not double:
-            single = True
-        elif c == '"':
-            double = not double
-        if c == "`" or (c in "$<>" and text.startswith("(", i + 1)):
-            if c == "`":
-                end = text.find("`", i + 1)
-                end = n if end < 0 else end
-                held, after = text[i + 1 : end], end + 1
-            else:
-                depth, j = 1, i + 2
-                while j < n and depth:
-                    if text[j] == "(":
-                        depth += 1
-                    elif text[j] == ")":
-                        depth -= 1
-                    j += 1
-                held, after = text[i + 2 : j - 1 if depth == 0 else n], j
-            inner.append((held, single))
-            placeholder = _PLACEHOLDER.format(len(inner) - 1)
-            if single:
-                out.append(text[i:after])
-                # still inside the quotes unless the span closed them
-                single = text[i + 1 : after].count("'") % 2 == 0
-            elif c in "<>":
-                out.append(f" {placeholder}")  # a word, not a redirection
-            else:
-                out.append(placeholder)
-            i = after
-            continue
-        out.append(c)
-        i += 1
-    return "".join(out), inner
-
-
-def _tokens(text: str) -> tuple[list[str], bool]:
-    """The shell tokens of C{text}, and whether all of it could be read."""
-    # a backslash-newline joins lines before the shell reads words (r\
-    # m is rm); an escaped backslash before a newline does not
-    text = _CONTINUATION.sub(r"\1", text)
-    lexer = shlex.shlex(text, posix=True, punctuation_chars=_PUNCTUATION)
-    lexer.whitespace = " \t\r"
-    lexer.whitespace_split = True
-    lexer.commenters = ""
-    tokens: list[str] = []
-    separators = 0
-    try:
-        for token in lexer:
-            tokens.append(token)
-            if token[:1] in _PUNCTUATION_SET:
-                separators += 1
-                if separators > _MAX_SEPARATORS:
-                    raise _TooMany()
-    except ValueError:
-        return tokens, False
-    return tokens, True
-
-
-class _TooMany(Exception):
-    """More operators than L{MAX_COMMANDS} commands need."""
-
-
-def _operators(token: str) -> list[str]:
-    """A run of punctuation split into shell operators, longest first."""
-    return _OPERATOR.findall(token)
-
-
-@attrs.define
-class _Simple:
-    """One simple command of a line, and how its input and output go."""
-
-    words: list[str] = attrs.field(factory=list)
-    piped: bool = False
-    background: bool = False
-    writes: list[str] = attrs.field(factory=list)
-    reads: list[str] = attrs.field(factory=list)
-    herestrings: list[str] = attrs.field(factory=list)
-    heredoc: bool = False
-
-    @property
-    def fed(self) -> bool:
-        """Its standard input comes from within the line."""
-        return self.piped or self.heredoc or bool(self.herestrings)
-
-
-def _simple_commands(tokens: list[str]) -> list[_Simple]:
-    found: list[_Simple] = []
-    current = _Simple()
-    pending: str | None = None  # a redirection waiting for its word
-    for token in tokens:
-        ops = _operators(token) if set(token) <= _PUNCTUATION_SET else None
-        if ops is None:
-            if pending is None:
-                current.words.append(token)
-            elif pending in ("<<<",):
-                current.herestrings.append(token)
-            elif pending in ("<<", "<<-"):
-                current.heredoc = True
-            elif pending in _WRITES:
-                if token != "/dev/null" and not (
-                    pending == ">&" and (token.isdigit() or token == "-")
-                ):
-                    current.writes.append(token)
-            elif pending == "<":
-                current.reads.append(token)
-            pending = None
-            continue
-        for op in ops:
-            if op in _SEPARATORS:
-                pending = None
-                piped = op in ("|", "|&")
-                if not (current.words or current.writes or current.reads):
-                    current.piped = piped
-                    continue
-                found.append(current)
-                if op == "&":
-                    current.background = True
-                current = _Simple(piped=piped)
-            else:
-                # "2>f": the digits are the descriptor, not a word
-                if current.words and current.words[-1].isdigit():
-                    current.words.pop()
-                pending = op
-    if current.words or current.writes or current.reads:
-        found.append(current)
-    return found
 
 
 # -- seeing through wrappers ----------------------------------------------
@@ -448,7 +295,7 @@ class _Reader:
         if depth > MAX_DEPTH:
             self.add(_Found(_unreadable(text, "too-deep")))
             return
-        flat, inner = _substitutions(text)
+        flat, inner = substitutions(text)
         # placeholders lengthen what the lexer reads
         if not self.charge(max(0, len(flat) - len(text)), text):
             return
@@ -459,24 +306,24 @@ class _Reader:
             self.quoted -= single
             # $(echo rm) is rm: a literal printed stands for its value
             value = _printed_by(held)
-            if value is not None and _PLAIN.fullmatch(value):
-                printed[_PLACEHOLDER.format(k)] = value
+            if value is not None and PLAIN.fullmatch(value):
+                printed[PLACEHOLDER.format(k)] = value
         if printed:
-            flat = _PLACEHOLDERS.sub(lambda m: printed.get(m[0], m[0]), flat)
+            flat = PLACEHOLDERS.sub(lambda m: printed.get(m[0], m[0]), flat)
         try:
-            tokens, complete = _tokens(flat)
-        except _TooMany:
+            tokens, complete = lex(flat)
+        except TooMany:
             self.add(_Found(_unreadable(text, "too-many")))
             self.full = True
             return
         if not complete and not self.quoted:
             self.add(_Found(_unreadable(text)))
-        simples = _simple_commands(tokens)
+        simples = simple_commands(tokens)
         for simple in simples:
             self.simple(simple, depth, context)
         self.feeds(simples, depth)
 
-    def feeds(self, simples: Sequence[_Simple], depth: int) -> None:
+    def feeds(self, simples: Sequence[Simple], depth: int) -> None:
         """
         Text that C{echo}/C{printf} of literal words pipes into a shell,
         directly or through C{base64 -d} (C{echo cm0gLXJm | base64 -d |
@@ -503,15 +350,15 @@ class _Reader:
                     text = decoded
                     continue
                 if program in ("at", "batch") or (
-                    program in _SHELLS and _script(after.words[1:]) is None
+                    program in SHELLS and script_operand(after.words[1:]) is None
                 ):
                     self.text(text, depth + 1, _Context(frozenset({"shell-stdin"})))
                 break
 
-    def simple(self, simple: _Simple, depth: int, context: _Context) -> None:
+    def simple(self, simple: Simple, depth: int, context: _Context) -> None:
         if self.full:
             return
-        words = [w for word in simple.words for w in _braces(word)]
+        words = [w for word in simple.words for w in braces(word)]
         words = self.expand(words)
         flags = set(context.flags)
         if simple.background:
@@ -546,7 +393,7 @@ class _Reader:
                 name = name.rstrip("+").split("[")[0]
                 # set twice (if/else branches?): the value is not known
                 known = self.variables.get(name, value) == value
-                if known and _PLAIN.fullmatch(value) and "=" not in word[: len(name)]:
+                if known and PLAIN.fullmatch(value) and "=" not in word[: len(name)]:
                     self.variables[name] = value
                 else:
                     self.variables[name] = None
@@ -567,7 +414,7 @@ class _Reader:
         start: int,
         depth: int,
         context: _Context,
-        simple: _Simple,
+        simple: Simple,
         objects: tuple[str, ...] = (),
         fetches: bool = False,
     ) -> None:
@@ -589,9 +436,9 @@ class _Reader:
                 i += 1
                 continue
             program = posixpath.basename(word) or word
-            unwrap = _WRAPPERS.get(program)
+            unwrap = WRAPPERS.get(program)
             if unwrap is None and _is_dynamic(word):
-                unwrap = _shell  # $SHELL -c '...': read the string anyway
+                unwrap = shell_c  # $SHELL -c '...': read the string anyway
             if unwrap is None:
                 break
             step = unwrap(words, i)
@@ -628,7 +475,7 @@ class _Reader:
         i: int,
         depth: int,
         context: _Context,
-        simple: _Simple,
+        simple: Simple,
         objects: tuple[str, ...],
         fetches: bool,
     ) -> None:
@@ -641,19 +488,19 @@ class _Reader:
         if program in ("at", "batch"):
             flags.add("shell-stdin")  # commands from its input, run later
             fed = simple.fed
-        code = _code(args) if program in _INTERPRETERS else None
+        code = interpreter_code(args) if program in _INTERPRETERS else None
         if code is not None:
             # python -c CODE, perl -e CODE, ...: the code is in the line;
             # it is the line's output only where a substitution stands
-            fed = _SUBSTITUTED in code
-        elif program in _SHELLS or program in _INTERPRETERS:
-            script = _script(args) if program in _SHELLS else _first_operand(args)
+            fed = SUBSTITUTED in code
+        elif program in SHELLS or program in _INTERPRETERS:
+            script = script_operand(args) if program in SHELLS else first_operand(args)
             if script is not None:
                 runs.append(script)
             if script is None or script in ("-", "/dev/stdin"):
                 flags.add("shell-stdin")
                 fed = simple.fed
-                if program in _SHELLS:
+                if program in SHELLS:
                     for string in simple.herestrings:
                         inner = _Context(
                             frozenset(flags), context.user, context.wrappers
@@ -705,7 +552,7 @@ class _Reader:
     def scripts(
         self,
         argv: Sequence[str],
-        simple: _Simple,
+        simple: Simple,
         runs: Sequence[str],
         depth: int,
         context: _Context,
@@ -735,7 +582,7 @@ class _Reader:
         i: int,
         depth: int,
         context: _Context,
-        simple: _Simple,
+        simple: Simple,
     ) -> None:
         """The commands of C{find ... -exec cmd ... ;} (or C{+})."""
         j = i + 1
@@ -748,7 +595,7 @@ class _Reader:
                 if inner:
                     flags = context.flags | {"find-exec"}
                     here = _Context(flags, context.user, (*context.wrappers, "find"))
-                    self.words(inner, 0, depth + 1, here, _Simple(words=inner))
+                    self.words(inner, 0, depth + 1, here, Simple(words=inner))
                 j = end
             j += 1
 
@@ -775,7 +622,7 @@ class _Reader:
         words: Sequence[str],
         i: int,
         context: _Context,
-        simple: _Simple,
+        simple: Simple,
         objects: tuple[str, ...],
         fetches: bool,
         *,
@@ -811,18 +658,6 @@ class _Reader:
         self.add(_Found(command, fed, fetches, decodes, saves, runs))
 
 
-_BRACES = re.compile(r"([^{}]*)\{([^{}]*,[^{}]*)\}([^{}]*)")
-
-
-def _braces(word: str) -> list[str]:
-    """Bash's brace expansion of one C{pre{a,b}post} group: {rm,-rf,/}."""
-    match = _BRACES.fullmatch(word)
-    if match is None:
-        return [word]
-    pre, inside, post = match.groups()
-    return [f"{pre}{part}{post}" for part in inside.split(",")]
-
-
 def _options(program: str, args: Sequence[str]) -> tuple[str, ...]:
     if program == "find":  # find's options are words of their own: -delete
         return tuple(dict.fromkeys(a for a in args if a.startswith("-")))
@@ -846,392 +681,15 @@ def _computed(word: str) -> bool:
     return "$" in word or "`" in word or word.startswith("/dev/fd/")
 
 
-def _code(args: Sequence[str]) -> str | None:
-    """
-    The code an interpreter is given as an argument (C{-c}, C{-e}, C{-E},
-    C{-r}, C{--eval}, option clusters such as C{-ne}), or None.
-    """
-    for k, arg in enumerate(args):
-        if arg == "--" or not arg.startswith("-"):
-            return None
-        if arg.startswith("--"):
-            name, eq, value = arg.partition("=")
-            if name in ("--eval", "--print", "--command"):
-                return value if eq else (args[k + 1] if k + 1 < len(args) else "")
-            continue
-        if arg[-1] in "ceEr" and arg[1:2] != "-":
-            return args[k + 1] if k + 1 < len(args) else ""
-    return None
-
-
-def _first_operand(args: Sequence[str]) -> str | None:
-    for arg in args:
-        if arg == "--" or not arg.startswith("-"):
-            return arg if arg != "--" else None
-    return None
-
-
-def _script(args: Sequence[str]) -> str | None:
-    """A shell's script operand (None: it reads stdin), options skipped."""
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg == "--":
-            return args[i + 1] if i + 1 < len(args) else None
-        if arg in ("-o", "+o", "-O", "+O", "--rcfile", "--init-file"):
-            i += 2
-            continue
-        if arg.startswith(("-", "+")):
-            if "s" in arg[1:] and not arg.startswith("--"):
-                return None  # -s: commands from stdin
-            i += 1
-            continue
-        return arg
-    return None
-
-
-# -- wrappers ---------------------------------------------------------------
-
-
-@attrs.frozen
-class _Step:
-    """
-    What a wrapper at C{words[i]} does: the index of the command it runs
-    (C{next}), or a string it runs through a shell (C{string}).
-    """
-
-    next: int | None = None
-    string: str | None = None
-    string_flags: frozenset[str] = frozenset()
-    flags: frozenset[str] = frozenset()
-    user: str | None = None
-
-
-def _skip_options(
-    words: Sequence[str],
-    i: int,
-    takes_value: frozenset[str] = frozenset(),
-    long_takes_value: frozenset[str] = frozenset(),
-) -> tuple[int, dict[str, str]]:
-    """
-    Skip the options after the wrapper at C{words[i]}: the index of the
-    first operand and the options' values (by option, C{-u} or C{--user}).
-    """
-    values: dict[str, str] = {}
-    j = i + 1
-    while j < len(words):
-        word = words[j]
-        if word == "--":
-            return j + 1, values
-        if word.startswith("--") and len(word) > 2:
-            name, eq, value = word.partition("=")
-            if name in long_takes_value and not eq:
-                values[name] = words[j + 1] if j + 1 < len(words) else ""
-                j += 2
-                continue
-            values[name] = value
-            j += 1
-            continue
-        if word.startswith("-") and len(word) > 1:
-            j += 1
-            for k, letter in enumerate(word[1:], start=1):
-                option = f"-{letter}"
-                values.setdefault(option, "")
-                if option in takes_value:
-                    rest = word[k + 1 :]
-                    if rest:
-                        values[option] = rest
-                    elif j < len(words):
-                        values[option] = words[j]
-                        j += 1
-                    break
-            continue
-        return j, values
-    return j, values
-
-
-def _plain(
-    takes_value: str = "", long_takes_value: str = "", operands: int = 0
-) -> Callable[[Sequence[str], int], _Step]:
-    """A wrapper that runs the command after its options (and C{operands})."""
-    short = frozenset(f"-{c}" for c in takes_value)
-    long = frozenset(long_takes_value.split())
-
-    def unwrap(words: Sequence[str], i: int) -> _Step:
-        j, _ = _skip_options(words, i, short, long)
-        return _Step(next=j + operands)
-
-    return unwrap
-
-
-def _sudo(words: Sequence[str], i: int) -> _Step:
-    j, values = _skip_options(
-        words,
-        i,
-        frozenset({"-u", "-g", "-h", "-p", "-C", "-D", "-r", "-t", "-T", "-U"}),
-        frozenset({"--user", "--group", "--host", "--prompt", "--chdir"}),
-    )
-    user = values.get("-u") or values.get("--user") or "root"
-    flags = frozenset({"sudo"})
-    shell = {"-s", "-i", "--shell", "--login"} & values.keys()
-    if shell and j < len(words):
-        # sudo -s cmd: the target user's shell runs "cmd" as a string
-        return _Step(
-            string=shlex.join(words[j:]),
-            string_flags=frozenset({"shell-c"}),
-            flags=flags,
-            user=user,
-        )
-    if shell:
-        flags |= {"shell-stdin"}
-    return _Step(next=j, flags=flags, user=user)
-
-
-def _doas(words: Sequence[str], i: int) -> _Step:
-    j, values = _skip_options(words, i, frozenset({"-u", "-C"}))
-    return _Step(next=j, flags=frozenset({"sudo"}), user=values.get("-u") or "root")
-
-
-def _su(words: Sequence[str], i: int) -> _Step:
-    """
-    C{su [options] [-] [user] [-c string]} (options may follow the user),
-    and C{runuser}, which also takes C{-u user -- command ...}.
-    """
-    string = None
-    operands: list[str] = []
-    user = None
-    j = i + 1
-    while j < len(words):
-        word = words[j]
-        if word == "--":
-            if words[i] == "runuser" and user is not None:
-                return _Step(next=j + 1, flags=frozenset({"sudo"}), user=user)
-            operands.extend(words[j + 1 :])
-            break
-        name, eq, value = word.partition("=")
-        if word.startswith("--") and name in ("--command", "--user", "--shell"):
-            if not eq:
-                value = words[j + 1] if j + 1 < len(words) else ""
-                j += 1
-            if name == "--command":
-                string = value
-            elif name == "--user":
-                user = value
-        elif word.startswith("-") and len(word) > 1 and not word.startswith("--"):
-            for k, letter in enumerate(word[1:], start=1):
-                if letter in "csgGuCw":
-                    value = word[k + 1 :]
-                    if not value and j + 1 < len(words):
-                        value = words[j + 1]
-                        j += 1
-                    if letter in "cC":
-                        string = value
-                    elif letter == "u":
-                        user = value
-                    break
-        elif word != "-" and not word.startswith("--"):
-            if words[i] == "runuser" and user is not None:
-                return _Step(next=j, flags=frozenset({"sudo"}), user=user)
-            operands.append(word)
-        j += 1
-    user = user or (operands[0] if operands else "root")
-    flags = frozenset({"sudo"})
-    if string:
-        return _Step(
-            string=string, string_flags=frozenset({"shell-c"}), flags=flags, user=user
-        )
-    return _Step(flags=flags | {"shell-stdin"}, user=user)
-
-
-def _pkexec(words: Sequence[str], i: int) -> _Step:
-    j, values = _skip_options(words, i, long_takes_value=frozenset({"--user"}))
-    return _Step(next=j, flags=frozenset({"sudo"}), user=values.get("--user") or "root")
-
-
-def _shell(words: Sequence[str], i: int) -> _Step:
-    """C{sh -c 'string'}: the string; otherwise the shell is the program."""
-    j = i + 1
-    command = False
-    while j < len(words):
-        word = words[j]
-        if word in ("-o", "+o", "-O", "+O", "--rcfile", "--init-file"):
-            j += 2
-            continue
-        if word == "--":
-            j += 1
-            break
-        if word.startswith(("-", "+")) and len(word) > 1:
-            if not word.startswith("--") and "c" in word[1:]:
-                command = True
-            j += 1
-            continue
-        break
-    if command and j < len(words):
-        string = _positional(words[j], words[j + 1 :])
-        return _Step(string=string, string_flags=frozenset({"shell-c"}))
-    return _Step()
-
-
-def _positional(string: str, args: Sequence[str]) -> str:
-    """
-    C{sh -c 'eval "$1"' _ 'rm -rf /'}: the string with C{$0}..C{$9},
-    C{$@} and C{$*} replaced by the arguments given, where they are plain
-    words (others stay: a computed program).
-    """
-    if not args or not all(_PLAIN.fullmatch(a) for a in args):
-        return string
-
-    def value(match: re.Match[str]) -> str:
-        name = match[1]
-        if name in "@*":
-            return " ".join(args[1:])
-        index = int(name)
-        return args[index] if index < len(args) else ""
-
-    return _POSITIONAL.sub(value, string)
-
-
-def _eval(words: Sequence[str], i: int) -> _Step:
-    return _Step(string=" ".join(words[i + 1 :]), string_flags=frozenset({"eval"}))
-
-
-def _env(words: Sequence[str], i: int) -> _Step:
-    j, values = _skip_options(
-        words,
-        i,
-        frozenset({"-u", "-C", "-S"}),
-        frozenset({"--unset", "--chdir", "--split-string"}),
-    )
-    string = values.get("-S") or values.get("--split-string")
-    if string:
-        rest = shlex.join(words[j:])
-        return _Step(string=f"{string} {rest}", string_flags=frozenset({"eval"}))
-    return _Step(next=j)
-
-
-def _watch(words: Sequence[str], i: int) -> _Step:
-    j, _ = _skip_options(
-        words, i, frozenset({"-n", "-d", "-q"}), frozenset({"--interval"})
-    )
-    return _Step(string=" ".join(words[j:]), string_flags=frozenset({"shell-c"}))
-
-
-def _flock(words: Sequence[str], i: int) -> _Step:
-    # flock [options] file -c string, or flock [options] file command ...
-    for k in range(i + 1, len(words) - 1):
-        if words[k] in ("-c", "--command"):
-            return _Step(string=words[k + 1], string_flags=frozenset({"shell-c"}))
-    j, _ = _skip_options(words, i, frozenset({"-w", "-E"}), frozenset({"--wait"}))
-    return _Step(next=j + 1)
-
-
-def _command_builtin(words: Sequence[str], i: int) -> _Step:
-    j, values = _skip_options(words, i)
-    if "-v" in values or "-V" in values:
-        return _Step()  # a lookup, not a run
-    return _Step(next=j)
-
-
-def _xargs(words: Sequence[str], i: int) -> _Step:
-    j, _ = _skip_options(
-        words,
-        i,
-        frozenset("-" + c for c in "IiLlnPsdEea"),
-        frozenset(
-            {"--max-args", "--max-procs", "--delimiter", "--arg-file", "--max-chars"}
-            | {"--eof", "--replace", "--max-lines", "--process-slot-var"}
-        ),
-    )
-    return _Step(next=j, flags=frozenset({"xargs"}))
-
-
-def _timeout(words: Sequence[str], i: int) -> _Step:
-    j, _ = _skip_options(words, i, frozenset({"-s", "-k"}), frozenset({"--signal"}))
-    return _Step(next=j + 1)  # the duration
-
-
-def _script_wrapper(words: Sequence[str], i: int) -> _Step:
-    """C{script -qc 'string' [file]}: the string runs in a shell."""
-    for k in range(i + 1, len(words) - 1):
-        word = words[k]
-        if word == "--command" or (
-            word.startswith("-") and not word.startswith("--") and word.endswith("c")
-        ):
-            return _Step(string=words[k + 1], string_flags=frozenset({"shell-c"}))
-        if word.startswith("--command="):
-            return _Step(string=word[10:], string_flags=frozenset({"shell-c"}))
-    return _Step()
-
-
-def _sg(words: Sequence[str], i: int) -> _Step:
-    """C{sg group -c 'string'} or C{sg group command ...}."""
-    if i + 3 < len(words) + 1 and words[i + 2 : i + 3] == ["-c"]:
-        if i + 3 < len(words):
-            return _Step(string=words[i + 3], string_flags=frozenset({"shell-c"}))
-    if i + 2 < len(words):
-        return _Step(
-            string=" ".join(words[i + 2 :]), string_flags=frozenset({"shell-c"})
-        )
-    return _Step()
-
-
-def _sudoedit(words: Sequence[str], i: int) -> _Step:
-    return _Step(flags=frozenset({"sudo"}))
-
-
-_WRAPPERS: dict[str, Callable[[Sequence[str], int], _Step]] = {
-    "sudo": _sudo,
-    "doas": _doas,
-    "su": _su,
-    "runuser": _su,
-    "pkexec": _pkexec,
-    "env": _env,
-    "eval": _eval,
-    "watch": _watch,
-    "flock": _flock,
-    "command": _command_builtin,
-    "builtin": _plain(),
-    "exec": _plain("a"),
-    "nohup": _plain(),
-    "time": _plain("fo"),
-    "nice": _plain("n", "--adjustment"),
-    "ionice": _plain("cnp", "--class --classdata --pid"),
-    "stdbuf": _plain("ioe", "--input --output --error"),
-    "chrt": _plain("", "", operands=1),
-    "taskset": _plain("", "", operands=1),
-    "setsid": _plain(),
-    "unbuffer": _plain(),
-    "chroot": _plain("", "--userspec --groups", operands=1),
-    "timeout": _timeout,
-    "xargs": _xargs,
-    "busybox": _plain(),
-    "toybox": _plain(),
-    "strace": _plain("eoOpPsSuE"),
-    "ltrace": _plain("eoOpPsSuE"),
-    "unshare": _plain(),
-    "setpriv": _plain(),
-    "fakeroot": _plain(),
-    "ssh-agent": _plain("aEt"),
-    "dbus-run-session": _plain(),
-    "nsenter": _plain("tSG"),
-    "systemd-run": _plain("pEMu", "--unit --property --setenv --machine --uid --gid"),
-    "screen": _plain("STcephsLt"),
-    "parallel": _plain("jJSnNLlsdIEa", "--jobs --sshlogin --delimiter --arg-file"),
-    "script": _script_wrapper,
-    "sg": _sg,
-    "sudoedit": _sudoedit,
-}
-for _name in _SHELLS:
-    _WRAPPERS[_name] = _shell
-
-
 def _printed_by(text: str) -> str | None:
     """What C{text} prints if it is one C{echo}/C{printf} of literals."""
     if len(text) > _TEXT_CAP or not text.lstrip().startswith(("echo", "printf")):
         return None
-    # _TEXT_CAP characters hold at most _MAX_SEPARATORS operators: no _TooMany
-    tokens, complete = _tokens(text)
-    simples = _simple_commands(tokens) if complete else []
+    try:
+        tokens, complete = lex(text)
+    except TooMany:
+        return None
+    simples = simple_commands(tokens) if complete else []
     return _printed(simples[0].words) if len(simples) == 1 else None
 
 
