@@ -328,7 +328,12 @@ _words = st.lists(
     max_size=4,
 )
 _wrappers = st.lists(
-    st.sampled_from(["sudo", "sh-c", "subst", "list", "backtick", "env", "nohup"]),
+    st.sampled_from(
+        [
+            *("sudo", "sh-c", "subst", "list", "backtick", "env", "nohup"),
+            *("eval", "bash-lc", "timeout", "pipe", "and", "here-string"),
+        ]
+    ),
     min_size=1,
     max_size=4,
 )
@@ -347,6 +352,18 @@ def _wrap(line: str, how: str) -> str:
         return f"env A=1 {line}"
     if how == "nohup":
         return f"nohup {line} &"
+    if how == "eval":
+        return f"eval {shlex.quote(line)}"
+    if how == "bash-lc":
+        return f"bash -lc {shlex.quote(line)}"
+    if how == "timeout":
+        return f"timeout -s KILL 5 {line}"
+    if how == "pipe":
+        return f"ls | {line} | wc -l"
+    if how == "and":
+        return f"true && {line} || false"
+    if how == "here-string":
+        return f"bash <<< {shlex.quote(line)}"
     return f"ls; {line}; uptime"
 
 
