@@ -1,0 +1,4 @@
+"""
+Attacks on the SSH exec classifier: spellings of dangerous commands that
+its rules must catch, and benign lines they must leave alone.
+"""
