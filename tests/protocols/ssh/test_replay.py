@@ -10,7 +10,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,13 @@ from gatehouse.recording.render import (
     render,
     renderer_for,
 )
-from tests.fixtures.sshd import asciinema_cat
+from tests.fixtures.sshd import (
+    PtyClient,
+    asciinema_cat,
+    generate_key,
+    shared_sshd,
+    ssh_program,
+)
 from tests.recording.helpers import NS, Rec, make_signing, write_session
 from tests.recording.test_cli_keys import CLITestCase
 
@@ -486,34 +494,36 @@ class SftpAndForwardReplayTests(CLITestCase):
         self.assertNotIn("\x1b", out)
 
 
+def export_cast(
+    test: CLITestCase, records: list[Rec], *flags: str
+) -> tuple[dict[str, Any], list[Any], Path]:
+    """Export a session with gatehouse export --format asciicast -o FILE."""
+    root, sid = write(test, records)
+    target = Path(root) / "session.cast"
+    code, out, err = test.run_cli(
+        "export",
+        sid,
+        "--recordings",
+        root,
+        "--format",
+        "asciicast",
+        "-o",
+        str(target),
+        *flags,
+    )
+    test.assertEqual((code, out), (0, ""), err)
+    lines = target.read_text().splitlines()
+    test.assertTrue(all(line.isascii() for line in lines))
+    header, *events = (json.loads(line) for line in lines)
+    test.assertIn(f"{len(events)} asciicast events written", err)
+    return header, events, target
+
+
 class AsciicastTests(CLITestCase):
     """export --format asciicast writes asciicast v2 that asciinema plays."""
 
-    def export(
-        self, records: list[Rec], *flags: str
-    ) -> tuple[dict[str, Any], list[Any], Path]:
-        root, sid = write(self, records)
-        target = Path(root) / "session.cast"
-        code, out, err = self.run_cli(
-            "export",
-            sid,
-            "--recordings",
-            root,
-            "--format",
-            "asciicast",
-            "-o",
-            str(target),
-            *flags,
-        )
-        self.assertEqual((code, out), (0, ""), err)
-        lines = target.read_text().splitlines()
-        self.assertTrue(all(line.isascii() for line in lines))
-        header, *events = (json.loads(line) for line in lines)
-        self.assertIn(f"{len(events)} asciicast events written", err)
-        return header, events, target
-
     def test_header_and_events(self) -> None:
-        header, events, _ = self.export(terminal_session())
+        header, events, _ = export_cast(self, terminal_session())
         self.assertEqual(header["version"], 2)
         self.assertEqual((header["width"], header["height"]), (80, 24))
         self.assertEqual(header["env"], {"TERM": "xterm-256color"})
@@ -531,12 +541,12 @@ class AsciicastTests(CLITestCase):
         self.assertEqual(text, b"".join(c for c, _ in TERMINAL_OUTPUT).decode())
 
     def test_input_on_request(self) -> None:
-        _, events, _ = self.export(terminal_session(), "--stdin")
+        _, events, _ = export_cast(self, terminal_session(), "--stdin")
         self.assertEqual([d for _, k, d in events if k == "i"], ["l", "s", "\r"])
 
     def test_asciinema_plays_it(self) -> None:
         """The real asciinema cat prints exactly the bytes the terminal was sent."""
-        _, _, target = self.export(terminal_session(), "--stdin")
+        _, _, target = export_cast(self, terminal_session(), "--stdin")
         self.assertEqual(
             asciinema_cat(target), b"".join(chunk for chunk, _ in TERMINAL_OUTPUT)
         )
@@ -562,12 +572,12 @@ class AsciicastTests(CLITestCase):
             request(2, "shell"),
             data(2, OUT, b"second terminal\r\n"),
         ]
-        header, events, target = self.export(records)
+        header, events, target = export_cast(self, records)
         self.assertEqual(header["command"], "top -b -n 1")
         self.assertEqual((header["width"], header["height"]), (132, 50))
         self.assertEqual([d for _, _, d in events], ["top output\r\n", "oops\r\n"])
         self.assertEqual(asciinema_cat(target), b"top output\r\noops\r\n")
-        header, events, _ = self.export(records, "--channel", "2")
+        header, events, _ = export_cast(self, records, "--channel", "2")
         self.assertEqual([d for _, _, d in events], ["second terminal\r\n"])
         root, sid = write(self, records)
         code, out, err = self.run_cli(
@@ -612,3 +622,95 @@ class AsciicastTests(CLITestCase):
         with self.assertRaises(NoExport):
             export_asciicast([], out, ExportOptions())
         self.assertEqual(out.getvalue(), "")
+
+
+class RealTerminalTests(CLITestCase):
+    """
+    Real terminal output (OpenSSH's ssh -tt to a real sshd, on a pseudo-
+    terminal: bash's prompts, bracketed paste, a resize, Ctrl-C), laid
+    out as the gateway records a shell channel, replays and exports whole.
+    """
+
+    def test_real_shell(self) -> None:
+        server = shared_sshd()
+        key = generate_key(Path(self.mktemp()) / "id")
+        server.authorize(key.public)
+        client = PtyClient(
+            [ssh_program(), "-tt", *server.client_args(key), server.destination()],
+            cols=80,
+            rows=24,
+        )
+        self.addCleanup(client.close)
+        started = time.monotonic()
+        typed: list[tuple[float, bytes]] = []
+        resized_at = 0.0
+
+        def send(text: str) -> None:
+            typed.append((time.monotonic(), text.encode()))
+            client.send(text)
+
+        client.expect(re.compile(rb"[#$] "))
+        send("echo gate$((6*7))house\r")
+        client.expect(b"gate42house")
+        client.expect(re.compile(rb"[#$] "))
+        resized_at = time.monotonic()
+        client.resize(100, 30)
+        time.sleep(0.2)
+        send("stty size; echo sleeping; sleep 60\r")
+        client.expect(b"30 100")
+        client.expect(re.compile(rb"[\r\n]sleeping"))
+        time.sleep(0.3)  # for sleep to start: Ctrl-C before it is a race
+        send("\x03")
+        client.expect(re.compile(rb"[#$] "))
+        send("exit 0\r")
+        self.assertEqual(client.wait(), 0)
+
+        def at(moment: float) -> int:
+            return int((moment - started) * NS)
+
+        timeline: list[tuple[int, Rec]] = [
+            (at(when), data(0, OUT, chunk, 0)) for when, chunk in client.chunks
+        ]
+        timeline += [(at(when), data(0, IN, keys, 0)) for when, keys in typed]
+        timeline.append(
+            (at(resized_at), request(0, "window-change", 0, cols=100, rows=30))
+        )
+        timeline.sort(key=lambda item: item[0])
+        records = [
+            meta(),
+            event(0, "ssh-channel-open", type="session"),
+            request(0, "pty-req", term="xterm", cols=80, rows=24),
+            request(0, "shell"),
+        ]
+        last = 0
+        for mono, rec in timeline:
+            records.append(
+                Rec(
+                    rec.payload,
+                    rec.type,
+                    rec.direction,
+                    rec.channel,
+                    max(mono - last, 0),
+                )
+            )
+            last = max(mono, last)
+        records += [
+            event(0, "ssh-exit", status=0),
+            event(0, "ssh-channel-close", **{"from": "target"}),
+            close(),
+        ]
+        _, events, target = export_cast(self, records)
+        self.assertEqual(asciinema_cat(target), client.output)
+        kinds = [k for _, k, _ in events]
+        self.assertEqual([d for _, k, d in events if k == "r"], ["100x30"])
+        texts = [d if k == "o" else "" for _, k, d in events]
+        greeted = next(i for i, t in enumerate(texts) if "gate42house" in t)
+        sized = next(i for i, t in enumerate(texts) if "30 100" in t)
+        self.assertTrue(greeted < kinds.index("r") < sized, kinds)
+
+        out = replay(self, records, "--no-wait")
+        self.assertIn("gate42house\r\n", out)
+        self.assertIn("30 100\r\n", out)
+        self.assertIn("^C", out)
+        self.assertIn("logout\r\n", out)
+        self.assertIn("-- channel 0: exit status 0\n", out)
