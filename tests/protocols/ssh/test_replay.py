@@ -16,12 +16,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from gatehouse.cli import main
 from gatehouse.protocols.ssh.replay import export_asciicast, render_ssh
 from gatehouse.protocols.ssh.replay.layout import STDERR_BIT
 from gatehouse.protocols.ssh.replay.transcript import MAX_LINES
 from gatehouse.recording import cli_sessions
-from gatehouse.recording.format import Direction, RecordType
+from gatehouse.recording.format import Direction, Record, RecordType
 from gatehouse.recording.render import (
     ExportOptions,
     NoExport,
@@ -37,7 +40,13 @@ from tests.fixtures.sshd import (
     shared_sshd,
     ssh_program,
 )
-from tests.recording.helpers import NS, Rec, make_signing, write_session
+from tests.recording.helpers import (
+    EXAMPLES,
+    NS,
+    Rec,
+    make_signing,
+    write_session,
+)
 from tests.recording.test_cli_keys import CLITestCase
 
 MS = 1_000_000
@@ -714,3 +723,126 @@ class RealTerminalTests(CLITestCase):
         self.assertIn("^C", out)
         self.assertIn("logout\r\n", out)
         self.assertIn("-- channel 0: exit status 0\n", out)
+
+
+_HOSTILE = st.sampled_from(
+    [
+        b"\x1b]0;title\x07",
+        b"\x1b]52;c;ZXZpbA==\x1b\\",
+        b"\x1b[6n",
+        b"\x1bP+q\x1b\\",
+        b"\xc2\x9b6n",
+        b"\x1b",
+        b"]",
+        b"ok\r\n",
+        b"\xff\xfe",
+        b"\xe2\x80\xae",
+    ]
+)
+_EVENTS = st.sampled_from(
+    [
+        ("ssh-channel-open", {"type": "session"}),
+        ("ssh-channel-open", {"type": "direct-tcpip", "host": "\x1b]0;x\x07"}),
+        ("ssh-request", {"request": "pty-req", "term": "xterm", "cols": 80}),
+        ("ssh-request", {"request": "shell"}),
+        ("ssh-request", {"request": "exec"}),
+        ("ssh-request", {"request": "subsystem", "name": "sftp"}),
+        ("ssh-request", {"request": "window-change", "cols": "x", "rows": None}),
+        ("ssh-request", {"request": "env", "name": "\x1b[6n", "value": ["x"]}),
+        ("ssh-exit", {"status": 1}),
+        ("ssh-exit", {"signal": "\x1b]0;t\x07"}),
+        ("ssh-eof", {"from": "client"}),
+        ("ssh-channel-close", {"from": "target", "reason": "\x9b6n"}),
+        ("sftp", {"op": "write", "path": "/\x1b]0;t\x07", "bytes": "many"}),
+        ("decision", {"action": "deny", "rule": None, "message": {"a": 1}}),
+        ("approval-requested", {"approval_id": 7, "approvals_required": True}),
+        ("approval-approved", {"approver": "\u202eb", "approved": "yes"}),
+    ]
+)
+
+
+_SETUPS = {
+    "none": [],
+    "shell": ["pty-req", "shell"],
+    "pty-exec": ["pty-req", "exec"],
+    "exec": ["exec"],
+    "sftp": ["subsystem"],
+}
+
+
+def _records(draw: Any) -> list[Record]:
+    out = [Record(0, RecordType.META, 0, 0, 0, meta().payload)]
+    for channel in range(3):
+        setup = _SETUPS[draw(st.sampled_from(sorted(_SETUPS)))]
+        for name in ["open", *setup] if setup else []:
+            if name == "open":
+                body = {"event": "ssh-channel-open", "type": "session"}
+            else:
+                body = {"event": "ssh-request", "request": name, "name": "sftp"}
+            out.append(
+                Record(
+                    len(out),
+                    RecordType.EVENT,
+                    0,
+                    channel + 1,
+                    0,
+                    json.dumps(body).encode(),
+                )
+            )
+    steps = draw(
+        st.lists(
+            st.tuples(
+                st.integers(0, 2),
+                st.booleans(),
+                st.one_of(_EVENTS, st.lists(_HOSTILE, min_size=1, max_size=4)),
+                st.sampled_from([IN, OUT]),
+                st.booleans(),
+            ),
+            max_size=30,
+        )
+    )
+    for seq, (channel, stderr, what, direction, whole) in enumerate(steps, 1):
+        record_channel = (channel + 1) | (STDERR_BIT if stderr else 0)
+        if isinstance(what, tuple):
+            name, fields = what
+            payload = json.dumps({"event": name, **fields}).encode()
+            if not whole:
+                payload = payload[: len(payload) // 2]
+            out.append(Record(seq, RecordType.EVENT, 0, channel + 1, seq * MS, payload))
+        else:
+            out.append(
+                Record(
+                    seq,
+                    RecordType.DATA,
+                    direction,
+                    record_channel,
+                    seq * MS,
+                    b"".join(what),
+                )
+            )
+    return out
+
+
+class HostileRecordingTests(CLITestCase):
+    """Whatever the records hold, the replay finishes and drives no terminal."""
+
+    @EXAMPLES
+    @given(st.data())
+    def test_no_terminal_control(self, data: Any) -> None:
+        records = _records(data.draw)
+        out = io.StringIO()
+        render(records, out)
+        text = out.getvalue()
+        self.assertNotRegex(text, r"\x1b[\]P_^Xc]")
+        self.assertNotIn("\x1b[6n", text)
+        self.assertFalse(any(0x80 <= ord(ch) <= 0x9F for ch in text), repr(text))
+        self.assertNotIn("\u202e", text)
+        self.assertNotIn("could not render", text)
+        cast = io.StringIO()
+        try:
+            export_asciicast(records, cast, ExportOptions())
+        except NoExport:
+            self.assertEqual(cast.getvalue(), "")
+        else:
+            for line in cast.getvalue().splitlines():
+                json.loads(line)
