@@ -283,6 +283,25 @@ class TerminalReplayTests(CLITestCase):
             out,
         )
 
+    def test_interrupted(self) -> None:
+        """Stopped mid-playback (Ctrl-C), the terminal's modes are undone."""
+        output = [(b"\x1b[?1049h\x1b[31mred", MS), (b"more", NS)]
+        records = [
+            Record(i, r.type, r.direction, r.channel, i * MS, r.payload)
+            for i, r in enumerate(terminal_session(output))
+        ]
+
+        def sleep(seconds: float) -> None:
+            raise KeyboardInterrupt
+
+        out = io.StringIO()
+        with self.assertRaises(KeyboardInterrupt):
+            render(records, out, pacer=Pacer(sleep=sleep, monotonic=lambda: 0.0))
+        self.assertTrue(
+            out.getvalue().endswith("\x1b[?1049h\x1b[31mred\x1b[0m\x1b[?1049l\r\n"),
+            repr(out.getvalue()[-80:]),
+        )
+
     def test_timing(self) -> None:
         """With a pacer, each chunk waits its recorded delay, over the speed."""
         waits: list[float] = []

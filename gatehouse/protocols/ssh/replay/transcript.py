@@ -295,6 +295,15 @@ class _Transcript:
         with self._guard("the end of the recording"):
             self._finish_channels()
 
+    def restore(self) -> None:
+        """Undo the modes the terminal output set so far, and end the line."""
+        for channel in self._channels.values():
+            if channel.screen is not None:
+                reset = channel.screen.finish()
+                if reset:
+                    write_screen(self._out, ScreenFilter(), reset)
+        self._leave_screen()
+
     def _finish_channels(self) -> None:
         for channel in self._channels.values():
             if not channel.closed:
@@ -579,7 +588,13 @@ _CHANNEL_EVENTS = {
 def render_ssh(records: Iterable[Record], out: TextOutput) -> None:
     """Write a replay of a recorded SSH session to C{out}."""
     transcript = _Transcript(out)
-    for record in records:
-        transcript.record(record)
+    try:
+        for record in records:
+            transcript.record(record)
+    except BaseException:
+        # Stopped (Ctrl-C in a paced replay, an unreadable recording): do
+        # not leave the auditor's terminal in the recorded one's modes.
+        transcript.restore()
+        raise
     transcript.finish()
     out.flush()
