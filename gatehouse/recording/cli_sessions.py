@@ -1,6 +1,8 @@
 """
 C{gatehouse sessions}, C{gatehouse replay} and C{gatehouse export}: find
-recorded sessions in the index, replay one as text, export one as JSONL.
+recorded sessions in the index, replay one as text (terminals in their
+original time), export one as JSONL (or in a protocol's own format, such
+as asciicast for SSH terminals).
 
 Replay and export read the segment files as they are; they do not verify
 them (C{gatehouse verify} does).
@@ -30,7 +32,15 @@ from gatehouse.recording.format import (
     segment_filename,
 )
 from gatehouse.recording.index import IndexUnavailable, SessionRow, query_sessions
-from gatehouse.recording.render import escape_char, export_jsonl, render
+from gatehouse.recording.render import (
+    ExportOptions,
+    NoExport,
+    Pacer,
+    escape_char,
+    export_jsonl,
+    exporter_for,
+    render,
+)
 
 __all__ = [
     "accept_relative_times",
@@ -398,7 +408,43 @@ def configure_replay(parser: argparse.ArgumentParser) -> Handler:
         help="show every row and every value whole (by default long results "
         "and values are abbreviated, and each cut says how much it left out)",
     )
+    pace = parser.add_mutually_exclusive_group()
+    pace.add_argument(
+        "--speed",
+        type=_speed_argument,
+        metavar="X",
+        help="play terminal output X times faster than it was recorded (by "
+        "default in its original time when the output is a terminal, at once "
+        "otherwise)",
+    )
+    pace.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="print terminal output at once, without its original timing",
+    )
+    parser.add_argument(
+        "--idle-limit",
+        type=_speed_argument,
+        metavar="SECONDS",
+        help="cut pauses in terminal output to at most SECONDS",
+    )
     return _replay
+
+
+def _speed_argument(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number above 0")
+    return value
+
+
+def _pacer(args: argparse.Namespace) -> Pacer | None:
+    if args.no_wait or (args.speed is None and not sys.stdout.isatty()):
+        return None
+    return Pacer(args.speed or 1.0, args.idle_limit)
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -414,6 +460,7 @@ def _replay(args: argparse.Namespace) -> int:
             sys.stdout,
             protocol if isinstance(protocol, str) else None,
             full=args.full,
+            pacer=_pacer(args),
         )
         sys.stdout.flush()
     except BrokenPipeError:
@@ -429,11 +476,27 @@ def configure_export(parser: argparse.ArgumentParser) -> Handler:
     """Set up C{gatehouse export}."""
     parser.description = (
         "Export every record of a session, one JSON object per line, for "
-        "SIEM tools.  Export does not verify the recording."
+        "SIEM tools; or, with --format asciicast, a terminal of an SSH session "
+        "as asciicast v2 for asciinema.  Export does not verify the recording."
     )
     _add_session_arguments(parser)
     parser.add_argument(
-        "--format", choices=["jsonl"], default="jsonl", help="jsonl (the default)"
+        "--format",
+        choices=["jsonl", "asciicast"],
+        default="jsonl",
+        help="jsonl (the default): every record; asciicast: one terminal",
+    )
+    parser.add_argument(
+        "--channel",
+        type=int,
+        metavar="N",
+        help="asciicast: the terminal of SSH channel N (default: the first)",
+    )
+    parser.add_argument(
+        "--stdin",
+        action="store_true",
+        help="asciicast: include what the client typed as input (\"i\") events; "
+        "typed passwords included",
     )
     parser.add_argument(
         "-o", "--output", metavar="FILE", help="write to FILE instead of stdout"
@@ -456,14 +519,45 @@ def wall_start_ns(directory: str) -> int | None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from gatehouse.recording.reader import read_records
+    from gatehouse.recording.reader import read_meta, read_records
 
     directory = _session_directory(args)
-    options = {"session_id": args.session_id, "wall_start_ns": wall_start_ns(directory)}
+    options = ExportOptions(
+        args.session_id, wall_start_ns(directory), args.channel, args.stdin
+    )
+    if args.format == "jsonl":
+
+        def export(records: Iterable[Record], out: TextIO) -> int:
+            return export_jsonl(
+                records,
+                out,
+                session_id=options.session_id,
+                wall_start_ns=options.wall_start_ns,
+            )
+
+    else:
+        try:
+            protocol = (read_meta(directory) or {}).get("protocol")
+        except (FormatError, OSError) as e:
+            raise _unreadable(directory, e)
+        exporter = exporter_for(
+            protocol if isinstance(protocol, str) else None, args.format
+        )
+        if exporter is None:
+            raise CommandError(
+                f"sessions of protocol {protocol!r} have no {args.format} export"
+            )
+
+        def export(records: Iterable[Record], out: TextIO) -> int:
+            try:
+                return exporter(records, out, options)
+            except NoExport as e:
+                raise CommandError(f"session {args.session_id}: {e}")
+
     watch = _Watch(read_records(directory))
     if args.output is None:
         try:
-            export_jsonl(watch, sys.stdout, **options)
+            export(watch, sys.stdout)
             sys.stdout.flush()
         except BrokenPipeError:
             raise  # not an unreadable recording: gatehouse.cli.main handles it
@@ -476,7 +570,7 @@ def _export(args: argparse.Namespace) -> int:
     try:
         with open(partial, "w", encoding="utf-8", newline="\n") as out:
             try:
-                count = export_jsonl(watch, out, **options)
+                count = export(watch, out)
             except (FormatError, OSError) as e:
                 raise _unreadable(directory, e)
         os.replace(partial, args.output)
@@ -485,6 +579,7 @@ def _export(args: argparse.Namespace) -> int:
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
-    sys.stderr.write(f"{count} records written to {args.output}\n")
+    what = "records" if args.format == "jsonl" else f"{args.format} events"
+    sys.stderr.write(f"{count} {what} written to {args.output}\n")
     _note_end(watch, args.session_id)
     return 0

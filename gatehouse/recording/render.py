@@ -11,6 +11,12 @@ A replay may abbreviate (long values, many rows, big payloads), and says so
 at each cut, with how much was left out and L{FULL_HINT}; rendered with
 C{full=True} (C{gatehouse replay --full}) it shows everything.  Renderers
 ask L{full_replay} at each place they would cut.
+
+A renderer that plays a terminal back writes its output with
+L{write_screen} (through a L{ScreenFilter<gatehouse.recording.screen>}),
+in time when L{replay_pacer} gives it a L{Pacer}.  Protocols may also
+register exports in other formats (L{register_exporter}), such as
+asciicast for terminal sessions.
 """
 
 from __future__ import annotations
@@ -23,27 +29,42 @@ import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from importlib import import_module
-from typing import Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
+
+import attrs
 
 from gatehouse.recording.format import Direction, Record, RecordType
 
+if TYPE_CHECKING:
+    from gatehouse.recording.screen import ScreenFilter
+
 __all__ = [
     "FULL_HINT",
+    "ExportOptions",
+    "Exporter",
+    "NoExport",
+    "Pacer",
     "Renderer",
     "TerminalSafe",
     "TextOutput",
     "direction_label",
     "export_jsonl",
+    "exporter_for",
     "format_offset",
+    "format_wall",
     "full_output",
     "full_replay",
     "hex_dump",
+    "paced",
+    "register_exporter",
     "register_renderer",
     "render",
     "render_generic",
     "render_record",
     "renderer_for",
+    "replay_pacer",
     "unregister_renderer",
+    "write_screen",
 ]
 
 
@@ -107,6 +128,68 @@ def full_output(full: bool) -> Iterator[None]:
         _full.reset(token)
 
 
+class Pacer:
+    """
+    Plays records back in their original time: L{wait} sleeps until a
+    record is due, C{speed} times faster, with pauses cut to C{idle_limit}
+    seconds (of the recording) when it is given.
+    """
+
+    def __init__(
+        self,
+        speed: float = 1.0,
+        idle_limit: float | None = None,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+    ):
+        if not speed > 0:
+            raise ValueError(f"speed must be above 0, not {speed!r}")
+        self.speed = speed
+        self.idle_limit = idle_limit
+        self._sleep = sleep
+        self._monotonic = monotonic
+        self._last_mono: int | None = None
+        self._due = 0.0
+
+    def wait(self, mono: int) -> None:
+        """Sleep until the record at C{mono} (ns since the session started) is due."""
+        now = self._monotonic()
+        if self._last_mono is None:
+            self._due = now
+        else:
+            gap = max(mono - self._last_mono, 0) / NS
+            if self.idle_limit is not None:
+                gap = min(gap, self.idle_limit)
+            self._due += gap / self.speed
+        self._last_mono = mono
+        if self._due > now:
+            self._sleep(self._due - now)
+
+
+_pacer: contextvars.ContextVar[Pacer | None] = contextvars.ContextVar(
+    "gatehouse_replay_pacer", default=None
+)
+
+
+def replay_pacer() -> Pacer | None:
+    """
+    The L{Pacer} a renderer plays terminal output with, or None to write
+    it at once (C{gatehouse replay --no-wait}, or not on a terminal).
+    """
+    return _pacer.get()
+
+
+@contextlib.contextmanager
+def paced(pacer: Pacer | None) -> Iterator[None]:
+    """Render with L{replay_pacer} answering C{pacer} inside the block."""
+    token = _pacer.set(pacer)
+    try:
+        yield
+    finally:
+        _pacer.reset(token)
+
+
 # --- the registry ---------------------------------------------------------
 
 
@@ -157,6 +240,7 @@ def render(
     protocol: str | None = None,
     *,
     full: bool = False,
+    pacer: Pacer | None = None,
 ) -> None:
     """
     Replay a session as text with the renderer for its protocol.
@@ -164,6 +248,7 @@ def render(
     @param protocol: the session's protocol; when None, taken from the
         META record that opens C{records}.
     @param full: show every row and every value, unabbreviated.
+    @param pacer: play terminal output in time with it (None: at once).
     """
     stream: Iterator[Record] = iter(records)
     if protocol is None:
@@ -172,7 +257,7 @@ def render(
             return
         protocol = _protocol_of(first)
         stream = itertools.chain([first], stream)
-    with full_output(full):
+    with full_output(full), paced(pacer):
         renderer_for(protocol)(stream, TerminalSafe(out))
 
 
@@ -200,9 +285,28 @@ class TerminalSafe:
             )
         return self._out.write(text)
 
+    def write_screen(self, screen: ScreenFilter, text: str) -> int:
+        """
+        Write a recorded terminal's output C{text} through C{screen}: the
+        escape sequences that only draw pass, everything else is dropped
+        or escaped (see L{gatehouse.recording.screen}).
+        """
+        return self._out.write(screen.feed(text))
+
     def flush(self) -> None:
         """Flush the underlying stream."""
         self._out.flush()
+
+
+def write_screen(out: TextOutput, screen: ScreenFilter, text: str) -> None:
+    """
+    Write a recorded terminal's output to C{out} as the terminal showed
+    it, through C{screen} (on a L{TerminalSafe}, past its escaping).
+    """
+    if isinstance(out, TerminalSafe):
+        out.write_screen(screen, text)
+    else:
+        out.write(screen.feed(text))
 
 
 # --- generic rendering ----------------------------------------------------
@@ -211,6 +315,18 @@ class TerminalSafe:
 def format_offset(mono: int) -> str:
     """Time since the session started, as C{+1.234567s}."""
     return f"+{mono // NS}.{mono % NS // 1000:06d}s"
+
+
+def format_wall(seconds: object) -> str | None:
+    """Unix seconds as C{YYYY-MM-DD HH:MM:SS.mmm UTC}; None if not a time."""
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
+        return None
+    try:
+        whole = int(seconds)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(whole))
+    except (OverflowError, ValueError, OSError):
+        return None
+    return f"{stamp}.{int((seconds - whole) * 1000):03d} UTC"
 
 
 def direction_label(direction: int) -> str:
@@ -348,6 +464,56 @@ def render_generic(records: Iterable[Record], out: TextOutput) -> None:
 
 
 # --- export ---------------------------------------------------------------
+
+
+@attrs.frozen
+class ExportOptions:
+    """
+    What an export needs besides the records: the session's id, the wall
+    time (ns) of mono time 0, the channel to export (the protocol's own
+    numbering; None: the exporter picks), and whether to include what the
+    client typed.
+    """
+
+    session_id: str | None = None
+    wall_start_ns: int | None = None
+    channel: int | None = None
+    input: bool = False
+
+
+#: An exporter writes a session (its records, META first) to a text
+#: stream in its format, and returns how many items (events) it wrote.
+Exporter = Callable[[Iterable[Record], TextIO, ExportOptions], int]
+
+
+class NoExport(ValueError):
+    """The session has nothing the format can hold (no terminal, say)."""
+
+
+_exporters: dict[tuple[str, str], Exporter] = {}
+
+
+def register_exporter(protocol: str, format: str, exporter: Exporter) -> None:
+    """
+    Export sessions of C{protocol} in C{format} (C{"asciicast"}, ...) with
+    C{exporter}.
+
+    @raise ValueError: if that protocol already has one for that format.
+    """
+    if (protocol, format) in _exporters:
+        raise ValueError(f"protocol {protocol!r} already has a {format} exporter")
+    _exporters[protocol, format] = exporter
+
+
+def exporter_for(protocol: str | None, format: str) -> Exporter | None:
+    """
+    The exporter of C{protocol} for C{format}, or None; like
+    L{renderer_for}, a built-in protocol's comes with its replay module.
+    """
+    if protocol is None:
+        return None
+    renderer_for(protocol)  # imports the protocol's replay module
+    return _exporters.get((protocol, format))
 
 
 def _iso(wall_ns: int) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import struct
-import time
 import unicodedata
 import uuid
 
@@ -15,6 +14,7 @@ from gatehouse.protocols.postgres import codec
 from gatehouse.recording.render import (
     FULL_HINT,
     escape_char,
+    format_wall,
     full_replay,
 )
 
@@ -155,15 +155,7 @@ def _format_time(ns: int) -> str:
     return out
 
 
-def _format_wall(seconds: object) -> str | None:
-    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
-        return None
-    try:
-        whole = int(seconds)
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(whole))
-    except (OverflowError, ValueError, OSError):
-        return None
-    return f"{stamp}.{int((seconds - whole) * 1000):03d} UTC"
+_format_wall = format_wall
 
 
 def _field(value: object) -> str:
