@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
+import subprocess
 import warnings
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from gatehouse.admin import make_admin_site
@@ -26,7 +29,7 @@ from gatehouse.admin.ssh_cert import (
     ICertificateIssuer,
     UnacceptableKey,
 )
-from gatehouse.config import SSHUserCAConfig, TargetConfig
+from gatehouse.config import ConfigError, SSHUserCAConfig, TargetConfig, load_config
 from gatehouse.identity import CLIENT_MESSAGE
 from gatehouse.protocols.ssh.certificates import (
     CertificateRefused,
@@ -40,7 +43,9 @@ from gatehouse.protocols.ssh.issuer import (
     load_or_create,
     read_public_key,
 )
+from gatehouse.service import _restart_needed, build_components
 from tests.admin.test_api import NOW, Client, Gateway, listen, token
+from tests.test_config import ConfigFiles
 
 PATH = "/api/v1/ssh/certificates"
 HOUR = 3600.0
@@ -438,3 +443,151 @@ class IssuerTests(SynchronousTestCase):
         self.assertIn(
             "Ed25519", str(self.assertRaises(ValueError, load_or_create, other))
         )
+
+    def test_ssh_keygen_key(self) -> None:
+        """
+        A key made by OpenSSH's C{ssh-keygen -t ed25519 -N ''} (as
+        operations.md says) is read; one with a passphrase is refused.
+        """
+        if shutil.which("ssh-keygen") is None:
+            raise SkipTest("ssh-keygen (OpenSSH) is not installed")
+        directory = self.mktemp()
+        os.makedirs(directory)
+        path = os.path.join(directory, "ca")
+        for passphrase in ("", "secret"):
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", passphrase, "-f", path],
+                check=True,
+                timeout=30,
+            )
+            if passphrase:
+                error = self.assertRaises(ValueError, load_or_create, path)
+                self.assertIn("not a usable SSH user CA key", str(error))
+            else:
+                with open(path + ".pub") as f:
+                    line = f.read().split()[:2]
+                self.assertEqual(
+                    load_or_create(path).public_line().decode().split(), line
+                )
+                os.unlink(path)
+                os.unlink(path + ".pub")
+
+
+class ConfigTests(SynchronousTestCase):
+    """The C{ssh_user_ca} section, and the gateway built from it."""
+
+    def setUp(self) -> None:
+        self.files = ConfigFiles(self.mktemp())
+        os.makedirs(self.files["ssh"])
+
+    def config(self, section: object, admin: bool = True) -> dict[str, Any]:
+        data = self.files.minimal()
+        data["ssh_user_ca"] = section
+        if admin:
+            data["admin"] = {"port": 0}
+        return data
+
+    def problems(self, data: dict[str, Any]) -> list[str]:
+        path = self.files.save(data)
+        error = self.assertRaises(ConfigError, load_config, path)
+        return [line[len(path) + 2 :] for line in error.lines()]
+
+    def test_values(self) -> None:
+        """The key's path is made absolute; lifetimes have defaults."""
+        config = load_config(self.files.save(self.config({"key": "ssh/ca"})))
+        self.assertEqual(config.ssh_user_ca, SSHUserCAConfig(self.files["ssh/ca"]))
+        self.assertEqual(
+            (config.ssh_user_ca.certificate_lifetime, config.ssh_user_ca.max_lifetime),
+            (HOUR, 12 * HOUR),
+        )
+        self.assertEqual(config.ssh_user_ca.public_key_file, self.files["ssh/ca.pub"])
+        section = {"key": "ssh/ca", "certificate_lifetime": "5m", "max_lifetime": "2h"}
+        config = load_config(self.files.save(self.config(section)))
+        self.assertEqual(
+            config.ssh_user_ca, SSHUserCAConfig(self.files["ssh/ca"], 300.0, 7200.0)
+        )
+        self.assertIsNone(
+            load_config(self.files.save(self.files.minimal())).ssh_user_ca
+        )
+        self.assertFalse(
+            os.path.exists(self.files["ssh/ca"]), "loading creates nothing"
+        )
+
+    def test_problems(self) -> None:
+        """Each mistake is one line naming the key."""
+        cases = [
+            ({}, "ssh_user_ca.key: required key is missing"),
+            (
+                {"key": "nowhere/ca"},
+                f"ssh_user_ca.key: {self.files['nowhere/ca']} does not exist and "
+                f"{self.files['nowhere']} is not a directory",
+            ),
+            (
+                {"key": "ssh"},
+                f"ssh_user_ca.key: {self.files['ssh']} is not a file",
+            ),
+            (
+                {"key": "ssh/ca", "certificate_lifetime": "2h", "max_lifetime": "1h"},
+                "ssh_user_ca.certificate_lifetime: is longer than max_lifetime "
+                "(certificates are never valid for longer)",
+            ),
+            (
+                {"key": "ssh/ca", "max_lifetime": "0s"},
+                "ssh_user_ca.max_lifetime: must be more than 0",
+            ),
+            (
+                {"key": "ssh/ca", "lifetime": "1h"},
+                "ssh_user_ca.lifetime: unknown key (did you mean max_lifetime?)",
+            ),
+        ]
+        for section, expected in cases:
+            self.assertEqual(self.problems(self.config(section)), [expected])
+        self.assertEqual(
+            self.problems(self.config({"key": "ssh/ca"}, admin=False)),
+            [
+                "ssh_user_ca: needs the admin API (an admin section): "
+                "certificates are issued there"
+            ],
+        )
+
+    def test_gateway_creates_the_key(self) -> None:
+        """
+        Building the gateway creates the missing key (mode 0600) and serves
+        the endpoint with it; a restart keeps it; a change needs a restart.
+        """
+        config = load_config(self.files.save(self.config({"key": "ssh/ca"})))
+        components = build_components(config, MemoryReactorClock())
+        self.assertEqual(stat.S_IMODE(os.stat(self.files["ssh/ca"]).st_mode), 0o600)
+        endpoint = components.admin_site.admin.certificates
+        self.assertIsInstance(endpoint, CertificateEndpoint)
+        ca = UserCA.from_file(self.files["ssh/ca"])
+        self.assertEqual(endpoint.issuer.ca.public_line(), ca.public_line())
+        again = build_components(config, MemoryReactorClock())
+        self.assertEqual(
+            again.admin_site.admin.certificates.issuer.ca.public_line(),
+            ca.public_line(),
+        )
+        other = load_config(self.files.save(self.config({"key": "ssh/ca2"})))
+        self.assertIn("ssh_user_ca", _restart_needed(config, other))
+        self.assertNotIn("ssh_user_ca", _restart_needed(config, config))
+        without = load_config(self.files.save(self.files.minimal() | {"admin": {}}))
+        self.assertIsNone(
+            build_components(
+                without, MemoryReactorClock()
+            ).admin_site.admin.certificates
+        )
+
+    def test_gateway_refuses_a_loose_key(self) -> None:
+        """A key others may read stops the start: a configuration problem."""
+        UserCA.generate().save(self.files["ssh/ca"])
+        os.chmod(self.files["ssh/ca"], 0o644)
+        config = load_config(self.files.save(self.config({"key": "ssh/ca"})))
+        error = self.assertRaises(
+            ConfigError, build_components, config, MemoryReactorClock()
+        )
+        [line] = error.lines()
+        self.assertTrue(
+            line.startswith(f"{config.path}: ssh_user_ca.key: {self.files['ssh/ca']}"),
+            line,
+        )
+        self.assertIn("readable by others", line)
