@@ -22,12 +22,15 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SynchronousTestCase
 
 from gatehouse import cli
-from gatehouse.protocols.ssh.certificates import CertificateRefused
+from gatehouse.protocols.ssh.certificates import CertificateRefused, UserCA
 from gatehouse.protocols.ssh.issuer import fingerprint
 from tests.admin.test_api import NOW
 from tests.admin.test_ssh_cert import CertificateAPITestCase
+from tests.fixtures.postgres import shared_cluster
+from tests.protocols.postgres.harness import Gateway
 
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
@@ -215,3 +218,86 @@ class SSHCertCommandTests(CertificateAPITestCase):
     def test_no_directory(self) -> Any:
         self.out = os.path.join(self.directory, "missing", "id")
         self.assertFailed((yield self.ssh_cert()), "is not a directory")
+
+
+class DaemonTests(SynchronousTestCase):
+    """
+    The real daemon (C{twistd -n gatehouse}, in front of the shared
+    PostgreSQL; this branch has no SSH listener) with C{ssh_user_ca}: it
+    creates the CA key at first start and logs its public line, serves the
+    endpoint to C{gatehouse ssh-cert}, and refuses to start with a key
+    others may read.
+    """
+
+    def gateway(self, key: str | None = None) -> Gateway:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        self.key = key or os.path.join(directory, "ssh_user_ca")
+        gateway = Gateway(
+            directory,
+            shared_cluster(),
+            admin=True,
+            extra_config={"ssh_user_ca": {"key": self.key}},
+        )
+        self.addCleanup(gateway.stop)
+        return gateway
+
+    def test_first_start(self) -> None:
+        gateway = self.gateway()
+        gateway.start()
+        self.assertEqual(stat.S_IMODE(os.stat(self.key).st_mode), 0o600)
+        with open(self.key + ".pub") as f:
+            public = " ".join(f.read().split()[:2])
+        self.assertEqual(UserCA.from_file(self.key).public_line().decode(), public)
+        self.assertIn(
+            f'ssh.user-ca path={self.key} state=created public_key="{public}"',
+            gateway.log(),
+        )
+        out = os.path.join(gateway.directory, "id")
+        command = [sys.executable, "-m", "gatehouse", "ssh-cert", "--gateway"]
+        result = subprocess.run(
+            [*command, gateway.admin_url, "--out", out],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "GATEHOUSE_TOKEN": gateway.token()},
+        )
+        # The daemon's targets are PostgreSQL ones: nothing to certify.
+        self.assertEqual(
+            (result.returncode, result.stdout, result.stderr),
+            (1, "", "gatehouse: ssh-cert: this identity may reach no SSH target\n"),
+        )
+        self.assertFalse(os.path.exists(out))
+        result = subprocess.run(
+            [*command, gateway.admin_url, "--out", out],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "GATEHOUSE_TOKEN": "not.a.jwt"},
+        )
+        self.assertEqual(
+            (result.returncode, result.stderr),
+            (1, "gatehouse: ssh-cert: authentication failed\n"),
+        )
+        gateway.stop()
+        # Started again, the same CA is loaded, not replaced.
+        gateway.start()
+        self.assertIn(
+            f'ssh.user-ca path={self.key} state=loaded public_key="{public}"',
+            gateway.log(),
+        )
+
+    def test_loose_key(self) -> None:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        key = os.path.join(directory, "ca")
+        UserCA.generate().save(key)
+        os.chmod(key, 0o644)
+        gateway = self.gateway(key)
+        error = self.assertRaises(RuntimeError, gateway.start)
+        self.assertIn(
+            f"{gateway.config_path}: ssh_user_ca.key: {key}: the SSH user CA key "
+            "is readable by others (mode 0644; chmod 600 it)\n",
+            str(error),
+        )
+        self.assertNotIn("Traceback", str(error))
