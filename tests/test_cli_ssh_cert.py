@@ -215,6 +215,29 @@ class SSHCertCommandTests(CertificateAPITestCase):
         self.assertFailed((yield self.ssh_cert()), "connection refused")
 
     @inlineCallbacks
+    def test_default_out(self) -> Any:
+        """
+        Without C{--out}: C{~/.ssh/gatehouse}, C{~/.ssh} made (mode 0700)
+        when the account has none.
+        """
+        home = os.path.join(self.directory, "home")
+        os.makedirs(home)
+        self.environ["HOME"] = home
+        status = yield deferToThread(cli.main, ["ssh-cert", "--gateway", self.url])
+        self.assertEqual(status, 0, self.stderr.getvalue())
+        self.assertEqual(
+            stat.S_IMODE(os.stat(os.path.join(home, ".ssh")).st_mode), 0o700
+        )
+        self.assertEqual(
+            sorted(os.listdir(os.path.join(home, ".ssh"))),
+            ["gatehouse", "gatehouse-cert.pub", "gatehouse.pub"],
+        )
+        self.assertIn(
+            "log in with: ssh -i ~/.ssh/gatehouse web-1@127.0.0.1",
+            self.stdout.getvalue(),
+        )
+
+    @inlineCallbacks
     def test_no_directory(self) -> Any:
         self.out = os.path.join(self.directory, "missing", "id")
         self.assertFailed((yield self.ssh_cert()), "is not a directory")

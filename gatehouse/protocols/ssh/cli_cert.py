@@ -116,6 +116,9 @@ def _run(args: argparse.Namespace) -> int:
         body["principals"] = list(dict.fromkeys(args.targets))
     out = os.path.abspath(os.path.expanduser(args.out))
     directory = os.path.dirname(out)
+    if args.out == DEFAULT_OUT and not os.path.exists(directory):
+        # A fresh account (an agent's container) has no ~/.ssh yet.
+        os.makedirs(directory, mode=0o700)
     if not os.path.isdir(directory):
         raise CommandError(f"{directory} is not a directory")
     token = _token(args)
