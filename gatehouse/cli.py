@@ -109,6 +109,11 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         "approvals", "approve or deny commands", "gatehouse.cli_approvals:configure"
     ),
     Subcommand(
+        "ssh-cert",
+        "exchange your token for a short-lived SSH certificate",
+        "gatehouse.protocols.ssh.cli_cert:configure",
+    ),
+    Subcommand(
         "demo",
         "run a gateway in front of a throwaway PostgreSQL, ready for psql",
         "gatehouse.demo:configure",

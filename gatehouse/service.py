@@ -249,6 +249,7 @@ def build_components(config: GatehouseConfig, reactor: Any) -> Components:
             make_admin_service,
             make_admin_site,
         )
+        from gatehouse.admin.ssh_cert import CertificateEndpoint
 
         site = make_admin_site(
             broker,
@@ -258,6 +259,13 @@ def build_components(config: GatehouseConfig, reactor: Any) -> Components:
             reactor,
             groups=frozenset(config.admin.groups) or _approver_groups(hub.policy),
             readiness=core.readiness_problems,
+            certificates=(
+                None
+                if config.ssh_user_ca is None
+                else CertificateEndpoint(
+                    _certificate_issuer(config, reactor), hub, reactor
+                )
+            ),
         )
         admin = make_admin_service(config.admin, site, reactor)
         admin.setName("admin")
@@ -274,6 +282,18 @@ def build_components(config: GatehouseConfig, reactor: Any) -> Components:
         verifier=verifier,
         admin_site=site,
     )
+
+
+def _certificate_issuer(config: GatehouseConfig, reactor: Any) -> Any:
+    """The SSH user CA's issuer (its key created when missing)."""
+    from gatehouse.admin.ssh_cert import make_issuer
+    from gatehouse.config import Problem
+
+    assert config.ssh_user_ca is not None
+    try:
+        return make_issuer(config.ssh_user_ca, reactor)
+    except (ValueError, OSError) as e:
+        raise ConfigError([Problem(config.path, "ssh_user_ca.key", str(e))]) from e
 
 
 def _make_verifier(config: GatehouseConfig, reactor: Any) -> TokenVerifier:
@@ -601,6 +621,7 @@ class GatewayService(MultiService):
             ),
             listeners=tuple(c for c, _ in self.listeners.values()),
             admin=self.config.admin,
+            ssh_user_ca=self.config.ssh_user_ca,
         )
 
 
@@ -675,6 +696,8 @@ def _restart_needed(old: GatehouseConfig, new: GatehouseConfig) -> list[str]:
         or attrs.evolve(old.admin, groups=()) != attrs.evolve(new.admin, groups=())
     ):
         lines.append("admin (address, port or tls)")
+    if old.ssh_user_ca != new.ssh_user_ca:
+        lines.append("ssh_user_ca")
     return lines
 
 

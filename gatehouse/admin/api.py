@@ -16,6 +16,9 @@ C{{"error": code, "message": text}}:
     POST /api/v1/approvals/ID/deny      body (optional): {"comment": "..."}
     GET  /api/v1/sessions[?open=1][&subject=S][&name=N][&target=T][&protocol=P]
                          [&limit=N]
+    POST /api/v1/ssh/certificates  body: {"public_key": ..., "principals"?,
+                         "lifetime"?}: an SSH certificate for the caller
+                         (any authenticated identity; see L{ssh_cert})
 
 Query parameters an endpoint does not take, and parameters given twice,
 are refused with 400 (C{"error": "bad-parameter"}, the parameter named in
@@ -48,6 +51,7 @@ from gatehouse.admin.sessions import (
     NoSessionIndex,
     matches,
 )
+from gatehouse.admin.ssh_cert import CertificateEndpoint, CertificateRequestRefused
 from gatehouse.identity import (
     CLIENT_MESSAGE,
     AuthenticationError,
@@ -326,8 +330,10 @@ class _Admin:
         clock: IReactorTime,
         groups: frozenset[str] = frozenset({"*"}),
         readiness: Callable[[], list[str]] | None = None,
+        certificates: CertificateEndpoint | None = None,
     ) -> None:
         self.broker = broker
+        self.certificates = certificates
         self.readiness = readiness
         self.verifier = verifier
         self.metrics = metrics
@@ -488,6 +494,15 @@ class _API(Resource):
         return maybeDeferred(self._admin.verifier.verify, token).addErrback(rejected)
 
     def _route(self, request: Request, identity: Identity) -> Any:
+        if request.postpath in (
+            [b"v1", b"ssh", b"certificates"],
+            [b"v1", b"ssh", b"certificates", b""],
+        ):
+            # Anyone may have a certificate for their own identity (it
+            # names only targets the identity may reach): no admin group.
+            _methods(request, b"POST")
+            _parameters(request)
+            return self._certificate(request, identity)
         if not self._admin.may_use(identity):
             _log.warn(
                 "Admin API: {subject} is in none of the admin groups",
@@ -523,6 +538,19 @@ class _API(Resource):
                 _parameters(request, "open", *FILTERS, "limit")
                 return self._sessions(request)
         raise _Problem(404, "not-found", "no such resource")
+
+    def _certificate(self, request: Request, identity: Identity) -> tuple[int, object]:
+        endpoint = self._admin.certificates
+        if endpoint is None:
+            raise _Problem(404, "not-found", "this gateway has no SSH user CA")
+        peer = request.getClientAddress()
+        try:
+            answer = endpoint.answer(
+                identity, _jsonBody(request), getattr(peer, "host", str(peer))
+            )
+        except CertificateRequestRefused as e:
+            raise _Problem(e.status, e.code, e.message)
+        return 200, answer
 
     def _approvals(self, request: Request) -> tuple[int, object]:
         state = _argument(request, "state") or "pending"
@@ -672,6 +700,7 @@ def make_admin_site(
     clock: IReactorTime,
     groups: frozenset[str] = frozenset({"*"}),
     readiness: Callable[[], list[str]] | None = None,
+    certificates: CertificateEndpoint | None = None,
 ) -> Site:
     """
     The admin API as a L{Site}.
@@ -688,8 +717,12 @@ def make_admin_site(
     @param groups: identities need one of these groups to use C{/api/}
         (C{"*"}: every authenticated identity; empty: nobody).
     @param readiness: returns why the gateway is not ready (C{/readyz}).
+    @param certificates: answers C{/api/v1/ssh/certificates} (None: the
+        gateway has no SSH user CA).
     """
-    admin = _Admin(broker, verifier, metrics, sessions, clock, groups, readiness)
+    admin = _Admin(
+        broker, verifier, metrics, sessions, clock, groups, readiness, certificates
+    )
     site = _CappedSite(
         _Root(admin),
         requestFactory=_AdminRequest,

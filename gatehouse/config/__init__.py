@@ -40,6 +40,7 @@ from gatehouse.config.values import (
     IdentityConfig,
     ListenerConfig,
     RecordingConfig,
+    SSHUserCAConfig,
     TargetConfig,
     TLSConfig,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "ListenerConfig",
     "Problem",
     "RecordingConfig",
+    "SSHUserCAConfig",
     "TLSConfig",
     "TargetConfig",
     "environment_problems",

@@ -19,6 +19,7 @@ from gatehouse.config.section import (
     _MISSING,
     ConfigError,
     ConfigSection,
+    _check_readable_file,
     _describe,
     _Problems,
 )
@@ -31,6 +32,8 @@ from gatehouse.config.values import (
     DEFAULT_SEAL_INTERVAL,
     DEFAULT_SEGMENT_MAX_BYTES,
     DEFAULT_SHUTDOWN_GRACE,
+    DEFAULT_SSH_CERTIFICATE_LIFETIME,
+    DEFAULT_SSH_CERTIFICATE_MAX_LIFETIME,
     MAX_LEEWAY,
     MAX_TOKEN_LIFETIME,
     AdminAccess,
@@ -40,6 +43,7 @@ from gatehouse.config.values import (
     IdentityConfig,
     ListenerConfig,
     RecordingConfig,
+    SSHUserCAConfig,
     TargetConfig,
     TLSConfig,
 )
@@ -159,6 +163,13 @@ def load_config(path: str, *, create_directories: bool = True) -> GatehouseConfi
         root.sections("masking"), targets, policy.groups
     )
     approval = policy_config.parse_approval(root.section("approval"))
+    ca_section = root.section("ssh_user_ca")
+    ssh_user_ca = None if ca_section is None else _parse_ssh_user_ca(ca_section)
+    if ca_section is not None and admin_section is None:
+        problems.add(
+            "ssh_user_ca",
+            "needs the admin API (an admin section): certificates are issued there",
+        )
     root.finish()
 
     if not problems.found and create_directories:
@@ -185,6 +196,7 @@ def load_config(path: str, *, create_directories: bool = True) -> GatehouseConfi
         policy=policy,
         masking=masking,
         approval=approval,
+        ssh_user_ca=ssh_user_ca,
     )
 
 
@@ -470,6 +482,38 @@ def _check_index(path: str) -> str | None:
     if not os.path.isdir(parent):
         return f"{parent} does not exist"
     return None
+
+
+def _parse_ssh_user_ca(section: ConfigSection) -> SSHUserCAConfig | None:
+    key = section.file_path("key", required=True)
+    if key is not None:
+        # A missing key is created at start, where its directory allows.
+        parent = os.path.dirname(key)
+        if os.path.exists(key):
+            message = _check_readable_file(key)
+        elif not os.path.isdir(parent):
+            message = f"{key} does not exist and {parent} is not a directory"
+        elif not os.access(parent, os.W_OK | os.X_OK):
+            message = f"{key} does not exist and cannot be created in {parent}"
+        else:
+            message = None
+        if message is not None:
+            section.problem(message, "key")
+    lifetime = section.duration(
+        "certificate_lifetime", DEFAULT_SSH_CERTIFICATE_LIFETIME, positive=True
+    )
+    longest = section.duration(
+        "max_lifetime", DEFAULT_SSH_CERTIFICATE_MAX_LIFETIME, positive=True
+    )
+    if lifetime > longest:
+        section.problem(
+            "is longer than max_lifetime (certificates are never valid for longer)",
+            "certificate_lifetime",
+        )
+    section.finish()
+    if key is None:
+        return None
+    return SSHUserCAConfig(key=key, certificate_lifetime=lifetime, max_lifetime=longest)
 
 
 def _parse_tls(section: ConfigSection | None) -> TLSConfig | None:

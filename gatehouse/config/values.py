@@ -30,6 +30,10 @@ DEFAULT_RESERVE_BYTES = 256 * 1024 * 1024
 MAX_LEEWAY = 300.0
 #: the longest identity.max_token_lifetime a configuration may set
 MAX_TOKEN_LIFETIME = 365 * 86400.0
+#: SSH user certificates: the lifetime given when a caller names none, and
+#: the longest a caller may ask for (seconds)
+DEFAULT_SSH_CERTIFICATE_LIFETIME = 3600.0
+DEFAULT_SSH_CERTIFICATE_MAX_LIFETIME = 12 * 3600.0
 
 
 @attrs.frozen
@@ -152,6 +156,31 @@ class AdminConfig:
 
 
 @attrs.frozen
+class SSHUserCAConfig:
+    """
+    The gateway's SSH user CA (C{ssh_user_ca}): the key that signs the
+    short-lived certificates the admin API gives for a token.
+
+    @ivar key: the CA's OpenSSH Ed25519 private key file; created (mode
+        0600, with C{KEY.pub}) when the gateway starts and it is missing.
+    @ivar certificate_lifetime: seconds a certificate is valid when the
+        caller asks for no lifetime.
+    @ivar max_lifetime: the longest lifetime a caller may ask for (longer
+        requests are shortened to it; a certificate never outlives the
+        token it was given for).
+    """
+
+    key: str
+    certificate_lifetime: float = DEFAULT_SSH_CERTIFICATE_LIFETIME
+    max_lifetime: float = DEFAULT_SSH_CERTIFICATE_MAX_LIFETIME
+
+    @property
+    def public_key_file(self) -> str:
+        """The CA's public line, for the SSH listener's C{user_ca_keys}."""
+        return self.key + ".pub"
+
+
+@attrs.frozen
 class AdminAccess:
     """
     How a client of the admin API (C{gatehouse approvals --config}) reaches
@@ -186,3 +215,4 @@ class GatehouseConfig:
     policy: Policy | None = None
     masking: tuple[MaskingScope, ...] = ()
     approval: ApprovalConfig | None = None
+    ssh_user_ca: SSHUserCAConfig | None = None

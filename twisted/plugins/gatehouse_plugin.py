@@ -77,6 +77,8 @@ class GatehouseServiceMaker:
             problems = environment_problems(config)
             if problems:
                 raise ConfigError(problems)
+            # Building may find more (the SSH user CA's key).
+            service = makeService(config, reactor, drain=True, signals=True)
         except ConfigError as e:
             for line in e.lines():
                 sys.stderr.write(line + "\n")
@@ -86,7 +88,7 @@ class GatehouseServiceMaker:
         # --logfile and friends: options.parent, when run by twistd).
         # SIGHUP reloads, SIGTERM/SIGINT drain (see install_signal_handlers).
         return observe_for_twistd(
-            makeService(config, reactor, drain=True, signals=True),
+            service,
             getattr(options, "parent", None),
             options["log-format"],
         )
