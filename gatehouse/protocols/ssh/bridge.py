@@ -50,8 +50,13 @@ from gatehouse.gate import (
     Refusal,
     RefusalKind,
 )
-from gatehouse.policy.rules import Command, Decision
-from gatehouse.protocols.ssh.commands import classify_exec
+from gatehouse.policy.rules import Decision
+from gatehouse.protocols.ssh.commands import (
+    classify_exec,
+    forward_command,
+    shell_command,
+    subsystem_command,
+)
 from gatehouse.protocols.ssh.config import SSHListenerOptions
 from gatehouse.protocols.ssh.upstream import UpstreamConnection
 from gatehouse.recording.format import Direction
@@ -365,6 +370,12 @@ class ClientChannel(_Twin):
         if name == b"exec" and "malformed" not in fields:
             # The command's bytes, as sent: the index points to them.
             self._record(_C2G, common.getNS(data)[0], None)
+        if name == b"subsystem" and fields.get("name") == "sftp" and self.sftp is None:
+            # What the client sends after this request is SFTP (if the
+            # request is refused, the channel ends).
+            from gatehouse.protocols.ssh.sftp_channel import SFTPChannel
+
+            self.sftp = SFTPChannel(self)
         reply: Deferred[bool] = Deferred()
         unit = Request(name, data, want_reply, reply, fields)
         if self.gate is None or self.ended:
@@ -390,6 +401,8 @@ class ClientChannel(_Twin):
         )
         self._stop_gate()
         self.ended = True
+        if self.sftp is not None:
+            self.sftp.end("channel closed by the client")
         if self.target is not None:
             self.target.close()
         self.loseConnection()
@@ -436,11 +449,8 @@ class ClientChannel(_Twin):
             return Proposal(classify_exec(line), line.decode("utf-8", "replace"))
         if unit.name == b"subsystem":
             name = unit.fields.get("name", "")
-            return Proposal(
-                (Command("ssh", "subsystem", name, objects=(name,)),),
-                f"subsystem {name}",
-            )
-        return Proposal((Command("ssh", "shell", "shell"),), "shell")
+            return Proposal((subsystem_command(name),), name)
+        return Proposal((shell_command(),), "shell")
 
     def admit(self, unit: object, permit: Permit) -> object:
         return None
@@ -493,8 +503,6 @@ class ClientChannel(_Twin):
             return
         if name in STARTS:
             self.started = name.decode()
-            if name == b"subsystem" and unit.fields.get("name") == "sftp":
-                self.start_sftp()
         target = self.target
         if target is None or target.localClosed:
             unit.reply.callback(False)
@@ -509,10 +517,6 @@ class ClientChannel(_Twin):
             d.addCallbacks(lambda _: True, lambda _: False).chainDeferred(unit.reply)
 
         target.after_data(send)
-
-    def start_sftp(self) -> None:
-        """The channel speaks SFTP from now on: its requests are decided."""
-        # Wired to the SFTP codec once it lands (issue 13).
 
     def refuse(self, unit: object, refusal: Refusal) -> None:
         if type(unit) is Request:
@@ -573,6 +577,24 @@ class ClientChannel(_Twin):
 
     # -- target to client ------------------------------------------------
 
+    def protocol_error(self, why: str) -> None:
+        """The client or the target broke the channel's protocol: end it."""
+        self.session.event("ssh-protocol-error", channel=self.rec, reason=why)
+        self._stderr(f"gatehouse: {why}; the channel is closed")
+        self.ended = True
+        self.close()
+        if self.target is not None:
+            self.target.close()
+
+    def to_target(self, data: bytes) -> None:
+        """Send C{data} (already recorded as the client's) to the target."""
+        self._to_target(data, None)
+
+    def to_client(self, data: bytes) -> None:
+        """Send the client C{data} of the gateway's own (recorded first)."""
+        if not self.localClosed and self._record(_G2C, data, None):
+            self.write(data)
+
     def _stderr(self, line: str) -> None:
         """Tell the client something on the channel's stderr (recorded)."""
         if self.localClosed:
@@ -632,12 +654,12 @@ class ClientChannel(_Twin):
     def target_eof(self) -> None:
         """The target sends no more data on the channel."""
         self.session.event("ssh-eof", channel=self.rec, **{"from": "target"})
-        if self.sftp is not None:
-            self.sftp.target_eof()
         self.send_eof()
 
     def target_closed(self) -> None:
         """The target closed its side: so does the client's, after the data."""
+        if self.sftp is not None:
+            self.sftp.end("channel closed by the target")
         self.session.event(
             "ssh-channel-close",
             channel=self.rec,
@@ -838,9 +860,8 @@ class _ForwardDriver:
         self.channel = channel
 
     def inspect(self, unit: str) -> object:
-        return Proposal(
-            (Command("ssh", "forward", unit, objects=(unit,)),), f"forward {unit}"
-        )
+        host, _, port = unit.rpartition(":")
+        return Proposal((forward_command(host, int(port)),), unit)
 
     def admit(self, unit: object, permit: Permit) -> object:
         return None
