@@ -12,9 +12,7 @@ import hashlib
 import json
 import os
 import subprocess
-import threading
 import time
-import urllib.request
 from typing import Any
 
 from tests.protocols.ssh._transfer_harness import SSHGatewayTestCase, events_of
@@ -51,7 +49,9 @@ FIGURES: dict[str, float] = {}
 
 def _figure(name: str, seconds: float, size: int = SIZE) -> None:
     FIGURES[name] = size / MiB / seconds
-    print(f"\n{name}: {size / MiB:.0f} MiB in {seconds:.2f} s, {FIGURES[name]:.1f} MiB/s")
+    print(
+        f"\n{name}: {size / MiB:.0f} MiB in {seconds:.2f} s, {FIGURES[name]:.1f} MiB/s"
+    )
 
 
 class BulkTransferTests(SSHGatewayTestCase):
