@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import time
+import urllib.request
 from typing import Any
 
 from tests.protocols.ssh._transfer_harness import SSHGatewayTestCase, events_of
@@ -168,3 +169,241 @@ class BulkTransferTests(SSHGatewayTestCase):
         self.assert_ok(result, "scp down")
         self.assertEqual(sha256_of(fetched), digest)
         self.assert_recorded(self.sftp_events(after), "read", remote, digest)
+
+
+def _write(path: str, content: bytes, mtime: float = 1_600_000_000) -> None:
+    """Write C{content} at C{path} with an old, known modification time."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(content)
+    os.utime(path, (mtime, mtime))
+
+
+class LegacySCPTests(SSHGatewayTestCase):
+    """
+    C{scp -O}: the client runs C{scp -t} (upload) or C{scp -f} (download)
+    on the target, an exec the policy decides like any other.
+    """
+
+    policy = {
+        "policy": {
+            "opaque": "deny",
+            "rules": [
+                {
+                    "name": "no-scp-upload-here",
+                    "protocols": ["ssh"],
+                    "program": ["scp"],
+                    "flag": ["scp-sink"],
+                    "path": ["*/incoming/*"],
+                    "action": "deny",
+                    "message": "no uploads to incoming",
+                },
+                {"name": "anything", "protocols": ["ssh"], "action": "allow"},
+            ],
+        }
+    }
+
+    def test_allowed(self) -> None:
+        """Up and down through C{scp -t}/C{scp -f}: intact, and the exec recorded."""
+        source = os.path.join(self.scratch, "source.bin")
+        digest = make_file(source, 8 * MiB)
+        remote = os.path.join(self.scratch, "remote.bin")
+        fetched = os.path.join(self.scratch, "fetched.bin")
+        after = time.time()
+        self.assert_ok(self.gw.scp(source, self.gw.remote(remote), legacy=True), "up")
+        self.assertEqual(sha256_of(remote), digest)
+        row = self.gw.latest_session(after)
+        execs = [
+            e for e in events_of(row.directory, "ssh-request") if e["request"] == "exec"
+        ]
+        self.assertEqual(len(execs), 1, execs)
+        self.assertEqual(events_of(row.directory, "sftp"), [])
+
+        self.assert_ok(
+            self.gw.scp(self.gw.remote(remote), fetched, legacy=True), "down"
+        )
+        self.assertEqual(sha256_of(fetched), digest)
+
+    def test_upload_refused(self) -> None:
+        """
+        An upload the rule denies: the client fails with the reason, the
+        target has no file (and its existing file there is untouched).
+        """
+        source = os.path.join(self.scratch, "source.bin")
+        make_file(source, MiB)
+        incoming = os.path.join(self.scratch, "incoming")
+        _write(os.path.join(incoming, "kept"), b"original")
+        for name in ("new.bin", "kept"):
+            remote = os.path.join(incoming, name)
+            result = self.gw.scp(source, self.gw.remote(remote), legacy=True)
+            self.assertNotEqual(result.returncode, 0)
+            stderr = result.stderr.decode(errors="replace")
+            self.assertIn("no uploads to incoming", stderr)
+        self.assertEqual(os.listdir(incoming), ["kept"])
+        self.assertEqual(open(os.path.join(incoming, "kept"), "rb").read(), b"original")
+        self.assertEqual(
+            os.stat(os.path.join(incoming, "kept")).st_mtime, 1_600_000_000
+        )
+
+        # Downloads from there are not uploads: allowed.
+        fetched = os.path.join(self.scratch, "fetched")
+        result = self.gw.scp(
+            self.gw.remote(os.path.join(incoming, "kept")), fetched, legacy=True
+        )
+        self.assert_ok(result, "scp -O down")
+        self.assertEqual(open(fetched, "rb").read(), b"original")
+
+
+APPROVER_GROUP = "approvers"
+
+
+class SFTPRuleTests(SSHGatewayTestCase):
+    """SFTP operations decided one by one, proven on the target's disk."""
+
+    admin = True
+    policy = {
+        "policy": {
+            "opaque": "deny",
+            "review": {"approvers": [APPROVER_GROUP], "timeout": "60s"},
+            "rules": [
+                {
+                    "name": "locked-read-only",
+                    "protocols": ["ssh"],
+                    "kind": ["write"],
+                    "path": ["*/locked/*"],
+                    "action": "deny",
+                    "message": "locked is read-only",
+                },
+                {
+                    "name": "removal-reviewed",
+                    "protocols": ["ssh"],
+                    "kind": ["remove"],
+                    "path": ["*/reviewed/*"],
+                    "action": "review",
+                    "message": "removing needs a second pair of eyes",
+                },
+                {
+                    "name": "no-renames",
+                    "protocols": ["ssh"],
+                    "kind": ["rename"],
+                    "path": ["*/fixed/*"],
+                    "action": "deny",
+                    "message": "names are fixed here",
+                },
+                {"name": "anything", "protocols": ["ssh"], "action": "allow"},
+            ],
+        }
+    }
+
+    def test_write_denied(self) -> None:
+        """
+        A C{put} into the locked directory fails (Permission denied) and
+        leaves the file there as it was; writes elsewhere in the same
+        session work before and after.
+        """
+        source = os.path.join(self.scratch, "source.bin")
+        digest = make_file(source, 2 * MiB)
+        kept = os.path.join(self.scratch, "locked", "kept")
+        _write(kept, b"original")
+        first = os.path.join(self.scratch, "open", "first")
+        second = os.path.join(self.scratch, "open", "second")
+        os.makedirs(os.path.dirname(first))
+        after = time.time()
+        result = self.gw.sftp_batch(
+            f"put {source} {first}\n-put {source} {kept}\nput {source} {second}\n"
+        )
+        stderr = result.stderr.decode(errors="replace")
+        self.assertIn("Permission denied", stderr)
+        self.assertEqual(open(kept, "rb").read(), b"original")
+        self.assertEqual(os.stat(kept).st_mtime, 1_600_000_000)
+        self.assertEqual(os.listdir(os.path.dirname(kept)), ["kept"])
+        self.assertEqual(sha256_of(first), digest)
+        self.assertEqual(sha256_of(second), digest)
+
+        writes = events_of(self.gw.latest_session(after).directory, "sftp")
+        by_path = {e["path"]: e for e in writes if e["op"] == "write"}
+        self.assertEqual(by_path[first]["status"], "ok")
+        self.assertEqual(by_path[second]["sha256"], digest)
+        self.assertIn("locked is read-only", by_path[kept]["status"])
+
+    def test_rename_denied(self) -> None:
+        """A denied rename leaves both names as they were."""
+        fixed = os.path.join(self.scratch, "fixed")
+        old, new = os.path.join(fixed, "old"), os.path.join(fixed, "new")
+        _write(old, b"old content")
+        _write(new, b"new content")
+        result = self.gw.sftp_batch(f"rename {old} {new}\n")
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("Permission denied", result.stderr.decode(errors="replace"))
+        self.assertEqual(open(old, "rb").read(), b"old content")
+        self.assertEqual(open(new, "rb").read(), b"new content")
+        self.assertEqual(sorted(os.listdir(fixed)), ["new", "old"])
+
+    # -- approval ------------------------------------------------------------
+
+    def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """Call the admin API as an approver (bob); the decoded answer."""
+        token = self.gw.gateway.token(subject="bob", groups=(APPROVER_GROUP,))
+        request = urllib.request.Request(
+            self.gw.gateway.admin_url + path,
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Content-Type": "application/json",
+            },
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return json.load(answer)
+
+    def pending_for(self, path: str, timeout: float = 20) -> dict[str, Any]:
+        """The pending approval whose command names C{path}."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for request in self.api("GET", "/api/v1/approvals")["approvals"]:
+                if any(path in c["text"] for c in request["commands"]):
+                    return request
+            time.sleep(0.1)
+        self.fail(f"no pending approval for {path}:\n{self.gw.gateway.log()[-3000:]}")
+
+    def test_remove_held_then_approved(self) -> None:
+        """
+        C{rm} under the reviewed directory waits; the file stays until an
+        approver approves through the admin API, then it is gone.
+        """
+        victim = os.path.join(self.scratch, "reviewed", "victim")
+        _write(victim, b"doomed")
+        batch = os.path.join(self.scratch, "batch")
+        with open(batch, "w") as f:
+            f.write(f"rm {victim}\n")
+        after = time.time()
+        client = subprocess.Popen(
+            ["sftp", *self.gw.client_options("-P"), "-b", batch, self.gw.destination()],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=self.gw.env(),
+        )
+        try:
+            request = self.pending_for(victim)
+            self.assertEqual(request["state"], "pending")
+            time.sleep(0.5)
+            self.assertIsNone(client.poll(), "sftp finished before the approval")
+            self.assertTrue(os.path.exists(victim), "removed before the approval")
+            answer = self.api(
+                "POST", f"/api/v1/approvals/{request['id']}/approve", {"comment": "ok"}
+            )
+            self.assertEqual(answer["approval"]["state"], "approved", answer)
+            _, stderr = client.communicate(timeout=30)
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.communicate()
+        self.assertEqual(client.returncode, 0, stderr.decode(errors="replace"))
+        self.assertIn(b"held for approval", stderr)
+        self.assertFalse(os.path.exists(victim))
+        directory = self.gw.latest_session(after).directory
+        removed = [e for e in events_of(directory, "sftp") if e["op"] == "remove"]
+        self.assertEqual([(e["path"], e["status"]) for e in removed], [(victim, "ok")])
+        (vote,) = events_of(directory, "approval-approved")
+        self.assertEqual((vote["approver"], vote["comment"]), ("bob", "ok"))
