@@ -99,8 +99,13 @@ class SSHGateway:
 
     # -- clients -------------------------------------------------------------
 
-    def client_options(self, port_flag: str = "-p") -> list[str]:
-        """OpenSSH options for the gateway: its host key pinned, password only."""
+    def client_options(
+        self, port_flag: str = "-p", log_level: str = "ERROR"
+    ) -> list[str]:
+        """
+        OpenSSH options for the gateway: its host key pinned, password only
+        (C{log_level} INFO shows a channel's open failure).
+        """
         return [
             "-F",
             "/dev/null",
@@ -119,7 +124,7 @@ class SSHGateway:
             "-o",
             "ConnectTimeout=10",
             "-o",
-            "LogLevel=ERROR",
+            f"LogLevel={log_level}",
             port_flag,
             str(self.port),
         ]
@@ -134,9 +139,9 @@ class SSHGateway:
         """C{target@127.0.0.1}."""
         return f"{target}@127.0.0.1"
 
-    def ssh_argv(self, *args: str) -> list[str]:
+    def ssh_argv(self, *args: str, log_level: str = "ERROR") -> list[str]:
         """C{ssh} to the gateway's C{web-1} with C{args} (options, command)."""
-        return [ssh_program(), *self.client_options(), *args]
+        return [ssh_program(), *self.client_options(log_level=log_level), *args]
 
     def run(
         self, argv: Sequence[str], *, timeout: float = 120, token: str | None = None
@@ -251,12 +256,16 @@ class SSHGatewayTestCase(SynchronousTestCase):
         cls = type(self)
         if cls not in _gateways:
             base = tempfile.mkdtemp(prefix=f"gatehouse-ssh-{cls.__name__}-")
-            each = SSHGateway(base, shared_sshd(), self.policy, admin=self.admin)
+            each = SSHGateway(base, shared_sshd(), self.make_policy(), admin=self.admin)
             each.gateway.start()
             _gateways[cls] = each
         self.gw = _gateways[cls]
         self.scratch = tempfile.mkdtemp(prefix="gatehouse-ssh-files-")
         self.addCleanup(shutil.rmtree, self.scratch, True)
+
+    def make_policy(self) -> dict[str, Any]:
+        """The configuration's policy section (by default L{policy})."""
+        return self.policy
 
     def assert_ok(self, result: subprocess.CompletedProcess[bytes], what: str) -> None:
         """C{result} exited 0, or the failure shows its stderr and the daemon's log."""
