@@ -37,7 +37,6 @@ from twisted.conch.ssh.channel import SSHChannel
 from twisted.conch.ssh.session import parseRequest_pty_req, parseRequest_window_change
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -58,6 +57,8 @@ from gatehouse.protocols.ssh.commands import (
     subsystem_command,
 )
 from gatehouse.protocols.ssh.config import SSHListenerOptions
+from gatehouse.protocols.ssh.transport import quiet_logger
+from gatehouse.protocols.ssh.typed import TypedLines
 from gatehouse.protocols.ssh.upstream import UpstreamConnection
 from gatehouse.recording.format import Direction
 from gatehouse.recording.interfaces import RecordingFailed
@@ -179,7 +180,7 @@ class _Twin(SSHChannel):
     followed it on the wire.
     """
 
-    _log = Logger()
+    _log = quiet_logger()
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(localWindow=WINDOW, localMaxPacket=MAX_PACKET, **kw)
@@ -305,6 +306,8 @@ class ClientChannel(_Twin):
         self.started: str | None = None
         self.ended = False
         self.sftp: Any = None
+        #: the command lines typed into an interactive shell (for the index)
+        self.typed: TypedLines | None = None
         self.queued = 0
         self.counts = [0, 0]
 
@@ -312,7 +315,7 @@ class ClientChannel(_Twin):
 
     def attach(self, channel_id: int) -> None:
         """The gateway numbered this channel: its records and gate follow."""
-        self.id = channel_id
+        self.id = channel_id  # type: ignore[assignment]  # Conch types it None
         self.rec = record_channel(channel_id)
         if self.name == b"session":
             self.gate = Gate(
@@ -353,6 +356,10 @@ class ClientChannel(_Twin):
     def _from_client(self, data: bytes, ext: int | None) -> None:
         if self.ended or not self._record(_C2G, data, ext):
             return
+        if self.typed is not None and ext is None:
+            for line in self.typed.feed(data):
+                if line.text.strip():
+                    self.session.command_seen("typed", line.text, channel=self.rec)
         if self.gate is None:
             self._to_target(data, ext)
             return
@@ -503,6 +510,9 @@ class ClientChannel(_Twin):
             return
         if name in STARTS:
             self.started = name.decode()
+            if name == b"shell":
+                # Typed lines are recorded and indexed, not decided.
+                self.typed = TypedLines()
         target = self.target
         if target is None or target.localClosed:
             unit.reply.callback(False)
@@ -520,7 +530,7 @@ class ClientChannel(_Twin):
 
     def refuse(self, unit: object, refusal: Refusal) -> None:
         if type(unit) is Request:
-            self._refuse_start(unit, refusal)  # type: ignore[arg-type]
+            self._refuse_start(unit, refusal)
         elif self.sftp is not None:
             self.queued -= self.sftp.refuse(unit, refusal)
         else:
@@ -684,7 +694,7 @@ class GatewayConnection(connection.SSHConnection):
     before the client hears they are open, and bridged.
     """
 
-    _log = Logger()
+    _log = quiet_logger()
 
     def __init__(
         self,
@@ -705,8 +715,9 @@ class GatewayConnection(connection.SSHConnection):
 
     def recording_failed(self) -> None:
         """Nothing may cross unrecorded: the connection ends now."""
-        if self.transport is not None and self.transport.transport is not None:
-            self.transport.transport.abortConnection()
+        wire: Any = self.transport.transport if self.transport is not None else None
+        if wire is not None:
+            wire.abortConnection()
 
     # -- channels --------------------------------------------------------
 
@@ -719,6 +730,8 @@ class GatewayConnection(connection.SSHConnection):
             self.session.event(
                 "ssh-channel-refused", type=kind.decode("utf-8", "replace"), reason=why
             )
+            if self.transport is None:
+                return
             self.transport.sendPacket(
                 connection.MSG_CHANNEL_OPEN_FAILURE,
                 struct.pack(">2L", sender, code)
@@ -787,7 +800,7 @@ class GatewayConnection(connection.SSHConnection):
 
         def refused(reason: Failure) -> None:
             if reason.check(error.ConchError):
-                desc, code = reason.value.args[0], reason.value.args[1]
+                desc, code = reason.value.args[0], reason.value.args[1]  # type: ignore[union-attr]
                 if isinstance(desc, int):
                     desc, code = code, desc
                 why = (
@@ -859,7 +872,8 @@ class _ForwardDriver:
         self.result = result
         self.channel = channel
 
-    def inspect(self, unit: str) -> object:
+    def inspect(self, unit: object) -> object:
+        assert isinstance(unit, str)
         host, _, port = unit.rpartition(":")
         return Proposal((forward_command(host, int(port)),), unit)
 

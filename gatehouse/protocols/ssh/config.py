@@ -227,9 +227,9 @@ def parse_target_options(options: ConfigSection) -> SSHTargetOptions:
     accounts = []
     for entry in options.sections("accounts"):
         groups = tuple(entry.strings("groups", required=True) or ())
-        user = entry.string("user", required=True) or ""
-        _check_account(entry, user)
-        accounts.append(Account(groups, user))
+        name = entry.string("user", required=True) or ""
+        _check_account(entry, name)
+        accounts.append(Account(groups, name))
         entry.finish()
     user = options.string("user", required=not accounts)
     if user is not None:

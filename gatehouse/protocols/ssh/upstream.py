@@ -33,7 +33,7 @@ from gatehouse.protocols.ssh.hostkeys import (
 from gatehouse.protocols.ssh.hostkeys import (
     fingerprint as key_fingerprint,
 )
-from gatehouse.protocols.ssh.transport import harden
+from gatehouse.protocols.ssh.transport import harden, quiet_logger
 
 __all__ = ["UpstreamConnection", "UpstreamFailed", "connect", "load_client_key"]
 
@@ -51,7 +51,7 @@ class UpstreamFailed(Exception):
 
 
 def _read_key(data: bytes, path: str) -> keys.Key:
-    key = keys.Key.fromString(data)
+    key: keys.Key = keys.Key.fromString(data)
     if not key.isPublic() and key.type() in ("Ed25519", "EC", "RSA"):
         return key
     raise ValueError(f"{path} is not a private key the gateway can use")
@@ -68,6 +68,8 @@ def load_client_key(path: str) -> keys.Key:
 
 class UpstreamConnection(SSHConnection):
     """Conch's connection service to the target; tells L{connect} it is up."""
+
+    _log = quiet_logger()
 
     def __init__(self, ready: Deferred[UpstreamConnection]) -> None:
         super().__init__()
@@ -96,6 +98,7 @@ class _UserAuth(SSHUserAuthClient):
     """Public key authentication with the gateway's key only."""
 
     preferredOrder = [b"publickey"]
+    _log = quiet_logger()
 
     def __init__(self, user: bytes, key: keys.Key, next_service: SSHConnection):
         super().__init__(user, next_service)
@@ -126,6 +129,7 @@ class _Transport(SSHClientTransport):
     """Checks the target's host key against the pins, then logs in."""
 
     factory: _UpstreamFactory
+    _log = quiet_logger()
 
     def __init__(self) -> None:
         self.refused = False
@@ -176,7 +180,7 @@ class _Transport(SSHClientTransport):
 
 
 class _UpstreamFactory(Factory):
-    protocol = _Transport
+    protocol = _Transport  # type: ignore[assignment]
     noisy = False
 
     def __init__(
@@ -191,7 +195,7 @@ class _UpstreamFactory(Factory):
         self.pinned = pinned
         self.ready: Deferred[UpstreamConnection] = Deferred()
 
-    def buildProtocol(self, addr: object) -> _Transport:
+    def buildProtocol(self, addr: object) -> _Transport:  # type: ignore[override]
         transport = _Transport()
         transport.factory = self
         harden(transport, self.pinned.algorithms())
