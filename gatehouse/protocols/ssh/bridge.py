@@ -373,8 +373,10 @@ class ClientChannel(_Twin):
     def request(self, name: bytes, data: bytes, want_reply: bool) -> Deferred[bool]:
         """A channel request from the client: recorded, then to the gate."""
         fields = _describe(name, data)
-        self.session.event("ssh-request", channel=self.rec, **fields)
-        if name == b"exec" and "malformed" not in fields:
+        self.session.event(
+            "ssh-request", channel=self.rec, anchor=name == b"shell", **fields
+        )
+        if name in (b"exec", b"subsystem") and "malformed" not in fields:
             # The command's bytes, as sent: the index points to them.
             self._record(_C2G, common.getNS(data)[0], None)
         if name == b"subsystem" and fields.get("name") == "sftp" and self.sftp is None:
@@ -771,9 +773,15 @@ class GatewayConnection(connection.SSHConnection):
                 failure(connection.OPEN_CONNECT_FAILED, "gatehouse: malformed request")
                 return
             fields.update(
-                host=host, port=port, originator=orig, originator_port=orig_port
+                host=host,
+                port=port,
+                destination=f"{host}:{port}",
+                originator=orig,
+                originator_port=orig_port,
             )
-        self.session.event("ssh-channel-open", channel=channel.rec, **fields)
+        self.session.event(
+            "ssh-channel-open", channel=channel.rec, anchor=True, **fields
+        )
         if kind == b"direct-tcpip":
             d = self._forward_decision(channel, f"{fields['host']}:{fields['port']}")
         else:
