@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import attrs
@@ -37,17 +38,20 @@ from twisted.conch.ssh.channel import SSHChannel
 from twisted.conch.ssh.session import parseRequest_pty_req, parseRequest_window_change
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gatehouse.gate import (
     PASS,
     Gate,
+    HoldReason,
     IGateDriver,
     Permit,
     Proposal,
     Refusal,
     RefusalKind,
+    Wait,
 )
 from gatehouse.policy.rules import Decision
 from gatehouse.protocols.ssh.commands import (
@@ -70,6 +74,8 @@ __all__ = ["REFUSED_STATUS", "STDERR_BIT", "GatewayConnection", "record_channel"
 STDERR_BIT = 0x8000
 #: the exit status of a command the gateway kept from the target
 REFUSED_STATUS = 126
+#: exec lines longer than this are classified in a thread
+CLASSIFY_INLINE = 2048
 #: each side's window per channel: what may be in flight, and buffered
 WINDOW = 1 << 20
 MAX_PACKET = 32768
@@ -455,11 +461,32 @@ class ClientChannel(_Twin):
             if "malformed" in unit.fields:
                 return Refusal(RefusalKind.UNPARSEABLE, "malformed exec request")
             line = common.getNS(unit.data)[0]
-            return Proposal(classify_exec(line), line.decode("utf-8", "replace"))
+            commands = unit.fields.pop("_commands", None)
+            if commands is None and len(line) > CLASSIFY_INLINE:
+                # A long line costs milliseconds to read: off the reactor.
+                return Wait(
+                    HoldReason.CLASSIFICATION, partial(self._classify, unit, line)
+                )
+            if commands is None:
+                commands = classify_exec(line)
+            return Proposal(commands, line.decode("utf-8", "replace"))
         if unit.name == b"subsystem":
             name = unit.fields.get("name", "")
             return Proposal((subsystem_command(name),), name)
         return Proposal((shell_command(),), "shell")
+
+    def _classify(self, unit: Request, line: bytes) -> None:
+        def done(result: object) -> None:
+            gate = self.gate
+            if gate is None or not gate.holds(unit, HoldReason.CLASSIFICATION):
+                return
+            if isinstance(result, Failure):
+                gate.settle(unit, result)
+                return
+            unit.fields["_commands"] = result
+            gate.resume()
+
+        deferToThread(classify_exec, line).addBoth(done)
 
     def admit(self, unit: object, permit: Permit) -> object:
         return None
