@@ -254,27 +254,30 @@ class Session:
         """
         return self._last_seq.get(channel, -1)
 
-    def event(
-        self, name: str, /, *, channel: int = 0, anchor: bool = False, **fields: object
-    ) -> None:
+    def event(self, name: str, /, *, channel: int = 0, **fields: object) -> int:
         """
         Record a gateway event (decision, error, notice) as JSON, on
         C{channel} when it concerns one (an SSH channel, an HTTP stream).
 
-        @param anchor: the event is a request that carries a command but
-            no bytes of the client's stream (an SSH C{shell} request, a
-            forward's destination): commands indexed next on C{channel}
-            point to it (see docs/recording-format.md, the index).
+        @return: its sequence number (for L{anchor}).
         """
         fields["event"] = name
-        seq = self._record(
+        seq: int = self._record(
             _EVENT,
             0,
             channel,
             json.dumps(fields, sort_keys=True, default=str).encode(),
         )
-        if anchor:
-            self._last_seq[channel] = seq
+        return seq
+
+    def anchor(self, channel: int, seq: int) -> None:
+        """
+        The event C{seq} is a request that carries a command but no bytes
+        of the client's stream (an SSH C{shell} request, a forward's
+        destination): commands indexed next on C{channel} point to it
+        (see docs/recording-format.md, the index).
+        """
+        self._last_seq[channel] = seq
 
     def authenticate(
         self, credentials: object, target: str | None = None

@@ -379,9 +379,9 @@ class ClientChannel(_Twin):
     def request(self, name: bytes, data: bytes, want_reply: bool) -> Deferred[bool]:
         """A channel request from the client: recorded, then to the gate."""
         fields = _describe(name, data)
-        self.session.event(
-            "ssh-request", channel=self.rec, anchor=name == b"shell", **fields
-        )
+        seq = self.session.event("ssh-request", channel=self.rec, **fields)
+        if name == b"shell":
+            self.session.anchor(self.rec, seq)
         if name in (b"exec", b"subsystem") and "malformed" not in fields:
             # The command's bytes, as sent: the index points to them.
             self._record(_C2G, common.getNS(data)[0], None)
@@ -806,9 +806,8 @@ class GatewayConnection(connection.SSHConnection):
                 originator=orig,
                 originator_port=orig_port,
             )
-        self.session.event(
-            "ssh-channel-open", channel=channel.rec, anchor=True, **fields
-        )
+        seq = self.session.event("ssh-channel-open", channel=channel.rec, **fields)
+        self.session.anchor(channel.rec, seq)
         if kind == b"direct-tcpip":
             d = self._forward_decision(channel, f"{fields['host']}:{fields['port']}")
         else:

@@ -15,6 +15,7 @@ message at login, recorded, never a half-open session.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,7 +33,12 @@ from gatehouse.config import TargetConfig
 from gatehouse.credentials import BearerToken
 from gatehouse.identity import AuthenticationError, Identity
 from gatehouse.limits import Admission, ConnectionLimits
-from gatehouse.protocols.ssh.certificates import CertificateRefused, verify_certificate
+from gatehouse.protocols.ssh.certificates import (
+    CertificateRefused,
+    UserCA,
+    mint_login,
+    verify_certificate,
+)
 from gatehouse.protocols.ssh.config import (
     ACCOUNT_SEPARATOR,
     AccountRefused,
@@ -326,9 +332,13 @@ class GatewayTransport(transport.SSHServerTransport):
         session = self.session
         session.upstream_login(account, "ssh")
         started = f.reactor.seconds()
+        certificate = None
         try:
-            key = load_client_key(options.key)
             pinned = options.pinned(target.name)
+            if options.certificate_authority is not None:
+                key, certificate = self._certificate_login(options, account)
+            else:
+                key = load_client_key(options.key)
         except Exception as e:
             return defer.fail(
                 UpstreamFailed(f"gateway key or pins unusable: {e}", "config")
@@ -367,7 +377,32 @@ class GatewayTransport(transport.SSHServerTransport):
             key,
             pinned,
             f.options.connect_timeout,
+            certificate,
         ).addCallbacks(up, failed)
+
+    def _certificate_login(
+        self, options: SSHTargetOptions, account: str
+    ) -> tuple[keys.Key, bytes]:
+        """A fresh key and its certificate for C{account}, naming the session."""
+        assert options.certificate_authority is not None
+        ca = UserCA.from_file(options.certificate_authority)
+        identity = self.session.identity
+        private, cert = mint_login(
+            ca,
+            account,
+            f"gatehouse session {self.session.id}"
+            + (f" for {identity.subject}" if identity is not None else ""),
+            options.certificate_lifetime,
+            self.factory.reactor.seconds(),
+        )
+        blob = base64.b64decode(cert.public_bytes().split()[1])
+        self.session.event(
+            "upstream-certificate",
+            serial=str(cert.serial),
+            principal=account,
+            valid_before=cert.valid_before,
+        )
+        return keys.Key(private), blob
 
     # -- bad input and endings ---------------------------------------------
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.conch.ssh import keys
+from twisted.conch.ssh.common import NS, getNS
 from twisted.conch.ssh.connection import SSHConnection
 from twisted.conch.ssh.transport import SSHClientTransport
-from twisted.conch.ssh.userauth import SSHUserAuthClient
+from twisted.conch.ssh.userauth import MSG_USERAUTH_REQUEST, SSHUserAuthClient
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint
@@ -100,9 +101,18 @@ class _UserAuth(SSHUserAuthClient):
     preferredOrder = [b"publickey"]
     _log = quiet_logger()
 
-    def __init__(self, user: bytes, key: keys.Key, next_service: SSHConnection):
+    def __init__(
+        self,
+        user: bytes,
+        key: keys.Key,
+        next_service: SSHConnection,
+        certificate: bytes | None = None,
+    ):
         super().__init__(user, next_service)
         self._key: keys.Key | None = key
+        #: an OpenSSH certificate (wire form) for the key, offered instead
+        #: of the plain key
+        self._certificate = certificate
 
     def getPublicKey(self) -> keys.Key | None:
         # Offered once: a refusal then ends authentication.
@@ -112,6 +122,39 @@ class _UserAuth(SSHUserAuthClient):
         self._signing = key
         public: keys.Key = key.public()
         return public
+
+    def auth_publickey(self) -> Deferred[bool]:
+        if self._certificate is None:
+            return super().auth_publickey()
+        key, self._key = self._key, None
+        if key is None:
+            return defer.succeed(False)
+        self._signing = key
+        self.askForAuth(
+            b"publickey",
+            b"\x00" + NS(_certificate_type(self._certificate)) + NS(self._certificate),
+        )
+        return defer.succeed(True)
+
+    def ssh_USERAUTH_PK_OK_publickey(self, packet: bytes) -> None:
+        if self._certificate is None:
+            return super().ssh_USERAUTH_PK_OK_publickey(packet)  # type: ignore[no-any-return]
+        blob = self._certificate
+        kind = _certificate_type(blob)
+        assert self.transport is not None and self.transport.sessionID is not None
+        signed = (
+            NS(self.transport.sessionID)
+            + bytes((MSG_USERAUTH_REQUEST,))
+            + NS(self.user)
+            + NS(self.instance.name)
+            + NS(b"publickey")
+            + b"\x01"
+            + NS(kind)
+            + NS(blob)
+        )
+        signature = self._signing.sign(signed)
+        self.askForAuth(b"publickey", b"\x01" + NS(kind) + NS(blob) + NS(signature))
+        return None
 
     def getPrivateKey(self) -> Deferred[keys.Key]:
         return defer.succeed(self._signing)
@@ -123,6 +166,11 @@ class _UserAuth(SSHUserAuthClient):
         if self.lastAuth == b"publickey":
             self.transport.refused = True  # type: ignore[union-attr]
         return super().ssh_USERAUTH_FAILURE(packet)
+
+
+def _certificate_type(blob: bytes) -> bytes:
+    """The key type named at the start of a certificate's wire form."""
+    return getNS(blob)[0]
 
 
 class _Transport(SSHClientTransport):
@@ -151,7 +199,9 @@ class _Transport(SSHClientTransport):
     def connectionSecure(self) -> None:
         f = self.factory
         self.requestService(
-            _UserAuth(f.user.encode(), f.key, UpstreamConnection(f.ready))
+            _UserAuth(
+                f.user.encode(), f.key, UpstreamConnection(f.ready), f.certificate
+            )
         )
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:
@@ -190,9 +240,11 @@ class _UpstreamFactory(Factory):
         user: str,
         key: keys.Key,
         pinned: PinnedHostKeys,
+        certificate: bytes | None = None,
     ) -> None:
         self.host, self.port, self.user, self.key = host, port, user, key
         self.pinned = pinned
+        self.certificate = certificate
         self.ready: Deferred[UpstreamConnection] = Deferred()
 
     def buildProtocol(self, addr: object) -> _Transport:  # type: ignore[override]
@@ -210,16 +262,18 @@ def connect(
     key: keys.Key,
     pinned: PinnedHostKeys,
     timeout: float,
+    certificate: bytes | None = None,
 ) -> Deferred[UpstreamConnection]:
     """
     Log in to the SSH server at C{host}:C{port} as C{user} with C{key},
     if it presents a host key in C{pinned}; give up after C{timeout}
-    seconds.
+    seconds.  With C{certificate} (an OpenSSH certificate for C{key}, in
+    wire form), the certificate is offered instead of the plain key.
 
     @return: Deferred firing with the L{UpstreamConnection}, or failing
         with L{UpstreamFailed}.
     """
-    factory = _UpstreamFactory(host, port, user, key, pinned)
+    factory = _UpstreamFactory(host, port, user, key, pinned, certificate)
     endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
     connected = endpoint.connect(factory)
     state: dict[str, Any] = {}
