@@ -63,7 +63,7 @@ from gatehouse.protocols.ssh.commands import (
 from gatehouse.protocols.ssh.config import SSHListenerOptions
 from gatehouse.protocols.ssh.transport import quiet_logger
 from gatehouse.protocols.ssh.typed import TypedLines
-from gatehouse.protocols.ssh.upstream import UpstreamConnection
+from gatehouse.protocols.ssh.upstream import BridgedConnection, UpstreamConnection
 from gatehouse.recording.format import Direction
 from gatehouse.recording.interfaces import RecordingFailed
 from gatehouse.session import Session
@@ -717,7 +717,7 @@ class ClientChannel(_Twin):
 # -- the connection ------------------------------------------------------
 
 
-class GatewayConnection(connection.SSHConnection):
+class GatewayConnection(BridgedConnection):
     """
     The client's connection service: channels are opened on the target
     before the client hears they are open, and bridged.
@@ -736,11 +736,6 @@ class GatewayConnection(connection.SSHConnection):
         self.upstream = upstream
         self.options = options
         self._want_reply = False
-
-    def adjustWindow(self, channel: SSHChannel, bytesToAdd: int) -> None:
-        if getattr(channel, "withheld", None):
-            return
-        super().adjustWindow(channel, bytesToAdd)
 
     def recording_failed(self) -> None:
         """Nothing may cross unrecorded: the connection ends now."""

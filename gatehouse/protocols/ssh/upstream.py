@@ -36,7 +36,13 @@ from gatehouse.protocols.ssh.hostkeys import (
 )
 from gatehouse.protocols.ssh.transport import harden, quiet_logger
 
-__all__ = ["UpstreamConnection", "UpstreamFailed", "connect", "load_client_key"]
+__all__ = [
+    "BridgedConnection",
+    "UpstreamConnection",
+    "UpstreamFailed",
+    "connect",
+    "load_client_key",
+]
 
 
 class UpstreamFailed(Exception):
@@ -67,7 +73,20 @@ def load_client_key(path: str) -> keys.Key:
     return key
 
 
-class UpstreamConnection(SSHConnection):
+class BridgedConnection(SSHConnection):
+    """
+    A connection whose channels are bridged to another connection's: a
+    channel whose other side is full (or whose gate holds too much) gives
+    its sender no more window until that clears (see L{bridge._Twin}).
+    """
+
+    def adjustWindow(self, channel: Any, bytesToAdd: int) -> None:
+        if getattr(channel, "withheld", None):
+            return
+        super().adjustWindow(channel, bytesToAdd)
+
+
+class UpstreamConnection(BridgedConnection):
     """Conch's connection service to the target; tells L{connect} it is up."""
 
     _log = quiet_logger()

@@ -150,3 +150,39 @@ class RequestFieldTests(SynchronousTestCase):
         self.assertNotIn(0, seen)
         self.assertTrue(all(0 < c < bridge.STDERR_BIT for c in seen))
         self.assertEqual(bridge.record_channel(0), 1)
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.packets: list[tuple[int, bytes]] = []
+
+    def sendPacket(self, kind: int, payload: bytes) -> None:
+        self.packets.append((kind, payload))
+
+
+class BridgedConnectionTests(SynchronousTestCase):
+    """Both connections of a bridge give no window while a channel withholds it."""
+
+    def test_withheld_window_not_sent(self) -> None:
+        from twisted.conch.ssh.connection import MSG_CHANNEL_WINDOW_ADJUST
+
+        from gatehouse.protocols.ssh.upstream import BridgedConnection
+
+        conn = BridgedConnection()
+        conn.transport = _Transport()  # type: ignore[assignment]
+        channel = bridge._Twin(conn=conn)
+        conn.channelsToRemoteChannel[channel] = 5
+        channel.localWindowLeft = 0
+        channel.withhold("peer")
+        conn.adjustWindow(channel, 100)
+        self.assertEqual(conn.transport.packets, [])  # type: ignore[union-attr]
+        channel.grant("peer")
+        self.assertEqual(
+            conn.transport.packets,  # type: ignore[union-attr]
+            [
+                (
+                    MSG_CHANNEL_WINDOW_ADJUST,
+                    struct.pack(">2L", 5, channel.localWindowSize),
+                )
+            ],
+        )
