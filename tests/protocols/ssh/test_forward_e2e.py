@@ -131,13 +131,8 @@ class ForwardTests(SSHGatewayTestCase):
                         "destination": [f"127.0.0.1:{self.allowed.port}"],
                         "action": "allow",
                     },
-                    {
-                        "name": "no-other-forwards",
-                        "protocols": ["ssh"],
-                        "kind": ["forward"],
-                        "action": "deny",
-                        "message": "forwarding is limited to the echo service",
-                    },
+                    # Catch-all rules never open forwards: the policy's
+                    # forwards fallback (deny) decides every other one.
                     {"name": "anything", "protocols": ["ssh"], "action": "allow"},
                 ],
             }
@@ -209,8 +204,9 @@ class ForwardTests(SSHGatewayTestCase):
 
     def test_denied(self) -> None:
         """
-        A destination no rule allows: ssh reports the refusal, the local
-        connection ends, and the service never hears of it.
+        A destination no rule naming forwards allows (the catch-all allow
+        rule does not count): ssh reports the refusal, the local connection
+        ends, and the service never hears of it.
         """
         other = EchoService(self.scratch)
         self.addCleanup(other.stop)
@@ -229,12 +225,10 @@ class ForwardTests(SSHGatewayTestCase):
         _, stderr = _end(client)
         text = stderr.decode(errors="replace")
         self.assertIn("open failed: administratively prohibited: gatehouse:", text)
-        self.assertIn("forwarding is limited to the echo service", text)
+        self.assertIn("no policy rule allows this forward", text)
         directory = self.gw.latest_session(after).directory
         (decision,) = events_of(directory, "decision")
-        self.assertEqual(
-            (decision["action"], decision["rule"]), ("deny", "no-other-forwards")
-        )
+        self.assertEqual((decision["action"], decision["rule"]), ("deny", "forwards"))
         self.assertEqual(
             decision["commands"][0]["text"], f"127.0.0.1:{other.port}", decision
         )

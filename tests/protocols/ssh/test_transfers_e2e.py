@@ -16,6 +16,9 @@ import time
 import urllib.request
 from typing import Any
 
+from gatehouse.protocols.ssh.bridge import STDERR_BIT
+from gatehouse.recording.format import Direction, RecordType
+from gatehouse.recording.reader import read_records
 from tests.protocols.ssh._transfer_harness import SSHGatewayTestCase, events_of
 
 SIZE = 100 << 20
@@ -407,3 +410,86 @@ class SFTPRuleTests(SSHGatewayTestCase):
         self.assertEqual([(e["path"], e["status"]) for e in removed], [(victim, "ok")])
         (vote,) = events_of(directory, "approval-approved")
         self.assertEqual((vote["approver"], vote["comment"]), ("bob", "ok"))
+
+
+def rss(pid: int) -> int:
+    """The resident set size of process C{pid}, in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def sent_to_client(directory: str) -> int:
+    """The bytes the recording says the gateway sent to the client (stdout)."""
+    return sum(
+        len(r.payload)
+        for r in read_records(directory)
+        if r.type == RecordType.DATA
+        and r.direction == Direction.GATEWAY_TO_CLIENT
+        and r.channel < STDERR_BIT
+    )
+
+
+class FlowControlTests(SSHGatewayTestCase):
+    """A client that stops reading stops the target; the gateway's memory stays flat."""
+
+    policy = BulkTransferTests.policy
+
+    def test_reader_stops(self) -> None:
+        """
+        C{cat /dev/urandom} to a client whose stdout nobody reads: after a
+        few seconds the gateway's RSS is within 64 MiB of its idle
+        baseline, and the recording (the bytes sent to the client) has
+        stopped growing; reading again lets the data flow again.
+        """
+        gateway = self.gw.gateway
+        assert gateway.process is not None
+        pid = gateway.process.pid
+        # Warm up (modules loaded on a first session), then the baseline.
+        self.assert_ok(
+            self.gw.run(self.gw.ssh_argv(self.gw.destination(), "true")), "true"
+        )
+        baseline = rss(pid)
+
+        after = time.time()
+        client = subprocess.Popen(
+            self.gw.ssh_argv(self.gw.destination(), "cat /dev/urandom"),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=self.gw.env(),
+        )
+        try:
+            assert client.stdout is not None
+            row = self.gw.latest_session(after, wait_closed=False)
+            time.sleep(4)
+            first = sent_to_client(row.directory), rss(pid)
+            time.sleep(2)
+            second = sent_to_client(row.directory), rss(pid)
+            print(
+                f"\nidle RSS {baseline / MiB:.1f} MiB; stalled: RSS "
+                f"{first[1] / MiB:.1f} then {second[1] / MiB:.1f} MiB, sent "
+                f"{first[0]} then {second[0]} bytes"
+            )
+            self.assertLess(max(first[1], second[1]) - baseline, 64 * MiB)
+            self.assertEqual(first[0], second[0], "the data kept flowing")
+            # What is in flight: the windows and the pipe, a few MiB.
+            self.assertLess(second[0], 16 * MiB)
+            self.assertIsNone(client.poll())
+
+            # The reader comes back: the data flows again.
+            got = 0
+            while got < 32 * MiB:
+                got += len(client.stdout.read1(1 << 20))
+            deadline = time.monotonic() + 10
+            while sent_to_client(row.directory) < got:
+                self.assertLess(time.monotonic(), deadline, "not recorded")
+                time.sleep(0.1)
+        finally:
+            client.kill()
+            client.communicate()
+        self.assertGreaterEqual(
+            sent_to_client(self.gw.latest_session(after).directory), got
+        )
