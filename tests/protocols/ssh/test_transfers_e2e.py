@@ -14,6 +14,7 @@ import os
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from gatehouse.protocols.ssh.bridge import STDERR_BIT
@@ -47,6 +48,12 @@ def sha256_of(path: str) -> str:
     return digest.hexdigest()
 
 
+def ssh_policy(*rules: dict[str, Any], **settings: Any) -> dict[str, Any]:
+    """A policy section: C{rules} first, then one allowing every SSH command."""
+    allow = {"name": "anything", "protocols": ["ssh"], "action": "allow"}
+    return {"policy": {"opaque": "deny", **settings, "rules": [*rules, allow]}}
+
+
 #: throughput figures measured by this module's tests, for the report
 FIGURES: dict[str, float] = {}
 
@@ -61,12 +68,7 @@ def _figure(name: str, seconds: float, size: int = SIZE) -> None:
 class BulkTransferTests(SSHGatewayTestCase):
     """100 MiB up and down with sftp and scp, intact at every end and recorded."""
 
-    policy = {
-        "policy": {
-            "opaque": "deny",
-            "rules": [{"name": "anything", "protocols": ["ssh"], "action": "allow"}],
-        }
-    }
+    policy = ssh_policy()
 
     def sftp_events(self, after: float) -> list[dict[str, Any]]:
         row = self.gw.latest_session(after)
@@ -84,33 +86,57 @@ class BulkTransferTests(SSHGatewayTestCase):
         self.assertTrue(event["sequential"], event)
         self.assertEqual(event["sha256"], digest)
 
+    def files(self) -> tuple[str, str, str, str]:
+        """A 100 MiB source file, its SHA-256, and paths for the copies."""
+        source = os.path.join(self.scratch, "source.bin")
+        digest = make_file(source)
+        remote = os.path.join(self.scratch, "remote.bin")
+        return source, digest, remote, os.path.join(self.scratch, "fetched.bin")
+
+    def transfer(
+        self,
+        name: str,
+        run: Callable[[], subprocess.CompletedProcess[bytes]],
+        copy: str,
+        digest: str,
+        recorded: tuple[str, str] | None = None,
+    ) -> None:
+        """
+        C{run} a client (timed): it succeeds, C{copy} hashes as C{digest},
+        and the session's C{recorded} (op, path) event carries it all.
+        """
+        after = time.time()
+        start = time.monotonic()
+        result = run()
+        _figure(name, time.monotonic() - start)
+        self.assert_ok(result, name)
+        self.assertEqual(sha256_of(copy), digest)
+        if recorded is not None:
+            op, path = recorded
+            self.assert_recorded(self.sftp_events(after), op, path, digest)
+
     def test_sftp_put_get(self) -> None:
         """
         C{put} then C{get} of 100 MiB: the target's file and the one fetched
         back hash as the original, and the recording's write and read events
         carry the path, the size and that hash.
         """
-        source = os.path.join(self.scratch, "source.bin")
-        digest = make_file(source)
-        remote = os.path.join(self.scratch, "remote.bin")
-        fetched = os.path.join(self.scratch, "fetched.bin")
-
-        after = time.time()
-        start = time.monotonic()
-        result = self.gw.sftp_batch(f"put {source} {remote}\n")
-        _figure("sftp put via gateway", time.monotonic() - start)
-        self.assert_ok(result, "sftp put")
-        self.assertEqual(sha256_of(remote), digest)
-        events = self.sftp_events(after)
-        self.assert_recorded(events, "write", remote, digest)
-
-        after = time.time()
-        start = time.monotonic()
-        result = self.gw.sftp_batch(f"get {remote} {fetched}\n")
-        _figure("sftp get via gateway", time.monotonic() - start)
-        self.assert_ok(result, "sftp get")
-        self.assertEqual(sha256_of(fetched), digest)
-        self.assert_recorded(self.sftp_events(after), "read", remote, digest)
+        source, digest, remote, fetched = self.files()
+        put, get = f"put {source} {remote}\n", f"get {remote} {fetched}\n"
+        self.transfer(
+            "sftp put via gateway",
+            lambda: self.gw.sftp_batch(put),
+            remote,
+            digest,
+            ("write", remote),
+        )
+        self.transfer(
+            "sftp get via gateway",
+            lambda: self.gw.sftp_batch(get),
+            fetched,
+            digest,
+            ("read", remote),
+        )
 
     def test_sftp_direct(self) -> None:
         """
@@ -118,60 +144,44 @@ class BulkTransferTests(SSHGatewayTestCase):
         printed; only correctness asserted).
         """
         sshd = self.gw.sshd
-        key = self.gw.upstream_key
-        source = os.path.join(self.scratch, "source.bin")
-        digest = make_file(source)
-        remote = os.path.join(self.scratch, "remote.bin")
-        fetched = os.path.join(self.scratch, "fetched.bin")
+        source, digest, remote, fetched = self.files()
         batch = os.path.join(self.scratch, "batch")
-        for name, commands, check in (
-            ("sftp put direct", f"put {source} {remote}\n", remote),
-            ("sftp get direct", f"get {remote} {fetched}\n", fetched),
-        ):
+
+        def sftp(commands: str) -> subprocess.CompletedProcess[bytes]:
             with open(batch, "w") as f:
                 f.write(commands)
-            start = time.monotonic()
-            result = subprocess.run(
-                [
-                    "sftp",
-                    *sshd.client_args(key, port_flag="-P"),
-                    "-b",
-                    batch,
-                    sshd.destination(),
-                ],
+            options = sshd.client_args(self.gw.upstream_key, port_flag="-P")
+            return subprocess.run(
+                ["sftp", *options, "-b", batch, sshd.destination()],
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 timeout=300,
             )
-            _figure(name, time.monotonic() - start)
-            self.assert_ok(result, name)
-            self.assertEqual(sha256_of(check), digest)
+
+        put, get = f"put {source} {remote}\n", f"get {remote} {fetched}\n"
+        self.transfer("sftp put direct", lambda: sftp(put), remote, digest)
+        self.transfer("sftp get direct", lambda: sftp(get), fetched, digest)
 
     def test_scp_both_ways(self) -> None:
         """
         Modern scp (SFTP underneath) up and down: intact, and recorded as
         SFTP write and read.
         """
-        source = os.path.join(self.scratch, "source.bin")
-        digest = make_file(source)
-        remote = os.path.join(self.scratch, "remote-scp.bin")
-        fetched = os.path.join(self.scratch, "fetched-scp.bin")
-
-        after = time.time()
-        start = time.monotonic()
-        result = self.gw.scp(source, self.gw.remote(remote))
-        _figure("scp up via gateway", time.monotonic() - start)
-        self.assert_ok(result, "scp up")
-        self.assertEqual(sha256_of(remote), digest)
-        self.assert_recorded(self.sftp_events(after), "write", remote, digest)
-
-        after = time.time()
-        start = time.monotonic()
-        result = self.gw.scp(self.gw.remote(remote), fetched)
-        _figure("scp down via gateway", time.monotonic() - start)
-        self.assert_ok(result, "scp down")
-        self.assertEqual(sha256_of(fetched), digest)
-        self.assert_recorded(self.sftp_events(after), "read", remote, digest)
+        source, digest, remote, fetched = self.files()
+        self.transfer(
+            "scp up via gateway",
+            lambda: self.gw.scp(source, self.gw.remote(remote)),
+            remote,
+            digest,
+            ("write", remote),
+        )
+        self.transfer(
+            "scp down via gateway",
+            lambda: self.gw.scp(self.gw.remote(remote), fetched),
+            fetched,
+            digest,
+            ("read", remote),
+        )
 
 
 def _write(path: str, content: bytes, mtime: float = 1_600_000_000) -> None:
@@ -188,23 +198,17 @@ class LegacySCPTests(SSHGatewayTestCase):
     on the target, an exec the policy decides like any other.
     """
 
-    policy = {
-        "policy": {
-            "opaque": "deny",
-            "rules": [
-                {
-                    "name": "no-scp-upload-here",
-                    "protocols": ["ssh"],
-                    "program": ["scp"],
-                    "flag": ["scp-sink"],
-                    "path": ["*/incoming/*"],
-                    "action": "deny",
-                    "message": "no uploads to incoming",
-                },
-                {"name": "anything", "protocols": ["ssh"], "action": "allow"},
-            ],
+    policy = ssh_policy(
+        {
+            "name": "no-scp-upload-here",
+            "protocols": ["ssh"],
+            "program": ["scp"],
+            "flag": ["scp-sink"],
+            "path": ["*/incoming/*"],
+            "action": "deny",
+            "message": "no uploads to incoming",
         }
-    }
+    )
 
     def test_allowed(self) -> None:
         """Up and down through C{scp -t}/C{scp -f}: intact, and the exec recorded."""
@@ -264,39 +268,33 @@ class SFTPRuleTests(SSHGatewayTestCase):
     """SFTP operations decided one by one, proven on the target's disk."""
 
     admin = True
-    policy = {
-        "policy": {
-            "opaque": "deny",
-            "review": {"approvers": [APPROVER_GROUP], "timeout": "60s"},
-            "rules": [
-                {
-                    "name": "locked-read-only",
-                    "protocols": ["ssh"],
-                    "kind": ["write"],
-                    "path": ["*/locked/*"],
-                    "action": "deny",
-                    "message": "locked is read-only",
-                },
-                {
-                    "name": "removal-reviewed",
-                    "protocols": ["ssh"],
-                    "kind": ["remove"],
-                    "path": ["*/reviewed/*"],
-                    "action": "review",
-                    "message": "removing needs a second pair of eyes",
-                },
-                {
-                    "name": "no-renames",
-                    "protocols": ["ssh"],
-                    "kind": ["rename"],
-                    "path": ["*/fixed/*"],
-                    "action": "deny",
-                    "message": "names are fixed here",
-                },
-                {"name": "anything", "protocols": ["ssh"], "action": "allow"},
-            ],
-        }
-    }
+    policy = ssh_policy(
+        {
+            "name": "locked-read-only",
+            "protocols": ["ssh"],
+            "kind": ["write"],
+            "path": ["*/locked/*"],
+            "action": "deny",
+            "message": "locked is read-only",
+        },
+        {
+            "name": "removal-reviewed",
+            "protocols": ["ssh"],
+            "kind": ["remove"],
+            "path": ["*/reviewed/*"],
+            "action": "review",
+            "message": "removing needs a second pair of eyes",
+        },
+        {
+            "name": "no-renames",
+            "protocols": ["ssh"],
+            "kind": ["rename"],
+            "path": ["*/fixed/*"],
+            "action": "deny",
+            "message": "names are fixed here",
+        },
+        review={"approvers": [APPROVER_GROUP], "timeout": "60s"},
+    )
 
     def test_write_denied(self) -> None:
         """
