@@ -53,6 +53,7 @@ class SSHGateway:
         policy: dict[str, Any],
         *,
         admin: bool = False,
+        pythonpath: str | None = None,
     ) -> None:
         self.directory = directory
         self.sshd = sshd
@@ -94,6 +95,7 @@ class SSHGateway:
             ],
             extra_config=policy,
             admin=admin,
+            pythonpath=pythonpath,
         )
         self.port = port
 
