@@ -20,6 +20,7 @@ from typing import Any
 from gatehouse.protocols.ssh.bridge import STDERR_BIT
 from gatehouse.recording.format import Direction, RecordType
 from gatehouse.recording.reader import read_records
+from gatehouse.recording.verify import verify_session
 from tests.protocols.ssh._transfer_harness import SSHGatewayTestCase, events_of
 
 SIZE = 100 << 20
@@ -71,7 +72,10 @@ class BulkTransferTests(SSHGatewayTestCase):
     policy = ssh_policy()
 
     def sftp_events(self, after: float) -> list[dict[str, Any]]:
+        """The C{sftp} events of the session after C{after}, once it verifies."""
         row = self.gw.latest_session(after)
+        report = verify_session(row.directory, self.gw.gateway.anchors())
+        self.assertEqual(report.findings, (), f"recording of {row.id} does not verify")
         return events_of(row.directory, "sftp")
 
     def assert_recorded(
