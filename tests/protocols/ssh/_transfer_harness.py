@@ -38,7 +38,7 @@ from tests.fixtures.sshd import (
 )
 from tests.protocols.postgres.harness import Gateway
 
-__all__ = ["SSHGateway", "SSHGatewayTestCase", "events_of"]
+__all__ = ["SSHGateway", "SSHGatewayTestCase", "events_of", "resident"]
 
 TARGET = "web-1"
 
@@ -98,6 +98,8 @@ class SSHGateway:
             pythonpath=pythonpath,
         )
         self.port = port
+        #: the daemon's resident set size just after it started
+        self.started_rss = 0
 
     # -- clients -------------------------------------------------------------
 
@@ -234,6 +236,18 @@ def events_of(directory: str, name: str | None = None) -> list[dict[str, Any]]:
     return found
 
 
+def resident(pid: int, field: str = "VmRSS") -> int:
+    """
+    The resident set size of process C{pid} in bytes (C{field} VmHWM: its
+    peak so far).
+    """
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field} for {pid}")
+
+
 _gateways: dict[type, SSHGateway] = {}
 
 
@@ -260,6 +274,8 @@ class SSHGatewayTestCase(SynchronousTestCase):
             base = tempfile.mkdtemp(prefix=f"gatehouse-ssh-{cls.__name__}-")
             each = SSHGateway(base, shared_sshd(), self.make_policy(), admin=self.admin)
             each.gateway.start()
+            assert each.gateway.process is not None
+            each.started_rss = resident(each.gateway.process.pid)
             _gateways[cls] = each
         self.gw = _gateways[cls]
         self.scratch = tempfile.mkdtemp(prefix="gatehouse-ssh-files-")

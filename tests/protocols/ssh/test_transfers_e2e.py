@@ -21,7 +21,11 @@ from gatehouse.protocols.ssh.bridge import STDERR_BIT
 from gatehouse.recording.format import Direction, RecordType
 from gatehouse.recording.reader import read_records
 from gatehouse.recording.verify import verify_session
-from tests.protocols.ssh._transfer_harness import SSHGatewayTestCase, events_of
+from tests.protocols.ssh._transfer_harness import (
+    SSHGatewayTestCase,
+    events_of,
+    resident,
+)
 
 SIZE = 100 << 20
 MiB = 1 << 20
@@ -115,9 +119,19 @@ class BulkTransferTests(SSHGatewayTestCase):
         _figure(name, time.monotonic() - start)
         self.assert_ok(result, name)
         self.assertEqual(sha256_of(copy), digest)
-        if recorded is not None:
-            op, path = recorded
-            self.assert_recorded(self.sftp_events(after), op, path, digest)
+        if recorded is None:  # straight to sshd
+            return
+        op, path = recorded
+        self.assert_recorded(self.sftp_events(after), op, path, digest)
+        gateway = self.gw.gateway.process
+        assert gateway is not None
+        peak = resident(gateway.pid, "VmHWM")
+        print(
+            f"gateway RSS at start {self.gw.started_rss / MiB:.1f} MiB, now"
+            f" {resident(gateway.pid) / MiB:.1f} MiB, peak {peak / MiB:.1f} MiB"
+        )
+        # Streamed, not buffered: far less than the file at any time.
+        self.assertLess(peak - self.gw.started_rss, 64 * MiB)
 
     def test_sftp_put_get(self) -> None:
         """
@@ -414,15 +428,6 @@ class SFTPRuleTests(SSHGatewayTestCase):
         self.assertEqual((vote["approver"], vote["comment"]), ("bob", "ok"))
 
 
-def rss(pid: int) -> int:
-    """The resident set size of process C{pid}, in bytes."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
 def sent_to_client(directory: str) -> int:
     """The bytes the recording says the gateway sent to the client (stdout)."""
     return sum(
@@ -453,7 +458,7 @@ class FlowControlTests(SSHGatewayTestCase):
         self.assert_ok(
             self.gw.run(self.gw.ssh_argv(self.gw.destination(), "true")), "true"
         )
-        baseline = rss(pid)
+        baseline = resident(pid)
 
         after = time.time()
         client = subprocess.Popen(
@@ -467,9 +472,9 @@ class FlowControlTests(SSHGatewayTestCase):
             assert client.stdout is not None
             row = self.gw.latest_session(after, wait_closed=False)
             time.sleep(4)
-            first = sent_to_client(row.directory), rss(pid)
+            first = sent_to_client(row.directory), resident(pid)
             time.sleep(2)
-            second = sent_to_client(row.directory), rss(pid)
+            second = sent_to_client(row.directory), resident(pid)
             print(
                 f"\nidle RSS {baseline / MiB:.1f} MiB; stalled: RSS "
                 f"{first[1] / MiB:.1f} then {second[1] / MiB:.1f} MiB, sent "
