@@ -68,7 +68,10 @@ class SFTPChannel:
         if operation is None or operation.covered:
             return PASS
         command = operation.command()
-        return Proposal((command,), command.text or operation.op)
+        # The text is the gate's index key: a stat and an open for writing
+        # of one path are different commands, each indexed.
+        key = "\0".join((command.kind, command.text, *command.objects))
+        return Proposal((command,), key)
 
     def forward(self, unit: object) -> int:
         """Send a request on; returns the bytes it held in the gate."""
