@@ -11,6 +11,7 @@ C{gatehouse sessions}, C{export}, C{replay} and C{verify} CLIs.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -208,9 +209,24 @@ class SSHEndToEndTests(SSHGatewayTestCase):
         self.assertEqual(signalled["signal"], "TERM")
         self.assertNotIn("status", signalled)
 
-        # The big session's recording verifies with the real CLI.
+        # The big session's recording verifies with the real CLI, and
+        # holds the very bytes the client got, on the channel's record
+        # channel (SSH channel 0 is record channel 1).
         checked = self.gateway.verify(rows[0].id)
         self.assertEqual(checked.returncode, 0, checked.stdout + checked.stderr)
+        report = json.loads(checked.stdout)
+        self.assertEqual(
+            (report["session_id"], report["findings"], report["complete"]),
+            (rows[0].id, [], True),
+        )
+        sent = b"".join(
+            base64.b64decode(r["payload"])
+            for r in self.gateway.export(rows[0].id)
+            if r["type"] == "DATA"
+            and r["direction"] == "gateway_to_client"
+            and r["channel"] == 1
+        )
+        self.assertEqual(sent, big.stdout)
 
     # -- terminal ------------------------------------------------------------
 
@@ -254,6 +270,12 @@ class SSHEndToEndTests(SSHGatewayTestCase):
         self.gateway.export_asciicast(row.id, cast)
         lines = cast.read_text().splitlines()
         header = json.loads(lines[0])
+        [pty_req] = [
+            e
+            for e in self.export_events(row.id, "ssh-request")
+            if e["request"] == "pty-req"
+        ]
+        self.assertEqual((pty_req["cols"], pty_req["rows"]), (100, 30))
         self.assertEqual((header["width"], header["height"]), (100, 30))
         resizes = [e for e in map(json.loads, lines[1:]) if e[1] == "r"]
         self.assertEqual([e[2] for e in resizes], ["120x40"])
