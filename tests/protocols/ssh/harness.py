@@ -42,6 +42,7 @@ says what it needs with L{SSHGatewayTestCase.make_gateway}::
 from __future__ import annotations
 
 import atexit
+import io
 import json
 import os
 import shutil
@@ -49,6 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -57,6 +59,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gatehouse._pgcluster import free_port
 from gatehouse.recording.index import IndexUnavailable, SessionRow, query_sessions
+from gatehouse.recording.reader import find_session_directory, read_records
+from gatehouse.recording.render import export_jsonl
 from tests.fixtures.sshd import (
     KeyPair,
     SSHServer,
@@ -459,9 +463,23 @@ class SSHGateway:
         parsed: list[dict[str, Any]] = json.loads(self._cli_ok(*args))
         return parsed
 
-    def export(self, session_id: str) -> list[dict[str, Any]]:
-        """C{gatehouse export SESSION}: every record, parsed from its JSON line."""
-        text = self._cli_ok("export", session_id)
+    def export(self, session_id: str, *, cli: bool = True) -> list[dict[str, Any]]:
+        """
+        C{gatehouse export SESSION}: every record, parsed from its JSON
+        line.  With C{cli} false, the same export made in this process
+        (no interpreter to start: for tests that read many sessions).
+        """
+        if cli:
+            text = self._cli_ok("export", session_id)
+        else:
+            directory = find_session_directory(
+                self.gateway.path("recordings"), uuid.UUID(session_id)
+            )
+            if directory is None:
+                raise AssertionError(f"no recording of session {session_id}")
+            out = io.StringIO()
+            export_jsonl(read_records(directory), out, session_id=session_id)
+            text = out.getvalue()
         return [json.loads(line) for line in text.splitlines() if line]
 
     def export_asciicast(self, session_id: str, out: Path | str, *more: str) -> None:
