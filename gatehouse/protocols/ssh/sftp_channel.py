@@ -68,10 +68,7 @@ class SFTPChannel:
         if operation is None or operation.covered:
             return PASS
         command = operation.command()
-        # The text is the gate's index key: a stat and an open for writing
-        # of one path are different commands, each indexed.
-        key = "\0".join((command.kind, command.text, *command.objects))
-        return Proposal((command,), key)
+        return Proposal((command,), command.text or operation.op)
 
     def forward(self, unit: object) -> int:
         """Send a request on; returns the bytes it held in the gate."""
