@@ -101,7 +101,9 @@ class SSHEndToEndTests(SSHGatewayTestCase):
             [(r.target, r.upstream_role, r.protocol) for r in rows],
             [("web-1", self.sshd.admin_account, "ssh")] * 2,
         )
-        self.assertEqual(self.gateway.sessions(identity="mallory"), [])
+        self.assertEqual(
+            query_sessions(self.gateway.index_path(), identity="mallory"), []
+        )
 
     def test_certificate_login(self) -> None:
         """
@@ -223,7 +225,7 @@ class SSHEndToEndTests(SSHGatewayTestCase):
         )
         sent = b"".join(
             base64.b64decode(r["payload"])
-            for r in self.gateway.export(rows[0].id)
+            for r in self.gateway.export(rows[0].id, cli=False)
             if r["type"] == "DATA"
             and r["direction"] == "gateway_to_client"
             and r["channel"] == 1
@@ -274,7 +276,7 @@ class SSHEndToEndTests(SSHGatewayTestCase):
         header = json.loads(lines[0])
         [pty_req] = [
             e
-            for e in self.export_events(row.id, "ssh-request")
+            for e in self.export_events(row.id, "ssh-request", cli=False)
             if e["request"] == "pty-req"
         ]
         self.assertEqual((pty_req["cols"], pty_req["rows"]), (100, 30))
@@ -328,10 +330,10 @@ class SSHEndToEndTests(SSHGatewayTestCase):
         self.assertEqual(ids(command_text=exec_line, kind="exec"), [exec_row.id])
         self.assertEqual(found(command=exec_line, kind="write"), [])
         self.assertEqual(ids(touched=str(remote), kind="write"), [sftp_row.id])
-        self.assertEqual(ids(touched=str(remote), kind="read"), [sftp_row.id])
+        self.assertEqual(found(touched=str(remote), kind="read"), [sftp_row.id])
         self.assertEqual(found(touched=str(local)), [])
 
-        sftp_events = self.export_events(sftp_row.id, "sftp")
+        sftp_events = self.export_events(sftp_row.id, "sftp", cli=False)
         done = {(e["op"], e["path"]): e for e in sftp_events}
         upload = done[("write", str(remote))]
         self.assertEqual(
