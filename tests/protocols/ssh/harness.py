@@ -12,19 +12,27 @@ configuration has an admin API and an C{ssh_user_ca} section, so
 C{gatehouse ssh-cert} works against it, and the listener trusts that CA
 (C{user_ca_keys}).
 
-Clients run as users run them: L{SSHGateway.ssh} and L{SSHGateway.sftp}
-start OpenSSH's C{ssh} and C{sftp} with no user configuration
-(C{-F /dev/null}), no agent, a known_hosts file of their own that pins the
-gateway's host key (C{StrictHostKeyChecking=yes}), and either a token as
-the password (read through C{SSH_ASKPASS}, see
-L{tests.fixtures.sshd.askpass_env}) or C{-i KEY} for a certificate.
+Clients run as users run them: L{SSHGateway.ssh} (run to the end),
+L{SSHGateway.ssh_process} (started, for held or long commands),
+L{SSHGateway.terminal} (C{ssh -tt} on a pseudo-terminal, a
+L{tests.fixtures.sshd.PtyClient}) and L{SSHGateway.sftp} (C{sftp -b})
+start OpenSSH's clients with no user configuration (C{-F /dev/null}), no
+agent, a known_hosts file of their own that pins the gateway's host key
+(C{StrictHostKeyChecking=yes}), and either a token as the password (read
+through C{SSH_ASKPASS}, see L{tests.fixtures.sshd.askpass_env}) or
+C{-i KEY} for a certificate (L{SSHGateway.ssh_cert} runs the real
+C{gatehouse ssh-cert} to make one).  The login name is TARGET or
+ACCOUNT+TARGET.
 
 The recordings are read back with the real CLIs, as subprocesses with
 C{--config}: L{SSHGateway.sessions} (C{gatehouse sessions --json}),
-L{SSHGateway.export} (JSON lines), L{SSHGateway.export_asciicast},
-L{SSHGateway.replay} and L{SSHGateway.verify}.
-L{SSHGateway.wait_sessions} polls the index in-process (fast) for the
-sessions a client just ran, once they are closed.
+L{SSHGateway.export} (JSON lines; C{cli=False} makes the same export
+in-process), L{SSHGateway.export_asciicast}, L{SSHGateway.replay} and
+L{SSHGateway.verify}.  Each CLI run starts an interpreter (about a second
+on a busy machine): use them where the CLI is what a test checks.
+L{SSHGateway.wait_sessions} polls the index in-process for the sessions a
+client just ran, once they are closed; L{events} picks events from an
+export.
 
 L{SSHGatewayTestCase} shares one sshd and one gateway per test class:
 started by the class's first test, stopped by pid at exit.  A subclass
@@ -63,6 +71,7 @@ from gatehouse.recording.reader import find_session_directory, read_records
 from gatehouse.recording.render import export_jsonl
 from tests.fixtures.sshd import (
     KeyPair,
+    PtyClient,
     SSHServer,
     askpass_env,
     generate_key,
@@ -363,6 +372,48 @@ class SSHGateway:
             input=input if input is not None else b"",
             capture_output=True,
             timeout=timeout,
+            env=self.client_env(token),
+        )
+
+    def ssh_process(
+        self,
+        login: str = DEFAULT_TARGET,
+        command: str | None = None,
+        *,
+        token: str | None = None,
+        key: Path | str | None = None,
+        options: Sequence[str] = (),
+    ) -> subprocess.Popen[bytes]:
+        """
+        Start C{ssh login@gw command} and return at once (stdin, stdout
+        and stderr are pipes): for a command held for approval, or one the
+        test stops.  The caller reaps it (C{communicate}, or C{kill} by pid).
+        """
+        return subprocess.Popen(
+            self.ssh_argv(login, command, key=key, options=options),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=self.client_env(token),
+        )
+
+    def terminal(
+        self,
+        login: str = DEFAULT_TARGET,
+        command: str | None = None,
+        *,
+        token: str | None = None,
+        cols: int = 80,
+        rows: int = 24,
+    ) -> PtyClient:
+        """
+        C{ssh -tt login@gw [command]} on a pseudo-terminal of C{cols} x
+        C{rows} (a L{PtyClient}: type, expect, resize); close it when done.
+        """
+        return PtyClient(
+            self.ssh_argv(login, command, tty=True),
+            cols=cols,
+            rows=rows,
             env=self.client_env(token),
         )
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from gatehouse.recording.index import query_sessions
-from tests.fixtures.sshd import PtyClient, asciinema_cat
+from tests.fixtures.sshd import asciinema_cat
 from tests.protocols.ssh.harness import (
     SSHGateway,
     SSHGatewayTestCase,
@@ -242,11 +242,8 @@ class SSHEndToEndTests(SSHGatewayTestCase):
         with its size and its resize.
         """
         after = time.time()
-        client = PtyClient(
-            self.gateway.ssh_argv("web-1", tty=True),
-            cols=100,
-            rows=30,
-            env=self.gateway.client_env(self.gateway.token("tty-1")),
+        client = self.gateway.terminal(
+            "web-1", token=self.gateway.token("tty-1"), cols=100, rows=30
         )
         self.addCleanup(client.close)
         client.send("PS1='GH-''PS> '\r")
