@@ -104,7 +104,8 @@ def ssh_target(
     A target of the configuration, on the fixture's sshd unless
     C{options} say otherwise (C{host}, C{port}, C{host_keys}, C{key} are
     filled in by L{SSHGateway}; C{user} defaults to the sshd's admin
-    account).  C{accounts} entries are C{{"groups": [...], "user": ...}}.
+    account, C{user=None} gives none).  C{accounts} entries are
+    C{{"groups": [...], "user": ...}}.
     """
     return {
         "name": name,
@@ -228,7 +229,10 @@ class SSHGateway:
         if "known_hosts" not in options:
             options.setdefault("host_keys", self.sshd.host_public_keys())
         options.setdefault("key", str(self.upstream_key.private_path))
-        options.setdefault("user", self.sshd.admin_account)
+        if "user" not in options:
+            options["user"] = self.sshd.admin_account
+        elif options["user"] is None:
+            del options["user"]  # no default account: accounts entries only
         return {**target, "protocol": "ssh", "options": options}
 
     # -- process -------------------------------------------------------------

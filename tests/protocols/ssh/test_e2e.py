@@ -152,14 +152,20 @@ class SSHEndToEndTests(SSHGatewayTestCase):
 
         mark = self.sshd.log_size()
         admin = self.sshd.admin_account
+        after = time.time()
         refused = self.gateway.ssh(f"{admin}+web-1", "id -un", token=agent)
         self.assertExit(refused, 255)
         self.assertEqual(refused.stdout, b"")
-        self.assertIn(
-            f"account {admin!r} of this target is not for your groups".encode(),
-            refused.stderr,
+        why = (
+            f"account {admin!r} of this target is not for your groups "
+            f"(yours: {restricted})"
         )
+        self.assertIn(f"gatehouse: target 'web-1': {why}".encode(), refused.stderr)
         self.assertNotIn(f"Accepted publickey for {admin} ", self.sshd.server_log(mark))
+        # The identity was good: its refusal is recorded.
+        row = self.gateway.wait_session(after, identity="agent-7")
+        [event] = self.export_events(row.id, "account-refused", cli=False)
+        self.assertEqual((event["asked"], event["reason"]), (admin, why))
 
         if os.path.exists(FORBIDDEN):
             os.unlink(FORBIDDEN)
