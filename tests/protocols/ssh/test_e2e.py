@@ -57,8 +57,8 @@ class SSHEndToEndTests(SSHGatewayTestCase):
     def setUp(self) -> None:
         super().setUp()
         self.scratch = Path(tempfile.mkdtemp(prefix="gatehouse-ssh-e2e-"))
-        # The target's accounts read (and the restricted one writes) here.
-        self.scratch.chmod(0o777)
+        # The target's accounts read here.
+        self.scratch.chmod(0o755)
         self.addCleanup(shutil.rmtree, self.scratch, ignore_errors=True)
 
     def ok(self, *args, **kwargs):
@@ -169,6 +169,7 @@ class SSHEndToEndTests(SSHGatewayTestCase):
 
         if os.path.exists(FORBIDDEN):
             os.unlink(FORBIDDEN)
+        self.addCleanup(lambda: os.path.exists(FORBIDDEN) and os.unlink(FORBIDDEN))
         touched = self.gateway.ssh("web-1", f"touch {FORBIDDEN}", token=agent)
         self.assertExit(touched, 1)
         self.assertIn(b"Permission denied", touched.stderr)
