@@ -358,9 +358,3 @@ class SSHEndToEndTests(SSHGatewayTestCase):
         row = self.gateway.wait_session(after, identity="idx-2")
         rows = query_sessions(self.gateway.index_path(), command=line, kind="exec")
         self.assertEqual([r.id for r in rows], [row.id])
-
-    test_exec_line_indexed_as_sent.todo = (
-        "the index holds the exec classifier's pieces of the line, with its "
-        "$__S0__ placeholders ('40+2', \"echo 'sub-probe-$__S0__' $__S1__\"), "
-        "not the line as sent"
-    )
