@@ -158,6 +158,7 @@ class GatewayUserAuth(userauth.SSHUserAuthServer):
             )
         except CertificateRefused as e:
             self.banner(f"gatehouse: certificate refused: {e}")
+            self.transport.login_refusal = f"certificate refused: {e}"
             self.transport.session.event(
                 "certificate-refused", kind=e.kind, reason=str(e)
             )
@@ -253,6 +254,9 @@ class GatewayTransport(transport.SSHServerTransport):
     def __init__(self) -> None:
         self.upstream: UpstreamConnection | None = None
         self.close_reason: str | None = None
+        #: why the last login attempt was refused (the end's reason if the
+        #: client then leaves without logging in)
+        self.login_refusal: str | None = None
         self._admission: Admission | None = None
         self._timer: Any = None
         self._ended = False
@@ -296,6 +300,7 @@ class GatewayTransport(transport.SSHServerTransport):
 
     def identified(self) -> None:
         """The client proved who it is: it leaves the pre-auth count."""
+        self.login_refusal = None
         if self._admission is not None:
             self._admission.authenticated()
 
@@ -425,7 +430,11 @@ class GatewayTransport(transport.SSHServerTransport):
             self.upstream.disconnect()
         session = getattr(self, "session", None)
         if session is not None:
-            why = self.close_reason or "client closed the connection"
+            why = (
+                self.close_reason
+                or self.login_refusal
+                or "client closed the connection"
+            )
             session.close(why).addErrback(lambda failure: None)
 
 

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from gatehouse._pgcluster import free_port
@@ -59,6 +59,7 @@ class SSHGateway:
         *,
         policy: dict | None = None,
         extra_targets: Sequence[dict] = (),
+        more_sshd: Mapping[str, SSHServer | None] | None = None,
         extra_config: dict | None = None,
         listener_options: dict | None = None,
     ) -> None:
@@ -68,6 +69,12 @@ class SSHGateway:
         self.upstream_key = generate_key(self.keys / "gw_upstream")
         self.user_ca = generate_key(self.keys / "user_ca")
         self.sshd = SSHServer(authorized_keys=[self.upstream_key.public]).start()
+        self.more_sshd = [s for s in (more_sshd or {}).values() if s is not None]
+        more = []
+        for name, server in (more_sshd or {}).items():
+            if server is not None:
+                server.authorize(self.upstream_key.public)
+            more.append(self.target(name, server))
         self.port = free_port()
         config = dict(extra_config or {})
         if policy is not None:
@@ -88,7 +95,7 @@ class SSHGateway:
                     },
                 }
             ],
-            extra_targets=[self.target("web-1", self.sshd), *extra_targets],
+            extra_targets=[self.target("web-1", self.sshd), *more, *extra_targets],
             extra_config=config,
             admin=True,
         )
@@ -114,14 +121,19 @@ class SSHGateway:
         try:
             self.gateway.stop()
         finally:
-            self.sshd.stop()
+            for server in (self.sshd, *self.more_sshd):
+                server.stop()
             shutil.rmtree(self.directory, ignore_errors=True)
 
     # -- identities ------------------------------------------------------
 
-    def token(self, subject: str = "agent-7", *groups: str, **kw: object) -> str:
+    def token(
+        self, subject: str = "agent-7", *groups: str, lifetime: float = 600
+    ) -> str:
         """A token for C{subject} in C{agents} and C{groups}."""
-        return self.gateway.token(subject=subject, groups=("agents", *groups), **kw)
+        return self.gateway.token(
+            subject=subject, groups=("agents", *groups), lifetime=lifetime
+        )
 
     def approver(self, subject: str = "bob") -> str:
         """A token of someone in the C{approvers} group."""
@@ -137,9 +149,13 @@ class SSHGateway:
         options: Sequence[str] = (),
         password: bool = True,
     ) -> list[str]:
-        """An C{ssh} command line to the gateway as C{login}."""
+        """
+        An C{ssh} command line to the gateway as C{login}; C{options} come
+        first, so they win over the defaults (ssh keeps the first value).
+        """
         argv = [
             "ssh",
+            *options,
             "-F",
             "/dev/null",
             "-p",
@@ -164,7 +180,7 @@ class SSHGateway:
                 "-o",
                 "NumberOfPasswordPrompts=1",
             ]
-        argv += [*options, f"{login}@127.0.0.1"]
+        argv.append(f"{login}@127.0.0.1")
         if command is not None:
             argv.append(command)
         return argv
@@ -240,19 +256,20 @@ class SSHGateway:
 
     # -- what the gateway logged -------------------------------------------
 
-    def wait_log(self, *needles: str, since: int = 0, timeout: float = 15) -> str:
-        """The daemon's log from C{since} once it holds every one of C{needles}."""
+    def wait_line(self, *needles: str, since: int = 0, timeout: float = 15) -> str:
+        """The first line of the daemon's log from C{since} holding all C{needles}."""
         deadline = time.monotonic() + timeout
         while True:
             text = self.gateway.log()[since:]
-            if all(n in text for n in needles):
-                return text
+            for line in text.splitlines():
+                if all(n in line for n in needles):
+                    return line
             if time.monotonic() > deadline:
-                raise AssertionError(f"log lacks {needles!r}:\n{text[-3000:]}")
+                raise AssertionError(f"no line with {needles!r}:\n{text[-3000:]}")
             time.sleep(0.1)
 
     def log_size(self) -> int:
-        """A mark in the daemon's log for L{wait_log}."""
+        """A mark in the daemon's log for L{wait_line}."""
         return len(self.gateway.log())
 
 
