@@ -60,6 +60,17 @@ class _HeldCase(unittest.TestCase):
     gw: SSHGateway
     work: str
 
+    def events(self, session_id: str) -> list[dict]:
+        """The EVENT records of the session C{session_id}."""
+        for directory in self.gw.gateway.recordings():
+            if directory.endswith(session_id):
+                return [
+                    json.loads(r.payload)
+                    for r in read_records(directory)
+                    if r.type == RecordType.EVENT
+                ]
+        self.fail(f"no recording of {session_id}")
+
     def path(self, name: str) -> str:
         return os.path.join(self.work, name)
 
@@ -91,17 +102,6 @@ class ApprovalTests(_HeldCase):
         self.work = tempfile.mkdtemp(prefix="gatehouse-ssh-approval-")
         os.chmod(self.work, 0o777)
         self.addCleanup(shutil.rmtree, self.work, True)
-
-    def events(self, session_id: str) -> list[dict]:
-        """The EVENT records of the session C{session_id}."""
-        for directory in self.gw.gateway.recordings():
-            if directory.endswith(session_id):
-                return [
-                    json.loads(r.payload)
-                    for r in read_records(directory)
-                    if r.type == RecordType.EVENT
-                ]
-        self.fail(f"no recording of {session_id}")
 
     def test_approved(self) -> None:
         """
@@ -251,8 +251,19 @@ class GatewayStopTests(_HeldCase):
         self.assertHeld(client, request, "stopped")
         self.gw.gateway.stop()
         status = client.wait(30)
-        self.assertNotEqual(status, 0)
-        self.assertIn(b"gateway", client.stderr)
+        self.assertEqual(status, 255, client.stderr)  # ssh: disconnected
+        self.assertIn(b"gatehouse: gateway stopping", client.stderr)
         time.sleep(0.5)
         self.assertFalse(os.path.exists(self.path("stopped")))
+        # The recording: the request ended unapproved, the session with the reason.
+        events = self.events(request["session_id"])
+        decided = [e for e in events if e["event"] == "approval-decided"]
+        self.assertEqual(len(decided), 1, events)
+        self.assertNotEqual(decided[0]["state"], "approved")
+        exits = [e for e in events if e["event"] == "ssh-exit"]
+        # only the gateway's own refusal: the target never started a program
+        self.assertEqual(
+            [(e.get("by"), e.get("status")) for e in exits], [("gateway", REFUSED)]
+        )
+        self.assertIn("gateway stopping", self.gw.gateway.log())
         self.gw.sshd.stop()  # and nothing waits in the target to run it later
