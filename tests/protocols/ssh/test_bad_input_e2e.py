@@ -292,7 +292,7 @@ class BadInputTests(unittest.TestCase):
         The target is killed while it streams to the client: the client
         gets an error and exits within seconds; the recording says why.
         """
-        dying = self.gw.more_sshd[1]
+        dying = self.gw.more_sshd[1].start()  # again, if another test killed it
         client = subprocess.Popen(
             self.gw.ssh_argv("dying", "cat /dev/zero", options=["-o", "LogLevel=INFO"]),
             stdin=subprocess.DEVNULL,
@@ -321,6 +321,52 @@ class BadInputTests(unittest.TestCase):
         # (a window adjust) hit the closed socket first: an error either way.
         self.assertRegex(
             stderr, rb"the target closed its connection|Broken pipe|reset by peer"
+        )
+        self.ended("dying", "the target closed its connection")
+        self.assertServing()
+
+    def test_target_dies_during_sftp_put(self) -> None:
+        """
+        The target is killed while an SFTP upload streams to it: sftp fails
+        and exits within seconds; the recording says why.
+        """
+        dying = self.gw.more_sshd[1].start()
+        work = self.gw.directory / "sftp"
+        work.mkdir(exist_ok=True)
+        work.chmod(0o777)
+        source, destination = work / "big", work / "uploaded"
+        with source.open("wb") as f:
+            f.truncate(1 << 30)  # sparse: 1 GiB to read, none on disk
+        batch = work / "batch"
+        batch.write_text(f"put {source} {destination}\n")
+        argv = self.gw.ssh_argv("dying", None, options=["-o", "BatchMode=no"])
+        # sftp takes ssh's options, -P for the port and -b for the batch
+        at = argv.index("-p")
+        argv[at] = "-P"
+        client = subprocess.Popen(
+            ["sftp", *argv[1:-1], "-b", str(batch), argv[-1]],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=self.gw.env(),
+        )
+        self.addCleanup(_end, client)
+        deadline = time.monotonic() + 60
+        while not destination.exists() or destination.stat().st_size < 10 << 20:
+            self.assertIsNone(client.poll(), "sftp ended before the kill")
+            self.assertLess(time.monotonic(), deadline, "the upload did not start")
+            time.sleep(0.02)
+        killed = time.monotonic()
+        dying.kill()
+        out, err = client.communicate(timeout=30)
+        took = time.monotonic() - killed
+        self.assertNotEqual(client.returncode, 0, out + err)
+        self.assertLess(took, 10)
+        self.assertLess(destination.stat().st_size, 1 << 30)
+        self.assertRegex(
+            err,
+            rb"the target closed its connection|Connection closed|Broken pipe"
+            rb"|reset by peer",
         )
         self.ended("dying", "the target closed its connection")
         self.assertServing()
