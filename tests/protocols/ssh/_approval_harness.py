@@ -16,10 +16,12 @@ import atexit
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -100,6 +102,22 @@ class SSHGateway:
             admin=True,
         )
         self.gateway.start()
+        self._wait_admin()
+
+    def _wait_admin(self, timeout: float = 20) -> None:
+        """Wait for the admin API's port (the daemon opens it after the SSH one)."""
+        assert self.gateway.admin_port is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                socket.create_connection(
+                    ("127.0.0.1", self.gateway.admin_port), 1
+                ).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def target(self, name: str, sshd: SSHServer | None, **options: object) -> dict:
         """A target entry for C{sshd} (None: a closed port) with the gateway's key."""
@@ -242,10 +260,9 @@ class SSHGateway:
         """The pending approval request whose command names C{text}."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            listed = self.approvals("list", "--json", token=self.approver())
-            if listed.returncode != 0:
-                raise AssertionError(listed.stderr)
-            for request in json.loads(listed.stdout)["approvals"]:
+            # the admin API straight away: a CLI run per poll is slow
+            listed = self.admin("GET", "/api/v1/approvals?state=pending")
+            for request in listed["approvals"]:
                 texts = " ".join(c["text"] for c in request["commands"])
                 if text in texts and request["state"] == "pending":
                     return request
@@ -253,6 +270,23 @@ class SSHGateway:
         raise AssertionError(
             f"no pending approval for {text!r}:\n{self.gateway.log()[-3000:]}"
         )
+
+    def admin(
+        self, method: str, path: str, body: dict | None = None, token: str | None = None
+    ) -> dict:
+        """Call the admin API as C{token} (default: an approver); its JSON answer."""
+        request = urllib.request.Request(
+            self.gateway.admin_url + path,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={
+                "Authorization": f"Bearer {token or self.approver()}",
+                "Content-Type": "application/json",
+            },
+            method=method,
+        )
+        with urllib.request.urlopen(request, timeout=20) as answer:
+            result: dict = json.loads(answer.read())
+            return result
 
     # -- what the gateway logged -------------------------------------------
 

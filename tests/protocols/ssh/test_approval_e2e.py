@@ -217,21 +217,14 @@ class ApprovalTests(_HeldCase):
 
     def test_api_approval(self) -> None:
         """The admin API (POST with the approver's token) approves as the CLI does."""
-        import urllib.request
-
         client, request = self.hold("api")
         self.assertHeld(client, request, "api")
-        post = urllib.request.Request(
-            f"{self.gw.gateway.admin_url}/api/v1/approvals/{request['id']}/approve",
-            data=json.dumps({"comment": "via the API"}).encode(),
-            headers={
-                "Authorization": f"Bearer {self.gw.approver()}",
-                "Content-Type": "application/json",
-            },
-            method="POST",
+        answer = self.gw.admin(
+            "POST",
+            f"/api/v1/approvals/{request['id']}/approve",
+            {"comment": "via the API"},
         )
-        with urllib.request.urlopen(post, timeout=20) as answer:
-            self.assertEqual(json.loads(answer.read())["approval"]["state"], "approved")
+        self.assertEqual(answer["approval"]["state"], "approved")
         self.assertEqual(client.wait(), 0, client.stderr)
         self.assertTrue(os.path.exists(self.path("api")))
 
