@@ -232,7 +232,9 @@ class GatewayUserAuth(userauth.SSHUserAuthServer):
             )
             return Failure(error.IgnoreAuthentication())
         if failure.check(AuthenticationError):
-            self.banner(f"gatehouse: authentication failed: {failure.value}")
+            # The reason is for operators (the auth.failure line), as on
+            # every listener: the client only learns that it failed.
+            self.banner(f"gatehouse: {AuthenticationError.CLIENT_MESSAGE}")
             return Failure(UnauthorizedLogin(str(failure.value)))
         self._log.failure("SSH login", failure)
         t.fatal("gatehouse: internal error during login")
