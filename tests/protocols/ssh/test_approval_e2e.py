@@ -71,6 +71,17 @@ class _HeldCase(unittest.TestCase):
                 ]
         self.fail(f"no recording of {session_id}")
 
+    def decided(self, session_id: str, timeout: float = 10) -> dict:
+        """The recording's C{approval-decided} event of the session."""
+        deadline = time.monotonic() + timeout
+        while True:
+            events = self.events(session_id)
+            found = [e for e in events if e["event"] == "approval-decided"]
+            if found or time.monotonic() > deadline:
+                self.assertEqual(len(found), 1, events)
+                return found[0]
+            time.sleep(0.1)
+
     def path(self, name: str) -> str:
         return os.path.join(self.work, name)
 
@@ -123,18 +134,13 @@ class ApprovalTests(_HeldCase):
         self.assertEqual(client.stdout, b"touched\n")
         self.assertTrue(os.path.exists(self.path("approved")))
 
-        deadline = time.monotonic() + 10
-        while True:
-            events = self.events(request["session_id"])
-            names = [e["event"] for e in events]
-            if "approval-decided" in names or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
+        decided = self.decided(request["session_id"])
+        self.assertEqual(decided["state"], "approved")
+        events = self.events(request["session_id"])
+        names = [e["event"] for e in events]
         self.assertIn("approval-requested", names)
         vote = next(e for e in events if e["event"] == "approval-approved")
         self.assertEqual((vote["approver"], vote["comment"]), ("bob", "OPS-1"))
-        decided = next(e for e in events if e["event"] == "approval-decided")
-        self.assertEqual(decided["state"], "approved")
 
     def test_denied(self) -> None:
         """Denied: nothing ran, exit status 126, the denier's reason on stderr."""
@@ -148,6 +154,7 @@ class ApprovalTests(_HeldCase):
         self.assertIn(b"not today", client.stderr)
         time.sleep(0.3)
         self.assertFalse(os.path.exists(self.path("denied")))
+        self.assertEqual(self.decided(request["session_id"])["state"], "denied")
 
     def test_timed_out(self) -> None:
         """Nobody decides within the rule's timeout: refused, with that reason."""
@@ -156,6 +163,7 @@ class ApprovalTests(_HeldCase):
         self.assertEqual(client.wait(30), REFUSED, client.stderr)
         self.assertIn(b"timed out", client.stderr)
         self.assertFalse(os.path.exists(self.path("quick-1")))
+        self.assertEqual(self.decided(request["session_id"])["state"], "expired")
 
     def test_self_approval_refused(self) -> None:
         """The requester, even an approver, cannot approve their own request."""
@@ -250,9 +258,7 @@ class GatewayStopTests(_HeldCase):
         self.assertFalse(os.path.exists(self.path("stopped")))
         # The recording: the request ended unapproved, the session with the reason.
         events = self.events(request["session_id"])
-        decided = [e for e in events if e["event"] == "approval-decided"]
-        self.assertEqual(len(decided), 1, events)
-        self.assertNotEqual(decided[0]["state"], "approved")
+        self.assertNotEqual(self.decided(request["session_id"])["state"], "approved")
         exits = [e for e in events if e["event"] == "ssh-exit"]
         # only the gateway's own refusal: the target never started a program
         self.assertEqual(
