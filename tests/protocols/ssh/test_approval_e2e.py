@@ -207,6 +207,21 @@ class ApprovalTests(_HeldCase):
         self.assertEqual(client.wait(), 0, client.stderr)
         self.assertTrue(os.path.exists(self.path("two-1")))
 
+    def test_client_gone_while_held(self) -> None:
+        """
+        A client that hangs up while its exec waits: the request is
+        cancelled for good (a late approval fails) and nothing runs.
+        """
+        client, request = self.hold("gone")
+        self.assertHeld(client, request, "gone")
+        client.kill()
+        self.assertEqual(self.decided(request["session_id"])["state"], "cancelled")
+        late = self.gw.approvals("approve", request["id"], token=self.gw.approver())
+        self.assertEqual(late.returncode, 1, late.stdout)
+        self.assertIn("cancelled", late.stderr)
+        time.sleep(0.3)
+        self.assertFalse(os.path.exists(self.path("gone")))
+
     def test_stdin_after_approval(self) -> None:
         """
         What the client sends while its exec waits reaches the program once
