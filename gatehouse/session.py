@@ -402,6 +402,7 @@ class Session:
         shape: str | None = None,
         own: Callable[[], Sequence[Command]] | None = None,
         channel: int = 0,
+        shown: Sequence[Command] | None = None,
     ) -> Decision:
         """
         The policy's decision for commands the client sent together (the
@@ -415,6 +416,8 @@ class Session:
             when the policy reads text, and are what the recording shows.
         @param channel: the channel the commands came on; their decision
             event is recorded there.
+        @param shown: the commands as the recording shows them, when the
+            policy reads others (L{gatehouse.gate.Proposal.shown}).
         """
         policy = self.policy
         if policy is None:
@@ -423,7 +426,9 @@ class Session:
             commands, own = own(), None
         decision = policy.decide_all(commands, shape)
         if decision.action != "allow":
-            if own is not None:
+            if shown is not None:
+                commands = shown
+            elif own is not None:
                 commands = own()
             self.event(
                 "decision",

@@ -56,6 +56,7 @@ from gatehouse.gate import (
 from gatehouse.policy.rules import Decision
 from gatehouse.protocols.ssh.commands import (
     classify_exec,
+    exec_line,
     forward_command,
     shell_command,
     subsystem_command,
@@ -461,6 +462,7 @@ class ClientChannel(_Twin):
             if "malformed" in unit.fields:
                 return Refusal(RefusalKind.UNPARSEABLE, "malformed exec request")
             line = common.getNS(unit.data)[0]
+            text = line.decode("utf-8", "replace")
             commands = unit.fields.pop("_commands", None)
             if commands is None and len(line) > CLASSIFY_INLINE:
                 # A long line costs milliseconds to read: off the reactor.
@@ -469,7 +471,7 @@ class ClientChannel(_Twin):
                 )
             if commands is None:
                 commands = classify_exec(line)
-            return Proposal(commands, line.decode("utf-8", "replace"))
+            return Proposal(commands, text, shown=(exec_line(text, commands),))
         if unit.name == b"subsystem":
             name = unit.fields.get("name", "")
             return Proposal((subsystem_command(name),), name)

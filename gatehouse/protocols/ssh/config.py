@@ -42,7 +42,7 @@ C{ssh deploy+web-1@gw} to choose one of its upstream accounts)::
 C{user} is the account of identities no C{accounts} entry matches;
 without it, those are refused.  C{ssh ACCOUNT+TARGET@gw} names the
 account: the identity must be one it may use (an entry whose groups it
-has, or the default).
+has, or the default when no entry matches it).
 """
 
 from __future__ import annotations
@@ -149,7 +149,9 @@ class SSHTargetOptions(TargetOptions):
         @raise AccountRefused: it may use no account, or not C{asked}.
         """
         usable = [a.user for a in self.accounts if a.matches(groups)]
-        if self.user is not None:
+        # The default is for identities no entry maps: one whose groups
+        # map it to a restricted account must not name the default.
+        if self.user is not None and not usable:
             usable.append(self.user)
         if asked is None:
             if not usable:

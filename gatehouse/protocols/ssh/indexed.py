@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 from gatehouse.protocols.ssh.commands import (
     classify_exec,
+    exec_line,
     forward_command,
     shell_command,
     subsystem_command,
@@ -108,8 +109,8 @@ def recorded_commands(records: Iterable[Record]) -> list[Found]:
         request = awaiting.pop(channel, None)
         if request == "exec":
             line = record.payload.decode("utf-8", "replace")
-            for c in classify_exec(record.payload):
-                found.append((record.seq, c.kind, c.text, tuple(c.objects), line))
+            c = exec_line(line, classify_exec(record.payload))
+            found.append((record.seq, c.kind, c.text, tuple(c.objects), line))
         elif request == "subsystem":
             name = record.payload.decode("utf-8", "replace")
             c = subsystem_command(name)

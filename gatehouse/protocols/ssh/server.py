@@ -171,6 +171,7 @@ class GatewayUserAuth(userauth.SSHUserAuthServer):
             )
         except CertificateRefused as e:
             self.banner(f"gatehouse: certificate refused: {e}")
+            self.transport.login_refusal = f"certificate refused: {e}"
             self.transport.session.event(
                 "certificate-refused", kind=e.kind, reason=str(e)
             )
@@ -244,7 +245,9 @@ class GatewayUserAuth(userauth.SSHUserAuthServer):
             )
             return Failure(error.IgnoreAuthentication())
         if failure.check(AuthenticationError):
-            self.banner(f"gatehouse: authentication failed: {failure.value}")
+            # The reason is for operators (the auth.failure line), as on
+            # every listener: the client only learns that it failed.
+            self.banner(f"gatehouse: {AuthenticationError.CLIENT_MESSAGE}")
             return Failure(UnauthorizedLogin(str(failure.value)))
         self._log.failure("SSH login", failure)
         t.fatal("gatehouse: internal error during login")
@@ -266,6 +269,9 @@ class GatewayTransport(transport.SSHServerTransport):
     def __init__(self) -> None:
         self.upstream: UpstreamConnection | None = None
         self.close_reason: str | None = None
+        #: why the last login attempt was refused (the end's reason if the
+        #: client then leaves without logging in)
+        self.login_refusal: str | None = None
         self._admission: Admission | None = None
         self._timer: Any = None
         self._ended = False
@@ -314,6 +320,7 @@ class GatewayTransport(transport.SSHServerTransport):
 
     def identified(self) -> None:
         """The client proved who it is: it leaves the pre-auth count."""
+        self.login_refusal = None
         if self._admission is not None:
             self._admission.authenticated()
 
@@ -472,7 +479,11 @@ class GatewayTransport(transport.SSHServerTransport):
             self.upstream.disconnect()
         session = getattr(self, "session", None)
         if session is not None:
-            why = self.close_reason or "client closed the connection"
+            why = (
+                self.close_reason
+                or self.login_refusal
+                or "client closed the connection"
+            )
             session.close(why).addErrback(lambda failure: None)
 
 

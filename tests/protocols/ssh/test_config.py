@@ -165,11 +165,22 @@ class AccountTests(SynchronousTestCase):
 
     def test_asked(self) -> None:
         self.assertEqual(self.options.account_for(("sre",), "deploy"), "deploy")
-        self.assertEqual(self.options.account_for(("sre",), "ops"), "ops")
+        self.assertEqual(self.options.account_for(("other",), "ops"), "ops")
         error = self.assertRaises(
             AccountRefused, self.options.account_for, ("agents",), "deploy"
         )
         self.assertIn("deploy", str(error))
+
+    def test_mapped_may_not_name_default(self) -> None:
+        """
+        An identity an entry maps (agents to a restricted account) may not
+        name the default account instead: the mapping is the enforcement.
+        """
+        for groups, asked in ((("agents",), "ops"), (("sre",), "ops")):
+            error = self.assertRaises(
+                AccountRefused, self.options.account_for, groups, asked
+            )
+            self.assertIn("'ops' of this target is not for your groups", str(error))
 
     def test_no_default(self) -> None:
         options = SSHTargetOptions(host="h", accounts=(Account(("sre",), "deploy"),))
