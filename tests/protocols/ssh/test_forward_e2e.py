@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,10 +18,12 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any
+from typing import ClassVar
 
 from gatehouse._pgcluster import free_port
-from tests.protocols.ssh._transfer_harness import SSHGatewayTestCase, events_of
+from tests.fixtures.sshd import SSHServer
+from tests.protocols.ssh.harness import SSHGateway, SSHGatewayTestCase
+from tests.protocols.ssh.test_transfers_e2e import events_of
 
 #: A TCP echo service: listens on a free loopback port (printed first),
 #: appends a line to the log file (its first argument) per connection.
@@ -110,51 +113,52 @@ def round_trip(port: int, payload: bytes, timeout: float = 30) -> bytes:
 class ForwardTests(SSHGatewayTestCase):
     """C{ssh -N -L} through the gateway, with C{ssh -R} refused."""
 
-    allowed: EchoService
+    allowed: ClassVar[EchoService]
+
+    @classmethod
+    def make_gateway(cls, directory: str, sshd: SSHServer) -> SSHGateway:
+        cls.allowed = EchoService(tempfile.gettempdir())
+        _services.append(cls.allowed)
+        policy = {
+            "opaque": "deny",
+            "rules": [
+                {
+                    "name": "echo-only",
+                    "protocols": ["ssh"],
+                    "kind": ["forward"],
+                    "destination": [f"127.0.0.1:{cls.allowed.port}"],
+                    "action": "allow",
+                },
+                # Catch-all rules never open forwards: the policy's
+                # forwards fallback (deny) decides every other one.
+                {"name": "anything", "protocols": ["ssh"], "action": "allow"},
+            ],
+        }
+        return SSHGateway(directory, sshd, policy=policy)
 
     def setUp(self) -> None:
-        cls = type(self)
-        if not hasattr(cls, "allowed"):
-            cls.allowed = EchoService(tempfile.gettempdir())
-            _services.append(cls.allowed)
         super().setUp()
-
-    def make_policy(self) -> dict[str, Any]:
-        return {
-            "policy": {
-                "opaque": "deny",
-                "rules": [
-                    {
-                        "name": "echo-only",
-                        "protocols": ["ssh"],
-                        "kind": ["forward"],
-                        "destination": [f"127.0.0.1:{self.allowed.port}"],
-                        "action": "allow",
-                    },
-                    # Catch-all rules never open forwards: the policy's
-                    # forwards fallback (deny) decides every other one.
-                    {"name": "anything", "protocols": ["ssh"], "action": "allow"},
-                ],
-            }
-        }
+        self.scratch = tempfile.mkdtemp(prefix="gatehouse-ssh-forward-")
+        self.addCleanup(shutil.rmtree, self.scratch, True)
 
     def forward(self, service_port: int) -> tuple[subprocess.Popen[bytes], int]:
         """C{ssh -N -L} from a free local port to C{service_port}; (ssh, port)."""
         local = free_port()
+        # LogLevel INFO (the harness's): ssh prints a channel's open failure.
         client = subprocess.Popen(
-            self.gw.ssh_argv(
-                "-N",
-                "-o",
-                "ExitOnForwardFailure=yes",
-                "-L",
-                f"127.0.0.1:{local}:127.0.0.1:{service_port}",
-                self.gw.destination(),
-                log_level="INFO",
+            self.gateway.ssh_argv(
+                options=[
+                    "-N",
+                    "-o",
+                    "ExitOnForwardFailure=yes",
+                    "-L",
+                    f"127.0.0.1:{local}:127.0.0.1:{service_port}",
+                ]
             ),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            env=self.gw.env(),
+            env=self.gateway.client_env(),
         )
         self.addCleanup(_end, client)
         wait_listening(local, client)
@@ -173,7 +177,7 @@ class ForwardTests(SSHGatewayTestCase):
         self.assertEqual(self.allowed.connections(), before + 1)
         _end(client)
 
-        directory = self.gw.latest_session(after).directory
+        directory = self.gateway.wait_session(after).directory
         opens = [
             e
             for e in events_of(directory, "ssh-channel-open")
@@ -226,7 +230,7 @@ class ForwardTests(SSHGatewayTestCase):
         text = stderr.decode(errors="replace")
         self.assertIn("open failed: administratively prohibited: gatehouse:", text)
         self.assertIn("no policy rule allows this forward", text)
-        directory = self.gw.latest_session(after).directory
+        directory = self.gateway.wait_session(after).directory
         (decision,) = events_of(directory, "decision")
         self.assertEqual((decision["action"], decision["rule"]), ("deny", "forwards"))
         self.assertEqual(
@@ -236,20 +240,18 @@ class ForwardTests(SSHGatewayTestCase):
     def test_remote_forward_refused(self) -> None:
         """C{ssh -R} fails: ssh says so, and exits with ExitOnForwardFailure."""
         after = time.time()
-        result = self.gw.run(
-            self.gw.ssh_argv(
+        result = self.gateway.ssh(
+            options=[
                 "-N",
                 "-o",
                 "ExitOnForwardFailure=yes",
                 "-R",
                 f"127.0.0.1:0:127.0.0.1:{self.allowed.port}",
-                self.gw.destination(),
-            ),
-            timeout=30,
+            ]
         )
         self.assertNotEqual(result.returncode, 0)
         self.assertIn(b"remote port forwarding failed", result.stderr)
-        directory = self.gw.latest_session(after).directory
+        directory = self.gateway.wait_session(after).directory
         refused = [e["request"] for e in events_of(directory, "ssh-global-refused")]
         self.assertIn("tcpip-forward", refused)
 

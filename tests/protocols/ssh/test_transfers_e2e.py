@@ -11,21 +11,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from gatehouse.protocols.ssh.bridge import STDERR_BIT
 from gatehouse.recording.format import Direction, RecordType
+from gatehouse.recording.index import IndexUnavailable, SessionRow, query_sessions
 from gatehouse.recording.reader import read_records
 from gatehouse.recording.verify import verify_session
-from tests.protocols.ssh._transfer_harness import (
-    SSHGatewayTestCase,
-    events_of,
-    resident,
-)
+from tests.fixtures.sshd import SSHServer
+from tests.protocols.ssh.harness import SSHGateway, SSHGatewayTestCase
 
 SIZE = 100 << 20
 MiB = 1 << 20
@@ -56,9 +56,11 @@ def sha256_of(path: str) -> str:
 def ssh_policy(*rules: dict[str, Any], **settings: Any) -> dict[str, Any]:
     """A policy section: C{rules} first, then one allowing every SSH command."""
     allow = {"name": "anything", "protocols": ["ssh"], "action": "allow"}
-    return {"policy": {"opaque": "deny", **settings, "rules": [*rules, allow]}}
+    return {"opaque": "deny", **settings, "rules": [*rules, allow]}
 
 
+#: each gateway's resident set size when its first test began
+STARTED_RSS: dict[type, int] = {}
 #: throughput figures measured by this module's tests, for the report
 FIGURES: dict[str, float] = {}
 
@@ -70,15 +72,106 @@ def _figure(name: str, seconds: float, size: int = SIZE) -> None:
     )
 
 
-class BulkTransferTests(SSHGatewayTestCase):
+def events_of(directory: str, name: str) -> list[dict[str, Any]]:
+    """The session's events called C{name}, each with its record C{channel}."""
+    found = []
+    for record in read_records(directory):
+        if record.type == RecordType.EVENT:
+            event = json.loads(record.payload)
+            if event.get("event") == name:
+                found.append({**event, "channel": record.channel})
+    return found
+
+
+def resident(pid: int, field: str = "VmRSS") -> int:
+    """
+    The resident set size of process C{pid} in bytes (C{field} VmHWM: its
+    peak so far).
+    """
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def live_session(gateway: SSHGateway, after: float) -> SessionRow:
+    """The session that started after C{after}, while it runs."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            rows = query_sessions(gateway.index_path(), limit=None)
+        except IndexUnavailable:
+            rows = []
+        rows = [r for r in rows if r.started >= after]
+        if rows:
+            return rows[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no session after {after}:\n{gateway.log()[-3000:]}")
+
+
+class TransferTestCase(SSHGatewayTestCase):
+    """
+    A gateway with the class's L{policy} (the configuration's C{policy}
+    section), and a scratch directory per test (both ends of every
+    transfer are on this machine).
+    """
+
+    policy: ClassVar[dict[str, Any]]
+
+    @classmethod
+    def make_gateway(cls, directory: str, sshd: SSHServer) -> SSHGateway:
+        return SSHGateway(directory, sshd, policy=cls.policy)
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.scratch = tempfile.mkdtemp(prefix="gatehouse-ssh-files-")
+        self.addCleanup(shutil.rmtree, self.scratch, True)
+
+    def assert_ok(self, result: subprocess.CompletedProcess[bytes], what: str) -> None:
+        """C{result} exited 0, or the failure shows its stderr and the daemon's log."""
+        self.assertEqual(
+            result.returncode,
+            0,
+            f"{what} failed ({result.returncode}):\n"
+            f"{result.stderr.decode(errors='replace')[-3000:]}\n"
+            f"{self.gateway.log()[-3000:]}",
+        )
+
+    def remote(self, path: str) -> str:
+        """C{web-1@127.0.0.1:path}, for scp."""
+        return f"{self.gateway.destination()}:{path}"
+
+    def scp(
+        self, *args: str, legacy: bool = False
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run C{scp} (C{-O}: the legacy protocol) with C{args} through the gateway."""
+        options = self.gateway.client_options(port_flag="-P")
+        return subprocess.run(
+            [shutil.which("scp") or "scp", *options, *(["-O"] * legacy), *args],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=300,
+            env=self.gateway.client_env(),
+        )
+
+
+class BulkTransferTests(TransferTestCase):
     """100 MiB up and down with sftp and scp, intact at every end and recorded."""
 
     policy = ssh_policy()
 
+    def setUp(self) -> None:
+        super().setUp()
+        process = self.gateway.gateway.process
+        assert process is not None
+        # The class's first test: the daemon has only just started.
+        STARTED_RSS.setdefault(type(self), resident(process.pid))
+
     def sftp_events(self, after: float) -> list[dict[str, Any]]:
         """The C{sftp} events of the session after C{after}, once it verifies."""
-        row = self.gw.latest_session(after)
-        report = verify_session(row.directory, self.gw.gateway.anchors())
+        row = self.gateway.wait_session(after)
+        report = verify_session(row.directory, self.gateway.gateway.anchors())
         self.assertEqual(report.findings, (), f"recording of {row.id} does not verify")
         return events_of(row.directory, "sftp")
 
@@ -123,15 +216,15 @@ class BulkTransferTests(SSHGatewayTestCase):
             return
         op, path = recorded
         self.assert_recorded(self.sftp_events(after), op, path, digest)
-        gateway = self.gw.gateway.process
-        assert gateway is not None
-        peak = resident(gateway.pid, "VmHWM")
+        process = self.gateway.gateway.process
+        assert process is not None
+        peak = resident(process.pid, "VmHWM")
         print(
-            f"gateway RSS at start {self.gw.started_rss / MiB:.1f} MiB, now"
-            f" {resident(gateway.pid) / MiB:.1f} MiB, peak {peak / MiB:.1f} MiB"
+            f"gateway RSS at start {STARTED_RSS[type(self)] / MiB:.1f} MiB, now"
+            f" {resident(process.pid) / MiB:.1f} MiB, peak {peak / MiB:.1f} MiB"
         )
         # Streamed, not buffered: far less than the file at any time.
-        self.assertLess(peak - self.gw.started_rss, 64 * MiB)
+        self.assertLess(peak - STARTED_RSS[type(self)], 64 * MiB)
 
     def test_sftp_put_get(self) -> None:
         """
@@ -143,14 +236,14 @@ class BulkTransferTests(SSHGatewayTestCase):
         put, get = f"put {source} {remote}\n", f"get {remote} {fetched}\n"
         self.transfer(
             "sftp put via gateway",
-            lambda: self.gw.sftp_batch(put),
+            lambda: self.gateway.sftp(put, timeout=300),
             remote,
             digest,
             ("write", remote),
         )
         self.transfer(
             "sftp get via gateway",
-            lambda: self.gw.sftp_batch(get),
+            lambda: self.gateway.sftp(get, timeout=300),
             fetched,
             digest,
             ("read", remote),
@@ -161,14 +254,14 @@ class BulkTransferTests(SSHGatewayTestCase):
         The same transfers straight to sshd, for comparison (the figures
         printed; only correctness asserted).
         """
-        sshd = self.gw.sshd
+        sshd = self.sshd
         source, digest, remote, fetched = self.files()
         batch = os.path.join(self.scratch, "batch")
 
         def sftp(commands: str) -> subprocess.CompletedProcess[bytes]:
             with open(batch, "w") as f:
                 f.write(commands)
-            options = sshd.client_args(self.gw.upstream_key, port_flag="-P")
+            options = sshd.client_args(self.gateway.upstream_key, port_flag="-P")
             return subprocess.run(
                 ["sftp", *options, "-b", batch, sshd.destination()],
                 stdin=subprocess.DEVNULL,
@@ -188,14 +281,14 @@ class BulkTransferTests(SSHGatewayTestCase):
         source, digest, remote, fetched = self.files()
         self.transfer(
             "scp up via gateway",
-            lambda: self.gw.scp(source, self.gw.remote(remote)),
+            lambda: self.scp(source, self.remote(remote)),
             remote,
             digest,
             ("write", remote),
         )
         self.transfer(
             "scp down via gateway",
-            lambda: self.gw.scp(self.gw.remote(remote), fetched),
+            lambda: self.scp(self.remote(remote), fetched),
             fetched,
             digest,
             ("read", remote),
@@ -210,7 +303,7 @@ def _write(path: str, content: bytes, mtime: float = 1_600_000_000) -> None:
     os.utime(path, (mtime, mtime))
 
 
-class LegacySCPTests(SSHGatewayTestCase):
+class LegacySCPTests(TransferTestCase):
     """
     C{scp -O}: the client runs C{scp -t} (upload) or C{scp -f} (download)
     on the target, an exec the policy decides like any other.
@@ -235,18 +328,16 @@ class LegacySCPTests(SSHGatewayTestCase):
         remote = os.path.join(self.scratch, "remote.bin")
         fetched = os.path.join(self.scratch, "fetched.bin")
         after = time.time()
-        self.assert_ok(self.gw.scp(source, self.gw.remote(remote), legacy=True), "up")
+        self.assert_ok(self.scp(source, self.remote(remote), legacy=True), "up")
         self.assertEqual(sha256_of(remote), digest)
-        row = self.gw.latest_session(after)
+        row = self.gateway.wait_session(after)
         execs = [
             e for e in events_of(row.directory, "ssh-request") if e["request"] == "exec"
         ]
         self.assertEqual(len(execs), 1, execs)
         self.assertEqual(events_of(row.directory, "sftp"), [])
 
-        self.assert_ok(
-            self.gw.scp(self.gw.remote(remote), fetched, legacy=True), "down"
-        )
+        self.assert_ok(self.scp(self.remote(remote), fetched, legacy=True), "down")
         self.assertEqual(sha256_of(fetched), digest)
 
     def test_upload_refused(self) -> None:
@@ -260,7 +351,7 @@ class LegacySCPTests(SSHGatewayTestCase):
         _write(os.path.join(incoming, "kept"), b"original")
         for name in ("new.bin", "kept"):
             remote = os.path.join(incoming, name)
-            result = self.gw.scp(source, self.gw.remote(remote), legacy=True)
+            result = self.scp(source, self.remote(remote), legacy=True)
             self.assertNotEqual(result.returncode, 0)
             stderr = result.stderr.decode(errors="replace")
             self.assertIn("no uploads to incoming", stderr)
@@ -272,8 +363,8 @@ class LegacySCPTests(SSHGatewayTestCase):
 
         # Downloads from there are not uploads: allowed.
         fetched = os.path.join(self.scratch, "fetched")
-        result = self.gw.scp(
-            self.gw.remote(os.path.join(incoming, "kept")), fetched, legacy=True
+        result = self.scp(
+            self.remote(os.path.join(incoming, "kept")), fetched, legacy=True
         )
         self.assert_ok(result, "scp -O down")
         self.assertEqual(open(fetched, "rb").read(), b"original")
@@ -282,10 +373,9 @@ class LegacySCPTests(SSHGatewayTestCase):
 APPROVER_GROUP = "approvers"
 
 
-class SFTPRuleTests(SSHGatewayTestCase):
+class SFTPRuleTests(TransferTestCase):
     """SFTP operations decided one by one, proven on the target's disk."""
 
-    admin = True
     policy = ssh_policy(
         {
             "name": "locked-read-only",
@@ -328,7 +418,7 @@ class SFTPRuleTests(SSHGatewayTestCase):
         second = os.path.join(self.scratch, "open", "second")
         os.makedirs(os.path.dirname(first))
         after = time.time()
-        result = self.gw.sftp_batch(
+        result = self.gateway.sftp(
             f"put {source} {first}\n-put {source} {kept}\nput {source} {second}\n"
         )
         stderr = result.stderr.decode(errors="replace")
@@ -339,7 +429,7 @@ class SFTPRuleTests(SSHGatewayTestCase):
         self.assertEqual(sha256_of(first), digest)
         self.assertEqual(sha256_of(second), digest)
 
-        writes = events_of(self.gw.latest_session(after).directory, "sftp")
+        writes = events_of(self.gateway.wait_session(after).directory, "sftp")
         by_path = {e["path"]: e for e in writes if e["op"] == "write"}
         self.assertEqual(by_path[first]["status"], "ok")
         self.assertEqual(by_path[second]["sha256"], digest)
@@ -351,7 +441,7 @@ class SFTPRuleTests(SSHGatewayTestCase):
         old, new = os.path.join(fixed, "old"), os.path.join(fixed, "new")
         _write(old, b"old content")
         _write(new, b"new content")
-        result = self.gw.sftp_batch(f"rename {old} {new}\n")
+        result = self.gateway.sftp(f"rename {old} {new}\n")
         self.assertNotEqual(result.returncode, 0)
         self.assertIn("Permission denied", result.stderr.decode(errors="replace"))
         self.assertEqual(open(old, "rb").read(), b"old content")
@@ -362,9 +452,9 @@ class SFTPRuleTests(SSHGatewayTestCase):
 
     def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         """Call the admin API as an approver (bob); the decoded answer."""
-        token = self.gw.gateway.token(subject="bob", groups=(APPROVER_GROUP,))
+        token = self.gateway.token(subject="bob", groups=(APPROVER_GROUP,))
         request = urllib.request.Request(
-            self.gw.gateway.admin_url + path,
+            self.gateway.admin_url + path,
             method=method,
             data=None if body is None else json.dumps(body).encode(),
             headers={
@@ -383,7 +473,7 @@ class SFTPRuleTests(SSHGatewayTestCase):
                 if any(path in c["text"] for c in request["commands"]):
                     return request
             time.sleep(0.1)
-        self.fail(f"no pending approval for {path}:\n{self.gw.gateway.log()[-3000:]}")
+        self.fail(f"no pending approval for {path}:\n{self.gateway.log()[-3000:]}")
 
     def test_remove_held_then_approved(self) -> None:
         """
@@ -397,11 +487,17 @@ class SFTPRuleTests(SSHGatewayTestCase):
             f.write(f"rm {victim}\n")
         after = time.time()
         client = subprocess.Popen(
-            ["sftp", *self.gw.client_options("-P"), "-b", batch, self.gw.destination()],
+            [
+                "sftp",
+                *self.gateway.client_options(port_flag="-P"),
+                "-b",
+                batch,
+                self.gateway.destination(),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=self.gw.env(),
+            env=self.gateway.client_env(),
         )
         try:
             request = self.pending_for(victim)
@@ -421,7 +517,7 @@ class SFTPRuleTests(SSHGatewayTestCase):
         self.assertEqual(client.returncode, 0, stderr.decode(errors="replace"))
         self.assertIn(b"held for approval", stderr)
         self.assertFalse(os.path.exists(victim))
-        directory = self.gw.latest_session(after).directory
+        directory = self.gateway.wait_session(after).directory
         removed = [e for e in events_of(directory, "sftp") if e["op"] == "remove"]
         self.assertEqual([(e["path"], e["status"]) for e in removed], [(victim, "ok")])
         (vote,) = events_of(directory, "approval-approved")
@@ -439,7 +535,7 @@ def sent_to_client(directory: str) -> int:
     )
 
 
-class FlowControlTests(SSHGatewayTestCase):
+class FlowControlTests(TransferTestCase):
     """A client that stops reading stops the target; the gateway's memory stays flat."""
 
     policy = BulkTransferTests.policy
@@ -451,26 +547,24 @@ class FlowControlTests(SSHGatewayTestCase):
         baseline, and the recording (the bytes sent to the client) has
         stopped growing; reading again lets the data flow again.
         """
-        gateway = self.gw.gateway
-        assert gateway.process is not None
-        pid = gateway.process.pid
+        process = self.gateway.gateway.process
+        assert process is not None
+        pid = process.pid
         # Warm up (modules loaded on a first session), then the baseline.
-        self.assert_ok(
-            self.gw.run(self.gw.ssh_argv(self.gw.destination(), "true")), "true"
-        )
+        self.assert_ok(self.gateway.ssh(command="true"), "true")
         baseline = resident(pid)
 
         after = time.time()
         client = subprocess.Popen(
-            self.gw.ssh_argv(self.gw.destination(), "cat /dev/urandom"),
+            self.gateway.ssh_argv(command="cat /dev/urandom"),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
-            env=self.gw.env(),
+            env=self.gateway.client_env(),
         )
         try:
             assert client.stdout is not None
-            row = self.gw.latest_session(after, wait_closed=False)
+            row = live_session(self.gateway, after)
             time.sleep(4)
             first = sent_to_client(row.directory), resident(pid)
             time.sleep(2)
@@ -498,5 +592,5 @@ class FlowControlTests(SSHGatewayTestCase):
             client.kill()
             client.communicate()
         self.assertGreaterEqual(
-            sent_to_client(self.gw.latest_session(after).directory), got
+            sent_to_client(self.gateway.wait_session(after).directory), got
         )
