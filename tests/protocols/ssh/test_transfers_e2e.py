@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -524,36 +525,75 @@ class SFTPRuleTests(TransferTestCase):
         self.assertEqual((vote["approver"], vote["comment"]), ("bob", "ok"))
 
 
-def sent_to_client(directory: str) -> int:
-    """The bytes the recording says the gateway sent to the client (stdout)."""
+def recorded_data(
+    directory: str, direction: Direction = Direction.GATEWAY_TO_CLIENT
+) -> int:
+    """
+    The bytes the recording holds in C{direction} on channels' main data
+    (to the client: stdout; from it: stdin and the exec line).
+    """
     return sum(
         len(r.payload)
         for r in read_records(directory)
         if r.type == RecordType.DATA
-        and r.direction == Direction.GATEWAY_TO_CLIENT
+        and r.direction == direction
         and r.channel < STDERR_BIT
     )
 
 
 class FlowControlTests(TransferTestCase):
-    """A client that stops reading stops the target; the gateway's memory stays flat."""
+    """
+    A side that stops taking data stops the other; the gateway's memory
+    stays flat.
+    """
 
     policy = BulkTransferTests.policy
 
-    def test_reader_stops(self) -> None:
+    def stalled(
+        self,
+        client: subprocess.Popen[bytes],
+        after: float,
+        direction: Direction,
+        since: int = 0,
+    ) -> SessionRow:
         """
-        C{cat /dev/urandom} to a client whose stdout nobody reads: after a
-        few seconds the gateway's RSS is within 64 MiB of its idle
-        baseline, and the recording (the bytes sent to the client) has
-        stopped growing; reading again lets the data flow again.
+        Once C{client}'s session stalls, the bytes recorded in C{direction}
+        stop growing (a few MiB more than C{since} at most: what was in
+        flight) and the gateway's RSS stays within 64 MiB of its idle
+        baseline (taken first).
         """
         process = self.gateway.gateway.process
         assert process is not None
-        pid = process.pid
+        row = live_session(self.gateway, after)
+        time.sleep(4)
+        first = recorded_data(row.directory, direction), resident(process.pid)
+        time.sleep(2)
+        second = recorded_data(row.directory, direction), resident(process.pid)
+        print(
+            f"\nidle RSS {self.baseline / MiB:.1f} MiB; stalled: RSS "
+            f"{first[1] / MiB:.1f} then {second[1] / MiB:.1f} MiB, recorded "
+            f"{first[0]} then {second[0]} bytes"
+        )
+        self.assertLess(max(first[1], second[1]) - self.baseline, 64 * MiB)
+        self.assertEqual(first[0], second[0], "the data kept flowing")
+        # What is in flight: the windows and the pipes, a few MiB.
+        self.assertLess(second[0] - since, 16 * MiB)
+        self.assertIsNone(client.poll())
+        return row
+
+    def setUp(self) -> None:
+        super().setUp()
+        process = self.gateway.gateway.process
+        assert process is not None
         # Warm up (modules loaded on a first session), then the baseline.
         self.assert_ok(self.gateway.ssh(command="true"), "true")
-        baseline = resident(pid)
+        self.baseline = resident(process.pid)
 
+    def test_reader_stops(self) -> None:
+        """
+        C{cat /dev/urandom} to a client whose stdout nobody reads stalls;
+        reading again lets the data flow again.
+        """
         after = time.time()
         client = subprocess.Popen(
             self.gateway.ssh_argv(command="cat /dev/urandom"),
@@ -564,33 +604,65 @@ class FlowControlTests(TransferTestCase):
         )
         try:
             assert client.stdout is not None
-            row = live_session(self.gateway, after)
-            time.sleep(4)
-            first = sent_to_client(row.directory), resident(pid)
-            time.sleep(2)
-            second = sent_to_client(row.directory), resident(pid)
-            print(
-                f"\nidle RSS {baseline / MiB:.1f} MiB; stalled: RSS "
-                f"{first[1] / MiB:.1f} then {second[1] / MiB:.1f} MiB, sent "
-                f"{first[0]} then {second[0]} bytes"
-            )
-            self.assertLess(max(first[1], second[1]) - baseline, 64 * MiB)
-            self.assertEqual(first[0], second[0], "the data kept flowing")
-            # What is in flight: the windows and the pipe, a few MiB.
-            self.assertLess(second[0], 16 * MiB)
-            self.assertIsNone(client.poll())
-
+            row = self.stalled(client, after, Direction.GATEWAY_TO_CLIENT)
             # The reader comes back: the data flows again.
             got = 0
             while got < 32 * MiB:
                 got += len(client.stdout.read1(1 << 20))
             deadline = time.monotonic() + 10
-            while sent_to_client(row.directory) < got:
+            while recorded_data(row.directory) < got:
                 self.assertLess(time.monotonic(), deadline, "not recorded")
                 time.sleep(0.1)
         finally:
             client.kill()
             client.communicate()
-        self.assertGreaterEqual(
-            sent_to_client(self.gateway.wait_session(after).directory), got
+
+    def test_client_stopped(self) -> None:
+        """The same with the ssh client stopped (SIGSTOP), then continued."""
+        after = time.time()
+        client = subprocess.Popen(
+            self.gateway.ssh_argv(command="cat /dev/urandom"),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=self.gateway.client_env(),
         )
+        try:
+            row = live_session(self.gateway, after)
+            time.sleep(0.5)  # logged in, the data flowing
+            client.send_signal(signal.SIGSTOP)
+            # What it read before it stopped, recorded (the flush interval
+            # is 0.2 s): the bound on what followed is the other tests'.
+            time.sleep(1)
+            before = recorded_data(row.directory)
+            row = self.stalled(client, after, Direction.GATEWAY_TO_CLIENT, before)
+            stalled = recorded_data(row.directory)
+            client.send_signal(signal.SIGCONT)
+            deadline = time.monotonic() + 10
+            while recorded_data(row.directory) < stalled + 32 * MiB:
+                self.assertLess(time.monotonic(), deadline, "no flow after SIGCONT")
+                time.sleep(0.1)
+        finally:
+            client.send_signal(signal.SIGCONT)
+            client.kill()
+            client.communicate()
+
+    def test_target_stops_reading(self) -> None:
+        """
+        A client sending as fast as it can to a command that never reads
+        its stdin (C{sleep}): the client is stalled, not buffered for.
+        """
+        after = time.time()
+        with open("/dev/zero", "rb") as zeros:
+            client = subprocess.Popen(
+                self.gateway.ssh_argv(command="sleep 60"),
+                stdin=zeros,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=self.gateway.client_env(),
+            )
+        try:
+            self.stalled(client, after, Direction.CLIENT_TO_GATEWAY)
+        finally:
+            client.kill()
+            client.communicate()
