@@ -3,7 +3,10 @@ End-to-end file transfers: OpenSSH's sftp and scp through the real daemon
 to a real sshd, 100 MiB each way, checked on disk at both ends and in the
 recording; legacy scp (C{scp -O}, an exec of C{scp -t}/C{scp -f}) allowed
 and refused; SFTP rules (a denied write, a held remove approved through
-the admin API, a denied rename) proven on the target's disk.
+the admin API, a denied rename) proven on the target's disk; flow control
+(a client that stops reading or is stopped, a target command that never
+reads) with the daemon's memory measured from /proc.  The transfer tests
+print their throughput, through the gateway and straight to sshd.
 """
 
 from __future__ import annotations
