@@ -236,9 +236,7 @@ class ExamplesTests(SynchronousTestCase):
         do not pass vacuously).
         """
         names = {p.name for p in example_files()}
-        self.assertTrue(
-            {"gatehouse.yaml", "postgres.yaml", "ssh.yaml"} <= names, names
-        )
+        self.assertTrue({"gatehouse.yaml", "postgres.yaml", "ssh.yaml"} <= names, names)
 
     def test_everyExampleLoads(self) -> None:
         """
