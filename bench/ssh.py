@@ -16,7 +16,7 @@ the other:
   gatehouse's own client towards sshd prefers them (Conch has no
   ``-etm@openssh.com`` MACs nor chacha20-poly1305/AES-GCM, so OpenSSH's
   defaults could not be compared);
-- keystroke round trip: ``ssh -tt HOST 'stty raw -echo; cat'`` on a
+- keystroke round trip: ``ssh -tt HOST 'stty raw -echo; echo ready; cat'`` on a
   pseudo-terminal of our own (``tests.fixtures.sshd.PtyClient``), one byte
   written, the time until ``cat`` on the target has echoed it back;
   ``--samples`` bytes, one at a time, after a warm-up; median and p99,
@@ -66,6 +66,7 @@ from tests.fixtures.sshd import (  # noqa: E402
     KeyPair,
     PtyClient,
     SSHServer,
+    SSHServerError,
     askpass_env,
     generate_key,
     ssh_program,
@@ -78,7 +79,7 @@ MAC = "hmac-sha2-256"
 TARGET = "bench"
 SYSTEMS = ("direct", "gatehouse")
 #: the command whose echo is timed; raw, so that each byte reaches cat
-ECHO_COMMAND = "stty raw -echo; cat"
+ECHO_COMMAND = "stty raw -echo; echo ready; cat"
 WARMUP_KEYS = 20
 MIB = 1 << 20
 
@@ -198,34 +199,38 @@ def keystrokes(endpoint: Endpoint, samples: int) -> Latency:
     log(f"$ {endpoint.shown(argv)}   (on a pty)")
     client = PtyClient(argv, env=endpoint.env)
     try:
-        # cat echoes once stty has made the terminal raw: until a byte
-        # comes back, the terminal may not be raw yet.
-        deadline = time.monotonic() + 30
-        while True:
-            client.send(b"!")
-            try:
-                client.expect(b"!", timeout=0.5)
-                break
-            except Exception:
-                if client.process.poll() is not None or time.monotonic() > deadline:
-                    raise BenchError(
-                        f"no echo through {endpoint.name}: "
-                        + client.output.decode(errors="replace")[-2000:]
-                    ) from None
-        time.sleep(0.5)
-        client.expect(re.compile(rb"!*"), timeout=1)  # echoes of retries
+        # Nothing is typed before the terminal is raw (or its own echo
+        # would answer).
+        try:
+            client.expect(b"ready", timeout=30)
+        except SSHServerError as e:
+            raise BenchError(f"{endpoint.name}: {e}") from None
+        drain(client)
         taken = []
         alphabet = b"abcdefghijklmnopqrstuvwxyz"
         for n in range(WARMUP_KEYS + samples):
             key = alphabet[n % len(alphabet) : n % len(alphabet) + 1]
+            before = len(client.chunks)
             sent = time.monotonic()
             client.send(key)
             client.expect(key, timeout=10)
+            echoed = client.chunks[before:]
+            if b"".join(chunk for _, chunk in echoed) != key:
+                raise BenchError(f"{endpoint.name}: sent {key!r}, got {echoed!r}")
             if n >= WARMUP_KEYS:
-                taken.append(client.chunks[-1][0] - sent)
+                taken.append(echoed[-1][0] - sent)
         return Latency(endpoint.name, taken)
     finally:
         client.close()
+
+
+def drain(client: PtyClient, quiet: float = 0.5) -> None:
+    """Read what the terminal is sent until it is quiet; expect nothing of it."""
+    try:
+        client.expect(b"\0never sent\0", timeout=quiet)
+    except SSHServerError:
+        pass
+    client.expect(re.compile(rb"[\s\S]*\Z"), timeout=1)
 
 
 def median_by(results: list, key) -> object:
