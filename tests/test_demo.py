@@ -612,3 +612,21 @@ class DemoTests(TestCase):
             result = _gatehouse("demo", "--directory", str(directory), timeout=30)
         self.assertEqual(result.returncode, 1)
         self.assertIn("another gatehouse demo is running in", result.stderr)
+
+    def test_withoutSshd(self) -> None:
+        """
+        Without sshd the demo says how to install it and leaves the SSH
+        parts out of its configuration.
+        """
+        import io
+
+        self.patch(demo, "sshd_program", lambda: None)
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        out = io.StringIO()
+        run = demo._Demo(directory, 1, False, out)
+        run.start_ssh(taken=())
+        self.assertIsNone(run.sshd)
+        self.assertIn("apt-get install openssh-server", out.getvalue())
+        self.assertFalse((directory / "ssh").exists())
+        self.assertEqual(set(run.ssh_sections().values()), {""})
