@@ -115,6 +115,10 @@ class Proposal:
         in place of the policy's unless it is C{allow}: a driver can make a
         decision stricter, never looser.
     @ivar detail: anything the driver wants back with a refusal.
+    @ivar shown: the commands as the recording, the index and approvers
+        show them, when that is not how the policy reads them (an SSH
+        exec line is decided as the simple commands it runs, shown as
+        the line the client sent).
     """
 
     commands: Sequence[Command]
@@ -123,9 +127,12 @@ class Proposal:
     own: Callable[[], Sequence[Command]] | None = None
     verdict: Decision | None = None
     detail: object = None
+    shown: Sequence[Command] | None = None
 
     def client_commands(self) -> Sequence[Command]:
-        """The commands as the client sent them."""
+        """The commands as the client sent them (as shown, see C{shown})."""
+        if self.shown is not None:
+            return self.shown
         return self.own() if self.own is not None else self.commands
 
 
@@ -447,7 +454,11 @@ class Gate:
             self._driver_decided(decision, proposal)
         else:
             decision = self._session.decide(
-                proposal.commands, proposal.shape, proposal.own, self.channel
+                proposal.commands,
+                proposal.shape,
+                proposal.own,
+                self.channel,
+                proposal.shown,
             )
         self._index(proposal, decision)
         action = decision.action

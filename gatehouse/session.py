@@ -247,21 +247,37 @@ class Session:
         return self.last_seq_of(0)
 
     def last_seq_of(self, channel: int) -> int:
-        """The sequence number of C{channel}'s last DATA record (-1: none)."""
+        """
+        The sequence number of C{channel}'s last DATA record (-1: none),
+        or of the request event anchored after it (L{event}): the record
+        a command on that channel points to.
+        """
         return self._last_seq.get(channel, -1)
 
-    def event(self, name: str, /, *, channel: int = 0, **fields: object) -> None:
+    def event(self, name: str, /, *, channel: int = 0, **fields: object) -> int:
         """
         Record a gateway event (decision, error, notice) as JSON, on
         C{channel} when it concerns one (an SSH channel, an HTTP stream).
+
+        @return: its sequence number (for L{anchor}).
         """
         fields["event"] = name
-        self._record(
+        seq: int = self._record(
             _EVENT,
             0,
             channel,
             json.dumps(fields, sort_keys=True, default=str).encode(),
         )
+        return seq
+
+    def anchor(self, channel: int, seq: int) -> None:
+        """
+        The event C{seq} is a request that carries a command but no bytes
+        of the client's stream (an SSH C{shell} request, a forward's
+        destination): commands indexed next on C{channel} point to it
+        (see docs/recording-format.md, the index).
+        """
+        self._last_seq[channel] = seq
 
     def authenticate(
         self, credentials: object, target: str | None = None
@@ -386,6 +402,7 @@ class Session:
         shape: str | None = None,
         own: Callable[[], Sequence[Command]] | None = None,
         channel: int = 0,
+        shown: Sequence[Command] | None = None,
     ) -> Decision:
         """
         The policy's decision for commands the client sent together (the
@@ -399,6 +416,8 @@ class Session:
             when the policy reads text, and are what the recording shows.
         @param channel: the channel the commands came on; their decision
             event is recorded there.
+        @param shown: the commands as the recording shows them, when the
+            policy reads others (L{gatehouse.gate.Proposal.shown}).
         """
         policy = self.policy
         if policy is None:
@@ -407,7 +426,9 @@ class Session:
             commands, own = own(), None
         decision = policy.decide_all(commands, shape)
         if decision.action != "allow":
-            if own is not None:
+            if shown is not None:
+                commands = shown
+            elif own is not None:
                 commands = own()
             self.event(
                 "decision",
@@ -788,9 +809,7 @@ class SessionHub:
         session.policy = self.policy.for_session(groups, target, session.protocol)
         session.records_data = self.policy.records(groups, target, session.protocol)
         rules = [
-            s.rule
-            for s in self.masking
-            if s.applies(groups, target, session.protocol)
+            s.rule for s in self.masking if s.applies(groups, target, session.protocol)
         ]
         if rules:
             from gatehouse.policy.masking import Masker

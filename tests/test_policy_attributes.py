@@ -349,8 +349,8 @@ class DeclaringProtocolTests(_WithKube):
             problems,
             [
                 "policy.rules[0].kind: kind means different things for "
-                "other-test, postgres commands; limit the rule with protocols or "
-                "targets"
+                "other-test, postgres, ssh commands; limit the rule with protocols"
+                " or targets"
             ],
         )
         _, problems = load(

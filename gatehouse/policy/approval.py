@@ -268,7 +268,6 @@ class ApprovalBroker:
         self._recent: deque[ApprovalRequest] = deque(maxlen=recent_limit)
         self._observers: list[Observer] = []
 
-
     def reconfigure(
         self,
         notifiers: Sequence[IApprovalNotifier],
@@ -282,6 +281,7 @@ class ApprovalBroker:
         self._notifiers = tuple(notifiers)
         self._adminURL = admin_url
         self._approveOptions = approve_options
+
     def request(
         self,
         session_id: str,

@@ -253,6 +253,9 @@ def parse_policy(
     default = fallback("default", "allow")
     unparseable = fallback("unparseable", ERROR, FALLBACK_ACTIONS)
     opaque = fallback("opaque", "review")
+    forwards = fallback("forwards", "deny")
+    if forwards.action == "deny":
+        forwards = attrs.evolve(forwards, message="no policy rule allows this forward")
     rules: list[Rule] = []
     names: dict[str, str] = {}
     for rule_section in section.sections("rules"):
@@ -288,6 +291,7 @@ def parse_policy(
         default=default,
         unparseable=unparseable,
         opaque=opaque,
+        forwards=forwards,
         record_scopes=tuple(scopes),
     )
 

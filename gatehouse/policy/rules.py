@@ -66,6 +66,9 @@ FALLBACK_ACTIONS = (*ACTIONS, ERROR)
 UNPARSEABLE = "Unparseable"
 #: The flag of a command whose effect cannot be seen (DO blocks, function bodies).
 OPAQUE = "opaque"
+#: The kind of a tunnel to a network destination (SSH C{direct-tcpip}):
+#: only rules that name this kind decide one; else the C{forwards} fallback.
+FORWARD = "forward"
 
 _SEVERITY = {"allow": 0, "review": 1, "deny": 2, ERROR: 3}
 _normalizers: dict[str, Callable[[str], str]] = {}
@@ -333,6 +336,7 @@ class Rule:
     _conditions: tuple[Condition, ...] = attrs.field(init=False, eq=False)
     _checks: tuple[tuple[int, str, object], ...] = attrs.field(init=False, eq=False)
     _names_fallback: bool = attrs.field(init=False, eq=False)
+    _names_forward: bool = attrs.field(init=False, eq=False)
     _regex: re.Pattern[str] | None = attrs.field(init=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
@@ -368,6 +372,11 @@ class Rule:
             for c in conditions
         )
         object.__setattr__(self, "_names_fallback", names_fallback)
+        object.__setattr__(
+            self,
+            "_names_forward",
+            any(c.field == "kinds" and FORWARD in c.values for c in conditions),
+        )
         regex = re.compile(self.text, re.IGNORECASE | re.DOTALL) if self.text else None
         object.__setattr__(self, "_regex", regex)
 
@@ -394,6 +403,9 @@ class Rule:
     def matches(self, command: Command) -> bool:
         """Whether the command meets every condition of the rule."""
         if (command.unparseable or command.opaque) and not self.names_fallback:
+            return False
+        if command.kind == FORWARD and not self._names_forward:
+            # A catch-all rule does not open tunnels: a rule names forwards.
             return False
         for how, field, arg in self._checks:
             if how == _ANY_OF:
@@ -464,6 +476,10 @@ class Policy:
     # end denied at once (see Session.request_approval).
     unparseable: Decision = Decision(ERROR, "unparseable")
     opaque: Decision = Decision("review", "opaque")
+    #: a forward no rule naming forwards decides
+    forwards: Decision = Decision(
+        "deny", "forwards", message="no policy rule allows this forward"
+    )
     record_scopes: tuple[RecordScope, ...] = ()
     groups: frozenset[str] | None = None
 
@@ -525,6 +541,8 @@ class SessionPolicy:
             return self.policy.unparseable
         if command.opaque:
             return self.policy.opaque
+        if command.kind == FORWARD:
+            return self.policy.forwards
         return self.policy.default
 
     def decide_all(

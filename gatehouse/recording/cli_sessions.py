@@ -495,7 +495,7 @@ def configure_export(parser: argparse.ArgumentParser) -> Handler:
     parser.add_argument(
         "--stdin",
         action="store_true",
-        help="asciicast: include what the client typed as input (\"i\") events; "
+        help='asciicast: include what the client typed as input ("i") events; '
         "typed passwords included",
     )
     parser.add_argument(

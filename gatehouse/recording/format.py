@@ -247,9 +247,7 @@ class SegmentHeader:
         if magic != MAGIC:
             raise FormatError("not a gatehouse segment (bad magic)")
         body = _Reader(r.take(body_len), 0, "segment header")
-        sid, index, first_seq, wall, mono, interval, prev = body.unpack(
-            _HEADER_FIXED
-        )
+        sid, index, first_seq, wall, mono, interval, prev = body.unpack(_HEADER_FIXED)
         gateway_id = body.str16()
         (dlen,) = body.unpack(_U16)
         delegation = body.take(dlen)

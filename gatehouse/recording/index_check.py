@@ -452,7 +452,8 @@ def _check_commands(
     for i, command in enumerate(commands):
         where = f"commands[{i}]"
         record = by_seq.get(command.seq)
-        if record is None or record.type != RecordType.DATA:
+        anchored = record is not None and _anchors(record)
+        if record is None or (record.type != RecordType.DATA and not anchored):
             out.append(
                 Difference(sid, f"{where}.seq", command.seq, "(no data record there)")
             )
@@ -463,7 +464,12 @@ def _check_commands(
             )
         text = _unescaped(command, "text")
         # An empty text "occurs" in anything the client sent.
-        if not text or not recorded.sent(text, command.seq):
+        if anchored:
+            if not text or text not in _event_texts(record):
+                out.append(
+                    Difference(sid, f"{where}.text", text, "(not in the request)")
+                )
+        elif not text or not recorded.sent(text, command.seq):
             out.append(
                 Difference(sid, f"{where}.text", text, "(not sent by the client)")
             )
@@ -533,6 +539,25 @@ def _data_seqs(recorded: Recorded) -> dict[int, list[int]]:
     return out
 
 
+#: events a command may point to: requests that carry a command but no
+#: bytes of the client's stream (see docs/recording-format.md, the index)
+ANCHOR_EVENTS = frozenset({"ssh-request", "ssh-channel-open"})
+
+
+def _anchors(record: Record) -> bool:
+    """Whether C{record} is a request event commands may point to."""
+    if record.type != RecordType.EVENT:
+        return False
+    event = _json(record.payload)
+    return event is not None and event.get("event") in ANCHOR_EVENTS
+
+
+def _event_texts(record: Record) -> set[str]:
+    """The string values of an event record."""
+    event = _json(record.payload) or {}
+    return {str(v) for k, v in event.items() if k != "event" and isinstance(v, str)}
+
+
 def _decided(
     seq: int,
     channel: int,
@@ -596,9 +621,7 @@ def check_index(
                 commands_for(index, sid),
                 # Pinned to the gateway the row names: another gateway's
                 # re-seal of the session is foreign, not an agreement.
-                read_recorded(
-                    directory, anchors, row.gateway_id or None, revocations
-                ),
+                read_recorded(directory, anchors, row.gateway_id or None, revocations),
                 _approvals(index, sid),
             )
         )

@@ -422,9 +422,7 @@ def hex_dump(payload: bytes, limit: int = HEX_LIMIT) -> list[str]:
     return lines
 
 
-def render_record(
-    record: Record, out: TextOutput, hex_limit: int = HEX_LIMIT
-) -> None:
+def render_record(record: Record, out: TextOutput, hex_limit: int = HEX_LIMIT) -> None:
     """
     Write one record the generic way: a heading line, then its payload.
 

@@ -59,9 +59,7 @@ _CATEGORY_LIST = (
     Category(
         "read",
         "reads data: queries, cursors, COPY ... TO, EXPLAIN, SHOW",
-        _kinds(
-            "SelectStmt DeclareCursorStmt FetchStmt ExplainStmt VariableShowStmt"
-        ),
+        _kinds("SelectStmt DeclareCursorStmt FetchStmt ExplainStmt VariableShowStmt"),
         frozenset({COPY_TO}),
     ),
     Category(

@@ -60,6 +60,7 @@ class _Reactor(Protocol):
         self, delay: float, callable: Callable[..., object], *args: Any
     ) -> object: ...
 
+
 #: SQLSTATE of a statement refused because the classifier queue is full
 #: (too_many_connections: the gateway's capacity, not the statement, is
 #: the problem; the client may try again)
@@ -120,9 +121,7 @@ class ClassifierPool:
         self._stopped = False
         reactor.addSystemEventTrigger("before", "shutdown", self.stop)
 
-    def classify(
-        self, text: str, normalized: bool = False
-    ) -> Deferred[Classified]:
+    def classify(self, text: str, normalized: bool = False) -> Deferred[Classified]:
         """
         Classify C{text} in a worker (with C{normalized}, computing each
         command's normalised text there too).
@@ -167,9 +166,7 @@ class ClassifierPool:
         future.add_done_callback(done)
         return d
 
-    def _later(
-        self, d: Deferred[Classified], error: Exception
-    ) -> Deferred[Classified]:
+    def _later(self, d: Deferred[Classified], error: Exception) -> Deferred[Classified]:
         self._reactor.callLater(0, d.errback, Failure(error))
         return d
 
@@ -218,9 +215,7 @@ def _die_with_parent(parent: int) -> None:
     name = ctypes.util.find_library("c")
     if name is not None:
         try:
-            ctypes.CDLL(name, use_errno=True).prctl(
-                _PR_SET_PDEATHSIG, signal.SIGKILL
-            )
+            ctypes.CDLL(name, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         except (AttributeError, OSError):
             pass
     # The gateway may have died before prctl took effect.

@@ -459,9 +459,7 @@ class UpstreamProtocol(Protocol):
                     f"target offers no supported SASL mechanism: {message.mechanisms}"
                 )
             self._auth_method = "scram-sha-256"
-            self._scram = scramp.ScramClient(
-                ["SCRAM-SHA-256"], self._user(), password
-            )
+            self._scram = scramp.ScramClient(["SCRAM-SHA-256"], self._user(), password)
             first = self._scram.get_client_first().encode()
             self._send(codec.SASLInitialResponse("SCRAM-SHA-256", first).encode())
         elif isinstance(message, codec.AuthenticationSASLContinue):

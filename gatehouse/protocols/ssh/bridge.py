@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import attrs
@@ -37,28 +38,33 @@ from twisted.conch.ssh.channel import SSHChannel
 from twisted.conch.ssh.session import parseRequest_pty_req, parseRequest_window_change
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
+from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gatehouse.gate import (
     PASS,
     Gate,
+    HoldReason,
     IGateDriver,
     Permit,
     Proposal,
     Refusal,
     RefusalKind,
+    Wait,
 )
 from gatehouse.policy.rules import Decision
 from gatehouse.protocols.ssh.commands import (
     classify_exec,
+    exec_line,
     forward_command,
     shell_command,
     subsystem_command,
 )
 from gatehouse.protocols.ssh.config import SSHListenerOptions
-from gatehouse.protocols.ssh.upstream import UpstreamConnection
+from gatehouse.protocols.ssh.transport import quiet_logger
+from gatehouse.protocols.ssh.typed import TypedLines
+from gatehouse.protocols.ssh.upstream import BridgedConnection, UpstreamConnection
 from gatehouse.recording.format import Direction
 from gatehouse.recording.interfaces import RecordingFailed
 from gatehouse.session import Session
@@ -69,6 +75,8 @@ __all__ = ["REFUSED_STATUS", "STDERR_BIT", "GatewayConnection", "record_channel"
 STDERR_BIT = 0x8000
 #: the exit status of a command the gateway kept from the target
 REFUSED_STATUS = 126
+#: exec lines longer than this are classified in a thread
+CLASSIFY_INLINE = 2048
 #: each side's window per channel: what may be in flight, and buffered
 WINDOW = 1 << 20
 MAX_PACKET = 32768
@@ -179,7 +187,7 @@ class _Twin(SSHChannel):
     followed it on the wire.
     """
 
-    _log = Logger()
+    _log = quiet_logger()
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(localWindow=WINDOW, localMaxPacket=MAX_PACKET, **kw)
@@ -305,6 +313,8 @@ class ClientChannel(_Twin):
         self.started: str | None = None
         self.ended = False
         self.sftp: Any = None
+        #: the command lines typed into an interactive shell (for the index)
+        self.typed: TypedLines | None = None
         self.queued = 0
         self.counts = [0, 0]
 
@@ -312,7 +322,7 @@ class ClientChannel(_Twin):
 
     def attach(self, channel_id: int) -> None:
         """The gateway numbered this channel: its records and gate follow."""
-        self.id = channel_id
+        self.id = channel_id  # type: ignore[assignment]  # Conch types it None
         self.rec = record_channel(channel_id)
         if self.name == b"session":
             self.gate = Gate(
@@ -353,6 +363,10 @@ class ClientChannel(_Twin):
     def _from_client(self, data: bytes, ext: int | None) -> None:
         if self.ended or not self._record(_C2G, data, ext):
             return
+        if self.typed is not None and ext is None:
+            for line in self.typed.feed(data):
+                if line.text.strip():
+                    self.session.command_seen("typed", line.text, channel=self.rec)
         if self.gate is None:
             self._to_target(data, ext)
             return
@@ -366,8 +380,10 @@ class ClientChannel(_Twin):
     def request(self, name: bytes, data: bytes, want_reply: bool) -> Deferred[bool]:
         """A channel request from the client: recorded, then to the gate."""
         fields = _describe(name, data)
-        self.session.event("ssh-request", channel=self.rec, **fields)
-        if name == b"exec" and "malformed" not in fields:
+        seq = self.session.event("ssh-request", channel=self.rec, **fields)
+        if name == b"shell":
+            self.session.anchor(self.rec, seq)
+        if name in (b"exec", b"subsystem") and "malformed" not in fields:
             # The command's bytes, as sent: the index points to them.
             self._record(_C2G, common.getNS(data)[0], None)
         if name == b"subsystem" and fields.get("name") == "sftp" and self.sftp is None:
@@ -446,11 +462,33 @@ class ClientChannel(_Twin):
             if "malformed" in unit.fields:
                 return Refusal(RefusalKind.UNPARSEABLE, "malformed exec request")
             line = common.getNS(unit.data)[0]
-            return Proposal(classify_exec(line), line.decode("utf-8", "replace"))
+            text = line.decode("utf-8", "replace")
+            commands = unit.fields.pop("_commands", None)
+            if commands is None and len(line) > CLASSIFY_INLINE:
+                # A long line costs milliseconds to read: off the reactor.
+                return Wait(
+                    HoldReason.CLASSIFICATION, partial(self._classify, unit, line)
+                )
+            if commands is None:
+                commands = classify_exec(line)
+            return Proposal(commands, text, shown=(exec_line(text, commands),))
         if unit.name == b"subsystem":
             name = unit.fields.get("name", "")
             return Proposal((subsystem_command(name),), name)
         return Proposal((shell_command(),), "shell")
+
+    def _classify(self, unit: Request, line: bytes) -> None:
+        def done(result: object) -> None:
+            gate = self.gate
+            if gate is None or not gate.holds(unit, HoldReason.CLASSIFICATION):
+                return
+            if isinstance(result, Failure):
+                gate.settle(unit, result)
+                return
+            unit.fields["_commands"] = result
+            gate.resume()
+
+        deferToThread(classify_exec, line).addBoth(done)
 
     def admit(self, unit: object, permit: Permit) -> object:
         return None
@@ -503,6 +541,9 @@ class ClientChannel(_Twin):
             return
         if name in STARTS:
             self.started = name.decode()
+            if name == b"shell":
+                # Typed lines are recorded and indexed, not decided.
+                self.typed = TypedLines()
         target = self.target
         if target is None or target.localClosed:
             unit.reply.callback(False)
@@ -520,7 +561,7 @@ class ClientChannel(_Twin):
 
     def refuse(self, unit: object, refusal: Refusal) -> None:
         if type(unit) is Request:
-            self._refuse_start(unit, refusal)  # type: ignore[arg-type]
+            self._refuse_start(unit, refusal)
         elif self.sftp is not None:
             self.queued -= self.sftp.refuse(unit, refusal)
         else:
@@ -678,13 +719,13 @@ class ClientChannel(_Twin):
 # -- the connection ------------------------------------------------------
 
 
-class GatewayConnection(connection.SSHConnection):
+class GatewayConnection(BridgedConnection):
     """
     The client's connection service: channels are opened on the target
     before the client hears they are open, and bridged.
     """
 
-    _log = Logger()
+    _log = quiet_logger()
 
     def __init__(
         self,
@@ -698,15 +739,11 @@ class GatewayConnection(connection.SSHConnection):
         self.options = options
         self._want_reply = False
 
-    def adjustWindow(self, channel: SSHChannel, bytesToAdd: int) -> None:
-        if getattr(channel, "withheld", None):
-            return
-        super().adjustWindow(channel, bytesToAdd)
-
     def recording_failed(self) -> None:
         """Nothing may cross unrecorded: the connection ends now."""
-        if self.transport is not None and self.transport.transport is not None:
-            self.transport.transport.abortConnection()
+        wire: Any = self.transport.transport if self.transport is not None else None
+        if wire is not None:
+            wire.abortConnection()
 
     # -- channels --------------------------------------------------------
 
@@ -719,6 +756,8 @@ class GatewayConnection(connection.SSHConnection):
             self.session.event(
                 "ssh-channel-refused", type=kind.decode("utf-8", "replace"), reason=why
             )
+            if self.transport is None:
+                return
             self.transport.sendPacket(
                 connection.MSG_CHANNEL_OPEN_FAILURE,
                 struct.pack(">2L", sender, code)
@@ -758,9 +797,14 @@ class GatewayConnection(connection.SSHConnection):
                 failure(connection.OPEN_CONNECT_FAILED, "gatehouse: malformed request")
                 return
             fields.update(
-                host=host, port=port, originator=orig, originator_port=orig_port
+                host=host,
+                port=port,
+                destination=f"{host}:{port}",
+                originator=orig,
+                originator_port=orig_port,
             )
-        self.session.event("ssh-channel-open", channel=channel.rec, **fields)
+        seq = self.session.event("ssh-channel-open", channel=channel.rec, **fields)
+        self.session.anchor(channel.rec, seq)
         if kind == b"direct-tcpip":
             d = self._forward_decision(channel, f"{fields['host']}:{fields['port']}")
         else:
@@ -787,7 +831,7 @@ class GatewayConnection(connection.SSHConnection):
 
         def refused(reason: Failure) -> None:
             if reason.check(error.ConchError):
-                desc, code = reason.value.args[0], reason.value.args[1]
+                desc, code = reason.value.args[0], reason.value.args[1]  # type: ignore[union-attr]
                 if isinstance(desc, int):
                     desc, code = code, desc
                 why = (
@@ -859,7 +903,8 @@ class _ForwardDriver:
         self.result = result
         self.channel = channel
 
-    def inspect(self, unit: str) -> object:
+    def inspect(self, unit: object) -> object:
+        assert isinstance(unit, str)
         host, _, port = unit.rpartition(":")
         return Proposal((forward_command(host, int(port)),), unit)
 

@@ -130,6 +130,36 @@ class UserCA:
         return builder.sign(self.private_key)
 
 
+def mint_login(
+    ca: UserCA,
+    principal: str,
+    key_identity: str,
+    lifetime: float,
+    now: float,
+) -> tuple[ed25519.Ed25519PrivateKey, ssh.SSHCertificate]:
+    """
+    A fresh key and a certificate for it, for the gateway to log in to a
+    target as C{principal} (a target trusts the CA with sshd's
+    C{TrustedUserCAKeys}); C{key_identity} (the session) is the key id
+    the target's log shows.
+    """
+    key = ed25519.Ed25519PrivateKey.generate()
+    cert = (
+        ssh.SSHCertificateBuilder()
+        .public_key(key.public_key())
+        .serial(int.from_bytes(os.urandom(8), "big") >> 1)
+        .type(ssh.SSHCertificateType.USER)
+        .key_id(key_identity.encode())
+        .valid_principals([principal.encode()])
+        .valid_after(int(now) - BACKDATE)
+        .valid_before(int(now + lifetime))
+        .add_extension(b"permit-pty", b"")
+        .add_extension(b"permit-port-forwarding", b"")
+        .sign(ca.private_key)
+    )
+    return key, cert
+
+
 def key_id(identity: Identity) -> bytes:
     """The key id that carries C{identity} in a certificate."""
     return json.dumps(

@@ -168,6 +168,25 @@ def _unreadable(text: str, *why: str) -> Command:
     )
 
 
+def exec_line(line: str, commands: Sequence[Command]) -> Command:
+    """
+    An exec request as the recording, the index and approvers show it: the
+    line as the client sent it, with what its commands run and touch (the
+    policy decides the commands themselves).
+    """
+    programs = tuple(dict.fromkeys(p for c in commands for p in c.values("program")))
+    objects = tuple(dict.fromkeys(o for c in commands for o in c.objects))
+    flags = frozenset(f for c in commands for f in c.flags)
+    return Command(
+        PROTOCOL,
+        "exec",
+        line[:_TEXT_CAP],
+        objects=objects,
+        flags=flags,
+        extra=(("program", programs),),
+    )
+
+
 def shell_command() -> Command:
     """An interactive shell request (kind C{shell})."""
     return _command("shell", kind="shell")

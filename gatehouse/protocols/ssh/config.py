@@ -28,7 +28,10 @@ C{ssh deploy+web-1@gw} to choose one of its upstream accounts)::
           host: 10.0.0.5
           port: 22
           host_keys: ["ssh-ed25519 AAAA..."]   # pinned; or known_hosts: FILE
-          key: /etc/gatehouse/upstream_ed25519   # the gateway's own key
+          key: /etc/gatehouse/upstream_ed25519   # the gateway's own key, or:
+          # certificate_authority: /etc/gatehouse/target_ca  # a CA the target
+          #   trusts (TrustedUserCAKeys): each session logs in with a fresh key
+          #   and a certificate for its account, valid certificate_lifetime (5m)
           user: ops                   # default upstream account
           accounts:                   # per group, first match wins
             - groups: [agents]
@@ -39,7 +42,7 @@ C{ssh deploy+web-1@gw} to choose one of its upstream accounts)::
 C{user} is the account of identities no C{accounts} entry matches;
 without it, those are refused.  C{ssh ACCOUNT+TARGET@gw} names the
 account: the identity must be one it may use (an entry whose groups it
-has, or the default).
+has, or the default when no entry matches it).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 from gatehouse.config import ConfigSection
 from gatehouse.limits import ConnectionCaps, connection_limits
 from gatehouse.protocols import ListenerOptions, TargetOptions
+from gatehouse.protocols.ssh.certificates import UserCA
 from gatehouse.protocols.ssh.hostkeys import (
     HostKeyError,
     PinnedHostKeys,
@@ -126,6 +130,10 @@ class SSHTargetOptions(TargetOptions):
     host_keys: tuple[str, ...] = ()
     known_hosts: str | None = None
     key: str = ""
+    #: an Ed25519 CA key file the target trusts: per session, a fresh key
+    #: and a certificate for the account replace C{key}
+    certificate_authority: str | None = None
+    certificate_lifetime: float = 300.0
     user: str | None = None
     accounts: tuple[Account, ...] = ()
 
@@ -141,7 +149,9 @@ class SSHTargetOptions(TargetOptions):
         @raise AccountRefused: it may use no account, or not C{asked}.
         """
         usable = [a.user for a in self.accounts if a.matches(groups)]
-        if self.user is not None:
+        # The default is for identities no entry maps: one whose groups
+        # map it to a restricted account must not name the default.
+        if self.user is not None and not usable:
             usable.append(self.user)
         if asked is None:
             if not usable:
@@ -223,13 +233,22 @@ def parse_target_options(options: ConfigSection) -> SSHTargetOptions:
     port = options.integer("port", 22, minimum=1, maximum=65535)
     host_keys = tuple(options.strings("host_keys") or ())
     known_hosts = options.readable_file("known_hosts")
-    key = options.readable_file("key", required=True) or ""
+    authority = options.readable_file("certificate_authority")
+    key = options.readable_file("key", required=authority is None) or ""
+    lifetime = options.duration(
+        "certificate_lifetime", 300.0, positive=True, maximum=86400.0
+    )
+    if authority is not None:
+        try:
+            UserCA.from_file(authority)
+        except (OSError, ValueError) as e:
+            options.problem(str(e), "certificate_authority")
     accounts = []
     for entry in options.sections("accounts"):
         groups = tuple(entry.strings("groups", required=True) or ())
-        user = entry.string("user", required=True) or ""
-        _check_account(entry, user)
-        accounts.append(Account(groups, user))
+        name = entry.string("user", required=True) or ""
+        _check_account(entry, name)
+        accounts.append(Account(groups, name))
         entry.finish()
     user = options.string("user", required=not accounts)
     if user is not None:
@@ -240,6 +259,8 @@ def parse_target_options(options: ConfigSection) -> SSHTargetOptions:
         host_keys=host_keys,
         known_hosts=known_hosts,
         key=key,
+        certificate_authority=authority,
+        certificate_lifetime=lifetime,
         user=user,
         accounts=tuple(accounts),
     )

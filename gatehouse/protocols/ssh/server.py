@@ -15,6 +15,7 @@ message at login, recorded, never a half-open session.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,21 +27,25 @@ from twisted.cred.credentials import SSHPrivateKey
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gatehouse.config import TargetConfig
 from gatehouse.credentials import BearerToken
 from gatehouse.identity import AuthenticationError, Identity
 from gatehouse.limits import Admission, ConnectionLimits
-from gatehouse.protocols.ssh.certificates import CertificateRefused, verify_certificate
+from gatehouse.protocols.ssh.certificates import (
+    CertificateRefused,
+    UserCA,
+    mint_login,
+    verify_certificate,
+)
 from gatehouse.protocols.ssh.config import (
     ACCOUNT_SEPARATOR,
     AccountRefused,
     SSHListenerOptions,
     SSHTargetOptions,
 )
-from gatehouse.protocols.ssh.transport import harden
+from gatehouse.protocols.ssh.transport import harden, quiet_logger
 from gatehouse.protocols.ssh.upstream import (
     UpstreamConnection,
     UpstreamFailed,
@@ -81,13 +86,20 @@ def parse_login(user: bytes) -> tuple[str, str | None]:
     return target, (account if sep else None)
 
 
+def _target_options(target: TargetConfig) -> SSHTargetOptions:
+    options = target.options
+    if not isinstance(options, SSHTargetOptions):
+        raise TypeError(f"target {target.name!r} is not an ssh target")
+    return options
+
+
 class GatewayUserAuth(userauth.SSHUserAuthServer):
     """
     The login: a JWT as the password, or a certificate of the gateway's
     user CA; then the target check, the account, and the target login.
     """
 
-    _log = Logger()
+    _log = quiet_logger()
 
     transport: GatewayTransport
 
@@ -101,8 +113,9 @@ class GatewayUserAuth(userauth.SSHUserAuthServer):
         if self.transport.isEncrypted("in"):
             methods.append(b"password")
         self.supportedAuthentications = methods
-        # The transport's authentication_timeout bounds the login.
-        self._cancelLoginTimeout = None
+        # The transport's authentication_timeout bounds the login (Conch's
+        # serviceStopped reads this: no timer of its own).
+        self._cancelLoginTimeout = None  # type: ignore[assignment]
 
     def ssh_USERAUTH_REQUEST(self, packet: bytes) -> Any:
         if self._busy:
@@ -158,6 +171,7 @@ class GatewayUserAuth(userauth.SSHUserAuthServer):
             )
         except CertificateRefused as e:
             self.banner(f"gatehouse: certificate refused: {e}")
+            self.transport.login_refusal = f"certificate refused: {e}"
             self.transport.session.event(
                 "certificate-refused", kind=e.kind, reason=str(e)
             )
@@ -168,10 +182,10 @@ class GatewayUserAuth(userauth.SSHUserAuthServer):
             return defer.fail(error.IgnoreAuthentication())
         signature = getNS(rest)[0]
         signed = (
-            NS(self.transport.sessionID)
+            NS(self.transport.sessionID or b"")
             + bytes((userauth.MSG_USERAUTH_REQUEST,))
-            + NS(self.user)
-            + NS(self.nextService)
+            + NS(self.user or b"")
+            + NS(self.nextService or b"")
             + NS(b"publickey")
             + b"\x01"
             + NS(algorithm)
@@ -202,7 +216,7 @@ class GatewayUserAuth(userauth.SSHUserAuthServer):
         t = self.transport
         t.identified()
         target: TargetConfig = t.factory.targets[self._target]
-        options: SSHTargetOptions = target.options
+        options = _target_options(target)
         try:
             account = options.account_for(tuple(identity.groups), self._asked)
         except AccountRefused as e:
@@ -231,7 +245,9 @@ class GatewayUserAuth(userauth.SSHUserAuthServer):
             )
             return Failure(error.IgnoreAuthentication())
         if failure.check(AuthenticationError):
-            self.banner(f"gatehouse: authentication failed: {failure.value}")
+            # The reason is for operators (the auth.failure line), as on
+            # every listener: the client only learns that it failed.
+            self.banner(f"gatehouse: {AuthenticationError.CLIENT_MESSAGE}")
             return Failure(UnauthorizedLogin(str(failure.value)))
         self._log.failure("SSH login", failure)
         t.fatal("gatehouse: internal error during login")
@@ -244,7 +260,7 @@ class GatewayTransport(transport.SSHServerTransport):
     login's deadline, the target connection, and what ends it.
     """
 
-    _log = Logger()
+    _log = quiet_logger()
     ourVersionString = VERSION
 
     factory: SSHGatewayFactory
@@ -253,26 +269,34 @@ class GatewayTransport(transport.SSHServerTransport):
     def __init__(self) -> None:
         self.upstream: UpstreamConnection | None = None
         self.close_reason: str | None = None
+        #: why the last login attempt was refused (the end's reason if the
+        #: client then leaves without logging in)
+        self.login_refusal: str | None = None
         self._admission: Admission | None = None
         self._timer: Any = None
         self._ended = False
+
+    @property
+    def _wire(self) -> Any:
+        """The TCP transport under the SSH transport."""
+        return self.transport
 
     # -- accept ---------------------------------------------------------
 
     def connectionMade(self) -> None:
         f = self.factory
-        peer = self.transport.getPeer()
+        peer = self._wire.getPeer()
         self.peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
         admitted = f.limits.admit(self.peer)
         if isinstance(admitted, str):
-            self.transport.write(f"gatehouse: {admitted}\r\n".encode())
-            self.transport.loseConnection()
+            self._wire.write(f"gatehouse: {admitted}\r\n".encode())
+            self._wire.loseConnection()
             self._ended = True
             return
         self._admission = admitted
         if f.draining:
-            self.transport.write(b"gatehouse: the gateway is shutting down\r\n")
-            self.transport.loseConnection()
+            self._wire.write(b"gatehouse: the gateway is shutting down\r\n")
+            self._wire.loseConnection()
             self._ended = True
             return
         admitted.on_evict = lambda: self.fatal(
@@ -282,13 +306,13 @@ class GatewayTransport(transport.SSHServerTransport):
         try:
             self.session = f.session_factory("ssh", f.listener_name, self.peer)
         except RecordingUnavailable as e:
-            self.transport.write(f"gatehouse: {e}\r\n".encode())
-            self.transport.loseConnection()
+            self._wire.write(f"gatehouse: {e}\r\n".encode())
+            self._wire.loseConnection()
             self._ended = True
             return
         self.session.on_failure(self._recording_failed)
         self.session.on_terminate(self._terminated)
-        self.session.registerProducer(self.transport)
+        self.session.registerProducer(self._wire)
         f.connections.add(self)
         timeout = f.options.authentication_timeout
         self._timer = f.reactor.callLater(timeout, self._login_too_long, timeout)
@@ -296,6 +320,7 @@ class GatewayTransport(transport.SSHServerTransport):
 
     def identified(self) -> None:
         """The client proved who it is: it leaves the pre-auth count."""
+        self.login_refusal = None
         if self._admission is not None:
             self._admission.authenticated()
 
@@ -309,14 +334,18 @@ class GatewayTransport(transport.SSHServerTransport):
         self, target: TargetConfig, account: str
     ) -> Deferred[UpstreamConnection]:
         """Log in to C{target} as C{account} (the session records how)."""
-        options: SSHTargetOptions = target.options
+        options = _target_options(target)
         f = self.factory
         session = self.session
         session.upstream_login(account, "ssh")
         started = f.reactor.seconds()
+        certificate = None
         try:
-            key = load_client_key(options.key)
             pinned = options.pinned(target.name)
+            if options.certificate_authority is not None:
+                key, certificate = self._certificate_login(options, account)
+            else:
+                key = load_client_key(options.key)
         except Exception as e:
             return defer.fail(
                 UpstreamFailed(f"gateway key or pins unusable: {e}", "config")
@@ -341,8 +370,8 @@ class GatewayTransport(transport.SSHServerTransport):
             return upstream
 
         def failed(failure: Failure) -> Failure:
-            if failure.check(UpstreamFailed):
-                why = failure.value
+            why = failure.value
+            if isinstance(why, UpstreamFailed):
                 session.upstream_failed(str(why))
                 session.event("upstream-failed", kind=why.kind, reason=str(why))
             return failure
@@ -355,7 +384,32 @@ class GatewayTransport(transport.SSHServerTransport):
             key,
             pinned,
             f.options.connect_timeout,
+            certificate,
         ).addCallbacks(up, failed)
+
+    def _certificate_login(
+        self, options: SSHTargetOptions, account: str
+    ) -> tuple[keys.Key, bytes]:
+        """A fresh key and its certificate for C{account}, naming the session."""
+        assert options.certificate_authority is not None
+        ca = UserCA.from_file(options.certificate_authority)
+        identity = self.session.identity
+        private, cert = mint_login(
+            ca,
+            account,
+            f"gatehouse session {self.session.id}"
+            + (f" for {identity.subject}" if identity is not None else ""),
+            options.certificate_lifetime,
+            self.factory.reactor.seconds(),
+        )
+        blob = base64.b64decode(cert.public_bytes().split()[1])
+        self.session.event(
+            "upstream-certificate",
+            serial=str(cert.serial),
+            principal=account,
+            valid_before=cert.valid_before,
+        )
+        return keys.Key(private), blob
 
     # -- bad input and endings ---------------------------------------------
 
@@ -364,9 +418,9 @@ class GatewayTransport(transport.SSHServerTransport):
             # RFC 4253 4.2: a client sends its version line first.
             line, nl, _ = (self.buf + data).partition(b"\n")
             if (nl or len(line) >= 4) and not line.startswith(b"SSH-"[: len(line)]):
-                self.transport.write(b"Invalid SSH identification string.\r\n")
+                self._wire.write(b"Invalid SSH identification string.\r\n")
                 self._end("garbage instead of an SSH version line")
-                self.transport.loseConnection()
+                self._wire.loseConnection()
                 return
         super().dataReceived(data)
 
@@ -400,7 +454,7 @@ class GatewayTransport(transport.SSHServerTransport):
     def _recording_failed(self, reason: str) -> None:
         self._end(f"recording failed: {reason}")
         if self.transport is not None:
-            self.transport.abortConnection()
+            self._wire.abortConnection()
 
     def _terminated(self, reason: str) -> None:
         self.sendDisconnect(
@@ -425,7 +479,11 @@ class GatewayTransport(transport.SSHServerTransport):
             self.upstream.disconnect()
         session = getattr(self, "session", None)
         if session is not None:
-            why = self.close_reason or "client closed the connection"
+            why = (
+                self.close_reason
+                or self.login_refusal
+                or "client closed the connection"
+            )
             session.close(why).addErrback(lambda failure: None)
 
 
@@ -439,6 +497,7 @@ class SSHGatewayFactory(SSHFactory):
 
     protocol = GatewayTransport
     noisy = False
+    _log = quiet_logger()
 
     def __init__(
         self,

@@ -68,7 +68,9 @@ class SFTPChannel:
         if operation is None or operation.covered:
             return PASS
         command = operation.command()
-        return Proposal((command,), command.text or operation.op)
+        # The index keeps one row per distinct allowed key: the operation
+        # and its path (a stat and a write of one file are two rows).
+        return Proposal((command,), f"{operation.op} {command.text}")
 
     def forward(self, unit: object) -> int:
         """Send a request on; returns the bytes it held in the gate."""

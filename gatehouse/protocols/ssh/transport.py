@@ -9,6 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from twisted.conch.ssh.transport import SSHTransportBase
+from twisted.logger import (
+    FilteringLogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogPublisher,
+)
 
 #: preferred first
 KEY_EXCHANGES = (
@@ -51,3 +58,17 @@ def harden(transport: SSHTransportBase, prefer: Iterable[bytes] = ()) -> None:
     first = [p for p in prefer if p in PUBLIC_KEYS]
     rest = [p for p in PUBLIC_KEYS if p not in first]
     transport.supportedPublicKeys = _kept(transport.supportedPublicKeys, first + rest)
+
+
+def quiet_logger() -> Logger:
+    """
+    A logger for the gateway's Conch classes: Conch logs every channel
+    open and close and every disconnect at info, once per connection or
+    channel; the gateway's own log lines say what matters.  Warnings and
+    failures still go out.
+    """
+    return Logger(
+        observer=FilteringLogObserver(
+            globalLogPublisher, [LogLevelFilterPredicate(LogLevel.warn)]
+        )
+    )

@@ -15,9 +15,10 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.conch.ssh import keys
+from twisted.conch.ssh.common import NS, getNS
 from twisted.conch.ssh.connection import SSHConnection
 from twisted.conch.ssh.transport import SSHClientTransport
-from twisted.conch.ssh.userauth import SSHUserAuthClient
+from twisted.conch.ssh.userauth import MSG_USERAUTH_REQUEST, SSHUserAuthClient
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint
@@ -33,9 +34,15 @@ from gatehouse.protocols.ssh.hostkeys import (
 from gatehouse.protocols.ssh.hostkeys import (
     fingerprint as key_fingerprint,
 )
-from gatehouse.protocols.ssh.transport import harden
+from gatehouse.protocols.ssh.transport import harden, quiet_logger
 
-__all__ = ["UpstreamConnection", "UpstreamFailed", "connect", "load_client_key"]
+__all__ = [
+    "BridgedConnection",
+    "UpstreamConnection",
+    "UpstreamFailed",
+    "connect",
+    "load_client_key",
+]
 
 
 class UpstreamFailed(Exception):
@@ -51,7 +58,7 @@ class UpstreamFailed(Exception):
 
 
 def _read_key(data: bytes, path: str) -> keys.Key:
-    key = keys.Key.fromString(data)
+    key: keys.Key = keys.Key.fromString(data)
     if not key.isPublic() and key.type() in ("Ed25519", "EC", "RSA"):
         return key
     raise ValueError(f"{path} is not a private key the gateway can use")
@@ -66,8 +73,23 @@ def load_client_key(path: str) -> keys.Key:
     return key
 
 
-class UpstreamConnection(SSHConnection):
+class BridgedConnection(SSHConnection):
+    """
+    A connection whose channels are bridged to another connection's: a
+    channel whose other side is full (or whose gate holds too much) gives
+    its sender no more window until that clears (see L{bridge._Twin}).
+    """
+
+    def adjustWindow(self, channel: Any, bytesToAdd: int) -> None:
+        if getattr(channel, "withheld", None):
+            return
+        super().adjustWindow(channel, bytesToAdd)
+
+
+class UpstreamConnection(BridgedConnection):
     """Conch's connection service to the target; tells L{connect} it is up."""
+
+    _log = quiet_logger()
 
     def __init__(self, ready: Deferred[UpstreamConnection]) -> None:
         super().__init__()
@@ -96,10 +118,20 @@ class _UserAuth(SSHUserAuthClient):
     """Public key authentication with the gateway's key only."""
 
     preferredOrder = [b"publickey"]
+    _log = quiet_logger()
 
-    def __init__(self, user: bytes, key: keys.Key, next_service: SSHConnection):
+    def __init__(
+        self,
+        user: bytes,
+        key: keys.Key,
+        next_service: SSHConnection,
+        certificate: bytes | None = None,
+    ):
         super().__init__(user, next_service)
         self._key: keys.Key | None = key
+        #: an OpenSSH certificate (wire form) for the key, offered instead
+        #: of the plain key
+        self._certificate = certificate
 
     def getPublicKey(self) -> keys.Key | None:
         # Offered once: a refusal then ends authentication.
@@ -109,6 +141,39 @@ class _UserAuth(SSHUserAuthClient):
         self._signing = key
         public: keys.Key = key.public()
         return public
+
+    def auth_publickey(self) -> Deferred[bool]:
+        if self._certificate is None:
+            return super().auth_publickey()
+        key, self._key = self._key, None
+        if key is None:
+            return defer.succeed(False)
+        self._signing = key
+        self.askForAuth(
+            b"publickey",
+            b"\x00" + NS(_certificate_type(self._certificate)) + NS(self._certificate),
+        )
+        return defer.succeed(True)
+
+    def ssh_USERAUTH_PK_OK_publickey(self, packet: bytes) -> None:
+        if self._certificate is None:
+            return super().ssh_USERAUTH_PK_OK_publickey(packet)  # type: ignore[no-any-return]
+        blob = self._certificate
+        kind = _certificate_type(blob)
+        assert self.transport is not None and self.transport.sessionID is not None
+        signed = (
+            NS(self.transport.sessionID)
+            + bytes((MSG_USERAUTH_REQUEST,))
+            + NS(self.user)
+            + NS(self.instance.name)
+            + NS(b"publickey")
+            + b"\x01"
+            + NS(kind)
+            + NS(blob)
+        )
+        signature = self._signing.sign(signed)
+        self.askForAuth(b"publickey", b"\x01" + NS(kind) + NS(blob) + NS(signature))
+        return None
 
     def getPrivateKey(self) -> Deferred[keys.Key]:
         return defer.succeed(self._signing)
@@ -122,10 +187,16 @@ class _UserAuth(SSHUserAuthClient):
         return super().ssh_USERAUTH_FAILURE(packet)
 
 
+def _certificate_type(blob: bytes) -> bytes:
+    """The key type named at the start of a certificate's wire form."""
+    return getNS(blob)[0]
+
+
 class _Transport(SSHClientTransport):
     """Checks the target's host key against the pins, then logs in."""
 
     factory: _UpstreamFactory
+    _log = quiet_logger()
 
     def __init__(self) -> None:
         self.refused = False
@@ -147,7 +218,9 @@ class _Transport(SSHClientTransport):
     def connectionSecure(self) -> None:
         f = self.factory
         self.requestService(
-            _UserAuth(f.user.encode(), f.key, UpstreamConnection(f.ready))
+            _UserAuth(
+                f.user.encode(), f.key, UpstreamConnection(f.ready), f.certificate
+            )
         )
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:
@@ -176,7 +249,7 @@ class _Transport(SSHClientTransport):
 
 
 class _UpstreamFactory(Factory):
-    protocol = _Transport
+    protocol = _Transport  # type: ignore[assignment]
     noisy = False
 
     def __init__(
@@ -186,12 +259,14 @@ class _UpstreamFactory(Factory):
         user: str,
         key: keys.Key,
         pinned: PinnedHostKeys,
+        certificate: bytes | None = None,
     ) -> None:
         self.host, self.port, self.user, self.key = host, port, user, key
         self.pinned = pinned
+        self.certificate = certificate
         self.ready: Deferred[UpstreamConnection] = Deferred()
 
-    def buildProtocol(self, addr: object) -> _Transport:
+    def buildProtocol(self, addr: object) -> _Transport:  # type: ignore[override]
         transport = _Transport()
         transport.factory = self
         harden(transport, self.pinned.algorithms())
@@ -206,16 +281,18 @@ def connect(
     key: keys.Key,
     pinned: PinnedHostKeys,
     timeout: float,
+    certificate: bytes | None = None,
 ) -> Deferred[UpstreamConnection]:
     """
     Log in to the SSH server at C{host}:C{port} as C{user} with C{key},
     if it presents a host key in C{pinned}; give up after C{timeout}
-    seconds.
+    seconds.  With C{certificate} (an OpenSSH certificate for C{key}, in
+    wire form), the certificate is offered instead of the plain key.
 
     @return: Deferred firing with the L{UpstreamConnection}, or failing
         with L{UpstreamFailed}.
     """
-    factory = _UpstreamFactory(host, port, user, key, pinned)
+    factory = _UpstreamFactory(host, port, user, key, pinned, certificate)
     endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
     connected = endpoint.connect(factory)
     state: dict[str, Any] = {}

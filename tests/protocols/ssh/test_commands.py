@@ -359,7 +359,8 @@ class PolicyTests(SynchronousTestCase):
             self.assertEqual(session.decide_all(classify_exec(line)).rule, rule, line)
         for command, rule in [
             (forward_command("bastion", 22), "fwd"),
-            (forward_command("db", 5432), "default"),
+            # No rule names forwards: the forwards fallback (deny) decides.
+            (forward_command("db", 5432), "forwards"),
             (sftp_command("remove", "/srv/a"), "sftp-rm"),
             (sftp_command("remove", "/home/a"), "default"),
             (sftp_command("read", "/srv/a"), "default"),
@@ -414,6 +415,6 @@ class DocumentedPolicyTests(SynchronousTestCase):
             (sftp_command("read", "/home/a"), "default"),
             (forward_command("10.0.0.1", 22), "no-ssh-hopping"),
             (forward_command("db", 5432), "databases-via-the-gateway-only"),
-            (forward_command("web", 443), "default"),
+            (forward_command("web", 443), "forwards"),
         ]:
             self.assertEqual(session.decide(command).rule, rule, command)

@@ -106,9 +106,7 @@ def _parse_array(
     return elem, dims, values
 
 
-def _parse_values(
-    raw: bytes, pos: int, count: int
-) -> tuple[list[bytes | None], int]:
+def _parse_values(raw: bytes, pos: int, count: int) -> tuple[list[bytes | None], int]:
     values: list[bytes | None] = []
     end = len(raw)
     for _ in range(count):

@@ -25,6 +25,7 @@ kept, and the requests outstanding and the handles open are capped.
 from __future__ import annotations
 
 import hashlib
+import posixpath
 from collections.abc import Mapping
 
 import attrs
@@ -203,12 +204,28 @@ def sftp_command(operation: SFTPOperation) -> Command:
     operation, text its first path (an extension without one: its name),
     objects all its paths.
     """
+    paths = tuple(policy_path(p) for p in operation.paths)
     return Command(
         protocol="ssh",
         kind=operation.op,
-        text=operation.path or (operation.extension or ""),
-        objects=operation.paths,
+        text=paths[0] if paths else (operation.extension or ""),
+        objects=paths,
     )
+
+
+def policy_path(path: str) -> str:
+    """
+    C{path} as rules see it: C{.}, C{..} and repeated slashes resolved as
+    a path reads (C{/srv/in/../../etc/x} is C{/etc/x}), so a glob on a
+    directory is not stepped around.  Symbolic links on the target are
+    not seen: the upstream account is what holds against them.
+    """
+    if not path:
+        return path
+    normal = posixpath.normpath(path)
+    if normal.startswith("//"):
+        normal = "/" + normal.lstrip("/")
+    return normal
 
 
 @attrs.frozen
