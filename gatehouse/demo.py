@@ -15,6 +15,9 @@ C{gatehouse sessions} shows their history::
     recordings/           signed session recordings and the session index
     upstream.password     the PostgreSQL password only the gateway knows
     alice.token, ...      demo tokens, valid for 12 hours from each start
+    ssh/                  the SSH part (when sshd is installed): the gateway's
+                          host key, its key for the target, its user CA, the
+                          target sshd's host key, known_hosts, askpass
 
 Every run starts a fresh PostgreSQL 15 cluster under C{/tmp} (as the
 C{postgres} OS user when run as root, since PostgreSQL refuses to run as
@@ -22,6 +25,12 @@ root), fills a C{shop} database with customers and orders, and runs the
 gateway in this process on the real reactor until SIGINT or SIGTERM.  Then
 the gateway stops (open sessions are closed and their recordings sealed),
 the PostgreSQL server is stopped and its files are removed.
+
+When OpenSSH's C{sshd} is installed, the demo also runs a throwaway sshd on
+loopback as an SSH target (this machine, as the user running the demo,
+which trusts only the gateway's own key), behind an SSH listener of the
+gateway; it is stopped with the demo.  Without sshd the demo says how to
+install it and goes on with PostgreSQL only.
 
 Everything the demo writes is for trying gatehouse out on one machine: its
 keys and tokens sit next to each other in one directory, which a real
@@ -36,6 +45,7 @@ import errno
 import fcntl
 import json
 import os
+import pwd
 import secrets
 import shlex
 import shutil
@@ -60,10 +70,12 @@ __all__ = [
     "DEFAULT_ADMIN_PORT",
     "DEFAULT_DIRECTORY",
     "DEFAULT_PORT",
+    "DEFAULT_SSH_PORT",
     "ISSUER",
     "READY",
     "USERS",
     "DemoDatabase",
+    "DemoSSHServer",
     "DemoUser",
     "configure",
 ]
@@ -76,6 +88,19 @@ ISSUER = "https://demo.gatehouse.local"
 AUDIENCE = "gatehouse"
 GATEWAY_ID = "demo-gw"
 TARGET = "shop"
+#: The SSH listener's port, on 127.0.0.1.
+DEFAULT_SSH_PORT = 2222
+#: The SSH target: this machine, through the demo's own sshd.
+SSH_TARGET = "demo-ssh"
+#: Where sshd is looked for first (Debian's openssh-server).
+SSHD = "/usr/sbin/sshd"
+SSHD_PACKAGE = "openssh-server"
+#: What the banner suggests ci-bot tries over SSH.
+_SSH_TRY = (
+    ("'uname -sr; id -un'", ""),
+    ("'rm -r /tmp/gatehouse-demo-nothing'", "refused: a recursive delete"),
+    ("'systemctl --version'", "waits for alice"),
+)
 #: The PostgreSQL role the gateway logs in as.
 UPSTREAM_ROLE = "gatehouse"
 TOKEN_LIFETIME = 12 * 3600
@@ -230,6 +255,14 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
         metavar="PORT",
         help=f"the gateway's port on 127.0.0.1 (default {DEFAULT_PORT}; a free "
         "port is used when it is taken)",
+    )
+    parser.add_argument(
+        "--ssh-port",
+        type=_port_argument,
+        default=DEFAULT_SSH_PORT,
+        metavar="PORT",
+        help=f"the gateway's SSH port on 127.0.0.1 (default {DEFAULT_SSH_PORT}; "
+        "a free port is used when it is taken); only when sshd is installed",
     )
     parser.add_argument(
         "--keep",
@@ -455,6 +488,63 @@ def _mint_tokens(directory: Path, key: Any) -> dict[str, Path]:
     return files
 
 
+_SSH_LISTENER = """\
+  # Where ssh and sftp connect: the login name is the target's name
+  # (ssh -p {ssh_port} {ssh_target}@{address}), the token the password; or
+  # a certificate from the gateway's user CA (gatehouse ssh-cert).
+  - name: ssh
+    protocol: ssh
+    address: {address}
+    port: {ssh_port}
+    options:
+      host_keys: [ssh/gateway_host_ed25519]
+      user_ca_keys: [ssh/user_ca.pub]
+"""
+
+_SSH_TARGET = """\
+  # This machine, through the demo's own sshd, which trusts only the
+  # gateway's key (ssh/upstream_ed25519) and only for account {account}.
+  - name: {ssh_target}
+    protocol: ssh
+    options:
+      host: {address}
+      port: {sshd_port}         # this run's throwaway sshd
+      host_keys: ["{sshd_host_key}"]
+      key: ssh/upstream_ed25519
+      user: {account}
+      allow_groups: [dba, agents]
+"""
+
+_SSH_RULES = """\
+    # SSH (agents; the DBA matched above): each exec request, shell,
+    # SFTP operation and port forward is decided before sshd sees it.
+    - name: no-recursive-delete
+      protocols: [ssh]
+      program: [rm]
+      option: [-r, -R, --recursive]
+      action: deny
+      message: agents may not delete recursively
+    - name: restarts-need-approval
+      protocols: [ssh]
+      program: [systemctl, reboot, shutdown]
+      action: review
+      message: systemctl, reboot and shutdown wait for a DBA
+    - name: no-ssh-hopping
+      protocols: [ssh]
+      kind: [forward]
+      destination: ["*:22"]
+      action: deny
+"""
+
+_SSH_USER_CA = """
+# The gateway's SSH user CA: `gatehouse ssh-cert` exchanges a token for a
+# short-lived certificate (the SSH listener trusts ssh/user_ca.pub).
+ssh_user_ca:
+  key: ssh/user_ca
+  certificate_lifetime: 30m
+"""
+
+
 def _listen_port(wanted: int) -> int:
     """
     C{wanted} if a server could listen on it on 127.0.0.1 now, else a free
@@ -530,7 +620,7 @@ listeners:
     options:
       # The token is sent as the password, so never without TLS.
       allow_cleartext: false
-
+{ssh_listener}
 targets:
   # Clients choose a target by the database name they connect to.
   - name: {target}
@@ -546,7 +636,7 @@ targets:
       tls: {{mode: verify-full, ca_file: ca.crt}}
       # Only identities in one of these groups may connect.
       allow_groups: [dba, agents]
-
+{ssh_target}
 policy:
   # The policy a real deployment starts from: the DBA may do anything;
   # agents read and change rows, never delete, drop or truncate, never
@@ -599,7 +689,7 @@ policy:
     - name: no-server-programs
       flag: [copy-program]
       action: deny
-
+{ssh_rules}
 masking:
   # Agents see card numbers and e-mail addresses masked, in every message
   # that carries values; so does the recording of their sessions.
@@ -607,7 +697,7 @@ masking:
     groups: [agents]
     targets: [{target}]
     detect: [card, email]
-
+{ssh_user_ca}
 # The admin API: approvals, sessions, /health and /metrics.  Only the
 # approver groups (dba) may use /api/.  The command shown to a waiting
 # agent is `gatehouse approvals approve --config <this file> ID`: it reads
@@ -767,6 +857,199 @@ class DemoDatabase:
                 shutil.rmtree(self.base, ignore_errors=True)
 
 
+# --- the SSH target ---------------------------------------------------------
+
+
+def sshd_program() -> str | None:
+    """
+    The installed C{sshd}, or None.
+    """
+    for candidate in (SSHD, shutil.which("sshd")):
+        if candidate and os.access(candidate, os.X_OK):
+            return os.path.abspath(candidate)  # sshd re-executes itself
+    return None
+
+
+def _ssh_key(path: Path, comment: str) -> str:
+    """
+    The OpenSSH Ed25519 key pair at C{path} and C{path.pub} (created on the
+    first run, mode 0600); its public line.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    public_path = path.with_name(path.name + ".pub")
+    if path.exists() and public_path.exists():
+        words = public_path.read_text().split()
+        if len(words) >= 2:
+            return f"{words[0]} {words[1]}"
+    key = ed25519.Ed25519PrivateKey.generate()
+    _write_private(
+        path,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        ),
+    )
+    public = (
+        key.public_key()
+        .public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+        .decode("ascii")
+    )
+    public_path.write_text(f"{public} {comment}\n")
+    return public
+
+
+class DemoSSHError(Exception):
+    """
+    The demo's sshd could not start; the message says why.
+    """
+
+
+class DemoSSHServer:
+    """
+    A throwaway OpenSSH server on a free loopback port: the demo's SSH
+    target.  It lets in one account, the user running the demo, and only
+    with the gateway's key (public key authentication only, no PAM).
+
+    Its host key stays in the demo directory (C{ssh/}); its configuration,
+    pid file and log live in a fresh directory under the system's temporary
+    directory, which a sidecar removes (stopping sshd) should this process
+    die without L{stop}.
+    """
+
+    def __init__(self, program: str, key_dir: Path, gateway_key: str) -> None:
+        """
+        @param program: The absolute path of C{sshd}.
+        @param key_dir: Where the host key is kept between runs.
+        @param gateway_key: The gateway's public key line, the only one
+            authorized.
+        """
+        self.program = program
+        self.key_dir = key_dir
+        self.gateway_key = gateway_key
+        self.account = pwd.getpwuid(os.getuid()).pw_name
+        self.base: Path | None = None
+        self.port = 0
+        self.host_key = ""
+        self._process: subprocess.Popen[bytes] | None = None
+        self._watchdog: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        """
+        sshd's log (its standard error).
+        """
+        assert self.base is not None
+        return self.base / "sshd.log"
+
+    def start(self, timeout: float = 20.0) -> None:
+        """
+        Start sshd; return once it answers with its SSH banner.
+
+        @raise DemoSSHError: when it does not.
+        """
+        self.host_key = _ssh_key(self.key_dir / "target_host_ed25519", "demo-sshd")
+        self.base = base = Path(tempfile.mkdtemp(prefix="gatehouse-demo-sshd-"))
+        pid_path = base / "sshd.pid"
+        self._watchdog = pg.start_watchdog(base, pid_path, signal.SIGTERM)
+        if pg.is_root():
+            # sshd insists on its privilege separation directory.
+            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        authorized = base / "authorized_keys"
+        authorized.write_text(self.gateway_key + " gatehouse-demo\n")
+        self.port = pg.free_port()
+        config = base / "sshd_config"
+        config.write_text(
+            "# written by gatehouse demo\n"
+            f"ListenAddress {pg.LOOPBACK}:{self.port}\n"
+            f"HostKey {self.key_dir / 'target_host_ed25519'}\n"
+            f"PidFile {pid_path}\n"
+            f"AuthorizedKeysFile {authorized}\n"
+            f"AllowUsers {self.account}\n"
+            "StrictModes no\n"
+            "UsePAM no\n"
+            "PubkeyAuthentication yes\n"
+            "PasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\n"
+            "PermitRootLogin prohibit-password\n"
+            "Subsystem sftp internal-sftp\n"
+            "AllowTcpForwarding yes\n"
+            "X11Forwarding no\n"
+            "AcceptEnv LANG LC_* TERM\n"
+            "PrintMotd no\n"
+            "UseDNS no\n"
+            "LogLevel VERBOSE\n"
+        )
+        with self.log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                [self.program, "-D", "-e", "-f", str(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd=base,
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C"},
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise DemoSSHError(f"sshd exited on start: {self._log_tail()}")
+            try:
+                with socket.create_connection((pg.LOOPBACK, self.port), 1) as s:
+                    s.settimeout(2)
+                    if s.recv(64).startswith(b"SSH-2.0-"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise DemoSSHError(f"sshd did not answer within {timeout}s: {self._log_tail()}")
+
+    def _log_tail(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-2000:].strip()
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        """
+        Stop sshd and the connections it serves (by pid), and remove its
+        files.
+        """
+        try:
+            process, self._process = self._process, None
+            if process is not None:
+                pids = [process.pid]
+                todo = [process.pid]
+                while todo:
+                    children = pg.child_pids(todo.pop())
+                    pids += children
+                    todo += children
+                for pid in pids:
+                    try:
+                        os.kill(pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+                if not pg.wait_gone(pids, 10):
+                    for pid in pids:
+                        try:
+                            os.kill(pid, signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    pass
+        finally:
+            pg.stop_watchdog(self._watchdog)
+            self._watchdog = None
+            if self.base is not None:
+                shutil.rmtree(self.base, ignore_errors=True)
+                self.base = None
+
+
 # --- the run ----------------------------------------------------------------
 
 
@@ -778,7 +1061,9 @@ def _run(args: argparse.Namespace) -> int:
         raise CommandError(f"{_shown(directory)}: {e.strerror}")
     lock = _lock(directory)
     try:
-        return _Demo(directory, args.port, args.keep, sys.stdout).run()
+        return _Demo(
+            directory, args.port, args.keep, sys.stdout, ssh_port=args.ssh_port
+        ).run()
     finally:
         lock.close()
 
@@ -795,7 +1080,14 @@ class _Demo:
     One run of the demo: set everything up, run the gateway, clean up.
     """
 
-    def __init__(self, directory: Path, port: int, keep: bool, out: IO[str]):
+    def __init__(
+        self,
+        directory: Path,
+        port: int,
+        keep: bool,
+        out: IO[str],
+        ssh_port: int = DEFAULT_SSH_PORT,
+    ):
         self.directory = directory
         self.wanted_port = port
         self.keep = keep
@@ -803,6 +1095,10 @@ class _Demo:
         self.failure: str | None = None
         self.tokens: dict[str, Path] = {}
         self.admin_port = DEFAULT_ADMIN_PORT
+        self.wanted_ssh_port = ssh_port
+        self.ssh_port = 0
+        #: the SSH target, while it runs (None: no SSH part)
+        self.sshd: DemoSSHServer | None = None
 
     def path(self, *parts: str) -> Path:
         """
@@ -823,6 +1119,7 @@ class _Demo:
         previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
         previous_term = signal.signal(signal.SIGTERM, _interrupt)
         database: DemoDatabase | None = None
+        self.sshd = None
         try:
             _say(
                 self.out,
@@ -854,11 +1151,15 @@ class _Demo:
             self.admin_port = _listen_port(DEFAULT_ADMIN_PORT)
             if self.admin_port == port:
                 self.admin_port = pg.free_port()
+            self.start_ssh(taken=(port, self.admin_port))
             self.write_config(port, database.port)
             return self.serve(port)
         finally:
             signal.signal(signal.SIGINT, previous_int)
             signal.signal(signal.SIGTERM, previous_term)
+            if self.sshd is not None:
+                self.sshd.stop()
+                self.sshd = None
             if database is not None:
                 self.stop_database(database)
 
@@ -875,11 +1176,88 @@ class _Demo:
         self.path("recordings").mkdir(mode=0o700, exist_ok=True)
         return ca
 
+    def start_ssh(self, taken: tuple[int, ...]) -> None:
+        """
+        Start the SSH target and choose the SSH listener's port, when sshd
+        is installed; else say how to install it.  A failure to start it
+        is reported and leaves the demo without its SSH part.
+        """
+        program = sshd_program()
+        if program is None:
+            _say(
+                self.out,
+                f"{_PREFIX} no sshd here, so no SSH target; for the SSH part "
+                f"install it (apt-get install {SSHD_PACKAGE}) and run the demo "
+                "again",
+            )
+            return
+        keys = self.path("ssh")
+        keys.mkdir(mode=0o700, exist_ok=True)
+        _ssh_key(keys / "gateway_host_ed25519", "gatehouse-demo-gateway")
+        _ssh_key(keys / "user_ca", "gatehouse-demo-user-ca")
+        upstream = _ssh_key(keys / "upstream_ed25519", "gatehouse-demo-upstream")
+        askpass = keys / "askpass"
+        askpass.write_text(
+            "#!/bin/sh\n"
+            "# For ssh (SSH_ASKPASS=this SSH_ASKPASS_REQUIRE=force): answer the\n"
+            "# password prompt with the token in the file GATEHOUSE_TOKEN_FILE.\n"
+            'exec cat "${GATEHOUSE_TOKEN_FILE:?set GATEHOUSE_TOKEN_FILE}"\n'
+        )
+        askpass.chmod(0o700)
+        sshd = DemoSSHServer(program, keys, upstream)
+        try:
+            sshd.start()
+        except (DemoSSHError, OSError, pg.ClusterError) as e:
+            sshd.stop()
+            _say(self.out, f"{_PREFIX} sshd did not start, so no SSH target: {e}")
+            return
+        self.sshd = sshd
+        _say(
+            self.out,
+            f"{_PREFIX} sshd on {pg.LOOPBACK}:{sshd.port} as SSH target "
+            f"{SSH_TARGET} (account {sshd.account}; stopped at exit)",
+        )
+        port = _listen_port(self.wanted_ssh_port)
+        while port in taken:
+            port = pg.free_port()
+        if port != self.wanted_ssh_port:
+            _say(
+                self.out,
+                f"{_PREFIX} port {self.wanted_ssh_port} is taken; SSH on {port}",
+            )
+        self.ssh_port = port
+        host = (keys / "gateway_host_ed25519.pub").read_text().split()[:2]
+        (keys / "known_hosts").write_text(f"[{pg.LOOPBACK}]:{port} {' '.join(host)}\n")
+
+    def ssh_sections(self) -> dict[str, str]:
+        """
+        The SSH parts of C{gatehouse.yaml} (empty without the SSH target).
+        """
+        if self.sshd is None:
+            return dict.fromkeys(
+                ("ssh_listener", "ssh_target", "ssh_rules", "ssh_user_ca"), ""
+            )
+        values = {
+            "address": pg.LOOPBACK,
+            "ssh_port": self.ssh_port,
+            "ssh_target": SSH_TARGET,
+            "sshd_port": self.sshd.port,
+            "sshd_host_key": self.sshd.host_key,
+            "account": self.sshd.account,
+        }
+        return {
+            "ssh_listener": _SSH_LISTENER.format(**values),
+            "ssh_target": _SSH_TARGET.format(**values),
+            "ssh_rules": _SSH_RULES,
+            "ssh_user_ca": _SSH_USER_CA,
+        }
+
     def write_config(self, port: int, upstream_port: int) -> None:
         """
         Write C{gatehouse.yaml}.
         """
         text = _CONFIG.format(
+            **self.ssh_sections(),
             config=_shown(self.path("gatehouse.yaml")),
             gateway_id=GATEWAY_ID,
             issuer=ISSUER,
@@ -995,6 +1373,8 @@ class _Demo:
         _say(out)
         for line in _TRY:
             _say(out, f"  {line}")
+        if self.sshd is not None:
+            self.announce_ssh(gatehouse, config)
         _say(out)
         _say(
             out,
@@ -1014,6 +1394,67 @@ class _Demo:
         _say(out, f"  {gatehouse} verify --config {config} SESSION_ID")
         _say(out)
         _say(out, f"{READY}; press Ctrl-C to stop")
+
+    def announce_ssh(self, gatehouse: str, config: str) -> None:
+        """
+        Print how to reach the SSH target as each user, with the token as
+        the password or with a certificate, and what to try.
+        """
+        assert self.sshd is not None
+        out = self.out
+        keys = self.path("ssh")
+        known = shlex.quote(_shown(keys / "known_hosts"))
+        where = f"{SSH_TARGET}@{pg.LOOPBACK}"
+        ssh = f"ssh -p {self.ssh_port} -o UserKnownHostsFile={known} {where}"
+        sftp = f"sftp -P {self.ssh_port} -o UserKnownHostsFile={known} {where}"
+        askpass = shlex.quote(_shown(keys / "askpass"))
+        may = {
+            "ci-bot": "runs commands and SFTP; rm -r is refused; systemctl, "
+            "reboot and shutdown wait for alice",
+            "alice": "may do anything",
+        }
+        _say(out)
+        about = (
+            f"Or over SSH, to this machine as {self.sshd.account} (the token is "
+            "the password; ssh reads it through the askpass script):"
+        )
+        for line in textwrap.wrap(about, 76):
+            _say(out, line)
+        for user in USERS:
+            token = shlex.quote(_shown(self.tokens[user.subject]))
+            _say(out)
+            for line in textwrap.wrap(f"{user.subject}: {may[user.subject]}", 72):
+                _say(out, f"  # {line}")
+            _say(
+                out,
+                f"  export SSH_ASKPASS={askpass} SSH_ASKPASS_REQUIRE=force "
+                f"GATEHOUSE_TOKEN_FILE={token}",
+            )
+            _say(out, f"  {ssh}")
+            _say(out, f"  {sftp}")
+        _say(out)
+        _say(out, "Try as ci-bot over SSH:")
+        _say(out)
+        for command, note in _SSH_TRY:
+            _say(out, f"  {ssh} {command}" + (f"   # {note}" if note else ""))
+        _say(out)
+        about = (
+            "Or log in with a short-lived certificate from the gateway's SSH "
+            "user CA (GATEHOUSE_TOKEN_FILE exported as above):"
+        )
+        for line in textwrap.wrap(about, 76):
+            _say(out, line)
+        _say(out)
+        key = shlex.quote(_shown(keys / "ci-bot"))
+        _say(
+            out,
+            f"  {gatehouse} ssh-cert --config {config} --out {key} "
+            f"--ssh-port {self.ssh_port}",
+        )
+        _say(
+            out,
+            f"  ssh -i {key} -p {self.ssh_port} -o UserKnownHostsFile={known} {where}",
+        )
 
     def stop_database(self, database: DemoDatabase) -> None:
         """

@@ -30,10 +30,12 @@ from gatehouse._pgcluster import (
     pid_alive,
     read_pidfile,
 )
+from tests.fixtures.sshd import sshd_program
 
 _PG_FILES = re.compile(r"\(files in (/\S+), removed at exit\)")
 _PG_PORT = re.compile(r"PostgreSQL \d+ on 127\.0\.0\.1:(\d+) ")
 _APPROVE = re.compile(r"approve with: (gatehouse approvals approve .+?) \(or deny")
+_SSHD = re.compile(r"sshd on 127\.0\.0\.1:(\d+) as SSH target (\S+) \(account (\S+);")
 #: The demo's customers' e-mail addresses and card numbers, as stored.
 _EMAILS = ("ada.lovelace@example.com", "grace@example.org", "ewd@example.org")
 _CARDS = ("4111 1111 1111 1111", "5555 5555 5555 4444", "3782 822463 10005")
@@ -187,6 +189,40 @@ def _printed(lines: list[str], start: str) -> str:
     raise AssertionError(f"no line starting {start!r}:\n" + "\n".join(lines))
 
 
+def _ssh_lines(lines: list[str], subject: str) -> tuple[str, str, str]:
+    """
+    The printed SSH commands for C{subject}: its export line, and the ssh
+    and sftp lines after it.
+    """
+    for index, line in enumerate(lines):
+        if line.strip().startswith("export SSH_ASKPASS=") and (
+            f"{subject}.token" in line
+        ):
+            ssh, sftp = (lines[index + 1].strip(), lines[index + 2].strip())
+            if ssh.startswith("ssh -p ") and sftp.startswith("sftp -P "):
+                return line.strip(), ssh, sftp
+    raise AssertionError(f"no SSH lines for {subject}:\n" + "\n".join(lines))
+
+
+def _shell(script: str, *args: str, **kw: Any) -> subprocess.CompletedProcess:
+    """Run C{script} with C{sh -c}, stdin closed, PATH finding C{gatehouse}."""
+    env = dict(os.environ)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
+    for name in list(env):
+        if name.startswith(("GATEHOUSE_", "SSH_")) or name == "DISPLAY":
+            del env[name]
+    if "input" not in kw:
+        kw["stdin"] = subprocess.DEVNULL
+    return subprocess.run(
+        ["sh", "-c", script, "sh", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=kw.pop("timeout", 30),
+        **kw,
+    )
+
+
 def _psql(lines: list[str], subject: str, sql: str) -> subprocess.CompletedProcess:
     """Run the printed psql command for C{subject} with one statement."""
     return subprocess.run(
@@ -248,6 +284,9 @@ class DemoTests(TestCase):
         directory = os.path.abspath(self.mktemp())
         config = os.path.join(directory, "gatehouse.yaml")
         port = free_port()
+        # The SSH part runs when sshd is installed: make sure it is (as
+        # root; otherwise this names the packages to install).
+        sshd_program()
 
         run = _DemoProcess(self, directory, port)
         lines = run.wait_ready()
@@ -328,7 +367,96 @@ class DemoTests(TestCase):
         self.assertNotEqual(drop.returncode, 0)
         self.assertIn('policy rule "no-destructive"', drop.stderr)
 
+        sshd_port = self.check_ssh(lines)
+        ssh_rows = [r for r in self.sessions(config) if r["target"] == "demo-ssh"]
+        self.assertEqual({r["protocol"] for r in ssh_rows}, {"ssh"})
+        self.assertEqual({r["subject"] for r in ssh_rows}, {"alice", "ci-bot"})
+
         self.assertStoppedClean(again, again.stop(signal.SIGTERM))
+        # The demo's sshd went with it.
+        with socket.socket() as probe:
+            self.assertNotEqual(probe.connect_ex(("127.0.0.1", sshd_port)), 0)
+        for row in ssh_rows:
+            verified = _gatehouse("verify", "--config", config, row["id"])
+            self.assertEqual(verified.returncode, 0, verified.stdout + verified.stderr)
+
+    def check_ssh(self, lines: list[str]) -> int:
+        """
+        The printed SSH commands reach the demo's sshd through the gateway:
+        an exec with the token as the password, SFTP, a certificate from
+        C{gatehouse ssh-cert}; the demo's SSH rules refuse a recursive
+        delete and hold systemctl until alice approves it.
+
+        @return: The demo sshd's port.
+        """
+        found = [_SSHD.search(line) for line in lines]
+        [sshd] = [m for m in found if m is not None]
+        port, target, account = int(sshd.group(1)), sshd.group(2), sshd.group(3)
+        self.assertEqual(target, "demo-ssh")
+        export, ssh, sftp = _ssh_lines(lines, "ci-bot")
+
+        ran = _shell(f"{export}\n{ssh} 'echo through the gateway; id -un'")
+        self.assertEqual(
+            (ran.returncode, ran.stdout),
+            (0, f"through the gateway\n{account}\n"),
+            ran.stderr,
+        )
+
+        # SFTP, its commands on stdin (sftp -b would turn the askpass off).
+        listed = _shell(f"{export}\n{sftp}", input="ls -1 /\nbye\n")
+        self.assertEqual(listed.returncode, 0, listed.stderr)
+        self.assertIn("/etc", listed.stdout.split())
+
+        refused = _shell(f"{export}\n{ssh} 'rm -r /tmp/gatehouse-demo-nothing'")
+        self.assertEqual(refused.returncode, 126, refused.stderr)
+        self.assertIn("agents may not delete recursively", refused.stderr)
+
+        # Held until alice approves with the command the client is shown.
+        held = subprocess.Popen(
+            ["sh", "-c", f"{export}\n{ssh} 'systemctl --version; echo released'"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.addCleanup(lambda: held.poll() is None and held.kill())
+        assert held.stderr is not None
+        told = _Lines(held.stderr)
+        hint = told.wait_for("gatehouse: approve with:", 20)
+        self.assertIn("gatehouse: held for approval", "\n".join(told.seen))
+        approve = _APPROVE.search(hint)
+        self.assertIsNotNone(approve, hint)
+        assert approve is not None
+        time.sleep(0.5)
+        self.assertIsNone(held.poll(), "systemctl did not wait")
+        alice = _printed(lines, "export GATEHOUSE_TOKEN_FILE=")
+        approved = _shell(f"{alice}\n{approve.group(1)}")
+        self.assertEqual(approved.returncode, 0, approved.stderr)
+        out, _ = held.communicate(timeout=20)
+        self.assertNotEqual(held.returncode, 126)
+        self.assertTrue(out.endswith("released\n"), out)
+
+        # alice, the DBA, may delete recursively.
+        doomed = Path(self.mktemp()).absolute()
+        (doomed / "inside").mkdir(parents=True)
+        alice_export, alice_ssh, _ = _ssh_lines(lines, "alice")
+        mine = _shell(f'{alice_export}\n{alice_ssh} "rm -r $1"', str(doomed))
+        self.assertEqual(mine.returncode, 0, mine.stderr)
+        self.assertFalse(doomed.exists())
+
+        # A certificate from the gateway's user CA, instead of the password.
+        [keygen] = [line.strip() for line in lines if " ssh-cert --config " in line]
+        with_key = _printed(lines, "ssh -i ")
+        certified = _shell(
+            f"{export}\n{keygen}\nunset SSH_ASKPASS\n"
+            f"{with_key} -o BatchMode=yes 'echo certified'"
+        )
+        self.assertEqual(
+            (certified.returncode, certified.stdout.splitlines()[-1:]),
+            (0, ["certified"]),
+            certified.stderr,
+        )
+        return port
 
     def check_policy(self, run: _DemoProcess, lines: list[str], directory: str) -> None:
         """
@@ -484,3 +612,21 @@ class DemoTests(TestCase):
             result = _gatehouse("demo", "--directory", str(directory), timeout=30)
         self.assertEqual(result.returncode, 1)
         self.assertIn("another gatehouse demo is running in", result.stderr)
+
+    def test_withoutSshd(self) -> None:
+        """
+        Without sshd the demo says how to install it and leaves the SSH
+        parts out of its configuration.
+        """
+        import io
+
+        self.patch(demo, "sshd_program", lambda: None)
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        out = io.StringIO()
+        run = demo._Demo(directory, 1, False, out)
+        run.start_ssh(taken=())
+        self.assertIsNone(run.sshd)
+        self.assertIn("apt-get install openssh-server", out.getvalue())
+        self.assertFalse((directory / "ssh").exists())
+        self.assertEqual(set(run.ssh_sections().values()), {""})

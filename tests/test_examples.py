@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from jwt.algorithms import ECAlgorithm
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
@@ -71,6 +72,13 @@ class ExampleSandbox:
             "signing_keys": self._directory,
             "socket_dir": self._directory,
             "index": lambda path: self._directory(path.parent),
+            # SSH: the listener's host keys, the gateway's key for its
+            # targets and its user CA's key (private, mode 0600), the user
+            # CAs it trusts, a target's known_hosts.
+            "host_keys": self._ssh_private_key,
+            "key": self._ssh_private_key,
+            "user_ca_keys": self._ssh_public_key,
+            "known_hosts": self._known_hosts,
             # The loader creates the recording directory itself.
             "directory": lambda path: None,
         }
@@ -92,7 +100,10 @@ class ExampleSandbox:
         text = _ROOT.sub(lambda m: str(self.moved(m.group(1))), example.read_text())
         copy = self.base / example.name
         copy.write_text(text)
-        self._create(yaml.safe_load(text), "")
+        data = yaml.safe_load(text)
+        # Policy paths are globs on the targets' files, not the gateway's.
+        data.pop("policy", None)
+        self._create(data, "")
         return str(copy)
 
     # Walking the configuration
@@ -176,6 +187,32 @@ class ExampleSandbox:
     def _directory(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
 
+    def _ssh_private_key(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = ed25519.Ed25519PrivateKey.generate()
+        path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.OpenSSH,
+                serialization.NoEncryption(),
+            )
+        )
+        path.chmod(0o600)
+
+    def _ssh_public_line(self) -> str:
+        public = ed25519.Ed25519PrivateKey.generate().public_key()
+        return public.public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        ).decode("ascii")
+
+    def _ssh_public_key(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self._ssh_public_line() + " example-ca\n")
+
+    def _known_hosts(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"example.internal {self._ssh_public_line()}\n")
+
 
 class ExamplesTests(SynchronousTestCase):
     """
@@ -199,7 +236,7 @@ class ExamplesTests(SynchronousTestCase):
         do not pass vacuously).
         """
         names = {p.name for p in example_files()}
-        self.assertTrue({"gatehouse.yaml", "postgres.yaml"} <= names, names)
+        self.assertTrue({"gatehouse.yaml", "postgres.yaml", "ssh.yaml"} <= names, names)
 
     def test_everyExampleLoads(self) -> None:
         """
@@ -251,6 +288,36 @@ class ExamplesTests(SynchronousTestCase):
         self.assertTrue(any(t.tls.server_name for t in targets))
         self.assertIn("*", {g for t in config.targets for g in t.allow_groups})
         self.assertTrue(any(listener.tls for listener in config.listeners))
+
+    def test_sshExample(self) -> None:
+        """
+        C{ssh.yaml} shows an SSH listener trusting a user CA, a target with
+        one account and one with accounts per group, the gateway's user CA
+        and a policy with exec, SFTP and forward rules.
+        """
+        config = self.load("ssh.yaml")
+        [listener] = config.listeners
+        self.assertEqual(listener.protocol, "ssh")
+        self.assertTrue(listener.options.host_keys)
+        self.assertTrue(listener.options.user_ca_keys)
+        web, db = config.targets
+        self.assertEqual((web.protocol, web.options.user), ("ssh", "ops"))
+        self.assertTrue(web.options.host_keys)
+        self.assertIsNotNone(db.options.known_hosts)
+        self.assertEqual(
+            [(a.groups, a.user) for a in db.options.accounts],
+            [(("agents",), "agent"), (("sre",), "deploy"), (("sre",), "ops")],
+        )
+        self.assertIsNotNone(config.ssh_user_ca)
+        self.assertIsNotNone(config.admin)
+        kinds = {
+            value
+            for rule in config.policy.rules
+            for condition in rule.conditions
+            if condition.key == "kind"
+            for value in condition.values
+        } | {k for rule in config.policy.rules for k in rule.kinds}
+        self.assertTrue({"shell", "write", "remove", "forward"} <= kinds, kinds)
 
     def test_typoFails(self) -> None:
         """
