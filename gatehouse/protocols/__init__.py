@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
+from twisted.application.internet import TCPServer
 from zope.interface import Attribute, Interface, implementer
 from zope.interface.verify import verifyObject
 
+from gatehouse.limits import ConnectionCaps
 from gatehouse.policy.attributes import PolicyAttributes
 
 if TYPE_CHECKING:
@@ -29,10 +31,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "IProtocolAdapter",
+    "LimitedListenerOptions",
     "ListenerOptions",
+    "ListeningService",
     "ProtocolAdapterBase",
     "TargetOptions",
     "get_protocol",
+    "listener_options",
+    "listening_factory",
     "protocol_names",
     "register_protocol",
     "unregister_protocol",
@@ -46,6 +52,34 @@ class ListenerOptions:
     L{IProtocolAdapter.parse_listener_options} returns): the core reads
     nothing from them; the protocol's own attrs subclass adds its fields.
     """
+
+
+@attrs.frozen
+class LimitedListenerOptions(ListenerOptions):
+    """
+    Listener options with the core's connection limits
+    (L{gatehouse.limits.connection_limits} parses them): a protocol's
+    listener options class extends it.
+    """
+
+    #: seconds from accept until the client is authenticated and its
+    #: target session ready; not reset by bytes the client trickles in
+    authentication_timeout: float = 30.0
+    #: connections of this listener in any state
+    max_connections: int = 1000
+    #: of which not yet authenticated
+    max_unauthenticated: int = 256
+    #: of those, per client address
+    max_unauthenticated_per_address: int = 32
+
+    @property
+    def caps(self) -> ConnectionCaps:
+        """The listener's connection caps."""
+        return ConnectionCaps(
+            self.max_connections,
+            self.max_unauthenticated,
+            self.max_unauthenticated_per_address,
+        )
 
 
 @attrs.frozen
@@ -264,6 +298,49 @@ class ProtocolAdapterBase:
     ) -> Sequence[ICredentialsChecker]:
         """Bearer tokens only."""
         return ()
+
+
+class ListeningService(TCPServer):
+    """
+    A listener's service (what L{IProtocolAdapter.makeListener} returns
+    for a TCP protocol): it keeps its factory, which a reload or a drain
+    changes (L{listening_factory}).
+    """
+
+    def __init__(self, port: int, factory: Any, interface: str, reactor: Any) -> None:
+        super().__init__(port, factory, interface=interface, reactor=reactor)
+        self.factory = factory
+
+
+_F = TypeVar("_F")
+_O = TypeVar("_O", bound=ListenerOptions)
+
+
+def listening_factory(service: object, kind: type[_F]) -> _F:
+    """
+    The factory of a L{ListeningService}, if it is a C{kind}.
+
+    @raise TypeError: C{service} is another protocol's, or not a listener.
+    """
+    factory = getattr(service, "factory", None)
+    if not isinstance(service, ListeningService) or not isinstance(factory, kind):
+        raise TypeError(f"not a {kind.__name__} listener: {service!r}")
+    return factory
+
+
+def listener_options(listener: ListenerConfig, kind: type[_O]) -> _O:
+    """
+    A listener's options as its adapter parsed them (C{kind}'s defaults
+    when it has none).
+
+    @raise TypeError: they are another protocol's.
+    """
+    options = listener.options
+    if options is None:
+        return kind()
+    if not isinstance(options, kind):
+        raise TypeError(f"not {kind.__name__}: {options!r}")
+    return options
 
 
 # Built-in adapters, imported on first use so that loading the registry stays

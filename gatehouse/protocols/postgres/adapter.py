@@ -7,44 +7,29 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.application.internet import TCPServer
 from twisted.application.service import IService
 from twisted.cred.checkers import ICredentialsChecker
 from zope.interface import implementer
 
 from gatehouse.config import ConfigSection, ListenerConfig, TargetConfig
 from gatehouse.policy.attributes import PolicyAttributes
-from gatehouse.protocols import IProtocolAdapter
+from gatehouse.protocols import (
+    IProtocolAdapter,
+    ListeningService,
+    listener_options,
+    listening_factory,
+)
 from gatehouse.protocols.postgres import config
 from gatehouse.protocols.postgres.server import CancelRegistry, PostgresServerFactory
 from gatehouse.tls import server_tls_options
 
 
 def _options(listener: ListenerConfig) -> config.PostgresListenerOptions:
-    """A listener's options as L{PostgresAdapter} parsed them (or the defaults)."""
-    options = listener.options
-    if options is None:
-        return config.PostgresListenerOptions()
-    if not isinstance(options, config.PostgresListenerOptions):
-        raise TypeError(f"not postgres listener options: {options!r}")
-    return options
-
-
-class _Listener(TCPServer):
-    """A postgres listener's service: it keeps its factory for reloads."""
-
-    def __init__(
-        self, port: int, factory: PostgresServerFactory, interface: str, reactor: Any
-    ) -> None:
-        super().__init__(port, factory, interface=interface, reactor=reactor)
-        self.factory = factory
+    return listener_options(listener, config.PostgresListenerOptions)
 
 
 def _factory(service: IService) -> PostgresServerFactory:
-    """The factory of a service L{PostgresAdapter.makeListener} made."""
-    if not isinstance(service, _Listener):
-        raise TypeError(f"not a postgres listener: {service!r}")
-    return service.factory
+    return listening_factory(service, PostgresServerFactory)
 
 
 @implementer(IProtocolAdapter)
@@ -112,7 +97,7 @@ class PostgresAdapter:
             tls,
             self.cancels,
         )
-        return _Listener(listener.port, factory, listener.address, reactor)
+        return ListeningService(listener.port, factory, listener.address, reactor)
 
     def update_listener(
         self,

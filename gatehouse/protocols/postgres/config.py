@@ -50,14 +50,14 @@ import attrs
 
 from gatehouse.config import ConfigSection
 from gatehouse.files import files
-from gatehouse.limits import ConnectionCaps, connection_limits
-from gatehouse.protocols import ListenerOptions, TargetOptions
+from gatehouse.limits import connection_limits
+from gatehouse.protocols import LimitedListenerOptions, TargetOptions
 
 TLS_MODES = ("disable", "require", "verify-full")
 
 
 @attrs.frozen
-class PostgresListenerOptions(ListenerOptions):
+class PostgresListenerOptions(LimitedListenerOptions):
     """Options of one PostgreSQL listener."""
 
     allow_cleartext: bool = False
@@ -71,24 +71,6 @@ class PostgresListenerOptions(ListenerOptions):
     #: long statements waiting for or in those workers (per listener); more
     #: are refused (53300) rather than queued
     classify_queue: int = 256
-    #: seconds from accept until the client is authenticated and its
-    #: target session ready; not reset by bytes the client trickles in
-    authentication_timeout: float = 30.0
-    #: connections of this listener in any state, then FATAL 53300
-    max_connections: int = 1000
-    #: connections not yet authenticated, then FATAL 53300
-    max_unauthenticated: int = 256
-    #: of those, from one client address
-    max_unauthenticated_per_address: int = 32
-
-    @property
-    def caps(self) -> ConnectionCaps:
-        """The listener's connection caps."""
-        return ConnectionCaps(
-            self.max_connections,
-            self.max_unauthenticated,
-            self.max_unauthenticated_per_address,
-        )
 
 
 @attrs.frozen

@@ -5,14 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.application.internet import TCPServer
 from twisted.application.service import IService
 from twisted.cred.checkers import ICredentialsChecker
 from zope.interface import implementer
 
 from gatehouse.config import ConfigSection, ListenerConfig, TargetConfig
 from gatehouse.policy.attributes import PolicyAttributes
-from gatehouse.protocols import IProtocolAdapter
+from gatehouse.protocols import (
+    IProtocolAdapter,
+    ListeningService,
+    listener_options,
+    listening_factory,
+)
 from gatehouse.protocols.ssh import config
 from gatehouse.protocols.ssh.certificates import SSHCertificateChecker
 from gatehouse.protocols.ssh.hostkeys import HostKeyError, load_host_keys
@@ -20,26 +24,11 @@ from gatehouse.protocols.ssh.server import SSHGatewayFactory
 
 
 def _options(listener: ListenerConfig) -> config.SSHListenerOptions:
-    options = listener.options
-    if not isinstance(options, config.SSHListenerOptions):
-        raise TypeError(f"not ssh listener options: {options!r}")
-    return options
-
-
-class _Listener(TCPServer):
-    """An SSH listener's service: it keeps its factory for reloads."""
-
-    def __init__(
-        self, port: int, factory: SSHGatewayFactory, interface: str, reactor: Any
-    ) -> None:
-        super().__init__(port, factory, interface=interface, reactor=reactor)
-        self.factory = factory
+    return listener_options(listener, config.SSHListenerOptions)
 
 
 def _factory(service: IService) -> SSHGatewayFactory:
-    if not isinstance(service, _Listener):
-        raise TypeError(f"not an ssh listener: {service!r}")
-    return service.factory
+    return listening_factory(service, SSHGatewayFactory)
 
 
 @implementer(IProtocolAdapter)
@@ -91,7 +80,7 @@ class SSHAdapter:
             reactor,
             options.authorities(),
         )
-        return _Listener(listener.port, factory, listener.address, reactor)
+        return ListeningService(listener.port, factory, listener.address, reactor)
 
     def update_listener(
         self,

@@ -52,8 +52,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
 from gatehouse.config import ConfigSection
-from gatehouse.limits import ConnectionCaps, connection_limits
-from gatehouse.protocols import ListenerOptions, TargetOptions
+from gatehouse.limits import connection_limits
+from gatehouse.protocols import LimitedListenerOptions, TargetOptions
 from gatehouse.protocols.ssh.certificates import UserCA
 from gatehouse.protocols.ssh.hostkeys import (
     HostKeyError,
@@ -66,7 +66,7 @@ ACCOUNT_SEPARATOR = "+"
 
 
 @attrs.frozen
-class SSHListenerOptions(ListenerOptions):
+class SSHListenerOptions(LimitedListenerOptions):
     """Options of one SSH listener."""
 
     host_keys: tuple[str, ...] = ()
@@ -77,12 +77,6 @@ class SSHListenerOptions(ListenerOptions):
     connect_timeout: float = 10.0
     #: channels one client connection may have open at once
     max_channels: int = 32
-    #: seconds from accept until the client is authenticated and its
-    #: target connection ready
-    authentication_timeout: float = 30.0
-    max_connections: int = 1000
-    max_unauthenticated: int = 256
-    max_unauthenticated_per_address: int = 32
 
     def authorities(self) -> tuple[bytes, ...]:
         """The trusted user CAs' public key lines (read now)."""
@@ -94,15 +88,6 @@ class SSHListenerOptions(ListenerOptions):
                     if line and not line.startswith(b"#"):
                         lines.append(line)
         return tuple(lines)
-
-    @property
-    def caps(self) -> ConnectionCaps:
-        """The listener's connection caps."""
-        return ConnectionCaps(
-            self.max_connections,
-            self.max_unauthenticated,
-            self.max_unauthenticated_per_address,
-        )
 
 
 @attrs.frozen
