@@ -76,7 +76,12 @@ class StubSession:
         self.channels: list[int] = []
 
     def decide(
-        self, commands: Any, shape: Any = None, own: Any = None, channel: int = 0
+        self,
+        commands: Any,
+        shape: Any = None,
+        own: Any = None,
+        channel: int = 0,
+        shown: Any = None,
     ) -> Decision:
         self.channels.append(channel)
         return self.decisions.get(commands[0].text, ALLOW)
