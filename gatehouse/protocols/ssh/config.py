@@ -60,6 +60,7 @@ from gatehouse.protocols.ssh.hostkeys import (
     PinnedHostKeys,
     load_host_keys,
 )
+from gatehouse.protocols.ssh.upstream import load_client_key
 
 #: what separates an account from the target in a login name
 ACCOUNT_SEPARATOR = "+"
@@ -220,6 +221,11 @@ def parse_target_options(options: ConfigSection) -> SSHTargetOptions:
     known_hosts = options.readable_file("known_hosts")
     authority = options.readable_file("certificate_authority")
     key = options.readable_file("key", required=authority is None) or ""
+    if key:
+        try:
+            load_client_key(key)
+        except Exception as e:  # Conch raises several kinds for junk
+            options.problem(str(e) or "not a private key", "key")
     lifetime = options.duration(
         "certificate_lifetime", 300.0, positive=True, maximum=86400.0
     )

@@ -59,9 +59,18 @@ class UpstreamFailed(Exception):
 
 def _read_key(data: bytes, path: str) -> keys.Key:
     key: keys.Key = keys.Key.fromString(data)
-    if not key.isPublic() and key.type() in ("Ed25519", "EC", "RSA"):
-        return key
-    raise ValueError(f"{path} is not a private key the gateway can use")
+    if key.isPublic():
+        raise ValueError(f"{path} is a public key; give the private key")
+    if key.type() == "RSA":
+        # Conch signs public key authentication with RSA as ssh-rsa
+        # (SHA-1), which OpenSSH 8.8 and later refuse.
+        raise ValueError(
+            f"{path} is an RSA key: the gateway logs in to targets with an "
+            "Ed25519 (or ECDSA) key; make one with ssh-keygen -t ed25519"
+        )
+    if key.type() not in ("Ed25519", "EC"):
+        raise ValueError(f"{path} is not a private key the gateway can use")
+    return key
 
 
 def load_client_key(path: str) -> keys.Key:

@@ -125,6 +125,31 @@ class SSHConfigTests(SynchronousTestCase):
         lines = self.problems(listener={"user_ca_keys": [ca]})
         self.assertTrue(any("user_ca_keys" in line for line in lines), lines)
 
+    def test_rsa_upstream_key_refused(self) -> None:
+        """Conch would sign with SHA-1, which OpenSSH refuses: said at load."""
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        path = os.path.join(self.dir, "rsa_key")
+        with open(path, "wb") as f:
+            f.write(
+                rsa.generate_private_key(65537, 2048).private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.OpenSSH,
+                    serialization.NoEncryption(),
+                )
+            )
+        lines = self.problems(target={"key": path})
+        self.assertTrue(
+            any("options.key" in line and "RSA" in line for line in lines), lines
+        )
+
+    def test_public_key_as_upstream_key_refused(self) -> None:
+        path = os.path.join(self.dir, "pub")
+        with open(path, "w") as f:
+            f.write(self.host_line + "\n")
+        lines = self.problems(target={"key": path})
+        self.assertTrue(any("public key" in line for line in lines), lines)
+
     def test_account_name_without_separator(self) -> None:
         lines = self.problems(target={"user": "a+b"})
         self.assertTrue(any("not an account name" in line for line in lines), lines)
