@@ -66,9 +66,7 @@ class _Server(Server):
     end of a test, then close every connection.
     """
 
-    def __init__(
-        self, testCase: TestCase, resource: Resource, tls: Any = None
-    ) -> None:
+    def __init__(self, testCase: TestCase, resource: Resource, tls: Any = None) -> None:
         self.factory = WrappingFactory(Site(resource))
         if tls is None:
             self.port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")

@@ -102,7 +102,7 @@ class LineProtocolExampleTests(TestCase):
                         "text": "^drop ",
                         "action": "deny",
                     }
-                ]
+                ],
             },
             "listeners": [
                 {

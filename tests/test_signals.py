@@ -259,7 +259,6 @@ class ReloadTests(DaemonTestCase):
         with open(gateway.log_path + ".1") as f:
             self.assertNotIn("Reloaded ", f.read())
 
-
     def test_usr1_reopens_logs(self) -> None:
         """
         SIGUSR1 (twistd's rotation signal, which the gateway's log observer

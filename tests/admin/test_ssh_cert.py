@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 import subprocess
 import warnings
@@ -20,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
-from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from gatehouse.admin import make_admin_site
@@ -45,6 +44,7 @@ from gatehouse.protocols.ssh.issuer import (
 )
 from gatehouse.service import _restart_needed, build_components
 from tests.admin.test_api import NOW, Client, Gateway, listen, token
+from tests.fixtures.sshd import ssh_keygen_program
 from tests.test_config import ConfigFiles
 
 PATH = "/api/v1/ssh/certificates"
@@ -449,14 +449,13 @@ class IssuerTests(SynchronousTestCase):
         A key made by OpenSSH's C{ssh-keygen -t ed25519 -N ''} (as
         operations.md says) is read; one with a passphrase is refused.
         """
-        if shutil.which("ssh-keygen") is None:
-            raise SkipTest("ssh-keygen (OpenSSH) is not installed")
+        keygen = ssh_keygen_program()
         directory = self.mktemp()
         os.makedirs(directory)
         path = os.path.join(directory, "ca")
         for passphrase in ("", "secret"):
             subprocess.run(
-                ["ssh-keygen", "-q", "-t", "ed25519", "-N", passphrase, "-f", path],
+                [keygen, "-q", "-t", "ed25519", "-N", passphrase, "-f", path],
                 check=True,
                 timeout=30,
             )

@@ -179,7 +179,7 @@ class Gateway:
                         "allow_cleartext": self.allow_cleartext,
                         **self.listener_options,
                     },
-                }
+                },
             ],
             "targets": [*pg_targets, *self.extra_targets],
         }

@@ -144,6 +144,7 @@ class _LongStatements(InProcessGatewayTestCase):
             longest = ticks.stop()
         return answers, longest
 
+
 class LongStatementTests(_LongStatements):
     """
     The reactor's latency while long statements are classified, and the
@@ -283,4 +284,3 @@ class ClassifierPoolTests(TestCase):
         refused = self.pool.classify("SELECT 1")
         self.assertFalse(refused.called)
         yield self.assertFailure(refused, RuntimeError)
-

@@ -12,12 +12,11 @@ import hashlib
 import json
 import os
 import select
-import shutil
 import struct
 import subprocess
 import sys
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from gatehouse.protocols.ssh.sftp import (
     FileOperationDone,
@@ -52,8 +51,12 @@ from gatehouse.protocols.ssh.sftp.messages import (
     Write,
 )
 from gatehouse.protocols.ssh.sftp.wire import FileAttributes
+from tests.fixtures.sshd import (
+    SFTP_SERVER,
+    sftp_program,
+    sftp_server_program,
+)
 
-SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 TIMEOUT = 10.0
 CHUNK = 32768
 
@@ -134,10 +137,7 @@ class SFTPServerTests(SynchronousTestCase):
     """A session against the real sftp-server, in a temporary directory."""
 
     def setUp(self) -> None:
-        if not os.access(SFTP_SERVER, os.X_OK):
-            raise SkipTest(
-                f"{SFTP_SERVER} missing (apt-get install openssh-sftp-server)"
-            )
+        sftp_server_program()
         self.directory = os.path.realpath(self.mktemp())
         os.makedirs(self.directory)
         self.bridge = _Bridge(self.directory)
@@ -364,10 +364,7 @@ class SFTPServerNulTests(SynchronousTestCase):
         A path with a NUL inside: the codec raises, and sftp-server gives up
         on the session (it cannot parse it either).
         """
-        if not os.access(SFTP_SERVER, os.X_OK):
-            raise SkipTest(
-                f"{SFTP_SERVER} missing (apt-get install openssh-sftp-server)"
-            )
+        sftp_server_program()
         directory = self.mktemp()
         os.makedirs(directory)
         bridge = _Bridge(directory)
@@ -394,8 +391,8 @@ class OpenSSHClientTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        if not os.access(SFTP_SERVER, os.X_OK) or shutil.which("sftp") is None:
-            raise SkipTest("OpenSSH's sftp and sftp-server are needed")
+        sftp_server_program()
+        self.sftp_client = sftp_program()
         base = os.path.realpath(self.mktemp())
         self.local = os.path.join(base, "local")
         self.remote = os.path.join(base, "remote")
@@ -413,7 +410,7 @@ class OpenSSHClientTests(SynchronousTestCase):
         if refuse:
             proxy += " --refuse " + " ".join(refuse)
         result = subprocess.run(
-            ["sftp", "-b", self.batch, "-D", proxy],
+            [self.sftp_client, "-b", self.batch, "-D", proxy],
             cwd=self.local,
             capture_output=True,
             timeout=60,
