@@ -37,6 +37,7 @@ from collections.abc import Sequence
 import attrs
 
 from gatehouse.policy.rules import UNPARSEABLE, Command
+from gatehouse.protocols.ssh.sftp import SFTP_OPS
 from gatehouse.protocols.ssh.shellwords import (
     PLACEHOLDER,
     PLACEHOLDERS,
@@ -86,11 +87,8 @@ MAX_COMMANDS = 256
 _TEXT_CAP = 1024
 
 #: SFTP operations, as kinds (the SFTP reader names its commands so).
-SFTP_KINDS = frozenset(
-    {"read", "write", "remove", "rename", "mkdir", "rmdir", "setstat", "symlink"}
-    | {"hardlink", "opendir", "stat", "lstat", "fstat", "realpath", "readlink"}
-    | {"open", "extended"}
-)
+#: The SFTP operations (the tracker's names: the kinds it gives commands).
+SFTP_KINDS = frozenset(SFTP_OPS)
 #: Every kind an SSH command may have.
 COMMAND_KINDS = frozenset({"exec", "shell", "subsystem", "forward"}) | SFTP_KINDS
 

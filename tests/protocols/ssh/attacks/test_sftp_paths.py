@@ -91,3 +91,32 @@ class SFTPPathSpellingTests(SynchronousTestCase):
 
     def test_reads_stay_allowed(self) -> None:
         self.assertEqual(self.decide("read", "/etc/passwd"), "allow")
+
+
+class SFTPKindVocabularyTests(SynchronousTestCase):
+    """
+    A rule may name exactly the operations the tracker gives commands: a
+    kind it never produces is a load error, not a rule that silently never
+    blocks.
+    """
+
+    def setUp(self) -> None:
+        with_ssh(self)
+
+    def rule(self, kinds: list[str]) -> list[str]:
+        text = (
+            "default: allow\nopaque: deny\nrules:\n  - name: r\n    protocols: [ssh]\n"
+            f"    kind: [{', '.join(kinds)}]\n    action: deny\n"
+        )
+        return load(text)[1]
+
+    def test_every_operation_nameable(self) -> None:
+        from gatehouse.protocols.ssh.sftp import SFTP_OPS
+
+        self.assertEqual(self.rule(sorted(SFTP_OPS)), [])
+
+    def test_unknown_operation_refused(self) -> None:
+        for kind in ("lstat", "fstat", "open", "unlink"):
+            with self.subTest(kind=kind):
+                problems = self.rule([kind])
+                self.assertTrue(any("can never match" in p for p in problems), problems)
