@@ -425,6 +425,10 @@ class ClientChannel(_Twin):
 
     def closed(self) -> None:
         self._stop_gate()
+        if self.sftp is not None and not self.session.closed:
+            # The connection ended under the channel: what was open is
+            # recorded as cut off.
+            self.sftp.end("connection closed")
         if self.target is not None:
             self.target.close()
 

@@ -372,4 +372,19 @@ class BadInputTests(unittest.TestCase):
             rb"|reset by peer",
         )
         self.ended("dying", "the target closed its connection")
+        # The upload cut off is recorded as such, with what had crossed.
+        line = self.gw.wait_line("session.end", "target=dying", since=self.mark)
+        session_id = re.search(r"session_id=(\S+)", line).group(1)  # type: ignore[union-attr]
+        (directory,) = [
+            d for d in self.gw.gateway.recordings() if d.endswith(session_id)
+        ]
+        writes = [
+            json.loads(r.payload)
+            for r in read_records(directory)
+            if r.type == RecordType.EVENT and b'"sftp"' in r.payload
+        ]
+        writes = [w for w in writes if w.get("event") == "sftp" and w["op"] == "write"]
+        self.assertEqual(len(writes), 1, writes)
+        self.assertNotEqual(writes[0]["status"], "ok")
+        self.assertGreater(writes[0]["bytes"], 0)
         self.assertServing()
