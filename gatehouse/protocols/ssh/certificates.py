@@ -68,7 +68,12 @@ class UserCA:
     def from_file(cls, path: str) -> UserCA:
         """Read the CA key from an OpenSSH private key file."""
         with open(path, "rb") as f:
-            key = serialization.load_ssh_private_key(f.read(), password=None)
+            return cls.from_bytes(f.read(), path)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, path: str) -> UserCA:
+        """The CA key from the contents of an OpenSSH private key file."""
+        key = serialization.load_ssh_private_key(data, password=None)
         if not isinstance(key, ed25519.Ed25519PrivateKey):
             raise ValueError(f"{path}: the user CA key must be Ed25519")
         return cls(key)

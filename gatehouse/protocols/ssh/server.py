@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 
 from gatehouse.config import TargetConfig
 from gatehouse.credentials import BearerToken
+from gatehouse.files import files
 from gatehouse.identity import AuthenticationError, Identity
 from gatehouse.limits import Admission, ConnectionLimits
 from gatehouse.protocols.ssh.certificates import (
@@ -392,7 +393,8 @@ class GatewayTransport(transport.SSHServerTransport):
     ) -> tuple[keys.Key, bytes]:
         """A fresh key and its certificate for C{account}, naming the session."""
         assert options.certificate_authority is not None
-        ca = UserCA.from_file(options.certificate_authority)
+        # Read again only when the file changes (not per session).
+        ca: UserCA = files.load(options.certificate_authority, UserCA.from_bytes)
         identity = self.session.identity
         private, cert = mint_login(
             ca,
