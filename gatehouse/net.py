@@ -16,10 +16,13 @@ on against the installed Twisted.
 
 from __future__ import annotations
 
-from twisted.internet import tcp
-from twisted.internet.interfaces import ITCPTransport, ITransport
+from typing import Any
 
-__all__ = ["send_now", "tune"]
+from twisted.internet import tcp
+from twisted.internet.interfaces import IPushProducer, ITCPTransport, ITransport
+from zope.interface import implementer
+
+__all__ = ["PauseReasons", "Reason", "send_now", "tune"]
 
 
 def tune(transport: ITransport) -> None:
@@ -60,3 +63,67 @@ def send_now(transport: ITransport, data: bytes) -> None:
             return
         data = data[sent:]
     transport.write(data)
+
+
+@implementer(IPushProducer)
+class PauseReasons:
+    """
+    Several parties may pause one transport (the other side's write buffer,
+    the recorder's backlog, a pending authentication); it reads again only
+    when none of them wants it paused.
+    """
+
+    def __init__(self, transport: Any, name: str):
+        self._transport = transport
+        self._name = name
+        self._reasons: set[str] = set()
+
+    def reason(self, name: str) -> Reason:
+        """A pause switch on this transport for one party, C{name}."""
+        return Reason(self, name)
+
+    def release(self) -> None:
+        """Read again whatever paused it (the connection is closing)."""
+        if self._reasons:
+            self._reasons.clear()
+            self._transport.resumeProducing()
+
+    def pause(self, name: str) -> None:
+        """C{name} wants the transport paused."""
+        if not self._reasons:
+            self._transport.pauseProducing()
+        self._reasons.add(name)
+
+    def resume(self, name: str) -> None:
+        """C{name} no longer does: read again if nobody else does."""
+        if name in self._reasons:
+            self._reasons.discard(name)
+            if not self._reasons:
+                self._transport.resumeProducing()
+
+    def pauseProducing(self) -> None:
+        self.pause("peer")
+
+    def resumeProducing(self) -> None:
+        self.resume("peer")
+
+    def stopProducing(self) -> None:
+        self._transport.stopProducing()
+
+
+@implementer(IPushProducer)
+class Reason:
+    """One party's pause switch on a L{PauseReasons}."""
+
+    def __init__(self, gate: PauseReasons, name: str):
+        self._gate = gate
+        self._name = name
+
+    def pauseProducing(self) -> None:
+        self._gate.pause(self._name)
+
+    def resumeProducing(self) -> None:
+        self._gate.resume(self._name)
+
+    def stopProducing(self) -> None:
+        pass

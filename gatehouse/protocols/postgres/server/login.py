@@ -12,7 +12,7 @@ from twisted.python.failure import Failure
 
 from gatehouse.gate import Gate
 from gatehouse.identity import AuthenticationError
-from gatehouse.net import tune
+from gatehouse.net import PauseReasons, tune
 from gatehouse.protocols.postgres import codec
 from gatehouse.protocols.postgres.config import PostgresTargetOptions
 from gatehouse.protocols.postgres.server._common import (
@@ -25,7 +25,6 @@ from gatehouse.protocols.postgres.server._common import (
     Phase,
     _preauth_sqlstate,
 )
-from gatehouse.protocols.postgres.server.flow import _PauseReasons
 from gatehouse.protocols.postgres.upstream import (
     StartupRefused,
     UpstreamError,
@@ -474,7 +473,7 @@ class LoginPhases:
         tune(upstream.transport)
         upstream.on_data = self._upstream_data
         upstream.on_lost = self._upstream_lost
-        upstream_gate = self._upstream_gate = _PauseReasons(
+        upstream_gate = self._upstream_gate = PauseReasons(
             upstream.transport, "upstream"
         )
         self.session.registerProducer(upstream_gate.reason("recorder"))

@@ -33,7 +33,7 @@ from zope.interface import implementer
 from gatehouse.config import DEFAULT_MAX_TOKEN_BYTES, TargetConfig
 from gatehouse.gate import Gate, IGateDriver
 from gatehouse.limits import Admission
-from gatehouse.net import tune
+from gatehouse.net import PauseReasons, tune
 from gatehouse.protocols.postgres import codec
 from gatehouse.protocols.postgres.catalog import Lookups
 from gatehouse.protocols.postgres.commands import Classified
@@ -45,7 +45,6 @@ from gatehouse.protocols.postgres.server._common import (
     _READERS,
     Phase,
 )
-from gatehouse.protocols.postgres.server.flow import _PauseReasons
 from gatehouse.protocols.postgres.server.login import LoginPhases
 from gatehouse.protocols.postgres.server.relay import ClientRelay
 from gatehouse.protocols.postgres.server.results import TargetResults
@@ -111,13 +110,13 @@ class PostgresServerProtocol(LoginPhases, ClientRelay, TargetResults, Protocol):
         self._upstream_user: str | None = None
         self._startup_message: codec.StartupMessage | None = None
         self._upstream = None
-        self._upstream_gate: _PauseReasons | None = None
+        self._upstream_gate: PauseReasons | None = None
         #: the target session being opened (cancelled if the client leaves)
         self._connecting: Deferred | None = None
         self._cancel_key: tuple[int, bytes] | None = None
         self._closing = False
         self._close_reason = "client disconnected"
-        self._client_gate: _PauseReasons | None = None
+        self._client_gate: PauseReasons | None = None
         #: decides, holds, forwards and refuses the client's statements
         self._gate: Gate | None = None
         #: where the messages the gate let go end in the client's stream
@@ -187,7 +186,7 @@ class PostgresServerProtocol(LoginPhases, ClientRelay, TargetResults, Protocol):
         self._factory.connections.add(self)
         peer = self.transport.getPeer()
         self._peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
-        self._client_gate = _PauseReasons(self.transport, "client")
+        self._client_gate = PauseReasons(self.transport, "client")
         tune(self.transport)
         self._login_timer = self._factory.reactor.callLater(
             self._factory.options.authentication_timeout, self._login_timeout
