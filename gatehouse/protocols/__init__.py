@@ -348,6 +348,7 @@ def listener_options(listener: ListenerConfig, kind: type[_O]) -> _O:
 _BUILTIN: dict[str, str] = {
     "postgres": "gatehouse.protocols.postgres.adapter:adapter",
     "ssh": "gatehouse.protocols.ssh.adapter:adapter",
+    "http": "gatehouse.protocols.http.adapter:adapter",
 }
 
 _registry: dict[str, IProtocolAdapter] = {}
