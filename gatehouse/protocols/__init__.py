@@ -349,6 +349,7 @@ _BUILTIN: dict[str, str] = {
     "postgres": "gatehouse.protocols.postgres.adapter:adapter",
     "ssh": "gatehouse.protocols.ssh.adapter:adapter",
     "http": "gatehouse.protocols.http.adapter:adapter",
+    "kubernetes": "gatehouse.protocols.kubernetes.adapter:adapter",
 }
 
 _registry: dict[str, IProtocolAdapter] = {}

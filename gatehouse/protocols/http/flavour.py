@@ -125,3 +125,12 @@ class IHTTPFlavour(Interface):
         masked for this session, None when it goes as it is, or a
         refusal when it must be masked and cannot be.
         """
+
+    def stream_observers(
+        described: Described, headers: Sequence[tuple[bytes, bytes]]
+    ) -> tuple[Any, Any] | None:
+        """
+        Decoders (L{gatehouse.protocols.http.streams.IStreamObserver}) of
+        a switched stream's two directions (client to target, target to
+        client), given the target's 101 headers; None: record it raw.
+        """

@@ -124,3 +124,8 @@ class PlainHTTP:
         session: Any,
     ) -> BodyFilter | Refused | None:
         return None
+
+    def stream_observers(
+        self, described: Described, headers: Sequence[tuple[bytes, bytes]]
+    ) -> tuple[Any, Any] | None:
+        return None

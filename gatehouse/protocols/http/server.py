@@ -54,6 +54,8 @@ from gatehouse.protocols.http.flavour import (
     Refused,
     RequestHead,
 )
+from gatehouse.protocols.http.streams import StreamRelay
+from gatehouse.protocols.http.upgrade import UpstreamStream, open_stream
 from gatehouse.protocols.http.upstream import StreamingBody, Upstream
 from gatehouse.recording.format import Direction
 from gatehouse.recording.interfaces import RecordingFailed, RecordingUnavailable
@@ -257,6 +259,9 @@ class HTTPGatewayProtocol(Protocol):
         self._close_reason: str | None = None
         #: reading h11's events waits for an authentication
         self._waiting = False
+        #: the switched stream, once the target answered 101
+        self._relay: StreamRelay | None = None
+        self._stream: UpstreamStream | None = None
 
     # -- accept -------------------------------------------------------------
 
@@ -304,6 +309,9 @@ class HTTPGatewayProtocol(Protocol):
     # -- reading the client ---------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if self._relay is not None:
+            self._relay.from_client(data)
+            return
         if self._ended:
             return
         try:
@@ -625,37 +633,62 @@ class HTTPGatewayProtocol(Protocol):
         """The request is allowed: send it to the target."""
         if self._ended:
             return
+        upstream = self.factory.upstream(self.target)
+        headers = self._upstream_headers(exchange, upstream)
+        if headers is None:
+            return
+        if self._h11.they_are_waiting_for_100_continue:
+            self._send(h11.InformationalResponse(status_code=100, headers=[]))
+        method = exchange.head.method.encode("ascii")
         if exchange.described.upgrade:
-            self._reply_exchange(
-                exchange,
-                Refused(
-                    501,
-                    "NotImplemented",
-                    "streams (exec, attach, port-forward) are not relayed yet",
-                ),
+            d = open_stream(self.clock, upstream, method, exchange.head.target, headers)
+            d.addCallbacks(
+                lambda stream: self._stream_connected(exchange, stream),
+                lambda failure: self._upstream_failed(exchange, failure),
             )
             return
-        upstream = self.factory.upstream(self.target)
+        agent_headers = Headers()
+        for name, value in headers:
+            agent_headers.addRawHeader(name, value)
+        d = upstream.agent.request(
+            method, upstream.url(exchange.head.target), agent_headers, exchange.body
+        )
+        d.addCallbacks(
+            lambda response: self._response(exchange, response),
+            lambda failure: self._upstream_failed(exchange, failure),
+        )
+
+    def _upstream_headers(
+        self, exchange: Exchange, upstream: Upstream
+    ) -> list[tuple[bytes, bytes]] | None:
+        """
+        The request's headers as the target gets them: the connection's
+        own headers, the client's credentials and Host replaced by the
+        gateway's; what says who the caller is added.  None: the
+        gateway's credentials cannot be read (the client is answered).
+        """
         session = self.session
         assert session is not None and session.identity is not None
-        headers = Headers()
+        upgrade = exchange.described.upgrade
         tokens = _connection_tokens(exchange.head.headers)
+        headers: list[tuple[bytes, bytes]] = [(b"host", upstream.host_header)]
         for name, value in exchange.head.headers:
+            if upgrade and name in (b"connection", b"upgrade"):
+                headers.append((name, value))
+                continue
             if (
                 name in _HOP_BY_HOP
                 or name in tokens
                 or name in _CREDENTIALS
                 or name == b"host"
-                or name == b"content-length"
-                # The gateway answers 100-continue itself (L{forward}).
+                # The gateway answers 100-continue itself.
                 or name == b"expect"
+                or (name == b"content-length" and not upgrade)
             ):
                 continue
-            headers.addRawHeader(name, value)
-        headers.setRawHeaders(b"host", [upstream.host_header])
+            headers.append((name, value))
         try:
-            for name, value in upstream.credentials():
-                headers.setRawHeaders(name, [value])
+            credentials = upstream.credentials()
         except (OSError, ValueError) as e:
             session.event("upstream-failed", kind="config", reason=str(e))
             self._reply_exchange(
@@ -666,25 +699,108 @@ class HTTPGatewayProtocol(Protocol):
                     "the gateway cannot read its credentials for this target",
                 ),
             )
-            return
-        for name, value in self.factory.flavour.upstream_headers(
+            return None
+        replaced = {name.lower() for name, _ in credentials}
+        headers = [(n, v) for n, v in headers if n not in replaced]
+        headers += credentials
+        headers += self.factory.flavour.upstream_headers(
             session.identity, upstream.options
-        ):
-            headers.addRawHeader(name, value)
-        client_ip = self.peer.rsplit(":", 1)[0].encode()
-        headers.setRawHeaders(b"x-forwarded-for", [client_ip])
-        if self._h11.they_are_waiting_for_100_continue:
-            self._send(h11.InformationalResponse(status_code=100, headers=[]))
-        d = upstream.agent.request(
-            exchange.head.method.encode("ascii"),
-            upstream.url(exchange.head.target),
-            headers,
-            exchange.body,
         )
-        d.addCallbacks(
-            lambda response: self._response(exchange, response),
+        headers.append((b"x-forwarded-for", self.peer.rsplit(":", 1)[0].encode()))
+        return headers
+
+    # -- switched streams (exec, attach, port-forward) -------------------
+
+    def allocate_channel(self) -> int:
+        """A recording channel of its own (a port-forward connection)."""
+        self._requests += 1
+        return request_channel(self._requests)
+
+    def _stream_connected(self, exchange: Exchange, stream: UpstreamStream) -> None:
+        if self._ended:
+            stream.transport.abortConnection()
+            return
+        exchange.response_transport = stream.transport
+        self._stream = stream
+        stream.answered.addCallbacks(
+            lambda answer: self._stream_answered(exchange, stream, answer),
             lambda failure: self._upstream_failed(exchange, failure),
         )
+
+    def _stream_answered(
+        self,
+        exchange: Exchange,
+        stream: UpstreamStream,
+        answer: h11.Response | h11.InformationalResponse,
+    ) -> None:
+        session = self.session
+        if self._ended or session is None:
+            stream.transport.abortConnection()
+            return
+        status = answer.status_code
+        headers = [(bytes(n).lower(), bytes(v)) for n, v in answer.headers]
+        exchange.status = status
+        if status != 101:
+            # Not switched (RBAC refused, no such pod): an ordinary answer.
+            tokens = _connection_tokens(headers)
+            passed = [
+                (n, v) for n, v in headers if n not in _HOP_BY_HOP and n not in tokens
+            ]
+            session.event(
+                "http-response",
+                channel=exchange.channel,
+                status=status,
+                headers=recorded_headers(passed),
+            )
+            self._send(
+                h11.Response(status_code=status, headers=passed, reason=answer.reason)
+            )
+            stream.on_body = lambda data: self._deliver(exchange, data)
+            stream.on_end = lambda: self._stream_answer_end(exchange)
+            stream.on_lost = lambda reason: self._stream_answer_lost(exchange)
+            return
+        session.event(
+            "http-response",
+            channel=exchange.channel,
+            status=status,
+            headers=recorded_headers(headers),
+        )
+        self._send(h11.InformationalResponse(status_code=101, headers=headers))
+        relay = self._relay = StreamRelay(self, exchange, stream, headers)
+        stream.on_data = relay.from_target
+        stream.on_lost = relay.target_lost
+        assert self._pauses is not None
+        stream.transport.registerProducer(self._pauses.reason("target"), True)
+        early, _ = self._h11.trailing_data
+        if early:
+            relay.from_client(bytes(early))
+        if self._output_paused:
+            stream.transport.pauseProducing()
+
+    def _stream_answer_end(self, exchange: Exchange) -> None:
+        if self._ended:
+            return
+        exchange.response_transport = None
+        self._send(h11.EndOfMessage())
+        self._finish(exchange)
+
+    def _stream_answer_lost(self, exchange: Exchange) -> None:
+        exchange.response_transport = None
+        if not exchange.finished and not self._ended:
+            self._cut(exchange, "the target's answer broke off")
+
+    def stream_ended(self, exchange: Exchange, reason: str) -> None:
+        """A switched stream is over (either side closed it)."""
+        self._relay = None
+        exchange.response_transport = None
+        self._end_event(exchange, None if reason == "closed" else reason)
+        if self._exchange is exchange:
+            self._exchange = None
+        if exchange.gate is not None:
+            exchange.gate.close()
+        self._close_reason = self._close_reason or f"stream {reason}"
+        self._ended = True
+        self.transport.loseConnection()
 
     def refuse(self, exchange: Exchange, refusal: Refusal) -> None:
         """The gate refused the request: answer it ourselves."""
@@ -1058,6 +1174,8 @@ class HTTPGatewayProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._ended = True
+        if self._relay is not None:
+            self._relay.client_lost()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None

@@ -1,0 +1,210 @@
+"""
+A switched stream (after 101) relayed between the client and the target,
+and recorded as it crosses.
+
+Each direction goes through an L{IStreamObserver} before it is
+forwarded: the observer decodes what it can (WebSocket frames, SPDY
+frames, the Kubernetes stream channels inside them) and says what to
+record; a stream that breaks its protocol is cut there, before the bad
+bytes go on.  Without a decoder for the stream's protocol the bytes are
+recorded as they are (L{RawObserver}).
+
+Recording: a stream's bytes go on its request's channel C{c}: what the
+client sent (stdin, or the raw bytes) in direction 1, what it was sent
+(stdout, or the raw bytes) in direction 2, stderr on C{c | 0x8000};
+other streams (port-forward connections) get channels of their own,
+announced by a C{k8s-stream} event on C{c}; what is not bytes (an exit
+status, a resize) is an event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from zope.interface import Interface, implementer
+
+from gatehouse.recording.format import Direction
+from gatehouse.recording.interfaces import RecordingFailed
+
+if TYPE_CHECKING:
+    from gatehouse.protocols.http.server import Exchange, HTTPGatewayProtocol
+    from gatehouse.protocols.http.upgrade import UpstreamStream
+
+__all__ = [
+    "STDERR_BIT",
+    "IStreamObserver",
+    "RawObserver",
+    "StreamBytes",
+    "StreamEvent",
+    "StreamRelay",
+    "StreamViolation",
+]
+
+#: the channel bit of a stream's stderr (as SSH's extended data)
+STDERR_BIT = 0x8000
+
+
+class StreamViolation(Exception):
+    """The stream broke its protocol; says how."""
+
+
+@attrs.frozen
+class StreamBytes:
+    """
+    Bytes of one stream inside the connection.
+
+    @ivar stream: C{"stdin"}, C{"stdout"}, C{"stderr"}, C{"raw"}, or a
+        name of the observer's for other streams (a port-forward
+        connection: its key in C{key}).
+    @ivar key: tells apart several streams of one name (None: the only).
+    """
+
+    stream: str
+    data: bytes
+    key: object = None
+
+
+@attrs.frozen
+class StreamEvent:
+    """Something that is not bytes (an exit status, a resize, a close)."""
+
+    name: str
+    fields: dict[str, object] = attrs.field(factory=dict)
+
+
+class IStreamObserver(Interface):
+    """Decodes one direction of a switched stream, for the recording."""
+
+    def feed(data: bytes) -> Sequence[StreamBytes | StreamEvent]:
+        """
+        The next bytes of this direction; what they carry.
+
+        @raise StreamViolation: they break the stream's protocol (the
+            stream is cut; they are not forwarded).
+        """
+
+
+@implementer(IStreamObserver)
+class RawObserver:
+    """A stream the gateway does not decode: its bytes, recorded as they are."""
+
+    def feed(self, data: bytes) -> Sequence[StreamBytes | StreamEvent]:
+        return [StreamBytes("raw", data)]
+
+
+class StreamRelay:
+    """
+    Relays and records one switched stream, from the 101 answer until
+    either side closes.
+    """
+
+    def __init__(
+        self,
+        protocol: HTTPGatewayProtocol,
+        exchange: Exchange,
+        stream: UpstreamStream,
+        headers: Sequence[tuple[bytes, bytes]],
+    ) -> None:
+        self._protocol = protocol
+        self._exchange = exchange
+        self._stream = stream
+        observers = protocol.factory.flavour.stream_observers(
+            exchange.described, headers
+        )
+        pair: tuple[Any, Any] = observers or (RawObserver(), RawObserver())
+        self._from_client, self._from_target = pair
+        self._channels: dict[object, int] = {}
+        self._ended = False
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def from_client(self, data: bytes) -> None:
+        """The client sent C{data}: record it, then forward it."""
+        if self._ended:
+            return
+        if not self._observe(self._from_client, Direction.CLIENT_TO_GATEWAY, data):
+            return
+        self.bytes_in += len(data)
+        self._exchange.body_in += len(data)
+        self._stream.transport.write(data)
+
+    def from_target(self, data: bytes) -> None:
+        """The target sent C{data}: record it, then forward it."""
+        if self._ended:
+            return
+        if not self._observe(self._from_target, Direction.GATEWAY_TO_CLIENT, data):
+            return
+        self.bytes_out += len(data)
+        self._exchange.body_out += len(data)
+        self._protocol.transport.write(data)
+
+    def _observe(self, observer: Any, direction: Direction, data: bytes) -> bool:
+        session = self._protocol.session
+        assert session is not None
+        channel = self._exchange.channel
+        try:
+            found = observer.feed(data)
+            for item in found:
+                if isinstance(item, StreamEvent):
+                    session.event(item.name, channel=channel, **item.fields)
+                    continue
+                target = self._channel_of(item)
+                if item.stream == "stderr":
+                    target |= STDERR_BIT
+                session.data(direction, item.data, target)
+        except StreamViolation as e:
+            side = "client" if direction == Direction.CLIENT_TO_GATEWAY else "target"
+            self._cut(f"the {side} broke the stream's protocol: {e}")
+            return False
+        except RecordingFailed:
+            self._cut("recording failed")
+            return False
+        return True
+
+    def _channel_of(self, item: StreamBytes) -> int:
+        if item.key is None:
+            return self._exchange.channel
+        channel = self._channels.get(item.key)
+        if channel is None:
+            channel = self._channels[item.key] = self._protocol.allocate_channel()
+            session = self._protocol.session
+            assert session is not None
+            session.event(
+                "k8s-stream",
+                channel=self._exchange.channel,
+                stream=item.stream,
+                key=str(item.key),
+                recorded_on=channel,
+            )
+        return channel
+
+    def _cut(self, reason: str) -> None:
+        session = self._protocol.session
+        if session is not None:
+            try:
+                session.event(
+                    "http-stream-cut", channel=self._exchange.channel, reason=reason
+                )
+            except RecordingFailed:
+                pass
+        self._end(reason)
+        self._stream.transport.abortConnection()
+        self._protocol.transport.abortConnection()
+
+    def _end(self, reason: str) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self._protocol.stream_ended(self._exchange, reason)
+
+    def target_lost(self, reason: Any) -> None:
+        """The target closed the stream: so does the client's connection."""
+        self._end("closed")
+
+    def client_lost(self) -> None:
+        """The client went: close the target's side."""
+        if not self._ended:
+            self._ended = True
+            self._stream.transport.loseConnection()
