@@ -66,6 +66,7 @@ import attrs
 
 __all__ = [
     "BOOLEAN_PARAMETERS",
+    "CLUSTER_SCOPED",
     "METHODS",
     "SINGLE_PARAMETERS",
     "UPGRADE_VERBS",
@@ -77,6 +78,22 @@ __all__ = [
 
 #: Methods kube-apiserver serves; others are refused (405).
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
+#: Resources without a namespace, of the core and common groups: a list of
+#: them reads no namespace.  Others (custom resources) are assumed
+#: namespaced when listed without one.
+CLUSTER_SCOPED = frozenset(
+    (
+        "namespaces nodes persistentvolumes clusterroles clusterrolebindings "
+        "customresourcedefinitions storageclasses priorityclasses apiservices "
+        "componentstatuses certificatesigningrequests volumeattachments "
+        "validatingwebhookconfigurations mutatingwebhookconfigurations "
+        "validatingadmissionpolicies validatingadmissionpolicybindings "
+        "csidrivers csinodes ingressclasses runtimeclasses flowschemas "
+        "prioritylevelconfigurations tokenreviews subjectaccessreviews "
+        "selfsubjectaccessreviews selfsubjectrulesreviews selfsubjectreviews "
+        "ipaddresses servicecidrs"
+    ).split()
+)
 #: Every gatehouse verb of a resource request.
 RESOURCE_VERBS = frozenset(
     {"get", "list", "watch", "create", "update", "patch", "delete"}
@@ -251,7 +268,7 @@ class KubeRequest:
         if self.namespace and not (self.resource == "namespaces" and self.name):
             text += f" -n {self.namespace}"
         elif not self.namespace and self.verb in ("list", "watch", "deletecollection"):
-            text += " -A" if _NAMESPACED_HINT.get(self.resource, True) else ""
+            text += "" if self.resource in CLUSTER_SCOPED else " -A"
         labels = self.value("labelSelector")
         if labels:
             text += f" -l {_printable(labels)}"
@@ -271,20 +288,6 @@ class KubeRequest:
             f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in self.query
         )
         return f"{path}?{query}".encode("ascii")
-
-
-# Cluster-scoped resources of the core and common groups: a list of them
-# is not "across all namespaces".
-_NAMESPACED_HINT = {
-    r: False
-    for r in (
-        "namespaces nodes persistentvolumes clusterroles clusterrolebindings "
-        "customresourcedefinitions storageclasses priorityclasses "
-        "apiservices componentstatuses certificatesigningrequests "
-        "validatingwebhookconfigurations mutatingwebhookconfigurations "
-        "csidrivers csinodes ingressclasses runtimeclasses volumeattachments"
-    ).split()
-}
 
 
 def _where(namespace: str, name: str) -> str:
