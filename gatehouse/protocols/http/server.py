@@ -811,7 +811,7 @@ class HTTPGatewayProtocol(Protocol):
         else:
             status, reason = 403, "Forbidden"
         self._reply_exchange(
-            exchange, Refused(status, reason, f"gatehouse: {refusal.message}")
+            exchange, Refused(status, reason, refusal.message)
         )
 
     def held(self, exchange: Exchange, request: Any) -> None:

@@ -1,0 +1,223 @@
+"""
+kubectl through the real daemon to the test API server: reads, writes,
+watches, logs; the caller impersonated upstream; the cluster's RBAC and
+gatehouse's rules both enforced, judged on the API server's state and
+its audit log.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.defer import inlineCallbacks
+
+from tests.fixtures.kubeapi import KubeAPIServer
+from tests.protocols.kubernetes.harness import KubeGateway, KubeGatewayTestCase
+
+RULES = [
+    {
+        "groups": ["sre"],
+        "verbs": ["*"],
+        "apiGroups": ["", "apps"],
+        "resources": ["*"],
+        "namespaces": ["shop", "default"],
+    },
+    {
+        "groups": ["sre"],
+        "verbs": ["get", "list", "watch"],
+        "apiGroups": [""],
+        "resources": ["namespaces"],
+    },
+    {
+        "groups": ["agents"],
+        "verbs": ["get", "list", "watch"],
+        "apiGroups": ["", "apps"],
+        "resources": ["pods", "pods/log", "configmaps", "deployments"],
+        "namespaces": ["shop"],
+    },
+]
+
+POLICY = {
+    "opaque": "deny",
+    "rules": [
+        {
+            "name": "no-namespace-deletes",
+            "protocols": ["kubernetes"],
+            "verb": ["delete", "deletecollection"],
+            "resource": ["namespaces"],
+            "action": "deny",
+            "message": "namespaces are deleted by the platform team",
+        },
+        {
+            "name": "agents-read-only",
+            "protocols": ["kubernetes"],
+            "groups": ["agents"],
+            "verb": ["create", "update", "patch", "delete", "deletecollection"],
+            "action": "deny",
+        },
+    ],
+}
+
+CONFIGMAP = {
+    "apiVersion": "v1",
+    "kind": "ConfigMap",
+    "metadata": {"name": "settings", "namespace": "shop"},
+    "data": {"color": "blue"},
+}
+
+
+class KubectlTests(KubeGatewayTestCase):
+    """kubectl 1.33 (and the oldest, 1.27) through the gateway."""
+
+    rules = RULES
+    timeout = 120
+
+    @classmethod
+    def make(cls, directory: str, api: KubeAPIServer) -> KubeGateway:
+        return KubeGateway(directory, api, policy=POLICY)
+
+    def ensure_namespace(self, name: str) -> None:
+        if self.api.get_object(f"/api/v1/namespaces/{name}") is None:
+            self.api.create(
+                "/api/v1/namespaces",
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
+            )
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.ensure_namespace("shop")
+
+    @inlineCallbacks
+    def test_get_impersonated(self) -> Any:
+        """
+        kubectl get through the gateway: the answer is the cluster's, and
+        the cluster saw the caller (impersonated), not the gateway.
+        """
+        self.api.create(
+            "/api/v1/namespaces/shop/configmaps",
+            {**CONFIGMAP, "metadata": {"name": "seen", "namespace": "shop"}},
+        )
+        for version in ("1.27", "1.33"):
+            out, err, code = yield self.gw.kubectl(
+                "get", "configmaps", "-n", "shop", "-o", "json", version=version
+            )
+            self.assertEqual(code, 0, err)
+            names = [i["metadata"]["name"] for i in json.loads(out)["items"]]
+            self.assertIn("seen", names)
+        audit = [
+            e
+            for e in self.api.audit()
+            if e.get("requestURI", "").startswith("/api/v1/namespaces/shop/configmaps")
+            and e["user"]["username"] != "kubernetes-admin"
+        ]
+        self.assertTrue(audit)
+        for event in audit:
+            self.assertEqual(event["user"]["username"], "gatehouse-gateway")
+            self.assertEqual(event["impersonatedUser"]["username"], "alice")
+            self.assertIn("sre", event["impersonatedUser"]["groups"])
+
+    @inlineCallbacks
+    def test_apply_and_delete(self) -> Any:
+        """apply -f creates then changes; delete deletes; state on the server."""
+        manifest = self.mktemp()
+        with open(manifest, "w") as f:
+            json.dump(
+                {**CONFIGMAP, "metadata": {"name": "applied", "namespace": "shop"}}, f
+            )
+        _out, err, code = yield self.gw.kubectl("apply", "-f", manifest)
+        self.assertEqual(code, 0, err)
+        obj = self.api.get_object("/api/v1/namespaces/shop/configmaps/applied")
+        self.assertEqual(obj["data"], {"color": "blue"})
+        with open(manifest, "w") as f:
+            json.dump(
+                {
+                    **CONFIGMAP,
+                    "metadata": {"name": "applied", "namespace": "shop"},
+                    "data": {"color": "green"},
+                },
+                f,
+            )
+        _out, err, code = yield self.gw.kubectl("apply", "-f", manifest)
+        self.assertEqual(code, 0, err)
+        obj = self.api.get_object("/api/v1/namespaces/shop/configmaps/applied")
+        self.assertEqual(obj["data"], {"color": "green"})
+        _out, err, code = yield self.gw.kubectl(
+            "delete", "configmap", "applied", "-n", "shop"
+        )
+        self.assertEqual(code, 0, err)
+        self.assertIsNone(
+            self.api.get_object("/api/v1/namespaces/shop/configmaps/applied")
+        )
+
+    @inlineCallbacks
+    def test_cluster_rbac_refusal(self) -> Any:
+        """The cluster's own refusal reaches kubectl as the cluster wrote it."""
+        _out, err, code = yield self.gw.kubectl(
+            "get", "configmaps", "-n", "kube-system", subject="bob", groups=("agents",)
+        )
+        self.assertNotEqual(code, 0)
+        self.assertIn(
+            b'configmaps is forbidden: User "bob" cannot list resource "configmaps" '
+            b'in API group "" in the namespace "kube-system"',
+            err,
+        )
+
+    @inlineCallbacks
+    def test_gatehouse_denies(self) -> Any:
+        """
+        A gatehouse rule refuses before the cluster: the namespace is still
+        there, and kubectl prints the rule's Status message.
+        """
+        self.ensure_namespace("doomed")
+        _out, err, code = yield self.gw.kubectl("delete", "namespace", "doomed")
+        self.assertNotEqual(code, 0)
+        self.assertIn(b"Error from server (Forbidden)", err)
+        self.assertIn(b"no-namespace-deletes", err)
+        self.assertIn(b"namespaces are deleted by the platform team", err)
+        self.assertIsNotNone(self.api.get_object("/api/v1/namespaces/doomed"))
+        # An agent may read but not write.
+        self.api.create(
+            "/api/v1/namespaces/shop/configmaps",
+            {**CONFIGMAP, "metadata": {"name": "kept", "namespace": "shop"}},
+        )
+        _out, err, code = yield self.gw.kubectl(
+            "delete",
+            "configmap",
+            "kept",
+            "-n",
+            "shop",
+            subject="bob",
+            groups=("agents",),
+        )
+        self.assertNotEqual(code, 0)
+        self.assertIn(b"agents-read-only", err)
+        self.assertIsNotNone(
+            self.api.get_object("/api/v1/namespaces/shop/configmaps/kept")
+        )
+
+    @inlineCallbacks
+    def test_no_token(self) -> Any:
+        """No token: kubectl says it must log in; the cluster saw nothing."""
+        config = self.gw.kubeconfig(token="")
+        before = len(self.api.audit())
+        _out, _err, code = yield self.gw.kubectl(
+            "get", "pods", "-n", "shop", kubeconfig=config, stdin=b""
+        )
+        # kubectl answers a 401 without credentials by asking for a user
+        # name (stdin is empty here: EOF).
+        self.assertNotEqual(code, 0)
+        self.assertEqual(len(self.api.audit()), before)
+        result = self.gw.http.curl(
+            "/api/v1/namespaces/shop/pods", token=None, target="prod"
+        )
+        self.assertEqual(result.status, 401)
+        status = json.loads(result.body)
+        self.assertEqual((status["kind"], status["reason"]), ("Status", "Unauthorized"))
+        result = self.gw.http.curl(
+            "/api/v1/namespaces/shop/pods",
+            token=self.gw.token()[:-6] + "AAAAAA",
+            target="prod",
+        )
+        self.assertEqual(result.status, 401)
+        self.assertEqual(len(self.api.audit()), before)
