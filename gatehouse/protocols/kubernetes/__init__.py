@@ -1,0 +1,3 @@
+"""
+Kubernetes through gatehouse.
+"""
