@@ -495,6 +495,8 @@ def classify(method: str, target: bytes) -> KubeRequest:
         parts = []
     if "" in parts:
         raise AmbiguousRequest("an empty path segment ('//')")
+    if parts and parts[0].lower() in _API_PREFIXES and parts[0] not in _API_PREFIXES:
+        raise AmbiguousRequest(f"/{parts[0]}: the API prefixes are lowercase")
     if len(parts) < 3 or parts[0] not in _API_PREFIXES:
         return _non_resource(common, parts, trailing)
     prefix, rest = parts[0], parts[1:]

@@ -1,0 +1,4 @@
+"""
+Attacks on the Kubernetes request classifier: spellings of dangerous
+requests its rules must catch or refuse.
+"""
