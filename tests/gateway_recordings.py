@@ -1,5 +1,7 @@
 """
-What every end-to-end harness of a daemon offers for its recordings: the
+What every end-to-end harness of a daemon offers for its approvals and
+recordings: the admin API and C{gatehouse approvals} as approvers use
+them (L{GatewayRecordings.pending}, L{GatewayRecordings.approvals}); the
 real CLIs (C{gatehouse sessions}, C{export}, C{replay}, C{verify}) run as
 subprocesses with the daemon's C{--config}, an in-process export, and a
 wait for sessions to be closed and final in the index.
@@ -13,9 +15,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -172,3 +176,56 @@ class GatewayRecordings:
         if len(rows) != 1:
             raise AssertionError(f"expected one session, got {[r.id for r in rows]}")
         return rows[0]
+
+    # -- approvals -----------------------------------------------------------
+
+    def approver(self, subject: str = "bob") -> str:
+        """A token of someone in the C{approvers} group."""
+        return self.gateway.token(subject=subject, groups=("approvers",))
+
+    # -- clients -----------------------------------------------------------
+
+    def approvals(self, *args: str, token: str) -> subprocess.CompletedProcess[str]:
+        """Run C{gatehouse approvals ARGS} against the admin API as C{token}."""
+        env = dict(os.environ)
+        env["GATEHOUSE_TOKEN"] = token
+        env["GATEHOUSE_ADMIN_URL"] = self.gateway.admin_url
+        return subprocess.run(
+            [sys.executable, "-m", "gatehouse", "approvals", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+        )
+
+    def pending(self, text: str, timeout: float = 20) -> dict:
+        """The pending approval request whose command names C{text}."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            # the admin API straight away: a CLI run per poll is slow
+            listed = self.admin("GET", "/api/v1/approvals?state=pending")
+            for request in listed["approvals"]:
+                texts = " ".join(c["text"] for c in request["commands"])
+                if text in texts and request["state"] == "pending":
+                    return request
+            time.sleep(0.1)
+        raise AssertionError(
+            f"no pending approval for {text!r}:\n{self.gateway.log()[-3000:]}"
+        )
+
+    def admin(
+        self, method: str, path: str, body: dict | None = None, token: str | None = None
+    ) -> dict:
+        """Call the admin API as C{token} (default: an approver); its JSON answer."""
+        request = urllib.request.Request(
+            self.gateway.admin_url + path,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={
+                "Authorization": f"Bearer {token or self.approver()}",
+                "Content-Type": "application/json",
+            },
+            method=method,
+        )
+        with urllib.request.urlopen(request, timeout=20) as answer:
+            result: dict = json.loads(answer.read())
+            return result

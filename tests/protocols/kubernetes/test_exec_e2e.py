@@ -29,6 +29,30 @@ RULES = [
 VERSIONS = ("1.27", "1.28", "1.29", "1.30", "1.31", "1.32", "1.33")
 
 
+POLICY = {
+    "review": {"approvers": ["approvers"], "timeout": "60s"},
+    "rules": [
+        {
+            "name": "exec-held-pods",
+            "protocols": ["kubernetes"],
+            "verb": ["exec"],
+            "namespace": ["shop"],
+            "resource_name": ["held-*"],
+            "action": "review",
+            "message": "exec into held pods needs a second pair of eyes",
+        },
+        {
+            "name": "exec-quick-pods",
+            "protocols": ["kubernetes"],
+            "verb": ["exec"],
+            "resource_name": ["quick-*"],
+            "action": "review",
+            "timeout": "2s",
+        },
+    ],
+}
+
+
 def pod(name: str) -> dict[str, Any]:
     """A pod whose one container sleeps."""
     return {
@@ -51,7 +75,7 @@ class ExecTests(KubeGatewayTestCase):
 
     @classmethod
     def make(cls, directory: str, api: KubeAPIServer) -> KubeGateway:
-        return KubeGateway(directory, api, policy={"opaque": "deny", "rules": []})
+        return KubeGateway(directory, api, policy=POLICY)
 
     def setUp(self) -> None:
         super().setUp()
@@ -60,8 +84,66 @@ class ExecTests(KubeGatewayTestCase):
                 "/api/v1/namespaces",
                 {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}},
             )
-        if self.api.get_object("/api/v1/namespaces/shop/pods/web-1") is None:
-            self.api.create("/api/v1/namespaces/shop/pods", pod("web-1"))
+        for name in ("web-1", "held-1", "quick-1"):
+            if self.api.get_object(f"/api/v1/namespaces/shop/pods/{name}") is None:
+                self.api.create("/api/v1/namespaces/shop/pods", pod(name))
+        self.work = os.path.abspath(self.mktemp())
+        os.makedirs(self.work)
+        os.chmod(self.work, 0o777)
+
+    def hold(self, pod: str, name: str, version: str = "1.33") -> tuple[Any, dict]:
+        """Start C{touch WORK/NAME} in C{pod}; it and its pending request."""
+        path = os.path.join(self.work, name)
+        d = self.gw.kubectl(
+            "exec", "-n", "shop", pod, "--", "touch", path, version=version
+        )
+        request = self.gw.http.pending(path)
+        self.assertFalse(d.called, "kubectl finished while held")
+        self.assertFalse(os.path.exists(path), "ran while held")
+        return d, request
+
+    @inlineCallbacks
+    def test_approved(self) -> Any:
+        """
+        Held (kubectl waits, nothing runs), approved with the CLI: the
+        command runs and kubectl exits 0; on SPDY and WebSocket alike.
+        """
+        for version in ("1.28", "1.33"):
+            d, request = self.hold("held-1", f"approved-{version}", version)
+            self.assertEqual(request["commands"][0]["kind"], "exec")
+            approved = self.gw.http.approvals(
+                "approve", request["id"], "-m", "OPS-1", token=self.gw.http.approver()
+            )
+            self.assertEqual(approved.returncode, 0, approved.stderr)
+            _out, err, code = yield d
+            self.assertEqual(code, 0, err)
+            self.assertTrue(
+                os.path.exists(os.path.join(self.work, f"approved-{version}"))
+            )
+
+    @inlineCallbacks
+    def test_denied(self) -> Any:
+        """Denied by an approver: kubectl prints the Status; nothing ran."""
+        d, request = self.hold("held-1", "denied")
+        denied = self.gw.http.approvals(
+            "deny", request["id"], "-m", "not today", token=self.gw.http.approver()
+        )
+        self.assertEqual(denied.returncode, 0, denied.stderr)
+        _out, err, code = yield d
+        self.assertNotEqual(code, 0)
+        self.assertIn(b"Error from server (Forbidden)", err)
+        self.assertFalse(os.path.exists(os.path.join(self.work, "denied")))
+
+    @inlineCallbacks
+    def test_review_times_out(self) -> Any:
+        """Nobody decides within the rule's 2 s: refused; nothing ran."""
+        path = os.path.join(self.work, "late")
+        _out, err, code = yield self.gw.kubectl(
+            "exec", "-n", "shop", "quick-1", "--", "touch", path
+        )
+        self.assertNotEqual(code, 0)
+        self.assertIn(b"Error from server (Forbidden)", err)
+        self.assertFalse(os.path.exists(path))
 
     @inlineCallbacks
     def test_exec_every_version(self) -> Any:

@@ -13,20 +13,17 @@ reading the JWT as their password through askpass.
 from __future__ import annotations
 
 import atexit
-import json
-import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from gatehouse._pgcluster import free_port
 from tests.fixtures.sshd import KeyPair, SSHServer, askpass_env, generate_key
+from tests.gateway_recordings import GatewayRecordings
 from tests.protocols.postgres.harness import Gateway
 
 __all__ = ["Background", "SSHGateway", "shared_gateway", "write_certificate"]
@@ -48,7 +45,7 @@ def shared_gateway(key: object, make: Callable[[], SSHGateway]) -> SSHGateway:
     return _shared[key]
 
 
-class SSHGateway:
+class SSHGateway(GatewayRecordings):
     """
     The daemon, its sshd and the keys, under a fresh directory.
 
@@ -153,12 +150,6 @@ class SSHGateway:
             subject=subject, groups=("agents", *groups), lifetime=lifetime
         )
 
-    def approver(self, subject: str = "bob") -> str:
-        """A token of someone in the C{approvers} group."""
-        return self.gateway.token(subject=subject, groups=("approvers",))
-
-    # -- clients -----------------------------------------------------------
-
     def ssh_argv(
         self,
         login: str,
@@ -242,51 +233,6 @@ class SSHGateway:
         return Background(
             self.ssh_argv(login, command), self.env(token), self.directory, input
         )
-
-    def approvals(self, *args: str, token: str) -> subprocess.CompletedProcess[str]:
-        """Run C{gatehouse approvals ARGS} against the admin API as C{token}."""
-        env = dict(os.environ)
-        env["GATEHOUSE_TOKEN"] = token
-        env["GATEHOUSE_ADMIN_URL"] = self.gateway.admin_url
-        return subprocess.run(
-            [sys.executable, "-m", "gatehouse", "approvals", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=30,
-        )
-
-    def pending(self, text: str, timeout: float = 20) -> dict:
-        """The pending approval request whose command names C{text}."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            # the admin API straight away: a CLI run per poll is slow
-            listed = self.admin("GET", "/api/v1/approvals?state=pending")
-            for request in listed["approvals"]:
-                texts = " ".join(c["text"] for c in request["commands"])
-                if text in texts and request["state"] == "pending":
-                    return request
-            time.sleep(0.1)
-        raise AssertionError(
-            f"no pending approval for {text!r}:\n{self.gateway.log()[-3000:]}"
-        )
-
-    def admin(
-        self, method: str, path: str, body: dict | None = None, token: str | None = None
-    ) -> dict:
-        """Call the admin API as C{token} (default: an approver); its JSON answer."""
-        request = urllib.request.Request(
-            self.gateway.admin_url + path,
-            data=None if body is None else json.dumps(body).encode(),
-            headers={
-                "Authorization": f"Bearer {token or self.approver()}",
-                "Content-Type": "application/json",
-            },
-            method=method,
-        )
-        with urllib.request.urlopen(request, timeout=20) as answer:
-            result: dict = json.loads(answer.read())
-            return result
 
     # -- what the gateway logged -------------------------------------------
 
