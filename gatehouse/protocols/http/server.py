@@ -367,6 +367,14 @@ class HTTPGatewayProtocol(Protocol):
             self._timer = None
         headers = tuple((bytes(n), bytes(v)) for n, v in event.headers)
         raw = bytes(event.target)
+        size = len(raw) + sum(len(n) + len(v) + 4 for n, v in headers)
+        if size > self.factory.options.max_header_bytes:
+            # h11 bounds a head still arriving; one that came whole is
+            # measured here.
+            self._protocol_error(
+                h11.RemoteProtocolError("head too large", error_status_hint=431)
+            )
+            return
         name, target = self._target_of(raw)
         method = event.method.decode("ascii", "replace")
         head = RequestHead(method, target, headers)
@@ -810,9 +818,7 @@ class HTTPGatewayProtocol(Protocol):
             status, reason = 503, "ServiceUnavailable"
         else:
             status, reason = 403, "Forbidden"
-        self._reply_exchange(
-            exchange, Refused(status, reason, refusal.message)
-        )
+        self._reply_exchange(exchange, Refused(status, reason, refusal.message))
 
     def held(self, exchange: Exchange, request: Any) -> None:
         """The request waits for approvers: the client simply waits."""

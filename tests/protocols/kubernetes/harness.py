@@ -111,6 +111,12 @@ class KubeGateway:
             namespace=namespace,
         )
 
+    def curl(self, path: str, *, token: str | None = "", **options: Any) -> Any:
+        """curl C{path} of the target through the gateway (as alice, sre)."""
+        if token == "":
+            token = self.token()
+        return self.http.curl(path, token=token, target=TARGET, **options)
+
     def kubectl(
         self,
         *args: str,
