@@ -16,27 +16,26 @@ not honoured by kube-apiserver: a POST stays a POST whatever the header
 says, so gatehouse classifies the request line's method, and a POST to
 C{namespaces/prod} is a C{create} (the server answers 405), not a delete.
 
-Mutation check, by hand (each protection of
-L{gatehouse.protocols.kubernetes.request} disabled in turn, this module
-run, the protection restored); every refused spelling failed under at
-least one of them:
+Mutation check, by hand (each group of refusals of
+L{gatehouse.protocols.kubernetes.request} replaced by C{if False}, this
+corpus run, the file restored):
 
-  - C{_check_target}'s absolute-form, fragment, backslash, C{;}, RFC 3986
-    and C{//} checks: the C{target}, C{backslash}, C{semicolon},
-    C{slashes} cases fail (they classify, several to another namespace or
-    resource; the empty segment cases then hit C{classify}'s own C{""}
-    check only where the raw C{//} check is removed alone).
-  - the decoded-separator and dot-segment checks of C{_path_segments}:
-    the C{encoded}, C{dots} cases fail.
-  - the lowercase/DNS checks (C{_check}): the C{case} and C{unicode}
-    cases fail (C{Prod}, C{PROD} and C{Secrets} become other names the
-    rules do not catch).
-  - the trailing-slash refusal: the C{trailing} cases classify (as the
-    list or deletecollection RequestInfo reads; the router reads a named
-    request).
-  - C{_query}'s duplicate, boolean and case checks: the C{query} cases
-    classify.
-  - the method check: lowercase and unknown methods classify.
+  - all refusals disabled at once: all 98 L{REFUSED} spellings classify
+    (most to a request no rule catches: C{Namespaces/prod},
+    C{/API/v1/...} as a non-resource path, a watch for a DELETE) or crash.
+  - one group at a time: the method and path-prefix checks let the
+    C{method} and C{prefix} cases through; the lowercase/DNS checks the
+    C{case} cases and the look-alike C{unicode} ones (C{Prod}, C{Secrets}
+    become names the rules do not know); the trailing-slash refusal the
+    C{trailing} cases (read as the list or deletecollection RequestInfo
+    sees, while the router sees a named request); the query checks the
+    C{query} cases (C{watch=yes} and C{watch=} become lists though Go
+    watches); the raw-target checks C{*}, a relative path and a C{;} in
+    the query; the decoded-segment checks C{/api%2Fv1%2F...}.
+  - the C{encoded}, C{dots}, C{slashes}, C{backslash}, C{semicolon} and
+    C{#} spellings are each refused by two independent checks (the raw
+    character set of the target, and the decoded segment or name
+    checks): they pass only when both are removed.
 """
 
 from __future__ import annotations
