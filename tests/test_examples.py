@@ -79,6 +79,10 @@ class ExampleSandbox:
             "key": self._ssh_private_key,
             "user_ca_keys": self._ssh_public_key,
             "known_hosts": self._known_hosts,
+            # HTTP and Kubernetes targets: the service's token, an injected
+            # header's value (client certificates: see _create).
+            "token_file": self._secret,
+            "file": self._secret,
             # The loader creates the recording directory itself.
             "directory": lambda path: None,
         }
@@ -116,7 +120,13 @@ class ExampleSandbox:
         if isinstance(value, dict):
             if isinstance(value.get("certificate"), str):
                 self._certificate(value["certificate"], value.get("key"), where)
+            if isinstance(value.get("client_certificate"), str):
+                self._client_certificate(
+                    value["client_certificate"], value.get("client_key"), where
+                )
             for key, item in value.items():
+                if key in ("client_certificate", "client_key"):
+                    continue
                 if key in ("certificate", "key") and "certificate" in value:
                     continue
                 self._create_at(str(key), item, f"{where}.{key}".lstrip("."))
@@ -158,6 +168,19 @@ class ExampleSandbox:
             raise ValueError(f"{where}: certificate without key")
         cert_file, key_file = self.ca().issue(
             "gw-1.example.com", directory=self.base / "issued"
+        )
+        for source, target in ((cert_file, certificate), (key_file, key)):
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)
+
+    def _client_certificate(self, certificate: str, key: Any, where: str) -> None:
+        """
+        Issue a client certificate from L{ca} into C{certificate} and C{key}.
+        """
+        if not isinstance(key, str):
+            raise ValueError(f"{where}: client_certificate without client_key")
+        cert_file, key_file = self.ca().issue_client(
+            "gatehouse-gw-1", directory=self.base / "issued"
         )
         for source, target in ((cert_file, certificate), (key_file, key)):
             Path(target).parent.mkdir(parents=True, exist_ok=True)
@@ -318,6 +341,25 @@ class ExamplesTests(SynchronousTestCase):
             for value in condition.values
         } | {k for rule in config.policy.rules for k in rule.kinds}
         self.assertTrue({"shell", "write", "remove", "forward"} <= kinds, kinds)
+
+    def test_kubernetesExample(self) -> None:
+        """
+        C{kubernetes.yaml} shows a Kubernetes listener and target reached
+        with a client certificate and impersonation, a plain HTTP target
+        with an injected header, and rules of both.
+        """
+        config = self.load("kubernetes.yaml")
+        kube, http = config.listeners
+        self.assertEqual((kube.protocol, http.protocol), ("kubernetes", "http"))
+        self.assertIsNotNone(kube.tls)
+        prod, billing = config.targets
+        self.assertEqual(prod.options.impersonate_group_prefix, "gatehouse:")
+        self.assertIsNotNone(prod.options.client_certificate)
+        self.assertEqual([h.name for h in billing.options.headers], ["X-Api-Key"])
+        self.assertEqual(
+            [r.name for r in config.policy.rules][:3],
+            ["no-namespace-deletes", "no-kube-system-secrets", "agents-read-only"],
+        )
 
     def test_typoFails(self) -> None:
         """

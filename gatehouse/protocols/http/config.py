@@ -29,7 +29,7 @@ A target::
         allow_groups: [sre, agents]
         options:
           url: https://10.0.0.1:6443          # the API server
-          ca: /etc/gatehouse/prod-ca.pem      # its CA (default: system roots)
+          ca_file: /etc/gatehouse/prod-ca.pem  # its CA (default: system roots)
           client_certificate: /etc/gatehouse/prod-gw.pem   # and client_key, or:
           token_file: /var/run/secrets/gatehouse/token     # re-read on change
           impersonate_group_prefix: "gatehouse:"          # before each group
@@ -116,7 +116,7 @@ def parse_target_options(
 ) -> HTTPTargetOptions:
     """Validate an HTTP or Kubernetes target's C{options}."""
     url = options.url("url", required=True) or ""
-    ca = options.readable_file("ca")
+    ca = options.readable_file("ca_file")
     certificate = options.readable_file("client_certificate")
     key = options.readable_file("client_key")
     if (certificate is None) != (key is None):
@@ -137,7 +137,7 @@ def parse_target_options(
                 entry.problem(f"{name!r} is set by the gateway", "name")
             headers.append(InjectedHeader(name, file))
             entry.finish()
-    return HTTPTargetOptions(
+    parsed = HTTPTargetOptions(
         url=url,
         ca=ca,
         client_certificate=certificate,
@@ -148,6 +148,17 @@ def parse_target_options(
         connect_timeout=options.duration("connect_timeout", 10.0, positive=True),
         server_name=options.string("server_name"),
     )
+    if url.startswith("https://") and options.problem_count == 0:
+        from gatehouse.protocols.http.upstream import UpstreamPolicy
+
+        try:
+            UpstreamPolicy(parsed)
+        except Exception as e:  # pyOpenSSL and cryptography raise several kinds
+            options.problem(
+                f"the TLS files do not load: {e}",
+                "client_certificate" if certificate else "ca_file",
+            )
+    return parsed
 
 
 _RESERVED = frozenset({"host", "content-length", "transfer-encoding", "connection"})

@@ -53,7 +53,7 @@ class KubeGateway:
         options: dict[str, Any] = {
             "allow_groups": list(allow_groups),
             "url": api.url,
-            "ca": str(api.ca_path),
+            "ca_file": str(api.ca_path),
         }
         if use_token:
             options["token_file"] = str(api.gateway_token_path)
