@@ -7,7 +7,9 @@ its audit log.
 
 from __future__ import annotations
 
+import base64
 import json
+import time
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
@@ -221,3 +223,84 @@ class KubectlTests(KubeGatewayTestCase):
         )
         self.assertEqual(result.status, 401)
         self.assertEqual(len(self.api.audit()), before)
+
+    @inlineCallbacks
+    def test_watch(self) -> Any:
+        """
+        kubectl get -w: the list, then a change made meanwhile arrives as it
+        happens; the recording has the watch event as it streamed.
+        """
+        self.api.create(
+            "/api/v1/namespaces/shop/configmaps",
+            {**CONFIGMAP, "metadata": {"name": "w-before", "namespace": "shop"}},
+        )
+        started = time.time()
+        watch = self.api.kubectl_stream(
+            "1.33",
+            "get",
+            "configmaps",
+            "-n",
+            "shop",
+            "-w",
+            "-o",
+            "name",
+            kubeconfig=self.gw.kubeconfig(),
+        )
+        self.addCleanup(watch.stop)
+        yield watch.wait_for(rb"configmap/w-before")
+        self.api.create(
+            "/api/v1/namespaces/shop/configmaps",
+            {**CONFIGMAP, "metadata": {"name": "w-after", "namespace": "shop"}},
+        )
+        yield watch.wait_for(rb"configmap/w-after")
+        yield watch.stop()
+        sessions = self.gw.http.wait_sessions(started)
+        streamed = b"".join(
+            base64.b64decode(r["payload"])
+            for s in sessions
+            for r in self.gw.http.export(str(s.id), cli=False)
+            if r["type"] == "DATA" and r["direction"] == "gateway_to_client"
+        )
+        self.assertIn(b'"type":"ADDED"', streamed.replace(b" ", b""))
+        self.assertIn(b"w-after", streamed)
+
+    @inlineCallbacks
+    def test_logs_follow(self) -> Any:
+        """kubectl logs -f: lines arrive as the pod's process writes them."""
+        self.api.create(
+            "/api/v1/namespaces/shop/pods",
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "ticker", "namespace": "shop"},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "app",
+                            "image": "busybox",
+                            "command": [
+                                "sh",
+                                "-c",
+                                "i=0; while true; do echo tick $i; i=$((i+1));"
+                                " sleep 0.2; done",
+                            ],
+                        }
+                    ]
+                },
+            },
+        )
+        follow = self.api.kubectl_stream(
+            "1.27",
+            "logs",
+            "-f",
+            "-n",
+            "shop",
+            "ticker",
+            kubeconfig=self.gw.kubeconfig(),
+        )
+        self.addCleanup(follow.stop)
+        yield follow.wait_for(rb"tick 1\n")
+        first = len(follow.out)
+        yield follow.wait_for(rb"tick 6\n")
+        self.assertGreater(len(follow.out), first)
+        yield follow.stop()
