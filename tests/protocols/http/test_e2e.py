@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 
@@ -175,3 +176,47 @@ class PlainHTTPTests(SynchronousTestCase):
         result = self.gw.curl("/stream?lines=50")
         self.assertEqual(result.status, 200)
         self.assertEqual(result.body.count(b"\n"), 50)
+
+    def test_slow_client_backpressure(self) -> None:
+        """
+        A client that reads slowly stalls the service's answer instead of
+        filling the gateway's memory: its RSS stays within a few MiB while
+        a 200 MB answer trickles out.
+        """
+        process = self.gw.gateway.process
+        assert process is not None
+        url = self.gw.url + "/big?bytes=200000000"
+        slow = subprocess.Popen(
+            [
+                "curl",
+                "-sS",
+                "--cacert",
+                self.gw.ca_cert,
+                "--limit-rate",
+                "2M",
+                "-H",
+                f"Authorization: Bearer {self.gw.token()}",
+                "-o",
+                "/dev/null",
+                url,
+            ]
+        )
+        self.addCleanup(slow.wait)
+        self.addCleanup(slow.kill)
+        time.sleep(1.0)
+        start = rss(process.pid)
+        peak = start
+        for _ in range(20):
+            time.sleep(0.15)
+            peak = max(peak, rss(process.pid))
+        self.assertIsNone(slow.poll(), "curl finished: it was not slowed")
+        self.assertLess(peak - start, 16 << 20, (start, peak))
+
+
+def rss(pid: int) -> int:
+    """A process's resident set size in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
