@@ -139,7 +139,8 @@ def _resources(request: KubeRequest) -> tuple[str, ...]:
 def commands_for(request: KubeRequest) -> tuple[Command, ...]:
     """
     The policy commands of one request (one): kind = the verb, objects =
-    C{resource/name} (kubectl's spelling), the attributes above as extras.
+    C{resource/name} (kubectl's spelling), the resource and
+    C{namespaces/NS} (for the index), the attributes above as extras.
     """
     text = request.describe()
     if not request.resource_request:
@@ -165,4 +166,13 @@ def commands_for(request: KubeRequest) -> tuple[Command, ...]:
         ("resource_name", (request.name,) if request.name else ()),
         ("container", (container,) if container is not None else ()),
     )
-    return (Command(PROTOCOL, request.verb, text, objects=(what,), extra=extra),)
+    # What the index finds the session by (gatehouse sessions --touched):
+    # the object as kubectl names it, its resource, and its namespace.
+    objects = [what]
+    if request.name:
+        objects.append(request.qualified_resource)
+    if request.namespace and not (
+        request.resource == "namespaces" and request.name == request.namespace
+    ):
+        objects.append(f"namespaces/{request.namespace}")
+    return (Command(PROTOCOL, request.verb, text, objects=tuple(objects), extra=extra),)

@@ -30,7 +30,7 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(command.kind, "exec")
         self.assertEqual(command.kinds, frozenset({"exec"}))
         self.assertEqual(command.text, "exec prod/web-7 -c app: sh")
-        self.assertEqual(command.objects, ("pods/web-7",))
+        self.assertEqual(command.objects, ("pods/web-7", "pods", "namespaces/prod"))
         self.assertEqual(tuple(command.values("resource")), ("pods/exec",))
         self.assertEqual(tuple(command.values("subresource")), ("exec",))
         self.assertEqual(tuple(command.values("api_group")), ("core",))
@@ -46,7 +46,9 @@ class CommandTests(SynchronousTestCase):
             tuple(command.values("resource")),
             ("deployments/scale", "deployments.apps/scale"),
         )
-        self.assertEqual(command.objects, ("deployments.apps/w",))
+        self.assertEqual(
+            command.objects, ("deployments.apps/w", "deployments.apps", "namespaces/a")
+        )
         self.assertEqual(tuple(command.values("api_group")), ("apps",))
         self.assertEqual(tuple(command.values("version")), ("v1",))
 

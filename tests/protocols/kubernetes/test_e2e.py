@@ -121,7 +121,11 @@ class KubectlTests(KubeGatewayTestCase):
 
     @inlineCallbacks
     def test_apply_and_delete(self) -> Any:
-        """apply -f creates then changes; delete deletes; state on the server."""
+        """
+        apply -f creates then changes; delete deletes; state on the server;
+        gatehouse sessions finds the delete.
+        """
+        started = time.time()
         manifest = self.mktemp()
         with open(manifest, "w") as f:
             json.dump(
@@ -151,6 +155,13 @@ class KubectlTests(KubeGatewayTestCase):
         self.assertIsNone(
             self.api.get_object("/api/v1/namespaces/shop/configmaps/applied")
         )
+        # The index finds the session by verb, object, resource and namespace.
+        deleted = self.gw.http.wait_sessions(started, kind="delete")
+        for touched in ("configmaps/applied", "configmaps", "namespaces/shop"):
+            found = self.gw.http.sessions(
+                protocol="kubernetes", kind="delete", touched=touched
+            )
+            self.assertIn(str(deleted[-1].id), [f["id"] for f in found], touched)
 
     @inlineCallbacks
     def test_cluster_rbac_refusal(self) -> Any:
