@@ -29,9 +29,11 @@ from gatehouse.protocols import ProtocolAdapterBase, register_protocol
 from gatehouse.protocols import unregister_protocol as unregister
 
 #: A Kubernetes-like protocol's declaration: names with dots are names.
+#: Its C{verb} means what the built-in C{kubernetes} protocol's does (the
+#: command's kind): an unscoped rule may name it for both.
 KUBE = PolicyAttributes(
     (
-        PolicyAttribute("verb", ANY, "verb", frozenset({"get", "list", "delete"})),
+        PolicyAttribute("verb", ANY, "kinds", frozenset({"get", "list", "delete"})),
         PolicyAttribute("resource", GLOB, "resource"),
         PolicyAttribute("namespace", GLOB, "namespace"),
         PolicyAttribute("resource_name", GLOB, "name"),

@@ -47,6 +47,7 @@ import attrs
 from gatehouse.config import ConfigSection
 from gatehouse.limits import connection_limits
 from gatehouse.protocols import LimitedListenerOptions, TargetOptions
+from gatehouse.protocols.http.tls_policy import UpstreamPolicy
 
 #: the path prefix that names a target: /targets/NAME/...
 TARGET_PREFIX = "/targets/"
@@ -149,8 +150,6 @@ def parse_target_options(
         server_name=options.string("server_name"),
     )
     if url.startswith("https://") and options.problem_count == 0:
-        from gatehouse.protocols.http.upstream import UpstreamPolicy
-
         try:
             UpstreamPolicy(parsed)
         except Exception as e:  # pyOpenSSL and cryptography raise several kinds

@@ -259,6 +259,8 @@ class HTTPGatewayProtocol(Protocol):
         self._close_reason: str | None = None
         #: reading h11's events waits for an authentication
         self._waiting = False
+        #: whether this protocol is the transport's producer
+        self._registered = False
         #: the switched stream, once the target answered 101
         self._relay: StreamRelay | None = None
         self._stream: UpstreamStream | None = None
@@ -289,6 +291,7 @@ class HTTPGatewayProtocol(Protocol):
         self.session.on_terminate(self._terminated)
         self.session.registerProducer(_BothWays(self))
         self.transport.registerProducer(self, True)
+        self._registered = True
         f.connections.add(self)
         timeout = f.options.authentication_timeout
         self._timer = self.clock.callLater(timeout, self._timed_out, "authentication")
@@ -297,7 +300,7 @@ class HTTPGatewayProtocol(Protocol):
         self._timer = None
         if self._exchange is None:
             self._close_reason = f"{what} timeout"
-            self.transport.loseConnection()
+            self._lose()
 
     def _restart_idle_timer(self) -> None:
         if self._timer is not None and self._timer.active():
@@ -419,17 +422,16 @@ class HTTPGatewayProtocol(Protocol):
             self._authenticate(number, head, name, token, digest, event)
             return
         if not hmac.compare_digest(digest, self._token_digest):
-            # A connection is one session: one identity.
-            self._reply(
-                number,
-                head,
-                Refused(
-                    401,
-                    "Unauthorized",
-                    "another token on this connection: open a new connection",
-                ),
-                close=True,
-            )
+            # A connection is one session: one identity, one token.  A
+            # client whose credential plugin renewed its token sends the
+            # new one on a connection it reuses: close it unanswered, and
+            # Go's HTTP client (kubectl, client-go) sends the request again
+            # on a new connection, a new session.
+            assert self.session is not None
+            self.session.event("http-token-changed", channel=request_channel(number))
+            self._close_reason = "the client sent another token: new session"
+            self._ended = True
+            self._lose()
             return
         self._start(number, head, event)
 
@@ -808,7 +810,7 @@ class HTTPGatewayProtocol(Protocol):
             exchange.gate.close()
         self._close_reason = self._close_reason or f"stream {reason}"
         self._ended = True
-        self.transport.loseConnection()
+        self._lose()
 
     def refuse(self, exchange: Exchange, refusal: Refusal) -> None:
         """The gate refused the request: answer it ourselves."""
@@ -861,6 +863,9 @@ class HTTPGatewayProtocol(Protocol):
             return
         if filter_ is not None:
             passed = [(n, v) for n, v in passed if n != b"content-length"]
+        elif isinstance(response.length, int):
+            # Twisted keeps the length apart from the headers.
+            passed.append((b"content-length", str(response.length).encode()))
         exchange.filter = filter_
         exchange.status = status
         session.event(
@@ -1013,7 +1018,7 @@ class HTTPGatewayProtocol(Protocol):
         self._finish(exchange)
         if close:
             self._close_reason = answer.message
-            self.transport.loseConnection()
+            self._lose()
 
     def _answer_and_close(self, answer: Refused) -> None:
         """Answer outside any exchange, then close the connection."""
@@ -1043,7 +1048,7 @@ class HTTPGatewayProtocol(Protocol):
             )
         self._close_reason = self._close_reason or answer.message
         self._ended = True
-        self.transport.loseConnection()
+        self._lose()
 
     def _send(self, event: Any) -> None:
         data = self._h11.send(event)
@@ -1090,12 +1095,12 @@ class HTTPGatewayProtocol(Protocol):
             return
         if h11.MUST_CLOSE in (self._h11.our_state, self._h11.their_state):
             self._close_reason = "the client asked to close"
-            self.transport.loseConnection()
+            self._lose()
             return
         try:
             self._h11.start_next_cycle()
         except h11.LocalProtocolError:
-            self.transport.loseConnection()
+            self._lose()
             return
         self._restart_idle_timer()
         self._read_events()
@@ -1165,9 +1170,19 @@ class HTTPGatewayProtocol(Protocol):
                 )
             self._close_reason = message
             self._ended = True
-            self.transport.loseConnection()
+            self._lose()
         else:
             self.abort(message)
+
+    def _lose(self) -> None:
+        """
+        Close the client's connection once what is written has gone.  The
+        TLS transport closes only once no producer is registered on it.
+        """
+        if self._registered:
+            self._registered = False
+            self.transport.unregisterProducer()
+        self.transport.loseConnection()
 
     def abort(self, reason: str) -> None:
         """End the connection now (mid-answer: the client sees it cut)."""

@@ -16,19 +16,17 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from OpenSSL import crypto
-from twisted.internet import ssl
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IPolicyForHTTPS
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
 from gatehouse.files import files
 from gatehouse.protocols.http.config import HTTPTargetOptions
-from gatehouse.tls import trust_root
+from gatehouse.protocols.http.tls_policy import UpstreamPolicy
 
-__all__ = ["StreamingBody", "Upstream", "UpstreamPolicy"]
+__all__ = ["StreamingBody", "Upstream"]
 
 
 def _read_token(data: bytes, path: str) -> bytes:
@@ -43,40 +41,6 @@ def _read_header_value(data: bytes, path: str) -> bytes:
     if b"\n" in value or b"\r" in value or b"\0" in value:
         raise ValueError(f"{path}: a header value is one line")
     return value
-
-
-@implementer(IPolicyForHTTPS)
-class UpstreamPolicy:
-    """
-    TLS to one target: its CA (or the system's roots), the name its
-    certificate must carry, HTTP/1.1 by ALPN, and the gateway's client
-    certificate when it has one.
-    """
-
-    def __init__(self, options: HTTPTargetOptions) -> None:
-        self._options = options
-        self._trust: Any = None
-        if options.ca is not None:
-            with open(options.ca, "rb") as f:
-                self._trust = trust_root(f.read(), options.ca)
-        self._client: ssl.PrivateCertificate | None = None
-        if options.client_certificate and options.client_key:
-            with open(options.client_certificate, "rb") as f:
-                cert = f.read()
-            with open(options.client_key, "rb") as f:
-                key = f.read()
-            self._client = ssl.PrivateCertificate.load(
-                cert, ssl.KeyPair.load(key, crypto.FILETYPE_PEM), crypto.FILETYPE_PEM
-            )
-
-    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
-        name = self._options.server_name or hostname.decode("ascii")
-        return ssl.optionsForClientTLS(
-            name,
-            trustRoot=self._trust,
-            clientCertificate=self._client,
-            acceptableProtocols=[b"http/1.1"],
-        )
 
 
 class Upstream:

@@ -11,6 +11,8 @@ import hashlib
 import json
 import os
 import shutil
+import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -211,6 +213,38 @@ class PlainHTTPTests(SynchronousTestCase):
             peak = max(peak, rss(process.pid))
         self.assertIsNone(slow.poll(), "curl finished: it was not slowed")
         self.assertLess(peak - start, 16 << 20, (start, peak))
+
+    def test_token_changed_closes(self) -> None:
+        """
+        A second token on a connection (another identity, or a renewed
+        token): the connection closes unanswered, nothing reaches the
+        service, and the recording says why.
+        """
+        before = len(self.service.seen())
+        started = time.time()
+        context = ssl.create_default_context(cafile=self.gw.ca_cert)
+        with socket.create_connection(("127.0.0.1", self.gw.port)) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                first = self.gw.token("alice")
+                tls.sendall(
+                    b"GET /one HTTP/1.1\r\nHost: x\r\n"
+                    b"Authorization: Bearer " + first.encode() + b"\r\n\r\n"
+                )
+                answer = tls.recv(65536)
+                self.assertTrue(answer.startswith(b"HTTP/1.1 200"), answer)
+                while b"/one" not in answer:
+                    answer += tls.recv(65536)
+                second = self.gw.token("mallory")
+                tls.sendall(
+                    b"DELETE /two HTTP/1.1\r\nHost: x\r\n"
+                    b"Authorization: Bearer " + second.encode() + b"\r\n\r\n"
+                )
+                self.assertEqual(tls.recv(65536), b"")
+        self.assertEqual([r["path"] for r in self.seen_since(before)], ["/one"])
+        session = self.gw.wait_session(started)
+        records = self.gw.export(str(session.id), cli=False)
+        self.assertEqual(len(events(records, "http-token-changed")), 1)
+        self.assertEqual(len(events(records, "http-request")), 1)
 
 
 def rss(pid: int) -> int:
