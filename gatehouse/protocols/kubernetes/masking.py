@@ -1,0 +1,356 @@
+"""
+Masking of Kubernetes response bodies (sans-IO, streaming, bounded).
+
+L{SecretMasker} is fed a response body in chunks as it arrives and gives
+back the bytes to send on: the values of every C{Secret}'s C{data} and
+C{stringData} replaced by a placeholder (keys kept; C{data} values by
+L{DATA_PLACEHOLDER}, the base64 of C{********}, so clients still decode
+them), and the C{kubectl.kubernetes.io/last-applied-configuration}
+annotation of a Secret masked the same way inside (it holds the applied
+Secret, values included).  Secrets are found:
+
+  - by kind, anywhere in a document: a C{Secret}, the items of a
+    C{SecretList}, a Secret in a C{List} of mixed kinds, in a C{Table}'s
+    C{rows[].object}, in a watch event's C{object};
+  - by the request: for a request on the resource C{secrets} (any group)
+    every object in the response is taken for a Secret, whatever its
+    kind says or omits (list items carry no kind; a Table's row objects
+    may be C{PartialObjectMetadata}, whose annotations still hold the
+    last applied configuration).
+
+Documents are handled one at a time: a whole body, or for a watch one
+event (one line: the API server writes each event as one line of compact
+JSON), each at most C{limit} bytes.  A document holding nothing to mask
+goes out byte for byte as it came; one with masked values is
+re-serialised (compact, key order and number spellings kept, Go's
+escaping): semantically equal but for the masked values, so the caller
+must not forward the upstream C{Content-Length} of a masked body.
+
+Fail closed: a body that is not JSON (protobuf, YAML, a missing content
+type with a body, another charset), a document that does not parse
+(duplicate keys, NaN, truncated, nested too deep) or is over the limit
+raises L{MaskingRefused}; the caller answers a Status 500 or ends the
+stream, and sends nothing of that document.
+
+The core's value detectors (L{gatehouse.policy.masking.Masker}) apply to
+every JSON string value (not keys) when a C{values} masker is given.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Protocol
+
+from gatehouse.protocols.kubernetes.request import KubeRequest
+from gatehouse.protocols.kubernetes.status import go_json_string
+
+__all__ = [
+    "DATA_PLACEHOLDER",
+    "DEFAULT_LIMIT",
+    "LAST_APPLIED",
+    "PLACEHOLDER",
+    "MaskingRefused",
+    "SecretMasker",
+    "ValueMasker",
+    "needs_secret_masking",
+]
+
+#: What a C{stringData} value (and text inside annotations) becomes.
+PLACEHOLDER = "********"
+#: What a C{data} value becomes: base64 of L{PLACEHOLDER}.
+DATA_PLACEHOLDER = base64.b64encode(PLACEHOLDER.encode()).decode()
+#: The largest document (a body, or one watch event) masked, in bytes.
+DEFAULT_LIMIT = 32 * 1024 * 1024
+#: The annotation kubectl apply keeps the applied object in.
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+class MaskingRefused(Exception):
+    """A body that cannot be masked safely: withhold it (fail closed)."""
+
+
+class ValueMasker(Protocol):
+    """What masks values inside text (L{gatehouse.policy.masking.Masker})."""
+
+    def mask_text(self, value: str) -> tuple[str, int]:
+        """The masked text and the number of occurrences masked."""
+        ...
+
+
+def needs_secret_masking(request: KubeRequest) -> bool:
+    """
+    Whether the response to C{request} may hold Secret values the API
+    server sends in the clear: any request on the resource C{secrets}.
+    (Other responses can be masked too, defensively: Secrets are found by
+    kind in them.)
+    """
+    return request.resource_request and request.resource == "secrets"
+
+
+class _Number(str):
+    """A JSON number, kept as it was written."""
+
+
+def _pairs(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise MaskingRefused("a JSON object with a key twice")
+    return found
+
+
+def _constant(name: str) -> object:
+    raise MaskingRefused(f"{name} is not JSON")
+
+
+def _parse(text: str) -> object:
+    try:
+        return json.loads(
+            text,
+            object_pairs_hook=_pairs,
+            parse_int=_Number,
+            parse_float=_Number,
+            parse_constant=_constant,
+        )
+    except (ValueError, RecursionError) as e:
+        raise MaskingRefused(f"not a JSON document: {e}") from None
+
+
+def _serialise(value: object) -> str:
+    """Compact JSON as Go writes it (numbers as they were written)."""
+    if isinstance(value, _Number):
+        return str(value)
+    if isinstance(value, str):
+        return go_json_string(value)
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return (
+            "{"
+            + ",".join(f"{go_json_string(k)}:{_serialise(v)}" for k, v in value.items())
+            + "}"
+        )
+    if isinstance(value, list):
+        return "[" + ",".join(_serialise(v) for v in value) + "]"
+    raise TypeError(f"not a decoded JSON value: {value!r}")
+
+
+def _mask_map(secret: dict[str, object], key: str, placeholder: str) -> int:
+    values = secret.get(key)
+    if values is None:
+        return 0
+    if not isinstance(values, dict):
+        secret[key] = placeholder  # malformed: withhold it whole
+        return 1
+    count = 0
+    for name, value in values.items():
+        if value is not None:
+            values[name] = placeholder
+            count += 1
+    return count
+
+
+def _mask_secret(secret: dict[str, object]) -> int:
+    """Mask one Secret's values in place; how many."""
+    count = _mask_map(secret, "data", DATA_PLACEHOLDER)
+    count += _mask_map(secret, "stringData", PLACEHOLDER)
+    metadata = secret.get("metadata")
+    if isinstance(metadata, dict):
+        annotations = metadata.get("annotations")
+        if isinstance(annotations, dict):
+            applied = annotations.get(LAST_APPLIED)
+            if isinstance(applied, str):
+                annotations[LAST_APPLIED] = _mask_applied(applied)
+                count += 1
+    return count
+
+
+def _mask_applied(text: str) -> str:
+    """The last applied configuration with its Secret values masked."""
+    try:
+        applied = _parse(text)
+    except MaskingRefused:
+        return PLACEHOLDER
+    if not isinstance(applied, dict):
+        return PLACEHOLDER
+    _mask_secret(applied)
+    return _serialise(applied)
+
+
+def _mask_secrets(document: object, all_secrets: bool) -> int:
+    """
+    Mask every Secret in a decoded document, in place; how many values.
+    With C{all_secrets} every object is taken for a Secret.
+    """
+    count = 0
+    stack: list[tuple[object, bool]] = [(document, all_secrets)]
+    while stack:
+        node, secret = stack.pop()
+        if isinstance(node, dict):
+            kind = node.get("kind")
+            if secret or kind == "Secret":
+                count += _mask_secret(node)
+            inner = secret or kind == "SecretList"
+            stack.extend(
+                (v, inner) for v in node.values() if isinstance(v, dict | list)
+            )
+        elif isinstance(node, list):
+            stack.extend((v, secret) for v in node if isinstance(v, dict | list))
+    return count
+
+
+def _mask_values(document: object, values: ValueMasker) -> tuple[object, int]:
+    """Run the value detectors over every string value (not keys)."""
+    count = 0
+
+    def mask(value: object) -> object:
+        nonlocal count
+        if isinstance(value, str) and not isinstance(value, _Number):
+            masked, hits = values.mask_text(value)
+            count += hits
+            return masked if hits else value
+        return value
+
+    document = mask(document)
+    stack: list[object] = [document]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                node[key] = mask(value)
+            stack.extend(v for v in node.values() if isinstance(v, dict | list))
+        elif isinstance(node, list):
+            node[:] = [mask(v) for v in node]
+            stack.extend(v for v in node if isinstance(v, dict | list))
+    return document, count
+
+
+def _json_media(content_type: str | None) -> bool:
+    """Whether C{content_type} is JSON in UTF-8 (any other parameters)."""
+    if not content_type:
+        return False
+    media, *parameters = content_type.split(";")
+    if media.strip().lower() != "application/json":
+        return False
+    for parameter in parameters:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip(
+            '"'
+        ).lower() not in (
+            "utf-8",
+            "utf8",
+        ):
+            return False
+    return True
+
+
+class SecretMasker:
+    """
+    Masks one response body, fed in chunks (see the module docstring).
+
+    @ivar masked: how many values have been masked so far.
+    """
+
+    def __init__(
+        self,
+        request: KubeRequest,
+        content_type: str | None,
+        *,
+        limit: int = DEFAULT_LIMIT,
+        values: ValueMasker | None = None,
+    ) -> None:
+        """
+        @param request: the request the body answers.
+        @param content_type: the response's C{Content-Type}.
+        @param limit: the largest document (body, or watch event) in bytes.
+        @param values: value detectors for every string, if any.
+        """
+        self._json = _json_media(content_type)
+        self._content_type = content_type
+        self._all_secrets = needs_secret_masking(request)
+        self._watch = request.verb == "watch"
+        self._limit = limit
+        self._values = values
+        self._buffer = bytearray()
+        self._closed = False
+        self.masked = 0
+
+    def _check_json(self) -> None:
+        if not self._json:
+            raise MaskingRefused(
+                f"cannot mask a {self._content_type or 'untyped'} body; JSON only"
+            )
+
+    def feed(self, data: bytes) -> bytes:
+        """Take the next chunk; the masked bytes ready to send (maybe none)."""
+        if self._closed:
+            raise MaskingRefused("fed after close")
+        if not data:
+            return b""
+        self._check_json()
+        self._buffer += data
+        if not self._watch:
+            if len(self._buffer) > self._limit:
+                raise MaskingRefused(f"a document over {self._limit} bytes")
+            return b""
+        end = self._buffer.rfind(b"\n")
+        if end < 0:
+            if len(self._buffer) > self._limit:
+                raise MaskingRefused(f"a watch event over {self._limit} bytes")
+            return b""
+        lines = bytes(self._buffer[: end + 1])
+        del self._buffer[: end + 1]
+        out = []
+        for line in lines.split(b"\n")[:-1]:
+            if len(line) > self._limit:
+                raise MaskingRefused(f"a watch event over {self._limit} bytes")
+            out.append(self._document(line) + b"\n")
+        return b"".join(out)
+
+    def close(self) -> bytes:
+        """The end of the body: the rest of the masked bytes."""
+        if self._closed:
+            return b""
+        self._closed = True
+        rest = bytes(self._buffer)
+        self._buffer.clear()
+        if not rest:
+            return b""
+        if self._watch and rest.strip():
+            raise MaskingRefused("the watch stream ended inside an event")
+        return self._document(rest)
+
+    def _document(self, raw: bytes) -> bytes:
+        """One whole document, masked (or as it came if nothing is)."""
+        if not raw.strip():
+            return raw
+        if self._values is None and not self._all_secrets and _no_secret(raw):
+            return raw
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MaskingRefused("a JSON document that is not UTF-8") from None
+        document = _parse(text)
+        count = _mask_secrets(document, self._all_secrets)
+        if self._values is not None:
+            document, hits = _mask_values(document, self._values)
+            count += hits
+        if not count:
+            return raw
+        self.masked += count
+        try:
+            out = _serialise(document)
+        except RecursionError:
+            raise MaskingRefused("a JSON document nested too deep") from None
+        ending = raw[len(raw.rstrip()) :]
+        return out.encode("utf-8") + ending
+
+
+def _no_secret(raw: bytes) -> bool:
+    """
+    Whether C{raw} cannot hold a Secret by kind: no C{"Secret"} or
+    C{"SecretList"} string spelled plainly, no C{\\u} escape that could
+    spell one, and no NUL (UTF-16 or UTF-32 text, which Go does not read
+    but would carry the values).
+    """
+    return b'"Secret' not in raw and b"\\u" not in raw and b"\x00" not in raw
