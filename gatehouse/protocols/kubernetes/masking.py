@@ -32,6 +32,12 @@ type with a body, another charset), a document that does not parse
 raises L{MaskingRefused}; the caller answers a Status 500 or ends the
 stream, and sends nothing of that document.
 
+Request bodies (for the recording: C{kubectl create secret} sends the
+values) are masked the same way: a create, update or merge patch of a
+Secret is a Secret; a JSON Patch has every operation's value masked;
+server-side apply's C{application/apply-patch+yaml} is read when it is
+JSON (as kubectl sends it) and refused otherwise.
+
 The core's value detectors (L{gatehouse.policy.masking.Masker}) apply to
 every JSON string value (not keys) when a C{values} masker is given.
 """
@@ -48,6 +54,7 @@ from gatehouse.protocols.kubernetes.status import go_json_string
 __all__ = [
     "DATA_PLACEHOLDER",
     "DEFAULT_LIMIT",
+    "JSON_MEDIA",
     "LAST_APPLIED",
     "PLACEHOLDER",
     "MaskingRefused",
@@ -150,18 +157,25 @@ def _mask_map(secret: dict[str, object], key: str, placeholder: str) -> int:
     return count
 
 
-def _mask_secret(secret: dict[str, object]) -> int:
-    """Mask one Secret's values in place; how many."""
+def _mask_secret(secret: dict[str, object], walked: bool) -> int:
+    """
+    Mask one Secret's values in place; how many.  C{walked}: every object
+    inside it is masked as a Secret too (an annotations map among them,
+    which masks its own last applied configuration).
+    """
     count = _mask_map(secret, "data", DATA_PLACEHOLDER)
     count += _mask_map(secret, "stringData", PLACEHOLDER)
-    metadata = secret.get("metadata")
-    if isinstance(metadata, dict):
-        annotations = metadata.get("annotations")
-        if isinstance(annotations, dict):
-            applied = annotations.get(LAST_APPLIED)
-            if isinstance(applied, str):
-                annotations[LAST_APPLIED] = _mask_applied(applied)
-                count += 1
+    annotations: object = secret
+    if not walked:
+        metadata = secret.get("metadata")
+        annotations = (
+            metadata.get("annotations") if isinstance(metadata, dict) else None
+        )
+    if isinstance(annotations, dict):
+        applied = annotations.get(LAST_APPLIED)
+        if isinstance(applied, str):
+            annotations[LAST_APPLIED] = _mask_applied(applied)
+            count += 1
     return count
 
 
@@ -173,23 +187,50 @@ def _mask_applied(text: str) -> str:
         return PLACEHOLDER
     if not isinstance(applied, dict):
         return PLACEHOLDER
-    _mask_secret(applied)
+    _mask_secrets(applied, True)
     return _serialise(applied)
+
+
+def _mask_patch(operations: list[object]) -> int:
+    """
+    Mask the values of a JSON Patch (RFC 6902) on a Secret: every value
+    an operation carries (the paths under C{/data} hold base64).
+    """
+    count = 0
+    for operation in operations:
+        if not isinstance(operation, dict) or "value" not in operation:
+            continue
+        path = operation.get("path")
+        encoded = isinstance(path, str) and path.startswith("/data")
+        value = operation["value"]
+        if isinstance(value, dict) and path in ("/data", "/stringData"):
+            for name, item in value.items():
+                value[name] = DATA_PLACEHOLDER if encoded else PLACEHOLDER
+                count += item is not None
+        elif isinstance(value, dict | list):
+            count += _mask_secrets(value, True)
+        elif value is not None:
+            operation["value"] = DATA_PLACEHOLDER if encoded else PLACEHOLDER
+            count += 1
+    return count
 
 
 def _mask_secrets(document: object, all_secrets: bool) -> int:
     """
     Mask every Secret in a decoded document, in place; how many values.
-    With C{all_secrets} every object is taken for a Secret.
+    With C{all_secrets} every object is taken for a Secret, and a JSON
+    Patch for a patch of one.
     """
     count = 0
+    if all_secrets and isinstance(document, list):
+        return _mask_patch(document)
     stack: list[tuple[object, bool]] = [(document, all_secrets)]
     while stack:
         node, secret = stack.pop()
         if isinstance(node, dict):
             kind = node.get("kind")
             if secret or kind == "Secret":
-                count += _mask_secret(node)
+                count += _mask_secret(node, secret)
             inner = secret or kind == "SecretList"
             stack.extend(
                 (v, inner) for v in node.values() if isinstance(v, dict | list)
@@ -225,12 +266,25 @@ def _mask_values(document: object, values: ValueMasker) -> tuple[object, int]:
     return document, count
 
 
+#: Media types read as JSON: responses, and request bodies (the patch
+#: types; server-side apply's YAML when it is JSON, as kubectl sends it).
+JSON_MEDIA = frozenset(
+    {
+        "application/json",
+        "application/merge-patch+json",
+        "application/strategic-merge-patch+json",
+        "application/json-patch+json",
+        "application/apply-patch+yaml",
+    }
+)
+
+
 def _json_media(content_type: str | None) -> bool:
     """Whether C{content_type} is JSON in UTF-8 (any other parameters)."""
     if not content_type:
         return False
     media, *parameters = content_type.split(";")
-    if media.strip().lower() != "application/json":
+    if media.strip().lower() not in JSON_MEDIA:
         return False
     for parameter in parameters:
         name, _, value = parameter.partition("=")
@@ -331,17 +385,17 @@ class SecretMasker:
         except UnicodeDecodeError:
             raise MaskingRefused("a JSON document that is not UTF-8") from None
         document = _parse(text)
-        count = _mask_secrets(document, self._all_secrets)
-        if self._values is not None:
-            document, hits = _mask_values(document, self._values)
-            count += hits
-        if not count:
-            return raw
-        self.masked += count
         try:
+            count = _mask_secrets(document, self._all_secrets)
+            if self._values is not None:
+                document, hits = _mask_values(document, self._values)
+                count += hits
+            if not count:
+                return raw
             out = _serialise(document)
         except RecursionError:
             raise MaskingRefused("a JSON document nested too deep") from None
+        self.masked += count
         ending = raw[len(raw.rstrip()) :]
         return out.encode("utf-8") + ending
 

@@ -320,6 +320,63 @@ documents_plain = st.recursive(
 )
 
 
+class RequestBodyTests(_Leaks):
+    """Bodies sent to the API server, for the recording."""
+
+    @settings(max_examples=40, deadline=None)
+    @given(secret_maps, st.lists(st.integers(0, 10_000), max_size=4))
+    def test_writes(self, data: dict[str, str], chunks: list[int]) -> None:
+        values = list(data.values())
+        create = classify("POST", b"/api/v1/namespaces/shop/secrets")
+        patch = classify("PATCH", b"/api/v1/namespaces/shop/secrets/db")
+        encoded = {k: b64(v) for k, v in data.items()}
+        cases = [
+            (create, JSON, secret("db", data, data)),
+            (patch, "application/merge-patch+json", {"data": encoded}),
+            (patch, "application/strategic-merge-patch+json", {"stringData": data}),
+            (patch, "application/apply-patch+yaml", secret("db", data, {})),
+            (
+                patch,
+                "application/json-patch+json",
+                [
+                    {"op": "add", "path": "/data", "value": encoded},
+                    *(
+                        {"op": "replace", "path": f"/data/{k}", "value": v}
+                        for k, v in encoded.items()
+                    ),
+                    {"op": "add", "path": "/stringData/x", "value": values[0]},
+                    {
+                        "op": "add",
+                        "path": "/metadata",
+                        "value": {
+                            "annotations": {
+                                LAST_APPLIED: json.dumps({"stringData": data})
+                            }
+                        },
+                    },
+                    {"op": "test", "path": "/type", "value": values[0]},
+                    {"op": "remove", "path": "/data/a"},
+                ],
+            ),
+        ]
+        for request, content_type, document in cases:
+            body = json.dumps(document).encode()
+            out = mask(request, body, chunks, content_type=content_type)
+            self.assertNoLeak(out, values)
+            self.assertEqual(type(json.loads(out)), type(document))
+
+    def test_yaml_apply(self) -> None:
+        """Server-side apply in YAML proper cannot be read: refused."""
+        patch = classify("PATCH", b"/api/v1/namespaces/shop/secrets/db")
+        self.assertRaises(
+            MaskingRefused,
+            mask,
+            patch,
+            b"kind: Secret\nstringData:\n  password: hunter2\n",
+            content_type="application/apply-patch+yaml",
+        )
+
+
 class UnchangedTests(SynchronousTestCase):
     """Bodies without a Secret go out byte for byte."""
 
@@ -388,6 +445,7 @@ class RefusalTests(SynchronousTestCase):
             b'{"kind":"Secret","data":{"k":"dg=="},"data":{"k":"dg=="}}',
             b'{"kind":"Secret","data":{"k":NaN}}',
             b"[" * 100_000 + b"]" * 100_000,
+            b'{"kind":"Secret","data":{"k":"v"},"x":' + b"[" * 900 + b"]" * 900 + b"}",
             b'{"data":{"k":"\xff"}}',
         ):
             self.refused(GET_SECRET, body)
