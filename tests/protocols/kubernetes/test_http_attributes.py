@@ -6,25 +6,17 @@ package of their own.)
 
 from __future__ import annotations
 
-from typing import Any
-
-import yaml
 from twisted.trial.unittest import SynchronousTestCase
 
-from gatehouse.config import ConfigSection, TargetConfig, _Problems
+from gatehouse.config import TargetConfig
 from gatehouse.policy import Policy
-from gatehouse.policy.config import parse_policy
-from gatehouse.protocols import (
-    ProtocolAdapterBase,
-    protocol_names,
-    register_protocol,
-    unregister_protocol,
-)
 from gatehouse.protocols.http.attributes import (
     POLICY_ATTRIBUTES,
     PROTOCOL,
     commands_for,
 )
+
+from . import policy as kube_policy
 
 POLICY = """
 opaque: deny
@@ -46,23 +38,13 @@ TARGETS = (
 )
 
 
-class _HTTPDeclaration(ProtocolAdapterBase):
-    name = PROTOCOL
-    policy_attributes = POLICY_ATTRIBUTES
-
-
 def load(text: str) -> tuple[Policy, list[str]]:
-    raw: Any = yaml.safe_load(text)
-    problems = _Problems("gw.yaml")
-    policy = parse_policy(ConfigSection(raw, "policy", problems, "."), TARGETS)
-    return policy, [f"{p.location}: {p.message}" for p in problems.found]
+    return kube_policy.load(text, TARGETS)
 
 
 class HTTPRuleTests(SynchronousTestCase):
     def setUp(self) -> None:
-        if PROTOCOL not in protocol_names():
-            register_protocol(_HTTPDeclaration())
-            self.addCleanup(unregister_protocol, PROTOCOL)
+        kube_policy.declare(self, PROTOCOL, POLICY_ATTRIBUTES)
 
     def rule(self, policy: Policy, method: str, path: str, host: str) -> str:
         session = policy.for_session(("dev",), "admin", PROTOCOL)
