@@ -18,13 +18,17 @@ Secret, values included).  Secrets are found:
     may be C{PartialObjectMetadata}, whose annotations still hold the
     last applied configuration).
 
-Documents are handled one at a time: a whole body, or for a watch one
-event (one line: the API server writes each event as one line of compact
-JSON), each at most C{limit} bytes.  A document holding nothing to mask
-goes out byte for byte as it came; one with masked values is
-re-serialised (compact, key order and number spellings kept, Go's
-escaping): semantically equal but for the masked values, so the caller
-must not forward the upstream C{Content-Length} of a masked body.
+Documents are handled one at a time, each at most C{limit} bytes: for a
+watch, one event (one line: the API server writes each event as one line
+of compact JSON); for a response on C{secrets}, one top-level member of
+the body, and one element of each array (a list's C{items}, a Table's
+C{rows}), so a list of any length is masked item by item; otherwise the
+whole body (Secrets found by kind can be anywhere in it).  A piece
+holding nothing to mask goes out byte for byte as it came; one with
+masked values is re-serialised (compact, key order and number spellings
+kept, Go's escaping): semantically equal but for the masked values, so
+the caller must not forward the upstream C{Content-Length} of a masked
+body.
 
 Fail closed: a body that is not JSON (protobuf, YAML, a missing content
 type with a body, another charset), a document that does not parse
@@ -46,6 +50,8 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+from collections.abc import Callable
 from typing import Protocol
 
 from gatehouse.protocols.kubernetes.request import KubeRequest
@@ -215,14 +221,14 @@ def _mask_patch(operations: list[object]) -> int:
     return count
 
 
-def _mask_secrets(document: object, all_secrets: bool) -> int:
+def _mask_secrets(document: object, all_secrets: bool, whole: bool = True) -> int:
     """
     Mask every Secret in a decoded document, in place; how many values.
-    With C{all_secrets} every object is taken for a Secret, and a JSON
-    Patch for a patch of one.
+    With C{all_secrets} every object is taken for a Secret, and a C{whole}
+    document that is an array for a JSON Patch of one.
     """
     count = 0
-    if all_secrets and isinstance(document, list):
+    if all_secrets and whole and isinstance(document, list):
         return _mask_patch(document)
     stack: list[tuple[object, bool]] = [(document, all_secrets)]
     while stack:
@@ -327,6 +333,9 @@ class SecretMasker:
         self._values = values
         self._buffer = bytearray()
         self._closed = False
+        self._stream: _ObjectStream | None = None
+        if self._all_secrets and not self._watch:
+            self._stream = _ObjectStream(self._document, limit)
         self.masked = 0
 
     def _check_json(self) -> None:
@@ -342,6 +351,8 @@ class SecretMasker:
         if not data:
             return b""
         self._check_json()
+        if self._stream is not None:
+            return self._stream.feed(data)
         self._buffer += data
         if not self._watch:
             if len(self._buffer) > self._limit:
@@ -366,6 +377,8 @@ class SecretMasker:
         if self._closed:
             return b""
         self._closed = True
+        if self._stream is not None:
+            return self._stream.close()
         rest = bytes(self._buffer)
         self._buffer.clear()
         if not rest:
@@ -374,8 +387,14 @@ class SecretMasker:
             raise MaskingRefused("the watch stream ended inside an event")
         return self._document(rest)
 
-    def _document(self, raw: bytes) -> bytes:
-        """One whole document, masked (or as it came if nothing is)."""
+    def _document(
+        self, raw: bytes, member: str | None = None, whole: bool = True
+    ) -> bytes:
+        """
+        One document, masked (or as it came if nothing is): a whole body
+        or watch event; or, of a body streamed (L{_ObjectStream}), the
+        value of its top-level C{member}, or one element of an array.
+        """
         if not raw.strip():
             return raw
         if self._values is None and not self._all_secrets and _no_secret(raw):
@@ -386,7 +405,13 @@ class SecretMasker:
             raise MaskingRefused("a JSON document that is not UTF-8") from None
         document = _parse(text)
         try:
-            count = _mask_secrets(document, self._all_secrets)
+            if member is None:
+                count = _mask_secrets(document, self._all_secrets, whole)
+            else:
+                # The member in its object: a Secret's data, stringData.
+                holder: dict[str, object] = {member: document}
+                count = _mask_secrets(holder, self._all_secrets, False)
+                document = holder[member]
             if self._values is not None:
                 document, hits = _mask_values(document, self._values)
                 count += hits
@@ -398,6 +423,213 @@ class SecretMasker:
         self.masked += count
         ending = raw[len(raw.rstrip()) :]
         return out.encode("utf-8") + ending
+
+
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_STRUCTURE = re.compile(rb'["{}\[\]]')
+_SCALAR = re.compile(rb"[^\s,\]}]+")
+_SPACE = b" \t\r\n"
+# States of an _ObjectStream: what comes next.
+(
+    _START,
+    _FIRST_KEY,
+    _KEY,
+    _COLON,
+    _VALUE,
+    _IN_MEMBER,
+    _FIRST_ELEMENT,
+    _ELEMENT,
+    _IN_ELEMENT,
+    _AFTER_ELEMENT,
+    _AFTER_MEMBER,
+    _DONE,
+    _WHOLE,
+) = range(13)
+
+
+class _ObjectStream:
+    """
+    A body whose top level is an object, masked member by member, and the
+    elements of its array members (a list's C{items}, a Table's C{rows})
+    one by one: memory holds one member or element at a time (at most
+    C{limit} bytes), never the whole list.  What lies between them passes
+    as it came.  A body whose top level is not an object is masked whole.
+
+    @param mask: masks one piece: C{mask(raw, member, whole)}; C{member}
+        is the top-level key whose value C{raw} is, C{whole} is False for
+        an element of an array.
+    """
+
+    def __init__(
+        self, mask: Callable[[bytes, str | None, bool], bytes], limit: int
+    ) -> None:
+        self._mask = mask
+        self._limit = limit
+        self._buffer = bytearray()
+        self._state = _START
+        self._keys: set[str] = set()
+        self._key = ""
+        self._start = 0  # where the value being scanned starts
+        self._scan = 0  # how far it has been scanned
+        self._depth = 0
+        self._out: list[bytes] = []
+
+    def feed(self, data: bytes) -> bytes:
+        """The next chunk; what can be sent."""
+        self._buffer += data
+        return self._run(final=False)
+
+    def close(self) -> bytes:
+        """The end of the body: the rest, or L{MaskingRefused} if cut short."""
+        out = self._run(final=True)
+        if self._state == _WHOLE:
+            return out + self._mask(bytes(self._buffer), None, True)
+        if self._state == _START and not self._buffer:
+            return out  # no body (or only spaces)
+        if self._state != _DONE:
+            raise MaskingRefused("the body ended inside a JSON document")
+        return out
+
+    def _run(self, final: bool) -> bytes:
+        buffer = self._buffer
+        position = 0
+        while self._state != _WHOLE:
+            if self._state in (_IN_MEMBER, _IN_ELEMENT):
+                end = self._value_end(final)
+                if end is None:
+                    break
+                piece = bytes(buffer[self._start : end])
+                if len(piece) > self._limit:
+                    raise MaskingRefused(f"a JSON document over {self._limit} bytes")
+                if self._state == _IN_MEMBER:
+                    self._out.append(self._mask(piece, self._key, True))
+                    self._state = _AFTER_MEMBER
+                else:
+                    self._out.append(self._mask(piece, None, False))
+                    self._state = _AFTER_ELEMENT
+                position = end
+                continue
+            space = position
+            while space < len(buffer) and buffer[space] in _SPACE:
+                space += 1
+            self._out.append(bytes(buffer[position:space]))
+            position = space
+            if position == len(buffer):
+                break
+            after = self._step(position, final)
+            if after is None:
+                break
+            position = after
+        del buffer[:position]
+        self._start -= position
+        self._scan -= position
+        if len(buffer) > self._limit:
+            raise MaskingRefused(f"a JSON document over {self._limit} bytes")
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
+
+    def _emit(self, start: int, end: int, state: int) -> int:
+        """Pass a token of the top level on, and move to C{state}."""
+        self._out.append(bytes(self._buffer[start:end]))
+        self._state = state
+        return end
+
+    def _begin(self, at: int, state: int) -> int:
+        """Start scanning a value at C{at}."""
+        self._start = self._scan = at
+        self._depth = 0
+        self._state = state
+        return at
+
+    def _step(self, at: int, final: bool) -> int | None:
+        """
+        Take the token at C{at} (not space): the position after it, or
+        None to wait for more bytes.
+        """
+        state = self._state
+        char = bytes(self._buffer[at : at + 1])
+        if state == _START:
+            if char != b"{":
+                self._state = _WHOLE
+                return at
+            return self._emit(at, at + 1, _FIRST_KEY)
+        if state == _FIRST_KEY and char == b"}":
+            return self._emit(at, at + 1, _DONE)
+        if state in (_FIRST_KEY, _KEY):
+            return self._member_key(at, final)
+        if state == _COLON and char == b":":
+            return self._emit(at, at + 1, _VALUE)
+        if state == _VALUE:
+            if char == b"[" and self._key not in ("data", "stringData"):
+                return self._emit(at, at + 1, _FIRST_ELEMENT)
+            return self._begin(at, _IN_MEMBER)
+        if state == _FIRST_ELEMENT and char == b"]":
+            return self._emit(at, at + 1, _AFTER_MEMBER)
+        if state in (_FIRST_ELEMENT, _ELEMENT):
+            return self._begin(at, _IN_ELEMENT)
+        if state == _AFTER_ELEMENT and char in (b",", b"]"):
+            return self._emit(at, at + 1, _ELEMENT if char == b"," else _AFTER_MEMBER)
+        if state == _AFTER_MEMBER and char in (b",", b"}"):
+            return self._emit(at, at + 1, _KEY if char == b"," else _DONE)
+        raise MaskingRefused(f"unexpected {char!r} in a JSON document")
+
+    def _member_key(self, at: int, final: bool) -> int | None:
+        match = _STRING.match(self._buffer, at)
+        if match is None:
+            if bytes(self._buffer[at : at + 1]) != b'"' or final:
+                raise MaskingRefused("not a JSON object key")
+            return None
+        try:
+            key = _parse(match.group().decode("utf-8"))
+        except UnicodeDecodeError:
+            raise MaskingRefused("a JSON document that is not UTF-8") from None
+        assert isinstance(key, str)
+        if key in self._keys:
+            raise MaskingRefused("a JSON object with a key twice")
+        self._keys.add(key)
+        self._key = key
+        return self._emit(at, match.end(), _COLON)
+
+    def _value_end(self, final: bool) -> int | None:
+        """Where the value being scanned ends, or None if not yet known."""
+        buffer = self._buffer
+        first = bytes(buffer[self._start : self._start + 1])
+        if first == b'"':
+            match = _STRING.match(buffer, self._start)
+            if match is None:
+                if final:
+                    raise MaskingRefused("a JSON string without its end")
+                return None
+            return match.end()
+        if first not in (b"{", b"["):
+            match = _SCALAR.match(buffer, self._start)
+            if match is None:
+                raise MaskingRefused("not a JSON value")
+            if match.end() == len(buffer) and not final:
+                return None
+            return match.end()
+        while True:
+            found = _STRUCTURE.search(buffer, self._scan)
+            if found is None:
+                self._scan = len(buffer)
+                if final:
+                    raise MaskingRefused("a JSON value without its end")
+                return None
+            at = found.start()
+            if found.group() == b'"':
+                string = _STRING.match(buffer, at)
+                if string is None:
+                    self._scan = at
+                    if final:
+                        raise MaskingRefused("a JSON string without its end")
+                    return None
+                self._scan = string.end()
+                continue
+            self._depth += 1 if found.group() in (b"{", b"[") else -1
+            self._scan = at + 1
+            if self._depth == 0:
+                return self._scan
 
 
 def _no_secret(raw: bytes) -> bool:

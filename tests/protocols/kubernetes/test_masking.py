@@ -143,6 +143,12 @@ def strings(value: Any) -> Iterator[str]:
 
 
 def documents(body: bytes) -> Iterator[Any]:
+    """The documents of a body: one, or one per line (watch)."""
+    try:
+        yield json.loads(body)
+        return
+    except ValueError:
+        pass
     for line in body.splitlines():
         if line.strip():
             yield json.loads(line)
@@ -320,6 +326,125 @@ documents_plain = st.recursive(
 )
 
 
+def reference(value: Any) -> Any:
+    """What masking every object of a document as a Secret gives, decoded."""
+    if isinstance(value, list):
+        return [reference(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    found = {k: reference(v) for k, v in value.items()}
+    for key, placeholder in (("data", DATA_PLACEHOLDER), ("stringData", PLACEHOLDER)):
+        if isinstance(found.get(key), dict):
+            found[key] = {
+                k: placeholder if v is not None else None for k, v in found[key].items()
+            }
+    if isinstance(found.get(LAST_APPLIED), str):
+        found[LAST_APPLIED] = json.dumps(reference(json.loads(found[LAST_APPLIED])))
+    return found
+
+
+def normalised(value: Any) -> Any:
+    """A decoded document with last-applied annotations decoded too."""
+    if isinstance(value, list):
+        return [normalised(v) for v in value]
+    if isinstance(value, dict):
+        return {
+            k: json.loads(v) if k == LAST_APPLIED else normalised(v)
+            for k, v in value.items()
+        }
+    return value
+
+
+class StreamedListTests(_Leaks):
+    """
+    Lists and Tables of Secrets are masked item by item: the limit is per
+    item, not per list, and the result is what masking the whole gives.
+    """
+
+    @settings(max_examples=60, deadline=None)
+    @given(
+        st.lists(secret_maps, min_size=0, max_size=4),
+        st.sampled_from([None, 1]),
+        st.lists(st.integers(0, 10_000), max_size=8),
+    )
+    def test_same_as_whole(
+        self, items: list[dict[str, str]], indent: int | None, chunks: list[int]
+    ) -> None:
+        values = [v for data in items for v in data.values()]
+        listed = [
+            secret(f"s{n}", data, data, kind=False) for n, data in enumerate(items)
+        ]
+        for document in (
+            {"kind": "SecretList", "metadata": {"rv": "1"}, "items": listed},
+            {
+                "kind": "Table",
+                "columnDefinitions": [{"name": "Name"}],
+                "rows": [{"cells": [1, 2.5, None], "object": s} for s in listed],
+                "metadata": {},
+            },
+            secret("one", items[0] if items else {}, {}),
+        ):
+            body = json.dumps(document, indent=indent).encode()
+            out = mask(LIST_SECRETS, body, chunks)
+            self.assertEqual(out, mask(LIST_SECRETS, body))
+            self.assertNoLeak(out, values)
+            expected = normalised(reference(document))
+            self.assertEqual(normalised(json.loads(out)), expected)
+
+    def test_limit_per_item(self) -> None:
+        """A list far over the limit passes when each item is under it."""
+        items = [
+            secret(f"s{n}", {"k": f"{MARK}-{n}-" + "v" * 1000}, {}, kind=False)
+            for n in range(300)
+        ]
+        body = json.dumps({"kind": "SecretList", "items": items}).encode()
+        self.assertGreater(len(body), 300 * 1000)
+        masker = SecretMasker(LIST_SECRETS, JSON, limit=4096)
+        out = b"".join(
+            masker.feed(body[i : i + 1000]) for i in range(0, len(body), 1000)
+        )
+        out += masker.close()
+        self.assertNoLeak(out, [item["data"]["k"] for item in items])
+        self.assertEqual(len(json.loads(out)["items"]), 300)
+        # One item over the limit is refused.
+        items.append(secret("big", {"k": "v" * 5000}, {}, kind=False))
+        body = json.dumps({"kind": "SecretList", "items": items}).encode()
+        self.assertRaises(MaskingRefused, mask, LIST_SECRETS, body, limit=4096)
+
+    def test_malformed_secret_withheld(self) -> None:
+        """data or stringData that is not a map is replaced whole."""
+        body = b'{"data":["Zq9a", {"k": "Zq9b"}],"stringData":"Zq9c","x":["Zq9d"]}'
+        out = mask(LIST_SECRETS, body)
+        self.assertEqual(
+            json.loads(out),
+            {"data": DATA_PLACEHOLDER, "stringData": PLACEHOLDER, "x": ["Zq9d"]},
+        )
+
+    def test_malformed(self) -> None:
+        for body in (
+            b'{"a":1,}',
+            b'{"a" 1}',
+            b'{,"a":1}',
+            b'{"a":[1,]}',
+            b'{"a":[,1]}',
+            b'{"a":[1 2]}',
+            b'{"a":1}}',
+            b'{"a":1} x',
+            b'{"a":1 2}',
+            b'{"items":[{"a":1}',
+            b'{"a":tru',
+            b'{"a":xyz}',
+            b'{"a":"x\ty',
+            b'{"items":[],"items":[]}',
+            b'{"items":[],"\u0069tems":[]}',
+            b'{"a":"\\x"}',
+            b'{"a":"\\u12"}',
+            b"{'a':1}",
+            b'{"a":""}',
+        ):
+            self.assertRaises(MaskingRefused, mask, LIST_SECRETS, body)
+
+
 class RequestBodyTests(_Leaks):
     """Bodies sent to the API server, for the recording."""
 
@@ -445,7 +570,8 @@ class RefusalTests(SynchronousTestCase):
             b'{"kind":"Secret","data":{"k":"dg=="},"data":{"k":"dg=="}}',
             b'{"kind":"Secret","data":{"k":NaN}}',
             b"[" * 100_000 + b"]" * 100_000,
-            b'{"kind":"Secret","data":{"k":"v"},"x":' + b"[" * 900 + b"]" * 900 + b"}",
+            b'{"metadata":{"annotations":{"' + LAST_APPLIED.encode() + b'":"{}"},'
+            b'"x":' + b"[" * 900 + b"]" * 900 + b"}}",
             b'{"data":{"k":"\xff"}}',
         ):
             self.refused(GET_SECRET, body)
