@@ -611,3 +611,55 @@ class ValueDetectorTests(SynchronousTestCase):
         self.assertEqual(out["n"], 3)
         plain = b'{"kind":"ConfigMap","data":{"a":"b"}}'
         self.assertEqual(mask(GET_CONFIGMAP, plain, values=values), plain)
+
+
+class FuzzTests(SynchronousTestCase):
+    """Any input masks or is refused; nothing else escapes."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.sampled_from([GET_SECRET, LIST_SECRETS, WATCH_SECRETS, LIST_WIDGETS]),
+        st.lists(
+            st.sampled_from(
+                [
+                    b"{",
+                    b"}",
+                    b"[",
+                    b"]",
+                    b",",
+                    b":",
+                    b'"',
+                    b"\\",
+                    b" ",
+                    b"\n",
+                    b'"data"',
+                    b'"items"',
+                    b'"kind"',
+                    b'"Secret"',
+                    b'"SecretList"',
+                    b'"stringData"',
+                    b'"k"',
+                    b'"dg=="',
+                    b"1",
+                    b"-2.5e3",
+                    b"true",
+                    b"null",
+                    b"\\u0053",
+                    b"\xff",
+                    b"\x00",
+                    b"x",
+                ]
+            ),
+            max_size=30,
+        ),
+        st.lists(st.integers(0, 200), max_size=5),
+    )
+    def test_mask_or_refuse(
+        self, request: KubeRequest, pieces: list[bytes], chunks: list[int]
+    ) -> None:
+        body = b"".join(pieces)
+        try:
+            out = mask(request, body, chunks, limit=100)
+        except MaskingRefused:
+            return
+        self.assertEqual(out, mask(request, body, limit=100))
