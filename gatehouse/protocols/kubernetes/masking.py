@@ -79,8 +79,11 @@ DEFAULT_LIMIT = 32 * 1024 * 1024
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 
 
-class MaskingRefused(Exception):
-    """A body that cannot be masked safely: withhold it (fail closed)."""
+class MaskingRefused(ValueError):
+    """
+    A body that cannot be masked safely: withhold it (fail closed).  A
+    L{ValueError}, as the HTTP listener's body filters raise.
+    """
 
 
 class ValueMasker(Protocol):
@@ -306,7 +309,9 @@ def _json_media(content_type: str | None) -> bool:
 
 class SecretMasker:
     """
-    Masks one response body, fed in chunks (see the module docstring).
+    Masks one response body, fed in chunks (see the module docstring):
+    C{feed} and C{end} (or C{close}) as the HTTP listener's C{BodyFilter}
+    asks, raising L{MaskingRefused} (a L{ValueError}) to cut the body.
 
     @ivar masked: how many values have been masked so far.
     """
@@ -371,6 +376,10 @@ class SecretMasker:
                 raise MaskingRefused(f"a watch event over {self._limit} bytes")
             out.append(self._document(line) + b"\n")
         return b"".join(out)
+
+    def end(self) -> bytes:
+        """The end of the body (the HTTP listener's C{BodyFilter.end})."""
+        return self.close()
 
     def close(self) -> bytes:
         """The end of the body: the rest of the masked bytes."""
