@@ -66,6 +66,7 @@ __all__ = [
     "MaskingRefused",
     "SecretMasker",
     "ValueMasker",
+    "is_json_media",
     "needs_secret_masking",
 ]
 
@@ -288,8 +289,13 @@ JSON_MEDIA = frozenset(
 )
 
 
-def _json_media(content_type: str | None) -> bool:
-    """Whether C{content_type} is JSON in UTF-8 (any other parameters)."""
+def is_json_media(content_type: str | None) -> bool:
+    """
+    Whether C{content_type} is JSON in UTF-8 (any other parameters): what
+    L{SecretMasker} can mask.  A caller that must mask a response of
+    another type refuses it before its head goes out (and asks for JSON:
+    C{Accept: application/json} for requests on C{secrets}).
+    """
     if not content_type:
         return False
     media, *parameters = content_type.split(";")
@@ -330,7 +336,7 @@ class SecretMasker:
         @param limit: the largest document (body, or watch event) in bytes.
         @param values: value detectors for every string, if any.
         """
-        self._json = _json_media(content_type)
+        self._json = is_json_media(content_type)
         self._content_type = content_type
         self._all_secrets = needs_secret_masking(request)
         self._watch = request.verb == "watch"

@@ -22,6 +22,7 @@ from gatehouse.protocols.kubernetes.masking import (
     PLACEHOLDER,
     MaskingRefused,
     SecretMasker,
+    is_json_media,
     needs_secret_masking,
 )
 from gatehouse.protocols.kubernetes.request import KubeRequest, classify
@@ -556,12 +557,14 @@ class RefusalTests(SynchronousTestCase):
             "application/jsonx",
         ):
             self.refused(GET_SECRET, body, content_type=content_type)
+            self.assertFalse(is_json_media(content_type))
         for content_type in (
             "application/json",
             "Application/JSON; charset=UTF-8",
             "application/json;as=Table;v=v1;g=meta.k8s.io",
             "application/json;stream=watch",
         ):
+            self.assertTrue(is_json_media(content_type))
             self.assertNotIn(b'"v"', mask(GET_SECRET, body, content_type=content_type))
 
     def test_not_json(self) -> None:
