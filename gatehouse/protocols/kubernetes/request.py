@@ -46,9 +46,11 @@ of other characters are decoded, as Go decodes them (C{%73ecrets} is
 C{secrets}).
 
 Trailing slash: RequestInfo trims it (C{/api/v1/namespaces/shop/pods/}
-is a list of pods to the authorizer) while the router does not (there it
-is a pod with an empty name), so a trailing slash on any path under
-C{/api/} or C{/apis/} is refused; kubectl never sends one.  On other
+is a list of pods to the authorizer) while go-restful's router does not
+(there it can match C{pods/{name}} with an empty name), so a trailing
+slash on any path under C{/api/} or C{/apis/} is refused (kubectl never
+sends one), but after the C{proxy} subresource, where both read the
+same subresource and the slash belongs to the proxied path.  On other
 non-resource paths (C{/logs/}) it is kept as written: there the
 authorizer and the handler both read the path verbatim.
 
@@ -220,9 +222,12 @@ class KubeRequest:
         return found[0] if found else None
 
     def flag(self, parameter: str) -> bool:
-        """A boolean query parameter (absent: false)."""
+        """
+        A boolean query parameter as Go reads it: absent, C{0} or C{false}
+        (any case) is false, anything else true.
+        """
         value = self.value(parameter)
-        return value is not None and _BOOLEANS[value]
+        return value is not None and value.lower() not in ("0", "false")
 
     @property
     def container(self) -> str | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-__all__ = ["CONTENT_TYPE", "REASONS", "reason_for", "status"]
+__all__ = ["CONTENT_TYPE", "REASONS", "go_json_string", "reason_for", "status"]
 
 #: The content type of a Status body.
 CONTENT_TYPE = "application/json"
@@ -52,6 +52,11 @@ _GO_ESCAPES = str.maketrans(
         "\u2029": "\\u2029",
     }
 )
+
+
+def go_json_string(text: str) -> str:
+    """C{text} as a JSON string, escaped as Go's encoding/json does."""
+    return json.dumps(text, ensure_ascii=False).translate(_GO_ESCAPES)
 
 
 def reason_for(code: int) -> str:

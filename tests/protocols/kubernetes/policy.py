@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gatehouse.config import ConfigSection, TargetConfig, _Problems
 from gatehouse.policy import Decision, Policy
+from gatehouse.policy.attributes import PolicyAttributes
 from gatehouse.policy.config import parse_policy
 from gatehouse.protocols import (
     ProtocolAdapterBase,
@@ -56,29 +57,41 @@ rules:
 TARGETS = (TargetConfig("cluster", PROTOCOL), TargetConfig("app", "postgres"))
 
 
-class _KubernetesDeclaration(ProtocolAdapterBase):
-    """The Kubernetes adapter's policy declaration alone (until it lands)."""
+class _Declaration(ProtocolAdapterBase):
+    """A protocol's policy declaration alone (until its adapter lands)."""
 
-    name = PROTOCOL
-    policy_attributes = POLICY_ATTRIBUTES
+    def __init__(self, name: str, attributes: PolicyAttributes) -> None:
+        self.name = name
+        self.policy_attributes = attributes
+
+
+def declare(
+    case: SynchronousTestCase,
+    name: str = PROTOCOL,
+    attributes: PolicyAttributes = POLICY_ATTRIBUTES,
+) -> None:
+    """
+    Make protocol C{name} known for C{case} (its own adapter when it is
+    registered, else one declaring C{attributes}).
+    """
+    if name in protocol_names():
+        return
+    register_protocol(_Declaration(name, attributes))
+    case.addCleanup(unregister_protocol, name)
 
 
 def with_kubernetes(case: SynchronousTestCase) -> None:
-    """
-    Make the C{kubernetes} protocol known for C{case} (its own adapter when
-    it is registered, else one declaring L{POLICY_ATTRIBUTES}).
-    """
-    if PROTOCOL in protocol_names():
-        return
-    register_protocol(_KubernetesDeclaration())
-    case.addCleanup(unregister_protocol, PROTOCOL)
+    """Make the C{kubernetes} protocol known for C{case}."""
+    declare(case)
 
 
-def load(text: str = POLICY) -> tuple[Policy, list[str]]:
+def load(
+    text: str = POLICY, targets: tuple[TargetConfig, ...] = TARGETS
+) -> tuple[Policy, list[str]]:
     """The policy C{text} (YAML) says, and the problems found in it."""
     raw: Any = yaml.safe_load(text)
     problems = _Problems("gw.yaml")
-    policy = parse_policy(ConfigSection(raw, "policy", problems, "."), TARGETS)
+    policy = parse_policy(ConfigSection(raw, "policy", problems, "."), targets)
     return policy, [f"{p.location}: {p.message}" for p in problems.found]
 
 

@@ -142,6 +142,20 @@ class ResourceRequestTests(SynchronousTestCase):
         )
         self.assertEqual(short.describe(), "exec shop/web-7 -c app: /bin/sh")
 
+    def test_description_escapes(self) -> None:
+        """Control characters of a command are shown escaped, on one line."""
+        request = classify(
+            "POST",
+            b"/api/v1/namespaces/a/pods/b/exec?command=sh&command=-c"
+            b"&command=echo+x%0Arm+-rf+%2F%1B%5B2J",
+        )
+        self.assertEqual(request.command, ("sh", "-c", "echo x\nrm -rf /\x1b[2J"))
+        self.assertEqual(
+            request.describe(), "exec a/b: sh -c 'echo x\\nrm -rf /\\x1b[2J'"
+        )
+        self.assertTrue(request.flag("stdin") is False)
+        self.assertTrue(classify("GET", b"/api/v1/pods?pretty=1").flag("pretty"))
+
     def test_attach_portforward(self) -> None:
         attach = self.check(
             "POST",
