@@ -134,3 +134,12 @@ class IHTTPFlavour(Interface):
         a switched stream's two directions (client to target, target to
         client), given the target's 101 headers; None: record it raw.
         """
+
+    def upgrade_headers(
+        described: Described, headers: Sequence[tuple[bytes, bytes]]
+    ) -> list[tuple[bytes, bytes]] | Refused:
+        """
+        The client's headers of an upgrade request as the target gets them
+        (the stream protocols offered cut to those the gateway reads), or
+        a refusal when none is left.
+        """

@@ -129,3 +129,8 @@ class PlainHTTP:
         self, described: Described, headers: Sequence[tuple[bytes, bytes]]
     ) -> tuple[Any, Any] | None:
         return None
+
+    def upgrade_headers(
+        self, described: Described, headers: Sequence[tuple[bytes, bytes]]
+    ) -> list[tuple[bytes, bytes]] | Refused:
+        return list(headers)

@@ -644,7 +644,16 @@ class HTTPGatewayProtocol(Protocol):
         if self._ended:
             return
         upstream = self.factory.upstream(self.target)
-        headers = self._upstream_headers(exchange, upstream)
+        client_headers: Sequence[tuple[bytes, bytes]] = exchange.head.headers
+        if exchange.described.upgrade:
+            offered = self.factory.flavour.upgrade_headers(
+                exchange.described, client_headers
+            )
+            if isinstance(offered, Refused):
+                self._reply_exchange(exchange, offered)
+                return
+            client_headers = offered
+        headers = self._upstream_headers(exchange, upstream, client_headers)
         if headers is None:
             return
         if self._h11.they_are_waiting_for_100_continue:
@@ -669,7 +678,10 @@ class HTTPGatewayProtocol(Protocol):
         )
 
     def _upstream_headers(
-        self, exchange: Exchange, upstream: Upstream
+        self,
+        exchange: Exchange,
+        upstream: Upstream,
+        client_headers: Sequence[tuple[bytes, bytes]],
     ) -> list[tuple[bytes, bytes]] | None:
         """
         The request's headers as the target gets them: the connection's
@@ -680,9 +692,9 @@ class HTTPGatewayProtocol(Protocol):
         session = self.session
         assert session is not None and session.identity is not None
         upgrade = exchange.described.upgrade
-        tokens = _connection_tokens(exchange.head.headers)
+        tokens = _connection_tokens(client_headers)
         headers: list[tuple[bytes, bytes]] = [(b"host", upstream.host_header)]
-        for name, value in exchange.head.headers:
+        for name, value in client_headers:
             if upgrade and name in (b"connection", b"upgrade"):
                 headers.append((name, value))
                 continue
@@ -777,6 +789,8 @@ class HTTPGatewayProtocol(Protocol):
         )
         self._send(h11.InformationalResponse(status_code=101, headers=headers))
         relay = self._relay = StreamRelay(self, exchange, stream, headers)
+        if not relay.start():
+            return
         stream.on_data = relay.from_target
         stream.on_lost = relay.target_lost
         assert self._pauses is not None

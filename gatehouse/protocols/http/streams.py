@@ -77,21 +77,29 @@ class StreamEvent:
 class IStreamObserver(Interface):
     """Decodes one direction of a switched stream, for the recording."""
 
-    def feed(data: bytes) -> Sequence[StreamBytes | StreamEvent]:
+    def feed(data: bytes) -> tuple[bytes, Sequence[StreamBytes | StreamEvent]]:
         """
-        The next bytes of this direction; what they carry.
+        The next bytes of this direction: the bytes to forward now (whole
+        units of the stream's protocol; the rest waits for more), and what
+        to record.
 
         @raise StreamViolation: they break the stream's protocol (the
             stream is cut; they are not forwarded).
         """
+
+    def finish() -> Sequence[StreamBytes | StreamEvent]:
+        """The stream ended: what is left to record (an exit status)."""
 
 
 @implementer(IStreamObserver)
 class RawObserver:
     """A stream the gateway does not decode: its bytes, recorded as they are."""
 
-    def feed(self, data: bytes) -> Sequence[StreamBytes | StreamEvent]:
-        return [StreamBytes("raw", data)]
+    def feed(self, data: bytes) -> tuple[bytes, Sequence[StreamBytes | StreamEvent]]:
+        return data, [StreamBytes("raw", data)]
+
+    def finish(self) -> Sequence[StreamBytes | StreamEvent]:
+        return []
 
 
 class StreamRelay:
@@ -110,42 +118,62 @@ class StreamRelay:
         self._protocol = protocol
         self._exchange = exchange
         self._stream = stream
-        observers = protocol.factory.flavour.stream_observers(
-            exchange.described, headers
-        )
-        pair: tuple[Any, Any] = observers or (RawObserver(), RawObserver())
-        self._from_client, self._from_target = pair
         self._channels: dict[object, int] = {}
         self._ended = False
+        try:
+            observers = protocol.factory.flavour.stream_observers(
+                exchange.described, headers
+            )
+        except StreamViolation as e:
+            observers = None
+            self.refused: str | None = str(e)
+        else:
+            self.refused = None
+        pair: tuple[Any, Any] = observers or (RawObserver(), RawObserver())
+        self._from_client, self._from_target = pair
         self.bytes_in = 0
         self.bytes_out = 0
+
+    def start(self) -> bool:
+        """Begin; False if the stream cannot be read (it was cut)."""
+        if self.refused is not None:
+            self._cut(f"the target chose a stream protocol: {self.refused}")
+            return False
+        return True
 
     def from_client(self, data: bytes) -> None:
         """The client sent C{data}: record it, then forward it."""
         if self._ended:
             return
-        if not self._observe(self._from_client, Direction.CLIENT_TO_GATEWAY, data):
+        out = self._observe(self._from_client, Direction.CLIENT_TO_GATEWAY, data)
+        if out is None:
             return
         self.bytes_in += len(data)
         self._exchange.body_in += len(data)
-        self._stream.transport.write(data)
+        if out:
+            self._stream.transport.write(out)
 
     def from_target(self, data: bytes) -> None:
         """The target sent C{data}: record it, then forward it."""
         if self._ended:
             return
-        if not self._observe(self._from_target, Direction.GATEWAY_TO_CLIENT, data):
+        out = self._observe(self._from_target, Direction.GATEWAY_TO_CLIENT, data)
+        if out is None:
             return
         self.bytes_out += len(data)
         self._exchange.body_out += len(data)
-        self._protocol.transport.write(data)
+        if out:
+            self._protocol.transport.write(out)
 
-    def _observe(self, observer: Any, direction: Direction, data: bytes) -> bool:
+    def _observe(
+        self, observer: Any, direction: Direction, data: bytes
+    ) -> bytes | None:
+        """What to forward (None: the stream was cut)."""
         session = self._protocol.session
         assert session is not None
         channel = self._exchange.channel
         try:
-            found = observer.feed(data)
+            out, found = observer.feed(data)
             for item in found:
                 if isinstance(item, StreamEvent):
                     session.event(item.name, channel=channel, **item.fields)
@@ -157,11 +185,11 @@ class StreamRelay:
         except StreamViolation as e:
             side = "client" if direction == Direction.CLIENT_TO_GATEWAY else "target"
             self._cut(f"the {side} broke the stream's protocol: {e}")
-            return False
+            return None
         except RecordingFailed:
             self._cut("recording failed")
-            return False
-        return True
+            return None
+        return bytes(out)
 
     def _channel_of(self, item: StreamBytes) -> int:
         if item.key is None:
@@ -197,6 +225,7 @@ class StreamRelay:
         if self._ended:
             return
         self._ended = True
+        self._finish()
         self._protocol.stream_ended(self._exchange, reason)
 
     def target_lost(self, reason: Any) -> None:
@@ -207,4 +236,20 @@ class StreamRelay:
         """The client went: close the target's side."""
         if not self._ended:
             self._ended = True
+            self._finish()
             self._stream.transport.loseConnection()
+
+    def _finish(self) -> None:
+        """Record what the observers still hold (an exit status)."""
+        session = self._protocol.session
+        if session is None or session.closed:
+            return
+        try:
+            for observer in (self._from_client, self._from_target):
+                for item in observer.finish():
+                    if isinstance(item, StreamEvent):
+                        session.event(
+                            item.name, channel=self._exchange.channel, **item.fields
+                        )
+        except RecordingFailed:
+            pass

@@ -20,6 +20,7 @@ from gatehouse.protocols.http.flavour import (
     Refused,
     RequestHead,
 )
+from gatehouse.protocols.kubernetes import relay
 from gatehouse.protocols.kubernetes.attributes import commands_for
 from gatehouse.protocols.kubernetes.request import AmbiguousRequest, classify
 from gatehouse.protocols.kubernetes.status import CONTENT_TYPE, reason_for, status
@@ -106,4 +107,17 @@ class KubernetesFlavour:
     def stream_observers(
         self, described: Described, headers: Sequence[tuple[bytes, bytes]]
     ) -> tuple[Any, Any] | None:
-        return None
+        """Exec, attach and port-forward are read (SPDY or WebSocket)."""
+        return relay.stream_observers(described.detail, headers)
+
+    def upgrade_headers(
+        self, described: Described, headers: Sequence[tuple[bytes, bytes]]
+    ) -> list[tuple[bytes, bytes]] | Refused:
+        """Only the stream protocols gatehouse reads are offered."""
+        offered = relay.offered_protocols(described.detail, headers)
+        if isinstance(offered, str):
+            return Refused(400, "BadRequest", offered)
+        name, kept = offered
+        out = [(n, v) for n, v in headers if n != name]
+        out.append((name, ", ".join(kept).encode("latin-1")))
+        return out

@@ -6,13 +6,16 @@ to 1.29; real processes in the test API server's pods.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
+import time
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
 
 from tests.fixtures.kubeapi import KubeAPIServer
+from tests.gateway_recordings import events
 from tests.protocols.kubernetes.harness import KubeGateway, KubeGatewayTestCase
 
 RULES = [
@@ -153,6 +156,7 @@ class ExecTests(KubeGatewayTestCase):
         """
         data = os.urandom(200_000)
         for version in VERSIONS:
+            started = time.time()
             out, err, code = yield self.gw.kubectl(
                 "exec",
                 "-i",
@@ -171,3 +175,41 @@ class ExecTests(KubeGatewayTestCase):
                 out.split()[0].decode(), hashlib.sha256(data).hexdigest(), version
             )
             self.assertIn(b"oops", err, version)
+            self.assertRecorded(started, data, out, version)
+
+    def assertRecorded(
+        self, started: float, stdin: bytes, stdout: bytes, version: str
+    ) -> None:
+        """
+        The exec's session recorded stdin, stdout and stderr apart (decoded
+        from WebSocket or SPDY), and the exit status.
+        """
+        sessions = self.gw.http.wait_sessions(started, kind="exec")
+        records = self.gw.http.export(str(sessions[-1].id), cli=False)
+        [request] = events(records, "http-request")
+        channel = request["_channel"]
+        [switched] = events(records, "http-response")
+        self.assertEqual(switched["status"], 101)
+        upgrade = dict(switched["headers"])["upgrade"].lower()
+        spdy = version in ("1.27", "1.28", "1.29")
+        self.assertEqual(upgrade, "spdy/3.1" if spdy else "websocket", version)
+
+        def stream(ch: int, direction: str) -> bytes:
+            return b"".join(
+                base64.b64decode(r["payload"])
+                for r in records
+                if r["type"] == "DATA"
+                and r["channel"] == ch
+                and r["direction"] == direction
+            )
+
+        self.assertEqual(stream(channel, "client_to_gateway"), stdin, version)
+        self.assertEqual(stream(channel, "gateway_to_client"), stdout, version)
+        self.assertEqual(
+            stream(channel | 0x8000, "gateway_to_client"), b"oops\n", version
+        )
+        names = [r["json"]["event"] for r in records if r["type"] == "EVENT"]
+        exits = events(records, "k8s-exit")
+        self.assertEqual(len(exits), 1, names)
+        exit_event = exits[0]
+        self.assertEqual(exit_event["code"], 3, version)
