@@ -36,6 +36,7 @@ class UpstreamPolicy:
         if options.ca is not None:
             with open(options.ca, "rb") as f:
                 self._trust = trust_root(f.read(), options.ca)
+        self._creators: dict[tuple[bytes, int], Any] = {}
         self._client: ssl.PrivateCertificate | None = None
         if options.client_certificate and options.client_key:
             with open(options.client_certificate, "rb") as f:
@@ -47,6 +48,15 @@ class UpstreamPolicy:
             )
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        # An Agent asks for every request, pooled connection or not; the
+        # options (certificates, ciphers) are the same each time.
+        key = (hostname, port)
+        creator = self._creators.get(key)
+        if creator is None:
+            creator = self._creators[key] = self._creator(hostname)
+        return creator
+
+    def _creator(self, hostname: bytes) -> Any:
         name = self._options.server_name or hostname.decode("ascii")
         return ssl.optionsForClientTLS(
             name,
