@@ -24,8 +24,15 @@ from tests.gateway_recordings import events
 from tests.protocols.http.harness import HTTPGateway
 
 POLICY = {
-    "opaque": "deny",
+    "review": {"approvers": ["approvers"], "timeout": "60s"},
     "rules": [
+        {
+            "name": "deploys-reviewed",
+            "protocols": ["http"],
+            "method": ["post"],
+            "path": ["/deploy/*"],
+            "action": "review",
+        },
         {
             "name": "no-admin-deletes",
             "protocols": ["http"],
@@ -245,6 +252,46 @@ class PlainHTTPTests(SynchronousTestCase):
         records = self.gw.export(str(session.id), cli=False)
         self.assertEqual(len(events(records, "http-token-changed")), 1)
         self.assertEqual(len(events(records, "http-request")), 1)
+
+    def test_review(self) -> None:
+        """
+        A reviewed request waits (the service sees nothing) until an
+        approver approves it with the CLI; then it goes through.
+        """
+        before = len(self.service.seen())
+        client = subprocess.Popen(
+            [
+                "curl",
+                "-sS",
+                "--cacert",
+                self.gw.ca_cert,
+                "-X",
+                "POST",
+                "-H",
+                f"Authorization: Bearer {self.gw.token()}",
+                "--data-binary",
+                "v42",
+                "-o",
+                "-",
+                "-w",
+                "%{http_code}",
+                self.gw.url + "/deploy/web?version=42",
+            ],
+            stdout=subprocess.PIPE,
+        )
+        self.addCleanup(client.kill)
+        request = self.gw.pending("/deploy/web")
+        time.sleep(0.3)
+        self.assertIsNone(client.poll(), "curl finished while held")
+        self.assertEqual(self.seen_since(before), [])
+        approved = self.gw.approvals(
+            "approve", request["id"], "-m", "CHG-7", token=self.gw.approver()
+        )
+        self.assertEqual(approved.returncode, 0, approved.stderr)
+        out, _ = client.communicate(timeout=30)
+        self.assertTrue(out.endswith(b"200"), out)
+        [seen] = self.seen_since(before)
+        self.assertEqual((seen["method"], seen["body_bytes"]), ("POST", 3))
 
 
 def rss(pid: int) -> int:
