@@ -24,6 +24,8 @@ it (and removes its files) should that process die without cleaning up.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import pwd
 import shutil
@@ -31,8 +33,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 __all__ = [
@@ -110,6 +113,28 @@ def apt_install(*packages: str, timeout: float = 900.0) -> None:
             f"missing Debian package(s) {names}: install them as root "
             f"(apt-get install -y {names})"
         )
+    with install_lock("apt"):
+        _apt_install(packages, names, timeout)
+
+
+@contextlib.contextmanager
+def install_lock(name: str) -> Iterator[None]:
+    """
+    Hold a lock shared by every process of this machine that installs
+    C{name} (apt, npm, ...): parallel test workers, two demos.  What the
+    holder installed is there for the next one, whose install is then a
+    quick no-op.
+    """
+    path = Path(tempfile.gettempdir()) / f"gatehouse-install-{name}.lock"
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _apt_install(packages: tuple[str, ...], names: str, timeout: float) -> None:
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     # Keep package scripts from starting services (a stray system
     # PostgreSQL or pgbouncer would outlive us).

@@ -41,7 +41,7 @@ from pathlib import Path
 import asyncpg
 import psycopg
 
-from gatehouse._pgcluster import ClusterError, apt_install, clean_env
+from gatehouse._pgcluster import ClusterError, apt_install, clean_env, install_lock
 from gatehouse.recording.index import get_session
 from tests.protocols.postgres.harness import Gateway
 from tests.protocols.postgres.test_e2e import GatewayTestCase
@@ -130,6 +130,12 @@ def node_modules() -> Path:
     _tool("node", "nodejs")
     npm = _tool("npm", "npm")
     directory = cache_dir("node")
+    with install_lock("npm-pg"):
+        _npm_install_pg(npm, directory)
+    return directory / "node_modules"
+
+
+def _npm_install_pg(npm: str, directory: Path) -> None:
     if not (directory / "node_modules" / "pg" / "package.json").exists():
         result = subprocess.run(
             [npm, "install", "--no-audit", "--no-fund", "--prefix", directory, "pg@8"],
@@ -139,7 +145,6 @@ def node_modules() -> Path:
         )
         if result.returncode != 0:
             raise ClusterError(f"npm install pg failed:\n{result.stderr[-2000:]}")
-    return directory / "node_modules"
 
 
 def pgjdbc_jar() -> Path:
@@ -148,6 +153,11 @@ def pgjdbc_jar() -> Path:
     against its published SHA-1), else Debian's package.
     """
     _tool("java", "default-jdk-headless")
+    with install_lock("pgjdbc"):
+        return _pgjdbc_jar()
+
+
+def _pgjdbc_jar() -> Path:
     cached = cache_dir("jdbc") / f"postgresql-{PGJDBC_VERSION}.jar"
     if cached.exists():
         return cached
