@@ -315,3 +315,33 @@ class KubectlTests(KubeGatewayTestCase):
         yield follow.wait_for(rb"tick 6\n")
         self.assertGreater(len(follow.out), first)
         yield follow.stop()
+
+    @inlineCallbacks
+    def test_describe_every_version(self) -> Any:
+        """kubectl describe (a pod, with its events) on every version."""
+        if self.api.get_object("/api/v1/namespaces/shop/pods/described") is None:
+            self.api.create(
+                "/api/v1/namespaces/shop/pods",
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {"name": "described", "namespace": "shop"},
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": "app",
+                                "image": "busybox",
+                                "command": ["sleep", "600"],
+                            }
+                        ]
+                    },
+                },
+            )
+        for version in ("1.27", "1.28", "1.29", "1.30", "1.31", "1.32", "1.33"):
+            out, err, code = yield self.gw.kubectl(
+                "describe", "pod", "described", "-n", "shop", version=version
+            )
+            self.assertEqual(code, 0, (version, err))
+            self.assertIn(b"Name:", out, version)
+            self.assertIn(b"described", out, version)
+            self.assertIn(b"Events:", out, version)
