@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
+from http import HTTPStatus
 from typing import Any
 
 import h11
@@ -82,6 +83,14 @@ _HOP_BY_HOP = frozenset(
 _CREDENTIALS = frozenset({b"authorization", b"proxy-authorization"})
 #: recorded as present, without their value
 _REDACTED = frozenset({b"authorization", b"proxy-authorization", b"cookie"})
+
+
+def _phrase(status: int) -> bytes:
+    """The reason phrase of a status the gateway answers with."""
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b""
 
 
 def request_channel(number: int) -> int:
@@ -1023,6 +1032,7 @@ class HTTPGatewayProtocol(Protocol):
             h11.Response(
                 status_code=answer.status,
                 headers=[*headers, (b"content-length", str(len(body)).encode())],
+                reason=_phrase(answer.status),
             )
         )
         self._deliver(exchange, body)
@@ -1046,7 +1056,13 @@ class HTTPGatewayProtocol(Protocol):
         ]
         try:
             if self._h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                self._send(h11.Response(status_code=answer.status, headers=headers))
+                self._send(
+                    h11.Response(
+                        status_code=answer.status,
+                        headers=headers,
+                        reason=_phrase(answer.status),
+                    )
+                )
                 self._send(h11.Data(data=body))
                 self._send(h11.EndOfMessage())
             elif self._h11.our_state is h11.SEND_BODY:
