@@ -541,7 +541,7 @@ def _data_seqs(recorded: Recorded) -> dict[int, list[int]]:
 
 #: events a command may point to: requests that carry a command but no
 #: bytes of the client's stream (see docs/recording-format.md, the index)
-ANCHOR_EVENTS = frozenset({"ssh-request", "ssh-channel-open"})
+ANCHOR_EVENTS = frozenset({"ssh-request", "ssh-channel-open", "http-request"})
 
 
 def _anchors(record: Record) -> bool:

@@ -162,6 +162,11 @@ class KubectlTests(KubeGatewayTestCase):
                 protocol="kubernetes", kind="delete", touched=touched
             )
             self.assertIn(str(deleted[-1].id), [f["id"] for f in found], touched)
+        # The recording verifies, and the index agrees with the recordings.
+        verified = self.gw.http.verify(str(deleted[-1].id))
+        self.assertEqual(verified.returncode, 0, verified.stdout + verified.stderr)
+        checked = self.gw.http.cli("index", "check")
+        self.assertEqual(checked.returncode, 0, checked.stdout + checked.stderr)
 
     @inlineCallbacks
     def test_cluster_rbac_refusal(self) -> Any:
