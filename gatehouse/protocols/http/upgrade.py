@@ -137,14 +137,6 @@ def open_stream(
     upgrade request; fires with the connected L{UpstreamStream} (wait on
     its C{answered}).
     """
-    endpoint: Any = endpoints.HostnameEndpoint(
-        reactor, upstream.host, upstream.port, timeout=upstream.options.connect_timeout
-    )
-    if upstream.tls is not None:
-        endpoint = endpoints.wrapClientTLS(
-            upstream.tls.creatorForNetloc(upstream.host.encode(), upstream.port),
-            endpoint,
-        )
     protocol = UpstreamStream(method, upstream.prefix + target, headers)
-    d: Deferred[UpstreamStream] = endpoints.connectProtocol(endpoint, protocol)
+    d: Deferred[UpstreamStream] = endpoints.connectProtocol(upstream.endpoint, protocol)
     return d

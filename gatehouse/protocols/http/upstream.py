@@ -16,10 +16,11 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
 from gatehouse.files import files
@@ -67,14 +68,22 @@ class Upstream:
         ).encode()
         self.reactor = reactor
         self.tls = UpstreamPolicy(options) if self.https else None
+        endpoint: Any = endpoints.HostnameEndpoint(
+            reactor, self.host, self.port, timeout=options.connect_timeout
+        )
+        if self.tls is not None:
+            endpoint = endpoints.wrapClientTLS(
+                self.tls.creatorForNetloc(self.host.encode(), self.port), endpoint
+            )
+        #: how a new connection to the target is made (TLS, timeout)
+        self.endpoint = endpoint
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = 32
         self.pool.retryAutomatically = False
-        self.agent = Agent(
-            reactor,
-            contextFactory=self.tls or UpstreamPolicy(options),
-            connectTimeout=options.connect_timeout,
-            pool=self.pool,
+        # Every request goes to the one target: one endpoint, built once
+        # (an Agent would build one per request).
+        self.agent = Agent.usingEndpointFactory(
+            reactor, _OneEndpoint(endpoint), pool=self.pool
         )
 
     def credentials(self) -> list[tuple[bytes, bytes]]:
@@ -101,6 +110,17 @@ class Upstream:
         """Close the pooled connections."""
         d: Deferred[Any] = self.pool.closeCachedConnections()
         return d
+
+
+@implementer(IAgentEndpointFactory)
+class _OneEndpoint:
+    """The endpoint of every URI: the target's."""
+
+    def __init__(self, endpoint: Any) -> None:
+        self._endpoint = endpoint
+
+    def endpointForURI(self, uri: Any) -> Any:
+        return self._endpoint
 
 
 @implementer(IBodyProducer)
