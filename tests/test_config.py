@@ -1083,12 +1083,12 @@ class ListenerProblemTests(ConfigTestCase):
         Without a close match, the known protocols are listed.
         """
         use_dummy_protocol(self, "other")
-        self.data["targets"] = [{"name": "a", "protocol": "ftp"}]
+        self.data["targets"] = [{"name": "a", "protocol": "gopher"}]
         known = ", ".join(protocol_names())
-        self.assertIn("dummy, other", known)
+        self.assertIn("dummy, http, kubernetes, other", known)
         self.assertProblem(
             self.data,
-            f"targets[0].protocol: unknown protocol 'ftp' (known: {known})",
+            f"targets[0].protocol: unknown protocol 'gopher' (known: {known})",
         )
 
     def test_adapter_nested_options(self) -> None:
