@@ -1083,12 +1083,12 @@ class ListenerProblemTests(ConfigTestCase):
         Without a close match, the known protocols are listed.
         """
         use_dummy_protocol(self, "other")
-        self.data["targets"] = [{"name": "a", "protocol": "gopher"}]
+        self.data["targets"] = [{"name": "a", "protocol": "zzz"}]
         known = ", ".join(protocol_names())
         self.assertIn("dummy, http, kubernetes, other", known)
         self.assertProblem(
             self.data,
-            f"targets[0].protocol: unknown protocol 'gopher' (known: {known})",
+            f"targets[0].protocol: unknown protocol 'zzz' (known: {known})",
         )
 
     def test_adapter_nested_options(self) -> None:
