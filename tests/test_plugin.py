@@ -50,10 +50,19 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     """
     Run C{args} in C{cwd} (never the project directory, so that only
-    installed code is found) and capture its output as text.
+    installed code is found) and capture its output as text.  Without
+    C{PYTHONPATH}: trial's parallel workers (C{-j}) get the project
+    directory through it, and a child must not.
     """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     return subprocess.run(
-        args, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+        args,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=env,
     )
 
 
