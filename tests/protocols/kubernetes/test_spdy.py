@@ -327,7 +327,8 @@ FRAMES = st.one_of(
 )
 
 
-def _split(data: bytes, cuts: list[int]) -> list[bytes]:
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    """C{data} cut at the positions C{cuts} (modulo its length)."""
     points = sorted({c % (len(data) + 1) for c in cuts})
     bounds = [0, *points, len(data)]
     return [data[a:b] for a, b in itertools.pairwise(bounds)]
@@ -347,7 +348,7 @@ class PropertyTests(SynchronousTestCase):
         encoded = [writer.encode(f) for f in frames]
         reader = SpdyFrameReader()
         read = []
-        for chunk in _split(b"".join(encoded), cuts):
+        for chunk in split(b"".join(encoded), cuts):
             read.extend(reader.feed(chunk))
         self.assertEqual([r.frame for r in read], frames)
         self.assertEqual([r.raw for r in read], encoded)
