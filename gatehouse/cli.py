@@ -114,6 +114,16 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         "gatehouse.protocols.ssh.cli_cert:configure",
     ),
     Subcommand(
+        "kubeconfig",
+        "write a kubeconfig for kubectl through the gateway",
+        "gatehouse.protocols.kubernetes.cli_kubeconfig:configure_kubeconfig",
+    ),
+    Subcommand(
+        "token",
+        "print your token as a kubectl ExecCredential (credential plugin)",
+        "gatehouse.protocols.kubernetes.cli_kubeconfig:configure_token",
+    ),
+    Subcommand(
         "demo",
         "run a gateway in front of a throwaway PostgreSQL, ready for psql",
         "gatehouse.demo:configure",

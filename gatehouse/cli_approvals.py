@@ -132,7 +132,7 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
     return _run
 
 
-def _token(args: argparse.Namespace) -> str:
+def _token(args: argparse.Namespace, option: str = "--token-file PATH") -> str:
     path = args.token_file
     if path is None:
         token = os.environ.get("GATEHOUSE_TOKEN", "").strip()
@@ -141,7 +141,7 @@ def _token(args: argparse.Namespace) -> str:
         path = os.environ.get("GATEHOUSE_TOKEN_FILE") or None
     if path is None:
         raise CommandError(
-            "no token: give --token-file PATH, or set GATEHOUSE_TOKEN (the token) "
+            f"no token: give {option}, or set GATEHOUSE_TOKEN (the token) "
             "or GATEHOUSE_TOKEN_FILE (a file holding it)"
         )
     with open(path, encoding="utf-8", errors="replace") as f:

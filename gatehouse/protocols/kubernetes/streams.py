@@ -275,6 +275,7 @@ class _Stream:
     replied: bool = False
     error: bytearray = attrs.Factory(bytearray)
     resize: ResizeDecoder | None = None
+    request_id: str | None = None
 
 
 class StreamObserver:
@@ -317,7 +318,7 @@ class StreamObserver:
         port: int | None = None,
         request_id: str | None = None,
     ) -> StreamOpened:
-        stream = _Stream(stream_id, kind)
+        stream = _Stream(stream_id, kind, request_id=request_id)
         if kind == "resize":
             stream.resize = ResizeDecoder()
         self._streams[stream_id] = stream
@@ -417,7 +418,7 @@ class _SpdyObserver(StreamObserver):
             # A stream already gone: its peer drops the frame too.
             return []
         if isinstance(frame, RstStream):
-            del self._streams[stream.id]
+            self._forget(stream)
             return self._end(stream)
         events: list[StreamEvent] = []
         if isinstance(frame, SynReply):
@@ -431,8 +432,17 @@ class _SpdyObserver(StreamObserver):
                 raise ProtocolError(f"stream {stream.id} closed twice")
             events += self._close(side, stream)
             if stream.closed >= {"client", "server"}:
-                del self._streams[stream.id]
+                self._forget(stream)
         return events
+
+    def _forget(self, stream: _Stream) -> None:
+        """A stream is over on both sides (or reset)."""
+        del self._streams[stream.id]
+        if self._portforward:
+            # The kubelet forgets a request's streams when they end: its
+            # id may come again, and a long port-forward holds no memory
+            # of the connections that ended.
+            self._kinds.discard((stream.request_id, stream.kind))
 
     def _syn_stream(self, side: str, frame: SynStream) -> list[StreamEvent]:
         # Kubernetes servers never open streams; clients open odd ids, each

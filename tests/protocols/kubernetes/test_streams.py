@@ -24,6 +24,7 @@ from gatehouse.protocols.kubernetes.spdy import (
     Headers,
     Ping,
     RstStream,
+    SpdyFrameReader,
     SpdyFrameWriter,
     SynReply,
     SynStream,
@@ -297,6 +298,22 @@ class SpdyPortForwardTests(SynchronousTestCase):
         split = [(side, bytes([b])) for side, data in c.log for b in data]
         self.assertEqual(events_of(tunneled, split), events)
 
+    def test_request_id_again(self) -> None:
+        """Once a connection's streams ended, its request id may come again."""
+        pair = {"port": "80", "requestid": "0"}
+        c = SpdyConversation().open(1, fin=True, streamtype="error", **pair)
+        c.open(3, streamtype="data", **pair)
+        c.send("client", Data(3, b"", fin=True))
+        c.send("server", Data(3, b"", fin=True), Data(1, b"", fin=True))
+        c.open(5, streamtype="data", **pair)
+        c.send("client", RstStream(5, 5))
+        c.open(7, streamtype="data", **pair)
+        events = events_of(
+            observer_for("portforward", "spdy", "portforward.k8s.io"), c.log
+        )
+        opened = [e.stream for e in events if isinstance(e, StreamOpened)]
+        self.assertEqual(opened, [1, 3, 5, 7])
+
     def test_error(self) -> None:
         """The server's message on the error stream is data of kind port-error."""
         c = SpdyConversation()
@@ -485,6 +502,44 @@ def _spdy_exec(draw: st.DrawFn) -> list[tuple[str, bytes]]:
     return c.log
 
 
+@st.composite
+def _spdy_port_forward(draw: st.DrawFn) -> list[tuple[str, bytes]]:
+    """A valid SPDY port-forward conversation: connections that interleave."""
+    c = SpdyConversation()
+    open_: list[int] = []
+    next_id = 1
+    for _ in range(draw(st.integers(0, 12))):
+        step = draw(st.sampled_from(["open", "data", "close", "reset"]))
+        if step == "open" or not open_:
+            request = str(next_id)
+            c.open(next_id, fin=True, streamtype="error", port="80", requestid=request)
+            c.open(next_id + 2, streamtype="data", port="80", requestid=request)
+            open_.append(next_id + 2)
+            next_id += 4
+            continue
+        stream = draw(st.sampled_from(open_))
+        if step == "data":
+            side = draw(st.sampled_from(["client", "server"]))
+            c.send(side, Data(stream, draw(_PAYLOADS)))
+        else:
+            open_.remove(stream)
+            if step == "reset":
+                c.send("client", RstStream(stream, 5))
+            else:
+                c.send("client", Data(stream, b"", fin=True))
+                c.send("server", Data(stream, b"", fin=True))
+    return c.log
+
+
+def _decode_data(raw: bytes) -> Data | None:
+    """The data frame C{raw} is, if it is one (no header block needed)."""
+    if raw[0] & 0x80:
+        return None
+    (read,) = SpdyFrameReader().feed(raw)
+    assert isinstance(read.frame, Data)
+    return read.frame
+
+
 class PropertyTests(SynchronousTestCase):
     """Hypothesis: any split gives the same events; any bytes only ProtocolError."""
 
@@ -496,6 +551,34 @@ class PropertyTests(SynchronousTestCase):
         again = events_of(observer_for("exec", "spdy", "v4.channel.k8s.io"), split)
         self.assertEqual(again, whole)
         self.assertIsInstance(whole[-1], StreamClosed)
+
+    @settings(max_examples=150)
+    @given(
+        log=_spdy_port_forward(),
+        cuts=st.lists(st.integers(0, 10**6), max_size=8),
+        tunneled=st.booleans(),
+    )
+    def test_any_split_port_forward(
+        self, log: list[tuple[str, bytes]], cuts: list[int], tunneled: bool
+    ) -> None:
+        """Port-forward, over SPDY or tunneled in messages: any split."""
+        args = (
+            ("websocket", "SPDY/3.1+portforward.k8s.io")
+            if tunneled
+            else ("spdy", "portforward.k8s.io")
+        )
+        whole = events_of(observer_for("portforward", *args), log)
+        split = [(side, part) for side, data in log for part in _split(data, cuts)]
+        self.assertEqual(events_of(observer_for("portforward", *args), split), whole)
+        data = b"".join(
+            bytes(f.data)
+            for side, raw in log
+            for f in [_decode_data(raw)]
+            if f is not None
+        )
+        self.assertEqual(
+            b"".join(e.data for e in whole if isinstance(e, StreamData)), data
+        )
 
     @settings(max_examples=300)
     @given(
