@@ -26,7 +26,7 @@ from gatehouse.protocols.ssh.replay.layout import (
     field,
     number,
 )
-from gatehouse.protocols.ssh.replay.transcript import _Stream
+from gatehouse.protocols.ssh.replay.transcript import _generic, _Stream
 from gatehouse.recording.format import Direction, Record, RecordType
 from gatehouse.recording.render import (
     TextOutput,
@@ -400,15 +400,6 @@ def _watch_event(request: _Request, line: bytes) -> str:
     return (
         f"{field(event.get('type', '?'))} {field(resource or '?')}/{field(name or '?')}"
     )
-
-
-def _generic(name: str, fields: dict[str, Any]) -> str:
-    parts = [
-        f"{clean(str(key))}={field(value)}"
-        for key, value in sorted(fields.items())
-        if value is not None
-    ]
-    return " ".join([clean(name), *parts])
 
 
 _EVENTS: dict[str, Callable[[_Timeline, _Request, dict[str, Any]], None]] = {
