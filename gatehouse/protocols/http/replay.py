@@ -296,6 +296,22 @@ class _Timeline:
             f"  -- resize {field(fields.get('width'))}x{field(fields.get('height'))}"
         )
 
+    def _stream_error(self, request: _Request, fields: dict[str, Any]) -> None:
+        text = fields.get("text")
+        try:
+            status = json.loads(text) if isinstance(text, str) else None
+        except ValueError:
+            status = None
+        if isinstance(status, dict) and status.get("message"):
+            text = status["message"]
+        self._note(request, f"error stream: {field(text or '')}")
+
+    def _websocket_close(self, request: _Request, fields: dict[str, Any]) -> None:
+        text = f"websocket closed by {field(fields.get('from', '?'))}"
+        text += f" ({field(fields.get('code', '?'))}"
+        text += f": {field(fields['reason'])})" if fields.get("reason") else ")"
+        self._note(request, text)
+
     def _forward(self, request: _Request, fields: dict[str, Any]) -> None:
         on = number(fields.get("recorded_on"))
         if on is None:
@@ -408,6 +424,8 @@ _EVENTS: dict[str, Callable[[_Timeline, _Request, dict[str, Any]], None]] = {
     "k8s-exit": _Timeline._exit,
     "k8s-resize": _Timeline._resize,
     "k8s-stream": _Timeline._forward,
+    "k8s-stream-error": _Timeline._stream_error,
+    "websocket-close": _Timeline._websocket_close,
     # Which streams opened shows in the streams themselves.
     "k8s-stream-open": lambda timeline, request, fields: None,
     "k8s-stream-close": lambda timeline, request, fields: None,

@@ -223,6 +223,13 @@ class TimelineTests(SynchronousTestCase):
             .data(1, OUT, b"hi\n")
             .data(1 | 0x8000, OUT, b"oops\n")
             .event(1, "k8s-resize", width=80, height=24)
+            .event(
+                1,
+                "k8s-stream-error",
+                stream=3,
+                text=json.dumps({"kind": "Status", "message": "exit code 3"}),
+            )
+            .event(1, "websocket-close", code=1000, reason="", **{"from": "target"})
             .event(1, "k8s-exit", code=3, status="{}")
             .event(1, "http-end", status=101, bytes_out=0, seconds=1)
             .rendered()
@@ -232,6 +239,8 @@ class TimelineTests(SynchronousTestCase):
         self.assertIn("  hi\n", text)
         self.assertIn("  [stderr] oops\n", text)
         self.assertIn("  -- resize 80x24\n", text)
+        self.assertIn("  -- error stream: exit code 3\n", text)
+        self.assertIn("  -- websocket closed by target (1000)\n", text)
         self.assertIn("  exit status 3\n", text)
 
     def test_port_forward(self) -> None:
