@@ -76,6 +76,7 @@ class _Request:
         self.body = b""
         self.denied: str | None = None
         self.shown = False
+        self.ended = False
         self.streaming = False
         self.switched = False
         self.partial = b""
@@ -228,8 +229,10 @@ class _Timeline:
         ):
             request.denied = field(fields.get("message") or "refused")
             return
-        if name == "http-impersonation-refused" and request is None:
-            self._line(f"-- impersonation refused: {_generic(name, fields)}")
+        if name == "http-impersonation-refused":
+            # The http-refused that follows it is the request's line.
+            headers = field(fields.get("headers") or [])
+            self._line(f"-- impersonation refused (headers {headers})")
             return
         status = number(fields.get("status")) or 403
         what = f"{field(fields.get('method', '?'))} {field(fields.get('target', '?'))}"
@@ -284,7 +287,7 @@ class _Timeline:
             if fields.get("error"):
                 outcome += f", error: {field(fields['error'])}"
             self._head(request, outcome)
-        request.fields["ended"] = True
+        request.ended = True
 
     def _exit(self, request: _Request, fields: dict[str, Any]) -> None:
         self._end_streams(request)
@@ -372,7 +375,7 @@ class _Timeline:
             self._forwards.pop(on, None)
 
     def _finish(self, request: _Request | None) -> None:
-        if request is None or request.fields.get("ended"):
+        if request is None or request.ended:
             return
         if request.switched or request.streaming:
             self._end_streams(request)

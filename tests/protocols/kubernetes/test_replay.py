@@ -298,3 +298,41 @@ class TimelineTests(SynchronousTestCase):
         """A request without an end says so."""
         text = _session().request(1, "get pod web").rendered()
         self.assertIn("alice get pod web\n  -- no end recorded", text)
+
+    def test_impersonation_refused(self) -> None:
+        """A refused impersonation shows as its request's refusal."""
+        text = (
+            _session()
+            .event(
+                1,
+                "http-impersonation-refused",
+                method="GET",
+                target="/api/v1/secrets",
+                headers=[["impersonate-user", "admin"]],
+            )
+            .event(
+                1,
+                "http-refused",
+                number=1,
+                method="GET",
+                target="/api/v1/secrets",
+                status=403,
+                message="impersonation is not allowed",
+            )
+            .rendered()
+        )
+        self.assertIn(
+            '-- impersonation refused (headers [["impersonate-user", "admin"]])\n'
+            "22:13:20 alice GET /api/v1/secrets → 403 refused: "
+            "impersonation is not allowed\n",
+            text,
+        )
+
+    def test_bad_records_go_on(self) -> None:
+        """A record that cannot be shown is noted; the replay goes on."""
+        builder = _session().request(1, "get pod web")
+        builder.event(1, "http-end", status=200, seconds="soon", bytes_out=[])
+        builder.data(1, OUT, b"\xff\x00").event(1, "k8s-exit", code=None)
+        text = builder.request(2, "get pod db").rendered()
+        self.assertIn("alice get pod web → 200 (?)", text)
+        self.assertIn("alice get pod db\n  -- no end recorded", text)
