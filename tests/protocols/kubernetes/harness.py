@@ -42,6 +42,7 @@ class KubeGateway:
         api: KubeAPIServer,
         *,
         policy: Mapping[str, Any] | None = None,
+        masking: Sequence[Mapping[str, Any]] | None = None,
         listener_options: Mapping[str, Any] | None = None,
         target_options: Mapping[str, Any] | None = None,
         allow_groups: Sequence[str] = ("dba", "sre", "agents", "approvers"),
@@ -67,6 +68,7 @@ class KubeGateway:
             targets=[{"name": TARGET, "protocol": "kubernetes", "options": options}],
             policy=policy,
             listener_options=listener_options,
+            extra_config={"masking": [dict(m) for m in masking]} if masking else None,
         )
         self.kubeconfigs = Path(self.directory) / "kubeconfigs"
         self.kubeconfigs.mkdir(exist_ok=True)
