@@ -55,6 +55,54 @@ def _masks_secrets(session: Any, request: object) -> bool:
     )
 
 
+def _value_masker(session: Any, request: object) -> Any:
+    """
+    The session's value detectors (cards, e-mail, patterns) when they
+    apply to this request's answer (a resource request without a stream),
+    else None.
+    """
+    masker = getattr(session, "masker", None)
+    if (
+        masker is None
+        or not masker.scans_values
+        or not isinstance(request, KubeRequest)
+        or not request.resource_request
+        or request.upgrade
+    ):
+        return None
+    return masker
+
+
+@implementer(BodyFilter)
+class _TextLines:
+    """A text body (pod logs) masked line by line with the value detectors."""
+
+    def __init__(self, values: Any, limit: int = 1 << 20) -> None:
+        self._values = values
+        self._limit = limit
+        self._buffer = b""
+        self.masked = 0
+
+    def _mask(self, lines: bytes) -> bytes:
+        text, count = self._values.mask_text(lines.decode("utf-8", "replace"))
+        self.masked += count
+        return text.encode("utf-8") if count else lines
+
+    def feed(self, data: bytes) -> bytes:
+        self._buffer += data
+        end = self._buffer.rfind(b"\n")
+        if end < 0:
+            if len(self._buffer) > self._limit:
+                raise ValueError(f"a line over {self._limit} bytes")
+            return b""
+        lines, self._buffer = self._buffer[: end + 1], self._buffer[end + 1 :]
+        return self._mask(lines)
+
+    def end(self) -> bytes:
+        rest, self._buffer = self._buffer, b""
+        return self._mask(rest) if rest else b""
+
+
 @implementer(BodyFilter)
 class _Filter:
     """A L{SecretMasker} as the listener's body filter."""
@@ -153,7 +201,9 @@ class KubernetesFlavour:
         body that must be masked and cannot be (not JSON) is refused.
         """
         request = described.detail
-        if not _masks_secrets(session, request):
+        secrets = _masks_secrets(session, request)
+        values = _value_masker(session, request)
+        if not secrets and values is None:
             return None
         content_type = _header(headers, b"content-type")
         encoding = _header(headers, b"content-encoding")
@@ -163,14 +213,16 @@ class KubernetesFlavour:
             )
         if status >= 400 and not is_json_media(content_type):
             return None  # an error without values (a plain-text Status)
+        if not secrets and request.verb == "log":
+            return _TextLines(values)
         if not is_json_media(content_type):
             return Refused(
                 406,
                 "NotAcceptable",
-                "gatehouse masks Secret values for you and reads JSON only: "
+                "gatehouse masks values in answers for you and reads JSON only: "
                 "ask for application/json",
             )
-        return _Filter(SecretMasker(request, content_type))
+        return _Filter(SecretMasker(request, content_type, values=values))
 
     def adjust_headers(
         self,
@@ -191,7 +243,9 @@ class KubernetesFlavour:
             name, kept = offered
             out = [(n, v) for n, v in out if n != name]
             out.append((name, ", ".join(kept).encode("latin-1")))
-        if _masks_secrets(session, request):
+        if _masks_secrets(session, request) or (
+            _value_masker(session, request) is not None and request.verb != "log"
+        ):
             accept = [
                 part.strip()
                 for n, v in out

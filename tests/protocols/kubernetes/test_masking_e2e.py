@@ -12,7 +12,9 @@ import json
 import time
 from typing import Any
 
+from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
 
 from tests.fixtures.kubeapi import KubeAPIServer
 from tests.gateway_recordings import events
@@ -31,7 +33,11 @@ RULES = [
     },
 ]
 
-MASKING = [{"name": "secrets", "groups": ["agents", "writers"], "secrets": True}]
+MASKING = [
+    {"name": "secrets", "groups": ["agents", "writers"], "secrets": True},
+    {"name": "people", "groups": ["agents"], "detect": ["email"]},
+]
+EMAIL = "grace.hopper@example.com"
 
 
 def forms(value: str) -> list[bytes]:
@@ -175,3 +181,79 @@ class MaskingTests(KubeGatewayTestCase):
                 )
             ]
             self.assertEqual(bool(withheld), version == "1.33", (version, withheld))
+
+    @inlineCallbacks
+    def test_detectors_in_answers(self) -> Any:
+        """
+        The masking rules' detectors apply to JSON answers (a ConfigMap's
+        values) and to pod logs, for the identities they scope.
+        """
+        if self.api.get_object("/api/v1/namespaces/shop/configmaps/contacts") is None:
+            self.api.create(
+                "/api/v1/namespaces/shop/configmaps",
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": {"name": "contacts", "namespace": "shop"},
+                    "data": {"owner": EMAIL},
+                },
+            )
+            self.api.create(
+                "/api/v1/namespaces/shop/pods",
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {"name": "mailer", "namespace": "shop"},
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": "app",
+                                "image": "busybox",
+                                "command": [
+                                    "sh",
+                                    "-c",
+                                    f"echo sent to {EMAIL}; sleep 600",
+                                ],
+                            }
+                        ]
+                    },
+                },
+            )
+        started = time.time()
+        out, err, code = yield self.gw.kubectl(
+            "get",
+            "configmap",
+            "contacts",
+            "-n",
+            "shop",
+            "-o",
+            "json",
+            subject="bob",
+            groups=("agents",),
+        )
+        self.assertEqual(code, 0, err)
+        self.assertNotIn(EMAIL.encode(), out)
+        self.assertIn(b"owner", out)
+        logs = b""
+        for _ in range(50):
+            logs, err, code = yield self.gw.kubectl(
+                "logs", "mailer", "-n", "shop", subject="bob", groups=("agents",)
+            )
+            if b"sent to" in logs:
+                break
+            yield deferLater(reactor, 0.1, lambda: None)
+        self.assertIn(b"sent to", logs)
+        self.assertNotIn(EMAIL.encode(), logs)
+        self.assertNotIn(EMAIL.encode(), self.recorded_bytes(started))
+        clear, err, code = yield self.gw.kubectl(
+            "get",
+            "configmap",
+            "contacts",
+            "-n",
+            "shop",
+            "-o",
+            "json",
+            subject="alice",
+            groups=("sre",),
+        )
+        self.assertIn(EMAIL.encode(), clear)
