@@ -176,3 +176,11 @@ class KubeGatewayTestCase(TestCase):
                         shutil.rmtree(directory, ignore_errors=True)
 
             atexit.register(stop)
+
+    def ensure_namespace(self, name: str) -> None:
+        """Create namespace C{name} on the API server (as admin) if missing."""
+        if self.api.get_object(f"/api/v1/namespaces/{name}") is None:
+            self.api.create(
+                "/api/v1/namespaces",
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
+            )

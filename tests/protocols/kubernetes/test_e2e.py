@@ -83,13 +83,6 @@ class KubectlTests(KubeGatewayTestCase):
     def make(cls, directory: str, api: KubeAPIServer) -> KubeGateway:
         return KubeGateway(directory, api, policy=POLICY)
 
-    def ensure_namespace(self, name: str) -> None:
-        if self.api.get_object(f"/api/v1/namespaces/{name}") is None:
-            self.api.create(
-                "/api/v1/namespaces",
-                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
-            )
-
     def setUp(self) -> None:
         super().setUp()
         self.ensure_namespace("shop")

@@ -62,11 +62,7 @@ class MaskingTests(KubeGatewayTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        if self.api.get_object("/api/v1/namespaces/shop") is None:
-            self.api.create(
-                "/api/v1/namespaces",
-                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}},
-            )
+        self.ensure_namespace("shop")
         if self.api.get_object("/api/v1/namespaces/shop/secrets/db") is None:
             self.api.create(
                 "/api/v1/namespaces/shop/secrets",
