@@ -161,6 +161,8 @@ class KubernetesFlavour:
             fields["command"] = list(request.command)
         if request.container is not None:
             fields["container"] = request.container
+        if request.upgrade and request.flag("tty"):
+            fields["tty"] = True
         objects: tuple[str, ...] = ()
         if request.resource_request:
             what = request.qualified_resource
