@@ -569,9 +569,11 @@ def parse_masking(
                 f"not {', '.join(sorted(protocols))}",
                 "protocols",
             )
-        if not (detectors or patterns or columns or relation_columns):
+        secrets = section.boolean("secrets")
+        if not (detectors or patterns or columns or relation_columns or secrets):
             section.problem(
-                "masks nothing: give detect, patterns, columns or relation_columns"
+                "masks nothing: give detect, patterns, columns, relation_columns "
+                "or secrets"
             )
         section.finish()
         if name is None:
@@ -584,6 +586,7 @@ def parse_masking(
                     patterns=tuple(patterns),
                     columns=columns,
                     relation_columns=relation_columns,
+                    secrets=secrets,
                 ),
                 groups=frozenset(scope_groups),
                 except_groups=frozenset(except_groups),

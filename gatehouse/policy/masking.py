@@ -51,6 +51,8 @@ class MaskingRule:
         names, e.g. C{"*password*"}; a matching column is masked whole.
     @ivar relation_columns: globs on C{schema.table.column}; a glob of two
         parts, C{table.column}, matches in any schema.
+    @ivar secrets: the values of Kubernetes C{Secret} objects (C{data},
+        C{stringData}) are masked whole.
     """
 
     name: str
@@ -58,6 +60,7 @@ class MaskingRule:
     patterns: tuple[tuple[str, str], ...] = ()
     columns: tuple[str, ...] = ()
     relation_columns: tuple[str, ...] = ()
+    secrets: bool = False
 
 
 _DIGITS_B = re.compile(rb"[0-9]")
@@ -150,6 +153,8 @@ class Masker(ValueDetectors):
         self._full = _globs(full)
         self._short = _globs(short)
         self.active = bool(self.rules)
+        #: whether Kubernetes Secret values are masked
+        self.masks_secrets = any(rule.secrets for rule in self.rules)
         self.has_column_rules = bool(columns)
         self.has_relation_rules = bool(full)
 

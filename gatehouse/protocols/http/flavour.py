@@ -135,11 +135,27 @@ class IHTTPFlavour(Interface):
         client), given the target's 101 headers; None: record it raw.
         """
 
-    def upgrade_headers(
-        described: Described, headers: Sequence[tuple[bytes, bytes]]
+    def adjust_headers(
+        described: Described,
+        session: Any,
+        headers: Sequence[tuple[bytes, bytes]],
     ) -> list[tuple[bytes, bytes]] | Refused:
         """
-        The client's headers of an upgrade request as the target gets them
-        (the stream protocols offered cut to those the gateway reads), or
-        a refusal when none is left.
+        The client's headers as the target gets them (before the gateway
+        adds its own): for an upgrade, the stream protocols offered cut to
+        those the gateway reads; for an answer that will be masked, only
+        what the gateway can mask asked for.  A refusal when nothing
+        acceptable is left.
+        """
+
+    def request_body_filter(
+        described: Described,
+        headers: Sequence[tuple[bytes, bytes]],
+        session: Any,
+    ) -> BodyFilter | None:
+        """
+        A filter for what the recording keeps of this request's body
+        (Secret values written), or None.  The target gets the body as
+        sent; a filter that fails has the rest of the body withheld from
+        the recording (and the recording says so).
         """

@@ -130,7 +130,18 @@ class PlainHTTP:
     ) -> tuple[Any, Any] | None:
         return None
 
-    def upgrade_headers(
-        self, described: Described, headers: Sequence[tuple[bytes, bytes]]
+    def adjust_headers(
+        self,
+        described: Described,
+        session: Any,
+        headers: Sequence[tuple[bytes, bytes]],
     ) -> list[tuple[bytes, bytes]] | Refused:
         return list(headers)
+
+    def request_body_filter(
+        self,
+        described: Described,
+        headers: Sequence[tuple[bytes, bytes]],
+        session: Any,
+    ) -> BodyFilter | None:
+        return None

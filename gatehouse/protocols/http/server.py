@@ -164,6 +164,10 @@ class Exchange:
         self.gate: Gate | None = None
         self.response_transport: Any = None
         self.filter: BodyFilter | None = None
+        #: what the recording keeps of the request body goes through it
+        self.record_filter: BodyFilter | None = None
+        #: the rest of the request body was withheld from the recording
+        self.withheld = False
 
     # -- IGateDriver -------------------------------------------------------
 
@@ -580,6 +584,9 @@ class HTTPGatewayProtocol(Protocol):
             exchange.body = StreamingBody(
                 length, lambda pause: self._pause("body", pause)
             )
+            exchange.record_filter = flavour.request_body_filter(
+                described, head.headers, session
+            )
         else:
             exchange.request_complete = True
         gate = exchange.gate = Gate(
@@ -604,7 +611,7 @@ class HTTPGatewayProtocol(Protocol):
                 Refused(413, "RequestEntityTooLarge", "request body too large"),
             )
             return
-        self._record(exchange, Direction.CLIENT_TO_GATEWAY, data)
+        self._record_request(exchange, data)
         if exchange.body is not None:
             exchange.body.write(data)
 
@@ -613,10 +620,43 @@ class HTTPGatewayProtocol(Protocol):
         if exchange is None:
             return
         exchange.request_complete = True
+        if exchange.record_filter is not None:
+            self._record_request(exchange, b"", end=True)
         if exchange.body is not None:
             exchange.body.finish()
         if exchange.finished:
             self._next_cycle()
+
+    def _record_request(
+        self, exchange: Exchange, data: bytes, *, end: bool = False
+    ) -> None:
+        """Record request body bytes, through the flavour's filter if any."""
+        if exchange.withheld:
+            assert self.session is not None
+            self.session.byte_counts[Direction.CLIENT_TO_GATEWAY] += len(data)
+            return
+        filter_ = exchange.record_filter
+        if filter_ is None:
+            self._record(exchange, Direction.CLIENT_TO_GATEWAY, data)
+            return
+        try:
+            kept = filter_.end() if end else filter_.feed(data)
+        except ValueError as e:
+            # What cannot be masked is not recorded; the recording says so.
+            exchange.record_filter = None
+            exchange.withheld = True
+            assert self.session is not None
+            self.session.event(
+                "http-body-withheld",
+                channel=exchange.channel,
+                direction=int(Direction.CLIENT_TO_GATEWAY),
+                reason=str(e),
+            )
+            return
+        if end and filter_.masked:
+            assert self.session is not None
+            self.session.masked(filter_.masked)
+        self._record(exchange, Direction.CLIENT_TO_GATEWAY, kept)
 
     def _record(self, exchange: Exchange, direction: Direction, data: bytes) -> None:
         """Record body bytes up to the cap (the rest counted)."""
@@ -653,15 +693,13 @@ class HTTPGatewayProtocol(Protocol):
         if self._ended:
             return
         upstream = self.factory.upstream(self.target)
-        client_headers: Sequence[tuple[bytes, bytes]] = exchange.head.headers
-        if exchange.described.upgrade:
-            offered = self.factory.flavour.upgrade_headers(
-                exchange.described, client_headers
-            )
-            if isinstance(offered, Refused):
-                self._reply_exchange(exchange, offered)
-                return
-            client_headers = offered
+        adjusted = self.factory.flavour.adjust_headers(
+            exchange.described, self.session, exchange.head.headers
+        )
+        if isinstance(adjusted, Refused):
+            self._reply_exchange(exchange, adjusted)
+            return
+        client_headers: Sequence[tuple[bytes, bytes]] = adjusted
         headers = self._upstream_headers(exchange, upstream, client_headers)
         if headers is None:
             return

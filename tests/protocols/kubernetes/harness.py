@@ -42,6 +42,7 @@ class KubeGateway:
         api: KubeAPIServer,
         *,
         policy: Mapping[str, Any] | None = None,
+        masking: Sequence[Mapping[str, Any]] | None = None,
         listener_options: Mapping[str, Any] | None = None,
         target_options: Mapping[str, Any] | None = None,
         allow_groups: Sequence[str] = ("dba", "sre", "agents", "approvers"),
@@ -67,6 +68,7 @@ class KubeGateway:
             targets=[{"name": TARGET, "protocol": "kubernetes", "options": options}],
             policy=policy,
             listener_options=listener_options,
+            extra_config={"masking": [dict(m) for m in masking]} if masking else None,
         )
         self.kubeconfigs = Path(self.directory) / "kubeconfigs"
         self.kubeconfigs.mkdir(exist_ok=True)
@@ -174,3 +176,11 @@ class KubeGatewayTestCase(TestCase):
                         shutil.rmtree(directory, ignore_errors=True)
 
             atexit.register(stop)
+
+    def ensure_namespace(self, name: str) -> None:
+        """Create namespace C{name} on the API server (as admin) if missing."""
+        if self.api.get_object(f"/api/v1/namespaces/{name}") is None:
+            self.api.create(
+                "/api/v1/namespaces",
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
+            )

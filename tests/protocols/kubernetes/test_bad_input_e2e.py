@@ -47,11 +47,7 @@ class BadInputTests(KubeGatewayTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        if self.api.get_object("/api/v1/namespaces/shop") is None:
-            self.api.create(
-                "/api/v1/namespaces",
-                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}},
-            )
+        self.ensure_namespace("shop")
 
     def audit_count(self) -> int:
         return len(

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
@@ -79,13 +83,6 @@ class KubectlTests(KubeGatewayTestCase):
     def make(cls, directory: str, api: KubeAPIServer) -> KubeGateway:
         return KubeGateway(directory, api, policy=POLICY)
 
-    def ensure_namespace(self, name: str) -> None:
-        if self.api.get_object(f"/api/v1/namespaces/{name}") is None:
-            self.api.create(
-                "/api/v1/namespaces",
-                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
-            )
-
     def setUp(self) -> None:
         super().setUp()
         self.ensure_namespace("shop")
@@ -113,10 +110,16 @@ class KubectlTests(KubeGatewayTestCase):
             if e.get("requestURI", "").startswith("/api/v1/namespaces/shop/configmaps")
             and e["user"]["username"] != "kubernetes-admin"
         ]
+        # Every request through the gateway reached the cluster as the
+        # gateway impersonating someone (other tests' callers too); alice's
+        # with her group.
         self.assertTrue(audit)
         for event in audit:
             self.assertEqual(event["user"]["username"], "gatehouse-gateway")
-            self.assertEqual(event["impersonatedUser"]["username"], "alice")
+            self.assertIn("impersonatedUser", event)
+        alice = [e for e in audit if e["impersonatedUser"]["username"] == "alice"]
+        self.assertTrue(alice)
+        for event in alice:
             self.assertIn("sre", event["impersonatedUser"]["groups"])
 
     @inlineCallbacks
@@ -350,3 +353,88 @@ class KubectlTests(KubeGatewayTestCase):
             self.assertIn(b"Name:", out, version)
             self.assertIn(b"described", out, version)
             self.assertIn(b"Events:", out, version)
+
+    @inlineCallbacks
+    def test_gatehouse_kubeconfig(self) -> Any:
+        """
+        The kubeconfig `gatehouse kubeconfig` writes works with plain kubectl
+        (1.27 and 1.33): the exec plugin `gatehouse token` reads the token
+        file, the cluster sees the caller; a static-token kubeconfig too; an
+        expired token in the file fails cleanly and nothing reaches the
+        cluster.
+        """
+        self.api.create(
+            "/api/v1/namespaces/shop/configmaps",
+            {**CONFIGMAP, "metadata": {"name": "via-plugin", "namespace": "shop"}},
+        )
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        token_file = os.path.join(directory, "token")
+        with open(token_file, "w") as f:
+            f.write(self.gw.token("dora", ("sre",)) + "\n")
+        # kubectl finds `gatehouse` beside this Python (the plugin command).
+        env = {"PATH": os.path.dirname(sys.executable) + ":" + os.environ["PATH"]}
+
+        def write(name: str, *how: str) -> str:
+            out = os.path.join(directory, name)
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "gatehouse",
+                    "kubeconfig",
+                    "--target",
+                    "prod",
+                    "--server",
+                    self.gw.http.url,
+                    "--ca",
+                    self.gw.http.ca_cert,
+                    "--namespace",
+                    "shop",
+                    "--output",
+                    out,
+                    *how,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env={**os.environ, **env},
+            )
+            self.assertEqual(done.returncode, 0, done.stderr)
+            return out
+
+        plugin = write("plugin", "--token-file", token_file)
+        static = write("static", "--token", self.gw.token("erin", ("sre",)))
+        for version in ("1.27", "1.33"):
+            for config in (plugin, static):
+                out, err, code = yield self.gw.kubectl(
+                    "get",
+                    "configmaps",
+                    "-o",
+                    "name",
+                    version=version,
+                    kubeconfig=Path(config),
+                    env=env,
+                )
+                self.assertEqual(code, 0, (version, config, err))
+                self.assertIn(b"configmap/via-plugin", out)
+        users = {
+            e["impersonatedUser"]["username"]
+            for e in self.api.audit()
+            if e.get("impersonatedUser")
+        }
+        self.assertTrue({"dora", "erin"} <= users, users)
+        with open(token_file, "w") as f:
+            f.write(self.gw.http.gateway.token("dora", ("sre",), lifetime=-300) + "\n")
+        before = len(self.api.audit())
+        _out, err, code = yield self.gw.kubectl(
+            "get",
+            "configmaps",
+            version="1.33",
+            kubeconfig=Path(plugin),
+            env=env,
+            stdin=b"",
+        )
+        self.assertNotEqual(code, 0)
+        self.assertIn(b"expired", err)
+        self.assertEqual(len(self.api.audit()), before)

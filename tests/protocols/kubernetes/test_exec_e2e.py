@@ -82,11 +82,7 @@ class ExecTests(KubeGatewayTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        if self.api.get_object("/api/v1/namespaces/shop") is None:
-            self.api.create(
-                "/api/v1/namespaces",
-                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}},
-            )
+        self.ensure_namespace("shop")
         for name in ("web-1", "held-1", "quick-1"):
             if self.api.get_object(f"/api/v1/namespaces/shop/pods/{name}") is None:
                 self.api.create("/api/v1/namespaces/shop/pods", pod(name))
