@@ -13,8 +13,9 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from gatehouse.protocols.http.replay import render_http
+from gatehouse.protocols.kubernetes.asciicast import export_asciicast
 from gatehouse.recording.format import Direction, Record, RecordType
-from gatehouse.recording.render import render, renderer_for
+from gatehouse.recording.render import exporter_for, render, renderer_for
 
 MS = 1_000_000
 IN = Direction.CLIENT_TO_GATEWAY
@@ -95,6 +96,7 @@ class TimelineTests(SynchronousTestCase):
         """Both protocols replay through the timeline."""
         self.assertIs(renderer_for("http"), render_http)
         self.assertIs(renderer_for("kubernetes"), render_http)
+        self.assertIs(exporter_for("kubernetes", "asciicast"), export_asciicast)
 
     def test_list(self) -> None:
         """A list: time, who, what, status, items counted, size and time."""
