@@ -254,14 +254,23 @@ def chown_to_owner(path: Path) -> None:
         os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
+#: ports L{free_port} has handed out in this process
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = LOOPBACK) -> int:
     """
-    A TCP port on C{host} that was free a moment ago.
+    A TCP port on C{host} that was free a moment ago, and not one this
+    process was given before (the kernel can offer the same port twice in
+    a row while nobody has bound it yet).
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port: int = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -864,7 +864,10 @@ class HTTPGatewayProtocol(Protocol):
         """A switched stream is over (either side closed it)."""
         self._relay = None
         exchange.response_transport = None
-        self._end_event(exchange, None if reason == "closed" else reason)
+        if reason == "closed":
+            self._end_event(exchange, closed_by="target")
+        else:
+            self._end_event(exchange, reason)
         if self._exchange is exchange:
             self._exchange = None
         if exchange.gate is not None:
@@ -1123,7 +1126,13 @@ class HTTPGatewayProtocol(Protocol):
         if data:
             self.transport.write(data)
 
-    def _end_event(self, exchange: Exchange, error: str | None = None) -> None:
+    def _end_event(
+        self,
+        exchange: Exchange,
+        error: str | None = None,
+        *,
+        closed_by: str | None = None,
+    ) -> None:
         if exchange.finished:
             return
         exchange.finished = True
@@ -1141,6 +1150,8 @@ class HTTPGatewayProtocol(Protocol):
             fields["recorded_out"] = exchange.recorded_out
         if error is not None:
             fields["error"] = error
+        if closed_by is not None:
+            fields["closed_by"] = closed_by
         if exchange.filter is not None and exchange.filter.masked:
             fields["masked"] = exchange.filter.masked
         try:
@@ -1263,6 +1274,7 @@ class HTTPGatewayProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._ended = True
+        streaming = self._relay is not None
         if self._relay is not None:
             self._relay.client_lost()
         if self._timer is not None and self._timer.active():
@@ -1279,7 +1291,11 @@ class HTTPGatewayProtocol(Protocol):
                 exchange.response_transport.stopProducing()
             if exchange.body is not None:
                 exchange.body.stopProducing()
-            self._end_event(exchange, "the client closed the connection")
+            if streaming:
+                # Closing a switched stream is how a client ends it.
+                self._end_event(exchange, closed_by="client")
+            else:
+                self._end_event(exchange, "the client closed the connection")
         if self.session is not None:
             why = self._close_reason or "client closed the connection"
             self.session.close(why).addErrback(lambda failure: None)

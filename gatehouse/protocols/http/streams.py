@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
+from twisted.internet.error import ConnectionDone
 from zope.interface import Interface, implementer
 
 from gatehouse.recording.format import Direction
@@ -44,6 +45,16 @@ __all__ = [
 
 #: the channel bit of a stream's stderr (as SSH's extended data)
 STDERR_BIT = 0x8000
+
+#: how long a side has to read the protocol's goodbye of a cut stream
+FAREWELL_SECONDS = 3.0
+
+
+def _abort_if_connected(transport: Any) -> None:
+    if getattr(transport, "connected", False) or getattr(
+        transport, "disconnecting", False
+    ):
+        transport.abortConnection()
 
 
 class StreamViolation(Exception):
@@ -90,6 +101,13 @@ class IStreamObserver(Interface):
     def finish() -> Sequence[StreamBytes | StreamEvent]:
         """The stream ended: what is left to record (an exit status)."""
 
+    def farewell(reason: str) -> bytes:
+        """
+        The bytes that end the stream by its protocol, for the side this
+        direction's bytes go to, when the stream is cut for C{reason} (a
+        WebSocket close 1002); empty where the protocol has none.
+        """
+
 
 @implementer(IStreamObserver)
 class RawObserver:
@@ -100,6 +118,9 @@ class RawObserver:
 
     def finish(self) -> Sequence[StreamBytes | StreamEvent]:
         return []
+
+    def farewell(self, reason: str) -> bytes:
+        return b""
 
 
 class StreamRelay:
@@ -217,9 +238,24 @@ class StreamRelay:
                 )
             except RecordingFailed:
                 pass
+        # The goodbyes go out before the client's connection is closed.
+        ends = [
+            (self._protocol.transport, self._from_target.farewell(reason)),
+            (self._stream.transport, self._from_client.farewell(reason)),
+        ]
+        for transport, farewell in ends:
+            if farewell:
+                transport.write(farewell)
         self._end(reason)
-        self._stream.transport.abortConnection()
-        self._protocol.transport.abortConnection()
+        for transport, farewell in ends:
+            if not farewell:
+                transport.abortConnection()
+                continue
+            # A side that does not read its goodbye within seconds is cut.
+            transport.loseConnection()
+            self._protocol.clock.callLater(
+                FAREWELL_SECONDS, _abort_if_connected, transport
+            )
 
     def _end(self, reason: str) -> None:
         if self._ended:
@@ -229,8 +265,15 @@ class StreamRelay:
         self._protocol.stream_ended(self._exchange, reason)
 
     def target_lost(self, reason: Any) -> None:
-        """The target closed the stream: so does the client's connection."""
-        self._end("closed")
+        """
+        The target closed the stream: so does the client's connection.  A
+        connection lost without the TLS goodbye (the target died) is
+        recorded as an error.
+        """
+        if reason is None or reason.check(ConnectionDone):
+            self._end("closed")
+        else:
+            self._end(f"the target's connection was lost: {reason.value}")
 
     def client_lost(self) -> None:
         """The client went: close the target's side."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
+from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode, ParseFailed
 from zope.interface import implementer
 
 from gatehouse.protocols.http.streams import (
@@ -107,6 +107,10 @@ class _Direction:
         self._observer = observer
         self._side = side
         self._sub = sub
+
+    def farewell(self, reason: str) -> bytes:
+        """Nothing to say: SPDY streams are cut without a goodbye."""
+        return b""
 
     def finish(self) -> list[Item]:
         """The connection ended: what the observer still held."""
@@ -240,6 +244,14 @@ class WebSocketDirection(_Direction):
         except ParseFailed as e:
             raise StreamViolation(f"WebSocket: {e}") from None
         return bytes(out), items
+
+    def farewell(self, reason: str) -> bytes:
+        """A close with 1002 (protocol error) and C{reason}, cut to fit."""
+        if self.closed:
+            return b""
+        self.closed = True
+        text = reason.encode("utf-8")[:120].decode("utf-8", "ignore")
+        return bytes(self._writer.close(CloseReason.PROTOCOL_ERROR, text))
 
 
 def stream_observers(

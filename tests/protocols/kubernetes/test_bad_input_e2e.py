@@ -7,13 +7,26 @@ the gateway keeps serving, and the recording says what happened.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from twisted.internet import protocol, reactor, ssl
 from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import TestCase
 
 from gatehouse._pgcluster import free_port
-from tests.fixtures.kubeapi import KubeAPIServer
+from tests.fixtures.kubeapi import KubeAPIServer, StreamingProcess, kubectl_program
+from tests.fixtures.kubeapi.clients import (
+    RawWebSocket,
+    Terminal,
+    alive,
+    pod_manifest,
+    sleep,
+)
 from tests.gateway_recordings import events
 from tests.protocols.kubernetes.harness import KubeGateway, KubeGatewayTestCase
 
@@ -65,6 +78,21 @@ class BadInputTests(KubeGatewayTestCase):
     def assertServing(self) -> None:
         result = self.gw.curl("/api/v1/namespaces/shop/configmaps")
         self.assertEqual(result.status, 200, result)
+
+    def test_bad_tokens(self) -> None:
+        """
+        A token whose signature does not verify, and one that is not a
+        JWT at all: 401 Status each; the cluster saw nothing.
+        """
+        before = self.audit_count()
+        signed, signature = self.gw.token().rsplit(".", 1)
+        flipped = "A" if signature[10] != "A" else "B"
+        forged = f"{signed}.{signature[:10]}{flipped}{signature[11:]}"
+        for token in (forged, "not-a-jwt"):
+            result = self.gw.curl("/api/v1/namespaces/shop/pods", token=token)
+            self.assertStatus(result, 401, "Unauthorized")
+        self.assertEqual(self.audit_count(), before)
+        self.assertServing()
 
     def test_expired_token(self) -> None:
         before = self.audit_count()
@@ -204,3 +232,222 @@ class UpstreamDownTests(KubeGatewayTestCase):
         status = json.loads(result.body)
         self.assertEqual(status["reason"], "ServiceUnavailable")
         self.assertIn("gatehouse could not reach target 'prod'", status["message"])
+
+
+@inlineCallbacks
+def wait_for(check: Any, what: str, seconds: float = 15) -> Any:
+    """Poll C{check} (the reactor running) until true, or fail naming C{what}."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        yield sleep(0.05)
+
+
+def rsv1_frame(payload: bytes) -> bytes:
+    """
+    A masked binary frame with RSV1 set, which no agreed extension allows:
+    a frame violation (RFC 6455, 5.2) carrying C{payload}.
+    """
+    assert len(payload) < 126
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x80 | 0x40 | 0x2, 0x80 | len(payload)]) + mask + masked
+
+
+def shell_pod() -> dict[str, Any]:
+    """Pod C{web} in C{shop}: one container that sleeps."""
+    return pod_manifest("web", {"name": "app", "command": ["sleep", "infinity"]})
+
+
+class StreamViolationTests(KubeGatewayTestCase):
+    """A client that breaks the WebSocket framing of an exec."""
+
+    rules = RULES
+    timeout = 120
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.ensure_namespace("shop")
+        if self.api.get_object("/api/v1/namespaces/shop/pods/web") is None:
+            self.api.create("/api/v1/namespaces/shop/pods", shell_pod())
+        self.work = os.path.abspath(self.mktemp())
+        os.makedirs(self.work)
+        os.chmod(self.work, 0o777)
+
+    @inlineCallbacks
+    def websocket(self, query: str) -> Any:
+        """A WebSocket exec in shop/web through the gateway, as alice; open."""
+        address = urlsplit(self.gw.http.url)
+        trust = ssl.Certificate.loadPEM(Path(self.gw.http.ca_cert).read_bytes())
+        options = ssl.optionsForClientTLS(address.hostname or "", trustRoot=trust)
+        target = f"/targets/prod/api/v1/namespaces/shop/pods/web/exec?{query}"
+        token = self.gw.token().encode()
+        client = RawWebSocket(
+            target,
+            ["v5.channel.k8s.io"],
+            [],
+            headers=[(b"authorization", b"Bearer " + token)],
+        )
+        yield protocol.ClientCreator(reactor, lambda: client).connectSSL(
+            "127.0.0.1", address.port, options
+        )
+        accepted = yield client.opened
+        self.assertTrue(accepted, client.body)
+        return client
+
+    @inlineCallbacks
+    def test_websocket_frame_violation(self) -> Any:
+        """
+        A frame with a reserved bit set, carrying a command for the shell:
+        the client gets a close 1002, the command never runs, the shell in
+        the pod is gone, the recording says the client broke the protocol,
+        and the gateway goes on serving.
+        """
+        started = time.time()
+        client = yield self.websocket(
+            "command=sh&stdin=true&stdout=true&stderr=true&container=app"
+        )
+        pid_file = os.path.join(self.work, "pid")
+        good = os.path.join(self.work, "good")
+        bad = os.path.join(self.work, "bad")
+        client.send_message(f"\x00echo $$ > {pid_file}; touch {good}\n".encode())
+        yield wait_for(lambda: os.path.exists(good), "the first command")
+        shell = int(Path(pid_file).read_text())
+        self.assertTrue(alive(shell))
+        assert client.transport is not None
+        client.transport.write(rsv1_frame(f"\x00touch {bad}\n".encode()))
+        yield client.done.addTimeout(30, reactor)
+        self.assertEqual(client.close_code, 1002)
+        yield wait_for(lambda: not alive(shell), "the shell to end")
+        self.assertFalse(os.path.exists(bad))
+
+        session = self.gw.http.wait_session(started, kind="exec")
+        records = self.gw.http.export(str(session.id), cli=False)
+        [cut] = events(records, "http-stream-cut")
+        self.assertIn("the client broke the stream's protocol", cut["reason"])
+        [end] = events(records, "http-end")
+        self.assertIn("the client broke the stream's protocol", end["error"])
+        self.assertServing()
+
+    def assertServing(self) -> None:
+        result = self.gw.curl("/api/v1/namespaces/shop/configmaps")
+        self.assertEqual(result.status, 200, result)
+
+
+class UpstreamDropsTests(TestCase):
+    """
+    The API server dies (SIGKILL: no goodbye, no TLS close) while a watch
+    or an exec is open through the gateway; each test has an API server
+    and a gateway of its own.
+    """
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        self.api = KubeAPIServer(rules=RULES).start()
+        self.addCleanup(self.api.stop)
+        self.gw = KubeGateway(os.path.abspath(self.mktemp()), self.api).start()
+        self.addCleanup(self.gw.stop)
+        self.api.create(
+            "/api/v1/namespaces",
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}},
+        )
+        self.api.create("/api/v1/namespaces/shop/pods", shell_pod())
+
+    def kill_api(self) -> None:
+        """Kill the API server process outright."""
+        assert self.api.pid is not None
+        os.kill(self.api.pid, signal.SIGKILL)
+
+    @inlineCallbacks
+    def test_watch_dropped(self) -> Any:
+        """
+        kubectl get -w: the watch's answer is cut (not ended as if
+        complete) and kubectl exits; the recording says the target's
+        answer broke off; the gateway answers the next request with a 503
+        Status naming the target.
+        """
+        started = time.time()
+        watcher = self.api.kubectl_stream(
+            "1.33",
+            "get",
+            "configmaps",
+            "-n",
+            "shop",
+            "-w",
+            kubeconfig=self.gw.kubeconfig(),
+        )
+        # The watch is open at the API server (its audit log says it began)
+        # before the object it should carry is made.
+        yield wait_for(
+            lambda: any(
+                e["verb"] == "watch"
+                and e.get("impersonatedUser", {}).get("username") == "alice"
+                for e in self.api.audit()
+            ),
+            "the watch to reach the API server",
+        )
+        self.api.create(
+            "/api/v1/namespaces/shop/configmaps",
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "seen"}},
+        )
+        yield watcher.wait_for(rb"seen")
+        # curl watching too: it tells a cut answer from an ended one.
+        curl = StreamingProcess()
+        url = f"{self.gw.url}/api/v1/namespaces/shop/configmaps?watch=true"
+        argv = ["curl", "-sSN", "--cacert", self.gw.http.ca_cert]
+        argv += ["-H", f"Authorization: Bearer {self.gw.token()}", url]
+        reactor.spawnProcess(curl, "curl", argv, env=dict(os.environ))
+        yield curl.wait_for(rb'"name": ?"seen"')
+        self.kill_api()
+        # client-go takes an unexpected end of a watch for its end: kubectl
+        # exits (0) with what it saw; the recording says what happened.
+        yield watcher.ended.addTimeout(60, reactor)
+        self.assertIn(b"seen", watcher.out)
+        code = yield curl.ended.addTimeout(60, reactor)
+        # The gateway resets the client's connection: a cut, not an end.
+        self.assertEqual(code, 56, curl.err)
+        self.assertIn(b"Connection reset by peer", curl.err)
+        sessions = self.gw.http.wait_sessions(started, kind="watch")
+        cuts = [
+            e
+            for s in sessions
+            for e in events(self.gw.http.export(str(s.id), cli=False), "http-end")
+            if e.get("error")
+        ]
+        self.assertTrue(cuts, sessions)
+        self.assertIn("the target's answer broke off", cuts[0]["error"])
+        result = self.gw.curl("/version")
+        self.assertEqual(result.status, 503, result)
+        self.assertIn(
+            "gatehouse could not reach target 'prod'",
+            json.loads(result.body)["message"],
+        )
+
+    @inlineCallbacks
+    def test_exec_dropped(self) -> Any:
+        """
+        kubectl exec with a command running: kubectl ends with an error, not
+        an exit code of the command; the recording has no exit status and
+        says the target went away.
+        """
+        started = time.time()
+        output = Terminal()
+        env, argv = self.api.kubectl_env(
+            "1.33",
+            ["exec", "-n", "shop", "web", "--", "sh", "-c", "echo started; sleep 600"],
+            self.gw.kubeconfig(),
+            None,
+        )
+        program = kubectl_program("1.33")
+        reactor.spawnProcess(output, program, [program, *argv], env=env)
+        yield output.expect(rb"started\n")
+        self.kill_api()
+        code = yield output.ended.addTimeout(60, reactor)
+        self.assertNotEqual(code, 0, output.output)
+        session = self.gw.http.wait_session(started, kind="exec")
+        records = self.gw.http.export(str(session.id), cli=False)
+        self.assertEqual(events(records, "k8s-exit"), [])
+        [end] = events(records, "http-end")
+        self.assertIn("the target's connection was lost", end.get("error", ""), end)
