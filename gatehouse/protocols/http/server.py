@@ -1049,7 +1049,7 @@ class HTTPGatewayProtocol(Protocol):
                 status=answer.status,
                 message=answer.message,
             )
-        self._answer_and_close(answer)
+        self._answer_and_close(answer, head_only=head.method == "HEAD")
 
     def _reply_exchange(self, exchange: Exchange, answer: Refused) -> None:
         """The gateway's own answer to an exchange."""
@@ -1076,7 +1076,8 @@ class HTTPGatewayProtocol(Protocol):
                 reason=_phrase(answer.status),
             )
         )
-        self._deliver(exchange, body)
+        if exchange.head.method != "HEAD":  # a HEAD answer has no body
+            self._deliver(exchange, body)
         self._send(h11.EndOfMessage())
         if exchange.body is not None:
             exchange.body.stopProducing()
@@ -1085,8 +1086,11 @@ class HTTPGatewayProtocol(Protocol):
             self._close_reason = answer.message
             self._lose()
 
-    def _answer_and_close(self, answer: Refused) -> None:
-        """Answer outside any exchange, then close the connection."""
+    def _answer_and_close(self, answer: Refused, *, head_only: bool = False) -> None:
+        """
+        Answer outside any exchange, then close the connection (without
+        the body when the request was a HEAD).
+        """
         if self._ended:
             return
         headers, body = self.factory.flavour.answer(answer)
@@ -1104,7 +1108,8 @@ class HTTPGatewayProtocol(Protocol):
                         reason=_phrase(answer.status),
                     )
                 )
-                self._send(h11.Data(data=body))
+                if not head_only:
+                    self._send(h11.Data(data=body))
                 self._send(h11.EndOfMessage())
             elif self._h11.our_state is h11.SEND_BODY:
                 self._h11 = h11.Connection(h11.SERVER)
@@ -1115,7 +1120,7 @@ class HTTPGatewayProtocol(Protocol):
                 b"HTTP/1.1 %d %s\r\n" % (answer.status, answer.reason.encode())
                 + b"".join(n + b": " + v + b"\r\n" for n, v in headers)
                 + b"\r\n"
-                + body
+                + (b"" if head_only else body)
             )
         self._close_reason = self._close_reason or answer.message
         self._ended = True
