@@ -13,6 +13,7 @@ C{log()}.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -45,6 +46,22 @@ def events(records: Sequence[Mapping[str, Any]], name: str) -> list[dict[str, An
             if body.get("event") == name:
                 found.append({**body, "_channel": record["channel"]})
     return found
+
+
+def stream_bytes(
+    records: Sequence[Mapping[str, Any]], channel: int, direction: str
+) -> bytes:
+    """
+    The bytes an export recorded on C{channel} in C{direction}
+    (C{"client_to_gateway"} or C{"gateway_to_client"}), in order.
+    """
+    return b"".join(
+        base64.b64decode(r["payload"])
+        for r in records
+        if r["type"] == "DATA"
+        and r["channel"] == channel
+        and r["direction"] == direction
+    )
 
 
 class GatewayRecordings:

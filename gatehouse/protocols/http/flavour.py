@@ -127,12 +127,13 @@ class IHTTPFlavour(Interface):
         """
 
     def stream_observers(
-        described: Described, headers: Sequence[tuple[bytes, bytes]]
+        described: Described, headers: Sequence[tuple[bytes, bytes]], session: Any
     ) -> tuple[Any, Any] | None:
         """
         Decoders (L{gatehouse.protocols.http.streams.IStreamObserver}) of
         a switched stream's two directions (client to target, target to
-        client), given the target's 101 headers; None: record it raw.
+        client), given the target's 101 headers and the session (whose
+        masking may apply to the stream); None: record it raw.
         """
 
     def adjust_headers(

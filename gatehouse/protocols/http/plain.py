@@ -126,7 +126,10 @@ class PlainHTTP:
         return None
 
     def stream_observers(
-        self, described: Described, headers: Sequence[tuple[bytes, bytes]]
+        self,
+        described: Described,
+        headers: Sequence[tuple[bytes, bytes]],
+        session: Any,
     ) -> tuple[Any, Any] | None:
         return None
 

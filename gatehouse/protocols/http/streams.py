@@ -46,6 +46,9 @@ __all__ = [
 #: the channel bit of a stream's stderr (as SSH's extended data)
 STDERR_BIT = 0x8000
 
+#: how long output held for masking (an unfinished line) waits for more
+HOLD_SECONDS = 0.05
+
 #: how long a side has to read the protocol's goodbye of a cut stream
 FAREWELL_SECONDS = 3.0
 
@@ -101,6 +104,12 @@ class IStreamObserver(Interface):
     def finish() -> Sequence[StreamBytes | StreamEvent]:
         """The stream ended: what is left to record (an exit status)."""
 
+    def holding() -> bool:
+        """Whether bytes wait (masking holds an unfinished line) for L{flush}."""
+
+    def flush() -> tuple[bytes, Sequence[StreamBytes | StreamEvent]]:
+        """Release what waits: the bytes to forward, and what to record."""
+
     def farewell(reason: str) -> bytes:
         """
         The bytes that end the stream by its protocol, for the side this
@@ -118,6 +127,12 @@ class RawObserver:
 
     def finish(self) -> Sequence[StreamBytes | StreamEvent]:
         return []
+
+    def holding(self) -> bool:
+        return False
+
+    def flush(self) -> tuple[bytes, Sequence[StreamBytes | StreamEvent]]:
+        return b"", []
 
     def farewell(self, reason: str) -> bytes:
         return b""
@@ -143,7 +158,7 @@ class StreamRelay:
         self._ended = False
         try:
             observers = protocol.factory.flavour.stream_observers(
-                exchange.described, headers
+                exchange.described, headers, protocol.session
             )
         except StreamViolation as e:
             observers = None
@@ -154,6 +169,7 @@ class StreamRelay:
         self._from_client, self._from_target = pair
         self.bytes_in = 0
         self.bytes_out = 0
+        self._release_call: Any = None
 
     def start(self) -> bool:
         """Begin; False if the stream cannot be read (it was cut)."""
@@ -185,6 +201,26 @@ class StreamRelay:
         self._exchange.body_out += len(data)
         if out:
             self._protocol.transport.write(out)
+        if self._release_call is None and self._from_target.holding():
+            self._release_call = self._protocol.clock.callLater(
+                HOLD_SECONDS, self._release_held
+            )
+
+    def _release_held(self) -> None:
+        """Output held for masking has waited long enough: send it on."""
+        self._release_call = None
+        if self._ended:
+            return
+        session = self._protocol.session
+        assert session is not None
+        try:
+            out, found = self._from_target.flush()
+            self._record_items(session, Direction.GATEWAY_TO_CLIENT, found)
+        except RecordingFailed:
+            self._cut("recording failed")
+            return
+        if out:
+            self._protocol.transport.write(out)
 
     def _observe(
         self, observer: Any, direction: Direction, data: bytes
@@ -192,17 +228,9 @@ class StreamRelay:
         """What to forward (None: the stream was cut)."""
         session = self._protocol.session
         assert session is not None
-        channel = self._exchange.channel
         try:
             out, found = observer.feed(data)
-            for item in found:
-                if isinstance(item, StreamEvent):
-                    session.event(item.name, channel=channel, **item.fields)
-                    continue
-                target = self._channel_of(item)
-                if item.stream == "stderr":
-                    target |= STDERR_BIT
-                session.data(direction, item.data, target)
+            self._record_items(session, direction, found)
         except StreamViolation as e:
             side = "client" if direction == Direction.CLIENT_TO_GATEWAY else "target"
             self._cut(f"the {side} broke the stream's protocol: {e}")
@@ -211,6 +239,22 @@ class StreamRelay:
             self._cut("recording failed")
             return None
         return bytes(out)
+
+    def _record_items(
+        self,
+        session: Any,
+        direction: Direction,
+        found: Sequence[StreamBytes | StreamEvent],
+    ) -> None:
+        channel = self._exchange.channel
+        for item in found:
+            if isinstance(item, StreamEvent):
+                session.event(item.name, channel=channel, **item.fields)
+                continue
+            target = self._channel_of(item)
+            if item.stream == "stderr":
+                target |= STDERR_BIT
+            session.data(direction, item.data, target)
 
     def _channel_of(self, item: StreamBytes) -> int:
         if item.key is None:
@@ -261,6 +305,7 @@ class StreamRelay:
         if self._ended:
             return
         self._ended = True
+        self._stop_release()
         self._finish()
         self._protocol.stream_ended(self._exchange, reason)
 
@@ -270,15 +315,24 @@ class StreamRelay:
         connection lost without the TLS goodbye (the target died) is
         recorded as an error.
         """
+        if not self._ended:
+            # What masking held is the target's last word: it goes on.
+            self._release_held()
         if reason is None or reason.check(ConnectionDone):
             self._end("closed")
         else:
             self._end(f"the target's connection was lost: {reason.value}")
 
+    def _stop_release(self) -> None:
+        if self._release_call is not None and self._release_call.active():
+            self._release_call.cancel()
+        self._release_call = None
+
     def client_lost(self) -> None:
         """The client went: close the target's side."""
         if not self._ended:
             self._ended = True
+            self._stop_release()
             self._finish()
             self._stream.transport.loseConnection()
 
@@ -288,11 +342,13 @@ class StreamRelay:
         if session is None or session.closed:
             return
         try:
-            for observer in (self._from_client, self._from_target):
-                for item in observer.finish():
-                    if isinstance(item, StreamEvent):
-                        session.event(
-                            item.name, channel=self._exchange.channel, **item.fields
-                        )
+            for observer, direction in (
+                (self._from_client, Direction.CLIENT_TO_GATEWAY),
+                (self._from_target, Direction.GATEWAY_TO_CLIENT),
+            ):
+                self._record_items(session, direction, observer.finish())
+            masked = getattr(self._from_target, "masked", 0)
+            if masked:
+                session.masked(masked)
         except RecordingFailed:
             pass

@@ -273,7 +273,16 @@ class KubernetesFlavour:
         return _Filter(SecretMasker(request, _header(headers, b"content-type")))
 
     def stream_observers(
-        self, described: Described, headers: Sequence[tuple[bytes, bytes]]
+        self,
+        described: Described,
+        headers: Sequence[tuple[bytes, bytes]],
+        session: Any,
     ) -> tuple[Any, Any] | None:
-        """Exec, attach and port-forward are read (SPDY or WebSocket)."""
-        return relay.stream_observers(described.detail, headers)
+        """
+        Exec, attach and port-forward are read (SPDY or WebSocket); the
+        text of an exec or attach is masked with the session's value
+        detectors when its masking rules have any.
+        """
+        masker = getattr(session, "masker", None)
+        values = masker if masker is not None and masker.scans_values else None
+        return relay.stream_observers(described.detail, headers, values)

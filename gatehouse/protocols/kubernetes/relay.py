@@ -13,7 +13,7 @@ it.  Each complete message goes to L{streams} for its Kubernetes meaning.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode, ParseFailed
 from zope.interface import implementer
@@ -25,7 +25,9 @@ from gatehouse.protocols.http.streams import (
     StreamViolation,
 )
 from gatehouse.protocols.kubernetes import streams
+from gatehouse.protocols.kubernetes.output_masking import LineMasker
 from gatehouse.protocols.kubernetes.request import KubeRequest
+from gatehouse.protocols.kubernetes.spdy import Data, SpdyFrameWriter
 from gatehouse.protocols.kubernetes.streams import (
     REMOTECOMMAND_PROTOCOLS,
     ExitStatus,
@@ -41,6 +43,9 @@ from gatehouse.protocols.kubernetes.streams import (
 __all__ = ["offered_protocols", "stream_observers"]
 
 Item = StreamBytes | StreamEvent
+
+#: encodes data frames (stateless: no header block)
+_DATA_FRAMES = SpdyFrameWriter()
 
 #: what the gateway can read, per subresource and transport: what the
 #: client may offer the target
@@ -100,21 +105,48 @@ def offered_protocols(
     return name, kept
 
 
-class _Direction:
-    """One direction's observer, in the relay's terms."""
+#: the stream kinds whose bytes are text the value detectors read
+_TEXT = ("stdin", "stdout", "stderr")
 
-    def __init__(self, observer: Any, side: str, sub: str) -> None:
+
+class _Direction:
+    """
+    One direction's observer, in the relay's terms.  With C{values} (the
+    session's value detectors, for an exec or attach) its text streams are
+    masked: what the target sends before the client sees it (L{_live},
+    released after a quiet time by L{flush}), and what either side sent
+    before it is recorded (L{_kept}, by whole lines).
+    """
+
+    def __init__(self, observer: Any, side: str, sub: str, values: Any = None) -> None:
         self._observer = observer
         self._side = side
         self._sub = sub
+        self._live = (
+            LineMasker(values) if values is not None and side == "target" else None
+        )
+        self._kept = LineMasker(values) if values is not None else None
+
+    @property
+    def masked(self) -> int:
+        """Values masked in what the client was sent."""
+        return self._live.masked if self._live is not None else 0
 
     def farewell(self, reason: str) -> bytes:
         """Nothing to say: SPDY streams are cut without a goodbye."""
         return b""
 
+    def holding(self) -> bool:
+        """Whether output waits (an unfinished line) for L{flush}."""
+        return self._live is not None and self._live.holding()
+
+    def flush(self) -> tuple[bytes, list[Item]]:
+        """Release the output held for the client: to forward, to record."""
+        return self._release(keep=True)
+
     def finish(self) -> list[Item]:
         """The connection ended: what the observer still held."""
-        found: list[Item] = []
+        _, found = self._release(keep=False)
         for event in self._observer.finish():
             found.extend(self._item(event))
         return found
@@ -127,9 +159,79 @@ class _Direction:
                 found.extend(self._item(event))
         return found
 
+    def _wire(self, stream: int, data: bytes, fin: bool = False) -> bytes:
+        """C{data} of C{stream} as this transport carries it to the other side."""
+        raise NotImplementedError()
+
+    def _framed(self, raw: bytes) -> bytes:
+        """A whole unit (a SPDY frame, a message) as it goes to the other side."""
+        raise NotImplementedError()
+
+    def _release(self, keep: bool) -> tuple[bytes, list[Item]]:
+        """
+        Release held output (to forward) and, unless C{keep}, held
+        recording text too.
+        """
+        wire = b""
+        found: list[Item] = []
+        if self._live is not None:
+            for key, data in self._live.flush().items():
+                stream, _ = cast(tuple[int, str], key)
+                wire += self._wire(stream, data)
+                found.extend(self._kept_items(key, data))
+        if not keep and self._kept is not None:
+            for key, data in self._kept.flush().items():
+                found.append(StreamBytes(cast(tuple[int, str], key)[1], data))
+        return wire, found
+
+    def _kept_items(self, key: Any, data: bytes, end: bool = False) -> list[Item]:
+        assert self._kept is not None
+        kept = self._kept.feed(key, data)
+        if end:
+            kept += self._kept.flush(key).get(key, b"")
+        return [StreamBytes(key[1], kept)] if kept else []
+
+    def _unit(self, unit: Observed) -> tuple[bytes | None, list[Item]]:
+        """
+        One whole unit, masking on: the bytes to forward instead of it
+        (None: it as it came) and what to record.
+        """
+        texts = [
+            e for e in unit.events if isinstance(e, StreamData) and e.kind in _TEXT
+        ]
+        if not texts:
+            # Anything else (an exit status, a close) comes after the
+            # output held before it.
+            wire, found = self._release(keep=False)
+            for event in unit.events:
+                found.extend(self._item(event))
+            if self._live is None or not wire:
+                return None, found
+            return wire + self._framed(unit.raw), found
+        found = []
+        wire = b""
+        for event in unit.events:
+            if not (isinstance(event, StreamData) and event.kind in _TEXT):
+                found.extend(self._item(event))
+                continue
+            key = (event.stream, event.kind)
+            end = any(
+                isinstance(e, StreamClosed) and e.stream == event.stream
+                for e in unit.events
+            )
+            shown = event.data
+            if self._live is not None:
+                shown = self._live.feed(key, event.data)
+                if end:
+                    shown += self._live.flush(key).get(key, b"")
+                if shown or end or not event.data:
+                    wire += self._wire(event.stream, shown, fin=end)
+            found.extend(self._kept_items(key, shown, end))
+        return (wire if self._live is not None else None), found
+
     def _item(self, event: object) -> list[Item]:
         if isinstance(event, StreamData):
-            if event.kind in ("stdin", "stdout", "stderr"):
+            if event.kind in _TEXT:
                 return [StreamBytes(event.kind, event.data)]
             if event.kind == "data":
                 return [StreamBytes("data", event.data, key=event.stream)]
@@ -183,7 +285,21 @@ class SpdyDirection(_Direction):
             observed = self._observer.feed(data)
         except ProtocolError as e:
             raise StreamViolation(f"SPDY: {e}") from None
-        return b"".join(o.raw for o in observed), self.items(observed)
+        if self._kept is None:
+            return b"".join(o.raw for o in observed), self.items(observed)
+        out = b""
+        found: list[Item] = []
+        for unit in observed:
+            wire, items = self._unit(unit)
+            out += unit.raw if wire is None else wire
+            found.extend(items)
+        return out, found
+
+    def _wire(self, stream: int, data: bytes, fin: bool = False) -> bytes:
+        return _DATA_FRAMES.encode(Data(stream, data, fin))
+
+    def _framed(self, raw: bytes) -> bytes:
+        return raw
 
 
 @implementer(IStreamObserver)
@@ -193,11 +309,12 @@ class WebSocketDirection(_Direction):
     complete message's payload is read by L{streams}.
 
     Frames from the client are masked and written masked again for the
-    target; the target's are not.
+    target; the target's are not.  When the target's output is masked its
+    messages go on whole, once read.
     """
 
-    def __init__(self, observer: Any, side: str, sub: str) -> None:
-        super().__init__(observer, side, sub)
+    def __init__(self, observer: Any, side: str, sub: str, values: Any = None) -> None:
+        super().__init__(observer, side, sub, values)
         from_client = side == "client"
         # The parser plays the receiving end, the writer the sending end.
         self._parser = FrameProtocol(client=not from_client, extensions=[])
@@ -215,6 +332,9 @@ class WebSocketDirection(_Direction):
                 payload: Any = frame.payload
                 if opcode is Opcode.CLOSE:
                     code, reason = payload
+                    wire, held = self._release(keep=False)
+                    out += wire
+                    items.extend(held)
                     items.append(
                         StreamEvent(
                             "websocket-close",
@@ -232,18 +352,44 @@ class WebSocketDirection(_Direction):
                 else:
                     data = bytes(payload)
                     self._message += data
-                    out += self._writer.send_data(data, frame.message_finished)
+                    if self._live is None:
+                        out += self._writer.send_data(data, frame.message_finished)
                     if frame.message_finished:
                         message = bytes(self._message)
                         self._message.clear()
-                        try:
-                            observed = self._observer.feed(message)
-                        except ProtocolError as e:
-                            raise StreamViolation(str(e)) from None
-                        items.extend(self.items(observed))
+                        wire, found = self._read_message(message)
+                        out += wire
+                        items.extend(found)
         except ParseFailed as e:
             raise StreamViolation(f"WebSocket: {e}") from None
         return bytes(out), items
+
+    def _read_message(self, message: bytes) -> tuple[bytes, list[Item]]:
+        """
+        A whole message, read: what to forward now (only when the target's
+        output is masked; otherwise its frames went on as they came) and
+        what to record.
+        """
+        try:
+            observed = self._observer.feed(message)
+        except ProtocolError as e:
+            raise StreamViolation(str(e)) from None
+        if self._kept is None:
+            return b"", self.items(observed)
+        out = b""
+        items: list[Item] = []
+        for unit in observed:
+            instead, found = self._unit(unit)
+            if self._live is not None:
+                out += self._framed(unit.raw) if instead is None else instead
+            items.extend(found)
+        return out, items
+
+    def _wire(self, stream: int, data: bytes, fin: bool = False) -> bytes:
+        return bytes(self._writer.send_data(bytes([stream]) + data, True))
+
+    def _framed(self, raw: bytes) -> bytes:
+        return bytes(self._writer.send_data(raw, True))
 
     def farewell(self, reason: str) -> bytes:
         """A close with 1002 (protocol error) and C{reason}, cut to fit."""
@@ -255,11 +401,14 @@ class WebSocketDirection(_Direction):
 
 
 def stream_observers(
-    request: KubeRequest, headers: Sequence[tuple[bytes, bytes]]
+    request: KubeRequest,
+    headers: Sequence[tuple[bytes, bytes]],
+    values: Any = None,
 ) -> tuple[IStreamObserver, IStreamObserver]:
     """
     The two directions' observers (client to target, target to client)
-    for the target's 101 answer C{headers}.
+    for the target's 101 answer C{headers}; with C{values} (value
+    detectors) the text of an exec or attach is masked.
 
     @raise StreamViolation: the target chose a protocol gatehouse does not
         read (it was not offered).
@@ -286,7 +435,9 @@ def stream_observers(
     kind: type[_Direction] = (
         WebSocketDirection if transport == "websocket" else SpdyDirection
     )
+    if request.subresource not in ("exec", "attach"):
+        values = None  # port-forward carries any protocol's bytes: not text
     return (
-        kind(observer.client, "client", request.subresource),  # type: ignore[return-value]
-        kind(observer.server, "target", request.subresource),
+        kind(observer.client, "client", request.subresource, values),  # type: ignore[return-value]
+        kind(observer.server, "target", request.subresource, values),
     )

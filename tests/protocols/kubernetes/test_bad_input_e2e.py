@@ -244,15 +244,25 @@ def wait_for(check: Any, what: str, seconds: float = 15) -> Any:
         yield sleep(0.05)
 
 
+def _abort(client: RawWebSocket) -> None:
+    """Cut a test's client if it is still connected (a failed test)."""
+    if client.transport is not None and not client.done.called:
+        client.transport.abortConnection()
+
+
 def rsv1_frame(payload: bytes) -> bytes:
     """
     A masked binary frame with RSV1 set, which no agreed extension allows:
     a frame violation (RFC 6455, 5.2) carrying C{payload}.
     """
-    assert len(payload) < 126
+    assert len(payload) < 1 << 16
+    if len(payload) < 126:
+        length = bytes([0x80 | len(payload)])
+    else:
+        length = bytes([0x80 | 126]) + len(payload).to_bytes(2, "big")
     mask = os.urandom(4)
     masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return bytes([0x80 | 0x40 | 0x2, 0x80 | len(payload)]) + mask + masked
+    return bytes([0x80 | 0x40 | 0x2]) + length + mask + masked
 
 
 def shell_pod() -> dict[str, Any]:
@@ -293,6 +303,8 @@ class StreamViolationTests(KubeGatewayTestCase):
             "127.0.0.1", address.port, options
         )
         accepted = yield client.opened
+        self.addCleanup(client.done.addTimeout, 30, reactor)
+        self.addCleanup(_abort, client)
         self.assertTrue(accepted, client.body)
         return client
 
@@ -316,7 +328,9 @@ class StreamViolationTests(KubeGatewayTestCase):
         shell = int(Path(pid_file).read_text())
         self.assertTrue(alive(shell))
         assert client.transport is not None
-        client.transport.write(rsv1_frame(f"\x00touch {bad}\n".encode()))
+        # (longer than 125 bytes: the 16-bit length form)
+        command = f"\x00touch {bad}{' ' * 130}\n"
+        client.transport.write(rsv1_frame(command.encode()))
         yield client.done.addTimeout(30, reactor)
         self.assertEqual(client.close_code, 1002)
         yield wait_for(lambda: not alive(shell), "the shell to end")

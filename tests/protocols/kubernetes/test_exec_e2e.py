@@ -6,7 +6,6 @@ to 1.29; real processes in the test API server's pods.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import time
@@ -15,7 +14,7 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 
 from tests.fixtures.kubeapi import KubeAPIServer
-from tests.gateway_recordings import events
+from tests.gateway_recordings import events, stream_bytes
 from tests.protocols.kubernetes.harness import KubeGateway, KubeGatewayTestCase
 
 RULES = [
@@ -191,13 +190,7 @@ class ExecTests(KubeGatewayTestCase):
         self.assertEqual(upgrade, "spdy/3.1" if spdy else "websocket", version)
 
         def stream(ch: int, direction: str) -> bytes:
-            return b"".join(
-                base64.b64decode(r["payload"])
-                for r in records
-                if r["type"] == "DATA"
-                and r["channel"] == ch
-                and r["direction"] == direction
-            )
+            return stream_bytes(records, ch, direction)
 
         self.assertEqual(stream(channel, "client_to_gateway"), stdin, version)
         self.assertEqual(stream(channel, "gateway_to_client"), stdout, version)

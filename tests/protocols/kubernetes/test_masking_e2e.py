@@ -9,15 +9,23 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 
-from tests.fixtures.kubeapi import KubeAPIServer
-from tests.gateway_recordings import events
+from tests.fixtures.kubeapi import KubeAPIServer, kubectl_program
+from tests.fixtures.kubeapi.clients import (
+    Terminal,
+    pod_manifest,
+    set_terminal_size,
+    sleep,
+)
+from tests.gateway_recordings import events, stream_bytes
 from tests.protocols.kubernetes.harness import KubeGateway, KubeGatewayTestCase
 
 VALUE = "s3cr3t-Value-4711"
@@ -253,3 +261,104 @@ class MaskingTests(KubeGatewayTestCase):
             groups=("sre",),
         )
         self.assertIn(EMAIL.encode(), clear)
+
+    def shell_pod(self) -> Path:
+        """Pod C{web} (its container sleeps): its container's directory."""
+        if self.api.get_object("/api/v1/namespaces/shop/pods/web") is None:
+            self.api.create(
+                "/api/v1/namespaces/shop/pods",
+                pod_manifest("web", {"name": "app", "command": ["sleep", "infinity"]}),
+            )
+        directory = self.api.state_dir / "pods" / "shop_web" / "app"
+        deadline = time.monotonic() + 30
+        while not directory.is_dir() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return directory
+
+    @inlineCallbacks
+    def test_exec_output_masked(self) -> Any:
+        """
+        The detectors apply to exec output for the identities they scope,
+        on SPDY and WebSocket: a file of addresses read through C{kubectl
+        exec} (many chunks; an address split over two writes) reaches
+        kubectl and the recording without them; someone else sees them.
+        """
+        directory = self.shell_pod()
+        lines = [f"{i:05d} mail {EMAIL} ok\n" for i in range(5000)]
+        (directory / "contacts.txt").write_text("".join(lines))
+        (directory / "split.sh").write_text(
+            "printf 'to grace.hop'; sleep 0.01; printf 'per@example.com\\n'\n"
+        )
+        for version in ("1.28", "1.33"):
+            started = time.time()
+            out, err, code = yield self.gw.kubectl(
+                "exec",
+                "-n",
+                "shop",
+                "web",
+                "--",
+                "sh",
+                "-c",
+                "cat contacts.txt; sh split.sh; cat contacts.txt >&2",
+                subject="bob",
+                groups=("agents",),
+                version=version,
+            )
+            self.assertEqual(code, 0, (version, err[-500:]))
+            self.assertEqual(out.count(b" ok\n"), len(lines), version)
+            self.assertEqual(err.count(b" ok\n"), len(lines), version)
+            self.assertIn(b"to ", out)
+            self.assertAbsent(EMAIL, out, err, self.recorded_bytes(started))
+        out, err, code = yield self.gw.kubectl(
+            "exec", "-n", "shop", "web", "--", "sh", "split.sh"
+        )
+        self.assertEqual((out, code), (f"to {EMAIL}\n".encode(), 0), err)
+
+    @inlineCallbacks
+    def test_exec_typed_value_masked_in_recording(self) -> Any:
+        """
+        On a terminal, an address typed a key at a time: the shell gets it
+        as typed; its output line shows it masked; the recording holds it
+        neither in what was typed nor in the echo.
+        """
+        self.shell_pod()
+        started = time.time()
+        leader, follower = os.openpty()
+        set_terminal_size(leader, 100, 40)
+        terminal = Terminal()
+        env, argv = self.api.kubectl_env(
+            "1.33",
+            ["exec", "-it", "-n", "shop", "web", "--", "sh"],
+            self.gw.kubeconfig("bob", ("agents",)),
+            None,
+        )
+        program = kubectl_program("1.33")
+        process = reactor.spawnProcess(
+            terminal,
+            program,
+            [program, *argv],
+            env=env,
+            usePTY=(leader, follower, os.ttyname(follower)),
+        )
+        try:
+            yield terminal.expect(rb"[#$] ")
+            for key in f"echo {EMAIL}; echo done\r".encode():
+                process.write(bytes([key]))
+                yield sleep(0.06)
+            yield terminal.expect(rb"\r\ndone\r\n")
+            process.write(b"exit\r")
+            code = yield terminal.ended
+        finally:
+            if process.pid is not None:
+                process.signalProcess("KILL")
+        self.assertEqual(code, 0, terminal.output)
+        # The echo of the keys shows it (the user typed it); the output
+        # line of the command does not.
+        self.assertEqual(terminal.output.count(EMAIL.encode()), 1, terminal.output)
+        [session] = self.gw.http.wait_sessions(started, kind="exec")
+        records = self.gw.http.export(str(session.id), cli=False)
+        [request] = events(records, "http-request")
+        for direction in ("client_to_gateway", "gateway_to_client"):
+            stream = stream_bytes(records, request["_channel"], direction)
+            self.assertIn(b"done", stream, direction)
+            self.assertAbsent(EMAIL, stream)

@@ -8,7 +8,6 @@ what reached the pod and the client, and on the recording.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import time
@@ -32,7 +31,7 @@ from tests.fixtures.kubeapi.clients import (
     set_terminal_size,
     sleep,
 )
-from tests.gateway_recordings import events
+from tests.gateway_recordings import events, stream_bytes
 from tests.protocols.kubernetes.harness import KubeGatewayTestCase
 
 NS = "shop"
@@ -48,19 +47,6 @@ RULES = [
 ]
 
 VERSIONS = ("1.27", "1.28", "1.29", "1.30", "1.31", "1.32", "1.33")
-
-
-def stream_bytes(
-    records: Sequence[Mapping[str, Any]], channel: int, direction: str
-) -> bytes:
-    """The recorded bytes of C{channel} in C{direction}, in order."""
-    return b"".join(
-        base64.b64decode(r["payload"])
-        for r in records
-        if r["type"] == "DATA"
-        and r["channel"] == channel
-        and r["direction"] == direction
-    )
 
 
 class StreamsTests(KubeGatewayTestCase):
