@@ -18,6 +18,11 @@ request and stream recorded into signed segments), then measures:
   with stdout to /dev/null, MiB/s from the wall time: directly to the API
   server, through kubectl proxy, through gatehouse.
 
+"gatehouse" is the daemon as deployed (TLS to its clients); "gatehouse
+http" a second daemon with the same configuration serving plain HTTP on
+loopback (``allow_cleartext``), as kubectl proxy serves: like for like
+(GETs only: kubectl sends no bearer token over plain HTTP).
+
 It prints a table with gatehouse's figures as a ratio of kubectl proxy's::
 
     python bench/kubernetes.py [--seconds 5] [--pods 20] [--size 256M]
@@ -303,6 +308,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         gw.start()
         stack.append(gw.stop)
+        # The same daemon's configuration over plain HTTP, as kubectl proxy
+        # serves: the cost of gatehouse without the client's TLS.
+        plain = KubeGateway(
+            str(workdir / "gw-plain"),
+            api,
+            policy={"opaque": "deny", "rules": []},
+            listener_options={"allow_cleartext": True},
+        )
+        plain.start()
+        stack.append(plain.stop)
         token = gw.token("alice", ("sre",))
         context = ssl.create_default_context(cafile=gw.http.ca_cert)
         direct_context = ssl.create_default_context(cafile=str(api.ca_path))
@@ -312,6 +327,13 @@ def main(argv: list[str] | None = None) -> int:
             Endpoint("direct", api.port, direct_context, None, ""),
             Endpoint("kubectl proxy", proxy_port, None, None, ""),
             Endpoint("gatehouse", gw.http.port, context, token, "/targets/prod"),
+            Endpoint(
+                "gatehouse http",
+                plain.http.port,
+                None,
+                plain.token("alice", ("sre",)),
+                "/targets/prod",
+            ),
         ]
         path = f"/api/v1/namespaces/{NAMESPACE}/pods"
         rates: dict[tuple[str, int], list[Rate]] = {}
@@ -339,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"http://127.0.0.1:{proxy_port}",
             ],
             "gatehouse": ["--kubeconfig", str(gw.kubeconfig("alice", ("sre",)))],
+            # (no "gatehouse http": kubectl sends no bearer token over http)
         }
         throughputs: dict[str, list[float]] = {}
         for round_ in range(args.repeat):

@@ -62,13 +62,15 @@ class HTTPGateway(GatewayRecordings):
             "address": "127.0.0.1",
             "port": self.port,
             "options": dict(listener_options or {}),
+        }
+        self.cleartext = bool(listener["options"].get("allow_cleartext"))
+        if not self.cleartext:
             # Gateway issues the daemon's certificate (localhost, 127.0.0.1)
             # there.
-            "tls": {
+            listener["tls"] = {
                 "certificate": os.path.join(self.directory, "tls", "localhost.crt"),
                 "key": os.path.join(self.directory, "tls", "localhost.key"),
-            },
-        }
+            }
         config: dict[str, Any] = {}
         if policy is not None:
             config["policy"] = dict(policy)
@@ -90,8 +92,9 @@ class HTTPGateway(GatewayRecordings):
 
     @property
     def url(self) -> str:
-        """The listener's base URL."""
-        return f"https://localhost:{self.port}"
+        """The listener's base URL (http: with C{allow_cleartext})."""
+        scheme = "http" if self.cleartext else "https"
+        return f"{scheme}://localhost:{self.port}"
 
     def start(self) -> HTTPGateway:
         """Run the daemon; return once it listens."""
