@@ -323,7 +323,7 @@ class WebSocketDirection(_Direction):
         self.closed = False
 
     def feed(self, data: bytes) -> tuple[bytes, list[Item]]:
-        out = bytearray()
+        out: list[bytes | bytearray] = []
         items: list[Item] = []
         self._parser.receive_bytes(data)
         try:
@@ -333,7 +333,7 @@ class WebSocketDirection(_Direction):
                 if opcode is Opcode.CLOSE:
                     code, reason = payload
                     wire, held = self._release(keep=False)
-                    out += wire
+                    out.append(wire)
                     items.extend(held)
                     items.append(
                         StreamEvent(
@@ -341,28 +341,34 @@ class WebSocketDirection(_Direction):
                             {"from": self._side, "code": int(code), "reason": reason},
                         )
                     )
-                    out += self._writer.close(code, reason)
+                    out.append(self._writer.close(code, reason))
                     self.closed = True
                 elif opcode is Opcode.PING:
-                    out += self._writer.ping(bytes(payload))
+                    out.append(self._writer.ping(bytes(payload)))
                 elif opcode is Opcode.PONG:
-                    out += self._writer.pong(bytes(payload))
+                    out.append(self._writer.pong(bytes(payload)))
                 elif opcode is Opcode.TEXT:
                     raise StreamViolation("a text message on a binary stream")
                 else:
-                    data = bytes(payload)
-                    self._message += data
+                    finished = frame.message_finished
                     if self._live is None:
-                        out += self._writer.send_data(data, frame.message_finished)
-                    if frame.message_finished:
+                        out.append(self._writer.send_data(payload, finished))
+                    if not finished:
+                        self._message += payload
+                        continue
+                    # Most messages are one frame: no joining then.
+                    if self._message:
+                        self._message += payload
                         message = bytes(self._message)
                         self._message.clear()
-                        wire, found = self._read_message(message)
-                        out += wire
-                        items.extend(found)
+                    else:
+                        message = bytes(payload)
+                    wire, found = self._read_message(message)
+                    out.append(wire)
+                    items.extend(found)
         except ParseFailed as e:
             raise StreamViolation(f"WebSocket: {e}") from None
-        return bytes(out), items
+        return b"".join(out), items
 
     def _read_message(self, message: bytes) -> tuple[bytes, list[Item]]:
         """
