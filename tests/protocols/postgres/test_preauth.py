@@ -89,12 +89,24 @@ class PreauthTests(GatewayTestCase):
         super().setUp()
         self.mark = self.log_mark()
         self.fds_before = self.fds()
+        self.targets_before = self.fd_targets()
 
     # -- helpers -----------------------------------------------------------
 
     def fds(self) -> int:
         """The daemon's open file descriptors now."""
         return len(os.listdir(f"/proc/{self.gateway.process.pid}/fd"))
+
+    def fd_targets(self) -> list[str]:
+        """What the daemon's descriptors are open on (for a failure's message)."""
+        base = f"/proc/{self.gateway.process.pid}/fd"
+        found = []
+        for fd in sorted(os.listdir(base), key=int):
+            try:
+                found.append(f"{fd}: {os.readlink(os.path.join(base, fd))}")
+            except OSError:
+                continue
+        return found
 
     def attacker(self, source: str = "127.0.0.1") -> Attacker:
         attacker = Attacker(self.gateway.port, source)
@@ -110,7 +122,11 @@ class PreauthTests(GatewayTestCase):
         deadline = time.monotonic() + 30
         while self.fds() > self.fds_before + 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-        self.assertLessEqual(self.fds(), self.fds_before + 2)
+        self.assertLessEqual(
+            self.fds(),
+            self.fds_before + 2,
+            f"before: {self.targets_before}\nnow: {self.fd_targets()}",
+        )
 
     def assert_timed_out(self, attacker: Attacker, fatal: bool = True) -> None:
         """
