@@ -27,7 +27,7 @@ from gatehouse.protocols.http.streams import (
 from gatehouse.protocols.kubernetes import streams
 from gatehouse.protocols.kubernetes.output_masking import LineMasker
 from gatehouse.protocols.kubernetes.request import KubeRequest
-from gatehouse.protocols.kubernetes.spdy import Data, SpdyFrameWriter
+from gatehouse.protocols.kubernetes.spdy import Data, GoAway, SpdyFrameWriter
 from gatehouse.protocols.kubernetes.streams import (
     REMOTECOMMAND_PROTOCOLS,
     ExitStatus,
@@ -44,8 +44,11 @@ __all__ = ["offered_protocols", "stream_observers"]
 
 Item = StreamBytes | StreamEvent
 
-#: encodes data frames (stateless: no header block)
+#: encodes data and GOAWAY frames (stateless: no header block)
 _DATA_FRAMES = SpdyFrameWriter()
+
+#: SPDY/3 GOAWAY status: the peer broke the protocol
+GOAWAY_PROTOCOL_ERROR = 1
 
 #: what the gateway can read, per subresource and transport: what the
 #: client may offer the target
@@ -126,6 +129,7 @@ class _Direction:
             LineMasker(values) if values is not None and side == "target" else None
         )
         self._kept = LineMasker(values) if values is not None else None
+        self._said_goodbye = False
 
     @property
     def masked(self) -> int:
@@ -133,7 +137,7 @@ class _Direction:
         return self._live.masked if self._live is not None else 0
 
     def farewell(self, reason: str) -> bytes:
-        """Nothing to say: SPDY streams are cut without a goodbye."""
+        """The protocol's goodbye when the stream is cut (see subclasses)."""
         return b""
 
     def holding(self) -> bool:
@@ -297,6 +301,17 @@ class SpdyDirection(_Direction):
 
     def _wire(self, stream: int, data: bytes, fin: bool = False) -> bytes:
         return _DATA_FRAMES.encode(Data(stream, data, fin))
+
+    def farewell(self, reason: str) -> bytes:
+        """
+        A GOAWAY with status PROTOCOL_ERROR naming the last stream the
+        client opened (once).
+        """
+        if self._said_goodbye:
+            return b""
+        self._said_goodbye = True
+        last = self._observer.last_stream_id
+        return _DATA_FRAMES.encode(GoAway(last, GOAWAY_PROTOCOL_ERROR))
 
     def _framed(self, raw: bytes) -> bytes:
         return raw

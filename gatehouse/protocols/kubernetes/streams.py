@@ -290,6 +290,9 @@ class StreamObserver:
         self._streams: dict[int, _Stream] = {}
         self._finished = False
 
+    #: the highest stream id the client opened (SPDY only)
+    last_stream_id = 0
+
     def _feed(self, side: str, data: bytes) -> list[Observed]:
         raise NotImplementedError()
 
@@ -386,6 +389,11 @@ class DirectionObserver:
         """The connection ended (either direction may say so)."""
         return self._connection.finish()
 
+    @property
+    def last_stream_id(self) -> int:
+        """The highest stream id the client opened (SPDY; 0 otherwise)."""
+        return self._connection.last_stream_id
+
 
 class _SpdyObserver(StreamObserver):
     """remotecommand or portforward over SPDY (also tunneled in WebSocket)."""
@@ -399,6 +407,10 @@ class _SpdyObserver(StreamObserver):
         }
         self._last_id = 0
         self._kinds: set[object] = set()
+
+    @property
+    def last_stream_id(self) -> int:  # type: ignore[override]
+        return self._last_id
 
     def _feed(self, side: str, data: bytes) -> list[Observed]:
         out = []

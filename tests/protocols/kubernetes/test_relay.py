@@ -8,6 +8,12 @@ from wsproto.frame_protocol import CloseReason, FrameProtocol
 from gatehouse.protocols.http.streams import StreamBytes, StreamEvent, StreamViolation
 from gatehouse.protocols.kubernetes.relay import offered_protocols, stream_observers
 from gatehouse.protocols.kubernetes.request import classify
+from gatehouse.protocols.kubernetes.spdy import (
+    GoAway,
+    SpdyFrameReader,
+    SpdyFrameWriter,
+    SynStream,
+)
 
 EXEC = classify(
     "GET",
@@ -120,3 +126,27 @@ class OfferTests(SynchronousTestCase):
         ]
         self.assertIsInstance(offered_protocols(EXEC, headers), str)
         self.assertIsInstance(offered_protocols(EXEC, [(b"upgrade", b"h2c")]), str)
+
+
+class SpdyFarewellTests(SynchronousTestCase):
+    def test_goaway_after_violation(self) -> None:
+        """
+        A SPDY stream cut for a violation says GOAWAY (PROTOCOL_ERROR,
+        naming the last stream the client opened) to each side, once.
+        """
+        spdy_101 = [
+            (b"upgrade", b"SPDY/3.1"),
+            (b"x-stream-protocol-version", b"v4.channel.k8s.io"),
+        ]
+        from_client, from_target = stream_observers(EXEC, spdy_101)
+        to_target, to_client = SpdyFrameWriter(), SpdyFrameWriter()
+        for stream_id, kind in ((1, "error"), (3, "stdout")):
+            from_client.feed(
+                to_target.encode(SynStream(stream_id, (("streamtype", kind),)))
+            )
+        with self.assertRaises(StreamViolation):
+            from_target.feed(to_client.encode(SynStream(2, (("streamtype", "x"),))))
+        for direction in (from_target, from_client):
+            [read] = SpdyFrameReader().feed(direction.farewell("broken"))
+            self.assertEqual(read.frame, GoAway(3, 1))
+            self.assertEqual(direction.farewell("again"), b"")
