@@ -37,6 +37,7 @@ from zope.interface import implementer
 from gatehouse.recording.encoder import (
     PendingBlock,
     PendingSeal,
+    RecordChain,
     SealedSegment,
     SessionEncoder,
     complete_seal,
@@ -140,6 +141,8 @@ class _SegmentFiles:
         self._prev_link: bytes | None = None
         self._stored = hashlib.sha256()
         self._broken: str | None = None
+        #: the records' hash chain, extended here (see L{RecordChain})
+        self._chain: RecordChain | None = None
 
     def _write(self, data: bytes) -> None:
         f, _ = self._segment()
@@ -187,6 +190,7 @@ class _SegmentFiles:
         path = os.path.join(self.directory, segment_filename(header.segment_index))
         self._file = open(path, "xb", buffering=0)
         self._prev_link = header.prev_link
+        self._chain = RecordChain(header)
         self._write(header.to_bytes())
         self._reserve(self._file)
         self._stored = hashlib.sha256()
@@ -227,7 +231,8 @@ class _SegmentFiles:
         return self._guarded(self._write_block, block)
 
     def _write_block(self, block: PendingBlock) -> int:
-        header, data = frame_block_parts(block)
+        assert self._chain is not None, "a block before segment 0 was opened"
+        header, data = frame_block_parts(self._chain.block(block))
         f, _ = self._segment()
         fd = f.fileno()
         start = f.tell()
@@ -255,6 +260,8 @@ class _SegmentFiles:
 
     def _seal(self, pending: PendingSeal) -> SealedSegment:
         f, prev_link = self._segment()
+        assert self._chain is not None, "a seal before segment 0 was opened"
+        pending = self._chain.seal(pending)
         sealed = complete_seal(pending, self._stored.digest(), prev_link)
         self._write(sealed.seal)
         if self.capacity is not None:
@@ -390,6 +397,7 @@ class SegmentRecording:
             epoch_key,
             wall,
             recorder.seal_interval_ns,
+            chain_in_writer=True,
         )
         self._files = _SegmentFiles(self.directory, recorder.segment_capacity)
         self._jobs = _SerialJobs(recorder.executor)

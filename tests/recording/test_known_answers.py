@@ -29,7 +29,12 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from twisted.trial.unittest import SynchronousTestCase
 
 from gatehouse.recording import encoder as encoder_module
-from gatehouse.recording.encoder import SessionEncoder, complete_seal, frame_block
+from gatehouse.recording.encoder import (
+    RecordChain,
+    SessionEncoder,
+    complete_seal,
+    frame_block,
+)
 from gatehouse.recording.format import (
     Certificate,
     Delegation,
@@ -344,6 +349,37 @@ class KnownAnswerTests(SynchronousTestCase):
         )
         self.assertEqual(final.seal, SEAL1)
         self.assertIsNone(final.next_header)
+
+    def test_encoder_chain_in_writer(self) -> None:
+        """
+        With the chain left to the writer (C{chain_in_writer}, as the
+        recorder runs it), blocks and seals passed through a RecordChain in
+        order are the same bytes; without it their chain is zeros.
+        """
+        self.patch(encoder_module, "Ed25519PrivateKey", _FixedKeys(SEG0, SEG1))
+        epoch = EpochKey(Certificate.from_bytes(CERT), EPOCH)
+        enc = SessionEncoder(
+            SESSION_ID, GATEWAY, epoch, WALL0, SEAL_INTERVAL, chain_in_writer=True
+        )
+        chain = RecordChain(enc.header)
+        for rtype, direction, _, mono, payload in RECORDS[:2]:
+            enc.add(rtype, direction, 0, mono, payload)
+        pending_block = enc.take_block()
+        self.assertEqual(pending_block.chain, bytes(32))
+        self.assertEqual(frame_block(chain.block(pending_block)), BLOCK0)
+        pending = enc.seal(WALL_SEAL0, MONO_SEAL0)
+        self.assertEqual(pending.statement.digest, bytes(32))
+        sealed = complete_seal(chain.seal(pending), H(BLOCK0_HEAD), bytes(32))
+        self.assertEqual(sealed.seal, SEAL0)
+        for rtype, direction, _, mono, payload in RECORDS[2:]:
+            enc.add(rtype, direction, 0, mono, payload)
+        self.assertEqual(frame_block(chain.block(enc.take_block())), BLOCK1)
+        final = complete_seal(
+            chain.seal(enc.seal(WALL_SEAL1, MONO_SEAL1, final=True)),
+            H(BLOCK1_HEAD),
+            LINK0,
+        )
+        self.assertEqual(final.seal, SEAL1)
 
     def test_structures(self) -> None:
         """Each structure's own encoder and parser agree with the vectors."""
