@@ -1213,6 +1213,11 @@ class HTTPGatewayProtocol(Protocol):
             else:
                 exchange.response_transport.resumeProducing()
 
+    @property
+    def output_paused(self) -> bool:
+        """Whether the client is not reading (what it is sent waits)."""
+        return self._output_paused
+
     def pauseProducing(self) -> None:
         """The client reads slowly: stop reading the target's answer."""
         self._output(True)

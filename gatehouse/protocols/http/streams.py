@@ -201,15 +201,29 @@ class StreamRelay:
         self._exchange.body_out += len(data)
         if out:
             self._protocol.transport.write(out)
-        if self._release_call is None and self._from_target.holding():
+        if self._from_target.holding():
+            # Held output goes after a quiet time: every new chunk from the
+            # target starts it again (bulk output is released by lines).
+            if self._release_call is None:
+                self._release_call = self._protocol.clock.callLater(
+                    HOLD_SECONDS, self._release_held
+                )
+            else:
+                self._release_call.reset(HOLD_SECONDS)
+
+    def _release_held(self, last: bool = False) -> None:
+        """
+        Output held for masking has waited long enough: send it on (unless
+        the client is not reading: then the target is held back, not
+        quiet, and the wait starts again).
+        """
+        self._release_call = None
+        if self._ended:
+            return
+        if not last and self._protocol.output_paused:
             self._release_call = self._protocol.clock.callLater(
                 HOLD_SECONDS, self._release_held
             )
-
-    def _release_held(self) -> None:
-        """Output held for masking has waited long enough: send it on."""
-        self._release_call = None
-        if self._ended:
             return
         session = self._protocol.session
         assert session is not None
@@ -317,7 +331,8 @@ class StreamRelay:
         """
         if not self._ended:
             # What masking held is the target's last word: it goes on.
-            self._release_held()
+            self._stop_release()
+            self._release_held(last=True)
         if reason is None or reason.check(ConnectionDone):
             self._end("closed")
         else:

@@ -19,8 +19,13 @@ from typing import Any
 
 __all__ = ["LineMasker"]
 
-#: an unfinished line longer than this is masked and released as it is
+#: an unfinished line longer than this is released but for its tail
 MAX_HELD = 64 * 1024
+
+#: characters of a long line held back, so that a value crossing the
+#: release is seen whole with what follows (longer than any value a
+#: detector finds)
+OVERLAP = 4096
 
 
 class LineMasker:
@@ -48,7 +53,7 @@ class LineMasker:
                 if buffer:
                     self._held[key] = buffer
                 return b""
-            return self._mask(buffer)
+            return self._release_long(key, buffer)
         lines, rest = buffer[: end + 1], buffer[end + 1 :]
         if rest:
             self._held[key] = rest
@@ -58,15 +63,49 @@ class LineMasker:
         """Whether an unfinished line waits."""
         return bool(self._held)
 
-    def flush(self, key: Hashable | None = None) -> dict[Hashable, bytes]:
-        """Release what is held (of C{key}, or of every stream), masked."""
-        keys = list(self._held) if key is None else [key]
+    def held_keys(self) -> list[Hashable]:
+        """The streams with an unfinished line."""
+        return list(self._held)
+
+    def flush(
+        self, key: Hashable | list[Hashable] | None = None
+    ) -> dict[Hashable, bytes]:
+        """
+        Release what is held (of C{key}, of a list of keys, or of every
+        stream), masked.
+        """
+        if key is None:
+            keys = list(self._held)
+        elif isinstance(key, list):
+            keys = key
+        else:
+            keys = [key]
         released = {}
         for each in keys:
             held = self._held.pop(each, b"")
             if held:
                 released[each] = self._mask(held)
         return released
+
+    def _release_long(self, key: Hashable, buffer: bytes) -> bytes:
+        """
+        An unfinished line past the limit: release all but its last
+        L{OVERLAP} characters, cut where no value crosses the cut (masking
+        the part alone gives what masking the whole gives there), and hold
+        the rest with what comes next.
+        """
+        text = buffer.decode("utf-8", "surrogateescape")
+        whole, _ = self._values.mask_text(text)
+        overlap = min(OVERLAP, self._limit // 4)
+        cut = len(text) - overlap
+        while overlap and cut >= len(text) // 2:
+            head, count = self._values.mask_text(text[:cut])
+            if whole.startswith(head):
+                self._held[key] = text[cut:].encode("utf-8", "surrogateescape")
+                self.masked += count
+                return head.encode("utf-8", "surrogateescape")
+            cut -= overlap
+        return self._mask(buffer)
 
     def _mask(self, data: bytes) -> bytes:
         text = data.decode("utf-8", "surrogateescape")

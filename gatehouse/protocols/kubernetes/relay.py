@@ -50,6 +50,35 @@ _DATA_FRAMES = SpdyFrameWriter()
 #: SPDY/3 GOAWAY status: the peer broke the protocol
 GOAWAY_PROTOCOL_ERROR = 1
 
+#: the largest data frame written again when output is masked
+_MAX_DATA = 64 * 1024
+
+
+def _ending(events: Sequence[object]) -> set[int] | None:
+    """
+    The streams whose held output must go before C{events}: all (None)
+    before an exit status, a closed stream's own before its close.
+    """
+    ending: set[int] = set()
+    for event in events:
+        if isinstance(event, ExitStatus) or (
+            isinstance(event, StreamData) and event.kind == "error"
+        ):
+            return None
+        if isinstance(event, StreamClosed):
+            ending.add(event.stream)
+    return ending
+
+
+def _keys(masker: LineMasker, streams: set[int] | None) -> list[Any] | None:
+    """The held keys of C{streams} (None: all)."""
+    if streams is None:
+        return None
+    return [
+        key for key in masker.held_keys() if cast(tuple[int, str], key)[0] in streams
+    ]
+
+
 #: what the gateway can read, per subresource and transport: what the
 #: client may offer the target
 _SPOKEN = {
@@ -146,11 +175,17 @@ class _Direction:
 
     def flush(self) -> tuple[bytes, list[Item]]:
         """Release the output held for the client: to forward, to record."""
-        return self._release(keep=True)
+        return self._send_held(), []
 
     def finish(self) -> list[Item]:
-        """The connection ended: what the observer still held."""
-        _, found = self._release(keep=False)
+        """
+        The connection ended: what the observer still held.  Output still
+        held for the client never reached it and goes nowhere now; the
+        recording has it, by lines, from when the target sent it.
+        """
+        if self._live is not None:
+            self._live.flush()
+        found = self._kept_flush()
         for event in self._observer.finish():
             found.extend(self._item(event))
         return found
@@ -171,22 +206,30 @@ class _Direction:
         """A whole unit (a SPDY frame, a message) as it goes to the other side."""
         raise NotImplementedError()
 
-    def _release(self, keep: bool) -> tuple[bytes, list[Item]]:
+    def _orphan(self, raw: bytes) -> bool:
+        """Whether C{raw} carries data of a stream the observer does not know."""
+        return False
+
+    def _send_held(self, streams: set[int] | None = None) -> bytes:
         """
-        Release held output (to forward) and, unless C{keep}, held
-        recording text too.
+        The output held for the client (of C{streams}, or all), as this
+        transport carries it.
         """
         wire = b""
-        found: list[Item] = []
         if self._live is not None:
-            for key, data in self._live.flush().items():
+            for key, data in self._live.flush(_keys(self._live, streams)).items():
                 stream, _ = cast(tuple[int, str], key)
                 wire += self._wire(stream, data)
-                found.extend(self._kept_items(key, data))
-        if not keep and self._kept is not None:
-            for key, data in self._kept.flush().items():
-                found.append(StreamBytes(cast(tuple[int, str], key)[1], data))
-        return wire, found
+        return wire
+
+    def _kept_flush(self, streams: set[int] | None = None) -> list[Item]:
+        """The recording's held text (of C{streams}, or all), to record now."""
+        if self._kept is None:
+            return []
+        return [
+            StreamBytes(cast(tuple[int, str], key)[1], data)
+            for key, data in self._kept.flush(_keys(self._kept, streams)).items()
+        ]
 
     def _kept_items(self, key: Any, data: bytes, end: bool = False) -> list[Item]:
         assert self._kept is not None
@@ -198,39 +241,46 @@ class _Direction:
     def _unit(self, unit: Observed) -> tuple[bytes | None, list[Item]]:
         """
         One whole unit, masking on: the bytes to forward instead of it
-        (None: it as it came) and what to record.
+        (None: it as it came) and what to record.  The recording gets the
+        text as the side sent it, masked by whole lines; the client the
+        target's output masked as it goes (L{_live}).
         """
-        texts = [
-            e for e in unit.events if isinstance(e, StreamData) and e.kind in _TEXT
-        ]
+        events = unit.events
+        texts = [e for e in events if isinstance(e, StreamData) and e.kind in _TEXT]
         if not texts:
-            # Anything else (an exit status, a close) comes after the
-            # output held before it.
-            wire, found = self._release(keep=False)
-            for event in unit.events:
+            found: list[Item] = []
+            wire = b""
+            # An exit status comes after all the output held before it, a
+            # stream's close after its own; anything else (a ping, a
+            # resize, another stream's close) passes by it.
+            ending = _ending(events)
+            if ending != set():
+                wire = self._send_held(ending)
+                found = self._kept_flush(ending)
+            for event in events:
                 found.extend(self._item(event))
-            if self._live is None or not wire:
+            if self._live is None:
                 return None, found
-            return wire + self._framed(unit.raw), found
+            if not events and self._orphan(unit.raw):
+                return wire, found  # unread data: the client never gets it
+            return (wire + self._framed(unit.raw) if wire else None), found
         found = []
         wire = b""
-        for event in unit.events:
+        for event in events:
             if not (isinstance(event, StreamData) and event.kind in _TEXT):
                 found.extend(self._item(event))
                 continue
             key = (event.stream, event.kind)
             end = any(
-                isinstance(e, StreamClosed) and e.stream == event.stream
-                for e in unit.events
+                isinstance(e, StreamClosed) and e.stream == event.stream for e in events
             )
-            shown = event.data
             if self._live is not None:
                 shown = self._live.feed(key, event.data)
                 if end:
                     shown += self._live.flush(key).get(key, b"")
                 if shown or end or not event.data:
                     wire += self._wire(event.stream, shown, fin=end)
-            found.extend(self._kept_items(key, shown, end))
+            found.extend(self._kept_items(key, event.data, end))
         return (wire if self._live is not None else None), found
 
     def _item(self, event: object) -> list[Item]:
@@ -300,7 +350,17 @@ class SpdyDirection(_Direction):
         return out, found
 
     def _wire(self, stream: int, data: bytes, fin: bool = False) -> bytes:
-        return _DATA_FRAMES.encode(Data(stream, data, fin))
+        if len(data) <= _MAX_DATA:
+            return _DATA_FRAMES.encode(Data(stream, data, fin))
+        pieces = [data[i : i + _MAX_DATA] for i in range(0, len(data), _MAX_DATA)]
+        last = len(pieces) - 1
+        return b"".join(
+            _DATA_FRAMES.encode(Data(stream, piece, fin and i == last))
+            for i, piece in enumerate(pieces)
+        )
+
+    def _orphan(self, raw: bytes) -> bool:
+        return not raw[0] & 0x80  # a data frame (control frames set the bit)
 
     def farewell(self, reason: str) -> bytes:
         """
@@ -347,9 +407,8 @@ class WebSocketDirection(_Direction):
                 payload: Any = frame.payload
                 if opcode is Opcode.CLOSE:
                     code, reason = payload
-                    wire, held = self._release(keep=False)
-                    out.append(wire)
-                    items.extend(held)
+                    out.append(self._send_held())
+                    items.extend(self._kept_flush())
                     items.append(
                         StreamEvent(
                             "websocket-close",

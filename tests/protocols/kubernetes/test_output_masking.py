@@ -17,10 +17,13 @@ from gatehouse.protocols.kubernetes.relay import stream_observers
 from gatehouse.protocols.kubernetes.request import classify
 from gatehouse.protocols.kubernetes.spdy import (
     Data,
+    Ping,
+    RstStream,
     SpdyFrameReader,
     SpdyFrameWriter,
     SynReply,
     SynStream,
+    WindowUpdate,
 )
 
 from .test_relay import EXEC, WS_101, client_frames, server_frames
@@ -87,13 +90,35 @@ class LineMaskerTests(SynchronousTestCase):
         self.assertNotIn(b"a@b.example", out)
 
     def test_limit(self) -> None:
-        """An unfinished line past the limit is masked and released as it is."""
+        """
+        An unfinished line past the limit is released but for its tail,
+        cut where no value crosses: the value comes out masked later.
+        """
         masker = LineMasker(VALUES, limit=64)
         self.assertEqual(masker.feed("out", b"x" * 40), b"")
         out = masker.feed("out", b" " + CARD.encode() + b" " + b"y" * 10)
-        self.assertGreater(len(out), 60)
-        self.assertNotIn(CARD.encode(), out)
-        self.assertFalse(masker.holding())
+        self.assertEqual(out, b"x" * 39)
+        rest = masker.feed("out", b"\n")
+        self.assertNotIn(CARD.encode(), out + rest)
+        self.assertIn(b"**** **** **** 1111", rest)
+        self.assertEqual(len(out + rest), 40 + 1 + len(CARD) + 1 + 10 + 1)
+
+    def test_long_line_value_across_the_limit(self) -> None:
+        """A value crossing the 64 KiB mark of a line with no newline is masked."""
+        _, target = stream_observers(EXEC, WS_101, VALUES)
+        wire = b""
+        items: list[object] = []
+        for message in (
+            b"\x01" + b"x" * 65530 + b" 4111 1111",
+            b"\x01 1111 1111 end\n",
+        ):
+            out, found = target.feed(server_frames(message))
+            wire += out
+            items += found
+        shown = b"".join(p[1:] for p in ws_payloads(wire))
+        self.assertNotIn(CARD.encode(), shown)
+        self.assertNotIn(CARD.encode(), recorded(items, "stdout"))
+        self.assertTrue(shown.endswith(b"1111 end\n"))
 
 
 class WebSocketOutputTests(SynchronousTestCase):
@@ -144,6 +169,49 @@ class WebSocketOutputTests(SynchronousTestCase):
         self.assertEqual(len(kept), len(CARD) + 1)
         self.assertNotIn(CARD.encode(), kept)
 
+    def test_other_units_pass_held_output(self) -> None:
+        """
+        A ping, a resize, an empty message or another stream's empty data
+        between two halves of a line does not release the first half: the
+        value stays masked for the client and the recording.
+        """
+        client, target = stream_observers(EXEC, WS_101, VALUES)
+        out = b""
+        items: list[object] = []
+        for message in (b"\x01card 4111 1111", b"\x02", b"\x01 1111 1111\n"):
+            wire, found = target.feed(server_frames(message))
+            out += wire
+            items += found
+        shown = b"".join(p[1:] for p in ws_payloads(out) if p[:1] == b"\x01")
+        self.assertNotIn(CARD.encode(), shown)
+        self.assertNotIn(CARD.encode(), recorded(items, "stdout"))
+        # Typed a key at a time with a resize in the middle: the recording
+        # of stdin waits for the line.
+        kept = b""
+        for i, key in enumerate(CARD.encode() + b"\r"):
+            _, found = client.feed(client_frames(b"\x00" + bytes([key])))
+            kept += recorded(found, "stdin")
+            if i == 7:
+                _, found = client.feed(client_frames(b'\x04{"Width":80,"Height":24}'))
+                kept += recorded(found, "stdin")
+        kept += recorded(client.finish(), "stdin")
+        self.assertNotIn(CARD.encode(), kept)
+
+    def test_recording_by_whole_lines(self) -> None:
+        """
+        A value the quiet time split for the client is whole, and masked,
+        in the recording: it keeps the target's text by lines.
+        """
+        _, target = stream_observers(EXEC, WS_101, VALUES)
+        target.feed(server_frames(b"\x01mail bob"))
+        target.flush()  # the relay's timer
+        _, items = target.feed(
+            server_frames(b"@example.com ok\n"[0:0] + b"\x01@example.com ok\n")
+        )
+        kept = recorded(items, "stdout")
+        self.assertTrue(kept.startswith(b"mail ") and kept.endswith(b" ok\n"), kept)
+        self.assertNotIn(b"bob", kept)
+
     def test_no_detectors(self) -> None:
         """Without detectors frames go on as they come (no holding)."""
         _, target = stream_observers(EXEC, WS_101)
@@ -184,6 +252,63 @@ class SpdyOutputTests(SynchronousTestCase):
         self.assertIn(b"**** **** ****", frame.data)
         self.assertTrue(frame.data.startswith(b"card ") and frame.data.endswith(b"end"))
         self.assertEqual(recorded(items, "stdout"), frame.data)
+
+    def test_pings_pass_held_output(self) -> None:
+        """Control frames between two halves of a line do not release it."""
+        for between in (Ping(2), WindowUpdate(0, 65536)):
+            self.setUp()
+            out = b""
+            items: list[object] = []
+            frames = (Data(3, b"card 4111 1111"), between, Data(3, b" 1111 1111\n"))
+            for frame in frames:
+                wire, found = self.target.feed(self.to_client.encode(frame))
+                out += wire
+                items += found
+            shown = b"".join(f.data for f in self.frames(out) if isinstance(f, Data))
+            self.assertNotIn(CARD.encode(), shown, between)
+            self.assertIn(b"**** **** **** 1111", shown, between)
+            self.assertNotIn(CARD.encode(), recorded(items, "stdout"), between)
+
+    def test_other_stream_closing_passes_held_output(self) -> None:
+        """
+        The target closing another stream (its side of stdin) between two
+        halves of a stdout line does not release the first half.
+        """
+        self.client.feed(
+            self.to_target.encode(SynStream(5, (("streamtype", "stdin"),)))
+        )
+        self.target.feed(self.to_client.encode(SynReply(5, ())))
+        out = b""
+        for frame in (
+            Data(3, b"card 4111 1111"),
+            Data(5, b"", fin=True),
+            Data(3, b" 1111 1111\n"),
+        ):
+            wire, _ = self.target.feed(self.to_client.encode(frame))
+            out += wire
+        shown = b"".join(f.data for f in self.frames(out) if isinstance(f, Data))
+        self.assertNotIn(CARD.encode(), shown)
+
+    def test_unread_data_dropped(self) -> None:
+        """Data of a stream the client reset does not reach the client."""
+        self.client.feed(self.to_target.encode(RstStream(3, 5)))
+        out, _ = self.target.feed(
+            self.to_client.encode(Data(3, b"card " + CARD.encode() + b"\n"))
+        )
+        self.assertNotIn(CARD.encode(), out)
+
+    def test_big_frames_split(self) -> None:
+        """Held text and a frame of the maximum size go on as frames a reader takes."""
+        self.target.feed(self.to_client.encode(Data(3, b"y" * 60000)))
+        out, _ = self.target.feed(
+            self.to_client.encode(Data(3, b"z" * ((1 << 20) - 1) + b"\n"))
+        )
+        frames = self.frames(out)
+        self.assertGreater(len(frames), 1)
+        self.assertEqual(
+            sum(len(f.data) for f in frames if isinstance(f, Data)),
+            60000 + (1 << 20),
+        )
 
     def test_flush(self) -> None:
         self.target.feed(self.to_client.encode(Data(3, b"prompt> ")))
