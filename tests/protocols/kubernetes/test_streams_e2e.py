@@ -133,6 +133,8 @@ class StreamsTests(KubeGatewayTestCase):
                 "--",
                 "sh",
                 "-c",
+                # The first size comes on a stream of its own: wait for it.
+                'while [ "$(stty size)" = "0 0" ]; do sleep 0.05; done; '
                 'echo "size $(stty size)"; read a; echo "got $a"; '
                 'echo "size $(stty size)"; exit 5',
             )
