@@ -53,13 +53,6 @@ HOLD_SECONDS = 0.05
 FAREWELL_SECONDS = 3.0
 
 
-def _abort_if_connected(transport: Any) -> None:
-    if getattr(transport, "connected", False) or getattr(
-        transport, "disconnecting", False
-    ):
-        transport.abortConnection()
-
-
 class StreamViolation(Exception):
     """The stream broke its protocol; says how."""
 
@@ -309,11 +302,10 @@ class StreamRelay:
             if not farewell:
                 transport.abortConnection()
                 continue
-            # A side that does not read its goodbye within seconds is cut.
+            # A side that does not read its goodbye within seconds is cut
+            # (aborting a closed connection does nothing).
             transport.loseConnection()
-            self._protocol.clock.callLater(
-                FAREWELL_SECONDS, _abort_if_connected, transport
-            )
+            self._protocol.clock.callLater(FAREWELL_SECONDS, transport.abortConnection)
 
     def _end(self, reason: str) -> None:
         if self._ended:

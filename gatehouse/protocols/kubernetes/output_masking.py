@@ -14,7 +14,7 @@ so that a value typed a key at a time is masked in the recording too.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from typing import Any
 
 __all__ = ["LineMasker"]
@@ -67,21 +67,10 @@ class LineMasker:
         """The streams with an unfinished line."""
         return list(self._held)
 
-    def flush(
-        self, key: Hashable | list[Hashable] | None = None
-    ) -> dict[Hashable, bytes]:
-        """
-        Release what is held (of C{key}, of a list of keys, or of every
-        stream), masked.
-        """
-        if key is None:
-            keys = list(self._held)
-        elif isinstance(key, list):
-            keys = key
-        else:
-            keys = [key]
+    def flush(self, keys: Iterable[Hashable] | None = None) -> dict[Hashable, bytes]:
+        """Release what is held (of C{keys}, or of every stream), masked."""
         released = {}
-        for each in keys:
+        for each in list(self._held) if keys is None else keys:
             held = self._held.pop(each, b"")
             if held:
                 released[each] = self._mask(held)

@@ -235,7 +235,7 @@ class _Direction:
         assert self._kept is not None
         kept = self._kept.feed(key, data)
         if end:
-            kept += self._kept.flush(key).get(key, b"")
+            kept += self._kept.flush([key]).get(key, b"")
         return [StreamBytes(key[1], kept)] if kept else []
 
     def _unit(self, unit: Observed) -> tuple[bytes | None, list[Item]]:
@@ -277,7 +277,7 @@ class _Direction:
             if self._live is not None:
                 shown = self._live.feed(key, event.data)
                 if end:
-                    shown += self._live.flush(key).get(key, b"")
+                    shown += self._live.flush([key]).get(key, b"")
                 if shown or end or not event.data:
                     wire += self._wire(event.stream, shown, fin=end)
             found.extend(self._kept_items(key, event.data, end))

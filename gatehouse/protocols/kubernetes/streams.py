@@ -405,12 +405,8 @@ class _SpdyObserver(StreamObserver):
             "client": SpdyFrameReader(**reader),
             "server": SpdyFrameReader(**reader),
         }
-        self._last_id = 0
+        self.last_stream_id = 0
         self._kinds: set[object] = set()
-
-    @property
-    def last_stream_id(self) -> int:  # type: ignore[override]
-        return self._last_id
 
     def _feed(self, side: str, data: bytes) -> list[Observed]:
         out = []
@@ -425,7 +421,7 @@ class _SpdyObserver(StreamObserver):
             return []  # SETTINGS, PING, GOAWAY, WINDOW_UPDATE: no stream events
         stream = self._streams.get(frame.stream_id)
         if stream is None:
-            if frame.stream_id > self._last_id:
+            if frame.stream_id > self.last_stream_id:
                 raise ProtocolError(f"frame for unopened stream {frame.stream_id}")
             # A stream already gone: its peer drops the frame too.
             return []
@@ -461,9 +457,9 @@ class _SpdyObserver(StreamObserver):
         # above the last.
         if side != "client" or frame.stream_id % 2 == 0:
             raise ProtocolError(f"the {side} opened stream {frame.stream_id}")
-        if frame.stream_id <= self._last_id:
+        if frame.stream_id <= self.last_stream_id:
             raise ProtocolError(f"stream id {frame.stream_id} reused or decreasing")
-        self._last_id = frame.stream_id
+        self.last_stream_id = frame.stream_id
         kind = _header(frame, "streamtype")
         port = request_id = None
         if self._portforward:

@@ -26,14 +26,10 @@ from gatehouse.protocols.kubernetes.spdy import (
     WindowUpdate,
 )
 
-from .test_relay import EXEC, WS_101, client_frames, server_frames
+from .test_relay import EXEC, SPDY_101, WS_101, client_frames, server_frames
 
 CARD = "4111 1111 1111 1111"
 VALUES = Masker([MaskingRule("m", detectors=frozenset({"card", "email"}))])
-SPDY_101 = [
-    (b"upgrade", b"SPDY/3.1"),
-    (b"x-stream-protocol-version", b"v4.channel.k8s.io"),
-]
 FORWARD = classify("POST", b"/api/v1/namespaces/shop/pods/web/portforward?ports=5432")
 FORWARD_101 = [
     (b"upgrade", b"SPDY/3.1"),
@@ -78,7 +74,7 @@ class LineMaskerTests(SynchronousTestCase):
         masker = LineMasker(VALUES)
         masker.feed("out", b"4111 1111 ")
         masker.feed("err", b"1111 1111\n")
-        self.assertEqual(masker.flush("out"), {"out": b"4111 1111 "})
+        self.assertEqual(masker.flush(["out"]), {"out": b"4111 1111 "})
 
     def test_bytes_kept(self) -> None:
         """Text without a value, and bytes that are not UTF-8, go unchanged."""

@@ -20,6 +20,10 @@ EXEC = classify(
     b"/api/v1/namespaces/shop/pods/web/exec?command=sh&stdin=true&stdout=true",
 )
 WS_101 = [(b"upgrade", b"websocket"), (b"sec-websocket-protocol", b"v5.channel.k8s.io")]
+SPDY_101 = [
+    (b"upgrade", b"SPDY/3.1"),
+    (b"x-stream-protocol-version", b"v4.channel.k8s.io"),
+]
 
 
 def client_frames(*payloads: bytes) -> bytes:
@@ -134,11 +138,7 @@ class SpdyFarewellTests(SynchronousTestCase):
         A SPDY stream cut for a violation says GOAWAY (PROTOCOL_ERROR,
         naming the last stream the client opened) to each side, once.
         """
-        spdy_101 = [
-            (b"upgrade", b"SPDY/3.1"),
-            (b"x-stream-protocol-version", b"v4.channel.k8s.io"),
-        ]
-        from_client, from_target = stream_observers(EXEC, spdy_101)
+        from_client, from_target = stream_observers(EXEC, SPDY_101)
         to_target, to_client = SpdyFrameWriter(), SpdyFrameWriter()
         for stream_id, kind in ((1, "error"), (3, "stdout")):
             from_client.feed(

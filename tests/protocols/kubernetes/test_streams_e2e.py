@@ -20,6 +20,7 @@ from twisted.internet.defer import inlineCallbacks
 
 from tests.fixtures.kubeapi import kubectl_program
 from tests.fixtures.kubeapi.clients import (
+    TERMINAL_SCRIPT,
     DigestListener,
     PortForwarder,
     SendingClient,
@@ -29,7 +30,7 @@ from tests.fixtures.kubeapi.clients import (
     listen,
     pod_manifest,
     set_terminal_size,
-    sleep,
+    terminal_session,
 )
 from tests.gateway_recordings import events, stream_bytes
 from tests.protocols.kubernetes.harness import KubeGatewayTestCase
@@ -133,24 +134,9 @@ class StreamsTests(KubeGatewayTestCase):
                 "--",
                 "sh",
                 "-c",
-                # The first size comes on a stream of its own: wait for it.
-                'while [ "$(stty size)" = "0 0" ]; do sleep 0.05; done; '
-                'echo "size $(stty size)"; read a; echo "got $a"; '
-                'echo "size $(stty size)"; exit 5',
+                TERMINAL_SCRIPT,
             )
-            try:
-                yield terminal.expect(rb"size 40 100\r\n")
-                set_terminal_size(leader, 120, 50)
-                # kubectl sends the new size on SIGWINCH, on a stream of its
-                # own: let it go before typing.
-                yield sleep(0.5)
-                process.write(b"hello\r")
-                yield terminal.expect(rb"got hello\r\n")
-                yield terminal.expect(rb"size 50 120\r\n")
-                code = yield terminal.ended
-            finally:
-                if process.pid is not None:
-                    process.signalProcess("KILL")
+            code = yield terminal_session(terminal, process, leader)
             self.assertEqual(code, 5, (version, terminal.output))
             self.assertIn(
                 b"command terminated with exit code 5", terminal.output, version
